@@ -1,0 +1,94 @@
+"""Identifiers: SessionId and TenantId are distinct types, so one cannot pass for the other."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Self, final
+
+from llmsession.errors import InvalidIdentifier
+from llmsession.timestamps import Timestamp
+
+__all__ = ["SessionId", "TenantId", "check_label"]
+
+_TENANT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_MAX_LABEL = 200
+
+
+@final
+@dataclass(frozen=True, slots=True, order=True)
+class SessionId:
+    """A session's id: a UUIDv7, so ids sort by creation time and index well."""
+
+    value: uuid.UUID
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.value, uuid.UUID):
+            raise InvalidIdentifier(
+                f"SessionId wraps a uuid.UUID, got {type(self.value).__name__}; "
+                "use SessionId.parse() for text"
+            )
+
+    @classmethod
+    def generate(cls, at: Timestamp) -> Self:
+        """A new UUIDv7 (RFC 9562) whose time part is ``at``, to the millisecond."""
+        millis = at.epoch_micros // 1000
+        if millis < 0:
+            raise InvalidIdentifier("a UUIDv7 cannot carry a time before 1970")
+        random_bits = int.from_bytes(os.urandom(10))
+        rand_a = random_bits >> 68  # 12 bits
+        rand_b = random_bits & ((1 << 62) - 1)
+        value = (millis & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
+        return cls(uuid.UUID(int=value))
+
+    @classmethod
+    def parse(cls, text: str) -> Self:
+        """Parse the canonical text form, e.g. ``0192f0c4-7b1e-7c2a-9d1e-3f4a5b6c7d8e``."""
+        if not isinstance(text, str):
+            raise InvalidIdentifier(f"a session id is text, got {type(text).__name__}")
+        try:
+            return cls(uuid.UUID(text))
+        except ValueError:
+            raise InvalidIdentifier(
+                f"{text[:80]!r} is not a session id (a UUID such as "
+                "'0192f0c4-7b1e-7c2a-9d1e-3f4a5b6c7d8e')"
+            ) from None
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+@final
+@dataclass(frozen=True, slots=True, order=True)
+class TenantId:
+    """A tenant's id: 1 to 128 letters, digits, ``. _ : -``, starting with a letter or digit."""
+
+    value: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.value, str) or not _TENANT_PATTERN.fullmatch(self.value):
+            shown = self.value[:80] if isinstance(self.value, str) else self.value
+            raise InvalidIdentifier(
+                f"tenant id {shown!r} is not allowed: use 1 to 128 letters, digits, "
+                "'.', '_', ':' or '-', starting with a letter or digit"
+            )
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def check_label(name: str, value: object) -> str:
+    """Validate a provider id or model name: 1 to 200 printable characters, trimmed."""
+    if not isinstance(value, str):
+        raise InvalidIdentifier(f"{name} must be text, got {type(value).__name__}")
+    if not value:
+        raise InvalidIdentifier(f"{name} must not be empty")
+    if len(value) > _MAX_LABEL:
+        raise InvalidIdentifier(f"{name} must be at most {_MAX_LABEL} characters, got {len(value)}")
+    if value != value.strip():
+        raise InvalidIdentifier(f"{name} {value!r} must not start or end with white space")
+    if not value.isprintable():
+        raise InvalidIdentifier(f"{name} {value!r} must not contain control characters")
+    return value
