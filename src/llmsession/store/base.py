@@ -1,0 +1,374 @@
+"""SessionStore: the one async interface every backend implements.
+
+A backend supplies storage primitives (insert a session, open a transaction on
+one session, queries, batch sweeps, tenants and keys). The operations that change
+a session are written once, here, on top of those primitives, and every change is
+computed by the core (:mod:`llmsession.session`): a backend never restates a rule
+of the state machine in SQL or Lua.
+
+Each change runs as: open a transaction on the session (a row lock, or a pinned
+version), let the core compute the next record, then commit it with a
+compare-and-set on ``version`` in one step with its round. A lost compare-and-set
+raises :class:`VersionConflict` inside the backend and the change is retried from
+a fresh read, so a concurrent update is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, replace
+
+from llmsession.clock import Clock, system_clock
+from llmsession.errors import (
+    ConcurrentUpdateError,
+    IdempotencyConflict,
+    LLMSessionError,
+    SessionExpiredError,
+    WrongStateError,
+)
+from llmsession.expiry import check_ttl
+from llmsession.ids import SessionId, TenantId, check_label
+from llmsession.record import SessionRecord
+from llmsession.session import require_state, restore
+from llmsession.states import Active, Created, SessionExpired
+from llmsession.store.models import (
+    ApiKeyInfo,
+    GroupKey,
+    Page,
+    Round,
+    RoundResult,
+    SessionQuery,
+    StoredSession,
+    Tenant,
+    Totals,
+    check_idempotency_key,
+)
+from llmsession.timestamps import Timestamp
+from llmsession.tokens import check_token_count
+
+__all__ = [
+    "DEFAULT_TTL_SECONDS",
+    "SessionStore",
+    "SessionTransaction",
+    "VersionConflict",
+    "expire_if_due",
+]
+
+DEFAULT_TTL_SECONDS = 3600
+_MAX_ATTEMPTS = 200
+
+
+class VersionConflict(Exception):
+    """Raised by a backend's commit when the session's version moved; triggers a retry."""
+
+
+class SessionTransaction(ABC):
+    """One session read for one change; ``commit`` writes the change atomically."""
+
+    stored: StoredSession
+
+    @abstractmethod
+    async def find_round(self, idempotency_key: str) -> Round | None:
+        """The round of this session recorded under ``idempotency_key``, if any."""
+
+    @abstractmethod
+    async def commit(self, new: StoredSession, new_round: Round | None) -> None:
+        """Write ``new`` (and ``new_round``) if the stored version is still ``stored.version``.
+
+        Raises VersionConflict otherwise. ``new.version`` is ``stored.version + 1``.
+        """
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    stored: StoredSession
+    round: Round | None = None
+    # Raised after the commit: a late round still writes the expiry it discovered.
+    error: LLMSessionError | None = None
+
+
+class SessionStore(ABC):
+    """Durable, tenant-scoped sessions. Open one with :func:`llmsession.store.open_store`.
+
+    Every session operation takes the tenant first; a session of another tenant
+    behaves exactly like a missing one (NotFoundError). Times come from ``clock``.
+    """
+
+    def __init__(self, *, clock: Clock = system_clock, default_ttl_seconds: int = 3600) -> None:
+        self.clock = clock
+        self.default_ttl_seconds = check_ttl(default_ttl_seconds)
+
+    # -- session operations (written once, for every backend) ---------------
+
+    async def create(
+        self,
+        tenant_id: TenantId,
+        *,
+        provider_id: str,
+        model: str,
+        initial_tokens: int,
+        ttl_seconds: int | None = None,
+    ) -> StoredSession:
+        """Create a session in state Created."""
+        ttl = self.default_ttl_seconds if ttl_seconds is None else check_ttl(ttl_seconds)
+        now = self.clock()
+        record = SessionRecord.new(
+            session_id=SessionId.generate(now),
+            tenant_id=tenant_id,
+            provider_id=check_label("provider_id", provider_id),
+            model=check_label("model", model),
+            initial_tokens=check_token_count("initial_tokens", initial_tokens),
+            created_at=now,
+        )
+        stored = StoredSession(record, version=1, ttl_seconds=ttl, last_activity_at=now)
+        await self._insert(stored)
+        return stored
+
+    async def activate(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """Created -> Active."""
+
+        def change(stored: StoredSession, now: Timestamp) -> _Change:
+            session = require_state(restore(stored.record), Created, "activate")
+            return _Change(_next(stored, session.activate(now).into_data(), now))
+
+        return (await self._apply(tenant_id, session_id, change)).stored
+
+    async def record_round(
+        self,
+        tenant_id: TenantId,
+        session_id: SessionId,
+        delta_tokens: int,
+        *,
+        idempotency_key: str | None = None,
+    ) -> RoundResult:
+        """Record one round on an Active session.
+
+        The same ``idempotency_key`` again returns the first result and counts
+        nothing; with a different delta it raises IdempotencyConflict. A round
+        after the session's deadline is refused with SessionExpiredError (and the
+        expiry is written), whether or not a sweeper has run.
+        """
+        check_token_count("delta_tokens", delta_tokens)
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+        replayed: list[Round] = []
+
+        async def change(tx: SessionTransaction, now: Timestamp) -> _Change:
+            if idempotency_key is not None:
+                first = await tx.find_round(idempotency_key)
+                if first is not None:
+                    if first.delta_tokens != delta_tokens:
+                        raise IdempotencyConflict(
+                            f"idempotency key {idempotency_key!r} was used for a round of "
+                            f"{first.delta_tokens} delta tokens, not {delta_tokens}; "
+                            "use a new key for a new round"
+                        )
+                    replayed.append(first)
+                    return _Change(tx.stored)
+            stored = tx.stored
+            expired = _expire_late(stored, now, "record_delta")
+            if expired is not None:
+                return expired
+            session = require_state(restore(stored.record), Active, "record_delta")
+            session.record_delta(delta_tokens)
+            record = session.into_data()
+            new_round = Round(session_id, record.round_count, delta_tokens, now, idempotency_key)
+            return _Change(_next(stored, record, now), new_round)
+
+        result = await self._apply_tx(tenant_id, session_id, change)
+        if replayed:
+            return RoundResult(replayed[0], result.stored, replayed=True)
+        assert result.round is not None
+        return RoundResult(result.round, result.stored)
+
+    async def close(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """Active -> Closed. Refused with SessionExpiredError past the deadline."""
+
+        def change(stored: StoredSession, now: Timestamp) -> _Change:
+            expired = _expire_late(stored, now, "close")
+            if expired is not None:
+                return expired
+            session = require_state(restore(stored.record), Active, "close")
+            return _Change(_next(stored, session.close(now).into_data(), stored.last_activity_at))
+
+        return (await self._apply(tenant_id, session_id, change)).stored
+
+    async def expire(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """Active -> SessionExpired now (or at the deadline, if that came first)."""
+
+        def change(stored: StoredSession, now: Timestamp) -> _Change:
+            session = require_state(restore(stored.record), Active, "expire")
+            deadline = stored.deadline
+            at = now if deadline is None else min(now, deadline)
+            expired = session.expire(at).into_data()
+            return _Change(_next(stored, expired, stored.last_activity_at))
+
+        return (await self._apply(tenant_id, session_id, change)).stored
+
+    # -- backend primitives ---------------------------------------------------
+
+    @abstractmethod
+    async def _insert(self, stored: StoredSession) -> None:
+        """Store a new session (its id is fresh)."""
+
+    @abstractmethod
+    def _begin(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AbstractAsyncContextManager[SessionTransaction]:
+        """Open a transaction on one session; NotFoundError if missing or foreign.
+
+        Leaving the block without commit() rolls back; an exception propagates.
+        """
+
+    @abstractmethod
+    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """One session; NotFoundError if missing or foreign."""
+
+    @abstractmethod
+    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+        """A tenant's sessions, newest first (created_at, then session_id, descending)."""
+
+    @abstractmethod
+    async def list_rounds(
+        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
+    ) -> Page[Round]:
+        """A session's rounds in order, those with seq > after_seq; the cursor is a seq."""
+
+    @abstractmethod
+    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+        """Sessions by state, rounds, delta tokens and tokens saved, per group."""
+
+    @abstractmethod
+    async def sweep(self, *, limit: int = 1000) -> int:
+        """Expire up to ``limit`` Active sessions whose deadline has passed; return how many.
+
+        Safe to run from many processes at once: each due session is expired
+        exactly once, with expired_at at its deadline (see expire_if_due).
+        """
+
+    @abstractmethod
+    async def purge_created(self, older_than_seconds: int, *, limit: int = 1000) -> int:
+        """Delete up to ``limit`` sessions still Created ``older_than_seconds`` after creation.
+
+        The seed allows no Created -> expired transition, so abandoned Created
+        sessions are removed instead; returns how many.
+        """
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreError unless the backend answers."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release connections; the store cannot be used afterwards."""
+
+    # -- tenants and API keys --------------------------------------------------
+
+    @abstractmethod
+    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+        """Register a tenant; ConflictError if it exists."""
+
+    @abstractmethod
+    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+        """One tenant; NotFoundError if unknown."""
+
+    @abstractmethod
+    async def list_tenants(self) -> list[Tenant]:
+        """Every tenant, by id."""
+
+    @abstractmethod
+    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+        """Store a key's hash for a tenant (NotFoundError if the tenant is unknown)."""
+
+    @abstractmethod
+    async def get_api_key(self, key_id: str) -> ApiKeyInfo | None:
+        """The key with this id, revoked or not; None if there is none."""
+
+    @abstractmethod
+    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+        """A tenant's keys, oldest first."""
+
+    @abstractmethod
+    async def revoke_api_key(self, key_id: str) -> ApiKeyInfo:
+        """Revoke a key (idempotent: revoking twice keeps the first time)."""
+
+    # -- the retry loop ------------------------------------------------------------
+
+    async def _apply(
+        self,
+        tenant_id: TenantId,
+        session_id: SessionId,
+        change: Callable[[StoredSession, Timestamp], _Change],
+    ) -> _Change:
+        async def on_tx(tx: SessionTransaction, now: Timestamp) -> _Change:
+            return change(tx.stored, now)
+
+        return await self._apply_tx(tenant_id, session_id, on_tx)
+
+    async def _apply_tx(
+        self,
+        tenant_id: TenantId,
+        session_id: SessionId,
+        change: Callable[[SessionTransaction, Timestamp], Awaitable[_Change]],
+    ) -> _Change:
+        for attempt in range(_MAX_ATTEMPTS):
+            try:
+                async with self._begin(tenant_id, session_id) as tx:
+                    # Replicas' clocks differ a little; a session's own time never
+                    # runs backwards, so no transition is dated before the last one.
+                    now = max(self.clock(), tx.stored.last_activity_at)
+                    try:
+                        result = await change(tx, now)
+                    except WrongStateError as error:
+                        raise _refine(error) from None
+                    if result.stored is not tx.stored:
+                        await tx.commit(result.stored, result.round)
+            except VersionConflict:
+                await asyncio.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 20)))
+                continue
+            if result.error is not None:
+                raise result.error
+            return result
+        raise ConcurrentUpdateError(
+            f"session {session_id} kept changing under {_MAX_ATTEMPTS} attempts; try again"
+        )
+
+
+def expire_if_due(stored: StoredSession, now: Timestamp) -> StoredSession | None:
+    """The expired version of an Active session whose deadline is at or before ``now``.
+
+    None if the session is not due. expired_at is the deadline: when the TTL ran
+    out, not when a sweeper noticed. Backends' sweeps call this for each row.
+    """
+    deadline = stored.deadline
+    if deadline is None or now < deadline:
+        return None
+    session = require_state(restore(stored.record), Active, "expire")
+    return _next(stored, session.expire(deadline).into_data(), stored.last_activity_at)
+
+
+def _expire_late(stored: StoredSession, now: Timestamp, method: str) -> _Change | None:
+    expired = expire_if_due(stored, now)
+    if expired is None:
+        return None
+    error = SessionExpiredError(method, Active.name, SessionExpired.name)
+    return _Change(expired, error=error)
+
+
+def _next(
+    stored: StoredSession, record: SessionRecord, last_activity_at: Timestamp
+) -> StoredSession:
+    return replace(
+        stored, record=record, version=stored.version + 1, last_activity_at=last_activity_at
+    )
+
+
+def _refine(error: WrongStateError) -> WrongStateError:
+    # A call on an expired session gets the same error as a late round does.
+    if error.actual == SessionExpired.name and not isinstance(error, SessionExpiredError):
+        return SessionExpiredError(error.method, error.required, error.actual)
+    return error

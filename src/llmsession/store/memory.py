@@ -1,0 +1,258 @@
+"""MemoryStore: the SessionStore in one process's memory, for tests and experiments.
+
+It keeps no data across restarts. Changes still go through the same
+compare-and-set as every other backend, so the conformance suite holds for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+
+from llmsession.clock import Clock, system_clock
+from llmsession.errors import ConflictError, InvalidInput, NotFoundError, StoreError
+from llmsession.ids import SessionId, TenantId
+from llmsession.states import ALL_STATES, Created
+from llmsession.store.base import (
+    DEFAULT_TTL_SECONDS,
+    SessionStore,
+    SessionTransaction,
+    VersionConflict,
+    expire_if_due,
+)
+from llmsession.store.cursor import decode_cursor, encode_cursor
+from llmsession.store.models import (
+    ApiKeyInfo,
+    GroupKey,
+    Page,
+    Round,
+    SessionQuery,
+    StoredSession,
+    Tenant,
+    Totals,
+    check_page_size,
+)
+from llmsession.timestamps import Timestamp
+
+__all__ = ["MemoryStore"]
+
+
+@dataclass
+class _Entry:
+    stored: StoredSession
+    rounds: list[Round] = field(default_factory=list[Round])
+    by_key: dict[str, Round] = field(default_factory=dict[str, Round])
+
+
+class _MemoryTransaction(SessionTransaction):
+    def __init__(self, store: MemoryStore, entry: _Entry) -> None:
+        self._store = store
+        self._entry = entry
+        self.stored = entry.stored
+
+    async def find_round(self, idempotency_key: str) -> Round | None:
+        return self._entry.by_key.get(idempotency_key)
+
+    async def commit(self, new: StoredSession, new_round: Round | None) -> None:
+        # No await between the check and the write: atomic within the event loop.
+        if self._entry.stored.version != self.stored.version:
+            raise VersionConflict
+        self._entry.stored = new
+        if new_round is not None:
+            self._entry.rounds.append(new_round)
+            if new_round.idempotency_key is not None:
+                self._entry.by_key[new_round.idempotency_key] = new_round
+
+
+class MemoryStore(SessionStore):
+    """Sessions in a dict; lost when the process ends."""
+
+    def __init__(
+        self, *, clock: Clock = system_clock, default_ttl_seconds: int = DEFAULT_TTL_SECONDS
+    ) -> None:
+        super().__init__(clock=clock, default_ttl_seconds=default_ttl_seconds)
+        self._sessions: dict[SessionId, _Entry] = {}
+        self._tenants: dict[TenantId, Tenant] = {}
+        self._keys: dict[str, ApiKeyInfo] = {}
+        self._closed = False
+
+    async def _insert(self, stored: StoredSession) -> None:
+        self._check_open()
+        self._sessions[stored.record.session_id] = _Entry(stored)
+
+    @asynccontextmanager
+    async def _begin(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AsyncGenerator[SessionTransaction]:
+        entry = self._entry(tenant_id, session_id)
+        # Yield to the loop once so concurrent writers really interleave, as they
+        # would against a database, and the compare-and-set is exercised.
+        await asyncio.sleep(0)
+        yield _MemoryTransaction(self, entry)
+
+    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        return self._entry(tenant_id, session_id).stored
+
+    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+        self._check_open()
+        after = decode_cursor(query.cursor) if query.cursor is not None else None
+        matches = sorted(
+            (
+                entry.stored
+                for entry in self._sessions.values()
+                if _matches(entry.stored, tenant_id, query)
+            ),
+            key=_newest_first_key,
+            reverse=True,
+        )
+        if after is not None:
+            matches = [s for s in matches if _newest_first_key(s) < after]
+        page = matches[: query.limit]
+        more = len(matches) > query.limit
+        cursor = (
+            encode_cursor(page[-1].record.created_at, page[-1].record.session_id)
+            if more and page
+            else None
+        )
+        return Page(page, cursor)
+
+    async def list_rounds(
+        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
+    ) -> Page[Round]:
+        check_page_size(limit)
+        if type(after_seq) is not int or after_seq < 0:
+            raise InvalidInput(f"after_seq must be an integer >= 0, got {after_seq!r}")
+        rounds = [r for r in self._entry(tenant_id, session_id).rounds if r.seq > after_seq]
+        page = rounds[:limit]
+        return Page(page, str(page[-1].seq) if len(rounds) > limit else None)
+
+    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+        self._check_open()
+        groups: dict[tuple[str | None, str | None], Totals] = {}
+        for entry in self._sessions.values():
+            record = entry.stored.record
+            if record.tenant_id != tenant_id:
+                continue
+            key = (
+                record.provider_id if "provider" in group_by else None,
+                record.model if "model" in group_by else None,
+            )
+            current = groups.get(key) or Totals(
+                key[0], key[1], {state.name: 0 for state in ALL_STATES}
+            )
+            current.sessions[record.state.name] += 1
+            groups[key] = replace(
+                current,
+                rounds=current.rounds + record.round_count,
+                delta_tokens=current.delta_tokens + record.delta_tokens,
+                tokens_saved=current.tokens_saved + record.tokens_saved,
+            )
+        return [groups[key] for key in sorted(groups, key=lambda k: (k[0] or "", k[1] or ""))]
+
+    async def sweep(self, *, limit: int = 1000) -> int:
+        self._check_open()
+        now = self.clock()
+        expired = 0
+        for entry in list(self._sessions.values()):
+            if expired >= limit:
+                break
+            due = expire_if_due(entry.stored, now)
+            if due is not None:
+                entry.stored = due
+                expired += 1
+        return expired
+
+    async def purge_created(self, older_than_seconds: int, *, limit: int = 1000) -> int:
+        self._check_open()
+        cutoff = self.clock().plus_seconds(-older_than_seconds)
+        doomed = [
+            session_id
+            for session_id, entry in self._sessions.items()
+            if entry.stored.record.state is Created and entry.stored.record.created_at <= cutoff
+        ][:limit]
+        for session_id in doomed:
+            del self._sessions[session_id]
+        return len(doomed)
+
+    async def ping(self) -> None:
+        self._check_open()
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+        self._check_open()
+        if tenant_id in self._tenants:
+            raise ConflictError(f"tenant {tenant_id} already exists")
+        tenant = Tenant(tenant_id, self.clock())
+        self._tenants[tenant_id] = tenant
+        return tenant
+
+    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+        self._check_open()
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None:
+            raise NotFoundError(f"no tenant {tenant_id}")
+        return tenant
+
+    async def list_tenants(self) -> list[Tenant]:
+        self._check_open()
+        return [self._tenants[t] for t in sorted(self._tenants)]
+
+    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+        await self.get_tenant(tenant_id)
+        if key_id in self._keys:
+            raise ConflictError(f"API key id {key_id!r} already exists")
+        info = ApiKeyInfo(key_id, tenant_id, key_hash, self.clock())
+        self._keys[key_id] = info
+        return info
+
+    async def get_api_key(self, key_id: str) -> ApiKeyInfo | None:
+        self._check_open()
+        return self._keys.get(key_id)
+
+    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+        self._check_open()
+        return sorted(
+            (k for k in self._keys.values() if k.tenant_id == tenant_id),
+            key=lambda k: (k.created_at, k.key_id),
+        )
+
+    async def revoke_api_key(self, key_id: str) -> ApiKeyInfo:
+        self._check_open()
+        info = self._keys.get(key_id)
+        if info is None:
+            raise NotFoundError(f"no API key {key_id!r}")
+        if info.revoked_at is None:
+            info = replace(info, revoked_at=self.clock())
+            self._keys[key_id] = info
+        return info
+
+    def _entry(self, tenant_id: TenantId, session_id: SessionId) -> _Entry:
+        self._check_open()
+        entry = self._sessions.get(session_id)
+        if entry is None or entry.stored.record.tenant_id != tenant_id:
+            raise NotFoundError(f"no session {session_id}")
+        return entry
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("this store was closed; open a new one")
+
+
+def _newest_first_key(stored: StoredSession) -> tuple[Timestamp, SessionId]:
+    return (stored.record.created_at, stored.record.session_id)
+
+
+def _matches(stored: StoredSession, tenant_id: TenantId, query: SessionQuery) -> bool:
+    record = stored.record
+    return (
+        record.tenant_id == tenant_id
+        and (query.state is None or record.state is query.state)
+        and (query.provider_id is None or record.provider_id == query.provider_id)
+        and (query.model is None or record.model == query.model)
+        and (query.created_after is None or record.created_at > query.created_after)
+        and (query.created_before is None or record.created_at < query.created_before)
+    )

@@ -1,0 +1,162 @@
+"""The values a store reads and writes besides the core's SessionRecord."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeAlias, TypeVar
+
+from llmsession.errors import InvalidInput
+from llmsession.expiry import deadline_of
+from llmsession.ids import SessionId, TenantId, check_label
+from llmsession.record import SessionRecord
+from llmsession.states import ALL_STATES, SessionState
+from llmsession.timestamps import Timestamp
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_IDEMPOTENCY_KEY",
+    "MAX_PAGE_SIZE",
+    "ApiKeyInfo",
+    "GroupKey",
+    "Page",
+    "Round",
+    "RoundResult",
+    "SessionQuery",
+    "StoredSession",
+    "Tenant",
+    "Totals",
+    "check_idempotency_key",
+    "check_page_size",
+]
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+MAX_IDEMPOTENCY_KEY = 255
+
+T = TypeVar("T")
+
+GroupKey: TypeAlias = Literal["provider", "model"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    """A session record as a store holds it, with what the store adds around it.
+
+    ``version`` grows by one with every write and is what compare-and-set checks;
+    ``last_activity_at`` and ``ttl_seconds`` give the idle deadline.
+    """
+
+    record: SessionRecord
+    version: int
+    ttl_seconds: int
+    last_activity_at: Timestamp
+
+    @property
+    def deadline(self) -> Timestamp | None:
+        """When the session expires if nothing happens; None unless Active."""
+        return deadline_of(self.record, self.last_activity_at, self.ttl_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """One recorded round: its sequence number (1, 2, ...) within the session."""
+
+    session_id: SessionId
+    seq: int
+    delta_tokens: int
+    recorded_at: Timestamp
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    """What recording a round returns; ``replayed`` is True for a repeated idempotency key."""
+
+    round: Round
+    session: StoredSession
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SessionQuery:
+    """Filters and paging for listing a tenant's sessions, newest first."""
+
+    state: type[SessionState] | None = None
+    provider_id: str | None = None
+    model: str | None = None
+    created_after: Timestamp | None = None
+    created_before: Timestamp | None = None
+    limit: int = DEFAULT_PAGE_SIZE
+    cursor: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.state is not None and self.state not in ALL_STATES:
+            raise InvalidInput(f"state filter must be a session state, got {self.state!r}")
+        if self.provider_id is not None:
+            check_label("provider_id", self.provider_id)
+        if self.model is not None:
+            check_label("model", self.model)
+        check_page_size(self.limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of results; pass ``next_cursor`` back for the next, None at the end."""
+
+    items: list[T]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Totals over a tenant's sessions, for one provider/model group.
+
+    ``provider_id`` and ``model`` are None when the totals are not grouped by them.
+    ``sessions`` counts sessions by state name (all four names always present).
+    """
+
+    provider_id: str | None
+    model: str | None
+    sessions: dict[str, int] = field(default_factory=dict[str, int])
+    rounds: int = 0
+    delta_tokens: int = 0
+    tokens_saved: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """A tenant known to the service."""
+
+    tenant_id: TenantId
+    created_at: Timestamp
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    """What a store keeps of an API key: never the key, only its hash."""
+
+    key_id: str
+    tenant_id: TenantId
+    key_hash: bytes
+    created_at: Timestamp
+    revoked_at: Timestamp | None = None
+
+
+def check_page_size(limit: object) -> int:
+    """A page size is an int from 1 to MAX_PAGE_SIZE."""
+    if type(limit) is not int or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}, got {limit!r}")
+    return limit
+
+
+def check_idempotency_key(key: object) -> str:
+    """An idempotency key is 1 to 255 printable characters."""
+    if (
+        not isinstance(key, str)
+        or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY
+        or not key.isprintable()
+    ):
+        raise InvalidInput(
+            f"an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY} printable characters, got {key!r}"
+        )
+    return key
