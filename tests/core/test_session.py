@@ -231,12 +231,12 @@ def test_close_and_expire_reject_non_timestamps() -> None:
 
 def test_transitions_may_not_go_back_in_time() -> None:
     created = Session.new(created_record())
-    with pytest.raises(TransitionOrderError, match="activated_at .* is before created_at"):
+    with pytest.raises(TransitionOrderError, match=r"activated_at .* is before created_at"):
         created.activate(at(-1))
     active = created.activate(at(10))
-    with pytest.raises(TransitionOrderError, match="closed_at .* is before activated_at"):
+    with pytest.raises(TransitionOrderError, match=r"closed_at .* is before activated_at"):
         active.close(at(9))
-    with pytest.raises(TransitionOrderError, match="expired_at .* is before activated_at"):
+    with pytest.raises(TransitionOrderError, match=r"expired_at .* is before activated_at"):
         active.expire(at(9.999999))
     assert active.state() is Active
     assert active.close(at(10)).closed_at() == at(10)
@@ -309,7 +309,7 @@ def test_errors_pickle_with_their_fields() -> None:
 
 
 def test_every_error_shares_one_base() -> None:
-    import llmsession.errors as errors
+    from llmsession import errors
 
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), LLMSessionError)
