@@ -197,11 +197,14 @@ class Session(Generic[S]):
         """
         if self._state is not Active:
             self._wrong_state("record_delta", Active)
-        if type(delta_tokens) is not int or not 0 <= delta_tokens <= MAX_TOKENS:
+        # The hot path: only the cheapest checks run when all is well; the
+        # error paths below work out which rule was broken.
+        if type(delta_tokens) is not int or delta_tokens < 0:
             check_token_count("delta_tokens", delta_tokens)
         rounds = self._round_count + 1
         total = self._delta_tokens + delta_tokens
         if rounds > self._round_limit or total > MAX_TOKENS:
+            check_token_count("delta_tokens", delta_tokens)
             raise TokenOverflow(
                 f"recording {delta_tokens} tokens would take round_count to {rounds} and "
                 f"delta_tokens to {total}; delta_tokens and round_count * initial_tokens "
