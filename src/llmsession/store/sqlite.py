@@ -1,0 +1,750 @@
+"""SQLiteStore: the embedded default, one file shared safely by several processes.
+
+The file is in WAL mode, so readers never wait for the writer, and a server and
+a CLI (or several servers on one machine) can use it at once: every write
+transaction starts with ``BEGIN IMMEDIATE``, which takes SQLite's single write
+lock up front, and ``busy_timeout`` makes a second process wait for it instead
+of failing. ``synchronous=FULL`` syncs the WAL on every commit, so a round is on
+disk before it is acknowledged and survives a crash or a power cut.
+
+Each store holds two connections: one writer, whose transactions an
+:class:`asyncio.Lock` keeps from interleaving (one SQLite connection has one
+transaction at a time), and one read-only reader for queries, so reads go on
+while the writer waits for another process's lock.
+
+Times are integer epoch microseconds. The schema is created and versioned here,
+in ``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import AsyncGenerator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+
+import aiosqlite
+
+from llmsession.clock import Clock, system_clock
+from llmsession.errors import (
+    ConflictError,
+    InvalidInput,
+    NotFoundError,
+    SchemaVersionError,
+    StoreError,
+)
+from llmsession.ids import SessionId, TenantId
+from llmsession.record import SessionRecord
+from llmsession.states import ALL_STATES, Created, state_named
+from llmsession.store.base import (
+    DEFAULT_TTL_SECONDS,
+    SessionStore,
+    SessionTransaction,
+    VersionConflict,
+    expire_if_due,
+)
+from llmsession.store.cursor import decode_cursor, encode_cursor
+from llmsession.store.models import (
+    ApiKeyInfo,
+    GroupKey,
+    Page,
+    Round,
+    SessionQuery,
+    StoredSession,
+    Tenant,
+    Totals,
+    check_page_size,
+)
+from llmsession.timestamps import Timestamp
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+#: The schema this code writes and reads; stored in ``PRAGMA user_version``.
+SCHEMA_VERSION: Final = 1
+
+# How long a write waits for another process's write lock before giving up.
+_BUSY_TIMEOUT_SECONDS = 30.0
+
+# The partial index on Created sessions only serves queries that spell its
+# condition the same way, so the state name is part of the SQL text.
+_CREATED = Created.name
+
+_SCHEMA: Final = (
+    """
+    CREATE TABLE sessions (
+        session_id       BLOB    NOT NULL PRIMARY KEY,
+        tenant_id        TEXT    NOT NULL,
+        provider_id      TEXT    NOT NULL,
+        model            TEXT    NOT NULL,
+        initial_tokens   INTEGER NOT NULL,
+        state            TEXT    NOT NULL,
+        created_at       INTEGER NOT NULL,
+        activated_at     INTEGER,
+        closed_at        INTEGER,
+        expired_at       INTEGER,
+        round_count      INTEGER NOT NULL,
+        delta_tokens     INTEGER NOT NULL,
+        tokens_saved     INTEGER NOT NULL,
+        version          INTEGER NOT NULL,
+        ttl_seconds      INTEGER NOT NULL,
+        last_activity_at INTEGER NOT NULL,
+        deadline         INTEGER
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE INDEX sessions_by_tenant
+        ON sessions (tenant_id, created_at DESC, session_id DESC)
+    """,
+    """
+    CREATE INDEX sessions_by_state
+        ON sessions (tenant_id, state, created_at DESC, session_id DESC)
+    """,
+    """
+    CREATE INDEX sessions_by_provider_model
+        ON sessions (tenant_id, provider_id, model, created_at DESC, session_id DESC)
+    """,
+    """
+    CREATE INDEX sessions_by_model
+        ON sessions (tenant_id, model, created_at DESC, session_id DESC)
+    """,
+    # Only Active sessions have a deadline: a sweep costs what is due, not what is stored.
+    """
+    CREATE INDEX sessions_due ON sessions (deadline) WHERE deadline IS NOT NULL
+    """,
+    f"""
+    CREATE INDEX sessions_created_unused
+        ON sessions (created_at) WHERE state = '{_CREATED}'
+    """,
+    """
+    CREATE TABLE rounds (
+        session_id      BLOB    NOT NULL,
+        seq             INTEGER NOT NULL,
+        delta_tokens    INTEGER NOT NULL,
+        recorded_at     INTEGER NOT NULL,
+        idempotency_key TEXT,
+        PRIMARY KEY (session_id, seq),
+        UNIQUE (session_id, idempotency_key)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE tenants (
+        tenant_id  TEXT    NOT NULL PRIMARY KEY,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE api_keys (
+        key_id     TEXT    NOT NULL PRIMARY KEY,
+        tenant_id  TEXT    NOT NULL,
+        key_hash   BLOB    NOT NULL,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id, created_at, key_id)
+    """,
+)
+
+_SESSION_COLUMNS = (
+    "session_id, tenant_id, provider_id, model, initial_tokens, state, created_at, "
+    "activated_at, closed_at, expired_at, round_count, delta_tokens, version, "
+    "ttl_seconds, last_activity_at"
+)
+_SELECT_SESSION = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ? AND tenant_id = ?"
+_INSERT_SESSION = (
+    "INSERT INTO sessions (session_id, tenant_id, provider_id, model, initial_tokens, state, "
+    "created_at, activated_at, closed_at, expired_at, round_count, delta_tokens, tokens_saved, "
+    "version, ttl_seconds, last_activity_at, deadline) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_SESSION = (
+    "UPDATE sessions SET state = ?, activated_at = ?, closed_at = ?, expired_at = ?, "
+    "round_count = ?, delta_tokens = ?, tokens_saved = ?, version = ?, last_activity_at = ?, "
+    "deadline = ? WHERE session_id = ? AND version = ?"
+)
+_INSERT_ROUND = (
+    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+_ROUND_COLUMNS = "seq, delta_tokens, recorded_at, idempotency_key"
+
+# SUM() raises on passing 2**63-1, and total() is a float. Summing the high and
+# low 32 bits separately stays exact in 64 bits for up to 2**31 sessions per
+# group, far beyond what one SQLite file holds; Python adds the halves.
+_LOW_BITS = 0xFFFFFFFF
+
+
+def _split_sum(column: str) -> str:
+    return f"SUM({column} >> 32), SUM({column} & {_LOW_BITS})"
+
+
+class _Connection:
+    """One aiosqlite connection; SQLite errors come out as StoreError naming the file.
+
+    IntegrityError is let through from ``execute``: the callers that insert turn
+    it into the conflict it means.
+    """
+
+    def __init__(self, raw: aiosqlite.Connection, path: Path) -> None:
+        self.raw = raw
+        self.path = path
+
+    async def execute(self, sql: str, params: Sequence[object] = ()) -> aiosqlite.Cursor:
+        try:
+            return await self.raw.execute(sql, params)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as error:
+            raise self._error(error) from error
+
+    async def fetch(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        try:
+            return list(await self.raw.execute_fetchall(sql, params))
+        except sqlite3.Error as error:
+            raise self._error(error) from error
+
+    async def executemany(self, sql: str, params: Iterable[Sequence[object]]) -> aiosqlite.Cursor:
+        try:
+            return await self.raw.executemany(sql, params)
+        except sqlite3.Error as error:
+            raise self._error(error) from error
+
+    async def rollback(self) -> None:
+        """Roll back the open transaction; a no-op if there is none."""
+        try:
+            await self.raw.rollback()
+        except sqlite3.Error as error:
+            raise self._error(error) from error
+
+    def _error(self, error: sqlite3.Error) -> StoreError:
+        return StoreError(f"SQLite file {self.path}: {error}")
+
+
+class _SQLiteTransaction(SessionTransaction):
+    def __init__(self, conn: _Connection, stored: StoredSession) -> None:
+        self._conn = conn
+        self.stored = stored
+        self.committed = False
+
+    async def find_round(self, idempotency_key: str) -> Round | None:
+        session_id = self.stored.record.session_id
+        rows = await self._conn.fetch(
+            f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE session_id = ? AND idempotency_key = ?",
+            (session_id.value.bytes, idempotency_key),
+        )
+        return _round_from_row(session_id, rows[0]) if rows else None
+
+    async def commit(self, new: StoredSession, new_round: Round | None) -> None:
+        conn = self._conn
+        cursor = await conn.execute(_UPDATE_SESSION, _update_params(new, self.stored.version))
+        if cursor.rowcount != 1:
+            raise VersionConflict
+        if new_round is not None:
+            try:
+                await conn.execute(_INSERT_ROUND, _round_params(new_round))
+            except sqlite3.IntegrityError:
+                # The write lock makes this unreachable today; if it ever happens,
+                # a fresh read finds the round that got there first.
+                raise VersionConflict from None
+        await conn.execute("COMMIT")
+        self.committed = True
+
+
+class SQLiteStore(SessionStore):
+    """Sessions in one SQLite file (WAL mode), shareable by several processes.
+
+    Open one with :meth:`open` (or :func:`llmsession.store.open_store` and a
+    ``sqlite:///path`` URL); close it with :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Clock = system_clock,
+        default_ttl_seconds: int = DEFAULT_TTL_SECONDS,
+    ) -> None:
+        """Prepare a store on ``path`` without connecting; use :meth:`open` instead."""
+        super().__init__(clock=clock, default_ttl_seconds=default_ttl_seconds)
+        self.path = path
+        self._writer: _Connection | None = None
+        self._reader: _Connection | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        clock: Clock = system_clock,
+        default_ttl_seconds: int = DEFAULT_TTL_SECONDS,
+    ) -> SQLiteStore:
+        """Open the store at ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
+
+        Creates the parent directory, the file and the schema on first use.
+        Raises InvalidInput for a malformed URL, SchemaVersionError for a file
+        written by a newer llmsession, StoreError if the file cannot be used.
+        """
+        store = cls(path_of_url(url), clock=clock, default_ttl_seconds=default_ttl_seconds)
+        try:
+            await store._connect()
+        except BaseException:
+            await store.aclose()
+            raise
+        return store
+
+    # -- connections -------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"cannot create the directory of {self.path}: {error}") from error
+        self._writer = await self._new_connection()
+        writer = self._writer
+        mode = str((await writer.fetch("PRAGMA journal_mode = WAL"))[0][0]).lower()
+        if mode != "wal":
+            raise StoreError(
+                f"SQLite file {self.path} cannot use WAL mode (it stays in {mode!r} mode); "
+                "put it on a local file system"
+            )
+        # FULL: the WAL is synced at every commit, so an acknowledged round survives
+        # a power cut too, not only a killed process (which NORMAL would cover).
+        await writer.execute("PRAGMA synchronous = FULL")
+        await self._migrate(writer)
+        self._reader = await self._new_connection()
+        await self._reader.execute("PRAGMA query_only = ON")
+
+    async def _new_connection(self) -> _Connection:
+        try:
+            # isolation_level=None: no implicit transactions; this module writes
+            # BEGIN IMMEDIATE and COMMIT itself.
+            raw = await aiosqlite.connect(
+                self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_SECONDS
+            )
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot open SQLite file {self.path}: {error}") from error
+        return _Connection(raw, self.path)
+
+    async def _migrate(self, conn: _Connection) -> None:
+        if await self._schema_version(conn) == SCHEMA_VERSION:
+            return
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Checked again under the write lock: another process may have won the race.
+            found = await self._schema_version(conn)
+            if found == 0:
+                try:
+                    for statement in _SCHEMA:
+                        await conn.raw.execute(statement)
+                except sqlite3.OperationalError as error:
+                    raise StoreError(
+                        f"SQLite file {self.path} already holds tables that llmsession did not "
+                        f"create ({error}); use a new file"
+                    ) from error
+                await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.rollback()
+            raise
+
+    async def _schema_version(self, conn: _Connection) -> int:
+        rows = await conn.fetch("PRAGMA user_version")
+        found = int(rows[0][0])
+        if found > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"SQLite file {self.path} has schema version {found}, but this llmsession "
+                f"knows versions up to {SCHEMA_VERSION}; upgrade llmsession to open it"
+            )
+        return found
+
+    def _connections(self) -> tuple[_Connection, _Connection]:
+        if self._closed or self._writer is None or self._reader is None:
+            raise StoreError("this store was closed; open a new one")
+        return self._writer, self._reader
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncGenerator[tuple[_Connection, Timestamp]]:
+        """A write transaction holding SQLite's write lock; commits unless the block raises.
+
+        Yields the time read after the lock was taken, so that a waiting writer
+        never writes a time older than the one before it.
+        """
+        writer, _ = self._connections()
+        async with self._lock:
+            await writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield writer, self.clock()
+                await writer.execute("COMMIT")
+            except BaseException:
+                await writer.rollback()
+                raise
+
+    # -- session primitives ------------------------------------------------------
+
+    async def _insert(self, stored: StoredSession) -> None:
+        writer, _ = self._connections()
+        async with self._lock:
+            await writer.execute(_INSERT_SESSION, _insert_params(stored))
+
+    @asynccontextmanager
+    async def _begin(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AsyncGenerator[SessionTransaction]:
+        writer, _ = self._connections()
+        async with self._lock:
+            await writer.execute("BEGIN IMMEDIATE")
+            tx: _SQLiteTransaction | None = None
+            try:
+                rows = await writer.fetch(_SELECT_SESSION, _key(tenant_id, session_id))
+                if not rows:
+                    raise NotFoundError(f"no session {session_id}")
+                tx = _SQLiteTransaction(writer, _stored_from_row(rows[0]))
+                yield tx
+            finally:
+                # Also when commit() itself failed half-way; a no-op after COMMIT.
+                if tx is None or not tx.committed:
+                    await writer.rollback()
+
+    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        _, reader = self._connections()
+        rows = await reader.fetch(_SELECT_SESSION, _key(tenant_id, session_id))
+        if not rows:
+            raise NotFoundError(f"no session {session_id}")
+        return _stored_from_row(rows[0])
+
+    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+        _, reader = self._connections()
+        conditions = ["tenant_id = ?"]
+        params: list[object] = [tenant_id.value]
+        if query.cursor is not None:
+            created_at, session_id = decode_cursor(query.cursor)
+            conditions.append("(created_at, session_id) < (?, ?)")
+            params += [created_at.epoch_micros, session_id.value.bytes]
+        if query.state is not None:
+            conditions.append("state = ?")
+            params.append(query.state.name)
+        if query.provider_id is not None:
+            conditions.append("provider_id = ?")
+            params.append(query.provider_id)
+        if query.model is not None:
+            conditions.append("model = ?")
+            params.append(query.model)
+        if query.created_after is not None:
+            conditions.append("created_at > ?")
+            params.append(query.created_after.epoch_micros)
+        if query.created_before is not None:
+            conditions.append("created_at < ?")
+            params.append(query.created_before.epoch_micros)
+        params.append(query.limit + 1)
+        rows = await reader.fetch(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(conditions)} "
+            "ORDER BY created_at DESC, session_id DESC LIMIT ?",
+            params,
+        )
+        page = [_stored_from_row(row) for row in rows[: query.limit]]
+        cursor = None
+        if len(rows) > query.limit:
+            last = page[-1].record
+            cursor = encode_cursor(last.created_at, last.session_id)
+        return Page(page, cursor)
+
+    async def list_rounds(
+        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
+    ) -> Page[Round]:
+        check_page_size(limit)
+        if type(after_seq) is not int or after_seq < 0:
+            raise InvalidInput(f"after_seq must be an integer >= 0, got {after_seq!r}")
+        _, reader = self._connections()
+        # Rounds are never deleted (a purged session never had any), so checking the
+        # owner and reading the rounds need not share a snapshot.
+        owner = await reader.fetch(
+            "SELECT 1 FROM sessions WHERE session_id = ? AND tenant_id = ?",
+            _key(tenant_id, session_id),
+        )
+        if not owner:
+            raise NotFoundError(f"no session {session_id}")
+        rows = await reader.fetch(
+            f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE session_id = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (session_id.value.bytes, after_seq, limit + 1),
+        )
+        page = [_round_from_row(session_id, row) for row in rows[:limit]]
+        return Page(page, str(page[-1].seq) if len(rows) > limit else None)
+
+    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+        _, reader = self._connections()
+        provider = "provider_id" if "provider" in group_by else "NULL"
+        model = "model" if "model" in group_by else "NULL"
+        rows = await reader.fetch(
+            f"SELECT {provider}, {model}, state, COUNT(*), {_split_sum('round_count')}, "
+            f"{_split_sum('delta_tokens')}, {_split_sum('tokens_saved')} "
+            "FROM sessions WHERE tenant_id = ? GROUP BY 1, 2, 3",
+            (tenant_id.value,),
+        )
+        # Per group: sessions by state, then rounds, delta tokens and tokens saved.
+        sums: dict[tuple[str | None, str | None], tuple[dict[str, int], list[int]]] = {}
+        for row in rows:
+            key: tuple[str | None, str | None] = (row[0], row[1])
+            by_state, amounts = sums.setdefault(
+                key, ({state.name: 0 for state in ALL_STATES}, [0, 0, 0])
+            )
+            by_state[state_named(row[2]).name] += int(row[3])
+            for i in range(3):
+                amounts[i] += _join_halves(row[4 + 2 * i], row[5 + 2 * i])
+        return [
+            Totals(key[0], key[1], by_state, *amounts)
+            for key, (by_state, amounts) in sorted(
+                sums.items(), key=lambda item: (item[0][0] or "", item[0][1] or "")
+            )
+        ]
+
+    async def sweep(self, *, limit: int = 1000) -> int:
+        _check_limit(limit)
+        async with self._write() as (writer, now):
+            rows = await writer.fetch(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions "
+                "WHERE deadline IS NOT NULL AND deadline <= ? ORDER BY deadline LIMIT ?",
+                (now.epoch_micros, limit),
+            )
+            updates: list[Sequence[object]] = []
+            for row in rows:
+                stored = _stored_from_row(row)
+                expired = expire_if_due(stored, now)
+                if expired is not None:
+                    updates.append(_update_params(expired, stored.version))
+            if not updates:
+                return 0
+            cursor = await writer.executemany(_UPDATE_SESSION, updates)
+            # The write lock was held since the SELECT, so every version matches;
+            # counting what was written keeps the figure honest regardless.
+            return cursor.rowcount
+
+    async def purge_created(self, older_than_seconds: int, *, limit: int = 1000) -> int:
+        if type(older_than_seconds) is not int or older_than_seconds < 0:
+            raise InvalidInput(
+                f"older_than_seconds must be a whole number of seconds >= 0, "
+                f"got {older_than_seconds!r}"
+            )
+        _check_limit(limit)
+        async with self._write() as (writer, now):
+            cutoff = now.plus_seconds(-older_than_seconds)
+            cursor = await writer.execute(
+                "DELETE FROM sessions WHERE session_id IN (SELECT session_id FROM sessions "
+                f"WHERE state = '{_CREATED}' AND created_at <= ? ORDER BY created_at LIMIT ?)",
+                (cutoff.epoch_micros, limit),
+            )
+            return cursor.rowcount
+
+    async def ping(self) -> None:
+        _, reader = self._connections()
+        await reader.fetch("SELECT 1 FROM sessions LIMIT 1")
+
+    async def aclose(self) -> None:
+        """Close both connections, after any transaction in progress; idempotent."""
+        self._closed = True
+        async with self._lock:
+            writer, reader = self._writer, self._reader
+            self._writer = self._reader = None
+            for conn in (writer, reader):
+                if conn is not None:
+                    await conn.raw.close()
+
+    # -- tenants and API keys -------------------------------------------------------
+
+    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+        try:
+            async with self._write() as (writer, now):
+                await writer.execute(
+                    "INSERT INTO tenants (tenant_id, created_at) VALUES (?, ?)",
+                    (tenant_id.value, now.epoch_micros),
+                )
+        except sqlite3.IntegrityError:
+            raise ConflictError(f"tenant {tenant_id} already exists") from None
+        return Tenant(tenant_id, now)
+
+    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+        _, reader = self._connections()
+        rows = await reader.fetch(
+            "SELECT created_at FROM tenants WHERE tenant_id = ?", (tenant_id.value,)
+        )
+        if not rows:
+            raise NotFoundError(f"no tenant {tenant_id}")
+        return Tenant(tenant_id, Timestamp(rows[0][0]))
+
+    async def list_tenants(self) -> list[Tenant]:
+        _, reader = self._connections()
+        rows = await reader.fetch("SELECT tenant_id, created_at FROM tenants ORDER BY tenant_id")
+        return [Tenant(TenantId(row[0]), Timestamp(row[1])) for row in rows]
+
+    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+        try:
+            async with self._write() as (writer, now):
+                known = await writer.fetch(
+                    "SELECT 1 FROM tenants WHERE tenant_id = ?", (tenant_id.value,)
+                )
+                if not known:
+                    raise NotFoundError(f"no tenant {tenant_id}")
+                await writer.execute(
+                    "INSERT INTO api_keys (key_id, tenant_id, key_hash, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (key_id, tenant_id.value, key_hash, now.epoch_micros),
+                )
+        except sqlite3.IntegrityError:
+            raise ConflictError(f"API key id {key_id!r} already exists") from None
+        return ApiKeyInfo(key_id, tenant_id, key_hash, now)
+
+    async def get_api_key(self, key_id: str) -> ApiKeyInfo | None:
+        _, reader = self._connections()
+        rows = await reader.fetch(f"{_SELECT_KEY} WHERE key_id = ?", (key_id,))
+        return _key_from_row(rows[0]) if rows else None
+
+    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+        _, reader = self._connections()
+        rows = await reader.fetch(
+            f"{_SELECT_KEY} WHERE tenant_id = ? ORDER BY created_at, key_id",
+            (tenant_id.value,),
+        )
+        return [_key_from_row(row) for row in rows]
+
+    async def revoke_api_key(self, key_id: str) -> ApiKeyInfo:
+        async with self._write() as (writer, now):
+            rows = await writer.fetch(f"{_SELECT_KEY} WHERE key_id = ?", (key_id,))
+            if not rows:
+                raise NotFoundError(f"no API key {key_id!r}")
+            info = _key_from_row(rows[0])
+            if info.revoked_at is None:
+                await writer.execute(
+                    "UPDATE api_keys SET revoked_at = ? WHERE key_id = ?",
+                    (now.epoch_micros, key_id),
+                )
+                info = ApiKeyInfo(info.key_id, info.tenant_id, info.key_hash, info.created_at, now)
+        return info
+
+
+_SELECT_KEY = "SELECT key_id, tenant_id, key_hash, created_at, revoked_at FROM api_keys"
+
+
+def path_of_url(url: str) -> Path:
+    """The file a ``sqlite:///`` URL names: three slashes, then a relative or absolute path."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or parts.netloc or parts.query or parts.fragment:
+        raise InvalidInput(
+            f"{url!r} is not a SQLite store URL; use sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db (no host, query or fragment)"
+        )
+    # urlsplit keeps the slash that ends the empty host; one more makes the path absolute.
+    path = unquote(parts.path)[1:]
+    if not path or path.endswith("/"):
+        raise InvalidInput(
+            f"{url!r} names no file; use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    if path == ":memory:":
+        raise InvalidInput("an in-memory SQLite database is not durable; use memory:// instead")
+    return Path(path)
+
+
+def _check_limit(limit: object) -> None:
+    if type(limit) is not int or limit < 1:
+        raise InvalidInput(f"limit must be an integer >= 1, got {limit!r}")
+
+
+def _key(tenant_id: TenantId, session_id: SessionId) -> tuple[bytes, str]:
+    return session_id.value.bytes, tenant_id.value
+
+
+def _micros(moment: Timestamp | None) -> int | None:
+    return None if moment is None else moment.epoch_micros
+
+
+def _time(value: int | None) -> Timestamp | None:
+    return None if value is None else Timestamp(value)
+
+
+def _join_halves(high: int | None, low: int | None) -> int:
+    return ((high or 0) << 32) + (low or 0)
+
+
+def _insert_params(stored: StoredSession) -> tuple[object, ...]:
+    record = stored.record
+    return (
+        record.session_id.value.bytes,
+        record.tenant_id.value,
+        record.provider_id,
+        record.model,
+        record.initial_tokens,
+        record.state.name,
+        record.created_at.epoch_micros,
+        _micros(record.activated_at),
+        _micros(record.closed_at),
+        _micros(record.expired_at),
+        record.round_count,
+        record.delta_tokens,
+        record.tokens_saved,
+        stored.version,
+        stored.ttl_seconds,
+        stored.last_activity_at.epoch_micros,
+        _micros(stored.deadline),
+    )
+
+
+def _update_params(new: StoredSession, expected_version: int) -> tuple[object, ...]:
+    record = new.record
+    return (
+        record.state.name,
+        _micros(record.activated_at),
+        _micros(record.closed_at),
+        _micros(record.expired_at),
+        record.round_count,
+        record.delta_tokens,
+        record.tokens_saved,
+        new.version,
+        new.last_activity_at.epoch_micros,
+        _micros(new.deadline),
+        record.session_id.value.bytes,
+        expected_version,
+    )
+
+
+def _round_params(new_round: Round) -> tuple[object, ...]:
+    return (
+        new_round.session_id.value.bytes,
+        new_round.seq,
+        new_round.delta_tokens,
+        new_round.recorded_at.epoch_micros,
+        new_round.idempotency_key,
+    )
+
+
+def _stored_from_row(row: Any) -> StoredSession:
+    record = SessionRecord(
+        session_id=SessionId(uuid.UUID(bytes=row[0])),
+        tenant_id=TenantId(row[1]),
+        provider_id=row[2],
+        model=row[3],
+        initial_tokens=row[4],
+        state=state_named(row[5]),
+        created_at=Timestamp(row[6]),
+        activated_at=_time(row[7]),
+        closed_at=_time(row[8]),
+        expired_at=_time(row[9]),
+        round_count=row[10],
+        delta_tokens=row[11],
+    )
+    return StoredSession(
+        record, version=row[12], ttl_seconds=row[13], last_activity_at=Timestamp(row[14])
+    )
+
+
+def _round_from_row(session_id: SessionId, row: Any) -> Round:
+    return Round(session_id, row[0], row[1], Timestamp(row[2]), row[3])
+
+
+def _key_from_row(row: Any) -> ApiKeyInfo:
+    return ApiKeyInfo(row[0], TenantId(row[1]), bytes(row[2]), Timestamp(row[3]), _time(row[4]))
