@@ -1,8 +1,12 @@
 """llmsession: stateful LLM sessions with exact accounting of rounds and tokens saved.
 
 The core (this package's top level) is pure: :class:`Session` and its states,
-:class:`SessionRecord`, ids, timestamps and errors. It does no I/O.
+:class:`SessionRecord`, ids, timestamps and errors. It does no I/O. The HTTP
+clients :class:`Client` and :class:`AsyncClient` are exported here too, but
+loaded only on first use, so importing the core never imports httpx.
 """
+
+from typing import TYPE_CHECKING
 
 from llmsession.errors import (
     AuthenticationError,
@@ -41,12 +45,17 @@ from llmsession.states import Active, Closed, Created, SessionExpired, SessionSt
 from llmsession.timestamps import Timestamp
 from llmsession.tokens import MAX_TOKENS, compute_tokens_saved
 
+if TYPE_CHECKING:
+    from llmsession.client import AsyncClient, Client
+
 __all__ = [
     "MAX_TOKENS",
     "RECORD_VERSION",
     "Active",
     "AnySession",
+    "AsyncClient",
     "AuthenticationError",
+    "Client",
     "Closed",
     "ConcurrentUpdateError",
     "ConflictError",
@@ -82,3 +91,20 @@ __all__ = [
     "require_state",
     "restore",
 ]
+
+_LAZY = ("AsyncClient", "Client")
+
+if not TYPE_CHECKING:
+    # Hidden from type checkers, so that a misspelt attribute stays a type error.
+
+    def __getattr__(name: str) -> object:
+        if name in _LAZY:
+            from llmsession import client
+
+            value = getattr(client, name)
+            globals()[name] = value
+            return value
+        raise AttributeError(f"module 'llmsession' has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_LAZY})
