@@ -1,0 +1,916 @@
+"""PostgresStore: the SessionStore on PostgreSQL, for many replicas sharing one database.
+
+Every change follows :class:`SessionStore`'s loop: the session row is locked
+with ``SELECT ... FOR UPDATE``, the core computes the next record, and one
+statement writes it with a compare-and-set on ``version`` together with its
+round. Statements of one change are pipelined, so a round costs two round trips
+to the server: ``BEGIN`` + lock + read, then write + ``COMMIT``.
+
+Sweepers in any number of processes claim due rows with ``FOR UPDATE SKIP
+LOCKED``: each due session is expired exactly once, by whichever sweeper (or
+late round) locked it first. The tables are created, in the connection's
+current schema, on first use and carry a schema version.
+
+The URL is a libpq URL; these query parameters are the store's own and are
+removed before connecting:
+
+==================  =============================================  =======
+``pool_min``        connections kept open                          1
+``pool_max``        most connections at once                       10
+``pool_timeout``    seconds to wait for a free connection          30
+``session_cache``   sessions whose last version is remembered      10000
+==================  =============================================  =======
+
+Anything else (``sslmode``, ``options=-csearch_path%3Dmyschema`` ...) goes to libpq.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final, LiteralString
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg import errors as pg_errors
+from psycopg.pq import TransactionStatus
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+from llmsession.clock import Clock, system_clock
+from llmsession.errors import (
+    ConflictError,
+    InvalidInput,
+    LLMSessionError,
+    NotFoundError,
+    SchemaVersionError,
+    StoreError,
+)
+from llmsession.ids import SessionId, TenantId
+from llmsession.record import SessionRecord
+from llmsession.states import ALL_STATES, Created, state_named
+from llmsession.store.base import (
+    DEFAULT_TTL_SECONDS,
+    SessionStore,
+    SessionTransaction,
+    VersionConflict,
+    expire_if_due,
+)
+from llmsession.store.cursor import decode_cursor, encode_cursor
+from llmsession.store.models import (
+    ApiKeyInfo,
+    GroupKey,
+    Page,
+    Round,
+    SessionQuery,
+    StoredSession,
+    Tenant,
+    Totals,
+    check_page_size,
+)
+from llmsession.timestamps import Timestamp
+
+__all__ = ["SCHEMA_VERSION", "PostgresOptions", "PostgresStore"]
+
+#: The schema version this code creates and understands.
+SCHEMA_VERSION: Final = 1
+
+_Connection = AsyncConnection[TupleRow]
+
+# Timestamps are bigint microseconds since the epoch: exact, and cheap to compare.
+_SCHEMA: Final[tuple[LiteralString, ...]] = (
+    """
+    CREATE TABLE sessions (
+        session_id uuid PRIMARY KEY,
+        tenant_id text NOT NULL,
+        provider_id text NOT NULL,
+        model text NOT NULL,
+        initial_tokens bigint NOT NULL,
+        state text NOT NULL,
+        created_at bigint NOT NULL,
+        activated_at bigint,
+        closed_at bigint,
+        expired_at bigint,
+        round_count bigint NOT NULL,
+        delta_tokens bigint NOT NULL,
+        tokens_saved bigint NOT NULL,
+        version bigint NOT NULL,
+        ttl_seconds bigint NOT NULL,
+        last_activity_at bigint NOT NULL,
+        deadline bigint
+    )
+    """,
+    "CREATE INDEX sessions_by_tenant ON sessions (tenant_id, created_at DESC, session_id DESC)",
+    # Only Active sessions have a deadline: a sweep reads just the due ones.
+    "CREATE INDEX sessions_by_deadline ON sessions (deadline) WHERE deadline IS NOT NULL",
+    "CREATE INDEX sessions_by_state ON sessions (state, created_at)",
+    """
+    CREATE TABLE rounds (
+        session_id uuid NOT NULL REFERENCES sessions ON DELETE CASCADE,
+        seq bigint NOT NULL,
+        delta_tokens bigint NOT NULL,
+        recorded_at bigint NOT NULL,
+        idempotency_key text,
+        PRIMARY KEY (session_id, seq),
+        UNIQUE (session_id, idempotency_key)
+    )
+    """,
+    """
+    CREATE TABLE tenants (
+        tenant_id text PRIMARY KEY,
+        created_at bigint NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE api_keys (
+        key_id text PRIMARY KEY,
+        tenant_id text NOT NULL REFERENCES tenants,
+        key_hash bytea NOT NULL,
+        created_at bigint NOT NULL,
+        revoked_at bigint
+    )
+    """,
+    "CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id, created_at)",
+)
+
+_SESSION_COLUMNS: Final = (
+    "session_id, tenant_id, provider_id, model, initial_tokens, state, created_at, "
+    "activated_at, closed_at, expired_at, round_count, delta_tokens, version, "
+    "ttl_seconds, last_activity_at"
+)
+
+_INSERT_SESSION: Final = (
+    "INSERT INTO sessions (session_id, tenant_id, provider_id, model, initial_tokens, "
+    "created_at, ttl_seconds, state, activated_at, closed_at, expired_at, round_count, "
+    "delta_tokens, tokens_saved, version, last_activity_at, deadline) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+
+_SELECT_SESSION: Final = (
+    "SELECT " + _SESSION_COLUMNS + " FROM sessions WHERE session_id = %s AND tenant_id = %s"
+)
+
+_LOCK_SESSION: Final = _SELECT_SESSION + " FOR UPDATE"
+
+_SELECT_VERSION: Final = "SELECT version FROM sessions WHERE session_id = %s AND tenant_id = %s"
+
+# The columns a change may write, in the order of _change_params.
+_SET_CHANGE: Final = (
+    "state = %s, activated_at = %s, closed_at = %s, expired_at = %s, round_count = %s, "
+    "delta_tokens = %s, tokens_saved = %s, version = %s, last_activity_at = %s, deadline = %s"
+)
+
+_UPDATE_SESSION: Final = (
+    "UPDATE sessions SET " + _SET_CHANGE + " WHERE session_id = %s AND version = %s"
+)
+
+# The round is inserted only if the compare-and-set matched: both or neither.
+_UPDATE_SESSION_AND_INSERT_ROUND: Final = (
+    "WITH changed AS (" + _UPDATE_SESSION + " RETURNING session_id) "
+    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key) "
+    "SELECT session_id, %s, %s, %s, %s FROM changed"
+)
+
+_FIND_ROUND: Final = (
+    "SELECT seq, delta_tokens, recorded_at FROM rounds "
+    "WHERE session_id = %s AND idempotency_key = %s"
+)
+
+_CLAIM_DUE: Final = (
+    "SELECT " + _SESSION_COLUMNS + " FROM sessions WHERE deadline <= %s "
+    "ORDER BY deadline LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+
+_BULK_UPDATE: Final = (
+    "UPDATE sessions AS s SET state = v.state, activated_at = v.activated_at, "
+    "closed_at = v.closed_at, expired_at = v.expired_at, round_count = v.round_count, "
+    "delta_tokens = v.delta_tokens, tokens_saved = v.tokens_saved, version = v.version, "
+    "last_activity_at = v.last_activity_at, deadline = v.deadline "
+    "FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], "
+    "%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], "
+    "%s::bigint[]) AS v(session_id, old_version, state, activated_at, closed_at, expired_at, "
+    "round_count, delta_tokens, tokens_saved, version, last_activity_at, deadline) "
+    "WHERE s.session_id = v.session_id AND s.version = v.old_version"
+)
+
+_PURGE: Final = (
+    "DELETE FROM sessions WHERE session_id IN ("
+    "SELECT session_id FROM sessions WHERE state = %s AND created_at <= %s "
+    "ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) AND state = %s"
+)
+
+_LIST_ROUNDS: Final = (
+    "SELECT r.seq, r.delta_tokens, r.recorded_at, r.idempotency_key FROM sessions s "
+    "LEFT JOIN rounds r ON r.session_id = s.session_id AND r.seq > %s "
+    "WHERE s.session_id = %s AND s.tenant_id = %s ORDER BY r.seq LIMIT %s"
+)
+
+_KEY_COLUMNS: Final = "key_id, tenant_id, key_hash, created_at, revoked_at"
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresOptions:
+    """The store's own URL parameters, and the URL libpq gets without them."""
+
+    conninfo: str
+    pool_min: int = 1
+    pool_max: int = 10
+    pool_timeout: float = 30.0
+    session_cache: int = 10_000
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresOptions:
+        """Split ``url`` into libpq's URL and the store's options; InvalidInput if one is bad."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise InvalidInput(
+                f"a PostgreSQL store URL starts with postgresql:// or postgres://, got {url!r}"
+            )
+        ours: dict[str, str] = {}
+        kept: list[str] = []
+        # Split by hand, not parse_qsl + urlencode, so what libpq gets is byte for byte
+        # what the caller wrote.
+        for item in parts.query.split("&") if parts.query else []:
+            name = unquote(item.split("=", 1)[0])
+            if name in _OPTION_NAMES:
+                pairs = parse_qsl(item, keep_blank_values=True)
+                ours[name] = pairs[0][1] if pairs else ""
+            else:
+                kept.append(item)
+        conninfo = urlunsplit(parts._replace(query="&".join(kept)))
+        pool_min = _int_option(ours, "pool_min", 1, minimum=0, maximum=1000)
+        pool_max = _int_option(ours, "pool_max", 10, minimum=1, maximum=1000)
+        if pool_min > pool_max:
+            raise InvalidInput(f"pool_min ({pool_min}) must not be more than pool_max ({pool_max})")
+        return cls(
+            conninfo,
+            pool_min,
+            pool_max,
+            _seconds_option(ours, "pool_timeout", 30.0),
+            _int_option(ours, "session_cache", 10_000, minimum=0, maximum=10_000_000),
+        )
+
+
+_OPTION_NAMES: Final = frozenset({"pool_min", "pool_max", "pool_timeout", "session_cache"})
+
+
+def _int_option(
+    options: dict[str, str], name: str, default: int, *, minimum: int, maximum: int
+) -> int:
+    text = options.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not minimum <= value <= maximum:
+        raise InvalidInput(
+            f"URL parameter {name} must be a whole number from {minimum} to {maximum}, got {text!r}"
+        )
+    return value
+
+
+def _seconds_option(options: dict[str, str], name: str, default: float) -> float:
+    text = options.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 3600:
+        raise InvalidInput(
+            f"URL parameter {name} must be a number of seconds above 0 and at most 3600, "
+            f"got {text!r}"
+        )
+    return value
+
+
+class _RecentSessions:
+    """The newest version of each session this process wrote or read: a guess, not a truth.
+
+    A guess is only ever the expected version of a compare-and-set that the
+    database checks, so a stale one costs a retry, never a wrong write. Sessions
+    whose writes collided lately are marked contended and take the row lock instead.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._sessions: OrderedDict[SessionId, StoredSession] = OrderedDict()
+        self._contended: dict[SessionId, float] = {}
+
+    def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession | None:
+        stored = self._sessions.get(session_id)
+        if stored is None or stored.record.tenant_id != tenant_id:
+            return None
+        self._sessions.move_to_end(session_id)
+        return stored
+
+    def remember(self, stored: StoredSession) -> None:
+        if self._capacity == 0:
+            return
+        session_id = stored.record.session_id
+        known = self._sessions.get(session_id)
+        # Writers of one process may finish out of order; keep the newest.
+        if known is not None and known.version >= stored.version:
+            return
+        self._sessions[session_id] = stored
+        self._sessions.move_to_end(session_id)
+        if len(self._sessions) > self._capacity:
+            self._sessions.popitem(last=False)
+
+    def forget(self, session_id: SessionId) -> None:
+        self._sessions.pop(session_id, None)
+
+    def mark_contended(self, session_id: SessionId) -> None:
+        now = time.monotonic()
+        if len(self._contended) >= _MAX_CONTENDED:
+            self._contended = {k: v for k, v in self._contended.items() if v > now}
+        self._contended[session_id] = now + _CONTENDED_SECONDS
+
+    def contended(self, session_id: SessionId) -> bool:
+        until = self._contended.get(session_id)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self._contended[session_id]
+        return False
+
+
+# How long a session keeps taking the row lock after two of its writers collided.
+_CONTENDED_SECONDS: Final = 1.0
+_MAX_CONTENDED: Final = 10_000
+
+
+class _PostgresTransaction(SessionTransaction):
+    def __init__(self, recent: _RecentSessions, conn: _Connection, stored: StoredSession) -> None:
+        self._recent = recent
+        self._conn = conn
+        self.stored = stored
+        self.committed = False
+
+    async def find_round(self, idempotency_key: str) -> Round | None:
+        session_id = self.stored.record.session_id
+        cur = await self._conn.execute(_FIND_ROUND, (session_id.value, idempotency_key))
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        return Round(session_id, int(row[0]), int(row[1]), Timestamp(row[2]), idempotency_key)
+
+    def _written(self, new: StoredSession) -> None:
+        self.committed = True
+        self._recent.remember(new)
+
+
+class _LockedTransaction(_PostgresTransaction):
+    """The session row locked by SELECT ... FOR UPDATE in an open transaction."""
+
+    async def commit(self, new: StoredSession, new_round: Round | None) -> None:
+        # The write and COMMIT go out together: one round trip.
+        async with self._conn.pipeline():
+            cur = await self._conn.execute(*_write(new, self.stored.version, new_round))
+            await self._conn.execute("COMMIT")
+        if cur.rowcount != 1:
+            # Nothing was written (the round insert depends on the update).
+            raise VersionConflict
+        self._written(new)
+
+
+class _OptimisticTransaction(_PostgresTransaction):
+    """The session as last seen, unlocked: the single write statement checks the version."""
+
+    async def commit(self, new: StoredSession, new_round: Round | None) -> None:
+        cur = await self._conn.execute(*_write(new, self.stored.version, new_round))
+        if cur.rowcount != 1:
+            self._recent.forget(new.record.session_id)
+            raise VersionConflict
+        self._written(new)
+
+
+class PostgresStore(SessionStore):
+    """Sessions in PostgreSQL tables; safe for many processes on one database."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[_Connection],
+        *,
+        clock: Clock = system_clock,
+        default_ttl_seconds: int = DEFAULT_TTL_SECONDS,
+        session_cache: int = 10_000,
+    ) -> None:
+        """Wrap an open pool whose schema is ready; use :meth:`open` instead."""
+        super().__init__(clock=clock, default_ttl_seconds=default_ttl_seconds)
+        self._pool = pool
+        self._recent = _RecentSessions(session_cache)
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        clock: Clock = system_clock,
+        default_ttl_seconds: int = DEFAULT_TTL_SECONDS,
+    ) -> PostgresStore:
+        """Connect to ``url``, create or check the schema, and return the store.
+
+        StoreError if the server cannot be reached; SchemaVersionError if the
+        schema was made by a newer llmsession.
+        """
+        options = PostgresOptions.from_url(url)
+        pool: AsyncConnectionPool[_Connection] = AsyncConnectionPool(
+            options.conninfo,
+            # Autocommit: transactions are opened explicitly, only where a change needs one.
+            # prepare_threshold=0: every statement is prepared on first use per connection.
+            kwargs={"autocommit": True, "prepare_threshold": 0},
+            min_size=options.pool_min,
+            max_size=options.pool_max,
+            timeout=options.pool_timeout,
+            open=False,
+            name="llmsession",
+        )
+        try:
+            try:
+                await pool.open(wait=True, timeout=options.pool_timeout)
+            except psycopg.Error as error:
+                raise StoreError(
+                    f"cannot connect to PostgreSQL at {_safe_url(options.conninfo)}: {error}"
+                ) from error
+            store = cls(
+                pool,
+                clock=clock,
+                default_ttl_seconds=default_ttl_seconds,
+                session_cache=options.session_cache,
+            )
+            await store._ensure_schema()
+        except BaseException:
+            await pool.close()
+            raise
+        return store
+
+    async def _ensure_schema(self) -> None:
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute("SELECT current_schema()")
+            row = await cur.fetchone()
+            schema: str | None = row[0] if row is not None else None
+            if schema is None:
+                raise StoreError(
+                    "PostgreSQL has no schema to create llmsession's tables in: the "
+                    "search_path names no existing schema; create the schema or fix the "
+                    "search_path (e.g. ?options=-csearch_path%3Dmyschema in the URL)"
+                )
+            # Processes opening a fresh schema at once take turns; the lock ends with
+            # this transaction.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"llmsession.schema.{schema}",)
+            )
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer)")
+            cur = await conn.execute("SELECT max(version) FROM schema_version")
+            row = await cur.fetchone()
+            found: int | None = row[0] if row is not None else None
+            if found is None:
+                for statement in _SCHEMA:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,)
+                )
+            elif found > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"the llmsession tables in PostgreSQL schema {schema!r} are at schema "
+                    f"version {found}, newer than version {SCHEMA_VERSION} that this "
+                    "llmsession understands; upgrade llmsession, or use another schema"
+                )
+
+    # -- session primitives ------------------------------------------------------
+
+    async def _insert(self, stored: StoredSession) -> None:
+        record = stored.record
+        async with self._connection() as conn:
+            await conn.execute(
+                _INSERT_SESSION,
+                (
+                    record.session_id.value,
+                    record.tenant_id.value,
+                    record.provider_id,
+                    record.model,
+                    record.initial_tokens,
+                    record.created_at.epoch_micros,
+                    stored.ttl_seconds,
+                    *_change_values(stored),
+                ),
+            )
+        self._recent.remember(stored)
+
+    @asynccontextmanager
+    async def _begin(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AsyncGenerator[SessionTransaction]:
+        async with self._connection() as conn:
+            if self._recent.contended(session_id):
+                async with self._locked(conn, tenant_id, session_id) as tx:
+                    yield tx
+            else:
+                async with self._optimistic(conn, tenant_id, session_id) as tx:
+                    yield tx
+
+    @asynccontextmanager
+    async def _optimistic(
+        self, conn: _Connection, tenant_id: TenantId, session_id: SessionId
+    ) -> AsyncGenerator[SessionTransaction]:
+        # A session this process wrote last needs no read at all: a round is then
+        # one statement, one round trip.
+        cached = self._recent.get(tenant_id, session_id)
+        stored = cached if cached is not None else await self._read(conn, tenant_id, session_id)
+        tx = _OptimisticTransaction(self._recent, conn, stored)
+        try:
+            yield tx
+        except VersionConflict:
+            if cached is None:
+                # Even a fresh read lost the race: take the lock while this lasts.
+                self._recent.mark_contended(session_id)
+            raise
+        except LLMSessionError:
+            # The answer came from the remembered session; it only stands if that
+            # is still the stored one.
+            if not tx.committed and cached is not None:
+                await self._check_current(conn, cached)
+            raise
+        if not tx.committed and cached is not None:
+            await self._check_current(conn, cached)
+
+    async def _check_current(self, conn: _Connection, cached: StoredSession) -> None:
+        """VersionConflict (a retry from a fresh read) unless ``cached`` is still stored."""
+        record = cached.record
+        cur = await conn.execute(_SELECT_VERSION, (record.session_id.value, record.tenant_id.value))
+        row = await cur.fetchone()
+        if row is None or row[0] != cached.version:
+            self._recent.forget(record.session_id)
+            raise VersionConflict
+
+    @asynccontextmanager
+    async def _locked(
+        self, conn: _Connection, tenant_id: TenantId, session_id: SessionId
+    ) -> AsyncGenerator[SessionTransaction]:
+        try:
+            # BEGIN and the locking read go out together: one round trip.
+            async with conn.pipeline():
+                await conn.execute("BEGIN")
+                cur = await conn.execute(_LOCK_SESSION, (session_id.value, tenant_id.value))
+            row = await cur.fetchone()
+            if row is None:
+                raise NotFoundError(f"no session {session_id}")
+            yield _LockedTransaction(self._recent, conn, _stored_from_row(row))
+        except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected):
+            raise VersionConflict from None
+        finally:
+            # Whatever was not committed is rolled back before the connection is reused.
+            if conn.info.transaction_status in (
+                TransactionStatus.INTRANS,
+                TransactionStatus.INERROR,
+            ):
+                await conn.execute("ROLLBACK")
+
+    async def _read(
+        self, conn: _Connection, tenant_id: TenantId, session_id: SessionId
+    ) -> StoredSession:
+        cur = await conn.execute(_SELECT_SESSION, (session_id.value, tenant_id.value))
+        row = await cur.fetchone()
+        if row is None:
+            self._recent.forget(session_id)
+            raise NotFoundError(f"no session {session_id}")
+        stored = _stored_from_row(row)
+        self._recent.remember(stored)
+        return stored
+
+    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        async with self._connection() as conn:
+            return await self._read(conn, tenant_id, session_id)
+
+    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+        clauses: list[LiteralString] = ["tenant_id = %s"]
+        params: list[object] = [tenant_id.value]
+        if query.state is not None:
+            clauses.append("state = %s")
+            params.append(query.state.name)
+        if query.provider_id is not None:
+            clauses.append("provider_id = %s")
+            params.append(query.provider_id)
+        if query.model is not None:
+            clauses.append("model = %s")
+            params.append(query.model)
+        if query.created_after is not None:
+            clauses.append("created_at > %s")
+            params.append(query.created_after.epoch_micros)
+        if query.created_before is not None:
+            clauses.append("created_at < %s")
+            params.append(query.created_before.epoch_micros)
+        if query.cursor is not None:
+            after_created, after_id = decode_cursor(query.cursor)
+            clauses.append("(created_at, session_id) < (%s, %s)")
+            params += [after_created.epoch_micros, after_id.value]
+        # One row more than the page tells whether there is a next page.
+        params.append(query.limit + 1)
+        statement = (
+            "SELECT "
+            + _SESSION_COLUMNS
+            + " FROM sessions WHERE "
+            + " AND ".join(clauses)
+            + " ORDER BY created_at DESC, session_id DESC LIMIT %s"
+        )
+        async with self._connection() as conn:
+            cur = await conn.execute(statement, params)
+            rows = await cur.fetchall()
+        items = [_stored_from_row(row) for row in rows[: query.limit]]
+        more = len(rows) > query.limit
+        cursor = (
+            encode_cursor(items[-1].record.created_at, items[-1].record.session_id)
+            if more and items
+            else None
+        )
+        return Page(items, cursor)
+
+    async def list_rounds(
+        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
+    ) -> Page[Round]:
+        check_page_size(limit)
+        if type(after_seq) is not int or after_seq < 0:
+            raise InvalidInput(f"after_seq must be an integer >= 0, got {after_seq!r}")
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                _LIST_ROUNDS,
+                (min(after_seq, _MAX_BIGINT), session_id.value, tenant_id.value, limit + 1),
+            )
+            rows = await cur.fetchall()
+        if not rows:
+            raise NotFoundError(f"no session {session_id}")
+        rounds = [
+            Round(session_id, int(row[0]), int(row[1]), Timestamp(row[2]), row[3])
+            for row in rows
+            if row[0] is not None
+        ]
+        page = rounds[:limit]
+        return Page(page, str(page[-1].seq) if len(rounds) > limit else None)
+
+    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+        provider: LiteralString = "provider_id" if "provider" in group_by else "NULL::text"
+        model: LiteralString = "model" if "model" in group_by else "NULL::text"
+        statement = (
+            "SELECT " + provider + ", " + model + ", state, count(*), sum(round_count), "
+            "sum(delta_tokens), sum(tokens_saved) FROM sessions WHERE tenant_id = %s "
+            "GROUP BY 1, 2, 3"
+        )
+        async with self._connection() as conn:
+            cur = await conn.execute(statement, (tenant_id.value,))
+            rows = await cur.fetchall()
+        groups: dict[tuple[str | None, str | None], Totals] = {}
+        for provider_id, model_name, state, count, rounds, delta, saved in rows:
+            key: tuple[str | None, str | None] = (provider_id, model_name)
+            group = groups.get(key)
+            if group is None:
+                group = Totals(key[0], key[1], {s.name: 0 for s in ALL_STATES})
+            group.sessions[state_named(state).name] += int(count)
+            # sum(bigint) is numeric in PostgreSQL: Decimal here, converted exactly.
+            groups[key] = Totals(
+                group.provider_id,
+                group.model,
+                group.sessions,
+                rounds=group.rounds + int(rounds),
+                delta_tokens=group.delta_tokens + int(delta),
+                tokens_saved=group.tokens_saved + int(saved),
+            )
+        return [groups[key] for key in sorted(groups, key=lambda k: (k[0] or "", k[1] or ""))]
+
+    async def sweep(self, *, limit: int = 1000) -> int:
+        _check_batch_limit(limit)
+        if limit == 0:
+            return 0
+        now = self.clock()
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(_CLAIM_DUE, (now.epoch_micros, limit))
+            claimed = [_stored_from_row(row) for row in await cur.fetchall()]
+            changes: list[tuple[StoredSession, StoredSession]] = []
+            for stored in claimed:
+                expired = expire_if_due(stored, now)
+                if expired is not None:
+                    changes.append((stored, expired))
+            if not changes:
+                return 0
+            columns: list[list[Any]] = [[] for _ in range(12)]
+            for old, new in changes:
+                values = (new.record.session_id.value, old.version, *_change_values(new))
+                for column, value in zip(columns, values, strict=True):
+                    column.append(value)
+            cur = await conn.execute(_BULK_UPDATE, columns)
+            return cur.rowcount
+
+    async def purge_created(self, older_than_seconds: int, *, limit: int = 1000) -> int:
+        if (
+            isinstance(older_than_seconds, bool)
+            or not isinstance(older_than_seconds, int | float)
+            or not math.isfinite(older_than_seconds)
+        ):
+            raise InvalidInput(
+                f"older_than_seconds must be a number of seconds, got {older_than_seconds!r}"
+            )
+        _check_batch_limit(limit)
+        if limit == 0:
+            return 0
+        cutoff = self.clock().plus_seconds(-older_than_seconds)
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                _PURGE, (Created.name, cutoff.epoch_micros, limit, Created.name)
+            )
+            return cur.rowcount
+
+    async def ping(self) -> None:
+        async with self._connection() as conn:
+            await conn.execute("SELECT 1")
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._pool.close()
+
+    # -- tenants and API keys ---------------------------------------------------------
+
+    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+        tenant = Tenant(tenant_id, self.clock())
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO tenants (tenant_id, created_at) VALUES (%s, %s) "
+                "ON CONFLICT (tenant_id) DO NOTHING",
+                (tenant_id.value, tenant.created_at.epoch_micros),
+            )
+        if cur.rowcount != 1:
+            raise ConflictError(f"tenant {tenant_id} already exists")
+        return tenant
+
+    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT created_at FROM tenants WHERE tenant_id = %s", (tenant_id.value,)
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFoundError(f"no tenant {tenant_id}")
+        return Tenant(tenant_id, Timestamp(row[0]))
+
+    async def list_tenants(self) -> list[Tenant]:
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                'SELECT tenant_id, created_at FROM tenants ORDER BY tenant_id COLLATE "C"'
+            )
+            rows = await cur.fetchall()
+        return [Tenant(TenantId(row[0]), Timestamp(row[1])) for row in rows]
+
+    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+        await self.get_tenant(tenant_id)
+        info = ApiKeyInfo(key_id, tenant_id, key_hash, self.clock())
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO api_keys (key_id, tenant_id, key_hash, created_at) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (key_id) DO NOTHING",
+                (key_id, tenant_id.value, key_hash, info.created_at.epoch_micros),
+            )
+        if cur.rowcount != 1:
+            raise ConflictError(f"API key id {key_id!r} already exists")
+        return info
+
+    async def get_api_key(self, key_id: str) -> ApiKeyInfo | None:
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT " + _KEY_COLUMNS + " FROM api_keys WHERE key_id = %s", (key_id,)
+            )
+            row = await cur.fetchone()
+        return None if row is None else _key_from_row(row)
+
+    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT " + _KEY_COLUMNS + " FROM api_keys WHERE tenant_id = %s "
+                'ORDER BY created_at, key_id COLLATE "C"',
+                (tenant_id.value,),
+            )
+            rows = await cur.fetchall()
+        return [_key_from_row(row) for row in rows]
+
+    async def revoke_api_key(self, key_id: str) -> ApiKeyInfo:
+        async with self._connection() as conn:
+            # COALESCE keeps the first revocation time: revoking twice changes nothing.
+            cur = await conn.execute(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE key_id = %s "
+                "RETURNING " + _KEY_COLUMNS,
+                (self.clock().epoch_micros, key_id),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFoundError(f"no API key {key_id!r}")
+        return _key_from_row(row)
+
+    # -- connections ------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncGenerator[_Connection]:
+        if self._closed:
+            raise StoreError("this store was closed; open a new one")
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except psycopg.Error as error:
+            raise StoreError(f"PostgreSQL failed: {error}") from error
+
+
+_MAX_BIGINT: Final = 2**63 - 1
+
+
+def _check_batch_limit(limit: object) -> None:
+    if type(limit) is not int or not 0 <= limit <= 100_000:
+        raise InvalidInput(f"limit must be an integer from 0 to 100000, got {limit!r}")
+
+
+def _write(
+    new: StoredSession, expected_version: int, new_round: Round | None
+) -> tuple[LiteralString, tuple[Any, ...]]:
+    """The one statement that writes ``new`` (and its round) if the version is as expected."""
+    params = _change_params(new, expected_version)
+    if new_round is None:
+        return _UPDATE_SESSION, params
+    return _UPDATE_SESSION_AND_INSERT_ROUND, (
+        *params,
+        new_round.seq,
+        new_round.delta_tokens,
+        new_round.recorded_at.epoch_micros,
+        new_round.idempotency_key,
+    )
+
+
+def _micros(moment: Timestamp | None) -> int | None:
+    return None if moment is None else moment.epoch_micros
+
+
+def _change_params(stored: StoredSession, expected_version: int) -> tuple[Any, ...]:
+    """The values of _UPDATE_SESSION: what changed, then the session id and expected version."""
+    return (*_change_values(stored), stored.record.session_id.value, expected_version)
+
+
+def _change_values(stored: StoredSession) -> tuple[Any, ...]:
+    """The values of _SET_CHANGE."""
+    record = stored.record
+    return (
+        record.state.name,
+        _micros(record.activated_at),
+        _micros(record.closed_at),
+        _micros(record.expired_at),
+        record.round_count,
+        record.delta_tokens,
+        # The core computes tokens_saved; SQL only stores and sums it.
+        record.tokens_saved,
+        stored.version,
+        stored.last_activity_at.epoch_micros,
+        _micros(stored.deadline),
+    )
+
+
+def _time_or_none(micros: int | None) -> Timestamp | None:
+    return None if micros is None else Timestamp(micros)
+
+
+def _stored_from_row(row: TupleRow) -> StoredSession:
+    record = SessionRecord(
+        session_id=SessionId(row[0]),
+        tenant_id=TenantId(row[1]),
+        provider_id=row[2],
+        model=row[3],
+        initial_tokens=row[4],
+        state=state_named(row[5]),
+        created_at=Timestamp(row[6]),
+        activated_at=_time_or_none(row[7]),
+        closed_at=_time_or_none(row[8]),
+        expired_at=_time_or_none(row[9]),
+        round_count=row[10],
+        delta_tokens=row[11],
+    )
+    return StoredSession(
+        record, version=row[12], ttl_seconds=row[13], last_activity_at=Timestamp(row[14])
+    )
+
+
+def _key_from_row(row: TupleRow) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        row[0], TenantId(row[1]), bytes(row[2]), Timestamp(row[3]), _time_or_none(row[4])
+    )
+
+
+def _safe_url(conninfo: str) -> str:
+    """The URL without its password, for error messages."""
+    parts = urlsplit(conninfo)
+    if parts.password is None:
+        return conninfo
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
