@@ -38,7 +38,8 @@ def hash_secret(secret: str) -> bytes:
 
 def split_key(api_key: str) -> tuple[str, str] | None:
     """(key_id, secret) of a well-formed key, else None."""
-    parts = api_key.split("_")
+    # The secret is token_urlsafe, whose alphabet includes "_": split twice only.
+    parts = api_key.split("_", 2)
     if len(parts) != 3 or parts[0] != _PREFIX or not parts[1] or not parts[2]:
         return None
     return parts[1], parts[2]
