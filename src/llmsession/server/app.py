@@ -1,0 +1,100 @@
+"""create_app: the ASGI application, with its store, sweeper and metrics tied to its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+from fastapi.routing import APIRoute
+
+from llmsession import __name__ as _package
+from llmsession.clock import Clock, system_clock
+from llmsession.server.context import AppContext
+from llmsession.server.metrics import RequestMetricsMiddleware, ServerMetrics
+from llmsession.server.openapi import ServiceAPI
+from llmsession.server.params import query_guard
+from llmsession.server.problems import install_problem_handlers
+from llmsession.server.routes_admin import admin_routes
+from llmsession.server.routes_ops import ops_routes
+from llmsession.server.routes_sessions import session_routes
+from llmsession.server.settings import ServerSettings
+from llmsession.server.sweeper import Sweeper
+from llmsession.store import open_store
+from llmsession.store.base import SessionStore
+
+__all__ = ["create_app"]
+
+_DESCRIPTION = """Stateful LLM sessions with exact accounting of rounds, delta tokens and
+tokens saved. Every `/v1` call carries `Authorization: Bearer <key>`: a tenant's API key
+for sessions, the admin key for `/v1/admin`. Errors are `application/problem+json`."""
+
+
+def create_app(
+    settings: ServerSettings,
+    *,
+    store: SessionStore | None = None,
+    clock: Clock = system_clock,
+) -> FastAPI:
+    """The HTTP service as an ASGI app.
+
+    On startup the lifespan opens the store at ``settings.store_url`` (unless
+    ``store`` is given; a given store is not closed by the app) and starts the
+    sweeper; on shutdown it stops the sweeper, then closes the store it opened.
+    """
+    context = AppContext(settings=settings, clock=clock, metrics=ServerMetrics())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
+        opened = store is None
+        active = (
+            await open_store(
+                settings.store_url, clock=clock, default_ttl_seconds=settings.default_ttl_seconds
+            )
+            if store is None
+            else store
+        )
+        context.open_store = active
+        sweeper = Sweeper(
+            active,
+            interval_seconds=settings.sweep_interval_seconds,
+            purge_created_after_seconds=settings.purge_created_after_seconds,
+        )
+        context.metrics.watch_sweeper(sweeper)
+        sweeper.start()
+        try:
+            yield
+        finally:
+            await sweeper.stop()
+            context.open_store = None
+            if opened:
+                await active.aclose()
+
+    app = ServiceAPI(
+        title="llmsession",
+        version=_version(),
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        dependencies=[Depends(query_guard())],
+        # Operation ids are the route functions' names: create_session, record_round...
+        generate_unique_id_function=_operation_id,
+    )
+    install_problem_handlers(app)
+    app.add_middleware(RequestMetricsMiddleware, metrics=context.metrics)
+    app.include_router(session_routes(context))
+    app.include_router(admin_routes(context))
+    app.include_router(ops_routes(context))
+    return app
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(_package)
+    except PackageNotFoundError:
+        return "0+unknown"

@@ -1,0 +1,85 @@
+"""Who is calling: a tenant (by its API key) or the admin (by the admin key).
+
+The tenant comes only from the key, never from the path or body. Keys are
+compared in constant time and never logged or echoed.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from llmsession.errors import AuthenticationError
+from llmsession.ids import TenantId
+from llmsession.keys import authenticate
+from llmsession.server.context import AppContext
+from llmsession.server.problems import Problem
+
+__all__ = ["admin_dependency", "tenant_dependency"]
+
+_tenant_bearer = HTTPBearer(
+    scheme_name="TenantKey",
+    description="A tenant's API key, `lls_<key_id>_<secret>`: acts for that tenant only.",
+    auto_error=False,
+)
+_admin_bearer = HTTPBearer(
+    scheme_name="AdminKey",
+    description="The admin key (LLMSESSION_ADMIN_KEY): manages tenants and keys only.",
+    auto_error=False,
+)
+
+Credentials = HTTPAuthorizationCredentials | None
+
+
+def _bearer_token(credentials: Credentials) -> str:
+    if credentials is None or not credentials.credentials:
+        raise AuthenticationError("missing API key: send the header 'Authorization: Bearer <key>'")
+    return credentials.credentials
+
+
+def _is_admin_key(context: AppContext, token: str) -> bool:
+    admin_key = context.settings.admin_key
+    if admin_key is None:
+        return False
+    # Bytes, not str: compare_digest refuses non-ASCII str, and headers may carry any byte.
+    return hmac.compare_digest(token.encode(), admin_key.encode())
+
+
+def tenant_dependency(context: AppContext) -> Callable[..., Awaitable[TenantId]]:
+    """A FastAPI dependency giving the tenant of the request's API key (401/403 otherwise)."""
+
+    async def authenticated_tenant(
+        credentials: Annotated[Credentials, Security(_tenant_bearer)],
+    ) -> TenantId:
+        token = _bearer_token(credentials)
+        if _is_admin_key(context, token):
+            raise Problem(
+                "forbidden", "the admin key cannot act on sessions; use a tenant's API key"
+            )
+        return await authenticate(context.store, token)
+
+    return authenticated_tenant
+
+
+def admin_dependency(context: AppContext) -> Callable[..., Awaitable[None]]:
+    """A FastAPI dependency admitting only the admin key (401 unknown key, 403 tenant key)."""
+
+    async def authenticated_admin(
+        credentials: Annotated[Credentials, Security(_admin_bearer)],
+    ) -> None:
+        token = _bearer_token(credentials)
+        if _is_admin_key(context, token):
+            return
+        # A tenant's valid key is known but not allowed here; anything else is unknown.
+        await authenticate(context.store, token)
+        disabled = "" if context.settings.admin_key is not None else " (no admin key is configured)"
+        raise Problem(
+            "forbidden",
+            f"admin routes need the admin key, not a tenant's API key{disabled}",
+        )
+
+    return authenticated_admin

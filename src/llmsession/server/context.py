@@ -1,0 +1,35 @@
+"""AppContext: what one app's routes share (settings, the open store, metrics, the sweeper)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmsession.clock import Clock
+from llmsession.errors import StoreError
+from llmsession.server.metrics import ServerMetrics
+from llmsession.server.settings import ServerSettings
+from llmsession.store.base import SessionStore
+
+__all__ = ["AppContext"]
+
+
+@dataclass
+class AppContext:
+    """Per-app state. The lifespan sets ``open_store`` on startup and clears it on shutdown.
+
+    Routes are closures over one context, so two apps in one process (tests)
+    never share a store or a metrics registry.
+    """
+
+    settings: ServerSettings
+    clock: Clock
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    open_store: SessionStore | None = None
+
+    @property
+    def store(self) -> SessionStore:
+        """The open store; StoreError (503) before startup or after shutdown."""
+        store = self.open_store
+        if store is None:
+            raise StoreError("the server is not serving: its store is not open")
+        return store

@@ -1,0 +1,212 @@
+"""Errors as RFC 9457 problem details (``application/problem+json``).
+
+Every llmsession error class maps to one HTTP status and one stable ``type`` URN
+(the table in docs/http-api.md); clients match on the type, never on the text.
+Anything unexpected becomes a 500 problem that tells nothing about the inside.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmsession.errors import (
+    AuthenticationError,
+    ConflictError,
+    IdempotencyConflict,
+    InvalidInput,
+    LLMSessionError,
+    NotFoundError,
+    SessionExpiredError,
+    StoreError,
+    WrongStateError,
+)
+
+__all__ = [
+    "PROBLEM_CONTENT_TYPE",
+    "PROBLEM_TYPES",
+    "Problem",
+    "install_problem_handlers",
+    "problem_response",
+]
+
+logger = logging.getLogger("llmsession.server")
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+_URN = "urn:llmsession:problem:"
+
+#: Every problem type the service answers with: short name -> (status, title).
+PROBLEM_TYPES: dict[str, tuple[int, str]] = {
+    "unauthorized": (401, "Unauthorized"),
+    "forbidden": (403, "Forbidden"),
+    "not-found": (404, "Not found"),
+    "method-not-allowed": (405, "Method not allowed"),
+    "wrong-state": (409, "Wrong session state"),
+    "session-expired": (409, "Session expired"),
+    "idempotency-conflict": (409, "Idempotency key conflict"),
+    "conflict": (409, "Conflict"),
+    "invalid-input": (422, "Invalid input"),
+    "internal": (500, "Internal server error"),
+    "store-unavailable": (503, "Store unavailable"),
+}
+
+
+class Problem(Exception):
+    """An error the server itself raises (forbidden, unauthorized...), rendered as a problem."""
+
+    def __init__(
+        self,
+        kind: str,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        if kind not in PROBLEM_TYPES:
+            raise ValueError(f"unknown problem type {kind!r}")
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+
+def problem_response(
+    kind: str,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """The problem+json response of type ``kind`` (a key of PROBLEM_TYPES)."""
+    status, title = PROBLEM_TYPES[kind]
+    body: dict[str, Any] = {
+        "type": _URN + kind,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    body.update(extra)
+    return JSONResponse(body, status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
+
+
+def problem_for(error: LLMSessionError) -> Problem:
+    """The problem an llmsession error stands for (most specific class first)."""
+    if isinstance(error, AuthenticationError):
+        return Problem("unauthorized", str(error), headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(error, NotFoundError):
+        return Problem("not-found", str(error))
+    if isinstance(error, WrongStateError):
+        kind = "session-expired" if isinstance(error, SessionExpiredError) else "wrong-state"
+        return Problem(
+            kind,
+            str(error),
+            method=error.method,
+            required_state=error.required,
+            current_state=error.actual,
+        )
+    if isinstance(error, IdempotencyConflict):
+        return Problem("idempotency-conflict", str(error))
+    if isinstance(error, ConflictError):
+        return Problem("conflict", str(error))
+    if isinstance(error, InvalidInput):
+        return Problem("invalid-input", str(error), errors=[{"loc": [], "msg": str(error)}])
+    if isinstance(error, StoreError):
+        # The driver's message may name hosts or users: log it, do not send it.
+        logger.error("store unavailable: %s", error)
+        return Problem(
+            "store-unavailable",
+            "the session store cannot be reached or failed; try again later",
+            headers={"Retry-After": "1"},
+        )
+    # ConsumedSessionError and the like mean a bug in the server, not bad input.
+    logger.error("unexpected llmsession error", exc_info=error)
+    return Problem("internal", "the server failed to handle this request; the error was logged")
+
+
+def validation_problem(errors: Sequence[Any]) -> Problem:
+    """A 422 problem from pydantic/FastAPI validation errors, naming each bad location."""
+    items: list[dict[str, Any]] = []
+    for error in errors:
+        loc = [part if isinstance(part, int | str) else str(part) for part in error.get("loc", ())]
+        msg = str(error.get("msg", "invalid value"))
+        # Errors raised by the core's checkers arrive as "Value error, <the core's text>".
+        msg = msg.removeprefix("Value error, ")
+        context: object = error.get("ctx")
+        if error.get("type") == "json_invalid" and isinstance(context, Mapping):
+            reason = cast("Mapping[str, object]", context).get("error", "")
+            msg = f"{msg}: {reason}; the body must be a JSON object"
+        items.append({"loc": loc, "msg": msg})
+    shown = "; ".join(
+        f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in items[:5]
+    )
+    if len(items) > 5:
+        shown += f"; and {len(items) - 5} more"
+    return Problem("invalid-input", shown or "invalid request", errors=items)
+
+
+def _render(problem: Problem) -> JSONResponse:
+    return problem_response(problem.kind, problem.detail, headers=problem.headers, **problem.extra)
+
+
+async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Problem)
+    return _render(exc)
+
+
+async def _on_llmsession_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LLMSessionError)
+    return _render(problem_for(exc))
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return _render(validation_problem(exc.errors()))
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    status = exc.status_code
+    if status == 404:
+        return problem_response(
+            "not-found", f"no route {request.url.path!r}; see /docs", headers=headers
+        )
+    if status == 405:
+        allowed = headers.get("Allow") or headers.get("allow") or ""
+        return problem_response(
+            "method-not-allowed",
+            f"{request.method} is not allowed on {request.url.path!r}; allowed: {allowed}",
+            headers=headers,
+        )
+    if 400 <= status < 500:
+        # 400 is a body FastAPI could not read (e.g. not UTF-8): bad input like any other.
+        detail = f"{exc.detail}: send a JSON object encoded as UTF-8"
+        return problem_response(
+            "invalid-input", detail, headers=headers, errors=[{"loc": ["body"], "msg": detail}]
+        )
+    logger.error("HTTP error %s: %s", status, exc.detail)
+    return problem_response("internal", "the server failed to handle this request")
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(
+        "internal", "the server failed to handle this request; the error was logged"
+    )
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Make every error of ``app`` an application/problem+json response."""
+    app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(LLMSessionError, _on_llmsession_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,0 +1,79 @@
+"""JSON renderings of store values, in the shapes :mod:`.schemas` documents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmsession.keys import IssuedKey
+from llmsession.store.models import ApiKeyInfo, Round, StoredSession, Tenant, Totals
+from llmsession.timestamps import Timestamp
+
+__all__ = [
+    "render_api_key",
+    "render_issued_key",
+    "render_round",
+    "render_session",
+    "render_tenant",
+    "render_totals",
+]
+
+
+def _iso(value: Timestamp | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def render_session(stored: StoredSession) -> dict[str, Any]:
+    """The core record's dict plus tokens_saved, ttl_seconds and expires_at."""
+    record = stored.record
+    body = record.to_dict()
+    body["tokens_saved"] = record.tokens_saved
+    body["ttl_seconds"] = stored.ttl_seconds
+    body["expires_at"] = _iso(stored.deadline)
+    return body
+
+
+def render_round(round_: Round) -> dict[str, Any]:
+    """A round without its session id (it is in the URL)."""
+    return {
+        "seq": round_.seq,
+        "delta_tokens": round_.delta_tokens,
+        "recorded_at": round_.recorded_at.isoformat(),
+        "idempotency_key": round_.idempotency_key,
+    }
+
+
+def render_totals(totals: Totals) -> dict[str, Any]:
+    """One stats group."""
+    return {
+        "provider_id": totals.provider_id,
+        "model": totals.model,
+        "sessions": dict(totals.sessions),
+        "rounds": totals.rounds,
+        "delta_tokens": totals.delta_tokens,
+        "tokens_saved": totals.tokens_saved,
+    }
+
+
+def render_tenant(tenant: Tenant) -> dict[str, Any]:
+    """A tenant."""
+    return {"tenant_id": tenant.tenant_id.value, "created_at": tenant.created_at.isoformat()}
+
+
+def render_api_key(info: ApiKeyInfo) -> dict[str, Any]:
+    """A key's metadata; never its hash."""
+    return {
+        "key_id": info.key_id,
+        "tenant_id": info.tenant_id.value,
+        "created_at": info.created_at.isoformat(),
+        "revoked_at": _iso(info.revoked_at),
+    }
+
+
+def render_issued_key(issued: IssuedKey) -> dict[str, Any]:
+    """A new key with the key itself, shown this once."""
+    return {
+        "key_id": issued.info.key_id,
+        "tenant_id": issued.info.tenant_id.value,
+        "created_at": issued.info.created_at.isoformat(),
+        "api_key": issued.api_key,
+    }

@@ -1,0 +1,223 @@
+"""The tenant's routes under /v1: sessions, rounds and stats.
+
+Thin by design: parse and validate, call the store (which calls the core), and
+render. No rule of the state machine is restated here.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the parameter
+# annotations at run time, and they name `require_tenant`, a local of
+# session_routes that a postponed (string) annotation could not be resolved to.
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse
+
+from llmsession.ids import SessionId, TenantId
+from llmsession.server.auth import tenant_dependency
+from llmsession.server.context import AppContext
+from llmsession.server.params import (
+    IdempotencyKeyHeader,
+    OptionalLabelQuery,
+    OptionalTimeQuery,
+    SessionIdPath,
+    parse_time,
+)
+from llmsession.server.render import render_round, render_session, render_totals
+from llmsession.server.responses import error_responses
+from llmsession.server.schemas import (
+    CreateSessionIn,
+    RecordRoundIn,
+    RoundPageOut,
+    RoundResultOut,
+    SessionOut,
+    SessionPageOut,
+    StateName,
+    StatsOut,
+)
+from llmsession.states import state_named
+from llmsession.store.models import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, GroupKey, SessionQuery
+from llmsession.tokens import MAX_TOKENS
+
+__all__ = ["session_routes"]
+
+DEFAULT_ROUNDS_PAGE_SIZE = 100
+
+
+def session_routes(context: AppContext) -> APIRouter:
+    """The /v1 session routes of one app, acting for the tenant of the request's key."""
+    router = APIRouter(prefix="/v1", tags=["sessions"], responses=error_responses(401, 403, 503))
+    require_tenant = tenant_dependency(context)
+
+    @router.post(
+        "/sessions",
+        status_code=201,
+        response_model=SessionOut,
+        responses=error_responses(422),
+        summary="Create a session (state created)",
+    )
+    async def create_session(
+        tenant: Annotated[TenantId, Depends(require_tenant)], body: CreateSessionIn
+    ) -> JSONResponse:
+        stored = await context.store.create(
+            tenant,
+            provider_id=body.provider_id,
+            model=body.model,
+            initial_tokens=body.initial_tokens,
+            ttl_seconds=body.ttl_seconds,
+        )
+        location = f"/v1/sessions/{stored.record.session_id}"
+        return JSONResponse(render_session(stored), 201, headers={"Location": location})
+
+    @router.post(
+        "/sessions/{session_id}/activate",
+        response_model=SessionOut,
+        responses=error_responses(404, 409, 422),
+        summary="Activate a created session",
+    )
+    async def activate_session(
+        tenant: Annotated[TenantId, Depends(require_tenant)], session_id: SessionIdPath
+    ) -> JSONResponse:
+        stored = await context.store.activate(tenant, SessionId.parse(session_id))
+        return JSONResponse(render_session(stored))
+
+    @router.post(
+        "/sessions/{session_id}/rounds",
+        status_code=201,
+        response_model=RoundResultOut,
+        responses={
+            200: {
+                "model": RoundResultOut,
+                "description": "A replayed Idempotency-Key: the round first recorded, counted once",
+                "headers": {
+                    "Idempotent-Replayed": {
+                        "description": "Always 'true' on a replay",
+                        "schema": {"type": "string", "enum": ["true"]},
+                    }
+                },
+            },
+            **error_responses(404, 409, 422),
+        },
+        summary="Record one round on an active session",
+    )
+    async def record_round(
+        tenant: Annotated[TenantId, Depends(require_tenant)],
+        session_id: SessionIdPath,
+        body: RecordRoundIn,
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> JSONResponse:
+        result = await context.store.record_round(
+            tenant,
+            SessionId.parse(session_id),
+            body.delta_tokens,
+            idempotency_key=idempotency_key,
+        )
+        payload = {"round": render_round(result.round), "session": render_session(result.session)}
+        if result.replayed:
+            return JSONResponse(payload, 200, headers={"Idempotent-Replayed": "true"})
+        return JSONResponse(payload, 201)
+
+    @router.post(
+        "/sessions/{session_id}/close",
+        response_model=SessionOut,
+        responses=error_responses(404, 409, 422),
+        summary="Close an active session",
+    )
+    async def close_session(
+        tenant: Annotated[TenantId, Depends(require_tenant)], session_id: SessionIdPath
+    ) -> JSONResponse:
+        stored = await context.store.close(tenant, SessionId.parse(session_id))
+        return JSONResponse(render_session(stored))
+
+    @router.get(
+        "/sessions/{session_id}",
+        response_model=SessionOut,
+        responses=error_responses(404, 422),
+        summary="Read a session",
+    )
+    async def get_session(
+        tenant: Annotated[TenantId, Depends(require_tenant)], session_id: SessionIdPath
+    ) -> JSONResponse:
+        stored = await context.store.get(tenant, SessionId.parse(session_id))
+        return JSONResponse(render_session(stored))
+
+    @router.get(
+        "/sessions",
+        response_model=SessionPageOut,
+        responses=error_responses(422),
+        summary="List the tenant's sessions, newest first",
+    )
+    async def list_sessions(
+        tenant: Annotated[TenantId, Depends(require_tenant)],
+        *,
+        state: Annotated[StateName | None, Query(description="Only sessions in this state")] = None,
+        provider_id: OptionalLabelQuery = None,
+        model: OptionalLabelQuery = None,
+        created_after: OptionalTimeQuery = None,
+        created_before: OptionalTimeQuery = None,
+        limit: Annotated[
+            int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"Page size, 1 to {MAX_PAGE_SIZE}")
+        ] = DEFAULT_PAGE_SIZE,
+        cursor: Annotated[
+            str | None,
+            Query(max_length=200, description="The next_cursor of the previous page"),
+        ] = None,
+    ) -> JSONResponse:
+        query = SessionQuery(
+            state=None if state is None else state_named(state),
+            provider_id=provider_id,
+            model=model,
+            created_after=parse_time(created_after),
+            created_before=parse_time(created_before),
+            limit=limit,
+            cursor=cursor,
+        )
+        page = await context.store.list_sessions(tenant, query)
+        return JSONResponse(
+            {"items": [render_session(s) for s in page.items], "next_cursor": page.next_cursor}
+        )
+
+    @router.get(
+        "/sessions/{session_id}/rounds",
+        response_model=RoundPageOut,
+        responses=error_responses(404, 422),
+        summary="List a session's rounds in order",
+    )
+    async def list_rounds(
+        tenant: Annotated[TenantId, Depends(require_tenant)],
+        session_id: SessionIdPath,
+        after: Annotated[
+            int,
+            Query(ge=0, le=MAX_TOKENS, description="Only rounds with a larger seq (a next_cursor)"),
+        ] = 0,
+        limit: Annotated[
+            int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"Page size, 1 to {MAX_PAGE_SIZE}")
+        ] = DEFAULT_ROUNDS_PAGE_SIZE,
+    ) -> JSONResponse:
+        page = await context.store.list_rounds(
+            tenant, SessionId.parse(session_id), after_seq=after, limit=limit
+        )
+        return JSONResponse(
+            {"items": [render_round(r) for r in page.items], "next_cursor": page.next_cursor}
+        )
+
+    @router.get(
+        "/stats",
+        response_model=StatsOut,
+        responses=error_responses(422),
+        summary="The tenant's totals, optionally grouped by provider and/or model",
+    )
+    async def stats(
+        tenant: Annotated[TenantId, Depends(require_tenant)],
+        group_by: Annotated[
+            list[GroupKey] | None, Query(description="Repeatable: provider, model")
+        ] = None,
+    ) -> JSONResponse:
+        keys: list[GroupKey] = []
+        for key in group_by or ():
+            if key not in keys:
+                keys.append(key)
+        groups = await context.store.totals(tenant, keys)
+        return JSONResponse({"groups": [render_totals(t) for t in groups]})
+
+    return router

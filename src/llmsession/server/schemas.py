@@ -1,0 +1,277 @@
+"""The request and response bodies of the HTTP API, as pydantic models.
+
+Request models validate what comes in (strict JSON types: ``"5"``, ``5.0`` and
+``true`` are not token counts). Values are then checked again by the core,
+whose checkers are reused here as validators so that the error names the field.
+Response models describe what the routes render (see :mod:`.render`) for the
+OpenAPI schema; the routes build the JSON directly for speed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from llmsession.expiry import MAX_TTL_SECONDS
+from llmsession.ids import TenantId, check_label
+from llmsession.store.models import MAX_PAGE_SIZE
+from llmsession.tokens import MAX_TOKENS
+
+__all__ = [
+    "ApiKeyOut",
+    "ApiKeysOut",
+    "CreateSessionIn",
+    "CreateTenantIn",
+    "IssuedKeyOut",
+    "NewTenantOut",
+    "ProblemOut",
+    "RecordRoundIn",
+    "RoundOut",
+    "RoundPageOut",
+    "RoundResultOut",
+    "SessionOut",
+    "SessionPageOut",
+    "StateName",
+    "StatsGroupOut",
+    "StatsOut",
+    "StatusOut",
+    "TenantOut",
+    "TenantsOut",
+    "TokenCount",
+]
+
+StateName = Literal["created", "active", "closed", "expired"]
+
+TokenCount = Annotated[
+    int,
+    Field(strict=True, ge=0, le=MAX_TOKENS, description="An integer from 0 to 2**63-1"),
+]
+
+
+def _provider(value: str) -> str:
+    return check_label("provider_id", value)
+
+
+def _model(value: str) -> str:
+    return check_label("model", value)
+
+
+def _tenant(value: str) -> str:
+    return TenantId(value).value
+
+
+_STRICT_INPUT = ConfigDict(extra="forbid", strict=True)
+
+
+class CreateSessionIn(BaseModel):
+    """Open a session. Times are set by the server; the body cannot set them."""
+
+    model_config = _STRICT_INPUT
+
+    provider_id: Annotated[
+        str,
+        AfterValidator(_provider),
+        Field(description="LLM provider: 1 to 200 printable characters, no outer white space"),
+    ]
+    model: Annotated[
+        str,
+        AfterValidator(_model),
+        Field(description="Model name: 1 to 200 printable characters, no outer white space"),
+    ]
+    initial_tokens: TokenCount
+    ttl_seconds: Annotated[
+        int | None,
+        Field(
+            strict=True,
+            ge=1,
+            le=MAX_TTL_SECONDS,
+            description="Idle TTL in whole seconds; the server's default if absent",
+        ),
+    ] = None
+
+
+class RecordRoundIn(BaseModel):
+    """One round: the tokens sent beyond the initial context."""
+
+    model_config = _STRICT_INPUT
+
+    delta_tokens: TokenCount
+
+
+class CreateTenantIn(BaseModel):
+    """Register a tenant."""
+
+    model_config = _STRICT_INPUT
+
+    tenant_id: Annotated[
+        str,
+        AfterValidator(_tenant),
+        Field(
+            description="1 to 128 letters, digits, '.', '_', ':' or '-', "
+            "starting with a letter or digit",
+            examples=["acme"],
+        ),
+    ]
+
+
+class SessionOut(BaseModel):
+    """A session: the core record, tokens saved, and its TTL and idle deadline."""
+
+    version: int
+    session_id: UUID
+    tenant_id: str
+    provider_id: str
+    model: str
+    initial_tokens: int
+    state: StateName
+    created_at: datetime
+    activated_at: datetime | None
+    closed_at: datetime | None
+    expired_at: datetime | None
+    round_count: int
+    delta_tokens: int
+    tokens_saved: int
+    ttl_seconds: int
+    expires_at: datetime | None = Field(
+        description="Idle deadline of an active session; null in other states"
+    )
+
+
+class RoundOut(BaseModel):
+    """One recorded round; ``seq`` counts from 1 within its session."""
+
+    seq: int
+    delta_tokens: int
+    recorded_at: datetime
+    idempotency_key: str | None
+
+
+class RoundResultOut(BaseModel):
+    """A recorded (or replayed) round and the session after it."""
+
+    round: RoundOut
+    session: SessionOut
+
+
+class SessionPageOut(BaseModel):
+    """A page of sessions, newest first; pass ``next_cursor`` as ``cursor`` for the next."""
+
+    items: list[SessionOut]
+    next_cursor: str | None
+
+
+class RoundPageOut(BaseModel):
+    """A page of rounds in order; pass ``next_cursor`` as ``after`` for the next."""
+
+    items: list[RoundOut]
+    next_cursor: str | None
+
+
+class SessionCountsOut(BaseModel):
+    """Sessions by state."""
+
+    created: int
+    active: int
+    closed: int
+    expired: int
+
+
+class StatsGroupOut(BaseModel):
+    """Totals of one group; provider_id/model are null unless grouped by them."""
+
+    provider_id: str | None
+    model: str | None
+    sessions: SessionCountsOut
+    rounds: int
+    delta_tokens: int
+    tokens_saved: int
+
+
+class StatsOut(BaseModel):
+    """The tenant's totals, per group."""
+
+    groups: list[StatsGroupOut]
+
+
+class TenantOut(BaseModel):
+    """A tenant."""
+
+    tenant_id: str
+    created_at: datetime
+
+
+class TenantsOut(BaseModel):
+    """Every tenant."""
+
+    items: list[TenantOut]
+
+
+class IssuedKeyOut(BaseModel):
+    """A new API key; ``api_key`` is shown only in this response."""
+
+    key_id: str
+    tenant_id: str
+    created_at: datetime
+    api_key: str
+
+
+class NewTenantOut(BaseModel):
+    """A new tenant and its first API key (shown once)."""
+
+    tenant_id: str
+    created_at: datetime
+    key_id: str
+    api_key: str
+
+
+class ApiKeyOut(BaseModel):
+    """An API key's metadata (never the key or its hash)."""
+
+    key_id: str
+    tenant_id: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeysOut(BaseModel):
+    """A tenant's API keys, oldest first."""
+
+    items: list[ApiKeyOut]
+
+
+class StatusOut(BaseModel):
+    """Liveness or readiness."""
+
+    status: Literal["ok", "ready"]
+
+
+class ProblemErrorOut(BaseModel):
+    """Where an input was wrong and why."""
+
+    loc: list[str | int]
+    msg: str
+
+
+class ProblemOut(BaseModel):
+    """An RFC 9457 problem; match on ``type``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(examples=["urn:llmsession:problem:not-found"])
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemErrorOut] | None = Field(
+        default=None, description="invalid-input only: each bad location and message"
+    )
+    method: str | None = Field(default=None, description="wrong-state and session-expired only")
+    required_state: StateName | None = None
+    current_state: StateName | None = None
+
+
+def page_limit_description(default: int) -> str:
+    """The description of a ``limit`` query parameter."""
+    return f"Page size, 1 to {MAX_PAGE_SIZE} (default {default})"

@@ -1,0 +1,189 @@
+"""ServerSettings: how the HTTP service is configured, from code or from the environment."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from llmsession.errors import InvalidInput
+from llmsession.expiry import check_ttl
+
+__all__ = ["ENV_VARIABLES", "ServerSettings"]
+
+T = TypeVar("T")
+
+#: The environment variable that sets each field, as read by ServerSettings.from_env.
+ENV_VARIABLES: dict[str, str] = {
+    "store_url": "LLMSESSION_STORE_URL",
+    "host": "LLMSESSION_HOST",
+    "port": "LLMSESSION_PORT",
+    "admin_key": "LLMSESSION_ADMIN_KEY",
+    "default_ttl_seconds": "LLMSESSION_DEFAULT_TTL",
+    "sweep_interval_seconds": "LLMSESSION_SWEEP_INTERVAL",
+    "purge_created_after_seconds": "LLMSESSION_PURGE_CREATED_AFTER",
+    "access_log": "LLMSESSION_ACCESS_LOG",
+}
+
+MIN_ADMIN_KEY_LENGTH = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Everything the server needs to start; validated on construction.
+
+    - ``store_url``: where sessions live (see :func:`llmsession.store.open_store`).
+    - ``admin_key``: the bearer key of the admin routes; None disables them.
+    - ``default_ttl_seconds``: idle TTL of a session created without ``ttl_seconds``.
+    - ``sweep_interval_seconds``: how often the sweeper expires sessions that are due.
+    - ``purge_created_after_seconds``: sessions still Created this long after creation
+      are deleted by the sweeper (no transition leaves Created but activation).
+    - ``access_log``: log one line per request (uvicorn's access log).
+    """
+
+    store_url: str = "sqlite:///./llmsession.db"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_key: str | None = None
+    default_ttl_seconds: int = 3600
+    sweep_interval_seconds: float = 5.0
+    purge_created_after_seconds: int = 86400
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        for name, check in _CHECKS.items():
+            check(getattr(self, name))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
+        """Settings from the LLMSESSION_* variables (see ENV_VARIABLES).
+
+        Unset or empty variables keep the defaults. A bad value raises
+        InvalidInput naming the variable and what it accepts.
+        """
+        env = os.environ if environ is None else environ
+        d = cls()
+
+        def read(name: str, parse: Callable[[str], T], default: T) -> T:
+            variable = ENV_VARIABLES[name]
+            raw = env.get(variable, "").strip()
+            if not raw:
+                return default
+            # The admin key is a secret: never echo it in an error.
+            shown = "<hidden>" if name == "admin_key" else repr(raw)
+            try:
+                value = parse(raw)
+                _CHECKS[name](value)
+            except ValueError as error:
+                detail = "" if name == "admin_key" else f" ({error})"
+                raise InvalidInput(
+                    f"{variable}={shown} is not valid: expected {_EXPECTED[name]}{detail}"
+                ) from None
+            return value
+
+        return cls(
+            store_url=read("store_url", str, d.store_url),
+            host=read("host", str, d.host),
+            port=read("port", int, d.port),
+            admin_key=read("admin_key", _optional_text, d.admin_key),
+            default_ttl_seconds=read("default_ttl_seconds", int, d.default_ttl_seconds),
+            sweep_interval_seconds=read("sweep_interval_seconds", float, d.sweep_interval_seconds),
+            purge_created_after_seconds=read(
+                "purge_created_after_seconds", int, d.purge_created_after_seconds
+            ),
+            access_log=read("access_log", _parse_bool, d.access_log),
+        )
+
+
+def _check_store_url(value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput("store_url must be a store URL such as sqlite:///./llmsession.db")
+
+
+def _check_host(value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput("host must be an address to listen on, such as 127.0.0.1")
+
+
+def _check_port(value: object) -> None:
+    if type(value) is not int or not 1 <= value <= 65535:
+        raise InvalidInput(f"port must be an integer from 1 to 65535, got {value!r}")
+
+
+def _check_admin_key(value: object) -> None:
+    if value is None:
+        return
+    if (
+        not isinstance(value, str)
+        or len(value) < MIN_ADMIN_KEY_LENGTH
+        or not value.isascii()
+        or not value.isprintable()
+        or " " in value
+    ):
+        # Never echo the key itself: settings errors end up in logs.
+        raise InvalidInput(
+            f"admin_key must be at least {MIN_ADMIN_KEY_LENGTH} printable ASCII characters "
+            "without spaces (use a long random string)"
+        )
+
+
+def _check_interval(value: object) -> None:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not 0.01 <= value <= 86400
+    ):
+        raise InvalidInput(
+            f"sweep_interval_seconds must be a number of seconds from 0.01 to 86400, got {value!r}"
+        )
+
+
+def _check_purge(value: object) -> None:
+    if type(value) is not int or value < 1:
+        raise InvalidInput(
+            f"purge_created_after_seconds must be a whole number of seconds >= 1, got {value!r}"
+        )
+
+
+def _check_bool(value: object) -> None:
+    if type(value) is not bool:
+        raise InvalidInput(f"access_log must be True or False, got {value!r}")
+
+
+_CHECKS: dict[str, Callable[[object], object]] = {
+    "store_url": _check_store_url,
+    "host": _check_host,
+    "port": _check_port,
+    "admin_key": _check_admin_key,
+    "default_ttl_seconds": check_ttl,
+    "sweep_interval_seconds": _check_interval,
+    "purge_created_after_seconds": _check_purge,
+    "access_log": _check_bool,
+}
+
+_EXPECTED = {
+    "store_url": "a store URL",
+    "host": "an address to listen on",
+    "port": "an integer from 1 to 65535",
+    "admin_key": f"at least {MIN_ADMIN_KEY_LENGTH} printable ASCII characters without spaces",
+    "default_ttl_seconds": "a whole number of seconds",
+    "sweep_interval_seconds": "a number of seconds, e.g. 5 or 0.5",
+    "purge_created_after_seconds": "a whole number of seconds",
+    "access_log": "1/0, true/false, yes/no or on/off",
+}
+
+
+def _optional_text(text: str) -> str | None:
+    return text
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a yes/no value")
