@@ -32,12 +32,13 @@ cursors of :mod:`llmsession.store.cursor` need.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Final, Protocol, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -239,6 +240,14 @@ class _Keys:
         return f"{self.prefix}apikeys:revoked"
 
 
+@dataclass(slots=True)
+class _Writers:
+    """The writers of one session in this process: a turn each, and how many wait."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    count: int = 0
+
+
 class _RedisTransaction(SessionTransaction):
     def __init__(
         self,
@@ -281,6 +290,7 @@ class RedisStore(SessionStore):
         self._keys = _Keys(prefix)
         self._where = where
         self._closed = False
+        self._writers: dict[SessionId, _Writers] = {}
         #: Why acknowledged writes may be lost under the server's configuration
         #: (see :func:`persistence_warning`); None if it looks durable or is unknown.
         self.persistence_warning: str | None = None
@@ -367,8 +377,21 @@ class RedisStore(SessionStore):
     async def _begin(
         self, tenant_id: TenantId, session_id: SessionId
     ) -> AsyncGenerator[SessionTransaction]:
-        stored = await self.get(tenant_id, session_id)
-        yield _RedisTransaction(stored, self._find_round, self._cas)
+        # Writers to one session in this process take turns: they would only
+        # make each other's compare-and-set fail. Correctness never rests on
+        # this lock; other processes are still kept out by the version check.
+        entry = self._writers.get(session_id)
+        if entry is None:
+            entry = self._writers[session_id] = _Writers()
+        entry.count += 1
+        try:
+            async with entry.lock:
+                stored = await self.get(tenant_id, session_id)
+                yield _RedisTransaction(stored, self._find_round, self._cas)
+        finally:
+            entry.count -= 1
+            if not entry.count:
+                del self._writers[session_id]
 
     async def _find_round(self, session_id: SessionId, idempotency_key: str) -> Round | None:
         with self._guard():
@@ -452,8 +475,8 @@ class RedisStore(SessionStore):
         with self._guard():
             raw = await self._client.hgetall(self._keys.counters(tenant_id))
         limbs: dict[tuple[str, str], dict[str, int]] = {}
-        for field, value in raw.items():
-            provider, model, metric, limb = _parse_counter_field(_text(field))
+        for name, value in raw.items():
+            provider, model, metric, limb = _parse_counter_field(_text(name))
             weight = _LIMB if limb == "hi" else 1
             group = limbs.setdefault((provider, model), dict.fromkeys(_METRICS, 0))
             group[metric] += int(_text(value)) * weight

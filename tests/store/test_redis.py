@@ -1,0 +1,777 @@
+"""What only the Redis store has: its URL, key layout, scripts, counters and durability.
+
+The behaviour every backend shares is in test_conformance.py. Tests that restart
+or flush a server run their own redis-server on a free loopback port in a
+temporary directory, never the shared one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from llmsession.clock import ManualClock
+from llmsession.errors import (
+    ConflictError,
+    InvalidInput,
+    LLMSessionError,
+    NotFoundError,
+    SchemaVersionError,
+    StoreError,
+)
+from llmsession.ids import SessionId, TenantId
+from llmsession.states import Active, Closed, Created, SessionExpired
+from llmsession.store import SessionQuery, SessionStore, StoredSession, Totals, open_store
+from llmsession.store.base import VersionConflict
+from llmsession.store.memory import MemoryStore
+from llmsession.store.redis import (
+    DEFAULT_PREFIX,
+    RedisStore,
+    _split_url,
+    persistence_warning,
+)
+from llmsession.timestamps import Timestamp
+from llmsession.tokens import MAX_TOKENS
+from tests.conftest import services_required
+
+pytestmark = pytest.mark.redis
+
+ACME = TenantId("acme")
+OTHER = TenantId("other")
+
+
+def _prefix(url: str) -> str:
+    return _split_url(url)[1]
+
+
+async def _keys_of(url: str) -> set[str]:
+    client = aioredis.Redis.from_url(url.split("?", maxsplit=1)[0], decode_responses=True)
+    try:
+        return {key async for key in client.scan_iter(match=f"{_prefix(url)}*", count=1000)}
+    finally:
+        await client.aclose()
+
+
+async def _raw(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(url.split("?", maxsplit=1)[0], decode_responses=True)
+
+
+async def _active(
+    store: SessionStore, tenant: TenantId = ACME, *, initial_tokens: int = 1000
+) -> SessionId:
+    created = await store.create(
+        tenant, provider_id="openai", model="gpt-4o", initial_tokens=initial_tokens
+    )
+    await store.activate(tenant, created.record.session_id)
+    return created.record.session_id
+
+
+# -- a private redis-server ------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class PrivateRedis:
+    """A redis-server of this test alone: append-only file fsynced on every write."""
+
+    binary: str
+    directory: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0?prefix=durable:"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--bind", "127.0.0.1",
+                "--port", str(self.port),
+                "--dir", str(self.directory),
+                "--appendonly", "yes",
+                "--appendfsync", "always",
+                "--save", "",
+                "--daemonize", "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        pytest.fail(f"redis-server on port {self.port} did not answer within 10 s")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final save; only what was on disk survives."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "redis-server is not installed, so no private server can be started"
+        if services_required():
+            pytest.fail(f"{message}, and LLMSESSION_REQUIRE_SERVICES=1 forbids skipping")
+        pytest.skip(message)
+    server = PrivateRedis(binary, tmp_path, _free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def redis_store(redis_url: str, clock: ManualClock) -> AsyncIterator[RedisStore]:
+    store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=3600)
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+# -- URL and opening --------------------------------------------------------------
+
+
+def test_url_prefix_is_stripped_and_defaults() -> None:
+    client_url, prefix, where = _split_url("redis://127.0.0.1:6379/2?prefix=a:b:&socket_timeout=5")
+    assert prefix == "a:b:"
+    assert client_url == "redis://127.0.0.1:6379/2?socket_timeout=5"
+    assert where == "Redis at 127.0.0.1:6379/2"
+    assert _split_url("redis://:secret@db.example/0")[1:] == (
+        DEFAULT_PREFIX,
+        "Redis at db.example:6379/0",
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://127.0.0.1/0?prefix=a&prefix=b", "prefix 2 times"),
+        ("redis://127.0.0.1/0?prefix=", "prefix '' is not allowed"),
+        ("redis://127.0.0.1/0?prefix=a%20b", "prefix 'a b' is not allowed"),
+        ("redis://127.0.0.1/0?decode_responses=no", "decode_responses"),
+        ("redis://127.0.0.1/0?socket_timeout=soon", "socket_timeout"),
+    ],
+)
+async def test_bad_url_is_refused(url: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        await RedisStore.open(url, clock=ManualClock(Timestamp(0)), default_ttl_seconds=60)
+
+
+async def test_unreachable_server_is_a_store_error_without_password() -> None:
+    url = f"redis://:hunter2@127.0.0.1:{_free_port()}/0?socket_connect_timeout=2"
+    with pytest.raises(StoreError, match=r"Redis at 127\.0\.0\.1") as raised:
+        await open_store(url)
+    assert "hunter2" not in str(raised.value)
+
+
+async def test_every_key_is_under_the_prefix(redis_url: str, redis_store: RedisStore) -> None:
+    await redis_store.create_tenant(ACME)
+    session_id = await _active(redis_store)
+    await redis_store.record_round(ACME, session_id, 5, idempotency_key="k")
+    client = await _raw(redis_url)
+    try:
+        touched = {key async for key in client.scan_iter(match=f"*{session_id}*")}
+        touched |= {key async for key in client.scan_iter(match=f"*{ACME}*")}
+    finally:
+        await client.aclose()
+    assert touched
+    assert all(key.startswith(_prefix(redis_url)) for key in touched)
+
+
+async def test_closed_store_refuses_calls(redis_store: RedisStore) -> None:
+    await redis_store.aclose()
+    with pytest.raises(StoreError, match="closed"):
+        await redis_store.ping()
+    with pytest.raises(StoreError, match="closed"):
+        await redis_store.get(ACME, SessionId.generate(Timestamp(0)))
+    await redis_store.aclose()  # closing twice is harmless
+
+
+# -- schema ----------------------------------------------------------------------------
+
+
+async def test_newer_schema_is_refused(redis_url: str, clock: ManualClock) -> None:
+    client = await _raw(redis_url)
+    try:
+        await client.set(f"{_prefix(redis_url)}schema", "2")
+        with pytest.raises(SchemaVersionError, match="schema version 2"):
+            await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
+        await client.set(f"{_prefix(redis_url)}schema", "banana")
+        with pytest.raises(StoreError, match="not a schema version"):
+            await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
+    finally:
+        await client.aclose()
+
+
+async def test_schema_version_is_written_once(redis_url: str, redis_store: RedisStore) -> None:
+    client = await _raw(redis_url)
+    try:
+        assert await client.get(f"{_prefix(redis_url)}schema") == "1"
+    finally:
+        await client.aclose()
+
+
+# -- durability ----------------------------------------------------------------------
+
+
+def test_persistence_warning_names_what_can_be_lost() -> None:
+    assert persistence_warning({"appendonly": "yes", "appendfsync": "always", "save": ""}) is None
+    everysec = persistence_warning({"appendonly": "yes", "appendfsync": "everysec"})
+    assert everysec is not None
+    assert "second" in everysec
+    snapshots = persistence_warning({"appendonly": "no", "save": "3600 1"})
+    assert snapshots is not None
+    assert "since the last snapshot" in snapshots
+    nothing = persistence_warning({"appendonly": "no", "save": ""})
+    assert nothing is not None
+    assert "lost when Redis restarts" in nothing
+
+
+async def test_open_warns_when_the_server_can_lose_writes(
+    redis_url: str, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await _raw(redis_url)
+    try:
+        config = await client.config_get("appendonly")
+        config.update(await client.config_get("appendfsync"))
+        config.update(await client.config_get("save"))
+    finally:
+        await client.aclose()
+    expected = persistence_warning({str(k): str(v) for k, v in config.items()})
+    with caplog.at_level(logging.WARNING, logger="llmsession.store.redis"):
+        store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
+    await store.aclose()
+    assert store.persistence_warning == expected
+    warned = [r.getMessage() for r in caplog.records if r.name == "llmsession.store.redis"]
+    assert warned == ([] if expected is None else [f"Redis at 127.0.0.1:6379/0: {expected}"])
+
+
+async def test_writes_survive_reopening(redis_url: str, clock: ManualClock) -> None:
+    first = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=600)
+    await first.create_tenant(ACME)
+    key = await first.add_api_key(ACME, "key1", b"\x00\xffhash")
+    session_id = await _active(first)
+    for n in range(5):
+        clock.advance(1)
+        await first.record_round(ACME, session_id, n, idempotency_key=f"k{n}")
+    before = await first.get(ACME, session_id)
+    totals = await first.totals(ACME)
+    await first.aclose()
+
+    second = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=600)
+    try:
+        assert await second.get(ACME, session_id) == before
+        assert await second.totals(ACME) == totals
+        assert [r.delta_tokens for r in (await second.list_rounds(ACME, session_id)).items] == [
+            0,
+            1,
+            2,
+            3,
+            4,
+        ]
+        replay = await second.record_round(ACME, session_id, 3, idempotency_key="k3")
+        assert replay.replayed
+        assert replay.round.seq == 4
+        assert await second.get_api_key("key1") == key
+        assert [t.tenant_id for t in await second.list_tenants()] == [ACME]
+    finally:
+        await second.aclose()
+
+
+async def test_acknowledged_rounds_survive_kill_9(
+    private_redis: PrivateRedis, clock: ManualClock
+) -> None:
+    store = await RedisStore.open(private_redis.url, clock=clock, default_ttl_seconds=600)
+    assert store.persistence_warning is None  # appendonly yes, appendfsync always
+    session_id = await _active(store)
+    acknowledged = [
+        await store.record_round(ACME, session_id, n, idempotency_key=f"k{n}") for n in range(50)
+    ]
+    private_redis.kill()
+    with pytest.raises(StoreError):
+        await store.record_round(ACME, session_id, 1)
+    await store.aclose()
+
+    private_redis.start()
+    reopened = await RedisStore.open(private_redis.url, clock=clock, default_ttl_seconds=600)
+    try:
+        stored = await reopened.get(ACME, session_id)
+        assert stored == acknowledged[-1].session
+        rounds = await reopened.list_rounds(ACME, session_id, limit=1000)
+        assert rounds.items == [result.round for result in acknowledged]
+        again = await reopened.record_round(ACME, session_id, 7, idempotency_key="k7")
+        assert again.replayed
+        assert again.round == acknowledged[7].round
+        assert (await reopened.totals(ACME))[0].rounds == 50
+    finally:
+        await reopened.aclose()
+
+
+# -- scripts ----------------------------------------------------------------------------
+
+
+async def test_scripts_are_reloaded_after_script_flush(
+    private_redis: PrivateRedis, clock: ManualClock
+) -> None:
+    store = await RedisStore.open(private_redis.url, clock=clock, default_ttl_seconds=60)
+    client = await _raw(private_redis.url)
+    try:
+        await store.create_tenant(ACME)
+        await client.script_flush()
+        session_id = await _active(store)  # insert and activate: single EVALSHA
+        await client.script_flush()
+        await store.add_api_key(ACME, "k1", b"h")
+        others = [await _active(store) for _ in range(3)]
+        clock.advance(61)
+        await client.script_flush()
+        assert await store.sweep() == 4  # pipelined EVALSHAs
+        assert (await store.get(ACME, session_id)).record.state is SessionExpired
+        for other in others:
+            assert (await store.get(ACME, other)).record.state is SessionExpired
+        assert await store.get_api_key("k1") is not None
+    finally:
+        await client.aclose()
+        await store.aclose()
+
+
+# -- compare-and-set -------------------------------------------------------------------
+
+
+async def test_stale_version_is_rejected_and_changes_nothing(
+    redis_url: str, redis_store: RedisStore
+) -> None:
+    session_id = await _active(redis_store)
+    await redis_store.record_round(ACME, session_id, 1)
+    async with redis_store._begin(ACME, session_id) as first_tx:
+        pass
+    async with redis_store._begin(ACME, session_id) as stale_tx:
+        pass
+    base = first_tx.stored
+    winner = StoredSession(
+        base.record, base.version + 1, base.ttl_seconds, base.last_activity_at.plus_seconds(1)
+    )
+    await first_tx.commit(winner, None)
+    snapshot = await _dump(redis_url)
+    loser = StoredSession(base.record, base.version + 1, 99, base.last_activity_at)
+    with pytest.raises(VersionConflict):
+        await stale_tx.commit(loser, None)
+    assert await _dump(redis_url) == snapshot
+    assert await redis_store.get(ACME, session_id) == winner
+
+
+async def _dump(url: str) -> dict[str, object]:
+    """Every key under the store's prefix with its whole value."""
+    client = await _raw(url)
+    try:
+        dump: dict[str, object] = {}
+        for key in sorted(await _keys_of(url)):
+            kind = await client.type(key)
+            if kind == "hash":
+                dump[key] = await client.hgetall(key)
+            elif kind == "zset":
+                dump[key] = await client.zrange(key, 0, -1)
+            elif kind == "list":
+                dump[key] = await client.lrange(key, 0, -1)
+            elif kind == "set":
+                dump[key] = sorted(await client.smembers(key))
+            else:
+                dump[key] = await client.get(key)
+        return dump
+    finally:
+        await client.aclose()
+
+
+async def test_64_concurrent_clients_on_one_session_are_exact(
+    redis_url: str, clock: ManualClock
+) -> None:
+    stores = [
+        await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=600) for _ in range(8)
+    ]
+    try:
+        session_id = await _active(stores[0], initial_tokens=50)
+        per_client = 5
+
+        async def client(number: int) -> None:
+            store = stores[number % len(stores)]
+            for n in range(per_client):
+                key = f"c{number}-{n}"
+                first = await store.record_round(ACME, session_id, number, idempotency_key=key)
+                # A client retrying after a lost reply must not count twice.
+                again = await store.record_round(ACME, session_id, number, idempotency_key=key)
+                assert again.replayed
+                assert again.round == first.round
+
+        await asyncio.gather(*(client(number) for number in range(64)))
+        stored = await stores[1].get(ACME, session_id)
+        rounds = 64 * per_client
+        delta = per_client * sum(range(64))
+        assert stored.record.round_count == rounds
+        assert stored.record.delta_tokens == delta
+        assert stored.version == 2 + rounds
+        listed = await stores[2].list_rounds(ACME, session_id, limit=1000)
+        assert [r.seq for r in listed.items] == list(range(1, rounds + 1))
+        assert sum(r.delta_tokens for r in listed.items) == delta
+        [totals] = await stores[3].totals(ACME)
+        assert (totals.rounds, totals.delta_tokens, totals.tokens_saved) == (
+            rounds,
+            delta,
+            stored.record.tokens_saved,
+        )
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+# -- sweeping ----------------------------------------------------------------------------
+
+
+async def test_racing_sweepers_expire_each_session_once(redis_url: str, clock: ManualClock) -> None:
+    stores = [
+        await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60) for _ in range(4)
+    ]
+    try:
+        due: list[SessionId] = []
+        for n in range(120):
+            due.append(await _active(stores[0]))
+            if n % 3 == 0:
+                clock.advance(0.001)
+        clock.advance(30)
+        kept = await _active(stores[0])
+        clock.advance(30.5)
+        deadline_of_kept = (await stores[0].get(ACME, kept)).deadline
+        assert deadline_of_kept is not None
+        # Every sweeper reads the same first due sessions and races for them; the
+        # losers skip. Rounds of racing sweeps until none finds work: 120 in all.
+        expired = 0
+        for _ in range(20):
+            counts = await asyncio.gather(*(s.sweep(limit=25) for s in stores for _ in range(3)))
+            expired += sum(counts)
+            if not any(counts):
+                break
+        assert expired == 120
+        for session_id in due:
+            stored = await stores[0].get(ACME, session_id)
+            assert stored.record.state is SessionExpired
+            assert stored.record.expired_at == stored.last_activity_at.plus_seconds(60)
+            assert stored.version == 3
+        assert (await stores[0].get(ACME, kept)).record.state is Active
+        assert await stores[1].sweep() == 0
+        [totals] = await stores[2].totals(ACME)
+        assert totals.sessions == {"created": 0, "active": 1, "closed": 0, "expired": 120}
+        client = await _raw(redis_url)
+        try:
+            left = await client.zrange(f"{_prefix(redis_url)}deadlines", 0, -1)
+        finally:
+            await client.aclose()
+        assert left == [f"{deadline_of_kept.epoch_micros + 2**62:016x}{kept}"]
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+async def test_purge_loses_to_a_concurrent_activation(
+    redis_store: RedisStore, clock: ManualClock
+) -> None:
+    created = await redis_store.create(ACME, provider_id="p", model="m", initial_tokens=1)
+    session_id = created.record.session_id
+    clock.advance(100)
+    # The purge read the session while Created; it is activated before the purge writes.
+    async with redis_store._begin(ACME, session_id) as stale:
+        pass
+    await redis_store.activate(ACME, session_id)
+    assert await redis_store._cas_many([(stale.stored, None)]) == 0
+    assert (await redis_store.get(ACME, session_id)).record.state is Active
+    assert await redis_store.purge_created(10) == 0
+
+
+# -- ordering and counters ------------------------------------------------------------------
+
+
+async def test_pages_are_exact_with_equal_creation_times(redis_store: RedisStore) -> None:
+    ids = {
+        (await redis_store.create(ACME, provider_id="p", model="m", initial_tokens=1)).record
+        for _ in range(23)
+    }
+    expected = sorted(ids, key=lambda r: r.session_id, reverse=True)
+    assert len({r.created_at for r in expected}) == 1
+    seen = []
+    cursor = None
+    while True:
+        page = await redis_store.list_sessions(ACME, SessionQuery(limit=5, cursor=cursor))
+        seen.extend(s.record for s in page.items)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == expected
+
+
+async def test_order_is_exact_beyond_double_precision(redis_url: str) -> None:
+    # Microseconds near the year 9000 are about 2**57: a double cannot tell
+    # neighbours apart, the store's text-ordered indexes can.
+    start = Timestamp.from_datetime(datetime(9000, 1, 1, tzinfo=UTC)).epoch_micros // 64 * 64
+    clock = ManualClock(Timestamp(start))
+    store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
+    try:
+        made = []
+        for _ in range(6):
+            made.append(await store.create(ACME, provider_id="p", model="m", initial_tokens=1))
+            clock.now = Timestamp(clock.now.epoch_micros + 1)
+        assert len({float(s.record.created_at.epoch_micros) for s in made}) == 1
+        listed = []
+        cursor = None
+        while True:
+            page = await store.list_sessions(ACME, SessionQuery(limit=4, cursor=cursor))
+            listed.extend(page.items)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert listed == made[::-1]
+        between = await store.list_sessions(
+            ACME,
+            SessionQuery(
+                created_after=made[1].record.created_at, created_before=made[4].record.created_at
+            ),
+        )
+        assert between.items == [made[3], made[2]]
+        for stored in made:
+            await store.activate(ACME, stored.record.session_id)
+            clock.now = Timestamp(clock.now.epoch_micros + 1)
+        clock.advance(60)
+        assert await store.sweep(limit=2) == 2
+        expired = await store.list_sessions(ACME, SessionQuery(state=SessionExpired))
+        assert [s.record.session_id for s in expired.items] == [
+            made[1].record.session_id,
+            made[0].record.session_id,
+        ]
+    finally:
+        await store.aclose()
+
+
+async def test_totals_beyond_64_bits_are_exact(redis_url: str, redis_store: RedisStore) -> None:
+    ids = [await _active(redis_store, initial_tokens=MAX_TOKENS) for _ in range(3)]
+    for session_id in ids:
+        await redis_store.record_round(ACME, session_id, 0)
+    big = await _active(redis_store, initial_tokens=0)
+    await redis_store.record_round(ACME, big, MAX_TOKENS)
+    [totals] = await redis_store.totals(ACME)
+    assert totals.tokens_saved == 3 * MAX_TOKENS
+    assert totals.delta_tokens == MAX_TOKENS
+    assert totals.rounds == 4
+    # tokens_saved also falls: a round larger than the context saves less than nothing.
+    small = await _active(redis_store, initial_tokens=2**32 + 1)
+    await redis_store.record_round(ACME, small, 1)
+    await redis_store.record_round(ACME, small, 2**33 + 5)
+    [totals] = await redis_store.totals(ACME)
+    assert totals.tokens_saved == 3 * MAX_TOKENS
+    assert totals.delta_tokens == MAX_TOKENS + 2**33 + 6
+    # Each counter's low limb stays in [0, 2**32) (the script carries into the
+    # high one), so no HINCRBY can ever pass 2**63-1.
+    client = await _raw(redis_url)
+    try:
+        counters = await client.hgetall(f"{_prefix(redis_url)}agg:{ACME}")
+    finally:
+        await client.aclose()
+    low = [int(v) for k, v in counters.items() if json.loads(k)[3] == "lo"]
+    assert len(low) == 5  # rounds, delta, saved, created and active sessions
+    assert all(0 <= value < 2**32 for value in low)
+
+
+async def test_counters_and_indexes_match_a_memory_store(redis_url: str) -> None:
+    """Random work on both stores; totals, listings and indexes must agree exactly."""
+    rng = random.Random(1234)
+    clock = ManualClock(Timestamp.from_datetime(datetime(2026, 3, 1, tzinfo=UTC)))
+    memory = MemoryStore(clock=clock, default_ttl_seconds=30)
+    redis_store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=30)
+    pairs: list[tuple[TenantId, SessionId, SessionId]] = []  # (tenant, memory id, redis id)
+    try:
+        for _ in range(400):
+            action = rng.random()
+            if action < 0.2 or not pairs:
+                tenant = rng.choice([ACME, OTHER])
+                provider, model = rng.choice(["p1", "p2"]), rng.choice(["m1", "m2", "m3"])
+                initial = rng.choice([0, 7, 1000, 2**40, MAX_TOKENS])
+                ttl = rng.choice([None, 5, 60])
+                made = [
+                    await s.create(
+                        tenant, provider_id=provider, model=model, initial_tokens=initial,
+                        ttl_seconds=ttl,
+                    )
+                    for s in (memory, redis_store)
+                ]  # fmt: skip
+                pairs.append((tenant, made[0].record.session_id, made[1].record.session_id))
+                # Distinct creation times: the two stores' ids differ, so ties would not.
+                clock.advance(0.000001)
+            elif action < 0.92:
+                tenant, mid, rid = rng.choice(pairs)
+                op = rng.choice(["activate", "round", "round", "round", "close", "expire"])
+                delta = rng.choice([0, 1, 999, 2**41, 2**62])
+                outcomes = [
+                    await _outcome(store, op, tenant, session_id, delta)
+                    for store, session_id in ((memory, mid), (redis_store, rid))
+                ]
+                assert outcomes[0] == outcomes[1], op
+            elif action < 0.96:
+                assert await memory.sweep() == await redis_store.sweep()
+            else:
+                age = rng.choice([1, 20])
+                assert await memory.purge_created(age) == await redis_store.purge_created(age)
+                alive = {s.record.session_id for t in (ACME, OTHER) for s in await _all(memory, t)}
+                pairs = [p for p in pairs if p[1] in alive]
+            clock.advance(rng.choice([0, 0.5, 3, 10]))
+
+        mapping = {mid: rid for _, mid, rid in pairs}
+        for tenant in (ACME, OTHER):
+            for group_by in ((), ("provider",), ("model",), ("provider", "model")):
+                assert await redis_store.totals(tenant, group_by) == await memory.totals(
+                    tenant, group_by
+                )
+            for query in (
+                SessionQuery(limit=1000),
+                SessionQuery(state=Active, limit=1000),
+                SessionQuery(state=Created, model="m2", limit=1000),
+                SessionQuery(provider_id="p1", limit=7),
+                SessionQuery(state=Closed, limit=1000),
+            ):
+                in_memory = await memory.list_sessions(tenant, query)
+                in_redis = await redis_store.list_sessions(tenant, query)
+                assert [mapping[s.record.session_id] for s in in_memory.items] == [
+                    s.record.session_id for s in in_redis.items
+                ]
+                assert (in_memory.next_cursor is None) == (in_redis.next_cursor is None)
+        await _check_global_indexes(redis_url, redis_store)
+        assert sum(_count(t) for t in await redis_store.totals(ACME)) + sum(
+            _count(t) for t in await redis_store.totals(OTHER)
+        ) == len(pairs)
+    finally:
+        await redis_store.aclose()
+
+
+async def _outcome(
+    store: SessionStore, op: str, tenant: TenantId, session_id: SessionId, delta: int
+) -> str:
+    try:
+        if op == "activate":
+            await store.activate(tenant, session_id)
+        elif op == "round":
+            await store.record_round(tenant, session_id, delta)
+        elif op == "close":
+            await store.close(tenant, session_id)
+        else:
+            await store.expire(tenant, session_id)
+    except LLMSessionError as error:
+        return type(error).__name__
+    return "ok"
+
+
+def _count(totals: Totals) -> int:
+    return sum(totals.sessions.values())
+
+
+async def _all(store: SessionStore, tenant: TenantId) -> list[StoredSession]:
+    return (await store.list_sessions(tenant, SessionQuery(limit=1000))).items
+
+
+async def _check_global_indexes(url: str, store: RedisStore) -> None:
+    """The deadline index lists exactly the Active sessions, the Created one the Created."""
+    sessions = [s for t in (ACME, OTHER) for s in await _all(store, t)]
+    client = await _raw(url)
+    try:
+        deadlines = set(await client.zrange(f"{_prefix(url)}deadlines", 0, -1))
+        created = set(await client.zrange(f"{_prefix(url)}created", 0, -1))
+    finally:
+        await client.aclose()
+
+    def member(at: Timestamp, session_id: SessionId) -> str:
+        return f"{at.epoch_micros + 2**62:016x}{session_id}"
+
+    assert deadlines == {
+        member(s.deadline, s.record.session_id) for s in sessions if s.deadline is not None
+    }
+    assert created == {
+        member(s.record.created_at, s.record.session_id)
+        for s in sessions
+        if s.record.state is Created
+    }
+
+
+# -- tenants and keys ------------------------------------------------------------------------
+
+
+async def test_tenants_and_keys_are_per_prefix(redis_url: str, clock: ManualClock) -> None:
+    here = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
+    elsewhere_url = redis_url.replace("?prefix=", "?prefix=x")
+    there = await RedisStore.open(elsewhere_url, clock=clock, default_ttl_seconds=60)
+    try:
+        await here.create_tenant(ACME)
+        await there.create_tenant(ACME)  # no conflict: another prefix
+        with pytest.raises(ConflictError):
+            await here.create_tenant(ACME)
+        await here.add_api_key(ACME, "k", b"1")
+        assert await there.get_api_key("k") is None
+        with pytest.raises(ConflictError):
+            await here.add_api_key(ACME, "k", b"2")
+        with pytest.raises(NotFoundError):
+            await here.add_api_key(OTHER, "k2", b"2")
+        assert [k.key_hash for k in await here.list_api_keys(ACME)] == [b"1"]
+    finally:
+        await here.aclose()
+        await there.aclose()
+        client = await _raw(elsewhere_url)
+        try:
+            stray = [k async for k in client.scan_iter(match=f"{_prefix(elsewhere_url)}*")]
+            if stray:
+                await client.delete(*stray)
+        finally:
+            await client.aclose()
+
+
+async def test_racing_revocations_keep_the_first_time(
+    redis_store: RedisStore, clock: ManualClock
+) -> None:
+    await redis_store.create_tenant(ACME)
+    await redis_store.add_api_key(ACME, "k", b"1")
+    revoked = await asyncio.gather(*(redis_store.revoke_api_key("k") for _ in range(10)))
+    assert len({r.revoked_at for r in revoked}) == 1
+    clock.advance(5)
+    assert (await redis_store.revoke_api_key("k")).revoked_at == revoked[0].revoked_at
