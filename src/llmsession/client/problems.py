@@ -102,15 +102,22 @@ def error_from_response(response: httpx.Response) -> LLMSessionError:
         error = build(_message(problem, response.status_code), problem)
     if problem is None or error is None:
         request = response.request
+        shown = (
+            f"{kind}: {_message(problem, response.status_code)}"
+            if problem is not None and isinstance(kind, str)
+            else _excerpt(response)
+        )
         return ApiError(
             f"{request.method} {request.url.path} answered HTTP {response.status_code}, "
-            f"which the llmsession API does not document: {_excerpt(response)}",
+            f"which the llmsession API does not document ({shown})",
             response.status_code,
         )
     errors = problem.get("errors")
     if isinstance(errors, list):
         for item in cast("list[object]", errors):
-            error.add_note(_describe_item(item))
+            note = _describe_item(item)
+            if note not in str(error):
+                error.add_note(note)
     return error
 
 
