@@ -1,0 +1,625 @@
+"""The ``llmsession`` command: run the server, and administer a store directly.
+
+Every command but ``serve`` opens the store at ``--store-url`` (or
+``LLMSESSION_STORE_URL``) itself, the same URL the server uses; all backends are
+safe for several processes at once, so the CLI works beside a running server.
+Changes go through the store's operations, so the core decides every transition.
+
+Output is an aligned table for people, or JSON with ``--json`` (the HTTP API's
+shapes). Errors are one line on stderr; the exit status is 2 for bad input, 1
+for any other failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, NoReturn, TypeVar
+
+import click
+
+from llmsession.errors import InvalidInput, LLMSessionError
+from llmsession.ids import SessionId, TenantId
+from llmsession.keys import IssuedKey, issue_key
+from llmsession.states import ALL_STATES, state_named
+from llmsession.store import open_store
+from llmsession.store.base import SessionStore
+from llmsession.store.models import (
+    MAX_PAGE_SIZE,
+    ApiKeyInfo,
+    GroupKey,
+    Round,
+    SessionQuery,
+    StoredSession,
+    Tenant,
+)
+from llmsession.timestamps import Timestamp
+
+__all__ = ["DEFAULT_STORE_URL", "cli", "main"]
+
+T = TypeVar("T")
+P = TypeVar("P")
+
+#: The store the CLI opens when neither --store-url nor LLMSESSION_STORE_URL says.
+DEFAULT_STORE_URL: Final = "sqlite:///./llmsession.db"
+
+EXIT_BAD_INPUT: Final = 2
+
+
+# -- errors: one line, exit 2 for bad input, 1 otherwise -------------------------------
+
+
+class _Failure(click.ClickException):
+    """An error shown as one line on stderr; exit status 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+class _BadInput(_Failure):
+    """Bad input shown as one line on stderr; exit status 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class _Group(click.Group):
+    """A group that turns usage errors and llmsession errors into one-line failures.
+
+    Click prints usage errors as usage, hint and message on three lines, and
+    leaves other exceptions as tracebacks; a person wants the one line that
+    says what was wrong.
+    """
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as error:
+            raise _usage_failure(error) from error
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as error:
+            raise _usage_failure(error) from error
+        except InvalidInput as error:
+            raise _BadInput(str(error)) from error
+        except LLMSessionError as error:
+            raise _Failure(str(error)) from error
+
+
+def _usage_failure(error: click.UsageError) -> _BadInput:
+    where = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+    return _BadInput(f"{error.format_message()}{where}")
+
+
+# -- parameter types: parsed by the core, refused with its message -------------------
+
+
+class _CoreType(click.ParamType[T]):
+    """A parameter parsed by a core constructor; its InvalidInput becomes a usage error."""
+
+    def __init__(self, name: str, kind: type[T], parse: Callable[[str], T]) -> None:
+        self.name = name
+        self._kind = kind
+        self._parse = parse
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> T:
+        if isinstance(value, self._kind):
+            return value
+        try:
+            return self._parse(str(value))
+        except InvalidInput as error:
+            self.fail(str(error), param, ctx)
+
+
+TENANT: Final = _CoreType("tenant", TenantId, TenantId)
+SESSION: Final = _CoreType("session_id", SessionId, SessionId.parse)
+TIMESTAMP: Final = _CoreType("timestamp", Timestamp, Timestamp.parse)
+STATE: Final = click.Choice([state.name for state in ALL_STATES])
+GROUP_KEY: Final = click.Choice(["provider", "model"])
+
+_store_option = click.option(
+    "--store-url",
+    envvar="LLMSESSION_STORE_URL",
+    default=DEFAULT_STORE_URL,
+    show_default=True,
+    help="The store to open (env LLMSESSION_STORE_URL), as the server's.",
+)
+_json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table."
+)
+_tenant_option = click.option(
+    "--tenant", "tenant_id", type=TENANT, required=True, help="The tenant whose sessions to use."
+)
+
+
+def _run(store_url: str, action: Callable[[SessionStore], Awaitable[T]]) -> T:
+    async def run() -> T:
+        store = await open_store(store_url)
+        try:
+            return await action(store)
+        finally:
+            await store.aclose()
+
+    return asyncio.run(run())
+
+
+# -- the commands -----------------------------------------------------------------------
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llmsession")
+def cli() -> None:
+    """Stateful LLM sessions: run the server and administer its store."""
+
+
+@cli.command()
+@click.option("--host", help="Address to listen on [env LLMSESSION_HOST; 127.0.0.1].")
+@click.option("--port", type=int, help="Port to listen on [env LLMSESSION_PORT; 8080].")
+@click.option("--store-url", help=f"The store [env LLMSESSION_STORE_URL; {DEFAULT_STORE_URL}].")
+@click.option(
+    "--default-ttl",
+    type=int,
+    help="Idle TTL in seconds of sessions created without one [env LLMSESSION_DEFAULT_TTL; 3600].",
+)
+@click.option(
+    "--sweep-interval",
+    type=float,
+    help="Seconds between sweeps for expired sessions [env LLMSESSION_SWEEP_INTERVAL; 5].",
+)
+@click.option(
+    "--purge-created-after",
+    type=int,
+    help="Delete sessions never activated this many seconds after creation "
+    "[env LLMSESSION_PURGE_CREATED_AFTER; 86400].",
+)
+@click.option(
+    "--admin-key",
+    help="Bearer key of the admin routes [env LLMSESSION_ADMIN_KEY; none: admin routes off]. "
+    "Prefer the variable: a flag shows in the process list.",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=None,
+    help="Log one line per request [env LLMSESSION_ACCESS_LOG; off].",
+)
+def serve(
+    *,
+    host: str | None,
+    port: int | None,
+    store_url: str | None,
+    default_ttl: int | None,
+    sweep_interval: float | None,
+    purge_created_after: int | None,
+    admin_key: str | None,
+    access_log: bool | None,
+) -> None:
+    """Run the HTTP server; flags override the LLMSESSION_* environment."""
+    from llmsession.server import ServerSettings
+    from llmsession.server import serve as run_server
+
+    env = ServerSettings.from_env()
+    settings = ServerSettings(
+        store_url=_pick(store_url, env.store_url),
+        host=_pick(host, env.host),
+        port=_pick(port, env.port),
+        admin_key=_pick(admin_key, env.admin_key),
+        default_ttl_seconds=_pick(default_ttl, env.default_ttl_seconds),
+        sweep_interval_seconds=_pick(sweep_interval, env.sweep_interval_seconds),
+        purge_created_after_seconds=_pick(purge_created_after, env.purge_created_after_seconds),
+        access_log=_pick(access_log, env.access_log),
+    )
+    run_server(settings)
+
+
+def _pick(flag: P | None, default: P) -> P:
+    return default if flag is None else flag
+
+
+# -- tenants ------------------------------------------------------------------------------
+
+
+@cli.group(cls=_Group)
+def tenants() -> None:
+    """Create and list tenants; issue, list and revoke their API keys."""
+
+
+@tenants.command("create")
+@click.argument("tenant_id", type=TENANT)
+@_store_option
+@_json_option
+def tenants_create(tenant_id: TenantId, store_url: str, as_json: bool) -> None:
+    """Create TENANT_ID and print its first API key (shown only this once)."""
+
+    async def run(store: SessionStore) -> tuple[Tenant, IssuedKey]:
+        tenant = await store.create_tenant(tenant_id)
+        return tenant, await issue_key(store, tenant_id)
+
+    tenant, issued = _run(store_url, run)
+    if as_json:
+        from llmsession.server.render import render_tenant
+
+        _print_json(
+            {**render_tenant(tenant), "key_id": issued.info.key_id, "api_key": issued.api_key}
+        )
+        return
+    click.echo(f"Created tenant {tenant.tenant_id} at {tenant.created_at}.")
+    _echo_new_key(issued)
+
+
+@tenants.command("list")
+@_store_option
+@_json_option
+def tenants_list(store_url: str, as_json: bool) -> None:
+    """List every tenant, with its number of usable API keys."""
+
+    async def run(store: SessionStore) -> list[tuple[Tenant, int]]:
+        found = await store.list_tenants()
+        return [
+            (tenant, sum(k.revoked_at is None for k in await store.list_api_keys(tenant.tenant_id)))
+            for tenant in found
+        ]
+
+    rows = _run(store_url, run)
+    if as_json:
+        from llmsession.server.render import render_tenant
+
+        _print_json({"items": [render_tenant(tenant) for tenant, _ in rows]})
+        return
+    _print_table(
+        "tenants",
+        ("TENANT", "CREATED", "ACTIVE KEYS"),
+        [(t.tenant_id.value, t.created_at, active) for t, active in rows],
+    )
+
+
+@tenants.command("add-key")
+@click.argument("tenant_id", type=TENANT)
+@_store_option
+@_json_option
+def tenants_add_key(tenant_id: TenantId, store_url: str, as_json: bool) -> None:
+    """Issue another API key for TENANT_ID (shown only this once)."""
+
+    issued = _run(store_url, lambda store: issue_key(store, tenant_id))
+    if as_json:
+        from llmsession.server.render import render_issued_key
+
+        _print_json(render_issued_key(issued))
+        return
+    _echo_new_key(issued)
+
+
+@tenants.command("keys")
+@click.argument("tenant_id", type=TENANT)
+@_store_option
+@_json_option
+def tenants_keys(tenant_id: TenantId, store_url: str, as_json: bool) -> None:
+    """List the API keys of TENANT_ID, revoked ones included (never the keys themselves)."""
+
+    async def run(store: SessionStore) -> list[ApiKeyInfo]:
+        await store.get_tenant(tenant_id)  # an unknown tenant is an error, not an empty list
+        return await store.list_api_keys(tenant_id)
+
+    keys = _run(store_url, run)
+    if as_json:
+        from llmsession.server.render import render_api_key
+
+        _print_json({"items": [render_api_key(info) for info in keys]})
+        return
+    _print_table(
+        "API keys",
+        ("KEY ID", "CREATED", "REVOKED"),
+        [(k.key_id, k.created_at, k.revoked_at) for k in keys],
+    )
+
+
+@tenants.command("revoke")
+@click.argument("key_id")
+@_store_option
+@_json_option
+def tenants_revoke(key_id: str, store_url: str, as_json: bool) -> None:
+    """Revoke the API key KEY_ID (as listed by 'tenants keys'); revoking twice is harmless."""
+    info = _run(store_url, lambda store: store.revoke_api_key(key_id))
+    if as_json:
+        from llmsession.server.render import render_api_key
+
+        _print_json(render_api_key(info))
+        return
+    click.echo(f"Revoked API key {info.key_id} of tenant {info.tenant_id} at {info.revoked_at}.")
+
+
+# -- sessions -----------------------------------------------------------------------------
+
+
+@cli.group(cls=_Group)
+def sessions() -> None:
+    """List, show and close a tenant's sessions."""
+
+
+@sessions.command("list")
+@_tenant_option
+@click.option("--state", type=STATE, help="Only sessions in this state.")
+@click.option("--provider", "provider_id", help="Only sessions of this provider.")
+@click.option("--model", help="Only sessions of this model.")
+@click.option(
+    "--created-after", type=TIMESTAMP, help="ISO 8601 with offset, e.g. 2026-01-31T12:00:00Z."
+)
+@click.option("--created-before", type=TIMESTAMP, help="ISO 8601 with offset.")
+@click.option(
+    "--limit", type=int, default=50, show_default=True, help=f"Page size, 1 to {MAX_PAGE_SIZE}."
+)
+@click.option("--cursor", help="Continue after a previous page (its next cursor).")
+@_store_option
+@_json_option
+def sessions_list(
+    *,
+    tenant_id: TenantId,
+    state: str | None,
+    provider_id: str | None,
+    model: str | None,
+    created_after: Timestamp | None,
+    created_before: Timestamp | None,
+    limit: int,
+    cursor: str | None,
+    store_url: str,
+    as_json: bool,
+) -> None:
+    """List a tenant's sessions, newest first, one page at a time."""
+    # SessionQuery checks every filter (and the page size) with the store's rules.
+    query = SessionQuery(
+        state=None if state is None else state_named(state),
+        provider_id=provider_id,
+        model=model,
+        created_after=created_after,
+        created_before=created_before,
+        limit=limit,
+        cursor=cursor,
+    )
+    page = _run(store_url, lambda store: store.list_sessions(tenant_id, query))
+    if as_json:
+        from llmsession.server.render import render_session
+
+        _print_json(
+            {"items": [render_session(s) for s in page.items], "next_cursor": page.next_cursor}
+        )
+        return
+    _print_table(
+        "sessions",
+        ("SESSION", "STATE", "PROVIDER", "MODEL", "INITIAL", "ROUNDS", "DELTA", "SAVED", "CREATED"),
+        [
+            (
+                str(s.record.session_id),
+                s.record.state.name,
+                s.record.provider_id,
+                s.record.model,
+                s.record.initial_tokens,
+                s.record.round_count,
+                s.record.delta_tokens,
+                s.record.tokens_saved,
+                s.record.created_at,
+            )
+            for s in page.items
+        ],
+    )
+    if page.next_cursor is not None:
+        click.echo(f"More sessions: add --cursor {page.next_cursor}", err=True)
+
+
+@sessions.command("show")
+@_tenant_option
+@click.argument("session_id", type=SESSION)
+@click.option("--rounds", "with_rounds", is_flag=True, help="Also list every round.")
+@_store_option
+@_json_option
+def sessions_show(
+    tenant_id: TenantId, session_id: SessionId, with_rounds: bool, store_url: str, as_json: bool
+) -> None:
+    """Show one session of a tenant, and with --rounds its rounds."""
+
+    async def run(store: SessionStore) -> tuple[StoredSession, list[Round]]:
+        stored = await store.get(tenant_id, session_id)
+        found: list[Round] = []
+        after = 0
+        # Bounded by the session's round count, read when the session was.
+        while with_rounds and after < stored.record.round_count:
+            page = await store.list_rounds(tenant_id, session_id, after_seq=after, limit=1000)
+            found.extend(page.items)
+            if page.next_cursor is None or not page.items:
+                break
+            after = page.items[-1].seq
+        return stored, found
+
+    stored, found = _run(store_url, run)
+    from llmsession.server.render import render_round, render_session
+
+    fields = render_session(stored)
+    if as_json:
+        if with_rounds:
+            fields["rounds"] = [render_round(r) for r in found]
+        _print_json(fields)
+        return
+    width = max(len(name) for name in fields)
+    for name, value in fields.items():
+        click.echo(f"{name:<{width}}  {'-' if value is None else value}")
+    if with_rounds:
+        click.echo()
+        _print_table(
+            "rounds",
+            ("SEQ", "DELTA", "RECORDED", "IDEMPOTENCY KEY"),
+            [(r.seq, r.delta_tokens, r.recorded_at, r.idempotency_key) for r in found],
+        )
+
+
+@sessions.command("close")
+@_tenant_option
+@click.argument("session_id", type=SESSION)
+@_store_option
+@_json_option
+def sessions_close(
+    tenant_id: TenantId, session_id: SessionId, store_url: str, as_json: bool
+) -> None:
+    """Close an active session of a tenant."""
+    stored = _run(store_url, lambda store: store.close(tenant_id, session_id))
+    if as_json:
+        from llmsession.server.render import render_session
+
+        _print_json(render_session(stored))
+        return
+    record = stored.record
+    click.echo(
+        f"Closed session {record.session_id}: {record.round_count} rounds, "
+        f"{record.delta_tokens} delta tokens, {record.tokens_saved} tokens saved."
+    )
+
+
+# -- sweep and stats ----------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--purge-created-after",
+    type=int,
+    envvar="LLMSESSION_PURGE_CREATED_AFTER",
+    default=86400,
+    show_default=True,
+    help="Delete sessions never activated this many seconds after creation "
+    "(env LLMSESSION_PURGE_CREATED_AFTER).",
+)
+@click.option("--batch-size", type=int, default=1000, show_default=True, help="Sessions per batch.")
+@_store_option
+@_json_option
+def sweep(purge_created_after: int, batch_size: int, store_url: str, as_json: bool) -> None:
+    """Expire every session whose TTL ran out and purge abandoned ones, now."""
+    from llmsession.server.sweeper import Sweeper
+
+    async def run(store: SessionStore) -> tuple[int, int]:
+        sweeper = Sweeper(
+            store,
+            interval_seconds=1.0,
+            purge_created_after_seconds=purge_created_after,
+            batch_size=batch_size,
+        )
+        expired = purged = 0
+        while True:
+            result = await sweeper.run_once()
+            expired += result.expired
+            purged += result.purged
+            if not (result.expired or result.purged):
+                return expired, purged
+
+    expired, purged = _run(store_url, run)
+    if as_json:
+        _print_json({"expired": expired, "purged": purged})
+        return
+    click.echo(f"Expired {expired} sessions; purged {purged} sessions never activated.")
+
+
+@cli.command()
+@_tenant_option
+@click.option(
+    "--group-by",
+    type=GROUP_KEY,
+    multiple=True,
+    help="Group by provider and/or model (repeatable).",
+)
+@_store_option
+@_json_option
+def stats(
+    tenant_id: TenantId, group_by: tuple[GroupKey, ...], store_url: str, as_json: bool
+) -> None:
+    """A tenant's sessions by state, rounds, delta tokens and tokens saved."""
+    groups = _run(store_url, lambda store: store.totals(tenant_id, group_by))
+    if as_json:
+        from llmsession.server.render import render_totals
+
+        _print_json({"groups": [render_totals(t) for t in groups]})
+        return
+    _print_table(
+        "sessions",
+        (
+            "PROVIDER",
+            "MODEL",
+            *(state.name.upper() for state in ALL_STATES),
+            "ROUNDS",
+            "DELTA",
+            "SAVED",
+        ),
+        [
+            (
+                "(all)" if t.provider_id is None else t.provider_id,
+                "(all)" if t.model is None else t.model,
+                *(t.sessions.get(state.name, 0) for state in ALL_STATES),
+                t.rounds,
+                t.delta_tokens,
+                t.tokens_saved,
+            )
+            for t in groups
+        ],
+    )
+
+
+# -- output -------------------------------------------------------------------------------
+# JSON goes through the server's renderers, so --json prints exactly what the HTTP
+# API would. They are imported on use: the server package loads FastAPI, which
+# a table needs not wait for.
+
+
+def _echo_new_key(issued: IssuedKey) -> None:
+    info = issued.info
+    click.echo(f"API key {info.key_id} for tenant {info.tenant_id} (shown only now; keep it safe):")
+    click.echo(issued.api_key)
+
+
+def _print_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _print_table(what: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    if not rows:
+        click.echo(f"No {what}.")
+        return
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [max(len(header), *(len(row[i]) for row in cells)) for i, header in enumerate(headers)]
+    # Numbers line up on the right, like a person reads them; text on the left.
+    numeric = [all(type(row[i]) is int for row in rows) for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        parts = (
+            value.rjust(width) if right else value.ljust(width)
+            for value, width, right in zip(values, widths, numeric, strict=True)
+        )
+        return "  ".join(parts).rstrip()
+
+    click.echo(line(headers))
+    for row in cells:
+        click.echo(line(row))
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, Timestamp):
+        # Seconds are enough to read; --json and 'sessions show' keep the microseconds.
+        return value.to_datetime().strftime("%Y-%m-%d %H:%M:%SZ")
+    return str(value)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The ``llmsession`` console script."""
+    cli.main(args=None if argv is None else list(argv), prog_name="llmsession")
+    raise SystemExit(0)  # cli.main exits itself in standalone mode; this is for the type
+
+
+if __name__ == "__main__":
+    main()
