@@ -489,14 +489,21 @@ def sessions_close(
 @cli.command()
 @click.option(
     "--purge-created-after",
-    type=int,
+    # Zero would purge every session not yet activated, including brand-new ones.
+    type=click.IntRange(min=1),
     envvar="LLMSESSION_PURGE_CREATED_AFTER",
     default=86400,
     show_default=True,
     help="Delete sessions never activated this many seconds after creation "
     "(env LLMSESSION_PURGE_CREATED_AFTER).",
 )
-@click.option("--batch-size", type=int, default=1000, show_default=True, help="Sessions per batch.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Sessions per batch.",
+)
 @_store_option
 @_json_option
 def sweep(purge_created_after: int, batch_size: int, store_url: str, as_json: bool) -> None:

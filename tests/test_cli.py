@@ -1,0 +1,440 @@
+"""The ``llmsession`` command against real SQLite files, in-process and as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from click.testing import CliRunner, Result
+
+from llmsession import Active, Client, SessionId, TenantId, Timestamp
+from llmsession.cli import DEFAULT_STORE_URL, cli
+from llmsession.client import ServiceUnreachable
+from llmsession.clock import ManualClock, system_clock
+from llmsession.keys import authenticate
+from llmsession.server import ServerSettings
+from llmsession.server.render import render_round, render_session, render_totals
+from llmsession.store import GroupKey, SessionStore, StoredSession, Totals, open_store
+
+T = TypeVar("T")
+
+ACME = TenantId("acme")
+
+
+def with_store(
+    url: str, action: Callable[[SessionStore], Awaitable[T]], *, clock: ManualClock | None = None
+) -> T:
+    async def run() -> T:
+        store = await open_store(url, clock=clock or system_clock)
+        try:
+            return await action(store)
+        finally:
+            await store.aclose()
+
+    return asyncio.run(run())
+
+
+def invoke(url: str, *args: str) -> Result:
+    # catch_exceptions=False: an unexpected exception must fail the test with its
+    # traceback rather than hide behind an exit code.
+    return CliRunner(catch_exceptions=False).invoke(cli, [*args, "--store-url", url])
+
+
+def ok(url: str, *args: str) -> Result:
+    result = invoke(url, *args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def ok_json(url: str, *args: str) -> Any:
+    return json.loads(ok(url, *args, "--json").stdout)
+
+
+def failing(url: str, code: int, *args: str) -> str:
+    """The one-line error of a command that must fail with exit status ``code``."""
+    result = invoke(url, *args)
+    assert result.exit_code == code, result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    return lines[0]
+
+
+@pytest.fixture
+def url(sqlite_url: str) -> str:
+    return sqlite_url
+
+
+@pytest.fixture
+def sessions(url: str) -> list[StoredSession]:
+    """Three sessions of acme, oldest first: created, active with two rounds, active."""
+    ok(url, "tenants", "create", "acme")
+
+    async def make(store: SessionStore) -> list[StoredSession]:
+        first = await store.create(ACME, provider_id="openai", model="gpt-4o", initial_tokens=100)
+        second = await store.create(ACME, provider_id="openai", model="mini", initial_tokens=50)
+        third = await store.create(ACME, provider_id="anthropic", model="opus", initial_tokens=10)
+        for made in (second, third):
+            await store.activate(ACME, made.record.session_id)
+        await store.record_round(ACME, second.record.session_id, 5, idempotency_key="k1")
+        await store.record_round(ACME, second.record.session_id, 7)
+        return [await store.get(ACME, s.record.session_id) for s in (first, second, third)]
+
+    return with_store(url, make)
+
+
+# -- tenants and keys ------------------------------------------------------------------------
+
+
+def test_tenants_create_prints_a_working_key_once(url: str) -> None:
+    out = ok(url, "tenants", "create", "acme").stdout
+    api_key = out.splitlines()[-1]
+    assert api_key.startswith("lls_")
+    assert "shown only now" in out
+    assert with_store(url, lambda store: authenticate(store, api_key)) == ACME
+
+    created = ok_json(url, "tenants", "create", "other")
+    assert set(created) == {"tenant_id", "created_at", "api_key", "key_id"}
+    assert created["tenant_id"] == "other"
+    assert created["api_key"].startswith(f"lls_{created['key_id']}_")
+    assert with_store(url, lambda store: authenticate(store, created["api_key"])) == TenantId(
+        "other"
+    )
+
+
+def test_tenants_list_keys_add_and_revoke(url: str) -> None:
+    first = ok_json(url, "tenants", "create", "acme")
+    ok(url, "tenants", "create", "beta")
+    assert [t["tenant_id"] for t in ok_json(url, "tenants", "list")["items"]] == ["acme", "beta"]
+
+    added = ok_json(url, "tenants", "add-key", "acme")
+    assert added["tenant_id"] == "acme"
+    assert with_store(url, lambda store: authenticate(store, added["api_key"])) == ACME
+    keys = ok_json(url, "tenants", "keys", "acme")["items"]
+    assert {k["key_id"] for k in keys} == {first["key_id"], added["key_id"]}
+    assert all(k["revoked_at"] is None and "api_key" not in k for k in keys)
+
+    table = ok(url, "tenants", "list").stdout.splitlines()
+    assert table[0].split() == ["TENANT", "CREATED", "ACTIVE", "KEYS"]
+    assert table[1].startswith("acme ")
+    assert table[1].endswith(" 2")
+
+    revoked = ok_json(url, "tenants", "revoke", added["key_id"])
+    assert revoked["revoked_at"] is not None
+    again = ok(url, "tenants", "revoke", added["key_id"]).stdout
+    assert added["key_id"] in again
+    assert ok(url, "tenants", "list").stdout.splitlines()[1].endswith(" 1")
+    keys_table = ok(url, "tenants", "keys", "acme").stdout.splitlines()
+    assert keys_table[0].split() == ["KEY", "ID", "CREATED", "REVOKED"]
+    assert len(keys_table) == 3
+
+
+def test_tenant_errors(url: str) -> None:
+    ok(url, "tenants", "create", "acme")
+    assert "already exists" in failing(url, 1, "tenants", "create", "acme")
+    assert "tenant id 'bad id' is not allowed" in failing(url, 2, "tenants", "create", "bad id")
+    assert "no tenant" in failing(url, 1, "tenants", "keys", "ghost")
+    assert "no tenant" in failing(url, 1, "tenants", "add-key", "ghost")
+    assert "no API key 'nokey'" in failing(url, 1, "tenants", "revoke", "nokey")
+    assert "Missing argument" in failing(url, 2, "tenants", "create")
+
+
+# -- sessions -----------------------------------------------------------------------------
+
+
+def test_sessions_list_filters_and_pages(url: str, sessions: list[StoredSession]) -> None:
+    newest_first = [str(s.record.session_id) for s in reversed(sessions)]
+    listed = ok_json(url, "sessions", "list", "--tenant", "acme")
+    assert [s["session_id"] for s in listed["items"]] == newest_first
+    assert listed["items"][1] == render_session(sessions[1])
+    assert listed["next_cursor"] is None
+
+    active = ok_json(url, "sessions", "list", "--tenant", "acme", "--state", "active")
+    assert [s["session_id"] for s in active["items"]] == newest_first[:2]
+    by_model = ok_json(url, "sessions", "list", "--tenant", "acme", "--model", "mini")
+    assert [s["session_id"] for s in by_model["items"]] == [newest_first[1]]
+    by_provider = ok_json(url, "sessions", "list", "--tenant", "acme", "--provider", "openai")
+    assert [s["session_id"] for s in by_provider["items"]] == newest_first[1:]
+    window = ok_json(
+        url,
+        "sessions",
+        "list",
+        "--tenant",
+        "acme",
+        "--created-after",
+        "2000-01-01T00:00:00Z",
+        "--created-before",
+        "2000-01-02T00:00:00+00:00",
+    )
+    assert window["items"] == []
+
+    seen: list[str] = []
+    cursor: list[str] = []
+    for _ in range(len(sessions)):
+        page = ok_json(url, "sessions", "list", "--tenant", "acme", "--limit", "1", *cursor)
+        seen += [s["session_id"] for s in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        cursor = ["--cursor", page["next_cursor"]]
+    assert seen == newest_first
+
+    result = ok(url, "sessions", "list", "--tenant", "acme", "--limit", "2")
+    rows = result.stdout.splitlines()
+    assert rows[0].split() == [
+        "SESSION",
+        "STATE",
+        "PROVIDER",
+        "MODEL",
+        "INITIAL",
+        "ROUNDS",
+        "DELTA",
+        "SAVED",
+        "CREATED",
+    ]
+    assert len(rows) == 3
+    # Columns line up: every row has its STATE where the header has it.
+    state_at = rows[0].index("STATE")
+    assert [row[state_at:].split()[0] for row in rows[1:]] == ["active", "active"]
+    assert "--cursor" in result.stderr
+    assert "No sessions." in ok(url, "sessions", "list", "--tenant", "ghost").stdout
+
+
+def test_sessions_show_and_close(url: str, sessions: list[StoredSession]) -> None:
+    second = sessions[1]
+    sid = str(second.record.session_id)
+    shown = ok_json(url, "sessions", "show", "--tenant", "acme", sid)
+    assert shown == render_session(second)
+
+    with_rounds = ok_json(url, "sessions", "show", "--tenant", "acme", sid, "--rounds")
+    rounds = with_store(url, lambda store: store.list_rounds(ACME, second.record.session_id))
+    assert with_rounds["rounds"] == [render_round(r) for r in rounds.items]
+    assert [r["delta_tokens"] for r in with_rounds["rounds"]] == [5, 7]
+
+    text = ok(url, "sessions", "show", "--tenant", "acme", sid, "--rounds").stdout
+    assert f"session_id      {sid}" in text
+    assert "tokens_saved    88" in text
+    assert "IDEMPOTENCY KEY" in text
+
+    closed = ok_json(url, "sessions", "close", "--tenant", "acme", sid)
+    assert closed["state"] == "closed"
+    assert closed["tokens_saved"] == 2 * 50 - 12
+    stored = with_store(url, lambda store: store.get(ACME, second.record.session_id))
+    assert closed == render_session(stored)
+
+    error = failing(url, 1, "sessions", "close", "--tenant", "acme", sid)
+    assert error == "Error: close() needs a session in state 'active', but this session is 'closed'"
+    created = str(sessions[0].record.session_id)
+    message = ok(url, "sessions", "close", "--tenant", "acme", str(sessions[2].record.session_id))
+    assert "Closed session" in message.stdout
+    assert "'created'" in failing(url, 1, "sessions", "close", "--tenant", "acme", created)
+
+
+def test_another_tenants_session_is_not_found(url: str, sessions: list[StoredSession]) -> None:
+    ok(url, "tenants", "create", "beta")
+    sid = str(sessions[1].record.session_id)
+    assert "no session" in failing(url, 1, "sessions", "show", "--tenant", "beta", sid)
+    assert "no session" in failing(url, 1, "sessions", "close", "--tenant", "beta", sid)
+    assert (
+        with_store(url, lambda store: store.get(ACME, sessions[1].record.session_id)).record.state
+        is Active
+    )
+
+
+# -- sweep and stats ----------------------------------------------------------------------
+
+
+def test_sweep_expires_due_and_purges_abandoned_sessions(url: str) -> None:
+    long_ago = ManualClock(Timestamp.parse("2020-01-01T00:00:00Z"))
+
+    async def make(store: SessionStore) -> tuple[SessionId, SessionId]:
+        due = await store.create(ACME, provider_id="p", model="m", initial_tokens=1, ttl_seconds=60)
+        await store.activate(ACME, due.record.session_id)
+        abandoned = await store.create(ACME, provider_id="p", model="m", initial_tokens=1)
+        return due.record.session_id, abandoned.record.session_id
+
+    due, abandoned = with_store(url, make, clock=long_ago)
+    fresh = with_store(
+        url,
+        lambda store: store.create(ACME, provider_id="p", model="m", initial_tokens=1),
+    ).record.session_id
+
+    assert ok_json(url, "sweep") == {"expired": 1, "purged": 1}
+    assert ok_json(url, "sweep") == {"expired": 0, "purged": 0}
+    expired = with_store(url, lambda store: store.get(ACME, due))
+    assert expired.record.state.name == "expired"
+    assert expired.record.expired_at == long_ago.now.plus_seconds(60)
+    assert "no session" in failing(url, 1, "sessions", "show", "--tenant", "acme", str(abandoned))
+    assert with_store(url, lambda store: store.get(ACME, fresh)).record.state.name == "created"
+    assert "Expired 0 sessions; purged 0" in ok(url, "sweep").stdout
+
+
+def test_stats(url: str, sessions: list[StoredSession]) -> None:
+    groupings: list[list[GroupKey]] = [[], ["provider"], ["provider", "model"]]
+    for group_by in groupings:
+        flags = [arg for key in group_by for arg in ("--group-by", key)]
+        shown = ok_json(url, "stats", "--tenant", "acme", *flags)
+
+        async def totals(store: SessionStore, by: list[GroupKey] = group_by) -> list[Totals]:
+            return await store.totals(ACME, by)
+
+        assert shown == {"groups": [render_totals(t) for t in with_store(url, totals)]}
+    overall = ok_json(url, "stats", "--tenant", "acme")["groups"]
+    assert overall == [
+        {
+            "provider_id": None,
+            "model": None,
+            "sessions": {"created": 1, "active": 2, "closed": 0, "expired": 0},
+            "rounds": 2,
+            "delta_tokens": 12,
+            "tokens_saved": 88,
+        }
+    ]
+    table = ok(url, "stats", "--tenant", "acme", "--group-by", "provider").stdout.splitlines()
+    assert table[0].split() == [
+        "PROVIDER",
+        "MODEL",
+        "CREATED",
+        "ACTIVE",
+        "CLOSED",
+        "EXPIRED",
+        "ROUNDS",
+        "DELTA",
+        "SAVED",
+    ]
+    assert [row.split()[:2] for row in table[1:]] == [["anthropic", "(all)"], ["openai", "(all)"]]
+    assert "--group-by" in failing(url, 2, "stats", "--tenant", "acme", "--group-by", "color")
+
+
+# -- bad input: exit 2, one clear line -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["sessions", "list", "--tenant", "acme", "--limit", "0"], "limit must be an integer"),
+        (["sessions", "list", "--tenant", "acme", "--cursor", "zzz"], "cursor 'zzz'"),
+        (["sessions", "list", "--tenant", "acme", "--state", "asleep"], "'asleep' is not one of"),
+        (["sessions", "list", "--tenant", "acme", "--created-after", "yesterday"], "ISO 8601"),
+        (["sessions", "list", "--tenant", "acme", "--created-after", "2026-01-01T00:00"], "naive"),
+        (["sessions", "list", "--tenant", "no spaces"], "tenant id 'no spaces'"),
+        (["sessions", "list"], "Missing option '--tenant'"),
+        (["sessions", "show", "--tenant", "acme", "not-a-uuid"], "is not a session id"),
+        (["sessions", "lst", "--tenant", "acme"], "No such command 'lst'"),
+        (["sweep", "--purge-created-after", "0"], "'--purge-created-after': 0 is not in"),
+        (["sweep", "--batch-size", "0"], "'--batch-size': 0 is not in"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(url: str, args: list[str], says: str) -> None:
+    assert says in failing(url, 2, *args)
+
+
+def test_unknown_store_scheme_is_bad_input(tmp_path: Path) -> None:
+    assert "unknown store URL scheme 'mysql'" in failing("mysql://x/y", 2, "tenants", "list")
+
+
+# -- the real process ----------------------------------------------------------------------
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmsession.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_as_a_real_process(url: str) -> None:
+    created = run_cli("tenants", "create", "acme", "--json", env={"LLMSESSION_STORE_URL": url})
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["tenant_id"] == "acme"
+    listed = run_cli("tenants", "list", "--json", "--store-url", url)
+    assert json.loads(listed.stdout) == {
+        "items": [{"tenant_id": "acme", "created_at": json.loads(created.stdout)["created_at"]}]
+    }
+
+    bad = run_cli("sessions", "list", "--tenant", "acme", "--limit", "5000", "--store-url", url)
+    assert bad.returncode == 2
+    assert bad.stdout == ""
+    assert bad.stderr == "Error: limit must be an integer from 1 to 1000, got 5000\n"
+    failed = run_cli("tenants", "create", "acme", "--store-url", url)
+    assert failed.returncode == 1
+    assert failed.stderr == "Error: tenant acme already exists\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def served(url: str) -> Iterator[tuple[str, str, subprocess.Popen[str]]]:
+    port = _free_port()
+    admin_key = f"admin-{uuid.uuid4().hex}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llmsession.cli", "serve", "--port", str(port), "--store-url", url],
+        env={**os.environ, "LLMSESSION_ADMIN_KEY": admin_key, "LLMSESSION_PORT": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with Client(base, api_key=admin_key, timeout=2) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                assert process.poll() is None, process.communicate()[1]
+                assert time.monotonic() < deadline, "the server did not answer within 30 s"
+                try:
+                    if client.health():
+                        break
+                except ServiceUnreachable:  # not listening yet
+                    time.sleep(0.05)
+        yield base, admin_key, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+        process.communicate()
+
+
+def test_serve_takes_flags_over_the_environment(
+    url: str, served: tuple[str, str, subprocess.Popen[str]]
+) -> None:
+    base, admin_key, process = served  # LLMSESSION_PORT=1, --port a free one
+    with Client(base, api_key=admin_key) as admin:
+        new = admin.create_tenant("served")
+    # The server and the CLI share the store: the CLI sees the tenant the server made.
+    keys = ok_json(url, "tenants", "keys", "served")["items"]
+    assert [k["key_id"] for k in keys] == [new.key_id]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+
+
+def test_serve_refuses_bad_settings(url: str) -> None:
+    bad_flag = run_cli("serve", "--port", "0", "--store-url", url)
+    assert bad_flag.returncode == 2
+    assert bad_flag.stderr == "Error: port must be an integer from 1 to 65535, got 0\n"
+    bad_env = run_cli("serve", env={"LLMSESSION_PORT": "eighty"})
+    assert bad_env.returncode == 2
+    assert bad_env.stderr.startswith("Error: LLMSESSION_PORT='eighty' is not valid")
+
+
+def test_default_store_url_is_the_servers() -> None:
+    assert ServerSettings().store_url == DEFAULT_STORE_URL
