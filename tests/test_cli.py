@@ -208,7 +208,8 @@ def test_sessions_list_filters_and_pages(url: str, sessions: list[StoredSession]
     state_at = rows[0].index("STATE")
     assert [row[state_at:].split()[0] for row in rows[1:]] == ["active", "active"]
     assert "--cursor" in result.stderr
-    assert "No sessions." in ok(url, "sessions", "list", "--tenant", "ghost").stdout
+    assert "No sessions." in ok(url, "sessions", "list", "--tenant", "acme", "--model", "x").stdout
+    assert "no tenant ghost" in failing(url, 1, "sessions", "list", "--tenant", "ghost")
 
 
 def test_sessions_show_and_close(url: str, sessions: list[StoredSession]) -> None:
@@ -315,6 +316,7 @@ def test_stats(url: str, sessions: list[StoredSession]) -> None:
     ]
     assert [row.split()[:2] for row in table[1:]] == [["anthropic", "(all)"], ["openai", "(all)"]]
     assert "--group-by" in failing(url, 2, "stats", "--tenant", "acme", "--group-by", "color")
+    assert "no tenant ghost" in failing(url, 1, "stats", "--tenant", "ghost")
 
 
 # -- bad input: exit 2, one clear line -----------------------------------------------------
@@ -337,6 +339,7 @@ def test_stats(url: str, sessions: list[StoredSession]) -> None:
     ],
 )
 def test_bad_input_exits_2_with_one_line(url: str, args: list[str], says: str) -> None:
+    ok(url, "tenants", "create", "acme")
     assert says in failing(url, 2, *args)
 
 
@@ -431,6 +434,10 @@ def test_serve_refuses_bad_settings(url: str) -> None:
     bad_flag = run_cli("serve", "--port", "0", "--store-url", url)
     assert bad_flag.returncode == 2
     assert bad_flag.stderr == "Error: port must be an integer from 1 to 65535, got 0\n"
+    bad_store = run_cli("serve", "--store-url", "mysql://db/x")
+    assert bad_store.returncode == 2
+    assert bad_store.stderr.startswith("Error: unknown store URL scheme 'mysql'")
+    assert bad_store.stderr.count("\n") == 1
     bad_env = run_cli("serve", env={"LLMSESSION_PORT": "eighty"})
     assert bad_env.returncode == 2
     assert bad_env.stderr.startswith("Error: LLMSESSION_PORT='eighty' is not valid")

@@ -29,10 +29,12 @@ from llmsession.store.models import (
     MAX_PAGE_SIZE,
     ApiKeyInfo,
     GroupKey,
+    Page,
     Round,
     SessionQuery,
     StoredSession,
     Tenant,
+    Totals,
 )
 from llmsession.timestamps import Timestamp
 
@@ -220,6 +222,9 @@ def serve(
         purge_created_after_seconds=_pick(purge_created_after, env.purge_created_after_seconds),
         access_log=_pick(access_log, env.access_log),
     )
+    # Open the store once first: a wrong URL or an unreachable database is then one
+    # clear line and exit status 2 or 1, not a traceback from the server's startup.
+    _run(settings.store_url, lambda store: store.ping())
     run_server(settings)
 
 
@@ -386,7 +391,12 @@ def sessions_list(
         limit=limit,
         cursor=cursor,
     )
-    page = _run(store_url, lambda store: store.list_sessions(tenant_id, query))
+
+    async def run(store: SessionStore) -> Page[StoredSession]:
+        await store.get_tenant(tenant_id)  # a misspelt tenant is an error, not "no sessions"
+        return await store.list_sessions(tenant_id, query)
+
+    page = _run(store_url, run)
     if as_json:
         from llmsession.server.render import render_session
 
@@ -546,7 +556,12 @@ def stats(
     tenant_id: TenantId, group_by: tuple[GroupKey, ...], store_url: str, as_json: bool
 ) -> None:
     """A tenant's sessions by state, rounds, delta tokens and tokens saved."""
-    groups = _run(store_url, lambda store: store.totals(tenant_id, group_by))
+
+    async def run(store: SessionStore) -> list[Totals]:
+        await store.get_tenant(tenant_id)  # a misspelt tenant is an error, not zeros
+        return await store.totals(tenant_id, group_by)
+
+    groups = _run(store_url, run)
     if as_json:
         from llmsession.server.render import render_totals
 
