@@ -1,10 +1,20 @@
 """PostgresStore: the SessionStore on PostgreSQL, for many replicas sharing one database.
 
-Every change follows :class:`SessionStore`'s loop: the session row is locked
-with ``SELECT ... FOR UPDATE``, the core computes the next record, and one
-statement writes it with a compare-and-set on ``version`` together with its
-round. Statements of one change are pipelined, so a round costs two round trips
-to the server: ``BEGIN`` + lock + read, then write + ``COMMIT``.
+Every change follows :class:`SessionStore`'s loop: read the session, let the
+core compute the next record, then write it with one statement, a
+compare-and-set on ``version`` that inserts the round only if the update
+matched. How the session is read depends on contention:
+
+- Usually not at all: the store remembers the newest version of each session it
+  wrote or read (:class:`RecentSessions`), so a round on a session this replica
+  served last is that one statement, one round trip, no lock. A stale memory
+  costs a refused compare-and-set and a retry from a fresh read; an answer that
+  writes nothing (an error, a replayed round) is given only after checking that
+  the remembered version is still the stored one.
+- Once two writers of a session have collided, its changes lock the row for a
+  while (``SELECT ... FOR UPDATE`` in a transaction), so many clients on one
+  session queue on the lock instead of retrying: ``BEGIN`` + lock + read go out
+  in one pipelined round trip, write + ``COMMIT`` in another.
 
 Sweepers in any number of processes claim due rows with ``FOR UPDATE SKIP
 LOCKED``: each due session is expired exactly once, by whichever sweeper (or
@@ -27,8 +37,6 @@ Anything else (``sslmode``, ``options=-csearch_path%3Dmyschema`` ...) goes to li
 from __future__ import annotations
 
 import math
-import time
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -73,6 +81,7 @@ from llmsession.store.models import (
     Totals,
     check_page_size,
 )
+from llmsession.store.recent import RecentSessions
 from llmsession.timestamps import Timestamp
 
 __all__ = ["SCHEMA_VERSION", "PostgresOptions", "PostgresStore"]
@@ -292,65 +301,10 @@ def _seconds_option(options: dict[str, str], name: str, default: float) -> float
     return value
 
 
-class _RecentSessions:
-    """The newest version of each session this process wrote or read: a guess, not a truth.
-
-    A guess is only ever the expected version of a compare-and-set that the
-    database checks, so a stale one costs a retry, never a wrong write. Sessions
-    whose writes collided lately are marked contended and take the row lock instead.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._sessions: OrderedDict[SessionId, StoredSession] = OrderedDict()
-        self._contended: dict[SessionId, float] = {}
-
-    def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession | None:
-        stored = self._sessions.get(session_id)
-        if stored is None or stored.record.tenant_id != tenant_id:
-            return None
-        self._sessions.move_to_end(session_id)
-        return stored
-
-    def remember(self, stored: StoredSession) -> None:
-        if self._capacity == 0:
-            return
-        session_id = stored.record.session_id
-        known = self._sessions.get(session_id)
-        # Writers of one process may finish out of order; keep the newest.
-        if known is not None and known.version >= stored.version:
-            return
-        self._sessions[session_id] = stored
-        self._sessions.move_to_end(session_id)
-        if len(self._sessions) > self._capacity:
-            self._sessions.popitem(last=False)
-
-    def forget(self, session_id: SessionId) -> None:
-        self._sessions.pop(session_id, None)
-
-    def mark_contended(self, session_id: SessionId) -> None:
-        now = time.monotonic()
-        if len(self._contended) >= _MAX_CONTENDED:
-            self._contended = {k: v for k, v in self._contended.items() if v > now}
-        self._contended[session_id] = now + _CONTENDED_SECONDS
-
-    def contended(self, session_id: SessionId) -> bool:
-        until = self._contended.get(session_id)
-        if until is None:
-            return False
-        if until > time.monotonic():
-            return True
-        del self._contended[session_id]
-        return False
-
-
-# How long a session keeps taking the row lock after two of its writers collided.
-_CONTENDED_SECONDS: Final = 1.0
-_MAX_CONTENDED: Final = 10_000
-
-
 class _PostgresTransaction(SessionTransaction):
-    def __init__(self, recent: _RecentSessions, conn: _Connection, stored: StoredSession) -> None:
+    """One change's session on a pooled connection; ``committed`` once its write went in."""
+
+    def __init__(self, recent: RecentSessions, conn: _Connection, stored: StoredSession) -> None:
         self._recent = recent
         self._conn = conn
         self.stored = stored
@@ -408,7 +362,7 @@ class PostgresStore(SessionStore):
         """Wrap an open pool whose schema is ready; use :meth:`open` instead."""
         super().__init__(clock=clock, default_ttl_seconds=default_ttl_seconds)
         self._pool = pool
-        self._recent = _RecentSessions(session_cache)
+        self._recent = RecentSessions(session_cache)
         self._closed = False
 
     @classmethod
@@ -514,36 +468,51 @@ class PostgresStore(SessionStore):
     ) -> AsyncGenerator[SessionTransaction]:
         async with self._connection() as conn:
             if self._recent.contended(session_id):
-                async with self._locked(conn, tenant_id, session_id) as tx:
-                    yield tx
-            else:
-                async with self._optimistic(conn, tenant_id, session_id) as tx:
-                    yield tx
-
-    @asynccontextmanager
-    async def _optimistic(
-        self, conn: _Connection, tenant_id: TenantId, session_id: SessionId
-    ) -> AsyncGenerator[SessionTransaction]:
-        # A session this process wrote last needs no read at all: a round is then
-        # one statement, one round trip.
-        cached = self._recent.get(tenant_id, session_id)
-        stored = cached if cached is not None else await self._read(conn, tenant_id, session_id)
-        tx = _OptimisticTransaction(self._recent, conn, stored)
-        try:
-            yield tx
-        except VersionConflict:
+                try:
+                    yield await self._lock(conn, tenant_id, session_id)
+                except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected):
+                    raise VersionConflict from None
+                finally:
+                    # Whatever was not committed is rolled back before the connection
+                    # is reused.
+                    if conn.info.transaction_status in _IN_TRANSACTION:
+                        await conn.execute("ROLLBACK")
+                return
+            # A session this process wrote last needs no read at all: a round is then
+            # one statement, one round trip.
+            cached = self._recent.get(tenant_id, session_id)
             if cached is None:
-                # Even a fresh read lost the race: take the lock while this lasts.
-                self._recent.mark_contended(session_id)
-            raise
-        except LLMSessionError:
-            # The answer came from the remembered session; it only stands if that
-            # is still the stored one.
+                stored = await self._read(conn, tenant_id, session_id)
+            else:
+                stored = cached
+            tx = _OptimisticTransaction(self._recent, conn, stored)
+            try:
+                yield tx
+            except VersionConflict:
+                if cached is None:
+                    # Even a fresh read lost the race: take the lock while this lasts.
+                    self._recent.mark_contended(session_id)
+                raise
+            except LLMSessionError:
+                # The answer came from the remembered session; it only stands if that
+                # is still the stored one.
+                if not tx.committed and cached is not None:
+                    await self._check_current(conn, cached)
+                raise
             if not tx.committed and cached is not None:
                 await self._check_current(conn, cached)
-            raise
-        if not tx.committed and cached is not None:
-            await self._check_current(conn, cached)
+
+    async def _lock(
+        self, conn: _Connection, tenant_id: TenantId, session_id: SessionId
+    ) -> _LockedTransaction:
+        # BEGIN and the locking read go out together: one round trip.
+        async with conn.pipeline():
+            await conn.execute("BEGIN")
+            cur = await conn.execute(_LOCK_SESSION, (session_id.value, tenant_id.value))
+        row = await cur.fetchone()
+        if row is None:
+            raise NotFoundError(f"no session {session_id}")
+        return _LockedTransaction(self._recent, conn, _stored_from_row(row))
 
     async def _check_current(self, conn: _Connection, cached: StoredSession) -> None:
         """VersionConflict (a retry from a fresh read) unless ``cached`` is still stored."""
@@ -553,29 +522,6 @@ class PostgresStore(SessionStore):
         if row is None or row[0] != cached.version:
             self._recent.forget(record.session_id)
             raise VersionConflict
-
-    @asynccontextmanager
-    async def _locked(
-        self, conn: _Connection, tenant_id: TenantId, session_id: SessionId
-    ) -> AsyncGenerator[SessionTransaction]:
-        try:
-            # BEGIN and the locking read go out together: one round trip.
-            async with conn.pipeline():
-                await conn.execute("BEGIN")
-                cur = await conn.execute(_LOCK_SESSION, (session_id.value, tenant_id.value))
-            row = await cur.fetchone()
-            if row is None:
-                raise NotFoundError(f"no session {session_id}")
-            yield _LockedTransaction(self._recent, conn, _stored_from_row(row))
-        except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected):
-            raise VersionConflict from None
-        finally:
-            # Whatever was not committed is rolled back before the connection is reused.
-            if conn.info.transaction_status in (
-                TransactionStatus.INTRANS,
-                TransactionStatus.INERROR,
-            ):
-                await conn.execute("ROLLBACK")
 
     async def _read(
         self, conn: _Connection, tenant_id: TenantId, session_id: SessionId
@@ -708,7 +654,10 @@ class PostgresStore(SessionStore):
                 for column, value in zip(columns, values, strict=True):
                     column.append(value)
             cur = await conn.execute(_BULK_UPDATE, columns)
-            return cur.rowcount
+            expired_count = cur.rowcount
+        for _, new in changes:
+            self._recent.remember(new)
+        return expired_count
 
     async def purge_created(self, older_than_seconds: int, *, limit: int = 1000) -> int:
         if (
@@ -820,18 +769,25 @@ class PostgresStore(SessionStore):
         if self._closed:
             raise StoreError("this store was closed; open a new one")
         try:
-            async with self._pool.connection() as conn:
-                yield conn
+            conn = await self._pool.getconn()
+        except psycopg.Error as error:
+            raise StoreError(f"no PostgreSQL connection: {error}") from error
+        try:
+            yield conn
         except psycopg.Error as error:
             raise StoreError(f"PostgreSQL failed: {error}") from error
+        finally:
+            # The pool rolls back what is left open, or replaces a broken connection.
+            await self._pool.putconn(conn)
 
 
 _MAX_BIGINT: Final = 2**63 - 1
+_IN_TRANSACTION: Final = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
 
 def _check_batch_limit(limit: object) -> None:
-    if type(limit) is not int or not 0 <= limit <= 100_000:
-        raise InvalidInput(f"limit must be an integer from 0 to 100000, got {limit!r}")
+    if type(limit) is not int or not 0 <= limit <= _MAX_BIGINT:
+        raise InvalidInput(f"limit must be an integer from 0 to 2**63-1, got {limit!r}")
 
 
 def _write(
