@@ -135,6 +135,13 @@ async def test_a_newer_schema_is_refused(postgres_url: str, open_pg: Opener) -> 
     assert await sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION + 1,)]
 
 
+async def test_a_version_no_llmsession_wrote_is_refused(postgres_url: str, open_pg: Opener) -> None:
+    await open_pg()
+    await sql(postgres_url, "UPDATE schema_version SET version = 0")
+    with pytest.raises(SchemaVersionError, match="says 0, which no llmsession ever wrote"):
+        await open_pg()
+
+
 async def test_many_stores_creating_one_schema_at_once(postgres_url: str, open_pg: Opener) -> None:
     stores = await asyncio.gather(*(open_pg() for _ in range(8)))
     assert await sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]

@@ -441,6 +441,12 @@ class PostgresStore(SessionStore):
                     f"version {found}, newer than version {SCHEMA_VERSION} that this "
                     "llmsession understands; upgrade llmsession, or use another schema"
                 )
+            elif found != SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"the schema_version table in PostgreSQL schema {schema!r} says "
+                    f"{found}, which no llmsession ever wrote (this one writes "
+                    f"{SCHEMA_VERSION}); it belongs to something else: use another schema"
+                )
 
     # -- session primitives ------------------------------------------------------
 
