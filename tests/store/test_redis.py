@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,7 +41,7 @@ from llmsession.store.memory import MemoryStore
 from llmsession.store.redis import (
     DEFAULT_PREFIX,
     RedisStore,
-    _split_url,
+    _parse_url,
     persistence_warning,
 )
 from llmsession.timestamps import Timestamp
@@ -54,7 +55,7 @@ OTHER = TenantId("other")
 
 
 def _prefix(url: str) -> str:
-    return _split_url(url)[1]
+    return _parse_url(url).prefix
 
 
 async def _keys_of(url: str) -> set[str]:
@@ -96,6 +97,7 @@ class PrivateRedis:
     binary: str
     directory: Path
     port: int
+    extra: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -113,6 +115,8 @@ class PrivateRedis:
                 "--appendfsync", "always",
                 "--save", "",
                 "--daemonize", "no",
+                "--repl-diskless-sync-delay", "0",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -144,19 +148,45 @@ class PrivateRedis:
             self.process.wait(timeout=10)
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+def _redis_server() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
         message = "redis-server is not installed, so no private server can be started"
         if services_required():
             pytest.fail(f"{message}, and LLMSESSION_REQUIRE_SERVICES=1 forbids skipping")
         pytest.skip(message)
-    server = PrivateRedis(binary, tmp_path, _free_port())
+    return binary
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(_redis_server(), tmp_path / "primary", _free_port())
+    server.directory.mkdir()
     server.start()
     try:
         yield server
     finally:
+        server.stop()
+
+
+@pytest.fixture
+async def replica(private_redis: PrivateRedis, tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    """A replica of ``private_redis``, in sync when the test starts."""
+    replicaof = ("--replicaof", "127.0.0.1", str(private_redis.port))
+    server = PrivateRedis(_redis_server(), tmp_path / "replica", _free_port(), replicaof)
+    server.directory.mkdir()
+    server.start()
+    client = await _raw(server.url)
+    try:
+        for _ in range(200):
+            if (await client.info("replication")).get("master_link_status") == "up":
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the replica did not sync with its primary within 10 s")
+        yield server
+    finally:
+        await client.aclose()
         server.stop()
 
 
@@ -172,21 +202,25 @@ async def redis_store(redis_url: str, clock: ManualClock) -> AsyncIterator[Redis
 # -- URL and opening --------------------------------------------------------------
 
 
-def test_url_prefix_is_stripped_and_defaults() -> None:
-    client_url, prefix, where = _split_url("redis://127.0.0.1:6379/2?prefix=a:b:&socket_timeout=5")
-    assert prefix == "a:b:"
-    assert client_url == "redis://127.0.0.1:6379/2?socket_timeout=5"
-    assert where == "Redis at 127.0.0.1:6379/2"
-    assert _split_url("redis://:secret@db.example/0")[1:] == (
-        DEFAULT_PREFIX,
-        "Redis at db.example:6379/0",
+def test_store_options_are_taken_out_of_the_url() -> None:
+    options = _parse_url(
+        "redis://127.0.0.1:6379/2?prefix=a:b:&socket_timeout=5&wait_replicas=2&wait_timeout_ms=50"
     )
+    assert options.prefix == "a:b:"
+    assert options.client_url == "redis://127.0.0.1:6379/2?socket_timeout=5"
+    assert options.where == "Redis at 127.0.0.1:6379/2"
+    assert (options.wait_replicas, options.wait_timeout_ms) == (2, 50)
+    defaults = _parse_url("redis://:secret@db.example/0")
+    assert (defaults.prefix, defaults.where) == (DEFAULT_PREFIX, "Redis at db.example:6379/0")
+    assert (defaults.wait_replicas, defaults.wait_timeout_ms) == (0, 1000)
 
 
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("redis://127.0.0.1/0?prefix=a&prefix=b", "prefix 2 times"),
+        ("redis://127.0.0.1/0?prefix=a&prefix=b", "prefix more than once"),
+        ("redis://127.0.0.1/0?wait_replicas=-1", "wait_replicas must be an integer >= 0"),
+        ("redis://127.0.0.1/0?wait_timeout_ms=0", "wait_timeout_ms must be an integer >= 1"),
         ("redis://127.0.0.1/0?prefix=", "prefix '' is not allowed"),
         ("redis://127.0.0.1/0?prefix=a%20b", "prefix 'a b' is not allowed"),
         ("redis://127.0.0.1/0?decode_responses=no", "decode_responses"),
@@ -206,16 +240,19 @@ async def test_unreachable_server_is_a_store_error_without_password() -> None:
 
 
 async def test_every_key_is_under_the_prefix(redis_url: str, redis_store: RedisStore) -> None:
-    await redis_store.create_tenant(ACME)
-    session_id = await _active(redis_store)
-    await redis_store.record_round(ACME, session_id, 5, idempotency_key="k")
+    # A tenant id no other test (of any run sharing this Redis) uses.
+    tenant = TenantId(f"only-{uuid.uuid4().hex}")
+    await redis_store.create_tenant(tenant)
+    await redis_store.add_api_key(tenant, uuid.uuid4().hex, b"h")
+    session_id = await _active(redis_store, tenant)
+    await redis_store.record_round(tenant, session_id, 5, idempotency_key="k")
     client = await _raw(redis_url)
     try:
         touched = {key async for key in client.scan_iter(match=f"*{session_id}*")}
-        touched |= {key async for key in client.scan_iter(match=f"*{ACME}*")}
+        touched |= {key async for key in client.scan_iter(match=f"*{tenant}*")}
     finally:
         await client.aclose()
-    assert touched
+    assert len(touched) == 7  # s: r: i: of the session; ix:all: ix:active: agg: keys: of the tenant
     assert all(key.startswith(_prefix(redis_url)) for key in touched)
 
 
@@ -346,6 +383,37 @@ async def test_acknowledged_rounds_survive_kill_9(
         assert (await reopened.totals(ACME))[0].rounds == 50
     finally:
         await reopened.aclose()
+
+
+async def test_wait_replicas_confirms_each_write_or_says_it_could_not(
+    private_redis: PrivateRedis, replica: PrivateRedis, clock: ManualClock
+) -> None:
+    confirmed_url = f"{private_redis.url}&wait_replicas=1&wait_timeout_ms=5000"
+    store = await RedisStore.open(confirmed_url, clock=clock, default_ttl_seconds=600)
+    on_replica = await _raw(replica.url)
+    try:
+        session_id = await _active(store)
+        rounds_key = f"{_prefix(private_redis.url)}r:{session_id}"
+        for n in range(1, 11):
+            await store.record_round(ACME, session_id, n, idempotency_key=f"k{n}")
+            # WAIT returned: the replica holds the round before the caller hears of it.
+            assert await on_replica.llen(rounds_key) == n
+        await store.create_tenant(ACME)
+        assert await on_replica.hget(f"{_prefix(private_redis.url)}tenants", "acme") is not None
+        await store.aclose()
+
+        replica.kill()
+        hasty_url = f"{private_redis.url}&wait_replicas=1&wait_timeout_ms=100"
+        store = await RedisStore.open(hasty_url, clock=clock, default_ttl_seconds=600)
+        with pytest.raises(StoreError, match=r"applied the write, but only 0 of 1 replicas"):
+            await store.record_round(ACME, session_id, 11, idempotency_key="k11")
+        # The round is on the primary, and a retry with its key does not count it twice.
+        replay = await store.record_round(ACME, session_id, 11, idempotency_key="k11")
+        assert replay.replayed
+        assert replay.session.record.round_count == 11
+    finally:
+        await on_replica.aclose()
+        await store.aclose()
 
 
 # -- scripts ----------------------------------------------------------------------------
@@ -520,7 +588,7 @@ async def test_purge_loses_to_a_concurrent_activation(
     async with redis_store._begin(ACME, session_id) as stale:
         pass
     await redis_store.activate(ACME, session_id)
-    assert await redis_store._cas_many([(stale.stored, None)]) == 0
+    assert not await redis_store._cas(stale.stored, None, None)
     assert (await redis_store.get(ACME, session_id)).record.state is Active
     assert await redis_store.purge_created(10) == 0
 

@@ -1,39 +1,28 @@
 """RedisStore: sessions in one Redis server, shared by many service replicas.
 
-Every write to a session goes through one Lua script, a compare-and-set on the
-session's ``version``: the store base computes the next record with the core in
-Python, and the script only checks the version and writes what it is given (the
-hash, the round, the idempotency entry, index entries, counter increments). No
-rule of the state machine is in Lua; a lost compare-and-set raises
-VersionConflict and the base retries from a fresh read.
+Every write to a session is one Lua script, a compare-and-set on the session's
+``version`` (:data:`llmsession.store.redis_schema.CAS`): the store base computes
+the next record with the core in Python; the script only checks the version and
+writes what it is given. A lost compare-and-set raises VersionConflict and the
+base retries from a fresh read. Sweepers on many replicas race through the same
+script, so each due session is expired exactly once.
 
-Key layout, under a prefix (default ``llmsession:``, URL option ``?prefix=``)::
+URL: ``redis://[user:password@]host:port/db`` (or ``rediss://``) with options
 
-    schema               the layout version (SCHEMA_VERSION)
-    s:<session id>       hash: the record, version, ttl_seconds, last_activity_at
-    r:<session id>       list: the rounds, JSON, seq i at index i-1
-    i:<session id>       hash: idempotency key -> round JSON
-    ix:all:<tenant>      sorted set (lex): the tenant's sessions, <created_at><id>
-    ix:<state>:<tenant>  sorted set (lex): the same, for one state
-    created              sorted set (lex): every Created session, <created_at><id>
-    deadlines            sorted set (lex): every Active session, <deadline><id>
-    agg:<tenant>         hash: per (provider, model) counters, see _counter_fields
-    tenants              hash: tenant id -> created_at
-    apikeys              hash: key id -> JSON [tenant, hash hex, created_at]
-    apikeys:revoked      hash: key id -> revoked_at
-    keys:<tenant>        set: the tenant's key ids
+- ``prefix``: put before every key the store writes (default ``llmsession:``);
+- ``wait_replicas``: after each write, ``WAIT`` until this many replicas have it
+  (default 0: do not wait), up to ``wait_timeout_ms`` (default 1000);
+- anything else redis-py takes, e.g. ``max_connections`` or ``socket_timeout``.
 
-Times are integer epoch microseconds. The sorted sets are ordered by member
-(all scores 0) with times written as fixed-width hex, so ordering and ranges are
-exact for every Timestamp, not only up to the 2**53 a double score holds, and
-sessions created in the same microsecond are ordered by id, as the keyset
-cursors of :mod:`llmsession.store.cursor` need.
+What survives a crash is decided by the server's configuration; see
+docs/redis.md. :meth:`RedisStore.open` logs a warning when that configuration
+can lose acknowledged rounds. Redis Cluster is not supported: a write touches
+keys in many hash slots.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
@@ -43,6 +32,7 @@ from typing import Final, Protocol, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import parse_url
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
@@ -50,14 +40,12 @@ from llmsession.clock import Clock, system_clock
 from llmsession.errors import (
     ConflictError,
     InvalidInput,
-    LLMSessionError,
     NotFoundError,
     SchemaVersionError,
     StoreError,
 )
 from llmsession.ids import SessionId, TenantId
-from llmsession.record import SessionRecord
-from llmsession.states import ALL_STATES, Created, SessionState, state_named
+from llmsession.states import ALL_STATES, Created
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
     SessionStore,
@@ -77,172 +65,70 @@ from llmsession.store.models import (
     Totals,
     check_page_size,
 )
+from llmsession.store.redis_schema import (
+    ADD_KEY,
+    CAS,
+    SCHEMA_VERSION,
+    RedisKeys,
+    Script,
+    cas_arguments,
+    lex_time,
+    member,
+    member_id,
+    parse_counters,
+    parse_round,
+    parse_session,
+    parse_time,
+)
 from llmsession.timestamps import Timestamp
 
 __all__ = ["DEFAULT_PREFIX", "SCHEMA_VERSION", "RedisStore", "persistence_warning"]
 
 DEFAULT_PREFIX: Final = "llmsession:"
-#: The key layout this code writes; a store with a newer one is refused.
-SCHEMA_VERSION: Final = 1
+_DEFAULT_WAIT_TIMEOUT_MS: Final = 1000
+# A sweep re-reads the due sessions after losing some to a racing sweeper, at
+# most this many times, so it still returns when others keep winning.
+_SWEEP_PASSES: Final = 8
 
 _log = logging.getLogger(__name__)
 
-# Sorted-set members start with a time as 16 hex digits; the offset makes every
-# Timestamp (years 1 to 9999) non-negative, so text order is time order.
-_LEX_OFFSET: Final = 2**62
-_LEX_WIDTH: Final = 16
-# Counters are kept as two limbs, lo in [0, 2**32) and hi, so that totals over
-# many sessions (each up to 2**63-1 tokens) never overflow Redis's 64-bit HINCRBY
-# and every increment the script makes stays exact in Lua's double numbers.
-_LIMB: Final = 2**32
-_METRICS: Final = ("rounds", "delta", "saved", *(f"n:{state.name}" for state in ALL_STATES))
-
-# Compare-and-set of one session: the only way a session is inserted, changed or
-# deleted. It checks the version and then writes exactly what Python computed.
-#
-# KEYS: 1 session hash, 2 rounds list, 3 idempotency hash, 4 counters hash,
-#       5.. sorted-set indexes (referred to by number below)
-# ARGV: 1 expected version ('' = the session must not exist), 2 'put' or 'del',
-#       then n, n hash field/value pairs; round JSON ('' = none); idempotency key
-#       ('' = none); r, r pairs (index number, member) to remove; a, a pairs to
-#       add; c, c quadruples (lo field, hi field, lo increment, hi increment).
-# Returns 1 when written, 0 when the version did not match (nothing written).
-_CAS_SCRIPT: Final = """
-local current = redis.call('HGET', KEYS[1], 'version')
-if ARGV[1] == '' then
-  if current then return 0 end
-elseif current ~= ARGV[1] then
-  return 0
-end
-local i = 3
-local n = tonumber(ARGV[i])
-i = i + 1
-if ARGV[2] == 'del' then
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-elseif n > 0 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, i, i + 2 * n - 1))
-end
-i = i + 2 * n
-local round, key = ARGV[i], ARGV[i + 1]
-i = i + 2
-if round ~= '' then
-  redis.call('RPUSH', KEYS[2], round)
-  if key ~= '' then redis.call('HSET', KEYS[3], key, round) end
-end
-n = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, n do
-  redis.call('ZREM', KEYS[tonumber(ARGV[i])], ARGV[i + 1])
-  i = i + 2
-end
-n = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, n do
-  redis.call('ZADD', KEYS[tonumber(ARGV[i])], 0, ARGV[i + 1])
-  i = i + 2
-end
-n = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, n do
-  local lo_field, hi_field, lo, hi = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  i = i + 4
-  local total = redis.call('HINCRBY', KEYS[4], lo_field, lo)
-  if hi ~= '0' then redis.call('HINCRBY', KEYS[4], hi_field, hi) end
-  -- Carry: lo stays below 2**32, the sum below 2**33, exact as a Lua number.
-  if total >= 4294967296 then
-    redis.call('HINCRBY', KEYS[4], lo_field, '-4294967296')
-    redis.call('HINCRBY', KEYS[4], hi_field, '1')
-  end
-end
-return 1
-"""
-
-# Adds an API key only if its id is new, and lists it under its tenant.
-_ADD_KEY_SCRIPT: Final = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1
-"""
+_Call = tuple[Script, Sequence[str], Sequence[str]]
 
 
 class _Admin(Protocol):
-    # The few redis-py commands whose stubs leave **kwargs untyped, declared
-    # with the arguments this module passes, so strict checking stays on.
+    # The redis-py commands whose stubs leave **kwargs untyped, declared with
+    # the arguments this module passes, so strict type checking stays on.
     def ping(self) -> Awaitable[object]: ...
 
     def config_get(self, pattern: str, *args: str) -> Awaitable[dict[str | None, str | None]]: ...
+
+
+class _Waiter(Protocol):
+    def wait(self, num_replicas: int, timeout: int) -> object: ...
 
 
 def _admin(client: aioredis.Redis) -> _Admin:
     return client
 
 
-@dataclass(frozen=True, slots=True)
-class _Script:
-    source: str
-    sha: str
-
-    @classmethod
-    def of(cls, source: str) -> _Script:
-        return cls(source, hashlib.sha1(source.encode()).hexdigest())
-
-
-_CAS = _Script.of(_CAS_SCRIPT)
-_ADD_KEY = _Script.of(_ADD_KEY_SCRIPT)
+def _waiter(pipe: Pipeline) -> _Waiter:
+    return pipe
 
 
 @dataclass(frozen=True, slots=True)
-class _Keys:
-    """The key names under one prefix."""
+class _Options:
+    """What a store URL says: the URL left for redis-py, and the store's own options."""
 
+    client_url: str
     prefix: str
-
-    def session(self, session_id: SessionId) -> str:
-        return f"{self.prefix}s:{session_id}"
-
-    def rounds(self, session_id: SessionId) -> str:
-        return f"{self.prefix}r:{session_id}"
-
-    def idempotency(self, session_id: SessionId) -> str:
-        return f"{self.prefix}i:{session_id}"
-
-    def by_tenant(self, tenant_id: TenantId, state: type[SessionState] | None = None) -> str:
-        return f"{self.prefix}ix:{'all' if state is None else state.name}:{tenant_id}"
-
-    def counters(self, tenant_id: TenantId) -> str:
-        return f"{self.prefix}agg:{tenant_id}"
-
-    def tenant_keys(self, tenant_id: TenantId) -> str:
-        return f"{self.prefix}keys:{tenant_id}"
-
-    @property
-    def schema(self) -> str:
-        return f"{self.prefix}schema"
-
-    @property
-    def created(self) -> str:
-        return f"{self.prefix}created"
-
-    @property
-    def deadlines(self) -> str:
-        return f"{self.prefix}deadlines"
-
-    @property
-    def tenants(self) -> str:
-        return f"{self.prefix}tenants"
-
-    @property
-    def api_keys(self) -> str:
-        return f"{self.prefix}apikeys"
-
-    @property
-    def revoked(self) -> str:
-        return f"{self.prefix}apikeys:revoked"
+    where: str
+    wait_replicas: int
+    wait_timeout_ms: int
 
 
 @dataclass(slots=True)
 class _Writers:
-    """The writers of one session in this process: a turn each, and how many wait."""
+    """The writers of one session in this process: a turn each, and how many want one."""
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     count: int = 0
@@ -268,12 +154,7 @@ class _RedisTransaction(SessionTransaction):
 
 
 class RedisStore(SessionStore):
-    """Sessions in Redis; open one with :meth:`open` (or ``open_store("redis://...")``).
-
-    Durability is what the Redis server is configured for; see docs/redis.md.
-    :meth:`open` logs a warning when that configuration can lose acknowledged
-    rounds. Redis Cluster is not supported: the scripts touch keys of many slots.
-    """
+    """Sessions in Redis; open one with :meth:`open` (or ``open_store("redis://...")``)."""
 
     def __init__(
         self,
@@ -283,16 +164,20 @@ class RedisStore(SessionStore):
         clock: Clock = system_clock,
         default_ttl_seconds: int = DEFAULT_TTL_SECONDS,
         where: str = "Redis",
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = _DEFAULT_WAIT_TIMEOUT_MS,
     ) -> None:
-        """Wrap a connected client; prefer :meth:`open`, which also checks the schema."""
+        """Wrap a client; prefer :meth:`open`, which also checks the schema and the server."""
         super().__init__(clock=clock, default_ttl_seconds=default_ttl_seconds)
         self._client = client
-        self._keys = _Keys(prefix)
+        self._keys = RedisKeys(prefix)
         self._where = where
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
         self._closed = False
         self._writers: dict[SessionId, _Writers] = {}
-        #: Why acknowledged writes may be lost under the server's configuration
-        #: (see :func:`persistence_warning`); None if it looks durable or is unknown.
+        #: Why this server may lose acknowledged writes (see :func:`persistence_warning`);
+        #: None if its configuration looks durable or could not be read.
         self.persistence_warning: str | None = None
 
     @classmethod
@@ -303,28 +188,29 @@ class RedisStore(SessionStore):
         clock: Clock = system_clock,
         default_ttl_seconds: int = DEFAULT_TTL_SECONDS,
     ) -> RedisStore:
-        """Connect to ``redis://host:port/db[?prefix=...]``, check the schema, load the scripts.
+        """Connect, check the schema version, load the scripts, check persistence.
 
-        ``prefix`` (default ``llmsession:``) is put before every key this store
-        writes; other query options go to redis-py. Raises StoreError if Redis
-        cannot be reached and SchemaVersionError if the data under the prefix
-        was written by a newer llmsession.
+        Raises InvalidInput for a bad URL, StoreError if Redis cannot be reached,
+        and SchemaVersionError if the data under the prefix was written by a
+        newer llmsession.
         """
-        client_url, prefix, where = _split_url(url)
+        options = _parse_url(url)
         try:
-            options = parse_url(client_url)
+            connect = parse_url(options.client_url)
         except ValueError as error:
-            raise InvalidInput(f"invalid Redis URL for {where}: {error}") from None
-        # A blocking pool: a burst of requests waits for a connection instead of
-        # failing with "Too many connections" (size: URL option max_connections).
-        pool = aioredis.BlockingConnectionPool(decode_responses=True, **options)
+            raise InvalidInput(f"invalid Redis URL for {options.where}: {error}") from None
+        # A blocking pool: a burst of requests waits for a free connection
+        # instead of failing with "Too many connections" (URL: max_connections).
+        pool = aioredis.BlockingConnectionPool(decode_responses=True, **connect)
         client = aioredis.Redis.from_pool(pool)
         store = cls(
             client,
-            prefix=prefix,
+            prefix=options.prefix,
             clock=clock,
             default_ttl_seconds=default_ttl_seconds,
-            where=where,
+            where=options.where,
+            wait_replicas=options.wait_replicas,
+            wait_timeout_ms=options.wait_timeout_ms,
         )
         try:
             await store._prepare()
@@ -337,7 +223,7 @@ class RedisStore(SessionStore):
         with self._guard():
             await self._client.set(self._keys.schema, str(SCHEMA_VERSION), nx=True)
             raw = await self._client.get(self._keys.schema)
-            for script in (_CAS, _ADD_KEY):
+            for script in (CAS, ADD_KEY):
                 await self._client.script_load(script.source)
         text = None if raw is None else _text(raw)
         if text is None or not text.isdigit():
@@ -357,13 +243,12 @@ class RedisStore(SessionStore):
         try:
             raw = await _admin(self._client).config_get("appendonly", "appendfsync", "save")
         except ResponseError as error:
-            # Managed Redis services often disable CONFIG; say so instead of guessing.
+            # Managed services often disable CONFIG: say so rather than guess.
             _log.info("cannot read the persistence settings of %s: %s", self._where, error)
             return
         except RedisError as error:
             raise StoreError(f"{self._where} failed: {error}") from error
-        config = {str(k): str(v) for k, v in raw.items()}
-        self.persistence_warning = persistence_warning(config)
+        self.persistence_warning = persistence_warning({str(k): str(v) for k, v in raw.items()})
         if self.persistence_warning is not None:
             _log.warning("%s: %s", self._where, self.persistence_warning)
 
@@ -379,33 +264,29 @@ class RedisStore(SessionStore):
     ) -> AsyncGenerator[SessionTransaction]:
         # Writers to one session in this process take turns: they would only
         # make each other's compare-and-set fail. Correctness never rests on
-        # this lock; other processes are still kept out by the version check.
-        entry = self._writers.get(session_id)
-        if entry is None:
-            entry = self._writers[session_id] = _Writers()
-        entry.count += 1
+        # this lock; other processes are kept out by the version check alone.
+        writers = self._writers.get(session_id)
+        if writers is None:
+            writers = self._writers[session_id] = _Writers()
+        writers.count += 1
         try:
-            async with entry.lock:
+            async with writers.lock:
                 stored = await self.get(tenant_id, session_id)
                 yield _RedisTransaction(stored, self._find_round, self._cas)
         finally:
-            entry.count -= 1
-            if not entry.count:
+            writers.count -= 1
+            if not writers.count:
                 del self._writers[session_id]
 
-    async def _find_round(self, session_id: SessionId, idempotency_key: str) -> Round | None:
-        with self._guard():
-            raw = await self._client.hget(self._keys.idempotency(session_id), idempotency_key)
-        return None if raw is None else _parse_round(session_id, _text(raw))
-
     async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
-        self._check_open()
         with self._guard():
-            fields = await self._client.hgetall(self._keys.session(session_id))
-        stored = self._parse_session(session_id, fields)
-        if stored is None or stored.record.tenant_id != tenant_id:
+            raw = await self._client.hgetall(self._keys.session(session_id))
+        row = _row(raw)
+        # The tenant is checked before anything else is read: a foreign session,
+        # valid or not, looks exactly like a missing one.
+        if row.get("tenant") != tenant_id.value:
             raise NotFoundError(f"no session {session_id}")
-        return stored
+        return self._parse(session_id, row)
 
     async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
         self._check_open()
@@ -413,36 +294,31 @@ class RedisStore(SessionStore):
         index = self._keys.by_tenant(tenant_id, query.state)
         uppers: list[str] = []
         if query.created_before is not None:
-            uppers.append(_lex_time(query.created_before.epoch_micros))
+            uppers.append(lex_time(query.created_before.epoch_micros))
         if after is not None:
-            uppers.append(_member(*after))
+            uppers.append(member(*after))
         high = "(" + min(uppers) if uppers else "+"
         low = (
-            "[" + _lex_time(query.created_after.epoch_micros + 1)
+            "[" + lex_time(query.created_after.epoch_micros + 1)
             if query.created_after is not None
             else "-"
         )
-        # Only provider and model are not in the index; without them each entry
-        # read is a match (barring a racing purge), so read just one page.
+        # Only provider and model are not in the index; without them every entry
+        # read is a match (barring a racing purge), so one page is read at once.
         filtered = query.provider_id is not None or query.model is not None
         batch = max(query.limit + 1, 256) if filtered else query.limit + 1
         matches: list[StoredSession] = []
         while len(matches) <= query.limit:
             with self._guard():
-                members = await self._client.zrevrangebylex(index, high, low, 0, batch)
-                if not members:
-                    break
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for member in members:
-                        pipe.hgetall(self._keys.session(_member_id(_text(member))))
-                    rows: list[object] = await pipe.execute()
-            for member, row in zip(members, rows, strict=True):
-                stored = self._parse_session(_member_id(_text(member)), row)
-                if stored is not None and _matches(stored, tenant_id, query):
+                members = [
+                    _text(m) for m in await self._client.zrevrangebylex(index, high, low, 0, batch)
+                ]
+            for stored in await self._sessions([member_id(m) for m in members]):
+                if _matches(stored, tenant_id, query):
                     matches.append(stored)
             if len(members) < batch:
                 break
-            high = "(" + _text(members[-1])
+            high = "(" + members[-1]
         page = matches[: query.limit]
         more = len(matches) > query.limit
         cursor = (
@@ -458,30 +334,23 @@ class RedisStore(SessionStore):
         check_page_size(limit)
         if type(after_seq) is not int or after_seq < 0:
             raise InvalidInput(f"after_seq must be an integer >= 0, got {after_seq!r}")
-        self._check_open()
         with self._guard():
+            # MULTI: the owner and the rounds are read at one instant.
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hget(self._keys.session(session_id), "tenant")
                 pipe.lrange(self._keys.rounds(session_id), after_seq, after_seq + limit)
                 owner, raw_rounds = await pipe.execute()
         if owner is None or _text(owner) != tenant_id.value:
             raise NotFoundError(f"no session {session_id}")
-        rounds = [_parse_round(session_id, _text(raw)) for raw in _items(raw_rounds)]
+        rounds = [parse_round(session_id, _text(raw)) for raw in _items(raw_rounds)]
         page = rounds[:limit]
         return Page(page, str(page[-1].seq) if len(rounds) > limit else None)
 
     async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
-        self._check_open()
         with self._guard():
             raw = await self._client.hgetall(self._keys.counters(tenant_id))
-        limbs: dict[tuple[str, str], dict[str, int]] = {}
-        for name, value in raw.items():
-            provider, model, metric, limb = _parse_counter_field(_text(name))
-            weight = _LIMB if limb == "hi" else 1
-            group = limbs.setdefault((provider, model), dict.fromkeys(_METRICS, 0))
-            group[metric] += int(_text(value)) * weight
         groups: dict[tuple[str | None, str | None], Totals] = {}
-        for (provider, model), values in limbs.items():
+        for (provider, model), values in parse_counters(_row(raw)).items():
             counts = {state.name: values[f"n:{state.name}"] for state in ALL_STATES}
             if not any(counts.values()):
                 continue  # every session of this group was purged
@@ -504,36 +373,30 @@ class RedisStore(SessionStore):
 
     async def sweep(self, *, limit: int = 1000) -> int:
         self._check_open()
-        if limit <= 0:
-            return 0
         now = self.clock()
-        due = await self._read_index(
-            self._keys.deadlines, "(" + _lex_time(now.epoch_micros + 1), limit
+
+        def change(stored: StoredSession) -> tuple[StoredSession, StoredSession | None] | None:
+            expired = expire_if_due(stored, now)
+            return None if expired is None else (stored, expired)
+
+        return await self._drain(
+            self._keys.deadlines, "(" + lex_time(now.epoch_micros + 1), limit, change
         )
-        changes = [
-            (stored, expired)
-            for stored in due
-            if (expired := expire_if_due(stored, now)) is not None
-        ]
-        return await self._cas_many(changes)
 
     async def purge_created(self, older_than_seconds: int, *, limit: int = 1000) -> int:
         self._check_open()
-        if limit <= 0:
-            return 0
         cutoff = self.clock().plus_seconds(-older_than_seconds)
-        candidates = await self._read_index(
-            self._keys.created, "(" + _lex_time(cutoff.epoch_micros + 1), limit
+
+        def change(stored: StoredSession) -> tuple[StoredSession, StoredSession | None] | None:
+            record = stored.record
+            doomed = record.state is Created and record.created_at <= cutoff
+            return (stored, None) if doomed else None
+
+        return await self._drain(
+            self._keys.created, "(" + lex_time(cutoff.epoch_micros + 1), limit, change
         )
-        doomed = [
-            (stored, None)
-            for stored in candidates
-            if stored.record.state is Created and stored.record.created_at <= cutoff
-        ]
-        return await self._cas_many(doomed)
 
     async def ping(self) -> None:
-        self._check_open()
         with self._guard():
             await _admin(self._client).ping()
 
@@ -545,29 +408,27 @@ class RedisStore(SessionStore):
     # -- tenants and API keys ----------------------------------------------------
 
     async def create_tenant(self, tenant_id: TenantId) -> Tenant:
-        self._check_open()
         tenant = Tenant(tenant_id, self.clock())
-        with self._guard():
-            added = await self._client.hsetnx(
+        [added] = await self._write(
+            lambda pipe: pipe.hsetnx(
                 self._keys.tenants, tenant_id.value, str(tenant.created_at.epoch_micros)
             )
+        )
         if not added:
             raise ConflictError(f"tenant {tenant_id} already exists")
         return tenant
 
     async def get_tenant(self, tenant_id: TenantId) -> Tenant:
-        self._check_open()
         with self._guard():
             raw = await self._client.hget(self._keys.tenants, tenant_id.value)
         if raw is None:
             raise NotFoundError(f"no tenant {tenant_id}")
-        return Tenant(tenant_id, _time(_text(raw)))
+        return Tenant(tenant_id, self._time(raw))
 
     async def list_tenants(self) -> list[Tenant]:
-        self._check_open()
         with self._guard():
             raw = await self._client.hgetall(self._keys.tenants)
-        tenants = [Tenant(TenantId(_text(k)), _time(_text(v))) for k, v in raw.items()]
+        tenants = [Tenant(TenantId(k), self._time(v)) for k, v in _row(raw).items()]
         return sorted(tenants, key=lambda t: t.tenant_id)
 
     async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
@@ -575,25 +436,23 @@ class RedisStore(SessionStore):
         info = ApiKeyInfo(key_id, tenant_id, key_hash, self.clock())
         value = json.dumps([tenant_id.value, key_hash.hex(), info.created_at.epoch_micros])
         keys = [self._keys.api_keys, self._keys.tenant_keys(tenant_id)]
-        if not await self._eval(_ADD_KEY, keys, [key_id, value]):
+        [added] = await self._run([(ADD_KEY, keys, [key_id, value])])
+        if not added:
             raise ConflictError(f"API key id {key_id!r} already exists")
         return info
 
     async def get_api_key(self, key_id: str) -> ApiKeyInfo | None:
-        self._check_open()
         with self._guard():
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hget(self._keys.api_keys, key_id)
                 pipe.hget(self._keys.revoked, key_id)
                 raw, revoked = await pipe.execute()
-        return None if raw is None else _parse_key(key_id, _text(raw), revoked)
+        return None if raw is None else self._key(key_id, raw, revoked)
 
     async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
-        self._check_open()
         with self._guard():
-            ids = sorted(
-                _text(i) for i in await self._client.smembers(self._keys.tenant_keys(tenant_id))
-            )
+            members = await self._client.smembers(self._keys.tenant_keys(tenant_id))
+            ids = sorted(_text(key_id) for key_id in members)
             if not ids:
                 return []
             async with self._client.pipeline(transaction=True) as pipe:
@@ -601,7 +460,7 @@ class RedisStore(SessionStore):
                 pipe.hmget(self._keys.revoked, ids)
                 raws, revoked = await pipe.execute()
         keys = [
-            _parse_key(key_id, _text(raw), rev)
+            self._key(key_id, raw, rev)
             for key_id, raw, rev in zip(ids, _items(raws), _items(revoked), strict=True)
             if raw is not None
         ]
@@ -613,170 +472,150 @@ class RedisStore(SessionStore):
             raise NotFoundError(f"no API key {key_id!r}")
         if info.revoked_at is not None:
             return info
-        # HSETNX: of two racing revocations the first time is kept.
-        with self._guard():
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hsetnx(self._keys.revoked, key_id, str(self.clock().epoch_micros))
-                pipe.hget(self._keys.revoked, key_id)
-                _, revoked = await pipe.execute()
-        return replace(info, revoked_at=_time(_text(revoked)))
+        now = str(self.clock().epoch_micros)
 
-    # -- helpers -----------------------------------------------------------------
+        def revoke(pipe: Pipeline) -> None:
+            # HSETNX, then read back: of racing revocations the first time is kept.
+            pipe.hsetnx(self._keys.revoked, key_id, now)
+            pipe.hget(self._keys.revoked, key_id)
 
-    async def _read_index(self, index: str, high: str, limit: int) -> list[StoredSession]:
-        """The sessions of the first ``limit`` members of a global index below ``high``."""
+        _, revoked = await self._write(revoke)
+        return replace(info, revoked_at=self._time(revoked))
+
+    # -- reading -----------------------------------------------------------------
+
+    async def _find_round(self, session_id: SessionId, idempotency_key: str) -> Round | None:
         with self._guard():
-            members = await self._client.zrangebylex(index, "-", high, 0, limit)
-            if not members:
-                return []
-            ids = [_member_id(_text(member)) for member in members]
+            raw = await self._client.hget(self._keys.idempotency(session_id), idempotency_key)
+        return None if raw is None else parse_round(session_id, _text(raw))
+
+    async def _sessions(self, ids: Sequence[SessionId]) -> list[StoredSession]:
+        """The sessions with these ids, in order, leaving out those that are gone."""
+        if not ids:
+            return []
+        with self._guard():
             async with self._client.pipeline(transaction=False) as pipe:
                 for session_id in ids:
                     pipe.hgetall(self._keys.session(session_id))
                 rows: list[object] = await pipe.execute()
-        found = (self._parse_session(i, row) for i, row in zip(ids, rows, strict=True))
-        return [stored for stored in found if stored is not None]
+        found = ((i, _row(row)) for i, row in zip(ids, rows, strict=True))
+        return [self._parse(i, row) for i, row in found if row]
+
+    def _parse(self, session_id: SessionId, row: Mapping[str, str]) -> StoredSession:
+        try:
+            return parse_session(session_id, row)
+        except StoreError as error:
+            raise StoreError(f"{self._where}: {error}") from None
+
+    def _time(self, raw: object) -> Timestamp:
+        try:
+            return parse_time(_text(raw))
+        except ValueError:
+            raise StoreError(f"{self._where}: {raw!r:.80} is not a stored time") from None
+
+    def _key(self, key_id: str, raw: object, revoked: object) -> ApiKeyInfo:
+        try:
+            tenant, key_hash, created = json.loads(_text(raw))
+            return ApiKeyInfo(
+                key_id,
+                TenantId(str(tenant)),
+                bytes.fromhex(str(key_hash)),
+                Timestamp(int(created)),
+                None if revoked is None else self._time(revoked),
+            )
+        except (ValueError, TypeError):
+            raise StoreError(f"{self._where}: API key {key_id!r} is not valid") from None
+
+    # -- writing -----------------------------------------------------------------
 
     async def _cas(
         self, old: StoredSession | None, new: StoredSession | None, new_round: Round | None
     ) -> bool:
-        """Write ``new`` over ``old`` (None: insert / delete) if ``old`` is still current."""
-        self._check_open()
-        keys, args = self._cas_arguments(old, new, new_round)
-        return bool(await self._eval(_CAS, keys, args))
+        """Write ``new`` over ``old`` (None: insert, delete) if ``old`` is still current."""
+        keys, args = cas_arguments(self._keys, old, new, new_round)
+        [written] = await self._run([(CAS, keys, args)])
+        return written == 1
 
-    async def _cas_many(self, changes: Sequence[tuple[StoredSession, StoredSession | None]]) -> int:
-        """Apply many compare-and-sets in one pipeline; how many won."""
-        if not changes:
-            return 0
-        calls = [self._cas_arguments(old, new, None) for old, new in changes]
-        results: list[object] = [None] * len(calls)
-        pending = list(range(len(calls)))
-        for _ in range(2):
+    async def _drain(
+        self,
+        index: str,
+        high: str,
+        limit: int,
+        change: Callable[[StoredSession], tuple[StoredSession, StoredSession | None] | None],
+    ) -> int:
+        """Apply ``change`` to the sessions of a global index below ``high``, up to ``limit``.
+
+        Racing processes read the same first entries; each entry is written by
+        one of them only (compare-and-set), and a loser reads on past what the
+        winners took. Returns how many this call wrote.
+        """
+        done = 0
+        for _ in range(_SWEEP_PASSES):
+            if done >= limit:
+                break
             with self._guard():
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for index in pending:
-                        keys, args = calls[index]
-                        pipe.evalsha(_CAS.sha, len(keys), *keys, *args)
-                    replies: list[object] = await pipe.execute(raise_on_error=False)
-                for index, reply in zip(pending, replies, strict=True):
-                    results[index] = reply
-                pending = [i for i in pending if isinstance(results[i], NoScriptError)]
-                if not pending:
-                    break
-                # The server lost its scripts (restart, SCRIPT FLUSH); those calls
-                # did not run. Load the script and run them again.
-                await self._client.script_load(_CAS.source)
+                members = await self._client.zrangebylex(index, "-", high, 0, limit - done)
+            changes = [
+                pair
+                for stored in await self._sessions([member_id(_text(m)) for m in members])
+                if (pair := change(stored)) is not None
+            ]
+            if not changes:
+                break
+            calls: list[_Call] = [
+                (CAS, *cas_arguments(self._keys, old, new, None)) for old, new in changes
+            ]
+            done += sum(1 for written in await self._run(calls) if written == 1)
+        return done
+
+    async def _run(self, calls: Sequence[_Call]) -> list[object]:
+        """Run scripts in one round trip; reload them if the server lost them."""
+        results = await self._write(_evalsha(calls))
+        lost = [i for i, reply in enumerate(results) if isinstance(reply, NoScriptError)]
+        if lost:
+            # The server lost the scripts (a restart, SCRIPT FLUSH, a failover):
+            # those calls did not run. Load the scripts and run them again, once.
+            with self._guard():
+                for source in {calls[i][0].source for i in lost}:
+                    await self._client.script_load(source)
+            again = await self._write(_evalsha([calls[i] for i in lost]))
+            for i, reply in zip(lost, again, strict=True):
+                results[i] = reply
         for reply in results:
             if isinstance(reply, Exception):
                 raise StoreError(f"{self._where} failed: {reply}") from reply
-        return sum(1 for reply in results if reply == 1)
+        return results
 
-    async def _eval(self, script: _Script, keys: Sequence[str], args: Sequence[str]) -> object:
+    async def _write(self, commands: Callable[[Pipeline], object]) -> list[object]:
+        """Send write commands in one pipeline, then WAIT for replicas if configured."""
         with self._guard():
-            try:
-                return await self._client.evalsha(script.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                # The server lost its scripts (restart, SCRIPT FLUSH): load and retry.
-                await self._client.script_load(script.source)
-                return await self._client.evalsha(script.sha, len(keys), *keys, *args)
-
-    def _cas_arguments(
-        self, old: StoredSession | None, new: StoredSession | None, new_round: Round | None
-    ) -> tuple[list[str], list[str]]:
-        some = new if new is not None else old
-        assert some is not None
-        record = some.record
-        session_id = record.session_id
-        keys = [
-            self._keys.session(session_id),
-            self._keys.rounds(session_id),
-            self._keys.idempotency(session_id),
-            self._keys.counters(record.tenant_id),
-        ]
-        args = ["" if old is None else str(old.version), "put" if new is not None else "del"]
-        fields = [] if new is None else _session_fields(new)
-        args.append(str(len(fields) // 2))
-        args.extend(fields)
-        if new_round is None:
-            args.extend(["", ""])
-        else:
-            args.extend([_round_json(new_round), new_round.idempotency_key or ""])
-        old_entries = self._index_entries(old)
-        new_entries = self._index_entries(new)
-        positions: dict[str, int] = {}
-        for entries in (old_entries - new_entries, new_entries - old_entries):
-            args.append(str(len(entries)))
-            for index, member in sorted(entries):
-                if index not in positions:
-                    keys.append(index)
-                    positions[index] = len(keys)
-                args.extend([str(positions[index]), member])
-        increments = _counter_increments(old, new)
-        args.append(str(len(increments)))
-        for metric, amount in increments:
-            lo_field, hi_field = (
-                _counter_field(record.provider_id, record.model, metric, limb)
-                for limb in ("lo", "hi")
-            )
-            args.extend([lo_field, hi_field, str(amount % _LIMB), str(amount // _LIMB)])
-        return keys, args
-
-    def _index_entries(self, stored: StoredSession | None) -> set[tuple[str, str]]:
-        """The (sorted set, member) pairs a session is listed under."""
-        if stored is None:
-            return set()
-        record = stored.record
-        member = _member(record.created_at, record.session_id)
-        entries = {
-            (self._keys.by_tenant(record.tenant_id), member),
-            (self._keys.by_tenant(record.tenant_id, record.state), member),
-        }
-        if record.state is Created:
-            entries.add((self._keys.created, member))
-        deadline = stored.deadline
-        if deadline is not None:
-            entries.add((self._keys.deadlines, _member(deadline, record.session_id)))
-        return entries
-
-    def _parse_session(self, session_id: SessionId, fields: object) -> StoredSession | None:
-        if not isinstance(fields, dict) or not fields:
-            return None
-        row = {_text(k): _text(v) for k, v in cast(dict[object, object], fields).items()}
-        try:
-            record = SessionRecord(
-                session_id=session_id,
-                tenant_id=TenantId(row["tenant"]),
-                provider_id=row["provider"],
-                model=row["model"],
-                initial_tokens=int(row["initial"]),
-                created_at=_time(row["created"]),
-                state=state_named(row["state"]),
-                activated_at=_optional_time(row["activated"]),
-                closed_at=_optional_time(row["closed"]),
-                expired_at=_optional_time(row["expired"]),
-                round_count=int(row["rounds"]),
-                delta_tokens=int(row["delta"]),
-            )
-            return StoredSession(
-                record,
-                version=int(row["version"]),
-                ttl_seconds=int(row["ttl"]),
-                last_activity_at=_time(row["last"]),
-            )
-        except (KeyError, ValueError, LLMSessionError) as error:
-            raise StoreError(
-                f"session {session_id} in {self._where} is not a valid stored session: {error!r}"
-            ) from error
+            async with self._client.pipeline(transaction=False) as pipe:
+                commands(pipe)
+                if self._wait_replicas:
+                    _waiter(pipe).wait(self._wait_replicas, self._wait_timeout_ms)
+                replies: list[object] = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            # NOSCRIPT is left to _run, which reloads the script.
+            if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                raise StoreError(f"{self._where} failed: {reply}") from reply
+        if self._wait_replicas:
+            acknowledged = replies.pop()
+            if not isinstance(acknowledged, int) or acknowledged < self._wait_replicas:
+                raise StoreError(
+                    f"{self._where} applied the write, but only {acknowledged!r} of "
+                    f"{self._wait_replicas} replicas confirmed it within "
+                    f"{self._wait_timeout_ms} ms: it is lost if the primary fails now. "
+                    "A retry with the same idempotency key is safe."
+                )
+        return replies
 
     @contextmanager
     def _guard(self) -> Generator[None]:
-        """Turn redis-py's errors into StoreError, naming the server but no password."""
-        self._check_open()
+        """Turn redis-py's errors into StoreError naming the server (never its password)."""
+        if self._closed:
+            raise StoreError("this store was closed; open a new one")
         try:
             yield
-        except NoScriptError:
-            raise
         except RedisError as error:
             raise StoreError(f"{self._where} failed: {error}") from error
 
@@ -788,8 +627,8 @@ class RedisStore(SessionStore):
 def persistence_warning(config: Mapping[str, str]) -> str | None:
     """Why a Redis with this CONFIG (appendonly, appendfsync, save) may lose acknowledged writes.
 
-    None when every acknowledged write is on disk before Redis replies
-    (``appendonly yes`` with ``appendfsync always``).
+    None when every write is on disk before Redis replies (``appendonly yes``
+    with ``appendfsync always``). Replicas are another matter: see docs/redis.md.
     """
     appendonly = config.get("appendonly", "")
     fsync = config.get("appendfsync", "")
@@ -814,119 +653,51 @@ def persistence_warning(config: Mapping[str, str]) -> str | None:
     )
 
 
-def _split_url(url: str) -> tuple[str, str, str]:
-    """(URL for redis-py, key prefix, a description without password) of a store URL."""
+def _parse_url(url: str) -> _Options:
+    """Split a store URL into redis-py's URL and the store's own options."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    prefixes = [value for name, value in query if name == "prefix"]
-    if len(prefixes) > 1:
-        raise InvalidInput(f"the Redis URL gives prefix {len(prefixes)} times; give it once")
-    if any(name == "decode_responses" for name, _ in query):
+    ours = {"prefix", "wait_replicas", "wait_timeout_ms", "decode_responses"}
+    given: dict[str, str] = {}
+    for name, value in query:
+        if name in ours:
+            if name in given:
+                raise InvalidInput(f"the Redis URL gives {name} more than once; give it once")
+            given[name] = value
+    if "decode_responses" in given:
         raise InvalidInput("the Redis URL must not set decode_responses; the store sets it")
-    prefix = prefixes[0] if prefixes else DEFAULT_PREFIX
+    prefix = given.get("prefix", DEFAULT_PREFIX)
     if not prefix or not prefix.isprintable() or any(c.isspace() for c in prefix):
         raise InvalidInput(
             f"Redis key prefix {prefix!r} is not allowed: use printable characters without "
             f"spaces, e.g. the default {DEFAULT_PREFIX!r}"
         )
-    rest = urlencode([(name, value) for name, value in query if name != "prefix"])
-    where = f"Redis at {parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or '/0'}"
-    return urlunsplit(parts._replace(query=rest)), prefix, where
+    wait_replicas = _count_option(given, "wait_replicas", 0, minimum=0)
+    wait_timeout_ms = _count_option(given, "wait_timeout_ms", _DEFAULT_WAIT_TIMEOUT_MS, minimum=1)
+    rest = urlencode([(name, value) for name, value in query if name not in ours])
+    if parts.scheme == "unix":
+        where = f"Redis at {parts.path}"
+    else:
+        where = f"Redis at {parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or '/0'}"
+    client_url = urlunsplit(parts._replace(query=rest))
+    return _Options(client_url, prefix, where, wait_replicas, wait_timeout_ms)
 
 
-def _lex_time(micros: int) -> str:
-    return format(micros + _LEX_OFFSET, f"0{_LEX_WIDTH}x")
+def _count_option(given: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    text = given.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or not text.isascii() or int(text) < minimum:
+        raise InvalidInput(f"Redis URL option {name} must be an integer >= {minimum}, got {text!r}")
+    return int(text)
 
 
-def _member(at: Timestamp, session_id: SessionId) -> str:
-    return _lex_time(at.epoch_micros) + str(session_id)
+def _evalsha(calls: Sequence[_Call]) -> Callable[[Pipeline], None]:
+    def queue(pipe: Pipeline) -> None:
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
 
-
-def _member_id(member: str) -> SessionId:
-    return SessionId.parse(member[_LEX_WIDTH:])
-
-
-def _session_fields(stored: StoredSession) -> list[str]:
-    record = stored.record
-    fields = {
-        "tenant": record.tenant_id.value,
-        "provider": record.provider_id,
-        "model": record.model,
-        "initial": str(record.initial_tokens),
-        "state": record.state.name,
-        "created": str(record.created_at.epoch_micros),
-        "activated": _optional_micros(record.activated_at),
-        "closed": _optional_micros(record.closed_at),
-        "expired": _optional_micros(record.expired_at),
-        "rounds": str(record.round_count),
-        "delta": str(record.delta_tokens),
-        "version": str(stored.version),
-        "ttl": str(stored.ttl_seconds),
-        "last": str(stored.last_activity_at.epoch_micros),
-    }
-    return [text for pair in fields.items() for text in pair]
-
-
-def _counters(stored: StoredSession | None) -> dict[str, int]:
-    # What one session adds to its group's totals; tokens_saved comes from the record.
-    if stored is None:
-        return {}
-    record = stored.record
-    return {
-        f"n:{record.state.name}": 1,
-        "rounds": record.round_count,
-        "delta": record.delta_tokens,
-        "saved": record.tokens_saved,
-    }
-
-
-def _counter_increments(
-    old: StoredSession | None, new: StoredSession | None
-) -> list[tuple[str, int]]:
-    """How a change moves its group's counters: new contributions minus old ones."""
-    before, after = _counters(old), _counters(new)
-    changes = ((m, after.get(m, 0) - before.get(m, 0)) for m in _METRICS)
-    return [(metric, amount) for metric, amount in changes if amount]
-
-
-def _counter_field(provider: str, model: str, metric: str, limb: str) -> str:
-    return json.dumps([provider, model, metric, limb])
-
-
-def _parse_counter_field(field: str) -> tuple[str, str, str, str]:
-    try:
-        provider, model, metric, limb = json.loads(field)
-    except ValueError as error:
-        raise StoreError(f"unexpected counter field {field!r}") from error
-    if metric not in _METRICS or limb not in ("lo", "hi"):
-        raise StoreError(f"unexpected counter field {field!r}")
-    return str(provider), str(model), str(metric), str(limb)
-
-
-def _round_json(round_: Round) -> str:
-    return json.dumps(
-        [round_.seq, round_.delta_tokens, round_.recorded_at.epoch_micros, round_.idempotency_key]
-    )
-
-
-def _parse_round(session_id: SessionId, raw: str) -> Round:
-    try:
-        seq, delta, recorded, key = json.loads(raw)
-        return Round(session_id, int(seq), int(delta), Timestamp(int(recorded)), key)
-    except (ValueError, TypeError, LLMSessionError) as error:
-        raise StoreError(f"a round of session {session_id} is not valid: {raw[:200]!r}") from error
-
-
-def _parse_key(key_id: str, raw: str, revoked: object) -> ApiKeyInfo:
-    tenant, key_hash, created = json.loads(raw)
-    revoked_at = None if revoked is None else _time(_text(revoked))
-    return ApiKeyInfo(
-        key_id,
-        TenantId(str(tenant)),
-        bytes.fromhex(str(key_hash)),
-        Timestamp(int(created)),
-        revoked_at,
-    )
+    return queue
 
 
 def _matches(stored: StoredSession, tenant_id: TenantId, query: SessionQuery) -> bool:
@@ -941,25 +712,17 @@ def _matches(stored: StoredSession, tenant_id: TenantId, query: SessionQuery) ->
     )
 
 
-def _optional_micros(at: Timestamp | None) -> str:
-    return "" if at is None else str(at.epoch_micros)
-
-
-def _time(text: str) -> Timestamp:
-    return Timestamp(int(text))
-
-
-def _optional_time(text: str) -> Timestamp | None:
-    return None if text == "" else _time(text)
-
-
 def _text(value: object) -> str:
-    # The client decodes replies (decode_responses=True); bytes only if it did not.
+    # The client decodes replies (decode_responses=True), so text is a str.
     if isinstance(value, str):
         return value
-    if isinstance(value, bytes):
-        return value.decode()
     raise StoreError(f"unexpected reply from Redis: {value!r:.200}")
+
+
+def _row(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise StoreError(f"unexpected reply from Redis: {value!r:.200}")
+    return {_text(k): _text(v) for k, v in cast(dict[object, object], value).items()}
 
 
 def _items(value: object) -> list[object]:

@@ -1,0 +1,429 @@
+"""The Redis schema: key names, value encodings, and the one script that writes a session.
+
+Key layout, under a prefix (``llmsession:`` by default)::
+
+    schema               the layout version, SCHEMA_VERSION
+    s:<session id>       hash: the record, version, ttl_seconds, last_activity_at
+    r:<session id>       list: the rounds as JSON; seq i is at index i-1
+    i:<session id>       hash: idempotency key -> round JSON
+    ix:all:<tenant>      sorted set: the tenant's sessions, member <created_at><id>
+    ix:<state>:<tenant>  sorted set: the same, for one state
+    created              sorted set: every Created session, member <created_at><id>
+    deadlines            sorted set: every Active session, member <deadline><id>
+    agg:<tenant>         hash: counters per (provider, model), see counter_increments
+    tenants              hash: tenant id -> created_at
+    apikeys              hash: key id -> JSON [tenant, hash as hex, created_at]
+    apikeys:revoked      hash: key id -> revoked_at
+    keys:<tenant>        set: the tenant's key ids
+
+Times are integer epoch microseconds. The sorted sets are ordered by member (all
+scores 0) whose time part is fixed-width hex, so order and ranges are exact for
+every Timestamp, not only up to the 2**53 a double score holds, and sessions
+created in the same microsecond are ordered by id, as keyset cursors need.
+
+The tenant id always ends a key name, so no two tenants' keys can coincide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from llmsession.errors import LLMSessionError, StoreError
+from llmsession.ids import SessionId, TenantId
+from llmsession.record import SessionRecord
+from llmsession.states import ALL_STATES, Created, SessionState, state_named
+from llmsession.store.models import Round, StoredSession
+from llmsession.timestamps import Timestamp
+
+__all__ = [
+    "ADD_KEY",
+    "CAS",
+    "LIMB",
+    "METRICS",
+    "SCHEMA_VERSION",
+    "Counters",
+    "RedisKeys",
+    "Script",
+    "cas_arguments",
+    "lex_time",
+    "member",
+    "member_id",
+    "parse_counters",
+    "parse_round",
+    "parse_session",
+    "parse_time",
+    "round_json",
+]
+
+#: The key layout this code writes; data with a newer one is refused.
+SCHEMA_VERSION: Final = 1
+
+# A member starts with a time as 16 hex digits; the offset makes every Timestamp
+# (years 1 to 9999) non-negative, so text order is time order.
+_LEX_OFFSET: Final = 2**62
+_LEX_WIDTH: Final = 16
+
+#: Counters are two limbs, lo in [0, LIMB) and hi: totals over many sessions
+#: (each up to 2**63-1 tokens) never overflow Redis's 64-bit HINCRBY, and each
+#: number the script compares stays exact in Lua's doubles.
+LIMB: Final = 2**32
+#: What the counters of one (provider, model) group count.
+METRICS: Final = ("rounds", "delta", "saved", *(f"n:{state.name}" for state in ALL_STATES))
+
+#: Counter values by (provider, model), then by metric.
+Counters = dict[tuple[str, str], dict[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script and the SHA1 that EVALSHA calls it by."""
+
+    source: str
+    sha: str
+
+    @classmethod
+    def of(cls, source: str) -> Script:
+        """The script with its SHA1 computed here, as SCRIPT LOAD would."""
+        return cls(source, hashlib.sha1(source.encode()).hexdigest())
+
+
+#: Compare-and-set of one session: the only way a session is inserted, changed or
+#: deleted. It checks the version, then writes exactly what Python computed: it
+#: knows no rule of the state machine, only how to store what it is given.
+#:
+#: KEYS: 1 session hash, 2 rounds list, 3 idempotency hash, 4 counters hash,
+#:       5.. sorted sets (referred to by their number below)
+#: ARGV: 1 expected version ('' = the session must not exist), 2 'put' or 'del',
+#:       then n and n hash field/value pairs; round JSON ('' = none); idempotency
+#:       key ('' = none); r and r pairs (sorted set number, member) to remove;
+#:       a and a pairs to add; c and c quadruples (lo field, hi field, lo
+#:       increment, hi increment).
+#: Returns 1 when written, 0 when the version did not match (nothing written).
+CAS: Final = Script.of("""
+local current = redis.call('HGET', KEYS[1], 'version')
+if ARGV[1] == '' then
+  if current then return 0 end
+elseif current ~= ARGV[1] then
+  return 0
+end
+local i = 3
+local n = tonumber(ARGV[i])
+i = i + 1
+if ARGV[2] == 'del' then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+elseif n > 0 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, i, i + 2 * n - 1))
+end
+i = i + 2 * n
+local round, key = ARGV[i], ARGV[i + 1]
+i = i + 2
+if round ~= '' then
+  redis.call('RPUSH', KEYS[2], round)
+  if key ~= '' then redis.call('HSET', KEYS[3], key, round) end
+end
+n = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, n do
+  redis.call('ZREM', KEYS[tonumber(ARGV[i])], ARGV[i + 1])
+  i = i + 2
+end
+n = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, n do
+  redis.call('ZADD', KEYS[tonumber(ARGV[i])], 0, ARGV[i + 1])
+  i = i + 2
+end
+n = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, n do
+  local lo_field, hi_field, lo, hi = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
+  local total = redis.call('HINCRBY', KEYS[4], lo_field, lo)
+  if hi ~= '0' then redis.call('HINCRBY', KEYS[4], hi_field, hi) end
+  -- Carry: lo was below 2**32 and so was the increment, so total < 2**33.
+  if total >= 4294967296 then
+    redis.call('HINCRBY', KEYS[4], lo_field, '-4294967296')
+    redis.call('HINCRBY', KEYS[4], hi_field, '1')
+  end
+end
+return 1
+""")
+
+#: Adds an API key only if its id is new, and lists it under its tenant.
+#: KEYS: 1 apikeys hash, 2 the tenant's key set. ARGV: 1 key id, 2 value.
+ADD_KEY: Final = Script.of("""
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    """The key names under one prefix."""
+
+    prefix: str
+
+    def session(self, session_id: SessionId) -> str:
+        """The hash of one session."""
+        return f"{self.prefix}s:{session_id}"
+
+    def rounds(self, session_id: SessionId) -> str:
+        """The list of a session's rounds."""
+        return f"{self.prefix}r:{session_id}"
+
+    def idempotency(self, session_id: SessionId) -> str:
+        """A session's rounds by idempotency key."""
+        return f"{self.prefix}i:{session_id}"
+
+    def by_tenant(self, tenant_id: TenantId, state: type[SessionState] | None = None) -> str:
+        """The sorted set of a tenant's sessions, all or in one state."""
+        return f"{self.prefix}ix:{'all' if state is None else state.name}:{tenant_id}"
+
+    def counters(self, tenant_id: TenantId) -> str:
+        """The hash of a tenant's counters."""
+        return f"{self.prefix}agg:{tenant_id}"
+
+    def tenant_keys(self, tenant_id: TenantId) -> str:
+        """The set of a tenant's API key ids."""
+        return f"{self.prefix}keys:{tenant_id}"
+
+    @property
+    def schema(self) -> str:
+        """The layout version."""
+        return f"{self.prefix}schema"
+
+    @property
+    def created(self) -> str:
+        """Every Created session, oldest first."""
+        return f"{self.prefix}created"
+
+    @property
+    def deadlines(self) -> str:
+        """Every Active session, by deadline."""
+        return f"{self.prefix}deadlines"
+
+    @property
+    def tenants(self) -> str:
+        """Tenant id -> created_at."""
+        return f"{self.prefix}tenants"
+
+    @property
+    def api_keys(self) -> str:
+        """Key id -> JSON [tenant, hash as hex, created_at]."""
+        return f"{self.prefix}apikeys"
+
+    @property
+    def revoked(self) -> str:
+        """Key id -> revoked_at."""
+        return f"{self.prefix}apikeys:revoked"
+
+
+def lex_time(micros: int) -> str:
+    """A time as the fixed-width text that starts a sorted-set member."""
+    return format(micros + _LEX_OFFSET, f"0{_LEX_WIDTH}x")
+
+
+def member(at: Timestamp, session_id: SessionId) -> str:
+    """The sorted-set member of a session at a time: ordered by time, then by id."""
+    return lex_time(at.epoch_micros) + str(session_id)
+
+
+def member_id(text: str) -> SessionId:
+    """The session id of a sorted-set member."""
+    return SessionId.parse(text[_LEX_WIDTH:])
+
+
+def cas_arguments(
+    keys: RedisKeys, old: StoredSession | None, new: StoredSession | None, new_round: Round | None
+) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV for CAS: write ``new`` (None: delete) over ``old`` (None: insert)."""
+    some = new if new is not None else old
+    if some is None:
+        raise ValueError("cas_arguments needs an old or a new session")
+    record = some.record
+    session_id = record.session_id
+    names = [
+        keys.session(session_id),
+        keys.rounds(session_id),
+        keys.idempotency(session_id),
+        keys.counters(record.tenant_id),
+    ]
+    args = ["" if old is None else str(old.version), "put" if new is not None else "del"]
+    fields = [] if new is None else _session_fields(new)
+    args.append(str(len(fields) // 2))
+    args.extend(fields)
+    if new_round is None:
+        args.extend(["", ""])
+    else:
+        args.extend([round_json(new_round), new_round.idempotency_key or ""])
+    old_entries, new_entries = _index_entries(keys, old), _index_entries(keys, new)
+    positions: dict[str, int] = {}
+    for entries in (old_entries - new_entries, new_entries - old_entries):
+        args.append(str(len(entries)))
+        for index, text in sorted(entries):
+            if index not in positions:
+                names.append(index)
+                positions[index] = len(names)
+            args.extend([str(positions[index]), text])
+    increments = _counter_increments(old, new)
+    args.append(str(len(increments)))
+    for metric, amount in increments:
+        lo_field, hi_field = (
+            _counter_field(record.provider_id, record.model, metric, limb) for limb in ("lo", "hi")
+        )
+        args.extend([lo_field, hi_field, str(amount % LIMB), str(amount // LIMB)])
+    return names, args
+
+
+def _index_entries(keys: RedisKeys, stored: StoredSession | None) -> set[tuple[str, str]]:
+    """The (sorted set, member) pairs a session is listed under."""
+    if stored is None:
+        return set()
+    record = stored.record
+    listed = member(record.created_at, record.session_id)
+    entries = {
+        (keys.by_tenant(record.tenant_id), listed),
+        (keys.by_tenant(record.tenant_id, record.state), listed),
+    }
+    if record.state is Created:
+        entries.add((keys.created, listed))
+    deadline = stored.deadline
+    if deadline is not None:
+        entries.add((keys.deadlines, member(deadline, record.session_id)))
+    return entries
+
+
+def _session_fields(stored: StoredSession) -> list[str]:
+    record = stored.record
+    fields = {
+        "tenant": record.tenant_id.value,
+        "provider": record.provider_id,
+        "model": record.model,
+        "initial": str(record.initial_tokens),
+        "state": record.state.name,
+        "created": str(record.created_at.epoch_micros),
+        "activated": _optional_micros(record.activated_at),
+        "closed": _optional_micros(record.closed_at),
+        "expired": _optional_micros(record.expired_at),
+        "rounds": str(record.round_count),
+        "delta": str(record.delta_tokens),
+        "version": str(stored.version),
+        "ttl": str(stored.ttl_seconds),
+        "last": str(stored.last_activity_at.epoch_micros),
+    }
+    return [text for pair in fields.items() for text in pair]
+
+
+def parse_session(session_id: SessionId, row: Mapping[str, str]) -> StoredSession:
+    """The stored session of a session hash; StoreError if it is not a valid one."""
+    try:
+        record = SessionRecord(
+            session_id=session_id,
+            tenant_id=TenantId(row["tenant"]),
+            provider_id=row["provider"],
+            model=row["model"],
+            initial_tokens=_int(row["initial"]),
+            created_at=parse_time(row["created"]),
+            state=state_named(row["state"]),
+            activated_at=_optional_time(row["activated"]),
+            closed_at=_optional_time(row["closed"]),
+            expired_at=_optional_time(row["expired"]),
+            round_count=_int(row["rounds"]),
+            delta_tokens=_int(row["delta"]),
+        )
+        return StoredSession(
+            record,
+            version=_int(row["version"]),
+            ttl_seconds=_int(row["ttl"]),
+            last_activity_at=parse_time(row["last"]),
+        )
+    except (KeyError, ValueError, LLMSessionError) as error:
+        raise StoreError(f"session {session_id} is not a valid stored session: {error!r}") from None
+
+
+def round_json(round_: Round) -> str:
+    """A round as stored: JSON [seq, delta_tokens, recorded_at, idempotency_key]."""
+    return json.dumps(
+        [round_.seq, round_.delta_tokens, round_.recorded_at.epoch_micros, round_.idempotency_key]
+    )
+
+
+def parse_round(session_id: SessionId, raw: str) -> Round:
+    """A round of ``session_id`` from its stored JSON."""
+    try:
+        seq, delta, recorded, key = json.loads(raw)
+        if key is not None and not isinstance(key, str):
+            raise TypeError("the idempotency key is not text")
+        return Round(session_id, _int(seq), _int(delta), Timestamp(_int(recorded)), key)
+    except (ValueError, TypeError, LLMSessionError):
+        raise StoreError(f"a round of session {session_id} is not valid: {raw[:200]!r}") from None
+
+
+def _counter_contributions(stored: StoredSession | None) -> dict[str, int]:
+    # What one session adds to its group's counters; tokens_saved comes from the record.
+    if stored is None:
+        return {}
+    record = stored.record
+    return {
+        f"n:{record.state.name}": 1,
+        "rounds": record.round_count,
+        "delta": record.delta_tokens,
+        "saved": record.tokens_saved,
+    }
+
+
+def _counter_increments(
+    old: StoredSession | None, new: StoredSession | None
+) -> list[tuple[str, int]]:
+    # How a write moves its group's counters: the new session's contributions
+    # minus the old one's, so no rule is restated, only records compared.
+    before, after = _counter_contributions(old), _counter_contributions(new)
+    changes = ((metric, after.get(metric, 0) - before.get(metric, 0)) for metric in METRICS)
+    return [(metric, amount) for metric, amount in changes if amount]
+
+
+def _counter_field(provider: str, model: str, metric: str, limb: str) -> str:
+    return json.dumps([provider, model, metric, limb])
+
+
+def parse_counters(raw: Mapping[str, str]) -> Counters:
+    """A counters hash as exact totals by (provider, model) and metric."""
+    counters: Counters = {}
+    for field, value in raw.items():
+        try:
+            provider, model, metric, limb = json.loads(field)
+            if metric not in METRICS or limb not in ("lo", "hi"):
+                raise ValueError(f"unknown metric {metric!r} or limb {limb!r}")
+            amount = _int(value) * (LIMB if limb == "hi" else 1)
+        except (ValueError, TypeError) as error:
+            raise StoreError(f"counter {field!r} = {value!r} is not valid: {error}") from None
+        group = counters.setdefault((str(provider), str(model)), dict.fromkeys(METRICS, 0))
+        group[metric] += amount
+    return counters
+
+
+def _int(value: object) -> int:
+    # Only what this module writes: an optional minus sign and digits.
+    if type(value) is int:
+        return value
+    if isinstance(value, str) and value.removeprefix("-").isdigit() and value.isascii():
+        return int(value)
+    raise ValueError(f"{value!r} is not an integer")
+
+
+def _optional_micros(at: Timestamp | None) -> str:
+    return "" if at is None else str(at.epoch_micros)
+
+
+def parse_time(text: str) -> Timestamp:
+    """A time as stored: integer epoch microseconds."""
+    return Timestamp(_int(text))
+
+
+def _optional_time(text: str) -> Timestamp | None:
+    return None if text == "" else parse_time(text)
