@@ -250,6 +250,12 @@ async def test_the_pool_honours_its_sizes_and_libpq_gets_the_rest(
     assert 3 <= connected <= 4
 
 
+async def test_a_pool_may_start_empty(postgres_url: str, open_pg: Opener) -> None:
+    store = await open_pg(f"{postgres_url}&pool_min=0&pool_max=1")
+    session_id = await new_session(store)
+    assert (await store.get(ACME, session_id)).version == 2
+
+
 async def test_a_dropped_connection_is_a_store_error_and_the_store_recovers(
     postgres_url: str, open_pg: Opener
 ) -> None:

@@ -685,7 +685,8 @@ class PostgresStore(SessionStore):
             return cur.rowcount
 
     async def ping(self) -> None:
-        async with self._connection() as conn:
+        # A health check answers soon, even while the pool waits for a server to return.
+        async with self._connection(wait=min(self._pool.timeout, _PING_TIMEOUT)) as conn:
             await conn.execute("SELECT 1")
 
     async def aclose(self) -> None:
@@ -771,11 +772,12 @@ class PostgresStore(SessionStore):
     # -- connections ------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncGenerator[_Connection]:
+    async def _connection(self, wait: float | None = None) -> AsyncGenerator[_Connection]:
+        """A pooled connection, waiting up to ``wait`` seconds (the pool timeout if None)."""
         if self._closed:
             raise StoreError("this store was closed; open a new one")
         try:
-            conn = await self._pool.getconn()
+            conn = await self._pool.getconn(wait)
         except psycopg.Error as error:
             raise StoreError(f"no PostgreSQL connection: {error}") from error
         try:
@@ -788,6 +790,7 @@ class PostgresStore(SessionStore):
 
 
 _MAX_BIGINT: Final = 2**63 - 1
+_PING_TIMEOUT: Final = 5.0
 _IN_TRANSACTION: Final = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
 
