@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, NoReturn, TypeVar
+from typing import Any, Final, NoReturn, TypeVar, get_args
 
 import click
 
@@ -129,7 +129,7 @@ TENANT: Final = _CoreType("tenant", TenantId, TenantId)
 SESSION: Final = _CoreType("session_id", SessionId, SessionId.parse)
 TIMESTAMP: Final = _CoreType("timestamp", Timestamp, Timestamp.parse)
 STATE: Final = click.Choice([state.name for state in ALL_STATES])
-GROUP_KEY: Final = click.Choice(["provider", "model"])
+GROUP_KEY: Final = click.Choice(get_args(GroupKey))
 
 _store_option = click.option(
     "--store-url",
