@@ -42,7 +42,7 @@ from llmsession.store.redis import (
     DEFAULT_PREFIX,
     RedisStore,
     _parse_url,
-    persistence_warning,
+    durability_warnings,
 )
 from llmsession.timestamps import Timestamp
 from llmsession.tokens import MAX_TOKENS
@@ -292,17 +292,18 @@ async def test_schema_version_is_written_once(redis_url: str, redis_store: Redis
 # -- durability ----------------------------------------------------------------------
 
 
-def test_persistence_warning_names_what_can_be_lost() -> None:
-    assert persistence_warning({"appendonly": "yes", "appendfsync": "always", "save": ""}) is None
-    everysec = persistence_warning({"appendonly": "yes", "appendfsync": "everysec"})
-    assert everysec is not None
-    assert "second" in everysec
-    snapshots = persistence_warning({"appendonly": "no", "save": "3600 1"})
-    assert snapshots is not None
+def test_durability_warnings_name_what_can_be_lost() -> None:
+    durable = {"appendonly": "yes", "appendfsync": "always", "maxmemory-policy": "noeviction"}
+    assert durability_warnings(durable) == []
+    assert durability_warnings({**durable, "maxmemory-policy": "volatile-lru"}) == []
+    [everysec] = durability_warnings({**durable, "appendfsync": "everysec"})
+    assert "second or two" in everysec
+    [snapshots] = durability_warnings({"appendonly": "no", "save": "3600 1"})
     assert "since the last snapshot" in snapshots
-    nothing = persistence_warning({"appendonly": "no", "save": ""})
-    assert nothing is not None
+    [nothing] = durability_warnings({"appendonly": "no", "save": ""})
     assert "lost when Redis restarts" in nothing
+    [evicting] = durability_warnings({**durable, "maxmemory-policy": "allkeys-lru"})
+    assert "silently deletes" in evicting
 
 
 async def test_open_warns_when_the_server_can_lose_writes(
@@ -310,18 +311,19 @@ async def test_open_warns_when_the_server_can_lose_writes(
 ) -> None:
     client = await _raw(redis_url)
     try:
-        config = await client.config_get("appendonly")
-        config.update(await client.config_get("appendfsync"))
-        config.update(await client.config_get("save"))
+        config: dict[str, str] = {}
+        for name in ("appendonly", "appendfsync", "save", "maxmemory-policy"):
+            config.update(await client.config_get(name))
     finally:
         await client.aclose()
-    expected = persistence_warning({str(k): str(v) for k, v in config.items()})
+    expected = durability_warnings(config)
     with caplog.at_level(logging.WARNING, logger="llmsession.store.redis"):
         store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
     await store.aclose()
-    assert store.persistence_warning == expected
+    assert store.durability_warnings == expected
     warned = [r.getMessage() for r in caplog.records if r.name == "llmsession.store.redis"]
-    assert warned == ([] if expected is None else [f"Redis at 127.0.0.1:6379/0: {expected}"])
+    where = _parse_url(redis_url).where
+    assert warned == [f"{where}: {warning}" for warning in expected]
 
 
 async def test_writes_survive_reopening(redis_url: str, clock: ManualClock) -> None:
@@ -360,7 +362,7 @@ async def test_acknowledged_rounds_survive_kill_9(
     private_redis: PrivateRedis, clock: ManualClock
 ) -> None:
     store = await RedisStore.open(private_redis.url, clock=clock, default_ttl_seconds=600)
-    assert store.persistence_warning is None  # appendonly yes, appendfsync always
+    assert store.durability_warnings == []  # appendonly yes, appendfsync always
     session_id = await _active(store)
     acknowledged = [
         await store.record_round(ACME, session_id, n, idempotency_key=f"k{n}") for n in range(50)

@@ -82,13 +82,14 @@ from llmsession.store.redis_schema import (
 )
 from llmsession.timestamps import Timestamp
 
-__all__ = ["DEFAULT_PREFIX", "SCHEMA_VERSION", "RedisStore", "persistence_warning"]
+__all__ = ["DEFAULT_PREFIX", "SCHEMA_VERSION", "RedisStore", "durability_warnings"]
 
 DEFAULT_PREFIX: Final = "llmsession:"
 _DEFAULT_WAIT_TIMEOUT_MS: Final = 1000
 # A sweep re-reads the due sessions after losing some to a racing sweeper, at
 # most this many times, so it still returns when others keep winning.
 _SWEEP_PASSES: Final = 8
+_DURABILITY_SETTINGS: Final = ("appendonly", "appendfsync", "save", "maxmemory-policy")
 
 _log = logging.getLogger(__name__)
 
@@ -176,9 +177,9 @@ class RedisStore(SessionStore):
         self._wait_timeout_ms = wait_timeout_ms
         self._closed = False
         self._writers: dict[SessionId, _Writers] = {}
-        #: Why this server may lose acknowledged writes (see :func:`persistence_warning`);
-        #: None if its configuration looks durable or could not be read.
-        self.persistence_warning: str | None = None
+        #: How this server may lose acknowledged writes (see :func:`durability_warnings`);
+        #: empty if its configuration looks durable or could not be read.
+        self.durability_warnings: list[str] = []
 
     @classmethod
     async def open(
@@ -241,16 +242,16 @@ class RedisStore(SessionStore):
 
     async def _check_persistence(self) -> None:
         try:
-            raw = await _admin(self._client).config_get("appendonly", "appendfsync", "save")
+            raw = await _admin(self._client).config_get(*_DURABILITY_SETTINGS)
         except ResponseError as error:
             # Managed services often disable CONFIG: say so rather than guess.
             _log.info("cannot read the persistence settings of %s: %s", self._where, error)
             return
         except RedisError as error:
             raise StoreError(f"{self._where} failed: {error}") from error
-        self.persistence_warning = persistence_warning({str(k): str(v) for k, v in raw.items()})
-        if self.persistence_warning is not None:
-            _log.warning("%s: %s", self._where, self.persistence_warning)
+        self.durability_warnings = durability_warnings({str(k): str(v) for k, v in raw.items()})
+        for warning in self.durability_warnings:
+            _log.warning("%s: %s", self._where, warning)
 
     # -- backend primitives ----------------------------------------------------
 
@@ -624,33 +625,43 @@ class RedisStore(SessionStore):
             raise StoreError("this store was closed; open a new one")
 
 
-def persistence_warning(config: Mapping[str, str]) -> str | None:
-    """Why a Redis with this CONFIG (appendonly, appendfsync, save) may lose acknowledged writes.
+def durability_warnings(config: Mapping[str, str]) -> list[str]:
+    """How a Redis with this CONFIG may lose acknowledged writes; empty if it looks durable.
 
-    None when every write is on disk before Redis replies (``appendonly yes``
-    with ``appendfsync always``). Replicas are another matter: see docs/redis.md.
+    Reads ``appendonly``, ``appendfsync``, ``save`` and ``maxmemory-policy``.
+    Durable means: every write is on disk before Redis replies (``appendonly
+    yes``, ``appendfsync always``), and no key is ever evicted. Replicas and
+    failover are another matter; see docs/redis.md.
     """
-    appendonly = config.get("appendonly", "")
+    warnings: list[str] = []
     fsync = config.get("appendfsync", "")
     save = config.get("save", "").strip()
-    if appendonly == "yes":
-        if fsync == "always":
-            return None
-        return (
-            f"appendfsync is {fsync!r}: Redis replies before the append-only file is on "
-            "disk, so a crash can lose the last second or two of acknowledged rounds; "
-            "set appendfsync always to lose none"
-        )
-    if save:
-        return (
+    if config.get("appendonly") == "yes":
+        if fsync != "always":
+            warnings.append(
+                f"appendfsync is {fsync!r}: Redis replies before the append-only file is on "
+                "disk, so a crash can lose the last second or two of acknowledged rounds; "
+                "set appendfsync always to lose none"
+            )
+    elif save:
+        warnings.append(
             f"appendonly is off and only RDB snapshots are taken (save {save!r}): a crash "
             "loses every round acknowledged since the last snapshot; set appendonly yes "
             "and appendfsync always"
         )
-    return (
-        'persistence is off (appendonly no, save ""): every session and round is lost '
-        "when Redis restarts; set appendonly yes and appendfsync always"
-    )
+    else:
+        warnings.append(
+            'persistence is off (appendonly no, save ""): every session and round is lost '
+            "when Redis restarts; set appendonly yes and appendfsync always"
+        )
+    # The store sets no key TTLs, so only allkeys-* policies can evict its keys.
+    policy = config.get("maxmemory-policy", "noeviction")
+    if policy.startswith("allkeys"):
+        warnings.append(
+            f"maxmemory-policy is {policy!r}: when memory runs out Redis silently deletes "
+            "keys, sessions and rounds among them; set maxmemory-policy noeviction"
+        )
+    return warnings
 
 
 def _parse_url(url: str) -> _Options:
