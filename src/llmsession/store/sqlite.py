@@ -335,8 +335,9 @@ class SQLiteStore(SessionStore):
     async def _migrate(self, conn: _Connection) -> None:
         if await self._schema_version(conn) == SCHEMA_VERSION:
             return
-        await conn.execute("BEGIN IMMEDIATE")
+        committed = False
         try:
+            await conn.execute("BEGIN IMMEDIATE")
             # Checked again under the write lock: another process may have won the race.
             found = await self._schema_version(conn)
             if found == 0:
@@ -350,9 +351,10 @@ class SQLiteStore(SessionStore):
                     ) from error
                 await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             await conn.execute("COMMIT")
-        except BaseException:
-            await conn.rollback()
-            raise
+            committed = True
+        finally:
+            if not committed:
+                await conn.rollback()
 
     async def _schema_version(self, conn: _Connection) -> int:
         rows = await conn.fetch("PRAGMA user_version")
@@ -378,13 +380,18 @@ class SQLiteStore(SessionStore):
         """
         writer, _ = self._connections()
         async with self._lock:
-            await writer.execute("BEGIN IMMEDIATE")
+            committed = False
             try:
+                # BEGIN inside the try: if this task is cancelled while BEGIN waits
+                # for the lock in the connection's thread, BEGIN still completes
+                # there, and the rollback queued behind it ends that transaction.
+                await writer.execute("BEGIN IMMEDIATE")
                 yield writer, self.clock()
                 await writer.execute("COMMIT")
-            except BaseException:
-                await writer.rollback()
-                raise
+                committed = True
+            finally:
+                if not committed:
+                    await writer.rollback()
 
     # -- session primitives ------------------------------------------------------
 
@@ -399,9 +406,9 @@ class SQLiteStore(SessionStore):
     ) -> AsyncGenerator[SessionTransaction]:
         writer, _ = self._connections()
         async with self._lock:
-            await writer.execute("BEGIN IMMEDIATE")
             tx: _SQLiteTransaction | None = None
             try:
+                await writer.execute("BEGIN IMMEDIATE")  # inside the try: see _write
                 rows = await writer.fetch(_SELECT_SESSION, _key(tenant_id, session_id))
                 if not rows:
                     raise NotFoundError(f"no session {session_id}")
@@ -646,7 +653,10 @@ def path_of_url(url: str) -> Path:
             f"{url!r} names no file; use sqlite:///relative/path.db or sqlite:////absolute/path.db"
         )
     if path == ":memory:":
-        raise InvalidInput("an in-memory SQLite database is not durable; use memory:// instead")
+        raise InvalidInput(
+            "an in-memory SQLite database is not durable; use memory:// for one, "
+            "or sqlite:///path/to/file.db for a file"
+        )
     return Path(path)
 
 
