@@ -104,8 +104,8 @@ _SCHEMA: Final = (
         ON sessions (tenant_id, state, created_at DESC, session_id DESC)
     """,
     """
-    CREATE INDEX sessions_by_provider_model
-        ON sessions (tenant_id, provider_id, model, created_at DESC, session_id DESC)
+    CREATE INDEX sessions_by_provider
+        ON sessions (tenant_id, provider_id, created_at DESC, session_id DESC)
     """,
     """
     CREATE INDEX sessions_by_model
