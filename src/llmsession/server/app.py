@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from llmsession import __name__ as _package
@@ -13,11 +13,11 @@ from llmsession.clock import Clock, system_clock
 from llmsession.server.context import AppContext
 from llmsession.server.metrics import RequestMetricsMiddleware, ServerMetrics
 from llmsession.server.openapi import ServiceAPI
-from llmsession.server.params import query_guard
 from llmsession.server.problems import install_problem_handlers
 from llmsession.server.routes_admin import admin_routes
 from llmsession.server.routes_ops import ops_routes
 from llmsession.server.routes_sessions import session_routes
+from llmsession.server.schemas import RecordRoundIn
 from llmsession.server.settings import ServerSettings
 from llmsession.server.sweeper import Sweeper
 from llmsession.store import open_store
@@ -71,13 +71,16 @@ def create_app(
                 await active.aclose()
 
     app = ServiceAPI(
+        extra_schemas=[RecordRoundIn],
         title="llmsession",
         version=_version(),
         description=_DESCRIPTION,
         lifespan=lifespan,
-        dependencies=[Depends(query_guard())],
         # Operation ids are the route functions' names: create_session, record_round...
         generate_unique_id_function=_operation_id,
+        # The service exports its own Prometheus metrics; FastAPI's OpenTelemetry
+        # hooks would otherwise look up the global providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_problem_handlers(app)
     app.add_middleware(RequestMetricsMiddleware, metrics=context.metrics)

@@ -15,11 +15,16 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from llmsession.errors import AuthenticationError
 from llmsession.ids import TenantId
-from llmsession.keys import authenticate
 from llmsession.server.context import AppContext
 from llmsession.server.problems import Problem
 
-__all__ = ["admin_dependency", "tenant_dependency"]
+__all__ = [
+    "admin_dependency",
+    "bearer_token",
+    "require_admin",
+    "require_tenant",
+    "tenant_dependency",
+]
 
 _tenant_bearer = HTTPBearer(
     scheme_name="TenantKey",
@@ -34,11 +39,17 @@ _admin_bearer = HTTPBearer(
 
 Credentials = HTTPAuthorizationCredentials | None
 
+_MISSING = "missing API key: send the header 'Authorization: Bearer <key>'"
 
-def _bearer_token(credentials: Credentials) -> str:
-    if credentials is None or not credentials.credentials:
-        raise AuthenticationError("missing API key: send the header 'Authorization: Bearer <key>'")
-    return credentials.credentials
+
+def bearer_token(authorization: str | None) -> str:
+    """The key of an ``Authorization: Bearer <key>`` header; AuthenticationError otherwise."""
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() == "bearer" and token:
+            return token
+    raise AuthenticationError(_MISSING)
 
 
 def _is_admin_key(context: AppContext, token: str) -> bool:
@@ -49,37 +60,46 @@ def _is_admin_key(context: AppContext, token: str) -> bool:
     return hmac.compare_digest(token.encode(), admin_key.encode())
 
 
+async def require_tenant(context: AppContext, token: str) -> TenantId:
+    """The tenant of a tenant key: 401 for an unknown or revoked key, 403 for the admin key."""
+    if _is_admin_key(context, token):
+        raise Problem("forbidden", "the admin key cannot act on sessions; use a tenant's API key")
+    return await context.keys.tenant_of(token)
+
+
+async def require_admin(context: AppContext, token: str) -> None:
+    """Nothing for the admin key; 403 for a tenant's valid key, 401 for anything else."""
+    if _is_admin_key(context, token):
+        return
+    # A tenant's valid key is known but not allowed here; anything else is unknown.
+    await context.keys.tenant_of(token)
+    disabled = "" if context.settings.admin_key is not None else " (no admin key is configured)"
+    raise Problem("forbidden", f"admin routes need the admin key, not a tenant's API key{disabled}")
+
+
+def _credentials_token(credentials: Credentials) -> str:
+    if credentials is None or not credentials.credentials:
+        raise AuthenticationError(_MISSING)
+    return credentials.credentials
+
+
 def tenant_dependency(context: AppContext) -> Callable[..., Awaitable[TenantId]]:
-    """A FastAPI dependency giving the tenant of the request's API key (401/403 otherwise)."""
+    """A FastAPI dependency giving the tenant of the request's API key."""
 
     async def authenticated_tenant(
         credentials: Annotated[Credentials, Security(_tenant_bearer)],
     ) -> TenantId:
-        token = _bearer_token(credentials)
-        if _is_admin_key(context, token):
-            raise Problem(
-                "forbidden", "the admin key cannot act on sessions; use a tenant's API key"
-            )
-        return await authenticate(context.store, token)
+        return await require_tenant(context, _credentials_token(credentials))
 
     return authenticated_tenant
 
 
 def admin_dependency(context: AppContext) -> Callable[..., Awaitable[None]]:
-    """A FastAPI dependency admitting only the admin key (401 unknown key, 403 tenant key)."""
+    """A FastAPI dependency admitting only the admin key."""
 
     async def authenticated_admin(
         credentials: Annotated[Credentials, Security(_admin_bearer)],
     ) -> None:
-        token = _bearer_token(credentials)
-        if _is_admin_key(context, token):
-            return
-        # A tenant's valid key is known but not allowed here; anything else is unknown.
-        await authenticate(context.store, token)
-        disabled = "" if context.settings.admin_key is not None else " (no admin key is configured)"
-        raise Problem(
-            "forbidden",
-            f"admin routes need the admin key, not a tenant's API key{disabled}",
-        )
+        await require_admin(context, _credentials_token(credentials))
 
     return authenticated_admin

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from llmsession.clock import Clock
 from llmsession.errors import StoreError
+from llmsession.server.key_cache import KeyCache
 from llmsession.server.metrics import ServerMetrics
 from llmsession.server.settings import ServerSettings
 from llmsession.store.base import SessionStore
@@ -17,6 +18,8 @@ __all__ = ["AppContext"]
 class AppContext:
     """Per-app state. The lifespan sets ``open_store`` on startup and clears it on shutdown.
 
+    ``keys`` authenticates API keys against the store, with a short cache.
+
     Routes are closures over one context, so two apps in one process (tests)
     never share a store or a metrics registry.
     """
@@ -25,6 +28,10 @@ class AppContext:
     clock: Clock
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     open_store: SessionStore | None = None
+    keys: KeyCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = KeyCache(lambda: self.store, self.settings.auth_cache_seconds)
 
     @property
     def store(self) -> SessionStore:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 from llmsession.server.problems import PROBLEM_CONTENT_TYPE
 
@@ -28,9 +30,23 @@ def _problem_only(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 class ServiceAPI(FastAPI):
-    """FastAPI whose /openapi.json documents error bodies as the app really sends them."""
+    """FastAPI whose /openapi.json documents error bodies as the app really sends them.
+
+    ``extra_schemas``: models that routes reference by hand (``openapi_extra``)
+    rather than through their signature, added to the components.
+    """
+
+    def __init__(self, *, extra_schemas: Sequence[type[BaseModel]] = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._extra_schemas = tuple(extra_schemas)
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:
-            self.openapi_schema = _problem_only(super().openapi())
+            schema = super().openapi()
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in self._extra_schemas:
+                schemas[model.__name__] = model.model_json_schema(
+                    ref_template="#/components/schemas/{model}"
+                )
+            self.openapi_schema = _problem_only(schema)
         return self.openapi_schema

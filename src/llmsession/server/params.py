@@ -3,20 +3,24 @@
 A checker of the core raising InvalidInput (a ValueError) inside a pydantic
 validator becomes a 422 naming the parameter, with the core's own message.
 Query parameters a route does not declare are refused rather than ignored, so a
-misspelled filter cannot silently return everything.
+misspelled filter cannot silently return everything. The ``parse_*`` functions
+do the same checks by hand for the hot route that skips FastAPI's parameter
+machinery (see routes_sessions.record_round).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Header, Path, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel, ValidationError
+from starlette.responses import Response
 
+from llmsession.errors import InvalidInput
 from llmsession.ids import SessionId, TenantId, check_label
 from llmsession.store.models import MAX_IDEMPOTENCY_KEY, check_idempotency_key
 from llmsession.timestamps import Timestamp
@@ -27,12 +31,17 @@ __all__ = [
     "OptionalLabelQuery",
     "OptionalTimeQuery",
     "SessionIdPath",
+    "StrictQueryRoute",
     "TenantIdPath",
+    "parse_idempotency_key",
+    "parse_json_body",
+    "parse_session_id",
     "parse_time",
-    "query_guard",
 ]
 
 MAX_KEY_ID_LENGTH = 64
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def _session_id(value: str) -> str:
@@ -121,36 +130,92 @@ def _query_names(dependant: Dependant) -> set[str]:
     return names
 
 
-def query_guard() -> Callable[[Request], Awaitable[None]]:
-    """A dependency refusing query parameters the matched route does not declare (422).
+class StrictQueryRoute(APIRoute):
+    """An APIRoute that refuses query parameters it does not declare (422).
 
-    Each app gets its own guard, whose cache of allowed names is keyed by route.
+    Done in the route handler rather than as a dependency: a dependency runs
+    through FastAPI's solver on every request, which costs more than the check.
     """
-    allowed_by_route: dict[tuple[str, tuple[str, ...]], frozenset[str]] = {}
 
-    async def reject_unknown_query(request: Request) -> None:
-        if not request.scope.get("query_string"):
-            return
-        route = request.scope.get("route")
-        if not isinstance(route, APIRoute):
-            return
-        key = (route.path, tuple(sorted(route.methods or ())))
-        allowed = allowed_by_route.get(key)
-        if allowed is None:
-            allowed = frozenset(_query_names(route.dependant))
-            allowed_by_route[key] = allowed
-        unknown = sorted(set(request.query_params) - allowed)
-        if unknown:
-            shown = ", ".join(sorted(allowed)) or "none"
-            raise RequestValidationError(
-                [
-                    {
-                        "type": "unknown_parameter",
-                        "loc": ("query", name),
-                        "msg": f"unknown query parameter; this route accepts: {shown}",
-                    }
-                    for name in unknown
-                ]
-            )
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        allowed = frozenset(_query_names(self.dependant))
+        accepted = ", ".join(sorted(allowed)) or "none"
 
-    return reject_unknown_query
+        async def checked(request: Request) -> Response:
+            if request.scope["query_string"]:
+                unknown = sorted(set(request.query_params) - allowed)
+                if unknown:
+                    raise RequestValidationError(
+                        [
+                            {
+                                "type": "unknown_parameter",
+                                "loc": ("query", name),
+                                "msg": f"unknown query parameter; this route accepts: {accepted}",
+                            }
+                            for name in unknown
+                        ]
+                    )
+            return await handler(request)
+
+        return checked
+
+
+def _invalid(loc: tuple[str, ...], error: Exception) -> RequestValidationError:
+    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": str(error)}])
+
+
+def parse_session_id(text: str) -> SessionId:
+    """The session id of a path; a 422 naming the path parameter if malformed."""
+    try:
+        return SessionId.parse(text)
+    except InvalidInput as error:
+        raise _invalid(("path", "session_id"), error) from None
+
+
+def parse_idempotency_key(value: str | None) -> str | None:
+    """The Idempotency-Key header's value, if any; a 422 naming the header if malformed."""
+    if value is None:
+        return None
+    try:
+        return check_idempotency_key(value)
+    except InvalidInput as error:
+        raise _invalid(("header", "Idempotency-Key"), error) from None
+
+
+async def parse_json_body(model: type[M], request: Request) -> M:
+    """The request body validated by ``model``; a 422 naming each bad field otherwise.
+
+    Like FastAPI's own body handling: the body must be labelled JSON
+    (``application/json`` or ``application/*+json``).
+    """
+    body = await request.body()
+    if not body:
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body",), "msg": "a JSON object body is required"}]
+        )
+    content_type = request.headers.get("content-type", "")
+    media = content_type.partition(";")[0].strip().lower()
+    if not (
+        media == "application/json"
+        or (media.startswith("application/") and media.endswith("+json"))
+    ):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "content_type",
+                    "loc": ("header", "Content-Type"),
+                    "msg": f"the body must be JSON, sent as Content-Type: application/json "
+                    f"(got {content_type[:80]!r})",
+                }
+            ]
+        )
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as error:
+        raise RequestValidationError(
+            [
+                {**detail, "loc": ("body", *detail["loc"])}
+                for detail in error.errors(include_url=False, include_input=False)
+            ]
+        ) from None

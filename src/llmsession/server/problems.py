@@ -140,9 +140,15 @@ def validation_problem(errors: Sequence[Any]) -> Problem:
         # Errors raised by the core's checkers arrive as "Value error, <the core's text>".
         msg = msg.removeprefix("Value error, ")
         context: object = error.get("ctx")
-        if error.get("type") == "json_invalid" and isinstance(context, Mapping):
-            reason = cast("Mapping[str, object]", context).get("error", "")
-            msg = f"{msg}: {reason}; the body must be a JSON object"
+        if error.get("type") == "json_invalid":
+            reason = (
+                cast("Mapping[str, object]", context).get("error", "")
+                if isinstance(context, Mapping)
+                else ""
+            )
+            if reason and str(reason) not in msg:
+                msg = f"{msg}: {reason}"
+            msg += "; the body must be a JSON object"
         items.append({"loc": loc, "msg": msg})
     shown = "; ".join(
         f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in items[:5]

@@ -9,7 +9,7 @@ from llmsession.ids import TenantId
 from llmsession.keys import issue_key
 from llmsession.server.auth import admin_dependency
 from llmsession.server.context import AppContext
-from llmsession.server.params import KeyIdPath, TenantIdPath
+from llmsession.server.params import KeyIdPath, StrictQueryRoute, TenantIdPath
 from llmsession.server.render import render_api_key, render_issued_key, render_tenant
 from llmsession.server.responses import error_responses
 from llmsession.server.schemas import (
@@ -31,6 +31,7 @@ def admin_routes(context: AppContext) -> APIRouter:
         tags=["admin"],
         dependencies=[Depends(admin_dependency(context))],
         responses=error_responses(401, 403, 503),
+        route_class=StrictQueryRoute,
     )
 
     @router.post(
@@ -83,6 +84,7 @@ def admin_routes(context: AppContext) -> APIRouter:
     )
     async def revoke_key(key_id: KeyIdPath) -> JSONResponse:
         info = await context.store.revoke_api_key(key_id)
+        context.keys.forget_key(key_id)
         return JSONResponse(render_api_key(info))
 
     return router

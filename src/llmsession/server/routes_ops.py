@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 
 from llmsession.server.context import AppContext
 from llmsession.server.metrics import METRICS_CONTENT_TYPE
+from llmsession.server.params import StrictQueryRoute
 from llmsession.server.problems import problem_response
 from llmsession.server.responses import error_responses
 from llmsession.server.schemas import StatusOut
@@ -20,7 +21,7 @@ logger = logging.getLogger("llmsession.server")
 
 def ops_routes(context: AppContext) -> APIRouter:
     """/healthz, /readyz and /metrics of one app."""
-    router = APIRouter(tags=["operations"])
+    router = APIRouter(tags=["operations"], route_class=StrictQueryRoute)
 
     @router.get("/healthz", response_model=StatusOut, summary="200 while the process runs")
     async def healthz() -> JSONResponse:

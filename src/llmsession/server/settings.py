@@ -25,6 +25,7 @@ ENV_VARIABLES: dict[str, str] = {
     "sweep_interval_seconds": "LLMSESSION_SWEEP_INTERVAL",
     "purge_created_after_seconds": "LLMSESSION_PURGE_CREATED_AFTER",
     "access_log": "LLMSESSION_ACCESS_LOG",
+    "auth_cache_seconds": "LLMSESSION_AUTH_CACHE_SECONDS",
 }
 
 MIN_ADMIN_KEY_LENGTH = 16
@@ -41,6 +42,8 @@ class ServerSettings:
     - ``purge_created_after_seconds``: sessions still Created this long after creation
       are deleted by the sweeper (no transition leaves Created but activation).
     - ``access_log``: log one line per request (uvicorn's access log).
+    - ``auth_cache_seconds``: how long a successful key check is reused (0: never);
+      a key revoked through another replica or the CLI works here that long at most.
     """
 
     store_url: str = "sqlite:///./llmsession.db"
@@ -51,6 +54,7 @@ class ServerSettings:
     sweep_interval_seconds: float = 5.0
     purge_created_after_seconds: int = 86400
     access_log: bool = False
+    auth_cache_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         for name, check in _CHECKS.items():
@@ -94,6 +98,7 @@ class ServerSettings:
                 "purge_created_after_seconds", int, d.purge_created_after_seconds
             ),
             access_log=read("access_log", _parse_bool, d.access_log),
+            auth_cache_seconds=read("auth_cache_seconds", float, d.auth_cache_seconds),
         )
 
 
@@ -129,16 +134,19 @@ def _check_admin_key(value: object) -> None:
         )
 
 
-def _check_interval(value: object) -> None:
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or not 0.01 <= value <= 86400
-    ):
-        raise InvalidInput(
-            f"sweep_interval_seconds must be a number of seconds from 0.01 to 86400, got {value!r}"
-        )
+def _seconds_between(name: str, low: float, high: float) -> Callable[[object], None]:
+    def check(value: object) -> None:
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or not low <= value <= high
+        ):
+            raise InvalidInput(
+                f"{name} must be a number of seconds from {low:g} to {high:g}, got {value!r}"
+            )
+
+    return check
 
 
 def _check_purge(value: object) -> None:
@@ -159,9 +167,10 @@ _CHECKS: dict[str, Callable[[object], object]] = {
     "port": _check_port,
     "admin_key": _check_admin_key,
     "default_ttl_seconds": check_ttl,
-    "sweep_interval_seconds": _check_interval,
+    "sweep_interval_seconds": _seconds_between("sweep_interval_seconds", 0.01, 86400),
     "purge_created_after_seconds": _check_purge,
     "access_log": _check_bool,
+    "auth_cache_seconds": _seconds_between("auth_cache_seconds", 0, 300),
 }
 
 _EXPECTED = {
@@ -173,6 +182,7 @@ _EXPECTED = {
     "sweep_interval_seconds": "a number of seconds, e.g. 5 or 0.5",
     "purge_created_after_seconds": "a whole number of seconds",
     "access_log": "1/0, true/false, yes/no or on/off",
+    "auth_cache_seconds": "a number of seconds from 0 to 300",
 }
 
 

@@ -1,0 +1,543 @@
+"""Rounds per second and latency through HTTP, against a minimal endpoint in the same run.
+
+Run:  .venv/bin/python bench/http_rounds.py [--backends sqlite,postgres] [--duration 10]
+      [--concurrency 32] [--json results.json]
+
+For each backend it starts, one after the other, as separate processes under
+uvicorn (uvloop + httptools, one worker):
+
+- the llmsession server (``python -m llmsession.server``), driven with
+  ``POST /v1/sessions/{id}/rounds`` (auth, validation, the store's transaction
+  with its compare-and-set, the session JSON back), one session per client;
+- a minimal raw-ASGI endpoint doing the same single database write (one
+  auto-committed INSERT of the round, same durability: SQLite WAL with
+  synchronous=FULL, or a PostgreSQL pool): the floor for Python on this machine.
+
+The load comes from a third process: ``--concurrency`` asyncio clients, each on
+its own keep-alive connection, sending requests back to back for
+``--duration`` seconds after a one-second warm-up. The client speaks HTTP/1.1
+over asyncio streams directly, so that it takes as little of the machine's CPU
+as it can; every response's status is checked. The server's resident memory
+is sampled during the load. Nothing here is a test: it reports figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+POSTGRES_BASE_URL = os.environ.get(
+    "LLMSESSION_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+ADMIN_KEY = "bench-admin-" + secrets.token_hex(16)
+WARMUP_SECONDS = 1.0
+
+
+# -- the load generator (its own process) ------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    errors: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    first_error: str | None
+
+
+async def _one_client(
+    host: str,
+    port: int,
+    request: bytes,
+    *,
+    expected_status: bytes,
+    warm_until: float,
+    stop_at: float,
+    latencies: list[float],
+    errors: list[str],
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while True:
+            start = time.perf_counter()
+            if start >= stop_at:
+                return
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            body = await reader.readexactly(length)
+            done = time.perf_counter()
+            status = head[9:12]
+            if status != expected_status:
+                errors.append(f"{status.decode()} {body[:300].decode(errors='replace')}")
+            elif start >= warm_until:
+                latencies.append(done - start)
+    finally:
+        writer.close()
+
+
+async def _load(args: argparse.Namespace) -> LoadResult:
+    targets: list[str] = json.loads(args.targets)
+    headers = json.loads(args.headers)
+    body = json.dumps({"delta_tokens": 7}).encode()
+    now = time.perf_counter()
+    warm_until = now + WARMUP_SECONDS
+    stop_at = warm_until + args.duration
+    latencies: list[float] = []
+    errors: list[str] = []
+    clients = []
+    for i in range(args.concurrency):
+        path = targets[i % len(targets)]
+        head = [
+            f"POST {path} HTTP/1.1",
+            f"Host: {args.host}:{args.port}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
+        request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
+        clients.append(
+            _one_client(
+                args.host,
+                args.port,
+                request,
+                expected_status=args.expect.encode(),
+                warm_until=warm_until,
+                stop_at=stop_at,
+                latencies=latencies,
+                errors=errors,
+            )
+        )
+    await asyncio.gather(*clients)
+    latencies.sort()
+    count = len(latencies)
+
+    def pct(p: float) -> float:
+        return latencies[min(count - 1, int(p * count))] * 1000 if count else float("nan")
+
+    return LoadResult(
+        requests=count,
+        errors=len(errors),
+        seconds=args.duration,
+        rps=count / args.duration,
+        p50_ms=pct(0.50),
+        p90_ms=pct(0.90),
+        p99_ms=pct(0.99),
+        max_ms=latencies[-1] * 1000 if count else float("nan"),
+        first_error=errors[0] if errors else None,
+    )
+
+
+# -- the minimal endpoint (its own process) -------------------------------------------
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class _SqliteWriter:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.conn: Any = None
+
+    async def open(self) -> None:
+        import aiosqlite
+
+        # Autocommit: the INSERT is one statement and one commit, one thread hop.
+        self.conn = await aiosqlite.connect(self.path, isolation_level=None)
+        await self.conn.execute("PRAGMA journal_mode = WAL")
+        await self.conn.execute("PRAGMA synchronous = FULL")
+        await self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS rounds (id INTEGER PRIMARY KEY, "
+            "target INTEGER NOT NULL, delta_tokens INTEGER NOT NULL, recorded_at INTEGER NOT NULL)"
+        )
+
+    async def write(self, target: int, delta: int) -> None:
+        await self.conn.execute(
+            "INSERT INTO rounds (target, delta_tokens, recorded_at) VALUES (?, ?, ?)",
+            (target, delta, time.time_ns() // 1000),
+        )
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+
+class _PostgresWriter:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.pool: Any = None
+
+    async def open(self) -> None:
+        from psycopg_pool import AsyncConnectionPool
+
+        self.pool = AsyncConnectionPool(
+            self.url, min_size=1, max_size=10, kwargs={"autocommit": True}, open=False
+        )
+        await self.pool.open(wait=True)
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS rounds (id BIGSERIAL PRIMARY KEY, "
+                "target BIGINT NOT NULL, delta_tokens BIGINT NOT NULL, recorded_at BIGINT NOT NULL)"
+            )
+
+    async def write(self, target: int, delta: int) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO rounds (target, delta_tokens, recorded_at) VALUES (%s, %s, %s)",
+                (target, delta, time.time_ns() // 1000),
+            )
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+def _minimal_app(writer: _SqliteWriter | _PostgresWriter) -> Callable[..., Awaitable[None]]:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await writer.open()
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await writer.close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["path"] == "/readyz":
+            await _respond(send, 200, b'{"status":"ready"}')
+            return
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        delta = json.loads(b"".join(chunks))["delta_tokens"]
+        target = int(scope["path"].rsplit("/", 1)[-1])
+        await writer.write(target, delta)
+        await _respond(send, 201, json.dumps({"target": target, "delta_tokens": delta}).encode())
+
+    return app
+
+
+async def _respond(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _serve_minimal(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    writer: _SqliteWriter | _PostgresWriter = (
+        _SqliteWriter(args.db) if args.backend == "sqlite" else _PostgresWriter(args.db)
+    )
+    uvicorn.run(
+        _minimal_app(writer),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
+
+
+# -- the orchestration --------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_ready(process: subprocess.Popen[bytes], url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before it was ready")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"server not ready at {url} after {timeout} s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> int:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Run:
+    backend: str
+    endpoint: str
+    load: LoadResult
+    rss_idle_mib: float
+    rss_peak_mib: float
+    server_cpu_percent: float
+
+
+def _drive(
+    process: subprocess.Popen[bytes],
+    port: int,
+    targets: list[str],
+    *,
+    headers: dict[str, str],
+    expect: str,
+    args: argparse.Namespace,
+) -> tuple[LoadResult, float, float, float]:
+    idle = _rss_kib(process.pid)
+    cpu_before = _cpu_seconds(process.pid)
+    started = time.monotonic()
+    command = [
+        sys.executable,
+        __file__,
+        "--role=load",
+        f"--port={port}",
+        f"--targets={json.dumps(targets)}",
+        f"--headers={json.dumps(headers)}",
+        f"--expect={expect}",
+        f"--duration={args.duration}",
+        f"--concurrency={args.concurrency}",
+    ]
+    loader = subprocess.Popen(command, stdout=subprocess.PIPE)
+    peak = idle
+    while loader.poll() is None:
+        peak = max(peak, _rss_kib(process.pid))
+        time.sleep(0.2)
+    cpu = (_cpu_seconds(process.pid) - cpu_before) / (time.monotonic() - started) * 100
+    out, _ = loader.communicate()
+    if loader.returncode != 0:
+        raise RuntimeError(f"load generator failed with {loader.returncode}")
+    load = LoadResult(**json.loads(out))
+    return load, idle / 1024, peak / 1024, cpu
+
+
+def _bench_llmsession(backend: str, store_url: str, args: argparse.Namespace) -> Run:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LLMSESSION_STORE_URL": store_url,
+        "LLMSESSION_PORT": str(port),
+        "LLMSESSION_ADMIN_KEY": ADMIN_KEY,
+        "LLMSESSION_ACCESS_LOG": "0",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llmsession.server"], env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_ready(process, f"{base}/readyz")
+        with httpx.Client(base_url=base, timeout=10) as client:
+            created = client.post(
+                "/v1/admin/tenants",
+                json={"tenant_id": f"bench-{uuid.uuid4().hex[:8]}"},
+                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            )
+            created.raise_for_status()
+            auth = {"Authorization": f"Bearer {created.json()['api_key']}"}
+            targets = []
+            for _ in range(args.concurrency):
+                session = client.post(
+                    "/v1/sessions",
+                    json={"provider_id": "openai", "model": "gpt-4o", "initial_tokens": 1200},
+                    headers=auth,
+                )
+                session.raise_for_status()
+                session_id = session.json()["session_id"]
+                client.post(f"/v1/sessions/{session_id}/activate", headers=auth).raise_for_status()
+                targets.append(f"/v1/sessions/{session_id}/rounds")
+        load, idle, peak, cpu = _drive(process, port, targets, headers=auth, expect="201", args=args)
+    finally:
+        code = _stop(process)
+    if code != 0:
+        raise RuntimeError(f"llmsession server exited with {code} after SIGTERM")
+    return Run(backend, "llmsession", load, idle, peak, cpu)
+
+
+def _bench_minimal(backend: str, db: str, args: argparse.Namespace) -> Run:
+    port = _free_port()
+    command = [
+        sys.executable,
+        __file__,
+        "--role=minimal",
+        f"--backend={backend}",
+        f"--db={db}",
+        f"--port={port}",
+    ]
+    process = subprocess.Popen(command)
+    try:
+        _wait_ready(process, f"http://127.0.0.1:{port}/readyz")
+        targets = [f"/rounds/{i}" for i in range(args.concurrency)]
+        load, idle, peak, cpu = _drive(process, port, targets, headers={}, expect="201", args=args)
+    finally:
+        _stop(process)
+    return Run(backend, "minimal", load, idle, peak, cpu)
+
+
+def _postgres_schema() -> tuple[str, Callable[[], None]]:
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_BASE_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+
+    def drop() -> None:
+        with psycopg.connect(POSTGRES_BASE_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+    return f"{POSTGRES_BASE_URL}?options=-csearch_path%3D{schema}", drop
+
+
+def _run_backend(backend: str, args: argparse.Namespace) -> list[Run]:
+    runs: list[Run] = []
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="llmsession-bench-") as tmp:
+            runs.append(_bench_llmsession(backend, f"sqlite:///{tmp}/sessions.db", args))
+            runs.append(_bench_minimal(backend, f"{tmp}/minimal.db", args))
+        return runs
+    store_url, drop = _postgres_schema()
+    try:
+        runs.append(_bench_llmsession(backend, store_url, args))
+    finally:
+        drop()
+    minimal_url, drop = _postgres_schema()
+    try:
+        runs.append(_bench_minimal(backend, minimal_url, args))
+    finally:
+        drop()
+    return runs
+
+
+def _report(runs: list[Run], args: argparse.Namespace) -> str:
+    lines = [
+        f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cores; "
+        f"{args.concurrency} clients, {args.duration:g} s after a {WARMUP_SECONDS:g} s warm-up",
+        "",
+        "| backend | endpoint | rounds/s | p50 ms | p90 ms | p99 ms | errors | server CPU "
+        "| RSS idle / peak MiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        load = run.load
+        lines.append(
+            f"| {run.backend} | {run.endpoint} | {load.rps:,.0f} | {load.p50_ms:.2f} | "
+            f"{load.p90_ms:.2f} | {load.p99_ms:.2f} | {load.errors} | "
+            f"{run.server_cpu_percent:.0f}% | {run.rss_idle_mib:.0f} / {run.rss_peak_mib:.0f} |"
+        )
+    lines.append("")
+    for backend in dict.fromkeys(run.backend for run in runs):
+        ours = next(r for r in runs if r.backend == backend and r.endpoint == "llmsession")
+        floor = next(r for r in runs if r.backend == backend and r.endpoint == "minimal")
+        lines.append(
+            f"{backend}: llmsession / minimal throughput = "
+            f"{ours.load.rps / floor.load.rps:.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--role", choices=["bench", "load", "minimal"], default="bench")
+    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--json", help="also write the figures to this file")
+    # Internal: the roles the orchestrator starts as separate processes.
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--targets", default="[]")
+    parser.add_argument("--headers", default="{}")
+    parser.add_argument("--expect", default="201")
+    parser.add_argument("--backend", default="sqlite")
+    parser.add_argument("--db", default="")
+    args = parser.parse_args()
+
+    if args.role == "load":
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
+        print(json.dumps(asdict(asyncio.run(_load(args)))))
+        return
+    if args.role == "minimal":
+        _serve_minimal(args)
+        return
+
+    if not 1 <= args.concurrency <= 1024 or not 0 < args.duration <= 600:
+        parser.error("--concurrency must be 1 to 1024 and --duration 0 to 600 seconds")
+    runs: list[Run] = []
+    for backend in args.backends.split(","):
+        if backend not in ("sqlite", "postgres"):
+            parser.error(f"unknown backend {backend!r}: use sqlite and/or postgres")
+        runs.extend(_run_backend(backend, args))
+    print(_report(runs, args))
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in runs], indent=2))
+    for run in runs:
+        if run.load.first_error:
+            print(f"first error ({run.backend} {run.endpoint}): {run.load.first_error}")
+
+
+if __name__ == "__main__":
+    main()
