@@ -405,7 +405,9 @@ def _bench_llmsession(backend: str, store_url: str, args: argparse.Namespace) ->
                 session_id = session.json()["session_id"]
                 client.post(f"/v1/sessions/{session_id}/activate", headers=auth).raise_for_status()
                 targets.append(f"/v1/sessions/{session_id}/rounds")
-        load, idle, peak, cpu = _drive(process, port, targets, headers=auth, expect="201", args=args)
+        load, idle, peak, cpu = _drive(
+            process, port, targets, headers=auth, expect="201", args=args
+        )
     finally:
         code = _stop(process)
     if code != 0:
@@ -488,8 +490,7 @@ def _report(runs: list[Run], args: argparse.Namespace) -> str:
         ours = next(r for r in runs if r.backend == backend and r.endpoint == "llmsession")
         floor = next(r for r in runs if r.backend == backend and r.endpoint == "minimal")
         lines.append(
-            f"{backend}: llmsession / minimal throughput = "
-            f"{ours.load.rps / floor.load.rps:.2f}x"
+            f"{backend}: llmsession / minimal throughput = {ours.load.rps / floor.load.rps:.2f}x"
         )
     return "\n".join(lines)
 
