@@ -7,10 +7,13 @@ lock up front, and ``busy_timeout`` makes a second process wait for it instead
 of failing. ``synchronous=FULL`` syncs the WAL on every commit, so a round is on
 disk before it is acknowledged and survives a crash or a power cut.
 
-Each store holds two connections: one writer, whose transactions an
-:class:`asyncio.Lock` keeps from interleaving (one SQLite connection has one
-transaction at a time), and one read-only reader for queries, so reads go on
-while the writer waits for another process's lock.
+Each store holds two connections, each used from its own thread: a writer,
+whose transactions an :class:`asyncio.Lock` keeps from interleaving (one
+connection holds one transaction at a time), and a read-only reader, so reads
+go on while the writer waits for another process's lock. Work goes to a
+connection's thread as one function per step (open the transaction and read the
+session; write the change and commit), so a round costs two or three thread
+hops rather than one per statement.
 
 Times are integer epoch microseconds. The schema is created and versioned here,
 in ``PRAGMA user_version``.
@@ -21,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import unquote, urlsplit
-
-import aiosqlite
 
 from llmsession.clock import Clock, system_clock
 from llmsession.errors import (
@@ -61,7 +64,9 @@ from llmsession.store.models import (
 )
 from llmsession.timestamps import Timestamp
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["SCHEMA_VERSION", "SQLiteStore", "path_of_url"]
+
+T = TypeVar("T")
 
 #: The schema this code writes and reads; stored in ``PRAGMA user_version``.
 SCHEMA_VERSION: Final = 1
@@ -184,45 +189,95 @@ def _split_sum(column: str) -> str:
 
 
 class _Connection:
-    """One aiosqlite connection; SQLite errors come out as StoreError naming the file.
+    """One sqlite3 connection, used only from its own thread.
 
-    IntegrityError is let through from ``execute``: the callers that insert turn
-    it into the conflict it means.
+    ``run(work)`` calls ``work(connection)`` in that thread; a SQLite error comes
+    out as StoreError naming the file. Work runs in submission order.
     """
 
-    def __init__(self, raw: aiosqlite.Connection, path: Path) -> None:
-        self.raw = raw
+    def __init__(self, path: Path) -> None:
         self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmsession-sqlite")
+        self._raw: sqlite3.Connection | None = None
 
-    async def execute(self, sql: str, params: Sequence[object] = ()) -> aiosqlite.Cursor:
+    async def open(self) -> None:
+        # isolation_level=None: no implicit transactions; this module writes
+        # BEGIN IMMEDIATE and COMMIT itself. timeout is SQLite's busy_timeout.
+        self._raw = await self._call(
+            partial(sqlite3.connect, self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_SECONDS)
+        )
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        raw = self._raw
+        if raw is None:
+            raise StoreError("this store was closed; open a new one")
+        return await self._call(partial(work, raw))
+
+    async def close(self) -> None:
+        raw, self._raw = self._raw, None
         try:
-            return await self.raw.execute(sql, params)
+            if raw is not None:
+                await self._call(raw.close)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    async def _call(self, work: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, work)
+        except sqlite3.Error as error:
+            raise StoreError(f"SQLite file {self.path}: {error}") from error
+
+
+def _fetch_all(sql: str, params: Sequence[object], conn: sqlite3.Connection) -> list[Any]:
+    return conn.execute(sql, params).fetchall()
+
+
+def _begin_immediate(conn: sqlite3.Connection) -> None:
+    # A transaction can only be open here if a cancelled task's rollback was
+    # itself cancelled; it holds nothing anyone acknowledged, so end it.
+    if conn.in_transaction:
+        conn.rollback()
+    conn.execute("BEGIN IMMEDIATE")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.rollback()
+
+
+def _in_transaction(work: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    """Run ``work`` in one write transaction: committed if it returns, rolled back if not."""
+    _begin_immediate(conn)
+    try:
+        result = work(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+    return result
+
+
+def _begin_and_read(key: tuple[bytes, str], conn: sqlite3.Connection) -> Any:
+    _begin_immediate(conn)
+    return conn.execute(_SELECT_SESSION, key).fetchone()
+
+
+def _write_change(
+    update: Sequence[object], new_round: Sequence[object] | None, conn: sqlite3.Connection
+) -> bool:
+    """UPDATE with the version check, INSERT the round, COMMIT; False on a conflict."""
+    if conn.execute(_UPDATE_SESSION, update).rowcount != 1:
+        return False
+    if new_round is not None:
+        try:
+            conn.execute(_INSERT_ROUND, new_round)
         except sqlite3.IntegrityError:
-            raise
-        except sqlite3.Error as error:
-            raise self._error(error) from error
-
-    async def fetch(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
-        try:
-            return list(await self.raw.execute_fetchall(sql, params))
-        except sqlite3.Error as error:
-            raise self._error(error) from error
-
-    async def executemany(self, sql: str, params: Iterable[Sequence[object]]) -> aiosqlite.Cursor:
-        try:
-            return await self.raw.executemany(sql, params)
-        except sqlite3.Error as error:
-            raise self._error(error) from error
-
-    async def rollback(self) -> None:
-        """Roll back the open transaction; a no-op if there is none."""
-        try:
-            await self.raw.rollback()
-        except sqlite3.Error as error:
-            raise self._error(error) from error
-
-    def _error(self, error: sqlite3.Error) -> StoreError:
-        return StoreError(f"SQLite file {self.path}: {error}")
+            # The write lock makes this unreachable today; if it ever happens,
+            # a fresh read finds the round that got there first.
+            return False
+    conn.execute("COMMIT")
+    return True
 
 
 class _SQLiteTransaction(SessionTransaction):
@@ -233,25 +288,20 @@ class _SQLiteTransaction(SessionTransaction):
 
     async def find_round(self, idempotency_key: str) -> Round | None:
         session_id = self.stored.record.session_id
-        rows = await self._conn.fetch(
-            f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE session_id = ? AND idempotency_key = ?",
-            (session_id.value.bytes, idempotency_key),
+        rows = await self._conn.run(
+            partial(
+                _fetch_all,
+                f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE session_id = ? AND idempotency_key = ?",
+                (session_id.value.bytes, idempotency_key),
+            )
         )
         return _round_from_row(session_id, rows[0]) if rows else None
 
     async def commit(self, new: StoredSession, new_round: Round | None) -> None:
-        conn = self._conn
-        cursor = await conn.execute(_UPDATE_SESSION, _update_params(new, self.stored.version))
-        if cursor.rowcount != 1:
+        round_params = None if new_round is None else _round_params(new_round)
+        update = _update_params(new, self.stored.version)
+        if not await self._conn.run(partial(_write_change, update, round_params)):
             raise VersionConflict
-        if new_round is not None:
-            try:
-                await conn.execute(_INSERT_ROUND, _round_params(new_round))
-            except sqlite3.IntegrityError:
-                # The write lock makes this unreachable today; if it ever happens,
-                # a fresh read finds the round that got there first.
-                raise VersionConflict from None
-        await conn.execute("COMMIT")
         self.committed = True
 
 
@@ -306,59 +356,43 @@ class SQLiteStore(SessionStore):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StoreError(f"cannot create the directory of {self.path}: {error}") from error
-        self._writer = await self._new_connection()
-        writer = self._writer
-        mode = str((await writer.fetch("PRAGMA journal_mode = WAL"))[0][0]).lower()
-        if mode != "wal":
+        self._writer = writer = _Connection(self.path)
+        await writer.open()
+        mode = await writer.run(partial(_fetch_all, "PRAGMA journal_mode = WAL", ()))
+        if str(mode[0][0]).lower() != "wal":
             raise StoreError(
-                f"SQLite file {self.path} cannot use WAL mode (it stays in {mode!r} mode); "
-                "put it on a local file system"
+                f"SQLite file {self.path} cannot use WAL mode (it stays in {mode[0][0]!r} "
+                "mode); put it on a local file system"
             )
         # FULL: the WAL is synced at every commit, so an acknowledged round survives
         # a power cut too, not only a killed process (which NORMAL would cover).
-        await writer.execute("PRAGMA synchronous = FULL")
-        await self._migrate(writer)
-        self._reader = await self._new_connection()
-        await self._reader.execute("PRAGMA query_only = ON")
+        await writer.run(partial(_fetch_all, "PRAGMA synchronous = FULL", ()))
+        await writer.run(self._migrate)
+        self._reader = reader = _Connection(self.path)
+        await reader.open()
+        await reader.run(partial(_fetch_all, "PRAGMA query_only = ON", ()))
 
-    async def _new_connection(self) -> _Connection:
-        try:
-            # isolation_level=None: no implicit transactions; this module writes
-            # BEGIN IMMEDIATE and COMMIT itself.
-            raw = await aiosqlite.connect(
-                self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_SECONDS
-            )
-        except sqlite3.Error as error:
-            raise StoreError(f"cannot open SQLite file {self.path}: {error}") from error
-        return _Connection(raw, self.path)
-
-    async def _migrate(self, conn: _Connection) -> None:
-        if await self._schema_version(conn) == SCHEMA_VERSION:
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        if self._schema_version(conn) == SCHEMA_VERSION:
             return
-        committed = False
-        try:
-            await conn.execute("BEGIN IMMEDIATE")
-            # Checked again under the write lock: another process may have won the race.
-            found = await self._schema_version(conn)
-            if found == 0:
-                try:
-                    for statement in _SCHEMA:
-                        await conn.raw.execute(statement)
-                except sqlite3.OperationalError as error:
-                    raise StoreError(
-                        f"SQLite file {self.path} already holds tables that llmsession did not "
-                        f"create ({error}); use a new file"
-                    ) from error
-                await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            await conn.execute("COMMIT")
-            committed = True
-        finally:
-            if not committed:
-                await conn.rollback()
+        # Checked again under the write lock: another process may have won the race.
+        _in_transaction(self._create_schema, conn)
 
-    async def _schema_version(self, conn: _Connection) -> int:
-        rows = await conn.fetch("PRAGMA user_version")
-        found = int(rows[0][0])
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        if self._schema_version(conn) != 0:
+            return
+        try:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+        except sqlite3.OperationalError as error:
+            raise StoreError(
+                f"SQLite file {self.path} already holds tables that llmsession did not "
+                f"create ({error}); use a new file"
+            ) from error
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int:
+        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if found > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"SQLite file {self.path} has schema version {found}, but this llmsession "
@@ -371,34 +405,25 @@ class SQLiteStore(SessionStore):
             raise StoreError("this store was closed; open a new one")
         return self._writer, self._reader
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncGenerator[tuple[_Connection, Timestamp]]:
-        """A write transaction holding SQLite's write lock; commits unless the block raises.
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in one write transaction, holding SQLite's write lock.
 
-        Yields the time read after the lock was taken, so that a waiting writer
-        never writes a time older than the one before it.
+        ``work`` runs in the writer's thread; it reads the clock there, after the
+        lock was taken, so a writer that waited never writes an older time.
         """
         writer, _ = self._connections()
         async with self._lock:
-            committed = False
-            try:
-                # BEGIN inside the try: if this task is cancelled while BEGIN waits
-                # for the lock in the connection's thread, BEGIN still completes
-                # there, and the rollback queued behind it ends that transaction.
-                await writer.execute("BEGIN IMMEDIATE")
-                yield writer, self.clock()
-                await writer.execute("COMMIT")
-                committed = True
-            finally:
-                if not committed:
-                    await writer.rollback()
+            return await writer.run(partial(_in_transaction, work))
+
+    async def _read(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        _, reader = self._connections()
+        return await reader.run(partial(_fetch_all, sql, params))
 
     # -- session primitives ------------------------------------------------------
 
     async def _insert(self, stored: StoredSession) -> None:
-        writer, _ = self._connections()
-        async with self._lock:
-            await writer.execute(_INSERT_SESSION, _insert_params(stored))
+        params = _insert_params(stored)
+        await self._write(lambda conn: conn.execute(_INSERT_SESSION, params).rowcount)
 
     @asynccontextmanager
     async def _begin(
@@ -408,26 +433,26 @@ class SQLiteStore(SessionStore):
         async with self._lock:
             tx: _SQLiteTransaction | None = None
             try:
-                await writer.execute("BEGIN IMMEDIATE")  # inside the try: see _write
-                rows = await writer.fetch(_SELECT_SESSION, _key(tenant_id, session_id))
-                if not rows:
+                row = await writer.run(partial(_begin_and_read, _key(tenant_id, session_id)))
+                if row is None:
                     raise NotFoundError(f"no session {session_id}")
-                tx = _SQLiteTransaction(writer, _stored_from_row(rows[0]))
+                tx = _SQLiteTransaction(writer, _stored_from_row(row))
                 yield tx
             finally:
-                # Also when commit() itself failed half-way; a no-op after COMMIT.
+                # Whenever nothing was committed: a missing session, a replay, a
+                # refused change, a failed commit, or a cancelled task (whose
+                # BEGIN may still complete in the thread, before this rollback).
                 if tx is None or not tx.committed:
-                    await writer.rollback()
+                    await writer.run(_rollback)
 
     async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
-        _, reader = self._connections()
-        rows = await reader.fetch(_SELECT_SESSION, _key(tenant_id, session_id))
+        rows = await self._read(_SELECT_SESSION, _key(tenant_id, session_id))
         if not rows:
             raise NotFoundError(f"no session {session_id}")
         return _stored_from_row(rows[0])
 
     async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
-        _, reader = self._connections()
+        self._connections()
         conditions = ["tenant_id = ?"]
         params: list[object] = [tenant_id.value]
         if query.cursor is not None:
@@ -450,7 +475,7 @@ class SQLiteStore(SessionStore):
             conditions.append("created_at < ?")
             params.append(query.created_before.epoch_micros)
         params.append(query.limit + 1)
-        rows = await reader.fetch(
+        rows = await self._read(
             f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(conditions)} "
             "ORDER BY created_at DESC, session_id DESC LIMIT ?",
             params,
@@ -468,16 +493,15 @@ class SQLiteStore(SessionStore):
         check_page_size(limit)
         if type(after_seq) is not int or after_seq < 0:
             raise InvalidInput(f"after_seq must be an integer >= 0, got {after_seq!r}")
-        _, reader = self._connections()
         # Rounds are never deleted (a purged session never had any), so checking the
         # owner and reading the rounds need not share a snapshot.
-        owner = await reader.fetch(
+        owner = await self._read(
             "SELECT 1 FROM sessions WHERE session_id = ? AND tenant_id = ?",
             _key(tenant_id, session_id),
         )
         if not owner:
             raise NotFoundError(f"no session {session_id}")
-        rows = await reader.fetch(
+        rows = await self._read(
             f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE session_id = ? AND seq > ? "
             "ORDER BY seq LIMIT ?",
             (session_id.value.bytes, after_seq, limit + 1),
@@ -486,10 +510,9 @@ class SQLiteStore(SessionStore):
         return Page(page, str(page[-1].seq) if len(rows) > limit else None)
 
     async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
-        _, reader = self._connections()
         provider = "provider_id" if "provider" in group_by else "NULL"
         model = "model" if "model" in group_by else "NULL"
-        rows = await reader.fetch(
+        rows = await self._read(
             f"SELECT {provider}, {model}, state, COUNT(*), {_split_sum('round_count')}, "
             f"{_split_sum('delta_tokens')}, {_split_sum('tokens_saved')} "
             "FROM sessions WHERE tenant_id = ? GROUP BY 1, 2, 3",
@@ -514,24 +537,25 @@ class SQLiteStore(SessionStore):
 
     async def sweep(self, *, limit: int = 1000) -> int:
         _check_limit(limit)
-        async with self._write() as (writer, now):
-            rows = await writer.fetch(
+
+        def expire_due(conn: sqlite3.Connection) -> int:
+            now = self.clock()
+            rows = conn.execute(
                 f"SELECT {_SESSION_COLUMNS} FROM sessions "
                 "WHERE deadline IS NOT NULL AND deadline <= ? ORDER BY deadline LIMIT ?",
                 (now.epoch_micros, limit),
-            )
+            ).fetchall()
             updates: list[Sequence[object]] = []
             for row in rows:
                 stored = _stored_from_row(row)
                 expired = expire_if_due(stored, now)
                 if expired is not None:
                     updates.append(_update_params(expired, stored.version))
-            if not updates:
-                return 0
-            cursor = await writer.executemany(_UPDATE_SESSION, updates)
             # The write lock was held since the SELECT, so every version matches;
             # counting what was written keeps the figure honest regardless.
-            return cursor.rowcount
+            return conn.executemany(_UPDATE_SESSION, updates).rowcount if updates else 0
+
+        return await self._write(expire_due)
 
     async def purge_created(self, older_than_seconds: int, *, limit: int = 1000) -> int:
         if type(older_than_seconds) is not int or older_than_seconds < 0:
@@ -540,18 +564,19 @@ class SQLiteStore(SessionStore):
                 f"got {older_than_seconds!r}"
             )
         _check_limit(limit)
-        async with self._write() as (writer, now):
-            cutoff = now.plus_seconds(-older_than_seconds)
-            cursor = await writer.execute(
+
+        def purge(conn: sqlite3.Connection) -> int:
+            cutoff = self.clock().plus_seconds(-older_than_seconds)
+            return conn.execute(
                 "DELETE FROM sessions WHERE session_id IN (SELECT session_id FROM sessions "
                 f"WHERE state = '{_CREATED}' AND created_at <= ? ORDER BY created_at LIMIT ?)",
                 (cutoff.epoch_micros, limit),
-            )
-            return cursor.rowcount
+            ).rowcount
+
+        return await self._write(purge)
 
     async def ping(self) -> None:
-        _, reader = self._connections()
-        await reader.fetch("SELECT 1 FROM sessions LIMIT 1")
+        await self._read("SELECT 1 FROM sessions LIMIT 1")
 
     async def aclose(self) -> None:
         """Close both connections, after any transaction in progress; idempotent."""
@@ -561,24 +586,26 @@ class SQLiteStore(SessionStore):
             self._writer = self._reader = None
             for conn in (writer, reader):
                 if conn is not None:
-                    await conn.raw.close()
+                    await conn.close()
 
     # -- tenants and API keys -------------------------------------------------------
 
     async def create_tenant(self, tenant_id: TenantId) -> Tenant:
-        try:
-            async with self._write() as (writer, now):
-                await writer.execute(
+        def insert(conn: sqlite3.Connection) -> Tenant:
+            tenant = Tenant(tenant_id, self.clock())
+            try:
+                conn.execute(
                     "INSERT INTO tenants (tenant_id, created_at) VALUES (?, ?)",
-                    (tenant_id.value, now.epoch_micros),
+                    (tenant_id.value, tenant.created_at.epoch_micros),
                 )
-        except sqlite3.IntegrityError:
-            raise ConflictError(f"tenant {tenant_id} already exists") from None
-        return Tenant(tenant_id, now)
+            except sqlite3.IntegrityError:
+                raise ConflictError(f"tenant {tenant_id} already exists") from None
+            return tenant
+
+        return await self._write(insert)
 
     async def get_tenant(self, tenant_id: TenantId) -> Tenant:
-        _, reader = self._connections()
-        rows = await reader.fetch(
+        rows = await self._read(
             "SELECT created_at FROM tenants WHERE tenant_id = ?", (tenant_id.value,)
         )
         if not rows:
@@ -586,53 +613,54 @@ class SQLiteStore(SessionStore):
         return Tenant(tenant_id, Timestamp(rows[0][0]))
 
     async def list_tenants(self) -> list[Tenant]:
-        _, reader = self._connections()
-        rows = await reader.fetch("SELECT tenant_id, created_at FROM tenants ORDER BY tenant_id")
+        rows = await self._read("SELECT tenant_id, created_at FROM tenants ORDER BY tenant_id")
         return [Tenant(TenantId(row[0]), Timestamp(row[1])) for row in rows]
 
     async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
-        try:
-            async with self._write() as (writer, now):
-                known = await writer.fetch(
-                    "SELECT 1 FROM tenants WHERE tenant_id = ?", (tenant_id.value,)
-                )
-                if not known:
-                    raise NotFoundError(f"no tenant {tenant_id}")
-                await writer.execute(
+        def insert(conn: sqlite3.Connection) -> ApiKeyInfo:
+            known = conn.execute(
+                "SELECT 1 FROM tenants WHERE tenant_id = ?", (tenant_id.value,)
+            ).fetchone()
+            if known is None:
+                raise NotFoundError(f"no tenant {tenant_id}")
+            info = ApiKeyInfo(key_id, tenant_id, key_hash, self.clock())
+            try:
+                conn.execute(
                     "INSERT INTO api_keys (key_id, tenant_id, key_hash, created_at) "
                     "VALUES (?, ?, ?, ?)",
-                    (key_id, tenant_id.value, key_hash, now.epoch_micros),
+                    (key_id, tenant_id.value, key_hash, info.created_at.epoch_micros),
                 )
-        except sqlite3.IntegrityError:
-            raise ConflictError(f"API key id {key_id!r} already exists") from None
-        return ApiKeyInfo(key_id, tenant_id, key_hash, now)
+            except sqlite3.IntegrityError:
+                raise ConflictError(f"API key id {key_id!r} already exists") from None
+            return info
+
+        return await self._write(insert)
 
     async def get_api_key(self, key_id: str) -> ApiKeyInfo | None:
-        _, reader = self._connections()
-        rows = await reader.fetch(f"{_SELECT_KEY} WHERE key_id = ?", (key_id,))
+        rows = await self._read(f"{_SELECT_KEY} WHERE key_id = ?", (key_id,))
         return _key_from_row(rows[0]) if rows else None
 
     async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
-        _, reader = self._connections()
-        rows = await reader.fetch(
-            f"{_SELECT_KEY} WHERE tenant_id = ? ORDER BY created_at, key_id",
-            (tenant_id.value,),
+        rows = await self._read(
+            f"{_SELECT_KEY} WHERE tenant_id = ? ORDER BY created_at, key_id", (tenant_id.value,)
         )
         return [_key_from_row(row) for row in rows]
 
     async def revoke_api_key(self, key_id: str) -> ApiKeyInfo:
-        async with self._write() as (writer, now):
-            rows = await writer.fetch(f"{_SELECT_KEY} WHERE key_id = ?", (key_id,))
-            if not rows:
+        def revoke(conn: sqlite3.Connection) -> ApiKeyInfo:
+            row = conn.execute(f"{_SELECT_KEY} WHERE key_id = ?", (key_id,)).fetchone()
+            if row is None:
                 raise NotFoundError(f"no API key {key_id!r}")
-            info = _key_from_row(rows[0])
-            if info.revoked_at is None:
-                await writer.execute(
-                    "UPDATE api_keys SET revoked_at = ? WHERE key_id = ?",
-                    (now.epoch_micros, key_id),
-                )
-                info = ApiKeyInfo(info.key_id, info.tenant_id, info.key_hash, info.created_at, now)
-        return info
+            info = _key_from_row(row)
+            if info.revoked_at is not None:
+                return info
+            now = self.clock()
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ?", (now.epoch_micros, key_id)
+            )
+            return ApiKeyInfo(info.key_id, info.tenant_id, info.key_hash, info.created_at, now)
+
+        return await self._write(revoke)
 
 
 _SELECT_KEY = "SELECT key_id, tenant_id, key_hash, created_at, revoked_at FROM api_keys"
