@@ -493,6 +493,18 @@ async def test_sweep_honours_its_limit(store: SessionStore, clock: ManualClock) 
     assert (await store.totals(ACME))[0].sessions["expired"] == 5
 
 
+async def test_a_zero_limit_sweeps_and_purges_nothing(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    due = await new_session(store, ttl_seconds=10)
+    old = await new_session(store, activate=False)
+    clock.advance(10)
+    assert await store.sweep(limit=0) == 0
+    assert await store.purge_created(0, limit=0) == 0
+    assert (await store.get(ACME, due)).record.state is Active
+    assert (await store.get(ACME, old)).record.state is Created
+
+
 async def test_racing_sweepers_expire_each_session_once(
     store: SessionStore, open_more: Opener, clock: ManualClock
 ) -> None:

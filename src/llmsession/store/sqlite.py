@@ -22,6 +22,7 @@ in ``PRAGMA user_version``.
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -70,6 +71,9 @@ T = TypeVar("T")
 
 #: The schema this code writes and reads; stored in ``PRAGMA user_version``.
 SCHEMA_VERSION: Final = 1
+
+# SQLite's INTEGER, and so the largest LIMIT.
+_MAX_INTEGER = 2**63 - 1
 
 # How long a write waits for another process's write lock before giving up.
 _BUSY_TIMEOUT_SECONDS = 30.0
@@ -558,10 +562,9 @@ class SQLiteStore(SessionStore):
         return await self._write(expire_due)
 
     async def purge_created(self, older_than_seconds: int, *, limit: int = 1000) -> int:
-        if type(older_than_seconds) is not int or older_than_seconds < 0:
+        if type(older_than_seconds) not in (int, float) or not math.isfinite(older_than_seconds):
             raise InvalidInput(
-                f"older_than_seconds must be a whole number of seconds >= 0, "
-                f"got {older_than_seconds!r}"
+                f"older_than_seconds must be a number of seconds, got {older_than_seconds!r}"
             )
         _check_limit(limit)
 
@@ -689,8 +692,8 @@ def path_of_url(url: str) -> Path:
 
 
 def _check_limit(limit: object) -> None:
-    if type(limit) is not int or limit < 1:
-        raise InvalidInput(f"limit must be an integer >= 1, got {limit!r}")
+    if type(limit) is not int or not 0 <= limit <= _MAX_INTEGER:
+        raise InvalidInput(f"limit must be an integer from 0 to 2**63-1, got {limit!r}")
 
 
 def _key(tenant_id: TenantId, session_id: SessionId) -> tuple[bytes, str]:
