@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from llmsession.errors import InvalidInput
@@ -49,7 +49,8 @@ class ServerSettings:
     store_url: str = "sqlite:///./llmsession.db"
     host: str = "127.0.0.1"
     port: int = 8080
-    admin_key: str | None = None
+    # Kept out of repr(): settings get logged, the key must not be.
+    admin_key: str | None = field(default=None, repr=False)
     default_ttl_seconds: int = 3600
     sweep_interval_seconds: float = 5.0
     purge_created_after_seconds: int = 86400

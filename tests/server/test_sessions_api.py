@@ -1,0 +1,431 @@
+"""The /v1 session routes in-process, on a real SQLite file and a ManualClock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from tests.server.conftest import NEW_SESSION, T0, Api
+
+PROBLEM = "application/problem+json"
+
+
+def _problem(response: Any, status: int, kind: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body: dict[str, Any] = response.json()
+    assert body["type"] == f"urn:llmsession:problem:{kind}"
+    assert body["status"] == status
+    assert body["title"]
+    assert body["detail"]
+    return body
+
+
+async def test_a_session_lives_through_its_states(api: Api) -> None:
+    auth = await api.tenant("acme")
+    created = await api.client.post("/v1/sessions", json=NEW_SESSION, headers=auth)
+    assert created.status_code == 201
+    session = created.json()
+    session_id = session["session_id"]
+    assert created.headers["location"] == f"/v1/sessions/{session_id}"
+    assert session == {
+        "version": 1,
+        "session_id": session_id,
+        "tenant_id": "acme",
+        "provider_id": "openai",
+        "model": "gpt-4o",
+        "initial_tokens": 1000,
+        "state": "created",
+        "created_at": T0.isoformat(),
+        "activated_at": None,
+        "closed_at": None,
+        "expired_at": None,
+        "round_count": 0,
+        "delta_tokens": 0,
+        "tokens_saved": 0,
+        "ttl_seconds": 3600,
+        "expires_at": None,
+    }
+
+    assert api.clock is not None
+    activated_at = api.clock.advance(1)
+    activated = await api.client.post(f"/v1/sessions/{session_id}/activate", headers=auth)
+    assert activated.status_code == 200
+    assert activated.json()["state"] == "active"
+    assert activated.json()["activated_at"] == activated_at.isoformat()
+    assert activated.json()["expires_at"] == activated_at.plus_seconds(3600).isoformat()
+
+    for delta in (100, 50):
+        recorded_at = api.clock.advance(2)
+        response = await api.client.post(
+            f"/v1/sessions/{session_id}/rounds", json={"delta_tokens": delta}, headers=auth
+        )
+        assert response.status_code == 201, response.text
+        assert "idempotent-replayed" not in response.headers
+        assert response.json()["round"]["delta_tokens"] == delta
+        assert response.json()["round"]["recorded_at"] == recorded_at.isoformat()
+        # Each round pushes the idle deadline.
+        assert (
+            response.json()["session"]["expires_at"] == recorded_at.plus_seconds(3600).isoformat()
+        )
+    after = response.json()["session"]
+    assert (after["round_count"], after["delta_tokens"], after["tokens_saved"]) == (2, 150, 1850)
+    assert response.json()["round"] == {
+        "seq": 2,
+        "delta_tokens": 50,
+        "recorded_at": recorded_at.isoformat(),
+        "idempotency_key": None,
+    }
+
+    read = await api.client.get(f"/v1/sessions/{session_id}", headers=auth)
+    assert read.json() == after
+
+    closed_at = api.clock.advance(3)
+    closed = await api.client.post(f"/v1/sessions/{session_id}/close", headers=auth)
+    assert closed.status_code == 200
+    assert closed.json()["state"] == "closed"
+    assert closed.json()["closed_at"] == closed_at.isoformat()
+    assert closed.json()["expires_at"] is None
+    assert closed.json()["tokens_saved"] == 1850
+
+
+async def test_the_ttl_comes_from_the_request_or_the_default(api: Api) -> None:
+    auth = await api.tenant("acme")
+    short = await api.client.post(
+        "/v1/sessions", json={**NEW_SESSION, "ttl_seconds": 5}, headers=auth
+    )
+    assert short.json()["ttl_seconds"] == 5
+    default = await api.client.post("/v1/sessions", json=NEW_SESSION, headers=auth)
+    assert default.json()["ttl_seconds"] == 3600
+
+
+async def test_a_replayed_idempotency_key_returns_the_first_round_and_counts_once(
+    api: Api,
+) -> None:
+    auth = await api.tenant("acme")
+    session_id = await api.session(auth)
+    url = f"/v1/sessions/{session_id}/rounds"
+    first = await api.client.post(
+        url, json={"delta_tokens": 10}, headers={**auth, "Idempotency-Key": "req-1"}
+    )
+    assert first.status_code == 201
+    assert first.json()["round"]["idempotency_key"] == "req-1"
+    assert api.clock is not None
+    api.clock.advance(5)
+    again = await api.client.post(
+        url, json={"delta_tokens": 10}, headers={**auth, "Idempotency-Key": "req-1"}
+    )
+    assert again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["round"] == first.json()["round"]
+    assert again.json()["session"]["round_count"] == 1
+
+    clash = await api.client.post(
+        url, json={"delta_tokens": 11}, headers={**auth, "Idempotency-Key": "req-1"}
+    )
+    _problem(clash, 409, "idempotency-conflict")
+    session = (await api.client.get(f"/v1/sessions/{session_id}", headers=auth)).json()
+    assert (session["round_count"], session["delta_tokens"]) == (1, 10)
+
+
+async def test_a_call_the_state_does_not_allow_is_a_409_naming_the_states(api: Api) -> None:
+    auth = await api.tenant("acme")
+    session_id = await api.session(auth, activate=False)
+    round_ = await api.client.post(
+        f"/v1/sessions/{session_id}/rounds", json={"delta_tokens": 1}, headers=auth
+    )
+    body = _problem(round_, 409, "wrong-state")
+    assert (body["method"], body["required_state"], body["current_state"]) == (
+        "record_delta",
+        "active",
+        "created",
+    )
+    close = await api.client.post(f"/v1/sessions/{session_id}/close", headers=auth)
+    assert _problem(close, 409, "wrong-state")["method"] == "close"
+
+    await api.client.post(f"/v1/sessions/{session_id}/activate", headers=auth)
+    again = await api.client.post(f"/v1/sessions/{session_id}/activate", headers=auth)
+    body = _problem(again, 409, "wrong-state")
+    assert (body["required_state"], body["current_state"]) == ("created", "active")
+
+
+async def test_a_round_after_the_ttl_is_refused_and_the_session_is_expired(api: Api) -> None:
+    auth = await api.tenant("acme")
+    session_id = await api.session(auth, ttl_seconds=60)
+    assert api.clock is not None
+    deadline = api.clock.now.plus_seconds(60)
+    api.clock.advance(61)
+    late = await api.client.post(
+        f"/v1/sessions/{session_id}/rounds", json={"delta_tokens": 1}, headers=auth
+    )
+    body = _problem(late, 409, "session-expired")
+    assert (body["method"], body["required_state"], body["current_state"]) == (
+        "record_delta",
+        "active",
+        "expired",
+    )
+    session = (await api.client.get(f"/v1/sessions/{session_id}", headers=auth)).json()
+    assert session["state"] == "expired"
+    assert session["expired_at"] == deadline.isoformat()
+    assert session["round_count"] == 0
+    close = await api.client.post(f"/v1/sessions/{session_id}/close", headers=auth)
+    _problem(close, 409, "session-expired")
+
+
+async def test_missing_and_malformed_session_ids(api: Api) -> None:
+    auth = await api.tenant("acme")
+    missing = "019abc12-3456-7def-8123-456789abcdef"
+    for method, path in [
+        ("GET", "/v1/sessions/{}"),
+        ("POST", "/v1/sessions/{}/activate"),
+        ("POST", "/v1/sessions/{}/close"),
+        ("GET", "/v1/sessions/{}/rounds"),
+    ]:
+        response = await api.client.request(method, path.format(missing), headers=auth)
+        _problem(response, 404, "not-found")
+        bad = await api.client.request(method, path.format("not-a-uuid"), headers=auth)
+        body = _problem(bad, 422, "invalid-input")
+        assert body["errors"][0]["loc"] == ["path", "session_id"]
+        assert "not a session id" in body["errors"][0]["msg"]
+    rounds = await api.client.post(
+        f"/v1/sessions/{missing}/rounds", json={"delta_tokens": 1}, headers=auth
+    )
+    _problem(rounds, 404, "not-found")
+    bad = await api.client.post("/v1/sessions/zzz/rounds", json={"delta_tokens": 1}, headers=auth)
+    assert _problem(bad, 422, "invalid-input")["errors"][0]["loc"] == ["path", "session_id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"delta_tokens": -1}, ["body", "delta_tokens"]),
+        ({"delta_tokens": 2**63}, ["body", "delta_tokens"]),
+        ({"delta_tokens": 10**400}, ["body", "delta_tokens"]),
+        ({"delta_tokens": 1.0}, ["body", "delta_tokens"]),
+        ({"delta_tokens": "5"}, ["body", "delta_tokens"]),
+        ({"delta_tokens": True}, ["body", "delta_tokens"]),
+        ({"delta_tokens": None}, ["body", "delta_tokens"]),
+        ({}, ["body", "delta_tokens"]),
+        ({"delta_tokens": 1, "recorded_at": "2020-01-01T00:00:00Z"}, ["body", "recorded_at"]),
+        ([1], ["body"]),
+        ("x", ["body"]),
+    ],
+)
+async def test_bad_round_bodies_are_422_and_change_nothing(
+    api: Api, body: object, loc: list[object]
+) -> None:
+    auth = await api.tenant("acme")
+    session_id = await api.session(auth)
+    response = await api.client.post(f"/v1/sessions/{session_id}/rounds", json=body, headers=auth)
+    problem = _problem(response, 422, "invalid-input")
+    assert problem["errors"][0]["loc"] == loc
+    assert problem["errors"][0]["msg"]
+    session = (await api.client.get(f"/v1/sessions/{session_id}", headers=auth)).json()
+    assert session["round_count"] == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "loc"),
+    [
+        (b'{"delta_tokens": ', "application/json", ["body"]),
+        (b"\xff\xfe", "application/json", ["body"]),
+        (b'{"delta_tokens": 1}', "text/plain", ["header", "Content-Type"]),
+        (b'{"delta_tokens": 1}', None, ["header", "Content-Type"]),
+        (b"", "application/json", ["body"]),
+        (b"delta_tokens=1", "application/x-www-form-urlencoded", ["header", "Content-Type"]),
+    ],
+)
+async def test_bodies_that_are_not_json_are_422(
+    api: Api, content: bytes, content_type: str | None, loc: list[object]
+) -> None:
+    auth = await api.tenant("acme")
+    session_id = await api.session(auth)
+    headers = {**auth, **({"Content-Type": content_type} if content_type else {})}
+    response = await api.client.post(
+        f"/v1/sessions/{session_id}/rounds", content=content, headers=headers
+    )
+    assert _problem(response, 422, "invalid-input")["errors"][0]["loc"] == loc
+    created = await api.client.post("/v1/sessions", content=content, headers=headers)
+    _problem(created, 422, "invalid-input")
+
+
+async def test_a_json_body_with_a_json_suffix_type_is_accepted(api: Api) -> None:
+    auth = await api.tenant("acme")
+    session_id = await api.session(auth)
+    response = await api.client.post(
+        f"/v1/sessions/{session_id}/rounds",
+        content=b'{"delta_tokens": 3}',
+        headers={**auth, "Content-Type": "application/vnd.llmsession+json; charset=utf-8"},
+    )
+    assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "tab\there", "\x7f"])
+async def test_bad_idempotency_keys_are_422(api: Api, key: str) -> None:
+    auth = await api.tenant("acme")
+    session_id = await api.session(auth)
+    response = await api.client.post(
+        f"/v1/sessions/{session_id}/rounds",
+        json={"delta_tokens": 1},
+        headers={**auth, "Idempotency-Key": key},
+    )
+    body = _problem(response, 422, "invalid-input")
+    assert body["errors"][0]["loc"] == ["header", "Idempotency-Key"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**NEW_SESSION, "provider_id": ""}, "provider_id"),
+        ({**NEW_SESSION, "provider_id": " openai"}, "provider_id"),
+        ({**NEW_SESSION, "model": "x" * 201}, "model"),
+        ({**NEW_SESSION, "model": "a\nb"}, "model"),
+        ({**NEW_SESSION, "initial_tokens": -5}, "initial_tokens"),
+        ({**NEW_SESSION, "initial_tokens": 2**64}, "initial_tokens"),
+        ({**NEW_SESSION, "ttl_seconds": 0}, "ttl_seconds"),
+        ({**NEW_SESSION, "ttl_seconds": 1.5}, "ttl_seconds"),
+        ({**NEW_SESSION, "tenant_id": "other"}, "tenant_id"),
+        ({**NEW_SESSION, "created_at": "2020-01-01T00:00:00Z"}, "created_at"),
+        ({"model": "m", "initial_tokens": 1}, "provider_id"),
+    ],
+)
+async def test_bad_new_sessions_are_422_naming_the_field(
+    api: Api, body: dict[str, object], field: str
+) -> None:
+    auth = await api.tenant("acme")
+    response = await api.client.post("/v1/sessions", json=body, headers=auth)
+    problem = _problem(response, 422, "invalid-input")
+    assert ["body", field] in [error["loc"] for error in problem["errors"]]
+    listed = await api.client.get("/v1/sessions", headers=auth)
+    assert listed.json()["items"] == []
+
+
+async def test_listing_filters_pages_newest_first(api: Api) -> None:
+    auth = await api.tenant("acme")
+    assert api.clock is not None
+    ids = []
+    for i in range(5):
+        api.clock.advance(1)
+        model = "small" if i % 2 else "large"
+        ids.append(await api.session(auth, activate=i < 3, model=model))
+    listed = await api.client.get("/v1/sessions", headers=auth)
+    assert [s["session_id"] for s in listed.json()["items"]] == ids[::-1]
+    assert listed.json()["next_cursor"] is None
+
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        params: dict[str, str | int] = {"limit": 2}
+        if cursor is not None:
+            params["cursor"] = cursor
+        page = (await api.client.get("/v1/sessions", params=params, headers=auth)).json()
+        seen += [s["session_id"] for s in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1]
+
+    active = await api.client.get("/v1/sessions", params={"state": "active"}, headers=auth)
+    assert [s["session_id"] for s in active.json()["items"]] == ids[2::-1]
+    small = await api.client.get("/v1/sessions", params={"model": "small"}, headers=auth)
+    assert [s["session_id"] for s in small.json()["items"]] == [ids[3], ids[1]]
+    after = T0.plus_seconds(2).isoformat()
+    newer = await api.client.get("/v1/sessions", params={"created_after": after}, headers=auth)
+    assert len(newer.json()["items"]) == 3
+    before = await api.client.get(
+        "/v1/sessions", params={"created_before": after, "provider_id": "openai"}, headers=auth
+    )
+    assert [s["session_id"] for s in before.json()["items"]] == [ids[0]]
+
+
+@pytest.mark.parametrize(
+    ("params", "loc"),
+    [
+        ({"limit": 0}, ["query", "limit"]),
+        ({"limit": 1001}, ["query", "limit"]),
+        ({"limit": "ten"}, ["query", "limit"]),
+        ({"limit": 10**30}, ["query", "limit"]),
+        ({"state": "sleeping"}, ["query", "state"]),
+        ({"created_after": "yesterday"}, ["query", "created_after"]),
+        ({"created_before": "2026-01-01T00:00:00"}, ["query", "created_before"]),
+        ({"provider_id": " x"}, ["query", "provider_id"]),
+        ({"limt": 5}, ["query", "limt"]),
+        ({"cursor": "not-a-cursor"}, []),
+    ],
+)
+async def test_bad_list_queries_are_422(
+    api: Api, params: dict[str, Any], loc: list[object]
+) -> None:
+    auth = await api.tenant("acme")
+    response = await api.client.get("/v1/sessions", params=params, headers=auth)
+    assert _problem(response, 422, "invalid-input")["errors"][0]["loc"] == loc
+
+
+async def test_rounds_are_listed_in_order_with_a_seq_cursor(api: Api) -> None:
+    auth = await api.tenant("acme")
+    session_id = await api.session(auth)
+    for delta in range(1, 6):
+        await api.client.post(
+            f"/v1/sessions/{session_id}/rounds", json={"delta_tokens": delta}, headers=auth
+        )
+    url = f"/v1/sessions/{session_id}/rounds"
+    first = (await api.client.get(url, params={"limit": 2}, headers=auth)).json()
+    assert [r["seq"] for r in first["items"]] == [1, 2]
+    assert first["next_cursor"] == "2"
+    rest = (await api.client.get(url, params={"after": 2}, headers=auth)).json()
+    assert [r["delta_tokens"] for r in rest["items"]] == [3, 4, 5]
+    assert rest["next_cursor"] is None
+    for params in ({"after": -1}, {"after": 2**63}, {"limit": 0}, {"cursor": "x"}):
+        bad = await api.client.get(url, params=params, headers=auth)
+        _problem(bad, 422, "invalid-input")
+
+
+async def test_stats_group_by_provider_and_model(api: Api) -> None:
+    auth = await api.tenant("acme")
+    a = await api.session(auth, model="m1")
+    await api.session(auth, model="m2", activate=False)
+    await api.client.post(f"/v1/sessions/{a}/rounds", json={"delta_tokens": 200}, headers=auth)
+    total = (await api.client.get("/v1/stats", headers=auth)).json()
+    assert total == {
+        "groups": [
+            {
+                "provider_id": None,
+                "model": None,
+                "sessions": {"created": 1, "active": 1, "closed": 0, "expired": 0},
+                "rounds": 1,
+                "delta_tokens": 200,
+                "tokens_saved": 800,
+            }
+        ]
+    }
+    by_model = await api.client.get(
+        "/v1/stats", params=[("group_by", "model"), ("group_by", "model")], headers=auth
+    )
+    assert [(g["provider_id"], g["model"]) for g in by_model.json()["groups"]] == [
+        (None, "m1"),
+        (None, "m2"),
+    ]
+    both = await api.client.get(
+        "/v1/stats", params=[("group_by", "provider"), ("group_by", "model")], headers=auth
+    )
+    assert [(g["provider_id"], g["model"]) for g in both.json()["groups"]] == [
+        ("openai", "m1"),
+        ("openai", "m2"),
+    ]
+    bad = await api.client.get("/v1/stats", params={"group_by": "tenant"}, headers=auth)
+    _problem(bad, 422, "invalid-input")
+
+
+async def test_unknown_routes_and_methods_are_problems(api: Api) -> None:
+    auth = await api.tenant("acme")
+    missing = await api.client.get("/v1/nothing-here", headers=auth)
+    _problem(missing, 404, "not-found")
+    wrong = await api.client.delete("/v1/sessions", headers=auth)
+    _problem(wrong, 405, "method-not-allowed")
+    assert "POST" in wrong.headers["allow"]
+
+
+async def test_health_and_readiness(api: Api) -> None:
+    assert (await api.client.get("/healthz")).json() == {"status": "ok"}
+    assert (await api.client.get("/readyz")).json() == {"status": "ready"}
+    assert (await api.client.get("/readyz", params={"verbose": 1})).status_code == 422

@@ -1,0 +1,104 @@
+"""ServerSettings: defaults, the environment, and clear errors for bad values."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmsession.errors import InvalidInput
+from llmsession.server import ServerSettings
+from llmsession.server.settings import ENV_VARIABLES
+
+
+def test_defaults() -> None:
+    settings = ServerSettings()
+    assert settings.store_url == "sqlite:///./llmsession.db"
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+    assert settings.admin_key is None
+    assert settings.default_ttl_seconds == 3600
+    assert settings.sweep_interval_seconds == 5.0
+    assert settings.purge_created_after_seconds == 86400
+    assert settings.access_log is False
+    assert settings.auth_cache_seconds == 1.0
+    assert ServerSettings.from_env({}) == settings
+
+
+def test_every_field_can_be_set_from_the_environment() -> None:
+    env = {
+        "LLMSESSION_STORE_URL": "postgresql://db/llm",
+        "LLMSESSION_HOST": "0.0.0.0",
+        "LLMSESSION_PORT": " 9000 ",
+        "LLMSESSION_ADMIN_KEY": "a-long-admin-key-123",
+        "LLMSESSION_DEFAULT_TTL": "120",
+        "LLMSESSION_SWEEP_INTERVAL": "0.5",
+        "LLMSESSION_PURGE_CREATED_AFTER": "600",
+        "LLMSESSION_ACCESS_LOG": "yes",
+        "LLMSESSION_AUTH_CACHE_SECONDS": "0",
+    }
+    assert set(env) == set(ENV_VARIABLES.values())
+    assert ServerSettings.from_env(env) == ServerSettings(
+        store_url="postgresql://db/llm",
+        host="0.0.0.0",
+        port=9000,
+        admin_key="a-long-admin-key-123",
+        default_ttl_seconds=120,
+        sweep_interval_seconds=0.5,
+        purge_created_after_seconds=600,
+        access_log=True,
+        auth_cache_seconds=0.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("LLMSESSION_PORT", "http", "integer from 1 to 65535"),
+        ("LLMSESSION_PORT", "70000", "integer from 1 to 65535"),
+        ("LLMSESSION_PORT", "0", "integer from 1 to 65535"),
+        ("LLMSESSION_DEFAULT_TTL", "1.5", "whole number of seconds"),
+        ("LLMSESSION_DEFAULT_TTL", "0", "whole number of seconds"),
+        ("LLMSESSION_SWEEP_INTERVAL", "nan", "from 0.01 to 86400"),
+        ("LLMSESSION_SWEEP_INTERVAL", "0", "from 0.01 to 86400"),
+        ("LLMSESSION_SWEEP_INTERVAL", "inf", "from 0.01 to 86400"),
+        ("LLMSESSION_PURGE_CREATED_AFTER", "-1", "whole number of seconds"),
+        ("LLMSESSION_ACCESS_LOG", "maybe", "true/false"),
+        ("LLMSESSION_AUTH_CACHE_SECONDS", "301", "from 0 to 300"),
+        ("LLMSESSION_ADMIN_KEY", "short", "at least 16 printable ASCII"),
+        ("LLMSESSION_ADMIN_KEY", "has a space in it here", "without spaces"),
+    ],
+)
+def test_a_bad_variable_is_named_with_what_it_accepts(
+    variable: str, value: str, expected: str
+) -> None:
+    with pytest.raises(InvalidInput, match=variable) as raised:
+        ServerSettings.from_env({variable: value})
+    assert expected in str(raised.value)
+    if variable == "LLMSESSION_ADMIN_KEY":
+        assert value not in str(raised.value)
+    else:
+        assert value.strip() in str(raised.value)
+
+
+def test_empty_variables_keep_the_defaults() -> None:
+    assert ServerSettings.from_env({"LLMSESSION_PORT": "", "LLMSESSION_ADMIN_KEY": "  "}) == (
+        ServerSettings()
+    )
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"port": True},
+        {"port": 8080.0},
+        {"store_url": ""},
+        {"host": ""},
+        {"default_ttl_seconds": 10**12},
+        {"sweep_interval_seconds": True},
+        {"purge_created_after_seconds": 0},
+        {"access_log": 1},
+        {"auth_cache_seconds": -1},
+        {"admin_key": "caf\u00e9-caf\u00e9-caf\u00e9-caf\u00e9"},
+    ],
+)
+def test_bad_fields_are_refused(fields: dict[str, object]) -> None:
+    with pytest.raises(InvalidInput):
+        ServerSettings(**fields)  # type: ignore[arg-type]
