@@ -456,7 +456,6 @@ class SQLiteStore(SessionStore):
         return _stored_from_row(rows[0])
 
     async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
-        self._connections()
         conditions = ["tenant_id = ?"]
         params: list[object] = [tenant_id.value]
         if query.cursor is not None:
