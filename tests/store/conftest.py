@@ -6,8 +6,6 @@ for durable backends re-parametrizes it with ``DURABLE`` (indirect).
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -36,12 +34,6 @@ def backend_url(request: pytest.FixtureRequest, backend: str) -> str:
     """The URL of a fresh, empty store of ``backend`` (its server fixture runs only here)."""
     if backend == "memory":
         return MEMORY_URL
-    module = f"llmsession.store.{backend}"
-    if importlib.util.find_spec(module) is None:
-        message = f"{module} does not exist yet"
-        if os.environ.get("LLMSESSION_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{message}, and LLMSESSION_REQUIRE_SERVICES=1 forbids skipping")
-        pytest.skip(message)
     url: str = request.getfixturevalue(f"{backend}_url")
     return url
 
