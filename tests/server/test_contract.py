@@ -12,9 +12,10 @@ from tests.server.conftest import Api
 
 from llmsession import errors
 from llmsession.errors import LLMSessionError
+from llmsession.ids import TenantId
 from llmsession.server import ServerSettings, create_app
 from llmsession.server.problems import PROBLEM_TYPES, problem_for
-from llmsession.server.schemas import StateName
+from llmsession.server.schemas import TENANT_ID_PATTERN, StateName
 from llmsession.states import ALL_STATES
 
 DOC = (Path(__file__).parents[2] / "docs" / "http-api.md").read_text()
@@ -143,3 +144,32 @@ async def test_openapi_documents_problems_auth_and_operation_ids(api: Api) -> No
 @pytest.mark.parametrize("path", ["/docs", "/redoc"])
 async def test_interactive_docs_are_served(api: Api, path: str) -> None:
     assert (await api.client.get(path)).status_code == 200
+
+
+TENANT_SAMPLES = [
+    "acme",
+    "a",
+    "A.b_c:d-e",
+    "9lives",
+    "x" * 128,
+    "x" * 129,
+    "",
+    "-acme",
+    ".acme",
+    "ac me",
+    "acmé",
+    "acme\n",
+    "acme/1",
+    "_acme",
+]
+
+
+@pytest.mark.parametrize("text", TENANT_SAMPLES)
+def test_the_documented_tenant_pattern_is_the_cores_rule(text: str) -> None:
+    documented = re.fullmatch(TENANT_ID_PATTERN, text) is not None
+    try:
+        TenantId(text)
+        accepted = True
+    except errors.InvalidIdentifier:
+        accepted = False
+    assert documented == accepted

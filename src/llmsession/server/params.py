@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from llmsession.errors import InvalidInput
 from llmsession.ids import SessionId, TenantId, check_label
+from llmsession.server.schemas import TENANT_ID_PATTERN
 from llmsession.store.models import MAX_IDEMPOTENCY_KEY, check_idempotency_key
 from llmsession.timestamps import Timestamp
 
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 MAX_KEY_ID_LENGTH = 64
+KEY_ID_PATTERN = f"^[A-Za-z0-9]{{1,{MAX_KEY_ID_LENGTH}}}$"
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -88,12 +90,19 @@ SessionIdPath = Annotated[
 ]
 TenantIdPath = Annotated[
     str,
-    Path(description="A tenant id", examples=["acme"]),
+    Path(
+        description="A tenant id",
+        examples=["acme"],
+        json_schema_extra={"pattern": TENANT_ID_PATTERN},
+    ),
     AfterValidator(_tenant_id),
 ]
 KeyIdPath = Annotated[
     str,
-    Path(description="An API key id (the part between the underscores of the key)"),
+    Path(
+        description="An API key id (the part between the underscores of the key)",
+        json_schema_extra={"pattern": KEY_ID_PATTERN},
+    ),
     AfterValidator(_key_id),
 ]
 IdempotencyKeyHeader = Annotated[

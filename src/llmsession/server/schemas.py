@@ -21,6 +21,8 @@ from llmsession.store.models import MAX_PAGE_SIZE
 from llmsession.tokens import MAX_TOKENS
 
 __all__ = [
+    "MAX_LABEL_LENGTH",
+    "TENANT_ID_PATTERN",
     "ApiKeyOut",
     "ApiKeysOut",
     "CreateSessionIn",
@@ -44,6 +46,12 @@ __all__ = [
 ]
 
 StateName = Literal["created", "active", "closed", "expired"]
+
+#: TenantId's rule as a JSON-schema pattern, for the OpenAPI document only: the
+#: core's TenantId does the checking (tests keep the two in agreement).
+TENANT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+#: A provider id or model is 1 to this many characters (check_label says which).
+MAX_LABEL_LENGTH = 200
 
 TokenCount = Annotated[
     int,
@@ -74,12 +82,20 @@ class CreateSessionIn(BaseModel):
     provider_id: Annotated[
         str,
         AfterValidator(_provider),
-        Field(description="LLM provider: 1 to 200 printable characters, no outer white space"),
+        Field(
+            min_length=1,
+            max_length=MAX_LABEL_LENGTH,
+            description="LLM provider: 1 to 200 printable characters, no outer white space",
+        ),
     ]
     model: Annotated[
         str,
         AfterValidator(_model),
-        Field(description="Model name: 1 to 200 printable characters, no outer white space"),
+        Field(
+            min_length=1,
+            max_length=MAX_LABEL_LENGTH,
+            description="Model name: 1 to 200 printable characters, no outer white space",
+        ),
     ]
     initial_tokens: TokenCount
     ttl_seconds: Annotated[
@@ -113,6 +129,7 @@ class CreateTenantIn(BaseModel):
             description="1 to 128 letters, digits, '.', '_', ':' or '-', "
             "starting with a letter or digit",
             examples=["acme"],
+            json_schema_extra={"pattern": TENANT_ID_PATTERN},
         ),
     ]
 
