@@ -45,6 +45,8 @@ from llmsession.store.models import (
     StoredSession,
     Tenant,
     Totals,
+    check_age,
+    check_batch_limit,
     check_idempotency_key,
 )
 from llmsession.timestamps import Timestamp
@@ -242,21 +244,34 @@ class SessionStore(ABC):
     async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         """Sessions by state, rounds, delta tokens and tokens saved, per group."""
 
-    @abstractmethod
     async def sweep(self, *, limit: int = 1000) -> int:
         """Expire up to ``limit`` Active sessions whose deadline has passed; return how many.
 
         Safe to run from many processes at once: each due session is expired
         exactly once, with expired_at at its deadline (see expire_if_due).
         """
+        if check_batch_limit(limit) == 0:
+            return 0
+        return await self._sweep(self.clock(), limit)
 
-    @abstractmethod
-    async def purge_created(self, older_than_seconds: int, *, limit: int = 1000) -> int:
+    async def purge_created(self, older_than_seconds: float, *, limit: int = 1000) -> int:
         """Delete up to ``limit`` sessions still Created ``older_than_seconds`` after creation.
 
         The seed allows no Created -> expired transition, so abandoned Created
         sessions are removed instead; returns how many.
         """
+        check_age("older_than_seconds", older_than_seconds)
+        if check_batch_limit(limit) == 0:
+            return 0
+        return await self._purge_created(self.clock().plus_seconds(-older_than_seconds), limit)
+
+    @abstractmethod
+    async def _sweep(self, now: Timestamp, limit: int) -> int:
+        """Expire up to ``limit`` sessions due at ``now``, each with ``expire_if_due``."""
+
+    @abstractmethod
+    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
+        """Delete up to ``limit`` Created sessions created at or before ``cutoff``."""
 
     @abstractmethod
     async def ping(self) -> None:

@@ -151,9 +151,8 @@ class MemoryStore(SessionStore):
             )
         return [groups[key] for key in sorted(groups, key=lambda k: (k[0] or "", k[1] or ""))]
 
-    async def sweep(self, *, limit: int = 1000) -> int:
+    async def _sweep(self, now: Timestamp, limit: int) -> int:
         self._check_open()
-        now = self.clock()
         expired = 0
         for entry in list(self._sessions.values()):
             if expired >= limit:
@@ -164,9 +163,8 @@ class MemoryStore(SessionStore):
                 expired += 1
         return expired
 
-    async def purge_created(self, older_than_seconds: int, *, limit: int = 1000) -> int:
+    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
         self._check_open()
-        cutoff = self.clock().plus_seconds(-older_than_seconds)
         doomed = [
             session_id
             for session_id, entry in self._sessions.items()

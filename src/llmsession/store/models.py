@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeAlias, TypeVar
 
@@ -11,6 +12,7 @@ from llmsession.ids import SessionId, TenantId, check_label
 from llmsession.record import SessionRecord
 from llmsession.states import ALL_STATES, SessionState
 from llmsession.timestamps import Timestamp
+from llmsession.tokens import MAX_TOKENS
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -25,6 +27,8 @@ __all__ = [
     "StoredSession",
     "Tenant",
     "Totals",
+    "check_age",
+    "check_batch_limit",
     "check_idempotency_key",
     "check_page_size",
 ]
@@ -147,6 +151,24 @@ def check_page_size(limit: object) -> int:
     if type(limit) is not int or not 1 <= limit <= MAX_PAGE_SIZE:
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}, got {limit!r}")
     return limit
+
+
+def check_batch_limit(limit: object) -> int:
+    """A batch size for sweeps and purges: an int from 0 (do nothing) to 2**63-1."""
+    if type(limit) is not int or not 0 <= limit <= MAX_TOKENS:
+        raise InvalidInput(f"limit must be an integer from 0 to 2**63-1, got {limit!r}")
+    return limit
+
+
+def check_age(name: str, seconds: object) -> float:
+    """An age in seconds: a finite, non-negative int or float (not a bool)."""
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not 0 <= seconds < math.inf
+    ):
+        raise InvalidInput(f"{name} must be a finite number of seconds >= 0, got {seconds!r}")
+    return float(seconds)
 
 
 def check_idempotency_key(key: object) -> str:

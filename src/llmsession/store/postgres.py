@@ -639,11 +639,7 @@ class PostgresStore(SessionStore):
             )
         return [groups[key] for key in sorted(groups, key=lambda k: (k[0] or "", k[1] or ""))]
 
-    async def sweep(self, *, limit: int = 1000) -> int:
-        _check_batch_limit(limit)
-        if limit == 0:
-            return 0
-        now = self.clock()
+    async def _sweep(self, now: Timestamp, limit: int) -> int:
         async with self._connection() as conn, conn.transaction():
             cur = await conn.execute(_CLAIM_DUE, (now.epoch_micros, limit))
             claimed = [_stored_from_row(row) for row in await cur.fetchall()]
@@ -665,19 +661,7 @@ class PostgresStore(SessionStore):
             self._recent.remember(new)
         return expired_count
 
-    async def purge_created(self, older_than_seconds: int, *, limit: int = 1000) -> int:
-        if (
-            isinstance(older_than_seconds, bool)
-            or not isinstance(older_than_seconds, int | float)
-            or not math.isfinite(older_than_seconds)
-        ):
-            raise InvalidInput(
-                f"older_than_seconds must be a number of seconds, got {older_than_seconds!r}"
-            )
-        _check_batch_limit(limit)
-        if limit == 0:
-            return 0
-        cutoff = self.clock().plus_seconds(-older_than_seconds)
+    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
         async with self._connection() as conn:
             cur = await conn.execute(
                 _PURGE, (Created.name, cutoff.epoch_micros, limit, Created.name)
@@ -792,11 +776,6 @@ class PostgresStore(SessionStore):
 _MAX_BIGINT: Final = 2**63 - 1
 _PING_TIMEOUT: Final = 5.0
 _IN_TRANSACTION: Final = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
-
-
-def _check_batch_limit(limit: object) -> None:
-    if type(limit) is not int or not 0 <= limit <= _MAX_BIGINT:
-        raise InvalidInput(f"limit must be an integer from 0 to 2**63-1, got {limit!r}")
 
 
 def _write(

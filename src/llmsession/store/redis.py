@@ -372,9 +372,8 @@ class RedisStore(SessionStore):
             )
         return [groups[key] for key in sorted(groups, key=lambda k: (k[0] or "", k[1] or ""))]
 
-    async def sweep(self, *, limit: int = 1000) -> int:
+    async def _sweep(self, now: Timestamp, limit: int) -> int:
         self._check_open()
-        now = self.clock()
 
         def change(stored: StoredSession) -> tuple[StoredSession, StoredSession | None] | None:
             expired = expire_if_due(stored, now)
@@ -384,9 +383,8 @@ class RedisStore(SessionStore):
             self._keys.deadlines, "(" + lex_time(now.epoch_micros + 1), limit, change
         )
 
-    async def purge_created(self, older_than_seconds: int, *, limit: int = 1000) -> int:
+    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
         self._check_open()
-        cutoff = self.clock().plus_seconds(-older_than_seconds)
 
         def change(stored: StoredSession) -> tuple[StoredSession, StoredSession | None] | None:
             record = stored.record

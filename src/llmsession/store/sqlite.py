@@ -22,7 +22,6 @@ in ``PRAGMA user_version``.
 from __future__ import annotations
 
 import asyncio
-import math
 import sqlite3
 import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -538,11 +537,8 @@ class SQLiteStore(SessionStore):
             )
         ]
 
-    async def sweep(self, *, limit: int = 1000) -> int:
-        _check_limit(limit)
-
+    async def _sweep(self, now: Timestamp, limit: int) -> int:
         def expire_due(conn: sqlite3.Connection) -> int:
-            now = self.clock()
             rows = conn.execute(
                 f"SELECT {_SESSION_COLUMNS} FROM sessions "
                 "WHERE deadline IS NOT NULL AND deadline <= ? ORDER BY deadline LIMIT ?",
@@ -560,15 +556,8 @@ class SQLiteStore(SessionStore):
 
         return await self._write(expire_due)
 
-    async def purge_created(self, older_than_seconds: int, *, limit: int = 1000) -> int:
-        if type(older_than_seconds) not in (int, float) or not math.isfinite(older_than_seconds):
-            raise InvalidInput(
-                f"older_than_seconds must be a number of seconds, got {older_than_seconds!r}"
-            )
-        _check_limit(limit)
-
+    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
         def purge(conn: sqlite3.Connection) -> int:
-            cutoff = self.clock().plus_seconds(-older_than_seconds)
             return conn.execute(
                 "DELETE FROM sessions WHERE session_id IN (SELECT session_id FROM sessions "
                 f"WHERE state = '{_CREATED}' AND created_at <= ? ORDER BY created_at LIMIT ?)",
@@ -688,11 +677,6 @@ def path_of_url(url: str) -> Path:
             "or sqlite:///path/to/file.db for a file"
         )
     return Path(path)
-
-
-def _check_limit(limit: object) -> None:
-    if type(limit) is not int or not 0 <= limit <= _MAX_INTEGER:
-        raise InvalidInput(f"limit must be an integer from 0 to 2**63-1, got {limit!r}")
 
 
 def _key(tenant_id: TenantId, session_id: SessionId) -> tuple[bytes, str]:
