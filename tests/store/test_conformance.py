@@ -505,6 +505,24 @@ async def test_a_zero_limit_sweeps_and_purges_nothing(
     assert (await store.get(ACME, old)).record.state is Created
 
 
+@pytest.mark.parametrize("limit", [-1, True, 1.5, "10", 2**63])
+async def test_a_bad_batch_limit_is_refused(store: SessionStore, limit: object) -> None:
+    due = await new_session(store, ttl_seconds=10)
+    with pytest.raises(InvalidInput, match="limit must be an integer from 0 to 2"):
+        await store.sweep(limit=limit)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    with pytest.raises(InvalidInput, match="limit must be an integer from 0 to 2"):
+        await store.purge_created(60, limit=limit)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    assert (await store.get(ACME, due)).record.state is Active
+
+
+@pytest.mark.parametrize("seconds", [-1, True, "60", float("nan"), float("inf"), None])
+async def test_a_bad_purge_age_is_refused(store: SessionStore, seconds: object) -> None:
+    created = await new_session(store, activate=False)
+    with pytest.raises(InvalidInput, match="older_than_seconds must be a finite number"):
+        await store.purge_created(seconds)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    assert (await store.get(ACME, created)).record.state is Created
+
+
 async def test_racing_sweepers_expire_each_session_once(
     store: SessionStore, open_more: Opener, clock: ManualClock
 ) -> None:

@@ -228,30 +228,3 @@ async def test_a_write_cancelled_while_waiting_leaves_the_store_usable(sqlite_ur
         assert await store.sweep() == 0
     finally:
         await store.aclose()
-
-
-# -- batch arguments ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize("limit", [-1, True, 1.5, "10", 2**63])
-async def test_a_bad_batch_limit_is_refused(sqlite_url: str, limit: object) -> None:
-    store = await open_store(sqlite_url)
-    try:
-        with pytest.raises(InvalidInput, match="limit"):
-            await store.sweep(limit=limit)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
-        with pytest.raises(InvalidInput, match="limit"):
-            await store.purge_created(60, limit=limit)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
-    finally:
-        await store.aclose()
-
-
-@pytest.mark.parametrize("seconds", [True, "60", float("nan"), float("inf"), None])
-async def test_a_bad_purge_age_is_refused(sqlite_url: str, seconds: object) -> None:
-    store = await open_store(sqlite_url)
-    try:
-        created = await store.create(ACME, provider_id="openai", model="m", initial_tokens=1)
-        with pytest.raises(InvalidInput, match="older_than_seconds"):
-            await store.purge_created(seconds)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
-        assert await store.get(ACME, created.record.session_id) == created
-    finally:
-        await store.aclose()
