@@ -14,6 +14,7 @@ from llmsession.server.context import AppContext
 from llmsession.server.metrics import RequestMetricsMiddleware, ServerMetrics
 from llmsession.server.openapi import ServiceAPI
 from llmsession.server.problems import install_problem_handlers
+from llmsession.server.rounds import FastRounds
 from llmsession.server.routes_admin import admin_routes
 from llmsession.server.routes_ops import ops_routes
 from llmsession.server.routes_sessions import session_routes
@@ -35,12 +36,15 @@ def create_app(
     *,
     store: SessionStore | None = None,
     clock: Clock = system_clock,
+    fast_rounds: bool = True,
 ) -> FastAPI:
     """The HTTP service as an ASGI app.
 
     On startup the lifespan opens the store at ``settings.store_url`` (unless
     ``store`` is given; a given store is not closed by the app) and starts the
     sweeper; on shutdown it stops the sweeper, then closes the store it opened.
+    ``fast_rounds`` False sends round requests through FastAPI's router too (the
+    same handler; see :mod:`llmsession.server.rounds`).
     """
     context = AppContext(settings=settings, clock=clock, metrics=ServerMetrics())
 
@@ -83,6 +87,9 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_problem_handlers(app)
+    if fast_rounds:
+        app.add_middleware(FastRounds, context=context)
+    # Added last, so outermost: it times the fast path too.
     app.add_middleware(RequestMetricsMiddleware, metrics=context.metrics)
     app.include_router(session_routes(context))
     app.include_router(admin_routes(context))

@@ -27,12 +27,21 @@ from llmsession.store.models import Totals
 if TYPE_CHECKING:
     from llmsession.store.base import SessionStore
 
-__all__ = ["METRICS_CONTENT_TYPE", "RequestMetricsMiddleware", "ServerMetrics", "SweepCounts"]
+__all__ = [
+    "METRICS_CONTENT_TYPE",
+    "ROUTE_TEMPLATE_KEY",
+    "RequestMetricsMiddleware",
+    "ServerMetrics",
+    "SweepCounts",
+]
 
 logger = logging.getLogger("llmsession.server")
 
 #: The Prometheus text format every Prometheus version reads.
 METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+#: Scope key where code answering before the router (the fast path) names its route template.
+ROUTE_TEMPLATE_KEY = "llmsession.route_template"
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -189,8 +198,12 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
-            route = scope.get("route")
-            template = route.path if route is not None and hasattr(route, "path") else "unmatched"
+            template = scope.get(ROUTE_TEMPLATE_KEY)
+            if template is None:
+                route = scope.get("route")
+                template = (
+                    route.path if route is not None and hasattr(route, "path") else "unmatched"
+                )
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
             key = (str(template), method, status)
             child = self._children.get(key)

@@ -34,6 +34,7 @@ __all__ = [
     "Problem",
     "install_problem_handlers",
     "problem_response",
+    "response_for",
 ]
 
 logger = logging.getLogger("llmsession.server")
@@ -204,6 +205,20 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(
+        "internal", "the server failed to handle this request; the error was logged"
+    )
+
+
+def response_for(error: Exception, request: Request) -> JSONResponse:
+    """The problem response the app's handlers give for ``error`` (for code outside them)."""
+    if isinstance(error, Problem):
+        return _render(error)
+    if isinstance(error, LLMSessionError):
+        return _render(problem_for(error))
+    if isinstance(error, RequestValidationError):
+        return _render(validation_problem(error.errors()))
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return problem_response(
         "internal", "the server failed to handle this request; the error was logged"
     )

@@ -14,23 +14,20 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from llmsession.ids import SessionId, TenantId
-from llmsession.server.auth import bearer_token, require_tenant, tenant_dependency
+from llmsession.server.auth import tenant_dependency
 from llmsession.server.context import AppContext
 from llmsession.server.params import (
     OptionalLabelQuery,
     OptionalTimeQuery,
     SessionIdPath,
     StrictQueryRoute,
-    parse_idempotency_key,
-    parse_json_body,
-    parse_session_id,
     parse_time,
 )
 from llmsession.server.render import render_round, render_session, render_totals
 from llmsession.server.responses import error_responses
+from llmsession.server.rounds import RECORD_ROUND_OPENAPI, ROUNDS_TEMPLATE, record_round_response
 from llmsession.server.schemas import (
     CreateSessionIn,
-    RecordRoundIn,
     RoundPageOut,
     RoundResultOut,
     SessionOut,
@@ -39,45 +36,12 @@ from llmsession.server.schemas import (
     StatsOut,
 )
 from llmsession.states import state_named
-from llmsession.store.models import (
-    DEFAULT_PAGE_SIZE,
-    MAX_IDEMPOTENCY_KEY,
-    MAX_PAGE_SIZE,
-    GroupKey,
-    SessionQuery,
-)
+from llmsession.store.models import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, GroupKey, SessionQuery
 from llmsession.tokens import MAX_TOKENS
 
 __all__ = ["session_routes"]
 
 DEFAULT_ROUNDS_PAGE_SIZE = 100
-
-# What FastAPI would have generated for record_round's parameters and body, had
-# it not taken the raw request (see the route).
-RECORD_ROUND_OPENAPI: dict[str, object] = {
-    "parameters": [
-        {
-            "name": "session_id",
-            "in": "path",
-            "required": True,
-            "description": "A session id (UUID)",
-            "schema": {"type": "string", "format": "uuid"},
-        },
-        {
-            "name": "Idempotency-Key",
-            "in": "header",
-            "required": False,
-            "description": f"1 to {MAX_IDEMPOTENCY_KEY} printable characters; a retried round "
-            "with the same key is recorded once",
-            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
-        },
-    ],
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RecordRoundIn"}}},
-    },
-    "security": [{"TenantKey": []}],
-}
 
 
 def session_routes(context: AppContext) -> APIRouter:
@@ -123,7 +87,7 @@ def session_routes(context: AppContext) -> APIRouter:
         return JSONResponse(render_session(stored))
 
     @router.post(
-        "/sessions/{session_id}/rounds",
+        ROUNDS_TEMPLATE.removeprefix("/v1"),
         status_code=201,
         response_model=RoundResultOut,
         responses={
@@ -143,20 +107,8 @@ def session_routes(context: AppContext) -> APIRouter:
         summary="Record one round on an active session",
     )
     async def record_round(request: Request) -> JSONResponse:
-        # The hot path takes the raw request and validates each part itself, in
-        # the order the declarative routes do (auth, path, header, body):
-        # FastAPI's parameter solving costs more than the whole round otherwise.
-        tenant = await require_tenant(context, bearer_token(request.headers.get("authorization")))
-        session_id = parse_session_id(request.path_params["session_id"])
-        idempotency_key = parse_idempotency_key(request.headers.get("idempotency-key"))
-        body = await parse_json_body(RecordRoundIn, request)
-        result = await context.store.record_round(
-            tenant, session_id, body.delta_tokens, idempotency_key=idempotency_key
-        )
-        payload = {"round": render_round(result.round), "session": render_session(result.session)}
-        if result.replayed:
-            return JSONResponse(payload, 200, headers={"Idempotent-Replayed": "true"})
-        return JSONResponse(payload, 201)
+        # Hand-parsed, see llmsession.server.rounds; usually FastRounds answers first.
+        return await record_round_response(context, request, request.path_params["session_id"])
 
     @router.post(
         "/sessions/{session_id}/close",
