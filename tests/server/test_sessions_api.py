@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from tests.server.conftest import NEW_SESSION, T0, Api
+
+from llmsession.server.body_limit import MAX_BODY_BYTES
 
 PROBLEM = "application/problem+json"
 
@@ -429,3 +432,26 @@ async def test_health_and_readiness(api: Api) -> None:
     assert (await api.client.get("/healthz")).json() == {"status": "ok"}
     assert (await api.client.get("/readyz")).json() == {"status": "ready"}
     assert (await api.client.get("/readyz", params={"verbose": 1})).status_code == 422
+
+
+async def test_bodies_over_64_kib_are_413_however_they_are_sent(api: Api) -> None:
+    auth = await api.tenant("acme")
+    session_id = await api.session(auth)
+    url = f"/v1/sessions/{session_id}/rounds"
+    json_type = {**auth, "Content-Type": "application/json"}
+    at_limit = b'{"delta_tokens": 1}'.ljust(MAX_BODY_BYTES, b" ")
+    accepted = await api.client.post(url, content=at_limit, headers=json_type)
+    assert accepted.status_code == 201, accepted.text
+    over = at_limit + b" "
+    for target in (url, "/v1/sessions", f"{url}?via=router"):
+        _problem(await api.client.post(target, content=over, headers=json_type), 413, "too-large")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b" " * 30_000
+        yield b'{"delta_tokens": 1}'
+
+    streamed = await api.client.post(url, content=chunks(), headers=json_type)
+    _problem(streamed, 413, "too-large")
+    session = (await api.client.get(f"/v1/sessions/{session_id}", headers=auth)).json()
+    assert session["round_count"] == 1

@@ -10,6 +10,7 @@ from fastapi.routing import APIRoute
 
 from llmsession import __name__ as _package
 from llmsession.clock import Clock, system_clock
+from llmsession.server.body_limit import BodyLimit
 from llmsession.server.context import AppContext
 from llmsession.server.metrics import RequestMetricsMiddleware, ServerMetrics
 from llmsession.server.openapi import ServiceAPI
@@ -87,9 +88,11 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_problem_handlers(app)
+    # Each add_middleware wraps the ones before: the metrics time everything, the
+    # body limit applies to the fast path as well.
     if fast_rounds:
         app.add_middleware(FastRounds, context=context)
-    # Added last, so outermost: it times the fast path too.
+    app.add_middleware(BodyLimit)
     app.add_middleware(RequestMetricsMiddleware, metrics=context.metrics)
     app.include_router(session_routes(context))
     app.include_router(admin_routes(context))

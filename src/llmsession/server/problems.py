@@ -49,6 +49,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "forbidden": (403, "Forbidden"),
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),
+    "too-large": (413, "Content too large"),
     "wrong-state": (409, "Wrong session state"),
     "session-expired": (409, "Session expired"),
     "idempotency-conflict": (409, "Idempotency key conflict"),
@@ -193,6 +194,8 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
             f"{request.method} is not allowed on {request.url.path!r}; allowed: {allowed}",
             headers=headers,
         )
+    if status == 413:
+        return problem_response("too-large", str(exc.detail), headers=headers)
     if 400 <= status < 500:
         # 400 is a body FastAPI could not read (e.g. not UTF-8): bad input like any other.
         detail = f"{exc.detail}: send a JSON object encoded as UTF-8"

@@ -15,6 +15,7 @@ _DESCRIPTIONS = {
     404: "No such session (or another tenant's), tenant or key",
     405: "Method not allowed",
     409: "The session's state does not allow this, or a conflicting request",
+    413: "The request body is over 64 KiB",
     422: "Invalid input: see `errors`",
     500: "A server bug (never caused by input)",
     503: "The session store cannot be reached",

@@ -21,7 +21,9 @@ logger = logging.getLogger("llmsession.server")
 
 def ops_routes(context: AppContext) -> APIRouter:
     """/healthz, /readyz and /metrics of one app."""
-    router = APIRouter(tags=["operations"], route_class=StrictQueryRoute)
+    router = APIRouter(
+        tags=["operations"], route_class=StrictQueryRoute, responses=error_responses(413)
+    )
 
     @router.get("/healthz", response_model=StatusOut, summary="200 while the process runs")
     async def healthz() -> JSONResponse:

@@ -49,7 +49,7 @@ def session_routes(context: AppContext) -> APIRouter:
     router = APIRouter(
         prefix="/v1",
         tags=["sessions"],
-        responses=error_responses(401, 403, 503),
+        responses=error_responses(401, 403, 413, 503),
         route_class=StrictQueryRoute,
     )
     tenant_of_request = tenant_dependency(context)

@@ -1,0 +1,84 @@
+"""BodyLimit: refuse request bodies over a size limit before anything reads them.
+
+Every body this API takes is a small JSON object; without a limit, one request
+could make the server hold any amount of memory. The body is read here (up to
+the limit) and handed on whole, so the answer is the same 413 problem whether
+the client sent a Content-Length or streamed chunks.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llmsession.server.problems import problem_response
+
+__all__ = ["MAX_BODY_BYTES", "BodyLimit"]
+
+#: The largest request body accepted, in bytes.
+MAX_BODY_BYTES = 64 * 1024
+
+
+class BodyLimit:
+    """Pure ASGI middleware answering 413 (problem ``too-large``) to oversized bodies."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                # The client went away: let the app see it as it would have.
+                await self.app(scope, _replay(b"", message, receive), send)
+                return
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        await self.app(scope, _replay(body, None, receive), send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            "too-large",
+            f"the request body is over {self.max_bytes} bytes; this API takes small JSON objects",
+        )
+        await response(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _replay(body: bytes, first: Message | None, receive: Receive) -> Receive:
+    """A receive that gives the buffered body once, then the client's later messages."""
+    pending: list[Message] = [
+        first if first is not None else {"type": "http.request", "body": body, "more_body": False}
+    ]
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replay
