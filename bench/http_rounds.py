@@ -2,6 +2,7 @@
 
 Run:  .venv/bin/python bench/http_rounds.py [--backends sqlite,postgres] [--duration 10]
       [--concurrency 32] [--repeat 3] [--json results.json]
+      .venv/bin/python bench/http_rounds.py --cpu     (server CPU per round, in-process)
 
 For each backend it starts, one after the other, as separate processes under
 uvicorn (uvloop + httptools, one worker):
@@ -274,6 +275,89 @@ def _serve_minimal(args: argparse.Namespace) -> None:
     )
 
 
+# -- the server's own CPU per round, in-process ---------------------------------------
+
+
+async def _cpu_per_round() -> str:
+    """CPU microseconds per POST .../rounds through the ASGI app on the memory store.
+
+    No network and no database: what the server code itself costs, steady across
+    a noisy machine (process CPU time, best of 7). With the fast path and without
+    it (the same handler behind FastAPI's router).
+    """
+    from llmsession.server import ServerSettings, create_app
+
+    lines = []
+    for fast in (True, False):
+        app = create_app(
+            ServerSettings(store_url="memory://", admin_key=ADMIN_KEY), fast_rounds=fast
+        )
+        async with app.router.lifespan_context(app):
+            micros = await _time_rounds(app)
+        label = "fast path" if fast else "FastAPI router"
+        lines.append(f"{label}: {micros:.1f} us CPU per round")
+    return "\n".join(lines)
+
+
+async def _time_rounds(app: Any, number: int = 5000, repeat: int = 7) -> float:
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+        tenant = await client.post(
+            "/v1/admin/tenants",
+            json={"tenant_id": "bench"},
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        )
+        auth = {"Authorization": f"Bearer {tenant.json()['api_key']}"}
+        session = await client.post(
+            "/v1/sessions",
+            json={"provider_id": "openai", "model": "gpt-4o", "initial_tokens": 1200},
+            headers=auth,
+        )
+        session_id = session.json()["session_id"]
+        await client.post(f"/v1/sessions/{session_id}/activate", headers=auth)
+    body = b'{"delta_tokens": 7}'
+    path = f"/v1/sessions/{session_id}/rounds"
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"bench"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"authorization", auth["Authorization"].encode()),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    statuses: set[int] = set()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.add(message["status"])
+
+    for _ in range(500):
+        await app(dict(scope), receive, send)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.process_time()
+        for _ in range(number):
+            await app(dict(scope), receive, send)
+        best = min(best, (time.process_time() - start) / number)
+    if statuses != {201}:
+        raise RuntimeError(f"unexpected statuses {statuses}")
+    return best * 1e6
+
+
 # -- the orchestration --------------------------------------------------------------
 
 
@@ -510,7 +594,17 @@ def _report(runs: list[Run], args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--role", choices=["bench", "load", "minimal"], default="bench")
+    parser.add_argument(
+        "--role",
+        choices=["bench", "load", "minimal", "cpu"],
+        default="bench",
+        help=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="only the server's CPU time per round, in-process, without HTTP or a database",
+    )
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -537,6 +631,9 @@ def main() -> None:
         return
     if args.role == "minimal":
         _serve_minimal(args)
+        return
+    if args.cpu:
+        print(asyncio.run(_cpu_per_round()))
         return
 
     if not 1 <= args.concurrency <= 1024 or not 0 < args.duration <= 600:
