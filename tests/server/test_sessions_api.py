@@ -455,3 +455,41 @@ async def test_bodies_over_64_kib_are_413_however_they_are_sent(api: Api) -> Non
     _problem(streamed, 413, "too-large")
     session = (await api.client.get(f"/v1/sessions/{session_id}", headers=auth)).json()
     assert session["round_count"] == 1
+
+
+async def test_a_client_gone_before_its_body_gets_no_answer_and_no_error(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    auth = await api.tenant("acme")
+    session_id = await api.session(auth)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    for path in (f"/v1/sessions/{session_id}/rounds", "/v1/sessions"):
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"authorization", auth["Authorization"].encode()),
+            ],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+        await api.app(scope, receive, send)
+    assert sent == []
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    session = (await api.client.get(f"/v1/sessions/{session_id}", headers=auth)).json()
+    assert session["round_count"] == 0

@@ -38,8 +38,7 @@ class BodyLimit:
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                # The client went away: let the app see it as it would have.
-                await self.app(scope, _replay(b"", message, receive), send)
+                # The client went away before its body arrived: nobody to answer.
                 return
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
@@ -50,7 +49,7 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        await self.app(scope, _replay(body, None, receive), send)
+        await self.app(scope, _replay(body, receive), send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(
@@ -70,11 +69,9 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def _replay(body: bytes, first: Message | None, receive: Receive) -> Receive:
+def _replay(body: bytes, receive: Receive) -> Receive:
     """A receive that gives the buffered body once, then the client's later messages."""
-    pending: list[Message] = [
-        first if first is not None else {"type": "http.request", "body": body, "more_body": False}
-    ]
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def replay() -> Message:
         if pending:

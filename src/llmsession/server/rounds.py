@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -100,6 +100,8 @@ class FastRounds:
                 request = Request(scope, receive)
                 try:
                     response = await record_round_response(self.context, request, match[1])
+                except ClientDisconnect:
+                    return  # gone before its body arrived: nobody to answer
                 except Exception as error:
                     response = response_for(error, request)
                 await response(scope, receive, send)
