@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from llmsession import __name__ as _package
 from llmsession.clock import Clock, system_clock
 from llmsession.server.body_limit import BodyLimit
 from llmsession.server.context import AppContext
@@ -41,13 +40,15 @@ def create_app(
 ) -> FastAPI:
     """The HTTP service as an ASGI app.
 
-    On startup the lifespan opens the store at ``settings.store_url`` (unless
-    ``store`` is given; a given store is not closed by the app) and starts the
-    sweeper; on shutdown it stops the sweeper, then closes the store it opened.
+    On startup the lifespan opens the store at ``settings.store_url`` with
+    ``clock`` (unless ``store`` is given, with its own clock; a given store is not
+    closed by the app) and starts the sweeper; on shutdown it stops the sweeper,
+    then closes the store it opened. Every time the service writes comes from
+    the store's clock, never from a request.
     ``fast_rounds`` False sends round requests through FastAPI's router too (the
     same handler; see :mod:`llmsession.server.rounds`).
     """
-    context = AppContext(settings=settings, clock=clock, metrics=ServerMetrics())
+    context = AppContext(settings=settings, metrics=ServerMetrics())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
@@ -108,6 +109,6 @@ def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version(_package)
+        return version("llmsession")
     except PackageNotFoundError:
         return "0+unknown"

@@ -1,10 +1,9 @@
-"""AppContext: what one app's routes share (settings, the open store, metrics, the sweeper)."""
+"""AppContext: what one app's routes share: settings, the open store, metrics, the key cache."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmsession.clock import Clock
 from llmsession.errors import StoreError
 from llmsession.server.key_cache import KeyCache
 from llmsession.server.metrics import ServerMetrics
@@ -25,7 +24,6 @@ class AppContext:
     """
 
     settings: ServerSettings
-    clock: Clock
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     open_store: SessionStore | None = None
     keys: KeyCache = field(init=False)

@@ -5,7 +5,7 @@ validator becomes a 422 naming the parameter, with the core's own message.
 Query parameters a route does not declare are refused rather than ignored, so a
 misspelled filter cannot silently return everything. The ``parse_*`` functions
 do the same checks by hand for the hot route that skips FastAPI's parameter
-machinery (see routes_sessions.record_round).
+machinery (see :mod:`llmsession.server.rounds`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Header, Path, Query, Request
+from fastapi import Path, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -23,14 +23,14 @@ from starlette.responses import Response
 from llmsession.errors import InvalidInput
 from llmsession.ids import SessionId, TenantId, check_label
 from llmsession.server.schemas import TENANT_ID_PATTERN
-from llmsession.store.models import MAX_IDEMPOTENCY_KEY, check_idempotency_key
+from llmsession.store.models import check_idempotency_key
 from llmsession.timestamps import Timestamp
 
 __all__ = [
-    "IdempotencyKeyHeader",
     "KeyIdPath",
-    "OptionalLabelQuery",
+    "ModelQuery",
     "OptionalTimeQuery",
+    "ProviderQuery",
     "SessionIdPath",
     "StrictQueryRoute",
     "TenantIdPath",
@@ -65,18 +65,18 @@ def _key_id(value: str) -> str:
     return value
 
 
-def _idempotency_key(value: str | None) -> str | None:
-    return None if value is None else check_idempotency_key(value)
-
-
 def _time(value: str | None) -> str | None:
     if value is not None:
         Timestamp.parse(value)
     return value
 
 
-def _label(value: str | None) -> str | None:
-    return None if value is None else check_label("filter", value)
+def _provider(value: str | None) -> str | None:
+    return None if value is None else check_label("provider_id", value)
+
+
+def _model(value: str | None) -> str | None:
+    return None if value is None else check_label("model", value)
 
 
 SessionIdPath = Annotated[
@@ -105,17 +105,6 @@ KeyIdPath = Annotated[
     ),
     AfterValidator(_key_id),
 ]
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=MAX_IDEMPOTENCY_KEY,
-        description="1 to 255 printable characters; a retried round with the same key "
-        "is recorded once",
-    ),
-    AfterValidator(_idempotency_key),
-]
 OptionalTimeQuery = Annotated[
     str | None,
     Query(
@@ -124,7 +113,12 @@ OptionalTimeQuery = Annotated[
     ),
     AfterValidator(_time),
 ]
-OptionalLabelQuery = Annotated[str | None, Query(), AfterValidator(_label)]
+ProviderQuery = Annotated[
+    str | None, Query(description="Only sessions of this provider"), AfterValidator(_provider)
+]
+ModelQuery = Annotated[
+    str | None, Query(description="Only sessions of this model"), AfterValidator(_model)
+]
 
 
 def parse_time(value: str | None) -> Timestamp | None:

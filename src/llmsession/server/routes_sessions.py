@@ -17,8 +17,9 @@ from llmsession.ids import SessionId, TenantId
 from llmsession.server.auth import tenant_dependency
 from llmsession.server.context import AppContext
 from llmsession.server.params import (
-    OptionalLabelQuery,
+    ModelQuery,
     OptionalTimeQuery,
+    ProviderQuery,
     SessionIdPath,
     StrictQueryRoute,
     parse_time,
@@ -144,8 +145,8 @@ def session_routes(context: AppContext) -> APIRouter:
         tenant: Annotated[TenantId, Depends(tenant_of_request)],
         *,
         state: Annotated[StateName | None, Query(description="Only sessions in this state")] = None,
-        provider_id: OptionalLabelQuery = None,
-        model: OptionalLabelQuery = None,
+        provider_id: ProviderQuery = None,
+        model: ModelQuery = None,
         created_after: OptionalTimeQuery = None,
         created_before: OptionalTimeQuery = None,
         limit: Annotated[
