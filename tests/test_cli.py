@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import pytest
 from click.testing import CliRunner, Result
 
-from llmsession import Active, Client, SessionId, TenantId, Timestamp
+from llmsession import Active, AuthenticationError, Client, SessionId, TenantId, Timestamp
 from llmsession.cli import DEFAULT_STORE_URL, cli
 from llmsession.client import ServiceUnreachable
 from llmsession.clock import ManualClock, system_clock
@@ -392,7 +392,13 @@ def served(url: str) -> Iterator[tuple[str, str, subprocess.Popen[str]]]:
     admin_key = f"admin-{uuid.uuid4().hex}"
     process = subprocess.Popen(
         [sys.executable, "-m", "llmsession.cli", "serve", "--port", str(port), "--store-url", url],
-        env={**os.environ, "LLMSESSION_ADMIN_KEY": admin_key, "LLMSESSION_PORT": "1"},
+        env={
+            **os.environ,
+            "LLMSESSION_ADMIN_KEY": admin_key,
+            "LLMSESSION_PORT": "1",
+            # A setting with no flag: serve must still take it from the environment.
+            "LLMSESSION_AUTH_CACHE_SECONDS": "0",
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -428,6 +434,21 @@ def test_serve_takes_flags_over_the_environment(
     assert [k["key_id"] for k in keys] == [new.key_id]
     process.send_signal(signal.SIGTERM)
     assert process.wait(30) == 0
+
+
+def test_serve_keeps_environment_settings_that_have_no_flag(
+    url: str, served: tuple[str, str, subprocess.Popen[str]]
+) -> None:
+    base, admin_key, _ = served
+    with Client(base, api_key=admin_key) as admin:
+        new = admin.create_tenant("cached")
+    with Client(base, api_key=new.api_key) as tenant:
+        assert tenant.list_sessions().items == []
+        # Revoked by another process: with LLMSESSION_AUTH_CACHE_SECONDS=0 the
+        # server must not answer from a cached key check.
+        assert run_cli("tenants", "revoke", new.key_id, "--store-url", url).returncode == 0
+        with pytest.raises(AuthenticationError):
+            tenant.list_sessions()
 
 
 def test_serve_refuses_bad_settings(url: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, Final, NoReturn, TypeVar, get_args
 
 import click
@@ -212,7 +213,10 @@ def serve(
     from llmsession.server import serve as run_server
 
     env = ServerSettings.from_env()
-    settings = ServerSettings(
+    # Flags override the environment; settings without a flag (the key-check
+    # cache, say) keep what the environment gave.
+    settings = replace(
+        env,
         store_url=_pick(store_url, env.store_url),
         host=_pick(host, env.host),
         port=_pick(port, env.port),
