@@ -13,7 +13,7 @@ through ``Session`` transitions (activate, record_delta, close, expire), wrapped
 in a ``StoredSession`` whose ``deadline`` and ``tokens_saved`` come from the
 core too. Creating a million through ``store.create`` would take too long, so
 they are bulk-loaded straight into each store's own schema, which the store
-created when it was opened: ``COPY`` for PostgreSQL (then ``ANALYZE``, as
+created when it was opened: ``COPY`` for PostgreSQL (then ``VACUUM ANALYZE``, as
 autovacuum would do soon after such a load), one ``executemany`` transaction for
 SQLite, and for Redis pipelines of the store's own compare-and-set script
 (``CAS`` with ``cas_arguments``), so indexes and counters are exactly what the
@@ -25,7 +25,9 @@ models (one rare: 0.5%); states Created 6%, Active 14%, Closed 55%, expired 25%,
 plus exactly ``--due`` Active sessions whose idle deadline passed a day ago or
 more. The other Active sessions are due in a day at the earliest.
 
-Measured, for the big tenant, with no filter and four filters: the first page,
+Measured, for the big tenant with no filter and five filters (state, provider,
+provider and model, the rare model, state and the rare model) and for a small
+tenant ("t001") with none, state and the rare model: the first page,
 and the page ``--deep-page`` pages in (reached by following ``next_cursor``;
 for a filter with fewer pages, the last one): the median of ``--runs`` calls of
 ``list_sessions``, against the median of the raw driver's equivalent query in
@@ -36,6 +38,8 @@ the same run, which returns the rows without building the core's values:
 - Redis: ZREVRANGEBYLEX on the tenant's index (all, or per state) and one
   pipeline of HGETALLs; for provider or model, which no index covers, the same
   batches of 256 the store reads, matched on the raw hash fields.
+
+``--explain`` prints the plans of the SQL backends' first-page queries.
 
 Then one full sweep: ``store.sweep(limit=--sweep-batch)`` in a loop until it
 returns 0, timed; afterwards the script checks that exactly ``--due`` sessions
