@@ -11,10 +11,12 @@ matched. How the session is read depends on contention:
   costs a refused compare-and-set and a retry from a fresh read; an answer that
   writes nothing (an error, a replayed round) is given only after checking that
   the remembered version is still the stored one.
-- Once two writers of a session have collided, its changes lock the row for a
-  while (``SELECT ... FOR UPDATE`` in a transaction), so many clients on one
-  session queue on the lock instead of retrying: ``BEGIN`` + lock + read go out
-  in one pipelined round trip, write + ``COMMIT`` in another.
+- Writers of one session in one process take turns (:class:`SessionTurns`), so
+  they never collide with each other.
+- Once writers of a session in different processes have collided, its changes
+  lock the row for a while (``SELECT ... FOR UPDATE`` in a transaction), so the
+  processes queue on the lock instead of retrying: ``BEGIN`` + lock + read go
+  out in one pipelined round trip, write + ``COMMIT`` in another.
 
 Sweepers in any number of processes claim due rows with ``FOR UPDATE SKIP
 LOCKED``: each due session is expired exactly once, by whichever sweeper (or
@@ -82,6 +84,7 @@ from llmsession.store.models import (
     check_page_size,
 )
 from llmsession.store.recent import RecentSessions
+from llmsession.store.turns import SessionTurns
 from llmsession.timestamps import Timestamp
 
 __all__ = ["SCHEMA_VERSION", "PostgresOptions", "PostgresStore"]
@@ -363,6 +366,7 @@ class PostgresStore(SessionStore):
         super().__init__(clock=clock, default_ttl_seconds=default_ttl_seconds)
         self._pool = pool
         self._recent = RecentSessions(session_cache)
+        self._turns = SessionTurns()
         self._closed = False
 
     @classmethod
@@ -472,7 +476,10 @@ class PostgresStore(SessionStore):
     async def _begin(
         self, tenant_id: TenantId, session_id: SessionId
     ) -> AsyncGenerator[SessionTransaction]:
-        async with self._connection() as conn:
+        # Writers of one session in this process take turns before taking a
+        # connection, so they never collide with each other: each finds the version
+        # its predecessor remembered, and the row lock is left for other processes.
+        async with self._turns.turn(session_id), self._connection() as conn:
             if self._recent.contended(session_id):
                 try:
                     yield await self._lock(conn, tenant_id, session_id)

@@ -22,12 +22,11 @@ keys in many hash slots.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Final, Protocol, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -80,6 +79,7 @@ from llmsession.store.redis_schema import (
     parse_session,
     parse_time,
 )
+from llmsession.store.turns import SessionTurns
 from llmsession.timestamps import Timestamp
 
 __all__ = ["DEFAULT_PREFIX", "SCHEMA_VERSION", "RedisStore", "durability_warnings"]
@@ -127,14 +127,6 @@ class _Options:
     wait_timeout_ms: int
 
 
-@dataclass(slots=True)
-class _Writers:
-    """The writers of one session in this process: a turn each, and how many want one."""
-
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    count: int = 0
-
-
 class _RedisTransaction(SessionTransaction):
     def __init__(
         self,
@@ -176,7 +168,7 @@ class RedisStore(SessionStore):
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
         self._closed = False
-        self._writers: dict[SessionId, _Writers] = {}
+        self._turns = SessionTurns()
         #: How this server may lose acknowledged writes (see :func:`durability_warnings`);
         #: empty if its configuration looks durable or could not be read.
         self.durability_warnings: list[str] = []
@@ -266,18 +258,9 @@ class RedisStore(SessionStore):
         # Writers to one session in this process take turns: they would only
         # make each other's compare-and-set fail. Correctness never rests on
         # this lock; other processes are kept out by the version check alone.
-        writers = self._writers.get(session_id)
-        if writers is None:
-            writers = self._writers[session_id] = _Writers()
-        writers.count += 1
-        try:
-            async with writers.lock:
-                stored = await self.get(tenant_id, session_id)
-                yield _RedisTransaction(stored, self._find_round, self._cas)
-        finally:
-            writers.count -= 1
-            if not writers.count:
-                del self._writers[session_id]
+        async with self._turns.turn(session_id):
+            stored = await self.get(tenant_id, session_id)
+            yield _RedisTransaction(stored, self._find_round, self._cas)
 
     async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         with self._guard():

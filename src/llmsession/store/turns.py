@@ -1,0 +1,55 @@
+"""SessionTurns: the writers of one session in one process take turns.
+
+Two writers of the same session in one process would only make each other's
+compare-and-set fail (or queue on a database lock while holding a connection);
+taking turns in the process first costs nothing and keeps every write on the
+cheap path. Correctness never rests on these turns: other processes are kept out
+by the backend's own version check or lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+
+from llmsession.ids import SessionId
+
+__all__ = ["SessionTurns"]
+
+
+class _Writers:
+    """One session's turn, and how many writers hold or await it."""
+
+    __slots__ = ("count", "lock")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.count = 0
+
+
+class SessionTurns:
+    """A lock per session that has writers right now; it is dropped when none is left."""
+
+    def __init__(self) -> None:
+        self._writers: dict[SessionId, _Writers] = {}
+
+    def __len__(self) -> int:
+        """Sessions whose writers hold or await a turn."""
+        return len(self._writers)
+
+    @asynccontextmanager
+    async def turn(self, session_id: SessionId) -> AsyncGenerator[None]:
+        """Wait for this session's turn and hold it for the block."""
+        writers = self._writers.get(session_id)
+        if writers is None:
+            writers = self._writers[session_id] = _Writers()
+        writers.count += 1
+        try:
+            async with writers.lock:
+                yield
+        finally:
+            # Counted rather than asking the lock: a cancelled waiter leaves too.
+            writers.count -= 1
+            if not writers.count:
+                del self._writers[session_id]
