@@ -252,7 +252,9 @@ async def test_every_key_is_under_the_prefix(redis_url: str, redis_store: RedisS
         touched |= {key async for key in client.scan_iter(match=f"*{tenant}*")}
     finally:
         await client.aclose()
-    assert len(touched) == 7  # s: r: i: of the session; ix:all: ix:active: agg: keys: of the tenant
+    # s: r: i: of the session; of the tenant agg: keys: and ix: for all and active,
+    # each also of the provider and of the model.
+    assert len(touched) == 11
     assert all(key.startswith(_prefix(redis_url)) for key in touched)
 
 
@@ -616,6 +618,36 @@ async def test_pages_are_exact_with_equal_creation_times(redis_store: RedisStore
     assert seen == expected
 
 
+async def test_label_indexes_keep_labels_with_separators_apart(redis_store: RedisStore) -> None:
+    # Provider and model are in the index names: labels that would run together
+    # if joined with ':' or quotes must still get sets of their own.
+    labels = [("a:m", "b"), ("a", "m:b"), ('a"', "b"), ("a", '"b')]
+    made = {
+        pair: (
+            await redis_store.create(ACME, provider_id=pair[0], model=pair[1], initial_tokens=1)
+        ).record.session_id
+        for pair in labels
+    }
+    await redis_store.activate(ACME, made[labels[0]])
+    for provider, model in labels:
+        for query in (
+            SessionQuery(provider_id=provider),
+            SessionQuery(model=model),
+            SessionQuery(provider_id=provider, model=model),
+        ):
+            listed = await redis_store.list_sessions(ACME, query)
+            expected = {
+                made[pair]
+                for pair in labels
+                if query.provider_id in (None, pair[0]) and query.model in (None, pair[1])
+            }
+            assert {s.record.session_id for s in listed.items} == expected
+    active = await redis_store.list_sessions(ACME, SessionQuery(state=Active, model="b"))
+    assert [s.record.session_id for s in active.items] == [made[labels[0]]]
+    created = await redis_store.list_sessions(ACME, SessionQuery(state=Created, provider_id="a:m"))
+    assert created.items == []
+
+
 async def test_order_is_exact_beyond_double_precision(redis_url: str) -> None:
     # Microseconds near the year 9000 are about 2**57: a double cannot tell
     # neighbours apart, the store's text-ordered indexes can.
@@ -741,6 +773,8 @@ async def test_counters_and_indexes_match_a_memory_store(redis_url: str) -> None
                 SessionQuery(state=Active, limit=1000),
                 SessionQuery(state=Created, model="m2", limit=1000),
                 SessionQuery(provider_id="p1", limit=7),
+                SessionQuery(provider_id="p2", model="m1", limit=3),
+                SessionQuery(state=Active, provider_id="p2", limit=1000),
                 SessionQuery(state=Closed, limit=1000),
             ):
                 in_memory = await memory.list_sessions(tenant, query)

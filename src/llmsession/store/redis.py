@@ -47,8 +47,8 @@ from llmsession.ids import SessionId, TenantId
 from llmsession.states import ALL_STATES, Created
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
-    SessionStore,
     SessionTransaction,
+    TransactionalStore,
     VersionConflict,
     expire_if_due,
 )
@@ -146,7 +146,7 @@ class _RedisTransaction(SessionTransaction):
             raise VersionConflict
 
 
-class RedisStore(SessionStore):
+class RedisStore(TransactionalStore):
     """Sessions in Redis; open one with :meth:`open` (or ``open_store("redis://...")``)."""
 
     def __init__(
@@ -275,7 +275,15 @@ class RedisStore(SessionStore):
     async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
         self._check_open()
         after = decode_cursor(query.cursor) if query.cursor is not None else None
-        index = self._keys.by_tenant(tenant_id, query.state)
+        # The most selective set: of the model, else of the provider, else all,
+        # each also per state. A provider given with a model is the one filter
+        # left for _matches.
+        if query.model is not None:
+            index = self._keys.by_tenant(tenant_id, query.state, model=query.model)
+        elif query.provider_id is not None:
+            index = self._keys.by_tenant(tenant_id, query.state, provider=query.provider_id)
+        else:
+            index = self._keys.by_tenant(tenant_id, query.state)
         uppers: list[str] = []
         if query.created_before is not None:
             uppers.append(lex_time(query.created_before.epoch_micros))
@@ -287,9 +295,9 @@ class RedisStore(SessionStore):
             if query.created_after is not None
             else "-"
         )
-        # Only provider and model are not in the index; without them every entry
-        # read is a match (barring a racing purge), so one page is read at once.
-        filtered = query.provider_id is not None or query.model is not None
+        # Unless a provider is given with a model, every entry read is a match
+        # (barring a racing purge), so one page is read at once.
+        filtered = query.provider_id is not None and query.model is not None
         batch = max(query.limit + 1, 256) if filtered else query.limit + 1
         matches: list[StoredSession] = []
         while len(matches) <= query.limit:

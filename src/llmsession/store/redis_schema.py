@@ -8,6 +8,10 @@ Key layout, under a prefix (``llmsession:`` by default)::
     i:<session id>       hash: idempotency key -> round JSON
     ix:all:<tenant>      sorted set: the tenant's sessions, member <created_at><id>
     ix:<state>:<tenant>  sorted set: the same, for one state
+    ix:<all or state>:p<provider>:<tenant>, ix:<all or state>:m<model>:<tenant>
+                         sorted sets: the same, for one provider or one model
+                         (each a JSON string, which ends itself, so no name is
+                         ambiguous whatever characters a label holds)
     created              sorted set: every Created session, member <created_at><id>
     deadlines            sorted set: every Active session, member <deadline><id>
     agg:<tenant>         hash: counters per (provider, model), see counter_increments
@@ -180,9 +184,24 @@ class RedisKeys:
         """A session's rounds by idempotency key."""
         return f"{self.prefix}i:{session_id}"
 
-    def by_tenant(self, tenant_id: TenantId, state: type[SessionState] | None = None) -> str:
-        """The sorted set of a tenant's sessions, all or in one state."""
-        return f"{self.prefix}ix:{'all' if state is None else state.name}:{tenant_id}"
+    def by_tenant(
+        self,
+        tenant_id: TenantId,
+        state: type[SessionState] | None = None,
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+    ) -> str:
+        """The sorted set of a tenant's sessions: all or in one state, then of one
+        provider or one model (not both: no set is kept for the pair)."""
+        if provider is not None and model is not None:
+            raise ValueError("no sorted set is kept per provider and model together")
+        where = "all" if state is None else state.name
+        if provider is not None:
+            where += ":p" + json.dumps(provider)
+        elif model is not None:
+            where += ":m" + json.dumps(model)
+        return f"{self.prefix}ix:{where}:{tenant_id}"
 
     def counters(self, tenant_id: TenantId) -> str:
         """The hash of a tenant's counters."""
@@ -286,9 +305,18 @@ def _index_entries(keys: RedisKeys, stored: StoredSession | None) -> set[tuple[s
         return set()
     record = stored.record
     listed = member(record.created_at, record.session_id)
+    tenant, provider, model = record.tenant_id, record.provider_id, record.model
+    # Every state filter (none or one) with every label filter (none, the
+    # provider, the model) has its own set, so a listing reads only matches,
+    # but for a provider given with a model, which rarely leaves any out.
     entries = {
-        (keys.by_tenant(record.tenant_id), listed),
-        (keys.by_tenant(record.tenant_id, record.state), listed),
+        (index, listed)
+        for state in (None, record.state)
+        for index in (
+            keys.by_tenant(tenant, state),
+            keys.by_tenant(tenant, state, provider=provider),
+            keys.by_tenant(tenant, state, model=model),
+        )
     }
     if record.state is Created:
         entries.add((keys.created, listed))
