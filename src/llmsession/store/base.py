@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
+from typing import TypeAlias
 
 from llmsession.clock import Clock, system_clock
 from llmsession.errors import (
@@ -54,8 +55,11 @@ from llmsession.tokens import check_token_count
 
 __all__ = [
     "DEFAULT_TTL_SECONDS",
+    "Change",
+    "ChangeFn",
     "SessionStore",
     "SessionTransaction",
+    "TransactionalStore",
     "VersionConflict",
     "expire_if_due",
 ]
@@ -86,11 +90,21 @@ class SessionTransaction(ABC):
 
 
 @dataclass(frozen=True, slots=True)
-class _Change:
+class Change:
+    """What a change computed: the next stored session (``stored`` itself if nothing
+    changes), the round to insert with it, and an error to raise after the commit
+    (a late round still writes the expiry it discovered)."""
+
     stored: StoredSession
     round: Round | None = None
-    # Raised after the commit: a late round still writes the expiry it discovered.
     error: LLMSessionError | None = None
+    replayed: Round | None = None
+
+
+ChangeFn: TypeAlias = Callable[[StoredSession, Timestamp, Round | None], Change]
+"""Computes a change from the session as read, the time, and the round already
+recorded under the request's idempotency key (None without a key or a match).
+Pure: it may run in a backend's own thread, inside its transaction."""
 
 
 class SessionStore(ABC):
@@ -133,9 +147,9 @@ class SessionStore(ABC):
     async def activate(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """Created -> Active."""
 
-        def change(stored: StoredSession, now: Timestamp) -> _Change:
+        def change(stored: StoredSession, now: Timestamp, _: Round | None) -> Change:
             session = require_state(restore(stored.record), Created, "activate")
-            return _Change(_next(stored, session.activate(now).into_data(), now))
+            return Change(_next(stored, session.activate(now).into_data(), now))
 
         return (await self._apply(tenant_id, session_id, change)).stored
 
@@ -157,21 +171,16 @@ class SessionStore(ABC):
         check_token_count("delta_tokens", delta_tokens)
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
-        replayed: list[Round] = []
 
-        async def change(tx: SessionTransaction, now: Timestamp) -> _Change:
-            if idempotency_key is not None:
-                first = await tx.find_round(idempotency_key)
-                if first is not None:
-                    if first.delta_tokens != delta_tokens:
-                        raise IdempotencyConflict(
-                            f"idempotency key {idempotency_key!r} was used for a round of "
-                            f"{first.delta_tokens} delta tokens, not {delta_tokens}; "
-                            "use a new key for a new round"
-                        )
-                    replayed.append(first)
-                    return _Change(tx.stored)
-            stored = tx.stored
+        def change(stored: StoredSession, now: Timestamp, first: Round | None) -> Change:
+            if first is not None:
+                if first.delta_tokens != delta_tokens:
+                    raise IdempotencyConflict(
+                        f"idempotency key {idempotency_key!r} was used for a round of "
+                        f"{first.delta_tokens} delta tokens, not {delta_tokens}; "
+                        "use a new key for a new round"
+                    )
+                return Change(stored, replayed=first)
             expired = _expire_late(stored, now, "record_delta")
             if expired is not None:
                 return expired
@@ -179,35 +188,35 @@ class SessionStore(ABC):
             session.record_delta(delta_tokens)
             record = session.into_data()
             new_round = Round(session_id, record.round_count, delta_tokens, now, idempotency_key)
-            return _Change(_next(stored, record, now), new_round)
+            return Change(_next(stored, record, now), new_round)
 
-        result = await self._apply_tx(tenant_id, session_id, change)
-        if replayed:
-            return RoundResult(replayed[0], result.stored, replayed=True)
+        result = await self._apply(tenant_id, session_id, change, idempotency_key)
+        if result.replayed is not None:
+            return RoundResult(result.replayed, result.stored, replayed=True)
         assert result.round is not None
         return RoundResult(result.round, result.stored)
 
     async def close(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """Active -> Closed. Refused with SessionExpiredError past the deadline."""
 
-        def change(stored: StoredSession, now: Timestamp) -> _Change:
+        def change(stored: StoredSession, now: Timestamp, _: Round | None) -> Change:
             expired = _expire_late(stored, now, "close")
             if expired is not None:
                 return expired
             session = require_state(restore(stored.record), Active, "close")
-            return _Change(_next(stored, session.close(now).into_data(), stored.last_activity_at))
+            return Change(_next(stored, session.close(now).into_data(), stored.last_activity_at))
 
         return (await self._apply(tenant_id, session_id, change)).stored
 
     async def expire(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """Active -> SessionExpired now (or at the deadline, if that came first)."""
 
-        def change(stored: StoredSession, now: Timestamp) -> _Change:
+        def change(stored: StoredSession, now: Timestamp, _: Round | None) -> Change:
             session = require_state(restore(stored.record), Active, "expire")
             deadline = stored.deadline
             at = now if deadline is None else min(now, deadline)
             expired = session.expire(at).into_data()
-            return _Change(_next(stored, expired, stored.last_activity_at))
+            return Change(_next(stored, expired, stored.last_activity_at))
 
         return (await self._apply(tenant_id, session_id, change)).stored
 
@@ -218,12 +227,17 @@ class SessionStore(ABC):
         """Store a new session (its id is fresh)."""
 
     @abstractmethod
-    def _begin(
-        self, tenant_id: TenantId, session_id: SessionId
-    ) -> AbstractAsyncContextManager[SessionTransaction]:
-        """Open a transaction on one session; NotFoundError if missing or foreign.
-
-        Leaving the block without commit() rolls back; an exception propagates.
+    async def _run_change(
+        self,
+        tenant_id: TenantId,
+        session_id: SessionId,
+        change: ChangeFn,
+        idempotency_key: str | None,
+    ) -> Change:
+        """Read the session (NotFoundError if missing or foreign) and the round under
+        ``idempotency_key``, compute ``self._compute(change, ...)``, and commit the
+        result if it differs from what was read, atomically with a compare-and-set
+        on the version; VersionConflict if that lost a race (the caller retries).
         """
 
     @abstractmethod
@@ -317,31 +331,12 @@ class SessionStore(ABC):
         self,
         tenant_id: TenantId,
         session_id: SessionId,
-        change: Callable[[StoredSession, Timestamp], _Change],
-    ) -> _Change:
-        async def on_tx(tx: SessionTransaction, now: Timestamp) -> _Change:
-            return change(tx.stored, now)
-
-        return await self._apply_tx(tenant_id, session_id, on_tx)
-
-    async def _apply_tx(
-        self,
-        tenant_id: TenantId,
-        session_id: SessionId,
-        change: Callable[[SessionTransaction, Timestamp], Awaitable[_Change]],
-    ) -> _Change:
+        change: ChangeFn,
+        idempotency_key: str | None = None,
+    ) -> Change:
         for attempt in range(_MAX_ATTEMPTS):
             try:
-                async with self._begin(tenant_id, session_id) as tx:
-                    # Replicas' clocks differ a little; a session's own time never
-                    # runs backwards, so no transition is dated before the last one.
-                    now = max(self.clock(), tx.stored.last_activity_at)
-                    try:
-                        result = await change(tx, now)
-                    except WrongStateError as error:
-                        raise _refine(error) from None
-                    if result.stored is not tx.stored:
-                        await tx.commit(result.stored, result.round)
+                result = await self._run_change(tenant_id, session_id, change, idempotency_key)
             except VersionConflict:
                 await asyncio.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 20)))
                 continue
@@ -351,6 +346,51 @@ class SessionStore(ABC):
         raise ConcurrentUpdateError(
             f"session {session_id} kept changing under {_MAX_ATTEMPTS} attempts; try again"
         )
+
+    def _compute(self, change: ChangeFn, stored: StoredSession, first: Round | None) -> Change:
+        """Run ``change`` at the session's own time; backends overriding _run_change call this."""
+        # Replicas' clocks differ a little; a session's own time never runs
+        # backwards, so no transition is dated before the last one.
+        now = max(self.clock(), stored.last_activity_at)
+        try:
+            return change(stored, now, first)
+        except WrongStateError as error:
+            raise _refine(error) from None
+
+
+class TransactionalStore(SessionStore):
+    """A SessionStore whose changes run in a transaction opened by ``_begin``.
+
+    For backends where reading, computing in Python and writing are separate
+    steps (a row lock or a pinned version holds in between).
+    """
+
+    @abstractmethod
+    def _begin(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AbstractAsyncContextManager[SessionTransaction]:
+        """Open a transaction on one session; NotFoundError if missing or foreign.
+
+        Leaving the block without commit() rolls back; an exception propagates.
+        """
+
+    async def _run_change(
+        self,
+        tenant_id: TenantId,
+        session_id: SessionId,
+        change: ChangeFn,
+        idempotency_key: str | None,
+    ) -> Change:
+        """Read, compute and commit one change; VersionConflict if it lost a race.
+
+        Open the transaction, look up the idempotency key, compute, commit.
+        """
+        async with self._begin(tenant_id, session_id) as tx:
+            first = None if idempotency_key is None else await tx.find_round(idempotency_key)
+            result = self._compute(change, tx.stored, first)
+            if result.stored is not tx.stored:
+                await tx.commit(result.stored, result.round)
+        return result
 
 
 def expire_if_due(stored: StoredSession, now: Timestamp) -> StoredSession | None:
@@ -366,12 +406,12 @@ def expire_if_due(stored: StoredSession, now: Timestamp) -> StoredSession | None
     return _next(stored, session.expire(deadline).into_data(), stored.last_activity_at)
 
 
-def _expire_late(stored: StoredSession, now: Timestamp, method: str) -> _Change | None:
+def _expire_late(stored: StoredSession, now: Timestamp, method: str) -> Change | None:
     expired = expire_if_due(stored, now)
     if expired is None:
         return None
     error = SessionExpiredError(method, Active.name, SessionExpired.name)
-    return _Change(expired, error=error)
+    return Change(expired, error=error)
 
 
 def _next(

@@ -17,8 +17,8 @@ from llmsession.ids import SessionId, TenantId
 from llmsession.states import ALL_STATES, Created
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
-    SessionStore,
     SessionTransaction,
+    TransactionalStore,
     VersionConflict,
     expire_if_due,
 )
@@ -66,7 +66,7 @@ class _MemoryTransaction(SessionTransaction):
                 self._entry.by_key[new_round.idempotency_key] = new_round
 
 
-class MemoryStore(SessionStore):
+class MemoryStore(TransactionalStore):
     """Sessions in a dict; lost when the process ends."""
 
     def __init__(

@@ -68,6 +68,7 @@ from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
     SessionStore,
     SessionTransaction,
+    TransactionalStore,
     VersionConflict,
     expire_if_due,
 )
@@ -351,7 +352,7 @@ class _OptimisticTransaction(_PostgresTransaction):
         self._written(new)
 
 
-class PostgresStore(SessionStore):
+class PostgresStore(TransactionalStore):
     """Sessions in PostgreSQL tables; safe for many processes on one database."""
 
     def __init__(

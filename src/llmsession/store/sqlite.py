@@ -24,9 +24,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -45,8 +44,9 @@ from llmsession.record import SessionRecord
 from llmsession.states import ALL_STATES, Created, state_named
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
+    Change,
+    ChangeFn,
     SessionStore,
-    SessionTransaction,
     VersionConflict,
     expire_if_due,
 )
@@ -180,6 +180,9 @@ _INSERT_ROUND = (
     "VALUES (?, ?, ?, ?, ?)"
 )
 _ROUND_COLUMNS = "seq, delta_tokens, recorded_at, idempotency_key"
+_SELECT_ROUND_BY_KEY = (
+    f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE session_id = ? AND idempotency_key = ?"
+)
 
 # SUM() raises on passing 2**63-1, and total() is a float. Summing the high and
 # low 32 bits separately stays exact in 64 bits for up to 2**31 sessions per
@@ -259,53 +262,6 @@ def _in_transaction(work: Callable[[sqlite3.Connection], T], conn: sqlite3.Conne
         _rollback(conn)
         raise
     return result
-
-
-def _begin_and_read(key: tuple[bytes, str], conn: sqlite3.Connection) -> Any:
-    _begin_immediate(conn)
-    return conn.execute(_SELECT_SESSION, key).fetchone()
-
-
-def _write_change(
-    update: Sequence[object], new_round: Sequence[object] | None, conn: sqlite3.Connection
-) -> bool:
-    """UPDATE with the version check, INSERT the round, COMMIT; False on a conflict."""
-    if conn.execute(_UPDATE_SESSION, update).rowcount != 1:
-        return False
-    if new_round is not None:
-        try:
-            conn.execute(_INSERT_ROUND, new_round)
-        except sqlite3.IntegrityError:
-            # The write lock makes this unreachable today; if it ever happens,
-            # a fresh read finds the round that got there first.
-            return False
-    conn.execute("COMMIT")
-    return True
-
-
-class _SQLiteTransaction(SessionTransaction):
-    def __init__(self, conn: _Connection, stored: StoredSession) -> None:
-        self._conn = conn
-        self.stored = stored
-        self.committed = False
-
-    async def find_round(self, idempotency_key: str) -> Round | None:
-        session_id = self.stored.record.session_id
-        rows = await self._conn.run(
-            partial(
-                _fetch_all,
-                f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE session_id = ? AND idempotency_key = ?",
-                (session_id.value.bytes, idempotency_key),
-            )
-        )
-        return _round_from_row(session_id, rows[0]) if rows else None
-
-    async def commit(self, new: StoredSession, new_round: Round | None) -> None:
-        round_params = None if new_round is None else _round_params(new_round)
-        update = _update_params(new, self.stored.version)
-        if not await self._conn.run(partial(_write_change, update, round_params)):
-            raise VersionConflict
-        self.committed = True
 
 
 class SQLiteStore(SessionStore):
@@ -428,25 +384,38 @@ class SQLiteStore(SessionStore):
         params = _insert_params(stored)
         await self._write(lambda conn: conn.execute(_INSERT_SESSION, params).rowcount)
 
-    @asynccontextmanager
-    async def _begin(
-        self, tenant_id: TenantId, session_id: SessionId
-    ) -> AsyncGenerator[SessionTransaction]:
-        writer, _ = self._connections()
-        async with self._lock:
-            tx: _SQLiteTransaction | None = None
-            try:
-                row = await writer.run(partial(_begin_and_read, _key(tenant_id, session_id)))
-                if row is None:
-                    raise NotFoundError(f"no session {session_id}")
-                tx = _SQLiteTransaction(writer, _stored_from_row(row))
-                yield tx
-            finally:
-                # Whenever nothing was committed: a missing session, a replay, a
-                # refused change, a failed commit, or a cancelled task (whose
-                # BEGIN may still complete in the thread, before this rollback).
-                if tx is None or not tx.committed:
-                    await writer.run(_rollback)
+    async def _run_change(
+        self,
+        tenant_id: TenantId,
+        session_id: SessionId,
+        change: ChangeFn,
+        idempotency_key: str | None,
+    ) -> Change:
+        key = _key(tenant_id, session_id)
+
+        # The whole change runs in the writer's thread inside one BEGIN IMMEDIATE:
+        # read, the core's computation, write and COMMIT are one hop, not three.
+        # The write lock is held throughout, so the version check cannot fail
+        # today; it stays, so that the write is right whoever else holds the file.
+        def transaction(conn: sqlite3.Connection) -> Change:
+            row = conn.execute(_SELECT_SESSION, key).fetchone()
+            if row is None:
+                raise NotFoundError(f"no session {session_id}")
+            stored = _stored_from_row(row)
+            first = None
+            if idempotency_key is not None:
+                found = conn.execute(_SELECT_ROUND_BY_KEY, (key[0], idempotency_key)).fetchone()
+                first = None if found is None else _round_from_row(session_id, found)
+            result = self._compute(change, stored, first)
+            if result.stored is not stored:
+                update = _update_params(result.stored, stored.version)
+                if conn.execute(_UPDATE_SESSION, update).rowcount != 1:
+                    raise VersionConflict
+                if result.round is not None:
+                    conn.execute(_INSERT_ROUND, _round_params(result.round))
+            return result
+
+        return await self._write(transaction)
 
     async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         rows = await self._read(_SELECT_SESSION, _key(tenant_id, session_id))
