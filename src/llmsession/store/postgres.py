@@ -46,7 +46,7 @@ from typing import Any, Final, LiteralString
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
@@ -66,7 +66,6 @@ from llmsession.record import SessionRecord
 from llmsession.states import ALL_STATES, Created, state_named
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
-    SessionStore,
     SessionTransaction,
     TransactionalStore,
     VersionConflict,
@@ -96,7 +95,7 @@ SCHEMA_VERSION: Final = 1
 _Connection = AsyncConnection[TupleRow]
 
 # Timestamps are bigint microseconds since the epoch: exact, and cheap to compare.
-_SCHEMA: Final[tuple[LiteralString, ...]] = (
+_SCHEMA: Final[tuple[LiteralString | sql.Composed, ...]] = (
     """
     CREATE TABLE sessions (
         session_id uuid PRIMARY KEY,
@@ -118,10 +117,18 @@ _SCHEMA: Final[tuple[LiteralString, ...]] = (
         deadline bigint
     )
     """,
+    # Lists are per tenant, newest first: every listing index starts with the tenant
+    # and ends in the page order.
     "CREATE INDEX sessions_by_tenant ON sessions (tenant_id, created_at DESC, session_id DESC)",
+    "CREATE INDEX sessions_by_state "
+    "ON sessions (tenant_id, state, created_at DESC, session_id DESC)",
     # Only Active sessions have a deadline: a sweep reads just the due ones.
     "CREATE INDEX sessions_by_deadline ON sessions (deadline) WHERE deadline IS NOT NULL",
-    "CREATE INDEX sessions_by_state ON sessions (state, created_at)",
+    # purge_created reads only old Created sessions. Partial, so a change to any other
+    # session never writes to it; its query spells the state the same way.
+    sql.SQL("CREATE INDEX sessions_created ON sessions (created_at) WHERE state = {}").format(
+        sql.Literal(Created.name)
+    ),
     """
     CREATE TABLE rounds (
         session_id uuid NOT NULL REFERENCES sessions ON DELETE CASCADE,
@@ -211,11 +218,11 @@ _BULK_UPDATE: Final = (
     "WHERE s.session_id = v.session_id AND s.version = v.old_version"
 )
 
-_PURGE: Final = (
+_PURGE: Final = sql.SQL(
     "DELETE FROM sessions WHERE session_id IN ("
-    "SELECT session_id FROM sessions WHERE state = %s AND created_at <= %s "
-    "ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) AND state = %s"
-)
+    "SELECT session_id FROM sessions WHERE state = {created} AND created_at <= %s "
+    "ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) AND state = {created}"
+).format(created=sql.Literal(Created.name))
 
 _LIST_ROUNDS: Final = (
     "SELECT r.seq, r.delta_tokens, r.recorded_at, r.idempotency_key FROM sessions s "
@@ -671,9 +678,7 @@ class PostgresStore(TransactionalStore):
 
     async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
         async with self._connection() as conn:
-            cur = await conn.execute(
-                _PURGE, (Created.name, cutoff.epoch_micros, limit, Created.name)
-            )
+            cur = await conn.execute(_PURGE, (cutoff.epoch_micros, limit))
             return cur.rowcount
 
     async def ping(self) -> None:
