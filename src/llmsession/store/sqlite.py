@@ -26,6 +26,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -51,6 +52,7 @@ from llmsession.store.base import (
     expire_if_due,
 )
 from llmsession.store.cursor import decode_cursor, encode_cursor
+from llmsession.store.group_commit import GroupCommit
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
@@ -264,6 +266,14 @@ def _in_transaction(work: Callable[[sqlite3.Connection], T], conn: sqlite3.Conne
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class _PendingChange:
+    key: tuple[bytes, str]
+    session_id: SessionId
+    change: ChangeFn
+    idempotency_key: str | None
+
+
 class SQLiteStore(SessionStore):
     """Sessions in one SQLite file (WAL mode), shareable by several processes.
 
@@ -284,6 +294,7 @@ class SQLiteStore(SessionStore):
         self._writer: _Connection | None = None
         self._reader: _Connection | None = None
         self._lock = asyncio.Lock()
+        self._changes = GroupCommit(self._run_changes)
         self._closed = False
 
     @classmethod
@@ -391,31 +402,60 @@ class SQLiteStore(SessionStore):
         change: ChangeFn,
         idempotency_key: str | None,
     ) -> Change:
-        key = _key(tenant_id, session_id)
+        return await self._changes.submit(
+            _PendingChange(_key(tenant_id, session_id), session_id, change, idempotency_key)
+        )
 
-        # The whole change runs in the writer's thread inside one BEGIN IMMEDIATE:
-        # read, the core's computation, write and COMMIT are one hop, not three.
-        # The write lock is held throughout, so the version check cannot fail
-        # today; it stays, so that the write is right whoever else holds the file.
-        def transaction(conn: sqlite3.Connection) -> Change:
-            row = conn.execute(_SELECT_SESSION, key).fetchone()
-            if row is None:
-                raise NotFoundError(f"no session {session_id}")
-            stored = _stored_from_row(row)
-            first = None
-            if idempotency_key is not None:
-                found = conn.execute(_SELECT_ROUND_BY_KEY, (key[0], idempotency_key)).fetchone()
-                first = None if found is None else _round_from_row(session_id, found)
-            result = self._compute(change, stored, first)
-            if result.stored is not stored:
-                update = _update_params(result.stored, stored.version)
-                if conn.execute(_UPDATE_SESSION, update).rowcount != 1:
-                    raise VersionConflict
-                if result.round is not None:
-                    conn.execute(_INSERT_ROUND, _round_params(result.round))
-            return result
+    async def _run_changes(self, batch: Sequence[_PendingChange]) -> list[Change | Exception]:
+        # Every change that queued up while the last commit was syncing goes into
+        # one transaction: one fsync for the batch instead of one per round.
+        return await self._write(partial(self._apply_changes, batch))
 
-        return await self._write(transaction)
+    def _apply_changes(
+        self, batch: Sequence[_PendingChange], conn: sqlite3.Connection
+    ) -> list[Change | Exception]:
+        outcomes: list[Change | Exception] = []
+        for pending in batch:
+            # A savepoint per change: one refused change leaves the others whole.
+            conn.execute("SAVEPOINT change")
+            try:
+                outcomes.append(self._apply_change(pending, conn))
+            except Exception as error:
+                conn.execute("ROLLBACK TO change")
+                if isinstance(error, sqlite3.Error):
+                    error = StoreError(f"SQLite file {self.path}: {error}")
+                outcomes.append(error)
+            conn.execute("RELEASE change")
+        return outcomes
+
+    def _apply_change(self, pending: _PendingChange, conn: sqlite3.Connection) -> Change:
+        """Read, let the core compute, write: all in the writer's thread, under its lock.
+
+        The write lock is held throughout, so the version check cannot fail today;
+        it stays, so that the write is right whoever else holds the file.
+        """
+        row = conn.execute(_SELECT_SESSION, pending.key).fetchone()
+        if row is None:
+            raise NotFoundError(f"no session {pending.session_id}")
+        stored = _stored_from_row(row)
+        first = None
+        if pending.idempotency_key is not None:
+            found = conn.execute(
+                _SELECT_ROUND_BY_KEY, (pending.key[0], pending.idempotency_key)
+            ).fetchone()
+            first = None if found is None else _round_from_row(pending.session_id, found)
+        result = self._compute(pending.change, stored, first)
+        if result.stored is not stored:
+            if (
+                conn.execute(
+                    _UPDATE_SESSION, _update_params(result.stored, stored.version)
+                ).rowcount
+                != 1
+            ):
+                raise VersionConflict
+            if result.round is not None:
+                conn.execute(_INSERT_ROUND, _round_params(result.round))
+        return result
 
     async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         rows = await self._read(_SELECT_SESSION, _key(tenant_id, session_id))
