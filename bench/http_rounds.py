@@ -10,9 +10,14 @@ uvicorn (uvloop + httptools, one worker):
 - the llmsession server (``python -m llmsession.server``), driven with
   ``POST /v1/sessions/{id}/rounds`` (auth, validation, the store's transaction
   with its compare-and-set, the session JSON back), one session per client;
-- a minimal raw-ASGI endpoint doing the same single database write (one
-  auto-committed INSERT of the round, same durability: SQLite WAL with
-  synchronous=FULL, or a PostgreSQL pool): the floor for Python on this machine.
+- a minimal raw-ASGI endpoint doing the same single database write, with no
+  auth, no validation, no state check: the floor for Python on this machine.
+  "minimal" does the write a round makes, on the store's own tables (made by
+  opening the store): update the session's counters and insert the round in
+  one transaction, as ``bench/store_rounds.py``'s raw writers do (SQLite:
+  sqlite3 on its own thread, WAL, synchronous=FULL, one hop per transaction;
+  PostgreSQL: one statement on a pool of 10). "minimal-insert" is an even lower
+  floor: one auto-committed INSERT into a table with no index.
 
 The load comes from a third process: ``--concurrency`` asyncio clients, each on
 its own keep-alive connection, sending requests back to back for
@@ -32,12 +37,14 @@ import platform
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -161,33 +168,45 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class _SqliteWriter:
+    """One auto-committed INSERT per round, on sqlite3's own thread (one hop)."""
+
     def __init__(self, path: str) -> None:
         self.path = path
-        self.conn: Any = None
+        self.conn: sqlite3.Connection | None = None
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minimal-sqlite")
 
     async def open(self) -> None:
-        import aiosqlite
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(self.path, isolation_level=None)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS rounds (id INTEGER PRIMARY KEY, target INTEGER NOT "
+                "NULL, delta_tokens INTEGER NOT NULL, recorded_at INTEGER NOT NULL)"
+            )
+            return conn
 
-        # Autocommit: the INSERT is one statement and one commit, one thread hop.
-        self.conn = await aiosqlite.connect(self.path, isolation_level=None)
-        await self.conn.execute("PRAGMA journal_mode = WAL")
-        await self.conn.execute("PRAGMA synchronous = FULL")
-        await self.conn.execute(
-            "CREATE TABLE IF NOT EXISTS rounds (id INTEGER PRIMARY KEY, "
-            "target INTEGER NOT NULL, delta_tokens INTEGER NOT NULL, recorded_at INTEGER NOT NULL)"
-        )
+        self.conn = await asyncio.get_running_loop().run_in_executor(self.thread, connect)
 
     async def write(self, target: int, delta: int) -> None:
-        await self.conn.execute(
+        conn = self.conn
+        assert conn is not None
+        await asyncio.get_running_loop().run_in_executor(
+            self.thread,
+            conn.execute,
             "INSERT INTO rounds (target, delta_tokens, recorded_at) VALUES (?, ?, ?)",
             (target, delta, time.time_ns() // 1000),
         )
 
     async def close(self) -> None:
-        await self.conn.close()
+        if self.conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self.thread, self.conn.close)
+        self.thread.shutdown()
 
 
 class _PostgresWriter:
+    """One auto-committed INSERT per round, on a pool of 10."""
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.pool: Any = None
@@ -216,7 +235,45 @@ class _PostgresWriter:
         await self.pool.close()
 
 
-def _minimal_app(writer: _SqliteWriter | _PostgresWriter) -> Callable[..., Awaitable[None]]:
+class _RoundWriter:
+    """The write a round makes, on the store's tables: see store_rounds' raw writers."""
+
+    def __init__(self, backend: str, db: str, sessions: int) -> None:
+        self.backend = backend
+        self.db = db
+        self.sessions = sessions
+        self.raw: Any = None
+        self.ops: list[Callable[[], Awaitable[object]]] = []
+
+    async def open(self) -> None:
+        from llmsession.ids import TenantId
+        from llmsession.store import open_store
+        from store_rounds import PostgresRaw, SQLiteRaw
+
+        url = f"sqlite:///{self.db}" if self.backend == "sqlite" else self.db
+        store = await open_store(url)
+        try:
+            ids = []
+            for _ in range(self.sessions):
+                created = await store.create(
+                    TenantId("bench"), provider_id="openai", model="gpt-4o", initial_tokens=1200
+                )
+                await store.activate(TenantId("bench"), created.record.session_id)
+                ids.append(created.record.session_id)
+        finally:
+            await store.aclose()
+        self.raw = SQLiteRaw(self.db) if self.backend == "sqlite" else PostgresRaw(self.db, 10)
+        await self.raw.open()
+        self.ops = [self.raw.op(session_id) for session_id in ids]
+
+    async def write(self, target: int, delta: int) -> None:
+        await self.ops[target]()
+
+    async def close(self) -> None:
+        await self.raw.close()
+
+
+def _minimal_app(writer: Any) -> Callable[..., Awaitable[None]]:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
@@ -262,9 +319,13 @@ async def _respond(send: Send, status: int, body: bytes) -> None:
 def _serve_minimal(args: argparse.Namespace) -> None:
     import uvicorn
 
-    writer: _SqliteWriter | _PostgresWriter = (
-        _SqliteWriter(args.db) if args.backend == "sqlite" else _PostgresWriter(args.db)
-    )
+    writer: _SqliteWriter | _PostgresWriter | _RoundWriter
+    if args.write == "round":
+        writer = _RoundWriter(args.backend, args.db, args.sessions)
+    elif args.backend == "sqlite":
+        writer = _SqliteWriter(args.db)
+    else:
+        writer = _PostgresWriter(args.db)
     uvicorn.run(
         _minimal_app(writer),
         host="127.0.0.1",
@@ -499,7 +560,7 @@ def _bench_llmsession(backend: str, store_url: str, args: argparse.Namespace) ->
     return Run(backend, "llmsession", load, idle, peak, cpu)
 
 
-def _bench_minimal(backend: str, db: str, args: argparse.Namespace) -> Run:
+def _bench_minimal(backend: str, db: str, write: str, args: argparse.Namespace) -> Run:
     port = _free_port()
     command = [
         sys.executable,
@@ -508,6 +569,8 @@ def _bench_minimal(backend: str, db: str, args: argparse.Namespace) -> Run:
         f"--backend={backend}",
         f"--db={db}",
         f"--port={port}",
+        f"--write={write}",
+        f"--sessions={args.concurrency}",
     ]
     process = subprocess.Popen(command)
     try:
@@ -516,7 +579,7 @@ def _bench_minimal(backend: str, db: str, args: argparse.Namespace) -> Run:
         load, idle, peak, cpu = _drive(process, port, targets, headers={}, expect="201", args=args)
     finally:
         _stop(process)
-    return Run(backend, "minimal", load, idle, peak, cpu)
+    return Run(backend, "minimal" if write == "round" else "minimal-insert", load, idle, peak, cpu)
 
 
 def _postgres_schema() -> tuple[str, Callable[[], None]]:
@@ -538,18 +601,20 @@ def _run_backend(backend: str, args: argparse.Namespace) -> list[Run]:
     if backend == "sqlite":
         with tempfile.TemporaryDirectory(prefix="llmsession-bench-") as tmp:
             runs.append(_bench_llmsession(backend, f"sqlite:///{tmp}/sessions.db", args))
-            runs.append(_bench_minimal(backend, f"{tmp}/minimal.db", args))
+            runs.append(_bench_minimal(backend, f"{tmp}/minimal.db", "round", args))
+            runs.append(_bench_minimal(backend, f"{tmp}/insert.db", "insert", args))
         return runs
     store_url, drop = _postgres_schema()
     try:
         runs.append(_bench_llmsession(backend, store_url, args))
     finally:
         drop()
-    minimal_url, drop = _postgres_schema()
-    try:
-        runs.append(_bench_minimal(backend, minimal_url, args))
-    finally:
-        drop()
+    for write in ("round", "insert"):
+        minimal_url, drop = _postgres_schema()
+        try:
+            runs.append(_bench_minimal(backend, minimal_url, write, args))
+        finally:
+            drop()
     return runs
 
 
@@ -585,10 +650,12 @@ def _report(runs: list[Run], args: argparse.Namespace) -> str:
     lines.append("")
     for backend in dict.fromkeys(run.backend for run in runs):
         ours = next(r for r in runs if r.backend == backend and r.endpoint == "llmsession")
-        floor = next(r for r in runs if r.backend == backend and r.endpoint == "minimal")
-        lines.append(
-            f"{backend}: llmsession / minimal throughput = {ours.load.rps / floor.load.rps:.2f}x"
-        )
+        for endpoint in ("minimal", "minimal-insert"):
+            floor = next(r for r in runs if r.backend == backend and r.endpoint == endpoint)
+            lines.append(
+                f"{backend}: llmsession / {endpoint} throughput = "
+                f"{ours.load.rps / floor.load.rps:.2f}x"
+            )
     return "\n".join(lines)
 
 
@@ -618,6 +685,8 @@ def main() -> None:
     parser.add_argument("--expect", default="201")
     parser.add_argument("--backend", default="sqlite")
     parser.add_argument("--db", default="")
+    parser.add_argument("--write", choices=["round", "insert"], default="round")
+    parser.add_argument("--sessions", type=int, default=32)
     args = parser.parse_args()
 
     if args.role == "load":

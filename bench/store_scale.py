@@ -34,7 +34,7 @@ for a filter with fewer pages, the last one): the median of ``--runs`` calls of
 the same run, which returns the rows without building the core's values:
 
 - SQLite and PostgreSQL: the one indexed SELECT with the same WHERE, ORDER BY
-  and LIMIT (page size + 1) the store sends, through aiosqlite / psycopg;
+  and LIMIT (page size + 1) the store sends, through sqlite3 / psycopg;
 - Redis: ZREVRANGEBYLEX on the tenant's index (all, or per state) and one
   pipeline of HGETALLs; for provider or model, which no index covers, the same
   batches of 256 the store reads, matched on the raw hash fields.
@@ -317,13 +317,12 @@ class SQLiteBackend:
         self.conn: Any = None
 
     async def open(self) -> None:
-        import aiosqlite
-
-        self.conn = await aiosqlite.connect(self.place.raw, isolation_level=None)
-        await self.conn.execute("PRAGMA query_only = ON")
+        # Used from asyncio.to_thread's threads, one query at a time.
+        self.conn = sqlite3.connect(self.place.raw, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA query_only = ON")
 
     async def close(self) -> None:
-        await self.conn.close()
+        self.conn.close()
 
     async def bulk_load(self, sessions: Sequence[StoredSession]) -> None:
         def load_all() -> None:
@@ -342,7 +341,7 @@ class SQLiteBackend:
 
     async def raw_page(self, flt: Filter, limit: int, cursor: str | None) -> int:
         sql, params = _list_sql(flt, limit, cursor, "?", uuid_value=False)
-        rows = await self.conn.execute_fetchall(sql, params)
+        rows = await asyncio.to_thread(lambda: self.conn.execute(sql, params).fetchall())
         return len(rows)
 
     async def raw_expired(self, tenants: Sequence[TenantId]) -> int:
