@@ -8,7 +8,6 @@ temporary directory, never the shared one.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import shutil
@@ -31,7 +30,9 @@ from llmsession.errors import (
     LLMSessionError,
     NotFoundError,
     SchemaVersionError,
+    SessionExpiredError,
     StoreError,
+    WrongStateError,
 )
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import Active, Closed, Created, SessionExpired
@@ -44,6 +45,7 @@ from llmsession.store.redis import (
     _parse_url,
     durability_warnings,
 )
+from llmsession.store.redis_schema import CAS, CasBatch, RedisKeys
 from llmsession.timestamps import Timestamp
 from llmsession.tokens import MAX_TOKENS
 from tests.conftest import services_required
@@ -450,6 +452,85 @@ async def test_scripts_are_reloaded_after_script_flush(
 # -- compare-and-set -------------------------------------------------------------------
 
 
+async def test_a_remembered_version_made_stale_elsewhere_costs_only_a_retry(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock
+) -> None:
+    # Each store remembers what it wrote and starts its next change from that;
+    # the other store's writes make that memory stale.
+    other = await RedisStore.open(redis_url, clock=clock)
+    try:
+        session_id = await _active(redis_store)
+        for turn in range(6):
+            store = (redis_store, other)[turn % 2]
+            result = await store.record_round(ACME, session_id, 10, idempotency_key=f"k{turn}")
+            assert not result.replayed
+            assert result.round.seq == turn + 1
+        # A key used through the other store is replayed, not counted again.
+        again = await redis_store.record_round(ACME, session_id, 10, idempotency_key="k5")
+        assert again.replayed
+        assert again.round.seq == 6
+        await other.close(ACME, session_id)
+        # The stale memory says Active: the refused write is retried from a fresh read.
+        with pytest.raises(WrongStateError):
+            await redis_store.record_round(ACME, session_id, 10)
+        final = await redis_store.get(ACME, session_id)
+        assert final.record.state is Closed
+        assert final.record.round_count == 6
+        assert final.version == 9  # created, activated, 6 rounds, closed
+    finally:
+        await other.aclose()
+
+
+async def test_an_error_from_a_remembered_version_stands_only_if_the_key_is_unused(
+    redis_store: RedisStore,
+) -> None:
+    # Closed after a round with key k, all in this store: the remembered version
+    # is current, but a round with k again is a replay, not a wrong state.
+    session_id = await _active(redis_store)
+    first = await redis_store.record_round(ACME, session_id, 4, idempotency_key="k")
+    await redis_store.close(ACME, session_id)
+    again = await redis_store.record_round(ACME, session_id, 4, idempotency_key="k")
+    assert again.replayed
+    assert again.round == first.round
+    with pytest.raises(WrongStateError):
+        await redis_store.record_round(ACME, session_id, 4, idempotency_key="new")
+
+
+async def test_a_late_round_with_a_used_key_from_a_remembered_version_is_replayed(
+    redis_store: RedisStore, clock: ManualClock
+) -> None:
+    session_id = await _active(redis_store)
+    first = await redis_store.record_round(ACME, session_id, 4, idempotency_key="k")
+    clock.advance(4000)
+    again = await redis_store.record_round(ACME, session_id, 4, idempotency_key="k")
+    assert again.replayed
+    assert again.round == first.round
+    with pytest.raises(SessionExpiredError):
+        await redis_store.record_round(ACME, session_id, 4, idempotency_key="new")
+    assert (await redis_store.get(ACME, session_id)).record.state is SessionExpired
+
+
+async def test_one_cas_call_applies_each_write_whose_version_still_matches(
+    redis_url: str, redis_store: RedisStore
+) -> None:
+    ids = [await _active(redis_store) for _ in range(3)]
+    stale = await redis_store.get(ACME, ids[1])
+    await redis_store.record_round(ACME, ids[1], 1)
+    batch = CasBatch(RedisKeys(_prefix(redis_url)))
+    for session_id in ids:
+        old = stale if session_id == ids[1] else await redis_store.get(ACME, session_id)
+        new = StoredSession(old.record, old.version + 1, 7, old.last_activity_at)
+        batch.add(old, new)
+    assert len(batch) == 3
+    client = await _raw(redis_url)
+    try:
+        written = await client.evalsha(CAS.sha, len(batch.keys), *batch.keys, *batch.args)
+    finally:
+        await client.aclose()
+    assert written == [1, 0, 1]
+    assert [(await redis_store.get(ACME, i)).ttl_seconds for i in ids] == [7, 3600, 7]
+
+
 async def test_stale_version_is_rejected_and_changes_nothing(
     redis_url: str, redis_store: RedisStore
 ) -> None:
@@ -714,7 +795,7 @@ async def test_totals_beyond_64_bits_are_exact(redis_url: str, redis_store: Redi
         counters = await client.hgetall(f"{_prefix(redis_url)}agg:{ACME}")
     finally:
         await client.aclose()
-    low = [int(v) for k, v in counters.items() if json.loads(k)[3] == "lo"]
+    low = [int(v) for k, v in counters.items() if k.split(" ")[1] == "lo"]
     assert len(low) == 5  # rounds, delta, saved, created and active sessions
     assert all(0 <= value < 2**32 for value in low)
 

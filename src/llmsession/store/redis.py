@@ -39,6 +39,7 @@ from llmsession.clock import Clock, system_clock
 from llmsession.errors import (
     ConflictError,
     InvalidInput,
+    LLMSessionError,
     NotFoundError,
     SchemaVersionError,
     StoreError,
@@ -64,13 +65,16 @@ from llmsession.store.models import (
     Totals,
     check_page_size,
 )
+from llmsession.store.recent import RecentSessions
 from llmsession.store.redis_schema import (
     ADD_KEY,
     CAS,
+    FIELDS,
+    READ,
     SCHEMA_VERSION,
+    CasBatch,
     RedisKeys,
     Script,
-    cas_arguments,
     lex_time,
     member,
     member_id,
@@ -128,22 +132,35 @@ class _Options:
 
 
 class _RedisTransaction(SessionTransaction):
+    """A change of one session, from a fresh read or from the version last seen here."""
+
     def __init__(
         self,
         stored: StoredSession,
         find: Callable[[SessionId, str], Awaitable[Round | None]],
-        cas: Callable[[StoredSession, StoredSession, Round | None], Awaitable[bool]],
+        cas: Callable[[StoredSession, StoredSession, Round | None, str | None], Awaitable[bool]],
+        *,
+        remembered: bool,
     ) -> None:
         self.stored = stored
+        self.remembered = remembered
+        self.committed = False
+        #: An idempotency key taken as unused without reading: the write checks
+        #: it, and so does an answer that writes nothing.
+        self.unchecked_key: str | None = None
         self._find = find
         self._cas = cas
 
     async def find_round(self, idempotency_key: str) -> Round | None:
+        if self.remembered:
+            self.unchecked_key = idempotency_key
+            return None
         return await self._find(self.stored.record.session_id, idempotency_key)
 
     async def commit(self, new: StoredSession, new_round: Round | None) -> None:
-        if not await self._cas(self.stored, new, new_round):
+        if not await self._cas(self.stored, new, new_round, self.unchecked_key):
             raise VersionConflict
+        self.committed = True
 
 
 class RedisStore(TransactionalStore):
@@ -159,8 +176,13 @@ class RedisStore(TransactionalStore):
         where: str = "Redis",
         wait_replicas: int = 0,
         wait_timeout_ms: int = _DEFAULT_WAIT_TIMEOUT_MS,
+        session_cache: int = 10_000,
     ) -> None:
-        """Wrap a client; prefer :meth:`open`, which also checks the schema and the server."""
+        """Wrap a client; prefer :meth:`open`, which also checks the schema and the server.
+
+        ``session_cache``: how many sessions' last seen versions to keep, so a
+        change starts without reading the session (0: always read first).
+        """
         super().__init__(clock=clock, default_ttl_seconds=default_ttl_seconds)
         self._client = client
         self._keys = RedisKeys(prefix)
@@ -169,6 +191,7 @@ class RedisStore(TransactionalStore):
         self._wait_timeout_ms = wait_timeout_ms
         self._closed = False
         self._turns = SessionTurns()
+        self._recent = RecentSessions(session_cache)
         #: How this server may lose acknowledged writes (see :func:`durability_warnings`);
         #: empty if its configuration looks durable or could not be read.
         self.durability_warnings: list[str] = []
@@ -216,7 +239,7 @@ class RedisStore(TransactionalStore):
         with self._guard():
             await self._client.set(self._keys.schema, str(SCHEMA_VERSION), nx=True)
             raw = await self._client.get(self._keys.schema)
-            for script in (CAS, ADD_KEY):
+            for script in (CAS, ADD_KEY, READ):
                 await self._client.script_load(script.source)
         text = None if raw is None else _text(raw)
         if text is None or not text.isdigit():
@@ -259,8 +282,40 @@ class RedisStore(TransactionalStore):
         # make each other's compare-and-set fail. Correctness never rests on
         # this lock; other processes are kept out by the version check alone.
         async with self._turns.turn(session_id):
-            stored = await self.get(tenant_id, session_id)
-            yield _RedisTransaction(stored, self._find_round, self._cas)
+            # The version last seen here saves a read: the script refuses a write
+            # over a stale one (a retry from a fresh read follows). An answer
+            # that writes nothing (an error) is checked against the stored
+            # version before it stands.
+            remembered = self._recent.get(tenant_id, session_id)
+            if remembered is None:
+                stored = await self.get(tenant_id, session_id)
+                self._recent.remember(stored)
+            else:
+                stored = remembered
+            tx = _RedisTransaction(
+                stored, self._find_round, self._cas, remembered=remembered is not None
+            )
+            try:
+                yield tx
+            except LLMSessionError:
+                if tx.remembered and not tx.committed:
+                    await self._check_current(stored, tx.unchecked_key)
+                raise
+            if tx.remembered and not tx.committed:
+                await self._check_current(stored, tx.unchecked_key)
+
+    async def _check_current(self, stored: StoredSession, unused_key: str | None) -> None:
+        """VersionConflict (a retry from a fresh read) unless ``stored`` is still stored
+        and ``unused_key`` (if any) still unused."""
+        session_id = stored.record.session_id
+        with self._guard():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hget(self._keys.session(session_id), "version")
+                pipe.hexists(self._keys.idempotency(session_id), unused_key or "")
+                version, used = await pipe.execute()
+        if version != str(stored.version) or (unused_key is not None and used):
+            self._recent.forget(session_id)
+            raise VersionConflict
 
     async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         with self._guard():
@@ -305,7 +360,7 @@ class RedisStore(TransactionalStore):
                 members = [
                     _text(m) for m in await self._client.zrevrangebylex(index, high, low, 0, batch)
                 ]
-            for stored in await self._sessions([member_id(m) for m in members]):
+            for stored in await self._read([member_id(m) for m in members]):
                 if _matches(stored, tenant_id, query):
                     matches.append(stored)
             if len(members) < batch:
@@ -479,18 +534,6 @@ class RedisStore(TransactionalStore):
             raw = await self._client.hget(self._keys.idempotency(session_id), idempotency_key)
         return None if raw is None else parse_round(session_id, _text(raw))
 
-    async def _sessions(self, ids: Sequence[SessionId]) -> list[StoredSession]:
-        """The sessions with these ids, in order, leaving out those that are gone."""
-        if not ids:
-            return []
-        with self._guard():
-            async with self._client.pipeline(transaction=False) as pipe:
-                for session_id in ids:
-                    pipe.hgetall(self._keys.session(session_id))
-                rows: list[object] = await pipe.execute()
-        found = ((i, _row(row)) for i, row in zip(ids, rows, strict=True))
-        return [self._parse(i, row) for i, row in found if row]
-
     def _parse(self, session_id: SessionId, row: Mapping[str, str]) -> StoredSession:
         try:
             return parse_session(session_id, row)
@@ -519,12 +562,27 @@ class RedisStore(TransactionalStore):
     # -- writing -----------------------------------------------------------------
 
     async def _cas(
-        self, old: StoredSession | None, new: StoredSession | None, new_round: Round | None
+        self,
+        old: StoredSession | None,
+        new: StoredSession | None,
+        new_round: Round | None,
+        absent_key: str | None = None,
     ) -> bool:
-        """Write ``new`` over ``old`` (None: insert, delete) if ``old`` is still current."""
-        keys, args = cas_arguments(self._keys, old, new, new_round)
-        [written] = await self._run([(CAS, keys, args)])
-        return written == 1
+        """Write ``new`` over ``old`` (None: insert, delete) if ``old`` is still current
+        and ``absent_key`` (if given) is not an idempotency key of the session yet."""
+        batch = CasBatch(self._keys)
+        batch.add(old, new, new_round, absent_key=absent_key)
+        [written] = _items(await self._run_one(CAS, batch.keys, batch.args))
+        some = new if new is not None else old
+        assert some is not None
+        if written != 1:
+            self._recent.forget(some.record.session_id)
+            return False
+        if new is None:
+            self._recent.forget(some.record.session_id)
+        else:
+            self._recent.remember(new)
+        return True
 
     async def _drain(
         self,
@@ -535,9 +593,10 @@ class RedisStore(TransactionalStore):
     ) -> int:
         """Apply ``change`` to the sessions of a global index below ``high``, up to ``limit``.
 
-        Racing processes read the same first entries; each entry is written by
-        one of them only (compare-and-set), and a loser reads on past what the
-        winners took. Returns how many this call wrote.
+        Per pass: the entries, then the sessions in one script call, then every
+        change in one compare-and-set call. Racing processes read the same
+        first entries; each entry is written by one of them only, and a loser
+        reads on past what the winners took. Returns how many this call wrote.
         """
         done = 0
         for _ in range(_SWEEP_PASSES):
@@ -545,18 +604,49 @@ class RedisStore(TransactionalStore):
                 break
             with self._guard():
                 members = await self._client.zrangebylex(index, "-", high, 0, limit - done)
-            changes = [
-                pair
-                for stored in await self._sessions([member_id(_text(m)) for m in members])
-                if (pair := change(stored)) is not None
-            ]
-            if not changes:
+            batch = CasBatch(self._keys)
+            changed: list[SessionId] = []
+            for stored in await self._read([member_id(_text(m)) for m in members]):
+                pair = change(stored)
+                if pair is not None:
+                    batch.add(*pair)
+                    changed.append(stored.record.session_id)
+            if not changed:
                 break
-            calls: list[_Call] = [
-                (CAS, *cas_arguments(self._keys, old, new, None)) for old, new in changes
-            ]
-            done += sum(1 for written in await self._run(calls) if written == 1)
+            written = _items(await self._run_one(CAS, batch.keys, batch.args))
+            for session_id in changed:
+                # Whatever was known of these is stale now, or gone.
+                self._recent.forget(session_id)
+            done += sum(1 for reply in written if reply == 1)
         return done
+
+    async def _read(self, ids: Sequence[SessionId]) -> list[StoredSession]:
+        """The sessions with these ids, in order, leaving out those that are gone: one call."""
+        if not ids:
+            return []
+        names = [self._keys.session(session_id) for session_id in ids]
+        rows = _items(await self._run_one(READ, names, FIELDS))
+        sessions: list[StoredSession] = []
+        for session_id, row in zip(ids, rows, strict=True):
+            values = _items(row)
+            if values[0] is not None:
+                row_ = dict(zip(FIELDS, (_text(v) for v in values), strict=True))
+                sessions.append(self._parse(session_id, row_))
+        return sessions
+
+    async def _run_one(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> object:
+        """One script call, sent directly (no pipeline) unless replicas are waited for."""
+        if self._wait_replicas:
+            [reply] = await self._run([(script, keys, args)])
+            return reply
+        with self._guard():
+            try:
+                return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                # The server lost the scripts (a restart, SCRIPT FLUSH, a failover):
+                # the call did not run. Load the script and run it again, once.
+                await self._client.script_load(script.source)
+                return await self._client.evalsha(script.sha, len(keys), *keys, *args)
 
     async def _run(self, calls: Sequence[_Call]) -> list[object]:
         """Run scripts in one round trip; reload them if the server lost them."""

@@ -14,7 +14,7 @@ Key layout, under a prefix (``llmsession:`` by default)::
                          ambiguous whatever characters a label holds)
     created              sorted set: every Created session, member <created_at><id>
     deadlines            sorted set: every Active session, member <deadline><id>
-    agg:<tenant>         hash: counters per (provider, model), see counter_increments
+    agg:<tenant>         hash: counters, field "<metric> <lo or hi> <JSON [provider, model]>"
     tenants              hash: tenant id -> created_at
     apikeys              hash: key id -> JSON [tenant, hash as hex, created_at]
     apikeys:revoked      hash: key id -> revoked_at
@@ -46,13 +46,17 @@ from llmsession.timestamps import Timestamp
 __all__ = [
     "ADD_KEY",
     "CAS",
+    "FIELDS",
     "LIMB",
     "METRICS",
+    "READ",
     "SCHEMA_VERSION",
+    "CasBatch",
     "Counters",
     "RedisKeys",
     "Script",
     "cas_arguments",
+    "counter_group",
     "lex_time",
     "member",
     "member_id",
@@ -95,66 +99,89 @@ class Script:
         return cls(source, hashlib.sha1(source.encode()).hexdigest())
 
 
-#: Compare-and-set of one session: the only way a session is inserted, changed or
-#: deleted. It checks the version, then writes exactly what Python computed: it
-#: knows no rule of the state machine, only how to store what it is given.
+#: Compare-and-set of sessions, one or a batch: the only way a session is
+#: inserted, changed or deleted. For each write in turn it checks the version,
+#: then writes exactly what Python computed: it knows no rule of the state
+#: machine, only how to store what it is given. Each write stands alone: one
+#: whose version moved is skipped, the others still apply, so racing sweepers
+#: expire each session exactly once.
 #:
-#: KEYS: 1 session hash, 2 rounds list, 3 idempotency hash, 4 counters hash,
-#:       5.. sorted sets (referred to by their number below)
-#: ARGV: 1 expected version ('' = the session must not exist), 2 'put' or 'del',
-#:       then n and n hash field/value pairs; round JSON ('' = none); idempotency
-#:       key ('' = none); r and r pairs (sorted set number, member) to remove;
-#:       a and a pairs to add; c and c quadruples (lo field, hi field, lo
-#:       increment, hi increment).
-#: Returns 1 when written, 0 when the version did not match (nothing written).
+#: KEYS: every key the writes touch, each once; ARGV refers to them by number.
+#: ARGV: 1 the number of writes, then per write: session hash; expected version
+#:       ('' = the session must not exist); 'put' or 'del'; idempotency hash;
+#:       idempotency key ('' = none: if given and already in the idempotency
+#:       hash, nothing is written); rounds list; round JSON ('' = none); n and n
+#:       hash field/value pairs (only those that change); r and r pairs (sorted
+#:       set, member) to remove; a and a pairs to add; counters hash, group, c
+#:       and c triples (metric, lo increment, hi increment), the fields being
+#:       "<metric> lo <group>" and "<metric> hi <group>".
+#: Returns per write 1 when written, 0 when not (version moved, or key used).
 CAS: Final = Script.of("""
-local current = redis.call('HGET', KEYS[1], 'version')
-if ARGV[1] == '' then
-  if current then return 0 end
-elseif current ~= ARGV[1] then
-  return 0
-end
-local i = 3
-local n = tonumber(ARGV[i])
-i = i + 1
-if ARGV[2] == 'del' then
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-elseif n > 0 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, i, i + 2 * n - 1))
-end
-i = i + 2 * n
-local round, key = ARGV[i], ARGV[i + 1]
-i = i + 2
-if round ~= '' then
-  redis.call('RPUSH', KEYS[2], round)
-  if key ~= '' then redis.call('HSET', KEYS[3], key, round) end
-end
-n = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, n do
-  redis.call('ZREM', KEYS[tonumber(ARGV[i])], ARGV[i + 1])
-  i = i + 2
-end
-n = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, n do
-  redis.call('ZADD', KEYS[tonumber(ARGV[i])], 0, ARGV[i + 1])
-  i = i + 2
-end
-n = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, n do
-  local lo_field, hi_field, lo, hi = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  i = i + 4
-  local total = redis.call('HINCRBY', KEYS[4], lo_field, lo)
-  if hi ~= '0' then redis.call('HINCRBY', KEYS[4], hi_field, hi) end
-  -- Carry: lo was below 2**32 and so was the increment, so total < 2**33.
-  if total >= 4294967296 then
-    redis.call('HINCRBY', KEYS[4], lo_field, '-4294967296')
-    redis.call('HINCRBY', KEYS[4], hi_field, '1')
+local results = {}
+local i = 2
+for w = 1, tonumber(ARGV[1]) do
+  local session, expected, op = KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2]
+  local idem, key = KEYS[tonumber(ARGV[i + 3])], ARGV[i + 4]
+  local rounds, round = KEYS[tonumber(ARGV[i + 5])], ARGV[i + 6]
+  i = i + 7
+  local current = redis.call('HGET', session, 'version')
+  local ok
+  if expected == '' then ok = not current else ok = current == expected end
+  if ok and key ~= '' and redis.call('HEXISTS', idem, key) == 1 then ok = false end
+  results[w] = ok and 1 or 0
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  if ok then
+    if op == 'del' then
+      redis.call('DEL', session, rounds, idem)
+    elseif n > 0 then
+      redis.call('HSET', session, unpack(ARGV, i, i + 2 * n - 1))
+    end
+    if round ~= '' then
+      redis.call('RPUSH', rounds, round)
+      if key ~= '' then redis.call('HSET', idem, key, round) end
+    end
+  end
+  i = i + 2 * n
+  n = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, n do
+    if ok then redis.call('ZREM', KEYS[tonumber(ARGV[i])], ARGV[i + 1]) end
+    i = i + 2
+  end
+  n = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, n do
+    if ok then redis.call('ZADD', KEYS[tonumber(ARGV[i])], 0, ARGV[i + 1]) end
+    i = i + 2
+  end
+  local counters, group = KEYS[tonumber(ARGV[i])], ARGV[i + 1]
+  n = tonumber(ARGV[i + 2])
+  i = i + 3
+  for _ = 1, n do
+    if ok then
+      local metric, lo, hi = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+      local lo_field, hi_field = metric .. ' lo ' .. group, metric .. ' hi ' .. group
+      local total = redis.call('HINCRBY', counters, lo_field, lo)
+      if hi ~= '0' then redis.call('HINCRBY', counters, hi_field, hi) end
+      -- Carry: lo was below 2**32 and so was the increment, so total < 2**33.
+      if total >= 4294967296 then
+        redis.call('HINCRBY', counters, lo_field, '-4294967296')
+        redis.call('HINCRBY', counters, hi_field, '1')
+      end
+    end
+    i = i + 3
   end
 end
-return 1
+return results
+""")
+
+#: Reads sessions: KEYS the session hashes; ARGV the fields (FIELDS). Returns
+#: per session the values in that order, all nil for a missing session.
+READ: Final = Script.of("""
+local rows = {}
+for j = 1, #KEYS do rows[j] = redis.call('HMGET', KEYS[j], unpack(ARGV)) end
+return rows
 """)
 
 #: Adds an API key only if its id is new, and lists it under its tenant.
@@ -257,46 +284,112 @@ def member_id(text: str) -> SessionId:
     return SessionId.parse(text[_LEX_WIDTH:])
 
 
+class CasBatch:
+    """KEYS and ARGV of one CAS call, for one write or many, built a write at a time."""
+
+    def __init__(self, keys: RedisKeys) -> None:
+        self._names = keys
+        self.keys: list[str] = []
+        self.args: list[str] = ["0"]
+        self._positions: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        """The number of writes so far."""
+        return int(self.args[0])
+
+    def _key(self, name: str) -> str:
+        position = self._positions.get(name)
+        if position is None:
+            self.keys.append(name)
+            position = self._positions[name] = str(len(self.keys))
+        return position
+
+    def add(
+        self,
+        old: StoredSession | None,
+        new: StoredSession | None,
+        new_round: Round | None = None,
+        *,
+        absent_key: str | None = None,
+    ) -> None:
+        """Write ``new`` (None: delete) over ``old`` (None: insert) if ``old`` is current.
+
+        ``absent_key``: an idempotency key that must not be used yet (the round's
+        own key is checked the same way).
+        """
+        some = new if new is not None else old
+        if some is None:
+            raise ValueError("a write needs an old or a new session")
+        record = some.record
+        session_id = record.session_id
+        names = self._names
+        key = absent_key or (new_round.idempotency_key if new_round is not None else None) or ""
+        args = self.args
+        args[0] = str(int(args[0]) + 1)
+        args += [
+            self._key(names.session(session_id)),
+            "" if old is None else str(old.version),
+            "put" if new is not None else "del",
+            self._key(names.idempotency(session_id)) if key or new is None else "1",
+            key,
+            self._key(names.rounds(session_id)) if new_round or new is None else "1",
+            "" if new_round is None else round_json(new_round),
+        ]
+        # The stored hash is old's exactly when the version matches, so only
+        # the fields that differ are sent.
+        fields = {} if new is None else _session_fields(new)
+        if old is not None and fields:
+            before = _session_fields(old)
+            fields = {name: value for name, value in fields.items() if before[name] != value}
+        args.append(str(len(fields)))
+        for pair in fields.items():
+            args += pair
+        for entries in _index_changes(names, old, new):
+            args.append(str(len(entries)))
+            for index, text in entries:
+                args += (self._key(index), text)
+        increments = _counter_increments(old, new)
+        args += (
+            self._key(names.counters(record.tenant_id)),
+            counter_group(record.provider_id, record.model),
+            str(len(increments)),
+        )
+        for metric, amount in increments:
+            args += (metric, str(amount % LIMB), str(amount // LIMB))
+
+
 def cas_arguments(
     keys: RedisKeys, old: StoredSession | None, new: StoredSession | None, new_round: Round | None
 ) -> tuple[list[str], list[str]]:
-    """KEYS and ARGV for CAS: write ``new`` (None: delete) over ``old`` (None: insert)."""
-    some = new if new is not None else old
-    if some is None:
-        raise ValueError("cas_arguments needs an old or a new session")
-    record = some.record
-    session_id = record.session_id
-    names = [
-        keys.session(session_id),
-        keys.rounds(session_id),
-        keys.idempotency(session_id),
-        keys.counters(record.tenant_id),
-    ]
-    args = ["" if old is None else str(old.version), "put" if new is not None else "del"]
-    fields = [] if new is None else _session_fields(new)
-    args.append(str(len(fields) // 2))
-    args.extend(fields)
-    if new_round is None:
-        args.extend(["", ""])
-    else:
-        args.extend([round_json(new_round), new_round.idempotency_key or ""])
+    """KEYS and ARGV for CAS of one write: ``new`` (None: delete) over ``old`` (None: insert)."""
+    batch = CasBatch(keys)
+    batch.add(old, new, new_round)
+    return batch.keys, batch.args
+
+
+def _index_changes(
+    keys: RedisKeys, old: StoredSession | None, new: StoredSession | None
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The (sorted set, member) pairs to remove and to add."""
+    if old is not None and new is not None:
+        before, after = old.record, new.record
+        if (
+            before.state is after.state
+            and before.tenant_id == after.tenant_id
+            and before.provider_id == after.provider_id
+            and before.model == after.model
+            and before.created_at == after.created_at
+        ):
+            # Only the deadline can move (a round): the listing sets stay.
+            old_deadline, new_deadline = old.deadline, new.deadline
+            if old_deadline == new_deadline:
+                return [], []
+            session_id = after.session_id
+            removed = [] if old_deadline is None else [member(old_deadline, session_id)]
+            added = [] if new_deadline is None else [member(new_deadline, session_id)]
+            return [(keys.deadlines, m) for m in removed], [(keys.deadlines, m) for m in added]
     old_entries, new_entries = _index_entries(keys, old), _index_entries(keys, new)
-    positions: dict[str, int] = {}
-    for entries in (old_entries - new_entries, new_entries - old_entries):
-        args.append(str(len(entries)))
-        for index, text in sorted(entries):
-            if index not in positions:
-                names.append(index)
-                positions[index] = len(names)
-            args.extend([str(positions[index]), text])
-    increments = _counter_increments(old, new)
-    args.append(str(len(increments)))
-    for metric, amount in increments:
-        lo_field, hi_field = (
-            _counter_field(record.provider_id, record.model, metric, limb) for limb in ("lo", "hi")
-        )
-        args.extend([lo_field, hi_field, str(amount % LIMB), str(amount // LIMB)])
-    return names, args
+    return sorted(old_entries - new_entries), sorted(new_entries - old_entries)
 
 
 def _index_entries(keys: RedisKeys, stored: StoredSession | None) -> set[tuple[str, str]]:
@@ -326,9 +419,28 @@ def _index_entries(keys: RedisKeys, stored: StoredSession | None) -> set[tuple[s
     return entries
 
 
-def _session_fields(stored: StoredSession) -> list[str]:
+#: The fields of a session hash, in the order READ is given them.
+FIELDS: Final[tuple[str, ...]] = (
+    "tenant",
+    "provider",
+    "model",
+    "initial",
+    "state",
+    "created",
+    "activated",
+    "closed",
+    "expired",
+    "rounds",
+    "delta",
+    "version",
+    "ttl",
+    "last",
+)
+
+
+def _session_fields(stored: StoredSession) -> dict[str, str]:
     record = stored.record
-    fields = {
+    return {
         "tenant": record.tenant_id.value,
         "provider": record.provider_id,
         "model": record.model,
@@ -344,7 +456,6 @@ def _session_fields(stored: StoredSession) -> list[str]:
         "ttl": str(stored.ttl_seconds),
         "last": str(stored.last_activity_at.epoch_micros),
     }
-    return [text for pair in fields.items() for text in pair]
 
 
 def parse_session(session_id: SessionId, row: Mapping[str, str]) -> StoredSession:
@@ -415,8 +526,9 @@ def _counter_increments(
     return [(metric, amount) for metric, amount in changes if amount]
 
 
-def _counter_field(provider: str, model: str, metric: str, limb: str) -> str:
-    return json.dumps([provider, model, metric, limb])
+def counter_group(provider: str, model: str) -> str:
+    """The part of a counter's field name that names its (provider, model) group."""
+    return json.dumps([provider, model])
 
 
 def parse_counters(raw: Mapping[str, str]) -> Counters:
@@ -424,7 +536,8 @@ def parse_counters(raw: Mapping[str, str]) -> Counters:
     counters: Counters = {}
     for field, value in raw.items():
         try:
-            provider, model, metric, limb = json.loads(field)
+            metric, limb, labels = field.split(" ", 2)
+            provider, model = json.loads(labels)
             if metric not in METRICS or limb not in ("lo", "hi"):
                 raise ValueError(f"unknown metric {metric!r} or limb {limb!r}")
             amount = _int(value) * (LIMB if limb == "hi" else 1)
