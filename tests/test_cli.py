@@ -466,3 +466,12 @@ def test_serve_refuses_bad_settings(url: str) -> None:
 
 def test_default_store_url_is_the_servers() -> None:
     assert ServerSettings().store_url == DEFAULT_STORE_URL
+
+
+def test_commands_other_than_serve_do_not_load_the_web_framework() -> None:
+    # FastAPI and uvicorn take half a second to import; only `serve` needs them.
+    probe = "import sys, llmsession.cli; print(sorted({'fastapi', 'uvicorn'} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout == "[]\n"
