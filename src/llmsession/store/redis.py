@@ -351,9 +351,9 @@ class RedisStore(TransactionalStore):
             else "-"
         )
         # Unless a provider is given with a model, every entry read is a match
-        # (barring a racing purge), so one page is read at once.
-        filtered = query.provider_id is not None and query.model is not None
-        batch = max(query.limit + 1, 256) if filtered else query.limit + 1
+        # (barring a racing purge), so one page is read at once. A model rarely
+        # has more than one provider: the same again, then larger batches.
+        batch = query.limit + 1
         matches: list[StoredSession] = []
         while len(matches) <= query.limit:
             with self._guard():
@@ -366,6 +366,7 @@ class RedisStore(TransactionalStore):
             if len(members) < batch:
                 break
             high = "(" + members[-1]
+            batch = min(batch * 2, 1024)
         page = matches[: query.limit]
         more = len(matches) > query.limit
         cursor = (

@@ -30,6 +30,7 @@ The tenant id always ends a key name, so no two tenants' keys can coincide.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -403,13 +404,7 @@ def _index_entries(keys: RedisKeys, stored: StoredSession | None) -> set[tuple[s
     # provider, the model) has its own set, so a listing reads only matches,
     # but for a provider given with a model, which rarely leaves any out.
     entries = {
-        (index, listed)
-        for state in (None, record.state)
-        for index in (
-            keys.by_tenant(tenant, state),
-            keys.by_tenant(tenant, state, provider=provider),
-            keys.by_tenant(tenant, state, model=model),
-        )
+        (index, listed) for index in _listing_sets(keys, tenant, record.state.name, provider, model)
     }
     if record.state is Created:
         entries.add((keys.created, listed))
@@ -436,6 +431,22 @@ FIELDS: Final[tuple[str, ...]] = (
     "ttl",
     "last",
 )
+
+
+@functools.lru_cache(maxsize=4096)
+def _listing_sets(
+    keys: RedisKeys, tenant: TenantId, state_name: str, provider: str, model: str
+) -> tuple[str, ...]:
+    # Few distinct combinations, each asked for at every state change: kept.
+    return tuple(
+        index
+        for each in (None, state_named(state_name))
+        for index in (
+            keys.by_tenant(tenant, each),
+            keys.by_tenant(tenant, each, provider=provider),
+            keys.by_tenant(tenant, each, model=model),
+        )
+    )
 
 
 def _session_fields(stored: StoredSession) -> dict[str, str]:
