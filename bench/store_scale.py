@@ -35,9 +35,10 @@ the same run, which returns the rows without building the core's values:
 
 - SQLite and PostgreSQL: the one indexed SELECT with the same WHERE, ORDER BY
   and LIMIT (page size + 1) the store sends, through sqlite3 / psycopg;
-- Redis: ZREVRANGEBYLEX on the tenant's index (all, or per state) and one
-  pipeline of HGETALLs; for provider or model, which no index covers, the same
-  batches of 256 the store reads, matched on the raw hash fields.
+- Redis: ZREVRANGEBYLEX on the tenant's index the store picks (all, or per
+  state; of the model, else of the provider) and one pipeline of HGETALLs; for
+  a provider given with a model, the same batches of 256 the store reads,
+  matched on the raw provider field.
 
 ``--explain`` prints the plans of the SQL backends' first-page queries.
 
@@ -424,15 +425,21 @@ class RedisBackend:
                     keys, argv = cas_arguments(self.keys, None, stored, None)
                     pipe.evalsha(CAS.sha, len(keys), *keys, *argv)
                 written = await pipe.execute()
-            if not all(reply == 1 for reply in written):
+            if not all(reply == [1] for reply in written):
                 raise RuntimeError("a bulk-loaded session was refused by the CAS script")
 
     async def raw_page(self, flt: Filter, limit: int, cursor: str | None) -> int:
         from llmsession.store.redis_schema import member, member_id
 
-        index = self.keys.by_tenant(flt.tenant, flt.state)
+        # The store's choice of set: of the model, else of the provider, else all.
+        if flt.model is not None:
+            index = self.keys.by_tenant(flt.tenant, flt.state, model=flt.model)
+        elif flt.provider_id is not None:
+            index = self.keys.by_tenant(flt.tenant, flt.state, provider=flt.provider_id)
+        else:
+            index = self.keys.by_tenant(flt.tenant, flt.state)
         high = "(" + member(*decode_cursor(cursor)) if cursor is not None else "+"
-        filtered = flt.provider_id is not None or flt.model is not None
+        filtered = flt.provider_id is not None and flt.model is not None
         batch = max(limit + 1, 256) if filtered else limit + 1
         found = 0
         while found <= limit:
