@@ -72,3 +72,26 @@ def test_contended_sessions_are_marked_one_by_one() -> None:
     recent.mark_contended(hot.record.session_id)
     assert recent.contended(hot.record.session_id)
     assert not recent.contended(cold.record.session_id)
+
+
+def test_refresh_updates_only_what_is_remembered_and_keeps_the_order() -> None:
+    recent = RecentSessions(2)
+    first, second, unknown = stored(version=1), stored(version=1), stored(version=1)
+    recent.remember(first)
+    recent.remember(second)
+    recent.refresh(replace(first, version=2))
+    recent.refresh(replace(second, version=0))
+    recent.refresh(unknown)
+    assert len(recent) == 2
+    first_id = first.record.session_id
+    assert recent.get(ACME, unknown.record.session_id) is None
+    current = recent.get(ACME, second.record.session_id)
+    assert current is not None
+    assert current.version == 1
+    # first was refreshed but not moved up: remembering a third one drops it.
+    recent.remember(stored())
+    assert recent.get(ACME, first_id) is None
+    recent.refresh(replace(second, version=3))
+    current = recent.get(ACME, second.record.session_id)
+    assert current is not None
+    assert current.version == 3

@@ -206,14 +206,15 @@ _CLAIM_DUE: Final = (
     "ORDER BY deadline LIMIT %s FOR UPDATE SKIP LOCKED"
 )
 
+# Binary parameters: text arrays would be quoted element by element in Python.
 _BULK_UPDATE: Final = (
     "UPDATE sessions AS s SET state = v.state, activated_at = v.activated_at, "
     "closed_at = v.closed_at, expired_at = v.expired_at, round_count = v.round_count, "
     "delta_tokens = v.delta_tokens, tokens_saved = v.tokens_saved, version = v.version, "
     "last_activity_at = v.last_activity_at, deadline = v.deadline "
-    "FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], "
-    "%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], "
-    "%s::bigint[]) AS v(session_id, old_version, state, activated_at, closed_at, expired_at, "
+    "FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bigint[], %b::bigint[], "
+    "%b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], "
+    "%b::bigint[]) AS v(session_id, old_version, state, activated_at, closed_at, expired_at, "
     "round_count, delta_tokens, tokens_saved, version, last_activity_at, deadline) "
     "WHERE s.session_id = v.session_id AND s.version = v.old_version"
 )
@@ -656,25 +657,36 @@ class PostgresStore(TransactionalStore):
 
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         async with self._connection() as conn, conn.transaction():
-            cur = await conn.execute(_CLAIM_DUE, (now.epoch_micros, limit))
-            claimed = [_stored_from_row(row) for row in await cur.fetchall()]
-            changes: list[tuple[StoredSession, StoredSession]] = []
-            for stored in claimed:
-                expired = expire_if_due(stored, now)
-                if expired is not None:
-                    changes.append((stored, expired))
-            if not changes:
+            # Binary rows decode faster (uuids, bigints), and a sweep decodes many.
+            cur = conn.cursor(binary=True)
+            await cur.execute(_CLAIM_DUE, (now.epoch_micros, limit))
+            rows = await cur.fetchall()
+            if not rows:
                 return 0
-            columns: list[list[Any]] = [[] for _ in range(12)]
-            for old, new in changes:
-                values = (new.record.session_id.value, old.version, *_change_values(new))
-                for column, value in zip(columns, values, strict=True):
-                    column.append(value)
-            cur = await conn.execute(_BULK_UPDATE, columns)
-            expired_count = cur.rowcount
-        for _, new in changes:
-            self._recent.remember(new)
-        return expired_count
+            # The claimed rows are expired in chunks, each chunk's update sent down
+            # the pipeline without waiting: the server writes one chunk while the
+            # core expires the next.
+            updates: list[psycopg.AsyncCursor[TupleRow]] = []
+            expired: list[StoredSession] = []
+            async with conn.pipeline():
+                for start in range(0, len(rows), _SWEEP_CHUNK):
+                    columns: list[list[Any]] = [[] for _ in range(12)]
+                    for row in rows[start : start + _SWEEP_CHUNK]:
+                        stored = _stored_from_row(row)
+                        new = expire_if_due(stored, now)
+                        if new is None:
+                            continue
+                        expired.append(new)
+                        values = (new.record.session_id.value, stored.version, *_change_values(new))
+                        for column, value in zip(columns, values, strict=True):
+                            column.append(value)
+                    if columns[0]:
+                        updates.append(await conn.execute(_BULK_UPDATE, columns))
+        for new in expired:
+            # Not remember(): a sweep's many sessions would push the ones being
+            # served out of the memory.
+            self._recent.refresh(new)
+        return sum(update.rowcount for update in updates)
 
     async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
         async with self._connection() as conn:
@@ -788,6 +800,8 @@ class PostgresStore(TransactionalStore):
 
 _MAX_BIGINT: Final = 2**63 - 1
 _PING_TIMEOUT: Final = 5.0
+# Claimed sessions expired per update statement of a sweep.
+_SWEEP_CHUNK: Final = 200
 _IN_TRANSACTION: Final = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
 

@@ -59,6 +59,17 @@ class RecentSessions:
         if len(self._sessions) > self._capacity:
             self._sessions.popitem(last=False)
 
+    def refresh(self, stored: StoredSession) -> None:
+        """Like remember(), but only for a session already remembered; the order is kept.
+
+        For bulk writes (a sweep): the remembered stays right, and sessions in use
+        are not pushed out by many that nobody asked for.
+        """
+        session_id = stored.record.session_id
+        known = self._sessions.get(session_id)
+        if known is not None and known.version < stored.version:
+            self._sessions[session_id] = stored
+
     def forget(self, session_id: SessionId) -> None:
         """Drop what is remembered of a session (known stale, or gone)."""
         self._sessions.pop(session_id, None)
