@@ -107,61 +107,63 @@ class Script:
 #: whose version moved is skipped, the others still apply, so racing sweepers
 #: expire each session exactly once.
 #:
-#: KEYS: every key the writes touch, each once; ARGV refers to them by number.
-#: ARGV: 1 the number of writes, then per write: session hash; expected version
-#:       ('' = the session must not exist); 'put' or 'del'; idempotency hash;
-#:       idempotency key ('' = none: if given and already in the idempotency
-#:       hash, nothing is written); rounds list; round JSON ('' = none); n and n
-#:       hash field/value pairs (only those that change); r and r pairs (sorted
-#:       set, member) to remove; a and a pairs to add; counters hash, group, c
-#:       and c triples (metric, lo increment, hi increment), the fields being
-#:       "<metric> lo <group>" and "<metric> hi <group>".
+#: KEYS: every key the writes touch, each once; the writes refer to them by number.
+#: ARGV[1]: the writes as one text of items, each "<byte length>:<text>" (one
+#:       argument, because a client spends far more on each argument than the
+#:       script does on reading an item): the number of writes, then per write:
+#:       session hash; expected version ('' = the session must not exist); 'put'
+#:       or 'del'; idempotency hash; idempotency key ('' = none: if given and
+#:       already in the idempotency hash, nothing is written); rounds list; round
+#:       JSON ('' = none); n and n hash field/value pairs (only those that
+#:       change); r and r pairs (sorted set, member) to remove; a and a pairs to
+#:       add; counters hash, group, c and c triples (metric, lo increment, hi
+#:       increment), the fields being "<metric> lo <group>" and "<metric> hi <group>".
 #: Returns per write 1 when written, 0 when not (version moved, or key used).
 CAS: Final = Script.of("""
+local data, pos = ARGV[1], 1
+local function take()
+  local colon = string.find(data, ':', pos, true)
+  local length = tonumber(string.sub(data, pos, colon - 1))
+  pos = colon + length + 1
+  return string.sub(data, colon + 1, colon + length)
+end
+local function key() return KEYS[tonumber(take())] end
 local results = {}
-local i = 2
-for w = 1, tonumber(ARGV[1]) do
-  local session, expected, op = KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2]
-  local idem, key = KEYS[tonumber(ARGV[i + 3])], ARGV[i + 4]
-  local rounds, round = KEYS[tonumber(ARGV[i + 5])], ARGV[i + 6]
-  i = i + 7
+for w = 1, tonumber(take()) do
+  local session, expected, op = key(), take(), take()
+  local idem, idem_key = key(), take()
+  local rounds, round = key(), take()
   local current = redis.call('HGET', session, 'version')
   local ok
   if expected == '' then ok = not current else ok = current == expected end
-  if ok and key ~= '' and redis.call('HEXISTS', idem, key) == 1 then ok = false end
+  if ok and idem_key ~= '' and redis.call('HEXISTS', idem, idem_key) == 1 then ok = false end
   results[w] = ok and 1 or 0
-  local n = tonumber(ARGV[i])
-  i = i + 1
+  local n = tonumber(take())
+  local fields = {}
+  for j = 1, 2 * n do fields[j] = take() end
   if ok then
     if op == 'del' then
       redis.call('DEL', session, rounds, idem)
     elseif n > 0 then
-      redis.call('HSET', session, unpack(ARGV, i, i + 2 * n - 1))
+      redis.call('HSET', session, unpack(fields))
     end
     if round ~= '' then
       redis.call('RPUSH', rounds, round)
-      if key ~= '' then redis.call('HSET', idem, key, round) end
+      if idem_key ~= '' then redis.call('HSET', idem, idem_key, round) end
     end
   end
-  i = i + 2 * n
-  n = tonumber(ARGV[i])
-  i = i + 1
-  for _ = 1, n do
-    if ok then redis.call('ZREM', KEYS[tonumber(ARGV[i])], ARGV[i + 1]) end
-    i = i + 2
+  for _ = 1, tonumber(take()) do
+    local index, text = key(), take()
+    if ok then redis.call('ZREM', index, text) end
   end
-  n = tonumber(ARGV[i])
-  i = i + 1
-  for _ = 1, n do
-    if ok then redis.call('ZADD', KEYS[tonumber(ARGV[i])], 0, ARGV[i + 1]) end
-    i = i + 2
+  for _ = 1, tonumber(take()) do
+    local index, text = key(), take()
+    if ok then redis.call('ZADD', index, 0, text) end
   end
-  local counters, group = KEYS[tonumber(ARGV[i])], ARGV[i + 1]
-  n = tonumber(ARGV[i + 2])
-  i = i + 3
-  for _ = 1, n do
+  local counters, group = key(), take()
+  for _ = 1, tonumber(take()) do
+    local metric, lo, hi = take(), take(), take()
     if ok then
-      local metric, lo, hi = ARGV[i], ARGV[i + 1], ARGV[i + 2]
       local lo_field, hi_field = metric .. ' lo ' .. group, metric .. ' hi ' .. group
       local total = redis.call('HINCRBY', counters, lo_field, lo)
       if hi ~= '0' then redis.call('HINCRBY', counters, hi_field, hi) end
@@ -171,7 +173,6 @@ for w = 1, tonumber(ARGV[1]) do
         redis.call('HINCRBY', counters, hi_field, '1')
       end
     end
-    i = i + 3
   end
 end
 return results
@@ -291,12 +292,18 @@ class CasBatch:
     def __init__(self, keys: RedisKeys) -> None:
         self._names = keys
         self.keys: list[str] = []
-        self.args: list[str] = ["0"]
+        self._items: list[str] = []
+        self._count = 0
         self._positions: dict[str, str] = {}
 
     def __len__(self) -> int:
         """The number of writes so far."""
-        return int(self.args[0])
+        return self._count
+
+    @property
+    def args(self) -> list[str]:
+        """ARGV: the writes as one text of length-prefixed items."""
+        return [_items_text([str(self._count), *self._items])]
 
     def _key(self, name: str) -> str:
         position = self._positions.get(name)
@@ -325,9 +332,9 @@ class CasBatch:
         session_id = record.session_id
         names = self._names
         key = absent_key or (new_round.idempotency_key if new_round is not None else None) or ""
-        args = self.args
-        args[0] = str(int(args[0]) + 1)
-        args += [
+        self._count += 1
+        items = self._items
+        items += (
             self._key(names.session(session_id)),
             "" if old is None else str(old.version),
             "put" if new is not None else "del",
@@ -335,28 +342,35 @@ class CasBatch:
             key,
             self._key(names.rounds(session_id)) if new_round or new is None else "1",
             "" if new_round is None else round_json(new_round),
-        ]
+        )
         # The stored hash is old's exactly when the version matches, so only
         # the fields that differ are sent.
         fields = {} if new is None else _session_fields(new)
         if old is not None and fields:
             before = _session_fields(old)
             fields = {name: value for name, value in fields.items() if before[name] != value}
-        args.append(str(len(fields)))
+        items.append(str(len(fields)))
         for pair in fields.items():
-            args += pair
+            items += pair
         for entries in _index_changes(names, old, new):
-            args.append(str(len(entries)))
+            items.append(str(len(entries)))
             for index, text in entries:
-                args += (self._key(index), text)
+                items += (self._key(index), text)
         increments = _counter_increments(old, new)
-        args += (
+        items += (
             self._key(names.counters(record.tenant_id)),
             counter_group(record.provider_id, record.model),
             str(len(increments)),
         )
         for metric, amount in increments:
-            args += (metric, str(amount % LIMB), str(amount // LIMB))
+            items += (metric, str(amount % LIMB), str(amount // LIMB))
+
+
+def _items_text(items: list[str]) -> str:
+    # Lua counts bytes; most items are ASCII, where characters are bytes.
+    return "".join(
+        [f"{len(item) if item.isascii() else len(item.encode())}:{item}" for item in items]
+    )
 
 
 def cas_arguments(
