@@ -72,10 +72,14 @@ class CountingStore(RedisStore):
     calls = 0
 
     async def _cas(
-        self, old: StoredSession | None, new: StoredSession | None, new_round: Round | None
+        self,
+        old: StoredSession | None,
+        new: StoredSession | None,
+        new_round: Round | None,
+        absent_key: str | None = None,
     ) -> bool:
         CountingStore.calls += 1
-        return await super()._cas(old, new, new_round)
+        return await super()._cas(old, new, new_round, absent_key)
 
 
 class Run:
