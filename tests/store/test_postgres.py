@@ -29,7 +29,7 @@ from llmsession.errors import (
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import Active, Closed, SessionExpired
 from llmsession.store import open_store
-from llmsession.store.models import Round
+from llmsession.store.models import Round, RoundResult
 from llmsession.store.postgres import SCHEMA_VERSION, PostgresOptions, PostgresStore
 from tests.store.conftest import T0
 
@@ -456,3 +456,40 @@ def spawn(script: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+async def test_changes_queued_on_one_session_go_together_and_each_gets_its_answer(
+    open_pg: Opener,
+) -> None:
+    store = await open_pg()
+    session_id = await new_session(store)
+
+    async def round_(i: int) -> RoundResult | WrongStateError:
+        # Every third round carries one of five keys (the same key, the same tokens).
+        key = f"k{i % 5}" if i % 3 == 0 else None
+        delta = 100 + i % 5 if key else i + 1
+        try:
+            return await store.record_round(ACME, session_id, delta, idempotency_key=key)
+        except WrongStateError as error:
+            return error
+
+    closing = store.close(ACME, session_id)
+    answers = await asyncio.gather(
+        *(round_(i) for i in range(20)), closing, *(round_(i) for i in range(20, 40))
+    )
+    outcomes = answers[:20] + answers[21:]
+    results = [o for o in outcomes if isinstance(o, RoundResult)]
+    refused = [o for o in outcomes if isinstance(o, WrongStateError)]
+    stored = await store.get(ACME, session_id)
+    rounds = await all_rounds(store, session_id)
+    assert stored.record.state is Closed
+    assert stored.record.round_count == len(rounds)
+    assert [r.seq for r in rounds] == list(range(1, len(rounds) + 1))
+    # Every round answered as new is stored once; a replay names a stored round.
+    assert sorted((r.round for r in results if not r.replayed), key=lambda r: r.seq) == rounds
+    assert {r.round for r in results} <= set(rounds)
+    keys = [r.idempotency_key for r in rounds if r.idempotency_key is not None]
+    assert len(keys) == len(set(keys))
+    # Rounds queued behind the close were refused, each with its own error.
+    assert refused
+    assert len(results) + len(refused) == 40

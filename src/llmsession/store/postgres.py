@@ -11,8 +11,12 @@ matched. How the session is read depends on contention:
   costs a refused compare-and-set and a retry from a fresh read; an answer that
   writes nothing (an error, a replayed round) is given only after checking that
   the remembered version is still the stored one.
-- Writers of one session in one process take turns (:class:`SessionTurns`), so
-  they never collide with each other.
+- Changes of one session in one process never race each other: those that
+  arrive while one is in flight queue up (:class:`GroupCommit`) and then go
+  together, in one transaction on the locked row, each computed from the one
+  before it, all writes and ``COMMIT`` in one pipeline: many clients on one
+  session cost about one round trip per group, not per round. A change alone
+  takes its turn (:class:`SessionTurns`) and the path below.
 - Once writers of a session in different processes have collided, its changes
   lock the row for a while (``SELECT ... FOR UPDATE`` in a transaction), so the
   processes queue on the lock instead of retrying: ``BEGIN`` + lock + read go
@@ -42,6 +46,7 @@ import math
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final, LiteralString
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
@@ -66,12 +71,15 @@ from llmsession.record import SessionRecord
 from llmsession.states import ALL_STATES, Created, state_named
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
+    Change,
+    ChangeFn,
     SessionTransaction,
     TransactionalStore,
     VersionConflict,
     expire_if_due,
 )
 from llmsession.store.cursor import decode_cursor, encode_cursor
+from llmsession.store.group_commit import GroupCommit
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
@@ -313,6 +321,24 @@ def _seconds_option(options: dict[str, str], name: str, default: float) -> float
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class _PendingChange:
+    """A change waiting for its session's next group."""
+
+    change: ChangeFn
+    idempotency_key: str | None
+
+
+class _SessionGroup:
+    """One session's queue of changes, and how many callers use it."""
+
+    __slots__ = ("commit", "count")
+
+    def __init__(self, commit: GroupCommit[_PendingChange, Change]) -> None:
+        self.commit = commit
+        self.count = 0
+
+
 class _PostgresTransaction(SessionTransaction):
     """One change's session on a pooled connection; ``committed`` once its write went in."""
 
@@ -376,6 +402,7 @@ class PostgresStore(TransactionalStore):
         self._pool = pool
         self._recent = RecentSessions(session_cache)
         self._turns = SessionTurns()
+        self._groups: dict[tuple[TenantId, SessionId], _SessionGroup] = {}
         self._closed = False
 
     @classmethod
@@ -480,6 +507,95 @@ class PostgresStore(TransactionalStore):
                 ),
             )
         self._recent.remember(stored)
+
+    async def _run_change(
+        self,
+        tenant_id: TenantId,
+        session_id: SessionId,
+        change: ChangeFn,
+        idempotency_key: str | None,
+    ) -> Change:
+        # Changes of one session in this process queue behind the one in flight and
+        # then go together: one locked read, each change computed from the one
+        # before, all writes and COMMIT in one pipeline. Alone, a change takes the
+        # usual path (often one statement).
+        key = (tenant_id, session_id)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _SessionGroup(
+                GroupCommit(partial(self._run_group, tenant_id, session_id))
+            )
+        group.count += 1
+        try:
+            return await group.commit.submit(_PendingChange(change, idempotency_key))
+        finally:
+            group.count -= 1
+            if not group.count:
+                del self._groups[key]
+
+    async def _run_group(
+        self, tenant_id: TenantId, session_id: SessionId, batch: Sequence[_PendingChange]
+    ) -> list[Change | Exception]:
+        if len(batch) == 1:
+            pending = batch[0]
+            try:
+                return [
+                    await super()._run_change(
+                        tenant_id, session_id, pending.change, pending.idempotency_key
+                    )
+                ]
+            except Exception as error:
+                return [error]
+        async with self._connection() as conn:
+            try:
+                return await self._run_locked_group(conn, tenant_id, session_id, batch)
+            except NotFoundError as error:
+                return [error] * len(batch)
+            except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected):
+                return [VersionConflict() for _ in batch]
+            finally:
+                if conn.info.transaction_status in _IN_TRANSACTION:
+                    await conn.execute("ROLLBACK")
+
+    async def _run_locked_group(
+        self,
+        conn: _Connection,
+        tenant_id: TenantId,
+        session_id: SessionId,
+        batch: Sequence[_PendingChange],
+    ) -> list[Change | Exception]:
+        tx = await self._lock(conn, tenant_id, session_id)
+        stored = tx.stored
+        outcomes: list[Change | Exception] = []
+        writes: list[tuple[int, StoredSession, psycopg.AsyncCursor[TupleRow]]] = []
+        async with conn.pipeline():
+            for pending in batch:
+                try:
+                    # A round found by its key sees the batch's earlier writes: the
+                    # lookup waits for what the pipeline sent before it.
+                    first = (
+                        None
+                        if pending.idempotency_key is None
+                        else await tx.find_round(pending.idempotency_key)
+                    )
+                    result = self._compute(pending.change, stored, first)
+                except Exception as error:
+                    outcomes.append(error)
+                    continue
+                if result.stored is not stored:
+                    cur = await conn.execute(*_write(result.stored, stored.version, result.round))
+                    writes.append((len(outcomes), result.stored, cur))
+                    stored = result.stored
+                outcomes.append(result)
+            await conn.execute("COMMIT")
+        for index, new, cur in writes:
+            if cur.rowcount == 1:
+                self._recent.remember(new)
+            else:
+                # Each write expects the version the one before it wrote: from the
+                # first refused one on, none went in; those changes are retried.
+                outcomes[index] = VersionConflict()
+        return outcomes
 
     @asynccontextmanager
     async def _begin(
