@@ -297,6 +297,11 @@ class RedisStore(TransactionalStore):
             )
             try:
                 yield tx
+            except StoreError:
+                # Redis failed: a write may or may not have been applied, so the
+                # next change starts from a fresh read.
+                self._recent.forget(session_id)
+                raise
             except LLMSessionError:
                 if tx.remembered and not tx.committed:
                     await self._check_current(stored, tx.unchecked_key)
