@@ -108,24 +108,23 @@ class Script:
 #: expire each session exactly once.
 #:
 #: KEYS: every key the writes touch, each once; the writes refer to them by number.
-#: ARGV[1]: the writes as one text of items, each "<byte length>:<text>" (one
-#:       argument, because a client spends far more on each argument than the
-#:       script does on reading an item): the number of writes, then per write:
+#: ARGV[1]: the writes as one JSON array of texts (one argument, because a
+#:       client spends far more on each argument than the script's C JSON
+#:       decoder does on an item): the number of writes, then per write:
 #:       session hash; expected version ('' = the session must not exist); 'put'
 #:       or 'del'; idempotency hash; idempotency key ('' = none: if given and
 #:       already in the idempotency hash, nothing is written); rounds list; round
 #:       JSON ('' = none); n and n hash field/value pairs (only those that
 #:       change); r and r pairs (sorted set, member) to remove; a and a pairs to
-#:       add; counters hash, group, c and c triples (metric, lo increment, hi
-#:       increment), the fields being "<metric> lo <group>" and "<metric> hi <group>".
+#:       add; counters hash, group, c and c triples (metric, lo increment in
+#:       (-2**32, 2**32), hi increment), the fields being "<metric> lo <group>"
+#:       and "<metric> hi <group>".
 #: Returns per write 1 when written, 0 when not (version moved, or key used).
 CAS: Final = Script.of("""
-local data, pos = ARGV[1], 1
+local items, pos = cjson.decode(ARGV[1]), 0
 local function take()
-  local colon = string.find(data, ':', pos, true)
-  local length = tonumber(string.sub(data, pos, colon - 1))
-  pos = colon + length + 1
-  return string.sub(data, colon + 1, colon + length)
+  pos = pos + 1
+  return items[pos]
 end
 local function key() return KEYS[tonumber(take())] end
 local results = {}
@@ -167,10 +166,14 @@ for w = 1, tonumber(take()) do
       local lo_field, hi_field = metric .. ' lo ' .. group, metric .. ' hi ' .. group
       local total = redis.call('HINCRBY', counters, lo_field, lo)
       if hi ~= '0' then redis.call('HINCRBY', counters, hi_field, hi) end
-      -- Carry: lo was below 2**32 and so was the increment, so total < 2**33.
+      -- Carry or borrow: lo was in [0, 2**32) and the increment in
+      -- (-2**32, 2**32), so total is in (-2**32, 2**33).
       if total >= 4294967296 then
         redis.call('HINCRBY', counters, lo_field, '-4294967296')
         redis.call('HINCRBY', counters, hi_field, '1')
+      elseif total < 0 then
+        redis.call('HINCRBY', counters, lo_field, '4294967296')
+        redis.call('HINCRBY', counters, hi_field, '-1')
       end
     end
   end
@@ -302,8 +305,8 @@ class CasBatch:
 
     @property
     def args(self) -> list[str]:
-        """ARGV: the writes as one text of length-prefixed items."""
-        return [_items_text([str(self._count), *self._items])]
+        """ARGV: the writes as one JSON array of texts."""
+        return [json.dumps([str(self._count), *self._items])]
 
     def _key(self, name: str) -> str:
         position = self._positions.get(name)
@@ -365,14 +368,10 @@ class CasBatch:
             str(len(increments)),
         )
         for metric, amount in increments:
-            items += (metric, str(amount % LIMB), str(amount // LIMB))
-
-
-def _items_text(items: list[str]) -> str:
-    # Lua counts bytes; most items are ASCII, where characters are bytes.
-    return "".join(
-        [f"{len(item) if item.isascii() else len(item.encode())}:{item}" for item in items]
-    )
+            # Both parts take the amount's sign, so a small decrease is one
+            # HINCRBY, not a wrapped increase and a carry.
+            hi = amount // LIMB if amount >= 0 else -(-amount // LIMB)
+            items += (metric, str(amount - hi * LIMB), str(hi))
 
 
 def cas_arguments(
