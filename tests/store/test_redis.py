@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +45,7 @@ from llmsession.store.redis import (
     _parse_url,
     durability_warnings,
 )
-from llmsession.store.redis_schema import CAS, CasBatch, RedisKeys
+from llmsession.store.redis_schema import CAS, CasBatch, RedisKeys, Script
 from llmsession.timestamps import Timestamp
 from llmsession.tokens import MAX_TOKENS
 from tests.conftest import services_required
@@ -450,6 +450,64 @@ async def test_scripts_are_reloaded_after_script_flush(
 
 
 # -- compare-and-set -------------------------------------------------------------------
+
+
+async def test_a_write_chained_to_a_refused_one_is_refused_though_its_version_matches(
+    redis_url: str, redis_store: RedisStore
+) -> None:
+    # Two writes computed one from the other; another writer stored the first's
+    # version in between. The second expects exactly the version now stored, but
+    # was computed from a state that never happened.
+    session_id = await _active(redis_store)
+    read = await redis_store.get(ACME, session_id)
+    await redis_store.record_round(ACME, session_id, 1)
+    now_stored = await redis_store.get(ACME, session_id)
+    first = StoredSession(read.record, read.version + 1, 7, read.last_activity_at)
+    second = StoredSession(read.record, read.version + 2, 8, read.last_activity_at)
+    assert first.version == now_stored.version
+    batch = CasBatch(RedisKeys(_prefix(redis_url)))
+    batch.add(read, first)
+    batch.add(first, second, chained=True)
+    snapshot = await _dump(redis_url)
+    client = await _raw(redis_url)
+    try:
+        written = await client.evalsha(CAS.sha, len(batch.keys), *batch.keys, *batch.args)
+    finally:
+        await client.aclose()
+    assert written == [0, 0]
+    assert await _dump(redis_url) == snapshot
+
+
+async def test_queued_rounds_of_one_session_go_in_groups_and_stay_exact(
+    redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session_id = await _active(redis_store)
+    calls = 0
+    run_one = redis_store._run_one
+
+    async def counting(script: Script, keys: Sequence[str], args: Sequence[str]) -> object:
+        nonlocal calls
+        calls += 1
+        return await run_one(script, keys, args)
+
+    monkeypatch.setattr(redis_store, "_run_one", counting)
+    # 40 concurrent rounds, each key twice (the same delta): 20 counted, 20 replayed.
+    results = await asyncio.gather(
+        *(
+            redis_store.record_round(ACME, session_id, n % 20, idempotency_key=f"k{n % 20}")
+            for n in range(40)
+        )
+    )
+    assert calls < 40
+    fresh = [r for r in results if not r.replayed]
+    assert sorted(r.round.seq for r in fresh) == list(range(1, 21))
+    assert sorted(r.round.delta_tokens for r in fresh) == list(range(20))
+    by_key = {r.round.idempotency_key: r.round for r in fresh}
+    assert all(by_key[r.round.idempotency_key] == r.round for r in results)
+    stored = await redis_store.get(ACME, session_id)
+    assert stored.record.round_count == 20
+    assert stored.record.delta_tokens == sum(range(20))
+    assert stored.version == 22
 
 
 async def test_a_remembered_version_made_stale_elsewhere_costs_only_a_retry(

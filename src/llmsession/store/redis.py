@@ -27,6 +27,7 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Final, Protocol, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -48,12 +49,15 @@ from llmsession.ids import SessionId, TenantId
 from llmsession.states import ALL_STATES, Created
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
+    Change,
+    ChangeFn,
     SessionTransaction,
     TransactionalStore,
     VersionConflict,
     expire_if_due,
 )
 from llmsession.store.cursor import decode_cursor, encode_cursor
+from llmsession.store.group_commit import GroupCommit
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
@@ -163,6 +167,24 @@ class _RedisTransaction(SessionTransaction):
         self.committed = True
 
 
+@dataclass(frozen=True, slots=True)
+class _PendingChange:
+    """A change waiting for its session's next group."""
+
+    change: ChangeFn
+    idempotency_key: str | None
+
+
+class _SessionGroup:
+    """One session's queue of changes, and how many callers use it."""
+
+    __slots__ = ("commit", "count")
+
+    def __init__(self, commit: GroupCommit[_PendingChange, Change]) -> None:
+        self.commit = commit
+        self.count = 0
+
+
 class RedisStore(TransactionalStore):
     """Sessions in Redis; open one with :meth:`open` (or ``open_store("redis://...")``)."""
 
@@ -192,6 +214,7 @@ class RedisStore(TransactionalStore):
         self._closed = False
         self._turns = SessionTurns()
         self._recent = RecentSessions(session_cache)
+        self._groups: dict[tuple[TenantId, SessionId], _SessionGroup] = {}
         #: How this server may lose acknowledged writes (see :func:`durability_warnings`);
         #: empty if its configuration looks durable or could not be read.
         self.durability_warnings: list[str] = []
@@ -321,6 +344,110 @@ class RedisStore(TransactionalStore):
         if version != str(stored.version) or (unused_key is not None and used):
             self._recent.forget(session_id)
             raise VersionConflict
+
+    async def _run_change(
+        self,
+        tenant_id: TenantId,
+        session_id: SessionId,
+        change: ChangeFn,
+        idempotency_key: str | None,
+    ) -> Change:
+        # Changes of one session in this process queue behind the one in flight
+        # and then go together: one read, each change computed from the one
+        # before, all writes in one CAS call (applied in order, each expecting
+        # the version the one before it wrote). Alone, a change takes the usual
+        # path (usually one call).
+        key = (tenant_id, session_id)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _SessionGroup(
+                GroupCommit(partial(self._run_group, tenant_id, session_id))
+            )
+        group.count += 1
+        try:
+            return await group.commit.submit(_PendingChange(change, idempotency_key))
+        finally:
+            group.count -= 1
+            if not group.count:
+                del self._groups[key]
+
+    async def _run_group(
+        self, tenant_id: TenantId, session_id: SessionId, batch: Sequence[_PendingChange]
+    ) -> list[Change | Exception]:
+        if len(batch) == 1:
+            pending = batch[0]
+            try:
+                return [
+                    await super()._run_change(
+                        tenant_id, session_id, pending.change, pending.idempotency_key
+                    )
+                ]
+            except Exception as error:
+                return [error]
+        try:
+            return await self._write_group(tenant_id, session_id, batch)
+        except (NotFoundError, StoreError) as error:
+            self._recent.forget(session_id)
+            return [error] * len(batch)
+
+    async def _write_group(
+        self, tenant_id: TenantId, session_id: SessionId, batch: Sequence[_PendingChange]
+    ) -> list[Change | Exception]:
+        keys = sorted({p.idempotency_key for p in batch if p.idempotency_key is not None})
+        with self._guard():
+            # MULTI: the session and its rounds by key are read at one instant.
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self._keys.session(session_id))
+                if keys:
+                    pipe.hmget(self._keys.idempotency(session_id), keys)
+                replies = await pipe.execute()
+        row = _row(replies[0])
+        if row.get("tenant") != tenant_id.value:
+            raise NotFoundError(f"no session {session_id}")
+        stored = self._parse(session_id, row)
+        found: dict[str, Round] = {}
+        if keys:
+            for used, raw in zip(keys, _items(replies[1]), strict=True):
+                if raw is not None:
+                    found[used] = parse_round(session_id, _text(raw))
+        cas = CasBatch(self._keys)
+        outcomes: list[Change | Exception] = []
+        writes: list[int] = []
+        for pending in batch:
+            key = pending.idempotency_key
+            try:
+                result = self._compute(
+                    pending.change, stored, None if key is None else found.get(key)
+                )
+            except Exception as error:
+                outcomes.append(error)
+                continue
+            if result.stored is not stored:
+                cas.add(stored, result.stored, result.round, chained=bool(writes))
+                writes.append(len(outcomes))
+                stored = result.stored
+                if result.round is not None and result.round.idempotency_key is not None:
+                    # A later change of this batch with the same key replays it.
+                    found[result.round.idempotency_key] = result.round
+            outcomes.append(result)
+        if not writes:
+            self._recent.remember(stored)
+            return outcomes
+        written = _items(await self._run_one(CAS, cas.keys, cas.args))
+        refused = next(
+            (index for index, reply in zip(writes, written, strict=True) if reply != 1), None
+        )
+        if refused is None:
+            self._recent.remember(stored)
+            return outcomes
+        # Each write expects the version the one before it wrote: from the first
+        # refused one on, none went in, and every later answer was computed from
+        # what did not happen; those changes are retried.
+        self._recent.forget(session_id)
+        return [
+            VersionConflict() if index >= refused else outcome
+            for index, outcome in enumerate(outcomes)
+        ]
 
     async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         with self._guard():

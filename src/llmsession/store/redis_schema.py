@@ -108,17 +108,18 @@ class Script:
 #: expire each session exactly once.
 #:
 #: KEYS: every key the writes touch, each once; the writes refer to them by number.
-#: ARGV[1]: the writes as one JSON array of texts (one argument, because a
-#:       client spends far more on each argument than the script's C JSON
-#:       decoder does on an item): the number of writes, then per write:
-#:       session hash; expected version ('' = the session must not exist); 'put'
-#:       or 'del'; idempotency hash; idempotency key ('' = none: if given and
-#:       already in the idempotency hash, nothing is written); rounds list; round
-#:       JSON ('' = none); n and n hash field/value pairs (only those that
-#:       change); r and r pairs (sorted set, member) to remove; a and a pairs to
-#:       add; counters hash, group, c and c triples (metric, lo increment in
-#:       (-2**32, 2**32), hi increment), the fields being "<metric> lo <group>"
-#:       and "<metric> hi <group>".
+#: ARGV[1]: the writes as one JSON array of texts (one argument, because a client spends
+#:       far more on each argument than the script's C JSON decoder does on an item):
+#:       the number of writes, then per write: session hash; expected version ('' =
+#:       the session must not exist); 'put' or 'del'; '1' if the write was computed
+#:       from the one before it in this call (refused whenever that one is, though
+#:       another writer may have stored the version it expects), else '0';
+#:       idempotency hash; idempotency key ('' = none: if given and already in the
+#:       idempotency hash, nothing is written); rounds list; round JSON ('' = none);
+#:       n and n hash field/value pairs (only those that change); r and r pairs
+#:       (sorted set, member) to remove; a and a pairs to add; counters hash, group,
+#:       c and c triples (metric, lo increment in (-2**32, 2**32), hi increment), the
+#:       fields being "<metric> lo <group>" and "<metric> hi <group>".
 #: Returns per write 1 when written, 0 when not (version moved, or key used).
 CAS: Final = Script.of("""
 local items, pos = cjson.decode(ARGV[1]), 0
@@ -128,13 +129,19 @@ local function take()
 end
 local function key() return KEYS[tonumber(take())] end
 local results = {}
+local ok = true
 for w = 1, tonumber(take()) do
-  local session, expected, op = key(), take(), take()
+  local session, expected, op, chained = key(), take(), take(), take()
   local idem, idem_key = key(), take()
   local rounds, round = key(), take()
   local current = redis.call('HGET', session, 'version')
-  local ok
-  if expected == '' then ok = not current else ok = current == expected end
+  if chained == '1' and not ok then
+    -- It was computed from the refused write before it.
+  elseif expected == '' then
+    ok = not current
+  else
+    ok = current == expected
+  end
   if ok and idem_key ~= '' and redis.call('HEXISTS', idem, idem_key) == 1 then ok = false end
   results[w] = ok and 1 or 0
   local n = tonumber(take())
@@ -322,11 +329,13 @@ class CasBatch:
         new_round: Round | None = None,
         *,
         absent_key: str | None = None,
+        chained: bool = False,
     ) -> None:
         """Write ``new`` (None: delete) over ``old`` (None: insert) if ``old`` is current.
 
         ``absent_key``: an idempotency key that must not be used yet (the round's
-        own key is checked the same way).
+        own key is checked the same way). ``chained``: ``old`` is the previous
+        write's ``new``; this write is refused whenever that one is.
         """
         some = new if new is not None else old
         if some is None:
@@ -341,6 +350,7 @@ class CasBatch:
             self._key(names.session(session_id)),
             "" if old is None else str(old.version),
             "put" if new is not None else "del",
+            "1" if chained else "0",
             self._key(names.idempotency(session_id)) if key or new is None else "1",
             key,
             self._key(names.rounds(session_id)) if new_round or new is None else "1",
