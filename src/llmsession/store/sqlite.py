@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -237,6 +238,23 @@ class _Connection:
             raise StoreError(f"SQLite file {self.path}: {error}") from error
 
 
+def _switch_to_wal(conn: sqlite3.Connection) -> str:
+    """Set WAL mode and return the mode the file is in.
+
+    Switching a new file to WAL takes an exclusive lock, and SQLite answers
+    "database is locked" at once, without its busy handler, when several
+    connections try it together; so wait and try again, up to the busy timeout.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _fetch_all(sql: str, params: Sequence[object], conn: sqlite3.Connection) -> list[Any]:
     return conn.execute(sql, params).fetchall()
 
@@ -328,10 +346,10 @@ class SQLiteStore(SessionStore):
             raise StoreError(f"cannot create the directory of {self.path}: {error}") from error
         self._writer = writer = _Connection(self.path)
         await writer.open()
-        mode = await writer.run(partial(_fetch_all, "PRAGMA journal_mode = WAL", ()))
-        if str(mode[0][0]).lower() != "wal":
+        mode = await writer.run(_switch_to_wal)
+        if mode.lower() != "wal":
             raise StoreError(
-                f"SQLite file {self.path} cannot use WAL mode (it stays in {mode[0][0]!r} "
+                f"SQLite file {self.path} cannot use WAL mode (it stays in {mode!r} "
                 "mode); put it on a local file system"
             )
         # FULL: the WAL is synced at every commit, so an acknowledged round survives
