@@ -67,7 +67,6 @@ from llmsession.errors import (
     StoreError,
 )
 from llmsession.ids import SessionId, TenantId
-from llmsession.record import SessionRecord
 from llmsession.states import ALL_STATES, Created, state_named
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
@@ -92,6 +91,12 @@ from llmsession.store.models import (
     check_page_size,
 )
 from llmsession.store.recent import RecentSessions
+from llmsession.store.sql_rows import (
+    SESSION_COLUMNS,
+    change_values,
+    key_from_row,
+    stored_from_row,
+)
 from llmsession.store.turns import SessionTurns
 from llmsession.timestamps import Timestamp
 
@@ -166,12 +171,6 @@ _SCHEMA: Final[tuple[LiteralString | sql.Composed, ...]] = (
     "CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id, created_at)",
 )
 
-_SESSION_COLUMNS: Final = (
-    "session_id, tenant_id, provider_id, model, initial_tokens, state, created_at, "
-    "activated_at, closed_at, expired_at, round_count, delta_tokens, version, "
-    "ttl_seconds, last_activity_at"
-)
-
 _INSERT_SESSION: Final = (
     "INSERT INTO sessions (session_id, tenant_id, provider_id, model, initial_tokens, "
     "created_at, ttl_seconds, state, activated_at, closed_at, expired_at, round_count, "
@@ -180,7 +179,7 @@ _INSERT_SESSION: Final = (
 )
 
 _SELECT_SESSION: Final = (
-    "SELECT " + _SESSION_COLUMNS + " FROM sessions WHERE session_id = %s AND tenant_id = %s"
+    "SELECT " + SESSION_COLUMNS + " FROM sessions WHERE session_id = %s AND tenant_id = %s"
 )
 
 _LOCK_SESSION: Final = _SELECT_SESSION + " FOR UPDATE"
@@ -210,7 +209,7 @@ _FIND_ROUND: Final = (
 )
 
 _CLAIM_DUE: Final = (
-    "SELECT " + _SESSION_COLUMNS + " FROM sessions WHERE deadline <= %s "
+    "SELECT " + SESSION_COLUMNS + " FROM sessions WHERE deadline <= %s "
     "ORDER BY deadline LIMIT %s FOR UPDATE SKIP LOCKED"
 )
 
@@ -503,7 +502,7 @@ class PostgresStore(TransactionalStore):
                     record.initial_tokens,
                     record.created_at.epoch_micros,
                     stored.ttl_seconds,
-                    *_change_values(stored),
+                    *change_values(stored),
                 ),
             )
         self._recent.remember(stored)
@@ -703,7 +702,7 @@ class PostgresStore(TransactionalStore):
         params.append(query.limit + 1)
         statement = (
             "SELECT "
-            + _SESSION_COLUMNS
+            + SESSION_COLUMNS
             + " FROM sessions WHERE "
             + " AND ".join(clauses)
             + " ORDER BY created_at DESC, session_id DESC LIMIT %s"
@@ -793,7 +792,7 @@ class PostgresStore(TransactionalStore):
                         if new is None:
                             continue
                         expired.append(new)
-                        values = (new.record.session_id.value, stored.version, *_change_values(new))
+                        values = (new.record.session_id.value, stored.version, *change_values(new))
                         for column, value in zip(columns, values, strict=True):
                             column.append(value)
                     if columns[0]:
@@ -869,7 +868,7 @@ class PostgresStore(TransactionalStore):
                 "SELECT " + _KEY_COLUMNS + " FROM api_keys WHERE key_id = %s", (key_id,)
             )
             row = await cur.fetchone()
-        return None if row is None else _key_from_row(row)
+        return None if row is None else key_from_row(row)
 
     async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         async with self._connection() as conn:
@@ -879,7 +878,7 @@ class PostgresStore(TransactionalStore):
                 (tenant_id.value,),
             )
             rows = await cur.fetchall()
-        return [_key_from_row(row) for row in rows]
+        return [key_from_row(row) for row in rows]
 
     async def revoke_api_key(self, key_id: str) -> ApiKeyInfo:
         async with self._connection() as conn:
@@ -892,7 +891,7 @@ class PostgresStore(TransactionalStore):
             row = await cur.fetchone()
         if row is None:
             raise NotFoundError(f"no API key {key_id!r}")
-        return _key_from_row(row)
+        return key_from_row(row)
 
     # -- connections ------------------------------------------------------------------
 
@@ -937,61 +936,13 @@ def _write(
     )
 
 
-def _micros(moment: Timestamp | None) -> int | None:
-    return None if moment is None else moment.epoch_micros
-
-
 def _change_params(stored: StoredSession, expected_version: int) -> tuple[Any, ...]:
     """The values of _UPDATE_SESSION: what changed, then the session id and expected version."""
-    return (*_change_values(stored), stored.record.session_id.value, expected_version)
-
-
-def _change_values(stored: StoredSession) -> tuple[Any, ...]:
-    """The values of _SET_CHANGE."""
-    record = stored.record
-    return (
-        record.state.name,
-        _micros(record.activated_at),
-        _micros(record.closed_at),
-        _micros(record.expired_at),
-        record.round_count,
-        record.delta_tokens,
-        # The core computes tokens_saved; SQL only stores and sums it.
-        record.tokens_saved,
-        stored.version,
-        stored.last_activity_at.epoch_micros,
-        _micros(stored.deadline),
-    )
-
-
-def _time_or_none(micros: int | None) -> Timestamp | None:
-    return None if micros is None else Timestamp(micros)
+    return (*change_values(stored), stored.record.session_id.value, expected_version)
 
 
 def _stored_from_row(row: TupleRow) -> StoredSession:
-    record = SessionRecord(
-        session_id=SessionId(row[0]),
-        tenant_id=TenantId(row[1]),
-        provider_id=row[2],
-        model=row[3],
-        initial_tokens=row[4],
-        state=state_named(row[5]),
-        created_at=Timestamp(row[6]),
-        activated_at=_time_or_none(row[7]),
-        closed_at=_time_or_none(row[8]),
-        expired_at=_time_or_none(row[9]),
-        round_count=row[10],
-        delta_tokens=row[11],
-    )
-    return StoredSession(
-        record, version=row[12], ttl_seconds=row[13], last_activity_at=Timestamp(row[14])
-    )
-
-
-def _key_from_row(row: TupleRow) -> ApiKeyInfo:
-    return ApiKeyInfo(
-        row[0], TenantId(row[1]), bytes(row[2]), Timestamp(row[3]), _time_or_none(row[4])
-    )
+    return stored_from_row(row, SessionId(row[0]))
 
 
 def _safe_url(conninfo: str) -> str:

@@ -42,7 +42,6 @@ from llmsession.errors import (
     StoreError,
 )
 from llmsession.ids import SessionId, TenantId
-from llmsession.record import SessionRecord
 from llmsession.states import ALL_STATES, Created, state_named
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
@@ -64,6 +63,13 @@ from llmsession.store.models import (
     Tenant,
     Totals,
     check_page_size,
+)
+from llmsession.store.sql_rows import (
+    SESSION_COLUMNS,
+    change_values,
+    key_from_row,
+    micros,
+    stored_from_row,
 )
 from llmsession.timestamps import Timestamp
 
@@ -161,12 +167,7 @@ _SCHEMA: Final = (
     """,
 )
 
-_SESSION_COLUMNS = (
-    "session_id, tenant_id, provider_id, model, initial_tokens, state, created_at, "
-    "activated_at, closed_at, expired_at, round_count, delta_tokens, version, "
-    "ttl_seconds, last_activity_at"
-)
-_SELECT_SESSION = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ? AND tenant_id = ?"
+_SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ? AND tenant_id = ?"
 _INSERT_SESSION = (
     "INSERT INTO sessions (session_id, tenant_id, provider_id, model, initial_tokens, state, "
     "created_at, activated_at, closed_at, expired_at, round_count, delta_tokens, tokens_saved, "
@@ -505,7 +506,7 @@ class SQLiteStore(SessionStore):
             params.append(query.created_before.epoch_micros)
         params.append(query.limit + 1)
         rows = await self._read(
-            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(conditions)} "
+            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(conditions)} "
             "ORDER BY created_at DESC, session_id DESC LIMIT ?",
             params,
         )
@@ -567,7 +568,7 @@ class SQLiteStore(SessionStore):
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         def expire_due(conn: sqlite3.Connection) -> int:
             rows = conn.execute(
-                f"SELECT {_SESSION_COLUMNS} FROM sessions "
+                f"SELECT {SESSION_COLUMNS} FROM sessions "
                 "WHERE deadline IS NOT NULL AND deadline <= ? ORDER BY deadline LIMIT ?",
                 (now.epoch_micros, limit),
             ).fetchall()
@@ -656,20 +657,20 @@ class SQLiteStore(SessionStore):
 
     async def get_api_key(self, key_id: str) -> ApiKeyInfo | None:
         rows = await self._read(f"{_SELECT_KEY} WHERE key_id = ?", (key_id,))
-        return _key_from_row(rows[0]) if rows else None
+        return key_from_row(rows[0]) if rows else None
 
     async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         rows = await self._read(
             f"{_SELECT_KEY} WHERE tenant_id = ? ORDER BY created_at, key_id", (tenant_id.value,)
         )
-        return [_key_from_row(row) for row in rows]
+        return [key_from_row(row) for row in rows]
 
     async def revoke_api_key(self, key_id: str) -> ApiKeyInfo:
         def revoke(conn: sqlite3.Connection) -> ApiKeyInfo:
             row = conn.execute(f"{_SELECT_KEY} WHERE key_id = ?", (key_id,)).fetchone()
             if row is None:
                 raise NotFoundError(f"no API key {key_id!r}")
-            info = _key_from_row(row)
+            info = key_from_row(row)
             if info.revoked_at is not None:
                 return info
             now = self.clock()
@@ -710,14 +711,6 @@ def _key(tenant_id: TenantId, session_id: SessionId) -> tuple[bytes, str]:
     return session_id.value.bytes, tenant_id.value
 
 
-def _micros(moment: Timestamp | None) -> int | None:
-    return None if moment is None else moment.epoch_micros
-
-
-def _time(value: int | None) -> Timestamp | None:
-    return None if value is None else Timestamp(value)
-
-
 def _join_halves(high: int | None, low: int | None) -> int:
     return ((high or 0) << 32) + (low or 0)
 
@@ -732,35 +725,21 @@ def _insert_params(stored: StoredSession) -> tuple[object, ...]:
         record.initial_tokens,
         record.state.name,
         record.created_at.epoch_micros,
-        _micros(record.activated_at),
-        _micros(record.closed_at),
-        _micros(record.expired_at),
+        micros(record.activated_at),
+        micros(record.closed_at),
+        micros(record.expired_at),
         record.round_count,
         record.delta_tokens,
         record.tokens_saved,
         stored.version,
         stored.ttl_seconds,
         stored.last_activity_at.epoch_micros,
-        _micros(stored.deadline),
+        micros(stored.deadline),
     )
 
 
 def _update_params(new: StoredSession, expected_version: int) -> tuple[object, ...]:
-    record = new.record
-    return (
-        record.state.name,
-        _micros(record.activated_at),
-        _micros(record.closed_at),
-        _micros(record.expired_at),
-        record.round_count,
-        record.delta_tokens,
-        record.tokens_saved,
-        new.version,
-        new.last_activity_at.epoch_micros,
-        _micros(new.deadline),
-        record.session_id.value.bytes,
-        expected_version,
-    )
+    return (*change_values(new), new.record.session_id.value.bytes, expected_version)
 
 
 def _round_params(new_round: Round) -> tuple[object, ...]:
@@ -774,28 +753,8 @@ def _round_params(new_round: Round) -> tuple[object, ...]:
 
 
 def _stored_from_row(row: Any) -> StoredSession:
-    record = SessionRecord(
-        session_id=SessionId(uuid.UUID(bytes=row[0])),
-        tenant_id=TenantId(row[1]),
-        provider_id=row[2],
-        model=row[3],
-        initial_tokens=row[4],
-        state=state_named(row[5]),
-        created_at=Timestamp(row[6]),
-        activated_at=_time(row[7]),
-        closed_at=_time(row[8]),
-        expired_at=_time(row[9]),
-        round_count=row[10],
-        delta_tokens=row[11],
-    )
-    return StoredSession(
-        record, version=row[12], ttl_seconds=row[13], last_activity_at=Timestamp(row[14])
-    )
+    return stored_from_row(row, SessionId(uuid.UUID(bytes=row[0])))
 
 
 def _round_from_row(session_id: SessionId, row: Any) -> Round:
     return Round(session_id, row[0], row[1], Timestamp(row[2]), row[3])
-
-
-def _key_from_row(row: Any) -> ApiKeyInfo:
-    return ApiKeyInfo(row[0], TenantId(row[1]), bytes(row[2]), Timestamp(row[3]), _time(row[4]))
