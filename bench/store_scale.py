@@ -346,14 +346,18 @@ class SQLiteBackend:
         return len(rows)
 
     async def raw_expired(self, tenants: Sequence[TenantId]) -> int:
-        rows = await self.conn.execute_fetchall(
-            "SELECT count(*) FROM sessions WHERE state = ?", (SessionExpired.name,)
+        rows = await asyncio.to_thread(
+            lambda: self.conn.execute(
+                "SELECT count(*) FROM sessions WHERE state = ?", (SessionExpired.name,)
+            ).fetchall()
         )
         return int(next(iter(rows))[0])
 
     async def explain(self, flt: Filter, limit: int, cursor: str | None) -> str:
         sql, params = _list_sql(flt, limit, cursor, "?", uuid_value=False)
-        rows = await self.conn.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}", params)
+        rows = await asyncio.to_thread(
+            lambda: self.conn.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+        )
         return "; ".join(str(row[3]) for row in rows)
 
 
