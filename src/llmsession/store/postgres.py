@@ -78,7 +78,6 @@ from llmsession.store.base import (
     expire_if_due,
 )
 from llmsession.store.cursor import decode_cursor, encode_cursor
-from llmsession.store.group_commit import GroupCommit
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
@@ -91,6 +90,7 @@ from llmsession.store.models import (
     check_page_size,
 )
 from llmsession.store.recent import RecentSessions
+from llmsession.store.session_groups import PendingChange, SessionGroups
 from llmsession.store.sql_rows import (
     SESSION_COLUMNS,
     change_values,
@@ -320,24 +320,6 @@ def _seconds_option(options: dict[str, str], name: str, default: float) -> float
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class _PendingChange:
-    """A change waiting for its session's next group."""
-
-    change: ChangeFn
-    idempotency_key: str | None
-
-
-class _SessionGroup:
-    """One session's queue of changes, and how many callers use it."""
-
-    __slots__ = ("commit", "count")
-
-    def __init__(self, commit: GroupCommit[_PendingChange, Change]) -> None:
-        self.commit = commit
-        self.count = 0
-
-
 class _PostgresTransaction(SessionTransaction):
     """One change's session on a pooled connection; ``committed`` once its write went in."""
 
@@ -401,7 +383,7 @@ class PostgresStore(TransactionalStore):
         self._pool = pool
         self._recent = RecentSessions(session_cache)
         self._turns = SessionTurns()
-        self._groups: dict[tuple[TenantId, SessionId], _SessionGroup] = {}
+        self._groups = SessionGroups(partial(TransactionalStore._run_change, self), self._run_group)
         self._closed = False
 
     @classmethod
@@ -514,37 +496,11 @@ class PostgresStore(TransactionalStore):
         change: ChangeFn,
         idempotency_key: str | None,
     ) -> Change:
-        # Changes of one session in this process queue behind the one in flight and
-        # then go together: one locked read, each change computed from the one
-        # before, all writes and COMMIT in one pipeline. Alone, a change takes the
-        # usual path (often one statement).
-        key = (tenant_id, session_id)
-        group = self._groups.get(key)
-        if group is None:
-            group = self._groups[key] = _SessionGroup(
-                GroupCommit(partial(self._run_group, tenant_id, session_id))
-            )
-        group.count += 1
-        try:
-            return await group.commit.submit(_PendingChange(change, idempotency_key))
-        finally:
-            group.count -= 1
-            if not group.count:
-                del self._groups[key]
+        return await self._groups.submit(tenant_id, session_id, change, idempotency_key)
 
     async def _run_group(
-        self, tenant_id: TenantId, session_id: SessionId, batch: Sequence[_PendingChange]
+        self, tenant_id: TenantId, session_id: SessionId, batch: Sequence[PendingChange]
     ) -> list[Change | Exception]:
-        if len(batch) == 1:
-            pending = batch[0]
-            try:
-                return [
-                    await super()._run_change(
-                        tenant_id, session_id, pending.change, pending.idempotency_key
-                    )
-                ]
-            except Exception as error:
-                return [error]
         async with self._connection() as conn:
             try:
                 return await self._run_locked_group(conn, tenant_id, session_id, batch)
@@ -561,7 +517,7 @@ class PostgresStore(TransactionalStore):
         conn: _Connection,
         tenant_id: TenantId,
         session_id: SessionId,
-        batch: Sequence[_PendingChange],
+        batch: Sequence[PendingChange],
     ) -> list[Change | Exception]:
         tx = await self._lock(conn, tenant_id, session_id)
         stored = tx.stored

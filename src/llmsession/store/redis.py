@@ -57,7 +57,6 @@ from llmsession.store.base import (
     expire_if_due,
 )
 from llmsession.store.cursor import decode_cursor, encode_cursor
-from llmsession.store.group_commit import GroupCommit
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
@@ -87,6 +86,7 @@ from llmsession.store.redis_schema import (
     parse_session,
     parse_time,
 )
+from llmsession.store.session_groups import PendingChange, SessionGroups
 from llmsession.store.turns import SessionTurns
 from llmsession.timestamps import Timestamp
 
@@ -167,24 +167,6 @@ class _RedisTransaction(SessionTransaction):
         self.committed = True
 
 
-@dataclass(frozen=True, slots=True)
-class _PendingChange:
-    """A change waiting for its session's next group."""
-
-    change: ChangeFn
-    idempotency_key: str | None
-
-
-class _SessionGroup:
-    """One session's queue of changes, and how many callers use it."""
-
-    __slots__ = ("commit", "count")
-
-    def __init__(self, commit: GroupCommit[_PendingChange, Change]) -> None:
-        self.commit = commit
-        self.count = 0
-
-
 class RedisStore(TransactionalStore):
     """Sessions in Redis; open one with :meth:`open` (or ``open_store("redis://...")``)."""
 
@@ -214,7 +196,7 @@ class RedisStore(TransactionalStore):
         self._closed = False
         self._turns = SessionTurns()
         self._recent = RecentSessions(session_cache)
-        self._groups: dict[tuple[TenantId, SessionId], _SessionGroup] = {}
+        self._groups = SessionGroups(partial(TransactionalStore._run_change, self), self._run_group)
         #: How this server may lose acknowledged writes (see :func:`durability_warnings`);
         #: empty if its configuration looks durable or could not be read.
         self.durability_warnings: list[str] = []
@@ -352,38 +334,11 @@ class RedisStore(TransactionalStore):
         change: ChangeFn,
         idempotency_key: str | None,
     ) -> Change:
-        # Changes of one session in this process queue behind the one in flight
-        # and then go together: one read, each change computed from the one
-        # before, all writes in one CAS call (applied in order, each expecting
-        # the version the one before it wrote). Alone, a change takes the usual
-        # path (usually one call).
-        key = (tenant_id, session_id)
-        group = self._groups.get(key)
-        if group is None:
-            group = self._groups[key] = _SessionGroup(
-                GroupCommit(partial(self._run_group, tenant_id, session_id))
-            )
-        group.count += 1
-        try:
-            return await group.commit.submit(_PendingChange(change, idempotency_key))
-        finally:
-            group.count -= 1
-            if not group.count:
-                del self._groups[key]
+        return await self._groups.submit(tenant_id, session_id, change, idempotency_key)
 
     async def _run_group(
-        self, tenant_id: TenantId, session_id: SessionId, batch: Sequence[_PendingChange]
+        self, tenant_id: TenantId, session_id: SessionId, batch: Sequence[PendingChange]
     ) -> list[Change | Exception]:
-        if len(batch) == 1:
-            pending = batch[0]
-            try:
-                return [
-                    await super()._run_change(
-                        tenant_id, session_id, pending.change, pending.idempotency_key
-                    )
-                ]
-            except Exception as error:
-                return [error]
         try:
             return await self._write_group(tenant_id, session_id, batch)
         except (NotFoundError, StoreError) as error:
@@ -391,7 +346,7 @@ class RedisStore(TransactionalStore):
             return [error] * len(batch)
 
     async def _write_group(
-        self, tenant_id: TenantId, session_id: SessionId, batch: Sequence[_PendingChange]
+        self, tenant_id: TenantId, session_id: SessionId, batch: Sequence[PendingChange]
     ) -> list[Change | Exception]:
         keys = sorted({p.idempotency_key for p in batch if p.idempotency_key is not None})
         with self._guard():
