@@ -12,7 +12,7 @@ matched. How the session is read depends on contention:
   writes nothing (an error, a replayed round) is given only after checking that
   the remembered version is still the stored one.
 - Changes of one session in one process never race each other: those that
-  arrive while one is in flight queue up (:class:`GroupCommit`) and then go
+  arrive while one is in flight queue up (:class:`SessionGroups`) and then go
   together, in one transaction on the locked row, each computed from the one
   before it, all writes and ``COMMIT`` in one pipeline: many clients on one
   session cost about one round trip per group, not per round. A change alone
