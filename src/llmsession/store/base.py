@@ -1,16 +1,19 @@
 """SessionStore: the one async interface every backend implements.
 
-A backend supplies storage primitives (insert a session, open a transaction on
-one session, queries, batch sweeps, tenants and keys). The operations that change
-a session are written once, here, on top of those primitives, and every change is
+A backend supplies storage primitives (insert a session, run one change,
+queries, batch sweeps, tenants and keys). The operations that change a session
+are written once, here, as pure functions of (the session as read, the time, the
+round already recorded under the request's idempotency key), and every change is
 computed by the core (:mod:`llmsession.session`): a backend never restates a rule
 of the state machine in SQL or Lua.
 
-Each change runs as: open a transaction on the session (a row lock, or a pinned
-version), let the core compute the next record, then commit it with a
-compare-and-set on ``version`` in one step with its round. A lost compare-and-set
-raises :class:`VersionConflict` inside the backend and the change is retried from
-a fresh read, so a concurrent update is never lost.
+A backend runs a change (``_run_change``) as: read the session, let
+``_compute`` apply the change, then commit the result with a compare-and-set on
+``version`` in one step with its round. :class:`TransactionalStore` builds that
+from a transaction opened by ``_begin`` (a row lock, or a pinned version);
+SQLite runs it whole in its writer thread. A lost compare-and-set raises
+:class:`VersionConflict` and the change is retried from a fresh read, so a
+concurrent update is never lost.
 """
 
 from __future__ import annotations
