@@ -5,7 +5,9 @@ Every write to a session is one Lua script, a compare-and-set on the session's
 the next record with the core in Python; the script only checks the version and
 writes what it is given. A lost compare-and-set raises VersionConflict and the
 base retries from a fresh read. Sweepers on many replicas race through the same
-script, so each due session is expired exactly once.
+script, so each due session is expired exactly once. Writes to different
+sessions that arrive while a script call is in flight go together in the next
+call, each still checked against its own version.
 
 URL: ``redis://[user:password@]host:port/db`` (or ``rediss://``) with options
 
@@ -57,6 +59,7 @@ from llmsession.store.base import (
     expire_if_due,
 )
 from llmsession.store.cursor import decode_cursor, encode_cursor
+from llmsession.store.group_commit import GroupCommit
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
@@ -135,6 +138,16 @@ class _Options:
     wait_timeout_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One compare-and-set waiting for the store's next script call (see ``RedisStore._cas``)."""
+
+    old: StoredSession | None
+    new: StoredSession | None
+    new_round: Round | None
+    absent_key: str | None
+
+
 class _RedisTransaction(SessionTransaction):
     """A change of one session, from a fresh read or from the version last seen here."""
 
@@ -197,6 +210,10 @@ class RedisStore(TransactionalStore):
         self._turns = SessionTurns()
         self._recent = RecentSessions(session_cache)
         self._groups = SessionGroups(partial(TransactionalStore._run_change, self), self._run_group)
+        # Single writes (to any sessions) that arrive while a script call is in
+        # flight go together in the next one: a call's client CPU, not Redis,
+        # is what limits many sessions written at once.
+        self._writes: GroupCommit[_Write, bool] = GroupCommit(self._cas_batch)
         #: How this server may lose acknowledged writes (see :func:`durability_warnings`);
         #: empty if its configuration looks durable or could not be read.
         self.durability_warnings: list[str] = []
@@ -658,19 +675,25 @@ class RedisStore(TransactionalStore):
     ) -> bool:
         """Write ``new`` over ``old`` (None: insert, delete) if ``old`` is still current
         and ``absent_key`` (if given) is not an idempotency key of the session yet."""
+        return await self._writes.submit(_Write(old, new, new_round, absent_key))
+
+    async def _cas_batch(self, writes: Sequence[_Write]) -> list[bool]:
+        """The writes of ``_cas`` in one script call, each checked on its own (not
+        chained): one refused write leaves the others standing."""
         batch = CasBatch(self._keys)
-        batch.add(old, new, new_round, absent_key=absent_key)
-        [written] = _items(await self._run_one(CAS, batch.keys, batch.args))
-        some = new if new is not None else old
-        assert some is not None
-        if written != 1:
-            self._recent.forget(some.record.session_id)
-            return False
-        if new is None:
-            self._recent.forget(some.record.session_id)
-        else:
-            self._recent.remember(new)
-        return True
+        for write in writes:
+            batch.add(write.old, write.new, write.new_round, absent_key=write.absent_key)
+        replies = _items(await self._run_one(CAS, batch.keys, batch.args))
+        outcomes: list[bool] = []
+        for write, reply in zip(writes, replies, strict=True):
+            some = write.new if write.new is not None else write.old
+            assert some is not None
+            if reply != 1 or write.new is None:
+                self._recent.forget(some.record.session_id)
+            else:
+                self._recent.remember(write.new)
+            outcomes.append(reply == 1)
+        return outcomes
 
     async def _drain(
         self,
