@@ -68,6 +68,7 @@ from llmsession.session import Session
 from llmsession.states import Active, Created, SessionExpired, SessionState
 from llmsession.store import SessionQuery, SessionStore, StoredSession, open_store
 from llmsession.store.cursor import decode_cursor
+from llmsession.store.sql_rows import INSERT_COLUMNS, SESSION_COLUMNS, insert_values
 from llmsession.timestamps import Timestamp
 
 SCALE_BACKENDS = ("sqlite", "postgresql", "redis")
@@ -204,47 +205,6 @@ def _lived(record: SessionRecord, state: str, now: Timestamp, rng: random.Random
     return StoredSession(active.expire(deadline).into_data(), version + 1, 3600, last)
 
 
-def _micros(moment: Timestamp | None) -> int | None:
-    return None if moment is None else moment.epoch_micros
-
-
-SQL_COLUMNS = (
-    "session_id, tenant_id, provider_id, model, initial_tokens, state, created_at, "
-    "activated_at, closed_at, expired_at, round_count, delta_tokens, tokens_saved, "
-    "version, ttl_seconds, last_activity_at, deadline"
-)
-# What list_sessions selects (both SQL stores read these 15 columns).
-LIST_COLUMNS = (
-    "session_id, tenant_id, provider_id, model, initial_tokens, state, created_at, "
-    "activated_at, closed_at, expired_at, round_count, delta_tokens, version, "
-    "ttl_seconds, last_activity_at"
-)
-
-
-def sql_row(stored: StoredSession, session_id: object) -> tuple[object, ...]:
-    """A sessions row, in SQL_COLUMNS order; tokens_saved and deadline from the core."""
-    record = stored.record
-    return (
-        session_id,
-        record.tenant_id.value,
-        record.provider_id,
-        record.model,
-        record.initial_tokens,
-        record.state.name,
-        record.created_at.epoch_micros,
-        _micros(record.activated_at),
-        _micros(record.closed_at),
-        _micros(record.expired_at),
-        record.round_count,
-        record.delta_tokens,
-        record.tokens_saved,
-        stored.version,
-        stored.ttl_seconds,
-        stored.last_activity_at.epoch_micros,
-        _micros(stored.deadline),
-    )
-
-
 # -- backends: bulk load, raw list query, raw counts --------------------------------------
 
 
@@ -306,7 +266,7 @@ def _list_sql(
     where, params = _sql_where(flt, cursor, mark, uuid_value)
     params.append(limit + 1)
     sql = (
-        f"SELECT {LIST_COLUMNS} FROM sessions WHERE {where} "
+        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {where} "
         f"ORDER BY created_at DESC, session_id DESC LIMIT {mark}"
     )
     return sql, params
@@ -331,8 +291,8 @@ class SQLiteBackend:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.executemany(
-                    f"INSERT INTO sessions ({SQL_COLUMNS}) VALUES ({', '.join('?' * 17)})",
-                    (sql_row(s, s.record.session_id.value.bytes) for s in sessions),
+                    f"INSERT INTO sessions ({INSERT_COLUMNS}) VALUES ({', '.join('?' * 17)})",
+                    (insert_values(s, s.record.session_id.value.bytes) for s in sessions),
                 )
                 conn.execute("COMMIT")
             finally:
@@ -378,9 +338,9 @@ class PostgresBackend:
 
     async def bulk_load(self, sessions: Sequence[StoredSession]) -> None:
         async with self.conn.cursor() as cur:
-            async with cur.copy(f"COPY sessions ({SQL_COLUMNS}) FROM STDIN") as copy:
+            async with cur.copy(f"COPY sessions ({INSERT_COLUMNS}) FROM STDIN") as copy:
                 for stored in sessions:
-                    await copy.write_row(sql_row(stored, stored.record.session_id.value))
+                    await copy.write_row(insert_values(stored, stored.record.session_id.value))
             # What autovacuum does soon after a load this size (the connection autocommits).
             await cur.execute("VACUUM ANALYZE sessions")
 

@@ -92,8 +92,10 @@ from llmsession.store.models import (
 from llmsession.store.recent import RecentSessions
 from llmsession.store.session_groups import PendingChange, SessionGroups
 from llmsession.store.sql_rows import (
+    INSERT_COLUMNS,
     SESSION_COLUMNS,
     change_values,
+    insert_values,
     key_from_row,
     stored_from_row,
 )
@@ -172,10 +174,9 @@ _SCHEMA: Final[tuple[LiteralString | sql.Composed, ...]] = (
 )
 
 _INSERT_SESSION: Final = (
-    "INSERT INTO sessions (session_id, tenant_id, provider_id, model, initial_tokens, "
-    "created_at, ttl_seconds, state, activated_at, closed_at, expired_at, round_count, "
-    "delta_tokens, tokens_saved, version, last_activity_at, deadline) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    "INSERT INTO sessions ("
+    + INSERT_COLUMNS
+    + ") VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 
 _SELECT_SESSION: Final = (
@@ -472,20 +473,9 @@ class PostgresStore(TransactionalStore):
     # -- session primitives ------------------------------------------------------
 
     async def _insert(self, stored: StoredSession) -> None:
-        record = stored.record
         async with self._connection() as conn:
             await conn.execute(
-                _INSERT_SESSION,
-                (
-                    record.session_id.value,
-                    record.tenant_id.value,
-                    record.provider_id,
-                    record.model,
-                    record.initial_tokens,
-                    record.created_at.epoch_micros,
-                    stored.ttl_seconds,
-                    *change_values(stored),
-                ),
+                _INSERT_SESSION, insert_values(stored, stored.record.session_id.value)
             )
         self._recent.remember(stored)
 

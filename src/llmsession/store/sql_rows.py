@@ -17,8 +17,10 @@ from llmsession.store.models import ApiKeyInfo, StoredSession
 from llmsession.timestamps import Timestamp
 
 __all__ = [
+    "INSERT_COLUMNS",
     "SESSION_COLUMNS",
     "change_values",
+    "insert_values",
     "key_from_row",
     "micros",
     "stored_from_row",
@@ -30,6 +32,14 @@ SESSION_COLUMNS: Final = (
     "session_id, tenant_id, provider_id, model, initial_tokens, state, created_at, "
     "activated_at, closed_at, expired_at, round_count, delta_tokens, version, ttl_seconds, "
     "last_activity_at"
+)
+
+
+#: The columns insert_values gives, in its order: what never changes, then what may.
+INSERT_COLUMNS: Final = (
+    "session_id, tenant_id, provider_id, model, initial_tokens, created_at, ttl_seconds, "
+    "state, activated_at, closed_at, expired_at, round_count, delta_tokens, tokens_saved, "
+    "version, last_activity_at, deadline"
 )
 
 
@@ -60,6 +70,21 @@ def change_values(stored: StoredSession) -> tuple[Any, ...]:
         stored.version,
         stored.last_activity_at.epoch_micros,
         micros(stored.deadline),
+    )
+
+
+def insert_values(stored: StoredSession, session_id: object) -> tuple[Any, ...]:
+    """A new sessions row in INSERT_COLUMNS order, the session id as the backend stores it."""
+    record = stored.record
+    return (
+        session_id,
+        record.tenant_id.value,
+        record.provider_id,
+        record.model,
+        record.initial_tokens,
+        record.created_at.epoch_micros,
+        stored.ttl_seconds,
+        *change_values(stored),
     )
 
 

@@ -65,10 +65,11 @@ from llmsession.store.models import (
     check_page_size,
 )
 from llmsession.store.sql_rows import (
+    INSERT_COLUMNS,
     SESSION_COLUMNS,
     change_values,
+    insert_values,
     key_from_row,
-    micros,
     stored_from_row,
 )
 from llmsession.timestamps import Timestamp
@@ -168,12 +169,7 @@ _SCHEMA: Final = (
 )
 
 _SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ? AND tenant_id = ?"
-_INSERT_SESSION = (
-    "INSERT INTO sessions (session_id, tenant_id, provider_id, model, initial_tokens, state, "
-    "created_at, activated_at, closed_at, expired_at, round_count, delta_tokens, tokens_saved, "
-    "version, ttl_seconds, last_activity_at, deadline) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_INSERT_SESSION = f"INSERT INTO sessions ({INSERT_COLUMNS}) VALUES ({', '.join('?' * 17)})"
 _UPDATE_SESSION = (
     "UPDATE sessions SET state = ?, activated_at = ?, closed_at = ?, expired_at = ?, "
     "round_count = ?, delta_tokens = ?, tokens_saved = ?, version = ?, last_activity_at = ?, "
@@ -411,7 +407,7 @@ class SQLiteStore(SessionStore):
     # -- session primitives ------------------------------------------------------
 
     async def _insert(self, stored: StoredSession) -> None:
-        params = _insert_params(stored)
+        params = insert_values(stored, stored.record.session_id.value.bytes)
         await self._write(lambda conn: conn.execute(_INSERT_SESSION, params).rowcount)
 
     async def _run_change(
@@ -713,29 +709,6 @@ def _key(tenant_id: TenantId, session_id: SessionId) -> tuple[bytes, str]:
 
 def _join_halves(high: int | None, low: int | None) -> int:
     return ((high or 0) << 32) + (low or 0)
-
-
-def _insert_params(stored: StoredSession) -> tuple[object, ...]:
-    record = stored.record
-    return (
-        record.session_id.value.bytes,
-        record.tenant_id.value,
-        record.provider_id,
-        record.model,
-        record.initial_tokens,
-        record.state.name,
-        record.created_at.epoch_micros,
-        micros(record.activated_at),
-        micros(record.closed_at),
-        micros(record.expired_at),
-        record.round_count,
-        record.delta_tokens,
-        record.tokens_saved,
-        stored.version,
-        stored.ttl_seconds,
-        stored.last_activity_at.epoch_micros,
-        micros(stored.deadline),
-    )
 
 
 def _update_params(new: StoredSession, expected_version: int) -> tuple[object, ...]:
