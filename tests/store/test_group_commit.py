@@ -43,34 +43,75 @@ async def test_items_that_wait_share_the_next_batch() -> None:
     assert recorder.batches == [[1], [2, -3, 4]]
 
 
+async def test_a_lone_item_runs_in_its_submitters_own_task() -> None:
+    seen: list[asyncio.Task[object] | None] = []
+
+    async def run(items: Sequence[int]) -> list[int | Exception]:
+        seen.append(asyncio.current_task())
+        return [ValueError("negative") if i < 0 else i for i in items]
+
+    group: GroupCommit[int, int] = GroupCommit(run)
+    assert await group.submit(5) == 5
+    assert seen == [asyncio.current_task()]
+    with pytest.raises(ValueError, match="negative"):
+        await group.submit(-1)
+
+
 async def test_a_failed_batch_fails_each_of_its_items_and_then_recovers() -> None:
+    release = asyncio.Event()
     calls = 0
 
     async def run(items: Sequence[int]) -> list[int | Exception]:
         nonlocal calls
         calls += 1
         if calls == 1:
+            await release.wait()
+        if calls == 2:
             raise OSError("disk full")
         return list(items)
 
     group: GroupCommit[int, int] = GroupCommit(run)
-    results = await asyncio.gather(group.submit(1), group.submit(2), return_exceptions=True)
-    assert [type(r) for r in results] == [OSError, OSError]
-    assert await group.submit(3) == 3
+    first = asyncio.create_task(group.submit(1))
+    await asyncio.sleep(0)
+    queued = asyncio.gather(group.submit(2), group.submit(3), return_exceptions=True)
+    await asyncio.sleep(0)
+    release.set()
+    assert await first == 1
+    assert [type(r) for r in await queued] == [OSError, OSError]
+    assert await group.submit(4) == 4
 
 
 async def test_a_cancelled_submitter_does_not_disturb_the_others() -> None:
     recorder = Recorder()
     group: GroupCommit[int, int] = GroupCommit(recorder.run)
-    gone = asyncio.create_task(group.submit(1))
-    kept = asyncio.create_task(group.submit(2))
+    first = asyncio.create_task(group.submit(1))
+    await asyncio.sleep(0)
+    gone = asyncio.create_task(group.submit(2))
+    kept = asyncio.create_task(group.submit(3))
     await asyncio.sleep(0)
     gone.cancel()
     recorder.release.set()
+    assert await first == 2
     with pytest.raises(asyncio.CancelledError):
         await gone
-    assert await kept == 4
-    assert recorder.batches == [[1, 2]]
+    assert await kept == 6
+    assert recorder.batches == [[1], [2, 3]]
+
+
+async def test_when_a_lone_submitter_is_cancelled_those_behind_it_still_run() -> None:
+    recorder = Recorder()
+    group: GroupCommit[int, int] = GroupCommit(recorder.run)
+    gone = asyncio.create_task(group.submit(1))
+    await asyncio.sleep(0)
+    kept = asyncio.create_task(group.submit(2))
+    await asyncio.sleep(0)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    recorder.release.set()
+    assert await asyncio.wait_for(kept, timeout=5) == 4
+    assert recorder.batches == [[1], [2]]
+    assert await group.submit(3) == 6
 
 
 async def test_sqlite_changes_in_one_batch_keep_their_own_outcomes(sqlite_url: str) -> None:

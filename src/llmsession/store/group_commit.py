@@ -6,6 +6,11 @@ while a commit is under way queue up, and the next batch runs all of them in one
 transaction: one fsync for the lot. Each writer still gets its own outcome (a
 result or its own error), and none is answered before the batch's commit has
 returned, so nothing is acknowledged that is not on disk.
+
+A writer that finds nothing in flight runs its own batch of one in its own task:
+with one writer at a time, a worker task and a future per write would cost more
+than the write itself (Redis). Writers that arrive meanwhile queue up as before,
+and a worker task runs their batches once the first is done.
 """
 
 from __future__ import annotations
@@ -34,14 +39,37 @@ class GroupCommit(Generic[I, R]):
         self._run_batch = run_batch
         self._queue: list[tuple[I, asyncio.Future[R]]] = []
         self._worker: asyncio.Task[None] | None = None
+        #: A submitter is running its own batch of one (see ``_run_alone``).
+        self._alone = False
 
     async def submit(self, item: I) -> R:
         """Queue ``item`` and wait for its outcome."""
+        if self._worker is None and not self._alone:
+            return await self._run_alone(item)
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
-        if self._worker is None:
+        if self._worker is None and not self._alone:
             self._worker = asyncio.get_running_loop().create_task(self._drain())
         return await future
+
+    async def _run_alone(self, item: I) -> R:
+        self._alone = True
+        try:
+            outcomes = await self._run_batch([item])
+        except Exception as error:
+            outcomes = [error]
+        finally:
+            # Also when this submitter was cancelled: what queued behind it
+            # gets its worker. Its own batch may still be finishing then (a
+            # thread cannot be cancelled); run_batch implementations that need
+            # one batch at a time get it from their own single writer.
+            self._alone = False
+            if self._queue and self._worker is None:
+                self._worker = asyncio.get_running_loop().create_task(self._drain())
+        [outcome] = outcomes
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     async def _drain(self) -> None:
         batch: list[tuple[I, asyncio.Future[R]]] = []
