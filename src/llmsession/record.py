@@ -9,7 +9,7 @@ decides how one record follows another.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Final, Self, final
 
 from llmsession.errors import InvalidInput, InvalidRecord, TokenOverflow, TransitionOrderError
@@ -187,6 +187,27 @@ class SessionRecord:
             raise
         except InvalidInput as error:
             raise InvalidRecord(f"invalid session record: {error}") from error
+
+
+#: The record's fields, in order (what derive copies).
+_RECORD_FIELDS: Final = tuple(f.name for f in fields(SessionRecord))
+
+
+def derive(record: SessionRecord, **changes: object) -> SessionRecord:
+    """``record`` with ``changes``, without validating the whole record again.
+
+    Only for the transitions in :mod:`llmsession.session`: each checks what it
+    changes (record_delta the counters, a transition its time and that time's
+    order) and sets a state together with exactly the time that state requires,
+    so the result is as valid as ``record``. Validating every unchanged field
+    again would cost more than the rest of a round in the core.
+    """
+    derived = object.__new__(SessionRecord)
+    for name in _RECORD_FIELDS:
+        object.__setattr__(
+            derived, name, changes[name] if name in changes else getattr(record, name)
+        )
+    return derived
 
 
 def check_order(earlier_name: str, earlier: Timestamp, later_name: str, later: Timestamp) -> None:

@@ -18,7 +18,6 @@ handle, as Rust's ``self`` does: the old handle raises
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Generic, NoReturn, TypeAlias, TypeVar, cast, final
 
 from typing_extensions import TypeIs
@@ -31,7 +30,7 @@ from llmsession.errors import (
     WrongStateError,
 )
 from llmsession.ids import SessionId, TenantId
-from llmsession.record import SessionRecord
+from llmsession.record import SessionRecord, check_order, derive
 from llmsession.states import ALL_STATES, Active, Closed, Created, SessionExpired, SessionState
 from llmsession.timestamps import Timestamp
 from llmsession.tokens import MAX_TOKENS, check_token_count, compute_tokens_saved, max_rounds
@@ -176,7 +175,8 @@ class Session(Generic[S]):
         """Activate the session; consumes this handle and returns the Active one."""
         self._require_state("activate", Created)
         _require_timestamp("activated_at", activated_at)
-        record = replace(self._record, state=Active, activated_at=activated_at)
+        check_order("created_at", self._record.created_at, "activated_at", activated_at)
+        record = derive(self._record, state=Active, activated_at=activated_at)
         return self._transition("activate", Session(Active, record))
 
     # -- Active ------------------------------------------------------------
@@ -224,14 +224,18 @@ class Session(Generic[S]):
         """Close the session normally; consumes this handle and returns the Closed one."""
         self._require_state("close", Active)
         _require_timestamp("closed_at", closed_at)
-        record = replace(self._snapshot(), state=Closed, closed_at=closed_at)
+        record = self._snapshot()
+        check_order("activated_at", self.activated_at(), "closed_at", closed_at)
+        record = derive(record, state=Closed, closed_at=closed_at)
         return self._transition("close", Session(Closed, record))
 
     def expire(self: Session[Active], expired_at: Timestamp) -> Session[SessionExpired]:
         """Expire the session (its TTL ran out); consumes this handle."""
         self._require_state("expire", Active)
         _require_timestamp("expired_at", expired_at)
-        record = replace(self._snapshot(), state=SessionExpired, expired_at=expired_at)
+        record = self._snapshot()
+        check_order("activated_at", self.activated_at(), "expired_at", expired_at)
+        record = derive(record, state=SessionExpired, expired_at=expired_at)
         return self._transition("expire", Session(SessionExpired, record))
 
     # -- Closed and SessionExpired -----------------------------------------
@@ -253,7 +257,8 @@ class Session(Generic[S]):
     def _snapshot(self) -> SessionRecord:
         record = self._record
         if record.round_count != self._round_count or record.delta_tokens != self._delta_tokens:
-            record = replace(record, round_count=self._round_count, delta_tokens=self._delta_tokens)
+            # record_delta checked both counters.
+            record = derive(record, round_count=self._round_count, delta_tokens=self._delta_tokens)
             self._record = record
         return record
 

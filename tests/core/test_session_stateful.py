@@ -7,7 +7,7 @@ exact error class) and every count must agree with it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from hypothesis import settings
@@ -220,6 +220,11 @@ class SessionMachine(RuleBasedStateMachine):
                     continue
                 raise AssertionError("a consumed handle still answered")
             record = handle.session.data()
+            # Transitions build records without validating them again
+            # (record.derive); the validating constructor must agree.
+            assert (
+                SessionRecord(**{f.name: getattr(record, f.name) for f in fields(record)}) == record
+            )
             assert record.state.name == model.state
             assert handle.session.round_count() == model.rounds
             assert record.delta_tokens == model.delta

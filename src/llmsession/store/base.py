@@ -23,7 +23,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TypeAlias
 
 from llmsession.clock import Clock, system_clock
@@ -420,9 +420,7 @@ def _expire_late(stored: StoredSession, now: Timestamp, method: str) -> Change |
 def _next(
     stored: StoredSession, record: SessionRecord, last_activity_at: Timestamp
 ) -> StoredSession:
-    return replace(
-        stored, record=record, version=stored.version + 1, last_activity_at=last_activity_at
-    )
+    return StoredSession(record, stored.version + 1, stored.ttl_seconds, last_activity_at)
 
 
 def _refine(error: WrongStateError) -> WrongStateError:
