@@ -90,7 +90,6 @@ from llmsession.store.redis_schema import (
     parse_time,
 )
 from llmsession.store.session_groups import PendingChange, SessionGroups
-from llmsession.store.turns import SessionTurns
 from llmsession.timestamps import Timestamp
 
 __all__ = ["DEFAULT_PREFIX", "SCHEMA_VERSION", "RedisStore", "durability_warnings"]
@@ -207,7 +206,6 @@ class RedisStore(TransactionalStore):
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
         self._closed = False
-        self._turns = SessionTurns()
         self._recent = RecentSessions(session_cache)
         self._groups = SessionGroups(partial(TransactionalStore._run_change, self), self._run_group)
         # Single writes (to any sessions) that arrive while a script call is in
@@ -300,36 +298,37 @@ class RedisStore(TransactionalStore):
     async def _begin(
         self, tenant_id: TenantId, session_id: SessionId
     ) -> AsyncGenerator[SessionTransaction]:
-        # Writers to one session in this process take turns: they would only
-        # make each other's compare-and-set fail. Correctness never rests on
-        # this lock; other processes are kept out by the version check alone.
-        async with self._turns.turn(session_id):
-            # The version last seen here saves a read: the script refuses a write
-            # over a stale one (a retry from a fresh read follows). An answer
-            # that writes nothing (an error) is checked against the stored
-            # version before it stands.
-            remembered = self._recent.get(tenant_id, session_id)
-            if remembered is None:
-                stored = await self.get(tenant_id, session_id)
-                self._recent.remember(stored)
-            else:
-                stored = remembered
-            tx = _RedisTransaction(
-                stored, self._find_round, self._cas, remembered=remembered is not None
-            )
-            try:
-                yield tx
-            except StoreError:
-                # Redis failed: a write may or may not have been applied, so the
-                # next change starts from a fresh read.
-                self._recent.forget(session_id)
-                raise
-            except LLMSessionError:
-                if tx.remembered and not tx.committed:
-                    await self._check_current(stored, tx.unchecked_key)
-                raise
+        # Writers to one session in this process already take turns: the
+        # session's group (SessionGroups) runs one change or group at a time.
+        # Correctness never rests on that; other processes are kept out by the
+        # version check alone.
+        #
+        # The version last seen here saves a read: the script refuses a write
+        # over a stale one (a retry from a fresh read follows). An answer that
+        # writes nothing (an error) is checked against the stored version
+        # before it stands.
+        remembered = self._recent.get(tenant_id, session_id)
+        if remembered is None:
+            stored = await self.get(tenant_id, session_id)
+            self._recent.remember(stored)
+        else:
+            stored = remembered
+        tx = _RedisTransaction(
+            stored, self._find_round, self._cas, remembered=remembered is not None
+        )
+        try:
+            yield tx
+        except StoreError:
+            # Redis failed: a write may or may not have been applied, so the
+            # next change starts from a fresh read.
+            self._recent.forget(session_id)
+            raise
+        except LLMSessionError:
             if tx.remembered and not tx.committed:
                 await self._check_current(stored, tx.unchecked_key)
+            raise
+        if tx.remembered and not tx.committed:
+            await self._check_current(stored, tx.unchecked_key)
 
     async def _check_current(self, stored: StoredSession, unused_key: str | None) -> None:
         """VersionConflict (a retry from a fresh read) unless ``stored`` is still stored

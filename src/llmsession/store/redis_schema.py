@@ -108,12 +108,13 @@ class Script:
 #: expire each session exactly once.
 #:
 #: KEYS: every key the writes touch, each once; the writes refer to them by number.
-#: ARGV[1]: the writes as one JSON array of texts (one argument, because a client spends
-#:       far more on each argument than the script's C JSON decoder does on an item):
+#: ARGV[1]: the writes as one JSON array (one argument, because a client spends far
+#:       more on each argument than the script's C JSON decoder does on an item).
+#:       Numbers (key numbers, counts) are JSON numbers, everything else text. First
 #:       the number of writes, then per write: session hash; expected version ('' =
-#:       the session must not exist); 'put' or 'del'; '1' if the write was computed
+#:       the session must not exist); 'put' or 'del'; true if the write was computed
 #:       from the one before it in this call (refused whenever that one is, though
-#:       another writer may have stored the version it expects), else '0';
+#:       another writer may have stored the version it expects), else false;
 #:       idempotency hash; idempotency key ('' = none: if given and already in the
 #:       idempotency hash, nothing is written); rounds list; round JSON ('' = none);
 #:       n and n hash field/value pairs (only those that change); r and r pairs
@@ -121,21 +122,19 @@ class Script:
 #:       c and c triples (metric, lo increment in (-2**32, 2**32), hi increment), the
 #:       fields being "<metric> lo <group>" and "<metric> hi <group>".
 #: Returns per write 1 when written, 0 when not (version moved, or key used).
+#: The items are read by position (p), not through a helper function: a Lua call
+#: per item cost more than the writes themselves.
 CAS: Final = Script.of("""
-local items, pos = cjson.decode(ARGV[1]), 0
-local function take()
-  pos = pos + 1
-  return items[pos]
-end
-local function key() return KEYS[tonumber(take())] end
-local results = {}
-local ok = true
-for w = 1, tonumber(take()) do
-  local session, expected, op, chained = key(), take(), take(), take()
-  local idem, idem_key = key(), take()
-  local rounds, round = key(), take()
+local a = cjson.decode(ARGV[1])
+local p = 1
+local results, ok = {}, true
+for w = 1, a[1] do
+  local session, expected, op, chained = KEYS[a[p + 1]], a[p + 2], a[p + 3], a[p + 4]
+  local idem, idem_key, rounds, round = KEYS[a[p + 5]], a[p + 6], KEYS[a[p + 7]], a[p + 8]
+  local n = a[p + 9]
+  p = p + 9
   local current = redis.call('HGET', session, 'version')
-  if chained == '1' and not ok then
+  if chained and not ok then
     -- It was computed from the refused write before it.
   elseif expected == '' then
     ok = not current
@@ -144,34 +143,35 @@ for w = 1, tonumber(take()) do
   end
   if ok and idem_key ~= '' and redis.call('HEXISTS', idem, idem_key) == 1 then ok = false end
   results[w] = ok and 1 or 0
-  local n = tonumber(take())
-  local fields = {}
-  for j = 1, 2 * n do fields[j] = take() end
   if ok then
     if op == 'del' then
       redis.call('DEL', session, rounds, idem)
     elseif n > 0 then
-      redis.call('HSET', session, unpack(fields))
+      redis.call('HSET', session, unpack(a, p + 1, p + 2 * n))
     end
     if round ~= '' then
       redis.call('RPUSH', rounds, round)
       if idem_key ~= '' then redis.call('HSET', idem, idem_key, round) end
     end
   end
-  for _ = 1, tonumber(take()) do
-    local index, text = key(), take()
-    if ok then redis.call('ZREM', index, text) end
+  p = p + 2 * n + 1
+  n = a[p]
+  if ok then
+    for j = p + 1, p + 2 * n, 2 do redis.call('ZREM', KEYS[a[j]], a[j + 1]) end
   end
-  for _ = 1, tonumber(take()) do
-    local index, text = key(), take()
-    if ok then redis.call('ZADD', index, 0, text) end
+  p = p + 2 * n + 1
+  n = a[p]
+  if ok then
+    for j = p + 1, p + 2 * n, 2 do redis.call('ZADD', KEYS[a[j]], 0, a[j + 1]) end
   end
-  local counters, group = key(), take()
-  for _ = 1, tonumber(take()) do
-    local metric, lo, hi = take(), take(), take()
-    if ok then
-      local lo_field, hi_field = metric .. ' lo ' .. group, metric .. ' hi ' .. group
-      local total = redis.call('HINCRBY', counters, lo_field, lo)
+  p = p + 2 * n + 3
+  local counters, group = KEYS[a[p - 2]], a[p - 1]
+  n = a[p]
+  if ok then
+    for j = p + 1, p + 3 * n, 3 do
+      local lo_field, hi_field = a[j] .. ' lo ' .. group, a[j] .. ' hi ' .. group
+      local hi = a[j + 2]
+      local total = redis.call('HINCRBY', counters, lo_field, a[j + 1])
       if hi ~= '0' then redis.call('HINCRBY', counters, hi_field, hi) end
       -- Carry or borrow: lo was in [0, 2**32) and the increment in
       -- (-2**32, 2**32), so total is in (-2**32, 2**33).
@@ -184,6 +184,7 @@ for w = 1, tonumber(take()) do
       end
     end
   end
+  p = p + 3 * n
 end
 return results
 """)
@@ -281,6 +282,14 @@ class RedisKeys:
         return f"{self.prefix}apikeys:revoked"
 
 
+@functools.lru_cache(maxsize=16_384)
+def _session_names(prefix: str, session_id: SessionId) -> tuple[str, str, str, str]:
+    # A session's id as text and its three keys: asked for at every write of
+    # it, and str() of a UUID costs more than the lookup.
+    text = str(session_id)
+    return text, f"{prefix}s:{text}", f"{prefix}r:{text}", f"{prefix}i:{text}"
+
+
 def lex_time(micros: int) -> str:
     """A time as the fixed-width text that starts a sorted-set member."""
     return format(micros + _LEX_OFFSET, f"0{_LEX_WIDTH}x")
@@ -302,9 +311,9 @@ class CasBatch:
     def __init__(self, keys: RedisKeys) -> None:
         self._names = keys
         self.keys: list[str] = []
-        self._items: list[str] = []
+        self._items: list[str | int | bool] = []
         self._count = 0
-        self._positions: dict[str, str] = {}
+        self._positions: dict[str, int] = {}
 
     def __len__(self) -> int:
         """The number of writes so far."""
@@ -312,14 +321,14 @@ class CasBatch:
 
     @property
     def args(self) -> list[str]:
-        """ARGV: the writes as one JSON array of texts."""
-        return [json.dumps([str(self._count), *self._items])]
+        """ARGV: the writes as one JSON array."""
+        return [json.dumps([self._count, *self._items])]
 
-    def _key(self, name: str) -> str:
+    def _key(self, name: str) -> int:
         position = self._positions.get(name)
         if position is None:
             self.keys.append(name)
-            position = self._positions[name] = str(len(self.keys))
+            position = self._positions[name] = len(self.keys)
         return position
 
     def add(
@@ -343,17 +352,20 @@ class CasBatch:
         record = some.record
         session_id = record.session_id
         names = self._names
+        id_text, session_key, rounds_key, idempotency_key = _session_names(names.prefix, session_id)
         key = absent_key or (new_round.idempotency_key if new_round is not None else None) or ""
+        position = self._key
         self._count += 1
         items = self._items
         items += (
-            self._key(names.session(session_id)),
+            position(session_key),
             "" if old is None else str(old.version),
             "put" if new is not None else "del",
-            "1" if chained else "0",
-            self._key(names.idempotency(session_id)) if key or new is None else "1",
+            chained,
+            # Key 1 (the session) stands in for a key the write does not touch.
+            position(idempotency_key) if key or new is None else 1,
             key,
-            self._key(names.rounds(session_id)) if new_round or new is None else "1",
+            position(rounds_key) if new_round or new is None else 1,
             "" if new_round is None else round_json(new_round),
         )
         # The stored hash is old's exactly when the version matches, so only
@@ -365,17 +377,17 @@ class CasBatch:
             if old is None
             else _changed_fields(old, new)
         )
-        items.append(str(len(fields) // 2))
+        items.append(len(fields) // 2)
         items += fields
-        for entries in _index_changes(names, old, new):
-            items.append(str(len(entries)))
+        for entries in _index_changes(names, old, new, id_text):
+            items.append(len(entries))
             for index, text in entries:
-                items += (self._key(index), text)
+                items += (position(index), text)
         increments = _counter_increments(old, new)
         items += (
-            self._key(names.counters(record.tenant_id)),
+            position(names.counters(record.tenant_id)),
             counter_group(record.provider_id, record.model),
-            str(len(increments)),
+            len(increments),
         )
         for metric, amount in increments:
             # Both parts take the amount's sign, so a small decrease is one
@@ -394,26 +406,27 @@ def cas_arguments(
 
 
 def _index_changes(
-    keys: RedisKeys, old: StoredSession | None, new: StoredSession | None
+    keys: RedisKeys, old: StoredSession | None, new: StoredSession | None, id_text: str
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """The (sorted set, member) pairs to remove and to add."""
+    """The (sorted set, member) pairs to remove and to add; ``id_text`` is str(session id)."""
     if old is None or new is None:
         return sorted(_index_entries(keys, old)), sorted(_index_entries(keys, new))
     before, after = old.record, new.record
-    if (
-        before.tenant_id != after.tenant_id
-        or before.provider_id != after.provider_id
-        or before.model != after.model
-        or before.created_at != after.created_at
+    # A transition keeps the very objects it does not change, so `is` settles
+    # nearly every comparison before == is asked.
+    if not (
+        _same(before.tenant_id, after.tenant_id)
+        and _same(before.provider_id, after.provider_id)
+        and _same(before.model, after.model)
+        and _same(before.created_at, after.created_at)
     ):
         old_entries, new_entries = _index_entries(keys, old), _index_entries(keys, new)
         return sorted(old_entries - new_entries), sorted(new_entries - old_entries)
     # The listing member stays; only the state's sets and the deadline can move.
-    session_id = after.session_id
     removed: list[tuple[str, str]] = []
     added: list[tuple[str, str]] = []
     if before.state is not after.state:
-        listed = member(after.created_at, session_id)
+        listed = lex_time(after.created_at.epoch_micros) + id_text
         labels = (after.provider_id, after.model)
         old_sets = _listing_sets(keys, after.tenant_id, before.state.name, *labels)
         new_sets = _listing_sets(keys, after.tenant_id, after.state.name, *labels)
@@ -426,10 +439,14 @@ def _index_changes(
     old_deadline, new_deadline = old.deadline, new.deadline
     if old_deadline != new_deadline:
         if old_deadline is not None:
-            removed.append((keys.deadlines, member(old_deadline, session_id)))
+            removed.append((keys.deadlines, lex_time(old_deadline.epoch_micros) + id_text))
         if new_deadline is not None:
-            added.append((keys.deadlines, member(new_deadline, session_id)))
+            added.append((keys.deadlines, lex_time(new_deadline.epoch_micros) + id_text))
     return removed, added
+
+
+def _same(a: object, b: object) -> bool:
+    return a is b or a == b
 
 
 def _index_entries(keys: RedisKeys, stored: StoredSession | None) -> set[tuple[str, str]]:
@@ -499,7 +516,7 @@ def _changed_fields(old: StoredSession, new: StoredSession) -> list[str]:
         ("closed", a.closed_at, b.closed_at),
         ("expired", a.expired_at, b.expired_at),
     ):
-        if x != y:
+        if x is not y and x != y:
             changed += (name, _optional_micros(y))
     if a.round_count != b.round_count:
         changed += ("rounds", str(b.round_count))
@@ -509,14 +526,14 @@ def _changed_fields(old: StoredSession, new: StoredSession) -> list[str]:
         changed += ("version", str(new.version))
     if old.ttl_seconds != new.ttl_seconds:
         changed += ("ttl", str(new.ttl_seconds))
-    if old.last_activity_at != new.last_activity_at:
+    if not _same(old.last_activity_at, new.last_activity_at):
         changed += ("last", str(new.last_activity_at.epoch_micros))
-    if (a.tenant_id, a.provider_id, a.model, a.initial_tokens, a.created_at) != (
-        b.tenant_id,
-        b.provider_id,
-        b.model,
-        b.initial_tokens,
-        b.created_at,
+    if not (
+        _same(a.tenant_id, b.tenant_id)
+        and _same(a.provider_id, b.provider_id)
+        and _same(a.model, b.model)
+        and a.initial_tokens == b.initial_tokens
+        and _same(a.created_at, b.created_at)
     ):
         # Never changed by the store; written whole if it ever is.
         return _session_fields(new)
@@ -589,17 +606,25 @@ def parse_round(session_id: SessionId, raw: str) -> Round:
         raise StoreError(f"a round of session {session_id} is not valid: {raw[:200]!r}") from None
 
 
-def _counter_contributions(stored: StoredSession | None) -> dict[str, int]:
-    # What one session adds to its group's counters; tokens_saved comes from the record.
+def _counter_contributions(stored: StoredSession | None) -> tuple[int, ...]:
+    # What one session adds to its group's counters, in METRICS order;
+    # tokens_saved comes from the record.
     if stored is None:
-        return {}
+        return _NOTHING
     record = stored.record
-    return {
-        f"n:{record.state.name}": 1,
-        "rounds": record.round_count,
-        "delta": record.delta_tokens,
-        "saved": record.tokens_saved,
-    }
+    return (
+        record.round_count,
+        record.delta_tokens,
+        record.tokens_saved,
+        *_STATE_COUNTS[record.state],
+    )
+
+
+_NOTHING: Final = (0,) * len(METRICS)
+# Each state's part of the counters: 1 in its own "n:<state>" field.
+_STATE_COUNTS: Final = {
+    state: tuple(int(other is state) for other in ALL_STATES) for state in ALL_STATES
+}
 
 
 def _counter_increments(
@@ -608,8 +633,7 @@ def _counter_increments(
     # How a write moves its group's counters: the new session's contributions
     # minus the old one's, so no rule is restated, only records compared.
     before, after = _counter_contributions(old), _counter_contributions(new)
-    changes = ((metric, after.get(metric, 0) - before.get(metric, 0)) for metric in METRICS)
-    return [(metric, amount) for metric, amount in changes if amount]
+    return [(metric, b - a) for metric, a, b in zip(METRICS, before, after, strict=True) if a != b]
 
 
 @functools.lru_cache(maxsize=4096)
