@@ -721,6 +721,39 @@ async def test_racing_sweepers_expire_each_session_once(redis_url: str, clock: M
             await store.aclose()
 
 
+async def test_sweeps_longer_than_a_chunk_expire_each_due_session_once(
+    redis_url: str, clock: ManualClock
+) -> None:
+    # A sweep reads and writes in chunks of 250 with the next chunk's read in
+    # flight during the write: 700 due sessions take three chunks and a part.
+    stores = [
+        await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60) for _ in range(2)
+    ]
+    try:
+        due = [await _active(stores[n % 2]) for n in range(700)]
+        clock.advance(30)
+        kept = await _active(stores[0])
+        clock.advance(30.5)
+        assert await stores[0].sweep(limit=620) == 620  # the limit ends inside a chunk
+        assert await stores[1].sweep(limit=1000) == 80
+        assert await stores[0].sweep(limit=1000) == 0
+        for session_id in due:
+            assert (await stores[1].get(ACME, session_id)).record.state is SessionExpired
+        assert (await stores[0].get(ACME, kept)).record.state is Active
+        # Racing sweepers over many chunks: each session once, the totals exact.
+        more = [await _active(stores[0]) for _ in range(600)]
+        clock.advance(61)
+        counts = await asyncio.gather(*(s.sweep(limit=1000) for s in stores for _ in range(2)))
+        assert sum(counts) == 601
+        [totals] = await stores[1].totals(ACME)
+        assert totals.sessions == {"created": 0, "active": 0, "closed": 0, "expired": 1301}
+        for session_id in more:
+            assert (await stores[0].get(ACME, session_id)).record.state is SessionExpired
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
 async def test_purge_loses_to_a_concurrent_activation(
     redis_store: RedisStore, clock: ManualClock
 ) -> None:

@@ -24,6 +24,7 @@ keys in many hash slots.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
@@ -77,6 +78,7 @@ from llmsession.store.redis_schema import (
     CAS,
     FIELDS,
     READ,
+    READ_RANGE,
     SCHEMA_VERSION,
     CasBatch,
     RedisKeys,
@@ -87,6 +89,7 @@ from llmsession.store.redis_schema import (
     parse_counters,
     parse_round,
     parse_session,
+    parse_session_values,
     parse_time,
 )
 from llmsession.store.session_groups import PendingChange, SessionGroups
@@ -99,6 +102,9 @@ _DEFAULT_WAIT_TIMEOUT_MS: Final = 1000
 # A sweep re-reads the due sessions after losing some to a racing sweeper, at
 # most this many times, so it still returns when others keep winning.
 _SWEEP_PASSES: Final = 8
+# A sweep reads and writes in chunks of this many sessions, so that Redis works on
+# one chunk while this process computes the next.
+_SWEEP_CHUNK: Final = 250
 _DURABILITY_SETTINGS: Final = ("appendonly", "appendfsync", "save", "maxmemory-policy")
 
 _log = logging.getLogger(__name__)
@@ -259,7 +265,7 @@ class RedisStore(TransactionalStore):
         with self._guard():
             await self._client.set(self._keys.schema, str(SCHEMA_VERSION), nx=True)
             raw = await self._client.get(self._keys.schema)
-            for script in (CAS, ADD_KEY, READ):
+            for script in (CAS, ADD_KEY, READ, READ_RANGE):
                 await self._client.script_load(script.source)
         text = None if raw is None else _text(raw)
         if text is None or not text.isdigit():
@@ -638,6 +644,12 @@ class RedisStore(TransactionalStore):
             raw = await self._client.hget(self._keys.idempotency(session_id), idempotency_key)
         return None if raw is None else parse_round(session_id, _text(raw))
 
+    def _parse_values(self, session_id: SessionId, values: Sequence[object]) -> StoredSession:
+        try:
+            return parse_session_values(session_id, values)
+        except StoreError as error:
+            raise StoreError(f"{self._where}: {error}") from None
+
     def _parse(self, session_id: SessionId, row: Mapping[str, str]) -> StoredSession:
         try:
             return parse_session(session_id, row)
@@ -703,32 +715,106 @@ class RedisStore(TransactionalStore):
     ) -> int:
         """Apply ``change`` to the sessions of a global index below ``high``, up to ``limit``.
 
-        Per pass: the entries, then the sessions in one script call, then every
-        change in one compare-and-set call. Racing processes read the same
-        first entries; each entry is written by one of them only, and a loser
-        reads on past what the winners took. Returns how many this call wrote.
+        Racing processes read the same entries; each entry is written by one of
+        them only, and a loser reads on past what the winners took. Returns how
+        many this call wrote.
         """
         done = 0
+        low = "-"
         for _ in range(_SWEEP_PASSES):
-            if done >= limit:
+            written, low, exhausted = await self._drain_pass(index, low, high, limit - done, change)
+            done += written
+            if exhausted or done >= limit:
                 break
-            with self._guard():
-                members = await self._client.zrangebylex(index, "-", high, 0, limit - done)
-            batch = CasBatch(self._keys)
-            changed: list[SessionId] = []
-            for stored in await self._read([member_id(_text(m)) for m in members]):
-                pair = change(stored)
-                if pair is not None:
-                    batch.add(*pair)
-                    changed.append(stored.record.session_id)
-            if not changed:
-                break
-            written = _items(await self._run_one(CAS, batch.keys, batch.args))
-            for session_id in changed:
-                # Whatever was known of these is stale now, or gone.
-                self._recent.forget(session_id)
-            done += sum(1 for reply in written if reply == 1)
         return done
+
+    async def _drain_pass(
+        self,
+        index: str,
+        low: str,
+        high: str,
+        wanted: int,
+        change: Callable[[StoredSession], tuple[StoredSession, StoredSession | None] | None],
+    ) -> tuple[int, str, bool]:
+        """Read ``wanted`` entries forward from ``low`` and write their changes.
+
+        In chunks: each chunk's entries and sessions come in one script call and
+        its changes go in one compare-and-set call. Redis runs one chunk's write
+        and the next chunk's read while this process computes the chunk in
+        between, so neither side waits for the other. Returns how many were
+        written, where the next pass starts, and whether the index ran out.
+        """
+        done = 0
+        exhausted = False
+        asked = min(wanted, _SWEEP_CHUNK)
+        reading: asyncio.Future[tuple[list[str], list[StoredSession]]] | None
+        reading = asyncio.ensure_future(self._read_range(index, low, high, asked))
+        writing: asyncio.Future[tuple[int, list[SessionId]]] | None = None
+        try:
+            while reading is not None:
+                members, sessions = await reading
+                reading = None
+                wanted -= len(members)
+                if members:
+                    low = "(" + members[-1]
+                exhausted = len(members) < asked
+                if not exhausted and wanted > 0:
+                    # Sent now, it runs on the server right after the write below.
+                    asked = min(wanted, _SWEEP_CHUNK)
+                    reading = asyncio.ensure_future(self._read_range(index, low, high, asked))
+                batch = CasBatch(self._keys)
+                changed: list[SessionId] = []
+                for stored in sessions:
+                    pair = change(stored)
+                    if pair is not None:
+                        batch.add(*pair)
+                        changed.append(stored.record.session_id)
+                if writing is not None:
+                    done += await self._written(writing)
+                    writing = None
+                if changed:
+                    writing = asyncio.ensure_future(self._write_batch(batch, changed))
+                    # Let the write reach the server before the next chunk is computed.
+                    await asyncio.sleep(0)
+            if writing is not None:
+                done += await self._written(writing)
+                writing = None
+        finally:
+            # Cancelled or failed: nothing may be left running on its own.
+            for pending in (reading, writing):
+                if pending is not None and not pending.done():
+                    pending.cancel()
+        return done, low, exhausted
+
+    async def _written(self, writing: asyncio.Future[tuple[int, list[SessionId]]]) -> int:
+        count, changed = await writing
+        for session_id in changed:
+            # Whatever was known of these is stale now, or gone.
+            self._recent.forget(session_id)
+        return count
+
+    async def _write_batch(
+        self, batch: CasBatch, changed: list[SessionId]
+    ) -> tuple[int, list[SessionId]]:
+        written = _items(await self._run_one(CAS, batch.keys, batch.args))
+        return sum(1 for reply in written if reply == 1), changed
+
+    async def _read_range(
+        self, index: str, low: str, high: str, count: int
+    ) -> tuple[list[str], list[StoredSession]]:
+        """The next ``count`` members of a global index from ``low`` to ``high``, and the
+        sessions they name (leaving out those that are gone): one call."""
+        prefix = self._keys.session_prefix
+        reply = _items(
+            await self._run_one(READ_RANGE, [index], [low, high, str(count), prefix, *FIELDS])
+        )
+        members = [_text(m) for m in _items(reply[0])]
+        sessions: list[StoredSession] = []
+        for text, row in zip(members, _items(reply[1]), strict=True):
+            values = _items(row)
+            if values[0] is not None:
+                sessions.append(self._parse_values(member_id(text), values))
+        return members, sessions
 
     async def _read(self, ids: Sequence[SessionId]) -> list[StoredSession]:
         """The sessions with these ids, in order, leaving out those that are gone: one call."""

@@ -33,8 +33,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
 from llmsession.errors import LLMSessionError, StoreError
@@ -51,6 +51,7 @@ __all__ = [
     "LIMB",
     "METRICS",
     "READ",
+    "READ_RANGE",
     "SCHEMA_VERSION",
     "CasBatch",
     "Counters",
@@ -64,6 +65,7 @@ __all__ = [
     "parse_counters",
     "parse_round",
     "parse_session",
+    "parse_session_values",
     "parse_time",
     "round_json",
 ]
@@ -197,6 +199,22 @@ for j = 1, #KEYS do rows[j] = redis.call('HMGET', KEYS[j], unpack(ARGV)) end
 return rows
 """)
 
+#: Reads the next sessions of a global sorted set (created, deadlines) in one call,
+#: so a sweep needs one round trip per batch before its compare-and-set.
+#: KEYS[1]: the sorted set. ARGV: 1 low and 2 high bound (ZRANGEBYLEX syntax), 3 how
+#: many, 4 the session hash name up to the id (prefix .. 's:'), then the FIELDS.
+#: Returns {members, rows}: the members read, and per member the values of FIELDS
+#: (all nil for a session that is gone). The session hashes are named from the
+#: members, not given as KEYS: one more reason Redis Cluster is not supported.
+READ_RANGE: Final = Script.of("""
+local members = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, ARGV[3])
+local rows = {}
+for j = 1, #members do
+  rows[j] = redis.call('HMGET', ARGV[4] .. string.sub(members[j], 17), unpack(ARGV, 5))
+end
+return {members, rows}
+""")
+
 #: Adds an API key only if its id is new, and lists it under its tenant.
 #: KEYS: 1 apikeys hash, 2 the tenant's key set. ARGV: 1 key id, 2 value.
 ADD_KEY: Final = Script.of("""
@@ -211,10 +229,24 @@ class RedisKeys:
     """The key names under one prefix."""
 
     prefix: str
+    #: Every Created session, oldest first.
+    created: str = field(init=False, repr=False, compare=False)
+    #: Every Active session, by deadline.
+    deadlines: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Named at every write: built once.
+        object.__setattr__(self, "created", f"{self.prefix}created")
+        object.__setattr__(self, "deadlines", f"{self.prefix}deadlines")
 
     def session(self, session_id: SessionId) -> str:
         """The hash of one session."""
         return f"{self.prefix}s:{session_id}"
+
+    @property
+    def session_prefix(self) -> str:
+        """The name of every session hash up to the session id."""
+        return f"{self.prefix}s:"
 
     def rounds(self, session_id: SessionId) -> str:
         """The list of a session's rounds."""
@@ -245,7 +277,7 @@ class RedisKeys:
 
     def counters(self, tenant_id: TenantId) -> str:
         """The hash of a tenant's counters."""
-        return f"{self.prefix}agg:{tenant_id}"
+        return _counters_name(self.prefix, tenant_id)
 
     def tenant_keys(self, tenant_id: TenantId) -> str:
         """The set of a tenant's API key ids."""
@@ -255,16 +287,6 @@ class RedisKeys:
     def schema(self) -> str:
         """The layout version."""
         return f"{self.prefix}schema"
-
-    @property
-    def created(self) -> str:
-        """Every Created session, oldest first."""
-        return f"{self.prefix}created"
-
-    @property
-    def deadlines(self) -> str:
-        """Every Active session, by deadline."""
-        return f"{self.prefix}deadlines"
 
     @property
     def tenants(self) -> str:
@@ -288,6 +310,11 @@ def _session_names(prefix: str, session_id: SessionId) -> tuple[str, str, str, s
     # it, and str() of a UUID costs more than the lookup.
     text = str(session_id)
     return text, f"{prefix}s:{text}", f"{prefix}r:{text}", f"{prefix}i:{text}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _counters_name(prefix: str, tenant_id: TenantId) -> str:
+    return f"{prefix}agg:{tenant_id}"
 
 
 def lex_time(micros: int) -> str:
@@ -330,6 +357,17 @@ class CasBatch:
             self.keys.append(name)
             position = self._positions[name] = len(self.keys)
         return position
+
+    def _pairs(self, entries: list[tuple[str, str]]) -> None:
+        # (sorted set, member) pairs as key number and member, after their count.
+        items = self._items
+        positions = self._positions
+        items.append(len(entries))
+        for index, text in entries:
+            position = positions.get(index)
+            if position is None:
+                position = self._key(index)
+            items += (position, text)
 
     def add(
         self,
@@ -379,10 +417,9 @@ class CasBatch:
         )
         items.append(len(fields) // 2)
         items += fields
-        for entries in _index_changes(names, old, new, id_text):
-            items.append(len(entries))
-            for index, text in entries:
-                items += (position(index), text)
+        removed, added = _index_changes(names, old, new, id_text)
+        self._pairs(removed)
+        self._pairs(added)
         increments = _counter_increments(old, new)
         items += (
             position(names.counters(record.tenant_id)),
@@ -427,15 +464,11 @@ def _index_changes(
     added: list[tuple[str, str]] = []
     if before.state is not after.state:
         listed = lex_time(after.created_at.epoch_micros) + id_text
-        labels = (after.provider_id, after.model)
-        old_sets = _listing_sets(keys, after.tenant_id, before.state.name, *labels)
-        new_sets = _listing_sets(keys, after.tenant_id, after.state.name, *labels)
-        removed += [(index, listed) for index in old_sets if index not in new_sets]
-        added += [(index, listed) for index in new_sets if index not in old_sets]
-        if before.state is Created:
-            removed.append((keys.created, listed))
-        if after.state is Created:
-            added.append((keys.created, listed))
+        leaving, entering = _state_move(
+            keys, after.tenant_id, (after.provider_id, after.model), (before.state, after.state)
+        )
+        removed += [(index, listed) for index in leaving]
+        added += [(index, listed) for index in entering]
     old_deadline, new_deadline = old.deadline, new.deadline
     if old_deadline != new_deadline:
         if old_deadline is not None:
@@ -487,6 +520,28 @@ FIELDS: Final[tuple[str, ...]] = (
     "ttl",
     "last",
 )
+
+
+@functools.lru_cache(maxsize=4096)
+def _state_move(
+    keys: RedisKeys,
+    tenant: TenantId,
+    labels: tuple[str, str],
+    move: tuple[type[SessionState], type[SessionState]],
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # The sets a session leaves and enters when its state changes, its labels
+    # (provider, model) staying: the same few for every session of a group, so kept.
+    provider, model = labels
+    before, after = move
+    old_sets = _listing_sets(keys, tenant, before.name, provider, model)
+    new_sets = _listing_sets(keys, tenant, after.name, provider, model)
+    leaving = [index for index in old_sets if index not in new_sets]
+    entering = [index for index in new_sets if index not in old_sets]
+    if before is Created:
+        leaving.append(keys.created)
+    if after is Created:
+        entering.append(keys.created)
+    return tuple(leaving), tuple(entering)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -564,28 +619,55 @@ def _session_fields(stored: StoredSession) -> list[str]:
 def parse_session(session_id: SessionId, row: Mapping[str, str]) -> StoredSession:
     """The stored session of a session hash; StoreError if it is not a valid one."""
     try:
+        values = [row[name] for name in FIELDS]
+    except KeyError as error:
+        raise StoreError(f"session {session_id} is not a valid stored session: {error!r}") from None
+    return parse_session_values(session_id, values)
+
+
+def parse_session_values(session_id: SessionId, values: Sequence[object]) -> StoredSession:
+    """The stored session of a session hash's values in FIELDS order (as READ returns
+    them); StoreError if they are not a valid one."""
+    try:
+        (
+            tenant,
+            provider,
+            model,
+            initial,
+            state,
+            created,
+            activated,
+            closed,
+            expired,
+            rounds,
+            delta,
+            version,
+            ttl,
+            last,
+        ) = values
         record = SessionRecord(
             session_id=session_id,
-            tenant_id=TenantId(row["tenant"]),
-            provider_id=row["provider"],
-            model=row["model"],
-            initial_tokens=_int(row["initial"]),
-            created_at=parse_time(row["created"]),
-            state=state_named(row["state"]),
-            activated_at=_optional_time(row["activated"]),
-            closed_at=_optional_time(row["closed"]),
-            expired_at=_optional_time(row["expired"]),
-            round_count=_int(row["rounds"]),
-            delta_tokens=_int(row["delta"]),
+            tenant_id=TenantId(_str(tenant)),
+            provider_id=_str(provider),
+            model=_str(model),
+            initial_tokens=_int(initial),
+            created_at=Timestamp(_int(created)),
+            state=state_named(_str(state)),
+            activated_at=None if activated == "" else Timestamp(_int(activated)),
+            closed_at=None if closed == "" else Timestamp(_int(closed)),
+            expired_at=None if expired == "" else Timestamp(_int(expired)),
+            round_count=_int(rounds),
+            delta_tokens=_int(delta),
         )
-        return StoredSession(
-            record,
-            version=_int(row["version"]),
-            ttl_seconds=_int(row["ttl"]),
-            last_activity_at=parse_time(row["last"]),
-        )
-    except (KeyError, ValueError, LLMSessionError) as error:
+        return StoredSession(record, _int(version), _int(ttl), Timestamp(_int(last)))
+    except (ValueError, TypeError, LLMSessionError) as error:
         raise StoreError(f"session {session_id} is not a valid stored session: {error!r}") from None
+
+
+def _str(value: object) -> str:
+    if type(value) is str:
+        return value
+    raise TypeError(f"{value!r:.80} is not text")
 
 
 def round_json(round_: Round) -> str:
@@ -645,27 +727,27 @@ def counter_group(provider: str, model: str) -> str:
 def parse_counters(raw: Mapping[str, str]) -> Counters:
     """A counters hash as exact totals by (provider, model) and metric."""
     counters: Counters = {}
-    for field, value in raw.items():
+    for name, value in raw.items():
         try:
-            metric, limb, labels = field.split(" ", 2)
+            metric, limb, labels = name.split(" ", 2)
             provider, model = json.loads(labels)
             if metric not in METRICS or limb not in ("lo", "hi"):
                 raise ValueError(f"unknown metric {metric!r} or limb {limb!r}")
             amount = _int(value) * (LIMB if limb == "hi" else 1)
         except (ValueError, TypeError) as error:
-            raise StoreError(f"counter {field!r} = {value!r} is not valid: {error}") from None
+            raise StoreError(f"counter {name!r} = {value!r} is not valid: {error}") from None
         group = counters.setdefault((str(provider), str(model)), dict.fromkeys(METRICS, 0))
         group[metric] += amount
     return counters
 
 
 def _int(value: object) -> int:
-    # Only what this module writes: an optional minus sign and digits.
+    # Only what this module writes: an optional minus sign and ASCII digits.
     if type(value) is int:
         return value
-    if isinstance(value, str) and value.removeprefix("-").isdigit() and value.isascii():
+    if type(value) is str and value.isascii() and value.removeprefix("-").isdigit():
         return int(value)
-    raise ValueError(f"{value!r} is not an integer")
+    raise ValueError(f"{value!r:.80} is not an integer")
 
 
 def _optional_micros(at: Timestamp | None) -> str:
@@ -675,7 +757,3 @@ def _optional_micros(at: Timestamp | None) -> str:
 def parse_time(text: str) -> Timestamp:
     """A time as stored: integer epoch microseconds."""
     return Timestamp(_int(text))
-
-
-def _optional_time(text: str) -> Timestamp | None:
-    return None if text == "" else parse_time(text)
