@@ -37,7 +37,6 @@ from llmsession.errors import (
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import Active, Closed, Created, SessionExpired
 from llmsession.store import SessionQuery, SessionStore, StoredSession, Totals, open_store
-from llmsession.store.base import VersionConflict
 from llmsession.store.memory import MemoryStore
 from llmsession.store.redis import (
     DEFAULT_PREFIX,
@@ -594,19 +593,14 @@ async def test_stale_version_is_rejected_and_changes_nothing(
 ) -> None:
     session_id = await _active(redis_store)
     await redis_store.record_round(ACME, session_id, 1)
-    async with redis_store._begin(ACME, session_id) as first_tx:
-        pass
-    async with redis_store._begin(ACME, session_id) as stale_tx:
-        pass
-    base = first_tx.stored
+    base = await redis_store.get(ACME, session_id)
     winner = StoredSession(
         base.record, base.version + 1, base.ttl_seconds, base.last_activity_at.plus_seconds(1)
     )
-    await first_tx.commit(winner, None)
+    assert await redis_store._cas(base, winner, None)
     snapshot = await _dump(redis_url)
     loser = StoredSession(base.record, base.version + 1, 99, base.last_activity_at)
-    with pytest.raises(VersionConflict):
-        await stale_tx.commit(loser, None)
+    assert not await redis_store._cas(base, loser, None)
     assert await _dump(redis_url) == snapshot
     assert await redis_store.get(ACME, session_id) == winner
 
@@ -761,10 +755,9 @@ async def test_purge_loses_to_a_concurrent_activation(
     session_id = created.record.session_id
     clock.advance(100)
     # The purge read the session while Created; it is activated before the purge writes.
-    async with redis_store._begin(ACME, session_id) as stale:
-        pass
+    stale = await redis_store.get(ACME, session_id)
     await redis_store.activate(ACME, session_id)
-    assert not await redis_store._cas(stale.stored, None, None)
+    assert not await redis_store._cas(stale, None, None)
     assert (await redis_store.get(ACME, session_id)).record.state is Active
     assert await redis_store.purge_created(10) == 0
 

@@ -27,10 +27,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Final, Protocol, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -54,8 +53,7 @@ from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
     Change,
     ChangeFn,
-    SessionTransaction,
-    TransactionalStore,
+    SessionStore,
     VersionConflict,
     expire_if_due,
 )
@@ -143,49 +141,12 @@ class _Options:
     wait_timeout_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Write:
-    """One compare-and-set waiting for the store's next script call (see ``RedisStore._cas``)."""
-
-    old: StoredSession | None
-    new: StoredSession | None
-    new_round: Round | None
-    absent_key: str | None
+# One compare-and-set waiting for the store's next script call (see RedisStore._cas):
+# old, new, the new round, an idempotency key that must still be unused.
+_Write = tuple[StoredSession | None, StoredSession | None, Round | None, str | None]
 
 
-class _RedisTransaction(SessionTransaction):
-    """A change of one session, from a fresh read or from the version last seen here."""
-
-    def __init__(
-        self,
-        stored: StoredSession,
-        find: Callable[[SessionId, str], Awaitable[Round | None]],
-        cas: Callable[[StoredSession, StoredSession, Round | None, str | None], Awaitable[bool]],
-        *,
-        remembered: bool,
-    ) -> None:
-        self.stored = stored
-        self.remembered = remembered
-        self.committed = False
-        #: An idempotency key taken as unused without reading: the write checks
-        #: it, and so does an answer that writes nothing.
-        self.unchecked_key: str | None = None
-        self._find = find
-        self._cas = cas
-
-    async def find_round(self, idempotency_key: str) -> Round | None:
-        if self.remembered:
-            self.unchecked_key = idempotency_key
-            return None
-        return await self._find(self.stored.record.session_id, idempotency_key)
-
-    async def commit(self, new: StoredSession, new_round: Round | None) -> None:
-        if not await self._cas(self.stored, new, new_round, self.unchecked_key):
-            raise VersionConflict
-        self.committed = True
-
-
-class RedisStore(TransactionalStore):
+class RedisStore(SessionStore):
     """Sessions in Redis; open one with :meth:`open` (or ``open_store("redis://...")``)."""
 
     def __init__(
@@ -213,7 +174,7 @@ class RedisStore(TransactionalStore):
         self._wait_timeout_ms = wait_timeout_ms
         self._closed = False
         self._recent = RecentSessions(session_cache)
-        self._groups = SessionGroups(partial(TransactionalStore._run_change, self), self._run_group)
+        self._groups = SessionGroups(self._change_one, self._run_group)
         # Single writes (to any sessions) that arrive while a script call is in
         # flight go together in the next one: a call's client CPU, not Redis,
         # is what limits many sessions written at once.
@@ -300,41 +261,56 @@ class RedisStore(TransactionalStore):
         if not await self._cas(None, stored, None):
             raise StoreError(f"session id {stored.record.session_id} is already taken")
 
-    @asynccontextmanager
-    async def _begin(
-        self, tenant_id: TenantId, session_id: SessionId
-    ) -> AsyncGenerator[SessionTransaction]:
-        # Writers to one session in this process already take turns: the
-        # session's group (SessionGroups) runs one change or group at a time.
-        # Correctness never rests on that; other processes are kept out by the
-        # version check alone.
-        #
+    async def _change_one(
+        self,
+        tenant_id: TenantId,
+        session_id: SessionId,
+        change: ChangeFn,
+        idempotency_key: str | None,
+    ) -> Change:
+        """Read (or recall), compute and commit one change; VersionConflict if it lost a race.
+
+        Writers to one session in this process take turns already: the session's
+        group (SessionGroups) runs one change or group at a time. Correctness
+        never rests on that; other processes are kept out by the version check.
+        """
         # The version last seen here saves a read: the script refuses a write
         # over a stale one (a retry from a fresh read follows). An answer that
         # writes nothing (an error) is checked against the stored version
         # before it stands.
-        remembered = self._recent.get(tenant_id, session_id)
-        if remembered is None:
+        stored = self._recent.get(tenant_id, session_id)
+        remembered = stored is not None
+        unchecked_key: str | None = None
+        first: Round | None = None
+        if stored is not None:
+            # Taken as unused without reading: the write checks it, and so does
+            # an answer that writes nothing.
+            unchecked_key = idempotency_key
+        else:
             stored = await self.get(tenant_id, session_id)
             self._recent.remember(stored)
-        else:
-            stored = remembered
-        tx = _RedisTransaction(
-            stored, self._find_round, self._cas, remembered=remembered is not None
-        )
+            if idempotency_key is not None:
+                first = await self._find_round(session_id, idempotency_key)
         try:
-            yield tx
+            result = self._compute(change, stored, first)
+        except LLMSessionError:
+            if remembered:
+                await self._check_current(stored, unchecked_key)
+            raise
+        if result.stored is stored:
+            if remembered:
+                await self._check_current(stored, unchecked_key)
+            return result
+        try:
+            written = await self._cas(stored, result.stored, result.round, unchecked_key)
         except StoreError:
-            # Redis failed: a write may or may not have been applied, so the
+            # Redis failed: the write may or may not have been applied, so the
             # next change starts from a fresh read.
             self._recent.forget(session_id)
             raise
-        except LLMSessionError:
-            if tx.remembered and not tx.committed:
-                await self._check_current(stored, tx.unchecked_key)
-            raise
-        if tx.remembered and not tx.committed:
-            await self._check_current(stored, tx.unchecked_key)
+        if not written:
+            raise VersionConflict
+        return result
 
     async def _check_current(self, stored: StoredSession, unused_key: str | None) -> None:
         """VersionConflict (a retry from a fresh read) unless ``stored`` is still stored
@@ -686,23 +662,23 @@ class RedisStore(TransactionalStore):
     ) -> bool:
         """Write ``new`` over ``old`` (None: insert, delete) if ``old`` is still current
         and ``absent_key`` (if given) is not an idempotency key of the session yet."""
-        return await self._writes.submit(_Write(old, new, new_round, absent_key))
+        return await self._writes.submit((old, new, new_round, absent_key))
 
     async def _cas_batch(self, writes: Sequence[_Write]) -> list[bool]:
         """The writes of ``_cas`` in one script call, each checked on its own (not
         chained): one refused write leaves the others standing."""
         batch = CasBatch(self._keys)
-        for write in writes:
-            batch.add(write.old, write.new, write.new_round, absent_key=write.absent_key)
+        for old, new, new_round, absent_key in writes:
+            batch.add(old, new, new_round, absent_key=absent_key)
         replies = _items(await self._run_one(CAS, batch.keys, batch.args))
         outcomes: list[bool] = []
-        for write, reply in zip(writes, replies, strict=True):
-            some = write.new if write.new is not None else write.old
-            assert some is not None
-            if reply != 1 or write.new is None:
-                self._recent.forget(some.record.session_id)
+        for (old, new, _, _), reply in zip(writes, replies, strict=True):
+            if reply == 1 and new is not None:
+                self._recent.remember(new)
             else:
-                self._recent.remember(write.new)
+                some = new if new is not None else old
+                assert some is not None
+                self._recent.forget(some.record.session_id)
             outcomes.append(reply == 1)
         return outcomes
 
