@@ -135,6 +135,24 @@ async def test_a_newer_schema_is_refused(postgres_url: str, open_pg: Opener) -> 
     assert await sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION + 1,)]
 
 
+async def test_a_version_1_schema_is_upgraded_in_place(postgres_url: str, open_pg: Opener) -> None:
+    first = await open_pg()
+    session_id = await new_session(first)
+    await first.aclose()
+    # What version 1 had: no index per state and model.
+    await sql(postgres_url, "DROP INDEX sessions_by_state_model")
+    await sql(postgres_url, "UPDATE schema_version SET version = 1")
+    again = await open_pg()
+    assert await sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    indexes = await sql(
+        postgres_url,
+        "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = 'sessions'",
+        schema_of(postgres_url),
+    )
+    assert "sessions_by_state_model" in {row[0] for row in indexes}
+    assert (await again.get(ACME, session_id)).record.state is Active
+
+
 async def test_a_version_no_llmsession_wrote_is_refused(postgres_url: str, open_pg: Opener) -> None:
     await open_pg()
     await sql(postgres_url, "UPDATE schema_version SET version = 0")

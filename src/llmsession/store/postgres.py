@@ -105,9 +105,23 @@ from llmsession.timestamps import Timestamp
 __all__ = ["SCHEMA_VERSION", "PostgresOptions", "PostgresStore"]
 
 #: The schema version this code creates and understands.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _Connection = AsyncConnection[TupleRow]
+
+# A tenant's sessions of one state and model, newest first. Without it a rare model
+# with a state filter was read through the partial index of Created sessions, which
+# the planner costs low, filtering out 22,580 rows of other tenants and models: 19
+# to 26 ms a page at a million sessions, now under 2. A model alone is left to the
+# tenant index: a page stays under 12 ms, and every round writes every index (its
+# update is not HOT), so one index is added, not two.
+_STATE_MODEL_INDEX: Final = (
+    "CREATE INDEX IF NOT EXISTS sessions_by_state_model "
+    "ON sessions (tenant_id, state, model, created_at DESC, session_id DESC)"
+)
+
+#: What takes a schema from the version before to this one, in order.
+_UPGRADES: Final[dict[int, tuple[LiteralString, ...]]] = {2: (_STATE_MODEL_INDEX,)}
 
 # Timestamps are bigint microseconds since the epoch: exact, and cheap to compare.
 _SCHEMA: Final[tuple[LiteralString | sql.Composed, ...]] = (
@@ -137,6 +151,7 @@ _SCHEMA: Final[tuple[LiteralString | sql.Composed, ...]] = (
     "CREATE INDEX sessions_by_tenant ON sessions (tenant_id, created_at DESC, session_id DESC)",
     "CREATE INDEX sessions_by_state "
     "ON sessions (tenant_id, state, created_at DESC, session_id DESC)",
+    _STATE_MODEL_INDEX,
     # Only Active sessions have a deadline: a sweep reads just the due ones.
     "CREATE INDEX sessions_by_deadline ON sessions (deadline) WHERE deadline IS NOT NULL",
     # purge_created reads only old Created sessions. Partial, so a change to any other
@@ -457,6 +472,14 @@ class PostgresStore(TransactionalStore):
                 await conn.execute(
                     "INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,)
                 )
+            elif 1 <= found < SCHEMA_VERSION:
+                # Under the same lock: one process upgrades, the others then see it done.
+                # The new indexes are built in this transaction, which holds writes to
+                # the sessions table until it commits (seconds at a million sessions).
+                for version in range(found + 1, SCHEMA_VERSION + 1):
+                    for statement in _UPGRADES[version]:
+                        await conn.execute(statement)
+                await conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
             elif found > SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"the llmsession tables in PostgreSQL schema {schema!r} are at schema "
