@@ -429,6 +429,10 @@ class SQLiteStore(SessionStore):
     def _apply_changes(
         self, batch: Sequence[_PendingChange], conn: sqlite3.Connection
     ) -> list[Change | Exception]:
+        if len(batch) == 1:
+            # Alone in its transaction: an error rolls all of it back, so the
+            # savepoint's two statements would buy nothing.
+            return [self._apply_change(batch[0], conn)]
         outcomes: list[Change | Exception] = []
         for pending in batch:
             # A savepoint per change: one refused change leaves the others whole.
