@@ -8,6 +8,7 @@ temporary directory, never the shared one.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 import shutil
@@ -746,6 +747,34 @@ async def test_sweeps_longer_than_a_chunk_expire_each_due_session_once(
     finally:
         for store in stores:
             await store.aclose()
+
+
+async def test_a_sweep_that_meets_a_broken_session_fails_cleanly(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock
+) -> None:
+    unhandled: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: unhandled.append(context))
+    due = [await _active(redis_store) for _ in range(300)]
+    clock.advance(3601)
+    broken = due[280]  # in the second chunk: read while the first is written
+    client = await _raw(redis_url)
+    try:
+        await client.hset(f"{_prefix(redis_url)}s:{broken}", "rounds", "many")
+        with pytest.raises(StoreError, match=f"session {broken} is not a valid stored session"):
+            await redis_store.sweep(limit=1000)
+        # Without the broken session the sweep finishes the rest, each once.
+        await client.delete(f"{_prefix(redis_url)}s:{broken}")
+    finally:
+        await client.aclose()
+    swept = 0
+    while count := await redis_store.sweep(limit=1000):
+        swept += count
+    [totals] = await redis_store.totals(ACME)
+    assert totals.sessions["expired"] == 299
+    assert 49 <= swept <= 299  # the first chunk's write may have gone in before the error
+    gc.collect()
+    await asyncio.sleep(0)
+    assert unhandled == []
 
 
 async def test_purge_loses_to_a_concurrent_activation(

@@ -756,10 +756,18 @@ class RedisStore(SessionStore):
                 done += await self._written(writing)
                 writing = None
         finally:
-            # Cancelled or failed: nothing may be left running on its own.
+            # Cancelled or failed: nothing may be left running on its own, and
+            # an error of the other call is not left unretrieved (the first one
+            # is the one raised). A cancelled write may still have been applied;
+            # its sessions' remembered versions are then stale, which costs a
+            # refused write and a fresh read, never a wrong one.
             for pending in (reading, writing):
-                if pending is not None and not pending.done():
+                if pending is None:
+                    continue
+                if not pending.done():
                     pending.cancel()
+                elif not pending.cancelled():
+                    pending.exception()
         return done, low, exhausted
 
     async def _written(self, writing: asyncio.Future[tuple[int, list[SessionId]]]) -> int:
