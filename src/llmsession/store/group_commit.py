@@ -46,10 +46,10 @@ class GroupCommit(Generic[I, R]):
         """Queue ``item`` and wait for its outcome."""
         if self._worker is None and not self._alone:
             return await self._run_alone(item)
+        # A batch is in flight: the worker's loop, or the lone submitter when it
+        # is done, takes up what queued meanwhile.
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
-        if self._worker is None and not self._alone:
-            self._worker = asyncio.get_running_loop().create_task(self._drain())
         return await future
 
     async def _run_alone(self, item: I) -> R:

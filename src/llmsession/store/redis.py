@@ -97,8 +97,8 @@ __all__ = ["DEFAULT_PREFIX", "SCHEMA_VERSION", "RedisStore", "durability_warning
 
 DEFAULT_PREFIX: Final = "llmsession:"
 _DEFAULT_WAIT_TIMEOUT_MS: Final = 1000
-# A sweep re-reads the due sessions after losing some to a racing sweeper, at
-# most this many times, so it still returns when others keep winning.
+# A sweep that lost entries to a racing sweeper reads on for more, in at most this
+# many passes, so it still returns when others keep winning.
 _SWEEP_PASSES: Final = 8
 # A sweep reads and writes in chunks of this many sessions, so that Redis works on
 # one chunk while this process computes the next.
