@@ -210,6 +210,7 @@ READ_RANGE: Final = Script.of("""
 local members = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, ARGV[3])
 local rows = {}
 for j = 1, #members do
+  -- A member is the time as 16 hex digits, then the session id (see member()).
   rows[j] = redis.call('HMGET', ARGV[4] .. string.sub(members[j], 17), unpack(ARGV, 5))
 end
 return {members, rows}
