@@ -648,7 +648,7 @@ def parse_session_values(session_id: SessionId, values: Sequence[object]) -> Sto
         ) = values
         record = SessionRecord(
             session_id=session_id,
-            tenant_id=TenantId(_str(tenant)),
+            tenant_id=_tenant(_str(tenant)),
             provider_id=_str(provider),
             model=_str(model),
             initial_tokens=_int(initial),
@@ -663,6 +663,13 @@ def parse_session_values(session_id: SessionId, values: Sequence[object]) -> Sto
         return StoredSession(record, _int(version), _int(ttl), Timestamp(_int(last)))
     except (ValueError, TypeError, LLMSessionError) as error:
         raise StoreError(f"session {session_id} is not a valid stored session: {error!r}") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _tenant(text: str) -> TenantId:
+    # Few tenants, each read with every session: checked once, and the records
+    # of one tenant share one TenantId, which later comparisons find by identity.
+    return TenantId(text)
 
 
 def _str(value: object) -> str:
