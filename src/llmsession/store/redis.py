@@ -810,8 +810,7 @@ class RedisStore(SessionStore):
         for session_id, row in zip(ids, rows, strict=True):
             values = _items(row)
             if values[0] is not None:
-                row_ = dict(zip(FIELDS, (_text(v) for v in values), strict=True))
-                sessions.append(self._parse(session_id, row_))
+                sessions.append(self._parse_values(session_id, values))
         return sessions
 
     async def _run_one(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> object:

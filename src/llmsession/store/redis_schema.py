@@ -242,7 +242,7 @@ class RedisKeys:
 
     def session(self, session_id: SessionId) -> str:
         """The hash of one session."""
-        return f"{self.prefix}s:{session_id}"
+        return _session_names(self.prefix, session_id)[1]
 
     @property
     def session_prefix(self) -> str:
@@ -251,11 +251,11 @@ class RedisKeys:
 
     def rounds(self, session_id: SessionId) -> str:
         """The list of a session's rounds."""
-        return f"{self.prefix}r:{session_id}"
+        return _session_names(self.prefix, session_id)[2]
 
     def idempotency(self, session_id: SessionId) -> str:
         """A session's rounds by idempotency key."""
-        return f"{self.prefix}i:{session_id}"
+        return _session_names(self.prefix, session_id)[3]
 
     def by_tenant(
         self,
@@ -307,8 +307,9 @@ class RedisKeys:
 
 @functools.lru_cache(maxsize=16_384)
 def _session_names(prefix: str, session_id: SessionId) -> tuple[str, str, str, str]:
-    # A session's id as text and its three keys: asked for at every write of
-    # it, and str() of a UUID costs more than the lookup.
+    # A session's id as text and its three keys (RedisKeys.session, rounds,
+    # idempotency): asked for at every write of it, and str() of a UUID costs
+    # more than the lookup.
     text = str(session_id)
     return text, f"{prefix}s:{text}", f"{prefix}r:{text}", f"{prefix}i:{text}"
 
