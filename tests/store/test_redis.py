@@ -449,6 +449,49 @@ async def test_scripts_are_reloaded_after_script_flush(
         await store.aclose()
 
 
+# -- the writer's connection ----------------------------------------------------------
+
+
+async def _kill_writer_connection(redis_url: str, store: RedisStore) -> None:
+    connection_id = await store._writer.client_id()
+    client = await _raw(redis_url)
+    try:
+        assert await client.client_kill_filter(_id=connection_id) == 1
+    finally:
+        await client.aclose()
+
+
+async def test_a_write_on_a_connection_the_server_closed_fails_and_the_next_reconnects(
+    redis_url: str, redis_store: RedisStore
+) -> None:
+    session_id = await _active(redis_store)
+    await redis_store.record_round(ACME, session_id, 5)
+    await _kill_writer_connection(redis_url, redis_store)
+    # Within the idle time nothing checks the connection first: the write
+    # fails, and says so, rather than being retried (it might have been applied).
+    with pytest.raises(StoreError, match="Redis at"):
+        await redis_store.record_round(ACME, session_id, 7)
+    assert (await redis_store.get(ACME, session_id)).record.delta_tokens == 5
+    result = await redis_store.record_round(ACME, session_id, 7)
+    assert (result.round.seq, result.session.record.delta_tokens) == (2, 12)
+
+
+async def test_a_writer_connection_idle_long_is_checked_before_a_write(
+    redis_url: str, redis_store: RedisStore
+) -> None:
+    session_id = await _active(redis_store)
+    await redis_store.record_round(ACME, session_id, 5)
+    await _kill_writer_connection(redis_url, redis_store)
+    redis_store._writer_used -= 3600  # as if idle for an hour
+    result = await redis_store.record_round(ACME, session_id, 7)
+    assert (result.round.seq, result.session.record.delta_tokens) == (2, 12)
+
+
+async def test_a_pool_too_small_for_the_writer_is_refused(redis_url: str) -> None:
+    with pytest.raises(InvalidInput, match="max_connections to 1; the store needs at least 2"):
+        await RedisStore.open(f"{redis_url}&max_connections=1")
+
+
 # -- compare-and-set -------------------------------------------------------------------
 
 

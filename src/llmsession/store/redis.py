@@ -27,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Final, Protocol, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -103,6 +104,8 @@ _SWEEP_PASSES: Final = 8
 # A sweep reads and writes in chunks of this many sessions, so that Redis works on
 # one chunk while this process computes the next.
 _SWEEP_CHUNK: Final = 250
+# The writer's connection, idle this long, is checked with a PING before a write.
+_WRITER_IDLE_SECONDS: Final = 5.0
 _DURABILITY_SETTINGS: Final = ("appendonly", "appendfsync", "save", "maxmemory-policy")
 
 _log = logging.getLogger(__name__)
@@ -168,6 +171,14 @@ class RedisStore(SessionStore):
         """
         super().__init__(clock=clock, default_ttl_seconds=default_ttl_seconds)
         self._client = client
+        # The single writes (_cas_batch) go one call at a time (GroupCommit), so
+        # they keep one connection of the pool for themselves: checking a
+        # connection out of redis-py's pool and back costs about as much client
+        # CPU as the rest of a round's call.
+        self._writer = aioredis.Redis(
+            connection_pool=client.connection_pool, single_connection_client=True
+        )
+        self._writer_used = -math.inf
         self._keys = RedisKeys(prefix)
         self._where = where
         self._wait_replicas = wait_replicas
@@ -205,6 +216,11 @@ class RedisStore(SessionStore):
         # A blocking pool: a burst of requests waits for a free connection
         # instead of failing with "Too many connections" (URL: max_connections).
         pool = aioredis.BlockingConnectionPool(decode_responses=True, **connect)
+        if pool.max_connections < 2:
+            raise InvalidInput(
+                f"the Redis URL for {options.where} sets max_connections to "
+                f"{pool.max_connections}; the store needs at least 2 (one is kept for writes)"
+            )
         client = aioredis.Redis.from_pool(pool)
         store = cls(
             client,
@@ -534,6 +550,8 @@ class RedisStore(SessionStore):
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
+            # The writer's connection goes back to the pool, which the client closes.
+            await self._writer.aclose()
             await self._client.aclose()
 
     # -- tenants and API keys ----------------------------------------------------
@@ -670,7 +688,7 @@ class RedisStore(SessionStore):
         batch = CasBatch(self._keys)
         for old, new, new_round, absent_key in writes:
             batch.add(old, new, new_round, absent_key=absent_key)
-        replies = _items(await self._run_one(CAS, batch.keys, batch.args))
+        replies = _items(await self._run_writer(CAS, batch.keys, batch.args))
         outcomes: list[bool] = []
         for (old, new, _, _), reply in zip(writes, replies, strict=True):
             if reply == 1 and new is not None:
@@ -826,6 +844,28 @@ class RedisStore(SessionStore):
                 # the call did not run. Load the script and run it again, once.
                 await self._client.script_load(script.source)
                 return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def _run_writer(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> object:
+        """One script call on the writer's own connection (see ``__init__``)."""
+        if self._wait_replicas:
+            return await self._run_one(script, keys, args)
+        writer = self._writer
+        loop = asyncio.get_running_loop()
+        with self._guard():
+            if loop.time() - self._writer_used > _WRITER_IDLE_SECONDS:
+                # The server or something on the way may have closed a connection
+                # idle this long; a PING, which may safely fail, finds out before
+                # a write, which may not (it may have been applied). A failed PING
+                # drops the connection, and the write connects anew.
+                with suppress(RedisError):
+                    await _admin(writer).ping()
+            try:
+                reply = await writer.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await writer.script_load(script.source)
+                reply = await writer.evalsha(script.sha, len(keys), *keys, *args)
+        self._writer_used = loop.time()
+        return reply
 
     async def _run(self, calls: Sequence[_Call]) -> list[object]:
         """Run scripts in one round trip; reload them if the server lost them."""
