@@ -8,7 +8,7 @@ Time on a shared machine is noisy; instruction counts are not. Each figure is
 and imports cancel out (about a minute in all). Two children:
 
 - ``store``: ``RedisStore.record_round`` on one Active session with the store's
-  Redis call (``_run_one``) replaced by a stub answering ``[1]``, so only the
+  Redis call (``_run_writer``) replaced by a stub answering ``[1]``, so only the
   store's own work counts: the retry loop, the session's group, the core's
   computation, the ``CAS`` arguments, the write queue;
 - ``raw``: one ``EVALSHA`` of the raw round script of ``bench/store_rounds.py``
@@ -49,7 +49,7 @@ async def store_rounds(url: str, count: int) -> None:
         async def stub(*_: object) -> object:
             return [1]
 
-        store._run_one = stub  # type: ignore[method-assign]
+        store._run_writer = stub  # type: ignore[method-assign]
         for _ in range(count):
             await store.record_round(tenant, session_id, 7)
     finally:

@@ -203,10 +203,12 @@ def derive(record: SessionRecord, **changes: object) -> SessionRecord:
     again would cost more than the rest of a round in the core.
     """
     derived = object.__new__(SessionRecord)
+    # object.__setattr__: the frozen class's own refuses, as it should elsewhere.
+    set_field = object.__setattr__
     for name in _RECORD_FIELDS:
-        object.__setattr__(
-            derived, name, changes[name] if name in changes else getattr(record, name)
-        )
+        set_field(derived, name, getattr(record, name))
+    for name, value in changes.items():
+        set_field(derived, name, value)
     return derived
 
 

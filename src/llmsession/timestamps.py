@@ -18,7 +18,7 @@ _MAX_MICROS = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) 
 
 
 @final
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True)
 class Timestamp:
     """Microseconds since the Unix epoch, UTC.
 
@@ -81,3 +81,33 @@ class Timestamp:
 
     def __str__(self) -> str:
         return self.isoformat()
+
+    # Compared several times in every write (is it due? which came last?):
+    # written out, as the generated methods compare tuples. Only to Timestamps.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Timestamp):
+            return NotImplemented
+        return self.epoch_micros == other.epoch_micros
+
+    def __hash__(self) -> int:
+        return hash(self.epoch_micros)
+
+    def __lt__(self, other: Timestamp) -> bool:
+        if other.__class__ is not Timestamp:
+            return NotImplemented
+        return self.epoch_micros < other.epoch_micros
+
+    def __le__(self, other: Timestamp) -> bool:
+        if other.__class__ is not Timestamp:
+            return NotImplemented
+        return self.epoch_micros <= other.epoch_micros
+
+    def __gt__(self, other: Timestamp) -> bool:
+        if other.__class__ is not Timestamp:
+            return NotImplemented
+        return self.epoch_micros > other.epoch_micros
+
+    def __ge__(self, other: Timestamp) -> bool:
+        if other.__class__ is not Timestamp:
+            return NotImplemented
+        return self.epoch_micros >= other.epoch_micros

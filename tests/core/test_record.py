@@ -179,6 +179,25 @@ def test_session_id_parse_rejects_garbage(bad: object) -> None:
 def test_ids_of_different_kinds_never_compare_equal() -> None:
     assert TenantId("acme") != "acme"
     assert SessionId.generate(T0) != TenantId("acme")
+    session_id = SessionId.generate(T0)
+    assert session_id != session_id.value
+    assert session_id.value != session_id
+
+
+def test_equal_ids_hash_alike_and_find_each_other() -> None:
+    first = SessionId.generate(T0)
+    again = SessionId.parse(str(first))
+    assert again is not first
+    assert again == first
+    assert (again != first) is False
+    assert hash(again) == hash(first)
+    assert {first: "found"}[again] == "found"
+    assert SessionId.generate(T0) not in {first}
+    tenant = TenantId("acme")
+    assert TenantId("acme") == tenant
+    assert hash(TenantId("acme")) == hash(tenant)
+    assert {tenant: "found"}[TenantId("acme")] == "found"
+    assert TenantId("other") != tenant
 
 
 # -- timestamps ------------------------------------------------------------------

@@ -39,20 +39,19 @@ class GroupCommit(Generic[I, R]):
         self._run_batch = run_batch
         self._queue: list[tuple[I, asyncio.Future[R]]] = []
         self._worker: asyncio.Task[None] | None = None
-        #: A submitter is running its own batch of one (see ``_run_alone``).
+        #: A submitter is running its own batch of one (see ``submit``).
         self._alone = False
 
     async def submit(self, item: I) -> R:
         """Queue ``item`` and wait for its outcome."""
-        if self._worker is None and not self._alone:
-            return await self._run_alone(item)
-        # A batch is in flight: the worker's loop, or the lone submitter when it
-        # is done, takes up what queued meanwhile.
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future))
-        return await future
-
-    async def _run_alone(self, item: I) -> R:
+        if self._worker is not None or self._alone:
+            # A batch is in flight: the worker's loop, or the lone submitter when
+            # it is done, takes up what queued meanwhile.
+            future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+            self._queue.append((item, future))
+            return await future
+        # Alone: this submitter runs its batch of one itself (written out here,
+        # not as a method: a coroutine per write is a cost worth saving).
         self._alone = True
         try:
             outcomes = await self._run_batch([item])

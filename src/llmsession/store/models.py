@@ -54,11 +54,14 @@ class StoredSession:
     version: int
     ttl_seconds: int
     last_activity_at: Timestamp
+    #: When the session expires if nothing happens; None unless Active.
+    deadline: Timestamp | None = field(init=False, repr=False, compare=False)
 
-    @property
-    def deadline(self) -> Timestamp | None:
-        """When the session expires if nothing happens; None unless Active."""
-        return deadline_of(self.record, self.last_activity_at, self.ttl_seconds)
+    def __post_init__(self) -> None:
+        # Asked for several times per write (is it due? does its index entry
+        # move?), so computed once.
+        deadline = deadline_of(self.record, self.last_activity_at, self.ttl_seconds)
+        object.__setattr__(self, "deadline", deadline)
 
 
 @dataclass(frozen=True, slots=True)

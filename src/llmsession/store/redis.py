@@ -28,7 +28,7 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Final, Protocol, cast
@@ -671,16 +671,16 @@ class RedisStore(SessionStore):
 
     # -- writing -----------------------------------------------------------------
 
-    async def _cas(
+    def _cas(
         self,
         old: StoredSession | None,
         new: StoredSession | None,
         new_round: Round | None,
         absent_key: str | None = None,
-    ) -> bool:
+    ) -> Coroutine[object, object, bool]:
         """Write ``new`` over ``old`` (None: insert, delete) if ``old`` is still current
         and ``absent_key`` (if given) is not an idempotency key of the session yet."""
-        return await self._writes.submit((old, new, new_round, absent_key))
+        return self._writes.submit((old, new, new_round, absent_key))
 
     async def _cas_batch(self, writes: Sequence[_Write]) -> list[bool]:
         """The writes of ``_cas`` in one script call, each checked on its own (not

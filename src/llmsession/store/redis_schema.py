@@ -390,9 +390,10 @@ class CasBatch:
         if some is None:
             raise ValueError("a write needs an old or a new session")
         record = some.record
-        session_id = record.session_id
         names = self._names
-        id_text, session_key, rounds_key, idempotency_key = _session_names(names.prefix, session_id)
+        id_text, session_key, rounds_key, idempotency_key = _session_names(
+            names.prefix, record.session_id
+        )
         key = absent_key or (new_round.idempotency_key if new_round is not None else None) or ""
         position = self._key
         self._count += 1
@@ -424,7 +425,7 @@ class CasBatch:
         self._pairs(added)
         increments = _counter_increments(old, new)
         items += (
-            position(names.counters(record.tenant_id)),
+            position(_counters_name(names.prefix, record.tenant_id)),
             counter_group(record.provider_id, record.model),
             len(increments),
         )
@@ -452,12 +453,13 @@ def _index_changes(
         return sorted(_index_entries(keys, old)), sorted(_index_entries(keys, new))
     before, after = old.record, new.record
     # A transition keeps the very objects it does not change, so `is` settles
-    # nearly every comparison before == is asked.
+    # nearly every comparison before == is asked (written out: a call per
+    # comparison would cost more than the comparisons).
     if not (
-        _same(before.tenant_id, after.tenant_id)
-        and _same(before.provider_id, after.provider_id)
-        and _same(before.model, after.model)
-        and _same(before.created_at, after.created_at)
+        (before.tenant_id is after.tenant_id or before.tenant_id == after.tenant_id)
+        and (before.provider_id is after.provider_id or before.provider_id == after.provider_id)
+        and (before.model is after.model or before.model == after.model)
+        and (before.created_at is after.created_at or before.created_at == after.created_at)
     ):
         old_entries, new_entries = _index_entries(keys, old), _index_entries(keys, new)
         return sorted(old_entries - new_entries), sorted(new_entries - old_entries)
@@ -478,10 +480,6 @@ def _index_changes(
         if new_deadline is not None:
             added.append((keys.deadlines, lex_time(new_deadline.epoch_micros) + id_text))
     return removed, added
-
-
-def _same(a: object, b: object) -> bool:
-    return a is b or a == b
 
 
 def _index_entries(keys: RedisKeys, stored: StoredSession | None) -> set[tuple[str, str]]:
@@ -565,16 +563,25 @@ def _listing_sets(
 def _changed_fields(old: StoredSession, new: StoredSession) -> list[str]:
     """Name, value, name, value... of the fields of ``new``'s hash that differ from ``old``'s."""
     a, b = old.record, new.record
+    if not (
+        (a.tenant_id is b.tenant_id or a.tenant_id == b.tenant_id)
+        and (a.provider_id is b.provider_id or a.provider_id == b.provider_id)
+        and (a.model is b.model or a.model == b.model)
+        and a.initial_tokens == b.initial_tokens
+        and (a.created_at is b.created_at or a.created_at == b.created_at)
+    ):
+        # Never changed by the store; written whole if it ever is.
+        return _session_fields(new)
+    # Written out, not looped over: this runs at every write.
     changed: list[str] = []
     if a.state is not b.state:
         changed += ("state", b.state.name)
-    for name, x, y in (
-        ("activated", a.activated_at, b.activated_at),
-        ("closed", a.closed_at, b.closed_at),
-        ("expired", a.expired_at, b.expired_at),
-    ):
-        if x is not y and x != y:
-            changed += (name, _optional_micros(y))
+    if a.activated_at is not b.activated_at and a.activated_at != b.activated_at:
+        changed += ("activated", _optional_micros(b.activated_at))
+    if a.closed_at is not b.closed_at and a.closed_at != b.closed_at:
+        changed += ("closed", _optional_micros(b.closed_at))
+    if a.expired_at is not b.expired_at and a.expired_at != b.expired_at:
+        changed += ("expired", _optional_micros(b.expired_at))
     if a.round_count != b.round_count:
         changed += ("rounds", str(b.round_count))
     if a.delta_tokens != b.delta_tokens:
@@ -583,17 +590,9 @@ def _changed_fields(old: StoredSession, new: StoredSession) -> list[str]:
         changed += ("version", str(new.version))
     if old.ttl_seconds != new.ttl_seconds:
         changed += ("ttl", str(new.ttl_seconds))
-    if not _same(old.last_activity_at, new.last_activity_at):
-        changed += ("last", str(new.last_activity_at.epoch_micros))
-    if not (
-        _same(a.tenant_id, b.tenant_id)
-        and _same(a.provider_id, b.provider_id)
-        and _same(a.model, b.model)
-        and a.initial_tokens == b.initial_tokens
-        and _same(a.created_at, b.created_at)
-    ):
-        # Never changed by the store; written whole if it ever is.
-        return _session_fields(new)
+    last = new.last_activity_at
+    if old.last_activity_at is not last and old.last_activity_at != last:
+        changed += ("last", str(last.epoch_micros))
     return changed
 
 
@@ -712,6 +711,7 @@ def _counter_contributions(stored: StoredSession | None) -> tuple[int, ...]:
 
 
 _NOTHING: Final = (0,) * len(METRICS)
+_ROUNDS, _DELTA, _SAVED = METRICS[:3]
 # Each state's part of the counters: 1 in its own "n:<state>" field.
 _STATE_COUNTS: Final = {
     state: tuple(int(other is state) for other in ALL_STATES) for state in ALL_STATES
@@ -723,6 +723,15 @@ def _counter_increments(
 ) -> list[tuple[str, int]]:
     # How a write moves its group's counters: the new session's contributions
     # minus the old one's, so no rule is restated, only records compared.
+    if old is not None and new is not None and old.record.state is new.record.state:
+        # The state's count stays (most writes: a round).
+        a, b = old.record, new.record
+        moved = (
+            (_ROUNDS, b.round_count - a.round_count),
+            (_DELTA, b.delta_tokens - a.delta_tokens),
+            (_SAVED, b.tokens_saved - a.tokens_saved),
+        )
+        return [(metric, amount) for metric, amount in moved if amount]
     before, after = _counter_contributions(old), _counter_contributions(new)
     return [(metric, b - a) for metric, a, b in zip(METRICS, before, after, strict=True) if a != b]
 

@@ -38,11 +38,30 @@ RunGroup = Callable[
 class _Queue:
     """One session's queue, and how many callers use it (dropped when none do)."""
 
-    __slots__ = ("commit", "count")
+    __slots__ = ("commit", "count", "run_group", "run_one", "session_id", "tenant_id")
 
-    def __init__(self, commit: GroupCommit[PendingChange, Change]) -> None:
-        self.commit = commit
+    def __init__(
+        self, run_one: RunOne, run_group: RunGroup, tenant_id: TenantId, session_id: SessionId
+    ) -> None:
+        self.run_one = run_one
+        self.run_group = run_group
+        self.tenant_id = tenant_id
+        self.session_id = session_id
         self.count = 0
+        self.commit: GroupCommit[PendingChange, Change] = GroupCommit(self.run)
+
+    async def run(self, batch: Sequence[PendingChange]) -> Sequence[Change | Exception]:
+        if len(batch) > 1:
+            return await self.run_group(self.tenant_id, self.session_id, batch)
+        pending = batch[0]
+        try:
+            return [
+                await self.run_one(
+                    self.tenant_id, self.session_id, pending.change, pending.idempotency_key
+                )
+            ]
+        except Exception as error:
+            return [error]
 
 
 class SessionGroups:
@@ -63,37 +82,14 @@ class SessionGroups:
     ) -> Change:
         """Run ``change`` in the session's next group and return its own outcome."""
         key = (tenant_id, session_id)
-        queue = self._queues.get(key)
+        queues = self._queues
+        queue = queues.get(key)
         if queue is None:
-            run = _Batch(self._run_one, self._run_group, tenant_id, session_id)
-            queue = self._queues[key] = _Queue(GroupCommit(run))
+            queue = queues[key] = _Queue(self._run_one, self._run_group, tenant_id, session_id)
         queue.count += 1
         try:
             return await queue.commit.submit(PendingChange(change, idempotency_key))
         finally:
             queue.count -= 1
             if not queue.count:
-                del self._queues[key]
-
-
-class _Batch:
-    def __init__(
-        self, run_one: RunOne, run_group: RunGroup, tenant_id: TenantId, session_id: SessionId
-    ) -> None:
-        self._run_one = run_one
-        self._run_group = run_group
-        self._tenant_id = tenant_id
-        self._session_id = session_id
-
-    async def __call__(self, batch: Sequence[PendingChange]) -> Sequence[Change | Exception]:
-        if len(batch) > 1:
-            return await self._run_group(self._tenant_id, self._session_id, batch)
-        pending = batch[0]
-        try:
-            return [
-                await self._run_one(
-                    self._tenant_id, self._session_id, pending.change, pending.idempotency_key
-                )
-            ]
-        except Exception as error:
-            return [error]
+                del queues[key]
