@@ -275,8 +275,8 @@ async def test_closed_store_refuses_calls(redis_store: RedisStore) -> None:
 async def test_newer_schema_is_refused(redis_url: str, clock: ManualClock) -> None:
     client = await _raw(redis_url)
     try:
-        await client.set(f"{_prefix(redis_url)}schema", "2")
-        with pytest.raises(SchemaVersionError, match="schema version 2"):
+        await client.set(f"{_prefix(redis_url)}schema", "3")
+        with pytest.raises(SchemaVersionError, match="schema version 3"):
             await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
         await client.set(f"{_prefix(redis_url)}schema", "banana")
         with pytest.raises(StoreError, match="not a schema version"):
@@ -288,9 +288,41 @@ async def test_newer_schema_is_refused(redis_url: str, clock: ManualClock) -> No
 async def test_schema_version_is_written_once(redis_url: str, redis_store: RedisStore) -> None:
     client = await _raw(redis_url)
     try:
-        assert await client.get(f"{_prefix(redis_url)}schema") == "1"
+        assert await client.get(f"{_prefix(redis_url)}schema") == "2"
     finally:
         await client.aclose()
+
+
+async def test_version_1_data_is_upgraded_on_open(redis_url: str, clock: ManualClock) -> None:
+    # Version 1 kept each Active session's member of deadlines at its deadline
+    # and had no "due" field: made here from version 2 data.
+    store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
+    prefix = _prefix(redis_url)
+    client = await _raw(redis_url)
+    try:
+        created = await store.create(ACME, provider_id="p", model="m", initial_tokens=10)
+        sessions = [await _active(store) for _ in range(1100)]  # more than a chunk
+        closed = await _active(store)
+        await store.close(ACME, closed)
+        await store.aclose()
+        for session_id in sessions:
+            await client.hdel(f"{prefix}s:{session_id}", "due")
+        await client.set(f"{prefix}schema", "1")
+
+        store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
+        assert await client.get(f"{prefix}schema") == "2"
+        await _check_global_indexes(redis_url, store)
+        clock.advance(30)
+        for session_id in sessions[:10]:
+            await store.record_round(ACME, session_id, 1)
+        await store.close(ACME, sessions[10])
+        clock.advance(31)
+        assert await store.sweep(limit=2000) == len(sessions) - 11
+        await _check_global_indexes(redis_url, store)
+        assert (await store.get(ACME, created.record.session_id)).record.state is Created
+    finally:
+        await client.aclose()
+        await store.aclose()
 
 
 # -- durability ----------------------------------------------------------------------
@@ -715,6 +747,66 @@ async def test_64_concurrent_clients_on_one_session_are_exact(
 # -- sweeping ----------------------------------------------------------------------------
 
 
+async def test_a_round_leaves_the_deadline_member_and_a_sweep_moves_it_on(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock
+) -> None:
+    client = await _raw(redis_url)
+    index = f"{_prefix(redis_url)}deadlines"
+
+    def lex(at: Timestamp) -> str:
+        return f"{at.epoch_micros + 2**62:016x}"
+
+    try:
+        session_id = await _active(redis_store)
+        first = (await redis_store.get(ACME, session_id)).deadline
+        assert first is not None
+        assert await client.zrange(index, 0, -1) == [lex(first) + str(session_id)]
+        clock.advance(3000)
+        later = (await redis_store.record_round(ACME, session_id, 5)).session.deadline
+        assert later is not None
+        # The round wrote no sorted set: the member is early, which is allowed.
+        assert await client.zrange(index, 0, -1) == [lex(first) + str(session_id)]
+        clock.advance(1000)  # past the first deadline, not the session's own
+        assert await redis_store.sweep() == 0
+        assert (await redis_store.get(ACME, session_id)).record.state is Active
+        assert await client.zrange(index, 0, -1) == [lex(later) + str(session_id)]
+        assert await client.hget(f"{_prefix(redis_url)}s:{session_id}", "due") == lex(later)
+        clock.advance(2600)
+        assert await redis_store.sweep() == 1
+        expired = await redis_store.get(ACME, session_id)
+        assert expired.record.expired_at == later
+        assert await client.zrange(index, 0, -1) == []
+        assert await client.hget(f"{_prefix(redis_url)}s:{session_id}", "due") is None
+    finally:
+        await client.aclose()
+
+
+async def test_early_members_neither_count_nor_stop_a_sweep(
+    redis_url: str, clock: ManualClock
+) -> None:
+    # Sessions with a round since activation have early members, interleaved
+    # with those of due sessions, across several chunks.
+    store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
+    try:
+        sessions = [await _active(store) for _ in range(800)]
+        clock.advance(30)
+        busy = sessions[::2]
+        for session_id in busy:
+            await store.record_round(ACME, session_id, 1)
+        clock.advance(31)
+        assert await store.sweep(limit=150) == 150
+        assert await store.sweep(limit=1000) == 250
+        assert await store.sweep(limit=1000) == 0
+        for session_id in busy:
+            assert (await store.get(ACME, session_id)).record.state is Active
+        await _check_global_indexes(redis_url, store)
+        clock.advance(30)
+        assert await store.sweep(limit=1000) == 400
+        await _check_global_indexes(redis_url, store)
+    finally:
+        await store.aclose()
+
+
 async def test_racing_sweepers_expire_each_session_once(redis_url: str, clock: ManualClock) -> None:
     stores = [
         await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60) for _ in range(4)
@@ -1051,27 +1143,47 @@ def _count(totals: Totals) -> int:
 
 
 async def _all(store: SessionStore, tenant: TenantId) -> list[StoredSession]:
-    return (await store.list_sessions(tenant, SessionQuery(limit=1000))).items
+    found: list[StoredSession] = []
+    cursor: str | None = None
+    while True:
+        page = await store.list_sessions(tenant, SessionQuery(limit=1000, cursor=cursor))
+        found += page.items
+        if page.next_cursor is None:
+            return found
+        cursor = page.next_cursor
 
 
 async def _check_global_indexes(url: str, store: RedisStore) -> None:
-    """The deadline index lists exactly the Active sessions, the Created one the Created."""
+    """The deadline index lists each Active session once, at or before its deadline and
+    where its "due" field says, and nothing else; the Created one the Created."""
     sessions = [s for t in (ACME, OTHER) for s in await _all(store, t)]
+    prefix = _prefix(url)
     client = await _raw(url)
     try:
-        deadlines = set(await client.zrange(f"{_prefix(url)}deadlines", 0, -1))
-        created = set(await client.zrange(f"{_prefix(url)}created", 0, -1))
+        deadlines = await client.zrange(f"{prefix}deadlines", 0, -1)
+        created = set(await client.zrange(f"{prefix}created", 0, -1))
+        dues = {
+            s.record.session_id: await client.hget(f"{prefix}s:{s.record.session_id}", "due")
+            for s in sessions
+        }
     finally:
         await client.aclose()
 
-    def member(at: Timestamp, session_id: SessionId) -> str:
-        return f"{at.epoch_micros + 2**62:016x}{session_id}"
+    def lex(at: Timestamp) -> str:
+        return f"{at.epoch_micros + 2**62:016x}"
 
-    assert deadlines == {
-        member(s.deadline, s.record.session_id) for s in sessions if s.deadline is not None
-    }
+    listed = {SessionId.parse(m[16:]): m[:16] for m in deadlines}
+    assert len(listed) == len(deadlines)
+    active = {s.record.session_id: s for s in sessions if s.deadline is not None}
+    assert listed.keys() == active.keys()
+    for session_id, due in listed.items():
+        deadline = active[session_id].deadline
+        assert deadline is not None
+        assert due <= lex(deadline)
+        assert dues[session_id] == due
+    assert {session_id for session_id, due in dues.items() if due is not None} == active.keys()
     assert created == {
-        member(s.record.created_at, s.record.session_id)
+        lex(s.record.created_at) + str(s.record.session_id)
         for s in sessions
         if s.record.state is Created
     }

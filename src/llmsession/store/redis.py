@@ -79,6 +79,7 @@ from llmsession.store.redis_schema import (
     READ,
     READ_RANGE,
     SCHEMA_VERSION,
+    UPGRADE_DUE,
     CasBatch,
     RedisKeys,
     Script,
@@ -242,9 +243,12 @@ class RedisStore(SessionStore):
         with self._guard():
             await self._client.set(self._keys.schema, str(SCHEMA_VERSION), nx=True)
             raw = await self._client.get(self._keys.schema)
-            for script in (CAS, ADD_KEY, READ, READ_RANGE):
+            for script in (CAS, ADD_KEY, READ, READ_RANGE, UPGRADE_DUE):
                 await self._client.script_load(script.source)
         text = None if raw is None else _text(raw)
+        if text == "1":
+            await self._upgrade_to_due()
+            text = str(SCHEMA_VERSION)
         if text is None or not text.isdigit():
             raise StoreError(
                 f"the key {self._keys.schema!r} in {self._where} holds {text!r}, not a schema "
@@ -257,6 +261,32 @@ class RedisStore(SessionStore):
                 "upgrade llmsession"
             )
         await self._check_persistence()
+
+    async def _upgrade_to_due(self) -> None:
+        """Bring version 1 data up to version 2 (see UPGRADE_DUE), then say so.
+
+        Safe to run in several processes at once, and to run again after a crash.
+        Processes still running a version 1 llmsession must be stopped first: they
+        would move members of deadlines without the "due" field.
+        """
+        low = "-"
+        while True:
+            last = _text(
+                await self._run_one(
+                    UPGRADE_DUE,
+                    [self._keys.deadlines, self._keys.schema],
+                    [low, str(_SWEEP_CHUNK * 4), self._keys.session_prefix],
+                )
+            )
+            if not last:
+                break
+            low = "(" + last
+        _log.info(
+            "%s: the data under prefix %r is at schema version %d now",
+            self._where,
+            self._keys.prefix,
+            SCHEMA_VERSION,
+        )
 
     async def _check_persistence(self) -> None:
         try:
@@ -525,7 +555,11 @@ class RedisStore(SessionStore):
 
         def change(stored: StoredSession) -> tuple[StoredSession, StoredSession | None] | None:
             expired = expire_if_due(stored, now)
-            return None if expired is None else (stored, expired)
+            if expired is not None:
+                return stored, expired
+            # Not due: rounds moved its deadline on since its member was placed.
+            # Writing it onto itself moves the member (see CasBatch.add).
+            return (stored, stored) if stored.deadline is not None else None
 
         return await self._drain(
             self._keys.deadlines, "(" + lex_time(now.epoch_micros + 1), limit, change
@@ -711,7 +745,8 @@ class RedisStore(SessionStore):
 
         Racing processes read the same entries; each entry is written by one of
         them only, and a loser reads on past what the winners took. Returns how
-        many this call wrote.
+        many this call changed (a session written onto itself, which only moves
+        its index member, does not count).
         """
         done = 0
         low = "-"
@@ -743,11 +778,12 @@ class RedisStore(SessionStore):
         asked = min(wanted, _SWEEP_CHUNK)
         reading: asyncio.Future[tuple[list[str], list[StoredSession]]] | None
         reading = asyncio.ensure_future(self._read_range(index, low, high, asked))
-        writing: asyncio.Future[tuple[int, list[SessionId]]] | None = None
+        writing: asyncio.Future[tuple[int, list[tuple[SessionId, bool]]]] | None = None
         try:
             while reading is not None:
                 members, sessions = await reading
                 reading = None
+                # As if every member read counted; corrected below for those that don't.
                 wanted -= len(members)
                 if members:
                     low = "(" + members[-1]
@@ -757,12 +793,16 @@ class RedisStore(SessionStore):
                     asked = min(wanted, _SWEEP_CHUNK)
                     reading = asyncio.ensure_future(self._read_range(index, low, high, asked))
                 batch = CasBatch(self._keys)
-                changed: list[SessionId] = []
+                changed: list[tuple[SessionId, bool]] = []
                 for stored in sessions:
                     pair = change(stored)
                     if pair is not None:
                         batch.add(*pair)
-                        changed.append(stored.record.session_id)
+                        changed.append((stored.record.session_id, pair[1] is not stored))
+                wanted += len(members) - sum(1 for _, counts in changed if counts)
+                if reading is None and not exhausted and wanted > 0:
+                    asked = min(wanted, _SWEEP_CHUNK)
+                    reading = asyncio.ensure_future(self._read_range(index, low, high, asked))
                 if writing is not None:
                     done += await self._written(writing)
                     writing = None
@@ -788,18 +828,24 @@ class RedisStore(SessionStore):
                     pending.exception()
         return done, low, exhausted
 
-    async def _written(self, writing: asyncio.Future[tuple[int, list[SessionId]]]) -> int:
+    async def _written(
+        self, writing: asyncio.Future[tuple[int, list[tuple[SessionId, bool]]]]
+    ) -> int:
         count, changed = await writing
-        for session_id in changed:
+        for session_id, _ in changed:
             # Whatever was known of these is stale now, or gone.
             self._recent.forget(session_id)
         return count
 
     async def _write_batch(
-        self, batch: CasBatch, changed: list[SessionId]
-    ) -> tuple[int, list[SessionId]]:
+        self, batch: CasBatch, changed: list[tuple[SessionId, bool]]
+    ) -> tuple[int, list[tuple[SessionId, bool]]]:
+        """The writes, and how many of those that count (see _drain) went in."""
         written = _items(await self._run_one(CAS, batch.keys, batch.args))
-        return sum(1 for reply in written if reply == 1), changed
+        counted = sum(
+            1 for reply, (_, counts) in zip(written, changed, strict=True) if counts and reply == 1
+        )
+        return counted, changed
 
     async def _read_range(
         self, index: str, low: str, high: str, count: int

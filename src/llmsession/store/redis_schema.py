@@ -3,7 +3,8 @@
 Key layout, under a prefix (``llmsession:`` by default)::
 
     schema               the layout version, SCHEMA_VERSION
-    s:<session id>       hash: the record, version, ttl_seconds, last_activity_at
+    s:<session id>       hash: the record, version, ttl_seconds, last_activity_at,
+                         and for an Active session "due": where it is in deadlines
     r:<session id>       list: the rounds as JSON; seq i is at index i-1
     i:<session id>       hash: idempotency key -> round JSON
     ix:all:<tenant>      sorted set: the tenant's sessions, member <created_at><id>
@@ -13,7 +14,9 @@ Key layout, under a prefix (``llmsession:`` by default)::
                          (each a JSON string, which ends itself, so no name is
                          ambiguous whatever characters a label holds)
     created              sorted set: every Created session, member <created_at><id>
-    deadlines            sorted set: every Active session, member <deadline><id>
+    deadlines            sorted set: every Active session once, member <due><id>, due
+                         at or before its deadline: a round, which moves the deadline
+                         later, leaves the member; a sweep that finds it early moves it
     agg:<tenant>         hash: counters, field "<metric> <lo or hi> <JSON [provider, model]>"
     tenants              hash: tenant id -> created_at
     apikeys              hash: key id -> JSON [tenant, hash as hex, created_at]
@@ -53,6 +56,7 @@ __all__ = [
     "READ",
     "READ_RANGE",
     "SCHEMA_VERSION",
+    "UPGRADE_DUE",
     "CasBatch",
     "Counters",
     "RedisKeys",
@@ -70,8 +74,10 @@ __all__ = [
     "round_json",
 ]
 
-#: The key layout this code writes; data with a newer one is refused.
-SCHEMA_VERSION: Final = 1
+#: The key layout this code writes; data with a newer one is refused. Version 2
+#: added the "due" field (version 1 kept every member of deadlines at the deadline
+#: itself, so each round moved it); UPGRADE_DUE brings version 1 data up to it.
+SCHEMA_VERSION: Final = 2
 
 # A member starts with a time as 16 hex digits; the offset makes every Timestamp
 # (years 1 to 9999) non-negative, so text order is time order.
@@ -119,7 +125,10 @@ class Script:
 #:       another writer may have stored the version it expects), else false;
 #:       idempotency hash; idempotency key ('' = none: if given and already in the
 #:       idempotency hash, nothing is written); rounds list; round JSON ('' = none);
-#:       n and n hash field/value pairs (only those that change); r and r pairs
+#:       due: false to leave the session's member of deadlines as it is, else
+#:       followed by the deadlines set and the session id: '' to remove the member,
+#:       or the time part of the new one (the old one, found by the hash's "due"
+#:       field, is removed); n and n hash field/value pairs (only those that change); r and r pairs
 #:       (sorted set, member) to remove; a and a pairs to add; counters hash, group,
 #:       c and c triples (metric, lo increment in (-2**32, 2**32), hi increment), the
 #:       fields being "<metric> lo <group>" and "<metric> hi <group>".
@@ -133,8 +142,15 @@ local results, ok = {}, true
 for w = 1, a[1] do
   local session, expected, op, chained = KEYS[a[p + 1]], a[p + 2], a[p + 3], a[p + 4]
   local idem, idem_key, rounds, round = KEYS[a[p + 5]], a[p + 6], KEYS[a[p + 7]], a[p + 8]
-  local n = a[p + 9]
+  local due = a[p + 9]
   p = p + 9
+  local deadlines, id
+  if due then
+    deadlines, id = KEYS[a[p + 1]], a[p + 2]
+    p = p + 2
+  end
+  p = p + 1
+  local n = a[p]
   local current = redis.call('HGET', session, 'version')
   if chained and not ok then
     -- It was computed from the refused write before it.
@@ -145,6 +161,16 @@ for w = 1, a[1] do
   end
   if ok and idem_key ~= '' and redis.call('HEXISTS', idem, idem_key) == 1 then ok = false end
   results[w] = ok and 1 or 0
+  if ok and due then
+    local was = redis.call('HGET', session, 'due')
+    if was then redis.call('ZREM', deadlines, was .. id) end
+    if due ~= '' then
+      redis.call('ZADD', deadlines, 0, due .. id)
+      redis.call('HSET', session, 'due', due)
+    elseif was then
+      redis.call('HDEL', session, 'due')
+    end
+  end
   if ok then
     if op == 'del' then
       redis.call('DEL', session, rounds, idem)
@@ -214,6 +240,27 @@ for j = 1, #members do
   rows[j] = redis.call('HMGET', ARGV[4] .. string.sub(members[j], 17), unpack(ARGV, 5))
 end
 return {members, rows}
+""")
+
+#: Brings version 1 data up to version 2, a chunk at a time: gives each session in
+#: deadlines the "due" field its member says, unless it has one (a version 2
+#: writer set it since, and knows better). KEYS: 1 deadlines, 2 the schema key.
+#: ARGV: 1 the low bound (ZRANGEBYLEX syntax), 2 how many, 3 the session hash name
+#: up to the id. Returns the last member read; '' when none was left, and then
+#: the schema key says 2 (if it still said 1).
+UPGRADE_DUE: Final = Script.of("""
+local members = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], '+', 'LIMIT', 0, ARGV[2])
+for j = 1, #members do
+  local session = ARGV[3] .. string.sub(members[j], 17)
+  if redis.call('EXISTS', session) == 1 then
+    redis.call('HSETNX', session, 'due', string.sub(members[j], 1, 16))
+  end
+end
+if #members == 0 then
+  if redis.call('GET', KEYS[2]) == '1' then redis.call('SET', KEYS[2], '2') end
+  return ''
+end
+return members[#members]
 """)
 
 #: Adds an API key only if its id is new, and lists it under its tenant.
@@ -384,7 +431,9 @@ class CasBatch:
 
         ``absent_key``: an idempotency key that must not be used yet (the round's
         own key is checked the same way). ``chained``: ``old`` is the previous
-        write's ``new``; this write is refused whenever that one is.
+        write's ``new``; this write is refused whenever that one is. ``new`` the
+        very object ``old`` writes nothing but the session's member of deadlines,
+        moved to its deadline.
         """
         some = new if new is not None else old
         if some is None:
@@ -409,6 +458,11 @@ class CasBatch:
             position(rounds_key) if new_round or new is None else 1,
             "" if new_round is None else round_json(new_round),
         )
+        due = _due(old, new)
+        if due is None:
+            items.append(False)
+        else:
+            items += (due, position(names.deadlines), id_text)
         # The stored hash is old's exactly when the version matches, so only
         # the fields that differ are sent.
         fields = (
@@ -473,17 +527,26 @@ def _index_changes(
         )
         removed += [(index, listed) for index in leaving]
         added += [(index, listed) for index in entering]
-    old_deadline, new_deadline = old.deadline, new.deadline
-    if old_deadline != new_deadline:
-        if old_deadline is not None:
-            removed.append((keys.deadlines, lex_time(old_deadline.epoch_micros) + id_text))
-        if new_deadline is not None:
-            added.append((keys.deadlines, lex_time(new_deadline.epoch_micros) + id_text))
     return removed, added
 
 
+def _due(old: StoredSession | None, new: StoredSession | None) -> str | None:
+    """What becomes of the session's member of deadlines: None (it stays), '' (it
+    goes) or the time part of the new one."""
+    old_deadline = None if old is None else old.deadline
+    new_deadline = None if new is None else new.deadline
+    if new_deadline is None:
+        return None if old_deadline is None else ""
+    if old is new or old_deadline is None or new_deadline < old_deadline:
+        return lex_time(new_deadline.epoch_micros)
+    # Later (a round): the member may stay early, as the sweep checks each
+    # session it finds against the session's own deadline. A round is spared
+    # two sorted-set writes, a sweep moves a member at most once per TTL.
+    return None
+
+
 def _index_entries(keys: RedisKeys, stored: StoredSession | None) -> set[tuple[str, str]]:
-    """The (sorted set, member) pairs a session is listed under."""
+    """The (sorted set, member) pairs a session is listed under (deadlines aside: _due)."""
     if stored is None:
         return set()
     record = stored.record
@@ -497,9 +560,6 @@ def _index_entries(keys: RedisKeys, stored: StoredSession | None) -> set[tuple[s
     }
     if record.state is Created:
         entries.add((keys.created, listed))
-    deadline = stored.deadline
-    if deadline is not None:
-        entries.add((keys.deadlines, member(deadline, record.session_id)))
     return entries
 
 
