@@ -111,7 +111,7 @@ _DURABILITY_SETTINGS: Final = ("appendonly", "appendfsync", "save", "maxmemory-p
 
 _log = logging.getLogger(__name__)
 
-_Call = tuple[Script, Sequence[str], Sequence[str]]
+_Call = tuple[Script, Sequence[str], Sequence[str | bytes]]
 
 
 class _Admin(Protocol):
@@ -877,7 +877,9 @@ class RedisStore(SessionStore):
                 sessions.append(self._parse_values(session_id, values))
         return sessions
 
-    async def _run_one(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> object:
+    async def _run_one(
+        self, script: Script, keys: Sequence[str], args: Sequence[str | bytes]
+    ) -> object:
         """One script call, sent directly (no pipeline) unless replicas are waited for."""
         if self._wait_replicas:
             [reply] = await self._run([(script, keys, args)])
@@ -891,7 +893,9 @@ class RedisStore(SessionStore):
                 await self._client.script_load(script.source)
                 return await self._client.evalsha(script.sha, len(keys), *keys, *args)
 
-    async def _run_writer(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> object:
+    async def _run_writer(
+        self, script: Script, keys: Sequence[str], args: Sequence[str | bytes]
+    ) -> object:
         """One script call on the writer's own connection (see ``__init__``)."""
         if self._wait_replicas:
             return await self._run_one(script, keys, args)
