@@ -30,7 +30,11 @@ store creates them; the raw writer uses them directly):
 - Redis (redis-py with hiredis, the same BlockingConnectionPool as the store):
   one EVALSHA of a Lua script that HINCRBYs the session hash's ``rounds``,
   ``delta`` and ``version``, sets ``last``, and RPUSHes the round's JSON onto
-  the session's round list.
+  the session's round list. The store sends its single writes over one
+  connection of its pool kept for them; ``--redis-raw-connection single`` gives
+  the raw writer one kept connection too (a redis-py
+  ``single_connection_client``, which its clients share in turn), a harder
+  baseline for one client, and a slower one for many.
 
 The raw writer checks nothing: not the state, not the deadline, not the
 idempotency key or token bounds, and keeps no tokens_saved, tenant counters or
@@ -325,11 +329,13 @@ return seq
 
 
 class RedisRaw:
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, *, single_connection: bool = False) -> None:
         from llmsession.store.redis_schema import RedisKeys
 
         self.url = url
         self.keys = RedisKeys(prefix)
+        self.single_connection = single_connection
+        self.pooled: Any = None
         self.client: Any = None
         self.sha = ""
 
@@ -338,7 +344,9 @@ class RedisRaw:
         from redis.asyncio.connection import parse_url
 
         pool = aioredis.BlockingConnectionPool(decode_responses=True, **parse_url(self.url))
-        self.client = aioredis.Redis.from_pool(pool)
+        self.pooled = self.client = aioredis.Redis.from_pool(pool)
+        if self.single_connection:
+            self.client = aioredis.Redis(connection_pool=pool, single_connection_client=True)
         self.sha = await self.client.script_load(_REDIS_ROUND)
 
     def op(self, session_id: SessionId) -> Op:
@@ -351,16 +359,19 @@ class RedisRaw:
         return write
 
     async def close(self) -> None:
-        await self.client.aclose()
+        if self.client is not self.pooled:
+            await self.client.aclose()
+        await self.pooled.aclose()
 
 
-def raw_writer(place: FreshStore, pool_size: int) -> RawWriter | None:
+def raw_writer(place: FreshStore, args: argparse.Namespace) -> RawWriter | None:
     if place.backend == "sqlite":
         return SQLiteRaw(place.raw)
     if place.backend == "postgresql":
-        return PostgresRaw(place.raw, pool_size)
+        return PostgresRaw(place.raw, args.pool)
     if place.backend == "redis":
-        return RedisRaw(place.raw, place.name)
+        single = args.redis_raw_connection == "single"
+        return RedisRaw(place.raw, place.name, single_connection=single)
     return None
 
 
@@ -372,7 +383,7 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     async with fresh_store(backend, url_options=options) as place:
         store = await open_store(place.url)
-        raw = raw_writer(place, args.pool)
+        raw = raw_writer(place, args)
         try:
             await store.create_tenant(TENANT)
             if raw is not None:
@@ -479,6 +490,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients")
     parser.add_argument(
         "--pool", type=int, default=10, help="PostgreSQL connections, store and raw"
+    )
+    parser.add_argument(
+        "--redis-raw-connection",
+        choices=["pool", "single"],
+        default="pool",
+        help="the Redis raw writer's connection: from its pool per call, or one kept",
     )
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
