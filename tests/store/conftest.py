@@ -12,7 +12,14 @@ from datetime import UTC, datetime
 import pytest
 
 from llmsession.clock import ManualClock
-from llmsession.store import DEFAULT_TTL_SECONDS, SessionStore, open_store
+from llmsession.ids import TenantId
+from llmsession.store import (
+    DEFAULT_TTL_SECONDS,
+    SessionQuery,
+    SessionStore,
+    StoredSession,
+    open_store,
+)
 from llmsession.timestamps import Timestamp
 
 T0 = Timestamp.from_datetime(datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
@@ -84,3 +91,15 @@ async def open_more(
     finally:
         for another in opened:
             await another.aclose()
+
+
+async def all_sessions(store: SessionStore, tenant: TenantId) -> list[StoredSession]:
+    """Every session of a tenant, newest first, page after page."""
+    found: list[StoredSession] = []
+    cursor: str | None = None
+    while True:
+        page = await store.list_sessions(tenant, SessionQuery(limit=1000, cursor=cursor))
+        found += page.items
+        if page.next_cursor is None:
+            return found
+        cursor = page.next_cursor

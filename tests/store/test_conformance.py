@@ -47,7 +47,7 @@ from llmsession.store import (
     open_store,
 )
 from llmsession.store.cursor import encode_cursor
-from tests.store.conftest import DURABLE, T0, Opener
+from tests.store.conftest import DURABLE, T0, Opener, all_sessions
 
 ACME = TenantId("acme")
 GLOBEX = TenantId("globex")
@@ -84,17 +84,6 @@ async def all_rounds(store: SessionStore, tenant: TenantId, session_id: SessionI
         if page.next_cursor is None:
             return rounds
         after = int(page.next_cursor)
-
-
-async def all_sessions(store: SessionStore, tenant: TenantId) -> list[StoredSession]:
-    found: list[StoredSession] = []
-    cursor: str | None = None
-    while True:
-        page = await store.list_sessions(tenant, SessionQuery(limit=1000, cursor=cursor))
-        found += page.items
-        if page.next_cursor is None:
-            return found
-        cursor = page.next_cursor
 
 
 def assert_wrong_state(

@@ -49,6 +49,7 @@ from llmsession.store.redis_schema import CAS, CasBatch, RedisKeys, Script
 from llmsession.timestamps import Timestamp
 from llmsession.tokens import MAX_TOKENS
 from tests.conftest import services_required
+from tests.store.conftest import all_sessions
 
 pytestmark = pytest.mark.redis
 
@@ -1088,7 +1089,11 @@ async def test_counters_and_indexes_match_a_memory_store(redis_url: str) -> None
             else:
                 age = rng.choice([1, 20])
                 assert await memory.purge_created(age) == await redis_store.purge_created(age)
-                alive = {s.record.session_id for t in (ACME, OTHER) for s in await _all(memory, t)}
+                alive = {
+                    s.record.session_id
+                    for t in (ACME, OTHER)
+                    for s in await all_sessions(memory, t)
+                }
                 pairs = [p for p in pairs if p[1] in alive]
             clock.advance(rng.choice([0, 0.5, 3, 10]))
 
@@ -1142,21 +1147,10 @@ def _count(totals: Totals) -> int:
     return sum(totals.sessions.values())
 
 
-async def _all(store: SessionStore, tenant: TenantId) -> list[StoredSession]:
-    found: list[StoredSession] = []
-    cursor: str | None = None
-    while True:
-        page = await store.list_sessions(tenant, SessionQuery(limit=1000, cursor=cursor))
-        found += page.items
-        if page.next_cursor is None:
-            return found
-        cursor = page.next_cursor
-
-
 async def _check_global_indexes(url: str, store: RedisStore) -> None:
     """The deadline index lists each Active session once, at or before its deadline and
     where its "due" field says, and nothing else; the Created one the Created."""
-    sessions = [s for t in (ACME, OTHER) for s in await _all(store, t)]
+    sessions = [s for t in (ACME, OTHER) for s in await all_sessions(store, t)]
     prefix = _prefix(url)
     client = await _raw(url)
     try:
