@@ -123,17 +123,17 @@ class Script:
 #:       spends far more on each argument than the script's C decoder does on an
 #:       item; MessagePack, because both ends read and write it in C, several times
 #:       faster than JSON). Key numbers and counts are numbers, flags booleans,
-#:       everything else text. First
-#:       the number of writes, then per write: session hash; expected version ('' =
-#:       the session must not exist); 'put' or 'del'; true if the write was computed
-#:       from the one before it in this call (refused whenever that one is, though
-#:       another writer may have stored the version it expects), else false;
-#:       idempotency hash; idempotency key ('' = none: if given and already in the
-#:       idempotency hash, nothing is written); rounds list; round JSON ('' = none);
-#:       due: false to leave the session's member of deadlines as it is, else
-#:       followed by the deadlines set and the session id: '' to remove the member,
-#:       or the time part of the new one (the old one, found by the hash's "due"
-#:       field, is removed); n and n hash field/value pairs (only those that change); r and r pairs
+#:       everything else text. First the number of writes, then per write: session
+#:       hash; expected version ('' = the session must not exist); 'put' or 'del';
+#:       true if the write was computed from the one before it in this call
+#:       (refused whenever that one is, though another writer may have stored the
+#:       version it expects), else false; idempotency hash; idempotency key ('' =
+#:       none: if given and already in the idempotency hash, nothing is written);
+#:       rounds list; round JSON ('' = none); due: false to leave the session's
+#:       member of deadlines as it is, else followed by the deadlines set and the
+#:       session id: '' to remove the member, or the time part of the new one (the
+#:       old one, found by the hash's "due" field, is removed); n and n hash
+#:       field/value pairs (only those that change); r and r pairs
 #:       (sorted set, member) to remove; a and a pairs to add; counters hash, group,
 #:       c and c triples (metric, lo increment in (-2**32, 2**32), hi increment), the
 #:       fields being "<metric> lo <group>" and "<metric> hi <group>".
