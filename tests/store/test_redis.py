@@ -485,21 +485,24 @@ async def test_scripts_are_reloaded_after_script_flush(
 # -- the writer's connection ----------------------------------------------------------
 
 
-async def _kill_writer_connection(redis_url: str, store: RedisStore) -> None:
+async def _a_round_then_the_writer_killed(redis_url: str, store: RedisStore) -> SessionId:
+    """A session with one round of 5 tokens; then the server closes the store's
+    connection for single writes."""
+    session_id = await _active(store)
+    await store.record_round(ACME, session_id, 5)
     connection_id = await store._writer.client_id()
     client = await _raw(redis_url)
     try:
         assert await client.client_kill_filter(_id=connection_id) == 1
     finally:
         await client.aclose()
+    return session_id
 
 
 async def test_a_write_on_a_connection_the_server_closed_fails_and_the_next_reconnects(
     redis_url: str, redis_store: RedisStore
 ) -> None:
-    session_id = await _active(redis_store)
-    await redis_store.record_round(ACME, session_id, 5)
-    await _kill_writer_connection(redis_url, redis_store)
+    session_id = await _a_round_then_the_writer_killed(redis_url, redis_store)
     # Within the idle time nothing checks the connection first: the write
     # fails, and says so, rather than being retried (it might have been applied).
     with pytest.raises(StoreError, match="Redis at"):
@@ -512,9 +515,7 @@ async def test_a_write_on_a_connection_the_server_closed_fails_and_the_next_reco
 async def test_a_writer_connection_idle_long_is_checked_before_a_write(
     redis_url: str, redis_store: RedisStore
 ) -> None:
-    session_id = await _active(redis_store)
-    await redis_store.record_round(ACME, session_id, 5)
-    await _kill_writer_connection(redis_url, redis_store)
+    session_id = await _a_round_then_the_writer_killed(redis_url, redis_store)
     redis_store._writer_used -= 3600  # as if idle for an hour
     result = await redis_store.record_round(ACME, session_id, 7)
     assert (result.round.seq, result.session.record.delta_tokens) == (2, 12)
