@@ -23,8 +23,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from llmsession.clock import Clock, system_clock
 from llmsession.errors import (
@@ -92,11 +91,11 @@ class SessionTransaction(ABC):
         """
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
     """What a change computed: the next stored session (``stored`` itself if nothing
     changes), the round to insert with it, and an error to raise after the commit
-    (a late round still writes the expiry it discovered)."""
+    (a late round still writes the expiry it discovered). A tuple: one is made per
+    write, and a frozen dataclass takes twice as long to make."""
 
     stored: StoredSession
     round: Round | None = None

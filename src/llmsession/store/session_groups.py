@@ -12,7 +12,7 @@ backend's own version check or lock.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from llmsession.ids import SessionId, TenantId
 from llmsession.store.base import Change, ChangeFn
@@ -21,9 +21,9 @@ from llmsession.store.group_commit import GroupCommit
 __all__ = ["PendingChange", "SessionGroups"]
 
 
-@dataclass(frozen=True, slots=True)
-class PendingChange:
-    """A change waiting for its session's next group."""
+class PendingChange(NamedTuple):
+    """A change waiting for its session's next group (a tuple: one is made per
+    write, and a frozen dataclass takes twice as long to make)."""
 
     change: ChangeFn
     idempotency_key: str | None
