@@ -71,7 +71,9 @@ class SessionGroups:
     def __init__(self, run_one: RunOne, run_group: RunGroup) -> None:
         self._run_one = run_one
         self._run_group = run_group
-        self._queues: dict[tuple[TenantId, SessionId], _Queue] = {}
+        # Keyed by the ids' plain values: their hashes are C calls, where the id
+        # types' are Python ones, and a lone write looks its key up three times.
+        self._queues: dict[tuple[str, int], _Queue] = {}
 
     async def submit(
         self,
@@ -81,7 +83,7 @@ class SessionGroups:
         idempotency_key: str | None,
     ) -> Change:
         """Run ``change`` in the session's next group and return its own outcome."""
-        key = (tenant_id, session_id)
+        key = (tenant_id.value, session_id.value.int)
         queues = self._queues
         queue = queues.get(key)
         if queue is None:
