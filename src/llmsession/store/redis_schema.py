@@ -202,18 +202,23 @@ for w = 1, a[1] do
   n = a[p]
   if ok then
     for j = p + 1, p + 3 * n, 3 do
-      local lo_field, hi_field = a[j] .. ' lo ' .. group, a[j] .. ' hi ' .. group
+      local lo_field = a[j] .. ' lo ' .. group
       local hi = a[j + 2]
       local total = redis.call('HINCRBY', counters, lo_field, a[j + 1])
-      if hi ~= '0' then redis.call('HINCRBY', counters, hi_field, hi) end
       -- Carry or borrow: lo was in [0, 2**32) and the increment in
       -- (-2**32, 2**32), so total is in (-2**32, 2**33).
+      local carry = 0
       if total >= 4294967296 then
-        redis.call('HINCRBY', counters, lo_field, '-4294967296')
-        redis.call('HINCRBY', counters, hi_field, '1')
+        carry = 1
       elseif total < 0 then
-        redis.call('HINCRBY', counters, lo_field, '4294967296')
-        redis.call('HINCRBY', counters, hi_field, '-1')
+        carry = -1
+      end
+      if carry ~= 0 then
+        redis.call('HINCRBY', counters, lo_field, -carry * 4294967296)
+      end
+      -- Most writes leave hi alone: its field's name is made only when it moves.
+      if hi ~= '0' or carry ~= 0 then
+        redis.call('HINCRBY', counters, a[j] .. ' hi ' .. group, hi + carry)
       end
     end
   end
