@@ -212,6 +212,29 @@ def derive(record: SessionRecord, **changes: object) -> SessionRecord:
     return derived
 
 
+def with_counters(record: SessionRecord, round_count: int, delta_tokens: int) -> SessionRecord:
+    """``record`` with new counters, which Session.record_delta checked: derive for
+    the one change made at every round, written out (a third faster than derive's
+    loop). Keep its fields in step with SessionRecord's; the tests compare it with
+    dataclasses.replace.
+    """
+    derived = object.__new__(SessionRecord)
+    set_field = object.__setattr__
+    set_field(derived, "session_id", record.session_id)
+    set_field(derived, "tenant_id", record.tenant_id)
+    set_field(derived, "provider_id", record.provider_id)
+    set_field(derived, "model", record.model)
+    set_field(derived, "initial_tokens", record.initial_tokens)
+    set_field(derived, "created_at", record.created_at)
+    set_field(derived, "state", record.state)
+    set_field(derived, "activated_at", record.activated_at)
+    set_field(derived, "closed_at", record.closed_at)
+    set_field(derived, "expired_at", record.expired_at)
+    set_field(derived, "round_count", round_count)
+    set_field(derived, "delta_tokens", delta_tokens)
+    return derived
+
+
 def check_order(earlier_name: str, earlier: Timestamp, later_name: str, later: Timestamp) -> None:
     """A transition may not be dated before the one it follows (equal is fine)."""
     if later < earlier:

@@ -30,7 +30,7 @@ from llmsession.errors import (
     WrongStateError,
 )
 from llmsession.ids import SessionId, TenantId
-from llmsession.record import SessionRecord, check_order, derive
+from llmsession.record import SessionRecord, check_order, derive, with_counters
 from llmsession.states import ALL_STATES, Active, Closed, Created, SessionExpired, SessionState
 from llmsession.timestamps import Timestamp
 from llmsession.tokens import MAX_TOKENS, check_token_count, compute_tokens_saved, max_rounds
@@ -258,7 +258,7 @@ class Session(Generic[S]):
         record = self._record
         if record.round_count != self._round_count or record.delta_tokens != self._delta_tokens:
             # record_delta checked both counters.
-            record = derive(record, round_count=self._round_count, delta_tokens=self._delta_tokens)
+            record = with_counters(record, self._round_count, self._delta_tokens)
             self._record = record
         return record
 

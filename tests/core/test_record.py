@@ -27,6 +27,7 @@ from llmsession import (
     TokenOverflow,
     TransitionOrderError,
 )
+from llmsession.record import with_counters
 from tests.core.factories import T0, active_session, at, created_record
 
 
@@ -231,3 +232,18 @@ def test_timestamps_order_and_shift() -> None:
     assert T0 < at(1) < at(1.5)
     assert at(1).epoch_micros - T0.epoch_micros == 1_000_000
     assert at(-1) < T0
+
+
+def test_with_counters_is_replace_of_the_counters_only() -> None:
+    # Written out field by field for speed: it must copy every field there is.
+    session = active_session()
+    active = session.data()
+    closed = session.close(at(2)).data()
+    for record in (active, closed):
+        derived = with_counters(record, 3, 41)
+        assert derived == replace(record, round_count=3, delta_tokens=41)
+        assert all(
+            getattr(derived, name) is getattr(record, name)
+            for name in record.__dataclass_fields__
+            if name not in ("round_count", "delta_tokens")
+        )
