@@ -521,6 +521,33 @@ async def test_a_writer_connection_idle_long_is_checked_before_a_write(
     assert (result.round.seq, result.session.record.delta_tokens) == (2, 12)
 
 
+async def test_a_write_cancelled_on_the_kept_connection_leaves_it_usable(
+    redis_store: RedisStore,
+) -> None:
+    # Cancelled while its reply is awaited, a write would leave the reply unread
+    # on the kept connection, for the next call to take as its own, unless
+    # redis-py drops the connection. Cancelled at each point in turn.
+    session_id = await _active(redis_store)
+    await redis_store.record_round(ACME, session_id, 1)
+    cancelled = 0
+    for steps in range(12):
+        task = asyncio.create_task(redis_store.record_round(ACME, session_id, 1))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            cancelled += 1
+        probe = f"probe {steps}"
+        assert await redis_store._writer.echo(probe) == probe
+        result = await redis_store.record_round(ACME, session_id, 1)
+        rounds = await redis_store.list_rounds(ACME, session_id, limit=1000)
+        assert [r.seq for r in rounds.items] == list(range(1, result.round.seq + 1))
+        assert result.session.record.delta_tokens == result.round.seq
+    assert cancelled > 0
+
+
 async def test_a_pool_too_small_for_the_writer_is_refused(redis_url: str) -> None:
     with pytest.raises(InvalidInput, match="max_connections to 1; the store needs at least 2"):
         await RedisStore.open(f"{redis_url}&max_connections=1")
