@@ -790,9 +790,11 @@ class RedisStore(SessionStore):
                     low = "(" + members[-1]
                 exhausted = len(members) < asked
                 if not exhausted and wanted > 0:
-                    # Sent now, it runs on the server right after the write below.
+                    # Sent now (the yield lets it reach the server), it runs there
+                    # after the previous chunk's write, while this chunk is computed.
                     asked = min(wanted, _SWEEP_CHUNK)
                     reading = asyncio.ensure_future(self._read_range(index, low, high, asked))
+                    await asyncio.sleep(0)
                 batch = CasBatch(self._keys)
                 changed: list[tuple[SessionId, bool]] = []
                 for stored in sessions:
