@@ -776,9 +776,14 @@ class RedisStore(SessionStore):
         """
         done = 0
         exhausted = False
-        asked = min(wanted, _SWEEP_CHUNK)
-        reading: asyncio.Future[tuple[list[str], list[StoredSession]]] | None
-        reading = asyncio.ensure_future(self._read_range(index, low, high, asked))
+        asked = 0
+
+        def read_next() -> asyncio.Future[tuple[list[str], list[StoredSession]]]:
+            nonlocal asked
+            asked = min(wanted, _SWEEP_CHUNK)
+            return asyncio.ensure_future(self._read_range(index, low, high, asked))
+
+        reading: asyncio.Future[tuple[list[str], list[StoredSession]]] | None = read_next()
         writing: asyncio.Future[tuple[int, list[tuple[SessionId, bool]]]] | None = None
         try:
             while reading is not None:
@@ -792,8 +797,7 @@ class RedisStore(SessionStore):
                 if not exhausted and wanted > 0:
                     # Sent now (the yield lets it reach the server), it runs there
                     # after the previous chunk's write, while this chunk is computed.
-                    asked = min(wanted, _SWEEP_CHUNK)
-                    reading = asyncio.ensure_future(self._read_range(index, low, high, asked))
+                    reading = read_next()
                     await asyncio.sleep(0)
                 batch = CasBatch(self._keys)
                 changed: list[tuple[SessionId, bool]] = []
@@ -804,8 +808,7 @@ class RedisStore(SessionStore):
                         changed.append((stored.record.session_id, pair[1] is not stored))
                 wanted += len(members) - sum(1 for _, counts in changed if counts)
                 if reading is None and not exhausted and wanted > 0:
-                    asked = min(wanted, _SWEEP_CHUNK)
-                    reading = asyncio.ensure_future(self._read_range(index, low, high, asked))
+                    reading = read_next()
                 if writing is not None:
                     done += await self._written(writing)
                     writing = None

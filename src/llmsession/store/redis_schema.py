@@ -441,9 +441,9 @@ class CasBatch:
 
         ``absent_key``: an idempotency key that must not be used yet (the round's
         own key is checked the same way). ``chained``: ``old`` is the previous
-        write's ``new``; this write is refused whenever that one is. ``new`` the
-        very object ``old`` writes nothing but the session's member of deadlines,
-        moved to its deadline.
+        write's ``new``; this write is refused whenever that one is. With ``new``
+        the very object ``old``, the write only moves the session's member of
+        deadlines to its deadline.
         """
         some = new if new is not None else old
         if some is None:
