@@ -35,9 +35,11 @@ the same run, which returns the rows without building the core's values:
 
 - SQLite and PostgreSQL: the one indexed SELECT with the same WHERE, ORDER BY
   and LIMIT (page size + 1) the store sends, through sqlite3 / psycopg;
-- Redis: ZREVRANGEBYLEX on the tenant's index the store picks (all, or per
-  state; of the model, else of the provider) and one pipeline of HGETALLs; for
-  a provider given with a model, the same batches of 256 the store reads,
+- Redis: ZREVRANGEBYLEX on the tenant's sets the store picks (with no state:
+  all, of the model, else of the provider; with a state: that state's set of
+  each matching (provider, model) group, found with HKEYS on the counters
+  hash, one pipeline, merged) and one pipeline of HGETALLs; for a provider
+  given with a model and no state, the same batches of 256 the store reads,
   matched on the raw provider field.
 
 ``--explain`` prints the plans of the SQL backends' first-page queries.
@@ -52,6 +54,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import heapq
 import json
 import random
 import sqlite3
@@ -395,19 +398,12 @@ class RedisBackend:
     async def raw_page(self, flt: Filter, limit: int, cursor: str | None) -> int:
         from llmsession.store.redis_schema import member, member_id
 
-        # The store's choice of set: of the model, else of the provider, else all.
-        if flt.model is not None:
-            index = self.keys.by_tenant(flt.tenant, flt.state, model=flt.model)
-        elif flt.provider_id is not None:
-            index = self.keys.by_tenant(flt.tenant, flt.state, provider=flt.provider_id)
-        else:
-            index = self.keys.by_tenant(flt.tenant, flt.state)
         high = "(" + member(*decode_cursor(cursor)) if cursor is not None else "+"
-        filtered = flt.provider_id is not None and flt.model is not None
+        filtered = flt.state is None and flt.provider_id is not None and flt.model is not None
         batch = max(limit + 1, 256) if filtered else limit + 1
         found = 0
         while found <= limit:
-            members = await self.client.zrevrangebylex(index, high, "-", 0, batch)
+            members = await self._members(flt, high, batch)
             async with self.client.pipeline(transaction=False) as pipe:
                 for text in members:
                     pipe.hgetall(self.keys.session(member_id(text)))
@@ -422,13 +418,45 @@ class RedisBackend:
             high = "(" + members[-1]
         return min(found, limit + 1)
 
+    async def _members(self, flt: Filter, high: str, count: int) -> list[str]:
+        # The store's choice of sets. With no state: of the model, else of the
+        # provider, else all. With a state: that state's set of each matching
+        # (provider, model) group, merged.
+        if flt.state is None:
+            if flt.model is not None:
+                index = self.keys.by_tenant(flt.tenant, model=flt.model)
+            elif flt.provider_id is not None:
+                index = self.keys.by_tenant(flt.tenant, provider=flt.provider_id)
+            else:
+                index = self.keys.by_tenant(flt.tenant)
+            return list(await self.client.zrevrangebylex(index, high, "-", 0, count))
+        state = flt.state
+        groups = [
+            (provider, model)
+            for provider, model in await self._groups(flt.tenant)
+            if flt.provider_id in (None, provider) and flt.model in (None, model)
+        ]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for provider, model in groups:
+                pipe.zrevrangebylex(
+                    self.keys.by_state(flt.tenant, state, provider, model), high, "-", 0, count
+                )
+            lists = await pipe.execute()
+        return list(heapq.merge(*lists, reverse=True))[:count]
+
+    async def _groups(self, tenant: TenantId) -> set[tuple[str, str]]:
+        fields = await self.client.hkeys(self.keys.counters(tenant))
+        return {tuple(json.loads(field.split(" ", 2)[2])) for field in fields}
+
     async def raw_expired(self, tenants: Sequence[TenantId]) -> int:
         total = 0
-        async with self.client.pipeline(transaction=False) as pipe:
-            for tenant in tenants:
-                pipe.zcard(self.keys.by_tenant(tenant, SessionExpired))
-            for count in await pipe.execute():
-                total += int(count)
+        for tenant in tenants:
+            groups = await self._groups(tenant)
+            async with self.client.pipeline(transaction=False) as pipe:
+                for provider, model in groups:
+                    pipe.zcard(self.keys.by_state(tenant, SessionExpired, provider, model))
+                for count in await pipe.execute():
+                    total += int(count)
         return total
 
     async def explain(self, flt: Filter, limit: int, cursor: str | None) -> str:

@@ -682,6 +682,58 @@ async def test_list_filters(store: SessionStore, clock: ManualClock) -> None:
     }
 
 
+async def test_state_listings_of_labels_that_look_alike(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    """Labels that contain, start or end like one another, with quotes, commas,
+    brackets and other scripts, listed by state and label in small pages: each
+    filter finds exactly its own sessions, newest first."""
+    labels = [
+        ("a", "m"),
+        ("a", 'm", "x'),
+        ('a", "m', "x"),
+        ("ab", "m"),
+        ("a, b", "m]"),
+        ("\u00e9", "[m"),
+        ('a\\"', "m"),
+        ("a", "m m"),
+    ]
+    made: list[tuple[str, str, SessionId]] = []
+    for _ in range(2):
+        for provider, model in labels:
+            clock.advance(1)
+            made.append(
+                (provider, model, await new_session(store, provider_id=provider, model=model))
+            )
+    providers = {provider for provider, _ in labels}
+    models = {model for _, model in labels}
+    filters: list[dict[str, str]] = [
+        {},
+        *({"provider_id": p} for p in providers),
+        *({"model": m} for m in models),
+        *({"provider_id": p, "model": m} for p, m in labels),
+        {"provider_id": "a", "model": "x"},
+    ]
+    for flt in filters:
+        expected = [
+            session_id
+            for provider, model, session_id in reversed(made)
+            if flt.get("provider_id", provider) == provider and flt.get("model", model) == model
+        ]
+        found: list[SessionId] = []
+        cursor: str | None = None
+        while True:
+            page = await store.list_sessions(
+                ACME,
+                SessionQuery(state=Active, limit=3, cursor=cursor, **flt),  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+            )
+            found += [s.record.session_id for s in page.items]
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert found == expected, flt
+
+
 @pytest.mark.parametrize(
     "cursor",
     [

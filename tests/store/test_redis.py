@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import random
 import shutil
@@ -36,16 +37,27 @@ from llmsession.errors import (
     WrongStateError,
 )
 from llmsession.ids import SessionId, TenantId
-from llmsession.states import Active, Closed, Created, SessionExpired
+from llmsession.states import Active, Closed, Created, SessionExpired, state_named
 from llmsession.store import SessionQuery, SessionStore, StoredSession, Totals, open_store
 from llmsession.store.memory import MemoryStore
 from llmsession.store.redis import (
     DEFAULT_PREFIX,
+    SCHEMA_VERSION,
     RedisStore,
     _parse_url,
     durability_warnings,
 )
-from llmsession.store.redis_schema import CAS, CasBatch, RedisKeys, Script
+from llmsession.store.redis_schema import (
+    CAS,
+    LIST_STATE,
+    UPGRADE_LISTED,
+    CasBatch,
+    RedisKeys,
+    Script,
+    group_head,
+    group_tail,
+    member_id,
+)
 from llmsession.timestamps import Timestamp
 from llmsession.tokens import MAX_TOKENS
 from tests.conftest import services_required
@@ -255,9 +267,9 @@ async def test_every_key_is_under_the_prefix(redis_url: str, redis_store: RedisS
         touched |= {key async for key in client.scan_iter(match=f"*{tenant}*")}
     finally:
         await client.aclose()
-    # s: r: i: of the session; of the tenant agg: keys: and ix: for all and active,
-    # each also of the provider and of the model.
-    assert len(touched) == 11
+    # s: r: i: of the session; of the tenant agg: keys: and ix: for all, of the
+    # provider and of the model, and for Active of the (provider, model) group.
+    assert len(touched) == 9
     assert all(key.startswith(_prefix(redis_url)) for key in touched)
 
 
@@ -276,8 +288,8 @@ async def test_closed_store_refuses_calls(redis_store: RedisStore) -> None:
 async def test_newer_schema_is_refused(redis_url: str, clock: ManualClock) -> None:
     client = await _raw(redis_url)
     try:
-        await client.set(f"{_prefix(redis_url)}schema", "3")
-        with pytest.raises(SchemaVersionError, match="schema version 3"):
+        await client.set(f"{_prefix(redis_url)}schema", str(SCHEMA_VERSION + 1))
+        with pytest.raises(SchemaVersionError, match=f"schema version {SCHEMA_VERSION + 1}"):
             await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
         await client.set(f"{_prefix(redis_url)}schema", "banana")
         with pytest.raises(StoreError, match="not a schema version"):
@@ -289,7 +301,7 @@ async def test_newer_schema_is_refused(redis_url: str, clock: ManualClock) -> No
 async def test_schema_version_is_written_once(redis_url: str, redis_store: RedisStore) -> None:
     client = await _raw(redis_url)
     try:
-        assert await client.get(f"{_prefix(redis_url)}schema") == "2"
+        assert await client.get(f"{_prefix(redis_url)}schema") == str(SCHEMA_VERSION)
     finally:
         await client.aclose()
 
@@ -308,10 +320,11 @@ async def test_version_1_data_is_upgraded_on_open(redis_url: str, clock: ManualC
         await store.aclose()
         for session_id in sessions:
             await client.hdel(f"{prefix}s:{session_id}", "due")
+        await _list_as_version_2(redis_url)
         await client.set(f"{prefix}schema", "1")
 
         store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
-        assert await client.get(f"{prefix}schema") == "2"
+        assert await client.get(f"{prefix}schema") == str(SCHEMA_VERSION)
         await _check_global_indexes(redis_url, store)
         clock.advance(30)
         for session_id in sessions[:10]:
@@ -324,6 +337,135 @@ async def test_version_1_data_is_upgraded_on_open(redis_url: str, clock: ManualC
     finally:
         await client.aclose()
         await store.aclose()
+
+
+async def test_version_2_data_is_upgraded_on_open(redis_url: str, clock: ManualClock) -> None:
+    store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
+    prefix = _prefix(redis_url)
+    client = await _raw(redis_url)
+    try:
+        ids: list[SessionId] = []
+        for n in range(1100):  # more than a chunk
+            created = await store.create(
+                OTHER if n % 7 == 0 else ACME,
+                provider_id=f"p{n % 2}",
+                model=f"m{n % 3}",
+                initial_tokens=10,
+            )
+            ids.append(created.record.session_id)
+            clock.advance(0.001)
+            if n % 4:
+                await store.activate(created.record.tenant_id, created.record.session_id)
+            if n % 4 == 2:
+                await store.close(created.record.tenant_id, created.record.session_id)
+        queries = [
+            SessionQuery(state=state, provider_id=provider, limit=1000)
+            for state in (Created, Active, Closed)
+            for provider in (None, "p1")
+        ]
+        before = [await store.list_sessions(t, q) for t in (ACME, OTHER) for q in queries]
+        await store.aclose()
+        await _list_as_version_2(redis_url)
+        await client.set(f"{prefix}schema", "2")
+
+        store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
+        assert await client.get(f"{prefix}schema") == str(SCHEMA_VERSION)
+        await _check_global_indexes(redis_url, store)
+        assert [await store.list_sessions(t, q) for t in (ACME, OTHER) for q in queries] == before
+        clock.advance(61)
+        assert await store.sweep(limit=2000) == 1100 // 2
+        await _check_global_indexes(redis_url, store)
+    finally:
+        await client.aclose()
+        await store.aclose()
+
+
+async def test_the_upgrade_leaves_a_session_changed_since_it_was_read(redis_url: str) -> None:
+    # UPGRADE_LISTED lists a session only at the version it was read at: a
+    # change since then listed it where it is now.
+    prefix = _prefix(redis_url)
+    client = await _raw(redis_url)
+    try:
+        await client.hset(f"{prefix}s:x", "version", "5")
+        await client.script_load(UPGRADE_LISTED.source)
+        keys = [f"{prefix}s:x", f"{prefix}set"]
+        await client.evalsha(UPGRADE_LISTED.sha, 2, *keys, "4", "stale")
+        await client.evalsha(UPGRADE_LISTED.sha, 2, *keys, "5", "current")
+        assert await client.zrange(f"{prefix}set", 0, -1) == ["current"]
+    finally:
+        await client.aclose()
+
+
+async def test_a_state_listing_reads_only_its_groups(
+    redis_url: str, redis_store: RedisStore
+) -> None:
+    """LIST_STATE reads the sets of exactly the groups its filters match, however
+    alike the labels' texts are: every entry a listing reads is a match."""
+    labels = [
+        ("a", "m"),
+        ("ab", "m"),
+        ('a", "m', "x"),
+        ("a", 'm", "x'),
+        ("a, b", "m]"),
+        ('a\\"', "m"),
+    ]
+    ids: dict[tuple[str, str], SessionId] = {}
+    for provider, model in labels:
+        created = await redis_store.create(
+            ACME, provider_id=provider, model=model, initial_tokens=1
+        )
+        await redis_store.activate(ACME, created.record.session_id)
+        ids[provider, model] = created.record.session_id
+    keys = RedisKeys(_prefix(redis_url))
+    head, tail = keys.state_set_parts(ACME, Active)
+    client = await _raw(redis_url)
+    try:
+        await client.script_load(LIST_STATE.source)
+        for provider in (None, *{p for p, _ in labels}):
+            for model in (None, *{m for _, m in labels}):
+                lists = await client.evalsha(
+                    LIST_STATE.sha,
+                    1,
+                    keys.counters(ACME),
+                    head,
+                    tail,
+                    "" if provider is None else group_head(provider),
+                    "" if model is None else group_tail(model),
+                    "+",
+                    "-",
+                    "100",
+                )
+                expected = {
+                    session_id
+                    for (p, m), session_id in ids.items()
+                    if provider in (None, p) and model in (None, m)
+                }
+                assert len(lists) == len(expected), (provider, model)
+                assert {member_id(entry) for entries in lists for entry in entries} == expected
+    finally:
+        await client.aclose()
+
+
+async def _list_as_version_2(url: str) -> None:
+    """List every session as version 2 did: each state per tenant, per provider and
+    per model, not per (provider, model) group."""
+    keys = RedisKeys(_prefix(url))
+    client = await _raw(url)
+    try:
+        async for key in client.scan_iter(match=f"{keys.prefix}s:*", count=1000):
+            row = await client.hgetall(key)
+            tenant, state = TenantId(row["tenant"]), state_named(row["state"])
+            entry = f"{int(row['created']) + 2**62:016x}{key.removeprefix(keys.prefix + 's:')}"
+            await client.zrem(keys.by_state(tenant, state, row["provider"], row["model"]), entry)
+            where = f"{keys.prefix}ix:{row['state']}"
+            for old in (
+                f"{where}:{tenant}",
+                f"{where}:p{json.dumps(row['provider'])}:{tenant}",
+                f"{where}:m{json.dumps(row['model'])}:{tenant}",
+            ):
+                await client.zadd(old, {entry: 0})
+    finally:
+        await client.aclose()
 
 
 # -- durability ----------------------------------------------------------------------
@@ -1209,6 +1351,33 @@ async def _check_global_indexes(url: str, store: RedisStore) -> None:
         for s in sessions
         if s.record.state is Created
     }
+    await _check_listing_sets(url, sessions)
+
+
+async def _check_listing_sets(url: str, sessions: list[StoredSession]) -> None:
+    """Each session is listed in exactly the sets of its tenant, provider, model, and
+    its state's set of its (provider, model) group; no set lists anything else."""
+    keys = RedisKeys(_prefix(url))
+    client = await _raw(url)
+    try:
+        listed: dict[str, set[str]] = {}
+        async for key in client.scan_iter(match=f"{keys.prefix}ix:*", count=1000):
+            for entry in await client.zrange(key, 0, -1):
+                listed.setdefault(entry, set()).add(key)
+    finally:
+        await client.aclose()
+    expected: dict[str, set[str]] = {}
+    for stored in sessions:
+        record = stored.record
+        tenant, provider, model = record.tenant_id, record.provider_id, record.model
+        entry = f"{record.created_at.epoch_micros + 2**62:016x}{record.session_id}"
+        expected[entry] = {
+            keys.by_tenant(tenant),
+            keys.by_tenant(tenant, provider=provider),
+            keys.by_tenant(tenant, model=model),
+            keys.by_state(tenant, record.state, provider, model),
+        }
+    assert listed == expected
 
 
 # -- tenants and keys ------------------------------------------------------------------------

@@ -25,10 +25,13 @@ keys in many hash slots.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from types import TracebackType
@@ -77,13 +80,18 @@ from llmsession.store.redis_schema import (
     ADD_KEY,
     CAS,
     FIELDS,
+    LIST_STATE,
     READ,
     READ_RANGE,
     SCHEMA_VERSION,
+    SET_SCHEMA,
     UPGRADE_DUE,
+    UPGRADE_LISTED,
     CasBatch,
     RedisKeys,
     Script,
+    group_head,
+    group_tail,
     lex_time,
     member,
     member_id,
@@ -121,6 +129,8 @@ class _Admin(Protocol):
     def ping(self) -> Awaitable[object]: ...
 
     def config_get(self, pattern: str, *args: str) -> Awaitable[dict[str | None, str | None]]: ...
+
+    def scan_iter(self, match: str, count: int) -> AsyncIterator[object]: ...
 
 
 class _Waiter(Protocol):
@@ -244,11 +254,23 @@ class RedisStore(SessionStore):
         with self._guard():
             await self._client.set(self._keys.schema, str(SCHEMA_VERSION), nx=True)
             raw = await self._client.get(self._keys.schema)
-            for script in (CAS, ADD_KEY, READ, READ_RANGE, UPGRADE_DUE):
+            for script in (
+                CAS,
+                ADD_KEY,
+                READ,
+                READ_RANGE,
+                LIST_STATE,
+                SET_SCHEMA,
+                UPGRADE_DUE,
+                UPGRADE_LISTED,
+            ):
                 await self._client.script_load(script.source)
         text = None if raw is None else _text(raw)
         if text == "1":
             await self._upgrade_to_due()
+            text = "2"
+        if text == "2":
+            await self._upgrade_listed()
             text = str(SCHEMA_VERSION)
         if text is None or not text.isdigit():
             raise StoreError(
@@ -282,11 +304,72 @@ class RedisStore(SessionStore):
             if not last:
                 break
             low = "(" + last
+        self._upgraded(2)
+
+    async def _upgrade_listed(self) -> None:
+        """Bring version 2 data up to version 3: list every session in its group's
+        state set (see UPGRADE_LISTED), delete the sets per tenant, provider and
+        model and state, then say so.
+
+        Safe to run in several processes at once, and to run again after a crash.
+        Processes still running an older llmsession must be stopped first: they
+        would go on writing the old sets and not the new ones.
+        """
+        keys = self._keys
+        pattern = _glob_escape(keys.session_prefix) + "*"
+        # Every session is found by SCAN, which may return a key twice: harmless here.
+        names: list[str] = []
+        stale: set[str] = set()
+        with self._guard():
+            async for name in _admin(self._client).scan_iter(match=pattern, count=1000):
+                names.append(_text(name))
+                if len(names) == _SWEEP_CHUNK * 4:
+                    stale |= await self._list_in_groups(names)
+                    names = []
+        stale |= await self._list_in_groups(names)
+        ordered = sorted(stale)
+        with self._guard():
+            for start in range(0, len(ordered), _SWEEP_CHUNK * 4):
+                await self._client.unlink(*ordered[start : start + _SWEEP_CHUNK * 4])
+        await self._run_one(SET_SCHEMA, [keys.schema], ["2", "3"])
+        self._upgraded(3)
+
+    async def _list_in_groups(self, names: Sequence[str]) -> set[str]:
+        """List these sessions (hash names) in their group's state set; return the
+        names of the version 2 state sets they were listed in."""
+        prefix = self._keys.session_prefix
+        sessions = await self._read([SessionId.parse(name[len(prefix) :]) for name in names])
+        hashes_and_sets: list[str] = []
+        versions_and_members: list[str] = []
+        stale: set[str] = set()
+        for stored in sessions:
+            record = stored.record
+            tenant, provider, model = record.tenant_id, record.provider_id, record.model
+            hashes_and_sets += (
+                self._keys.session(record.session_id),
+                self._keys.by_state(tenant, record.state, provider, model),
+            )
+            versions_and_members += (
+                str(stored.version),
+                member(record.created_at, record.session_id),
+            )
+            for state in ALL_STATES:
+                where = f"{self._keys.prefix}ix:{state.name}"
+                stale |= {
+                    f"{where}:{tenant}",
+                    f"{where}:p{json.dumps(provider)}:{tenant}",
+                    f"{where}:m{json.dumps(model)}:{tenant}",
+                }
+        if sessions:
+            await self._run_one(UPGRADE_LISTED, hashes_and_sets, versions_and_members)
+        return stale
+
+    def _upgraded(self, version: int) -> None:
         _log.info(
             "%s: the data under prefix %r is at schema version %d now",
             self._where,
             self._keys.prefix,
-            SCHEMA_VERSION,
+            version,
         )
 
     async def _check_persistence(self) -> None:
@@ -462,15 +545,6 @@ class RedisStore(SessionStore):
     async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
         self._check_open()
         after = decode_cursor(query.cursor) if query.cursor is not None else None
-        # The most selective set: of the model, else of the provider, else all,
-        # each also per state. A provider given with a model is the one filter
-        # left for _matches.
-        if query.model is not None:
-            index = self._keys.by_tenant(tenant_id, query.state, model=query.model)
-        elif query.provider_id is not None:
-            index = self._keys.by_tenant(tenant_id, query.state, provider=query.provider_id)
-        else:
-            index = self._keys.by_tenant(tenant_id, query.state)
         uppers: list[str] = []
         if query.created_before is not None:
             uppers.append(lex_time(query.created_before.epoch_micros))
@@ -482,16 +556,14 @@ class RedisStore(SessionStore):
             if query.created_after is not None
             else "-"
         )
-        # Unless a provider is given with a model, every entry read is a match
-        # (barring a racing purge), so one page is read at once. A model rarely
-        # has more than one provider: the same again, then larger batches.
+        # Unless a provider is given with a model and no state, every entry read
+        # is a match (barring a racing change), so one page is read at once. A
+        # model rarely has more than one provider: the same again, then larger
+        # batches.
         batch = query.limit + 1
         matches: list[StoredSession] = []
         while len(matches) <= query.limit:
-            with self._guard():
-                members = [
-                    _text(m) for m in await self._client.zrevrangebylex(index, high, low, 0, batch)
-                ]
+            members = await self._listed(tenant_id, query, high, low, batch)
             for stored in await self._read([member_id(m) for m in members]):
                 if _matches(stored, tenant_id, query):
                     matches.append(stored)
@@ -507,6 +579,42 @@ class RedisStore(SessionStore):
             else None
         )
         return Page(page, cursor)
+
+    async def _listed(
+        self, tenant_id: TenantId, query: SessionQuery, high: str, low: str, count: int
+    ) -> list[str]:
+        """The first ``count`` members, newest first, from ``high`` down to ``low``
+        (ZREVRANGEBYLEX bounds), of the sets that hold the query's sessions."""
+        keys = self._keys
+        if query.state is None:
+            # The most selective set: of the model, else of the provider, else all.
+            if query.model is not None:
+                index = keys.by_tenant(tenant_id, model=query.model)
+            elif query.provider_id is not None:
+                index = keys.by_tenant(tenant_id, provider=query.provider_id)
+            else:
+                index = keys.by_tenant(tenant_id)
+            with self._guard():
+                return [
+                    _text(m) for m in await self._client.zrevrangebylex(index, high, low, 0, count)
+                ]
+        head, tail = keys.state_set_parts(tenant_id, query.state)
+        reply = await self._run_one(
+            LIST_STATE,
+            [keys.counters(tenant_id)],
+            [
+                head,
+                tail,
+                "" if query.provider_id is None else group_head(query.provider_id),
+                "" if query.model is None else group_tail(query.model),
+                high,
+                low,
+                str(count),
+            ],
+        )
+        # Each group's first `count` hold the first `count` of them all.
+        lists = [[_text(m) for m in _items(members)] for members in _items(reply)]
+        return list(itertools.islice(heapq.merge(*lists, reverse=True), count))
 
     async def list_rounds(
         self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
@@ -1073,6 +1181,11 @@ def _count_option(given: Mapping[str, str], name: str, default: int, *, minimum:
     if not text.isdigit() or not text.isascii() or int(text) < minimum:
         raise InvalidInput(f"Redis URL option {name} must be an integer >= {minimum}, got {text!r}")
     return int(text)
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a SCAN MATCH pattern that matches it only."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 def _evalsha(calls: Sequence[_Call]) -> Callable[[Pipeline], None]:

@@ -8,16 +8,20 @@ Key layout, under a prefix (``llmsession:`` by default)::
     r:<session id>       list: the rounds as JSON; seq i is at index i-1
     i:<session id>       hash: idempotency key -> round JSON
     ix:all:<tenant>      sorted set: the tenant's sessions, member <created_at><id>
-    ix:<state>:<tenant>  sorted set: the same, for one state
-    ix:<all or state>:p<provider>:<tenant>, ix:<all or state>:m<model>:<tenant>
+    ix:all:p<provider>:<tenant>, ix:all:m<model>:<tenant>
                          sorted sets: the same, for one provider or one model
                          (each a JSON string, which ends itself, so no name is
                          ambiguous whatever characters a label holds)
+    ix:<state>:g<group>:<tenant>
+                         sorted set: the same, for one state and one (provider,
+                         model) group, written as in the counters' field names
     created              sorted set: every Created session, member <created_at><id>
     deadlines            sorted set: every Active session once, member <due><id>, due
                          at or before its deadline: a round, which moves the deadline
                          later, leaves the member; a sweep that finds it early moves it
-    agg:<tenant>         hash: counters, field "<metric> <lo or hi> <JSON [provider, model]>"
+    agg:<tenant>         hash: counters, field "<metric> <lo or hi> <group>", the group
+                         being JSON [provider, model]; so its fields also name
+                         every group the tenant has had a session of
     tenants              hash: tenant id -> created_at
     apikeys              hash: key id -> JSON [tenant, hash as hex, created_at]
     apikeys:revoked      hash: key id -> revoked_at
@@ -29,6 +33,13 @@ every Timestamp, not only up to the 2**53 a double score holds, and sessions
 created in the same microsecond are ordered by id, as keyset cursors need.
 
 The tenant id always ends a key name, so no two tenants' keys can coincide.
+
+A session's state is listed at one level only, its group: a state change moves
+it between two sorted sets, not six (all, provider, model; each per state). This
+is what most of a sweep's time in Redis went to. A listing by state reads the
+state's set of each group that matches its other filters (LIST_STATE) and merges
+them, so every entry it reads is still a match; what it reads grows with the
+number of groups the tenant has had.
 """
 
 from __future__ import annotations
@@ -55,17 +66,22 @@ __all__ = [
     "CAS",
     "FIELDS",
     "LIMB",
+    "LIST_STATE",
     "METRICS",
     "READ",
     "READ_RANGE",
     "SCHEMA_VERSION",
+    "SET_SCHEMA",
     "UPGRADE_DUE",
+    "UPGRADE_LISTED",
     "CasBatch",
     "Counters",
     "RedisKeys",
     "Script",
     "cas_arguments",
     "counter_group",
+    "group_head",
+    "group_tail",
     "lex_time",
     "member",
     "member_id",
@@ -80,7 +96,9 @@ __all__ = [
 #: The key layout this code writes; data with a newer one is refused. Version 2
 #: added the "due" field (version 1 kept every member of deadlines at the deadline
 #: itself, so each round moved it); UPGRADE_DUE brings version 1 data up to it.
-SCHEMA_VERSION: Final = 2
+#: Version 3 lists states per group only (version 2 also kept them per tenant,
+#: provider and model); RedisStore brings version 2 data up with UPGRADE_LISTED.
+SCHEMA_VERSION: Final = 3
 
 # A member starts with a time as 16 hex digits; the offset makes every Timestamp
 # (years 1 to 9999) non-negative, so text order is time order.
@@ -273,6 +291,51 @@ end
 return members[#members]
 """)
 
+#: The members of one state's sets, of every group of a tenant that matches the
+#: filters, read newest first: the caller merges them (Lua compares strings by the
+#: server's locale, not byte by byte). KEYS[1]: the tenant's counters hash, whose
+#: field names give its groups (see RedisKeys). ARGV: 1 and 2 the set name before
+#: and after the group; 3 what the group must start with, 4 what it must end with
+#: ('' for any); 5 high and 6 low bound (ZREVRANGEBYLEX syntax), 7 how many per set.
+#: Returns one list of members per matching group.
+LIST_STATE: Final = Script.of("""
+local seen, lists = {}, {}
+local head, tail = ARGV[3], ARGV[4]
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  -- "<metric> <lo or hi> <group>": neither of the first two holds a space.
+  local group = string.match(field, '^[^ ]+ [^ ]+ (.*)$')
+  if group and not seen[group] then
+    seen[group] = true
+    if (head == '' or string.sub(group, 1, #head) == head)
+        and (tail == '' or (#group >= #tail and string.sub(group, -#tail) == tail)) then
+      lists[#lists + 1] = redis.call(
+        'ZREVRANGEBYLEX', ARGV[1] .. group .. ARGV[2], ARGV[5], ARGV[6], 'LIMIT', 0, ARGV[7])
+    end
+  end
+end
+return lists
+""")
+
+#: Lists version 2 sessions in their group's state set (version 3), each only if
+#: it is still at the version it was read at: a session changed since was listed
+#: by that change. KEYS: per session its hash, then the set. ARGV: per session
+#: the version read, then the member.
+UPGRADE_LISTED: Final = Script.of("""
+for j = 1, #KEYS, 2 do
+  if redis.call('HGET', KEYS[j], 'version') == ARGV[j] then
+    redis.call('ZADD', KEYS[j + 1], 0, ARGV[j + 1])
+  end
+end
+return 1
+""")
+
+#: Sets the schema version, unless another process has set it since it was read
+#: (to a newer one, say). KEYS[1]: the schema key. ARGV: 1 the version read, 2 the new one.
+SET_SCHEMA: Final = Script.of("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
+return 1
+""")
+
 #: Adds an API key only if its id is new, and lists it under its tenant.
 #: KEYS: 1 apikeys hash, 2 the tenant's key set. ARGV: 1 key id, 2 value.
 ADD_KEY: Final = Script.of("""
@@ -315,23 +378,29 @@ class RedisKeys:
         return _session_names(self.prefix, session_id)[3]
 
     def by_tenant(
-        self,
-        tenant_id: TenantId,
-        state: type[SessionState] | None = None,
-        *,
-        provider: str | None = None,
-        model: str | None = None,
+        self, tenant_id: TenantId, *, provider: str | None = None, model: str | None = None
     ) -> str:
-        """The sorted set of a tenant's sessions: all or in one state, then of one
-        provider or one model (not both: no set is kept for the pair)."""
+        """The sorted set of a tenant's sessions: all, or of one provider or one model
+        (not both: no set is kept for the pair)."""
         if provider is not None and model is not None:
             raise ValueError("no sorted set is kept per provider and model together")
-        where = "all" if state is None else state.name
+        where = "all"
         if provider is not None:
             where += ":p" + json.dumps(provider)
         elif model is not None:
             where += ":m" + json.dumps(model)
         return f"{self.prefix}ix:{where}:{tenant_id}"
+
+    def by_state(
+        self, tenant_id: TenantId, state: type[SessionState], provider: str, model: str
+    ) -> str:
+        """The sorted set of a tenant's sessions in one state and one (provider, model) group."""
+        head, tail = self.state_set_parts(tenant_id, state)
+        return head + counter_group(provider, model) + tail
+
+    def state_set_parts(self, tenant_id: TenantId, state: type[SessionState]) -> tuple[str, str]:
+        """The name of every by_state set of this tenant and state, before and after the group."""
+        return f"{self.prefix}ix:{state.name}:g", f":{tenant_id}"
 
     def counters(self, tenant_id: TenantId) -> str:
         """The hash of a tenant's counters."""
@@ -566,9 +635,9 @@ def _index_entries(keys: RedisKeys, stored: StoredSession | None) -> set[tuple[s
     record = stored.record
     listed = member(record.created_at, record.session_id)
     tenant, provider, model = record.tenant_id, record.provider_id, record.model
-    # Every state filter (none or one) with every label filter (none, the
-    # provider, the model) has its own set, so a listing reads only matches,
-    # but for a provider given with a model, which rarely leaves any out.
+    # Every label filter (none, the provider, the model) has its own set, and
+    # every state its set per group, so a listing reads only matches, but for a
+    # provider given with a model and no state, which rarely leaves any out.
     entries = {
         (index, listed) for index in _listing_sets(keys, tenant, record.state.name, provider, model)
     }
@@ -607,10 +676,8 @@ def _state_move(
     # (provider, model) staying: the same few for every session of a group, so kept.
     provider, model = labels
     before, after = move
-    old_sets = _listing_sets(keys, tenant, before.name, provider, model)
-    new_sets = _listing_sets(keys, tenant, after.name, provider, model)
-    leaving = [index for index in old_sets if index not in new_sets]
-    entering = [index for index in new_sets if index not in old_sets]
+    leaving = [keys.by_state(tenant, before, provider, model)]
+    entering = [keys.by_state(tenant, after, provider, model)]
     if before is Created:
         leaving.append(keys.created)
     if after is Created:
@@ -622,15 +689,12 @@ def _state_move(
 def _listing_sets(
     keys: RedisKeys, tenant: TenantId, state_name: str, provider: str, model: str
 ) -> tuple[str, ...]:
-    # Few distinct combinations, each asked for at every state change: kept.
-    return tuple(
-        index
-        for each in (None, state_named(state_name))
-        for index in (
-            keys.by_tenant(tenant, each),
-            keys.by_tenant(tenant, each, provider=provider),
-            keys.by_tenant(tenant, each, model=model),
-        )
+    # Few distinct combinations, each asked for at every insert: kept.
+    return (
+        keys.by_tenant(tenant),
+        keys.by_tenant(tenant, provider=provider),
+        keys.by_tenant(tenant, model=model),
+        keys.by_state(tenant, state_named(state_name), provider, model),
     )
 
 
@@ -814,6 +878,19 @@ def _counter_increments(
 def counter_group(provider: str, model: str) -> str:
     """The part of a counter's field name that names its (provider, model) group."""
     return json.dumps([provider, model])
+
+
+def group_head(provider: str) -> str:
+    """What every counter_group of this provider starts with, and no other does.
+
+    A JSON string ends at its first unescaped quote, so the provider's text
+    cannot run on into the model's."""
+    return "[" + json.dumps(provider) + ", "
+
+
+def group_tail(model: str) -> str:
+    """What every counter_group of this model ends with, and no other does."""
+    return ", " + json.dumps(model) + "]"
 
 
 def parse_counters(raw: Mapping[str, str]) -> Counters:
