@@ -1055,6 +1055,29 @@ async def test_sweeps_longer_than_a_chunk_expire_each_due_session_once(
             await store.aclose()
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        ("hdel", "ttl"),  # a field missing
+        ("hset", "provider", "a\x1fb"),  # the separator of a row (split_row) in a value
+        ("hset", "model", "\x1e"),  # the mark of a missing field as a value
+    ],
+)
+async def test_a_listing_that_meets_a_broken_session_says_which(
+    redis_url: str, redis_store: RedisStore, damage: tuple[str, ...]
+) -> None:
+    broken = await _active(redis_store)
+    client = await _raw(redis_url)
+    try:
+        command, *args = damage
+        await client.execute_command(command, f"{_prefix(redis_url)}s:{broken}", *args)
+    finally:
+        await client.aclose()
+    for query in (SessionQuery(), SessionQuery(state=Active)):
+        with pytest.raises(StoreError, match=f"session {broken} is not a valid stored session"):
+            await redis_store.list_sessions(ACME, query)
+
+
 async def test_a_sweep_that_meets_a_broken_session_fails_cleanly(
     redis_url: str, redis_store: RedisStore, clock: ManualClock
 ) -> None:

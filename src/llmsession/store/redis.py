@@ -100,6 +100,7 @@ from llmsession.store.redis_schema import (
     parse_session,
     parse_session_values,
     parse_time,
+    split_row,
 )
 from llmsession.store.session_groups import PendingChange, SessionGroups
 from llmsession.timestamps import Timestamp
@@ -973,8 +974,8 @@ class RedisStore(SessionStore):
         members = [_text(m) for m in _items(reply[0])]
         sessions: list[StoredSession] = []
         for text, row in zip(members, _items(reply[1]), strict=True):
-            values = _items(row)
-            if values[0] is not None:
+            values = split_row(_text(row))
+            if values is not None:
                 sessions.append(self._parse_values(member_id(text), values))
         return members, sessions
 
@@ -986,8 +987,8 @@ class RedisStore(SessionStore):
         rows = _items(await self._run_one(READ, names, FIELDS))
         sessions: list[StoredSession] = []
         for session_id, row in zip(ids, rows, strict=True):
-            values = _items(row)
-            if values[0] is not None:
+            values = split_row(_text(row))
+            if values is not None:
                 sessions.append(self._parse_values(session_id, values))
         return sessions
 
