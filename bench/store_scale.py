@@ -46,7 +46,9 @@ the same run, which returns the rows without building the core's values:
 
 Then one full sweep: ``store.sweep(limit=--sweep-batch)`` in a loop until it
 returns 0, timed; afterwards the script checks that exactly ``--due`` sessions
-were expired by it (sum of the sweeps, the store's totals and a raw count).
+were expired by it (sum of the sweeps, the store's totals and a raw count). The
+sweep's row also gives the CPU seconds this process spent in it, and for Redis
+the server's (``INFO cpu``): which side a sweep waits for.
 """
 
 from __future__ import annotations
@@ -230,6 +232,9 @@ class Backend(Protocol):
         """The raw driver's equivalent of one list_sessions page; returns the rows read."""
         ...
 
+    async def server_cpu(self) -> float | None:
+        """The server's CPU seconds so far, if the raw driver can read them."""
+
     async def raw_expired(self, tenants: Sequence[TenantId]) -> int:
         """How many sessions are in state expired, counted by the raw driver."""
         ...
@@ -308,6 +313,9 @@ class SQLiteBackend:
         rows = await asyncio.to_thread(lambda: self.conn.execute(sql, params).fetchall())
         return len(rows)
 
+    async def server_cpu(self) -> float | None:
+        return None  # SQLite runs in this process: its CPU is the client's
+
     async def raw_expired(self, tenants: Sequence[TenantId]) -> int:
         rows = await asyncio.to_thread(
             lambda: self.conn.execute(
@@ -351,6 +359,9 @@ class PostgresBackend:
         sql, params = _list_sql(flt, limit, cursor, "%s", uuid_value=True)
         cur = await self.conn.execute(sql, params)
         return len(await cur.fetchall())
+
+    async def server_cpu(self) -> float | None:
+        return None
 
     async def raw_expired(self, tenants: Sequence[TenantId]) -> int:
         cur = await self.conn.execute(
@@ -448,6 +459,10 @@ class RedisBackend:
         fields = await self.client.hkeys(self.keys.counters(tenant))
         return {tuple(json.loads(field.split(" ", 2)[2])) for field in fields}
 
+    async def server_cpu(self) -> float | None:
+        cpu = await self.client.info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
     async def raw_expired(self, tenants: Sequence[TenantId]) -> int:
         total = 0
         for tenant in tenants:
@@ -498,6 +513,10 @@ class SweepFigure:
     seconds: float
     verified: bool
     detail: str
+    #: CPU seconds of this process (the store's client side) during the sweep.
+    client_cpu: float = 0.0
+    #: CPU seconds of the server during the sweep, where the raw driver can read it.
+    server_cpu: float | None = None
 
 
 @dataclass
@@ -573,6 +592,8 @@ async def measure_sweep(
     raw_before = await raw.raw_expired(data.tenants)
     swept = 0
     calls = 0
+    server_before = await raw.server_cpu()
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     while True:
         calls += 1
@@ -581,6 +602,8 @@ async def measure_sweep(
         if done == 0:
             break
     seconds = time.perf_counter() - t0
+    client_cpu = time.process_time() - cpu0
+    server_after = await raw.server_cpu()
     store_after = await expired_total(store, data.tenants)
     raw_after = await raw.raw_expired(data.tenants)
     checks = {
@@ -590,7 +613,12 @@ async def measure_sweep(
     }
     verified = all(value == data.due for value in checks.values()) and raw_before == data.expired
     detail = ", ".join(f"{key} {value:,}" for key, value in checks.items())
-    return SweepFigure(name, data.due, swept, calls, seconds, verified, detail)
+    server_cpu = (
+        None if server_before is None or server_after is None else server_after - server_before
+    )
+    return SweepFigure(
+        name, data.due, swept, calls, seconds, verified, detail, client_cpu, server_cpu
+    )
 
 
 async def bench_backend(backend: str, data: Dataset, args: argparse.Namespace) -> BackendFigures:
@@ -657,7 +685,18 @@ def report(all_figures: Sequence[BackendFigures], args: argparse.Namespace) -> s
         ],
     )
     sweeps = table(
-        ["backend", "due", "swept", "sweep calls", "seconds", "sessions/s", "verified", "< 5 s"],
+        [
+            "backend",
+            "due",
+            "swept",
+            "sweep calls",
+            "seconds",
+            "sessions/s",
+            "client CPU s",
+            "server CPU s",
+            "verified",
+            "< 5 s",
+        ],
         [
             [
                 s.backend,
@@ -666,6 +705,8 @@ def report(all_figures: Sequence[BackendFigures], args: argparse.Namespace) -> s
                 str(s.calls),
                 f"{s.seconds:.2f}",
                 f"{s.swept / s.seconds:,.0f}",
+                f"{s.client_cpu:.2f}",
+                "-" if s.server_cpu is None else f"{s.server_cpu:.2f}",
                 "yes" if s.verified else f"**no** ({s.detail})",
                 "yes" if s.seconds < SWEEP_GOAL_S else "**no**",
             ]
@@ -769,6 +810,8 @@ def asdict_sweep(figure: SweepFigure) -> dict[str, object]:
         "seconds": figure.seconds,
         "verified": figure.verified,
         "detail": figure.detail,
+        "client_cpu": figure.client_cpu,
+        "server_cpu": figure.server_cpu,
     }
 
 
