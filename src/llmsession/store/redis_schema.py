@@ -4,7 +4,8 @@ Key layout, under a prefix (``llmsession:`` by default)::
 
     schema               the layout version, SCHEMA_VERSION
     s:<session id>       hash: the record, version, ttl_seconds, last_activity_at,
-                         and for an Active session "due": where it is in deadlines
+                         and "due": where an Active session is in deadlines ('' or
+                         missing for a session that is not there)
     r:<session id>       list: the rounds as JSON; seq i is at index i-1
     i:<session id>       hash: idempotency key -> round JSON
     ix:all:<tenant>      sorted set: the tenant's sessions, member <created_at><id>
@@ -151,8 +152,9 @@ class Script:
 #:       rounds list; round JSON ('' = none); due: false to leave the session's
 #:       member of deadlines as it is, else followed by the deadlines set and the
 #:       session id: '' to remove the member, or the time part of the new one (the
-#:       old one, found by the hash's "due" field, is removed); n and n hash
-#:       field/value pairs (only those that change); r and r pairs
+#:       old one, found by the hash's "due" field, is removed; the new "due" is
+#:       among the hash fields); n and n hash field/value pairs (only those that
+#:       change); r and r pairs
 #:       (sorted set, member) to remove; a and a pairs to add; counters hash, group,
 #:       c and c triples (metric, lo increment in (-2**32, 2**32), hi increment), the
 #:       fields being "<metric> lo <group>" and "<metric> hi <group>".
@@ -175,7 +177,8 @@ for w = 1, a[1] do
   end
   p = p + 1
   local n = a[p]
-  local current = redis.call('HGET', session, 'version')
+  local stored = redis.call('HMGET', session, 'version', 'due')
+  local current, was = stored[1], stored[2]
   if chained and not ok then
     -- It was computed from the refused write before it.
   elseif expected == '' then
@@ -186,14 +189,9 @@ for w = 1, a[1] do
   if ok and idem_key ~= '' and redis.call('HEXISTS', idem, idem_key) == 1 then ok = false end
   results[w] = ok and 1 or 0
   if ok and due then
-    local was = redis.call('HGET', session, 'due')
-    if was then redis.call('ZREM', deadlines, was .. id) end
-    if due ~= '' then
-      redis.call('ZADD', deadlines, 0, due .. id)
-      redis.call('HSET', session, 'due', due)
-    elseif was then
-      redis.call('HDEL', session, 'due')
-    end
+    -- The hash's new "due" is among its fields below ('' once it has no member).
+    if was and was ~= '' then redis.call('ZREM', deadlines, was .. id) end
+    if due ~= '' then redis.call('ZADD', deadlines, 0, due .. id) end
   end
   if ok then
     if op == 'del' then
@@ -572,6 +570,9 @@ class CasBatch:
             if old is None
             else _changed_fields(old, new)
         )
+        if due is not None and new is not None:
+            # '' once the session has no member: the script's mark for none.
+            fields += ("due", due)
         items.append(len(fields) // 2)
         items += fields
         removed, added = _index_changes(names, old, new, id_text)
