@@ -882,6 +882,8 @@ def _counter_contributions(stored: StoredSession | None) -> tuple[int, ...]:
 
 _NOTHING: Final = (0,) * len(METRICS)
 _ROUNDS, _DELTA, _SAVED = METRICS[:3]
+# Each state's own counter: the sessions in it.
+_STATE_METRIC: Final = {state: f"n:{state.name}" for state in ALL_STATES}
 # Each state's part of the counters: 1 in its own "n:<state>" field.
 _STATE_COUNTS: Final = {
     state: tuple(int(other is state) for other in ALL_STATES) for state in ALL_STATES
@@ -893,14 +895,17 @@ def _counter_increments(
 ) -> list[tuple[str, int]]:
     # How a write moves its group's counters: the new session's contributions
     # minus the old one's, so no rule is restated, only records compared.
-    if old is not None and new is not None and old.record.state is new.record.state:
-        # The state's count stays (most writes: a round).
+    if old is not None and new is not None:
+        # Written out for the writes of a stored session (all but inserts and
+        # deletes): the same differences, without building both contributions.
         a, b = old.record, new.record
-        moved = (
+        moved = [
             (_ROUNDS, b.round_count - a.round_count),
             (_DELTA, b.delta_tokens - a.delta_tokens),
             (_SAVED, b.tokens_saved - a.tokens_saved),
-        )
+        ]
+        if a.state is not b.state:
+            moved += ((_STATE_METRIC[a.state], -1), (_STATE_METRIC[b.state], 1))
         return [(metric, amount) for metric, amount in moved if amount]
     before, after = _counter_contributions(old), _counter_contributions(new)
     return [(metric, b - a) for metric, a, b in zip(METRICS, before, after, strict=True) if a != b]
