@@ -887,16 +887,16 @@ class RedisStore(SessionStore):
         exhausted = False
         asked = 0
 
-        def read_next() -> asyncio.Future[tuple[list[str], list[StoredSession]]]:
+        def read_next() -> asyncio.Future[tuple[list[str], list[str]]]:
             nonlocal asked
             asked = min(wanted, _SWEEP_CHUNK)
             return asyncio.ensure_future(self._read_range(index, low, high, asked))
 
-        reading: asyncio.Future[tuple[list[str], list[StoredSession]]] | None = read_next()
+        reading: asyncio.Future[tuple[list[str], list[str]]] | None = read_next()
         writing: asyncio.Future[tuple[int, list[tuple[SessionId, bool]]]] | None = None
         try:
             while reading is not None:
-                members, sessions = await reading
+                members, rows = await reading
                 reading = None
                 # As if every member read counted; corrected below for those that don't.
                 wanted -= len(members)
@@ -908,13 +908,7 @@ class RedisStore(SessionStore):
                     # after the previous chunk's write, while this chunk is computed.
                     reading = read_next()
                     await asyncio.sleep(0)
-                batch = CasBatch(self._keys)
-                changed: list[tuple[SessionId, bool]] = []
-                for stored in sessions:
-                    pair = change(stored)
-                    if pair is not None:
-                        batch.add(*pair)
-                        changed.append((stored.record.session_id, pair[1] is not stored))
+                batch, changed = self._changes(members, rows, change)
                 wanted += len(members) - sum(1 for _, counts in changed if counts)
                 if reading is None and not exhausted and wanted > 0:
                     reading = read_next()
@@ -943,6 +937,27 @@ class RedisStore(SessionStore):
                     pending.exception()
         return done, low, exhausted
 
+    def _changes(
+        self,
+        members: Sequence[str],
+        rows: Sequence[str],
+        change: Callable[[StoredSession], tuple[StoredSession, StoredSession | None] | None],
+    ) -> tuple[CasBatch, list[tuple[SessionId, bool]]]:
+        """The writes of a chunk, and per write its session and whether it counts
+        towards the limit (a session written onto itself does not)."""
+        batch = CasBatch(self._keys)
+        changed: list[tuple[SessionId, bool]] = []
+        for text, row in zip(members, rows, strict=True):
+            values = split_row(row)
+            if values is None:
+                continue  # gone since it was read
+            stored = self._parse_values(member_id(text), values)
+            pair = change(stored)
+            if pair is not None:
+                batch.add(*pair)
+                changed.append((stored.record.session_id, pair[1] is not stored))
+        return batch, changed
+
     async def _written(
         self, writing: asyncio.Future[tuple[int, list[tuple[SessionId, bool]]]]
     ) -> int:
@@ -964,20 +979,19 @@ class RedisStore(SessionStore):
 
     async def _read_range(
         self, index: str, low: str, high: str, count: int
-    ) -> tuple[list[str], list[StoredSession]]:
+    ) -> tuple[list[str], list[str]]:
         """The next ``count`` members of a global index from ``low`` to ``high``, and the
-        sessions they name (leaving out those that are gone): one call."""
+        rows of the sessions they name (see split_row): one call.
+
+        The rows are parsed by the caller one at a time, just before each is
+        used: a chunk of sessions parsed at once outlived the garbage collector's
+        young generation, and collecting them cost a sweep 7 µs per session,
+        against 1.7 µs parsed one at a time."""
         prefix = self._keys.session_prefix
         reply = _items(
             await self._run_one(READ_RANGE, [index], [low, high, str(count), prefix, *FIELDS])
         )
-        members = [_text(m) for m in _items(reply[0])]
-        sessions: list[StoredSession] = []
-        for text, row in zip(members, _items(reply[1]), strict=True):
-            values = split_row(_text(row))
-            if values is not None:
-                sessions.append(self._parse_values(member_id(text), values))
-        return members, sessions
+        return [_text(m) for m in _items(reply[0])], [_text(row) for row in _items(reply[1])]
 
     async def _read(self, ids: Sequence[SessionId]) -> list[StoredSession]:
         """The sessions with these ids, in order, leaving out those that are gone: one call."""
