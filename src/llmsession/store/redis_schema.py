@@ -138,25 +138,27 @@ class Script:
 #: whose version moved is skipped, the others still apply, so racing sweepers
 #: expire each session exactly once.
 #:
-#: KEYS: every key the writes touch, each once; the writes refer to them by number.
+#: KEYS: none. The writes name their keys in ARGV[1]: as KEYS, each name cost the
+#:       client more to send than the rest of a sweep's write of the session, and
+#:       Redis Cluster, which KEYS would be for, is not supported anyway.
 #: ARGV[1]: the writes as one MessagePack array (one argument, because a client
 #:       spends far more on each argument than the script's C decoder does on an
 #:       item; MessagePack, because both ends read and write it in C, several times
-#:       faster than JSON). Key numbers and counts are numbers, flags booleans,
-#:       everything else text. First the number of writes, then per write: session
-#:       hash; expected version ('' = the session must not exist); 'put' or 'del';
-#:       true if the write was computed from the one before it in this call
-#:       (refused whenever that one is, though another writer may have stored the
-#:       version it expects), else false; idempotency hash; idempotency key ('' =
-#:       none: if given and already in the idempotency hash, nothing is written);
-#:       rounds list; round JSON ('' = none); due: false to leave the session's
-#:       member of deadlines as it is, else followed by the deadlines set and the
-#:       session id: '' to remove the member, or the time part of the new one (the
-#:       old one, found by the hash's "due" field, is removed; the new "due" is
-#:       among the hash fields); n and n hash field/value pairs (only those that
-#:       change); r and r pairs
-#:       (sorted set, member) to remove; a and a pairs to add; counters hash, group,
-#:       c and c triples (metric, lo increment in (-2**32, 2**32), hi increment), the
+#:       faster than JSON). Counts are numbers, flags booleans, everything else
+#:       text. First the number of writes, then per write: session hash; expected
+#:       version ('' = the session must not exist); 'put' or 'del'; true if the
+#:       write was computed from the one before it in this call (refused whenever
+#:       that one is, though another writer may have stored the version it
+#:       expects), else false; idempotency hash ('' if the write does not touch
+#:       it); idempotency key ('' = none: if given and already in the idempotency
+#:       hash, nothing is written); rounds list (or ''); round JSON ('' = none);
+#:       due: false to leave the session's member of deadlines as it is, else
+#:       followed by the deadlines set and the session id: '' to remove the member,
+#:       or the time part of the new one (the old one, found by the hash's "due"
+#:       field, is removed; the new "due" is among the hash fields); n and n hash
+#:       field/value pairs (only those that change); r and r pairs (sorted set,
+#:       member) to remove; a and a pairs to add; counters hash, group, c and c
+#:       triples (metric, lo increment in (-2**32, 2**32), hi increment), the
 #:       fields being "<metric> lo <group>" and "<metric> hi <group>".
 #: Returns per write 1 when written, 0 when not (version moved, or key used).
 #: The items are read by position (p), not through a helper function: a Lua call
@@ -166,13 +168,13 @@ local a = cmsgpack.unpack(ARGV[1])
 local p = 1
 local results, ok = {}, true
 for w = 1, a[1] do
-  local session, expected, op, chained = KEYS[a[p + 1]], a[p + 2], a[p + 3], a[p + 4]
-  local idem, idem_key, rounds, round = KEYS[a[p + 5]], a[p + 6], KEYS[a[p + 7]], a[p + 8]
+  local session, expected, op, chained = a[p + 1], a[p + 2], a[p + 3], a[p + 4]
+  local idem, idem_key, rounds, round = a[p + 5], a[p + 6], a[p + 7], a[p + 8]
   local due = a[p + 9]
   p = p + 9
   local deadlines, id
   if due then
-    deadlines, id = KEYS[a[p + 1]], a[p + 2]
+    deadlines, id = a[p + 1], a[p + 2]
     p = p + 2
   end
   p = p + 1
@@ -207,15 +209,15 @@ for w = 1, a[1] do
   p = p + 2 * n + 1
   n = a[p]
   if ok then
-    for j = p + 1, p + 2 * n, 2 do redis.call('ZREM', KEYS[a[j]], a[j + 1]) end
+    for j = p + 1, p + 2 * n, 2 do redis.call('ZREM', a[j], a[j + 1]) end
   end
   p = p + 2 * n + 1
   n = a[p]
   if ok then
-    for j = p + 1, p + 2 * n, 2 do redis.call('ZADD', KEYS[a[j]], 0, a[j + 1]) end
+    for j = p + 1, p + 2 * n, 2 do redis.call('ZADD', a[j], 0, a[j + 1]) end
   end
   p = p + 2 * n + 3
-  local counters, group = KEYS[a[p - 2]], a[p - 1]
+  local counters, group = a[p - 2], a[p - 1]
   n = a[p]
   if ok then
     for j = p + 1, p + 3 * n, 3 do
@@ -484,10 +486,10 @@ class CasBatch:
 
     def __init__(self, keys: RedisKeys) -> None:
         self._names = keys
+        #: KEYS: none, as the writes name their keys themselves (see CAS).
         self.keys: list[str] = []
         self._items: list[str | int | bool] = []
         self._count = 0
-        self._positions: dict[str, int] = {}
 
     def __len__(self) -> int:
         """The number of writes so far."""
@@ -498,23 +500,12 @@ class CasBatch:
         """ARGV: the writes as one MessagePack array."""
         return [_pack([self._count, *self._items])]
 
-    def _key(self, name: str) -> int:
-        position = self._positions.get(name)
-        if position is None:
-            self.keys.append(name)
-            position = self._positions[name] = len(self.keys)
-        return position
-
     def _pairs(self, entries: list[tuple[str, str]]) -> None:
-        # (sorted set, member) pairs as key number and member, after their count.
+        # (sorted set, member) pairs, after their count.
         items = self._items
-        positions = self._positions
         items.append(len(entries))
-        for index, text in entries:
-            position = positions.get(index)
-            if position is None:
-                position = self._key(index)
-            items += (position, text)
+        for pair in entries:
+            items += pair
 
     def add(
         self,
@@ -542,25 +533,24 @@ class CasBatch:
             names.prefix, record.session_id
         )
         key = absent_key or (new_round.idempotency_key if new_round is not None else None) or ""
-        position = self._key
         self._count += 1
         items = self._items
         items += (
-            position(session_key),
+            session_key,
             "" if old is None else str(old.version),
             "put" if new is not None else "del",
             chained,
-            # Key 1 (the session) stands in for a key the write does not touch.
-            position(idempotency_key) if key or new is None else 1,
+            # '' for a key the write does not touch.
+            idempotency_key if key or new is None else "",
             key,
-            position(rounds_key) if new_round or new is None else 1,
+            rounds_key if new_round or new is None else "",
             "" if new_round is None else round_json(new_round),
         )
         due = _due(old, new)
         if due is None:
             items.append(False)
         else:
-            items += (due, position(names.deadlines), id_text)
+            items += (due, names.deadlines, id_text)
         # The stored hash is old's exactly when the version matches, so only
         # the fields that differ are sent.
         fields = (
@@ -580,7 +570,7 @@ class CasBatch:
         self._pairs(added)
         increments = _counter_increments(old, new)
         items += (
-            position(_counters_name(names.prefix, record.tenant_id)),
+            _counters_name(names.prefix, record.tenant_id),
             counter_group(record.provider_id, record.model),
             len(increments),
         )
