@@ -878,64 +878,40 @@ class RedisStore(SessionStore):
         """Read ``wanted`` entries forward from ``low`` and write their changes.
 
         In chunks: each chunk's entries and sessions come in one script call and
-        its changes go in one compare-and-set call. Redis runs one chunk's write
-        and the next chunk's read while this process computes the chunk in
-        between, so neither side waits for the other. Returns how many were
+        its changes go in one compare-and-set call. Reads run ahead of writes:
+        each read is sent as soon as the one before it is in (it starts where
+        that one ended), and before the write of the chunk just computed, so
+        Redis answers it first. So this process computes while Redis writes,
+        and waits only when Redis has fallen behind. Returns how many were
         written, where the next pass starts, and whether the index ran out.
         """
-        done = 0
-        exhausted = False
-        asked = 0
-
-        def read_next() -> asyncio.Future[tuple[list[str], list[str]]]:
-            nonlocal asked
-            asked = min(wanted, _SWEEP_CHUNK)
-            return asyncio.ensure_future(self._read_range(index, low, high, asked))
-
-        reading: asyncio.Future[tuple[list[str], list[str]]] | None = read_next()
-        writing: asyncio.Future[tuple[int, list[tuple[SessionId, bool]]]] | None = None
+        drain = _Pass(
+            self._read_range, self._written, index=index, low=low, high=high, wanted=wanted
+        )
         try:
-            while reading is not None:
-                members, rows = await reading
-                reading = None
-                # As if every member read counted; corrected below for those that don't.
-                wanted -= len(members)
-                if members:
-                    low = "(" + members[-1]
-                exhausted = len(members) < asked
-                if not exhausted and wanted > 0:
-                    # Sent now (the yield lets it reach the server), it runs there
-                    # after the previous chunk's write, while this chunk is computed.
-                    reading = read_next()
+            drain.read_next()
+            while drain.ready or drain.reading is not None:
+                if not drain.ready:
+                    assert drain.reading is not None
+                    drain.take(await drain.reading)
+                    # Let the next read reach the server before this chunk is computed.
                     await asyncio.sleep(0)
+                members, rows = drain.ready.pop(0)
                 batch, changed = self._changes(members, rows, change)
-                wanted += len(members) - sum(1 for _, counts in changed if counts)
-                if reading is None and not exhausted and wanted > 0:
-                    reading = read_next()
-                if writing is not None:
-                    done += await self._written(writing)
-                    writing = None
+                drain.wanted += len(members) - sum(1 for _, counts in changed if counts)
+                if drain.reading is not None and drain.reading.done():
+                    drain.take(drain.reading.result())
+                drain.read_next()
                 if changed:
-                    writing = asyncio.ensure_future(self._write_batch(batch, changed))
-                    # Let the write reach the server before the next chunk is computed.
+                    drain.writes.append(asyncio.ensure_future(self._write_batch(batch, changed)))
+                    # Sent behind the read just sent, before the next chunk is computed.
                     await asyncio.sleep(0)
-            if writing is not None:
-                done += await self._written(writing)
-                writing = None
+                # Up to three writes in flight: computing goes on while Redis works.
+                await drain.collect(2)
+            await drain.collect(0)
         finally:
-            # Cancelled or failed: nothing may be left running on its own, and
-            # an error of the other call is not left unretrieved (the first one
-            # is the one raised). A cancelled write may still have been applied;
-            # its sessions' remembered versions are then stale, which costs a
-            # refused write and a fresh read, never a wrong one.
-            for pending in (reading, writing):
-                if pending is None:
-                    continue
-                if not pending.done():
-                    pending.cancel()
-                elif not pending.cancelled():
-                    pending.exception()
-        return done, low, exhausted
+            drain.stop()
+        return drain.done, drain.low, drain.exhausted
 
     def _changes(
         self,
@@ -1093,6 +1069,79 @@ class RedisStore(SessionStore):
 
     def _check_open(self) -> None:
         self._guarding.check_open()
+
+
+_Read = tuple[list[str], list[str]]
+_Written = tuple[int, list[tuple[SessionId, bool]]]
+
+
+class _Pass:
+    """One pass of RedisStore._drain_pass: where it is, and its calls in flight."""
+
+    def __init__(
+        self,
+        read_range: Callable[[str, str, str, int], Coroutine[object, object, _Read]],
+        written: Callable[[asyncio.Future[_Written]], Awaitable[int]],
+        *,
+        index: str,
+        low: str,
+        high: str,
+        wanted: int,
+    ) -> None:
+        self.read_range = read_range
+        self.written = written
+        self.index = index
+        self.low = low
+        self.high = high
+        #: Entries still to change, counting those read and not computed as if each counted.
+        self.wanted = wanted
+        self.done = 0
+        self.exhausted = False
+        self.asked = 0
+        self.reading: asyncio.Future[_Read] | None = None
+        #: Chunks read and not yet computed (at most one).
+        self.ready: list[_Read] = []
+        #: Writes sent and not yet answered.
+        self.writes: list[asyncio.Future[_Written]] = []
+
+    def take(self, read: _Read) -> None:
+        """A read is in: note where the next one starts, and send it."""
+        members, _ = read
+        self.ready.append(read)
+        self.wanted -= len(members)
+        if members:
+            self.low = "(" + members[-1]
+        self.exhausted = len(members) < self.asked
+        self.reading = None
+        self.read_next()
+
+    def read_next(self) -> None:
+        """Send the next read, unless one is in flight or none is wanted."""
+        if self.reading is None and not self.exhausted and self.wanted > 0:
+            self.asked = min(self.wanted, _SWEEP_CHUNK)
+            self.reading = asyncio.ensure_future(
+                self.read_range(self.index, self.low, self.high, self.asked)
+            )
+
+    async def collect(self, keep: int) -> None:
+        """Wait for the oldest writes until ``keep`` are left in flight."""
+        while len(self.writes) > keep:
+            # Taken off only once answered: stop() sees it till then.
+            self.done += await self.written(self.writes[0])
+            del self.writes[0]
+
+    def stop(self) -> None:
+        """Cancelled or failed: leave nothing running on its own, and no error of
+        another call unretrieved (the first one is the one raised). A cancelled
+        write may still have been applied; its sessions' remembered versions are
+        then stale, which costs a refused write and a fresh read, never a wrong one."""
+        for pending in (self.reading, *self.writes):
+            if pending is None:
+                continue
+            if not pending.done():
+                pending.cancel()
+            elif not pending.cancelled():
+                pending.exception()
 
 
 class _Guard:
