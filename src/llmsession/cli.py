@@ -514,13 +514,12 @@ def sessions_close(
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    help="Sessions per batch.",
+    default=None,
+    help="Sessions per batch [default: the store's own: 10000 for Redis, else 1000].",
 )
 @_store_option
 @_json_option
-def sweep(purge_created_after: int, batch_size: int, store_url: str, as_json: bool) -> None:
+def sweep(purge_created_after: int, batch_size: int | None, store_url: str, as_json: bool) -> None:
     """Expire every session whose TTL ran out and purge abandoned ones, now."""
     from llmsession.server.sweeper import Sweeper
 

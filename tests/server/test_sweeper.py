@@ -52,6 +52,21 @@ async def test_one_run_expires_everything_due_in_batches(
     assert (await sweeper.run_once()).expired == 0
 
 
+async def test_the_batch_is_the_stores_own_unless_given(
+    store: SessionStore, redis_url: str
+) -> None:
+    assert Sweeper(store, interval_seconds=60, purge_created_after_seconds=1).batch_size == 1000
+    given = Sweeper(store, interval_seconds=60, purge_created_after_seconds=1, batch_size=7)
+    assert given.batch_size == 7
+    redis_store = await open_store(redis_url)
+    try:
+        # Redis's sweep holds nothing between its chunks, so it is asked for more at once.
+        sweeper = Sweeper(redis_store, interval_seconds=60, purge_created_after_seconds=1)
+        assert sweeper.batch_size == redis_store.sweep_batch == 10_000
+    finally:
+        await redis_store.aclose()
+
+
 async def test_abandoned_created_sessions_are_purged(
     store: SessionStore, clock: ManualClock
 ) -> None:

@@ -43,12 +43,14 @@ class Sweeper:
         *,
         interval_seconds: float,
         purge_created_after_seconds: int,
-        batch_size: int = 1000,
+        batch_size: int | None = None,
     ) -> None:
+        """``batch_size``: sessions per ``sweep`` and ``purge_created`` call; by
+        default the store's own (``store.sweep_batch``)."""
         self.store = store
         self.interval_seconds = interval_seconds
         self.purge_created_after_seconds = purge_created_after_seconds
-        self.batch_size = batch_size
+        self.batch_size = store.sweep_batch if batch_size is None else batch_size
         self.runs = 0
         self.expired = 0
         self.purged = 0

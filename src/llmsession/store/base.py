@@ -23,7 +23,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import NamedTuple, TypeAlias
+from typing import ClassVar, NamedTuple, TypeAlias
 
 from llmsession.clock import Clock, system_clock
 from llmsession.errors import (
@@ -115,6 +115,11 @@ class SessionStore(ABC):
     Every session operation takes the tenant first; a session of another tenant
     behaves exactly like a missing one (NotFoundError). Times come from ``clock``.
     """
+
+    #: How many sessions the service's sweeper asks one :meth:`sweep` call for: a
+    #: call's fixed costs weighed against what it holds while it runs (SQLite's
+    #: write lock, for one). Each backend may set its own.
+    sweep_batch: ClassVar[int] = 1000
 
     def __init__(self, *, clock: Clock = system_clock, default_ttl_seconds: int = 3600) -> None:
         self.clock = clock
