@@ -734,6 +734,28 @@ async def test_state_listings_of_labels_that_look_alike(
         assert found == expected, flt
 
 
+async def test_a_state_listing_with_the_newest_bunched_in_one_label(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    """Most groups hold one old session, one holds all the new ones: a page by
+    state is still the newest, whichever group they are in."""
+    old = []
+    for n in range(12):
+        clock.advance(1)
+        old.append(await new_session(store, provider_id=f"p{n % 3}", model=f"m{n}"))
+    new = []
+    for _ in range(9):
+        clock.advance(1)
+        new.append(await new_session(store, provider_id="p0", model="m0"))
+    for query, expected in [
+        (SessionQuery(state=Active, limit=5), new[::-1][:5]),
+        (SessionQuery(state=Active, provider_id="p0", limit=12), [*new[::-1], *old[9:0:-3]]),
+    ]:
+        page = await store.list_sessions(ACME, query)
+        assert [s.record.session_id for s in page.items] == expected
+        assert page.next_cursor is not None
+
+
 @pytest.mark.parametrize(
     "cursor",
     [

@@ -423,7 +423,7 @@ async def test_a_state_listing_reads_only_its_groups(
         await client.script_load(LIST_STATE.source)
         for provider in (None, *{p for p, _ in labels}):
             for model in (None, *{m for _, m in labels}):
-                lists = await client.evalsha(
+                names, lists, per = await client.evalsha(
                     LIST_STATE.sha,
                     1,
                     keys.counters(ACME),
@@ -435,12 +435,10 @@ async def test_a_state_listing_reads_only_its_groups(
                     "-",
                     "100",
                 )
-                expected = {
-                    session_id
-                    for (p, m), session_id in ids.items()
-                    if provider in (None, p) and model in (None, m)
-                }
-                assert len(lists) == len(expected), (provider, model)
+                matching = [(p, m) for p, m in ids if provider in (None, p) and model in (None, m)]
+                expected = {ids[group] for group in matching}
+                assert sorted(names) == sorted(keys.by_state(ACME, Active, *g) for g in matching)
+                assert per == -(-100 // max(1, len(matching)))
                 assert {member_id(entry) for entries in lists for entry in entries} == expected
     finally:
         await client.aclose()

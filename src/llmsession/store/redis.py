@@ -619,9 +619,31 @@ class RedisStore(SessionStore):
                 str(count),
             ],
         )
-        # Each group's first `count` hold the first `count` of them all.
-        lists = [[_text(m) for m in _items(members)] for members in _items(reply)]
-        return list(itertools.islice(heapq.merge(*lists, reverse=True), count))
+        names_read, lists_read, per_read = _items(reply)
+        names = [_text(name) for name in _items(names_read)]
+        lists = [[_text(m) for m in _items(members)] for members in _items(lists_read)]
+        per = _count(per_read)
+        first = _first(lists, count)
+        # A group may hold more of the first `count` than it gave: one that gave
+        # all it was asked for, the last of them among the first `count` (or
+        # with fewer than `count` read in all). Reading it on to `count` in all
+        # settles it, as no group can hold more than that.
+        last = first[-1] if len(first) == count else None
+        short = [
+            j
+            for j, members in enumerate(lists)
+            if per < count and len(members) == per and (last is None or members[-1] > last)
+        ]
+        if not short:
+            return first
+        with self._guard():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for j in short:
+                    pipe.zrevrangebylex(names[j], "(" + lists[j][-1], low, 0, count - per)
+                more = await pipe.execute()
+        for j, members in zip(short, more, strict=True):
+            lists[j] += [_text(m) for m in _items(members)]
+        return _first(lists, count)
 
     async def list_rounds(
         self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
@@ -1276,6 +1298,17 @@ def _matches(stored: StoredSession, tenant_id: TenantId, query: SessionQuery) ->
         and (query.created_after is None or record.created_at > query.created_after)
         and (query.created_before is None or record.created_at < query.created_before)
     )
+
+
+def _first(lists: Sequence[Sequence[str]], count: int) -> list[str]:
+    """The first ``count`` of lists of members each newest first, newest first."""
+    return list(itertools.islice(heapq.merge(*lists, reverse=True), count))
+
+
+def _count(value: object) -> int:
+    if isinstance(value, int):
+        return value
+    raise StoreError(f"unexpected reply from Redis: {value!r:.200}")
 
 
 def _text(value: object) -> str:

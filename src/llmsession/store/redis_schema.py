@@ -312,15 +312,18 @@ end
 return members[#members]
 """)
 
-#: The members of one state's sets, of every group of a tenant that matches the
-#: filters, read newest first: the caller merges them (Lua compares strings by the
-#: server's locale, not byte by byte). KEYS[1]: the tenant's counters hash, whose
-#: field names give its groups (see RedisKeys). ARGV: 1 and 2 the set name before
-#: and after the group; 3 what the group must start with, 4 what it must end with
-#: ('' for any); 5 high and 6 low bound (ZREVRANGEBYLEX syntax), 7 how many per set.
-#: Returns one list of members per matching group.
+#: The first members of one state's sets, of every group of a tenant that matches
+#: the filters, read newest first: the caller merges them (Lua compares strings by
+#: the server's locale, not byte by byte). Of ``count`` wanted in all, each group
+#: gives its first ceil(count / groups): enough unless the newest are bunched in a
+#: few groups, which the caller then reads on (RedisStore._listed). KEYS[1]: the
+#: tenant's counters hash, whose field names give its groups (see RedisKeys).
+#: ARGV: 1 and 2 the set name before and after the group; 3 what the group must
+#: start with, 4 what it must end with ('' for any); 5 high and 6 low bound
+#: (ZREVRANGEBYLEX syntax), 7 count. Returns {names, lists, per}: the matching
+#: groups' sets, the members read of each, and how many were asked of each.
 LIST_STATE: Final = Script.of("""
-local seen, lists = {}, {}
+local seen, names = {}, {}
 local head, tail = ARGV[3], ARGV[4]
 for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
   -- "<metric> <lo or hi> <group>": neither of the first two holds a space.
@@ -329,12 +332,16 @@ for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
     seen[group] = true
     if (head == '' or string.sub(group, 1, #head) == head)
         and (tail == '' or (#group >= #tail and string.sub(group, -#tail) == tail)) then
-      lists[#lists + 1] = redis.call(
-        'ZREVRANGEBYLEX', ARGV[1] .. group .. ARGV[2], ARGV[5], ARGV[6], 'LIMIT', 0, ARGV[7])
+      names[#names + 1] = ARGV[1] .. group .. ARGV[2]
     end
   end
 end
-return lists
+local per = math.max(1, math.ceil(tonumber(ARGV[7]) / math.max(1, #names)))
+local lists = {}
+for j = 1, #names do
+  lists[j] = redis.call('ZREVRANGEBYLEX', names[j], ARGV[5], ARGV[6], 'LIMIT', 0, per)
+end
+return {names, lists, per}
 """)
 
 #: Lists version 2 sessions in their group's state set (version 3), each only if
