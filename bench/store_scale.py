@@ -38,7 +38,8 @@ the same run, which returns the rows without building the core's values:
 - Redis: ZREVRANGEBYLEX on the tenant's sets the store picks (with no state:
   all, of the model, else of the provider; with a state: that state's set of
   each matching (provider, model) group, found with HKEYS on the counters
-  hash, one pipeline, merged) and one pipeline of HGETALLs; for a provider
+  hash: its share of the page from each in one pipeline, merged, and those
+  that may hold more read on in another) and one pipeline of HGETALLs; for a provider
   given with a model and no state, the same batches of 256 the store reads,
   matched on the raw provider field.
 
@@ -434,7 +435,8 @@ class RedisBackend:
     async def _members(self, flt: Filter, high: str, count: int) -> list[str]:
         # The store's choice of sets. With no state: of the model, else of the
         # provider, else all. With a state: that state's set of each matching
-        # (provider, model) group, merged.
+        # (provider, model) group, its share of the page from each, merged, and
+        # the groups that may hold more read on to a page's worth.
         if flt.state is None:
             if flt.model is not None:
                 index = self.keys.by_tenant(flt.tenant, model=flt.model)
@@ -449,12 +451,26 @@ class RedisBackend:
             for provider, model in await self._groups(flt.tenant)
             if flt.provider_id in (None, provider) and flt.model in (None, model)
         ]
+        names = [self.keys.by_state(flt.tenant, state, *group) for group in groups]
+        per = max(1, -(-count // max(1, len(names))))
         async with self.client.pipeline(transaction=False) as pipe:
-            for provider, model in groups:
-                pipe.zrevrangebylex(
-                    self.keys.by_state(flt.tenant, state, provider, model), high, "-", 0, count
-                )
+            for name in names:
+                pipe.zrevrangebylex(name, high, "-", 0, per)
             lists = await pipe.execute()
+        first = list(heapq.merge(*lists, reverse=True))[:count]
+        last = first[-1] if len(first) == count else None
+        short = [
+            j
+            for j, members in enumerate(lists)
+            if per < count and len(members) == per and (last is None or members[-1] > last)
+        ]
+        if not short:
+            return first
+        async with self.client.pipeline(transaction=False) as pipe:
+            for j in short:
+                pipe.zrevrangebylex(names[j], "(" + lists[j][-1], "-", 0, count - per)
+            for j, members in zip(short, await pipe.execute(), strict=True):
+                lists[j] += members
         return list(heapq.merge(*lists, reverse=True))[:count]
 
     async def _groups(self, tenant: TenantId) -> set[tuple[str, str]]:
