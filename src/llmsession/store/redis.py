@@ -326,29 +326,35 @@ class RedisStore(SessionStore):
         pattern = _glob_escape(keys.session_prefix) + "*"
         # Every session is found by SCAN, which may return a key twice: harmless here.
         names: list[str] = []
-        stale: set[str] = set()
+        labels: set[tuple[TenantId, str, str]] = set()
         with self._guard():
             async for name in _admin(self._client).scan_iter(match=pattern, count=1000):
                 names.append(_text(name))
                 if len(names) == _SWEEP_CHUNK * 4:
-                    stale |= await self._list_in_groups(names)
+                    labels |= await self._list_in_groups(names)
                     names = []
-        stale |= await self._list_in_groups(names)
-        ordered = sorted(stale)
+        labels |= await self._list_in_groups(names)
+        # The version 2 state sets: per tenant, and per provider and per model.
+        ordered = sorted(
+            f"{keys.prefix}ix:{state.name}:{where}{tenant}"
+            for tenant, provider, model in labels
+            for state in ALL_STATES
+            for where in ("", f"p{json.dumps(provider)}:", f"m{json.dumps(model)}:")
+        )
         with self._guard():
             for start in range(0, len(ordered), _SWEEP_CHUNK * 4):
                 await self._client.unlink(*ordered[start : start + _SWEEP_CHUNK * 4])
         await self._run_one(SET_SCHEMA, [keys.schema], ["2", "3"])
         self._upgraded(3)
 
-    async def _list_in_groups(self, names: Sequence[str]) -> set[str]:
-        """List these sessions (hash names) in their group's state set; return the
-        names of the version 2 state sets they were listed in."""
+    async def _list_in_groups(self, names: Sequence[str]) -> set[tuple[TenantId, str, str]]:
+        """List these sessions (hash names) in their group's state set; return their
+        (tenant, provider, model) labels."""
         prefix = self._keys.session_prefix
         sessions = await self._read([SessionId.parse(name[len(prefix) :]) for name in names])
         hashes_and_sets: list[str] = []
         versions_and_members: list[str] = []
-        stale: set[str] = set()
+        labels: set[tuple[TenantId, str, str]] = set()
         for stored in sessions:
             record = stored.record
             tenant, provider, model = record.tenant_id, record.provider_id, record.model
@@ -360,16 +366,10 @@ class RedisStore(SessionStore):
                 str(stored.version),
                 member(record.created_at, record.session_id),
             )
-            for state in ALL_STATES:
-                where = f"{self._keys.prefix}ix:{state.name}"
-                stale |= {
-                    f"{where}:{tenant}",
-                    f"{where}:p{json.dumps(provider)}:{tenant}",
-                    f"{where}:m{json.dumps(model)}:{tenant}",
-                }
+            labels.add((tenant, provider, model))
         if sessions:
             await self._run_one(UPGRADE_LISTED, hashes_and_sets, versions_and_members)
-        return stale
+        return labels
 
     def _upgraded(self, version: int) -> None:
         _log.info(
