@@ -435,8 +435,8 @@ class RedisBackend:
     async def _members(self, flt: Filter, high: str, count: int) -> list[str]:
         # The store's choice of sets. With no state: of the model, else of the
         # provider, else all. With a state: that state's set of each matching
-        # (provider, model) group, its share of the page from each, merged, and
-        # the groups that may hold more read on to a page's worth.
+        # (provider, model) group with sessions in it, its share of the page from
+        # each, merged, and the groups that may hold more read on to a page's worth.
         if flt.state is None:
             if flt.model is not None:
                 index = self.keys.by_tenant(flt.tenant, model=flt.model)
@@ -448,7 +448,7 @@ class RedisBackend:
         state = flt.state
         groups = [
             (provider, model)
-            for provider, model in await self._groups(flt.tenant)
+            for provider, model in await self._groups(flt.tenant, state)
             if flt.provider_id in (None, provider) and flt.model in (None, model)
         ]
         names = [self.keys.by_state(flt.tenant, state, *group) for group in groups]
@@ -473,9 +473,15 @@ class RedisBackend:
                 lists[j] += members
         return list(heapq.merge(*lists, reverse=True))[:count]
 
-    async def _groups(self, tenant: TenantId) -> set[tuple[str, str]]:
-        fields = await self.client.hkeys(self.keys.counters(tenant))
-        return {tuple(json.loads(field.split(" ", 2)[2])) for field in fields}
+    async def _groups(self, tenant: TenantId, state: type[SessionState]) -> set[tuple[str, str]]:
+        """The tenant's groups with sessions in ``state``, by its count fields."""
+        counts = await self.client.hgetall(self.keys.counters(tenant))
+        metric = f"n:{state.name} "
+        return {
+            tuple(json.loads(field.split(" ", 2)[2]))
+            for field, value in counts.items()
+            if field.startswith(metric) and value != "0"
+        }
 
     async def server_cpu(self) -> float | None:
         cpu = await self.client.info("cpu")
@@ -484,7 +490,7 @@ class RedisBackend:
     async def raw_expired(self, tenants: Sequence[TenantId]) -> int:
         total = 0
         for tenant in tenants:
-            groups = await self._groups(tenant)
+            groups = await self._groups(tenant, SessionExpired)
             async with self.client.pipeline(transaction=False) as pipe:
                 for provider, model in groups:
                     pipe.zcard(self.keys.by_state(tenant, SessionExpired, provider, model))

@@ -37,7 +37,7 @@ from llmsession.errors import (
     WrongStateError,
 )
 from llmsession.ids import SessionId, TenantId
-from llmsession.states import Active, Closed, Created, SessionExpired, state_named
+from llmsession.states import ALL_STATES, Active, Closed, Created, SessionExpired, state_named
 from llmsession.store import SessionQuery, SessionStore, StoredSession, Totals, open_store
 from llmsession.store.memory import MemoryStore
 from llmsession.store.redis import (
@@ -57,6 +57,8 @@ from llmsession.store.redis_schema import (
     group_head,
     group_tail,
     member_id,
+    parse_counters,
+    state_metric,
 )
 from llmsession.timestamps import Timestamp
 from llmsession.tokens import MAX_TOKENS
@@ -400,7 +402,8 @@ async def test_a_state_listing_reads_only_its_groups(
     redis_url: str, redis_store: RedisStore
 ) -> None:
     """LIST_STATE reads the sets of exactly the groups its filters match, however
-    alike the labels' texts are: every entry a listing reads is a match."""
+    alike the labels' texts are, and only those with sessions in the state: every
+    entry a listing reads is a match."""
     labels = [
         ("a", "m"),
         ("ab", "m"),
@@ -416,13 +419,22 @@ async def test_a_state_listing_reads_only_its_groups(
         )
         await redis_store.activate(ACME, created.record.session_id)
         ids[provider, model] = created.record.session_id
+    # Groups with no Active session: one whose only session was closed, one whose
+    # only session is still Created. Their count fields exist, at 0 for Active.
+    for provider, model, close in (("a", "gone", True), ("a", "new", False)):
+        created = await redis_store.create(
+            ACME, provider_id=provider, model=model, initial_tokens=1
+        )
+        if close:
+            await redis_store.activate(ACME, created.record.session_id)
+            await redis_store.close(ACME, created.record.session_id)
     keys = RedisKeys(_prefix(redis_url))
     head, tail = keys.state_set_parts(ACME, Active)
     client = await _raw(redis_url)
     try:
         await client.script_load(LIST_STATE.source)
-        for provider in (None, *{p for p, _ in labels}):
-            for model in (None, *{m for _, m in labels}):
+        for provider in (None, "a", *{p for p, _ in labels}):
+            for model in (None, "gone", "new", *{m for _, m in labels}):
                 names, lists, per = await client.evalsha(
                     LIST_STATE.sha,
                     1,
@@ -434,6 +446,7 @@ async def test_a_state_listing_reads_only_its_groups(
                     "+",
                     "-",
                     "100",
+                    state_metric(Active),
                 )
                 matching = [(p, m) for p, m in ids if provider in (None, p) and model in (None, m)]
                 expected = {ids[group] for group in matching}
@@ -1378,16 +1391,28 @@ async def _check_global_indexes(url: str, store: RedisStore) -> None:
 
 async def _check_listing_sets(url: str, sessions: list[StoredSession]) -> None:
     """Each session is listed in exactly the sets of its tenant, provider, model, and
-    its state's set of its (provider, model) group; no set lists anything else."""
+    its state's set of its (provider, model) group; no set lists anything else. Each
+    group's count of sessions in a state (by which LIST_STATE picks the groups to
+    read) is the size of that state's set."""
     keys = RedisKeys(_prefix(url))
     client = await _raw(url)
+    tenants = {stored.record.tenant_id for stored in sessions}
     try:
         listed: dict[str, set[str]] = {}
+        sizes: dict[str, int] = {}
         async for key in client.scan_iter(match=f"{keys.prefix}ix:*", count=1000):
-            for entry in await client.zrange(key, 0, -1):
+            entries = await client.zrange(key, 0, -1)
+            sizes[key] = len(entries)
+            for entry in entries:
                 listed.setdefault(entry, set()).add(key)
+        counters = {tenant: await client.hgetall(keys.counters(tenant)) for tenant in tenants}
     finally:
         await client.aclose()
+    for tenant in tenants:
+        for (provider, model), metrics in parse_counters(counters[tenant]).items():
+            for state in ALL_STATES:
+                name = keys.by_state(tenant, state, provider, model)
+                assert metrics[state_metric(state)] == sizes.get(name, 0), name
     expected: dict[str, set[str]] = {}
     for stored in sessions:
         record = stored.record

@@ -101,6 +101,7 @@ from llmsession.store.redis_schema import (
     parse_session_values,
     parse_time,
     split_row,
+    state_metric,
 )
 from llmsession.store.session_groups import PendingChange, SessionGroups
 from llmsession.timestamps import Timestamp
@@ -617,6 +618,7 @@ class RedisStore(SessionStore):
                 high,
                 low,
                 str(count),
+                state_metric(query.state),
             ],
         )
         names_read, lists_read, per_read = _items(reply)

@@ -93,6 +93,7 @@ __all__ = [
     "parse_time",
     "round_json",
     "split_row",
+    "state_metric",
 ]
 
 #: The key layout this code writes; data with a newer one is refused. Version 2
@@ -313,26 +314,35 @@ return members[#members]
 """)
 
 #: The first members of one state's sets, of every group of a tenant that matches
-#: the filters, read newest first: the caller merges them (Lua compares strings by
-#: the server's locale, not byte by byte). Of ``count`` wanted in all, each group
-#: gives its first ceil(count / groups): enough unless the newest are bunched in a
-#: few groups, which the caller then reads on (RedisStore._listed). KEYS[1]: the
-#: tenant's counters hash, whose field names give its groups (see RedisKeys).
+#: the filters and has sessions in that state, read newest first: the caller merges
+#: them (Lua compares strings by the server's locale, not byte by byte). Of
+#: ``count`` wanted in all, each group gives its first ceil(count / groups): enough
+#: unless the newest are bunched in a few groups, which the caller then reads on
+#: (RedisStore._listed). KEYS[1]: the tenant's counters hash: its "n:<state>"
+#: fields give the groups with sessions in that state (CAS moves a session between
+#: state sets and these counts in one step, so a count of 0 is an empty set).
 #: ARGV: 1 and 2 the set name before and after the group; 3 what the group must
 #: start with, 4 what it must end with ('' for any); 5 high and 6 low bound
-#: (ZREVRANGEBYLEX syntax), 7 count. Returns {names, lists, per}: the matching
-#: groups' sets, the members read of each, and how many were asked of each.
+#: (ZREVRANGEBYLEX syntax), 7 count, 8 the state's metric ("n:<state>"). Returns
+#: {names, lists, per}: the groups' sets, the members read of each, and how many
+#: were asked of each.
 LIST_STATE: Final = Script.of("""
 local seen, names = {}, {}
 local head, tail = ARGV[3], ARGV[4]
-for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
-  -- "<metric> <lo or hi> <group>": neither of the first two holds a space.
-  local group = string.match(field, '^[^ ]+ [^ ]+ (.*)$')
-  if group and not seen[group] then
-    seen[group] = true
-    if (head == '' or string.sub(group, 1, #head) == head)
-        and (tail == '' or (#group >= #tail and string.sub(group, -#tail) == tail)) then
-      names[#names + 1] = ARGV[1] .. group .. ARGV[2]
+local lo, hi = ARGV[8] .. ' lo ', ARGV[8] .. ' hi '
+local fields = redis.call('HGETALL', KEYS[1])
+for j = 1, #fields, 2 do
+  local field = fields[j]
+  -- A group whose sessions all left the state keeps its count fields, at '0'.
+  if fields[j + 1] ~= '0'
+      and (string.sub(field, 1, #lo) == lo or string.sub(field, 1, #hi) == hi) then
+    local group = string.sub(field, #lo + 1)
+    if not seen[group] then
+      seen[group] = true
+      if (head == '' or string.sub(group, 1, #head) == head)
+          and (tail == '' or (#group >= #tail and string.sub(group, -#tail) == tail)) then
+        names[#names + 1] = ARGV[1] .. group .. ARGV[2]
+      end
     end
   end
 end
@@ -912,6 +922,11 @@ def _counter_increments(
 def counter_group(provider: str, model: str) -> str:
     """The part of a counter's field name that names its (provider, model) group."""
     return json.dumps([provider, model])
+
+
+def state_metric(state: type[SessionState]) -> str:
+    """The counter of the sessions in ``state`` (its fields: "<metric> lo|hi <group>")."""
+    return _STATE_METRIC[state]
 
 
 def group_head(provider: str) -> str:
