@@ -391,6 +391,94 @@ async def test_close_racing_rounds_keeps_every_acknowledged_round(store: Session
     assert len(await all_rounds(store, ACME, session_id)) == sum(accepted)
 
 
+# -- several stores on one backend --------------------------------------------------
+# SQLite, PostgreSQL and Redis stores remember the sessions they last wrote and
+# start the next change from that; these tests make that memory outdated
+# through another store (another process or replica) on the same data.
+
+
+async def test_changes_through_two_stores_take_turns_exactly(
+    store: SessionStore, open_more: Opener
+) -> None:
+    other = await open_more()
+    session_id = await new_session(store)
+    for turn in range(6):
+        through = (store, other)[turn % 2]
+        result = await through.record_round(ACME, session_id, 10, idempotency_key=f"k{turn}")
+        assert (result.replayed, result.round.seq) == (False, turn + 1)
+    # A key used through the other store is replayed, not counted again.
+    again = await store.record_round(ACME, session_id, 10, idempotency_key="k5")
+    assert (again.replayed, again.round.seq) == (True, 6)
+    await other.close(ACME, session_id)
+    # This store last saw the session Active; the answer follows what is stored.
+    with pytest.raises(WrongStateError) as error:
+        await store.record_round(ACME, session_id, 10)
+    assert_wrong_state(error, "record_delta", "active", "closed")
+    final = await store.get(ACME, session_id)
+    assert (final.record.state, final.record.round_count, final.version) == (Closed, 6, 9)
+    assert [r.seq for r in await all_rounds(store, ACME, session_id)] == list(range(1, 7))
+
+
+async def test_a_session_activated_by_another_store_takes_rounds_here(
+    store: SessionStore, open_more: Opener
+) -> None:
+    other = await open_more()
+    session_id = await new_session(store, activate=False)
+    # Refused: this store has now seen the session Created.
+    with pytest.raises(WrongStateError):
+        await store.record_round(ACME, session_id, 5)
+    await other.activate(ACME, session_id)
+    result = await store.record_round(ACME, session_id, 5)
+    assert (result.round.seq, result.session.record.state, result.session.version) == (
+        1,
+        Active,
+        3,
+    )
+    # And the other way round: seen Active here, closed there.
+    await other.close(ACME, session_id)
+    with pytest.raises(WrongStateError) as error:
+        await store.activate(ACME, session_id)
+    assert_wrong_state(error, "activate", "created", "closed")
+
+
+async def test_a_session_expired_by_another_store_refuses_a_round(
+    store: SessionStore, open_more: Opener, clock: ManualClock
+) -> None:
+    other = await open_more()
+    session_id = await new_session(store, ttl_seconds=60)
+    await store.record_round(ACME, session_id, 5)
+    clock.advance(70)
+    assert await other.sweep() == 1
+    with pytest.raises(SessionExpiredError):
+        await store.record_round(ACME, session_id, 5)
+    with pytest.raises(WrongStateError) as error:
+        await store.close(ACME, session_id)
+    assert_wrong_state(error, "close", "active", "expired")
+    stored = await store.get(ACME, session_id)
+    assert (stored.record.state, stored.record.round_count, stored.version) == (
+        SessionExpired,
+        1,
+        4,
+    )
+    assert stored.record.expired_at == T0.plus_seconds(60)
+
+
+async def test_a_session_purged_by_another_store_is_gone_for_this_one(
+    store: SessionStore, open_more: Opener, clock: ManualClock
+) -> None:
+    other = await open_more()
+    session_id = await new_session(store, activate=False)
+    # A refused change still shows this store the session.
+    with pytest.raises(WrongStateError):
+        await store.record_round(ACME, session_id, 5)
+    clock.advance(10)
+    assert await other.purge_created(10) == 1
+    with pytest.raises(NotFoundError):
+        await store.activate(ACME, session_id)
+    with pytest.raises(NotFoundError):
+        await store.get(ACME, session_id)
+
+
 # -- expiry -------------------------------------------------------------------------
 
 

@@ -6,6 +6,8 @@ The behaviour every backend shares is in test_conformance.py.
 from __future__ import annotations
 
 import asyncio
+import resource
+import signal
 import sqlite3
 import sys
 from collections.abc import AsyncGenerator
@@ -37,6 +39,10 @@ def _pragma(path: Path, name: str) -> object:
 
 def _entries(directory: Path) -> list[Path]:
     return list(directory.iterdir())
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
 
 
 # -- URLs and files ------------------------------------------------------------------
@@ -234,3 +240,46 @@ async def test_a_write_cancelled_while_waiting_leaves_the_store_usable(sqlite_ur
         assert await store.sweep() == 0
     finally:
         await store.aclose()
+
+
+# -- remembered sessions ----------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE and SIGXFSZ (POSIX)")
+async def test_a_commit_that_fails_leaves_nothing_remembered(sqlite_url: str) -> None:
+    """A round whose COMMIT fails is refused and leaves no trace: the next rounds,
+    which start from what the store remembers, count only what was stored."""
+    store = await open_store(sqlite_url)
+    try:
+        session_id = await _session(store)
+        await store.record_round(ACME, session_id, 1)
+        # The WAL only grows until its first checkpoint, so a file size limit at
+        # its present size makes the next COMMIT fail to append (EFBIG): a real
+        # I/O error, raised by SQLite as it is on a full disk.
+        wal_size = _size(Path(f"{path_of_url(sqlite_url)}-wal"))
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (wal_size, hard))
+        try:
+            with pytest.raises(StoreError, match=r"disk I/O error|full"):
+                await store.record_round(ACME, session_id, 1000)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, previous)
+        await store.record_round(ACME, session_id, 20)
+        result = await store.record_round(ACME, session_id, 300)
+    finally:
+        await store.aclose()
+    assert (result.round.seq, result.session.record.delta_tokens, result.session.version) == (
+        3,
+        321,
+        5,
+    )
+    fresh = await open_store(sqlite_url)
+    try:
+        stored = await fresh.get(ACME, session_id)
+        rounds = (await fresh.list_rounds(ACME, session_id)).items
+    finally:
+        await fresh.aclose()
+    assert (stored.record.round_count, stored.record.delta_tokens, stored.version) == (3, 321, 5)
+    assert [(r.seq, r.delta_tokens) for r in rounds] == [(1, 1), (2, 20), (3, 300)]

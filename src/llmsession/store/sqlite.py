@@ -10,10 +10,18 @@ disk before it is acknowledged and survives a crash or a power cut.
 Each store holds two connections, each used from its own thread: a writer,
 whose transactions an :class:`asyncio.Lock` keeps from interleaving (one
 connection holds one transaction at a time), and a read-only reader, so reads
-go on while the writer waits for another process's lock. Work goes to a
-connection's thread as one function per step (open the transaction and read the
-session; write the change and commit), so a round costs two or three thread
-hops rather than one per statement.
+go on while the writer waits for another process's lock. A write transaction
+goes to the writer's thread as one function (begin, read, let the core compute,
+write, commit): one thread hop per transaction, not one per statement. Changes
+that queue up meanwhile share the next transaction (:class:`GroupCommit`).
+
+The writer remembers the sessions it last read or wrote
+(:class:`RecentSessions`, touched only in its thread) and starts a change from
+that instead of reading the row; the ``UPDATE``'s version check tells whether
+it was still the stored one (another process may have written since). If it was
+not, or if the change would write nothing (an error, a replay), the change is
+computed again from a fresh read in the same transaction: an answer never rests
+on a remembered session alone.
 
 Times are integer epoch microseconds. The schema is created and versioned here,
 in ``PRAGMA user_version``.
@@ -37,6 +45,7 @@ from llmsession.clock import Clock, system_clock
 from llmsession.errors import (
     ConflictError,
     InvalidInput,
+    LLMSessionError,
     NotFoundError,
     SchemaVersionError,
     StoreError,
@@ -64,6 +73,7 @@ from llmsession.store.models import (
     Totals,
     check_page_size,
 )
+from llmsession.store.recent import RecentSessions
 from llmsession.store.sql_rows import (
     INSERT_COLUMNS,
     SESSION_COLUMNS,
@@ -83,6 +93,10 @@ SCHEMA_VERSION: Final = 1
 
 # SQLite's INTEGER, and so the largest LIMIT.
 _MAX_INTEGER = 2**63 - 1
+
+# How many sessions the writer remembers (as PostgreSQL's default session_cache):
+# a few MB, and a round on any of them needs no read.
+_SESSION_CACHE: Final = 10_000
 
 # How long a write waits for another process's write lock before giving up.
 _BUSY_TIMEOUT_SECONDS = 30.0
@@ -284,6 +298,7 @@ def _in_transaction(work: Callable[[sqlite3.Connection], T], conn: sqlite3.Conne
 @dataclass(frozen=True, slots=True)
 class _PendingChange:
     key: tuple[bytes, str]
+    tenant_id: TenantId
     session_id: SessionId
     change: ChangeFn
     idempotency_key: str | None
@@ -310,6 +325,8 @@ class SQLiteStore(SessionStore):
         self._reader: _Connection | None = None
         self._lock = asyncio.Lock()
         self._changes = GroupCommit(self._run_changes)
+        # Only the writer's thread touches it (in _apply_change).
+        self._recent = RecentSessions(_SESSION_CACHE)
         self._closed = False
 
     @classmethod
@@ -396,9 +413,13 @@ class SQLiteStore(SessionStore):
         ``work`` runs in the writer's thread; it reads the clock there, after the
         lock was taken, so a writer that waited never writes an older time.
         """
+        return await self._in_writer(partial(_in_transaction, work))
+
+    async def _in_writer(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in the writer's thread, its transactions kept from interleaving."""
         writer, _ = self._connections()
         async with self._lock:
-            return await writer.run(partial(_in_transaction, work))
+            return await writer.run(work)
 
     async def _read(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
         _, reader = self._connections()
@@ -418,13 +439,28 @@ class SQLiteStore(SessionStore):
         idempotency_key: str | None,
     ) -> Change:
         return await self._changes.submit(
-            _PendingChange(_key(tenant_id, session_id), session_id, change, idempotency_key)
+            _PendingChange(
+                _key(tenant_id, session_id), tenant_id, session_id, change, idempotency_key
+            )
         )
 
     async def _run_changes(self, batch: Sequence[_PendingChange]) -> list[Change | Exception]:
         # Every change that queued up while the last commit was syncing goes into
         # one transaction: one fsync for the batch instead of one per round.
-        return await self._write(partial(self._apply_changes, batch))
+        return await self._in_writer(partial(self._commit_changes, batch))
+
+    def _commit_changes(
+        self, batch: Sequence[_PendingChange], conn: sqlite3.Connection
+    ) -> list[Change | Exception]:
+        try:
+            return _in_transaction(partial(self._apply_changes, batch), conn)
+        except BaseException:
+            # Rolled back (a failed COMMIT, say): what the batch wrote and so
+            # remembered was never stored, and its version numbers will be
+            # written again with other contents.
+            for pending in batch:
+                self._recent.forget(pending.session_id)
+            raise
 
     def _apply_changes(
         self, batch: Sequence[_PendingChange], conn: sqlite3.Connection
@@ -450,31 +486,56 @@ class SQLiteStore(SessionStore):
     def _apply_change(self, pending: _PendingChange, conn: sqlite3.Connection) -> Change:
         """Read, let the core compute, write: all in the writer's thread, under its lock.
 
-        The write lock is held throughout, so the version check cannot fail today;
-        it stays, so that the write is right whoever else holds the file.
+        A session this store remembers is not read: a round is then one UPDATE
+        and one INSERT. The UPDATE's version check decides whether the
+        remembered session was current; if not, the change is computed again
+        from a fresh read (the write lock is held throughout, so that read is
+        current).
         """
+        known = self._recent.get(pending.tenant_id, pending.session_id)
+        if known is not None:
+            try:
+                result = self._change(pending, known, conn)
+            except LLMSessionError:
+                # Only a write confirms the remembered session; an error may
+                # come from an outdated one.
+                result = None
+            if (
+                result is not None
+                and result.stored is not known
+                and self._write_change(conn, known, result)
+            ):
+                return result
         row = conn.execute(_SELECT_SESSION, pending.key).fetchone()
         if row is None:
+            self._recent.forget(pending.session_id)
             raise NotFoundError(f"no session {pending.session_id}")
         stored = _stored_from_row(row)
+        self._recent.remember(stored)
+        result = self._change(pending, stored, conn)
+        if result.stored is not stored and not self._write_change(conn, stored, result):
+            raise VersionConflict
+        return result
+
+    def _change(
+        self, pending: _PendingChange, stored: StoredSession, conn: sqlite3.Connection
+    ) -> Change:
         first = None
         if pending.idempotency_key is not None:
             found = conn.execute(
                 _SELECT_ROUND_BY_KEY, (pending.key[0], pending.idempotency_key)
             ).fetchone()
             first = None if found is None else _round_from_row(pending.session_id, found)
-        result = self._compute(pending.change, stored, first)
-        if result.stored is not stored:
-            if (
-                conn.execute(
-                    _UPDATE_SESSION, _update_params(result.stored, stored.version)
-                ).rowcount
-                != 1
-            ):
-                raise VersionConflict
-            if result.round is not None:
-                conn.execute(_INSERT_ROUND, _round_params(result.round))
-        return result
+        return self._compute(pending.change, stored, first)
+
+    def _write_change(self, conn: sqlite3.Connection, old: StoredSession, result: Change) -> bool:
+        """Write ``result`` over ``old`` if the row still holds ``old``'s version."""
+        if conn.execute(_UPDATE_SESSION, _update_params(result.stored, old.version)).rowcount != 1:
+            return False
+        if result.round is not None:
+            conn.execute(_INSERT_ROUND, _round_params(result.round))
+        self._recent.remember(result.stored)
+        return True
 
     async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         rows = await self._read(_SELECT_SESSION, _key(tenant_id, session_id))
