@@ -297,7 +297,6 @@ def _in_transaction(work: Callable[[sqlite3.Connection], T], conn: sqlite3.Conne
 
 @dataclass(frozen=True, slots=True)
 class _PendingChange:
-    key: tuple[bytes, str]
     tenant_id: TenantId
     session_id: SessionId
     change: ChangeFn
@@ -439,9 +438,7 @@ class SQLiteStore(SessionStore):
         idempotency_key: str | None,
     ) -> Change:
         return await self._changes.submit(
-            _PendingChange(
-                _key(tenant_id, session_id), tenant_id, session_id, change, idempotency_key
-            )
+            _PendingChange(tenant_id, session_id, change, idempotency_key)
         )
 
     async def _run_changes(self, batch: Sequence[_PendingChange]) -> list[Change | Exception]:
@@ -506,7 +503,7 @@ class SQLiteStore(SessionStore):
                 and self._write_change(conn, known, result)
             ):
                 return result
-        row = conn.execute(_SELECT_SESSION, pending.key).fetchone()
+        row = conn.execute(_SELECT_SESSION, _key(pending.tenant_id, pending.session_id)).fetchone()
         if row is None:
             self._recent.forget(pending.session_id)
             raise NotFoundError(f"no session {pending.session_id}")
@@ -523,7 +520,7 @@ class SQLiteStore(SessionStore):
         first = None
         if pending.idempotency_key is not None:
             found = conn.execute(
-                _SELECT_ROUND_BY_KEY, (pending.key[0], pending.idempotency_key)
+                _SELECT_ROUND_BY_KEY, (pending.session_id.value.bytes, pending.idempotency_key)
             ).fetchone()
             first = None if found is None else _round_from_row(pending.session_id, found)
         return self._compute(pending.change, stored, first)
