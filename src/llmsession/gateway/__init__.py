@@ -11,7 +11,7 @@ from llmsession.gateway.config import (
     load_config,
     parse_config,
 )
-from llmsession.gateway.usage import Usage
+from llmsession.usage import Usage
 
 __all__ = [
     "DEFAULT_HISTORY_LIMIT_BYTES",

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from llmsession.gateway.sse import SSEDecoder, SSEEvent, encode_event
-from llmsession.gateway.usage import Usage
 from llmsession.gateway.wire import (
     Answer,
     GatewayInputError,
@@ -37,6 +36,7 @@ from llmsession.gateway.wire import (
     load_json_object,
     object_field,
 )
+from llmsession.usage import Usage
 
 __all__ = [
     "ResponsesRequest",

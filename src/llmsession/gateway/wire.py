@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, cast
 
 from llmsession.errors import InvalidInput
-from llmsession.gateway.usage import Usage
+from llmsession.usage import Usage
 
 __all__ = [
     "Answer",
