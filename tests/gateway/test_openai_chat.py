@@ -124,8 +124,9 @@ def run(stream: bytes, *, wants_usage: bool, sizes: int | None = None) -> tuple[
 
 def test_stream_passes_through_byte_for_byte_when_the_client_asked_for_usage() -> None:
     out, translator = run(STREAM, wants_usage=True)
-    assert out == STREAM
     outcome = translator.close()
+    assert out + outcome.tail == STREAM
+    assert outcome.tail == b"data: [DONE]\n\n"
     assert outcome.completed
     assert outcome.answer.items == ({"role": "assistant", "content": "Hello there!"},)
     assert outcome.answer.usage is not None
@@ -138,8 +139,8 @@ def test_stream_passes_through_byte_for_byte_when_the_client_asked_for_usage() -
 @pytest.mark.parametrize("step", [1, 7, 64])
 def test_stream_drops_only_the_usage_chunk_when_the_client_did_not_ask(step: int) -> None:
     out, translator = run(STREAM, wants_usage=False, sizes=step)
-    assert out == STREAM.replace(USAGE_CHUNK, b"")
     outcome = translator.close()
+    assert out + outcome.tail == STREAM.replace(USAGE_CHUNK, b"")
     assert outcome.completed
     assert outcome.answer.usage is not None
     assert outcome.answer.usage.output_tokens == 3

@@ -109,8 +109,9 @@ def test_stream_passes_through_and_reads_the_completed_response(step: int) -> No
     out = b"".join(
         b"".join(translator.feed(STREAM[i : i + step])) for i in range(0, len(STREAM), step)
     )
-    assert out == STREAM
     outcome = translator.close()
+    assert out + outcome.tail == STREAM
+    assert outcome.tail.startswith(b"event: response.completed\n")
     assert outcome.completed
     assert outcome.answer.response_id == "resp_1"
     assert outcome.answer.items[0]["content"][0]["text"] == "Hi"

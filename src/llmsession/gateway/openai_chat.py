@@ -165,20 +165,30 @@ class ChatStream:
         self._refusal: list[str] = []
         self._tool_calls: dict[int, JSONObject] = {}
         self._saw_message = False
+        self._tail: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        """Decode ``chunk``; return the events to forward, byte for byte."""
-        return [event.raw for event in self._decoder.feed(chunk) if self._keep(event)]
+        """Decode ``chunk``; return the events to forward now, byte for byte.
+
+        ``[DONE]`` (and anything after it) is held back for :meth:`close`.
+        """
+        forward: list[bytes] = []
+        for event in self._decoder.feed(chunk):
+            if self._keep(event):
+                (self._tail if self._done else forward).append(event.raw)
+        return forward
 
     def close(self) -> StreamOutcome:
         """The upstream stream ended: what it carried, and whether it reached ``[DONE]``."""
         for event in self._decoder.close():
-            self._keep(event)
+            if self._keep(event):
+                self._tail.append(event.raw)
         items = (self._message(),) if self._saw_message else ()
         return StreamOutcome(
             answer=Answer(items=items, usage=self._usage),
             completed=self._done and self._error is None,
             error=self._error,
+            tail=b"".join(self._tail),
         )
 
     def _keep(self, event: SSEEvent) -> bool:

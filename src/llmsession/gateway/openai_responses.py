@@ -178,23 +178,34 @@ class ResponsesStream:
         self._items: dict[int, JSONObject] = {}
         self._response_id: str | None = None
         self._error: JSONObject | None = None
+        self._tail: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        """Decode ``chunk``; every event is forwarded as it came."""
-        events = self._decoder.feed(chunk)
-        for event in events:
+        """Decode ``chunk``; every event is forwarded as it came.
+
+        The closing event (``response.completed`` or ``response.incomplete``) and
+        anything after it are held back for :meth:`close`.
+        """
+        forward: list[bytes] = []
+        for event in self._decoder.feed(chunk):
             self._read(event)
-        return [event.raw for event in events]
+            (self._tail if self._final is not None else forward).append(event.raw)
+        return forward
 
     def close(self) -> StreamOutcome:
         """The upstream stream ended: what it carried, and whether it reached its end."""
         for event in self._decoder.close():
             self._read(event)
+            self._tail.append(event.raw)
         if self._final is not None:
-            return StreamOutcome(answer=self._final, completed=self._error is None)
+            return StreamOutcome(
+                answer=self._final, completed=self._error is None, tail=b"".join(self._tail)
+            )
         items = tuple(self._items[i] for i in sorted(self._items))
         answer = Answer(items=items, usage=self._partial_usage, response_id=self._response_id)
-        return StreamOutcome(answer=answer, completed=False, error=self._error)
+        return StreamOutcome(
+            answer=answer, completed=False, error=self._error, tail=b"".join(self._tail)
+        )
 
     def _read(self, event: SSEEvent) -> None:
         try:

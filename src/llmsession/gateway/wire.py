@@ -63,13 +63,16 @@ class StreamOutcome:
     completed: bool
     #: The provider's own error, when the stream ended with one.
     error: JSONObject | None = None
+    #: The stream's closing events, held back by ``feed``: the forwarding layer
+    #: commits the round first, so a client that saw the end can rely on it.
+    tail: bytes = b""
 
 
 class StreamTranslator(Protocol):
     """Feed upstream bytes as they arrive; forward what ``feed`` returns at once."""
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        """The bytes to send the client now, one SSE event each."""
+        """The bytes to send the client now, one SSE event each (closing events held back)."""
         ...
 
     def close(self) -> StreamOutcome:
