@@ -32,6 +32,7 @@ def admin_routes(context: AppContext) -> APIRouter:
         dependencies=[Depends(admin_dependency(context))],
         responses=error_responses(401, 403, 413, 503),
         route_class=StrictQueryRoute,
+        redirect_slashes=False,  # as the app's: see create_app
     )
 
     @router.post(

@@ -52,6 +52,7 @@ def session_routes(context: AppContext) -> APIRouter:
         tags=["sessions"],
         responses=error_responses(401, 403, 413, 503),
         route_class=StrictQueryRoute,
+        redirect_slashes=False,  # as the app's: see create_app
     )
     tenant_of_request = tenant_dependency(context)
 
