@@ -1,5 +1,5 @@
 """HTTP details, over real HTTP against the real server: the Allow list of a 405, HEAD,
-and paths with a trailing slash.
+paths with a trailing slash, and a request with more than one Authorization header.
 """
 
 from __future__ import annotations
@@ -219,6 +219,52 @@ def test_served_routes_take_head_only_through_get() -> None:
     for context in iter_route_contexts(app.routes):
         if isinstance(context.original_route, APIRoute):
             assert "HEAD" not in (context.methods or ()), context.path
+
+
+# -- ambiguous credentials -----------------------------------------------------------
+
+
+def _two_keys(first: str, second: str) -> list[tuple[str, str]]:
+    return [("Authorization", first), ("Authorization", second)]
+
+
+@pytest.mark.parametrize(
+    ("method", "template", "body"),
+    [
+        ("GET", "/v1/sessions", None),
+        ("GET", "/v1/sessions/{session_id}", None),
+        ("POST", "/v1/sessions", NEW_SESSION),
+        ("POST", "/v1/sessions/{session_id}/rounds", {"delta_tokens": 5}),
+        ("POST", "/v1/sessions/{session_id}/close", None),
+        ("GET", "/v1/admin/tenants", None),
+        ("POST", "/v1/admin/tenants", {"tenant_id": "globex"}),
+    ],
+)
+def test_two_authorization_headers_are_refused_and_change_nothing(
+    world: World, method: str, template: str, body: dict[str, object] | None
+) -> None:
+    path = template.format(session_id=world.session_id)
+    valid = _auth_for(world, path)["Authorization"]
+    before = world.client.get(f"/v1/sessions/{world.session_id}", headers=world.auth).json()
+    count_before = len(world.client.get("/v1/sessions", headers=world.auth).json()["items"])
+    for first, second in [(valid, "Bearer lls_unknown_key"), (valid, valid)]:
+        response = world.client.request(method, path, json=body, headers=_two_keys(first, second))
+        problem = _problem(response, 400, "ambiguous-credentials")
+        assert "exactly one Authorization header" in str(problem["detail"])
+        assert first.removeprefix("Bearer ") not in response.text
+    after = world.client.get(f"/v1/sessions/{world.session_id}", headers=world.auth).json()
+    assert after == before
+    assert len(world.client.get("/v1/sessions", headers=world.auth).json()["items"]) == (
+        count_before
+    )
+    tenants = world.client.get("/v1/admin/tenants", headers=ADMIN).json()["items"]
+    assert [tenant["tenant_id"] for tenant in tenants] == ["acme"]
+
+
+def test_one_authorization_header_is_still_enough(world: World) -> None:
+    assert world.client.get("/v1/sessions", headers=world.auth).status_code == 200
+    unknown = world.client.get("/v1/sessions", headers=bearer("lls_unknown_key"))
+    _problem(unknown, 401, "unauthorized")
 
 
 def test_the_route_list_of_this_module_is_the_apps() -> None:

@@ -45,6 +45,7 @@ _URN = "urn:llmsession:problem:"
 
 #: Every problem type the service answers with: short name -> (status, title).
 PROBLEM_TYPES: dict[str, tuple[int, str]] = {
+    "ambiguous-credentials": (400, "Ambiguous credentials"),
     "unauthorized": (401, "Unauthorized"),
     "forbidden": (403, "Forbidden"),
     "not-found": (404, "Not found"),
