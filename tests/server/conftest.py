@@ -140,32 +140,38 @@ def _wait_ready(server: ServerProcess, timeout: float = 30.0) -> None:
     raise AssertionError(f"server not ready after {timeout} s:\n{server.output()}")
 
 
+def launch_server(store_url: str, log_dir: Path, **env: str) -> ServerProcess:
+    """Start ``python -m llmsession.server`` on a free port and wait until it is ready."""
+    port = free_port()
+    log = log_dir / f"server-{port}.log"
+    environment = {
+        **os.environ,
+        "LLMSESSION_STORE_URL": store_url,
+        "LLMSESSION_HOST": "127.0.0.1",
+        "LLMSESSION_PORT": str(port),
+        "LLMSESSION_ADMIN_KEY": ADMIN_KEY,
+        **env,
+    }
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llmsession.server"],
+            env=environment,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
+    _wait_ready(server)
+    return server
+
+
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
     """Start real server processes; each is stopped (SIGTERM) at the end if still running."""
     started: list[ServerProcess] = []
 
     def start(store_url: str, **env: str) -> ServerProcess:
-        port = free_port()
-        log = tmp_path / f"server-{port}.log"
-        environment = {
-            **os.environ,
-            "LLMSESSION_STORE_URL": store_url,
-            "LLMSESSION_HOST": "127.0.0.1",
-            "LLMSESSION_PORT": str(port),
-            "LLMSESSION_ADMIN_KEY": ADMIN_KEY,
-            **env,
-        }
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "llmsession.server"],
-                env=environment,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
-        server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
+        server = launch_server(store_url, tmp_path, **env)
         started.append(server)
-        _wait_ready(server)
         return server
 
     yield start

@@ -128,10 +128,10 @@ async def test_openapi_documents_problems_auth_and_operation_ids(api: Api) -> No
                     )
             if path.startswith("/v1/admin"):
                 assert operation["security"] == [{"AdminKey": []}]
-                assert {"401", "403", "503"} <= set(operation["responses"])
+                assert {"400", "401", "403", "503"} <= set(operation["responses"])
             elif path.startswith("/v1"):
                 assert operation["security"] == [{"TenantKey": []}]
-                assert {"401", "403", "503"} <= set(operation["responses"])
+                assert {"400", "401", "403", "503"} <= set(operation["responses"])
     assert {"create_session", "record_round", "list_sessions", "revoke_key"} <= operation_ids
     rounds = schema["paths"]["/v1/sessions/{session_id}/rounds"]["post"]
     assert [p["name"] for p in rounds["parameters"]] == ["session_id", "Idempotency-Key"]

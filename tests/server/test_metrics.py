@@ -82,6 +82,7 @@ async def test_request_latency_is_labelled_by_route_template_method_and_status(
         f"/v1/sessions/{session_id}/rounds", json={"delta_tokens": -1}, headers=auth
     )
     await api.client.get("/v1/sessions")
+    await api.client.head(f"/v1/sessions/{session_id}", headers=auth)
     await api.client.get(f"/no/such/{session_id}")
     await api.client.request("BREW", "/v1/sessions")
 
@@ -91,6 +92,10 @@ async def test_request_latency_is_labelled_by_route_template_method_and_status(
     assert _value(samples, name, route=rounds, method="POST", status="201") == 3
     assert _value(samples, name, route=rounds, method="POST", status="422") == 1
     assert _value(samples, name, route="/v1/sessions", method="GET", status="401") == 1
+    # HEAD is served as GET, and labelled as what it was.
+    assert (
+        _value(samples, name, route="/v1/sessions/{session_id}", method="HEAD", status="200") == 1
+    )
     assert _value(samples, name, route="unmatched", method="GET", status="404") == 1
     assert _value(samples, name, route="/v1/sessions", method="OTHER", status="405") == 1
     assert (

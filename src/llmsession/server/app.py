@@ -14,6 +14,7 @@ from llmsession.gateway.forwarding import Gateway
 from llmsession.gateway.transport import HttpxUpstream, Upstream
 from llmsession.server.body_limit import MAX_BODY_BYTES, BodyLimit
 from llmsession.server.context import AppContext
+from llmsession.server.methods import HeadAsGet, RouteMethods
 from llmsession.server.metrics import RequestMetricsMiddleware, ServerMetrics
 from llmsession.server.openapi import ServiceAPI
 from llmsession.server.problems import install_problem_handlers
@@ -101,15 +102,20 @@ def create_app(
         version=_version(),
         description=_DESCRIPTION,
         lifespan=lifespan,
+        # No redirect to the path with or without a trailing slash: an unknown path is a
+        # 404 problem, and a redirect would be built from the client's Host header.
+        redirect_slashes=False,
         # Operation ids are the route functions' names: create_session, record_round...
         generate_unique_id_function=_operation_id,
         # The service exports its own Prometheus metrics; FastAPI's OpenTelemetry
         # hooks would otherwise look up the global providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    install_problem_handlers(app)
+    route_methods = RouteMethods(app)
+    install_problem_handlers(app, allowed_methods=route_methods.allowed)
     # Each add_middleware wraps the ones before: the metrics time everything, the
     # body limit applies to the fast path as well.
+    app.add_middleware(HeadAsGet, methods=route_methods)
     if fast_rounds:
         app.add_middleware(FastRounds, context=context)
     gateway_limit = (

@@ -1,7 +1,9 @@
 """Who is calling: a tenant (by its API key) or the admin (by the admin key).
 
 The tenant comes only from the key, never from the path or body. Keys are
-compared in constant time and never logged or echoed.
+compared in constant time and never logged or echoed. A request with more than
+one Authorization header is refused (400): picking one of them would let
+whatever added the other (a proxy, a client library) decide who is calling.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Security
+from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
 
 from llmsession.errors import AuthenticationError
 from llmsession.ids import TenantId
@@ -20,6 +23,7 @@ from llmsession.server.problems import Problem
 
 __all__ = [
     "admin_dependency",
+    "authorization_header",
     "bearer_token",
     "require_admin",
     "require_tenant",
@@ -40,6 +44,18 @@ _admin_bearer = HTTPBearer(
 Credentials = HTTPAuthorizationCredentials | None
 
 _MISSING = "missing API key: send the header 'Authorization: Bearer <key>'"
+
+
+def authorization_header(headers: Headers) -> str | None:
+    """The request's one Authorization header (None without one); a 400 problem for several."""
+    values = headers.getlist("authorization")
+    if len(values) > 1:
+        raise Problem(
+            "ambiguous-credentials",
+            f"the request has {len(values)} Authorization headers; "
+            "send exactly one Authorization header: 'Authorization: Bearer <key>'",
+        )
+    return values[0] if values else None
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -87,8 +103,9 @@ def tenant_dependency(context: AppContext) -> Callable[..., Awaitable[TenantId]]
     """A FastAPI dependency giving the tenant of the request's API key."""
 
     async def authenticated_tenant(
-        credentials: Annotated[Credentials, Security(_tenant_bearer)],
+        request: Request, credentials: Annotated[Credentials, Security(_tenant_bearer)]
     ) -> TenantId:
+        authorization_header(request.headers)  # the bearer scheme reads only the first
         return await require_tenant(context, _credentials_token(credentials))
 
     return authenticated_tenant
@@ -98,8 +115,9 @@ def admin_dependency(context: AppContext) -> Callable[..., Awaitable[None]]:
     """A FastAPI dependency admitting only the admin key."""
 
     async def authenticated_admin(
-        credentials: Annotated[Credentials, Security(_admin_bearer)],
+        request: Request, credentials: Annotated[Credentials, Security(_admin_bearer)]
     ) -> None:
+        authorization_header(request.headers)  # the bearer scheme reads only the first
         await require_admin(context, _credentials_token(credentials))
 
     return authenticated_admin

@@ -8,7 +8,7 @@ Anything unexpected becomes a 500 problem that tells nothing about the inside.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 from fastapi import FastAPI, Request
@@ -47,6 +47,7 @@ _URN = "urn:llmsession:problem:"
 
 #: Every problem type the service answers with: short name -> (status, title).
 PROBLEM_TYPES: dict[str, tuple[int, str]] = {
+    "ambiguous-credentials": (400, "Ambiguous credentials"),
     "unauthorized": (401, "Unauthorized"),
     "forbidden": (403, "Forbidden"),
     "not-found": (404, "Not found"),
@@ -189,31 +190,43 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     return _render(validation_problem(exc.errors()))
 
 
-async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    headers = dict(exc.headers or {})
-    status = exc.status_code
-    if status == 404:
-        return problem_response(
-            "not-found", f"no route {request.url.path!r}; see /docs", headers=headers
-        )
-    if status == 405:
-        allowed = headers.get("Allow") or headers.get("allow") or ""
-        return problem_response(
-            "method-not-allowed",
-            f"{request.method} is not allowed on {request.url.path!r}; allowed: {allowed}",
-            headers=headers,
-        )
-    if status == 413:
-        return problem_response("too-large", str(exc.detail), headers=headers)
-    if 400 <= status < 500:
-        # 400 is a body FastAPI could not read (e.g. not UTF-8): bad input like any other.
-        detail = f"{exc.detail}: send a JSON object encoded as UTF-8"
-        return problem_response(
-            "invalid-input", detail, headers=headers, errors=[{"loc": ["body"], "msg": detail}]
-        )
-    logger.error("HTTP error %s: %s", status, exc.detail)
-    return problem_response("internal", "the server failed to handle this request")
+def _http_exception_handler(
+    allowed_methods: Callable[[str], Sequence[str]],
+) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        headers = dict(exc.headers or {})
+        status = exc.status_code
+        path = request.url.path
+        if status == 404:
+            detail = f"no route {path!r}"
+            trimmed = path.rstrip("/")
+            if trimmed and trimmed != path and allowed_methods(trimmed):
+                detail += f"; paths take no trailing slash: {trimmed!r}"
+            else:
+                detail += "; see /docs"
+            return problem_response("not-found", detail, headers=headers)
+        if status == 405:
+            # The router names the methods of one route; the path may have several.
+            allowed = ", ".join(allowed_methods(path)) or headers.pop("Allow", "")
+            headers["Allow"] = allowed
+            return problem_response(
+                "method-not-allowed",
+                f"{request.method} is not allowed on {path!r}; allowed: {allowed}",
+                headers=headers,
+            )
+        if status == 413:
+            return problem_response("too-large", str(exc.detail), headers=headers)
+        if 400 <= status < 500:
+            # 400 is a body FastAPI could not read (e.g. not UTF-8): bad input like any other.
+            detail = f"{exc.detail}: send a JSON object encoded as UTF-8"
+            return problem_response(
+                "invalid-input", detail, headers=headers, errors=[{"loc": ["body"], "msg": detail}]
+            )
+        logger.error("HTTP error %s: %s", status, exc.detail)
+        return problem_response("internal", "the server failed to handle this request")
+
+    return on_http_exception
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -237,10 +250,15 @@ def response_for(error: Exception, request: Request) -> JSONResponse:
     )
 
 
-def install_problem_handlers(app: FastAPI) -> None:
-    """Make every error of ``app`` an application/problem+json response."""
+def install_problem_handlers(
+    app: FastAPI, *, allowed_methods: Callable[[str], Sequence[str]]
+) -> None:
+    """Make every error of ``app`` an application/problem+json response.
+
+    ``allowed_methods`` gives the methods a path serves (the ``Allow`` list of a 405).
+    """
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(LLMSessionError, _on_llmsession_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(StarletteHTTPException, _http_exception_handler(allowed_methods))
     app.add_exception_handler(Exception, _on_unexpected)

@@ -10,6 +10,7 @@ from llmsession.server.schemas import ProblemOut
 __all__ = ["error_responses"]
 
 _DESCRIPTIONS = {
+    400: "More than one Authorization header",
     401: "No key, an unknown key or a revoked key (with WWW-Authenticate: Bearer)",
     403: "A key not allowed on this route",
     404: "No such session (or another tenant's), tenant or key",

@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llmsession.server.auth import bearer_token, require_tenant
+from llmsession.server.auth import authorization_header, bearer_token, require_tenant
 from llmsession.server.context import AppContext
 from llmsession.server.metrics import ROUTE_TEMPLATE_KEY
 from llmsession.server.params import parse_idempotency_key, parse_json_body, parse_session_id
@@ -66,9 +66,9 @@ async def record_round_response(
 ) -> JSONResponse:
     """Record the round a request asks for; 201, or 200 for a replayed Idempotency-Key.
 
-    Raises the errors the problem handlers render (401, 403, 404, 409, 422, 503).
+    Raises the errors the problem handlers render (400, 401, 403, 404, 409, 422, 503).
     """
-    tenant = await require_tenant(context, bearer_token(request.headers.get("authorization")))
+    tenant = await require_tenant(context, bearer_token(authorization_header(request.headers)))
     parsed_id = parse_session_id(session_id)
     idempotency_key = parse_idempotency_key(request.headers.get("idempotency-key"))
     body = await parse_json_body(RecordRoundIn, request)

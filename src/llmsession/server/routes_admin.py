@@ -30,8 +30,9 @@ def admin_routes(context: AppContext) -> APIRouter:
         prefix="/v1/admin",
         tags=["admin"],
         dependencies=[Depends(admin_dependency(context))],
-        responses=error_responses(401, 403, 413, 503),
+        responses=error_responses(400, 401, 403, 413, 503),
         route_class=StrictQueryRoute,
+        redirect_slashes=False,  # as the app's: see create_app
     )
 
     @router.post(

@@ -22,7 +22,10 @@ logger = logging.getLogger("llmsession.server")
 def ops_routes(context: AppContext) -> APIRouter:
     """/healthz, /readyz and /metrics of one app."""
     router = APIRouter(
-        tags=["operations"], route_class=StrictQueryRoute, responses=error_responses(413)
+        tags=["operations"],
+        route_class=StrictQueryRoute,
+        responses=error_responses(413),
+        redirect_slashes=False,  # as the app's: see create_app
     )
 
     @router.get("/healthz", response_model=StatusOut, summary="200 while the process runs")

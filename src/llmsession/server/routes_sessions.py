@@ -50,8 +50,9 @@ def session_routes(context: AppContext) -> APIRouter:
     router = APIRouter(
         prefix="/v1",
         tags=["sessions"],
-        responses=error_responses(401, 403, 413, 503),
+        responses=error_responses(400, 401, 403, 413, 503),
         route_class=StrictQueryRoute,
+        redirect_slashes=False,  # as the app's: see create_app
     )
     tenant_of_request = tenant_dependency(context)
 
