@@ -23,18 +23,26 @@ not, or if the change would write nothing (an error, a replay), the change is
 computed again from a fresh read in the same transaction: an answer never rests
 on a remembered session alone.
 
-Times are integer epoch microseconds. The schema is created and versioned here,
-in ``PRAGMA user_version``.
+Gateway sessions keep their conversation in ``turns``, written in the
+transaction of its round and deleted in the one that ends the session. Their
+turns are serialized across processes by a lease row per session
+(``turn_leases``, see :meth:`SQLiteStore.turn_lock`).
+
+Times are integer epoch microseconds. The schema is created, versioned (in
+``PRAGMA user_version``) and upgraded here; see _UPGRADES.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -51,7 +59,7 @@ from llmsession.errors import (
     StoreError,
 )
 from llmsession.ids import SessionId, TenantId
-from llmsession.states import ALL_STATES, Created, state_named
+from llmsession.states import ALL_STATES, Active, Created, state_named
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
     Change,
@@ -71,16 +79,26 @@ from llmsession.store.models import (
     StoredSession,
     Tenant,
     Totals,
+    Turn,
+    UsageTotals,
     check_page_size,
 )
 from llmsession.store.recent import RecentSessions
 from llmsession.store.sql_rows import (
     INSERT_COLUMNS,
+    ROUND_USAGE_COLUMNS,
     SESSION_COLUMNS,
+    TURN_COLUMNS,
+    USAGE_COLUMNS,
     change_values,
     insert_values,
     key_from_row,
+    round_usage_values,
     stored_from_row,
+    turn_from_row,
+    turn_values,
+    usage_from_round_row,
+    usage_totals_from_row,
 )
 from llmsession.timestamps import Timestamp
 
@@ -89,7 +107,9 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "path_of_url"]
 T = TypeVar("T")
 
 #: The schema this code writes and reads; stored in ``PRAGMA user_version``.
-SCHEMA_VERSION: Final = 1
+#: Version 2 adds gateway rounds: usage on sessions and rounds, the turns of the
+#: conversation, the keys that started sessions and the turn leases.
+SCHEMA_VERSION: Final = 2
 
 # SQLite's INTEGER, and so the largest LIMIT.
 _MAX_INTEGER = 2**63 - 1
@@ -104,6 +124,72 @@ _BUSY_TIMEOUT_SECONDS = 30.0
 # The partial index on Created sessions only serves queries that spell its
 # condition the same way, so the state name is part of the SQL text.
 _CREATED = Created.name
+
+# A gateway turn holds its session's lease for seconds (the provider's answer);
+# the holder renews it every third of this while it runs, so only a holder that
+# crashed (or stalled this long) lets it lapse, and its session waits at most
+# this long for the next turn.
+_TURN_LEASE_SECONDS = 10.0
+# How long a waiter for a lease sleeps between looks, at first and at most.
+_LEASE_POLL_FIRST = 0.002
+_LEASE_POLL_MAX = 0.05
+
+# The tables of gateway rounds. A turn is large (a conversation's items and a
+# whole answer), so ``turns`` keeps its rowid: WITHOUT ROWID suits small rows.
+_GATEWAY_TABLES: Final = (
+    """
+    CREATE TABLE turns (
+        session_id    BLOB    NOT NULL,
+        seq           INTEGER NOT NULL,
+        endpoint      TEXT    NOT NULL,
+        request_hash  TEXT    NOT NULL,
+        request_items TEXT    NOT NULL,
+        answer_items  TEXT    NOT NULL,
+        response_id   TEXT,
+        answer_status INTEGER NOT NULL,
+        answer_type   TEXT    NOT NULL,
+        answer_body   BLOB    NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    )
+    """,
+    # The tenant's idempotency key that started a session through the gateway.
+    """
+    CREATE TABLE started_sessions (
+        tenant_id       TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        session_id      BLOB NOT NULL,
+        PRIMARY KEY (tenant_id, idempotency_key)
+    ) WITHOUT ROWID
+    """,
+    # Who holds a session's gateway turn, and until when (epoch microseconds).
+    """
+    CREATE TABLE turn_leases (
+        session_id BLOB    NOT NULL PRIMARY KEY,
+        holder     TEXT    NOT NULL,
+        until      INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+)
+
+#: What takes a schema from the version before to this one, in order; run in
+#: one transaction with the new user_version.
+_UPGRADES: Final[dict[int, tuple[str, ...]]] = {
+    # Added columns go at the end of their tables, as in _SCHEMA; SQLite adds a
+    # column by changing the table's definition only, without rewriting a row.
+    2: (
+        *(
+            f"ALTER TABLE sessions ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
+            for column in USAGE_COLUMNS.split(", ")
+        ),
+        "ALTER TABLE rounds ADD COLUMN gateway INTEGER NOT NULL DEFAULT 0",
+        *(
+            f"ALTER TABLE rounds ADD COLUMN {column} INTEGER"
+            for column in ROUND_USAGE_COLUMNS.split(", ")[1:-1]
+        ),
+        "ALTER TABLE rounds ADD COLUMN raw_usage TEXT",
+        *_GATEWAY_TABLES,
+    ),
+}
 
 _SCHEMA: Final = (
     """
@@ -124,7 +210,14 @@ _SCHEMA: Final = (
         version          INTEGER NOT NULL,
         ttl_seconds      INTEGER NOT NULL,
         last_activity_at INTEGER NOT NULL,
-        deadline         INTEGER
+        deadline         INTEGER,
+        -- UsageTotals: the provider's usage of the session's gateway rounds.
+        input_tokens         INTEGER NOT NULL DEFAULT 0,
+        cached_input_tokens  INTEGER NOT NULL DEFAULT 0,
+        cache_write_tokens   INTEGER NOT NULL DEFAULT 0,
+        output_tokens        INTEGER NOT NULL DEFAULT 0,
+        reasoning_tokens     INTEGER NOT NULL DEFAULT 0,
+        rounds_without_usage INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID
     """,
     """
@@ -158,6 +251,14 @@ _SCHEMA: Final = (
         delta_tokens    INTEGER NOT NULL,
         recorded_at     INTEGER NOT NULL,
         idempotency_key TEXT,
+        -- A gateway round's usage: 1 and the provider's figures (NULL if it sent none).
+        gateway             INTEGER NOT NULL DEFAULT 0,
+        input_tokens        INTEGER,
+        cached_input_tokens INTEGER,
+        cache_write_tokens  INTEGER,
+        output_tokens       INTEGER,
+        reasoning_tokens    INTEGER,
+        raw_usage           TEXT,
         PRIMARY KEY (session_id, seq),
         UNIQUE (session_id, idempotency_key)
     ) WITHOUT ROWID
@@ -180,20 +281,34 @@ _SCHEMA: Final = (
     """
     CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id, created_at, key_id)
     """,
+    *_GATEWAY_TABLES,
 )
 
-_SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ? AND tenant_id = ?"
-_INSERT_SESSION = f"INSERT INTO sessions ({INSERT_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+# A session as _stored_from_row reads it: its columns, then its usage.
+_SESSION_COLUMNS = f"{SESSION_COLUMNS}, {USAGE_COLUMNS}"
+_SELECT_SESSION = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ? AND tenant_id = ?"
+_INSERT_SESSION = (
+    f"INSERT INTO sessions ({INSERT_COLUMNS}, {USAGE_COLUMNS}) VALUES ({', '.join('?' * 23)})"
+)
 _UPDATE_SESSION = (
     "UPDATE sessions SET state = ?, activated_at = ?, closed_at = ?, expired_at = ?, "
     "round_count = ?, delta_tokens = ?, tokens_saved = ?, version = ?, last_activity_at = ?, "
-    "deadline = ? WHERE session_id = ? AND version = ?"
+    "deadline = ?, input_tokens = ?, cached_input_tokens = ?, cache_write_tokens = ?, "
+    "output_tokens = ?, reasoning_tokens = ?, rounds_without_usage = ? "
+    "WHERE session_id = ? AND version = ?"
 )
+# A ledger round leaves the gateway columns to their defaults (0 and NULL).
 _INSERT_ROUND = (
     "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key) "
     "VALUES (?, ?, ?, ?, ?)"
 )
-_ROUND_COLUMNS = "seq, delta_tokens, recorded_at, idempotency_key"
+_INSERT_GATEWAY_ROUND = (
+    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+    f"{ROUND_USAGE_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+)
+_INSERT_TURN = f"INSERT INTO turns (session_id, seq, {TURN_COLUMNS}) VALUES ({', '.join('?' * 10)})"
+_DELETE_TURNS = "DELETE FROM turns WHERE session_id = ?"
+_ROUND_COLUMNS = f"seq, delta_tokens, recorded_at, idempotency_key, {ROUND_USAGE_COLUMNS}"
 _SELECT_ROUND_BY_KEY = (
     f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE session_id = ? AND idempotency_key = ?"
 )
@@ -327,6 +442,8 @@ class SQLiteStore(SessionStore):
         # Only the writer's thread touches it (in _apply_change).
         self._recent = RecentSessions(_SESSION_CACHE)
         self._closed = False
+        #: How long a gateway turn's lease lasts unless renewed (see turn_lock).
+        self.turn_lease_seconds = _TURN_LEASE_SECONDS
 
     @classmethod
     async def open(
@@ -377,19 +494,25 @@ class SQLiteStore(SessionStore):
         if self._schema_version(conn) == SCHEMA_VERSION:
             return
         # Checked again under the write lock: another process may have won the race.
-        _in_transaction(self._create_schema, conn)
+        _in_transaction(self._create_or_upgrade, conn)
 
-    def _create_schema(self, conn: sqlite3.Connection) -> None:
-        if self._schema_version(conn) != 0:
+    def _create_or_upgrade(self, conn: sqlite3.Connection) -> None:
+        found = self._schema_version(conn)
+        if found == SCHEMA_VERSION:
             return
-        try:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-        except sqlite3.OperationalError as error:
-            raise StoreError(
-                f"SQLite file {self.path} already holds tables that llmsession did not "
-                f"create ({error}); use a new file"
-            ) from error
+        if found == 0:
+            try:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+            except sqlite3.OperationalError as error:
+                raise StoreError(
+                    f"SQLite file {self.path} already holds tables that llmsession did not "
+                    f"create ({error}); use a new file"
+                ) from error
+        else:
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                for statement in _UPGRADES[version]:
+                    conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _schema_version(self, conn: sqlite3.Connection) -> int:
@@ -426,9 +549,117 @@ class SQLiteStore(SessionStore):
 
     # -- session primitives ------------------------------------------------------
 
-    async def _insert(self, stored: StoredSession) -> None:
-        params = insert_values(stored, stored.record.session_id.value.bytes)
-        await self._write(lambda conn: conn.execute(_INSERT_SESSION, params).rowcount)
+    async def _insert(self, stored: StoredSession, first: Round | None = None) -> None:
+        params = (
+            *insert_values(stored, stored.record.session_id.value.bytes),
+            *stored.usage.as_tuple(),
+        )
+        start_key = None if first is None else first.idempotency_key
+
+        def insert(conn: sqlite3.Connection) -> None:
+            if start_key is not None:
+                _record_start(conn, stored, start_key)
+            conn.execute(_INSERT_SESSION, params)
+            if first is not None:
+                _insert_round(conn, first)
+
+        await self._write(insert)
+
+    async def _history_turns(self, session_id: SessionId) -> list[Turn]:
+        rows = await self._read(
+            f"SELECT {TURN_COLUMNS} FROM turns WHERE session_id = ? ORDER BY seq",
+            (session_id.value.bytes,),
+        )
+        return [turn_from_row(row) for row in rows]
+
+    async def _stored_turn(self, session_id: SessionId, seq: int) -> Turn | None:
+        rows = await self._read(
+            f"SELECT {TURN_COLUMNS} FROM turns WHERE session_id = ? AND seq = ?",
+            (session_id.value.bytes, seq),
+        )
+        return turn_from_row(rows[0]) if rows else None
+
+    async def _started_by(self, tenant_id: TenantId, idempotency_key: str) -> SessionId | None:
+        rows = await self._read(_SELECT_STARTED, (tenant_id.value, idempotency_key))
+        return SessionId(uuid.UUID(bytes=rows[0][0])) if rows else None
+
+    async def _find_round(
+        self, tenant_id: TenantId, session_id: SessionId, idempotency_key: str
+    ) -> tuple[StoredSession, Round] | None:
+        # The round first: rounds never change once written, so the session read
+        # after it is at least as new as the round.
+        rounds = await self._read(_SELECT_ROUND_BY_KEY, (session_id.value.bytes, idempotency_key))
+        stored = await self.get(tenant_id, session_id)
+        return (stored, _round_from_row(session_id, rounds[0])) if rounds else None
+
+    def turn_lock(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold a session's gateway turn, across every process using this file.
+
+        In this process waiters queue in arrival order; the first then takes the
+        session's lease row (``turn_leases``) in a write transaction, polling with
+        a short backoff while another process holds it. The holder renews the
+        lease while the block runs and deletes it on the way out (also when
+        cancelled); a lease left by a crashed process lapses after
+        ``turn_lease_seconds`` and is taken over.
+        """
+        return self._hold_turn(session_id)
+
+    @asynccontextmanager
+    async def _hold_turn(self, session_id: SessionId) -> AsyncGenerator[None]:
+        async with self._local_turns.turn(session_id):
+            holder = uuid.uuid4().hex
+            await self._take_lease(session_id, holder)
+            renewing = asyncio.create_task(self._renew_lease(session_id, holder))
+            try:
+                yield
+            finally:
+                renewing.cancel()
+                # Shielded: a cancelled turn still lets the next one in at once.
+                await asyncio.shield(self._drop_lease(session_id, holder))
+
+    async def _take_lease(self, session_id: SessionId, holder: str) -> None:
+        key = session_id.value.bytes
+        pause = _LEASE_POLL_FIRST
+
+        def take(conn: sqlite3.Connection) -> bool:
+            now = _wall_micros()
+            row = conn.execute(_SELECT_LEASE, (key,)).fetchone()
+            if row is not None and row[0] > now:
+                return False
+            until = now + int(self.turn_lease_seconds * 1_000_000)
+            conn.execute(_TAKE_LEASE, (key, holder, until))
+            return True
+
+        while True:
+            # A look through the reader first: waiting takes no write lock.
+            held = await self._read(_SELECT_LEASE, (key,))
+            if (not held or held[0][0] <= _wall_micros()) and await self._write(take):
+                return
+            await asyncio.sleep(random.uniform(pause / 2, pause))
+            pause = min(pause * 2, _LEASE_POLL_MAX)
+
+    async def _renew_lease(self, session_id: SessionId, holder: str) -> None:
+        key = session_id.value.bytes
+
+        def renew(conn: sqlite3.Connection) -> None:
+            until = _wall_micros() + int(self.turn_lease_seconds * 1_000_000)
+            conn.execute(_RENEW_LEASE, (until, key, holder))
+
+        # A renewal that fails (the store closed, its file broke) ends them: the
+        # lease then lapses, as a crashed holder's would.
+        with contextlib.suppress(StoreError):
+            while True:
+                await asyncio.sleep(self.turn_lease_seconds / 3)
+                await self._write(renew)
+
+    async def _drop_lease(self, session_id: SessionId, holder: str) -> None:
+        key = session_id.value.bytes
+        # If the store was closed (or its file failed) meanwhile, the lease lapses
+        # on its own.
+        with contextlib.suppress(StoreError):
+            await self._write(lambda conn: conn.execute(_DROP_LEASE, (key, holder)))
 
     async def _run_change(
         self,
@@ -527,11 +758,15 @@ class SQLiteStore(SessionStore):
 
     def _write_change(self, conn: sqlite3.Connection, old: StoredSession, result: Change) -> bool:
         """Write ``result`` over ``old`` if the row still holds ``old``'s version."""
-        if conn.execute(_UPDATE_SESSION, _update_params(result.stored, old.version)).rowcount != 1:
+        new = result.stored
+        if conn.execute(_UPDATE_SESSION, _update_params(new, old.version)).rowcount != 1:
             return False
         if result.round is not None:
-            conn.execute(_INSERT_ROUND, _round_params(result.round))
-        self._recent.remember(result.stored)
+            _insert_round(conn, result.round)
+        elif new.record.state is not Active and old.record.state is Active:
+            # The session ended: its conversation goes with it (the rounds stay).
+            conn.execute(_DELETE_TURNS, (new.record.session_id.value.bytes,))
+        self._recent.remember(new)
         return True
 
     async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
@@ -564,7 +799,7 @@ class SQLiteStore(SessionStore):
             params.append(query.created_before.epoch_micros)
         params.append(query.limit + 1)
         rows = await self._read(
-            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(conditions)} "
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(conditions)} "
             "ORDER BY created_at DESC, session_id DESC LIMIT ?",
             params,
         )
@@ -601,23 +836,31 @@ class SQLiteStore(SessionStore):
         provider = "provider_id" if "provider" in group_by else "NULL"
         model = "model" if "model" in group_by else "NULL"
         rows = await self._read(
-            f"SELECT {provider}, {model}, state, COUNT(*), {_split_sum('round_count')}, "
-            f"{_split_sum('delta_tokens')}, {_split_sum('tokens_saved')} "
+            f"SELECT {provider}, {model}, state, COUNT(*), "
+            f"{', '.join(_split_sum(column) for column in _SUMMED)} "
             "FROM sessions WHERE tenant_id = ? GROUP BY 1, 2, 3",
             (tenant_id.value,),
         )
-        # Per group: sessions by state, then rounds, delta tokens and tokens saved.
+        # Per group: sessions by state, then the sums of _SUMMED.
         sums: dict[tuple[str | None, str | None], tuple[dict[str, int], list[int]]] = {}
         for row in rows:
             key: tuple[str | None, str | None] = (row[0], row[1])
             by_state, amounts = sums.setdefault(
-                key, ({state.name: 0 for state in ALL_STATES}, [0, 0, 0])
+                key, ({state.name: 0 for state in ALL_STATES}, [0] * len(_SUMMED))
             )
             by_state[state_named(row[2]).name] += int(row[3])
-            for i in range(3):
+            for i in range(len(_SUMMED)):
                 amounts[i] += _join_halves(row[4 + 2 * i], row[5 + 2 * i])
         return [
-            Totals(key[0], key[1], by_state, *amounts)
+            Totals(
+                key[0],
+                key[1],
+                by_state,
+                amounts[0],
+                amounts[1],
+                amounts[2],
+                _usage_totals(amounts[3:]),
+            )
             for key, (by_state, amounts) in sorted(
                 sums.items(), key=lambda item: (item[0][0] or "", item[0][1] or "")
             )
@@ -626,19 +869,27 @@ class SQLiteStore(SessionStore):
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         def expire_due(conn: sqlite3.Connection) -> int:
             rows = conn.execute(
-                f"SELECT {SESSION_COLUMNS} FROM sessions "
+                f"SELECT {_SESSION_COLUMNS} FROM sessions "
                 "WHERE deadline IS NOT NULL AND deadline <= ? ORDER BY deadline LIMIT ?",
                 (now.epoch_micros, limit),
             ).fetchall()
             updates: list[Sequence[object]] = []
+            ended: list[tuple[bytes]] = []
             for row in rows:
                 stored = _stored_from_row(row)
                 expired = expire_if_due(stored, now)
                 if expired is not None:
                     updates.append(_update_params(expired, stored.version))
+                    ended.append((row[0],))
+            if not updates:
+                return 0
             # The write lock was held since the SELECT, so every version matches;
             # counting what was written keeps the figure honest regardless.
-            return conn.executemany(_UPDATE_SESSION, updates).rowcount if updates else 0
+            written = conn.executemany(_UPDATE_SESSION, updates).rowcount
+            # One probe of the turns' primary key per session: next to nothing
+            # for a session that never had a turn.
+            conn.executemany(_DELETE_TURNS, ended)
+            return written
 
         return await self._write(expire_due)
 
@@ -742,6 +993,18 @@ class SQLiteStore(SessionStore):
 
 _SELECT_KEY = "SELECT key_id, tenant_id, key_hash, created_at, revoked_at FROM api_keys"
 
+# Summed by totals(), in the order of Totals' rounds, delta_tokens, tokens_saved
+# and then UsageTotals' fields.
+_SUMMED: Final = ("round_count", "delta_tokens", "tokens_saved", *USAGE_COLUMNS.split(", "))
+
+_SELECT_STARTED = (
+    "SELECT session_id FROM started_sessions WHERE tenant_id = ? AND idempotency_key = ?"
+)
+_SELECT_LEASE = "SELECT until FROM turn_leases WHERE session_id = ?"
+_TAKE_LEASE = "INSERT OR REPLACE INTO turn_leases (session_id, holder, until) VALUES (?, ?, ?)"
+_RENEW_LEASE = "UPDATE turn_leases SET until = ? WHERE session_id = ? AND holder = ?"
+_DROP_LEASE = "DELETE FROM turn_leases WHERE session_id = ? AND holder = ?"
+
 
 def path_of_url(url: str) -> Path:
     """The file a ``sqlite:///`` URL names: three slashes, then a relative or absolute path."""
@@ -774,7 +1037,52 @@ def _join_halves(high: int | None, low: int | None) -> int:
 
 
 def _update_params(new: StoredSession, expected_version: int) -> tuple[object, ...]:
-    return (*change_values(new), new.record.session_id.value.bytes, expected_version)
+    return (
+        *change_values(new),
+        *new.usage.as_tuple(),
+        new.record.session_id.value.bytes,
+        expected_version,
+    )
+
+
+def _insert_round(conn: sqlite3.Connection, new_round: Round) -> None:
+    """Insert a round and, for a gateway round with one, its turn."""
+    if not new_round.gateway:
+        conn.execute(_INSERT_ROUND, _round_params(new_round))
+        return
+    conn.execute(_INSERT_GATEWAY_ROUND, (*_round_params(new_round), *round_usage_values(new_round)))
+    if new_round.turn is not None:
+        conn.execute(
+            _INSERT_TURN,
+            (new_round.session_id.value.bytes, new_round.seq, *turn_values(new_round.turn)),
+        )
+
+
+def _record_start(conn: sqlite3.Connection, stored: StoredSession, idempotency_key: str) -> None:
+    """Record the tenant's key that starts ``stored``; ConflictError if it started another."""
+    tenant = stored.record.tenant_id
+    try:
+        conn.execute(
+            "INSERT INTO started_sessions (tenant_id, idempotency_key, session_id) "
+            "VALUES (?, ?, ?)",
+            (tenant.value, idempotency_key, stored.record.session_id.value.bytes),
+        )
+    except sqlite3.IntegrityError:
+        row = conn.execute(_SELECT_STARTED, (tenant.value, idempotency_key)).fetchone()
+        started = "another session" if row is None else SessionId(uuid.UUID(bytes=row[0]))
+        raise ConflictError(
+            f"idempotency key {idempotency_key!r} already started session {started}"
+        ) from None
+
+
+def _usage_totals(sums: Sequence[int]) -> UsageTotals:
+    return UsageTotals(sums[0], sums[1], sums[2], sums[3], sums[4], sums[5])
+
+
+def _wall_micros() -> int:
+    # Leases are shared by processes, so they run on the machine's clock, not
+    # on the store's (which a test may hold still).
+    return time.time_ns() // 1000
 
 
 def _round_params(new_round: Round) -> tuple[object, ...]:
@@ -788,8 +1096,9 @@ def _round_params(new_round: Round) -> tuple[object, ...]:
 
 
 def _stored_from_row(row: Any) -> StoredSession:
-    return stored_from_row(row, SessionId(uuid.UUID(bytes=row[0])))
+    return stored_from_row(row, SessionId(uuid.UUID(bytes=row[0])), usage_totals_from_row(row, 15))
 
 
 def _round_from_row(session_id: SessionId, row: Any) -> Round:
-    return Round(session_id, row[0], row[1], Timestamp(row[2]), row[3])
+    gateway, usage = usage_from_round_row(row, 4)
+    return Round(session_id, row[0], row[1], Timestamp(row[2]), row[3], usage, gateway)
