@@ -175,6 +175,7 @@ _TO_VERSION_1 = (
             "output_tokens",
             "reasoning_tokens",
             "rounds_without_usage",
+            "has_turns",
         )
     ),
     *(

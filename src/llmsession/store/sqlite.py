@@ -179,7 +179,7 @@ _UPGRADES: Final[dict[int, tuple[str, ...]]] = {
     2: (
         *(
             f"ALTER TABLE sessions ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
-            for column in USAGE_COLUMNS.split(", ")
+            for column in (*USAGE_COLUMNS.split(", "), "has_turns")
         ),
         "ALTER TABLE rounds ADD COLUMN gateway INTEGER NOT NULL DEFAULT 0",
         *(
@@ -217,7 +217,9 @@ _SCHEMA: Final = (
         cache_write_tokens   INTEGER NOT NULL DEFAULT 0,
         output_tokens        INTEGER NOT NULL DEFAULT 0,
         reasoning_tokens     INTEGER NOT NULL DEFAULT 0,
-        rounds_without_usage INTEGER NOT NULL DEFAULT 0
+        rounds_without_usage INTEGER NOT NULL DEFAULT 0,
+        -- 1 once a turn was stored: which ended sessions have turns to delete.
+        has_turns            INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID
     """,
     """
@@ -308,6 +310,7 @@ _INSERT_GATEWAY_ROUND = (
 )
 _INSERT_TURN = f"INSERT INTO turns (session_id, seq, {TURN_COLUMNS}) VALUES ({', '.join('?' * 10)})"
 _DELETE_TURNS = "DELETE FROM turns WHERE session_id = ?"
+_MARK_TURNS = "UPDATE sessions SET has_turns = 1 WHERE session_id = ? AND has_turns = 0"
 _ROUND_COLUMNS = f"seq, delta_tokens, recorded_at, idempotency_key, {ROUND_USAGE_COLUMNS}"
 _SELECT_ROUND_BY_KEY = (
     f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE session_id = ? AND idempotency_key = ?"
@@ -610,7 +613,12 @@ class SQLiteStore(SessionStore):
     async def _hold_turn(self, session_id: SessionId) -> AsyncGenerator[None]:
         async with self._local_turns.turn(session_id):
             holder = uuid.uuid4().hex
-            await self._take_lease(session_id, holder)
+            try:
+                await self._take_lease(session_id, holder)
+            except BaseException:
+                # Cancelled while its write ran on, a take may still have committed.
+                await asyncio.shield(self._drop_lease(session_id, holder))
+                raise
             renewing = asyncio.create_task(self._renew_lease(session_id, holder))
             try:
                 yield
@@ -869,26 +877,28 @@ class SQLiteStore(SessionStore):
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         def expire_due(conn: sqlite3.Connection) -> int:
             rows = conn.execute(
-                f"SELECT {_SESSION_COLUMNS} FROM sessions "
+                f"SELECT {_SESSION_COLUMNS}, has_turns FROM sessions "
                 "WHERE deadline IS NOT NULL AND deadline <= ? ORDER BY deadline LIMIT ?",
                 (now.epoch_micros, limit),
             ).fetchall()
             updates: list[Sequence[object]] = []
+            # Only sessions that had turns are looked up in the turns table: a
+            # sweep of ledger sessions costs what it did before there were turns.
             ended: list[tuple[bytes]] = []
             for row in rows:
                 stored = _stored_from_row(row)
                 expired = expire_if_due(stored, now)
                 if expired is not None:
                     updates.append(_update_params(expired, stored.version))
-                    ended.append((row[0],))
+                    if row[-1]:
+                        ended.append((row[0],))
             if not updates:
                 return 0
             # The write lock was held since the SELECT, so every version matches;
             # counting what was written keeps the figure honest regardless.
             written = conn.executemany(_UPDATE_SESSION, updates).rowcount
-            # One probe of the turns' primary key per session: next to nothing
-            # for a session that never had a turn.
-            conn.executemany(_DELETE_TURNS, ended)
+            if ended:
+                conn.executemany(_DELETE_TURNS, ended)
             return written
 
         return await self._write(expire_due)
@@ -1052,10 +1062,9 @@ def _insert_round(conn: sqlite3.Connection, new_round: Round) -> None:
         return
     conn.execute(_INSERT_GATEWAY_ROUND, (*_round_params(new_round), *round_usage_values(new_round)))
     if new_round.turn is not None:
-        conn.execute(
-            _INSERT_TURN,
-            (new_round.session_id.value.bytes, new_round.seq, *turn_values(new_round.turn)),
-        )
+        key = new_round.session_id.value.bytes
+        conn.execute(_INSERT_TURN, (key, new_round.seq, *turn_values(new_round.turn)))
+        conn.execute(_MARK_TURNS, (key,))
 
 
 def _record_start(conn: sqlite3.Connection, stored: StoredSession, idempotency_key: str) -> None:
