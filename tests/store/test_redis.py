@@ -39,6 +39,7 @@ from llmsession.errors import (
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import ALL_STATES, Active, Closed, Created, SessionExpired, state_named
 from llmsession.store import SessionQuery, SessionStore, StoredSession, Totals, open_store
+from llmsession.store import redis as redis_module
 from llmsession.store.memory import MemoryStore
 from llmsession.store.redis import (
     DEFAULT_PREFIX,
@@ -513,11 +514,36 @@ async def test_open_warns_when_the_server_can_lose_writes(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(redis_module, "_LOGGED", set())  # as in a new process
     expected = await _expected_warnings(redis_url)
     with caplog.at_level(logging.WARNING, logger="llmsession.store.redis"):
         store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
     await store.aclose()
     assert store.durability_warnings == expected
+    warned = [r.getMessage() for r in caplog.records if r.name == "llmsession.store.redis"]
+    where = _parse_url(redis_url).where
+    assert warned == [f"{where}: {warning}" for warning in expected]
+
+
+async def test_a_process_warns_once_per_server(
+    redis_url: str,
+    clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(redis_module, "_LOGGED", set())  # as in a new process
+    expected = await _expected_warnings(redis_url)
+    if not expected:
+        pytest.skip("the test Redis is configured durably: there is no warning to count")
+    # Another prefix on the same server and database (under the fixture's prefix,
+    # so its keys are cleaned up too): the same settings, so no new warning.
+    other_prefix = redis_url.replace("?prefix=", "?max_connections=10&prefix=") + "other:"
+    with caplog.at_level(logging.WARNING, logger="llmsession.store.redis"):
+        for url in (redis_url, redis_url, other_prefix):
+            store = await open_store(url, clock=clock)
+            await store.aclose()
+            assert isinstance(store, RedisStore)
+            assert store.durability_warnings == expected
     warned = [r.getMessage() for r in caplog.records if r.name == "llmsession.store.redis"]
     where = _parse_url(redis_url).where
     assert warned == [f"{where}: {warning}" for warning in expected]

@@ -18,8 +18,8 @@ URL: ``redis://[user:password@]host:port/db`` (or ``rediss://``) with options
 
 What survives a crash is decided by the server's configuration; see
 docs/redis.md. :meth:`RedisStore.open` logs a warning when that configuration
-can lose acknowledged rounds. Redis Cluster is not supported: a write touches
-keys in many hash slots.
+can lose acknowledged rounds, once per process and server. Redis Cluster is not
+supported: a write touches keys in many hash slots.
 """
 
 from __future__ import annotations
@@ -389,13 +389,17 @@ class RedisStore(SessionStore):
             raw = await _admin(self._client).config_get(*_DURABILITY_SETTINGS)
         except ResponseError as error:
             # Managed services often disable CONFIG: say so rather than guess.
-            _log.info("cannot read the persistence settings of %s: %s", self._where, error)
+            _log_once(
+                logging.INFO,
+                self._where,
+                f"cannot read the persistence settings of {self._where}: {error}",
+            )
             return
         except RedisError as error:
             raise StoreError(f"{self._where} failed: {error}") from error
         self.durability_warnings = durability_warnings({str(k): str(v) for k, v in raw.items()})
         for warning in self.durability_warnings:
-            _log.warning("%s: %s", self._where, warning)
+            _log_once(logging.WARNING, self._where, f"{self._where}: {warning}")
 
     # -- backend primitives ----------------------------------------------------
 
@@ -1263,6 +1267,19 @@ class _Guard:
     ) -> None:
         if isinstance(error, RedisError):
             raise StoreError(f"{self.where} failed: {error}") from error
+
+
+# What this process has logged about each server (its ``where``: host, port and
+# database, never a password): a process opens many stores on one server (a
+# CLI command, workers, each test), and one warning says it all. A new message,
+# as when the server's settings changed, is logged again.
+_LOGGED: set[tuple[str, str]] = set()
+
+
+def _log_once(level: int, where: str, message: str) -> None:
+    if (where, message) not in _LOGGED:
+        _LOGGED.add((where, message))
+        _log.log(level, "%s", message)
 
 
 def durability_warnings(config: Mapping[str, str]) -> list[str]:
