@@ -573,13 +573,13 @@ async def test_sweep_honours_its_limit(store: SessionStore, clock: ManualClock) 
 async def test_a_zero_limit_sweeps_and_purges_nothing(
     store: SessionStore, clock: ManualClock
 ) -> None:
-    due = await new_session(store, ttl_seconds=10)
+    await new_session(store, ttl_seconds=10)
     old = await new_session(store, activate=False)
     clock.advance(10)
     assert await store.sweep(limit=0) == 0
     assert await store.purge_created(0, limit=0) == 0
-    assert (await store.get(ACME, due)).record.state is Active
     assert (await store.get(ACME, old)).record.state is Created
+    assert await store.sweep() == 1  # still due: the zero-limit sweep wrote nothing
 
 
 @pytest.mark.parametrize("limit", [-1, True, 1.5, "10", 2**63])
@@ -640,6 +640,141 @@ async def test_sweeping_races_late_rounds_without_double_expiry(
         stored = await store.get(ACME, session_id)
         assert (stored.record.state, stored.version) == (SessionExpired, 3)
         assert stored.record.expired_at == T0.plus_seconds(10)
+
+
+# -- reads as of now: a due session is shown expired before any sweep ------------
+
+
+async def listed(store: SessionStore, tenant: TenantId, **filters: Any) -> list[StoredSession]:
+    """Every session of a listing, walked two at a time, so that pages meet cursors."""
+    found: list[StoredSession] = []
+    cursor: str | None = None
+    while True:
+        page = await store.list_sessions(tenant, SessionQuery(limit=2, cursor=cursor, **filters))
+        found += page.items
+        if page.next_cursor is None:
+            return found
+        cursor = page.next_cursor
+
+
+async def test_reads_show_a_due_session_as_the_sweeper_will_write_it(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    due = await new_session(store, ttl_seconds=10)
+    await store.record_round(ACME, due, 40)
+    live = await new_session(store, ttl_seconds=30)
+    foreign = await new_session(store, GLOBEX, ttl_seconds=10)
+    clock.now = T0.plus_seconds(10)  # exactly due's deadline
+
+    shown = await store.get(ACME, due)
+    assert shown.record.state is SessionExpired
+    assert shown.record.expired_at == T0.plus_seconds(10)
+    assert shown.deadline is None
+    assert (shown.record.round_count, shown.record.delta_tokens) == (1, 40)
+    assert (await store.get(ACME, live)).record.state is Active
+    assert [s.record.session_id for s in await listed(store, ACME, state=Active)] == [live]
+    assert await listed(store, ACME, state=SessionExpired) == [shown]
+    states = {s.record.session_id: s.record.state for s in await listed(store, ACME)}
+    assert states == {due: SessionExpired, live: Active}
+    [totals] = await store.totals(ACME)
+    assert totals.sessions == {"created": 0, "active": 1, "closed": 0, "expired": 1}
+    assert (totals.rounds, totals.delta_tokens, totals.tokens_saved) == (1, 40, 960)
+
+    # Reads wrote nothing: the sweeper expires each once, to exactly what was shown.
+    assert await store.sweep() == 2
+    assert await store.get(ACME, due) == shown
+    assert await listed(store, ACME, state=SessionExpired) == [shown]
+    assert (await store.totals(ACME))[0] == totals
+    assert (await store.get(GLOBEX, foreign)).record.state is SessionExpired
+
+
+async def test_a_session_is_active_until_its_deadline(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    session_id = await new_session(store, ttl_seconds=10)
+    clock.now = T0.plus_seconds(10 - 0.000001)
+    assert (await store.get(ACME, session_id)).record.state is Active
+    assert len(await listed(store, ACME, state=Active)) == 1
+    assert await listed(store, ACME, state=SessionExpired) == []
+    assert (await store.totals(ACME))[0].sessions["active"] == 1
+
+
+async def test_state_listings_page_through_due_and_swept_sessions(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    # Created a second apart, newest last; ttl 100 for the even ones, 1000 for the odd.
+    ids: list[SessionId] = []
+    for i in range(8):
+        ids.append(await new_session(store, ttl_seconds=100 if i % 2 == 0 else 1000))
+        clock.advance(1)
+    await new_session(store, GLOBEX, ttl_seconds=1)
+    clock.now = T0.plus_seconds(103)  # sessions 0 and 2 are due
+    assert await store.sweep() == 3  # and GLOBEX's
+    clock.now = T0.plus_seconds(106)  # now 4 and 6 too, not swept
+    await store.close(ACME, ids[7])
+
+    expired = await listed(store, ACME, state=SessionExpired)
+    assert [s.record.session_id for s in expired] == [ids[6], ids[4], ids[2], ids[0]]
+    assert [s.record.expired_at for s in expired] == [
+        T0.plus_seconds(t) for t in (106, 104, 102, 100)
+    ]
+    active = await listed(store, ACME, state=Active)
+    assert [s.record.session_id for s in active] == [ids[5], ids[3], ids[1]]
+    assert [s.record.session_id for s in await listed(store, ACME)] == ids[::-1]
+    # Filters combine with the due ones as with the stored ones.
+    assert await listed(store, ACME, state=SessionExpired, model="other") == []
+    after = T0.plus_seconds(3.5)
+    assert [
+        s.record.session_id
+        for s in await listed(store, ACME, state=SessionExpired, created_after=after)
+    ] == [ids[6], ids[4]]
+    [totals] = await store.totals(ACME)
+    assert totals.sessions == {"created": 0, "active": 3, "closed": 1, "expired": 4}
+
+
+async def test_totals_move_due_sessions_within_their_group(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    await new_session(store, provider_id="a", model="m1", ttl_seconds=10)
+    await new_session(store, provider_id="a", model="m2", ttl_seconds=50)
+    await new_session(store, provider_id="b", model="m1", ttl_seconds=10)
+    clock.advance(10)
+    groups = await store.totals(ACME, ["provider", "model"])
+    assert [
+        (g.provider_id, g.model, g.sessions["active"], g.sessions["expired"]) for g in groups
+    ] == [
+        ("a", "m1", 0, 1),
+        ("a", "m2", 1, 0),
+        ("b", "m1", 0, 1),
+    ]
+    by_model = await store.totals(ACME, ["model"])
+    assert [(g.model, g.sessions["active"], g.sessions["expired"]) for g in by_model] == [
+        ("m1", 0, 2),
+        ("m2", 1, 0),
+    ]
+    assert (await store.totals(GLOBEX)) == []
+
+
+async def test_a_due_session_read_through_another_store_matches_this_one(
+    store: SessionStore, clock: ManualClock, open_more: Opener
+) -> None:
+    # The other store remembers the session as Active (it wrote the round).
+    other = await open_more()
+    session_id = await new_session(store, ttl_seconds=10)
+    await other.record_round(ACME, session_id, 3)
+    clock.advance(10)
+    shown = await store.get(ACME, session_id)
+    assert shown.record.state is SessionExpired
+    assert await other.get(ACME, session_id) == shown
+    # A change starts from the session as stored, not as shown: a late close
+    # through a store that remembers nothing of it writes the expiry, once.
+    fresh = await open_more()
+    with pytest.raises(SessionExpiredError):
+        await fresh.close(ACME, session_id)
+    assert await store.sweep() == 0
+    with pytest.raises(SessionExpiredError):
+        await other.record_round(ACME, session_id, 3)
+    assert await store.get(ACME, session_id) == shown
 
 
 # -- purge_created ------------------------------------------------------------------

@@ -60,8 +60,10 @@ async def open_store(
 ) -> SessionStore:
     """Open (and on first use, create the schema of) the store at ``url``.
 
-    Backends are imported only when chosen, so a SQLite user never loads a
-    PostgreSQL or Redis driver.
+    Two stores opened on one URL share its data, as two processes would, except
+    ``memory://``: each call gives a new, empty MemoryStore of its own (share
+    one by passing the object). Backends are imported only when chosen, so a
+    SQLite user never loads a PostgreSQL or Redis driver.
     """
     scheme = urlsplit(url).scheme
     if scheme == "memory":

@@ -34,6 +34,7 @@ from llmsession.store.models import (
     Totals,
     check_page_size,
 )
+from llmsession.store.presented import present
 from llmsession.timestamps import Timestamp
 
 __all__ = ["MemoryStore"]
@@ -93,16 +94,18 @@ class MemoryStore(TransactionalStore):
         yield _MemoryTransaction(self, entry)
 
     async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
-        return self._entry(tenant_id, session_id).stored
+        """One session as of now: past its deadline, expired (see store.presented)."""
+        return present(self._entry(tenant_id, session_id).stored, self.clock())
 
     async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
         self._check_open()
         after = decode_cursor(query.cursor) if query.cursor is not None else None
+        now = self.clock()
         matches = sorted(
             (
-                entry.stored
-                for entry in self._sessions.values()
-                if _matches(entry.stored, tenant_id, query)
+                stored
+                for stored in (present(entry.stored, now) for entry in self._sessions.values())
+                if _matches(stored, tenant_id, query)
             ),
             key=_newest_first_key,
             reverse=True,
@@ -131,8 +134,9 @@ class MemoryStore(TransactionalStore):
     async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         self._check_open()
         groups: dict[tuple[str | None, str | None], Totals] = {}
+        now = self.clock()
         for entry in self._sessions.values():
-            record = entry.stored.record
+            record = present(entry.stored, now).record
             if record.tenant_id != tenant_id:
                 continue
             key = (
