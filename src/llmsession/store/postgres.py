@@ -247,6 +247,13 @@ _PURGE: Final = sql.SQL(
     "SELECT session_id FROM sessions WHERE state = {created} AND created_at <= %s "
     "ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) AND state = {created}"
 ).format(created=sql.Literal(Created.name))
+# One tenant's: found through sessions_by_state.
+_PURGE_TENANT: Final = sql.SQL(
+    "DELETE FROM sessions WHERE session_id IN ("
+    "SELECT session_id FROM sessions WHERE tenant_id = %s AND state = {created} "
+    "AND created_at <= %s ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) "
+    "AND state = {created}"
+).format(created=sql.Literal(Created.name))
 
 _LIST_ROUNDS: Final = (
     "SELECT r.seq, r.delta_tokens, r.recorded_at, r.idempotency_key FROM sessions s "
@@ -641,11 +648,11 @@ class PostgresStore(TransactionalStore):
         self._recent.remember(stored)
         return stored
 
-    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+    async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         async with self._connection() as conn:
             return await self._read(conn, tenant_id, session_id)
 
-    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+    async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
         clauses: list[LiteralString] = ["tenant_id = %s"]
         params: list[object] = [tenant_id.value]
         if query.state is not None:
@@ -688,7 +695,7 @@ class PostgresStore(TransactionalStore):
         )
         return Page(items, cursor)
 
-    async def list_rounds(
+    async def _list_rounds(
         self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
     ) -> Page[Round]:
         check_page_size(limit)
@@ -710,7 +717,7 @@ class PostgresStore(TransactionalStore):
         page = rounds[:limit]
         return Page(page, str(page[-1].seq) if len(rounds) > limit else None)
 
-    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+    async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         provider: LiteralString = "provider_id" if "provider" in group_by else "NULL::text"
         model: LiteralString = "model" if "model" in group_by else "NULL::text"
         statement = (
@@ -772,9 +779,16 @@ class PostgresStore(TransactionalStore):
             self._recent.refresh(new)
         return sum(update.rowcount for update in updates)
 
-    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
+    async def _purge_created(
+        self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
+    ) -> int:
         async with self._connection() as conn:
-            cur = await conn.execute(_PURGE, (cutoff.epoch_micros, limit))
+            if tenant_id is None:
+                cur = await conn.execute(_PURGE, (cutoff.epoch_micros, limit))
+            else:
+                cur = await conn.execute(
+                    _PURGE_TENANT, (tenant_id.value, cutoff.epoch_micros, limit)
+                )
             return cur.rowcount
 
     async def ping(self) -> None:
@@ -788,7 +802,7 @@ class PostgresStore(TransactionalStore):
 
     # -- tenants and API keys ---------------------------------------------------------
 
-    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _create_tenant(self, tenant_id: TenantId) -> Tenant:
         tenant = Tenant(tenant_id, self.clock())
         async with self._connection() as conn:
             cur = await conn.execute(
@@ -800,7 +814,7 @@ class PostgresStore(TransactionalStore):
             raise ConflictError(f"tenant {tenant_id} already exists")
         return tenant
 
-    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _get_tenant(self, tenant_id: TenantId) -> Tenant:
         async with self._connection() as conn:
             cur = await conn.execute(
                 "SELECT created_at FROM tenants WHERE tenant_id = %s", (tenant_id.value,)
@@ -818,7 +832,7 @@ class PostgresStore(TransactionalStore):
             rows = await cur.fetchall()
         return [Tenant(TenantId(row[0]), Timestamp(row[1])) for row in rows]
 
-    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+    async def _add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
         await self.get_tenant(tenant_id)
         info = ApiKeyInfo(key_id, tenant_id, key_hash, self.clock())
         async with self._connection() as conn:
@@ -839,7 +853,7 @@ class PostgresStore(TransactionalStore):
             row = await cur.fetchone()
         return None if row is None else key_from_row(row)
 
-    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+    async def _list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         async with self._connection() as conn:
             cur = await conn.execute(
                 "SELECT " + _KEY_COLUMNS + " FROM api_keys WHERE tenant_id = %s "

@@ -425,7 +425,7 @@ class RedisStore(SessionStore):
             # an answer that writes nothing.
             unchecked_key = idempotency_key
         else:
-            stored = await self.get(tenant_id, session_id)
+            stored = await self._get(tenant_id, session_id)
             self._recent.remember(stored)
             if idempotency_key is not None:
                 first = await self._find_round(session_id, idempotency_key)
@@ -540,7 +540,7 @@ class RedisStore(SessionStore):
             for index, outcome in enumerate(outcomes)
         ]
 
-    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+    async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         with self._guard():
             raw = await self._client.hgetall(self._keys.session(session_id))
         row = _row(raw)
@@ -550,7 +550,7 @@ class RedisStore(SessionStore):
             raise NotFoundError(f"no session {session_id}")
         return self._parse(session_id, row)
 
-    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+    async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
         self._check_open()
         after = decode_cursor(query.cursor) if query.cursor is not None else None
         uppers: list[str] = []
@@ -647,7 +647,7 @@ class RedisStore(SessionStore):
             lists[j] += [_text(m) for m in _items(members)]
         return _first(lists, count)
 
-    async def list_rounds(
+    async def _list_rounds(
         self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
     ) -> Page[Round]:
         check_page_size(limit)
@@ -665,7 +665,7 @@ class RedisStore(SessionStore):
         page = rounds[:limit]
         return Page(page, str(page[-1].seq) if len(rounds) > limit else None)
 
-    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+    async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         with self._guard():
             raw = await self._client.hgetall(self._keys.counters(tenant_id))
         groups: dict[tuple[str | None, str | None], Totals] = {}
@@ -705,12 +705,20 @@ class RedisStore(SessionStore):
             self._keys.deadlines, "(" + lex_time(now.epoch_micros + 1), limit, change
         )
 
-    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
+    async def _purge_created(
+        self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
+    ) -> int:
         self._check_open()
 
+        # One tenant's are picked from every tenant's index: it holds only Created
+        # sessions, of which those older than a purge's age are few (abandoned ones).
         def change(stored: StoredSession) -> tuple[StoredSession, StoredSession | None] | None:
             record = stored.record
-            doomed = record.state is Created and record.created_at <= cutoff
+            doomed = (
+                record.state is Created
+                and record.created_at <= cutoff
+                and (tenant_id is None or record.tenant_id == tenant_id)
+            )
             return (stored, None) if doomed else None
 
         return await self._drain(
@@ -730,7 +738,7 @@ class RedisStore(SessionStore):
 
     # -- tenants and API keys ----------------------------------------------------
 
-    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _create_tenant(self, tenant_id: TenantId) -> Tenant:
         tenant = Tenant(tenant_id, self.clock())
         [added] = await self._write(
             lambda pipe: pipe.hsetnx(
@@ -741,7 +749,7 @@ class RedisStore(SessionStore):
             raise ConflictError(f"tenant {tenant_id} already exists")
         return tenant
 
-    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _get_tenant(self, tenant_id: TenantId) -> Tenant:
         with self._guard():
             raw = await self._client.hget(self._keys.tenants, tenant_id.value)
         if raw is None:
@@ -754,7 +762,7 @@ class RedisStore(SessionStore):
         tenants = [Tenant(TenantId(k), self._time(v)) for k, v in _row(raw).items()]
         return sorted(tenants, key=lambda t: t.tenant_id)
 
-    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+    async def _add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
         await self.get_tenant(tenant_id)
         info = ApiKeyInfo(key_id, tenant_id, key_hash, self.clock())
         value = json.dumps([tenant_id.value, key_hash.hex(), info.created_at.epoch_micros])
@@ -772,7 +780,7 @@ class RedisStore(SessionStore):
                 raw, revoked = await pipe.execute()
         return None if raw is None else self._key(key_id, raw, revoked)
 
-    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+    async def _list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         with self._guard():
             members = await self._client.smembers(self._keys.tenant_keys(tenant_id))
             ids = sorted(_text(key_id) for key_id in members)
