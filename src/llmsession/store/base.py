@@ -489,8 +489,10 @@ def _expire_late(stored: StoredSession, now: Timestamp, method: str) -> Change |
 
 
 def _check_ids(tenant_id: object, session_id: object) -> None:
-    check_tenant_id("tenant_id", tenant_id)
-    check_session_id("session_id", session_id)
+    # Every round passes here: the common case is two type tests, not two calls.
+    if type(tenant_id) is not TenantId or type(session_id) is not SessionId:
+        check_tenant_id("tenant_id", tenant_id)
+        check_session_id("session_id", session_id)
 
 
 def _next(
