@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -34,7 +35,12 @@ from llmsession import (
     WrongStateError,
 )
 from llmsession.clock import ManualClock
-from llmsession.errors import AuthenticationError, ConflictError, InvalidTokenCount
+from llmsession.errors import (
+    AuthenticationError,
+    ConflictError,
+    InvalidIdentifier,
+    InvalidTokenCount,
+)
 from llmsession.expiry import MAX_TTL_SECONDS
 from llmsession.keys import authenticate, hash_secret, issue_key
 from llmsession.store import (
@@ -471,8 +477,8 @@ async def test_a_session_purged_by_another_store_is_gone_for_this_one(
     # A refused change still shows this store the session.
     with pytest.raises(WrongStateError):
         await store.record_round(ACME, session_id, 5)
-    clock.advance(10)
-    assert await other.purge_created(10) == 1
+    clock.advance(60)
+    assert await other.purge_created(60) == 1
     with pytest.raises(NotFoundError):
         await store.activate(ACME, session_id)
     with pytest.raises(NotFoundError):
@@ -575,9 +581,9 @@ async def test_a_zero_limit_sweeps_and_purges_nothing(
 ) -> None:
     await new_session(store, ttl_seconds=10)
     old = await new_session(store, activate=False)
-    clock.advance(10)
+    clock.advance(60)
     assert await store.sweep(limit=0) == 0
-    assert await store.purge_created(0, limit=0) == 0
+    assert await store.purge_created(60, limit=0) == 0
     assert (await store.get(ACME, old)).record.state is Created
     assert await store.sweep() == 1  # still due: the zero-limit sweep wrote nothing
 
@@ -786,13 +792,13 @@ async def test_purge_created_removes_only_old_created_sessions(
     old = [await new_session(store, activate=False) for _ in range(3)]
     foreign_old = await new_session(store, GLOBEX, activate=False)
     active = await new_session(store)
-    clock.advance(50)
+    clock.advance(100)
     fresh = await new_session(store, activate=False)
-    clock.advance(1)  # old ones are 51 s old, fresh is 1 s old
+    clock.advance(1)  # old ones are 101 s old, fresh is 1 s old
 
-    assert await store.purge_created(51, limit=2) == 2
-    assert await store.purge_created(51) == 2
-    assert await store.purge_created(51) == 0
+    assert await store.purge_created(101, limit=2) == 2
+    assert await store.purge_created(101) == 2
+    assert await store.purge_created(101) == 0
     for session_id, tenant in [*((s, ACME) for s in old), (foreign_old, GLOBEX)]:
         with pytest.raises(NotFoundError):
             await store.get(tenant, session_id)
@@ -805,9 +811,48 @@ async def test_purge_created_removes_only_old_created_sessions(
 
 async def test_purge_created_boundary_is_inclusive(store: SessionStore, clock: ManualClock) -> None:
     await new_session(store, activate=False)
-    clock.advance(30)
-    assert await store.purge_created(31) == 0
-    assert await store.purge_created(30) == 1
+    clock.advance(90)
+    assert await store.purge_created(91) == 0
+    assert await store.purge_created(90) == 1
+
+
+@pytest.mark.parametrize("seconds", [0, 1, 59, 59.999])
+async def test_purge_created_refuses_an_age_under_a_minute(
+    store: SessionStore, clock: ManualClock, seconds: float
+) -> None:
+    created = await new_session(store, activate=False)
+    clock.advance(3600)
+    with pytest.raises(InvalidInput, match="older_than_seconds must be at least 60"):
+        await store.purge_created(seconds)
+    assert (await store.get(ACME, created)).record.state is Created
+    assert await store.purge_created(60) == 1
+
+
+async def test_purge_created_can_be_scoped_to_one_tenant(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    # Another tenant's sessions come first in creation order, so a scoped purge
+    # has to look past them.
+    theirs = [await new_session(store, GLOBEX, activate=False) for _ in range(5)]
+    clock.advance(1)
+    mine = [await new_session(store, ACME, activate=False) for _ in range(3)]
+    active = await new_session(store, ACME)
+    clock.advance(60)
+
+    assert await store.purge_created(60, limit=2, tenant_id=ACME) == 2
+    assert await store.purge_created(60, tenant_id=ACME) == 1
+    assert await store.purge_created(60, tenant_id=ACME) == 0
+    assert await store.purge_created(60, tenant_id=TenantId("nobody")) == 0
+    for session_id in mine:
+        with pytest.raises(NotFoundError):
+            await store.get(ACME, session_id)
+    assert (await store.get(ACME, active)).record.state is Active
+    for session_id in theirs:
+        assert (await store.get(GLOBEX, session_id)).record.state is Created
+    [totals] = await store.totals(GLOBEX)
+    assert totals.sessions["created"] == 5
+
+    assert await store.purge_created(60) == 5
 
 
 # -- listing sessions ------------------------------------------------------------
@@ -1132,6 +1177,38 @@ async def test_totals_stay_exact_past_64_bits(store: SessionStore) -> None:
     assert totals.tokens_saved == 3 * 2**62
 
 
+@pytest.mark.parametrize(
+    "group_by",
+    [
+        "provider",  # a bare string, not a list of names
+        "providermodel",
+        ["providers"],
+        ["provider", "tenant"],
+        ["Model"],
+        [None],
+        [("provider",)],
+        {"provider"},
+        5,
+        None,
+    ],
+)
+async def test_totals_refuses_a_grouping_by_unknown_names(
+    store: SessionStore, group_by: object
+) -> None:
+    await new_session(store)
+    with pytest.raises(InvalidInput, match=r"group_by takes .*names from 'provider', 'model'"):
+        await store.totals(ACME, group_by)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+async def test_totals_accepts_a_tuple_and_a_repeated_name(store: SessionStore) -> None:
+    await new_session(store, provider_id="a")
+    await new_session(store, provider_id="b")
+    by_provider = await store.totals(ACME, ["provider"])
+    assert [t.provider_id for t in by_provider] == ["a", "b"]
+    assert await store.totals(ACME, ("provider",)) == by_provider
+    assert await store.totals(ACME, ["provider", "provider"]) == by_provider
+
+
 # -- bad input ---------------------------------------------------------------------
 
 
@@ -1205,7 +1282,9 @@ async def test_record_round_refuses_bad_deltas(store: SessionStore, delta: objec
     assert await all_rounds(store, ACME, session_id) == []
 
 
-@pytest.mark.parametrize("key", ["", "x" * 256, "line\nbreak", "\x00", 7, b"bytes"])
+@pytest.mark.parametrize(
+    "key", ["", "x" * 256, "line\nbreak", "\x00", 7, b"bytes", " ", " k", "k ", "k\t", "\u3000k"]
+)
 async def test_record_round_refuses_bad_idempotency_keys(store: SessionStore, key: object) -> None:
     session_id = await new_session(store)
     before = await store.get(ACME, session_id)
@@ -1261,6 +1340,110 @@ async def test_extreme_values_round_trip(store: SessionStore) -> None:
     assert stored == result.session
     assert stored.record.tokens_saved == MAX_TOKENS
     assert stored.deadline == T0.plus_seconds(MAX_TTL_SECONDS)
+
+
+# -- ids of the wrong type -----------------------------------------------------------
+
+IdCall = Callable[[SessionStore, Any, Any], Awaitable[object]]
+
+#: Every public method that takes a tenant id, called with ``(tenant, session id)``.
+TENANT_CALLS: dict[str, IdCall] = {
+    "create": lambda s, t, _: s.create(t, provider_id="p", model="m", initial_tokens=1),
+    "activate": lambda s, t, i: s.activate(t, i),
+    "record_round": lambda s, t, i: s.record_round(t, i, 1, idempotency_key="k"),
+    "close": lambda s, t, i: s.close(t, i),
+    "expire": lambda s, t, i: s.expire(t, i),
+    "get": lambda s, t, i: s.get(t, i),
+    "list_sessions": lambda s, t, _: s.list_sessions(t, SessionQuery()),
+    "list_rounds": lambda s, t, i: s.list_rounds(t, i),
+    "totals": lambda s, t, _: s.totals(t, ["provider"]),
+    "purge_created": lambda s, t, _: s.purge_created(60, tenant_id=t),
+    "create_tenant": lambda s, t, _: s.create_tenant(t),
+    "get_tenant": lambda s, t, _: s.get_tenant(t),
+    "add_api_key": lambda s, t, _: s.add_api_key(t, "k9", b"hash"),
+    "list_api_keys": lambda s, t, _: s.list_api_keys(t),
+}
+#: The ones that also take a session id.
+SESSION_CALLS = {
+    name: TENANT_CALLS[name]
+    for name in ("activate", "record_round", "close", "expire", "get", "list_rounds")
+}
+
+
+async def everything(store: SessionStore) -> tuple[object, ...]:
+    """What the id tests' calls could change, to check that a refused call changed nothing."""
+    sessions = [*await all_sessions(store, ACME), *await all_sessions(store, GLOBEX)]
+    rounds = [await all_rounds(store, ACME, s.record.session_id) for s in sessions]
+    return sessions, rounds, await store.list_tenants(), await store.list_api_keys(ACME)
+
+
+async def id_test_data(store: SessionStore, clock: ManualClock) -> SessionId:
+    """A tenant with a key, an Active session with a round and an old Created one."""
+    await store.create_tenant(ACME)
+    await store.add_api_key(ACME, "k1", b"hash")
+    await new_session(store, activate=False)
+    clock.advance(60)
+    session_id = await new_session(store)
+    await store.record_round(ACME, session_id, 5)
+    return session_id
+
+
+@pytest.mark.parametrize("method", TENANT_CALLS)
+async def test_a_plain_string_for_a_tenant_is_refused_by_name(
+    store: SessionStore, clock: ManualClock, method: str
+) -> None:
+    session_id = await id_test_data(store, clock)
+    before = await everything(store)
+    with pytest.raises(InvalidIdentifier) as refused:
+        await TENANT_CALLS[method](store, "acme", session_id)
+    assert str(refused.value) == (
+        "tenant_id must be a TenantId, got str 'acme'; wrap it: TenantId('acme')"
+    )
+    assert await everything(store) == before
+
+
+@pytest.mark.parametrize("method", SESSION_CALLS)
+async def test_a_plain_string_for_a_session_id_is_refused_by_name(
+    store: SessionStore, clock: ManualClock, method: str
+) -> None:
+    session_id = await id_test_data(store, clock)
+    before = await everything(store)
+    with pytest.raises(InvalidIdentifier) as refused:
+        await SESSION_CALLS[method](store, ACME, str(session_id))
+    assert str(refused.value) == (
+        f"session_id must be a SessionId, got str '{session_id}'; "
+        f"parse it: SessionId.parse('{session_id}')"
+    )
+    assert await everything(store) == before
+
+
+@pytest.mark.parametrize(
+    ("tenant", "session", "says"),
+    [
+        (GLOBEX, "uuid", "session_id must be a SessionId, got UUID UUID('"),
+        (GLOBEX, "tenant", "session_id must be a SessionId, got TenantId TenantId(value='acme')"),
+        (GLOBEX, None, "session_id must be a SessionId, got NoneType None"),
+        ("session", "session", "tenant_id must be a TenantId, got SessionId SessionId("),
+        (None, "session", "tenant_id must be a TenantId, got NoneType None"),
+        (b"acme", "session", "tenant_id must be a TenantId, got bytes b'acme'"),
+    ],
+)
+async def test_ids_of_another_type_are_refused_by_name(
+    store: SessionStore, clock: ManualClock, tenant: object, session: object, says: str
+) -> None:
+    session_id = await id_test_data(store, clock)
+    stand_ins: dict[object, object] = {
+        "uuid": session_id.value,
+        "tenant": ACME,
+        "session": session_id,
+        None: None,
+    }
+    tenant = stand_ins.get(tenant, tenant)
+    before = await everything(store)
+    for method, call in SESSION_CALLS.items():
+        with pytest.raises(InvalidIdentifier, match=re.escape(says)):
+            await call(store, tenant, stand_ins[session])
+        assert await everything(store) == before, method
 
 
 # -- tenants and API keys ---------------------------------------------------------

@@ -93,11 +93,11 @@ class MemoryStore(TransactionalStore):
         await asyncio.sleep(0)
         yield _MemoryTransaction(self, entry)
 
-    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+    async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """One session as of now: past its deadline, expired (see store.presented)."""
         return present(self._entry(tenant_id, session_id).stored, self.clock())
 
-    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+    async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
         self._check_open()
         after = decode_cursor(query.cursor) if query.cursor is not None else None
         now = self.clock()
@@ -121,7 +121,7 @@ class MemoryStore(TransactionalStore):
         )
         return Page(page, cursor)
 
-    async def list_rounds(
+    async def _list_rounds(
         self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
     ) -> Page[Round]:
         check_page_size(limit)
@@ -131,7 +131,7 @@ class MemoryStore(TransactionalStore):
         page = rounds[:limit]
         return Page(page, str(page[-1].seq) if len(rounds) > limit else None)
 
-    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+    async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         self._check_open()
         groups: dict[tuple[str | None, str | None], Totals] = {}
         now = self.clock()
@@ -167,12 +167,16 @@ class MemoryStore(TransactionalStore):
                 expired += 1
         return expired
 
-    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
+    async def _purge_created(
+        self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
+    ) -> int:
         self._check_open()
         doomed = [
             session_id
             for session_id, entry in self._sessions.items()
-            if entry.stored.record.state is Created and entry.stored.record.created_at <= cutoff
+            if entry.stored.record.state is Created
+            and entry.stored.record.created_at <= cutoff
+            and (tenant_id is None or entry.stored.record.tenant_id == tenant_id)
         ][:limit]
         for session_id in doomed:
             del self._sessions[session_id]
@@ -184,7 +188,7 @@ class MemoryStore(TransactionalStore):
     async def aclose(self) -> None:
         self._closed = True
 
-    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _create_tenant(self, tenant_id: TenantId) -> Tenant:
         self._check_open()
         if tenant_id in self._tenants:
             raise ConflictError(f"tenant {tenant_id} already exists")
@@ -192,7 +196,7 @@ class MemoryStore(TransactionalStore):
         self._tenants[tenant_id] = tenant
         return tenant
 
-    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _get_tenant(self, tenant_id: TenantId) -> Tenant:
         self._check_open()
         tenant = self._tenants.get(tenant_id)
         if tenant is None:
@@ -203,7 +207,7 @@ class MemoryStore(TransactionalStore):
         self._check_open()
         return [self._tenants[t] for t in sorted(self._tenants)]
 
-    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+    async def _add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
         await self.get_tenant(tenant_id)
         if key_id in self._keys:
             raise ConflictError(f"API key id {key_id!r} already exists")
@@ -215,7 +219,7 @@ class MemoryStore(TransactionalStore):
         self._check_open()
         return self._keys.get(key_id)
 
-    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+    async def _list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         self._check_open()
         return sorted(
             (k for k in self._keys.values() if k.tenant_id == tenant_id),

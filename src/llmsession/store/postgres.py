@@ -248,6 +248,13 @@ _PURGE: Final = sql.SQL(
     "SELECT session_id FROM sessions WHERE state = {created} AND created_at <= %s "
     "ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) AND state = {created}"
 ).format(created=sql.Literal(Created.name))
+# One tenant's: found through sessions_by_state.
+_PURGE_TENANT: Final = sql.SQL(
+    "DELETE FROM sessions WHERE session_id IN ("
+    "SELECT session_id FROM sessions WHERE tenant_id = %s AND state = {created} "
+    "AND created_at <= %s ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) "
+    "AND state = {created}"
+).format(created=sql.Literal(Created.name))
 
 # A tenant's due sessions, through the deadline index: what is due and not yet swept.
 _SELECT_DUE: Final = (
@@ -647,13 +654,13 @@ class PostgresStore(TransactionalStore):
         self._recent.remember(stored)
         return stored
 
-    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+    async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """One session as of now: past its deadline, expired (see store.presented)."""
         async with self._connection() as conn:
             stored = await self._read(conn, tenant_id, session_id)
         return present(stored, self.clock())
 
-    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+    async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
         """A tenant's sessions as of now, newest first (see store.presented): a due
         Active session is listed as expired, under ``state=expired``, not ``active``."""
         now = self.clock()
@@ -703,7 +710,7 @@ class PostgresStore(TransactionalStore):
         )
         return Page(items, cursor)
 
-    async def list_rounds(
+    async def _list_rounds(
         self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
     ) -> Page[Round]:
         check_page_size(limit)
@@ -725,7 +732,7 @@ class PostgresStore(TransactionalStore):
         page = rounds[:limit]
         return Page(page, str(page[-1].seq) if len(rounds) > limit else None)
 
-    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+    async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         """Totals as of now: a due Active session counts as expired (see store.presented)."""
         provider: LiteralString = "provider_id" if "provider" in group_by else "NULL::text"
         model: LiteralString = "model" if "model" in group_by else "NULL::text"
@@ -793,9 +800,16 @@ class PostgresStore(TransactionalStore):
             self._recent.refresh(new)
         return sum(update.rowcount for update in updates)
 
-    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
+    async def _purge_created(
+        self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
+    ) -> int:
         async with self._connection() as conn:
-            cur = await conn.execute(_PURGE, (cutoff.epoch_micros, limit))
+            if tenant_id is None:
+                cur = await conn.execute(_PURGE, (cutoff.epoch_micros, limit))
+            else:
+                cur = await conn.execute(
+                    _PURGE_TENANT, (tenant_id.value, cutoff.epoch_micros, limit)
+                )
             return cur.rowcount
 
     async def ping(self) -> None:
@@ -809,7 +823,7 @@ class PostgresStore(TransactionalStore):
 
     # -- tenants and API keys ---------------------------------------------------------
 
-    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _create_tenant(self, tenant_id: TenantId) -> Tenant:
         tenant = Tenant(tenant_id, self.clock())
         async with self._connection() as conn:
             cur = await conn.execute(
@@ -821,7 +835,7 @@ class PostgresStore(TransactionalStore):
             raise ConflictError(f"tenant {tenant_id} already exists")
         return tenant
 
-    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _get_tenant(self, tenant_id: TenantId) -> Tenant:
         async with self._connection() as conn:
             cur = await conn.execute(
                 "SELECT created_at FROM tenants WHERE tenant_id = %s", (tenant_id.value,)
@@ -839,7 +853,7 @@ class PostgresStore(TransactionalStore):
             rows = await cur.fetchall()
         return [Tenant(TenantId(row[0]), Timestamp(row[1])) for row in rows]
 
-    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+    async def _add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
         await self.get_tenant(tenant_id)
         info = ApiKeyInfo(key_id, tenant_id, key_hash, self.clock())
         async with self._connection() as conn:
@@ -860,7 +874,7 @@ class PostgresStore(TransactionalStore):
             row = await cur.fetchone()
         return None if row is None else key_from_row(row)
 
-    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+    async def _list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         async with self._connection() as conn:
             cur = await conn.execute(
                 "SELECT " + _KEY_COLUMNS + " FROM api_keys WHERE tenant_id = %s "

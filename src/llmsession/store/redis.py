@@ -548,7 +548,7 @@ class RedisStore(SessionStore):
             for index, outcome in enumerate(outcomes)
         ]
 
-    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+    async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """One session as of now: past its deadline, expired (see store.presented)."""
         return present(await self._get_stored(tenant_id, session_id), self.clock())
 
@@ -563,7 +563,7 @@ class RedisStore(SessionStore):
             raise NotFoundError(f"no session {session_id}")
         return self._parse(session_id, row)
 
-    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+    async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
         """A tenant's sessions as of now, newest first (see store.presented): a due
         Active session is listed as expired, under ``state=expired``, not ``active``."""
         self._check_open()
@@ -676,7 +676,7 @@ class RedisStore(SessionStore):
             lists[j] += [_text(m) for m in _items(members)]
         return _first(lists, count)
 
-    async def list_rounds(
+    async def _list_rounds(
         self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
     ) -> Page[Round]:
         check_page_size(limit)
@@ -694,7 +694,7 @@ class RedisStore(SessionStore):
         page = rounds[:limit]
         return Page(page, str(page[-1].seq) if len(rounds) > limit else None)
 
-    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+    async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         """Totals as of now: a due Active session counts as expired (see store.presented).
 
         The counters and the due sessions cannot be read in one step without
@@ -775,12 +775,20 @@ class RedisStore(SessionStore):
             self._keys.deadlines, "(" + lex_time(now.epoch_micros + 1), limit, change
         )
 
-    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
+    async def _purge_created(
+        self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
+    ) -> int:
         self._check_open()
 
+        # One tenant's are picked from every tenant's index: it holds only Created
+        # sessions, of which those older than a purge's age are few (abandoned ones).
         def change(stored: StoredSession) -> tuple[StoredSession, StoredSession | None] | None:
             record = stored.record
-            doomed = record.state is Created and record.created_at <= cutoff
+            doomed = (
+                record.state is Created
+                and record.created_at <= cutoff
+                and (tenant_id is None or record.tenant_id == tenant_id)
+            )
             return (stored, None) if doomed else None
 
         return await self._drain(
@@ -800,7 +808,7 @@ class RedisStore(SessionStore):
 
     # -- tenants and API keys ----------------------------------------------------
 
-    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _create_tenant(self, tenant_id: TenantId) -> Tenant:
         tenant = Tenant(tenant_id, self.clock())
         [added] = await self._write(
             lambda pipe: pipe.hsetnx(
@@ -811,7 +819,7 @@ class RedisStore(SessionStore):
             raise ConflictError(f"tenant {tenant_id} already exists")
         return tenant
 
-    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _get_tenant(self, tenant_id: TenantId) -> Tenant:
         with self._guard():
             raw = await self._client.hget(self._keys.tenants, tenant_id.value)
         if raw is None:
@@ -824,7 +832,7 @@ class RedisStore(SessionStore):
         tenants = [Tenant(TenantId(k), self._time(v)) for k, v in _row(raw).items()]
         return sorted(tenants, key=lambda t: t.tenant_id)
 
-    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+    async def _add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
         await self.get_tenant(tenant_id)
         info = ApiKeyInfo(key_id, tenant_id, key_hash, self.clock())
         value = json.dumps([tenant_id.value, key_hash.hex(), info.created_at.epoch_micros])
@@ -842,7 +850,7 @@ class RedisStore(SessionStore):
                 raw, revoked = await pipe.execute()
         return None if raw is None else self._key(key_id, raw, revoked)
 
-    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+    async def _list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         with self._guard():
             members = await self._client.smembers(self._keys.tenant_keys(tenant_id))
             ids = sorted(_text(key_id) for key_id in members)

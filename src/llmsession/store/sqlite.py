@@ -548,14 +548,14 @@ class SQLiteStore(SessionStore):
         self._recent.remember(result.stored)
         return True
 
-    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+    async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """One session as of now: past its deadline, expired (see store.presented)."""
         rows = await self._read(_SELECT_SESSION, _key(tenant_id, session_id))
         if not rows:
             raise NotFoundError(f"no session {session_id}")
         return present(_stored_from_row(rows[0]), self.clock())
 
-    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+    async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
         """A tenant's sessions as of now, newest first (see store.presented): a due
         Active session is listed as expired, under ``state=expired``, not ``active``."""
         now = self.clock()
@@ -611,7 +611,7 @@ class SQLiteStore(SessionStore):
             cursor = encode_cursor(last.created_at, last.session_id)
         return Page(page, cursor)
 
-    async def list_rounds(
+    async def _list_rounds(
         self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
     ) -> Page[Round]:
         check_page_size(limit)
@@ -633,7 +633,7 @@ class SQLiteStore(SessionStore):
         page = [_round_from_row(session_id, row) for row in rows[:limit]]
         return Page(page, str(page[-1].seq) if len(rows) > limit else None)
 
-    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+    async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         """Totals as of now: a due Active session counts as expired (see store.presented)."""
         provider = "provider_id" if "provider" in group_by else "NULL"
         model = "model" if "model" in group_by else "NULL"
@@ -689,12 +689,21 @@ class SQLiteStore(SessionStore):
 
         return await self._write(expire_due)
 
-    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
+    async def _purge_created(
+        self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
+    ) -> int:
+        # One tenant's are found through sessions_by_state, every tenant's through
+        # sessions_created_unused.
+        scope, params = (
+            ("", ()) if tenant_id is None else ("tenant_id = ? AND ", (tenant_id.value,))
+        )
+
         def purge(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 "DELETE FROM sessions WHERE session_id IN (SELECT session_id FROM sessions "
-                f"WHERE state = '{_CREATED}' AND created_at <= ? ORDER BY created_at LIMIT ?)",
-                (cutoff.epoch_micros, limit),
+                f"WHERE {scope}state = '{_CREATED}' AND created_at <= ? "
+                "ORDER BY created_at LIMIT ?)",
+                (*params, cutoff.epoch_micros, limit),
             ).rowcount
 
         return await self._write(purge)
@@ -714,7 +723,7 @@ class SQLiteStore(SessionStore):
 
     # -- tenants and API keys -------------------------------------------------------
 
-    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _create_tenant(self, tenant_id: TenantId) -> Tenant:
         def insert(conn: sqlite3.Connection) -> Tenant:
             tenant = Tenant(tenant_id, self.clock())
             try:
@@ -728,7 +737,7 @@ class SQLiteStore(SessionStore):
 
         return await self._write(insert)
 
-    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _get_tenant(self, tenant_id: TenantId) -> Tenant:
         rows = await self._read(
             "SELECT created_at FROM tenants WHERE tenant_id = ?", (tenant_id.value,)
         )
@@ -740,7 +749,7 @@ class SQLiteStore(SessionStore):
         rows = await self._read("SELECT tenant_id, created_at FROM tenants ORDER BY tenant_id")
         return [Tenant(TenantId(row[0]), Timestamp(row[1])) for row in rows]
 
-    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+    async def _add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
         def insert(conn: sqlite3.Connection) -> ApiKeyInfo:
             known = conn.execute(
                 "SELECT 1 FROM tenants WHERE tenant_id = ?", (tenant_id.value,)
@@ -764,7 +773,7 @@ class SQLiteStore(SessionStore):
         rows = await self._read(f"{_SELECT_KEY} WHERE key_id = ?", (key_id,))
         return key_from_row(rows[0]) if rows else None
 
-    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+    async def _list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         rows = await self._read(
             f"{_SELECT_KEY} WHERE tenant_id = ? ORDER BY created_at, key_id", (tenant_id.value,)
         )
