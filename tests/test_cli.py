@@ -281,6 +281,27 @@ def test_sweep_expires_due_and_purges_abandoned_sessions(url: str) -> None:
     assert "Expired 0 sessions; purged 0" in ok(url, "sweep").stdout
 
 
+def test_sweep_purges_one_tenant_only_when_asked(url: str) -> None:
+    long_ago = ManualClock(Timestamp.parse("2020-01-01T00:00:00Z"))
+    globex = TenantId("globex")
+    ok(url, "tenants", "create", "acme")
+    ok(url, "tenants", "create", "globex")
+
+    async def make(store: SessionStore) -> list[SessionId]:
+        made = [
+            await store.create(tenant, provider_id="p", model="m", initial_tokens=1)
+            for tenant in (ACME, globex)
+        ]
+        return [m.record.session_id for m in made]
+
+    mine, theirs = with_store(url, make, clock=long_ago)
+    assert ok_json(url, "sweep", "--purge-tenant", "globex") == {"expired": 0, "purged": 1}
+    assert with_store(url, lambda store: store.get(ACME, mine)).record.state.name == "created"
+    assert "no session" in failing(url, 1, "sessions", "show", "--tenant", "globex", str(theirs))
+    assert "no tenant nobody" in failing(url, 1, "sweep", "--purge-tenant", "nobody")
+    assert ok_json(url, "sweep") == {"expired": 0, "purged": 1}
+
+
 def test_stats(url: str, sessions: list[StoredSession]) -> None:
     groupings: list[list[GroupKey]] = [[], ["provider"], ["provider", "model"]]
     for group_by in groupings:
@@ -335,6 +356,8 @@ def test_stats(url: str, sessions: list[StoredSession]) -> None:
         (["sessions", "show", "--tenant", "acme", "not-a-uuid"], "is not a session id"),
         (["sessions", "lst", "--tenant", "acme"], "No such command 'lst'"),
         (["sweep", "--purge-created-after", "0"], "'--purge-created-after': 0 is not in"),
+        (["sweep", "--purge-created-after", "59"], "'--purge-created-after': 59 is not in"),
+        (["sweep", "--purge-tenant", "no spaces"], "tenant id 'no spaces'"),
         (["sweep", "--batch-size", "0"], "'--batch-size': 0 is not in"),
     ],
 )

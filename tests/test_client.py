@@ -415,6 +415,9 @@ def test_ids_in_paths_and_headers_are_checked_before_sending(tenant: TenantClien
         client.issue_key("../x")
     with pytest.raises(InvalidInput, match="idempotency key"):
         client.record_round(SessionId.generate(START), 1, idempotency_key="a\nb")
+    # HTTP drops white space around header values: the server would record "retry-1".
+    with pytest.raises(InvalidInput, match="must not start or end with white space"):
+        client.record_round(SessionId.generate(START), 1, idempotency_key="retry-1 ")
     with pytest.raises(InvalidInput, match="api_key"):
         Client("http://127.0.0.1:1", api_key="two words")
     with pytest.raises(InvalidInput, match="base_url"):

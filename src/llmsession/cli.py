@@ -28,6 +28,7 @@ from llmsession.store import open_store
 from llmsession.store.base import SessionStore
 from llmsession.store.models import (
     MAX_PAGE_SIZE,
+    MIN_PURGE_AGE_SECONDS,
     ApiKeyInfo,
     GroupKey,
     Page,
@@ -503,13 +504,20 @@ def sessions_close(
 @cli.command()
 @click.option(
     "--purge-created-after",
-    # Zero would purge every session not yet activated, including brand-new ones.
-    type=click.IntRange(min=1),
+    # Younger sessions may be about to be activated (see MIN_PURGE_AGE_SECONDS).
+    type=click.IntRange(min=MIN_PURGE_AGE_SECONDS),
     envvar="LLMSESSION_PURGE_CREATED_AFTER",
     default=86400,
     show_default=True,
     help="Delete sessions never activated this many seconds after creation "
     "(env LLMSESSION_PURGE_CREATED_AFTER).",
+)
+@click.option(
+    "--purge-tenant",
+    type=TENANT,
+    default=None,
+    help="Delete only this tenant's sessions never activated [default: every tenant's]. "
+    "Expiry covers every tenant.",
 )
 @click.option(
     "--batch-size",
@@ -519,16 +527,25 @@ def sessions_close(
 )
 @_store_option
 @_json_option
-def sweep(purge_created_after: int, batch_size: int | None, store_url: str, as_json: bool) -> None:
+def sweep(
+    purge_created_after: int,
+    purge_tenant: TenantId | None,
+    batch_size: int | None,
+    store_url: str,
+    as_json: bool,
+) -> None:
     """Expire every session whose TTL ran out and purge abandoned ones, now."""
     from llmsession.server.sweeper import Sweeper
 
     async def run(store: SessionStore) -> tuple[int, int]:
+        if purge_tenant is not None:
+            await store.get_tenant(purge_tenant)  # a misspelt tenant is an error, not 0
         sweeper = Sweeper(
             store,
             interval_seconds=1.0,
             purge_created_after_seconds=purge_created_after,
             batch_size=batch_size,
+            purge_tenant_id=purge_tenant,
         )
         expired = purged = 0
         while True:

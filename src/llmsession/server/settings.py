@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from llmsession.errors import InvalidInput
 from llmsession.expiry import check_ttl
+from llmsession.store.models import MIN_PURGE_AGE_SECONDS
 
 __all__ = ["ENV_VARIABLES", "ServerSettings"]
 
@@ -41,7 +42,8 @@ class ServerSettings:
     - ``default_ttl_seconds``: idle TTL of a session created without ``ttl_seconds``.
     - ``sweep_interval_seconds``: how often the sweeper expires sessions that are due.
     - ``purge_created_after_seconds``: sessions still Created this long after creation
-      are deleted by the sweeper (no transition leaves Created but activation).
+      are deleted by the sweeper (no transition leaves Created but activation); at
+      least MIN_PURGE_AGE_SECONDS (60).
     - ``access_log``: log one line per request (uvicorn's access log).
     - ``auth_cache_seconds``: how long a successful key check is reused (0: never);
       a key revoked through another replica or the CLI works here that long at most.
@@ -156,9 +158,10 @@ def _seconds_between(name: str, low: float, high: float) -> Callable[[object], N
 
 
 def _check_purge(value: object) -> None:
-    if type(value) is not int or value < 1:
+    if type(value) is not int or value < MIN_PURGE_AGE_SECONDS:
         raise InvalidInput(
-            f"purge_created_after_seconds must be a whole number of seconds >= 1, got {value!r}"
+            "purge_created_after_seconds must be a whole number of seconds "
+            f">= {MIN_PURGE_AGE_SECONDS}, got {value!r}"
         )
 
 
@@ -192,7 +195,7 @@ _EXPECTED = {
     "admin_key": f"at least {MIN_ADMIN_KEY_LENGTH} printable ASCII characters without spaces",
     "default_ttl_seconds": "a whole number of seconds",
     "sweep_interval_seconds": "a number of seconds, e.g. 5 or 0.5",
-    "purge_created_after_seconds": "a whole number of seconds",
+    "purge_created_after_seconds": f"a whole number of seconds >= {MIN_PURGE_AGE_SECONDS}",
     "access_log": "1/0, true/false, yes/no or on/off",
     "auth_cache_seconds": "a number of seconds from 0 to 300",
     "gateway_config": "the path of a TOML file of providers",

@@ -34,7 +34,7 @@ from llmsession.errors import (
     WrongStateError,
 )
 from llmsession.expiry import check_ttl
-from llmsession.ids import SessionId, TenantId, check_label
+from llmsession.ids import SessionId, TenantId, check_label, check_session_id, check_tenant_id
 from llmsession.record import SessionRecord
 from llmsession.session import Session, require_state, restore
 from llmsession.states import Active, Created, SessionExpired
@@ -51,9 +51,10 @@ from llmsession.store.models import (
     Totals,
     Turn,
     UsageTotals,
-    check_age,
     check_batch_limit,
+    check_group_by,
     check_idempotency_key,
+    check_purge_age,
 )
 from llmsession.store.turns import SessionTurns
 from llmsession.timestamps import Timestamp
@@ -119,6 +120,10 @@ class SessionStore(ABC):
 
     Every session operation takes the tenant first; a session of another tenant
     behaves exactly like a missing one (NotFoundError). Times come from ``clock``.
+
+    The public methods check their arguments here, once for every backend (an
+    id that is not a TenantId or SessionId raises InvalidIdentifier naming it),
+    and call the backend's primitive of the same name with a leading underscore.
     """
 
     #: How many sessions the service's sweeper asks one :meth:`sweep` call for: a
@@ -143,6 +148,7 @@ class SessionStore(ABC):
         ttl_seconds: int | None = None,
     ) -> StoredSession:
         """Create a session in state Created."""
+        check_tenant_id("tenant_id", tenant_id)
         ttl = self.default_ttl_seconds if ttl_seconds is None else check_ttl(ttl_seconds)
         now = self.clock()
         record = SessionRecord.new(
@@ -414,23 +420,53 @@ class SessionStore(ABC):
     ) -> tuple[StoredSession, Round] | None:
         """The session (NotFoundError if missing or foreign) and its round under the key."""
 
-    @abstractmethod
+    # -- reads ------------------------------------------------------------------
+
     async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """One session; NotFoundError if missing or foreign."""
+        _check_ids(tenant_id, session_id)
+        return await self._get(tenant_id, session_id)
 
-    @abstractmethod
     async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
         """A tenant's sessions, newest first (created_at, then session_id, descending)."""
+        check_tenant_id("tenant_id", tenant_id)
+        return await self._list_sessions(tenant_id, query)
 
-    @abstractmethod
     async def list_rounds(
         self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
     ) -> Page[Round]:
         """A session's rounds in order, those with seq > after_seq; the cursor is a seq."""
+        _check_ids(tenant_id, session_id)
+        return await self._list_rounds(tenant_id, session_id, after_seq=after_seq, limit=limit)
+
+    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+        """Sessions by state, rounds, delta tokens and tokens saved, per group.
+
+        ``group_by`` is a list of names from ``("provider", "model")``; anything
+        else raises InvalidInput.
+        """
+        check_tenant_id("tenant_id", tenant_id)
+        return await self._totals(tenant_id, check_group_by(group_by))
 
     @abstractmethod
-    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
-        """Sessions by state, rounds, delta tokens and tokens saved, per group."""
+    async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """See :meth:`get`; the ids are checked."""
+
+    @abstractmethod
+    async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+        """See :meth:`list_sessions`; the tenant is checked."""
+
+    @abstractmethod
+    async def _list_rounds(
+        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int, limit: int
+    ) -> Page[Round]:
+        """See :meth:`list_rounds`; the ids are checked."""
+
+    @abstractmethod
+    async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey]) -> list[Totals]:
+        """See :meth:`totals`; the tenant and ``group_by`` are checked."""
+
+    # -- expiry and abandoned sessions ----------------------------------------------
 
     async def sweep(self, *, limit: int = 1000) -> int:
         """Expire up to ``limit`` Active sessions whose deadline has passed; return how many.
@@ -442,24 +478,34 @@ class SessionStore(ABC):
             return 0
         return await self._sweep(self.clock(), limit)
 
-    async def purge_created(self, older_than_seconds: float, *, limit: int = 1000) -> int:
-        """Delete up to ``limit`` sessions still Created ``older_than_seconds`` after creation.
+    async def purge_created(
+        self, older_than_seconds: float, *, limit: int = 1000, tenant_id: TenantId | None = None
+    ) -> int:
+        """Delete up to ``limit`` sessions still Created ``older_than_seconds`` after creation,
+        of every tenant or of ``tenant_id`` only; return how many.
 
         The seed allows no Created -> expired transition, so abandoned Created
-        sessions are removed instead; returns how many.
+        sessions are removed instead. ``older_than_seconds`` is at least
+        MIN_PURGE_AGE_SECONDS (60): a younger session may be about to be activated.
         """
-        check_age("older_than_seconds", older_than_seconds)
+        check_purge_age(older_than_seconds)
+        if tenant_id is not None:
+            check_tenant_id("tenant_id", tenant_id)
         if check_batch_limit(limit) == 0:
             return 0
-        return await self._purge_created(self.clock().plus_seconds(-older_than_seconds), limit)
+        cutoff = self.clock().plus_seconds(-older_than_seconds)
+        return await self._purge_created(cutoff, limit, tenant_id)
 
     @abstractmethod
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         """Expire up to ``limit`` sessions due at ``now``, each with ``expire_if_due``."""
 
     @abstractmethod
-    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
-        """Delete up to ``limit`` Created sessions created at or before ``cutoff``."""
+    async def _purge_created(
+        self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
+    ) -> int:
+        """Delete up to ``limit`` Created sessions created at or before ``cutoff``, of
+        ``tenant_id`` only unless it is None."""
 
     @abstractmethod
     async def ping(self) -> None:
@@ -471,33 +517,53 @@ class SessionStore(ABC):
 
     # -- tenants and API keys --------------------------------------------------
 
-    @abstractmethod
     async def create_tenant(self, tenant_id: TenantId) -> Tenant:
         """Register a tenant; ConflictError if it exists."""
+        check_tenant_id("tenant_id", tenant_id)
+        return await self._create_tenant(tenant_id)
 
-    @abstractmethod
     async def get_tenant(self, tenant_id: TenantId) -> Tenant:
         """One tenant; NotFoundError if unknown."""
+        check_tenant_id("tenant_id", tenant_id)
+        return await self._get_tenant(tenant_id)
 
     @abstractmethod
     async def list_tenants(self) -> list[Tenant]:
         """Every tenant, by id."""
 
-    @abstractmethod
     async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
         """Store a key's hash for a tenant (NotFoundError if the tenant is unknown)."""
+        check_tenant_id("tenant_id", tenant_id)
+        return await self._add_api_key(tenant_id, key_id, key_hash)
 
     @abstractmethod
     async def get_api_key(self, key_id: str) -> ApiKeyInfo | None:
         """The key with this id, revoked or not; None if there is none."""
 
-    @abstractmethod
     async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         """A tenant's keys, oldest first."""
+        check_tenant_id("tenant_id", tenant_id)
+        return await self._list_api_keys(tenant_id)
 
     @abstractmethod
     async def revoke_api_key(self, key_id: str) -> ApiKeyInfo:
         """Revoke a key (idempotent: revoking twice keeps the first time)."""
+
+    @abstractmethod
+    async def _create_tenant(self, tenant_id: TenantId) -> Tenant:
+        """See :meth:`create_tenant`; the tenant is checked."""
+
+    @abstractmethod
+    async def _get_tenant(self, tenant_id: TenantId) -> Tenant:
+        """See :meth:`get_tenant`; the tenant is checked."""
+
+    @abstractmethod
+    async def _add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+        """See :meth:`add_api_key`; the tenant is checked."""
+
+    @abstractmethod
+    async def _list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+        """See :meth:`list_api_keys`; the tenant is checked."""
 
     # -- the retry loop ------------------------------------------------------------
 
@@ -508,6 +574,7 @@ class SessionStore(ABC):
         change: ChangeFn,
         idempotency_key: str | None = None,
     ) -> Change:
+        _check_ids(tenant_id, session_id)
         for attempt in range(_MAX_ATTEMPTS):
             try:
                 result = await self._run_change(tenant_id, session_id, change, idempotency_key)
@@ -586,6 +653,13 @@ def _expire_late(stored: StoredSession, now: Timestamp, method: str) -> Change |
         return None
     error = SessionExpiredError(method, Active.name, SessionExpired.name)
     return Change(expired, error=error)
+
+
+def _check_ids(tenant_id: object, session_id: object) -> None:
+    # Every round passes here: the common case is two type tests, not two calls.
+    if type(tenant_id) is not TenantId or type(session_id) is not SessionId:
+        check_tenant_id("tenant_id", tenant_id)
+        check_session_id("session_id", session_id)
 
 
 def _next(

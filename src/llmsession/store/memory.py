@@ -36,6 +36,7 @@ from llmsession.store.models import (
     UsageTotals,
     check_page_size,
 )
+from llmsession.store.presented import present
 from llmsession.timestamps import Timestamp
 
 __all__ = ["MemoryStore"]
@@ -138,17 +139,19 @@ class MemoryStore(TransactionalStore):
         await asyncio.sleep(0)
         yield _MemoryTransaction(self, entry)
 
-    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
-        return self._entry(tenant_id, session_id).stored
+    async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """One session as of now: past its deadline, expired (see store.presented)."""
+        return present(self._entry(tenant_id, session_id).stored, self.clock())
 
-    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+    async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
         self._check_open()
         after = decode_cursor(query.cursor) if query.cursor is not None else None
+        now = self.clock()
         matches = sorted(
             (
-                entry.stored
-                for entry in self._sessions.values()
-                if _matches(entry.stored, tenant_id, query)
+                stored
+                for stored in (present(entry.stored, now) for entry in self._sessions.values())
+                if _matches(stored, tenant_id, query)
             ),
             key=_newest_first_key,
             reverse=True,
@@ -164,7 +167,7 @@ class MemoryStore(TransactionalStore):
         )
         return Page(page, cursor)
 
-    async def list_rounds(
+    async def _list_rounds(
         self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
     ) -> Page[Round]:
         check_page_size(limit)
@@ -174,11 +177,12 @@ class MemoryStore(TransactionalStore):
         page = rounds[:limit]
         return Page(page, str(page[-1].seq) if len(rounds) > limit else None)
 
-    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+    async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         self._check_open()
         groups: dict[tuple[str | None, str | None], Totals] = {}
+        now = self.clock()
         for entry in self._sessions.values():
-            record = entry.stored.record
+            record = present(entry.stored, now).record
             if record.tenant_id != tenant_id:
                 continue
             key = (
@@ -217,12 +221,16 @@ class MemoryStore(TransactionalStore):
                 expired += 1
         return expired
 
-    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
+    async def _purge_created(
+        self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
+    ) -> int:
         self._check_open()
         doomed = [
             session_id
             for session_id, entry in self._sessions.items()
-            if entry.stored.record.state is Created and entry.stored.record.created_at <= cutoff
+            if entry.stored.record.state is Created
+            and entry.stored.record.created_at <= cutoff
+            and (tenant_id is None or entry.stored.record.tenant_id == tenant_id)
         ][:limit]
         for session_id in doomed:
             del self._sessions[session_id]
@@ -234,7 +242,7 @@ class MemoryStore(TransactionalStore):
     async def aclose(self) -> None:
         self._closed = True
 
-    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _create_tenant(self, tenant_id: TenantId) -> Tenant:
         self._check_open()
         if tenant_id in self._tenants:
             raise ConflictError(f"tenant {tenant_id} already exists")
@@ -242,7 +250,7 @@ class MemoryStore(TransactionalStore):
         self._tenants[tenant_id] = tenant
         return tenant
 
-    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _get_tenant(self, tenant_id: TenantId) -> Tenant:
         self._check_open()
         tenant = self._tenants.get(tenant_id)
         if tenant is None:
@@ -253,7 +261,7 @@ class MemoryStore(TransactionalStore):
         self._check_open()
         return [self._tenants[t] for t in sorted(self._tenants)]
 
-    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+    async def _add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
         await self.get_tenant(tenant_id)
         if key_id in self._keys:
             raise ConflictError(f"API key id {key_id!r} already exists")
@@ -265,7 +273,7 @@ class MemoryStore(TransactionalStore):
         self._check_open()
         return self._keys.get(key_id)
 
-    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+    async def _list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         self._check_open()
         return sorted(
             (k for k in self._keys.values() if k.tenant_id == tenant_id),

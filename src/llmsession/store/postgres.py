@@ -67,7 +67,7 @@ from llmsession.errors import (
     StoreError,
 )
 from llmsession.ids import SessionId, TenantId
-from llmsession.states import ALL_STATES, Created, state_named
+from llmsession.states import ALL_STATES, Active, Created, SessionExpired, state_named
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
     Change,
@@ -89,6 +89,7 @@ from llmsession.store.models import (
     Totals,
     check_page_size,
 )
+from llmsession.store.presented import newest_first, present, present_totals, shown_in
 from llmsession.store.recent import RecentSessions
 from llmsession.store.session_groups import PendingChange, SessionGroups
 from llmsession.store.sql_rows import (
@@ -247,6 +248,18 @@ _PURGE: Final = sql.SQL(
     "SELECT session_id FROM sessions WHERE state = {created} AND created_at <= %s "
     "ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) AND state = {created}"
 ).format(created=sql.Literal(Created.name))
+# One tenant's: found through sessions_by_state.
+_PURGE_TENANT: Final = sql.SQL(
+    "DELETE FROM sessions WHERE session_id IN ("
+    "SELECT session_id FROM sessions WHERE tenant_id = %s AND state = {created} "
+    "AND created_at <= %s ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) "
+    "AND state = {created}"
+).format(created=sql.Literal(Created.name))
+
+# A tenant's due sessions, through the deadline index: what is due and not yet swept.
+_SELECT_DUE: Final = (
+    "SELECT " + SESSION_COLUMNS + " FROM sessions WHERE deadline <= %s AND tenant_id = %s"
+)
 
 _LIST_ROUNDS: Final = (
     "SELECT r.seq, r.delta_tokens, r.recorded_at, r.idempotency_key FROM sessions s "
@@ -641,16 +654,18 @@ class PostgresStore(TransactionalStore):
         self._recent.remember(stored)
         return stored
 
-    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+    async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """One session as of now: past its deadline, expired (see store.presented)."""
         async with self._connection() as conn:
-            return await self._read(conn, tenant_id, session_id)
+            stored = await self._read(conn, tenant_id, session_id)
+        return present(stored, self.clock())
 
-    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+    async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+        """A tenant's sessions as of now, newest first (see store.presented): a due
+        Active session is listed as expired, under ``state=expired``, not ``active``."""
+        now = self.clock()
         clauses: list[LiteralString] = ["tenant_id = %s"]
         params: list[object] = [tenant_id.value]
-        if query.state is not None:
-            clauses.append("state = %s")
-            params.append(query.state.name)
         if query.provider_id is not None:
             clauses.append("provider_id = %s")
             params.append(query.provider_id)
@@ -667,28 +682,35 @@ class PostgresStore(TransactionalStore):
             after_created, after_id = decode_cursor(query.cursor)
             clauses.append("(created_at, session_id) < (%s, %s)")
             params += [after_created.epoch_micros, after_id.value]
-        # One row more than the page tells whether there is a next page.
-        params.append(query.limit + 1)
-        statement = (
-            "SELECT "
-            + SESSION_COLUMNS
-            + " FROM sessions WHERE "
-            + " AND ".join(clauses)
-            + " ORDER BY created_at DESC, session_id DESC LIMIT %s"
-        )
+        due_clauses: list[LiteralString] = ["deadline <= %s", *clauses]
+        due_params: list[object] = [now.epoch_micros, *params]
+        if query.state is not None:
+            clauses.append("state = %s")
+            params.append(query.state.name)
+            if query.state is Active:
+                clauses.append("deadline > %s")
+                params.append(now.epoch_micros)
         async with self._connection() as conn:
-            cur = await conn.execute(statement, params)
-            rows = await cur.fetchall()
-        items = [_stored_from_row(row) for row in rows[: query.limit]]
-        more = len(rows) > query.limit
+            due: list[TupleRow] = []
+            if query.state is SessionExpired:
+                # The due sessions, read first: one swept meanwhile is then in both
+                # reads. The deadline index finds them, so this costs what is due
+                # and not yet swept, not every Active session of the tenant.
+                due = await _fetch_page(conn, due_clauses, due_params, query.limit)
+            rows = await _fetch_page(conn, clauses, params, query.limit)
+        found = newest_first(
+            shown_in(map(_stored_from_row, due), now, query),
+            shown_in(map(_stored_from_row, rows), now, query),
+        )
+        items = found[: query.limit]
         cursor = (
             encode_cursor(items[-1].record.created_at, items[-1].record.session_id)
-            if more and items
+            if len(found) > query.limit
             else None
         )
         return Page(items, cursor)
 
-    async def list_rounds(
+    async def _list_rounds(
         self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
     ) -> Page[Round]:
         check_page_size(limit)
@@ -710,7 +732,8 @@ class PostgresStore(TransactionalStore):
         page = rounds[:limit]
         return Page(page, str(page[-1].seq) if len(rounds) > limit else None)
 
-    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+    async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+        """Totals as of now: a due Active session counts as expired (see store.presented)."""
         provider: LiteralString = "provider_id" if "provider" in group_by else "NULL::text"
         model: LiteralString = "model" if "model" in group_by else "NULL::text"
         statement = (
@@ -718,9 +741,14 @@ class PostgresStore(TransactionalStore):
             "sum(delta_tokens), sum(tokens_saved) FROM sessions WHERE tenant_id = %s "
             "GROUP BY 1, 2, 3"
         )
-        async with self._connection() as conn:
+        now = self.clock()
+        async with self._connection() as conn, conn.transaction():
+            # One snapshot for the sums and the due sessions moved out of them.
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             cur = await conn.execute(statement, (tenant_id.value,))
             rows = await cur.fetchall()
+            cur = await conn.execute(_SELECT_DUE, (now.epoch_micros, tenant_id.value))
+            due = await cur.fetchall()
         groups: dict[tuple[str | None, str | None], Totals] = {}
         for provider_id, model_name, state, count, rounds, delta, saved in rows:
             key: tuple[str | None, str | None] = (provider_id, model_name)
@@ -737,7 +765,7 @@ class PostgresStore(TransactionalStore):
                 delta_tokens=group.delta_tokens + int(delta),
                 tokens_saved=group.tokens_saved + int(saved),
             )
-        return [groups[key] for key in sorted(groups, key=lambda k: (k[0] or "", k[1] or ""))]
+        return present_totals(list(groups.values()), map(_stored_from_row, due), now, group_by)
 
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         async with self._connection() as conn, conn.transaction():
@@ -772,9 +800,16 @@ class PostgresStore(TransactionalStore):
             self._recent.refresh(new)
         return sum(update.rowcount for update in updates)
 
-    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
+    async def _purge_created(
+        self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
+    ) -> int:
         async with self._connection() as conn:
-            cur = await conn.execute(_PURGE, (cutoff.epoch_micros, limit))
+            if tenant_id is None:
+                cur = await conn.execute(_PURGE, (cutoff.epoch_micros, limit))
+            else:
+                cur = await conn.execute(
+                    _PURGE_TENANT, (tenant_id.value, cutoff.epoch_micros, limit)
+                )
             return cur.rowcount
 
     async def ping(self) -> None:
@@ -788,7 +823,7 @@ class PostgresStore(TransactionalStore):
 
     # -- tenants and API keys ---------------------------------------------------------
 
-    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _create_tenant(self, tenant_id: TenantId) -> Tenant:
         tenant = Tenant(tenant_id, self.clock())
         async with self._connection() as conn:
             cur = await conn.execute(
@@ -800,7 +835,7 @@ class PostgresStore(TransactionalStore):
             raise ConflictError(f"tenant {tenant_id} already exists")
         return tenant
 
-    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _get_tenant(self, tenant_id: TenantId) -> Tenant:
         async with self._connection() as conn:
             cur = await conn.execute(
                 "SELECT created_at FROM tenants WHERE tenant_id = %s", (tenant_id.value,)
@@ -818,7 +853,7 @@ class PostgresStore(TransactionalStore):
             rows = await cur.fetchall()
         return [Tenant(TenantId(row[0]), Timestamp(row[1])) for row in rows]
 
-    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+    async def _add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
         await self.get_tenant(tenant_id)
         info = ApiKeyInfo(key_id, tenant_id, key_hash, self.clock())
         async with self._connection() as conn:
@@ -839,7 +874,7 @@ class PostgresStore(TransactionalStore):
             row = await cur.fetchone()
         return None if row is None else key_from_row(row)
 
-    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+    async def _list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         async with self._connection() as conn:
             cur = await conn.execute(
                 "SELECT " + _KEY_COLUMNS + " FROM api_keys WHERE tenant_id = %s "
@@ -887,6 +922,22 @@ _PING_TIMEOUT: Final = 5.0
 # Claimed sessions expired per update statement of a sweep.
 _SWEEP_CHUNK: Final = 200
 _IN_TRANSACTION: Final = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+
+
+async def _fetch_page(
+    conn: _Connection, clauses: Sequence[LiteralString], params: Sequence[object], limit: int
+) -> list[TupleRow]:
+    """The sessions matching ``clauses``, newest first: a page and one row more, which
+    tells whether there is a next page."""
+    statement = (
+        "SELECT "
+        + SESSION_COLUMNS
+        + " FROM sessions WHERE "
+        + " AND ".join(clauses)
+        + " ORDER BY created_at DESC, session_id DESC LIMIT %s"
+    )
+    cur = await conn.execute(statement, [*params, limit + 1])
+    return await cur.fetchall()
 
 
 def _write(

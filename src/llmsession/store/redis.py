@@ -18,8 +18,8 @@ URL: ``redis://[user:password@]host:port/db`` (or ``rediss://``) with options
 
 What survives a crash is decided by the server's configuration; see
 docs/redis.md. :meth:`RedisStore.open` logs a warning when that configuration
-can lose acknowledged rounds. Redis Cluster is not supported: a write touches
-keys in many hash slots.
+can lose acknowledged rounds, once per process and server. Redis Cluster is not
+supported: a write touches keys in many hash slots.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from llmsession.errors import (
     StoreError,
 )
 from llmsession.ids import SessionId, TenantId
-from llmsession.states import ALL_STATES, Created
+from llmsession.states import ALL_STATES, Created, SessionExpired
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
     Change,
@@ -75,6 +75,7 @@ from llmsession.store.models import (
     Totals,
     check_page_size,
 )
+from llmsession.store.presented import newest_first, present, present_totals, shown_in
 from llmsession.store.recent import RecentSessions
 from llmsession.store.redis_schema import (
     ADD_KEY,
@@ -116,6 +117,9 @@ _SWEEP_PASSES: Final = 8
 # A sweep reads and writes in chunks of this many sessions, so that Redis works on
 # one chunk while this process computes the next.
 _SWEEP_CHUNK: Final = 250
+# Reads finding the due sessions (totals, listings of expired ones) take this many
+# members of deadlines per call.
+_DUE_CHUNK: Final = 1000
 # The writer's connection, idle this long, is checked with a PING before a write.
 _WRITER_IDLE_SECONDS: Final = 5.0
 _DURABILITY_SETTINGS: Final = ("appendonly", "appendfsync", "save", "maxmemory-policy")
@@ -385,13 +389,17 @@ class RedisStore(SessionStore):
             raw = await _admin(self._client).config_get(*_DURABILITY_SETTINGS)
         except ResponseError as error:
             # Managed services often disable CONFIG: say so rather than guess.
-            _log.info("cannot read the persistence settings of %s: %s", self._where, error)
+            _log_once(
+                logging.INFO,
+                self._where,
+                f"cannot read the persistence settings of {self._where}: {error}",
+            )
             return
         except RedisError as error:
             raise StoreError(f"{self._where} failed: {error}") from error
         self.durability_warnings = durability_warnings({str(k): str(v) for k, v in raw.items()})
         for warning in self.durability_warnings:
-            _log.warning("%s: %s", self._where, warning)
+            _log_once(logging.WARNING, self._where, f"{self._where}: {warning}")
 
     # -- backend primitives ----------------------------------------------------
 
@@ -425,7 +433,7 @@ class RedisStore(SessionStore):
             # an answer that writes nothing.
             unchecked_key = idempotency_key
         else:
-            stored = await self.get(tenant_id, session_id)
+            stored = await self._get_stored(tenant_id, session_id)
             self._recent.remember(stored)
             if idempotency_key is not None:
                 first = await self._find_round(session_id, idempotency_key)
@@ -540,7 +548,12 @@ class RedisStore(SessionStore):
             for index, outcome in enumerate(outcomes)
         ]
 
-    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+    async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """One session as of now: past its deadline, expired (see store.presented)."""
+        return present(await self._get_stored(tenant_id, session_id), self.clock())
+
+    async def _get_stored(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """One session as stored: what a change starts from."""
         with self._guard():
             raw = await self._client.hgetall(self._keys.session(session_id))
         row = _row(raw)
@@ -550,9 +563,21 @@ class RedisStore(SessionStore):
             raise NotFoundError(f"no session {session_id}")
         return self._parse(session_id, row)
 
-    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+    async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+        """A tenant's sessions as of now, newest first (see store.presented): a due
+        Active session is listed as expired, under ``state=expired``, not ``active``."""
         self._check_open()
+        now = self.clock()
         after = decode_cursor(query.cursor) if query.cursor is not None else None
+        due: list[StoredSession] = []
+        if query.state is SessionExpired:
+            # The due sessions, read first: one swept meanwhile is then in both reads.
+            due = [
+                stored
+                for stored in shown_in(await self._due(tenant_id, now), now, query)
+                if _matches(stored, tenant_id, query)
+                and (after is None or (stored.record.created_at, stored.record.session_id) < after)
+            ]
         uppers: list[str] = []
         if query.created_before is not None:
             uppers.append(lex_time(query.created_before.epoch_micros))
@@ -573,12 +598,16 @@ class RedisStore(SessionStore):
         while len(matches) <= query.limit:
             members = await self._listed(tenant_id, query, high, low, batch)
             for stored in await self._read([member_id(m) for m in members]):
-                if _matches(stored, tenant_id, query):
-                    matches.append(stored)
+                # A due Active session is shown as expired: not a match for active.
+                shown = present(stored, now)
+                if _matches(shown, tenant_id, query):
+                    matches.append(shown)
             if len(members) < batch:
                 break
             high = "(" + members[-1]
             batch = min(batch * 2, 1024)
+        if due:
+            matches = newest_first(due, matches)
         page = matches[: query.limit]
         more = len(matches) > query.limit
         cursor = (
@@ -647,7 +676,7 @@ class RedisStore(SessionStore):
             lists[j] += [_text(m) for m in _items(members)]
         return _first(lists, count)
 
-    async def list_rounds(
+    async def _list_rounds(
         self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
     ) -> Page[Round]:
         check_page_size(limit)
@@ -665,9 +694,29 @@ class RedisStore(SessionStore):
         page = rounds[:limit]
         return Page(page, str(page[-1].seq) if len(rounds) > limit else None)
 
-    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+    async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+        """Totals as of now: a due Active session counts as expired (see store.presented).
+
+        The counters and the due sessions cannot be read in one step without
+        holding Redis for as long as the due sessions take to read, so the due
+        ones are read first, then the counters together with their versions
+        (MULTI): one written since (by a sweeper: a due session has no other
+        change) is counted as the counters have it.
+        """
+        self._check_open()
+        now = self.clock()
+        due = await self._due(tenant_id, now)
         with self._guard():
-            raw = await self._client.hgetall(self._keys.counters(tenant_id))
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self._keys.counters(tenant_id))
+                for stored in due:
+                    pipe.hget(self._keys.session(stored.record.session_id), "version")
+                raw, *versions = await pipe.execute()
+        unchanged = [
+            stored
+            for stored, version in zip(due, versions, strict=True)
+            if version is not None and _text(version) == str(stored.version)
+        ]
         groups: dict[tuple[str | None, str | None], Totals] = {}
         for (provider, model), values in parse_counters(_row(raw)).items():
             counts = {state.name: values[f"n:{state.name}"] for state in ALL_STATES}
@@ -688,7 +737,28 @@ class RedisStore(SessionStore):
                 delta_tokens=current.delta_tokens + values["delta"],
                 tokens_saved=current.tokens_saved + values["saved"],
             )
-        return [groups[key] for key in sorted(groups, key=lambda k: (k[0] or "", k[1] or ""))]
+        return present_totals(list(groups.values()), unchanged, now, group_by)
+
+    async def _due(self, tenant_id: TenantId, now: Timestamp) -> list[StoredSession]:
+        """The tenant's sessions due at ``now``, as stored (still Active).
+
+        Read from ``deadlines`` as a sweep reads it, so this costs what is due and
+        not yet swept (of every tenant), not what is stored.
+        """
+        due: list[StoredSession] = []
+        low, high = "-", "(" + lex_time(now.epoch_micros + 1)
+        while True:
+            members, rows = await self._read_range(self._keys.deadlines, low, high, _DUE_CHUNK)
+            for text, row in zip(members, rows, strict=True):
+                values = split_row(row)
+                if values is None:
+                    continue  # gone since it was read
+                stored = self._parse_values(member_id(text), values)
+                if stored.record.tenant_id == tenant_id and expire_if_due(stored, now) is not None:
+                    due.append(stored)
+            if len(members) < _DUE_CHUNK:
+                return due
+            low = "(" + members[-1]
 
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         self._check_open()
@@ -705,12 +775,20 @@ class RedisStore(SessionStore):
             self._keys.deadlines, "(" + lex_time(now.epoch_micros + 1), limit, change
         )
 
-    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
+    async def _purge_created(
+        self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
+    ) -> int:
         self._check_open()
 
+        # One tenant's are picked from every tenant's index: it holds only Created
+        # sessions, of which those older than a purge's age are few (abandoned ones).
         def change(stored: StoredSession) -> tuple[StoredSession, StoredSession | None] | None:
             record = stored.record
-            doomed = record.state is Created and record.created_at <= cutoff
+            doomed = (
+                record.state is Created
+                and record.created_at <= cutoff
+                and (tenant_id is None or record.tenant_id == tenant_id)
+            )
             return (stored, None) if doomed else None
 
         return await self._drain(
@@ -730,7 +808,7 @@ class RedisStore(SessionStore):
 
     # -- tenants and API keys ----------------------------------------------------
 
-    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _create_tenant(self, tenant_id: TenantId) -> Tenant:
         tenant = Tenant(tenant_id, self.clock())
         [added] = await self._write(
             lambda pipe: pipe.hsetnx(
@@ -741,7 +819,7 @@ class RedisStore(SessionStore):
             raise ConflictError(f"tenant {tenant_id} already exists")
         return tenant
 
-    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _get_tenant(self, tenant_id: TenantId) -> Tenant:
         with self._guard():
             raw = await self._client.hget(self._keys.tenants, tenant_id.value)
         if raw is None:
@@ -754,7 +832,7 @@ class RedisStore(SessionStore):
         tenants = [Tenant(TenantId(k), self._time(v)) for k, v in _row(raw).items()]
         return sorted(tenants, key=lambda t: t.tenant_id)
 
-    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+    async def _add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
         await self.get_tenant(tenant_id)
         info = ApiKeyInfo(key_id, tenant_id, key_hash, self.clock())
         value = json.dumps([tenant_id.value, key_hash.hex(), info.created_at.epoch_micros])
@@ -772,7 +850,7 @@ class RedisStore(SessionStore):
                 raw, revoked = await pipe.execute()
         return None if raw is None else self._key(key_id, raw, revoked)
 
-    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+    async def _list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         with self._guard():
             members = await self._client.smembers(self._keys.tenant_keys(tenant_id))
             ids = sorted(_text(key_id) for key_id in members)
@@ -1197,6 +1275,19 @@ class _Guard:
     ) -> None:
         if isinstance(error, RedisError):
             raise StoreError(f"{self.where} failed: {error}") from error
+
+
+# What this process has logged about each server (its ``where``: host, port and
+# database, never a password): a process opens many stores on one server (a
+# CLI command, workers, each test), and one warning says it all. A new message,
+# as when the server's settings changed, is logged again.
+_LOGGED: set[tuple[str, str]] = set()
+
+
+def _log_once(level: int, where: str, message: str) -> None:
+    if (where, message) not in _LOGGED:
+        _LOGGED.add((where, message))
+        _log.log(level, "%s", message)
 
 
 def durability_warnings(config: Mapping[str, str]) -> list[str]:

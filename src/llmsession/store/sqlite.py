@@ -51,7 +51,7 @@ from llmsession.errors import (
     StoreError,
 )
 from llmsession.ids import SessionId, TenantId
-from llmsession.states import ALL_STATES, Created, state_named
+from llmsession.states import ALL_STATES, Active, Created, SessionExpired, state_named
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
     Change,
@@ -73,6 +73,7 @@ from llmsession.store.models import (
     Totals,
     check_page_size,
 )
+from llmsession.store.presented import newest_first, present, present_totals, shown_in
 from llmsession.store.recent import RecentSessions
 from llmsession.store.sql_rows import (
     INSERT_COLUMNS,
@@ -268,6 +269,19 @@ def _switch_to_wal(conn: sqlite3.Connection) -> str:
 
 def _fetch_all(sql: str, params: Sequence[object], conn: sqlite3.Connection) -> list[Any]:
     return conn.execute(sql, params).fetchall()
+
+
+def _in_snapshot(
+    first: tuple[str, Sequence[object]],
+    second: tuple[str, Sequence[object]],
+    conn: sqlite3.Connection,
+) -> tuple[list[Any], list[Any]]:
+    """Two queries' rows from one snapshot of the file (one read transaction)."""
+    conn.execute("BEGIN")
+    try:
+        return conn.execute(*first).fetchall(), conn.execute(*second).fetchall()
+    finally:
+        conn.execute("COMMIT")
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:
@@ -534,22 +548,23 @@ class SQLiteStore(SessionStore):
         self._recent.remember(result.stored)
         return True
 
-    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+    async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """One session as of now: past its deadline, expired (see store.presented)."""
         rows = await self._read(_SELECT_SESSION, _key(tenant_id, session_id))
         if not rows:
             raise NotFoundError(f"no session {session_id}")
-        return _stored_from_row(rows[0])
+        return present(_stored_from_row(rows[0]), self.clock())
 
-    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+    async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+        """A tenant's sessions as of now, newest first (see store.presented): a due
+        Active session is listed as expired, under ``state=expired``, not ``active``."""
+        now = self.clock()
         conditions = ["tenant_id = ?"]
         params: list[object] = [tenant_id.value]
         if query.cursor is not None:
             created_at, session_id = decode_cursor(query.cursor)
             conditions.append("(created_at, session_id) < (?, ?)")
             params += [created_at.epoch_micros, session_id.value.bytes]
-        if query.state is not None:
-            conditions.append("state = ?")
-            params.append(query.state.name)
         if query.provider_id is not None:
             conditions.append("provider_id = ?")
             params.append(query.provider_id)
@@ -562,20 +577,41 @@ class SQLiteStore(SessionStore):
         if query.created_before is not None:
             conditions.append("created_at < ?")
             params.append(query.created_before.epoch_micros)
-        params.append(query.limit + 1)
+        where = " AND ".join(conditions)
+        order = "ORDER BY created_at DESC, session_id DESC LIMIT ?"
+        due: list[Any] = []
+        if query.state is SessionExpired:
+            # The due sessions, read first: one swept meanwhile is then in both reads.
+            # Through the deadline index, so this costs what is due and not yet
+            # swept; without statistics SQLite would pick the tenant's index and
+            # read every session of the tenant.
+            due = await self._read(
+                f"SELECT {SESSION_COLUMNS} FROM sessions INDEXED BY sessions_due "
+                f"WHERE deadline IS NOT NULL AND deadline <= ? AND {where} {order}",
+                [now.epoch_micros, *params, query.limit + 1],
+            )
+        if query.state is not None:
+            where += " AND state = ?"
+            params.append(query.state.name)
+            if query.state is Active:
+                where += " AND deadline > ?"
+                params.append(now.epoch_micros)
         rows = await self._read(
-            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(conditions)} "
-            "ORDER BY created_at DESC, session_id DESC LIMIT ?",
-            params,
+            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {where} {order}",
+            [*params, query.limit + 1],
         )
-        page = [_stored_from_row(row) for row in rows[: query.limit]]
+        found = newest_first(
+            shown_in(map(_stored_from_row, due), now, query),
+            shown_in(map(_stored_from_row, rows), now, query),
+        )
+        page = found[: query.limit]
         cursor = None
-        if len(rows) > query.limit:
+        if len(found) > query.limit:
             last = page[-1].record
             cursor = encode_cursor(last.created_at, last.session_id)
         return Page(page, cursor)
 
-    async def list_rounds(
+    async def _list_rounds(
         self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
     ) -> Page[Round]:
         check_page_size(limit)
@@ -597,14 +633,27 @@ class SQLiteStore(SessionStore):
         page = [_round_from_row(session_id, row) for row in rows[:limit]]
         return Page(page, str(page[-1].seq) if len(rows) > limit else None)
 
-    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+    async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+        """Totals as of now: a due Active session counts as expired (see store.presented)."""
         provider = "provider_id" if "provider" in group_by else "NULL"
         model = "model" if "model" in group_by else "NULL"
-        rows = await self._read(
-            f"SELECT {provider}, {model}, state, COUNT(*), {_split_sum('round_count')}, "
-            f"{_split_sum('delta_tokens')}, {_split_sum('tokens_saved')} "
-            "FROM sessions WHERE tenant_id = ? GROUP BY 1, 2, 3",
-            (tenant_id.value,),
+        now = self.clock()
+        _, reader = self._connections()
+        rows, due = await reader.run(
+            partial(
+                _in_snapshot,
+                (
+                    f"SELECT {provider}, {model}, state, COUNT(*), {_split_sum('round_count')}, "
+                    f"{_split_sum('delta_tokens')}, {_split_sum('tokens_saved')} "
+                    "FROM sessions WHERE tenant_id = ? GROUP BY 1, 2, 3",
+                    (tenant_id.value,),
+                ),
+                (
+                    f"SELECT {SESSION_COLUMNS} FROM sessions INDEXED BY sessions_due "
+                    "WHERE deadline IS NOT NULL AND deadline <= ? AND tenant_id = ?",
+                    (now.epoch_micros, tenant_id.value),
+                ),
+            )
         )
         # Per group: sessions by state, then rounds, delta tokens and tokens saved.
         sums: dict[tuple[str | None, str | None], tuple[dict[str, int], list[int]]] = {}
@@ -616,12 +665,10 @@ class SQLiteStore(SessionStore):
             by_state[state_named(row[2]).name] += int(row[3])
             for i in range(3):
                 amounts[i] += _join_halves(row[4 + 2 * i], row[5 + 2 * i])
-        return [
-            Totals(key[0], key[1], by_state, *amounts)
-            for key, (by_state, amounts) in sorted(
-                sums.items(), key=lambda item: (item[0][0] or "", item[0][1] or "")
-            )
+        stored = [
+            Totals(key[0], key[1], by_state, *amounts) for key, (by_state, amounts) in sums.items()
         ]
+        return present_totals(stored, map(_stored_from_row, due), now, group_by)
 
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         def expire_due(conn: sqlite3.Connection) -> int:
@@ -642,12 +689,21 @@ class SQLiteStore(SessionStore):
 
         return await self._write(expire_due)
 
-    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
+    async def _purge_created(
+        self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
+    ) -> int:
+        # One tenant's are found through sessions_by_state, every tenant's through
+        # sessions_created_unused.
+        scope, params = (
+            ("", ()) if tenant_id is None else ("tenant_id = ? AND ", (tenant_id.value,))
+        )
+
         def purge(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 "DELETE FROM sessions WHERE session_id IN (SELECT session_id FROM sessions "
-                f"WHERE state = '{_CREATED}' AND created_at <= ? ORDER BY created_at LIMIT ?)",
-                (cutoff.epoch_micros, limit),
+                f"WHERE {scope}state = '{_CREATED}' AND created_at <= ? "
+                "ORDER BY created_at LIMIT ?)",
+                (*params, cutoff.epoch_micros, limit),
             ).rowcount
 
         return await self._write(purge)
@@ -667,7 +723,7 @@ class SQLiteStore(SessionStore):
 
     # -- tenants and API keys -------------------------------------------------------
 
-    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _create_tenant(self, tenant_id: TenantId) -> Tenant:
         def insert(conn: sqlite3.Connection) -> Tenant:
             tenant = Tenant(tenant_id, self.clock())
             try:
@@ -681,7 +737,7 @@ class SQLiteStore(SessionStore):
 
         return await self._write(insert)
 
-    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _get_tenant(self, tenant_id: TenantId) -> Tenant:
         rows = await self._read(
             "SELECT created_at FROM tenants WHERE tenant_id = ?", (tenant_id.value,)
         )
@@ -693,7 +749,7 @@ class SQLiteStore(SessionStore):
         rows = await self._read("SELECT tenant_id, created_at FROM tenants ORDER BY tenant_id")
         return [Tenant(TenantId(row[0]), Timestamp(row[1])) for row in rows]
 
-    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+    async def _add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
         def insert(conn: sqlite3.Connection) -> ApiKeyInfo:
             known = conn.execute(
                 "SELECT 1 FROM tenants WHERE tenant_id = ?", (tenant_id.value,)
@@ -717,7 +773,7 @@ class SQLiteStore(SessionStore):
         rows = await self._read(f"{_SELECT_KEY} WHERE key_id = ?", (key_id,))
         return key_from_row(rows[0]) if rows else None
 
-    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+    async def _list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         rows = await self._read(
             f"{_SELECT_KEY} WHERE tenant_id = ? ORDER BY created_at, key_id", (tenant_id.value,)
         )
