@@ -12,11 +12,26 @@ wire formats), ``provider`` (the state and the steps of a request), ``app`` (ASG
 and ``runner`` (the command).
 """
 
-from llmsession.fake_provider.app import create_app
+from typing import TYPE_CHECKING
+
 from llmsession.fake_provider.billing import BillingEntry, key_fingerprint
 from llmsession.fake_provider.faults import FAULT_MODES, Fault
 from llmsession.fake_provider.provider import FakeProvider
 from llmsession.fake_provider.runner import API_KEY_ENV, fake_provider_command, serve
+
+if TYPE_CHECKING:
+    from llmsession.fake_provider.app import create_app
+else:
+    # The app loads Starlette; the ``llmsession`` command needs only the command.
+
+    def __getattr__(name: str) -> object:
+        if name != "create_app":
+            raise AttributeError(f"module 'llmsession.fake_provider' has no attribute {name!r}")
+        from llmsession.fake_provider.app import create_app
+
+        globals()[name] = create_app
+        return create_app
+
 
 __all__ = [
     "API_KEY_ENV",

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+from signal import SIGINT, SIGTERM
+from types import FrameType
 from pathlib import Path
 from typing import Final
 
 import click
-import uvicorn
 
-from llmsession.fake_provider.app import create_app
 from llmsession.fake_provider.provider import FakeProvider
 
 __all__ = ["API_KEY_ENV", "fake_provider_command", "serve"]
@@ -19,12 +20,21 @@ __all__ = ["API_KEY_ENV", "fake_provider_command", "serve"]
 API_KEY_ENV: Final = "LLMSESSION_FAKE_API_KEY"
 
 
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    pass
+
+
 def serve(provider: FakeProvider, *, host: str, port: int, log_level: str = "warning") -> None:
     """Serve ``provider`` on ``host:port`` (0: any free port) until SIGINT or SIGTERM.
 
     The socket is bound and listening before the URL is printed, so a caller that
     reads the line can connect at once.
     """
+    # Imported here: the ``llmsession`` command loads this module for every command.
+    import uvicorn
+
+    from llmsession.fake_provider.app import create_app
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -45,10 +55,15 @@ def serve(provider: FakeProvider, *, host: str, port: int, log_level: str = "war
         server_header=False,
         timeout_graceful_shutdown=5,
     )
+    # uvicorn re-raises the stop signal after its shutdown to the handler installed
+    # before it ran; with the default one that kills the process after a clean stop.
+    previous = {signum: signal.signal(signum, _ignore) for signum in (SIGTERM, SIGINT)}
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @click.command("fake-provider")
