@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +29,16 @@ class FakeProcess:
     base_url: str  # ends in /v1, as the SDK wants it
     root: str
     log: Path
+    _clients: dict[tuple[str, str], OpenAI] = field(default_factory=dict[tuple[str, str], OpenAI])
+    _http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=5.0))
 
     def get(self, path: str) -> Any:
-        response = httpx.get(self.root + path, timeout=5.0)
+        response = self._http.get(self.root + path)
         assert response.status_code == 200, response.text
         return response.json()
 
     def post(self, path: str, body: object = None) -> httpx.Response:
-        return httpx.post(self.root + path, json=body, timeout=5.0)
+        return self._http.post(self.root + path, json=body)
 
     def billing(self) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = self.get("/_fake/billing")["entries"]
@@ -47,12 +49,20 @@ class FakeProcess:
         assert response.status_code == 200, response.text
 
     def client(self, key: str = API_KEY, **options: Any) -> OpenAI:
-        return OpenAI(base_url=self.base_url, api_key=key, max_retries=0, **options)
+        """A sync SDK client (no retries unless told), kept for reuse and closed at the end."""
+        options = {"max_retries": 0, **options}
+        cache_key = (key, repr(sorted(options.items())))
+        if cache_key not in self._clients:
+            self._clients[cache_key] = OpenAI(base_url=self.base_url, api_key=key, **options)
+        return self._clients[cache_key]
 
     def async_client(self, key: str = API_KEY, **options: Any) -> AsyncOpenAI:
-        return AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0, **options)
+        return AsyncOpenAI(base_url=self.base_url, api_key=key, **{"max_retries": 0, **options})
 
     def stop(self) -> int:
+        for client in self._clients.values():
+            client.close()
+        self._http.close()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
