@@ -128,7 +128,9 @@ def start_fake(tmp_path: Path) -> Iterator[FakeFactory]:
     """Start fake providers with given extra arguments; each is stopped at the end."""
     started: list[FakeProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, command: list[str] | None = None) -> FakeProcess:
+    def start(
+        *args: str, env: dict[str, str] | None = None, command: list[str] | None = None
+    ) -> FakeProcess:
         log = tmp_path / f"fake-{len(started)}.log"
         fake = launch(command or fake_command("--api-key", API_KEY, *args), log, env)
         started.append(fake)

@@ -26,7 +26,8 @@ def _cached(fake: FakeProcess, messages: list[ChatCompletionMessageParam], **ext
     usage = client.chat.completions.create(
         model=str(extra.pop("model", "gpt-4o")), messages=messages, **extra
     ).usage
-    assert usage is not None and usage.prompt_tokens_details is not None
+    assert usage is not None
+    assert usage.prompt_tokens_details is not None
     return usage.prompt_tokens_details.cached_tokens or 0
 
 
@@ -100,11 +101,14 @@ def test_a_follow_up_is_billed_for_the_whole_stored_context(fake: FakeProcess) -
     )
     third = client.responses.create(model="gpt-4o", input="four", previous_response_id=second.id)
     # instructions (3 + 3), first input (2 + 3), the primer 3.
-    assert first.usage is not None and first.usage.input_tokens == 14
+    assert first.usage is not None
+    assert first.usage.input_tokens == 14
     # + first answer "You said : one two" (5 + 3) + "three" (1 + 3); instructions again.
-    assert second.usage is not None and second.usage.input_tokens == 14 + 8 + 4
+    assert second.usage is not None
+    assert second.usage.input_tokens == 14 + 8 + 4
     # Instructions are not carried over: - 6, + second answer (4 + 3) + "four" (1 + 3).
-    assert third.usage is not None and third.usage.input_tokens == 26 - 6 + 7 + 4
+    assert third.usage is not None
+    assert third.usage.input_tokens == 26 - 6 + 7 + 4
     assert [e["previous_response_id"] for e in fake.billing()] == [None, first.id, second.id]
 
 

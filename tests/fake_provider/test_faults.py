@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from tests.fake_provider.conftest import API_KEY, FakeProcess
 
@@ -111,12 +111,11 @@ def test_cut_chat_stream_ends_in_a_connection_error_without_usage(fake: FakeProc
     stream = fake.client().chat.completions.create(
         model="gpt-4o", messages=HELLO, stream=True, stream_options={"include_usage": True}
     )
-    received: list[str] = []
+    chunks: list[ChatCompletionChunk] = []
     with pytest.raises(openai.APIConnectionError):
-        for chunk in stream:
-            assert chunk.usage is None
-            received.append(chunk.choices[0].delta.content or "")
-    assert received == ["", "You", " said"]
+        chunks.extend(stream)
+    assert [c.choices[0].delta.content for c in chunks] == ["", "You", " said"]
+    assert all(c.usage is None for c in chunks)
     [entry] = fake.billing()
     # Billed for the prompt and the two answer tokens produced before the cut.
     assert (entry["input_tokens"], entry["output_tokens"]) == (HELLO_TOKENS, 2)
@@ -141,7 +140,11 @@ def test_a_cut_response_is_not_stored(fake: FakeProcess) -> None:
     client = fake.client()
     ids = []
     with pytest.raises(openai.APIConnectionError):
-        ids.extend(e.response.id for e in client.responses.create(model="gpt-4o", input="a", stream=True) if e.type == "response.created")
+        ids.extend(
+            e.response.id
+            for e in client.responses.create(model="gpt-4o", input="a", stream=True)
+            if e.type == "response.created"
+        )
     with pytest.raises(openai.BadRequestError, match="not found"):
         client.responses.create(model="gpt-4o", input="b", previous_response_id=ids[0])
 
@@ -213,8 +216,9 @@ def test_faults_can_be_listed_and_cleared(fake: FakeProcess) -> None:
 def test_a_wrong_fault_is_a_400_naming_what_is_allowed(fake: FakeProcess) -> None:
     response = fake.post("/_fake/faults", {"mode": "explode"})
     assert response.status_code == 400
-    assert "mode must be one of 500, 429, slow, cut, no_usage, forget_responses" in (
-        response.json()["error"]["message"]
+    assert (
+        "mode must be one of 500, 429, slow, cut, no_usage, forget_responses"
+        in (response.json()["error"]["message"])
     )
     assert fake.get("/_fake/faults") == {"pending": []}
 

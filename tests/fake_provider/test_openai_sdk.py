@@ -86,7 +86,9 @@ def test_chat_stream_with_usage(fake: FakeProcess) -> None:
     )
     assert all(chunk.usage is None for chunk in chunks[:-1])
     entry = _only_entry(fake)
-    assert entry["stream"] and entry["completed"] and entry["usage_reported"]
+    assert entry["stream"]
+    assert entry["completed"]
+    assert entry["usage_reported"]
     assert entry["output_tokens"] == ANSWER_TOKENS
 
 
@@ -96,7 +98,8 @@ def test_chat_stream_without_usage_asked_sends_none_and_still_bills(fake: FakePr
     )
     assert all(chunk.usage is None and chunk.choices for chunk in chunks)
     entry = _only_entry(fake)
-    assert entry["completed"] and not entry["usage_reported"]
+    assert entry["completed"]
+    assert not entry["usage_reported"]
     assert (entry["input_tokens"], entry["output_tokens"]) == (QUESTION_TOKENS, ANSWER_TOKENS)
 
 
@@ -106,7 +109,8 @@ def test_chat_stream_helper_accumulates_the_completion(fake: FakeProcess) -> Non
     ) as stream:
         final = stream.get_final_completion()
     assert final.choices[0].message.content == ANSWER
-    assert final.usage is not None and final.usage.total_tokens == QUESTION_TOKENS + ANSWER_TOKENS
+    assert final.usage is not None
+    assert final.usage.total_tokens == QUESTION_TOKENS + ANSWER_TOKENS
 
 
 async def test_chat_async_create_and_stream(fake: FakeProcess) -> None:
@@ -125,7 +129,8 @@ async def test_chat_async_create_and_stream(fake: FakeProcess) -> None:
 def test_chat_reasoning_model_and_output_limit(fake: FakeProcess) -> None:
     client = fake.client()
     thinking = client.chat.completions.create(model="o3-mini", messages=QUESTION)
-    assert thinking.usage is not None and thinking.usage.completion_tokens_details is not None
+    assert thinking.usage is not None
+    assert thinking.usage.completion_tokens_details is not None
     assert thinking.usage.completion_tokens_details.reasoning_tokens == 16
     assert thinking.usage.completion_tokens == 16 + ANSWER_TOKENS
     limited = client.chat.completions.create(
@@ -136,7 +141,8 @@ def test_chat_reasoning_model_and_output_limit(fake: FakeProcess) -> None:
         "length",
     )
     legacy = client.chat.completions.create(model="gpt-4o", messages=QUESTION, max_tokens=2)
-    assert legacy.usage is not None and legacy.usage.completion_tokens == 2
+    assert legacy.usage is not None
+    assert legacy.usage.completion_tokens == 2
     assert [(e["output_tokens"], e["reasoning_tokens"]) for e in fake.billing()] == [
         (26, 16),
         (3, 0),
@@ -182,7 +188,8 @@ def test_responses_input_items_count_as_messages(fake: FakeProcess) -> None:
             },
         ],
     )
-    assert response.usage is not None and response.usage.input_tokens == QUESTION_TOKENS
+    assert response.usage is not None
+    assert response.usage.input_tokens == QUESTION_TOKENS
 
 
 def test_responses_stream_events(fake: FakeProcess) -> None:
@@ -258,11 +265,12 @@ def test_billing_totals_equal_the_usage_the_sdk_saw(fake: FakeProcess, stream: b
                     stream=True,
                     stream_options={"include_usage": True},
                 )
-                usage = [c.usage for c in chunks if c.usage is not None][0]
+                usage = next(c.usage for c in chunks if c.usage is not None)
             else:
                 usage = client.chat.completions.create(model=model, messages=messages).usage
             assert usage is not None
-            assert usage.prompt_tokens_details and usage.completion_tokens_details
+            assert usage.prompt_tokens_details
+            assert usage.completion_tokens_details
             seen["input_tokens"] += usage.prompt_tokens
             seen["cached_tokens"] += usage.prompt_tokens_details.cached_tokens or 0
             seen["output_tokens"] += usage.completion_tokens

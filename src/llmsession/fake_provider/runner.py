@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from pathlib import Path
 from signal import SIGINT, SIGTERM
 from types import FrameType
-from pathlib import Path
 from typing import Final
 
 import click
