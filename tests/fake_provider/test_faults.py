@@ -76,10 +76,17 @@ def test_slow_makes_a_client_time_out_and_the_request_is_still_billed(fake: Fake
     with pytest.raises(openai.APITimeoutError):
         fake.client(timeout=0.1).chat.completions.create(model="gpt-4o", messages=HELLO)
     # As at OpenAI, a request the client gave up on was still processed and billed.
-    entries = _wait_for_billing(fake, 1)
-    assert [(e["input_tokens"], e["output_tokens"]) for e in entries] == [
-        (HELLO_TOKENS, HELLO_ANSWER_TOKENS)
-    ]
+    [entry] = _wait_for_billing(fake, 1)
+    assert (entry["input_tokens"], entry["output_tokens"]) == (HELLO_TOKENS, HELLO_ANSWER_TOKENS)
+    assert (entry["completed"], entry["usage_reported"]) == (False, False)
+
+
+def test_a_stream_whose_client_left_during_the_delay_sends_nothing(fake: FakeProcess) -> None:
+    fake.fault(mode="slow", delay_seconds=0.5)
+    with pytest.raises(openai.APITimeoutError):
+        fake.client(timeout=0.1).responses.create(model="gpt-4o", input="hi", stream=True)
+    [entry] = _wait_for_billing(fake, 1)
+    assert (entry["completed"], entry["output_tokens"], entry["stream"]) == (False, 0, True)
 
 
 def test_slow_answers_in_full_after_the_delay(fake: FakeProcess) -> None:

@@ -68,6 +68,7 @@ class _FramedBody(Response):
         media_type: str,
         request_id: str,
         on_end: _OnEnd,
+        client_gone: bool = False,
         cut_after: int | None = None,
         frame_delay: float = 0.0,
     ) -> None:
@@ -80,9 +81,12 @@ class _FramedBody(Response):
         self._on_end = on_end
         self._cut_after = cut_after
         self._frame_delay = frame_delay
+        self._client_gone = client_gone
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gone = asyncio.Event()
+        if self._client_gone:
+            gone.set()
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -129,15 +133,19 @@ class _Routes:
         key = self.provider.authenticate(request.headers.get("authorization"))
         return key, parse_json_object(await request.body())
 
-    async def _fault(self, endpoint: Endpoint) -> Fault | None:
+    async def _fault(self, request: Request, endpoint: Endpoint) -> tuple[Fault | None, bool]:
+        """The fault this request suffers, and whether its client left while it waited."""
         fault = self.provider.take_fault(endpoint)
-        if fault is not None:
-            error = fault_error(fault)
-            if error is not None:
-                raise error
-            if fault.mode == "slow":
-                await asyncio.sleep(fault.delay_seconds)
-        return fault
+        if fault is None:
+            return None, False
+        error = fault_error(fault)
+        if error is not None:
+            raise error
+        if fault.mode != "slow":
+            return fault, False
+        await asyncio.sleep(fault.delay_seconds)
+        # A client that timed out is still billed, as OpenAI bills it, but not as served.
+        return fault, await request.is_disconnected()
 
     def _answer(
         self,
@@ -145,6 +153,7 @@ class _Routes:
         endpoint: Endpoint,
         fault: Fault | None,
         *,
+        client_gone: bool,
         stream: bool,
         usage_sent: bool,
         frames: Sequence[Frame],
@@ -161,8 +170,8 @@ class _Routes:
                     endpoint=endpoint,
                     stream=False,
                     output_tokens=served.answer.output_tokens,
-                    completed=True,
-                    usage_reported=usage_sent,
+                    completed=not client_gone,
+                    usage_reported=usage_sent and not client_gone,
                 )
                 on_completed()
                 return Response(_dumps(body), 200, {"x-request-id": served.id}, _JSON)
@@ -191,6 +200,7 @@ class _Routes:
             media_type=_SSE if stream else _JSON,
             request_id=served.id,
             on_end=on_end,
+            client_gone=client_gone,
             cut_after=_cut_point(frames, fault) if stream else 1,
             frame_delay=fault.event_delay_seconds if fault is not None and stream else 0.0,
         )
@@ -199,7 +209,7 @@ class _Routes:
         endpoint: Endpoint = "chat.completions"
         key, body = await self._begin(request)
         parsed = parse_chat_request(body)
-        fault = await self._fault(endpoint)
+        fault, client_gone = await self._fault(request, endpoint)
         served = self.provider.serve(
             id=new_id("chatcmpl-"),
             key_fingerprint=key,
@@ -213,6 +223,7 @@ class _Routes:
             served,
             endpoint,
             fault,
+            client_gone=client_gone,
             stream=parsed.stream,
             usage_sent=parsed.include_usage or not parsed.stream,
             frames=completion_frames(served, include_usage=parsed.include_usage and with_usage)
@@ -225,7 +236,7 @@ class _Routes:
         endpoint: Endpoint = "responses"
         key, body = await self._begin(request)
         parsed = parse_responses_request(body)
-        fault = await self._fault(endpoint)
+        fault, client_gone = await self._fault(request, endpoint)
         context = (
             ()
             if parsed.previous_response_id is None
@@ -251,6 +262,7 @@ class _Routes:
             served,
             endpoint,
             fault,
+            client_gone=client_gone,
             stream=parsed.stream,
             usage_sent=True,
             frames=response_frames(served, parsed, with_usage=with_usage) if parsed.stream else [],
