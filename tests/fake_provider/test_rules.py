@@ -237,3 +237,23 @@ def test_a_key_fingerprint_never_contains_the_key() -> None:
     fingerprint = key_fingerprint("sk-secret-123")
     assert "secret" not in fingerprint
     assert fingerprint == key_fingerprint("sk-secret-123") != key_fingerprint("sk-secret-124")
+
+
+def test_the_package_exports_exactly_its_public_names() -> None:
+    import llmsession.fake_provider as package
+
+    assert set(package.__all__) == {
+        "API_KEY_ENV",
+        "FAULT_MODES",
+        "BillingEntry",
+        "FakeProvider",
+        "Fault",
+        "create_app",
+        "fake_provider_command",
+        "key_fingerprint",
+        "serve",
+    }
+    for name in package.__all__:
+        assert getattr(package, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = package.nothing  # type: ignore[attr-defined]
