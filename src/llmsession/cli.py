@@ -1,6 +1,6 @@
 """The ``llmsession`` command: run the server, and administer a store directly.
 
-Every command but ``serve`` opens the store at ``--store-url`` (or
+Every command but ``serve`` and ``fake-provider`` opens the store at ``--store-url`` (or
 ``LLMSESSION_STORE_URL``) itself, the same URL the server uses; all backends are
 safe for several processes at once, so the CLI works beside a running server.
 Changes go through the store's operations, so the core decides every transition.
@@ -21,6 +21,7 @@ from typing import Any, Final, NoReturn, TypeVar, get_args
 import click
 
 from llmsession.errors import InvalidInput, LLMSessionError
+from llmsession.fake_provider.runner import fake_provider_command
 from llmsession.ids import SessionId, TenantId
 from llmsession.keys import IssuedKey, issue_key
 from llmsession.states import ALL_STATES, state_named
@@ -235,6 +236,10 @@ def serve(
 
 def _pick(flag: P | None, default: P) -> P:
     return default if flag is None else flag
+
+
+# A fake OpenAI-compatible provider for tests and demos (docs/fake-provider.md).
+cli.add_command(fake_provider_command)
 
 
 # -- tenants ------------------------------------------------------------------------------
