@@ -24,6 +24,7 @@ from llmsession.store.base import (
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
+    KeyedRound,
     Page,
     Round,
     RoundResult,
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_TTL_SECONDS",
     "ApiKeyInfo",
     "GroupKey",
+    "KeyedRound",
     "Page",
     "Round",
     "RoundResult",
