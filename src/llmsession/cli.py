@@ -450,14 +450,14 @@ def sessions_show(
     async def run(store: SessionStore) -> tuple[StoredSession, list[Round]]:
         stored = await store.get(tenant_id, session_id)
         found: list[Round] = []
-        after = 0
+        cursor: str | None = None
         # Bounded by the session's round count, read when the session was.
-        while with_rounds and after < stored.record.round_count:
-            page = await store.list_rounds(tenant_id, session_id, after_seq=after, limit=1000)
+        while with_rounds and len(found) < stored.record.round_count:
+            page = await store.list_rounds(tenant_id, session_id, cursor=cursor, limit=1000)
             found.extend(page.items)
-            if page.next_cursor is None or not page.items:
+            cursor = page.next_cursor
+            if cursor is None or not page.items:
                 break
-            after = page.items[-1].seq
         return stored, found
 
     stored, found = _run(store_url, run)

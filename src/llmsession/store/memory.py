@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 from llmsession.clock import Clock, system_clock
-from llmsession.errors import ConflictError, InvalidInput, NotFoundError, StoreError
+from llmsession.errors import ConflictError, NotFoundError, StoreError
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import ALL_STATES, Created
 from llmsession.store.base import (
@@ -26,13 +26,13 @@ from llmsession.store.cursor import decode_cursor, encode_cursor
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
+    KeyedRound,
     Page,
     Round,
     SessionQuery,
     StoredSession,
     Tenant,
     Totals,
-    check_page_size,
 )
 from llmsession.store.presented import present
 from llmsession.timestamps import Timestamp
@@ -44,7 +44,7 @@ __all__ = ["MemoryStore"]
 class _Entry:
     stored: StoredSession
     rounds: list[Round] = field(default_factory=list[Round])
-    by_key: dict[str, Round] = field(default_factory=dict[str, Round])
+    by_key: dict[str, KeyedRound] = field(default_factory=dict[str, KeyedRound])
 
 
 class _MemoryTransaction(SessionTransaction):
@@ -53,7 +53,7 @@ class _MemoryTransaction(SessionTransaction):
         self._entry = entry
         self.stored = entry.stored
 
-    async def find_round(self, idempotency_key: str) -> Round | None:
+    async def find_round(self, idempotency_key: str) -> KeyedRound | None:
         return self._entry.by_key.get(idempotency_key)
 
     async def commit(self, new: StoredSession, new_round: Round | None) -> None:
@@ -64,7 +64,9 @@ class _MemoryTransaction(SessionTransaction):
         if new_round is not None:
             self._entry.rounds.append(new_round)
             if new_round.idempotency_key is not None:
-                self._entry.by_key[new_round.idempotency_key] = new_round
+                self._entry.by_key[new_round.idempotency_key] = KeyedRound(
+                    new_round, new.record.delta_tokens, new.version
+                )
 
 
 class MemoryStore(TransactionalStore):
@@ -122,14 +124,10 @@ class MemoryStore(TransactionalStore):
         return Page(page, cursor)
 
     async def _list_rounds(
-        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
-    ) -> Page[Round]:
-        check_page_size(limit)
-        if type(after_seq) is not int or after_seq < 0:
-            raise InvalidInput(f"after_seq must be an integer >= 0, got {after_seq!r}")
-        rounds = [r for r in self._entry(tenant_id, session_id).rounds if r.seq > after_seq]
-        page = rounds[:limit]
-        return Page(page, str(page[-1].seq) if len(rounds) > limit else None)
+        self, tenant_id: TenantId, session_id: SessionId, after_seq: int, limit: int
+    ) -> list[Round]:
+        # Round seq is its index + 1.
+        return self._entry(tenant_id, session_id).rounds[after_seq : after_seq + limit]
 
     async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         self._check_open()
