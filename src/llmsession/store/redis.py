@@ -14,7 +14,8 @@ URL: ``redis://[user:password@]host:port/db`` (or ``rediss://``) with options
 - ``prefix``: put before every key the store writes (default ``llmsession:``);
 - ``wait_replicas``: after each write, ``WAIT`` until this many replicas have it
   (default 0: do not wait), up to ``wait_timeout_ms`` (default 1000);
-- anything else redis-py takes, e.g. ``max_connections`` or ``socket_timeout``.
+- anything else redis-py takes, e.g. ``max_connections``, ``socket_timeout`` or
+  ``socket_connect_timeout`` (seconds to wait for a connection; redis-py's default 5).
 
 What survives a crash is decided by the server's configuration; see
 docs/redis.md. :meth:`RedisStore.open` logs a warning when that configuration
@@ -242,6 +243,15 @@ class RedisStore(SessionStore):
                 f"{pool.max_connections}; the store needs at least 2 (one is kept for writes)"
             )
         client = aioredis.Redis.from_pool(pool)
+        try:
+            await client.ping()
+        except RedisError as error:
+            await client.aclose()
+            said = str(error).rstrip()
+            raise StoreError(
+                f"cannot connect to {options.where}: {said}{'' if said.endswith('.') else '.'} "
+                "Check the URL's host, port and password, and that Redis is running there."
+            ) from error
         store = cls(
             client,
             prefix=options.prefix,
