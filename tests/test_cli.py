@@ -24,8 +24,8 @@ from llmsession.client import ServiceUnreachable
 from llmsession.clock import ManualClock, system_clock
 from llmsession.keys import authenticate
 from llmsession.server import ServerSettings
-from llmsession.server.settings import default_store_url
 from llmsession.server.render import render_round, render_session, render_totals
+from llmsession.server.settings import default_store_url
 from llmsession.store import GroupKey, SessionStore, StoredSession, Totals, open_store
 
 T = TypeVar("T")
@@ -652,9 +652,7 @@ def test_a_store_that_cannot_be_opened_exits_1_from_either_entry_point(
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_a_port_in_use_exits_3_before_startup_from_either_entry_point(
-    entry: str, url: str
-) -> None:
+def test_a_port_in_use_exits_3_before_startup_from_either_entry_point(entry: str, url: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

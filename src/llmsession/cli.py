@@ -442,7 +442,11 @@ def sessions_list(
 @_store_option
 @_json_option
 def sessions_show(
-    tenant_id: TenantId, session_id: SessionId, with_rounds: bool, store_url: str | None, as_json: bool
+    tenant_id: TenantId,
+    session_id: SessionId,
+    with_rounds: bool,
+    store_url: str | None,
+    as_json: bool,
 ) -> None:
     """Show one session of a tenant, and with --rounds its rounds."""
 
@@ -525,7 +529,9 @@ def sessions_close(
 )
 @_store_option
 @_json_option
-def sweep(purge_created_after: int, batch_size: int | None, store_url: str | None, as_json: bool) -> None:
+def sweep(
+    purge_created_after: int, batch_size: int | None, store_url: str | None, as_json: bool
+) -> None:
     """Expire every session whose TTL ran out and purge abandoned ones, now."""
     from llmsession.server.sweeper import Sweeper
 

@@ -307,9 +307,7 @@ class PostgresOptions:
             pool_max,
             _seconds_option(ours, "pool_timeout", 30.0),
             _int_option(ours, "session_cache", 10_000, minimum=0, maximum=10_000_000),
-            _int_option(
-                ours, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, minimum=1, maximum=3600
-            ),
+            _int_option(ours, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, minimum=1, maximum=3600),
         )
 
 

@@ -244,7 +244,7 @@ class RedisStore(SessionStore):
             )
         client = aioredis.Redis.from_pool(pool)
         try:
-            await client.ping()
+            await _admin(client).ping()
         except RedisError as error:
             await client.aclose()
             said = str(error).rstrip()
