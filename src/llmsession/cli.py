@@ -138,6 +138,7 @@ GROUP_KEY: Final = click.Choice(get_args(GroupKey))
 _store_option = click.option(
     "--store-url",
     envvar="LLMSESSION_STORE_URL",
+    default="",
     help=f"The store to open, as the server's [env LLMSESSION_STORE_URL; {_DEFAULT_STORE}].",
 )
 _json_option = click.option(
@@ -148,10 +149,10 @@ _tenant_option = click.option(
 )
 
 
-def _run(store_url: str | None, action: Callable[[SessionStore], Awaitable[T]]) -> T:
-    # The default is resolved here, not by click, so that no home directory is one
-    # clear error (exit 2) rather than a traceback while parsing.
-    url = default_store_url() if store_url is None else store_url
+def _run(store_url: str, action: Callable[[SessionStore], Awaitable[T]]) -> T:
+    # The default ("" from click) is resolved here, not by click, so that no home
+    # directory is one clear error (exit 2) rather than a traceback while parsing.
+    url = store_url or default_store_url()
 
     async def run() -> T:
         store = await open_store(url)
@@ -253,7 +254,7 @@ def tenants() -> None:
 @click.argument("tenant_id", type=TENANT)
 @_store_option
 @_json_option
-def tenants_create(tenant_id: TenantId, store_url: str | None, as_json: bool) -> None:
+def tenants_create(tenant_id: TenantId, store_url: str, as_json: bool) -> None:
     """Create TENANT_ID and print its first API key (shown only this once)."""
 
     async def run(store: SessionStore) -> tuple[Tenant, IssuedKey]:
@@ -275,7 +276,7 @@ def tenants_create(tenant_id: TenantId, store_url: str | None, as_json: bool) ->
 @tenants.command("list")
 @_store_option
 @_json_option
-def tenants_list(store_url: str | None, as_json: bool) -> None:
+def tenants_list(store_url: str, as_json: bool) -> None:
     """List every tenant, with its number of usable API keys."""
 
     async def run(store: SessionStore) -> list[tuple[Tenant, int]]:
@@ -302,7 +303,7 @@ def tenants_list(store_url: str | None, as_json: bool) -> None:
 @click.argument("tenant_id", type=TENANT)
 @_store_option
 @_json_option
-def tenants_add_key(tenant_id: TenantId, store_url: str | None, as_json: bool) -> None:
+def tenants_add_key(tenant_id: TenantId, store_url: str, as_json: bool) -> None:
     """Issue another API key for TENANT_ID (shown only this once)."""
 
     issued = _run(store_url, lambda store: issue_key(store, tenant_id))
@@ -318,7 +319,7 @@ def tenants_add_key(tenant_id: TenantId, store_url: str | None, as_json: bool) -
 @click.argument("tenant_id", type=TENANT)
 @_store_option
 @_json_option
-def tenants_keys(tenant_id: TenantId, store_url: str | None, as_json: bool) -> None:
+def tenants_keys(tenant_id: TenantId, store_url: str, as_json: bool) -> None:
     """List the API keys of TENANT_ID, revoked ones included (never the keys themselves)."""
 
     async def run(store: SessionStore) -> list[ApiKeyInfo]:
@@ -342,7 +343,7 @@ def tenants_keys(tenant_id: TenantId, store_url: str | None, as_json: bool) -> N
 @click.argument("key_id")
 @_store_option
 @_json_option
-def tenants_revoke(key_id: str, store_url: str | None, as_json: bool) -> None:
+def tenants_revoke(key_id: str, store_url: str, as_json: bool) -> None:
     """Revoke the API key KEY_ID (as listed by 'tenants keys'); revoking twice is harmless."""
     info = _run(store_url, lambda store: store.revoke_api_key(key_id))
     if as_json:
@@ -386,7 +387,7 @@ def sessions_list(
     created_before: Timestamp | None,
     limit: int,
     cursor: str | None,
-    store_url: str | None,
+    store_url: str,
     as_json: bool,
 ) -> None:
     """List a tenant's sessions, newest first, one page at a time."""
@@ -445,7 +446,7 @@ def sessions_show(
     tenant_id: TenantId,
     session_id: SessionId,
     with_rounds: bool,
-    store_url: str | None,
+    store_url: str,
     as_json: bool,
 ) -> None:
     """Show one session of a tenant, and with --rounds its rounds."""
@@ -490,7 +491,7 @@ def sessions_show(
 @_store_option
 @_json_option
 def sessions_close(
-    tenant_id: TenantId, session_id: SessionId, store_url: str | None, as_json: bool
+    tenant_id: TenantId, session_id: SessionId, store_url: str, as_json: bool
 ) -> None:
     """Close an active session of a tenant."""
     stored = _run(store_url, lambda store: store.close(tenant_id, session_id))
@@ -529,9 +530,7 @@ def sessions_close(
 )
 @_store_option
 @_json_option
-def sweep(
-    purge_created_after: int, batch_size: int | None, store_url: str | None, as_json: bool
-) -> None:
+def sweep(purge_created_after: int, batch_size: int | None, store_url: str, as_json: bool) -> None:
     """Expire every session whose TTL ran out and purge abandoned ones, now."""
     from llmsession.server.sweeper import Sweeper
 
@@ -571,7 +570,7 @@ def sweep(
 @_store_option
 @_json_option
 def stats(
-    tenant_id: TenantId, group_by: tuple[GroupKey, ...], store_url: str | None, as_json: bool
+    tenant_id: TenantId, group_by: tuple[GroupKey, ...], store_url: str, as_json: bool
 ) -> None:
     """A tenant's sessions by state, rounds, delta tokens and tokens saved."""
 

@@ -112,7 +112,6 @@ def listen(host: str, port: int) -> socket.socket:
             f"cannot listen on {where}: {reason}; is another server running there? "
             "Choose another --port (LLMSESSION_PORT) or --host (LLMSESSION_HOST)",
         ) from error
-    sock.set_inheritable(True)
     return sock
 
 

@@ -243,15 +243,6 @@ class RedisStore(SessionStore):
                 f"{pool.max_connections}; the store needs at least 2 (one is kept for writes)"
             )
         client = aioredis.Redis.from_pool(pool)
-        try:
-            await _admin(client).ping()
-        except RedisError as error:
-            await client.aclose()
-            said = str(error).rstrip()
-            raise StoreError(
-                f"cannot connect to {options.where}: {said}{'' if said.endswith('.') else '.'} "
-                "Check the URL's host, port and password, and that Redis is running there."
-            ) from error
         store = cls(
             client,
             prefix=options.prefix,
@@ -262,6 +253,7 @@ class RedisStore(SessionStore):
             wait_timeout_ms=options.wait_timeout_ms,
         )
         try:
+            await _connect(client, options.where)
             await store._prepare()
         except BaseException:
             await client.aclose()
@@ -1276,6 +1268,18 @@ def _parse_url(url: str) -> _Options:
         where = f"Redis at {parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or '/0'}"
     client_url = urlunsplit(parts._replace(query=rest))
     return _Options(client_url, prefix, where, wait_replicas, wait_timeout_ms)
+
+
+async def _connect(client: aioredis.Redis, where: str) -> None:
+    """A first command, so that an unreachable server is one error saying what to check."""
+    try:
+        await _admin(client).ping()
+    except RedisError as error:
+        said = str(error).rstrip()
+        raise StoreError(
+            f"cannot connect to {where}: {said}{'' if said.endswith('.') else '.'} "
+            "Check the URL's host, port and password, and that Redis is running there."
+        ) from error
 
 
 def _count_option(given: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
