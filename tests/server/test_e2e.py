@@ -244,9 +244,10 @@ def test_bad_settings_exit_2_naming_the_variable() -> None:
     assert "LLMSESSION_PORT='eighty' is not valid" in result.stderr
 
 
-def test_an_unreachable_store_exits_3(tmp_path: Path) -> None:
-    # A directory cannot be opened as a SQLite database file.
+def test_an_unreachable_store_exits_1(tmp_path: Path) -> None:
+    # A directory cannot be opened as a SQLite database file. The store is checked
+    # before the server starts: exit 1, as for every command (tests/test_cli.py).
     result = _run_module(
         {"LLMSESSION_STORE_URL": f"sqlite:///{tmp_path}", "LLMSESSION_PORT": str(free_port())}
     )
-    assert result.returncode == 3, result.stderr
+    assert result.returncode == 1, result.stderr

@@ -37,7 +37,11 @@ removed before connecting:
 ``session_cache``   sessions whose last version is remembered      10000
 ==================  =============================================  =======
 
-Anything else (``sslmode``, ``options=-csearch_path%3Dmyschema`` ...) goes to libpq.
+Anything else (``sslmode``, ``options=-csearch_path%3Dmyschema`` ...) goes to libpq,
+``connect_timeout`` too: libpq's seconds to wait for a connection, which the store
+checks (a whole number from 1 to 3600) and makes 5 when the URL does not set it.
+Opening tries one connection first, so an unreachable server is one StoreError
+within that time instead of the pool retrying (and logging) for ``pool_timeout``.
 """
 
 from __future__ import annotations
@@ -103,7 +107,11 @@ from llmsession.store.sql_rows import (
 from llmsession.store.turns import SessionTurns
 from llmsession.timestamps import Timestamp
 
-__all__ = ["SCHEMA_VERSION", "PostgresOptions", "PostgresStore"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "SCHEMA_VERSION", "PostgresOptions", "PostgresStore"]
+
+#: Seconds to wait for a connection when the URL has no ``connect_timeout``
+#: (libpq alone would wait for the operating system, minutes for a dropped packet).
+DEFAULT_CONNECT_TIMEOUT: Final = 5
 
 #: The schema version this code creates and understands. Version 2 added an index
 #: (_STATE_MODEL_INDEX); version 3 keeps with each round the session's delta_tokens
@@ -298,6 +306,8 @@ class PostgresOptions:
     pool_max: int = 10
     pool_timeout: float = 30.0
     session_cache: int = 10_000
+    #: libpq's own parameter: it stays in ``conninfo`` when the URL gives it.
+    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
 
     @classmethod
     def from_url(cls, url: str) -> PostgresOptions:
@@ -313,10 +323,10 @@ class PostgresOptions:
         # what the caller wrote.
         for item in parts.query.split("&") if parts.query else []:
             name = unquote(item.split("=", 1)[0])
-            if name in _OPTION_NAMES:
+            if name in _OPTION_NAMES or name == "connect_timeout":
                 pairs = parse_qsl(item, keep_blank_values=True)
                 ours[name] = pairs[0][1] if pairs else ""
-            else:
+            if name not in _OPTION_NAMES:
                 kept.append(item)
         conninfo = urlunsplit(parts._replace(query="&".join(kept)))
         pool_min = _int_option(ours, "pool_min", 1, minimum=0, maximum=1000)
@@ -329,6 +339,7 @@ class PostgresOptions:
             pool_max,
             _seconds_option(ours, "pool_timeout", 30.0),
             _int_option(ours, "session_cache", 10_000, minimum=0, maximum=10_000_000),
+            _int_option(ours, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, minimum=1, maximum=3600),
         )
 
 
@@ -449,11 +460,24 @@ class PostgresStore(TransactionalStore):
         schema was made by a newer llmsession.
         """
         options = PostgresOptions.from_url(url)
+        # One connection first: the pool would retry an unreachable server until
+        # pool_timeout, logging a warning each time, before saying what went wrong.
+        try:
+            probe = await psycopg.AsyncConnection.connect(
+                options.conninfo, connect_timeout=options.connect_timeout
+            )
+        except psycopg.Error as error:
+            raise StoreError(_cannot_connect(options, error)) from error
+        await probe.close()
         pool: AsyncConnectionPool[_Connection] = AsyncConnectionPool(
             options.conninfo,
             # Autocommit: transactions are opened explicitly, only where a change needs one.
             # prepare_threshold=0: every statement is prepared on first use per connection.
-            kwargs={"autocommit": True, "prepare_threshold": 0},
+            kwargs={
+                "autocommit": True,
+                "prepare_threshold": 0,
+                "connect_timeout": options.connect_timeout,
+            },
             min_size=options.pool_min,
             max_size=options.pool_max,
             timeout=options.pool_timeout,
@@ -464,9 +488,7 @@ class PostgresStore(TransactionalStore):
             try:
                 await pool.open(wait=True, timeout=options.pool_timeout)
             except psycopg.Error as error:
-                raise StoreError(
-                    f"cannot connect to PostgreSQL at {_safe_url(options.conninfo)}: {error}"
-                ) from error
+                raise StoreError(_cannot_connect(options, error)) from error
             store = cls(
                 pool,
                 clock=clock,
@@ -980,6 +1002,20 @@ def _change_params(stored: StoredSession, expected_version: int) -> tuple[Any, .
 
 def _stored_from_row(row: TupleRow) -> StoredSession:
     return stored_from_row(row, SessionId(row[0]))
+
+
+def _cannot_connect(options: PostgresOptions, error: psycopg.Error) -> str:
+    """One line: where the store tried to connect (no password), why it failed, what to check."""
+    # libpq's messages run over several lines ("...failed: Connection refused\n\tIs the
+    # server running...?"); an error is one line.
+    text = str(error).removeprefix("connection failed: ")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = " ".join(line if line[-1] in ".?!" else f"{line}." for line in lines)
+    return (
+        f"cannot connect to PostgreSQL at {_safe_url(options.conninfo)} "
+        f"(connect_timeout={options.connect_timeout} s): {detail} "
+        "Check the URL's host, port, user and database, and that PostgreSQL is running there."
+    )
 
 
 def _safe_url(conninfo: str) -> str:

@@ -14,7 +14,8 @@ URL: ``redis://[user:password@]host:port/db`` (or ``rediss://``) with options
 - ``prefix``: put before every key the store writes (default ``llmsession:``);
 - ``wait_replicas``: after each write, ``WAIT`` until this many replicas have it
   (default 0: do not wait), up to ``wait_timeout_ms`` (default 1000);
-- anything else redis-py takes, e.g. ``max_connections`` or ``socket_timeout``.
+- anything else redis-py takes, e.g. ``max_connections``, ``socket_timeout`` or
+  ``socket_connect_timeout`` (seconds to wait for a connection; redis-py's default 5).
 
 What survives a crash is decided by the server's configuration; see
 docs/redis.md. :meth:`RedisStore.open` logs a warning when that configuration
@@ -261,6 +262,7 @@ class RedisStore(SessionStore):
             wait_timeout_ms=options.wait_timeout_ms,
         )
         try:
+            await _connect(client, options.where)
             await store._prepare()
         except BaseException:
             await client.aclose()
@@ -1441,6 +1443,18 @@ def _parse_url(url: str) -> _Options:
         where = f"Redis at {parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or '/0'}"
     client_url = urlunsplit(parts._replace(query=rest))
     return _Options(client_url, prefix, where, wait_replicas, wait_timeout_ms)
+
+
+async def _connect(client: aioredis.Redis, where: str) -> None:
+    """A first command, so that an unreachable server is one error saying what to check."""
+    try:
+        await _admin(client).ping()
+    except RedisError as error:
+        said = str(error).rstrip()
+        raise StoreError(
+            f"cannot connect to {where}: {said}{'' if said.endswith('.') else '.'} "
+            "Check the URL's host, port and password, and that Redis is running there."
+        ) from error
 
 
 def _count_option(given: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
