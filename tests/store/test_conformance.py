@@ -53,7 +53,7 @@ from llmsession.store import (
     open_store,
 )
 from llmsession.store.cursor import encode_cursor
-from tests.store.conftest import DURABLE, T0, Opener, all_sessions
+from tests.store.conftest import DURABLE, T0, Opener, all_rounds, all_sessions
 
 ACME = TenantId("acme")
 GLOBEX = TenantId("globex")
@@ -79,17 +79,6 @@ async def new_session(
     if activate:
         await store.activate(tenant, created.record.session_id)
     return created.record.session_id
-
-
-async def all_rounds(store: SessionStore, tenant: TenantId, session_id: SessionId) -> list[Round]:
-    rounds: list[Round] = []
-    after = 0
-    while True:
-        page = await store.list_rounds(tenant, session_id, after_seq=after, limit=1000)
-        rounds += page.items
-        if page.next_cursor is None:
-            return rounds
-        after = int(page.next_cursor)
 
 
 def assert_wrong_state(
@@ -307,6 +296,73 @@ async def test_a_repeated_key_returns_the_first_round(
     assert len(await all_rounds(store, ACME, session_id)) == 1
 
 
+async def test_a_replay_returns_the_first_answer_after_more_rounds(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    session_id = await new_session(store)
+    answers = []
+    for turn, delta in enumerate([40, 7, 0, 12]):
+        clock.advance(5)
+        answers.append(
+            await store.record_round(ACME, session_id, delta, idempotency_key=f"req-{turn}")
+        )
+        await store.record_round(ACME, session_id, 3)
+    clock.advance(5)
+    for turn, first in enumerate(answers):
+        again = await store.record_round(
+            ACME, session_id, first.round.delta_tokens, idempotency_key=f"req-{turn}"
+        )
+        assert again.replayed
+        assert again.round == first.round
+        # The session exactly as the first answer gave it, not as it is now.
+        assert again.session == first.session
+        assert again.session.deadline == first.session.deadline
+        assert again.session.record.round_count == first.round.seq == 2 * turn + 1
+    # The second round under a key came after rounds of 40 and 3 tokens.
+    assert answers[1].session.record.delta_tokens == 50
+    assert answers[1].session.version == 2 + 3
+    current = await store.get(ACME, session_id)
+    assert (current.record.round_count, current.record.delta_tokens) == (8, 71)
+
+
+async def test_a_replay_after_close_or_expiry_returns_the_first_answer(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    closed = await new_session(store, ttl_seconds=60)
+    expired = await new_session(store, ttl_seconds=60)
+    first = {}
+    for session_id in (closed, expired):
+        await store.record_round(ACME, session_id, 9)
+        clock.advance(10)
+        first[session_id] = await store.record_round(ACME, session_id, 40, idempotency_key="req")
+    await store.close(ACME, closed)
+    clock.advance(61)
+    assert await store.sweep() == 1
+    for session_id in (closed, expired):
+        again = await store.record_round(ACME, session_id, 40, idempotency_key="req")
+        assert again.replayed
+        assert (again.round, again.session) == (first[session_id].round, first[session_id].session)
+        assert again.session.record.state is Active
+        assert (again.session.record.round_count, again.session.record.delta_tokens) == (2, 49)
+    assert (await store.get(ACME, closed)).record.state is Closed
+    assert (await store.get(ACME, expired)).record.state is SessionExpired
+
+
+async def test_a_replay_through_another_store_returns_the_first_answer(
+    store: SessionStore, open_more: Opener, clock: ManualClock
+) -> None:
+    other = await open_more()
+    session_id = await new_session(store)
+    first = await store.record_round(ACME, session_id, 40, idempotency_key="req")
+    clock.advance(1)
+    await other.record_round(ACME, session_id, 5)
+    clock.advance(1)
+    # Each store remembers a different version of the session.
+    for through in (store, other, store):
+        again = await through.record_round(ACME, session_id, 40, idempotency_key="req")
+        assert (again.replayed, again.round, again.session) == (True, first.round, first.session)
+
+
 async def test_a_reused_key_with_another_delta_conflicts(store: SessionStore) -> None:
     session_id = await new_session(store)
     first = await store.record_round(ACME, session_id, 40, idempotency_key="req-1")
@@ -344,6 +400,7 @@ async def test_concurrent_requests_with_one_key_count_once(store: SessionStore) 
     )
     assert sum(not r.replayed for r in results) == 1
     assert {r.round for r in results} == {results[0].round}
+    assert {r.session for r in results} == {results[0].session}
     stored = await store.get(ACME, session_id)
     assert (stored.record.round_count, stored.record.delta_tokens) == (1, 12)
     assert len(await all_rounds(store, ACME, session_id)) == 1
@@ -1050,25 +1107,74 @@ async def test_a_cursor_past_everything_gives_an_empty_page(store: SessionStore)
 # -- listing rounds ------------------------------------------------------------------
 
 
-async def test_list_rounds_pages_by_seq(store: SessionStore) -> None:
+async def test_list_rounds_pages_with_its_own_cursor(store: SessionStore) -> None:
     session_id = await new_session(store)
     for delta in range(10):
         await store.record_round(ACME, session_id, delta, idempotency_key=f"k{delta}")
     first = await store.list_rounds(ACME, session_id, limit=4)
     assert [r.seq for r in first.items] == [1, 2, 3, 4]
-    assert first.next_cursor == "4"
-    second = await store.list_rounds(ACME, session_id, after_seq=4, limit=4)
+    assert first.next_cursor is not None
+    second = await store.list_rounds(ACME, session_id, cursor=first.next_cursor, limit=4)
     assert [r.seq for r in second.items] == [5, 6, 7, 8]
-    assert second.next_cursor == "8"
-    third = await store.list_rounds(ACME, session_id, after_seq=8, limit=4)
+    assert second.next_cursor is not None
+    third = await store.list_rounds(ACME, session_id, cursor=second.next_cursor, limit=4)
     assert [(r.seq, r.delta_tokens, r.idempotency_key) for r in third.items] == [
         (9, 8, "k8"),
         (10, 9, "k9"),
     ]
     assert third.next_cursor is None
+    # Rounds recorded meanwhile come after the cursor: none is served twice or skipped.
+    await store.record_round(ACME, session_id, 10)
+    again = await store.list_rounds(ACME, session_id, cursor=second.next_cursor, limit=4)
+    assert ([r.seq for r in again.items], again.next_cursor) == ([9, 10, 11], None)
+
+
+async def test_list_rounds_after_a_seq(store: SessionStore) -> None:
+    session_id = await new_session(store)
+    for delta in range(10):
+        await store.record_round(ACME, session_id, delta)
     exact = await store.list_rounds(ACME, session_id, after_seq=6, limit=4)
     assert ([r.seq for r in exact.items], exact.next_cursor) == ([7, 8, 9, 10], None)
+    page = await store.list_rounds(ACME, session_id, after_seq=2, limit=3)
+    assert [r.seq for r in page.items] == [3, 4, 5]
+    assert page.next_cursor is not None
+    rest = await store.list_rounds(ACME, session_id, after_seq=2, cursor=page.next_cursor)
+    assert ([r.seq for r in rest.items], rest.next_cursor) == ([6, 7, 8, 9, 10], None)
+    # Both apply: the later of the two wins.
+    later = await store.list_rounds(ACME, session_id, after_seq=8, cursor=page.next_cursor)
+    assert [r.seq for r in later.items] == [9, 10]
     assert (await store.list_rounds(ACME, session_id, after_seq=10)).items == []
+    assert (await store.list_rounds(ACME, session_id, after_seq=MAX_TOKENS)).items == []
+
+
+async def test_list_rounds_refuses_cursors_it_did_not_give_out(store: SessionStore) -> None:
+    session_id = await new_session(store)
+    other = await new_session(store)
+    for _ in range(3):
+        await store.record_round(ACME, session_id, 1)
+        await store.record_round(ACME, other, 1)
+    other_cursor = (await store.list_rounds(ACME, other, limit=1)).next_cursor
+    assert other_cursor is not None
+    sessions_cursor = encode_cursor(T0, session_id)
+    cases: list[tuple[object, str]] = [
+        ("not-a-cursor", "not one this service gave out for a page of rounds"),
+        ("", "not one this service gave out"),
+        (base64.urlsafe_b64encode(b"r:zz:1").decode(), "not one this service gave out"),
+        ("4", "not one this service gave out"),
+        (sessions_cursor, "listing of sessions, not of rounds"),
+        (other_cursor, f"rounds of session {other}, not of {session_id}"),
+        (4, "not one this service gave out"),
+    ]
+    for cursor, message in cases:
+        with pytest.raises(InvalidInput, match=message):
+            await store.list_rounds(
+                ACME,
+                session_id,
+                cursor=cursor,  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+            )
+    # ... and the sessions listing refuses a rounds cursor.
+    with pytest.raises(InvalidInput, match="listing of rounds, not of sessions"):
+        await store.list_sessions(ACME, SessionQuery(cursor=other_cursor))
 
 
 async def test_list_rounds_of_a_session_without_rounds(store: SessionStore) -> None:
@@ -1078,7 +1184,8 @@ async def test_list_rounds_of_a_session_without_rounds(store: SessionStore) -> N
 
 
 @pytest.mark.parametrize(
-    ("after_seq", "limit"), [(-1, 10), (True, 10), (1.0, 10), (0, 0), (0, 1001), (0, True)]
+    ("after_seq", "limit"),
+    [(-1, 10), (True, 10), (1.0, 10), (MAX_TOKENS + 1, 10), (0, 0), (0, 1001), (0, True)],
 )
 async def test_list_rounds_bad_paging(
     store: SessionStore, after_seq: object, limit: object

@@ -139,8 +139,13 @@ async def test_a_version_1_schema_is_upgraded_in_place(postgres_url: str, open_p
     first = await open_pg()
     session_id = await new_session(first)
     await first.aclose()
-    # What version 1 had: no index per state and model.
+    # What version 1 had: no index per state and model, nor the session's counters
+    # with each round.
     await sql(postgres_url, "DROP INDEX sessions_by_state_model")
+    await sql(
+        postgres_url,
+        "ALTER TABLE rounds DROP COLUMN session_delta_tokens, DROP COLUMN session_version",
+    )
     await sql(postgres_url, "UPDATE schema_version SET version = 1")
     again = await open_pg()
     assert await sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
@@ -151,6 +156,54 @@ async def test_a_version_1_schema_is_upgraded_in_place(postgres_url: str, open_p
     )
     assert "sessions_by_state_model" in {row[0] for row in indexes}
     assert (await again.get(ACME, session_id)).record.state is Active
+
+
+async def test_a_version_2_schema_is_upgraded_and_replays_give_the_first_answers(
+    postgres_url: str, open_pg: Opener, clock: ManualClock
+) -> None:
+    first_store = await open_pg()
+    answers: list[RoundResult] = []
+    sessions = [await new_session(first_store) for _ in range(3)]
+    for n, session_id in enumerate(sessions):
+        for turn in range(4):
+            clock.advance(1)
+            key = f"k{turn}" if turn % 2 else None
+            answers.append(
+                await first_store.record_round(ACME, session_id, n + turn, idempotency_key=key)
+            )
+    await first_store.close(ACME, sessions[0])
+    rounds = [(await first_store.list_rounds(ACME, s)).items for s in sessions]
+    await first_store.aclose()
+    # What version 2 had: rounds without the session's counters after them.
+    await sql(
+        postgres_url,
+        "ALTER TABLE rounds DROP COLUMN session_delta_tokens, DROP COLUMN session_version",
+    )
+    await sql(postgres_url, "UPDATE schema_version SET version = 2")
+
+    store = await open_pg()
+    assert await sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    columns = await sql(
+        postgres_url,
+        "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = 'rounds' ORDER BY ordinal_position",
+        schema_of(postgres_url),
+    )
+    assert columns[-2:] == [
+        ("session_delta_tokens", "bigint", "NO"),
+        ("session_version", "bigint", "NO"),
+    ]
+    assert [(await store.list_rounds(ACME, s)).items for s in sessions] == rounds
+    for first in answers:
+        if first.round.idempotency_key is None:
+            continue
+        again = await store.record_round(
+            ACME,
+            first.round.session_id,
+            first.round.delta_tokens,
+            idempotency_key=first.round.idempotency_key,
+        )
+        assert (again.replayed, again.round, again.session) == (True, first.round, first.session)
 
 
 async def test_a_version_no_llmsession_wrote_is_refused(postgres_url: str, open_pg: Opener) -> None:

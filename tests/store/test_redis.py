@@ -38,7 +38,14 @@ from llmsession.errors import (
 )
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import ALL_STATES, Active, Closed, Created, SessionExpired, state_named
-from llmsession.store import SessionQuery, SessionStore, StoredSession, Totals, open_store
+from llmsession.store import (
+    RoundResult,
+    SessionQuery,
+    SessionStore,
+    StoredSession,
+    Totals,
+    open_store,
+)
 from llmsession.store import redis as redis_module
 from llmsession.store.memory import MemoryStore
 from llmsession.store.redis import (
@@ -51,6 +58,7 @@ from llmsession.store.redis import (
 from llmsession.store.redis_schema import (
     CAS,
     LIST_STATE,
+    UPGRADE_KEYED,
     UPGRADE_LISTED,
     CasBatch,
     RedisKeys,
@@ -381,6 +389,74 @@ async def test_version_2_data_is_upgraded_on_open(redis_url: str, clock: ManualC
     finally:
         await client.aclose()
         await store.aclose()
+
+
+async def test_version_3_data_is_upgraded_on_open(redis_url: str, clock: ManualClock) -> None:
+    # Version 3 kept a round under an idempotency key as its plain JSON, without
+    # the session's delta_tokens and version after it: made here from version 4 data.
+    store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
+    prefix = _prefix(redis_url)
+    client = await _raw(redis_url)
+    try:
+        answers: list[RoundResult] = []
+        for n in range(260):  # more than a chunk
+            session_id = await _active(store)
+            for turn in range(1 + n % 4):
+                clock.advance(0.001)
+                key = f"k{turn}" if turn % 2 == 0 else None
+                answers.append(
+                    await store.record_round(ACME, session_id, n + turn, idempotency_key=key)
+                )
+            if n % 5 == 0:
+                await store.close(ACME, session_id)
+        await store.aclose()
+        names = [name async for name in client.scan_iter(match=f"{prefix}i:*", count=1000)]
+        version_4 = {name: await client.hgetall(name) for name in names}
+        for name, entries in version_4.items():
+            for key, value in entries.items():
+                await client.hset(name, key, json.dumps(json.loads(value)[:4]))
+        # One entry stays in version 4 form, as if written since the upgrade began.
+        kept_name = names[0]
+        await client.hset(kept_name, "k0", '[1, 0, 0, "k0", 1, 2]')
+        await client.set(f"{prefix}schema", "3")
+
+        store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
+        assert await client.get(f"{prefix}schema") == str(SCHEMA_VERSION)
+        assert await client.hget(kept_name, "k0") == '[1, 0, 0, "k0", 1, 2]'
+        await client.hset(kept_name, "k0", version_4[kept_name]["k0"])
+        assert {name: await client.hgetall(name) for name in names} == version_4
+        for first in answers:
+            if first.round.idempotency_key is None:
+                continue
+            again = await store.record_round(
+                ACME,
+                first.round.session_id,
+                first.round.delta_tokens,
+                idempotency_key=first.round.idempotency_key,
+            )
+            assert (again.replayed, again.round, again.session) == (
+                True,
+                first.round,
+                first.session,
+            )
+    finally:
+        await client.aclose()
+        await store.aclose()
+
+
+async def test_the_keyed_upgrade_leaves_an_entry_written_since_it_was_read(
+    redis_url: str,
+) -> None:
+    prefix = _prefix(redis_url)
+    client = await _raw(redis_url)
+    try:
+        await client.hset(f"{prefix}i:x", mapping={"a": "old-a", "b": "newer-b"})
+        await client.script_load(UPGRADE_KEYED.source)
+        args = ["2", "a", "old-a", "new-a", "b", "old-b", "new-b"]
+        await client.evalsha(UPGRADE_KEYED.sha, 1, f"{prefix}i:x", *args)
+        assert await client.hgetall(f"{prefix}i:x") == {"a": "new-a", "b": "newer-b"}
+    finally:
+        await client.aclose()
 
 
 async def test_the_upgrade_leaves_a_session_changed_since_it_was_read(redis_url: str) -> None:

@@ -25,6 +25,7 @@ from llmsession.store.base import (
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
+    KeyedRound,
     Page,
     Round,
     RoundResult,
@@ -38,6 +39,7 @@ __all__ = [
     "DEFAULT_TTL_SECONDS",
     "ApiKeyInfo",
     "GroupKey",
+    "KeyedRound",
     "Page",
     "Round",
     "RoundResult",

@@ -29,6 +29,7 @@ from llmsession.clock import Clock, system_clock
 from llmsession.errors import (
     ConcurrentUpdateError,
     IdempotencyConflict,
+    InvalidInput,
     LLMSessionError,
     SessionExpiredError,
     WrongStateError,
@@ -36,12 +37,14 @@ from llmsession.errors import (
 from llmsession.expiry import check_ttl
 from llmsession.ids import SessionId, TenantId, check_label, check_session_id, check_tenant_id
 from llmsession.record import SessionRecord
-from llmsession.session import Session, require_state, restore
+from llmsession.session import Session, as_after_round, require_state, restore
 from llmsession.states import Active, Created, SessionExpired
+from llmsession.store.cursor import decode_rounds_cursor, encode_rounds_cursor
 from llmsession.store.models import (
     NO_USAGE,
     ApiKeyInfo,
     GroupKey,
+    KeyedRound,
     Page,
     Round,
     RoundResult,
@@ -54,11 +57,12 @@ from llmsession.store.models import (
     check_batch_limit,
     check_group_by,
     check_idempotency_key,
+    check_page_size,
     check_purge_age,
 )
 from llmsession.store.turns import SessionTurns
 from llmsession.timestamps import Timestamp
-from llmsession.tokens import check_token_count
+from llmsession.tokens import MAX_TOKENS, check_token_count
 from llmsession.usage import Usage
 
 __all__ = [
@@ -86,7 +90,7 @@ class SessionTransaction(ABC):
     stored: StoredSession
 
     @abstractmethod
-    async def find_round(self, idempotency_key: str) -> Round | None:
+    async def find_round(self, idempotency_key: str) -> KeyedRound | None:
         """The round of this session recorded under ``idempotency_key``, if any."""
 
     @abstractmethod
@@ -94,6 +98,8 @@ class SessionTransaction(ABC):
         """Write ``new`` (and ``new_round``) if the stored version is still ``stored.version``.
 
         Raises VersionConflict otherwise. ``new.version`` is ``stored.version + 1``.
+        With the round go ``new.record.delta_tokens`` and ``new.version``: what
+        find_round gives back in its KeyedRound.
         """
 
 
@@ -106,10 +112,10 @@ class Change(NamedTuple):
     stored: StoredSession
     round: Round | None = None
     error: LLMSessionError | None = None
-    replayed: Round | None = None
+    replayed: KeyedRound | None = None
 
 
-ChangeFn: TypeAlias = Callable[[StoredSession, Timestamp, Round | None], Change]
+ChangeFn: TypeAlias = Callable[[StoredSession, Timestamp, KeyedRound | None], Change]
 """Computes a change from the session as read, the time, and the round already
 recorded under the request's idempotency key (None without a key or a match).
 Pure: it may run in a backend's own thread, inside its transaction."""
@@ -166,7 +172,7 @@ class SessionStore(ABC):
     async def activate(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """Created -> Active."""
 
-        def change(stored: StoredSession, now: Timestamp, _: Round | None) -> Change:
+        def change(stored: StoredSession, now: Timestamp, _: KeyedRound | None) -> Change:
             session = require_state(restore(stored.record), Created, "activate")
             return Change(_next(stored, session.activate(now).into_data(), now))
 
@@ -180,23 +186,26 @@ class SessionStore(ABC):
         *,
         idempotency_key: str | None = None,
     ) -> RoundResult:
-        """Record one round on an Active session.
+        """Record one round on an Active session; the result holds the session after it.
 
-        The same ``idempotency_key`` again returns the first result and counts
-        nothing; with a different delta it raises IdempotencyConflict. A round
-        after the session's deadline is refused with SessionExpiredError (and the
-        expiry is written), whether or not a sweeper has run.
+        The same ``idempotency_key`` again counts nothing and returns the first
+        answer with ``replayed=True``: the same round, and the session exactly as
+        it was right after that round (its counters, version, activity time and
+        deadline then, state Active), whatever happened to it since, a close or
+        an expiry included. With a different delta it raises IdempotencyConflict.
+        A round after the session's deadline is refused with SessionExpiredError
+        (and the expiry is written), whether or not a sweeper has run.
         """
         check_token_count("delta_tokens", delta_tokens)
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
 
-        def change(stored: StoredSession, now: Timestamp, first: Round | None) -> Change:
+        def change(stored: StoredSession, now: Timestamp, first: KeyedRound | None) -> Change:
             if first is not None:
-                if first.delta_tokens != delta_tokens:
+                if first.round.delta_tokens != delta_tokens:
                     raise IdempotencyConflict(
                         f"idempotency key {idempotency_key!r} was used for a round of "
-                        f"{first.delta_tokens} delta tokens, not {delta_tokens}; "
+                        f"{first.round.delta_tokens} delta tokens, not {delta_tokens}; "
                         "use a new key for a new round"
                     )
                 return Change(stored, replayed=first)
@@ -210,15 +219,16 @@ class SessionStore(ABC):
             return Change(_next(stored, record, now), new_round)
 
         result = await self._apply(tenant_id, session_id, change, idempotency_key)
-        if result.replayed is not None:
-            return RoundResult(result.replayed, result.stored, replayed=True)
+        first = result.replayed
+        if first is not None:
+            return RoundResult(first.round, _as_answered(result.stored, first), replayed=True)
         assert result.round is not None
         return RoundResult(result.round, result.stored)
 
     async def close(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """Active -> Closed. Refused with SessionExpiredError past the deadline."""
 
-        def change(stored: StoredSession, now: Timestamp, _: Round | None) -> Change:
+        def change(stored: StoredSession, now: Timestamp, _: KeyedRound | None) -> Change:
             expired = _expire_late(stored, now, "close")
             if expired is not None:
                 return expired
@@ -230,7 +240,7 @@ class SessionStore(ABC):
     async def expire(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """Active -> SessionExpired now (or at the deadline, if that came first)."""
 
-        def change(stored: StoredSession, now: Timestamp, _: Round | None) -> Change:
+        def change(stored: StoredSession, now: Timestamp, _: KeyedRound | None) -> Change:
             session = require_state(restore(stored.record), Active, "expire")
             deadline = stored.deadline
             at = now if deadline is None else min(now, deadline)
@@ -304,7 +314,7 @@ class SessionStore(ABC):
             check_idempotency_key(idempotency_key)
         delta = 0 if usage is None else usage.delta_tokens
 
-        def change(stored: StoredSession, now: Timestamp, first: Round | None) -> Change:
+        def change(stored: StoredSession, now: Timestamp, first: KeyedRound | None) -> Change:
             if first is not None:
                 return Change(stored, replayed=first)
             expired = _expire_late(stored, now, "record_delta")
@@ -354,7 +364,7 @@ class SessionStore(ABC):
             session_id = await self._started_by(tenant_id, idempotency_key)
             if session_id is None:
                 return None
-        found = await self._find_round(tenant_id, session_id, idempotency_key)
+        found = await self._keyed_round(tenant_id, session_id, idempotency_key)
         if found is None:
             return None
         stored, first = found
@@ -372,10 +382,13 @@ class SessionStore(ABC):
         return self._local_turns.turn(session_id)
 
     async def _replay(
-        self, tenant_id: TenantId, stored: StoredSession, first: Round
+        self, tenant_id: TenantId, stored: StoredSession, first: KeyedRound
     ) -> RoundResult:
-        turn = await self._stored_turn(first.session_id, first.seq) if first.gateway else None
-        return RoundResult(first, stored, replayed=True, turn=turn)
+        answered = first.round
+        turn = (
+            await self._stored_turn(answered.session_id, answered.seq) if answered.gateway else None
+        )
+        return RoundResult(answered, _as_answered(stored, first), replayed=True, turn=turn)
 
     # -- backend primitives ---------------------------------------------------
 
@@ -415,10 +428,11 @@ class SessionStore(ABC):
         """The session the gateway started for this tenant under ``idempotency_key``."""
 
     @abstractmethod
-    async def _find_round(
+    async def _keyed_round(
         self, tenant_id: TenantId, session_id: SessionId, idempotency_key: str
-    ) -> tuple[StoredSession, Round] | None:
-        """The session (NotFoundError if missing or foreign) and its round under the key."""
+    ) -> tuple[StoredSession, KeyedRound] | None:
+        """The session as stored (NotFoundError if missing or foreign) and its round
+        under the key."""
 
     # -- reads ------------------------------------------------------------------
 
@@ -433,11 +447,34 @@ class SessionStore(ABC):
         return await self._list_sessions(tenant_id, query)
 
     async def list_rounds(
-        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
+        self,
+        tenant_id: TenantId,
+        session_id: SessionId,
+        *,
+        cursor: str | None = None,
+        after_seq: int = 0,
+        limit: int = 100,
     ) -> Page[Round]:
-        """A session's rounds in order, those with seq > after_seq; the cursor is a seq."""
+        """A session's rounds in order of seq (1, 2, ...), a page of up to ``limit``.
+
+        ``cursor``: the ``next_cursor`` of the previous page (None for the first);
+        it continues after the last round that page served. ``after_seq``: only
+        rounds with a larger seq, e.g. those recorded since round ``after_seq``
+        was seen; with a cursor too, both apply. NotFoundError if the session is
+        missing or foreign; InvalidInput for a cursor not given out for this
+        session's rounds.
+        """
         _check_ids(tenant_id, session_id)
-        return await self._list_rounds(tenant_id, session_id, after_seq=after_seq, limit=limit)
+        check_page_size(limit)
+        if type(after_seq) is not int or not 0 <= after_seq <= MAX_TOKENS:
+            raise InvalidInput(f"after_seq must be an integer from 0 to 2**63-1, got {after_seq!r}")
+        if cursor is not None:
+            after_seq = max(after_seq, decode_rounds_cursor(cursor, session_id))
+        # One round more than the page tells whether there is a next page.
+        rounds = await self._list_rounds(tenant_id, session_id, after_seq, limit + 1)
+        page = rounds[:limit]
+        more = len(rounds) > limit
+        return Page(page, encode_rounds_cursor(session_id, page[-1].seq) if more else None)
 
     async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         """Sessions by state, rounds, delta tokens and tokens saved, per group.
@@ -458,9 +495,10 @@ class SessionStore(ABC):
 
     @abstractmethod
     async def _list_rounds(
-        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int, limit: int
-    ) -> Page[Round]:
-        """See :meth:`list_rounds`; the ids are checked."""
+        self, tenant_id: TenantId, session_id: SessionId, after_seq: int, limit: int
+    ) -> list[Round]:
+        """Up to ``limit`` rounds with seq > ``after_seq`` (at most 2**63-1), in order;
+        NotFoundError if the session is missing or foreign. The ids are checked."""
 
     @abstractmethod
     async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey]) -> list[Totals]:
@@ -588,7 +626,7 @@ class SessionStore(ABC):
             f"session {session_id} kept changing under {_MAX_ATTEMPTS} attempts; try again"
         )
 
-    def _compute(self, change: ChangeFn, stored: StoredSession, first: Round | None) -> Change:
+    def _compute(self, change: ChangeFn, stored: StoredSession, first: KeyedRound | None) -> Change:
         """Run ``change`` at the session's own time; backends overriding _run_change call this."""
         # Replicas' clocks differ a little; a session's own time never runs
         # backwards, so no transition is dated before the last one.
@@ -645,6 +683,14 @@ def expire_if_due(stored: StoredSession, now: Timestamp) -> StoredSession | None
         return None
     session = require_state(restore(stored.record), Active, "expire")
     return _next(stored, session.expire(deadline).into_data(), stored.last_activity_at)
+
+
+def _as_answered(stored: StoredSession, first: KeyedRound) -> StoredSession:
+    """The session as it was right after the round ``first``, rebuilt from ``stored``
+    (the session now, whose ttl and what else never changes are as then)."""
+    record = as_after_round(stored.record, first.round.seq, first.session_delta_tokens)
+    # A round's time is the session's activity time it set.
+    return StoredSession(record, first.session_version, stored.ttl_seconds, first.round.recorded_at)
 
 
 def _expire_late(stored: StoredSession, now: Timestamp, method: str) -> Change | None:

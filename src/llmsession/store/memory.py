@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 from llmsession.clock import Clock, system_clock
-from llmsession.errors import ConflictError, InvalidInput, NotFoundError, StoreError
+from llmsession.errors import ConflictError, NotFoundError, StoreError
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import ALL_STATES, Active, Created
 from llmsession.store.base import (
@@ -26,6 +26,7 @@ from llmsession.store.cursor import decode_cursor, encode_cursor
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
+    KeyedRound,
     Page,
     Round,
     SessionQuery,
@@ -34,7 +35,6 @@ from llmsession.store.models import (
     Totals,
     Turn,
     UsageTotals,
-    check_page_size,
 )
 from llmsession.store.presented import present
 from llmsession.timestamps import Timestamp
@@ -46,14 +46,17 @@ __all__ = ["MemoryStore"]
 class _Entry:
     stored: StoredSession
     rounds: list[Round] = field(default_factory=list[Round])
-    by_key: dict[str, Round] = field(default_factory=dict[str, Round])
+    by_key: dict[str, KeyedRound] = field(default_factory=dict[str, KeyedRound])
     #: The conversation of a gateway session, by round; dropped when it ends.
     turns: dict[int, Turn] = field(default_factory=dict[int, Turn])
 
-    def add(self, new_round: Round) -> None:
+    def add(self, new_round: Round, after: StoredSession) -> None:
+        """Keep ``new_round``; ``after`` is the session right after it."""
         self.rounds.append(new_round)
         if new_round.idempotency_key is not None:
-            self.by_key[new_round.idempotency_key] = new_round
+            self.by_key[new_round.idempotency_key] = KeyedRound(
+                new_round, after.record.delta_tokens, after.version
+            )
         if new_round.turn is not None:
             self.turns[new_round.seq] = new_round.turn
 
@@ -69,7 +72,7 @@ class _MemoryTransaction(SessionTransaction):
         self._entry = entry
         self.stored = entry.stored
 
-    async def find_round(self, idempotency_key: str) -> Round | None:
+    async def find_round(self, idempotency_key: str) -> KeyedRound | None:
         return self._entry.by_key.get(idempotency_key)
 
     async def commit(self, new: StoredSession, new_round: Round | None) -> None:
@@ -78,7 +81,7 @@ class _MemoryTransaction(SessionTransaction):
             raise VersionConflict
         self._entry.store(new)
         if new_round is not None:
-            self._entry.add(new_round)
+            self._entry.add(new_round, new)
 
 
 class MemoryStore(TransactionalStore):
@@ -107,7 +110,7 @@ class MemoryStore(TransactionalStore):
             self._started[key] = record.session_id
         entry = _Entry(stored)
         if first is not None:
-            entry.add(first)
+            entry.add(first, stored)
         self._sessions[record.session_id] = entry
 
     async def _history_turns(self, session_id: SessionId) -> list[Turn]:
@@ -122,9 +125,9 @@ class MemoryStore(TransactionalStore):
         self._check_open()
         return self._started.get((tenant_id, idempotency_key))
 
-    async def _find_round(
+    async def _keyed_round(
         self, tenant_id: TenantId, session_id: SessionId, idempotency_key: str
-    ) -> tuple[StoredSession, Round] | None:
+    ) -> tuple[StoredSession, KeyedRound] | None:
         entry = self._entry(tenant_id, session_id)
         found = entry.by_key.get(idempotency_key)
         return None if found is None else (entry.stored, found)
@@ -168,14 +171,10 @@ class MemoryStore(TransactionalStore):
         return Page(page, cursor)
 
     async def _list_rounds(
-        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
-    ) -> Page[Round]:
-        check_page_size(limit)
-        if type(after_seq) is not int or after_seq < 0:
-            raise InvalidInput(f"after_seq must be an integer >= 0, got {after_seq!r}")
-        rounds = [r for r in self._entry(tenant_id, session_id).rounds if r.seq > after_seq]
-        page = rounds[:limit]
-        return Page(page, str(page[-1].seq) if len(rounds) > limit else None)
+        self, tenant_id: TenantId, session_id: SessionId, after_seq: int, limit: int
+    ) -> list[Round]:
+        # Round seq is its index + 1.
+        return self._entry(tenant_id, session_id).rounds[after_seq : after_seq + limit]
 
     async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         self._check_open()

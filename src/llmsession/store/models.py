@@ -25,6 +25,7 @@ __all__ = [
     "NO_USAGE",
     "ApiKeyInfo",
     "GroupKey",
+    "KeyedRound",
     "Page",
     "Round",
     "RoundResult",
@@ -182,8 +183,24 @@ class Round:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyedRound:
+    """A round recorded under an idempotency key, with what its replay gives back: the
+    session's delta_tokens and version right after the round. Everything else the
+    session was then follows from the round and what never changes (see
+    :func:`llmsession.session.as_after_round`)."""
+
+    round: Round
+    session_delta_tokens: int
+    session_version: int
+
+
+@dataclass(frozen=True, slots=True)
 class RoundResult:
-    """What recording a round returns; ``replayed`` is True for a repeated idempotency key."""
+    """What recording a round returns: the round and the session right after it.
+
+    ``replayed`` is True for a repeated idempotency key: the round and session are
+    then those of the first answer, as they were right after that round.
+    """
 
     round: Round
     session: StoredSession

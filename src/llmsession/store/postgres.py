@@ -37,7 +37,11 @@ removed before connecting:
 ``session_cache``   sessions whose last version is remembered      10000
 ==================  =============================================  =======
 
-Anything else (``sslmode``, ``options=-csearch_path%3Dmyschema`` ...) goes to libpq.
+Anything else (``sslmode``, ``options=-csearch_path%3Dmyschema`` ...) goes to libpq,
+``connect_timeout`` too: libpq's seconds to wait for a connection, which the store
+checks (a whole number from 1 to 3600) and makes 5 when the URL does not set it.
+Opening tries one connection first, so an unreachable server is one StoreError
+within that time instead of the pool retrying (and logging) for ``pool_timeout``.
 """
 
 from __future__ import annotations
@@ -81,13 +85,13 @@ from llmsession.store.cursor import decode_cursor, encode_cursor
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
+    KeyedRound,
     Page,
     Round,
     SessionQuery,
     StoredSession,
     Tenant,
     Totals,
-    check_page_size,
 )
 from llmsession.store.presented import newest_first, present, present_totals, shown_in
 from llmsession.store.recent import RecentSessions
@@ -103,10 +107,16 @@ from llmsession.store.sql_rows import (
 from llmsession.store.turns import SessionTurns
 from llmsession.timestamps import Timestamp
 
-__all__ = ["SCHEMA_VERSION", "PostgresOptions", "PostgresStore"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "SCHEMA_VERSION", "PostgresOptions", "PostgresStore"]
 
-#: The schema version this code creates and understands.
-SCHEMA_VERSION: Final = 2
+#: Seconds to wait for a connection when the URL has no ``connect_timeout``
+#: (libpq alone would wait for the operating system, minutes for a dropped packet).
+DEFAULT_CONNECT_TIMEOUT: Final = 5
+
+#: The schema version this code creates and understands. Version 2 added an index
+#: (_STATE_MODEL_INDEX); version 3 keeps with each round the session's delta_tokens
+#: and version right after it (a replayed round's answer).
+SCHEMA_VERSION: Final = 3
 
 _Connection = AsyncConnection[TupleRow]
 
@@ -122,7 +132,22 @@ _STATE_MODEL_INDEX: Final = (
 )
 
 #: What takes a schema from the version before to this one, in order.
-_UPGRADES: Final[dict[int, tuple[LiteralString, ...]]] = {2: (_STATE_MODEL_INDEX,)}
+_UPGRADES: Final[dict[int, tuple[LiteralString, ...]]] = {
+    2: (_STATE_MODEL_INDEX,),
+    # Before version 3 a session's version grew only at create (1), activate (2) and
+    # each round while it stayed Active, so round seq left it at seq + 2; its
+    # delta_tokens were the sum of its rounds' up to seq.
+    3: (
+        "ALTER TABLE rounds ADD COLUMN session_delta_tokens bigint, "
+        "ADD COLUMN session_version bigint",
+        "UPDATE rounds r SET session_delta_tokens = t.total, session_version = r.seq + 2 "
+        "FROM (SELECT session_id, seq, sum(delta_tokens) "
+        "OVER (PARTITION BY session_id ORDER BY seq) AS total FROM rounds) t "
+        "WHERE r.session_id = t.session_id AND r.seq = t.seq",
+        "ALTER TABLE rounds ALTER COLUMN session_delta_tokens SET NOT NULL, "
+        "ALTER COLUMN session_version SET NOT NULL",
+    ),
+}
 
 # Timestamps are bigint microseconds since the epoch: exact, and cheap to compare.
 _SCHEMA: Final[tuple[LiteralString | sql.Composed, ...]] = (
@@ -167,6 +192,8 @@ _SCHEMA: Final[tuple[LiteralString | sql.Composed, ...]] = (
         delta_tokens bigint NOT NULL,
         recorded_at bigint NOT NULL,
         idempotency_key text,
+        session_delta_tokens bigint NOT NULL,
+        session_version bigint NOT NULL,
         PRIMARY KEY (session_id, seq),
         UNIQUE (session_id, idempotency_key)
     )
@@ -216,12 +243,12 @@ _UPDATE_SESSION: Final = (
 # The round is inserted only if the compare-and-set matched: both or neither.
 _UPDATE_SESSION_AND_INSERT_ROUND: Final = (
     "WITH changed AS (" + _UPDATE_SESSION + " RETURNING session_id) "
-    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key) "
-    "SELECT session_id, %s, %s, %s, %s FROM changed"
+    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+    "session_delta_tokens, session_version) SELECT session_id, %s, %s, %s, %s, %s, %s FROM changed"
 )
 
 _FIND_ROUND: Final = (
-    "SELECT seq, delta_tokens, recorded_at FROM rounds "
+    "SELECT seq, delta_tokens, recorded_at, session_delta_tokens, session_version FROM rounds "
     "WHERE session_id = %s AND idempotency_key = %s"
 )
 
@@ -279,6 +306,8 @@ class PostgresOptions:
     pool_max: int = 10
     pool_timeout: float = 30.0
     session_cache: int = 10_000
+    #: libpq's own parameter: it stays in ``conninfo`` when the URL gives it.
+    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
 
     @classmethod
     def from_url(cls, url: str) -> PostgresOptions:
@@ -294,10 +323,10 @@ class PostgresOptions:
         # what the caller wrote.
         for item in parts.query.split("&") if parts.query else []:
             name = unquote(item.split("=", 1)[0])
-            if name in _OPTION_NAMES:
+            if name in _OPTION_NAMES or name == "connect_timeout":
                 pairs = parse_qsl(item, keep_blank_values=True)
                 ours[name] = pairs[0][1] if pairs else ""
-            else:
+            if name not in _OPTION_NAMES:
                 kept.append(item)
         conninfo = urlunsplit(parts._replace(query="&".join(kept)))
         pool_min = _int_option(ours, "pool_min", 1, minimum=0, maximum=1000)
@@ -310,6 +339,7 @@ class PostgresOptions:
             pool_max,
             _seconds_option(ours, "pool_timeout", 30.0),
             _int_option(ours, "session_cache", 10_000, minimum=0, maximum=10_000_000),
+            _int_option(ours, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, minimum=1, maximum=3600),
         )
 
 
@@ -358,13 +388,14 @@ class _PostgresTransaction(SessionTransaction):
         self.stored = stored
         self.committed = False
 
-    async def find_round(self, idempotency_key: str) -> Round | None:
+    async def find_round(self, idempotency_key: str) -> KeyedRound | None:
         session_id = self.stored.record.session_id
         cur = await self._conn.execute(_FIND_ROUND, (session_id.value, idempotency_key))
         row = await cur.fetchone()
         if row is None:
             return None
-        return Round(session_id, int(row[0]), int(row[1]), Timestamp(row[2]), idempotency_key)
+        first = Round(session_id, int(row[0]), int(row[1]), Timestamp(row[2]), idempotency_key)
+        return KeyedRound(first, int(row[3]), int(row[4]))
 
     def _written(self, new: StoredSession) -> None:
         self.committed = True
@@ -429,11 +460,24 @@ class PostgresStore(TransactionalStore):
         schema was made by a newer llmsession.
         """
         options = PostgresOptions.from_url(url)
+        # One connection first: the pool would retry an unreachable server until
+        # pool_timeout, logging a warning each time, before saying what went wrong.
+        try:
+            probe = await psycopg.AsyncConnection.connect(
+                options.conninfo, connect_timeout=options.connect_timeout
+            )
+        except psycopg.Error as error:
+            raise StoreError(_cannot_connect(options, error)) from error
+        await probe.close()
         pool: AsyncConnectionPool[_Connection] = AsyncConnectionPool(
             options.conninfo,
             # Autocommit: transactions are opened explicitly, only where a change needs one.
             # prepare_threshold=0: every statement is prepared on first use per connection.
-            kwargs={"autocommit": True, "prepare_threshold": 0},
+            kwargs={
+                "autocommit": True,
+                "prepare_threshold": 0,
+                "connect_timeout": options.connect_timeout,
+            },
             min_size=options.pool_min,
             max_size=options.pool_max,
             timeout=options.pool_timeout,
@@ -444,9 +488,7 @@ class PostgresStore(TransactionalStore):
             try:
                 await pool.open(wait=True, timeout=options.pool_timeout)
             except psycopg.Error as error:
-                raise StoreError(
-                    f"cannot connect to PostgreSQL at {_safe_url(options.conninfo)}: {error}"
-                ) from error
+                raise StoreError(_cannot_connect(options, error)) from error
             store = cls(
                 pool,
                 clock=clock,
@@ -487,8 +529,9 @@ class PostgresStore(TransactionalStore):
                 )
             elif 1 <= found < SCHEMA_VERSION:
                 # Under the same lock: one process upgrades, the others then see it done.
-                # The new indexes are built in this transaction, which holds writes to
-                # the sessions table until it commits (seconds at a million sessions).
+                # The upgrades run in this transaction, which holds writes to the
+                # tables they touch until it commits (seconds at a million sessions
+                # or rounds).
                 for version in range(found + 1, SCHEMA_VERSION + 1):
                     for statement in _UPGRADES[version]:
                         await conn.execute(statement)
@@ -711,26 +754,20 @@ class PostgresStore(TransactionalStore):
         return Page(items, cursor)
 
     async def _list_rounds(
-        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
-    ) -> Page[Round]:
-        check_page_size(limit)
-        if type(after_seq) is not int or after_seq < 0:
-            raise InvalidInput(f"after_seq must be an integer >= 0, got {after_seq!r}")
+        self, tenant_id: TenantId, session_id: SessionId, after_seq: int, limit: int
+    ) -> list[Round]:
         async with self._connection() as conn:
             cur = await conn.execute(
-                _LIST_ROUNDS,
-                (min(after_seq, _MAX_BIGINT), session_id.value, tenant_id.value, limit + 1),
+                _LIST_ROUNDS, (after_seq, session_id.value, tenant_id.value, limit)
             )
             rows = await cur.fetchall()
         if not rows:
             raise NotFoundError(f"no session {session_id}")
-        rounds = [
+        return [
             Round(session_id, int(row[0]), int(row[1]), Timestamp(row[2]), row[3])
             for row in rows
             if row[0] is not None
         ]
-        page = rounds[:limit]
-        return Page(page, str(page[-1].seq) if len(rounds) > limit else None)
 
     async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         """Totals as of now: a due Active session counts as expired (see store.presented)."""
@@ -917,7 +954,6 @@ class PostgresStore(TransactionalStore):
             await self._pool.putconn(conn)
 
 
-_MAX_BIGINT: Final = 2**63 - 1
 _PING_TIMEOUT: Final = 5.0
 # Claimed sessions expired per update statement of a sweep.
 _SWEEP_CHUNK: Final = 200
@@ -953,6 +989,9 @@ def _write(
         new_round.delta_tokens,
         new_round.recorded_at.epoch_micros,
         new_round.idempotency_key,
+        # What a replay of the round gives back (see KeyedRound).
+        new.record.delta_tokens,
+        new.version,
     )
 
 
@@ -963,6 +1002,20 @@ def _change_params(stored: StoredSession, expected_version: int) -> tuple[Any, .
 
 def _stored_from_row(row: TupleRow) -> StoredSession:
     return stored_from_row(row, SessionId(row[0]))
+
+
+def _cannot_connect(options: PostgresOptions, error: psycopg.Error) -> str:
+    """One line: where the store tried to connect (no password), why it failed, what to check."""
+    # libpq's messages run over several lines ("...failed: Connection refused\n\tIs the
+    # server running...?"); an error is one line.
+    text = str(error).removeprefix("connection failed: ")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = " ".join(line if line[-1] in ".?!" else f"{line}." for line in lines)
+    return (
+        f"cannot connect to PostgreSQL at {_safe_url(options.conninfo)} "
+        f"(connect_timeout={options.connect_timeout} s): {detail} "
+        "Check the URL's host, port, user and database, and that PostgreSQL is running there."
+    )
 
 
 def _safe_url(conninfo: str) -> str:

@@ -14,7 +14,8 @@ URL: ``redis://[user:password@]host:port/db`` (or ``rediss://``) with options
 - ``prefix``: put before every key the store writes (default ``llmsession:``);
 - ``wait_replicas``: after each write, ``WAIT`` until this many replicas have it
   (default 0: do not wait), up to ``wait_timeout_ms`` (default 1000);
-- anything else redis-py takes, e.g. ``max_connections`` or ``socket_timeout``.
+- anything else redis-py takes, e.g. ``max_connections``, ``socket_timeout`` or
+  ``socket_connect_timeout`` (seconds to wait for a connection; redis-py's default 5).
 
 What survives a crash is decided by the server's configuration; see
 docs/redis.md. :meth:`RedisStore.open` logs a warning when that configuration
@@ -67,13 +68,13 @@ from llmsession.store.group_commit import GroupCommit
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
+    KeyedRound,
     Page,
     Round,
     SessionQuery,
     StoredSession,
     Tenant,
     Totals,
-    check_page_size,
 )
 from llmsession.store.presented import newest_first, present, present_totals, shown_in
 from llmsession.store.recent import RecentSessions
@@ -87,16 +88,19 @@ from llmsession.store.redis_schema import (
     SCHEMA_VERSION,
     SET_SCHEMA,
     UPGRADE_DUE,
+    UPGRADE_KEYED,
     UPGRADE_LISTED,
     CasBatch,
     RedisKeys,
     Script,
     group_head,
     group_tail,
+    keyed_round_json,
     lex_time,
     member,
     member_id,
     parse_counters,
+    parse_keyed_round,
     parse_round,
     parse_session,
     parse_session_values,
@@ -123,6 +127,8 @@ _DUE_CHUNK: Final = 1000
 # The writer's connection, idle this long, is checked with a PING before a write.
 _WRITER_IDLE_SECONDS: Final = 5.0
 _DURABILITY_SETTINGS: Final = ("appendonly", "appendfsync", "save", "maxmemory-policy")
+# The largest list index Redis takes.
+_MAX_INDEX: Final = 2**63 - 1
 
 _log = logging.getLogger(__name__)
 
@@ -256,6 +262,7 @@ class RedisStore(SessionStore):
             wait_timeout_ms=options.wait_timeout_ms,
         )
         try:
+            await _connect(client, options.where)
             await store._prepare()
         except BaseException:
             await client.aclose()
@@ -275,6 +282,7 @@ class RedisStore(SessionStore):
                 SET_SCHEMA,
                 UPGRADE_DUE,
                 UPGRADE_LISTED,
+                UPGRADE_KEYED,
             ):
                 await self._client.script_load(script.source)
         text = None if raw is None else _text(raw)
@@ -283,6 +291,9 @@ class RedisStore(SessionStore):
             text = "2"
         if text == "2":
             await self._upgrade_listed()
+            text = "3"
+        if text == "3":
+            await self._upgrade_keyed()
             text = str(SCHEMA_VERSION)
         if text is None or not text.isdigit():
             raise StoreError(
@@ -351,6 +362,76 @@ class RedisStore(SessionStore):
                 await self._client.unlink(*ordered[start : start + _SWEEP_CHUNK * 4])
         await self._run_one(SET_SCHEMA, [keys.schema], ["2", "3"])
         self._upgraded(3)
+
+    async def _upgrade_keyed(self) -> None:
+        """Bring version 3 data up to version 4: give each round under an idempotency
+        key the session's delta_tokens and version right after it (see UPGRADE_KEYED),
+        then say so.
+
+        In version 3 a session's version grew only at create (1), activate (2) and
+        each round while it stayed Active, so round seq left it at seq + 2; its
+        delta_tokens were the sum of its rounds' up to seq. Safe to run in several
+        processes at once, and to run again after a crash. Processes still running
+        an older llmsession must be stopped first: they would go on writing rounds
+        without these numbers.
+        """
+        keys = self._keys
+        pattern = _glob_escape(keys.prefix) + "i:*"
+        names: list[str] = []
+        with self._guard():
+            async for name in _admin(self._client).scan_iter(match=pattern, count=1000):
+                names.append(_text(name))
+                if len(names) == _SWEEP_CHUNK:
+                    await self._key_rounds(names)
+                    names = []
+        await self._key_rounds(names)
+        await self._run_one(SET_SCHEMA, [keys.schema], ["3", "4"])
+        self._upgraded(4)
+
+    async def _key_rounds(self, names: Sequence[str]) -> None:
+        """Rewrite the version 3 entries of these idempotency hashes as version 4 ones."""
+        if not names:
+            return
+        # SCAN may return a name twice: harmless, the second pass finds nothing to do.
+        ids = [SessionId.parse(name[len(self._keys.prefix) + 2 :]) for name in names]
+        with self._guard():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for session_id in ids:
+                    pipe.hgetall(self._keys.idempotency(session_id))
+                hashes = [_row(raw) for raw in await pipe.execute()]
+        # Per session: (key, value read, round) of each entry still in version 3 form.
+        old: list[list[tuple[str, str, Round]]] = []
+        for session_id, keyed in zip(ids, hashes, strict=True):
+            read = ((key, raw, _version_3_round(session_id, raw)) for key, raw in keyed.items())
+            old.append([(key, raw, first) for key, raw, first in read if first is not None])
+        with self._guard():
+            # Each session's rounds up to its last one under a key, for the running sums.
+            async with self._client.pipeline(transaction=False) as pipe:
+                for session_id, entries in zip(ids, old, strict=True):
+                    last = max((found.seq for _, _, found in entries), default=0)
+                    pipe.lrange(self._keys.rounds(session_id), 0, last - 1)
+                listed = await pipe.execute()
+        names_used: list[str] = []
+        args: list[str] = []
+        for session_id, entries, raw_rounds in zip(ids, old, listed, strict=True):
+            if not entries:
+                continue
+            totals = list(
+                itertools.accumulate(
+                    parse_round(session_id, _text(raw)).delta_tokens for raw in _items(raw_rounds)
+                )
+            )
+            args.append(str(len(entries)))
+            for key, raw, found in entries:
+                if found.seq > len(totals):
+                    raise StoreError(
+                        f"{self._where}: session {session_id} has a round {found.seq} under "
+                        f"idempotency key {key!r}, but only {len(totals)} rounds"
+                    )
+                args += (key, raw, keyed_round_json(found, totals[found.seq - 1], found.seq + 2))
+            names_used.append(self._keys.idempotency(session_id))
+        if names_used:
+            await self._run_one(UPGRADE_KEYED, names_used, args)
 
     async def _list_in_groups(self, names: Sequence[str]) -> set[tuple[TenantId, str, str]]:
         """List these sessions (hash names) in their group's state set; return their
@@ -427,7 +508,7 @@ class RedisStore(SessionStore):
         stored = self._recent.get(tenant_id, session_id)
         remembered = stored is not None
         unchecked_key: str | None = None
-        first: Round | None = None
+        first: KeyedRound | None = None
         if stored is not None:
             # Taken as unused without reading: the write checks it, and so does
             # an answer that writes nothing.
@@ -504,11 +585,11 @@ class RedisStore(SessionStore):
         if row.get("tenant") != tenant_id.value:
             raise NotFoundError(f"no session {session_id}")
         stored = self._parse(session_id, row)
-        found: dict[str, Round] = {}
+        found: dict[str, KeyedRound] = {}
         if keys:
             for used, raw in zip(keys, _items(replies[1]), strict=True):
                 if raw is not None:
-                    found[used] = parse_round(session_id, _text(raw))
+                    found[used] = self._parse_keyed(session_id, raw)
         cas = CasBatch(self._keys)
         outcomes: list[Change | Exception] = []
         writes: list[int] = []
@@ -527,7 +608,9 @@ class RedisStore(SessionStore):
                 stored = result.stored
                 if result.round is not None and result.round.idempotency_key is not None:
                     # A later change of this batch with the same key replays it.
-                    found[result.round.idempotency_key] = result.round
+                    found[result.round.idempotency_key] = KeyedRound(
+                        result.round, result.stored.record.delta_tokens, result.stored.version
+                    )
             outcomes.append(result)
         if not writes:
             self._recent.remember(stored)
@@ -677,22 +760,19 @@ class RedisStore(SessionStore):
         return _first(lists, count)
 
     async def _list_rounds(
-        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
-    ) -> Page[Round]:
-        check_page_size(limit)
-        if type(after_seq) is not int or after_seq < 0:
-            raise InvalidInput(f"after_seq must be an integer >= 0, got {after_seq!r}")
+        self, tenant_id: TenantId, session_id: SessionId, after_seq: int, limit: int
+    ) -> list[Round]:
+        # Round seq is at index seq - 1; Redis takes indexes up to 2**63-1.
+        last = min(after_seq + limit - 1, _MAX_INDEX)
         with self._guard():
             # MULTI: the owner and the rounds are read at one instant.
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hget(self._keys.session(session_id), "tenant")
-                pipe.lrange(self._keys.rounds(session_id), after_seq, after_seq + limit)
+                pipe.lrange(self._keys.rounds(session_id), after_seq, last)
                 owner, raw_rounds = await pipe.execute()
         if owner is None or _text(owner) != tenant_id.value:
             raise NotFoundError(f"no session {session_id}")
-        rounds = [parse_round(session_id, _text(raw)) for raw in _items(raw_rounds)]
-        page = rounds[:limit]
-        return Page(page, str(page[-1].seq) if len(rounds) > limit else None)
+        return [parse_round(session_id, _text(raw)) for raw in _items(raw_rounds)]
 
     async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         """Totals as of now: a due Active session counts as expired (see store.presented).
@@ -885,10 +965,16 @@ class RedisStore(SessionStore):
 
     # -- reading -----------------------------------------------------------------
 
-    async def _find_round(self, session_id: SessionId, idempotency_key: str) -> Round | None:
+    async def _find_round(self, session_id: SessionId, idempotency_key: str) -> KeyedRound | None:
         with self._guard():
             raw = await self._client.hget(self._keys.idempotency(session_id), idempotency_key)
-        return None if raw is None else parse_round(session_id, _text(raw))
+        return None if raw is None else self._parse_keyed(session_id, raw)
+
+    def _parse_keyed(self, session_id: SessionId, raw: object) -> KeyedRound:
+        try:
+            return parse_keyed_round(session_id, _text(raw))
+        except StoreError as error:
+            raise StoreError(f"{self._where}: {error}") from None
 
     def _parse_values(self, session_id: SessionId, values: Sequence[object]) -> StoredSession:
         try:
@@ -1359,6 +1445,18 @@ def _parse_url(url: str) -> _Options:
     return _Options(client_url, prefix, where, wait_replicas, wait_timeout_ms)
 
 
+async def _connect(client: aioredis.Redis, where: str) -> None:
+    """A first command, so that an unreachable server is one error saying what to check."""
+    try:
+        await _admin(client).ping()
+    except RedisError as error:
+        said = str(error).rstrip()
+        raise StoreError(
+            f"cannot connect to {where}: {said}{'' if said.endswith('.') else '.'} "
+            "Check the URL's host, port and password, and that Redis is running there."
+        ) from error
+
+
 def _count_option(given: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
     text = given.get(name)
     if text is None:
@@ -1366,6 +1464,15 @@ def _count_option(given: Mapping[str, str], name: str, default: int, *, minimum:
     if not text.isdigit() or not text.isascii() or int(text) < minimum:
         raise InvalidInput(f"Redis URL option {name} must be an integer >= {minimum}, got {text!r}")
     return int(text)
+
+
+def _version_3_round(session_id: SessionId, raw: str) -> Round | None:
+    """The round of a version 3 idempotency hash entry; None for a version 4 one."""
+    try:
+        parse_keyed_round(session_id, raw)
+    except StoreError:
+        return parse_round(session_id, raw)
+    return None
 
 
 def _glob_escape(text: str) -> str:

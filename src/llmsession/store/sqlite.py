@@ -23,8 +23,8 @@ not, or if the change would write nothing (an error, a replay), the change is
 computed again from a fresh read in the same transaction: an answer never rests
 on a remembered session alone.
 
-Times are integer epoch microseconds. The schema is created and versioned here,
-in ``PRAGMA user_version``.
+Times are integer epoch microseconds. The schema is created, versioned (in
+``PRAGMA user_version``) and upgraded here; see _UPGRADES.
 """
 
 from __future__ import annotations
@@ -65,13 +65,13 @@ from llmsession.store.group_commit import GroupCommit
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
+    KeyedRound,
     Page,
     Round,
     SessionQuery,
     StoredSession,
     Tenant,
     Totals,
-    check_page_size,
 )
 from llmsession.store.presented import newest_first, present, present_totals, shown_in
 from llmsession.store.recent import RecentSessions
@@ -90,7 +90,9 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "path_of_url"]
 T = TypeVar("T")
 
 #: The schema this code writes and reads; stored in ``PRAGMA user_version``.
-SCHEMA_VERSION: Final = 1
+#: Version 2 keeps with each round the session's delta_tokens and version right
+#: after it (a replayed round's answer); _UPGRADES brings version 1 files up to it.
+SCHEMA_VERSION: Final = 2
 
 # SQLite's INTEGER, and so the largest LIMIT.
 _MAX_INTEGER = 2**63 - 1
@@ -105,6 +107,41 @@ _BUSY_TIMEOUT_SECONDS = 30.0
 # The partial index on Created sessions only serves queries that spell its
 # condition the same way, so the state name is part of the SQL text.
 _CREATED = Created.name
+
+
+def _rounds_table(name: str) -> str:
+    return f"""
+    CREATE TABLE {name} (
+        session_id           BLOB    NOT NULL,
+        seq                  INTEGER NOT NULL,
+        delta_tokens         INTEGER NOT NULL,
+        recorded_at          INTEGER NOT NULL,
+        idempotency_key      TEXT,
+        session_delta_tokens INTEGER NOT NULL,
+        session_version      INTEGER NOT NULL,
+        PRIMARY KEY (session_id, seq),
+        UNIQUE (session_id, idempotency_key)
+    ) WITHOUT ROWID
+    """
+
+
+#: What takes a schema from the version before to this one, in order; run in
+#: one transaction with the new user_version.
+_UPGRADES: Final[dict[int, tuple[str, ...]]] = {
+    # SQLite adds no NOT NULL column without a default, so the rounds table is
+    # copied. Before version 2 a session's version grew only at create (1),
+    # activate (2) and each round while it stayed Active, so round seq left it
+    # at seq + 2; its delta_tokens were the sum of its rounds' up to seq.
+    2: (
+        _rounds_table("rounds_v2"),
+        "INSERT INTO rounds_v2 (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+        "session_delta_tokens, session_version) "
+        "SELECT session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+        "SUM(delta_tokens) OVER (PARTITION BY session_id ORDER BY seq), seq + 2 FROM rounds",
+        "DROP TABLE rounds",
+        "ALTER TABLE rounds_v2 RENAME TO rounds",
+    ),
+}
 
 _SCHEMA: Final = (
     """
@@ -152,17 +189,7 @@ _SCHEMA: Final = (
     CREATE INDEX sessions_created_unused
         ON sessions (created_at) WHERE state = '{_CREATED}'
     """,
-    """
-    CREATE TABLE rounds (
-        session_id      BLOB    NOT NULL,
-        seq             INTEGER NOT NULL,
-        delta_tokens    INTEGER NOT NULL,
-        recorded_at     INTEGER NOT NULL,
-        idempotency_key TEXT,
-        PRIMARY KEY (session_id, seq),
-        UNIQUE (session_id, idempotency_key)
-    ) WITHOUT ROWID
-    """,
+    _rounds_table("rounds"),
     """
     CREATE TABLE tenants (
         tenant_id  TEXT    NOT NULL PRIMARY KEY,
@@ -191,12 +218,13 @@ _UPDATE_SESSION = (
     "deadline = ? WHERE session_id = ? AND version = ?"
 )
 _INSERT_ROUND = (
-    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key) "
-    "VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+    "session_delta_tokens, session_version) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _ROUND_COLUMNS = "seq, delta_tokens, recorded_at, idempotency_key"
 _SELECT_ROUND_BY_KEY = (
-    f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE session_id = ? AND idempotency_key = ?"
+    f"SELECT {_ROUND_COLUMNS}, session_delta_tokens, session_version FROM rounds "
+    "WHERE session_id = ? AND idempotency_key = ?"
 )
 
 # SUM() raises on passing 2**63-1, and total() is a float. Summing the high and
@@ -391,19 +419,25 @@ class SQLiteStore(SessionStore):
         if self._schema_version(conn) == SCHEMA_VERSION:
             return
         # Checked again under the write lock: another process may have won the race.
-        _in_transaction(self._create_schema, conn)
+        _in_transaction(self._create_or_upgrade, conn)
 
-    def _create_schema(self, conn: sqlite3.Connection) -> None:
-        if self._schema_version(conn) != 0:
+    def _create_or_upgrade(self, conn: sqlite3.Connection) -> None:
+        found = self._schema_version(conn)
+        if found == SCHEMA_VERSION:
             return
-        try:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-        except sqlite3.OperationalError as error:
-            raise StoreError(
-                f"SQLite file {self.path} already holds tables that llmsession did not "
-                f"create ({error}); use a new file"
-            ) from error
+        if found == 0:
+            try:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+            except sqlite3.OperationalError as error:
+                raise StoreError(
+                    f"SQLite file {self.path} already holds tables that llmsession did not "
+                    f"create ({error}); use a new file"
+                ) from error
+        else:
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                for statement in _UPGRADES[version]:
+                    conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _schema_version(self, conn: sqlite3.Connection) -> int:
@@ -536,7 +570,8 @@ class SQLiteStore(SessionStore):
             found = conn.execute(
                 _SELECT_ROUND_BY_KEY, (pending.session_id.value.bytes, pending.idempotency_key)
             ).fetchone()
-            first = None if found is None else _round_from_row(pending.session_id, found)
+            if found is not None:
+                first = KeyedRound(_round_from_row(pending.session_id, found), found[4], found[5])
         return self._compute(pending.change, stored, first)
 
     def _write_change(self, conn: sqlite3.Connection, old: StoredSession, result: Change) -> bool:
@@ -544,7 +579,7 @@ class SQLiteStore(SessionStore):
         if conn.execute(_UPDATE_SESSION, _update_params(result.stored, old.version)).rowcount != 1:
             return False
         if result.round is not None:
-            conn.execute(_INSERT_ROUND, _round_params(result.round))
+            conn.execute(_INSERT_ROUND, _round_params(result.round, result.stored))
         self._recent.remember(result.stored)
         return True
 
@@ -612,11 +647,8 @@ class SQLiteStore(SessionStore):
         return Page(page, cursor)
 
     async def _list_rounds(
-        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
-    ) -> Page[Round]:
-        check_page_size(limit)
-        if type(after_seq) is not int or after_seq < 0:
-            raise InvalidInput(f"after_seq must be an integer >= 0, got {after_seq!r}")
+        self, tenant_id: TenantId, session_id: SessionId, after_seq: int, limit: int
+    ) -> list[Round]:
         # Rounds are never deleted (a purged session never had any), so checking the
         # owner and reading the rounds need not share a snapshot.
         owner = await self._read(
@@ -628,10 +660,9 @@ class SQLiteStore(SessionStore):
         rows = await self._read(
             f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE session_id = ? AND seq > ? "
             "ORDER BY seq LIMIT ?",
-            (session_id.value.bytes, after_seq, limit + 1),
+            (session_id.value.bytes, after_seq, limit),
         )
-        page = [_round_from_row(session_id, row) for row in rows[:limit]]
-        return Page(page, str(page[-1].seq) if len(rows) > limit else None)
+        return [_round_from_row(session_id, row) for row in rows]
 
     async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         """Totals as of now: a due Active session counts as expired (see store.presented)."""
@@ -833,13 +864,16 @@ def _update_params(new: StoredSession, expected_version: int) -> tuple[object, .
     return (*change_values(new), new.record.session_id.value.bytes, expected_version)
 
 
-def _round_params(new_round: Round) -> tuple[object, ...]:
+def _round_params(new_round: Round, new: StoredSession) -> tuple[object, ...]:
     return (
         new_round.session_id.value.bytes,
         new_round.seq,
         new_round.delta_tokens,
         new_round.recorded_at.epoch_micros,
         new_round.idempotency_key,
+        # What a replay of the round gives back (see KeyedRound).
+        new.record.delta_tokens,
+        new.version,
     )
 
 
