@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from llmsession.client import AsyncClient
 from llmsession.clock import ManualClock
 from llmsession.gateway import GatewayConfig, ProviderConfig, SecretKey
 from llmsession.gateway.transport import ProviderTimeout, ProviderUnavailable
@@ -53,6 +54,12 @@ class Gw:
         self.client = client
         self.upstream = upstream
         self.auth: dict[str, str] = {}
+
+    def llmsession_client(self) -> AsyncClient:
+        """llmsession's own Python client on the same app, with the tenant's key."""
+        transport = self.client._transport  # the app's ASGI transport
+        key = self.auth["Authorization"].removeprefix("Bearer ")
+        return AsyncClient("http://testserver", api_key=key, transport=transport)  # type: ignore[arg-type]
 
     async def tenant(self, tenant_id: str) -> dict[str, str]:
         response = await self.client.post(
@@ -279,6 +286,17 @@ async def test_a_stream_passes_through_records_usage_and_drops_the_usage_chunk(g
     }
     stats = (await gw.client.get("/v1/stats", headers=gw.auth)).json()
     assert stats["groups"][0]["usage"]["cached_input_tokens"] == 1152
+    # llmsession's own client reads the same fields into the store's types.
+    async with gw.llmsession_client() as client:
+        view = await client.get_session(response.headers[SID])
+        assert (view.usage.input_tokens, view.usage.cached_input_tokens) == (1300, 1152)
+        (listed,) = (await client.list_rounds(response.headers[SID])).items
+        assert listed.gateway
+        assert listed.usage is not None
+        assert listed.usage.delta_tokens == 148
+        assert listed.usage.raw["completion_tokens"] == 3
+        (totals,) = await client.stats()
+        assert totals.usage.output_tokens == 3
 
 
 async def test_a_cut_stream_ends_in_an_error_and_starts_no_session(gw: Gw) -> None:
