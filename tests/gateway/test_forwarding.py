@@ -7,6 +7,7 @@ and the official openai SDK are in test_gateway_e2e.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -424,3 +425,12 @@ async def test_without_providers_the_gateway_says_so(
     assert response.status_code == 501
     assert "no provider is configured" in response.json()["detail"]
     assert "--config" in response.json()["detail"]
+
+
+async def test_concurrent_retries_of_a_start_call_the_provider_once(gw: Gw) -> None:
+    gw.upstream.answers.append(chat(1))
+    first, second = await asyncio.gather(gw.chat("Q1", key="s"), gw.chat("Q1", key="s"))
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert first.headers[SID] == second.headers[SID]
+    assert first.content == second.content
+    assert len(gw.upstream.sent) == 1
