@@ -24,7 +24,12 @@ matched. How the session is read depends on contention:
 
 Sweepers in any number of processes claim due rows with ``FOR UPDATE SKIP
 LOCKED``: each due session is expired exactly once, by whichever sweeper (or
-late round) locked it first. The tables are created, in the connection's
+late round) locked it first.
+
+A gateway round's turn of the conversation is written by its round's statement,
+and every write that takes a session out of Active deletes the session's turns
+in the same statement. Turns of one session are serialized across processes by
+an advisory lock held on a connection of a second pool (:meth:`turn_lock`). The tables are created, in the connection's
 current schema, on first use and carry a schema version.
 
 The URL is a libpq URL; these query parameters are the store's own and are
