@@ -29,8 +29,10 @@ late round) locked it first.
 A gateway round's turn of the conversation is written by its round's statement,
 and every write that takes a session out of Active deletes the session's turns
 in the same statement. Turns of one session are serialized across processes by
-an advisory lock held on a connection of a second pool (:meth:`turn_lock`). The tables are created, in the connection's
-current schema, on first use and carry a schema version.
+an advisory lock held on a connection of a second pool (:meth:`turn_lock`).
+
+The tables are created, in the connection's current schema, on first use and
+carry a schema version.
 
 The URL is a libpq URL; these query parameters are the store's own and are
 removed before connecting:
