@@ -261,6 +261,24 @@ async def test_a_stream_passes_through_records_usage_and_drops_the_usage_chunk(g
     assert gw.upstream.bodies()[0]["stream_options"] == {"include_usage": True}
     session = await gw.session(response.headers[SID])
     assert (session["initial_tokens"], session["delta_tokens"]) == (1300, 148)
+    assert session["usage"] == {
+        "input_tokens": 1300,
+        "cached_input_tokens": 1152,
+        "cache_write_tokens": 0,
+        "output_tokens": 3,
+        "reasoning_tokens": 0,
+        "rounds_without_usage": 0,
+    }
+    rounds = await gw.client.get(f"/v1/sessions/{response.headers[SID]}/rounds", headers=gw.auth)
+    (round_,) = rounds.json()["items"]
+    assert round_["gateway"] is True
+    assert round_["usage_missing"] is False
+    assert round_["usage"]["raw"]["prompt_tokens_details"] == {
+        "cached_tokens": 1152,
+        "audio_tokens": 0,
+    }
+    stats = (await gw.client.get("/v1/stats", headers=gw.auth)).json()
+    assert stats["groups"][0]["usage"]["cached_input_tokens"] == 1152
 
 
 async def test_a_cut_stream_ends_in_an_error_and_starts_no_session(gw: Gw) -> None:

@@ -142,12 +142,17 @@ async def test_a_newer_schema_is_refused(postgres_url: str, open_pg: Opener) -> 
 
 async def make_version(url: str, version: int) -> None:
     """Turn the current schema into what ``version`` created (its data stays)."""
-    if version < 3:
-        # Version 2 had no gateway: no usage, no turns, no started sessions.
+    if version < 4:
+        # Version 3 had no gateway: no usage, no turns, no started sessions.
         await sql(url, "DROP TABLE turns, started_sessions")
         for table, columns in (("sessions", _SESSION_USAGE), ("rounds", _ROUND_USAGE)):
             drops = ", ".join(f"DROP COLUMN {column}" for column in columns)
             await sql(url, f"ALTER TABLE {table} {drops}")
+    if version < 3:
+        # Version 2 kept no session counters with each round.
+        await sql(
+            url, "ALTER TABLE rounds DROP COLUMN session_delta_tokens, DROP COLUMN session_version"
+        )
     if version < 2:
         # Version 1 had no index per state and model.
         await sql(url, "DROP INDEX sessions_by_state_model")
@@ -202,20 +207,21 @@ async def test_a_version_1_schema_is_upgraded_in_place(postgres_url: str, open_p
     assert (await again.get(ACME, session_id)).record.state is Active
 
 
-async def test_a_version_2_schema_is_upgraded_to_what_a_fresh_one_is(
-    postgres_url: str, open_pg: Opener, clock: ManualClock
+@pytest.mark.parametrize("version", [1, 2, 3])
+async def test_an_older_schema_is_upgraded_to_what_a_fresh_one_is(
+    postgres_url: str, open_pg: Opener, clock: ManualClock, version: int
 ) -> None:
     first = await open_pg()
     fresh = await schema_shape(postgres_url)
     session_id = await new_session(first)
     await first.record_round(ACME, session_id, 7, idempotency_key="r1")
     await first.aclose()
-    await make_version(postgres_url, 2)
+    await make_version(postgres_url, version)
     assert await schema_shape(postgres_url) != fresh
     again = await open_pg()
     assert await sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     assert await schema_shape(postgres_url) == fresh
-    # What version 2 stored reads back as a ledger's, and the gateway works on it.
+    # What the old version stored reads back as a ledger's, and the gateway works on it.
     stored = await again.get(ACME, session_id)
     assert (stored.record.round_count, stored.usage) == (1, NO_USAGE)
     (old,) = (await again.list_rounds(ACME, session_id)).items
@@ -233,6 +239,50 @@ async def test_a_version_2_schema_is_upgraded_to_what_a_fresh_one_is(
     found = await again.find_turn(ACME, "s")
     assert found is not None
     assert (found.round.session_id, found.turn) == (started, TURN)
+
+
+async def test_a_version_2_schema_is_upgraded_and_replays_give_the_first_answers(
+    postgres_url: str, open_pg: Opener, clock: ManualClock
+) -> None:
+    first_store = await open_pg()
+    answers: list[RoundResult] = []
+    sessions = [await new_session(first_store) for _ in range(3)]
+    for n, session_id in enumerate(sessions):
+        for turn in range(4):
+            clock.advance(1)
+            key = f"k{turn}" if turn % 2 else None
+            answers.append(
+                await first_store.record_round(ACME, session_id, n + turn, idempotency_key=key)
+            )
+    await first_store.close(ACME, sessions[0])
+    rounds = [(await first_store.list_rounds(ACME, s)).items for s in sessions]
+    await first_store.aclose()
+    await make_version(postgres_url, 2)
+
+    store = await open_pg()
+    assert await sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    columns = await sql(
+        postgres_url,
+        "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = 'rounds' "
+        "AND column_name IN ('session_delta_tokens', 'session_version') ORDER BY 1",
+        schema_of(postgres_url),
+    )
+    assert columns == [
+        ("session_delta_tokens", "bigint", "NO"),
+        ("session_version", "bigint", "NO"),
+    ]
+    assert [(await store.list_rounds(ACME, s)).items for s in sessions] == rounds
+    for first in answers:
+        if first.round.idempotency_key is None:
+            continue
+        again = await store.record_round(
+            ACME,
+            first.round.session_id,
+            first.round.delta_tokens,
+            idempotency_key=first.round.idempotency_key,
+        )
+        assert (again.replayed, again.round, again.session) == (True, first.round, first.session)
 
 
 async def test_a_version_no_llmsession_wrote_is_refused(postgres_url: str, open_pg: Opener) -> None:

@@ -136,6 +136,81 @@ async def test_a_newer_schema_is_refused_and_left_alone(sqlite_url: str) -> None
     assert _pragma(path, "user_version") == SCHEMA_VERSION + 1
 
 
+# The rounds table of schema version 1: no session_delta_tokens, session_version.
+_VERSION_1_ROUNDS = """
+    CREATE TABLE rounds_v1 (
+        session_id      BLOB    NOT NULL,
+        seq             INTEGER NOT NULL,
+        delta_tokens    INTEGER NOT NULL,
+        recorded_at     INTEGER NOT NULL,
+        idempotency_key TEXT,
+        PRIMARY KEY (session_id, seq),
+        UNIQUE (session_id, idempotency_key)
+    ) WITHOUT ROWID
+"""
+
+
+def _columns(path: Path, table: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as conn:
+        columns = [tuple(row) for row in conn.execute(f"PRAGMA table_info({table})")]
+    conn.close()
+    return columns
+
+
+async def test_a_version_1_file_is_upgraded_and_replays_give_the_first_answers(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    store = await open_store(sqlite_url)
+    answers = []
+    sessions = [await _session(store) for _ in range(3)]
+    for n, session_id in enumerate(sessions):
+        for turn in range(4):
+            key = f"k{turn}" if turn % 2 else None
+            answers.append(
+                await store.record_round(ACME, session_id, n + turn, idempotency_key=key)
+            )
+    await store.close(ACME, sessions[0])
+    rounds = [(await store.list_rounds(ACME, s)).items for s in sessions]
+    await store.aclose()
+    path = path_of_url(sqlite_url)
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        conn.execute("BEGIN")
+        conn.execute(_VERSION_1_ROUNDS)
+        conn.execute(
+            "INSERT INTO rounds_v1 SELECT session_id, seq, delta_tokens, recorded_at, "
+            "idempotency_key FROM rounds"
+        )
+        conn.execute("DROP TABLE rounds")
+        conn.execute("ALTER TABLE rounds_v1 RENAME TO rounds")
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("COMMIT")
+    conn.close()
+
+    store = await open_store(sqlite_url)
+    try:
+        assert _pragma(path, "user_version") == SCHEMA_VERSION
+        fresh = tmp_path / "fresh.db"
+        await (await open_store(f"sqlite:///{fresh}")).aclose()
+        assert _columns(path, "rounds") == _columns(fresh, "rounds")
+        assert [(await store.list_rounds(ACME, s)).items for s in sessions] == rounds
+        for first in answers:
+            if first.round.idempotency_key is None:
+                continue
+            again = await store.record_round(
+                ACME,
+                first.round.session_id,
+                first.round.delta_tokens,
+                idempotency_key=first.round.idempotency_key,
+            )
+            assert (again.replayed, again.round, again.session) == (
+                True,
+                first.round,
+                first.session,
+            )
+    finally:
+        await store.aclose()
+
+
 async def test_a_file_of_another_application_is_refused(sqlite_url: str) -> None:
     path = path_of_url(sqlite_url)
     path.parent.mkdir(parents=True, exist_ok=True)

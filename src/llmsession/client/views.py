@@ -58,7 +58,11 @@ class SessionView:
 
 @dataclass(frozen=True, slots=True)
 class RecordedRound:
-    """What recording a round returns; ``replayed`` is True for a repeated idempotency key."""
+    """What recording a round returns: the round and the session right after it.
+
+    ``replayed`` is True for a repeated idempotency key: the round and session are
+    then the first answer's, the session as it was right after that round.
+    """
 
     round: Round
     session: SessionView

@@ -45,7 +45,11 @@ removed before connecting:
 ``turn_pool_max``   sessions whose gateway turn is held at once    10
 ==================  =============================================  =======
 
-Anything else (``sslmode``, ``options=-csearch_path%3Dmyschema`` ...) goes to libpq.
+Anything else (``sslmode``, ``options=-csearch_path%3Dmyschema`` ...) goes to libpq,
+``connect_timeout`` too: libpq's seconds to wait for a connection, which the store
+checks (a whole number from 1 to 3600) and makes 5 when the URL does not set it.
+Opening tries one connection first, so an unreachable server is one StoreError
+within that time instead of the pool retrying (and logging) for ``pool_timeout``.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ from llmsession.errors import (
     StoreError,
 )
 from llmsession.ids import SessionId, TenantId
-from llmsession.states import ALL_STATES, Active, Created, state_named
+from llmsession.states import ALL_STATES, Active, Created, SessionExpired, state_named
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
     Change,
@@ -89,6 +93,7 @@ from llmsession.store.cursor import decode_cursor, encode_cursor
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
+    KeyedRound,
     Page,
     Round,
     SessionQuery,
@@ -97,8 +102,8 @@ from llmsession.store.models import (
     Totals,
     Turn,
     UsageTotals,
-    check_page_size,
 )
+from llmsession.store.presented import newest_first, present, present_totals, shown_in
 from llmsession.store.recent import RecentSessions
 from llmsession.store.session_groups import PendingChange, SessionGroups
 from llmsession.store.sql_rows import (
@@ -120,10 +125,17 @@ from llmsession.store.sql_rows import (
 from llmsession.store.turns import SessionTurns
 from llmsession.timestamps import Timestamp
 
-__all__ = ["SCHEMA_VERSION", "PostgresOptions", "PostgresStore"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "SCHEMA_VERSION", "PostgresOptions", "PostgresStore"]
 
-#: The schema version this code creates and understands.
-SCHEMA_VERSION: Final = 3
+#: Seconds to wait for a connection when the URL has no ``connect_timeout``
+#: (libpq alone would wait for the operating system, minutes for a dropped packet).
+DEFAULT_CONNECT_TIMEOUT: Final = 5
+
+#: The schema version this code creates and understands. Version 2 added an index
+#: (_STATE_MODEL_INDEX); version 3 keeps with each round the session's delta_tokens
+#: and version right after it (a replayed round's answer); version 4 keeps the
+#: gateway's usage (sessions and rounds), turns and started sessions.
+SCHEMA_VERSION: Final = 4
 
 _Connection = AsyncConnection[TupleRow]
 
@@ -173,8 +185,21 @@ _STARTED_TABLE: Final = """
 #: What takes a schema from the version before to this one, in order.
 _UPGRADES: Final[dict[int, tuple[LiteralString, ...]]] = {
     2: (_STATE_MODEL_INDEX,),
-    # Columns with a constant default (or none) are added without rewriting the table.
+    # Before version 3 a session's version grew only at create (1), activate (2) and
+    # each round while it stayed Active, so round seq left it at seq + 2; its
+    # delta_tokens were the sum of its rounds' up to seq.
     3: (
+        "ALTER TABLE rounds ADD COLUMN session_delta_tokens bigint, "
+        "ADD COLUMN session_version bigint",
+        "UPDATE rounds r SET session_delta_tokens = t.total, session_version = r.seq + 2 "
+        "FROM (SELECT session_id, seq, sum(delta_tokens) "
+        "OVER (PARTITION BY session_id ORDER BY seq) AS total FROM rounds) t "
+        "WHERE r.session_id = t.session_id AND r.seq = t.seq",
+        "ALTER TABLE rounds ALTER COLUMN session_delta_tokens SET NOT NULL, "
+        "ALTER COLUMN session_version SET NOT NULL",
+    ),
+    # Columns with a constant default (or none) are added without rewriting the table.
+    4: (
         "ALTER TABLE sessions ADD COLUMN input_tokens bigint NOT NULL DEFAULT 0, "
         "ADD COLUMN cached_input_tokens bigint NOT NULL DEFAULT 0, "
         "ADD COLUMN cache_write_tokens bigint NOT NULL DEFAULT 0, "
@@ -239,6 +264,9 @@ _SCHEMA: Final[tuple[LiteralString | sql.Composed, ...]] = (
         delta_tokens bigint NOT NULL,
         recorded_at bigint NOT NULL,
         idempotency_key text,
+        -- What a replay of the round gives back (see KeyedRound).
+        session_delta_tokens bigint NOT NULL,
+        session_version bigint NOT NULL,
         -- A gateway round's usage: NULL counts when its provider sent none.
         gateway boolean NOT NULL DEFAULT false,
         input_tokens bigint,
@@ -285,8 +313,9 @@ _INSERT_SESSION: Final = (
 
 _INSERT_ROUND: Final = (
     "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+    "session_delta_tokens, session_version, "
     + ROUND_USAGE_COLUMNS
-    + ") VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    + ") VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 
 _INSERT_TURN: Final = (
@@ -330,8 +359,8 @@ _UPDATE_SESSION: Final = (
 # The round is inserted only if the compare-and-set matched: both or neither.
 _UPDATE_SESSION_AND_INSERT_ROUND: Final = (
     "WITH changed AS (" + _UPDATE_SESSION + " RETURNING session_id) "
-    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key) "
-    "SELECT session_id, %s, %s, %s, %s FROM changed"
+    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+    "session_delta_tokens, session_version) SELECT session_id, %s, %s, %s, %s, %s, %s FROM changed"
 )
 
 # A session leaving Active loses its conversation in the same statement. The
@@ -347,8 +376,9 @@ _END_SESSION: Final = (
 # select list would be taken for text.
 _INSERT_GATEWAY_ROUND: Final = (
     "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+    "session_delta_tokens, session_version, "
     + ROUND_USAGE_COLUMNS
-    + ") SELECT session_id, %s, %s, %s, %s, %s, %s::bigint, %s::bigint, %s::bigint, "
+    + ") SELECT session_id, %s, %s, %s, %s, %s, %s, %s, %s::bigint, %s::bigint, %s::bigint, "
     "%s::bigint, %s::bigint, %s::text FROM changed"
 )
 
@@ -371,7 +401,8 @@ _UPDATE_SESSION_AND_INSERT_TURN: Final = (
 _ROUND_ROW: Final = "seq, delta_tokens, recorded_at, idempotency_key, " + ROUND_USAGE_COLUMNS
 
 _FIND_ROUND: Final = (
-    "SELECT " + _ROUND_ROW + " FROM rounds WHERE session_id = %s AND idempotency_key = %s"
+    "SELECT " + _ROUND_ROW + ", session_delta_tokens, session_version FROM rounds "
+    "WHERE session_id = %s AND idempotency_key = %s"
 )
 
 _CLAIM_DUE: Final = (
@@ -409,6 +440,19 @@ _PURGE: Final = sql.SQL(
     "DELETE FROM sessions s USING doomed d "
     "WHERE s.session_id = d.session_id AND s.state = {created}"
 ).format(created=sql.Literal(Created.name))
+# One tenant's, claimed the same way: found through sessions_by_state.
+_PURGE_TENANT: Final = sql.SQL(
+    "WITH doomed AS MATERIALIZED ("
+    "SELECT session_id FROM sessions WHERE tenant_id = %s AND state = {created} "
+    "AND created_at <= %s ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) "
+    "DELETE FROM sessions s USING doomed d "
+    "WHERE s.session_id = d.session_id AND s.state = {created}"
+).format(created=sql.Literal(Created.name))
+
+# A tenant's due sessions, through the deadline index: what is due and not yet swept.
+_SELECT_DUE: Final = (
+    "SELECT " + _SESSION_ROW + " FROM sessions WHERE deadline <= %s AND tenant_id = %s"
+)
 
 _LIST_ROUNDS: Final = (
     "SELECT r.seq, r.delta_tokens, r.recorded_at, r.idempotency_key, r.gateway, "
@@ -431,6 +475,8 @@ class PostgresOptions:
     pool_timeout: float = 30.0
     session_cache: int = 10_000
     turn_pool_max: int = 10
+    #: libpq's own parameter: it stays in ``conninfo`` when the URL gives it.
+    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
 
     @classmethod
     def from_url(cls, url: str) -> PostgresOptions:
@@ -446,10 +492,10 @@ class PostgresOptions:
         # what the caller wrote.
         for item in parts.query.split("&") if parts.query else []:
             name = unquote(item.split("=", 1)[0])
-            if name in _OPTION_NAMES:
+            if name in _OPTION_NAMES or name == "connect_timeout":
                 pairs = parse_qsl(item, keep_blank_values=True)
                 ours[name] = pairs[0][1] if pairs else ""
-            else:
+            if name not in _OPTION_NAMES:
                 kept.append(item)
         conninfo = urlunsplit(parts._replace(query="&".join(kept)))
         pool_min = _int_option(ours, "pool_min", 1, minimum=0, maximum=1000)
@@ -463,6 +509,7 @@ class PostgresOptions:
             _seconds_option(ours, "pool_timeout", 30.0),
             _int_option(ours, "session_cache", 10_000, minimum=0, maximum=10_000_000),
             _int_option(ours, "turn_pool_max", 10, minimum=1, maximum=1000),
+            _int_option(ours, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, minimum=1, maximum=3600),
         )
 
 
@@ -513,11 +560,11 @@ class _PostgresTransaction(SessionTransaction):
         self.stored = stored
         self.committed = False
 
-    async def find_round(self, idempotency_key: str) -> Round | None:
+    async def find_round(self, idempotency_key: str) -> KeyedRound | None:
         session_id = self.stored.record.session_id
         cur = await self._conn.execute(_FIND_ROUND, (session_id.value, idempotency_key))
         row = await cur.fetchone()
-        return None if row is None else _round_from_row(session_id, row)
+        return None if row is None else _keyed_from_row(session_id, row)
 
     def _written(self, new: StoredSession) -> None:
         self.committed = True
@@ -590,11 +637,24 @@ class PostgresStore(TransactionalStore):
         schema was made by a newer llmsession.
         """
         options = PostgresOptions.from_url(url)
+        # One connection first: the pool would retry an unreachable server until
+        # pool_timeout, logging a warning each time, before saying what went wrong.
+        try:
+            probe = await psycopg.AsyncConnection.connect(
+                options.conninfo, connect_timeout=options.connect_timeout
+            )
+        except psycopg.Error as error:
+            raise StoreError(_cannot_connect(options, error)) from error
+        await probe.close()
         pool: AsyncConnectionPool[_Connection] = AsyncConnectionPool(
             options.conninfo,
             # Autocommit: transactions are opened explicitly, only where a change needs one.
             # prepare_threshold=0: every statement is prepared on first use per connection.
-            kwargs={"autocommit": True, "prepare_threshold": 0},
+            kwargs={
+                "autocommit": True,
+                "prepare_threshold": 0,
+                "connect_timeout": options.connect_timeout,
+            },
             min_size=options.pool_min,
             max_size=options.pool_max,
             timeout=options.pool_timeout,
@@ -606,7 +666,7 @@ class PostgresStore(TransactionalStore):
         # connection and wait forever for one more. Empty until the gateway is used.
         turn_pool: AsyncConnectionPool[_Connection] = AsyncConnectionPool(
             options.conninfo,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "connect_timeout": options.connect_timeout},
             min_size=0,
             max_size=options.turn_pool_max,
             timeout=options.pool_timeout,
@@ -618,9 +678,7 @@ class PostgresStore(TransactionalStore):
                 await pool.open(wait=True, timeout=options.pool_timeout)
                 await turn_pool.open()
             except psycopg.Error as error:
-                raise StoreError(
-                    f"cannot connect to PostgreSQL at {_safe_url(options.conninfo)}: {error}"
-                ) from error
+                raise StoreError(_cannot_connect(options, error)) from error
             store = cls(
                 pool,
                 turn_pool,
@@ -663,8 +721,9 @@ class PostgresStore(TransactionalStore):
                 )
             elif 1 <= found < SCHEMA_VERSION:
                 # Under the same lock: one process upgrades, the others then see it done.
-                # The new indexes are built in this transaction, which holds writes to
-                # the sessions table until it commits (seconds at a million sessions).
+                # The upgrades run in this transaction, which holds writes to the
+                # tables they touch until it commits (seconds at a million sessions
+                # or rounds).
                 for version in range(found + 1, SCHEMA_VERSION + 1):
                     for statement in _UPGRADES[version]:
                         await conn.execute(statement)
@@ -715,6 +774,8 @@ class PostgresStore(TransactionalStore):
                             first.delta_tokens,
                             first.recorded_at.epoch_micros,
                             start_key,
+                            stored.record.delta_tokens,
+                            stored.version,
                             *round_usage_values(first),
                         ),
                     )
@@ -760,14 +821,14 @@ class PostgresStore(TransactionalStore):
         row = await cur.fetchone()
         return None if row is None else SessionId(row[0])
 
-    async def _find_round(
+    async def _keyed_round(
         self, tenant_id: TenantId, session_id: SessionId, idempotency_key: str
-    ) -> tuple[StoredSession, Round] | None:
+    ) -> tuple[StoredSession, KeyedRound] | None:
         async with self._connection() as conn:
             stored = await self._read(conn, tenant_id, session_id)
             cur = await conn.execute(_FIND_ROUND, (session_id.value, idempotency_key))
             row = await cur.fetchone()
-        return None if row is None else (stored, _round_from_row(session_id, row))
+        return None if row is None else (stored, _keyed_from_row(session_id, row))
 
     def turn_lock(
         self, tenant_id: TenantId, session_id: SessionId
@@ -939,16 +1000,18 @@ class PostgresStore(TransactionalStore):
         self._recent.remember(stored)
         return stored
 
-    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+    async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """One session as of now: past its deadline, expired (see store.presented)."""
         async with self._connection() as conn:
-            return await self._read(conn, tenant_id, session_id)
+            stored = await self._read(conn, tenant_id, session_id)
+        return present(stored, self.clock())
 
-    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+    async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+        """A tenant's sessions as of now, newest first (see store.presented): a due
+        Active session is listed as expired, under ``state=expired``, not ``active``."""
+        now = self.clock()
         clauses: list[LiteralString] = ["tenant_id = %s"]
         params: list[object] = [tenant_id.value]
-        if query.state is not None:
-            clauses.append("state = %s")
-            params.append(query.state.name)
         if query.provider_id is not None:
             clauses.append("provider_id = %s")
             params.append(query.provider_id)
@@ -965,46 +1028,48 @@ class PostgresStore(TransactionalStore):
             after_created, after_id = decode_cursor(query.cursor)
             clauses.append("(created_at, session_id) < (%s, %s)")
             params += [after_created.epoch_micros, after_id.value]
-        # One row more than the page tells whether there is a next page.
-        params.append(query.limit + 1)
-        statement = (
-            "SELECT "
-            + _SESSION_ROW
-            + " FROM sessions WHERE "
-            + " AND ".join(clauses)
-            + " ORDER BY created_at DESC, session_id DESC LIMIT %s"
-        )
+        due_clauses: list[LiteralString] = ["deadline <= %s", *clauses]
+        due_params: list[object] = [now.epoch_micros, *params]
+        if query.state is not None:
+            clauses.append("state = %s")
+            params.append(query.state.name)
+            if query.state is Active:
+                clauses.append("deadline > %s")
+                params.append(now.epoch_micros)
         async with self._connection() as conn:
-            cur = await conn.execute(statement, params)
-            rows = await cur.fetchall()
-        items = [_stored_from_row(row) for row in rows[: query.limit]]
-        more = len(rows) > query.limit
+            due: list[TupleRow] = []
+            if query.state is SessionExpired:
+                # The due sessions, read first: one swept meanwhile is then in both
+                # reads. The deadline index finds them, so this costs what is due
+                # and not yet swept, not every Active session of the tenant.
+                due = await _fetch_page(conn, due_clauses, due_params, query.limit)
+            rows = await _fetch_page(conn, clauses, params, query.limit)
+        found = newest_first(
+            shown_in(map(_stored_from_row, due), now, query),
+            shown_in(map(_stored_from_row, rows), now, query),
+        )
+        items = found[: query.limit]
         cursor = (
             encode_cursor(items[-1].record.created_at, items[-1].record.session_id)
-            if more and items
+            if len(found) > query.limit
             else None
         )
         return Page(items, cursor)
 
-    async def list_rounds(
-        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
-    ) -> Page[Round]:
-        check_page_size(limit)
-        if type(after_seq) is not int or after_seq < 0:
-            raise InvalidInput(f"after_seq must be an integer >= 0, got {after_seq!r}")
+    async def _list_rounds(
+        self, tenant_id: TenantId, session_id: SessionId, after_seq: int, limit: int
+    ) -> list[Round]:
         async with self._connection() as conn:
             cur = await conn.execute(
-                _LIST_ROUNDS,
-                (min(after_seq, _MAX_BIGINT), session_id.value, tenant_id.value, limit + 1),
+                _LIST_ROUNDS, (after_seq, session_id.value, tenant_id.value, limit)
             )
             rows = await cur.fetchall()
         if not rows:
             raise NotFoundError(f"no session {session_id}")
-        rounds = [_round_from_row(session_id, row) for row in rows if row[0] is not None]
-        page = rounds[:limit]
-        return Page(page, str(page[-1].seq) if len(rounds) > limit else None)
+        return [_round_from_row(session_id, row) for row in rows if row[0] is not None]
 
-    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+    async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+        """Totals as of now: a due Active session counts as expired (see store.presented)."""
         provider: LiteralString = "provider_id" if "provider" in group_by else "NULL::text"
         model: LiteralString = "model" if "model" in group_by else "NULL::text"
         statement = (
@@ -1013,9 +1078,14 @@ class PostgresStore(TransactionalStore):
             "sum(cache_write_tokens), sum(output_tokens), sum(reasoning_tokens), "
             "sum(rounds_without_usage) FROM sessions WHERE tenant_id = %s GROUP BY 1, 2, 3"
         )
-        async with self._connection() as conn:
+        now = self.clock()
+        async with self._connection() as conn, conn.transaction():
+            # One snapshot for the sums and the due sessions moved out of them.
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             cur = await conn.execute(statement, (tenant_id.value,))
             rows = await cur.fetchall()
+            cur = await conn.execute(_SELECT_DUE, (now.epoch_micros, tenant_id.value))
+            due = await cur.fetchall()
         groups: dict[tuple[str | None, str | None], Totals] = {}
         for provider_id, model_name, state, count, rounds, delta, saved, *usage in rows:
             key: tuple[str | None, str | None] = (provider_id, model_name)
@@ -1038,7 +1108,7 @@ class PostgresStore(TransactionalStore):
                     )
                 ),
             )
-        return [groups[key] for key in sorted(groups, key=lambda k: (k[0] or "", k[1] or ""))]
+        return present_totals(list(groups.values()), map(_stored_from_row, due), now, group_by)
 
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         async with self._connection() as conn, conn.transaction():
@@ -1077,9 +1147,16 @@ class PostgresStore(TransactionalStore):
             self._recent.refresh(new)
         return total
 
-    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
+    async def _purge_created(
+        self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
+    ) -> int:
         async with self._connection() as conn:
-            cur = await conn.execute(_PURGE, (cutoff.epoch_micros, limit))
+            if tenant_id is None:
+                cur = await conn.execute(_PURGE, (cutoff.epoch_micros, limit))
+            else:
+                cur = await conn.execute(
+                    _PURGE_TENANT, (tenant_id.value, cutoff.epoch_micros, limit)
+                )
             return cur.rowcount
 
     async def ping(self) -> None:
@@ -1094,7 +1171,7 @@ class PostgresStore(TransactionalStore):
 
     # -- tenants and API keys ---------------------------------------------------------
 
-    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _create_tenant(self, tenant_id: TenantId) -> Tenant:
         tenant = Tenant(tenant_id, self.clock())
         async with self._connection() as conn:
             cur = await conn.execute(
@@ -1106,7 +1183,7 @@ class PostgresStore(TransactionalStore):
             raise ConflictError(f"tenant {tenant_id} already exists")
         return tenant
 
-    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _get_tenant(self, tenant_id: TenantId) -> Tenant:
         async with self._connection() as conn:
             cur = await conn.execute(
                 "SELECT created_at FROM tenants WHERE tenant_id = %s", (tenant_id.value,)
@@ -1124,7 +1201,7 @@ class PostgresStore(TransactionalStore):
             rows = await cur.fetchall()
         return [Tenant(TenantId(row[0]), Timestamp(row[1])) for row in rows]
 
-    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+    async def _add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
         await self.get_tenant(tenant_id)
         info = ApiKeyInfo(key_id, tenant_id, key_hash, self.clock())
         async with self._connection() as conn:
@@ -1145,7 +1222,7 @@ class PostgresStore(TransactionalStore):
             row = await cur.fetchone()
         return None if row is None else key_from_row(row)
 
-    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+    async def _list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         async with self._connection() as conn:
             cur = await conn.execute(
                 "SELECT " + _KEY_COLUMNS + " FROM api_keys WHERE tenant_id = %s "
@@ -1188,11 +1265,26 @@ class PostgresStore(TransactionalStore):
             await self._pool.putconn(conn)
 
 
-_MAX_BIGINT: Final = 2**63 - 1
 _PING_TIMEOUT: Final = 5.0
 # Claimed sessions expired per update statement of a sweep.
 _SWEEP_CHUNK: Final = 200
 _IN_TRANSACTION: Final = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+
+
+async def _fetch_page(
+    conn: _Connection, clauses: Sequence[LiteralString], params: Sequence[object], limit: int
+) -> list[TupleRow]:
+    """The sessions matching ``clauses``, newest first: a page and one row more, which
+    tells whether there is a next page."""
+    statement = (
+        "SELECT "
+        + _SESSION_ROW
+        + " FROM sessions WHERE "
+        + " AND ".join(clauses)
+        + " ORDER BY created_at DESC, session_id DESC LIMIT %s"
+    )
+    cur = await conn.execute(statement, [*params, limit + 1])
+    return await cur.fetchall()
 
 
 def _write(
@@ -1214,6 +1306,9 @@ def _write(
         new_round.delta_tokens,
         new_round.recorded_at.epoch_micros,
         new_round.idempotency_key,
+        # What a replay of the round gives back (see KeyedRound).
+        new.record.delta_tokens,
+        new.version,
     )
     if not new_round.gateway:
         return _UPDATE_SESSION_AND_INSERT_ROUND, params
@@ -1244,6 +1339,17 @@ def _round_from_row(session_id: SessionId, row: TupleRow) -> Round:
     return Round(session_id, int(row[0]), int(row[1]), Timestamp(row[2]), row[3], usage, gateway)
 
 
+# Where _FIND_ROUND's session_delta_tokens and session_version follow _ROUND_ROW.
+_KEYED_AT: Final = len(_ROUND_ROW.split(","))
+
+
+def _keyed_from_row(session_id: SessionId, row: TupleRow) -> KeyedRound:
+    """A KeyedRound from a row of _FIND_ROUND."""
+    return KeyedRound(
+        _round_from_row(session_id, row), int(row[_KEYED_AT]), int(row[_KEYED_AT + 1])
+    )
+
+
 async def _advisory(conn: _Connection, statement: LiteralString, key: int) -> None:
     """Take or release an advisory lock; if that fails or is cancelled, end the connection.
 
@@ -1265,6 +1371,20 @@ def _lock_key(session_id: SessionId) -> int:
     value = session_id.value.int
     folded = (value >> 64) ^ (value & 0xFFFF_FFFF_FFFF_FFFF)
     return folded - (1 << 64) if folded >= 1 << 63 else folded
+
+
+def _cannot_connect(options: PostgresOptions, error: psycopg.Error) -> str:
+    """One line: where the store tried to connect (no password), why it failed, what to check."""
+    # libpq's messages run over several lines ("...failed: Connection refused\n\tIs the
+    # server running...?"); an error is one line.
+    text = str(error).removeprefix("connection failed: ")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = " ".join(line if line[-1] in ".?!" else f"{line}." for line in lines)
+    return (
+        f"cannot connect to PostgreSQL at {_safe_url(options.conninfo)} "
+        f"(connect_timeout={options.connect_timeout} s): {detail} "
+        "Check the URL's host, port, user and database, and that PostgreSQL is running there."
+    )
 
 
 def _safe_url(conninfo: str) -> str:

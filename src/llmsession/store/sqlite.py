@@ -23,8 +23,8 @@ not, or if the change would write nothing (an error, a replay), the change is
 computed again from a fresh read in the same transaction: an answer never rests
 on a remembered session alone.
 
-Times are integer epoch microseconds. The schema is created and versioned here,
-in ``PRAGMA user_version``.
+Times are integer epoch microseconds. The schema is created, versioned (in
+``PRAGMA user_version``) and upgraded here; see _UPGRADES.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from llmsession.errors import (
     StoreError,
 )
 from llmsession.ids import SessionId, TenantId
-from llmsession.states import ALL_STATES, Created, state_named
+from llmsession.states import ALL_STATES, Active, Created, SessionExpired, state_named
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
     Change,
@@ -65,14 +65,15 @@ from llmsession.store.group_commit import GroupCommit
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
+    KeyedRound,
     Page,
     Round,
     SessionQuery,
     StoredSession,
     Tenant,
     Totals,
-    check_page_size,
 )
+from llmsession.store.presented import newest_first, present, present_totals, shown_in
 from llmsession.store.recent import RecentSessions
 from llmsession.store.sql_rows import (
     INSERT_COLUMNS,
@@ -89,7 +90,9 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "path_of_url"]
 T = TypeVar("T")
 
 #: The schema this code writes and reads; stored in ``PRAGMA user_version``.
-SCHEMA_VERSION: Final = 1
+#: Version 2 keeps with each round the session's delta_tokens and version right
+#: after it (a replayed round's answer); _UPGRADES brings version 1 files up to it.
+SCHEMA_VERSION: Final = 2
 
 # SQLite's INTEGER, and so the largest LIMIT.
 _MAX_INTEGER = 2**63 - 1
@@ -104,6 +107,41 @@ _BUSY_TIMEOUT_SECONDS = 30.0
 # The partial index on Created sessions only serves queries that spell its
 # condition the same way, so the state name is part of the SQL text.
 _CREATED = Created.name
+
+
+def _rounds_table(name: str) -> str:
+    return f"""
+    CREATE TABLE {name} (
+        session_id           BLOB    NOT NULL,
+        seq                  INTEGER NOT NULL,
+        delta_tokens         INTEGER NOT NULL,
+        recorded_at          INTEGER NOT NULL,
+        idempotency_key      TEXT,
+        session_delta_tokens INTEGER NOT NULL,
+        session_version      INTEGER NOT NULL,
+        PRIMARY KEY (session_id, seq),
+        UNIQUE (session_id, idempotency_key)
+    ) WITHOUT ROWID
+    """
+
+
+#: What takes a schema from the version before to this one, in order; run in
+#: one transaction with the new user_version.
+_UPGRADES: Final[dict[int, tuple[str, ...]]] = {
+    # SQLite adds no NOT NULL column without a default, so the rounds table is
+    # copied. Before version 2 a session's version grew only at create (1),
+    # activate (2) and each round while it stayed Active, so round seq left it
+    # at seq + 2; its delta_tokens were the sum of its rounds' up to seq.
+    2: (
+        _rounds_table("rounds_v2"),
+        "INSERT INTO rounds_v2 (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+        "session_delta_tokens, session_version) "
+        "SELECT session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+        "SUM(delta_tokens) OVER (PARTITION BY session_id ORDER BY seq), seq + 2 FROM rounds",
+        "DROP TABLE rounds",
+        "ALTER TABLE rounds_v2 RENAME TO rounds",
+    ),
+}
 
 _SCHEMA: Final = (
     """
@@ -151,17 +189,7 @@ _SCHEMA: Final = (
     CREATE INDEX sessions_created_unused
         ON sessions (created_at) WHERE state = '{_CREATED}'
     """,
-    """
-    CREATE TABLE rounds (
-        session_id      BLOB    NOT NULL,
-        seq             INTEGER NOT NULL,
-        delta_tokens    INTEGER NOT NULL,
-        recorded_at     INTEGER NOT NULL,
-        idempotency_key TEXT,
-        PRIMARY KEY (session_id, seq),
-        UNIQUE (session_id, idempotency_key)
-    ) WITHOUT ROWID
-    """,
+    _rounds_table("rounds"),
     """
     CREATE TABLE tenants (
         tenant_id  TEXT    NOT NULL PRIMARY KEY,
@@ -190,12 +218,13 @@ _UPDATE_SESSION = (
     "deadline = ? WHERE session_id = ? AND version = ?"
 )
 _INSERT_ROUND = (
-    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key) "
-    "VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+    "session_delta_tokens, session_version) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _ROUND_COLUMNS = "seq, delta_tokens, recorded_at, idempotency_key"
 _SELECT_ROUND_BY_KEY = (
-    f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE session_id = ? AND idempotency_key = ?"
+    f"SELECT {_ROUND_COLUMNS}, session_delta_tokens, session_version FROM rounds "
+    "WHERE session_id = ? AND idempotency_key = ?"
 )
 
 # SUM() raises on passing 2**63-1, and total() is a float. Summing the high and
@@ -268,6 +297,19 @@ def _switch_to_wal(conn: sqlite3.Connection) -> str:
 
 def _fetch_all(sql: str, params: Sequence[object], conn: sqlite3.Connection) -> list[Any]:
     return conn.execute(sql, params).fetchall()
+
+
+def _in_snapshot(
+    first: tuple[str, Sequence[object]],
+    second: tuple[str, Sequence[object]],
+    conn: sqlite3.Connection,
+) -> tuple[list[Any], list[Any]]:
+    """Two queries' rows from one snapshot of the file (one read transaction)."""
+    conn.execute("BEGIN")
+    try:
+        return conn.execute(*first).fetchall(), conn.execute(*second).fetchall()
+    finally:
+        conn.execute("COMMIT")
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:
@@ -377,19 +419,25 @@ class SQLiteStore(SessionStore):
         if self._schema_version(conn) == SCHEMA_VERSION:
             return
         # Checked again under the write lock: another process may have won the race.
-        _in_transaction(self._create_schema, conn)
+        _in_transaction(self._create_or_upgrade, conn)
 
-    def _create_schema(self, conn: sqlite3.Connection) -> None:
-        if self._schema_version(conn) != 0:
+    def _create_or_upgrade(self, conn: sqlite3.Connection) -> None:
+        found = self._schema_version(conn)
+        if found == SCHEMA_VERSION:
             return
-        try:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-        except sqlite3.OperationalError as error:
-            raise StoreError(
-                f"SQLite file {self.path} already holds tables that llmsession did not "
-                f"create ({error}); use a new file"
-            ) from error
+        if found == 0:
+            try:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+            except sqlite3.OperationalError as error:
+                raise StoreError(
+                    f"SQLite file {self.path} already holds tables that llmsession did not "
+                    f"create ({error}); use a new file"
+                ) from error
+        else:
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                for statement in _UPGRADES[version]:
+                    conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _schema_version(self, conn: sqlite3.Connection) -> int:
@@ -522,7 +570,8 @@ class SQLiteStore(SessionStore):
             found = conn.execute(
                 _SELECT_ROUND_BY_KEY, (pending.session_id.value.bytes, pending.idempotency_key)
             ).fetchone()
-            first = None if found is None else _round_from_row(pending.session_id, found)
+            if found is not None:
+                first = KeyedRound(_round_from_row(pending.session_id, found), found[4], found[5])
         return self._compute(pending.change, stored, first)
 
     def _write_change(self, conn: sqlite3.Connection, old: StoredSession, result: Change) -> bool:
@@ -530,26 +579,27 @@ class SQLiteStore(SessionStore):
         if conn.execute(_UPDATE_SESSION, _update_params(result.stored, old.version)).rowcount != 1:
             return False
         if result.round is not None:
-            conn.execute(_INSERT_ROUND, _round_params(result.round))
+            conn.execute(_INSERT_ROUND, _round_params(result.round, result.stored))
         self._recent.remember(result.stored)
         return True
 
-    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+    async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """One session as of now: past its deadline, expired (see store.presented)."""
         rows = await self._read(_SELECT_SESSION, _key(tenant_id, session_id))
         if not rows:
             raise NotFoundError(f"no session {session_id}")
-        return _stored_from_row(rows[0])
+        return present(_stored_from_row(rows[0]), self.clock())
 
-    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+    async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+        """A tenant's sessions as of now, newest first (see store.presented): a due
+        Active session is listed as expired, under ``state=expired``, not ``active``."""
+        now = self.clock()
         conditions = ["tenant_id = ?"]
         params: list[object] = [tenant_id.value]
         if query.cursor is not None:
             created_at, session_id = decode_cursor(query.cursor)
             conditions.append("(created_at, session_id) < (?, ?)")
             params += [created_at.epoch_micros, session_id.value.bytes]
-        if query.state is not None:
-            conditions.append("state = ?")
-            params.append(query.state.name)
         if query.provider_id is not None:
             conditions.append("provider_id = ?")
             params.append(query.provider_id)
@@ -562,25 +612,43 @@ class SQLiteStore(SessionStore):
         if query.created_before is not None:
             conditions.append("created_at < ?")
             params.append(query.created_before.epoch_micros)
-        params.append(query.limit + 1)
+        where = " AND ".join(conditions)
+        order = "ORDER BY created_at DESC, session_id DESC LIMIT ?"
+        due: list[Any] = []
+        if query.state is SessionExpired:
+            # The due sessions, read first: one swept meanwhile is then in both reads.
+            # Through the deadline index, so this costs what is due and not yet
+            # swept; without statistics SQLite would pick the tenant's index and
+            # read every session of the tenant.
+            due = await self._read(
+                f"SELECT {SESSION_COLUMNS} FROM sessions INDEXED BY sessions_due "
+                f"WHERE deadline IS NOT NULL AND deadline <= ? AND {where} {order}",
+                [now.epoch_micros, *params, query.limit + 1],
+            )
+        if query.state is not None:
+            where += " AND state = ?"
+            params.append(query.state.name)
+            if query.state is Active:
+                where += " AND deadline > ?"
+                params.append(now.epoch_micros)
         rows = await self._read(
-            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(conditions)} "
-            "ORDER BY created_at DESC, session_id DESC LIMIT ?",
-            params,
+            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {where} {order}",
+            [*params, query.limit + 1],
         )
-        page = [_stored_from_row(row) for row in rows[: query.limit]]
+        found = newest_first(
+            shown_in(map(_stored_from_row, due), now, query),
+            shown_in(map(_stored_from_row, rows), now, query),
+        )
+        page = found[: query.limit]
         cursor = None
-        if len(rows) > query.limit:
+        if len(found) > query.limit:
             last = page[-1].record
             cursor = encode_cursor(last.created_at, last.session_id)
         return Page(page, cursor)
 
-    async def list_rounds(
-        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
-    ) -> Page[Round]:
-        check_page_size(limit)
-        if type(after_seq) is not int or after_seq < 0:
-            raise InvalidInput(f"after_seq must be an integer >= 0, got {after_seq!r}")
+    async def _list_rounds(
+        self, tenant_id: TenantId, session_id: SessionId, after_seq: int, limit: int
+    ) -> list[Round]:
         # Rounds are never deleted (a purged session never had any), so checking the
         # owner and reading the rounds need not share a snapshot.
         owner = await self._read(
@@ -592,19 +660,31 @@ class SQLiteStore(SessionStore):
         rows = await self._read(
             f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE session_id = ? AND seq > ? "
             "ORDER BY seq LIMIT ?",
-            (session_id.value.bytes, after_seq, limit + 1),
+            (session_id.value.bytes, after_seq, limit),
         )
-        page = [_round_from_row(session_id, row) for row in rows[:limit]]
-        return Page(page, str(page[-1].seq) if len(rows) > limit else None)
+        return [_round_from_row(session_id, row) for row in rows]
 
-    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+    async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+        """Totals as of now: a due Active session counts as expired (see store.presented)."""
         provider = "provider_id" if "provider" in group_by else "NULL"
         model = "model" if "model" in group_by else "NULL"
-        rows = await self._read(
-            f"SELECT {provider}, {model}, state, COUNT(*), {_split_sum('round_count')}, "
-            f"{_split_sum('delta_tokens')}, {_split_sum('tokens_saved')} "
-            "FROM sessions WHERE tenant_id = ? GROUP BY 1, 2, 3",
-            (tenant_id.value,),
+        now = self.clock()
+        _, reader = self._connections()
+        rows, due = await reader.run(
+            partial(
+                _in_snapshot,
+                (
+                    f"SELECT {provider}, {model}, state, COUNT(*), {_split_sum('round_count')}, "
+                    f"{_split_sum('delta_tokens')}, {_split_sum('tokens_saved')} "
+                    "FROM sessions WHERE tenant_id = ? GROUP BY 1, 2, 3",
+                    (tenant_id.value,),
+                ),
+                (
+                    f"SELECT {SESSION_COLUMNS} FROM sessions INDEXED BY sessions_due "
+                    "WHERE deadline IS NOT NULL AND deadline <= ? AND tenant_id = ?",
+                    (now.epoch_micros, tenant_id.value),
+                ),
+            )
         )
         # Per group: sessions by state, then rounds, delta tokens and tokens saved.
         sums: dict[tuple[str | None, str | None], tuple[dict[str, int], list[int]]] = {}
@@ -616,12 +696,10 @@ class SQLiteStore(SessionStore):
             by_state[state_named(row[2]).name] += int(row[3])
             for i in range(3):
                 amounts[i] += _join_halves(row[4 + 2 * i], row[5 + 2 * i])
-        return [
-            Totals(key[0], key[1], by_state, *amounts)
-            for key, (by_state, amounts) in sorted(
-                sums.items(), key=lambda item: (item[0][0] or "", item[0][1] or "")
-            )
+        stored = [
+            Totals(key[0], key[1], by_state, *amounts) for key, (by_state, amounts) in sums.items()
         ]
+        return present_totals(stored, map(_stored_from_row, due), now, group_by)
 
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         def expire_due(conn: sqlite3.Connection) -> int:
@@ -642,12 +720,21 @@ class SQLiteStore(SessionStore):
 
         return await self._write(expire_due)
 
-    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
+    async def _purge_created(
+        self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
+    ) -> int:
+        # One tenant's are found through sessions_by_state, every tenant's through
+        # sessions_created_unused.
+        scope, params = (
+            ("", ()) if tenant_id is None else ("tenant_id = ? AND ", (tenant_id.value,))
+        )
+
         def purge(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 "DELETE FROM sessions WHERE session_id IN (SELECT session_id FROM sessions "
-                f"WHERE state = '{_CREATED}' AND created_at <= ? ORDER BY created_at LIMIT ?)",
-                (cutoff.epoch_micros, limit),
+                f"WHERE {scope}state = '{_CREATED}' AND created_at <= ? "
+                "ORDER BY created_at LIMIT ?)",
+                (*params, cutoff.epoch_micros, limit),
             ).rowcount
 
         return await self._write(purge)
@@ -667,7 +754,7 @@ class SQLiteStore(SessionStore):
 
     # -- tenants and API keys -------------------------------------------------------
 
-    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _create_tenant(self, tenant_id: TenantId) -> Tenant:
         def insert(conn: sqlite3.Connection) -> Tenant:
             tenant = Tenant(tenant_id, self.clock())
             try:
@@ -681,7 +768,7 @@ class SQLiteStore(SessionStore):
 
         return await self._write(insert)
 
-    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _get_tenant(self, tenant_id: TenantId) -> Tenant:
         rows = await self._read(
             "SELECT created_at FROM tenants WHERE tenant_id = ?", (tenant_id.value,)
         )
@@ -693,7 +780,7 @@ class SQLiteStore(SessionStore):
         rows = await self._read("SELECT tenant_id, created_at FROM tenants ORDER BY tenant_id")
         return [Tenant(TenantId(row[0]), Timestamp(row[1])) for row in rows]
 
-    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+    async def _add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
         def insert(conn: sqlite3.Connection) -> ApiKeyInfo:
             known = conn.execute(
                 "SELECT 1 FROM tenants WHERE tenant_id = ?", (tenant_id.value,)
@@ -717,7 +804,7 @@ class SQLiteStore(SessionStore):
         rows = await self._read(f"{_SELECT_KEY} WHERE key_id = ?", (key_id,))
         return key_from_row(rows[0]) if rows else None
 
-    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+    async def _list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         rows = await self._read(
             f"{_SELECT_KEY} WHERE tenant_id = ? ORDER BY created_at, key_id", (tenant_id.value,)
         )
@@ -777,13 +864,16 @@ def _update_params(new: StoredSession, expected_version: int) -> tuple[object, .
     return (*change_values(new), new.record.session_id.value.bytes, expected_version)
 
 
-def _round_params(new_round: Round) -> tuple[object, ...]:
+def _round_params(new_round: Round, new: StoredSession) -> tuple[object, ...]:
     return (
         new_round.session_id.value.bytes,
         new_round.seq,
         new_round.delta_tokens,
         new_round.recorded_at.epoch_micros,
         new_round.idempotency_key,
+        # What a replay of the round gives back (see KeyedRound).
+        new.record.delta_tokens,
+        new.version,
     )
 
 
