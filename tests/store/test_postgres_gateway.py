@@ -156,6 +156,52 @@ async def test_one_starting_key_sent_to_two_replicas_at_once_starts_one_session(
     assert (found.round.session_id, found.turn) == (winner, turn(1))
 
 
+# -- replays ---------------------------------------------------------------------------
+
+
+async def test_a_gateway_replay_on_another_replica_answers_as_the_round_first_did(
+    open_pg: Opener, clock: ManualClock
+) -> None:
+    """The round row keeps the session's counters after it, for the starting round
+    (written with the session) and for a later one (written by the round's update)."""
+    writer, reader = await open_pg(), await open_pg()
+    session_id = SessionId.generate(clock())
+    started = await writer.start_with_turn(
+        ACME,
+        session_id,
+        provider_id="p",
+        model="m",
+        turn=turn(1),
+        usage=Usage(100),
+        idempotency_key="s",
+    )
+    clock.advance(1)
+    second = await writer.record_turn(
+        ACME, session_id, turn=turn(2), usage=Usage(130, 100), idempotency_key="k2"
+    )
+    clock.advance(1)
+    await writer.record_turn(ACME, session_id, turn=turn(3), usage=Usage(170, 130))
+
+    for first, sent, found in (
+        (started, turn(1), await reader.find_turn(ACME, "s")),
+        (second, turn(2), await reader.find_turn(ACME, "k2", session_id)),
+        (
+            second,
+            turn(2),
+            await reader.record_turn(
+                ACME, session_id, turn=turn(9), usage=Usage(9), idempotency_key="k2"
+            ),
+        ),
+    ):
+        assert found is not None
+        assert (found.replayed, found.round, found.turn) == (True, first.round, sent)
+        assert found.round.usage == first.round.usage
+        assert (found.session.record, found.session.version) == (
+            first.session.record,
+            first.session.version,
+        )
+
+
 # -- the turn lock -------------------------------------------------------------------
 
 
