@@ -10,7 +10,7 @@ import resource
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -154,18 +154,37 @@ def _columns(path: Path, table: str) -> list[tuple[object, ...]]:
     return columns
 
 
-def _schema(path: Path) -> dict[str, list[tuple[object, ...]]]:
-    """Every table's columns, by table name."""
+def _schema(path: Path) -> dict[str, object]:
+    """What a file's schema is made of, by table or index name: a table's columns,
+    whether it has rowids and its indexes (with their columns); an index's table
+    and definition. Not the tables' CREATE text, which ALTER TABLE edits."""
     with sqlite3.connect(path) as conn:
-        tables = [
-            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        ]
+        schema: dict[str, object] = {}
+        for kind, name, table, sql in conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
+        ).fetchall():
+            if kind != "table":
+                schema[name] = (kind, table, sql)
+                continue
+            indexes = [
+                (
+                    tuple(index[1:]),
+                    [tuple(c) for c in conn.execute(f"PRAGMA index_xinfo({index[1]})")],
+                )
+                for index in conn.execute(f"PRAGMA index_list({name})").fetchall()
+            ]
+            listed = conn.execute(f"PRAGMA table_list({name})").fetchone()
+            schema[name] = (
+                [tuple(c) for c in conn.execute(f"PRAGMA table_info({name})")],
+                tuple(listed),
+                sorted(indexes),
+            )
     conn.close()
-    return {table: _columns(path, table) for table in sorted(tables)}
+    return schema
 
 
-# What schema version 2 added (gateway rounds); taking it away leaves version 1.
-_TO_VERSION_1 = (
+# What schema version 3 added (gateway rounds); taking it away leaves version 2.
+_TO_VERSION_2 = (
     *(
         f"ALTER TABLE sessions DROP COLUMN {column}"
         for column in (
@@ -193,51 +212,169 @@ _TO_VERSION_1 = (
     "DROP TABLE turns",
     "DROP TABLE started_sessions",
     "DROP TABLE turn_leases",
+    "PRAGMA user_version = 2",
+)
+
+# What schema version 2 added to version 1 (each round's session_delta_tokens and
+# session_version); taking it away from a version 2 file leaves version 1.
+_TO_VERSION_1 = (
+    """
+    CREATE TABLE rounds_v1 (
+        session_id      BLOB    NOT NULL,
+        seq             INTEGER NOT NULL,
+        delta_tokens    INTEGER NOT NULL,
+        recorded_at     INTEGER NOT NULL,
+        idempotency_key TEXT,
+        PRIMARY KEY (session_id, seq),
+        UNIQUE (session_id, idempotency_key)
+    ) WITHOUT ROWID
+    """,
+    "INSERT INTO rounds_v1 SELECT session_id, seq, delta_tokens, recorded_at, "
+    "idempotency_key FROM rounds",
+    "DROP TABLE rounds",
+    "ALTER TABLE rounds_v1 RENAME TO rounds",
     "PRAGMA user_version = 1",
 )
 
 
-async def test_a_version_1_file_is_upgraded_and_takes_gateway_rounds(
+def _downgrade(path: Path, statements: Sequence[str]) -> None:
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        conn.execute("BEGIN")
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    conn.close()
+
+
+async def _fresh_schema(tmp_path: Path) -> dict[str, object]:
+    fresh = tmp_path / "fresh.db"
+    await (await open_store(f"sqlite:///{fresh}")).aclose()
+    return _schema(fresh)
+
+
+async def test_the_downgrades_of_these_tests_leave_the_older_schemas(
     sqlite_url: str, tmp_path: Path
 ) -> None:
+    await (await open_store(sqlite_url)).aclose()
+    path = path_of_url(sqlite_url)
+    _downgrade(path, _TO_VERSION_2)
+    version_2 = _schema(path)
+    assert {"turns", "started_sessions", "turn_leases"}.isdisjoint(version_2)
+    assert [c[1] for c in _columns(path, "rounds")] == [
+        "session_id",
+        "seq",
+        "delta_tokens",
+        "recorded_at",
+        "idempotency_key",
+        "session_delta_tokens",
+        "session_version",
+    ]
+    _downgrade(path, _TO_VERSION_1)
+    assert [c[1] for c in _columns(path, "rounds")] == [
+        "session_id",
+        "seq",
+        "delta_tokens",
+        "recorded_at",
+        "idempotency_key",
+    ]
+    assert _schema(path) != version_2 != await _fresh_schema(tmp_path)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_an_upgraded_file_has_the_schema_of_a_fresh_one(
+    sqlite_url: str, tmp_path: Path, version: int
+) -> None:
+    await (await open_store(sqlite_url)).aclose()
+    path = path_of_url(sqlite_url)
+    _downgrade(path, _TO_VERSION_2)
+    if version == 1:
+        _downgrade(path, _TO_VERSION_1)
+    assert _pragma(path, "user_version") == version
+    await (await open_store(sqlite_url)).aclose()
+    assert _pragma(path, "user_version") == SCHEMA_VERSION
+    assert _schema(path) == await _fresh_schema(tmp_path)
+
+
+async def test_a_version_2_file_is_upgraded_and_takes_gateway_rounds(sqlite_url: str) -> None:
     clock = ManualClock(T0)
     store = await open_store(sqlite_url, clock=clock)
     sessions = [await _session(store) for _ in range(3)]
+    answers = []
     for n, session_id in enumerate(sessions):
         for round_ in range(3):
-            await store.record_round(ACME, session_id, n + round_, idempotency_key=f"k{round_}")
+            answers.append(
+                await store.record_round(ACME, session_id, n + round_, idempotency_key=f"k{round_}")
+            )
     await store.close(ACME, sessions[0])
     before = [await store.get(ACME, s) for s in sessions]
     rounds = [(await store.list_rounds(ACME, s)).items for s in sessions]
     totals = await store.totals(ACME, ("provider", "model"))
     await store.aclose()
     path = path_of_url(sqlite_url)
-    with sqlite3.connect(path, isolation_level=None) as conn:
-        for statement in _TO_VERSION_1:
-            conn.execute(statement)
-    conn.close()
-    assert "turns" not in _schema(path)
+    _downgrade(path, _TO_VERSION_2)
 
     store = await open_store(sqlite_url, clock=clock)
     try:
         assert _pragma(path, "user_version") == SCHEMA_VERSION
-        fresh = tmp_path / "fresh.db"
-        await (await open_store(f"sqlite:///{fresh}")).aclose()
-        assert _schema(path) == _schema(fresh)
         assert [await store.get(ACME, s) for s in sessions] == before
         assert all(stored.usage == NO_USAGE for stored in before)
         assert [(await store.list_rounds(ACME, s)).items for s in sessions] == rounds
         assert not any(r.gateway for page in rounds for r in page)
         assert await store.totals(ACME, ("provider", "model")) == totals
-        # Ledger rounds go on; a replay still finds its round.
+        # Ledger rounds go on; a replay still gives the first answer.
         replay = await store.record_round(ACME, sessions[1], 1, idempotency_key="k0")
-        assert replay.replayed
+        assert (replay.replayed, replay.round, replay.session) == (
+            True,
+            answers[3].round,
+            answers[3].session,
+        )
         started = SessionId.generate(clock())
         await store.start_with_turn(
             ACME, started, provider_id="fake", model="m", turn=turn(1), usage=usage(100)
         )
         await store.record_turn(ACME, started, turn=turn(2), usage=usage(150, cached=100))
         assert await store.history(ACME, started) == [turn(1), turn(2)]
+    finally:
+        await store.aclose()
+
+
+async def test_a_version_1_file_is_upgraded_and_replays_give_the_first_answers(
+    sqlite_url: str,
+) -> None:
+    store = await open_store(sqlite_url)
+    answers = []
+    sessions = [await _session(store) for _ in range(3)]
+    for n, session_id in enumerate(sessions):
+        for round_ in range(4):
+            key = f"k{round_}" if round_ % 2 else None
+            answers.append(
+                await store.record_round(ACME, session_id, n + round_, idempotency_key=key)
+            )
+    await store.close(ACME, sessions[0])
+    rounds = [(await store.list_rounds(ACME, s)).items for s in sessions]
+    await store.aclose()
+    path = path_of_url(sqlite_url)
+    _downgrade(path, _TO_VERSION_2)
+    _downgrade(path, _TO_VERSION_1)
+
+    store = await open_store(sqlite_url)
+    try:
+        assert _pragma(path, "user_version") == SCHEMA_VERSION
+        assert [(await store.list_rounds(ACME, s)).items for s in sessions] == rounds
+        for first in answers:
+            if first.round.idempotency_key is None:
+                continue
+            again = await store.record_round(
+                ACME,
+                first.round.session_id,
+                first.round.delta_tokens,
+                idempotency_key=first.round.idempotency_key,
+            )
+            assert (again.replayed, again.round, again.session) == (
+                True,
+                first.round,
+                first.session,
+            )
     finally:
         await store.aclose()
 

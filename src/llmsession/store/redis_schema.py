@@ -7,7 +7,8 @@ Key layout, under a prefix (``llmsession:`` by default)::
                          and "due": where an Active session is in deadlines ('' or
                          missing for a session that is not there)
     r:<session id>       list: the rounds as JSON; seq i is at index i-1
-    i:<session id>       hash: idempotency key -> round JSON
+    i:<session id>       hash: idempotency key -> the round as JSON, with the
+                         session's delta_tokens and version right after it
     ix:all:<tenant>      sorted set: the tenant's sessions, member <created_at><id>
     ix:all:p<provider>:<tenant>, ix:all:m<model>:<tenant>
                          sorted sets: the same, for one provider or one model
@@ -59,7 +60,7 @@ from llmsession.errors import LLMSessionError, StoreError
 from llmsession.ids import SessionId, TenantId
 from llmsession.record import SessionRecord
 from llmsession.states import ALL_STATES, Created, SessionState, state_named
-from llmsession.store.models import Round, StoredSession
+from llmsession.store.models import KeyedRound, Round, StoredSession
 from llmsession.timestamps import Timestamp
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SET_SCHEMA",
     "UPGRADE_DUE",
+    "UPGRADE_KEYED",
     "UPGRADE_LISTED",
     "CasBatch",
     "Counters",
@@ -83,10 +85,12 @@ __all__ = [
     "counter_group",
     "group_head",
     "group_tail",
+    "keyed_round_json",
     "lex_time",
     "member",
     "member_id",
     "parse_counters",
+    "parse_keyed_round",
     "parse_round",
     "parse_session",
     "parse_session_values",
@@ -101,7 +105,10 @@ __all__ = [
 #: itself, so each round moved it); UPGRADE_DUE brings version 1 data up to it.
 #: Version 3 lists states per group only (version 2 also kept them per tenant,
 #: provider and model); RedisStore brings version 2 data up with UPGRADE_LISTED.
-SCHEMA_VERSION: Final = 3
+#: Version 4 keeps with each round under an idempotency key the session's
+#: delta_tokens and version right after it (a replayed round's answer);
+#: RedisStore brings version 3 data up with UPGRADE_KEYED.
+SCHEMA_VERSION: Final = 4
 
 # A member starts with a time as 16 hex digits; the offset makes every Timestamp
 # (years 1 to 9999) non-negative, so text order is time order.
@@ -153,7 +160,9 @@ class Script:
 #:       expects), else false; idempotency hash ('' if the write does not touch
 #:       it); idempotency key ('' = none: if given and already in the idempotency
 #:       hash, nothing is written); rounds list (or ''); round JSON ('' = none);
-#:       due: false to leave the session's member of deadlines as it is, else
+#:       what the idempotency hash keeps of the round under the key (see
+#:       keyed_round_json; '' without a key); due: false to leave the session's
+#:       member of deadlines as it is, else
 #:       followed by the deadlines set and the session id: '' to remove the member,
 #:       or the time part of the new one (the old one, found by the hash's "due"
 #:       field, is removed; the new "due" is among the hash fields); n and n hash
@@ -171,8 +180,8 @@ local results, ok = {}, true
 for w = 1, a[1] do
   local session, expected, op, chained = a[p + 1], a[p + 2], a[p + 3], a[p + 4]
   local idem, idem_key, rounds, round = a[p + 5], a[p + 6], a[p + 7], a[p + 8]
-  local due = a[p + 9]
-  p = p + 9
+  local keyed, due = a[p + 9], a[p + 10]
+  p = p + 10
   local deadlines, id
   if due then
     deadlines, id = a[p + 1], a[p + 2]
@@ -204,7 +213,7 @@ for w = 1, a[1] do
     end
     if round ~= '' then
       redis.call('RPUSH', rounds, round)
-      if idem_key ~= '' then redis.call('HSET', idem, idem_key, round) end
+      if idem_key ~= '' then redis.call('HSET', idem, idem_key, keyed) end
     end
   end
   p = p + 2 * n + 1
@@ -363,6 +372,24 @@ for j = 1, #KEYS, 2 do
   if redis.call('HGET', KEYS[j], 'version') == ARGV[j] then
     redis.call('ZADD', KEYS[j + 1], 0, ARGV[j + 1])
   end
+end
+return 1
+""")
+
+#: Gives version 3 rounds under idempotency keys what version 4 keeps with them
+#: (see keyed_round_json), each only if it is still as it was read: one written
+#: since is a version 4 one already. KEYS: idempotency hashes. ARGV: per hash, n
+#: and n triples (idempotency key, the value read, the new value).
+UPGRADE_KEYED: Final = Script.of("""
+local p = 0
+for j = 1, #KEYS do
+  local n = tonumber(ARGV[p + 1])
+  for k = p + 2, p + 1 + 3 * n, 3 do
+    if redis.call('HGET', KEYS[j], ARGV[k]) == ARGV[k + 1] then
+      redis.call('HSET', KEYS[j], ARGV[k], ARGV[k + 2])
+    end
+  end
+  p = p + 1 + 3 * n
 end
 return 1
 """)
@@ -562,6 +589,9 @@ class CasBatch:
             key,
             rounds_key if new_round or new is None else "",
             "" if new_round is None else round_json(new_round),
+            ""
+            if new_round is None or new is None or new_round.idempotency_key is None
+            else keyed_round_json(new_round, new.record.delta_tokens, new.version),
         )
         due = _due(old, new)
         if due is None:
@@ -866,11 +896,35 @@ def parse_round(session_id: SessionId, raw: str) -> Round:
     """A round of ``session_id`` from its stored JSON."""
     try:
         seq, delta, recorded, key = json.loads(raw)
-        if key is not None and not isinstance(key, str):
-            raise TypeError("the idempotency key is not text")
-        return Round(session_id, _int(seq), _int(delta), Timestamp(_int(recorded)), key)
+        return _round(session_id, seq, delta, recorded, key)
     except (ValueError, TypeError, LLMSessionError):
         raise StoreError(f"a round of session {session_id} is not valid: {raw[:200]!r}") from None
+
+
+def keyed_round_json(round_: Round, session_delta_tokens: int, session_version: int) -> str:
+    """A round under an idempotency key as stored: JSON [seq, delta_tokens, recorded_at,
+    idempotency_key, the session's delta_tokens and version right after it]."""
+    return f"{round_json(round_)[:-1]}, {session_delta_tokens}, {session_version}]"
+
+
+def parse_keyed_round(session_id: SessionId, raw: str) -> KeyedRound:
+    """A round of ``session_id`` under an idempotency key, from its stored JSON."""
+    try:
+        seq, delta, recorded, key, session_delta, session_version = json.loads(raw)
+        round_ = _round(session_id, seq, delta, recorded, key)
+        return KeyedRound(round_, _int(session_delta), _int(session_version))
+    except (ValueError, TypeError, LLMSessionError):
+        raise StoreError(
+            f"a round of session {session_id} under an idempotency key is not valid: {raw[:200]!r}"
+        ) from None
+
+
+def _round(
+    session_id: SessionId, seq: object, delta: object, recorded: object, key: object
+) -> Round:
+    if key is not None and not isinstance(key, str):
+        raise TypeError("the idempotency key is not text")
+    return Round(session_id, _int(seq), _int(delta), Timestamp(_int(recorded)), key)
 
 
 def _counter_contributions(stored: StoredSession | None) -> tuple[int, ...]:

@@ -59,7 +59,7 @@ from llmsession.errors import (
     StoreError,
 )
 from llmsession.ids import SessionId, TenantId
-from llmsession.states import ALL_STATES, Active, Created, state_named
+from llmsession.states import ALL_STATES, Active, Created, SessionExpired, state_named
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
     Change,
@@ -73,6 +73,7 @@ from llmsession.store.group_commit import GroupCommit
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
+    KeyedRound,
     Page,
     Round,
     SessionQuery,
@@ -81,8 +82,8 @@ from llmsession.store.models import (
     Totals,
     Turn,
     UsageTotals,
-    check_page_size,
 )
+from llmsession.store.presented import newest_first, present, present_totals, shown_in
 from llmsession.store.recent import RecentSessions
 from llmsession.store.sql_rows import (
     INSERT_COLUMNS,
@@ -107,9 +108,11 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "path_of_url"]
 T = TypeVar("T")
 
 #: The schema this code writes and reads; stored in ``PRAGMA user_version``.
-#: Version 2 adds gateway rounds: usage on sessions and rounds, the turns of the
-#: conversation, the keys that started sessions and the turn leases.
-SCHEMA_VERSION: Final = 2
+#: Version 2 keeps with each round the session's delta_tokens and version right
+#: after it (a replayed round's answer). Version 3 adds gateway rounds: usage on
+#: sessions and rounds, the turns of the conversation, the keys that started
+#: sessions and the turn leases. _UPGRADES brings older files up to it.
+SCHEMA_VERSION: Final = 3
 
 # SQLite's INTEGER, and so the largest LIMIT.
 _MAX_INTEGER = 2**63 - 1
@@ -133,6 +136,21 @@ _TURN_LEASE_SECONDS = 10.0
 # How long a waiter for a lease sleeps between looks, at first and at most.
 _LEASE_POLL_FIRST = 0.002
 _LEASE_POLL_MAX = 0.05
+
+# The columns version 3 added at the end of sessions and rounds, as _SCHEMA
+# declares them and the upgrade adds them: a fresh file and an upgraded one are
+# the same. Sessions: UsageTotals (the provider's usage of the session's gateway
+# rounds), then has_turns, 1 once a turn was stored (which ended sessions have
+# turns to delete).
+_SESSION_GATEWAY_COLUMNS: Final = tuple(
+    f"{column} INTEGER NOT NULL DEFAULT 0" for column in (*USAGE_COLUMNS.split(", "), "has_turns")
+)
+# Rounds: a gateway round's flag (1) and the provider's figures (NULL if it sent none).
+_ROUND_GATEWAY_COLUMNS: Final = (
+    "gateway INTEGER NOT NULL DEFAULT 0",
+    *(f"{column} INTEGER" for column in ROUND_USAGE_COLUMNS.split(", ")[1:-1]),
+    "raw_usage TEXT",
+)
 
 # The tables of gateway rounds. A turn is large (a conversation's items and a
 # whole answer), so ``turns`` keeps its rowid: WITHOUT ROWID suits small rows.
@@ -171,28 +189,53 @@ _GATEWAY_TABLES: Final = (
     """,
 )
 
+
+def _rounds_table(name: str, added: Sequence[str] = ()) -> str:
+    """The rounds table as version 2 made it, with the columns of later versions
+    ``added`` at its end (where ALTER TABLE puts them)."""
+    extra = "".join(f"        {column},\n" for column in added)
+    return f"""
+    CREATE TABLE {name} (
+        session_id           BLOB    NOT NULL,
+        seq                  INTEGER NOT NULL,
+        delta_tokens         INTEGER NOT NULL,
+        recorded_at          INTEGER NOT NULL,
+        idempotency_key      TEXT,
+        session_delta_tokens INTEGER NOT NULL,
+        session_version      INTEGER NOT NULL,
+{extra}        PRIMARY KEY (session_id, seq),
+        UNIQUE (session_id, idempotency_key)
+    ) WITHOUT ROWID
+    """
+
+
 #: What takes a schema from the version before to this one, in order; run in
 #: one transaction with the new user_version.
 _UPGRADES: Final[dict[int, tuple[str, ...]]] = {
-    # Added columns go at the end of their tables, as in _SCHEMA; SQLite adds a
-    # column by changing the table's definition only, without rewriting a row.
+    # SQLite adds no NOT NULL column without a default, so the rounds table is
+    # copied. Before version 2 a session's version grew only at create (1),
+    # activate (2) and each round while it stayed Active, so round seq left it
+    # at seq + 2; its delta_tokens were the sum of its rounds' up to seq.
     2: (
-        *(
-            f"ALTER TABLE sessions ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
-            for column in (*USAGE_COLUMNS.split(", "), "has_turns")
-        ),
-        "ALTER TABLE rounds ADD COLUMN gateway INTEGER NOT NULL DEFAULT 0",
-        *(
-            f"ALTER TABLE rounds ADD COLUMN {column} INTEGER"
-            for column in ROUND_USAGE_COLUMNS.split(", ")[1:-1]
-        ),
-        "ALTER TABLE rounds ADD COLUMN raw_usage TEXT",
+        _rounds_table("rounds_v2"),
+        "INSERT INTO rounds_v2 (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+        "session_delta_tokens, session_version) "
+        "SELECT session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+        "SUM(delta_tokens) OVER (PARTITION BY session_id ORDER BY seq), seq + 2 FROM rounds",
+        "DROP TABLE rounds",
+        "ALTER TABLE rounds_v2 RENAME TO rounds",
+    ),
+    # SQLite adds a column by changing the table's definition only, without
+    # rewriting a row.
+    3: (
+        *(f"ALTER TABLE sessions ADD COLUMN {column}" for column in _SESSION_GATEWAY_COLUMNS),
+        *(f"ALTER TABLE rounds ADD COLUMN {column}" for column in _ROUND_GATEWAY_COLUMNS),
         *_GATEWAY_TABLES,
     ),
 }
 
 _SCHEMA: Final = (
-    """
+    f"""
     CREATE TABLE sessions (
         session_id       BLOB    NOT NULL PRIMARY KEY,
         tenant_id        TEXT    NOT NULL,
@@ -211,15 +254,7 @@ _SCHEMA: Final = (
         ttl_seconds      INTEGER NOT NULL,
         last_activity_at INTEGER NOT NULL,
         deadline         INTEGER,
-        -- UsageTotals: the provider's usage of the session's gateway rounds.
-        input_tokens         INTEGER NOT NULL DEFAULT 0,
-        cached_input_tokens  INTEGER NOT NULL DEFAULT 0,
-        cache_write_tokens   INTEGER NOT NULL DEFAULT 0,
-        output_tokens        INTEGER NOT NULL DEFAULT 0,
-        reasoning_tokens     INTEGER NOT NULL DEFAULT 0,
-        rounds_without_usage INTEGER NOT NULL DEFAULT 0,
-        -- 1 once a turn was stored: which ended sessions have turns to delete.
-        has_turns            INTEGER NOT NULL DEFAULT 0
+        {", ".join(_SESSION_GATEWAY_COLUMNS)}
     ) WITHOUT ROWID
     """,
     """
@@ -246,25 +281,7 @@ _SCHEMA: Final = (
     CREATE INDEX sessions_created_unused
         ON sessions (created_at) WHERE state = '{_CREATED}'
     """,
-    """
-    CREATE TABLE rounds (
-        session_id      BLOB    NOT NULL,
-        seq             INTEGER NOT NULL,
-        delta_tokens    INTEGER NOT NULL,
-        recorded_at     INTEGER NOT NULL,
-        idempotency_key TEXT,
-        -- A gateway round's usage: 1 and the provider's figures (NULL if it sent none).
-        gateway             INTEGER NOT NULL DEFAULT 0,
-        input_tokens        INTEGER,
-        cached_input_tokens INTEGER,
-        cache_write_tokens  INTEGER,
-        output_tokens       INTEGER,
-        reasoning_tokens    INTEGER,
-        raw_usage           TEXT,
-        PRIMARY KEY (session_id, seq),
-        UNIQUE (session_id, idempotency_key)
-    ) WITHOUT ROWID
-    """,
+    _rounds_table("rounds", _ROUND_GATEWAY_COLUMNS),
     """
     CREATE TABLE tenants (
         tenant_id  TEXT    NOT NULL PRIMARY KEY,
@@ -301,19 +318,21 @@ _UPDATE_SESSION = (
 )
 # A ledger round leaves the gateway columns to their defaults (0 and NULL).
 _INSERT_ROUND = (
-    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key) "
-    "VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+    "session_delta_tokens, session_version) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_GATEWAY_ROUND = (
     "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
-    f"{ROUND_USAGE_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+    f"session_delta_tokens, session_version, {ROUND_USAGE_COLUMNS}) "
+    f"VALUES ({', '.join('?' * 14)})"
 )
 _INSERT_TURN = f"INSERT INTO turns (session_id, seq, {TURN_COLUMNS}) VALUES ({', '.join('?' * 10)})"
 _DELETE_TURNS = "DELETE FROM turns WHERE session_id = ?"
 _MARK_TURNS = "UPDATE sessions SET has_turns = 1 WHERE session_id = ? AND has_turns = 0"
 _ROUND_COLUMNS = f"seq, delta_tokens, recorded_at, idempotency_key, {ROUND_USAGE_COLUMNS}"
 _SELECT_ROUND_BY_KEY = (
-    f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE session_id = ? AND idempotency_key = ?"
+    f"SELECT {_ROUND_COLUMNS}, session_delta_tokens, session_version FROM rounds "
+    "WHERE session_id = ? AND idempotency_key = ?"
 )
 
 # SUM() raises on passing 2**63-1, and total() is a float. Summing the high and
@@ -386,6 +405,19 @@ def _switch_to_wal(conn: sqlite3.Connection) -> str:
 
 def _fetch_all(sql: str, params: Sequence[object], conn: sqlite3.Connection) -> list[Any]:
     return conn.execute(sql, params).fetchall()
+
+
+def _in_snapshot(
+    first: tuple[str, Sequence[object]],
+    second: tuple[str, Sequence[object]],
+    conn: sqlite3.Connection,
+) -> tuple[list[Any], list[Any]]:
+    """Two queries' rows from one snapshot of the file (one read transaction)."""
+    conn.execute("BEGIN")
+    try:
+        return conn.execute(*first).fetchall(), conn.execute(*second).fetchall()
+    finally:
+        conn.execute("COMMIT")
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:
@@ -564,7 +596,7 @@ class SQLiteStore(SessionStore):
                 _record_start(conn, stored, start_key)
             conn.execute(_INSERT_SESSION, params)
             if first is not None:
-                _insert_round(conn, first)
+                _insert_round(conn, first, stored)
 
         await self._write(insert)
 
@@ -586,14 +618,22 @@ class SQLiteStore(SessionStore):
         rows = await self._read(_SELECT_STARTED, (tenant_id.value, idempotency_key))
         return SessionId(uuid.UUID(bytes=rows[0][0])) if rows else None
 
-    async def _find_round(
+    async def _keyed_round(
         self, tenant_id: TenantId, session_id: SessionId, idempotency_key: str
-    ) -> tuple[StoredSession, Round] | None:
-        # The round first: rounds never change once written, so the session read
-        # after it is at least as new as the round.
-        rounds = await self._read(_SELECT_ROUND_BY_KEY, (session_id.value.bytes, idempotency_key))
-        stored = await self.get(tenant_id, session_id)
-        return (stored, _round_from_row(session_id, rounds[0])) if rounds else None
+    ) -> tuple[StoredSession, KeyedRound] | None:
+        _, reader = self._connections()
+        sessions, rounds = await reader.run(
+            partial(
+                _in_snapshot,
+                (_SELECT_SESSION, _key(tenant_id, session_id)),
+                (_SELECT_ROUND_BY_KEY, (session_id.value.bytes, idempotency_key)),
+            )
+        )
+        if not sessions:
+            raise NotFoundError(f"no session {session_id}")
+        if not rounds:
+            return None
+        return _stored_from_row(sessions[0]), _keyed_from_row(session_id, rounds[0])
 
     def turn_lock(
         self, tenant_id: TenantId, session_id: SessionId
@@ -761,7 +801,8 @@ class SQLiteStore(SessionStore):
             found = conn.execute(
                 _SELECT_ROUND_BY_KEY, (pending.session_id.value.bytes, pending.idempotency_key)
             ).fetchone()
-            first = None if found is None else _round_from_row(pending.session_id, found)
+            if found is not None:
+                first = _keyed_from_row(pending.session_id, found)
         return self._compute(pending.change, stored, first)
 
     def _write_change(self, conn: sqlite3.Connection, old: StoredSession, result: Change) -> bool:
@@ -770,29 +811,30 @@ class SQLiteStore(SessionStore):
         if conn.execute(_UPDATE_SESSION, _update_params(new, old.version)).rowcount != 1:
             return False
         if result.round is not None:
-            _insert_round(conn, result.round)
+            _insert_round(conn, result.round, new)
         elif new.record.state is not Active and old.record.state is Active:
             # The session ended: its conversation goes with it (the rounds stay).
             conn.execute(_DELETE_TURNS, (new.record.session_id.value.bytes,))
         self._recent.remember(new)
         return True
 
-    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+    async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """One session as of now: past its deadline, expired (see store.presented)."""
         rows = await self._read(_SELECT_SESSION, _key(tenant_id, session_id))
         if not rows:
             raise NotFoundError(f"no session {session_id}")
-        return _stored_from_row(rows[0])
+        return present(_stored_from_row(rows[0]), self.clock())
 
-    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+    async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+        """A tenant's sessions as of now, newest first (see store.presented): a due
+        Active session is listed as expired, under ``state=expired``, not ``active``."""
+        now = self.clock()
         conditions = ["tenant_id = ?"]
         params: list[object] = [tenant_id.value]
         if query.cursor is not None:
             created_at, session_id = decode_cursor(query.cursor)
             conditions.append("(created_at, session_id) < (?, ?)")
             params += [created_at.epoch_micros, session_id.value.bytes]
-        if query.state is not None:
-            conditions.append("state = ?")
-            params.append(query.state.name)
         if query.provider_id is not None:
             conditions.append("provider_id = ?")
             params.append(query.provider_id)
@@ -805,25 +847,43 @@ class SQLiteStore(SessionStore):
         if query.created_before is not None:
             conditions.append("created_at < ?")
             params.append(query.created_before.epoch_micros)
-        params.append(query.limit + 1)
+        where = " AND ".join(conditions)
+        order = "ORDER BY created_at DESC, session_id DESC LIMIT ?"
+        due: list[Any] = []
+        if query.state is SessionExpired:
+            # The due sessions, read first: one swept meanwhile is then in both reads.
+            # Through the deadline index, so this costs what is due and not yet
+            # swept; without statistics SQLite would pick the tenant's index and
+            # read every session of the tenant.
+            due = await self._read(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions INDEXED BY sessions_due "
+                f"WHERE deadline IS NOT NULL AND deadline <= ? AND {where} {order}",
+                [now.epoch_micros, *params, query.limit + 1],
+            )
+        if query.state is not None:
+            where += " AND state = ?"
+            params.append(query.state.name)
+            if query.state is Active:
+                where += " AND deadline > ?"
+                params.append(now.epoch_micros)
         rows = await self._read(
-            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(conditions)} "
-            "ORDER BY created_at DESC, session_id DESC LIMIT ?",
-            params,
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {where} {order}",
+            [*params, query.limit + 1],
         )
-        page = [_stored_from_row(row) for row in rows[: query.limit]]
+        found = newest_first(
+            shown_in(map(_stored_from_row, due), now, query),
+            shown_in(map(_stored_from_row, rows), now, query),
+        )
+        page = found[: query.limit]
         cursor = None
-        if len(rows) > query.limit:
+        if len(found) > query.limit:
             last = page[-1].record
             cursor = encode_cursor(last.created_at, last.session_id)
         return Page(page, cursor)
 
-    async def list_rounds(
-        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
-    ) -> Page[Round]:
-        check_page_size(limit)
-        if type(after_seq) is not int or after_seq < 0:
-            raise InvalidInput(f"after_seq must be an integer >= 0, got {after_seq!r}")
+    async def _list_rounds(
+        self, tenant_id: TenantId, session_id: SessionId, after_seq: int, limit: int
+    ) -> list[Round]:
         # Rounds are never deleted (a purged session never had any), so checking the
         # owner and reading the rounds need not share a snapshot.
         owner = await self._read(
@@ -835,19 +895,31 @@ class SQLiteStore(SessionStore):
         rows = await self._read(
             f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE session_id = ? AND seq > ? "
             "ORDER BY seq LIMIT ?",
-            (session_id.value.bytes, after_seq, limit + 1),
+            (session_id.value.bytes, after_seq, limit),
         )
-        page = [_round_from_row(session_id, row) for row in rows[:limit]]
-        return Page(page, str(page[-1].seq) if len(rows) > limit else None)
+        return [_round_from_row(session_id, row) for row in rows]
 
-    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+    async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+        """Totals as of now: a due Active session counts as expired (see store.presented)."""
         provider = "provider_id" if "provider" in group_by else "NULL"
         model = "model" if "model" in group_by else "NULL"
-        rows = await self._read(
-            f"SELECT {provider}, {model}, state, COUNT(*), "
-            f"{', '.join(_split_sum(column) for column in _SUMMED)} "
-            "FROM sessions WHERE tenant_id = ? GROUP BY 1, 2, 3",
-            (tenant_id.value,),
+        now = self.clock()
+        _, reader = self._connections()
+        rows, due = await reader.run(
+            partial(
+                _in_snapshot,
+                (
+                    f"SELECT {provider}, {model}, state, COUNT(*), "
+                    f"{', '.join(_split_sum(column) for column in _SUMMED)} "
+                    "FROM sessions WHERE tenant_id = ? GROUP BY 1, 2, 3",
+                    (tenant_id.value,),
+                ),
+                (
+                    f"SELECT {_SESSION_COLUMNS} FROM sessions INDEXED BY sessions_due "
+                    "WHERE deadline IS NOT NULL AND deadline <= ? AND tenant_id = ?",
+                    (now.epoch_micros, tenant_id.value),
+                ),
+            )
         )
         # Per group: sessions by state, then the sums of _SUMMED.
         sums: dict[tuple[str | None, str | None], tuple[dict[str, int], list[int]]] = {}
@@ -859,7 +931,7 @@ class SQLiteStore(SessionStore):
             by_state[state_named(row[2]).name] += int(row[3])
             for i in range(len(_SUMMED)):
                 amounts[i] += _join_halves(row[4 + 2 * i], row[5 + 2 * i])
-        return [
+        stored = [
             Totals(
                 key[0],
                 key[1],
@@ -869,10 +941,9 @@ class SQLiteStore(SessionStore):
                 amounts[2],
                 _usage_totals(amounts[3:]),
             )
-            for key, (by_state, amounts) in sorted(
-                sums.items(), key=lambda item: (item[0][0] or "", item[0][1] or "")
-            )
+            for key, (by_state, amounts) in sums.items()
         ]
+        return present_totals(stored, map(_stored_from_row, due), now, group_by)
 
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         def expire_due(conn: sqlite3.Connection) -> int:
@@ -903,12 +974,21 @@ class SQLiteStore(SessionStore):
 
         return await self._write(expire_due)
 
-    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
+    async def _purge_created(
+        self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
+    ) -> int:
+        # One tenant's are found through sessions_by_state, every tenant's through
+        # sessions_created_unused.
+        scope, params = (
+            ("", ()) if tenant_id is None else ("tenant_id = ? AND ", (tenant_id.value,))
+        )
+
         def purge(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 "DELETE FROM sessions WHERE session_id IN (SELECT session_id FROM sessions "
-                f"WHERE state = '{_CREATED}' AND created_at <= ? ORDER BY created_at LIMIT ?)",
-                (cutoff.epoch_micros, limit),
+                f"WHERE {scope}state = '{_CREATED}' AND created_at <= ? "
+                "ORDER BY created_at LIMIT ?)",
+                (*params, cutoff.epoch_micros, limit),
             ).rowcount
 
         return await self._write(purge)
@@ -928,7 +1008,7 @@ class SQLiteStore(SessionStore):
 
     # -- tenants and API keys -------------------------------------------------------
 
-    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _create_tenant(self, tenant_id: TenantId) -> Tenant:
         def insert(conn: sqlite3.Connection) -> Tenant:
             tenant = Tenant(tenant_id, self.clock())
             try:
@@ -942,7 +1022,7 @@ class SQLiteStore(SessionStore):
 
         return await self._write(insert)
 
-    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _get_tenant(self, tenant_id: TenantId) -> Tenant:
         rows = await self._read(
             "SELECT created_at FROM tenants WHERE tenant_id = ?", (tenant_id.value,)
         )
@@ -954,7 +1034,7 @@ class SQLiteStore(SessionStore):
         rows = await self._read("SELECT tenant_id, created_at FROM tenants ORDER BY tenant_id")
         return [Tenant(TenantId(row[0]), Timestamp(row[1])) for row in rows]
 
-    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+    async def _add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
         def insert(conn: sqlite3.Connection) -> ApiKeyInfo:
             known = conn.execute(
                 "SELECT 1 FROM tenants WHERE tenant_id = ?", (tenant_id.value,)
@@ -978,7 +1058,7 @@ class SQLiteStore(SessionStore):
         rows = await self._read(f"{_SELECT_KEY} WHERE key_id = ?", (key_id,))
         return key_from_row(rows[0]) if rows else None
 
-    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+    async def _list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         rows = await self._read(
             f"{_SELECT_KEY} WHERE tenant_id = ? ORDER BY created_at, key_id", (tenant_id.value,)
         )
@@ -1055,12 +1135,15 @@ def _update_params(new: StoredSession, expected_version: int) -> tuple[object, .
     )
 
 
-def _insert_round(conn: sqlite3.Connection, new_round: Round) -> None:
-    """Insert a round and, for a gateway round with one, its turn."""
+def _insert_round(conn: sqlite3.Connection, new_round: Round, new: StoredSession) -> None:
+    """Insert a round (``new`` is its session right after it) and, for a gateway
+    round with one, its turn."""
     if not new_round.gateway:
-        conn.execute(_INSERT_ROUND, _round_params(new_round))
+        conn.execute(_INSERT_ROUND, _round_params(new_round, new))
         return
-    conn.execute(_INSERT_GATEWAY_ROUND, (*_round_params(new_round), *round_usage_values(new_round)))
+    conn.execute(
+        _INSERT_GATEWAY_ROUND, (*_round_params(new_round, new), *round_usage_values(new_round))
+    )
     if new_round.turn is not None:
         key = new_round.session_id.value.bytes
         conn.execute(_INSERT_TURN, (key, new_round.seq, *turn_values(new_round.turn)))
@@ -1094,13 +1177,16 @@ def _wall_micros() -> int:
     return time.time_ns() // 1000
 
 
-def _round_params(new_round: Round) -> tuple[object, ...]:
+def _round_params(new_round: Round, new: StoredSession) -> tuple[object, ...]:
     return (
         new_round.session_id.value.bytes,
         new_round.seq,
         new_round.delta_tokens,
         new_round.recorded_at.epoch_micros,
         new_round.idempotency_key,
+        # What a replay of the round gives back (see KeyedRound).
+        new.record.delta_tokens,
+        new.version,
     )
 
 
@@ -1111,3 +1197,8 @@ def _stored_from_row(row: Any) -> StoredSession:
 def _round_from_row(session_id: SessionId, row: Any) -> Round:
     gateway, usage = usage_from_round_row(row, 4)
     return Round(session_id, row[0], row[1], Timestamp(row[2]), row[3], usage, gateway)
+
+
+def _keyed_from_row(session_id: SessionId, row: Any) -> KeyedRound:
+    """A round of _SELECT_ROUND_BY_KEY: _ROUND_COLUMNS, then what its replay gives back."""
+    return KeyedRound(_round_from_row(session_id, row), row[-2], row[-1])
