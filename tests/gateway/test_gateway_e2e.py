@@ -6,7 +6,6 @@ Every total llmsession records is compared with the fake's billing log, to the t
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -25,7 +24,6 @@ from tests.server.conftest import ADMIN, ServerFactory, ServerProcess, bearer, l
 
 SID = "LLMSession-Id"
 
-GATEWAY_STORE = os.environ.get("GW_STORE")
 #: Long enough for OpenAI's prefix cache (1,024 tokens) by the fake's counting rule.
 BIG_CONTEXT = " ".join(f"fact{i} is true." for i in range(900))
 
@@ -66,8 +64,22 @@ class Gateway:
         usage: dict[str, int] = group["usage"]
         return usage
 
+    def billing(self, key: str) -> list[dict[str, Any]]:
+        """The fake's billing entries of this tenant's sessions, in billing order.
+
+        The gateway sends each session's id as ``prompt_cache_key``, which the fake
+        logs: so a test counts only its own requests, even when an entry of an
+        earlier test's stream is written after that test ended.
+        """
+        sessions = self.get(key, "/v1/sessions?limit=1000")["items"]
+        ids = {session["session_id"] for session in sessions}
+        return [entry for entry in self.fake.billing() if entry["prompt_cache_key"] in ids]
+
     def assert_totals_match_billing(self, key: str) -> None:
-        billed = self.fake.get("/_fake/billing")["totals"]
+        billed = {
+            name: sum(entry[name] for entry in self.billing(key))
+            for name in ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
+        }
         usage = self.usage(key)
         assert (usage["input_tokens"], usage["cached_input_tokens"], usage["output_tokens"]) == (
             billed["input_tokens"],
@@ -113,7 +125,7 @@ def module_server(
     folder = tmp_path_factory.mktemp("gateway")
     config = write_config(folder / "gateway.toml", module_fake, timeout_seconds="2")
     server = launch_server(
-        GATEWAY_STORE or f"sqlite:///{folder / 'sessions.db'}",
+        f"sqlite:///{folder / 'sessions.db'}",
         folder,
         LLMSESSION_CONFIG=str(config),
         FAKE_UPSTREAM_KEY=API_KEY,
@@ -152,7 +164,7 @@ def test_a_multi_round_chat_is_billed_and_recorded_alike(gateway: Gateway) -> No
         assert answer.usage.prompt_tokens_details is not None
         assert answer.usage.prompt_tokens_details.cached_tokens > 0
     session = gateway.get(key, f"/v1/sessions/{session_id}")
-    billing = gateway.fake.billing()
+    billing = gateway.billing(key)
     assert len(billing) == 3
     assert session["initial_tokens"] == billing[0]["input_tokens"]
     assert session["delta_tokens"] == sum(e["input_tokens"] - e["cached_tokens"] for e in billing)
@@ -205,7 +217,7 @@ def test_responses_chain_to_the_providers_state(gateway: Gateway, stream: bool) 
         )
         if stream:
             assert list(response)[-1].type == "response.completed"  # type: ignore[union-attr]
-    billing = gateway.fake.billing()
+    billing = gateway.billing(key)
     assert billing[0]["previous_response_id"] is None
     assert billing[1]["previous_response_id"] is not None
     assert billing[2]["previous_response_id"] is not None
@@ -223,7 +235,7 @@ def test_responses_replay_the_history_when_the_provider_forgot_it(gateway: Gatew
         model="fake/gpt-4o-mini", input="Q2", extra_headers={SID: session_id}
     )
     assert response.output_text
-    billing = gateway.fake.billing()
+    billing = gateway.billing(key)
     assert len(billing) == 2
     assert billing[1]["previous_response_id"] is None
     gateway.assert_totals_match_billing(key)
@@ -240,7 +252,7 @@ def test_another_tenants_session_is_not_found_and_reaches_no_provider(gateway: G
             messages=[{"role": "user", "content": "tell me"}],
             extra_headers={SID: raw.headers[SID]},
         )
-    assert len(gateway.fake.billing()) == 1
+    assert len(gateway.billing(owner)) == 1
 
 
 def test_a_retry_with_the_same_key_is_billed_and_counted_once(gateway: Gateway) -> None:
@@ -255,7 +267,7 @@ def test_a_retry_with_the_same_key_is_billed_and_counted_once(gateway: Gateway) 
     again = client.chat.completions.with_raw_response.create(**kwargs)
     assert again.headers[SID] == first.headers[SID]
     assert again.parse().id == first.parse().id
-    assert len(gateway.fake.billing()) == 1
+    assert len(gateway.billing(key)) == 1
     assert len(gateway.get(key, "/v1/sessions")["items"]) == 1
 
 
@@ -294,9 +306,7 @@ def test_a_refused_connection_is_502(
         'api_key_env = "FAKE_UPSTREAM_KEY"\n',
         encoding="utf-8",
     )
-    server = start_server(
-        GATEWAY_STORE or sqlite_url, LLMSESSION_CONFIG=str(config), FAKE_UPSTREAM_KEY=API_KEY
-    )
+    server = start_server(sqlite_url, LLMSESSION_CONFIG=str(config), FAKE_UPSTREAM_KEY=API_KEY)
     gateways.append(Gateway(server, module_fake))
     key = gateways[0].tenant()
     with pytest.raises(openai.APIStatusError) as caught:
@@ -333,8 +343,7 @@ def test_a_stream_cut_mid_way_ends_as_an_error_and_adds_nothing(gateway: Gateway
     )
     # The cut turn left no trace in the history sent with the next one.
     assert (
-        gateway.fake.billing()[-1]["input_tokens"]
-        < 2 * gateway.fake.billing()[0]["input_tokens"] + 40
+        gateway.billing(key)[-1]["input_tokens"] < 2 * gateway.billing(key)[0]["input_tokens"] + 40
     )
 
 
@@ -379,7 +388,7 @@ def test_a_client_that_leaves_mid_stream_still_gets_its_round_recorded(gateway: 
     assert found.status_code == 200, found.text
     # The fake bills a stream after sending its last event, which the gateway may
     # have recorded already.
-    while not gateway.fake.billing() and time.monotonic() < deadline:
+    while not gateway.billing(key) and time.monotonic() < deadline:
         time.sleep(0.05)
     gateway.assert_totals_match_billing(key)
 
@@ -409,7 +418,7 @@ def test_concurrent_turns_on_one_session_each_see_every_turn_before(gateway: Gat
     for thread in threads:
         thread.join()
     assert errors == []
-    inputs = [entry["input_tokens"] for entry in gateway.fake.billing()]
+    inputs = [entry["input_tokens"] for entry in gateway.billing(key)]
     # Serialized: each turn's prompt is the whole history so far, so each is longer.
     assert inputs == sorted(inputs)
     assert len(set(inputs)) == 7
@@ -440,7 +449,7 @@ def test_a_session_continues_through_a_second_server_on_postgresql(
         messages=[{"role": "user", "content": "Q2"}],
         extra_headers={SID: raw.headers[SID]},
     )
-    billing = module_fake.billing()
+    billing = two.billing(key)
     assert billing[1]["input_tokens"] > billing[0]["input_tokens"] + billing[0]["output_tokens"]
     assert two.get(key, f"/v1/sessions/{raw.headers[SID]}")["round_count"] == 2
     two.assert_totals_match_billing(key)
