@@ -6,6 +6,7 @@ The behaviour every backend shares is in test_conformance.py.
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import signal
 import sqlite3
@@ -211,7 +212,6 @@ _TO_VERSION_2 = (
     ),
     "DROP TABLE turns",
     "DROP TABLE started_sessions",
-    "DROP TABLE turn_leases",
     "PRAGMA user_version = 2",
 )
 
@@ -259,7 +259,7 @@ async def test_the_downgrades_of_these_tests_leave_the_older_schemas(
     path = path_of_url(sqlite_url)
     _downgrade(path, _TO_VERSION_2)
     version_2 = _schema(path)
-    assert {"turns", "started_sessions", "turn_leases"}.isdisjoint(version_2)
+    assert {"turns", "started_sessions"}.isdisjoint(version_2)
     assert [c[1] for c in _columns(path, "rounds")] == [
         "session_id",
         "seq",
@@ -620,38 +620,44 @@ async def test_a_used_start_key_writes_nothing(sqlite_url: str) -> None:
         await store.aclose()
 
 
-def _lease(path: Path, session_id: SessionId) -> tuple[str, int] | None:
-    with sqlite3.connect(path) as conn:
-        row = conn.execute(
-            "SELECT holder, until FROM turn_leases WHERE session_id = ?",
-            (session_id.value.bytes,),
-        ).fetchone()
-    conn.close()
-    return None if row is None else (row[0], row[1])
-
-
-async def test_a_held_lease_is_renewed_and_dropped_at_the_end(sqlite_url: str) -> None:
+async def test_turns_lock_a_sidecar_file_that_holds_no_data(sqlite_url: str) -> None:
     clock = ManualClock(T0)
     store = await open_store(sqlite_url, clock=clock)
-    assert isinstance(store, SQLiteStore)
-    store.turn_lease_seconds = 0.3
     path = path_of_url(sqlite_url)
+    sidecar = Path(f"{path}-turns")
     try:
         session_id = await _started(store, clock)
         async with store.turn_lock(ACME, session_id):
-            taken = _lease(path, session_id)
-            assert taken is not None
-            renewed = taken
-            for _ in range(600):
-                await asyncio.sleep(0.1)
-                renewed = _lease(path, session_id)
-                assert renewed is not None
-                if renewed[1] > taken[1]:
-                    break
-            assert renewed[0] == taken[0]
-            assert renewed[1] > taken[1]
-        assert _lease(path, session_id) is None
+            assert (await asyncio.to_thread(os.path.getsize, sidecar)) == 0
+        assert "turn_leases" not in _schema(path)
     finally:
+        await store.aclose()
+
+
+async def test_two_stores_on_one_file_in_one_process_take_turns(sqlite_url: str) -> None:
+    # POSIX locks are the process's: the stores share its in-process turns.
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock)
+    other = await open_store(sqlite_url, clock=clock)
+    try:
+        session_id = await _started(store, clock)
+        got_in = asyncio.Event()
+
+        async def take_turn() -> None:
+            async with other.turn_lock(ACME, session_id):
+                got_in.set()
+
+        async with store.turn_lock(ACME, session_id):
+            waiting = asyncio.create_task(take_turn())
+            await asyncio.sleep(0.1)
+            assert not got_in.is_set()
+        await asyncio.wait_for(waiting, 60)
+        # Closing one store leaves the other's turns working.
+        await store.aclose()
+        async with asyncio.timeout(60), other.turn_lock(ACME, session_id):
+            pass
+    finally:
+        await other.aclose()
         await store.aclose()
 
 
@@ -659,7 +665,6 @@ async def test_a_cancelled_turn_lets_the_next_one_in(sqlite_url: str) -> None:
     clock = ManualClock(T0)
     store = await open_store(sqlite_url, clock=clock)
     other = await open_store(sqlite_url, clock=clock)
-    path = path_of_url(sqlite_url)
     try:
         session_id = await _started(store, clock)
         inside = asyncio.Event()
@@ -674,9 +679,8 @@ async def test_a_cancelled_turn_lets_the_next_one_in(sqlite_url: str) -> None:
         holding.cancel()
         with pytest.raises(asyncio.CancelledError):
             await holding
-        assert _lease(path, session_id) is None
-        async with other.turn_lock(ACME, session_id):
-            assert _lease(path, session_id) is not None
+        async with asyncio.timeout(60), other.turn_lock(ACME, session_id):
+            pass
     finally:
         await other.aclose()
         await store.aclose()
@@ -689,7 +693,7 @@ async def test_a_turn_waits_for_a_turn_in_another_process(sqlite_url: str) -> No
     try:
         session_id = await _started(store, clock)
         await store.record_turn(ACME, session_id, turn=None, usage=None)
-        holder = await start_holder(sqlite_url, ACME, session_id, lease_seconds=10)
+        holder = await start_holder(sqlite_url, ACME, session_id)
         assert holder.stdin is not None
         try:
             assert await read_line(holder) == b"held\n"
@@ -719,24 +723,19 @@ async def test_a_turn_waits_for_a_turn_in_another_process(sqlite_url: str) -> No
         await store.aclose()
 
 
-async def test_a_lease_left_by_a_killed_process_is_taken_over(sqlite_url: str) -> None:
+async def test_the_turn_of_a_killed_process_is_free_at_once(sqlite_url: str) -> None:
     clock = ManualClock(system_clock())
     store = await open_store(sqlite_url, clock=clock)
-    path = path_of_url(sqlite_url)
     try:
         session_id = await _started(store, clock)
-        holder = await start_holder(sqlite_url, ACME, session_id, lease_seconds=0.5)
+        holder = await start_holder(sqlite_url, ACME, session_id)
         try:
             assert await read_line(holder) == b"held\n"
         finally:
             holder.kill()
             await holder.wait()
-        left = _lease(path, session_id)
-        assert left is not None
+        # The kernel dropped the dead process's lock: nothing lapses or is taken over.
         async with asyncio.timeout(60), store.turn_lock(ACME, session_id):
-            taken = _lease(path, session_id)
-            assert taken is not None
-            assert taken[0] != left[0]
             await store.record_turn(ACME, session_id, turn=turn(3), usage=usage(1))
         assert len(await store.history(ACME, session_id)) == 3
     finally:

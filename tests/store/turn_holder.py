@@ -2,12 +2,12 @@
 
 The turn-lock tests run it with ``sys.executable``::
 
-    python turn_holder.py URL TENANT SESSION_ID LEASE_SECONDS
+    python turn_holder.py URL TENANT SESSION_ID
 
-It opens the store with leases of LEASE_SECONDS, takes the session's turn lock
+It opens the store, takes the session's turn lock
 and prints ``held``; then, after a line on stdin, it records a gateway round
 with turn ``turn(2)`` inside the lock, leaves it and prints ``done``. Killed
-while it holds the lock, it leaves its lease behind, as a crashed server would.
+while it holds the lock, it dies holding it, as a crashed server would.
 
 The test side (start it, read its lines) is here too, so that both ends are
 written once.
@@ -30,7 +30,7 @@ READ_TIMEOUT_SECONDS = 60.0
 
 
 async def start_holder(
-    url: str, tenant_id: TenantId, session_id: SessionId, *, lease_seconds: float
+    url: str, tenant_id: TenantId, session_id: SessionId
 ) -> asyncio.subprocess.Process:
     """Start a holder; it prints ``held`` once it holds the session's turn."""
     return await asyncio.create_subprocess_exec(
@@ -39,7 +39,6 @@ async def start_holder(
         url,
         tenant_id.value,
         str(session_id),
-        str(lease_seconds),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -57,11 +56,10 @@ async def main(argv: list[str]) -> None:
     """Hold the turn named by ``argv`` (see the module docstring)."""
     from tests.store.test_gateway_rounds import turn, usage
 
-    url, tenant, session, lease_seconds = argv
+    url, tenant, session = argv
     tenant_id, session_id = TenantId(tenant), SessionId.parse(session)
     store = await open_store(url)
     assert isinstance(store, SQLiteStore)
-    store.turn_lease_seconds = float(lease_seconds)
     try:
         async with store.turn_lock(tenant_id, session_id):
             print("held", flush=True)

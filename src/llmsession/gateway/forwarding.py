@@ -180,51 +180,69 @@ class Gateway:
                     return self._replay(found, request_hash)
         else:
             session_id = SessionId.parse(session_header.strip())
-            stored = await store.get(tenant_id, session_id)
+            if key is not None:
+                found = await store.find_turn(tenant_id, key, session_id)
+                if found is not None:
+                    return self._replay(found, request_hash)
+            return await self._continue(
+                tenant_id, session_id, endpoint, request, request_hash=request_hash, key=key
+            )
+
+    async def _continue(
+        self,
+        tenant_id: TenantId,
+        session_id: SessionId,
+        endpoint: Endpoint,
+        request: ParsedRequest,
+        *,
+        request_hash: str,
+        key: str | None,
+    ) -> Reply:
+        """Steps 2 to 6 for a request that continues a session."""
+        store = self._store
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(store.turn_lock(tenant_id, session_id))
+            # Read under the turn, so every earlier turn of this session is in it;
+            # the session and its history in one read.
+            stored, history = await store.session_history(tenant_id, session_id)
             provider, model = resolve_model(self.config, request.model, stored.record)
             if key is not None:
                 found = await store.find_turn(tenant_id, key, session_id)
                 if found is not None:
                     return self._replay(found, request_hash)
-        return await self._turn(
-            _Turn(
+            turn = _Turn(
                 tenant_id, session_id, endpoint, request, request_hash, provider, model, key, stored
             )
-        )
+            return await self._forward(turn, history, stack)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _turn(self, turn: _Turn) -> Reply:
-        """Steps 4 to 6: the session's turn, the provider's answer, the round."""
-        store = self._store
-        tenant_id, session_id, stored = turn.tenant_id, turn.session_id, turn.stored
-        endpoint, request, key = turn.endpoint, turn.request, turn.idempotency_key
+        """Steps 5 and 6 for a turn that starts its session."""
         async with AsyncExitStack() as stack:
-            history: list[Turn] = []
-            if stored is not None:
-                await stack.enter_async_context(store.turn_lock(tenant_id, session_id))
-                # Read under the turn: every earlier turn of this session is in it.
-                history = await store.history(tenant_id, session_id)
-                if key is not None:
-                    found = await store.find_turn(tenant_id, key, session_id)
-                    if found is not None:
-                        return self._replay(found, turn.request_hash)
-            response = await self._send(turn, history)
-            if response.status_code >= 400:
-                return await self._upstream_error(turn, response)
-            if not request.stream:
-                answer_body = await _read(response)
-                answer = endpoint.parse_answer(answer_body)
-                await self._commit(turn, answer, response, answer_body)
-                return Reply(200, self._headers(turn, response), answer_body)
-            queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-            pump = asyncio.create_task(
-                self._pump(turn, response, endpoint.translator(request), queue, stack.pop_all())
-            )
-            self._pumps.add(pump)
-            pump.add_done_callback(self._pumps.discard)
-            headers = self._headers(turn, response)
-            headers["cache-control"] = "no-cache"
-            return Reply(200, headers, stream=_drain(queue))
+            return await self._forward(turn, [], stack)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _forward(self, turn: _Turn, history: list[Turn], stack: AsyncExitStack) -> Reply:
+        """Steps 5 and 6: the provider's answer and the round; a streamed answer takes
+        over what ``stack`` holds (the session's turn) until it is recorded."""
+        endpoint, request = turn.endpoint, turn.request
+        response = await self._send(turn, history)
+        if response.status_code >= 400:
+            return await self._upstream_error(turn, response)
+        if not request.stream:
+            answer_body = await _read(response)
+            answer = endpoint.parse_answer(answer_body)
+            await self._commit(turn, answer, response, answer_body)
+            return Reply(200, self._headers(turn, response), answer_body)
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        pump = asyncio.create_task(
+            self._pump(turn, response, endpoint.translator(request), queue, stack.pop_all())
+        )
+        self._pumps.add(pump)
+        pump.add_done_callback(self._pumps.discard)
+        headers = self._headers(turn, response)
+        headers["cache-control"] = "no-cache"
+        return Reply(200, headers, stream=_drain(queue))
 
     async def aclose(self) -> None:
         """Let streams in flight finish and record their rounds, then close the upstream."""

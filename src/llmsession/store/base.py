@@ -48,6 +48,7 @@ from llmsession.store.models import (
     Page,
     Round,
     RoundResult,
+    SessionHistory,
     SessionQuery,
     StoredSession,
     Tenant,
@@ -341,14 +342,20 @@ class SessionStore(ABC):
         session, WrongStateError if it is not Active, SessionExpiredError past its
         deadline; so an ended session's history never reaches a provider.
         """
-        stored = await self.get(tenant_id, session_id)
+        return (await self.session_history(tenant_id, session_id)).turns
+
+    async def session_history(self, tenant_id: TenantId, session_id: SessionId) -> SessionHistory:
+        """An Active session as :meth:`get` gives it, with its :meth:`history`, in
+        one read; refused as :meth:`history` is."""
+        _check_ids(tenant_id, session_id)
+        stored, turns = await self._session_turns(tenant_id, session_id)
         if expire_if_due(stored, self.clock()) is not None:
             raise SessionExpiredError("record_delta", Active.name, SessionExpired.name)
         try:
             require_state(restore(stored.record), Active, "record_delta")
         except WrongStateError as error:
             raise _refine(error) from None
-        return await self._history_turns(session_id)
+        return SessionHistory(stored, turns)
 
     async def find_turn(
         self, tenant_id: TenantId, idempotency_key: str, session_id: SessionId | None = None
@@ -418,6 +425,14 @@ class SessionStore(ABC):
     @abstractmethod
     async def _history_turns(self, session_id: SessionId) -> list[Turn]:
         """Every stored turn of a session, in round order."""
+
+    async def _session_turns(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> tuple[StoredSession, list[Turn]]:
+        """The session as :meth:`_get` gives it and its stored turns; a backend that
+        reads both at once overrides this."""
+        stored = await self._get(tenant_id, session_id)
+        return stored, await self._history_turns(session_id)
 
     @abstractmethod
     async def _stored_turn(self, session_id: SessionId, seq: int) -> Turn | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Generic, Literal, TypeAlias, TypeVar, cast, get_args
+from typing import Generic, Literal, NamedTuple, TypeAlias, TypeVar, cast, get_args
 
 from llmsession.errors import InvalidInput, TokenOverflow
 from llmsession.expiry import deadline_of
@@ -29,6 +29,7 @@ __all__ = [
     "Page",
     "Round",
     "RoundResult",
+    "SessionHistory",
     "SessionQuery",
     "StoredSession",
     "Tenant",
@@ -156,6 +157,14 @@ class StoredSession:
         # move?), so computed once.
         deadline = deadline_of(self.record, self.last_activity_at, self.ttl_seconds)
         object.__setattr__(self, "deadline", deadline)
+
+
+class SessionHistory(NamedTuple):
+    """An Active session as stored and its conversation, read together (one read
+    serves a gateway turn)."""
+
+    stored: StoredSession
+    turns: list[Turn]
 
 
 @dataclass(frozen=True, slots=True)

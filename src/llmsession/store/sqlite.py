@@ -25,8 +25,8 @@ on a remembered session alone.
 
 Gateway sessions keep their conversation in ``turns``, written in the
 transaction of its round and deleted in the one that ends the session. Their
-turns are serialized across processes by a lease row per session
-(``turn_leases``, see :meth:`SQLiteStore.turn_lock`).
+turns are serialized across processes by byte-range locks on a sidecar file
+(``<path>-turns``, see :meth:`SQLiteStore.turn_lock`).
 
 Times are integer epoch microseconds. The schema is created, versioned (in
 ``PRAGMA user_version``) and upgraded here; see _UPGRADES.
@@ -35,14 +35,12 @@ Times are integer epoch microseconds. The schema is created, versioned (in
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -101,6 +99,7 @@ from llmsession.store.sql_rows import (
     usage_from_round_row,
     usage_totals_from_row,
 )
+from llmsession.store.turn_file import TurnFile, open_turn_file
 from llmsession.timestamps import Timestamp
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "path_of_url"]
@@ -110,8 +109,8 @@ T = TypeVar("T")
 #: The schema this code writes and reads; stored in ``PRAGMA user_version``.
 #: Version 2 keeps with each round the session's delta_tokens and version right
 #: after it (a replayed round's answer). Version 3 adds gateway rounds: usage on
-#: sessions and rounds, the turns of the conversation, the keys that started
-#: sessions and the turn leases. _UPGRADES brings older files up to it.
+#: sessions and rounds, the turns of the conversation and the keys that
+#: started sessions. _UPGRADES brings older files up to it.
 SCHEMA_VERSION: Final = 3
 
 # SQLite's INTEGER, and so the largest LIMIT.
@@ -127,15 +126,6 @@ _BUSY_TIMEOUT_SECONDS = 30.0
 # The partial index on Created sessions only serves queries that spell its
 # condition the same way, so the state name is part of the SQL text.
 _CREATED = Created.name
-
-# A gateway turn holds its session's lease for seconds (the provider's answer);
-# the holder renews it every third of this while it runs, so only a holder that
-# crashed (or stalled this long) lets it lapse, and its session waits at most
-# this long for the next turn.
-_TURN_LEASE_SECONDS = 10.0
-# How long a waiter for a lease sleeps between looks, at first and at most.
-_LEASE_POLL_FIRST = 0.002
-_LEASE_POLL_MAX = 0.05
 
 # The columns version 3 added at the end of sessions and rounds, as _SCHEMA
 # declares them and the upgrade adds them: a fresh file and an upgraded one are
@@ -177,14 +167,6 @@ _GATEWAY_TABLES: Final = (
         idempotency_key TEXT NOT NULL,
         session_id      BLOB NOT NULL,
         PRIMARY KEY (tenant_id, idempotency_key)
-    ) WITHOUT ROWID
-    """,
-    # Who holds a session's gateway turn, and until when (epoch microseconds).
-    """
-    CREATE TABLE turn_leases (
-        session_id BLOB    NOT NULL PRIMARY KEY,
-        holder     TEXT    NOT NULL,
-        until      INTEGER NOT NULL
     ) WITHOUT ROWID
     """,
 )
@@ -477,8 +459,8 @@ class SQLiteStore(SessionStore):
         # Only the writer's thread touches it (in _apply_change).
         self._recent = RecentSessions(_SESSION_CACHE)
         self._closed = False
-        #: How long a gateway turn's lease lasts unless renewed (see turn_lock).
-        self.turn_lease_seconds = _TURN_LEASE_SECONDS
+        # Opened by the first gateway turn (see turn_lock).
+        self._turn_file: TurnFile | None = None
 
     @classmethod
     async def open(
@@ -601,11 +583,24 @@ class SQLiteStore(SessionStore):
         await self._write(insert)
 
     async def _history_turns(self, session_id: SessionId) -> list[Turn]:
-        rows = await self._read(
-            f"SELECT {TURN_COLUMNS} FROM turns WHERE session_id = ? ORDER BY seq",
-            (session_id.value.bytes,),
-        )
+        rows = await self._read(_SELECT_TURNS, (session_id.value.bytes,))
         return [turn_from_row(row) for row in rows]
+
+    async def _session_turns(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> tuple[StoredSession, list[Turn]]:
+        _, reader = self._connections()
+        sessions, turns = await reader.run(
+            partial(
+                _in_snapshot,
+                (_SELECT_SESSION, _key(tenant_id, session_id)),
+                (_SELECT_TURNS, (session_id.value.bytes,)),
+            )
+        )
+        if not sessions:
+            raise NotFoundError(f"no session {session_id}")
+        stored = present(_stored_from_row(sessions[0]), self.clock())
+        return stored, [turn_from_row(row) for row in turns]
 
     async def _stored_turn(self, session_id: SessionId, seq: int) -> Turn | None:
         rows = await self._read(
@@ -640,74 +635,16 @@ class SQLiteStore(SessionStore):
     ) -> AbstractAsyncContextManager[None]:
         """Hold a session's gateway turn, across every process using this file.
 
-        In this process waiters queue in arrival order; the first then takes the
-        session's lease row (``turn_leases``) in a write transaction, polling with
-        a short backoff while another process holds it. The holder renews the
-        lease while the block runs and deletes it on the way out (also when
-        cancelled); a lease left by a crashed process lapses after
-        ``turn_lease_seconds`` and is taken over.
+        In this process waiters queue in arrival order; the first then takes an
+        exclusive lock on the session's byte of ``<path>-turns`` (see
+        :mod:`llmsession.store.turn_file`), retrying with a short backoff while
+        another process holds it. The lock goes on the way out (also when
+        cancelled), and with its process if that dies.
         """
-        return self._hold_turn(session_id)
-
-    @asynccontextmanager
-    async def _hold_turn(self, session_id: SessionId) -> AsyncGenerator[None]:
-        async with self._local_turns.turn(session_id):
-            holder = uuid.uuid4().hex
-            try:
-                await self._take_lease(session_id, holder)
-            except BaseException:
-                # Cancelled while its write ran on, a take may still have committed.
-                await asyncio.shield(self._drop_lease(session_id, holder))
-                raise
-            renewing = asyncio.create_task(self._renew_lease(session_id, holder))
-            try:
-                yield
-            finally:
-                renewing.cancel()
-                # Shielded: a cancelled turn still lets the next one in at once.
-                await asyncio.shield(self._drop_lease(session_id, holder))
-
-    async def _take_lease(self, session_id: SessionId, holder: str) -> None:
-        key = session_id.value.bytes
-        pause = _LEASE_POLL_FIRST
-
-        def take(conn: sqlite3.Connection) -> bool:
-            now = _wall_micros()
-            row = conn.execute(_SELECT_LEASE, (key,)).fetchone()
-            if row is not None and row[0] > now:
-                return False
-            until = now + int(self.turn_lease_seconds * 1_000_000)
-            conn.execute(_TAKE_LEASE, (key, holder, until))
-            return True
-
-        while True:
-            # A look through the reader first: waiting takes no write lock.
-            held = await self._read(_SELECT_LEASE, (key,))
-            if (not held or held[0][0] <= _wall_micros()) and await self._write(take):
-                return
-            await asyncio.sleep(random.uniform(pause / 2, pause))
-            pause = min(pause * 2, _LEASE_POLL_MAX)
-
-    async def _renew_lease(self, session_id: SessionId, holder: str) -> None:
-        key = session_id.value.bytes
-
-        def renew(conn: sqlite3.Connection) -> None:
-            until = _wall_micros() + int(self.turn_lease_seconds * 1_000_000)
-            conn.execute(_RENEW_LEASE, (until, key, holder))
-
-        # A renewal that fails (the store closed, its file broke) ends them: the
-        # lease then lapses, as a crashed holder's would.
-        with contextlib.suppress(StoreError):
-            while True:
-                await asyncio.sleep(self.turn_lease_seconds / 3)
-                await self._write(renew)
-
-    async def _drop_lease(self, session_id: SessionId, holder: str) -> None:
-        key = session_id.value.bytes
-        # If the store was closed (or its file failed) meanwhile, the lease lapses
-        # on its own.
-        with contextlib.suppress(StoreError):
-            await self._write(lambda conn: conn.execute(_DROP_LEASE, (key, holder)))
+        self._connections()
+        if self._turn_file is None:
+            self._turn_file = open_turn_file(Path(f"{self.path}-turns"))
+        return self._turn_file.turn(session_id)
 
     async def _run_change(
         self,
@@ -1005,6 +942,9 @@ class SQLiteStore(SessionStore):
             for conn in (writer, reader):
                 if conn is not None:
                     await conn.close()
+            turn_file, self._turn_file = self._turn_file, None
+            if turn_file is not None:
+                turn_file.release()
 
     # -- tenants and API keys -------------------------------------------------------
 
@@ -1087,13 +1027,10 @@ _SELECT_KEY = "SELECT key_id, tenant_id, key_hash, created_at, revoked_at FROM a
 # and then UsageTotals' fields.
 _SUMMED: Final = ("round_count", "delta_tokens", "tokens_saved", *USAGE_COLUMNS.split(", "))
 
+_SELECT_TURNS = f"SELECT {TURN_COLUMNS} FROM turns WHERE session_id = ? ORDER BY seq"
 _SELECT_STARTED = (
     "SELECT session_id FROM started_sessions WHERE tenant_id = ? AND idempotency_key = ?"
 )
-_SELECT_LEASE = "SELECT until FROM turn_leases WHERE session_id = ?"
-_TAKE_LEASE = "INSERT OR REPLACE INTO turn_leases (session_id, holder, until) VALUES (?, ?, ?)"
-_RENEW_LEASE = "UPDATE turn_leases SET until = ? WHERE session_id = ? AND holder = ?"
-_DROP_LEASE = "DELETE FROM turn_leases WHERE session_id = ? AND holder = ?"
 
 
 def path_of_url(url: str) -> Path:
@@ -1169,12 +1106,6 @@ def _record_start(conn: sqlite3.Connection, stored: StoredSession, idempotency_k
 
 def _usage_totals(sums: Sequence[int]) -> UsageTotals:
     return UsageTotals(sums[0], sums[1], sums[2], sums[3], sums[4], sums[5])
-
-
-def _wall_micros() -> int:
-    # Leases are shared by processes, so they run on the machine's clock, not
-    # on the store's (which a test may hold still).
-    return time.time_ns() // 1000
 
 
 def _round_params(new_round: Round, new: StoredSession) -> tuple[object, ...]:
