@@ -5,9 +5,17 @@ Key layout, under a prefix (``llmsession:`` by default)::
     schema               the layout version, SCHEMA_VERSION
     s:<session id>       hash: the record, version, ttl_seconds, last_activity_at,
                          and "due": where an Active session is in deadlines ('' or
-                         missing for a session that is not there)
+                         missing for a session that is not there); "usage": the
+                         sums of its gateway rounds' usage (missing: none);
+                         "turns": '1' while h:<session id> may hold turns
     r:<session id>       list: the rounds as JSON; seq i is at index i-1
     i:<session id>       hash: idempotency key -> round JSON
+    h:<session id>       hash: round seq -> that round's turn of the conversation
+                         (MessagePack); deleted when the session leaves Active
+    started:<tenant>     hash: idempotency key -> the session the gateway started
+                         under it
+    lock:<session id>    string: the token of the process holding the session's
+                         turn (RedisStore.turn_lock), with a lease (PX)
     ix:all:<tenant>      sorted set: the tenant's sessions, member <created_at><id>
     ix:all:p<provider>:<tenant>, ix:all:m<model>:<tenant>
                          sorted sets: the same, for one provider or one model
@@ -59,22 +67,26 @@ from llmsession.errors import LLMSessionError, StoreError
 from llmsession.ids import SessionId, TenantId
 from llmsession.record import SessionRecord
 from llmsession.states import ALL_STATES, Created, SessionState, state_named
-from llmsession.store.models import Round, StoredSession
+from llmsession.store.models import NO_USAGE, Round, StoredSession, Turn, UsageTotals
 from llmsession.timestamps import Timestamp
+from llmsession.usage import Usage
 
 __all__ = [
     "ADD_KEY",
     "CAS",
+    "EXTEND_LOCK",
     "FIELDS",
     "LIMB",
     "LIST_STATE",
     "METRICS",
     "READ",
     "READ_RANGE",
+    "RELEASE_LOCK",
     "SCHEMA_VERSION",
     "SET_SCHEMA",
     "UPGRADE_DUE",
     "UPGRADE_LISTED",
+    "USAGE_METRICS",
     "CasBatch",
     "Counters",
     "RedisKeys",
@@ -86,11 +98,13 @@ __all__ = [
     "lex_time",
     "member",
     "member_id",
+    "pack_turn",
     "parse_counters",
     "parse_round",
     "parse_session",
     "parse_session_values",
     "parse_time",
+    "parse_turn",
     "round_json",
     "split_row",
     "state_metric",
@@ -101,7 +115,11 @@ __all__ = [
 #: itself, so each round moved it); UPGRADE_DUE brings version 1 data up to it.
 #: Version 3 lists states per group only (version 2 also kept them per tenant,
 #: provider and model); RedisStore brings version 2 data up with UPGRADE_LISTED.
-SCHEMA_VERSION: Final = 3
+#: Version 4 adds the gateway's keys and fields (usage, turns, started-by
+#: records, usage counters), all optional: version 3 data is version 4 data
+#: without gateway sessions, so the upgrade only sets the number, after which an
+#: older llmsession, which would refuse the usage counters, refuses the data.
+SCHEMA_VERSION: Final = 4
 
 # A member starts with a time as 16 hex digits; the offset makes every Timestamp
 # (years 1 to 9999) non-negative, so text order is time order.
@@ -112,8 +130,16 @@ _LEX_WIDTH: Final = 16
 #: (each up to 2**63-1 tokens) never overflow Redis's 64-bit HINCRBY, and each
 #: number the script compares stays exact in Lua's doubles.
 LIMB: Final = 2**32
+#: The counters of the gateway's usage, in UsageTotals order (as_tuple).
+USAGE_METRICS: Final = ("u:in", "u:cached", "u:cache_write", "u:out", "u:reasoning", "u:missing")
 #: What the counters of one (provider, model) group count.
-METRICS: Final = ("rounds", "delta", "saved", *(f"n:{state.name}" for state in ALL_STATES))
+METRICS: Final = (
+    "rounds",
+    "delta",
+    "saved",
+    *(f"n:{state.name}" for state in ALL_STATES),
+    *USAGE_METRICS,
+)
 
 #: Counter values by (provider, model), then by metric.
 Counters = dict[tuple[str, str], dict[str, int]]
@@ -153,6 +179,15 @@ class Script:
 #:       expects), else false; idempotency hash ('' if the write does not touch
 #:       it); idempotency key ('' = none: if given and already in the idempotency
 #:       hash, nothing is written); rounds list (or ''); round JSON ('' = none);
+#:       history hash ('' = untouched): with a turn, the round's turn goes into it
+#:       under its seq (the rounds list's length once the round is in); without
+#:       one, the session is leaving Active and its history is deleted, if the
+#:       session hash's "turns" field says it may have any (so a session that
+#:       never had a turn costs one more field read, not a DEL); turn (false = none:
+#:       the packed Turn); started: false, or the tenant's started-by hash,
+#:       followed by the key and the session id (an insert whose round started
+#:       the session under that key: if the key is in the hash already, nothing
+#:       is written and the write returns 2);
 #:       due: false to leave the session's member of deadlines as it is, else
 #:       followed by the deadlines set and the session id: '' to remove the member,
 #:       or the time part of the new one (the old one, found by the hash's "due"
@@ -161,7 +196,8 @@ class Script:
 #:       member) to remove; a and a pairs to add; counters hash, group, c and c
 #:       triples (metric, lo increment in (-2**32, 2**32), hi increment), the
 #:       fields being "<metric> lo <group>" and "<metric> hi <group>".
-#: Returns per write 1 when written, 0 when not (version moved, or key used).
+#: Returns per write 1 when written, 0 when not (version moved, or key used), 2
+#: when not because the started-by key is used.
 #: The items are read by position (p), not through a helper function: a Lua call
 #: per item cost more than the writes themselves.
 CAS: Final = Script.of("""
@@ -171,8 +207,15 @@ local results, ok = {}, true
 for w = 1, a[1] do
   local session, expected, op, chained = a[p + 1], a[p + 2], a[p + 3], a[p + 4]
   local idem, idem_key, rounds, round = a[p + 5], a[p + 6], a[p + 7], a[p + 8]
-  local due = a[p + 9]
-  p = p + 9
+  local history, turn, started = a[p + 9], a[p + 10], a[p + 11]
+  p = p + 11
+  local start_key, start_id
+  if started then
+    start_key, start_id = a[p + 1], a[p + 2]
+    p = p + 2
+  end
+  local due = a[p + 1]
+  p = p + 1
   local deadlines, id
   if due then
     deadlines, id = a[p + 1], a[p + 2]
@@ -180,8 +223,8 @@ for w = 1, a[1] do
   end
   p = p + 1
   local n = a[p]
-  local stored = redis.call('HMGET', session, 'version', 'due')
-  local current, was = stored[1], stored[2]
+  local stored = redis.call('HMGET', session, 'version', 'due', 'turns')
+  local current, was, talked = stored[1], stored[2], stored[3]
   if chained and not ok then
     -- It was computed from the refused write before it.
   elseif expected == '' then
@@ -191,6 +234,10 @@ for w = 1, a[1] do
   end
   if ok and idem_key ~= '' and redis.call('HEXISTS', idem, idem_key) == 1 then ok = false end
   results[w] = ok and 1 or 0
+  if ok and started and redis.call('HEXISTS', started, start_key) == 1 then
+    ok = false
+    results[w] = 2
+  end
   if ok and due then
     -- The hash's new "due" is among its fields below ('' once it has no member).
     if was and was ~= '' then redis.call('ZREM', deadlines, was .. id) end
@@ -203,8 +250,15 @@ for w = 1, a[1] do
       redis.call('HSET', session, unpack(a, p + 1, p + 2 * n))
     end
     if round ~= '' then
-      redis.call('RPUSH', rounds, round)
+      local seq = redis.call('RPUSH', rounds, round)
       if idem_key ~= '' then redis.call('HSET', idem, idem_key, round) end
+      if turn then redis.call('HSET', history, seq, turn) end
+    end
+    if started then redis.call('HSET', started, start_key, start_id) end
+    if talked and history ~= '' and not turn then
+      -- Leaving Active: the conversation goes with it.
+      redis.call('DEL', history)
+      redis.call('HDEL', session, 'turns')
     end
   end
   p = p + 2 * n + 1
@@ -382,6 +436,22 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """)
 
+#: Gives back a session's turn lock, only if it is still this holder's (its lease
+#: may have run out and another process taken it since). KEYS[1]: the lock.
+#: ARGV[1]: the holder's token. Returns 1 if it was released, else 0.
+RELEASE_LOCK: Final = Script.of("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+""")
+
+#: Renews a turn lock's lease, only if it is still this holder's. KEYS[1]: the
+#: lock. ARGV: 1 the holder's token, 2 the lease in milliseconds. Returns 1 if
+#: renewed, 0 if the lock was lost.
+EXTEND_LOCK: Final = Script.of("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+""")
+
 
 @dataclass(frozen=True, slots=True)
 class RedisKeys:
@@ -414,6 +484,18 @@ class RedisKeys:
     def idempotency(self, session_id: SessionId) -> str:
         """A session's rounds by idempotency key."""
         return _session_names(self.prefix, session_id)[3]
+
+    def history(self, session_id: SessionId) -> str:
+        """A session's turns of the conversation, by round seq."""
+        return _session_names(self.prefix, session_id)[4]
+
+    def started(self, tenant_id: TenantId) -> str:
+        """The sessions the gateway started for a tenant, by idempotency key."""
+        return f"{self.prefix}started:{tenant_id}"
+
+    def turn_lock(self, session_id: SessionId) -> str:
+        """The lock held for a session's turn (see RedisStore.turn_lock)."""
+        return f"{self.prefix}lock:{session_id}"
 
     def by_tenant(
         self, tenant_id: TenantId, *, provider: str | None = None, model: str | None = None
@@ -470,12 +552,18 @@ class RedisKeys:
 
 
 @functools.lru_cache(maxsize=16_384)
-def _session_names(prefix: str, session_id: SessionId) -> tuple[str, str, str, str]:
-    # A session's id as text and its three keys (RedisKeys.session, rounds,
-    # idempotency): asked for at every write of it, and str() of a UUID costs
-    # more than the lookup.
+def _session_names(prefix: str, session_id: SessionId) -> tuple[str, str, str, str, str]:
+    # A session's id as text and its four keys (RedisKeys.session, rounds,
+    # idempotency, history): asked for at every write of it, and str() of a
+    # UUID costs more than the lookup.
     text = str(session_id)
-    return text, f"{prefix}s:{text}", f"{prefix}r:{text}", f"{prefix}i:{text}"
+    return (
+        text,
+        f"{prefix}s:{text}",
+        f"{prefix}r:{text}",
+        f"{prefix}i:{text}",
+        f"{prefix}h:{text}",
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -505,7 +593,7 @@ class CasBatch:
         self._names = keys
         #: KEYS: none, as the writes name their keys themselves (see CAS).
         self.keys: list[str] = []
-        self._items: list[str | int | bool] = []
+        self._items: list[str | int | bool | bytes] = []
         self._count = 0
 
     def __len__(self) -> int:
@@ -515,7 +603,7 @@ class CasBatch:
     @property
     def args(self) -> list[bytes]:
         """ARGV: the writes as one MessagePack array."""
-        return [_pack([self._count, *self._items])]
+        return [_pack([self._count, *self._items], for_lua=True)]
 
     def _pairs(self, entries: list[tuple[str, str]]) -> None:
         # (sorted set, member) pairs, after their count.
@@ -539,17 +627,23 @@ class CasBatch:
         own key is checked the same way). ``chained``: ``old`` is the previous
         write's ``new``; this write is refused whenever that one is. With ``new``
         the very object ``old``, the write only moves the session's member of
-        deadlines to its deadline.
+        deadlines to its deadline. The round's turn, if any, is written with it;
+        a write that takes the session out of Active deletes its turns. An
+        insert with a round that has an idempotency key records the key as the
+        one that started the session (refused, returning 2, if it started one
+        already).
         """
         some = new if new is not None else old
         if some is None:
             raise ValueError("a write needs an old or a new session")
         record = some.record
         names = self._names
-        id_text, session_key, rounds_key, idempotency_key = _session_names(
+        id_text, session_key, rounds_key, idempotency_key, history_key = _session_names(
             names.prefix, record.session_id
         )
         key = absent_key or (new_round.idempotency_key if new_round is not None else None) or ""
+        due = _due(old, new)
+        turn = None if new_round is None else new_round.turn
         self._count += 1
         items = self._items
         items += (
@@ -562,8 +656,14 @@ class CasBatch:
             key,
             rounds_key if new_round or new is None else "",
             "" if new_round is None else round_json(new_round),
+            # A turn goes in, or (the session leaving Active) the history goes.
+            history_key if turn is not None or due == "" else "",
+            False if turn is None else pack_turn(turn),
         )
-        due = _due(old, new)
+        if old is None and new_round is not None and new_round.idempotency_key is not None:
+            items += (names.started(record.tenant_id), new_round.idempotency_key, id_text)
+        else:
+            items.append(False)
         if due is None:
             items.append(False)
         else:
@@ -580,6 +680,8 @@ class CasBatch:
         if due is not None and new is not None:
             # '' once the session has no member: the script's mark for none.
             fields += ("due", due)
+        if turn is not None:
+            fields += ("turns", "1")
         items.append(len(fields) // 2)
         items += fields
         removed, added = _index_changes(names, old, new, id_text)
@@ -598,8 +700,14 @@ class CasBatch:
             items += (metric, str(amount - hi * LIMB), str(hi))
 
 
-def _pack(items: list[str | int | bool]) -> bytes:
-    return cast(bytes, msgpack.packb(items))  # pyright: ignore[reportUnknownMemberType]
+def _pack(items: Sequence[str | int | bool | bytes | None], *, for_lua: bool = False) -> bytes:
+    # Redis's cmsgpack predates MessagePack's bin types: for it, bytes (a packed
+    # turn) go as a string, which Lua holds as bytes anyway.
+    return cast(bytes, msgpack.packb(items, use_bin_type=not for_lua))  # pyright: ignore[reportUnknownMemberType]
+
+
+def _unpack(raw: bytes) -> object:
+    return cast(object, msgpack.unpackb(raw))  # pyright: ignore[reportUnknownMemberType]
 
 
 def cas_arguments(
@@ -675,7 +783,8 @@ def _index_entries(keys: RedisKeys, stored: StoredSession | None) -> set[tuple[s
     return entries
 
 
-#: The fields of a session hash, in the order READ is given them.
+#: The fields of a session hash, in the order READ is given them. All but the
+#: last are required; "usage" is missing for a session without gateway rounds.
 FIELDS: Final[tuple[str, ...]] = (
     "tenant",
     "provider",
@@ -691,7 +800,10 @@ FIELDS: Final[tuple[str, ...]] = (
     "version",
     "ttl",
     "last",
+    "usage",
 )
+# What a row holds for a field the hash lacks (see split_row).
+_MISSING: Final = "\x1e"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -760,6 +872,8 @@ def _changed_fields(old: StoredSession, new: StoredSession) -> list[str]:
     last = new.last_activity_at
     if old.last_activity_at is not last and old.last_activity_at != last:
         changed += ("last", str(last.epoch_micros))
+    if old.usage is not new.usage and old.usage != new.usage:
+        changed += ("usage", _usage_text(new.usage))
     return changed
 
 
@@ -781,13 +895,30 @@ def _session_fields(stored: StoredSession) -> list[str]:
         "ttl": str(stored.ttl_seconds),
         "last": str(stored.last_activity_at.epoch_micros),
     }
+    if stored.usage != NO_USAGE:
+        fields["usage"] = _usage_text(stored.usage)
     return [text for pair in fields.items() for text in pair]
+
+
+def _usage_text(usage: UsageTotals) -> str:
+    # The six counters in UsageTotals order, space-separated: one field, not six.
+    return " ".join(map(str, usage.as_tuple()))
+
+
+def _parse_usage(text: object) -> UsageTotals:
+    if text == _MISSING:
+        return NO_USAGE
+    counts = _str(text).split(" ")
+    if len(counts) != len(USAGE_METRICS):
+        raise ValueError(f"usage {text!r:.80} is not {len(USAGE_METRICS)} counts")
+    return UsageTotals(*map(_int, counts))
 
 
 def parse_session(session_id: SessionId, row: Mapping[str, str]) -> StoredSession:
     """The stored session of a session hash; StoreError if it is not a valid one."""
     try:
-        values = [row[name] for name in FIELDS]
+        values = [row[name] for name in FIELDS[:-1]]
+        values.append(row.get("usage", _MISSING))
     except KeyError as error:
         raise StoreError(f"session {session_id} is not a valid stored session: {error!r}") from None
     return parse_session_values(session_id, values)
@@ -799,7 +930,8 @@ def split_row(row: str) -> list[str] | None:
 
     The values are joined by the unit separator (\\x1f), which no value holds: a
     label is printable, everything else digits and names. A field the hash lacks
-    is the record separator (\\x1e), which no parser takes."""
+    is the record separator (\\x1e), which no parser takes but that of the one
+    optional field, "usage"."""
     return row.split("\x1f") if row else None
 
 
@@ -822,6 +954,7 @@ def parse_session_values(session_id: SessionId, values: Sequence[object]) -> Sto
             version,
             ttl,
             last,
+            usage,
         ) = values
         record = SessionRecord(
             session_id=session_id,
@@ -837,7 +970,9 @@ def parse_session_values(session_id: SessionId, values: Sequence[object]) -> Sto
             round_count=_int(rounds),
             delta_tokens=_int(delta),
         )
-        return StoredSession(record, _int(version), _int(ttl), Timestamp(_int(last)))
+        return StoredSession(
+            record, _int(version), _int(ttl), Timestamp(_int(last)), _parse_usage(usage)
+        )
     except (ValueError, TypeError, LLMSessionError) as error:
         raise StoreError(f"session {session_id} is not a valid stored session: {error!r}") from None
 
@@ -856,21 +991,104 @@ def _str(value: object) -> str:
 
 
 def round_json(round_: Round) -> str:
-    """A round as stored: JSON [seq, delta_tokens, recorded_at, idempotency_key]."""
+    """A round as stored: JSON [seq, delta_tokens, recorded_at, idempotency_key], and
+    for a gateway round its usage: null, or [input_tokens, cached_input_tokens,
+    cache_write_tokens, output_tokens, reasoning_tokens, the provider's object]."""
     # Formatted here, as json.dumps would, at a fraction of its cost per round.
     key = "null" if round_.idempotency_key is None else json.dumps(round_.idempotency_key)
-    return f"[{round_.seq}, {round_.delta_tokens}, {round_.recorded_at.epoch_micros}, {key}]"
+    text = f"[{round_.seq}, {round_.delta_tokens}, {round_.recorded_at.epoch_micros}, {key}"
+    if not round_.gateway:
+        return text + "]"
+    usage = round_.usage
+    if usage is None:
+        return text + ", null]"
+    counts = (
+        usage.input_tokens,
+        usage.cached_input_tokens,
+        usage.cache_write_tokens,
+        usage.output_tokens,
+        usage.reasoning_tokens,
+    )
+    return f"{text}, {json.dumps([*counts, dict(usage.raw)])}]"
 
 
 def parse_round(session_id: SessionId, raw: str) -> Round:
     """A round of ``session_id`` from its stored JSON."""
     try:
-        seq, delta, recorded, key = json.loads(raw)
+        seq, delta, recorded, key, *gateway = json.loads(raw)
         if key is not None and not isinstance(key, str):
             raise TypeError("the idempotency key is not text")
-        return Round(session_id, _int(seq), _int(delta), Timestamp(_int(recorded)), key)
+        usage = None
+        if gateway:
+            (stored_usage,) = gateway
+            if stored_usage is not None:
+                *counts, provided = stored_usage
+                if not isinstance(provided, dict):
+                    raise TypeError("the provider's usage is not an object")
+                given, cached, written, output, reasoning = map(_int, counts)
+                usage = Usage(
+                    given, cached, written, output, reasoning, cast(dict[str, object], provided)
+                )
+        return Round(
+            session_id,
+            _int(seq),
+            _int(delta),
+            Timestamp(_int(recorded)),
+            key,
+            usage,
+            gateway=bool(gateway),
+        )
     except (ValueError, TypeError, LLMSessionError):
         raise StoreError(f"a round of session {session_id} is not valid: {raw[:200]!r}") from None
+
+
+def pack_turn(turn: Turn) -> bytes:
+    """A turn as stored: a MessagePack array of its fields in order (the answer's
+    body as bytes, the rest as text, the status a number)."""
+    return _pack(
+        [
+            turn.endpoint,
+            turn.request_hash,
+            turn.request_items,
+            turn.answer_items,
+            turn.response_id,
+            turn.answer_status,
+            turn.answer_type,
+            turn.answer_body,
+        ]
+    )
+
+
+def parse_turn(session_id: SessionId, seq: int, raw: bytes) -> Turn:
+    """Round ``seq``'s turn of ``session_id`` from what pack_turn stored."""
+    try:
+        fields = _unpack(raw)
+        if not isinstance(fields, list):
+            raise TypeError("not an array")
+        (
+            endpoint,
+            request_hash,
+            request_items,
+            answer_items,
+            response_id,
+            status,
+            answer_type,
+            body,
+        ) = cast(list[object], fields)
+        if not isinstance(body, bytes) or not (response_id is None or type(response_id) is str):
+            raise TypeError("the answer body is not bytes, or the response id not text")
+        return Turn(
+            _str(endpoint),
+            _str(request_hash),
+            _str(request_items),
+            _str(answer_items),
+            response_id,
+            _int(status),
+            _str(answer_type),
+            body,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException):
+        raise StoreError(f"the turn of round {seq} of session {session_id} is not valid") from None
 
 
 def _counter_contributions(stored: StoredSession | None) -> tuple[int, ...]:
@@ -884,6 +1102,7 @@ def _counter_contributions(stored: StoredSession | None) -> tuple[int, ...]:
         record.delta_tokens,
         record.tokens_saved,
         *_STATE_COUNTS[record.state],
+        *stored.usage.as_tuple(),
     )
 
 
@@ -913,6 +1132,12 @@ def _counter_increments(
         ]
         if a.state is not b.state:
             moved += ((_STATE_METRIC[a.state], -1), (_STATE_METRIC[b.state], 1))
+        if old.usage is not new.usage:
+            moved += zip(
+                USAGE_METRICS,
+                (y - x for x, y in zip(old.usage.as_tuple(), new.usage.as_tuple(), strict=True)),
+                strict=True,
+            )
         return [(metric, amount) for metric, amount in moved if amount]
     before, after = _counter_contributions(old), _counter_contributions(new)
     return [(metric, b - a) for metric, a, b in zip(METRICS, before, after, strict=True) if a != b]
