@@ -1040,7 +1040,7 @@ class RedisStore(SessionStore):
                 some = new if new is not None else old
                 assert some is not None
                 self._recent.forget(some.record.session_id)
-            outcomes.append(_count(reply))
+            outcomes.append(_WRITTEN if reply == _WRITTEN else _count(reply))
         return outcomes
 
     async def _drain(

@@ -58,9 +58,9 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
-# The package has no type hints; _pack is its one use, typed.
+# The package has no type hints; _pack, _pack_for_lua and _unpack are its uses, typed.
 import msgpack  # type: ignore[import-untyped]  # pyright: ignore[reportMissingTypeStubs]
 
 from llmsession.errors import LLMSessionError, StoreError
@@ -603,7 +603,7 @@ class CasBatch:
     @property
     def args(self) -> list[bytes]:
         """ARGV: the writes as one MessagePack array."""
-        return [_pack([self._count, *self._items], for_lua=True)]
+        return [_pack_for_lua([self._count, *self._items])]
 
     def _pairs(self, entries: list[tuple[str, str]]) -> None:
         # (sorted set, member) pairs, after their count.
@@ -659,11 +659,13 @@ class CasBatch:
             # A turn goes in, or (the session leaving Active) the history goes.
             history_key if turn is not None or due == "" else "",
             False if turn is None else pack_turn(turn),
+            # An insert with a keyed round: the gateway started the session under the key.
+            False
+            if old is not None or new_round is None or new_round.idempotency_key is None
+            else names.started(record.tenant_id),
         )
         if old is None and new_round is not None and new_round.idempotency_key is not None:
-            items += (names.started(record.tenant_id), new_round.idempotency_key, id_text)
-        else:
-            items.append(False)
+            items += (new_round.idempotency_key, id_text)
         if due is None:
             items.append(False)
         else:
@@ -700,10 +702,24 @@ class CasBatch:
             items += (metric, str(amount - hi * LIMB), str(hi))
 
 
-def _pack(items: Sequence[str | int | bool | bytes | None], *, for_lua: bool = False) -> bytes:
-    # Redis's cmsgpack predates MessagePack's bin types: for it, bytes (a packed
-    # turn) go as a string, which Lua holds as bytes anyway.
-    return cast(bytes, msgpack.packb(items, use_bin_type=not for_lua))  # pyright: ignore[reportUnknownMemberType]
+class _Packer(Protocol):
+    def pack(self, obj: object) -> bytes: ...
+
+
+# Redis's cmsgpack predates MessagePack's bin types: for it, bytes (a packed
+# turn) go as a string, which Lua holds as bytes anyway. One Packer, kept: making
+# one per call (as packb does) cost a round more than packing its write. Sharing
+# it is safe: a pack runs in C, holding the GIL, and calls no Python code for
+# the exact str, int, bool and bytes items written here.
+_LUA_PACKER: Final = cast(_Packer, msgpack.Packer(use_bin_type=False))  # pyright: ignore[reportUnknownMemberType]
+
+
+def _pack_for_lua(items: list[str | int | bool | bytes]) -> bytes:
+    return _LUA_PACKER.pack(items)
+
+
+def _pack(items: Sequence[str | int | bool | bytes | None]) -> bytes:
+    return cast(bytes, msgpack.packb(items))  # pyright: ignore[reportUnknownMemberType]
 
 
 def _unpack(raw: bytes) -> object:
@@ -996,9 +1012,9 @@ def round_json(round_: Round) -> str:
     cache_write_tokens, output_tokens, reasoning_tokens, the provider's object]."""
     # Formatted here, as json.dumps would, at a fraction of its cost per round.
     key = "null" if round_.idempotency_key is None else json.dumps(round_.idempotency_key)
-    text = f"[{round_.seq}, {round_.delta_tokens}, {round_.recorded_at.epoch_micros}, {key}"
     if not round_.gateway:
-        return text + "]"
+        return f"[{round_.seq}, {round_.delta_tokens}, {round_.recorded_at.epoch_micros}, {key}]"
+    text = f"[{round_.seq}, {round_.delta_tokens}, {round_.recorded_at.epoch_micros}, {key}"
     usage = round_.usage
     if usage is None:
         return text + ", null]"
