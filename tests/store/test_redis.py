@@ -1504,7 +1504,6 @@ async def test_the_write_that_ends_a_session_deletes_its_history(
     client = await _raw(redis_url)
     try:
         assert sorted(await client.hkeys(keys.history(session_id))) == ["1", "3"]
-        assert await client.hget(keys.session(session_id), "turns") == "1"
         # A refused write (its version moved) leaves the history where it is.
         stale = await redis_store.get(ACME, session_id)
         await redis_store.record_turn(ACME, session_id, turn=None, usage=Usage(1))
@@ -1524,7 +1523,6 @@ async def test_the_write_that_ends_a_session_deletes_its_history(
             else:
                 assert await redis_store.sweep() == 1
         assert await client.exists(keys.history(session_id)) == 0
-        assert await client.hget(keys.session(session_id), "turns") is None
     finally:
         await client.aclose()
     ended = await redis_store.get(ACME, session_id)
@@ -1533,26 +1531,32 @@ async def test_the_write_that_ends_a_session_deletes_its_history(
     assert found is None
 
 
-async def test_a_session_that_never_had_a_turn_is_not_marked(
+async def test_only_a_session_with_gateway_rounds_names_its_history_when_it_ends(
     redis_url: str, redis_store: RedisStore, clock: ManualClock
 ) -> None:
-    # The mark is what lets a session without turns end without a DEL.
+    keys = RedisKeys(_prefix(redis_url))
+
+    async def ending_names_history(session_id: SessionId) -> bool:
+        stored = await redis_store.get(ACME, session_id)
+        batch = CasBatch(keys)
+        batch.add(stored, await redis_store.expire(ACME, session_id))
+        return keys.history(session_id).encode() in batch.args[0]
+
+    # A ledger session's end costs nothing more than before.
+    assert not await ending_names_history(await _active(redis_store))
+    # A gateway session whose provider reported nothing but zeros is still one.
     session_id = SessionId.generate(clock())
     await redis_store.start_with_turn(
-        ACME, session_id, provider_id="p", model="m", turn=None, usage=None
+        ACME, session_id, provider_id="p", model="m", turn=_turn(1), usage=Usage(0)
     )
-    ledger = await _active(redis_store)
-    keys = RedisKeys(_prefix(redis_url))
+    assert (await redis_store.get(ACME, session_id)).usage == UsageTotals()
     client = await _raw(redis_url)
     try:
-        for sid in (session_id, ledger):
-            assert await client.hget(keys.session(sid), "turns") is None
-            assert await client.exists(keys.history(sid)) == 0
-        assert await client.hget(keys.session(ledger), "usage") is None
-        assert await client.hget(keys.session(session_id), "usage") == "0 0 0 0 0 1"
+        assert await client.hget(keys.session(session_id), "usage") == "0 0 0 0 0 0"
+        assert await ending_names_history(session_id)
+        assert await client.exists(keys.history(session_id)) == 0
     finally:
         await client.aclose()
-    assert (await redis_store.close(ACME, session_id)).usage.rounds_without_usage == 1
 
 
 async def test_a_used_start_key_writes_nothing(

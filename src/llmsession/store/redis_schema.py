@@ -6,8 +6,8 @@ Key layout, under a prefix (``llmsession:`` by default)::
     s:<session id>       hash: the record, version, ttl_seconds, last_activity_at,
                          and "due": where an Active session is in deadlines ('' or
                          missing for a session that is not there); "usage": the
-                         sums of its gateway rounds' usage (missing: none);
-                         "turns": '1' while h:<session id> may hold turns
+                         sums of its gateway rounds' usage (missing: it has had
+                         none, and so no turns either)
     r:<session id>       list: the rounds as JSON; seq i is at index i-1
     i:<session id>       hash: idempotency key -> round JSON
     h:<session id>       hash: round seq -> that round's turn of the conversation
@@ -115,7 +115,7 @@ __all__ = [
 #: itself, so each round moved it); UPGRADE_DUE brings version 1 data up to it.
 #: Version 3 lists states per group only (version 2 also kept them per tenant,
 #: provider and model); RedisStore brings version 2 data up with UPGRADE_LISTED.
-#: Version 4 adds the gateway's keys and fields (usage, turns, started-by
+#: Version 4 adds the gateway's keys and fields (usage, history, started-by
 #: records, usage counters), all optional: version 3 data is version 4 data
 #: without gateway sessions, so the upgrade only sets the number, after which an
 #: older llmsession, which would refuse the usage counters, refuses the data.
@@ -181,13 +181,13 @@ class Script:
 #:       hash, nothing is written); rounds list (or ''); round JSON ('' = none);
 #:       history hash ('' = untouched): with a turn, the round's turn goes into it
 #:       under its seq (the rounds list's length once the round is in); without
-#:       one, the session is leaving Active and its history is deleted, if the
-#:       session hash's "turns" field says it may have any (so a session that
-#:       never had a turn costs one more field read, not a DEL); turn (false = none:
-#:       the packed Turn); started: false, or the tenant's started-by hash,
-#:       followed by the key and the session id (an insert whose round started
-#:       the session under that key: if the key is in the hash already, nothing
-#:       is written and the write returns 2);
+#:       one, the session is leaving Active and its history is deleted (named
+#:       only for a session that has had gateway rounds: a session without them
+#:       ends at no cost more); turn (false = none: the packed Turn); started:
+#:       false, or the tenant's started-by hash, followed by the key and the
+#:       session id (an insert whose round started the session under that
+#:       key: if the key is in the hash already, nothing is written and the
+#:       write returns 2);
 #:       due: false to leave the session's member of deadlines as it is, else
 #:       followed by the deadlines set and the session id: '' to remove the member,
 #:       or the time part of the new one (the old one, found by the hash's "due"
@@ -223,8 +223,8 @@ for w = 1, a[1] do
   end
   p = p + 1
   local n = a[p]
-  local stored = redis.call('HMGET', session, 'version', 'due', 'turns')
-  local current, was, talked = stored[1], stored[2], stored[3]
+  local stored = redis.call('HMGET', session, 'version', 'due')
+  local current, was = stored[1], stored[2]
   if chained and not ok then
     -- It was computed from the refused write before it.
   elseif expected == '' then
@@ -255,10 +255,9 @@ for w = 1, a[1] do
       if turn then redis.call('HSET', history, seq, turn) end
     end
     if started then redis.call('HSET', started, start_key, start_id) end
-    if talked and history ~= '' and not turn then
+    if history ~= '' and not turn then
       -- Leaving Active: the conversation goes with it.
       redis.call('DEL', history)
-      redis.call('HDEL', session, 'turns')
     end
   end
   p = p + 2 * n + 1
@@ -487,7 +486,7 @@ class RedisKeys:
 
     def history(self, session_id: SessionId) -> str:
         """A session's turns of the conversation, by round seq."""
-        return _session_names(self.prefix, session_id)[4]
+        return f"{self.prefix}h:{_session_names(self.prefix, session_id)[0]}"
 
     def started(self, tenant_id: TenantId) -> str:
         """The sessions the gateway started for a tenant, by idempotency key."""
@@ -552,18 +551,12 @@ class RedisKeys:
 
 
 @functools.lru_cache(maxsize=16_384)
-def _session_names(prefix: str, session_id: SessionId) -> tuple[str, str, str, str, str]:
-    # A session's id as text and its four keys (RedisKeys.session, rounds,
-    # idempotency, history): asked for at every write of it, and str() of a
-    # UUID costs more than the lookup.
+def _session_names(prefix: str, session_id: SessionId) -> tuple[str, str, str, str]:
+    # A session's id as text and its three keys (RedisKeys.session, rounds,
+    # idempotency): asked for at every write of it, and str() of a UUID costs
+    # more than the lookup. (Its history is named only when a write needs it.)
     text = str(session_id)
-    return (
-        text,
-        f"{prefix}s:{text}",
-        f"{prefix}r:{text}",
-        f"{prefix}i:{text}",
-        f"{prefix}h:{text}",
-    )
+    return text, f"{prefix}s:{text}", f"{prefix}r:{text}", f"{prefix}i:{text}"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -638,12 +631,25 @@ class CasBatch:
             raise ValueError("a write needs an old or a new session")
         record = some.record
         names = self._names
-        id_text, session_key, rounds_key, idempotency_key, history_key = _session_names(
+        id_text, session_key, rounds_key, idempotency_key = _session_names(
             names.prefix, record.session_id
         )
         key = absent_key or (new_round.idempotency_key if new_round is not None else None) or ""
         due = _due(old, new)
-        turn = None if new_round is None else new_round.turn
+        # A turn goes in, or (the session leaving Active) the history goes: only
+        # a session with gateway rounds can have one (see _had_gateway). And an
+        # insert with a keyed round: the gateway started the session under the key.
+        history: str = ""
+        packed: bytes | bool = False
+        started: str | bool = False
+        if new_round is not None:
+            if new_round.turn is not None:
+                history = names.history(record.session_id)
+                packed = pack_turn(new_round.turn)
+            if old is None and new_round.idempotency_key is not None:
+                started = names.started(record.tenant_id)
+        elif due == "" and old is not None and old.usage is not NO_USAGE:
+            history = names.history(record.session_id)
         self._count += 1
         items = self._items
         items += (
@@ -656,16 +662,12 @@ class CasBatch:
             key,
             rounds_key if new_round or new is None else "",
             "" if new_round is None else round_json(new_round),
-            # A turn goes in, or (the session leaving Active) the history goes.
-            history_key if turn is not None or due == "" else "",
-            False if turn is None else pack_turn(turn),
-            # An insert with a keyed round: the gateway started the session under the key.
-            False
-            if old is not None or new_round is None or new_round.idempotency_key is None
-            else names.started(record.tenant_id),
+            history,
+            packed,
+            started,
         )
-        if old is None and new_round is not None and new_round.idempotency_key is not None:
-            items += (new_round.idempotency_key, id_text)
+        if started:
+            items += (key, id_text)
         if due is None:
             items.append(False)
         else:
@@ -682,8 +684,6 @@ class CasBatch:
         if due is not None and new is not None:
             # '' once the session has no member: the script's mark for none.
             fields += ("due", due)
-        if turn is not None:
-            fields += ("turns", "1")
         items.append(len(fields) // 2)
         items += fields
         removed, added = _index_changes(names, old, new, id_text)
@@ -888,7 +888,8 @@ def _changed_fields(old: StoredSession, new: StoredSession) -> list[str]:
     last = new.last_activity_at
     if old.last_activity_at is not last and old.last_activity_at != last:
         changed += ("last", str(last.epoch_micros))
-    if old.usage is not new.usage and old.usage != new.usage:
+    if old.usage is not new.usage:
+        # Written even when the sums stay 0: see _had_gateway.
         changed += ("usage", _usage_text(new.usage))
     return changed
 
@@ -911,9 +912,19 @@ def _session_fields(stored: StoredSession) -> list[str]:
         "ttl": str(stored.ttl_seconds),
         "last": str(stored.last_activity_at.epoch_micros),
     }
-    if stored.usage != NO_USAGE:
+    if _had_gateway(stored):
         fields["usage"] = _usage_text(stored.usage)
     return [text for pair in fields.items() for text in pair]
+
+
+def _had_gateway(stored: StoredSession) -> bool:
+    """Whether the session has had gateway rounds, and so may have turns.
+
+    Its usage is the very NO_USAGE object until its first gateway round, which
+    makes a new one (UsageTotals.plus), whatever the counts; the hash has a
+    "usage" field from then on, and reads back as NO_USAGE only without one.
+    So a session that never had one ends without naming its history."""
+    return stored.usage is not NO_USAGE
 
 
 def _usage_text(usage: UsageTotals) -> str:
@@ -923,6 +934,7 @@ def _usage_text(usage: UsageTotals) -> str:
 
 def _parse_usage(text: object) -> UsageTotals:
     if text == _MISSING:
+        # The very object (see _had_gateway); a field of zeros is another.
         return NO_USAGE
     counts = _str(text).split(" ")
     if len(counts) != len(USAGE_METRICS):
