@@ -20,13 +20,14 @@ store creates them; the raw writer uses them directly):
   to that thread, the fastest shape the driver allows): ``BEGIN IMMEDIATE``;
   ``UPDATE sessions SET round_count = round_count + 1, delta_tokens =
   delta_tokens + ?, version = version + 1, last_activity_at = ?, deadline = ?
-  WHERE session_id = ? RETURNING round_count``; ``INSERT INTO rounds`` the round
-  with that seq; ``COMMIT``.
+  WHERE session_id = ? RETURNING round_count, delta_tokens, version``; ``INSERT
+  INTO rounds`` the round with that seq, and the session's delta_tokens and
+  version after it, as the store keeps them; ``COMMIT``.
 - PostgreSQL (psycopg 3 async, an AsyncConnectionPool with as many connections
   as the store's, autocommit, statements prepared on first use like the
   store's): one statement, one transaction: ``WITH u AS (UPDATE sessions SET
-  <the same columns> WHERE session_id = %s RETURNING session_id, round_count)
-  INSERT INTO rounds ... SELECT ... FROM u``.
+  <the same columns> WHERE session_id = %s RETURNING session_id, round_count,
+  delta_tokens, version) INSERT INTO rounds ... SELECT ... FROM u``.
 - Redis (redis-py with hiredis, the same BlockingConnectionPool as the store):
   one EVALSHA of a Lua script that HINCRBYs the session hash's ``rounds``,
   ``delta`` and ``version``, sets ``last``, and RPUSHes the round's JSON onto
@@ -219,11 +220,11 @@ class RawWriter(Protocol):
 _SQLITE_UPDATE = (
     "UPDATE sessions SET round_count = round_count + 1, delta_tokens = delta_tokens + ?, "
     "version = version + 1, last_activity_at = ?, deadline = ? WHERE session_id = ? "
-    "RETURNING round_count"
+    "RETURNING round_count, delta_tokens, version"
 )
 _SQLITE_INSERT = (
-    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key) "
-    "VALUES (?, ?, ?, ?, NULL)"
+    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+    "session_delta_tokens, session_version) VALUES (?, ?, ?, ?, NULL, ?, ?)"
 )
 
 
@@ -253,10 +254,10 @@ class SQLiteRaw:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 now = now_micros()
-                seq = conn.execute(
+                seq, total, version = conn.execute(
                     _SQLITE_UPDATE, (DELTA, now, now + TTL_SECONDS * 1_000_000, key)
-                ).fetchone()[0]
-                conn.execute(_SQLITE_INSERT, (key, seq, DELTA, now))
+                ).fetchone()
+                conn.execute(_SQLITE_INSERT, (key, seq, DELTA, now, total, version))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -276,9 +277,10 @@ class SQLiteRaw:
 _PG_WRITE = (
     "WITH u AS (UPDATE sessions SET round_count = round_count + 1, "
     "delta_tokens = delta_tokens + %s, version = version + 1, last_activity_at = %s, "
-    "deadline = %s WHERE session_id = %s RETURNING session_id, round_count) "
-    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key) "
-    "SELECT session_id, round_count, %s, %s, NULL FROM u"
+    "deadline = %s WHERE session_id = %s RETURNING session_id, round_count, delta_tokens, "
+    "version) INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+    "session_delta_tokens, session_version) "
+    "SELECT session_id, round_count, %s, %s, NULL, delta_tokens, version FROM u"
 )
 
 

@@ -19,12 +19,13 @@ import pytest
 from click.testing import CliRunner, Result
 
 from llmsession import Active, AuthenticationError, Client, SessionId, TenantId, Timestamp
-from llmsession.cli import DEFAULT_STORE_URL, cli
+from llmsession.cli import cli
 from llmsession.client import ServiceUnreachable
 from llmsession.clock import ManualClock, system_clock
 from llmsession.keys import authenticate
 from llmsession.server import ServerSettings
 from llmsession.server.render import render_round, render_session, render_totals
+from llmsession.server.settings import default_store_url
 from llmsession.store import GroupKey, SessionStore, StoredSession, Totals, open_store
 
 T = TypeVar("T")
@@ -70,6 +71,18 @@ def failing(url: str, code: int, *args: str) -> str:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("Error: ")
     return lines[0]
+
+
+@pytest.fixture(autouse=True)
+def own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home and data directory of the test's own: whatever falls back on the default
+    store, in this process or in a subprocess (which inherits the environment), never
+    writes into the real home directory."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("LLMSESSION_STORE_URL", raising=False)
+    return home
 
 
 @pytest.fixture
@@ -223,10 +236,12 @@ def test_sessions_show_and_close(url: str, sessions: list[StoredSession]) -> Non
     assert with_rounds["rounds"] == [render_round(r) for r in rounds.items]
     assert [r["delta_tokens"] for r in with_rounds["rounds"]] == [5, 7]
 
-    text = ok(url, "sessions", "show", "--tenant", "acme", sid, "--rounds").stdout
-    assert f"session_id      {sid}" in text
-    assert "tokens_saved    88" in text
-    assert "IDEMPOTENCY KEY" in text
+    lines = ok(url, "sessions", "show", "--tenant", "acme", sid, "--rounds").stdout.splitlines()
+    fields = [line.split() for line in lines]
+    assert ["session_id", sid] in fields
+    assert ["tokens_saved", "88"] in fields
+    assert ["usage.input_tokens", "0"] in fields
+    assert ["SEQ", "DELTA", "INPUT", "CACHED", "OUTPUT", "REASONING", "RECORDED", "KEY"] in fields
 
     closed = ok_json(url, "sessions", "close", "--tenant", "acme", sid)
     assert closed["state"] == "closed"
@@ -281,6 +296,27 @@ def test_sweep_expires_due_and_purges_abandoned_sessions(url: str) -> None:
     assert "Expired 0 sessions; purged 0" in ok(url, "sweep").stdout
 
 
+def test_sweep_purges_one_tenant_only_when_asked(url: str) -> None:
+    long_ago = ManualClock(Timestamp.parse("2020-01-01T00:00:00Z"))
+    globex = TenantId("globex")
+    ok(url, "tenants", "create", "acme")
+    ok(url, "tenants", "create", "globex")
+
+    async def make(store: SessionStore) -> list[SessionId]:
+        made = [
+            await store.create(tenant, provider_id="p", model="m", initial_tokens=1)
+            for tenant in (ACME, globex)
+        ]
+        return [m.record.session_id for m in made]
+
+    mine, theirs = with_store(url, make, clock=long_ago)
+    assert ok_json(url, "sweep", "--purge-tenant", "globex") == {"expired": 0, "purged": 1}
+    assert with_store(url, lambda store: store.get(ACME, mine)).record.state.name == "created"
+    assert "no session" in failing(url, 1, "sessions", "show", "--tenant", "globex", str(theirs))
+    assert "no tenant nobody" in failing(url, 1, "sweep", "--purge-tenant", "nobody")
+    assert ok_json(url, "sweep") == {"expired": 0, "purged": 1}
+
+
 def test_stats(url: str, sessions: list[StoredSession]) -> None:
     groupings: list[list[GroupKey]] = [[], ["provider"], ["provider", "model"]]
     for group_by in groupings:
@@ -300,6 +336,14 @@ def test_stats(url: str, sessions: list[StoredSession]) -> None:
             "rounds": 2,
             "delta_tokens": 12,
             "tokens_saved": 88,
+            "usage": {
+                "input_tokens": 0,
+                "cached_input_tokens": 0,
+                "cache_write_tokens": 0,
+                "output_tokens": 0,
+                "reasoning_tokens": 0,
+                "rounds_without_usage": 0,
+            },
         }
     ]
     table = ok(url, "stats", "--tenant", "acme", "--group-by", "provider").stdout.splitlines()
@@ -313,6 +357,9 @@ def test_stats(url: str, sessions: list[StoredSession]) -> None:
         "ROUNDS",
         "DELTA",
         "SAVED",
+        "INPUT",
+        "CACHED",
+        "OUTPUT",
     ]
     assert [row.split()[:2] for row in table[1:]] == [["anthropic", "(all)"], ["openai", "(all)"]]
     assert "--group-by" in failing(url, 2, "stats", "--tenant", "acme", "--group-by", "color")
@@ -335,6 +382,8 @@ def test_stats(url: str, sessions: list[StoredSession]) -> None:
         (["sessions", "show", "--tenant", "acme", "not-a-uuid"], "is not a session id"),
         (["sessions", "lst", "--tenant", "acme"], "No such command 'lst'"),
         (["sweep", "--purge-created-after", "0"], "'--purge-created-after': 0 is not in"),
+        (["sweep", "--purge-created-after", "59"], "'--purge-created-after': 59 is not in"),
+        (["sweep", "--purge-tenant", "no spaces"], "tenant id 'no spaces'"),
         (["sweep", "--batch-size", "0"], "'--batch-size': 0 is not in"),
     ],
 )
@@ -350,13 +399,16 @@ def test_unknown_store_scheme_is_bad_input(tmp_path: Path) -> None:
 # -- the real process ----------------------------------------------------------------------
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "llmsession.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
         check=False,
     )
 
@@ -386,6 +438,19 @@ def _free_port() -> int:
         return port
 
 
+def _wait_healthy(base: str, process: subprocess.Popen[str]) -> None:
+    with Client(base, timeout=2) as client:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "the server did not answer within 30 s"
+            try:
+                if client.health():
+                    return
+            except ServiceUnreachable:  # not listening yet
+                time.sleep(0.05)
+
+
 @pytest.fixture
 def served(url: str) -> Iterator[tuple[str, str, subprocess.Popen[str]]]:
     port = _free_port()
@@ -405,16 +470,7 @@ def served(url: str) -> Iterator[tuple[str, str, subprocess.Popen[str]]]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        with Client(base, api_key=admin_key, timeout=2) as client:
-            deadline = time.monotonic() + 30
-            while True:
-                assert process.poll() is None, process.communicate()[1]
-                assert time.monotonic() < deadline, "the server did not answer within 30 s"
-                try:
-                    if client.health():
-                        break
-                except ServiceUnreachable:  # not listening yet
-                    time.sleep(0.05)
+        _wait_healthy(base, process)
         yield base, admin_key, process
     finally:
         if process.poll() is None:
@@ -465,7 +521,7 @@ def test_serve_refuses_bad_settings(url: str) -> None:
 
 
 def test_default_store_url_is_the_servers() -> None:
-    assert ServerSettings().store_url == DEFAULT_STORE_URL
+    assert ServerSettings().store_url == default_store_url()
 
 
 def test_commands_other_than_serve_do_not_load_the_web_framework() -> None:
@@ -475,3 +531,213 @@ def test_commands_other_than_serve_do_not_load_the_web_framework() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert result.stdout == "[]\n"
+
+
+# -- plural forms ------------------------------------------------------------------------
+
+
+def test_counts_take_the_singular_for_one(url: str) -> None:
+    ok(url, "tenants", "create", "acme")
+
+    async def make(store: SessionStore) -> tuple[SessionId, SessionId]:
+        # One round of 1 token on 2 initial ones: 1 round, 1 delta token, 1 token saved.
+        one = await store.create(ACME, provider_id="p", model="m", initial_tokens=2)
+        await store.activate(ACME, one.record.session_id)
+        await store.record_round(ACME, one.record.session_id, 1)
+        none = await store.create(ACME, provider_id="p", model="m", initial_tokens=2)
+        await store.activate(ACME, none.record.session_id)
+        return one.record.session_id, none.record.session_id
+
+    one, none = with_store(url, make)
+    assert ok(url, "sessions", "close", "--tenant", "acme", str(one)).stdout == (
+        f"Closed session {one}: 1 round, 1 delta token, 1 token saved.\n"
+    )
+    assert ok(url, "sessions", "close", "--tenant", "acme", str(none)).stdout == (
+        f"Closed session {none}: 0 rounds, 0 delta tokens, 0 tokens saved.\n"
+    )
+
+    long_ago = ManualClock(Timestamp.parse("2020-01-01T00:00:00Z"))
+
+    async def abandon(store: SessionStore) -> None:
+        due = await store.create(ACME, provider_id="p", model="m", initial_tokens=1, ttl_seconds=1)
+        await store.activate(ACME, due.record.session_id)
+        await store.create(ACME, provider_id="p", model="m", initial_tokens=1)
+
+    with_store(url, abandon, clock=long_ago)
+    assert ok(url, "sweep").stdout == "Expired 1 session; purged 1 session never activated.\n"
+    assert ok(url, "sweep").stdout == "Expired 0 sessions; purged 0 sessions never activated.\n"
+
+
+# -- where the data lives ------------------------------------------------------------------
+
+
+def test_the_default_store_is_the_same_from_any_directory(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    assert run_cli("tenants", "create", "acme", cwd=first).returncode == 0
+    listed = run_cli("tenants", "list", "--json", cwd=second)
+    assert listed.returncode == 0, listed.stderr
+    assert [t["tenant_id"] for t in json.loads(listed.stdout)["items"]] == ["acme"]
+    # In $XDG_DATA_HOME (set by own_home), not in either working directory.
+    assert (tmp_path / "data" / "llmsession" / "llmsession.db").is_file()
+    assert list(first.iterdir()) == list(second.iterdir()) == []
+
+
+def test_without_xdg_data_home_the_store_is_under_home(
+    tmp_path: Path, own_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert run_cli("tenants", "create", "acme", cwd=tmp_path).returncode == 0
+    assert (own_home / ".local" / "share" / "llmsession" / "llmsession.db").is_file()
+    # A flag or the variable still choose another store.
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert ok_json(other, "tenants", "list") == {"items": []}
+    empty = run_cli("tenants", "list", "--json", env={"LLMSESSION_STORE_URL": other})
+    assert json.loads(empty.stdout) == {"items": []}
+
+
+def test_serve_shows_its_store_and_shares_it_with_the_cli_run_elsewhere(tmp_path: Path) -> None:
+    # The quick start: the server in one directory, `tenants create` in another; the
+    # key it prints must work against the server.
+    server_dir, shell_dir = tmp_path / "server", tmp_path / "shell"
+    server_dir.mkdir()
+    shell_dir.mkdir()
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llmsession.cli", "serve", "--port", str(port)],
+        cwd=server_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, process)
+        created = run_cli("tenants", "create", "acme", "--json", cwd=shell_dir)
+        assert created.returncode == 0, created.stderr
+        with Client(base, api_key=json.loads(created.stdout)["api_key"]) as client:
+            assert client.list_sessions().items == []
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    _, err = process.communicate()
+    path = tmp_path / "data" / "llmsession" / "llmsession.db"
+    assert f"store: sqlite:///{path}\n" in err
+    assert list(server_dir.iterdir()) == list(shell_dir.iterdir()) == []
+
+
+# -- start-up failures: one line, the documented exit status --------------------------------
+
+# Both ways of starting the server, which must fail alike.
+ENTRY_POINTS = {
+    "llmsession serve": ["-m", "llmsession.cli", "serve"],
+    "python -m llmsession.server": ["-m", "llmsession.server"],
+}
+
+
+def run_python(
+    args: list[str], env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+        cwd=cwd,
+        check=False,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], status: int) -> str:
+    assert result.returncode == status, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize(
+    ("env", "status", "says"),
+    [
+        ({"LLMSESSION_PORT": "eighty"}, 2, "Error: LLMSESSION_PORT='eighty' is not valid"),
+        ({"LLMSESSION_STORE_URL": "mysql://db/x"}, 2, "Error: unknown store URL scheme 'mysql'"),
+        (
+            {"LLMSESSION_STORE_URL": "postgresql://llm@127.0.0.1:5432/x?connect_timeout=0"},
+            2,
+            "Error: URL parameter connect_timeout must be a whole number from 1 to 3600",
+        ),
+    ],
+)
+def test_bad_input_exits_2_from_either_entry_point(
+    entry: str, env: dict[str, str], status: int, says: str
+) -> None:
+    assert one_error_line(run_python(ENTRY_POINTS[entry], env), status).startswith(says)
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_a_store_that_cannot_be_opened_exits_1_from_either_entry_point(
+    entry: str, tmp_path: Path
+) -> None:
+    # A directory cannot be opened as a SQLite database file.
+    env = {"LLMSESSION_STORE_URL": f"sqlite:///{tmp_path}", "LLMSESSION_PORT": str(_free_port())}
+    assert "SQLite" in one_error_line(run_python(ENTRY_POINTS[entry], env), 1)
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_a_port_in_use_exits_3_before_startup_from_either_entry_point(entry: str, url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_python(
+            ENTRY_POINTS[entry], {"LLMSESSION_STORE_URL": url, "LLMSESSION_PORT": str(port)}
+        )
+    # One line, and nothing from uvicorn: no startup was announced.
+    line = one_error_line(result, 3)
+    assert line.startswith(f"Error: cannot listen on 127.0.0.1:{port}: ")
+    assert "LLMSESSION_PORT" in line
+
+
+def _closed_port_url(scheme: str) -> tuple[str, str]:
+    """A URL with a password, on a port where nothing listens; and how errors show it."""
+    port = _free_port()
+    if scheme == "postgresql":
+        return (
+            f"postgresql://llm:hunter2@127.0.0.1:{port}/test",
+            f"cannot connect to PostgreSQL at postgresql://llm:***@127.0.0.1:{port}/test "
+            "(connect_timeout=5 s): ",
+        )
+    return f"redis://:hunter2@127.0.0.1:{port}/0", f"cannot connect to Redis at 127.0.0.1:{port}/0"
+
+
+STORE_COMMANDS = [
+    ["tenants", "list"],
+    ["tenants", "create", "acme"],
+    ["sessions", "list", "--tenant", "acme"],
+    ["sweep"],
+    ["stats", "--tenant", "acme"],
+    ["serve"],
+]
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "redis"])
+def test_an_unreachable_server_is_one_line_naming_the_url(scheme: str) -> None:
+    store_url, shown = _closed_port_url(scheme)
+    env = {"LLMSESSION_STORE_URL": store_url, "LLMSESSION_PORT": str(_free_port())}
+    runs = [run_python(["-m", "llmsession.cli", *args], env) for args in STORE_COMMANDS]
+    runs.append(run_python(ENTRY_POINTS["python -m llmsession.server"], env))
+    for result in runs:
+        line = one_error_line(result, 1)  # no pool warnings before it
+        assert line.startswith(f"Error: {shown}"), line
+        assert "hunter2" not in line
+        assert "Check the URL's host, port" in line
+
+
+def test_the_postgres_connect_timeout_is_a_url_parameter() -> None:
+    store_url, _ = _closed_port_url("postgresql")
+    result = run_cli("tenants", "list", "--store-url", f"{store_url}?connect_timeout=2")
+    assert "(connect_timeout=2 s)" in one_error_line(result, 1)

@@ -207,6 +207,12 @@ def test_idempotent_round_is_replayed_not_counted(tenant: TenantClient) -> None:
     with pytest.raises(IdempotencyConflict, match="retry-1"):
         client.record_round(view.session_id, 71, idempotency_key="retry-1")
     assert client.get_session(view.session_id).record.round_count == 1
+    # After more rounds and a close, a retry still gets the first answer.
+    client.record_round(view.session_id, 5)
+    client.close_session(view.session_id)
+    late = client.record_round(view.session_id, 70, idempotency_key="retry-1")
+    assert (late.replayed, late.round, late.session) == (True, first.round, first.session)
+    assert late.session.state is Active
 
 
 def test_list_sessions_filters_and_cursor(live: Live, tenant: TenantClient) -> None:
@@ -262,6 +268,8 @@ def test_rounds_pages_and_iterator(tenant: TenantClient) -> None:
     page = client.list_rounds(view.session_id, limit=2)
     assert [r.seq for r in page.items] == [1, 2]
     assert page.next_cursor is not None
+    following = client.list_rounds(view.session_id, cursor=page.next_cursor, limit=2)
+    assert [r.seq for r in following.items] == [3, 4]
     later = client.list_rounds(view.session_id, after=4)
     assert [(r.seq, r.delta_tokens) for r in later.items] == [(5, 5)]
     assert later.next_cursor is None
@@ -269,6 +277,10 @@ def test_rounds_pages_and_iterator(tenant: TenantClient) -> None:
     assert [(r.seq, r.delta_tokens, r.idempotency_key) for r in rounds] == [
         (n, n, f"k{n}") for n in range(1, 6)
     ]
+    since = client.iter_rounds(view.session_id, after=2, page_size=2)
+    assert [r.seq for r in since] == [3, 4, 5]
+    with pytest.raises(InvalidInput, match="not one this service gave out"):
+        client.list_rounds(view.session_id, cursor="4")
     assert all(r.session_id == view.session_id for r in rounds)
 
 
@@ -415,6 +427,9 @@ def test_ids_in_paths_and_headers_are_checked_before_sending(tenant: TenantClien
         client.issue_key("../x")
     with pytest.raises(InvalidInput, match="idempotency key"):
         client.record_round(SessionId.generate(START), 1, idempotency_key="a\nb")
+    # HTTP drops white space around header values: the server would record "retry-1".
+    with pytest.raises(InvalidInput, match="must not start or end with white space"):
+        client.record_round(SessionId.generate(START), 1, idempotency_key="retry-1 ")
     with pytest.raises(InvalidInput, match="api_key"):
         Client("http://127.0.0.1:1", api_key="two words")
     with pytest.raises(InvalidInput, match="base_url"):
@@ -430,6 +445,22 @@ def test_authentication_errors(live: Live, admin: Client, tenant: TenantClient) 
         tenant.client.list_tenants()  # a tenant key on an admin route: 403
     with pytest.raises(AuthenticationError):
         admin.list_sessions()  # the admin key on a session route: 403
+
+
+def test_ambiguous_credentials_are_an_authentication_error(live: Live) -> None:
+    # A second Authorization header added on the way (a proxy, say): the server refuses.
+    def add_header(request: httpx.Request) -> httpx.Response:
+        request.headers = httpx.Headers(
+            [*request.headers.multi_items(), ("Authorization", "Bearer x")]
+        )
+        with httpx.Client() as plain:
+            return plain.send(request)
+
+    with (
+        Client(live.url, api_key="lls_a_b", transport=httpx.MockTransport(add_header)) as client,
+        pytest.raises(AuthenticationError, match="Authorization"),
+    ):
+        client.list_sessions()
 
 
 def test_admin_tenants_and_keys(live: Live, admin: Client) -> None:
@@ -528,7 +559,7 @@ def test_iterators_stop_on_a_cursor_that_does_not_move() -> None:
         list(client.iter_sessions())
     with (
         _answering(200, b'{"items": [], "next_cursor": "0"}') as client,
-        pytest.raises(ApiError, match="not a later round"),
+        pytest.raises(ApiError, match=r"rounds page for cursor None .* does not move forward"),
     ):
         list(client.iter_rounds(SessionId.generate(START)))
 
@@ -558,10 +589,14 @@ async def test_async_client_covers_every_method(live: Live) -> None:
         replay = await client.record_round(created.session_id, 10, idempotency_key="a0")
         assert replay.replayed
         assert replay.round.seq == 1
+        assert replay.session.record.round_count == 1
         assert [r.seq for r in (await client.list_rounds(created.session_id, after=1)).items] == [
             2,
             3,
         ]
+        one = await client.list_rounds(created.session_id, limit=1)
+        rest = await client.list_rounds(created.session_id, cursor=one.next_cursor)
+        assert ([r.seq for r in rest.items], rest.next_cursor) == ([2, 3], None)
         assert [r.seq async for r in client.iter_rounds(created.session_id, page_size=1)] == [
             1,
             2,

@@ -1,13 +1,15 @@
 """The ``llmsession`` command: run the server, and administer a store directly.
 
-Every command but ``serve`` opens the store at ``--store-url`` (or
-``LLMSESSION_STORE_URL``) itself, the same URL the server uses; all backends are
-safe for several processes at once, so the CLI works beside a running server.
+Every command but ``serve`` and ``fake-provider`` opens the store at ``--store-url`` (or
+``LLMSESSION_STORE_URL``, or the per-user default of
+:func:`llmsession.server.settings.default_store_url`) itself, the same store the
+server uses wherever either is started; all backends are safe for several
+processes at once, so the CLI works beside a running server.
 Changes go through the store's operations, so the core decides every transition.
 
 Output is an aligned table for people, or JSON with ``--json`` (the HTTP API's
 shapes). Errors are one line on stderr; the exit status is 2 for bad input, 1
-for any other failure.
+for any other failure, and 3 when ``serve`` cannot start (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ from typing import Any, Final, NoReturn, TypeVar, get_args
 import click
 
 from llmsession.errors import InvalidInput, LLMSessionError
+from llmsession.fake_provider.runner import fake_provider_command
 from llmsession.ids import SessionId, TenantId
 from llmsession.keys import IssuedKey, issue_key
+from llmsession.server.settings import default_store_url
 from llmsession.states import ALL_STATES, state_named
 from llmsession.store import open_store
 from llmsession.store.base import SessionStore
 from llmsession.store.models import (
     MAX_PAGE_SIZE,
+    MIN_PURGE_AGE_SECONDS,
     ApiKeyInfo,
     GroupKey,
     Page,
@@ -39,15 +44,15 @@ from llmsession.store.models import (
 )
 from llmsession.timestamps import Timestamp
 
-__all__ = ["DEFAULT_STORE_URL", "cli", "main"]
+__all__ = ["cli", "main"]
 
 T = TypeVar("T")
 P = TypeVar("P")
 
-#: The store the CLI opens when neither --store-url nor LLMSESSION_STORE_URL says.
-DEFAULT_STORE_URL: Final = "sqlite:///./llmsession.db"
-
 EXIT_BAD_INPUT: Final = 2
+
+#: How --help names the default store; the path itself depends on the environment.
+_DEFAULT_STORE: Final = "llmsession.db in $XDG_DATA_HOME/llmsession or ~/.local/share/llmsession"
 
 
 # -- errors: one line, exit 2 for bad input, 1 otherwise -------------------------------
@@ -135,9 +140,8 @@ GROUP_KEY: Final = click.Choice(get_args(GroupKey))
 _store_option = click.option(
     "--store-url",
     envvar="LLMSESSION_STORE_URL",
-    default=DEFAULT_STORE_URL,
-    show_default=True,
-    help="The store to open (env LLMSESSION_STORE_URL), as the server's.",
+    default="",
+    help=f"The store to open, as the server's [env LLMSESSION_STORE_URL; {_DEFAULT_STORE}].",
 )
 _json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table."
@@ -148,8 +152,12 @@ _tenant_option = click.option(
 
 
 def _run(store_url: str, action: Callable[[SessionStore], Awaitable[T]]) -> T:
+    # The default ("" from click) is resolved here, not by click, so that no home
+    # directory is one clear error (exit 2) rather than a traceback while parsing.
+    url = store_url or default_store_url()
+
     async def run() -> T:
-        store = await open_store(store_url)
+        store = await open_store(url)
         try:
             return await action(store)
         finally:
@@ -170,7 +178,7 @@ def cli() -> None:
 @cli.command()
 @click.option("--host", help="Address to listen on [env LLMSESSION_HOST; 127.0.0.1].")
 @click.option("--port", type=int, help="Port to listen on [env LLMSESSION_PORT; 8080].")
-@click.option("--store-url", help=f"The store [env LLMSESSION_STORE_URL; {DEFAULT_STORE_URL}].")
+@click.option("--store-url", help=f"The store [env LLMSESSION_STORE_URL; {_DEFAULT_STORE}].")
 @click.option(
     "--default-ttl",
     type=int,
@@ -197,8 +205,15 @@ def cli() -> None:
     default=None,
     help="Log one line per request [env LLMSESSION_ACCESS_LOG; off].",
 )
+@click.option(
+    "--config",
+    "gateway_config",
+    help="The TOML file of providers for the gateway [env LLMSESSION_CONFIG; none: ledger only] "
+    "(docs/gateway.md).",
+)
 def serve(
     *,
+    gateway_config: str | None,
     host: str | None,
     port: int | None,
     store_url: str | None,
@@ -210,7 +225,7 @@ def serve(
 ) -> None:
     """Run the HTTP server; flags override the LLMSESSION_* environment."""
     from llmsession.server import ServerSettings
-    from llmsession.server import serve as run_server
+    from llmsession.server.runner import run
 
     env = ServerSettings.from_env()
     # Flags override the environment; settings without a flag (the key-check
@@ -225,15 +240,72 @@ def serve(
         sweep_interval_seconds=_pick(sweep_interval, env.sweep_interval_seconds),
         purge_created_after_seconds=_pick(purge_created_after, env.purge_created_after_seconds),
         access_log=_pick(access_log, env.access_log),
+        gateway_config=_pick(gateway_config, env.gateway_config),
     )
-    # Open the store once first: a wrong URL or an unreachable database is then one
-    # clear line and exit status 2 or 1, not a traceback from the server's startup.
-    _run(settings.store_url, lambda store: store.ping())
-    run_server(settings)
+    # As `python -m llmsession.server` does, with the same exit statuses.
+    status = run(settings)
+    if status:
+        raise SystemExit(status)
 
 
 def _pick(flag: P | None, default: P) -> P:
     return default if flag is None else flag
+
+
+# A fake OpenAI-compatible provider for tests and demos (docs/fake-provider.md).
+cli.add_command(fake_provider_command)
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    envvar="LLMSESSION_CONFIG",
+    required=True,
+    help="The TOML file of providers [env LLMSESSION_CONFIG].",
+)
+@_json_option
+def providers(config_path: str, as_json: bool) -> None:
+    """List the gateway's providers as configured (never their keys)."""
+    from llmsession.gateway.config import load_config
+
+    config = load_config(config_path, require_keys=False)
+    found = list(config.providers.values())
+    if as_json:
+        _print_json(
+            {
+                "providers": [
+                    {
+                        "provider_id": p.provider_id,
+                        "kind": p.kind,
+                        "base_url": p.base_url,
+                        "api_key_env": p.api_key_env,
+                        "api_key_set": bool(p.api_key),
+                        "timeout_seconds": p.timeout_seconds,
+                        "models": None if p.models is None else list(p.models),
+                    }
+                    for p in found
+                ],
+                "history_limit_bytes": config.history_limit_bytes,
+            }
+        )
+        return
+    _print_table(
+        "providers",
+        ("PROVIDER", "KIND", "BASE URL", "KEY FROM", "KEY SET", "TIMEOUT", "MODELS"),
+        [
+            (
+                p.provider_id,
+                p.kind,
+                p.base_url,
+                p.api_key_env,
+                "yes" if p.api_key else "NO",
+                f"{p.timeout_seconds:g} s",
+                "(any)" if p.models is None else ", ".join(p.models),
+            )
+            for p in found
+        ],
+    )
 
 
 # -- tenants ------------------------------------------------------------------------------
@@ -437,21 +509,25 @@ def sessions_list(
 @_store_option
 @_json_option
 def sessions_show(
-    tenant_id: TenantId, session_id: SessionId, with_rounds: bool, store_url: str, as_json: bool
+    tenant_id: TenantId,
+    session_id: SessionId,
+    with_rounds: bool,
+    store_url: str,
+    as_json: bool,
 ) -> None:
     """Show one session of a tenant, and with --rounds its rounds."""
 
     async def run(store: SessionStore) -> tuple[StoredSession, list[Round]]:
         stored = await store.get(tenant_id, session_id)
         found: list[Round] = []
-        after = 0
+        cursor: str | None = None
         # Bounded by the session's round count, read when the session was.
-        while with_rounds and after < stored.record.round_count:
-            page = await store.list_rounds(tenant_id, session_id, after_seq=after, limit=1000)
+        while with_rounds and len(found) < stored.record.round_count:
+            page = await store.list_rounds(tenant_id, session_id, cursor=cursor, limit=1000)
             found.extend(page.items)
-            if page.next_cursor is None or not page.items:
+            cursor = page.next_cursor
+            if cursor is None or not page.items:
                 break
-            after = page.items[-1].seq
         return stored, found
 
     stored, found = _run(store_url, run)
@@ -463,6 +539,8 @@ def sessions_show(
             fields["rounds"] = [render_round(r) for r in found]
         _print_json(fields)
         return
+    usage = fields.pop("usage")
+    fields.update({f"usage.{name}": value for name, value in usage.items()})
     width = max(len(name) for name in fields)
     for name, value in fields.items():
         click.echo(f"{name:<{width}}  {'-' if value is None else value}")
@@ -470,9 +548,32 @@ def sessions_show(
         click.echo()
         _print_table(
             "rounds",
-            ("SEQ", "DELTA", "RECORDED", "IDEMPOTENCY KEY"),
-            [(r.seq, r.delta_tokens, r.recorded_at, r.idempotency_key) for r in found],
+            ("SEQ", "DELTA", "INPUT", "CACHED", "OUTPUT", "REASONING", "RECORDED", "KEY"),
+            [
+                (
+                    r.seq,
+                    r.delta_tokens,
+                    *_usage_cells(r),
+                    r.recorded_at,
+                    r.idempotency_key,
+                )
+                for r in found
+            ],
         )
+
+
+def _usage_cells(round_: Round) -> tuple[object, object, object, object]:
+    """A round's usage columns: counts, "missing" for a gateway round without, "-" else."""
+    if round_.usage is not None:
+        usage = round_.usage
+        return (
+            usage.input_tokens,
+            usage.cached_input_tokens,
+            usage.output_tokens,
+            usage.reasoning_tokens,
+        )
+    mark = "missing" if round_.usage_missing else "-"
+    return (mark, mark, mark, mark)
 
 
 @sessions.command("close")
@@ -492,8 +593,9 @@ def sessions_close(
         return
     record = stored.record
     click.echo(
-        f"Closed session {record.session_id}: {record.round_count} rounds, "
-        f"{record.delta_tokens} delta tokens, {record.tokens_saved} tokens saved."
+        f"Closed session {record.session_id}: {_count(record.round_count, 'round')}, "
+        f"{_count(record.delta_tokens, 'delta token')}, "
+        f"{_count(record.tokens_saved, 'token saved', 'tokens saved')}."
     )
 
 
@@ -503,13 +605,20 @@ def sessions_close(
 @cli.command()
 @click.option(
     "--purge-created-after",
-    # Zero would purge every session not yet activated, including brand-new ones.
-    type=click.IntRange(min=1),
+    # Younger sessions may be about to be activated (see MIN_PURGE_AGE_SECONDS).
+    type=click.IntRange(min=MIN_PURGE_AGE_SECONDS),
     envvar="LLMSESSION_PURGE_CREATED_AFTER",
     default=86400,
     show_default=True,
     help="Delete sessions never activated this many seconds after creation "
     "(env LLMSESSION_PURGE_CREATED_AFTER).",
+)
+@click.option(
+    "--purge-tenant",
+    type=TENANT,
+    default=None,
+    help="Delete only this tenant's sessions never activated [default: every tenant's]. "
+    "Expiry covers every tenant.",
 )
 @click.option(
     "--batch-size",
@@ -519,16 +628,25 @@ def sessions_close(
 )
 @_store_option
 @_json_option
-def sweep(purge_created_after: int, batch_size: int | None, store_url: str, as_json: bool) -> None:
+def sweep(
+    purge_created_after: int,
+    purge_tenant: TenantId | None,
+    batch_size: int | None,
+    store_url: str,
+    as_json: bool,
+) -> None:
     """Expire every session whose TTL ran out and purge abandoned ones, now."""
     from llmsession.server.sweeper import Sweeper
 
     async def run(store: SessionStore) -> tuple[int, int]:
+        if purge_tenant is not None:
+            await store.get_tenant(purge_tenant)  # a misspelt tenant is an error, not 0
         sweeper = Sweeper(
             store,
             interval_seconds=1.0,
             purge_created_after_seconds=purge_created_after,
             batch_size=batch_size,
+            purge_tenant_id=purge_tenant,
         )
         expired = purged = 0
         while True:
@@ -542,7 +660,10 @@ def sweep(purge_created_after: int, batch_size: int | None, store_url: str, as_j
     if as_json:
         _print_json({"expired": expired, "purged": purged})
         return
-    click.echo(f"Expired {expired} sessions; purged {purged} sessions never activated.")
+    click.echo(
+        f"Expired {_count(expired, 'session')}; purged "
+        f"{_count(purged, 'session never activated', 'sessions never activated')}."
+    )
 
 
 @cli.command()
@@ -579,6 +700,9 @@ def stats(
             "ROUNDS",
             "DELTA",
             "SAVED",
+            "INPUT",
+            "CACHED",
+            "OUTPUT",
         ),
         [
             (
@@ -588,6 +712,9 @@ def stats(
                 t.rounds,
                 t.delta_tokens,
                 t.tokens_saved,
+                t.usage.input_tokens,
+                t.usage.cached_input_tokens,
+                t.usage.output_tokens,
             )
             for t in groups
         ],
@@ -604,6 +731,11 @@ def _echo_new_key(issued: IssuedKey) -> None:
     info = issued.info
     click.echo(f"API key {info.key_id} for tenant {info.tenant_id} (shown only now; keep it safe):")
     click.echo(issued.api_key)
+
+
+def _count(n: int, singular: str, plural: str | None = None) -> str:
+    """``n`` and the noun in the form that fits it: 1 round, 0 rounds, 2 rounds."""
+    return f"{n} {singular if n == 1 else plural or singular + 's'}"
 
 
 def _print_json(data: object) -> None:

@@ -8,7 +8,8 @@
     │   ├── TokenOverflow            an accumulated total would pass 2**63-1
     │   ├── InvalidTimestamp         naive, unparsable, or out of range
     │   ├── TransitionOrderError     a transition dated before the one it follows
-    │   ├── InvalidIdentifier        an empty or malformed tenant, provider, model or session id
+    │   ├── InvalidIdentifier        a malformed or mistyped tenant or session id, provider,
+    │   │                            model or idempotency key
     │   └── InvalidRecord            stored or serialized data that is not a valid session
     ├── StateError                   the call does not fit the session's state
     │   ├── WrongStateError          the method needs another state
@@ -76,7 +77,8 @@ class TransitionOrderError(InvalidInput):
 
 
 class InvalidIdentifier(InvalidInput):
-    """An empty or malformed tenant id, provider id, model or session id."""
+    """A malformed tenant id, session id, provider id, model or idempotency key, or an
+    id of the wrong type (text where a TenantId or SessionId belongs)."""
 
 
 class InvalidRecord(InvalidInput):

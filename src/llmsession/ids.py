@@ -11,7 +11,14 @@ from typing import Self, final
 from llmsession.errors import InvalidIdentifier
 from llmsession.timestamps import Timestamp
 
-__all__ = ["SessionId", "TenantId", "check_label"]
+__all__ = [
+    "SessionId",
+    "TenantId",
+    "check_label",
+    "check_name",
+    "check_session_id",
+    "check_tenant_id",
+]
 
 _TENANT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _MAX_LABEL = 200
@@ -100,16 +107,57 @@ class TenantId:
         return self.value == other.value
 
 
-def check_label(name: str, value: object) -> str:
-    """Validate a provider id or model name: 1 to 200 printable characters, trimmed."""
+def check_session_id(name: str, value: object) -> SessionId:
+    """``value`` itself if it is a SessionId; else InvalidIdentifier naming ``name``.
+
+    The stores key and compare ids by type, so text where a SessionId belongs
+    would otherwise fail deep inside a backend, or look like a missing session.
+    """
+    if type(value) is SessionId:
+        return value
+    if isinstance(value, str):
+        hint = f"; parse it: SessionId.parse({value[:80]!r})"
+    elif isinstance(value, uuid.UUID):
+        hint = "; wrap it: SessionId(value)"
+    else:
+        hint = ""
+    raise InvalidIdentifier(f"{name} must be a SessionId, got {_shown(value)}{hint}")
+
+
+def check_tenant_id(name: str, value: object) -> TenantId:
+    """``value`` itself if it is a TenantId; else InvalidIdentifier naming ``name``."""
+    if type(value) is TenantId:
+        return value
+    hint = f"; wrap it: TenantId({value[:80]!r})" if isinstance(value, str) else ""
+    raise InvalidIdentifier(f"{name} must be a TenantId, got {_shown(value)}{hint}")
+
+
+def check_name(name: str, value: object, max_length: int) -> str:
+    """The one rule for a name a caller picks (a provider id, a model, an idempotency
+    key): text of 1 to ``max_length`` printable characters, no white space at
+    either end.
+
+    Edge white space is refused rather than trimmed: HTTP drops it from header
+    values, so ``"k "`` and ``"k"`` would be one key over HTTP and two in a store.
+    """
     if not isinstance(value, str):
         raise InvalidIdentifier(f"{name} must be text, got {type(value).__name__}")
     if not value:
         raise InvalidIdentifier(f"{name} must not be empty")
-    if len(value) > _MAX_LABEL:
-        raise InvalidIdentifier(f"{name} must be at most {_MAX_LABEL} characters, got {len(value)}")
+    if len(value) > max_length:
+        raise InvalidIdentifier(f"{name} must be at most {max_length} characters, got {len(value)}")
     if value != value.strip():
         raise InvalidIdentifier(f"{name} {value!r} must not start or end with white space")
     if not value.isprintable():
         raise InvalidIdentifier(f"{name} {value!r} must not contain control characters")
     return value
+
+
+def check_label(name: str, value: object) -> str:
+    """Validate a provider id or model name: :func:`check_name` with at most 200 characters."""
+    return check_name(name, value, _MAX_LABEL)
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:80]}{'...' if len(text) > 80 else ''}"

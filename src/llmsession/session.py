@@ -38,6 +38,7 @@ from llmsession.tokens import MAX_TOKENS, check_token_count, compute_tokens_save
 __all__ = [
     "AnySession",
     "Session",
+    "as_after_round",
     "is_active",
     "is_closed",
     "is_created",
@@ -336,6 +337,26 @@ def require_state(session: AnySession, state: type[S], method: str) -> Session[S
         raise WrongStateError(method, state.name, current.name)
     # Checked just above; no static narrowing from a runtime class exists.
     return cast("Session[S]", session)
+
+
+def as_after_round(record: SessionRecord, round_count: int, delta_tokens: int) -> SessionRecord:
+    """``record``'s session as it was right after its round number ``round_count``, which
+    took its delta_tokens to ``delta_tokens``: Active, as a round is recorded only then,
+    with those counters and no end. What a replayed round gives back, whatever happened
+    to the session since. Raises InvalidRecord if ``record`` was never activated.
+    """
+    return SessionRecord(
+        session_id=record.session_id,
+        tenant_id=record.tenant_id,
+        provider_id=record.provider_id,
+        model=record.model,
+        initial_tokens=record.initial_tokens,
+        created_at=record.created_at,
+        state=Active,
+        activated_at=record.activated_at,
+        round_count=round_count,
+        delta_tokens=delta_tokens,
+    )
 
 
 def _require_timestamp(name: str, value: object) -> None:

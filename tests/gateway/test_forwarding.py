@@ -7,6 +7,7 @@ and the official openai SDK are in test_gateway_e2e.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from llmsession.client import AsyncClient
 from llmsession.clock import ManualClock
 from llmsession.gateway import GatewayConfig, ProviderConfig, SecretKey
 from llmsession.gateway.transport import ProviderTimeout, ProviderUnavailable
@@ -53,6 +55,12 @@ class Gw:
         self.client = client
         self.upstream = upstream
         self.auth: dict[str, str] = {}
+
+    def llmsession_client(self) -> AsyncClient:
+        """llmsession's own Python client on the same app, with the tenant's key."""
+        transport = self.client._transport  # the app's ASGI transport
+        key = self.auth["Authorization"].removeprefix("Bearer ")
+        return AsyncClient("http://testserver", api_key=key, transport=transport)  # type: ignore[arg-type]
 
     async def tenant(self, tenant_id: str) -> dict[str, str]:
         response = await self.client.post(
@@ -279,6 +287,17 @@ async def test_a_stream_passes_through_records_usage_and_drops_the_usage_chunk(g
     }
     stats = (await gw.client.get("/v1/stats", headers=gw.auth)).json()
     assert stats["groups"][0]["usage"]["cached_input_tokens"] == 1152
+    # llmsession's own client reads the same fields into the store's types.
+    async with gw.llmsession_client() as client:
+        view = await client.get_session(response.headers[SID])
+        assert (view.usage.input_tokens, view.usage.cached_input_tokens) == (1300, 1152)
+        (listed,) = (await client.list_rounds(response.headers[SID])).items
+        assert listed.gateway
+        assert listed.usage is not None
+        assert listed.usage.delta_tokens == 148
+        assert listed.usage.raw["completion_tokens"] == 3
+        (totals,) = await client.stats()
+        assert totals.usage.output_tokens == 3
 
 
 async def test_a_cut_stream_ends_in_an_error_and_starts_no_session(gw: Gw) -> None:
@@ -406,3 +425,12 @@ async def test_without_providers_the_gateway_says_so(
     assert response.status_code == 501
     assert "no provider is configured" in response.json()["detail"]
     assert "--config" in response.json()["detail"]
+
+
+async def test_concurrent_retries_of_a_start_call_the_provider_once(gw: Gw) -> None:
+    gw.upstream.answers.append(chat(1))
+    first, second = await asyncio.gather(gw.chat("Q1", key="s"), gw.chat("Q1", key="s"))
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert first.headers[SID] == second.headers[SID]
+    assert first.content == second.content
+    assert len(gw.upstream.sent) == 1

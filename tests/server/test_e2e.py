@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.server.conftest import ADMIN, NEW_SESSION, ServerFactory, bearer, free_port
+from tests.server.test_sessions_api import NO_USAGE
 
 from llmsession.client import AsyncClient
 from llmsession.errors import AuthenticationError, NotFoundError, WrongStateError
@@ -82,6 +83,7 @@ async def test_several_tenants_over_real_http(
                     "rounds": sessions * rounds,
                     "delta_tokens": sessions * per_session_delta,
                     "tokens_saved": sessions * (rounds * 1000 - per_session_delta),
+                    "usage": NO_USAGE,
                 }
             ]
             listed = (await client.get("/v1/sessions", headers=auth)).json()["items"]
@@ -100,7 +102,12 @@ async def test_several_tenants_over_real_http(
         )
         assert replay.status_code == 200
         assert replay.headers["idempotent-replayed"] == "true"
-        assert replay.json()["session"]["round_count"] == rounds
+        # The first answer: round 1 and the session right after it, not as it is now.
+        assert replay.json()["round"]["seq"] == 1
+        assert (
+            replay.json()["session"]["round_count"],
+            replay.json()["session"]["delta_tokens"],
+        ) == (1, 1)
 
         closed = await client.post(f"/v1/sessions/{first}/close", headers=auths["acme"])
         assert closed.json()["state"] == "closed"
@@ -239,9 +246,10 @@ def test_bad_settings_exit_2_naming_the_variable() -> None:
     assert "LLMSESSION_PORT='eighty' is not valid" in result.stderr
 
 
-def test_an_unreachable_store_exits_3(tmp_path: Path) -> None:
-    # A directory cannot be opened as a SQLite database file.
+def test_an_unreachable_store_exits_1(tmp_path: Path) -> None:
+    # A directory cannot be opened as a SQLite database file. The store is checked
+    # before the server starts: exit 1, as for every command (tests/test_cli.py).
     result = _run_module(
         {"LLMSESSION_STORE_URL": f"sqlite:///{tmp_path}", "LLMSESSION_PORT": str(free_port())}
     )
-    assert result.returncode == 3, result.stderr
+    assert result.returncode == 1, result.stderr

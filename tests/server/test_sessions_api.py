@@ -12,6 +12,16 @@ from llmsession.server.body_limit import MAX_BODY_BYTES
 
 PROBLEM = "application/problem+json"
 
+# What a session or stats group without gateway rounds shows as its usage.
+NO_USAGE = {
+    "input_tokens": 0,
+    "cached_input_tokens": 0,
+    "cache_write_tokens": 0,
+    "output_tokens": 0,
+    "reasoning_tokens": 0,
+    "rounds_without_usage": 0,
+}
+
 
 def _problem(response: Any, status: int, kind: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
@@ -48,6 +58,7 @@ async def test_a_session_lives_through_its_states(api: Api) -> None:
         "tokens_saved": 0,
         "ttl_seconds": 3600,
         "expires_at": None,
+        "usage": NO_USAGE,
     }
 
     assert api.clock is not None
@@ -78,6 +89,9 @@ async def test_a_session_lives_through_its_states(api: Api) -> None:
         "delta_tokens": 50,
         "recorded_at": recorded_at.isoformat(),
         "idempotency_key": None,
+        "gateway": False,
+        "usage": None,
+        "usage_missing": False,
     }
 
     read = await api.client.get(f"/v1/sessions/{session_id}", headers=auth)
@@ -120,8 +134,7 @@ async def test_a_replayed_idempotency_key_returns_the_first_round_and_counts_onc
     )
     assert again.status_code == 200
     assert again.headers["idempotent-replayed"] == "true"
-    assert again.json()["round"] == first.json()["round"]
-    assert again.json()["session"]["round_count"] == 1
+    assert again.json() == first.json()
 
     clash = await api.client.post(
         url, json={"delta_tokens": 11}, headers={**auth, "Idempotency-Key": "req-1"}
@@ -129,6 +142,28 @@ async def test_a_replayed_idempotency_key_returns_the_first_round_and_counts_onc
     _problem(clash, 409, "idempotency-conflict")
     session = (await api.client.get(f"/v1/sessions/{session_id}", headers=auth)).json()
     assert (session["round_count"], session["delta_tokens"]) == (1, 10)
+
+
+async def test_a_replay_answers_the_first_body_after_more_rounds_and_a_close(api: Api) -> None:
+    auth = await api.tenant("acme")
+    session_id = await api.session(auth)
+    url = f"/v1/sessions/{session_id}/rounds"
+    keyed = {**auth, "Idempotency-Key": "req-1"}
+    first = await api.client.post(url, json={"delta_tokens": 10}, headers=keyed)
+    assert first.status_code == 201
+    assert api.clock is not None
+    api.clock.advance(5)
+    later = await api.client.post(url, json={"delta_tokens": 7}, headers=auth)
+    assert later.json()["session"]["round_count"] == 2
+    for close in (False, True):
+        if close:
+            closed = await api.client.post(f"/v1/sessions/{session_id}/close", headers=auth)
+            assert closed.json()["state"] == "closed"
+        again = await api.client.post(url, json={"delta_tokens": 10}, headers=keyed)
+        assert (again.status_code, again.headers["idempotent-replayed"]) == (200, "true")
+        assert again.json() == first.json()
+        assert again.json()["session"]["state"] == "active"
+        assert again.json()["session"]["round_count"] == 1
 
 
 async def test_a_call_the_state_does_not_allow_is_a_409_naming_the_states(api: Api) -> None:
@@ -364,7 +399,7 @@ async def test_bad_list_queries_are_422(
     assert _problem(response, 422, "invalid-input")["errors"][0]["loc"] == loc
 
 
-async def test_rounds_are_listed_in_order_with_a_seq_cursor(api: Api) -> None:
+async def test_rounds_are_listed_in_order_with_a_cursor(api: Api) -> None:
     auth = await api.tenant("acme")
     session_id = await api.session(auth)
     for delta in range(1, 6):
@@ -374,13 +409,37 @@ async def test_rounds_are_listed_in_order_with_a_seq_cursor(api: Api) -> None:
     url = f"/v1/sessions/{session_id}/rounds"
     first = (await api.client.get(url, params={"limit": 2}, headers=auth)).json()
     assert [r["seq"] for r in first["items"]] == [1, 2]
-    assert first["next_cursor"] == "2"
+    second = (
+        await api.client.get(url, params={"limit": 2, "cursor": first["next_cursor"]}, headers=auth)
+    ).json()
+    assert [r["seq"] for r in second["items"]] == [3, 4]
+    last = (
+        await api.client.get(url, params={"cursor": second["next_cursor"]}, headers=auth)
+    ).json()
+    assert ([r["seq"] for r in last["items"]], last["next_cursor"]) == ([5], None)
+    # after is a plain filter by seq.
     rest = (await api.client.get(url, params={"after": 2}, headers=auth)).json()
     assert [r["delta_tokens"] for r in rest["items"]] == [3, 4, 5]
     assert rest["next_cursor"] is None
-    for params in ({"after": -1}, {"after": 2**63}, {"limit": 0}, {"cursor": "x"}):
+    for params in ({"after": -1}, {"after": 2**63}, {"limit": 0}, {"cursor": "x" * 201}):
         bad = await api.client.get(url, params=params, headers=auth)
         _problem(bad, 422, "invalid-input")
+    other = await api.session(auth)
+    sessions_cursor = (
+        await api.client.get("/v1/sessions", params={"limit": 1}, headers=auth)
+    ).json()["next_cursor"]
+    assert sessions_cursor is not None
+    for cursor, message in (
+        ("x", "not one this service gave out for a page of rounds"),
+        ("2", "not one this service gave out for a page of rounds"),
+        (sessions_cursor, "listing of sessions, not of rounds"),
+    ):
+        bad = await api.client.get(url, params={"cursor": cursor}, headers=auth)
+        assert message in _problem(bad, 422, "invalid-input")["detail"]
+    foreign = await api.client.get(
+        f"/v1/sessions/{other}/rounds", params={"cursor": first["next_cursor"]}, headers=auth
+    )
+    assert f"rounds of session {session_id}" in _problem(foreign, 422, "invalid-input")["detail"]
 
 
 async def test_stats_group_by_provider_and_model(api: Api) -> None:
@@ -398,6 +457,7 @@ async def test_stats_group_by_provider_and_model(api: Api) -> None:
                 "rounds": 1,
                 "delta_tokens": 200,
                 "tokens_saved": 800,
+                "usage": NO_USAGE,
             }
         ]
     }

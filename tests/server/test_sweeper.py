@@ -67,6 +67,19 @@ async def test_the_batch_is_the_stores_own_unless_given(
         await redis_store.aclose()
 
 
+async def test_a_sweeper_can_purge_one_tenant_only(store: SessionStore, clock: ManualClock) -> None:
+    other = TenantId("globex")
+    mine = await store.create(TENANT, provider_id="p", model="m", initial_tokens=1)
+    await store.create(other, provider_id="p", model="m", initial_tokens=1)
+    clock.advance(100)
+    sweeper = Sweeper(
+        store, interval_seconds=60, purge_created_after_seconds=60, purge_tenant_id=other
+    )
+    assert (await sweeper.run_once()).purged == 1
+    assert (await store.list_sessions(other, SessionQuery())).items == []
+    assert (await store.get(TENANT, mine.record.session_id)).record.state is Created
+
+
 async def test_abandoned_created_sessions_are_purged(
     store: SessionStore, clock: ManualClock
 ) -> None:
@@ -75,7 +88,7 @@ async def test_abandoned_created_sessions_are_purged(
     clock.advance(100)
     fresh = await store.create(TENANT, provider_id="p", model="m", initial_tokens=1)
     clock.advance(1)
-    sweeper = Sweeper(store, interval_seconds=60, purge_created_after_seconds=50, batch_size=2)
+    sweeper = Sweeper(store, interval_seconds=60, purge_created_after_seconds=60, batch_size=2)
     assert (await sweeper.run_once()).purged == 3
     left = await store.list_sessions(TENANT, SessionQuery(state=Created))
     assert [s.record.session_id for s in left.items] == [fresh.record.session_id]

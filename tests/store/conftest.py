@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 import pytest
 
 from llmsession.clock import ManualClock
-from llmsession.ids import TenantId
+from llmsession.ids import SessionId, TenantId
 from llmsession.store import (
     DEFAULT_TTL_SECONDS,
+    Round,
     SessionQuery,
     SessionStore,
     StoredSession,
@@ -91,6 +92,18 @@ async def open_more(
     finally:
         for another in opened:
             await another.aclose()
+
+
+async def all_rounds(store: SessionStore, tenant: TenantId, session_id: SessionId) -> list[Round]:
+    """Every round of a session, in order, page after page."""
+    found: list[Round] = []
+    cursor: str | None = None
+    while True:
+        page = await store.list_rounds(tenant, session_id, cursor=cursor, limit=1000)
+        found += page.items
+        if page.next_cursor is None:
+            return found
+        cursor = page.next_cursor
 
 
 async def all_sessions(store: SessionStore, tenant: TenantId) -> list[StoredSession]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -34,7 +35,12 @@ from llmsession import (
     WrongStateError,
 )
 from llmsession.clock import ManualClock
-from llmsession.errors import AuthenticationError, ConflictError, InvalidTokenCount
+from llmsession.errors import (
+    AuthenticationError,
+    ConflictError,
+    InvalidIdentifier,
+    InvalidTokenCount,
+)
 from llmsession.expiry import MAX_TTL_SECONDS
 from llmsession.keys import authenticate, hash_secret, issue_key
 from llmsession.store import (
@@ -47,7 +53,7 @@ from llmsession.store import (
     open_store,
 )
 from llmsession.store.cursor import encode_cursor
-from tests.store.conftest import DURABLE, T0, Opener, all_sessions
+from tests.store.conftest import DURABLE, T0, Opener, all_rounds, all_sessions
 
 ACME = TenantId("acme")
 GLOBEX = TenantId("globex")
@@ -73,17 +79,6 @@ async def new_session(
     if activate:
         await store.activate(tenant, created.record.session_id)
     return created.record.session_id
-
-
-async def all_rounds(store: SessionStore, tenant: TenantId, session_id: SessionId) -> list[Round]:
-    rounds: list[Round] = []
-    after = 0
-    while True:
-        page = await store.list_rounds(tenant, session_id, after_seq=after, limit=1000)
-        rounds += page.items
-        if page.next_cursor is None:
-            return rounds
-        after = int(page.next_cursor)
 
 
 def assert_wrong_state(
@@ -301,6 +296,73 @@ async def test_a_repeated_key_returns_the_first_round(
     assert len(await all_rounds(store, ACME, session_id)) == 1
 
 
+async def test_a_replay_returns_the_first_answer_after_more_rounds(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    session_id = await new_session(store)
+    answers = []
+    for turn, delta in enumerate([40, 7, 0, 12]):
+        clock.advance(5)
+        answers.append(
+            await store.record_round(ACME, session_id, delta, idempotency_key=f"req-{turn}")
+        )
+        await store.record_round(ACME, session_id, 3)
+    clock.advance(5)
+    for turn, first in enumerate(answers):
+        again = await store.record_round(
+            ACME, session_id, first.round.delta_tokens, idempotency_key=f"req-{turn}"
+        )
+        assert again.replayed
+        assert again.round == first.round
+        # The session exactly as the first answer gave it, not as it is now.
+        assert again.session == first.session
+        assert again.session.deadline == first.session.deadline
+        assert again.session.record.round_count == first.round.seq == 2 * turn + 1
+    # The second round under a key came after rounds of 40 and 3 tokens.
+    assert answers[1].session.record.delta_tokens == 50
+    assert answers[1].session.version == 2 + 3
+    current = await store.get(ACME, session_id)
+    assert (current.record.round_count, current.record.delta_tokens) == (8, 71)
+
+
+async def test_a_replay_after_close_or_expiry_returns_the_first_answer(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    closed = await new_session(store, ttl_seconds=60)
+    expired = await new_session(store, ttl_seconds=60)
+    first = {}
+    for session_id in (closed, expired):
+        await store.record_round(ACME, session_id, 9)
+        clock.advance(10)
+        first[session_id] = await store.record_round(ACME, session_id, 40, idempotency_key="req")
+    await store.close(ACME, closed)
+    clock.advance(61)
+    assert await store.sweep() == 1
+    for session_id in (closed, expired):
+        again = await store.record_round(ACME, session_id, 40, idempotency_key="req")
+        assert again.replayed
+        assert (again.round, again.session) == (first[session_id].round, first[session_id].session)
+        assert again.session.record.state is Active
+        assert (again.session.record.round_count, again.session.record.delta_tokens) == (2, 49)
+    assert (await store.get(ACME, closed)).record.state is Closed
+    assert (await store.get(ACME, expired)).record.state is SessionExpired
+
+
+async def test_a_replay_through_another_store_returns_the_first_answer(
+    store: SessionStore, open_more: Opener, clock: ManualClock
+) -> None:
+    other = await open_more()
+    session_id = await new_session(store)
+    first = await store.record_round(ACME, session_id, 40, idempotency_key="req")
+    clock.advance(1)
+    await other.record_round(ACME, session_id, 5)
+    clock.advance(1)
+    # Each store remembers a different version of the session.
+    for through in (store, other, store):
+        again = await through.record_round(ACME, session_id, 40, idempotency_key="req")
+        assert (again.replayed, again.round, again.session) == (True, first.round, first.session)
+
+
 async def test_a_reused_key_with_another_delta_conflicts(store: SessionStore) -> None:
     session_id = await new_session(store)
     first = await store.record_round(ACME, session_id, 40, idempotency_key="req-1")
@@ -338,6 +400,7 @@ async def test_concurrent_requests_with_one_key_count_once(store: SessionStore) 
     )
     assert sum(not r.replayed for r in results) == 1
     assert {r.round for r in results} == {results[0].round}
+    assert {r.session for r in results} == {results[0].session}
     stored = await store.get(ACME, session_id)
     assert (stored.record.round_count, stored.record.delta_tokens) == (1, 12)
     assert len(await all_rounds(store, ACME, session_id)) == 1
@@ -471,8 +534,8 @@ async def test_a_session_purged_by_another_store_is_gone_for_this_one(
     # A refused change still shows this store the session.
     with pytest.raises(WrongStateError):
         await store.record_round(ACME, session_id, 5)
-    clock.advance(10)
-    assert await other.purge_created(10) == 1
+    clock.advance(60)
+    assert await other.purge_created(60) == 1
     with pytest.raises(NotFoundError):
         await store.activate(ACME, session_id)
     with pytest.raises(NotFoundError):
@@ -573,13 +636,13 @@ async def test_sweep_honours_its_limit(store: SessionStore, clock: ManualClock) 
 async def test_a_zero_limit_sweeps_and_purges_nothing(
     store: SessionStore, clock: ManualClock
 ) -> None:
-    due = await new_session(store, ttl_seconds=10)
+    await new_session(store, ttl_seconds=10)
     old = await new_session(store, activate=False)
-    clock.advance(10)
+    clock.advance(60)
     assert await store.sweep(limit=0) == 0
-    assert await store.purge_created(0, limit=0) == 0
-    assert (await store.get(ACME, due)).record.state is Active
+    assert await store.purge_created(60, limit=0) == 0
     assert (await store.get(ACME, old)).record.state is Created
+    assert await store.sweep() == 1  # still due: the zero-limit sweep wrote nothing
 
 
 @pytest.mark.parametrize("limit", [-1, True, 1.5, "10", 2**63])
@@ -642,6 +705,141 @@ async def test_sweeping_races_late_rounds_without_double_expiry(
         assert stored.record.expired_at == T0.plus_seconds(10)
 
 
+# -- reads as of now: a due session is shown expired before any sweep ------------
+
+
+async def listed(store: SessionStore, tenant: TenantId, **filters: Any) -> list[StoredSession]:
+    """Every session of a listing, walked two at a time, so that pages meet cursors."""
+    found: list[StoredSession] = []
+    cursor: str | None = None
+    while True:
+        page = await store.list_sessions(tenant, SessionQuery(limit=2, cursor=cursor, **filters))
+        found += page.items
+        if page.next_cursor is None:
+            return found
+        cursor = page.next_cursor
+
+
+async def test_reads_show_a_due_session_as_the_sweeper_will_write_it(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    due = await new_session(store, ttl_seconds=10)
+    await store.record_round(ACME, due, 40)
+    live = await new_session(store, ttl_seconds=30)
+    foreign = await new_session(store, GLOBEX, ttl_seconds=10)
+    clock.now = T0.plus_seconds(10)  # exactly due's deadline
+
+    shown = await store.get(ACME, due)
+    assert shown.record.state is SessionExpired
+    assert shown.record.expired_at == T0.plus_seconds(10)
+    assert shown.deadline is None
+    assert (shown.record.round_count, shown.record.delta_tokens) == (1, 40)
+    assert (await store.get(ACME, live)).record.state is Active
+    assert [s.record.session_id for s in await listed(store, ACME, state=Active)] == [live]
+    assert await listed(store, ACME, state=SessionExpired) == [shown]
+    states = {s.record.session_id: s.record.state for s in await listed(store, ACME)}
+    assert states == {due: SessionExpired, live: Active}
+    [totals] = await store.totals(ACME)
+    assert totals.sessions == {"created": 0, "active": 1, "closed": 0, "expired": 1}
+    assert (totals.rounds, totals.delta_tokens, totals.tokens_saved) == (1, 40, 960)
+
+    # Reads wrote nothing: the sweeper expires each once, to exactly what was shown.
+    assert await store.sweep() == 2
+    assert await store.get(ACME, due) == shown
+    assert await listed(store, ACME, state=SessionExpired) == [shown]
+    assert (await store.totals(ACME))[0] == totals
+    assert (await store.get(GLOBEX, foreign)).record.state is SessionExpired
+
+
+async def test_a_session_is_active_until_its_deadline(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    session_id = await new_session(store, ttl_seconds=10)
+    clock.now = T0.plus_seconds(10 - 0.000001)
+    assert (await store.get(ACME, session_id)).record.state is Active
+    assert len(await listed(store, ACME, state=Active)) == 1
+    assert await listed(store, ACME, state=SessionExpired) == []
+    assert (await store.totals(ACME))[0].sessions["active"] == 1
+
+
+async def test_state_listings_page_through_due_and_swept_sessions(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    # Created a second apart, newest last; ttl 100 for the even ones, 1000 for the odd.
+    ids: list[SessionId] = []
+    for i in range(8):
+        ids.append(await new_session(store, ttl_seconds=100 if i % 2 == 0 else 1000))
+        clock.advance(1)
+    await new_session(store, GLOBEX, ttl_seconds=1)
+    clock.now = T0.plus_seconds(103)  # sessions 0 and 2 are due
+    assert await store.sweep() == 3  # and GLOBEX's
+    clock.now = T0.plus_seconds(106)  # now 4 and 6 too, not swept
+    await store.close(ACME, ids[7])
+
+    expired = await listed(store, ACME, state=SessionExpired)
+    assert [s.record.session_id for s in expired] == [ids[6], ids[4], ids[2], ids[0]]
+    assert [s.record.expired_at for s in expired] == [
+        T0.plus_seconds(t) for t in (106, 104, 102, 100)
+    ]
+    active = await listed(store, ACME, state=Active)
+    assert [s.record.session_id for s in active] == [ids[5], ids[3], ids[1]]
+    assert [s.record.session_id for s in await listed(store, ACME)] == ids[::-1]
+    # Filters combine with the due ones as with the stored ones.
+    assert await listed(store, ACME, state=SessionExpired, model="other") == []
+    after = T0.plus_seconds(3.5)
+    assert [
+        s.record.session_id
+        for s in await listed(store, ACME, state=SessionExpired, created_after=after)
+    ] == [ids[6], ids[4]]
+    [totals] = await store.totals(ACME)
+    assert totals.sessions == {"created": 0, "active": 3, "closed": 1, "expired": 4}
+
+
+async def test_totals_move_due_sessions_within_their_group(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    await new_session(store, provider_id="a", model="m1", ttl_seconds=10)
+    await new_session(store, provider_id="a", model="m2", ttl_seconds=50)
+    await new_session(store, provider_id="b", model="m1", ttl_seconds=10)
+    clock.advance(10)
+    groups = await store.totals(ACME, ["provider", "model"])
+    assert [
+        (g.provider_id, g.model, g.sessions["active"], g.sessions["expired"]) for g in groups
+    ] == [
+        ("a", "m1", 0, 1),
+        ("a", "m2", 1, 0),
+        ("b", "m1", 0, 1),
+    ]
+    by_model = await store.totals(ACME, ["model"])
+    assert [(g.model, g.sessions["active"], g.sessions["expired"]) for g in by_model] == [
+        ("m1", 0, 2),
+        ("m2", 1, 0),
+    ]
+    assert (await store.totals(GLOBEX)) == []
+
+
+async def test_a_due_session_read_through_another_store_matches_this_one(
+    store: SessionStore, clock: ManualClock, open_more: Opener
+) -> None:
+    # The other store remembers the session as Active (it wrote the round).
+    other = await open_more()
+    session_id = await new_session(store, ttl_seconds=10)
+    await other.record_round(ACME, session_id, 3)
+    clock.advance(10)
+    shown = await store.get(ACME, session_id)
+    assert shown.record.state is SessionExpired
+    assert await other.get(ACME, session_id) == shown
+    # A change starts from the session as stored, not as shown: a late close
+    # through a store that remembers nothing of it writes the expiry, once.
+    fresh = await open_more()
+    with pytest.raises(SessionExpiredError):
+        await fresh.close(ACME, session_id)
+    assert await store.sweep() == 0
+    with pytest.raises(SessionExpiredError):
+        await other.record_round(ACME, session_id, 3)
+    assert await store.get(ACME, session_id) == shown
+
+
 # -- purge_created ------------------------------------------------------------------
 
 
@@ -651,13 +849,13 @@ async def test_purge_created_removes_only_old_created_sessions(
     old = [await new_session(store, activate=False) for _ in range(3)]
     foreign_old = await new_session(store, GLOBEX, activate=False)
     active = await new_session(store)
-    clock.advance(50)
+    clock.advance(100)
     fresh = await new_session(store, activate=False)
-    clock.advance(1)  # old ones are 51 s old, fresh is 1 s old
+    clock.advance(1)  # old ones are 101 s old, fresh is 1 s old
 
-    assert await store.purge_created(51, limit=2) == 2
-    assert await store.purge_created(51) == 2
-    assert await store.purge_created(51) == 0
+    assert await store.purge_created(101, limit=2) == 2
+    assert await store.purge_created(101) == 2
+    assert await store.purge_created(101) == 0
     for session_id, tenant in [*((s, ACME) for s in old), (foreign_old, GLOBEX)]:
         with pytest.raises(NotFoundError):
             await store.get(tenant, session_id)
@@ -670,9 +868,48 @@ async def test_purge_created_removes_only_old_created_sessions(
 
 async def test_purge_created_boundary_is_inclusive(store: SessionStore, clock: ManualClock) -> None:
     await new_session(store, activate=False)
-    clock.advance(30)
-    assert await store.purge_created(31) == 0
-    assert await store.purge_created(30) == 1
+    clock.advance(90)
+    assert await store.purge_created(91) == 0
+    assert await store.purge_created(90) == 1
+
+
+@pytest.mark.parametrize("seconds", [0, 1, 59, 59.999])
+async def test_purge_created_refuses_an_age_under_a_minute(
+    store: SessionStore, clock: ManualClock, seconds: float
+) -> None:
+    created = await new_session(store, activate=False)
+    clock.advance(3600)
+    with pytest.raises(InvalidInput, match="older_than_seconds must be at least 60"):
+        await store.purge_created(seconds)
+    assert (await store.get(ACME, created)).record.state is Created
+    assert await store.purge_created(60) == 1
+
+
+async def test_purge_created_can_be_scoped_to_one_tenant(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    # Another tenant's sessions come first in creation order, so a scoped purge
+    # has to look past them.
+    theirs = [await new_session(store, GLOBEX, activate=False) for _ in range(5)]
+    clock.advance(1)
+    mine = [await new_session(store, ACME, activate=False) for _ in range(3)]
+    active = await new_session(store, ACME)
+    clock.advance(60)
+
+    assert await store.purge_created(60, limit=2, tenant_id=ACME) == 2
+    assert await store.purge_created(60, tenant_id=ACME) == 1
+    assert await store.purge_created(60, tenant_id=ACME) == 0
+    assert await store.purge_created(60, tenant_id=TenantId("nobody")) == 0
+    for session_id in mine:
+        with pytest.raises(NotFoundError):
+            await store.get(ACME, session_id)
+    assert (await store.get(ACME, active)).record.state is Active
+    for session_id in theirs:
+        assert (await store.get(GLOBEX, session_id)).record.state is Created
+    [totals] = await store.totals(GLOBEX)
+    assert totals.sessions["created"] == 5
+
+    assert await store.purge_created(60) == 5
 
 
 # -- listing sessions ------------------------------------------------------------
@@ -870,25 +1107,74 @@ async def test_a_cursor_past_everything_gives_an_empty_page(store: SessionStore)
 # -- listing rounds ------------------------------------------------------------------
 
 
-async def test_list_rounds_pages_by_seq(store: SessionStore) -> None:
+async def test_list_rounds_pages_with_its_own_cursor(store: SessionStore) -> None:
     session_id = await new_session(store)
     for delta in range(10):
         await store.record_round(ACME, session_id, delta, idempotency_key=f"k{delta}")
     first = await store.list_rounds(ACME, session_id, limit=4)
     assert [r.seq for r in first.items] == [1, 2, 3, 4]
-    assert first.next_cursor == "4"
-    second = await store.list_rounds(ACME, session_id, after_seq=4, limit=4)
+    assert first.next_cursor is not None
+    second = await store.list_rounds(ACME, session_id, cursor=first.next_cursor, limit=4)
     assert [r.seq for r in second.items] == [5, 6, 7, 8]
-    assert second.next_cursor == "8"
-    third = await store.list_rounds(ACME, session_id, after_seq=8, limit=4)
+    assert second.next_cursor is not None
+    third = await store.list_rounds(ACME, session_id, cursor=second.next_cursor, limit=4)
     assert [(r.seq, r.delta_tokens, r.idempotency_key) for r in third.items] == [
         (9, 8, "k8"),
         (10, 9, "k9"),
     ]
     assert third.next_cursor is None
+    # Rounds recorded meanwhile come after the cursor: none is served twice or skipped.
+    await store.record_round(ACME, session_id, 10)
+    again = await store.list_rounds(ACME, session_id, cursor=second.next_cursor, limit=4)
+    assert ([r.seq for r in again.items], again.next_cursor) == ([9, 10, 11], None)
+
+
+async def test_list_rounds_after_a_seq(store: SessionStore) -> None:
+    session_id = await new_session(store)
+    for delta in range(10):
+        await store.record_round(ACME, session_id, delta)
     exact = await store.list_rounds(ACME, session_id, after_seq=6, limit=4)
     assert ([r.seq for r in exact.items], exact.next_cursor) == ([7, 8, 9, 10], None)
+    page = await store.list_rounds(ACME, session_id, after_seq=2, limit=3)
+    assert [r.seq for r in page.items] == [3, 4, 5]
+    assert page.next_cursor is not None
+    rest = await store.list_rounds(ACME, session_id, after_seq=2, cursor=page.next_cursor)
+    assert ([r.seq for r in rest.items], rest.next_cursor) == ([6, 7, 8, 9, 10], None)
+    # Both apply: the later of the two wins.
+    later = await store.list_rounds(ACME, session_id, after_seq=8, cursor=page.next_cursor)
+    assert [r.seq for r in later.items] == [9, 10]
     assert (await store.list_rounds(ACME, session_id, after_seq=10)).items == []
+    assert (await store.list_rounds(ACME, session_id, after_seq=MAX_TOKENS)).items == []
+
+
+async def test_list_rounds_refuses_cursors_it_did_not_give_out(store: SessionStore) -> None:
+    session_id = await new_session(store)
+    other = await new_session(store)
+    for _ in range(3):
+        await store.record_round(ACME, session_id, 1)
+        await store.record_round(ACME, other, 1)
+    other_cursor = (await store.list_rounds(ACME, other, limit=1)).next_cursor
+    assert other_cursor is not None
+    sessions_cursor = encode_cursor(T0, session_id)
+    cases: list[tuple[object, str]] = [
+        ("not-a-cursor", "not one this service gave out for a page of rounds"),
+        ("", "not one this service gave out"),
+        (base64.urlsafe_b64encode(b"r:zz:1").decode(), "not one this service gave out"),
+        ("4", "not one this service gave out"),
+        (sessions_cursor, "listing of sessions, not of rounds"),
+        (other_cursor, f"rounds of session {other}, not of {session_id}"),
+        (4, "not one this service gave out"),
+    ]
+    for cursor, message in cases:
+        with pytest.raises(InvalidInput, match=message):
+            await store.list_rounds(
+                ACME,
+                session_id,
+                cursor=cursor,  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+            )
+    # ... and the sessions listing refuses a rounds cursor.
+    with pytest.raises(InvalidInput, match="listing of rounds, not of sessions"):
+        await store.list_sessions(ACME, SessionQuery(cursor=other_cursor))
 
 
 async def test_list_rounds_of_a_session_without_rounds(store: SessionStore) -> None:
@@ -898,7 +1184,8 @@ async def test_list_rounds_of_a_session_without_rounds(store: SessionStore) -> N
 
 
 @pytest.mark.parametrize(
-    ("after_seq", "limit"), [(-1, 10), (True, 10), (1.0, 10), (0, 0), (0, 1001), (0, True)]
+    ("after_seq", "limit"),
+    [(-1, 10), (True, 10), (1.0, 10), (MAX_TOKENS + 1, 10), (0, 0), (0, 1001), (0, True)],
 )
 async def test_list_rounds_bad_paging(
     store: SessionStore, after_seq: object, limit: object
@@ -997,6 +1284,38 @@ async def test_totals_stay_exact_past_64_bits(store: SessionStore) -> None:
     assert totals.tokens_saved == 3 * 2**62
 
 
+@pytest.mark.parametrize(
+    "group_by",
+    [
+        "provider",  # a bare string, not a list of names
+        "providermodel",
+        ["providers"],
+        ["provider", "tenant"],
+        ["Model"],
+        [None],
+        [("provider",)],
+        {"provider"},
+        5,
+        None,
+    ],
+)
+async def test_totals_refuses_a_grouping_by_unknown_names(
+    store: SessionStore, group_by: object
+) -> None:
+    await new_session(store)
+    with pytest.raises(InvalidInput, match=r"group_by takes .*names from 'provider', 'model'"):
+        await store.totals(ACME, group_by)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+async def test_totals_accepts_a_tuple_and_a_repeated_name(store: SessionStore) -> None:
+    await new_session(store, provider_id="a")
+    await new_session(store, provider_id="b")
+    by_provider = await store.totals(ACME, ["provider"])
+    assert [t.provider_id for t in by_provider] == ["a", "b"]
+    assert await store.totals(ACME, ("provider",)) == by_provider
+    assert await store.totals(ACME, ["provider", "provider"]) == by_provider
+
+
 # -- bad input ---------------------------------------------------------------------
 
 
@@ -1070,7 +1389,9 @@ async def test_record_round_refuses_bad_deltas(store: SessionStore, delta: objec
     assert await all_rounds(store, ACME, session_id) == []
 
 
-@pytest.mark.parametrize("key", ["", "x" * 256, "line\nbreak", "\x00", 7, b"bytes"])
+@pytest.mark.parametrize(
+    "key", ["", "x" * 256, "line\nbreak", "\x00", 7, b"bytes", " ", " k", "k ", "k\t", "\u3000k"]
+)
 async def test_record_round_refuses_bad_idempotency_keys(store: SessionStore, key: object) -> None:
     session_id = await new_session(store)
     before = await store.get(ACME, session_id)
@@ -1126,6 +1447,110 @@ async def test_extreme_values_round_trip(store: SessionStore) -> None:
     assert stored == result.session
     assert stored.record.tokens_saved == MAX_TOKENS
     assert stored.deadline == T0.plus_seconds(MAX_TTL_SECONDS)
+
+
+# -- ids of the wrong type -----------------------------------------------------------
+
+IdCall = Callable[[SessionStore, Any, Any], Awaitable[object]]
+
+#: Every public method that takes a tenant id, called with ``(tenant, session id)``.
+TENANT_CALLS: dict[str, IdCall] = {
+    "create": lambda s, t, _: s.create(t, provider_id="p", model="m", initial_tokens=1),
+    "activate": lambda s, t, i: s.activate(t, i),
+    "record_round": lambda s, t, i: s.record_round(t, i, 1, idempotency_key="k"),
+    "close": lambda s, t, i: s.close(t, i),
+    "expire": lambda s, t, i: s.expire(t, i),
+    "get": lambda s, t, i: s.get(t, i),
+    "list_sessions": lambda s, t, _: s.list_sessions(t, SessionQuery()),
+    "list_rounds": lambda s, t, i: s.list_rounds(t, i),
+    "totals": lambda s, t, _: s.totals(t, ["provider"]),
+    "purge_created": lambda s, t, _: s.purge_created(60, tenant_id=t),
+    "create_tenant": lambda s, t, _: s.create_tenant(t),
+    "get_tenant": lambda s, t, _: s.get_tenant(t),
+    "add_api_key": lambda s, t, _: s.add_api_key(t, "k9", b"hash"),
+    "list_api_keys": lambda s, t, _: s.list_api_keys(t),
+}
+#: The ones that also take a session id.
+SESSION_CALLS = {
+    name: TENANT_CALLS[name]
+    for name in ("activate", "record_round", "close", "expire", "get", "list_rounds")
+}
+
+
+async def everything(store: SessionStore) -> tuple[object, ...]:
+    """What the id tests' calls could change, to check that a refused call changed nothing."""
+    sessions = [*await all_sessions(store, ACME), *await all_sessions(store, GLOBEX)]
+    rounds = [await all_rounds(store, ACME, s.record.session_id) for s in sessions]
+    return sessions, rounds, await store.list_tenants(), await store.list_api_keys(ACME)
+
+
+async def id_test_data(store: SessionStore, clock: ManualClock) -> SessionId:
+    """A tenant with a key, an Active session with a round and an old Created one."""
+    await store.create_tenant(ACME)
+    await store.add_api_key(ACME, "k1", b"hash")
+    await new_session(store, activate=False)
+    clock.advance(60)
+    session_id = await new_session(store)
+    await store.record_round(ACME, session_id, 5)
+    return session_id
+
+
+@pytest.mark.parametrize("method", TENANT_CALLS)
+async def test_a_plain_string_for_a_tenant_is_refused_by_name(
+    store: SessionStore, clock: ManualClock, method: str
+) -> None:
+    session_id = await id_test_data(store, clock)
+    before = await everything(store)
+    with pytest.raises(InvalidIdentifier) as refused:
+        await TENANT_CALLS[method](store, "acme", session_id)
+    assert str(refused.value) == (
+        "tenant_id must be a TenantId, got str 'acme'; wrap it: TenantId('acme')"
+    )
+    assert await everything(store) == before
+
+
+@pytest.mark.parametrize("method", SESSION_CALLS)
+async def test_a_plain_string_for_a_session_id_is_refused_by_name(
+    store: SessionStore, clock: ManualClock, method: str
+) -> None:
+    session_id = await id_test_data(store, clock)
+    before = await everything(store)
+    with pytest.raises(InvalidIdentifier) as refused:
+        await SESSION_CALLS[method](store, ACME, str(session_id))
+    assert str(refused.value) == (
+        f"session_id must be a SessionId, got str '{session_id}'; "
+        f"parse it: SessionId.parse('{session_id}')"
+    )
+    assert await everything(store) == before
+
+
+@pytest.mark.parametrize(
+    ("tenant", "session", "says"),
+    [
+        (GLOBEX, "uuid", "session_id must be a SessionId, got UUID UUID('"),
+        (GLOBEX, "tenant", "session_id must be a SessionId, got TenantId TenantId(value='acme')"),
+        (GLOBEX, None, "session_id must be a SessionId, got NoneType None"),
+        ("session", "session", "tenant_id must be a TenantId, got SessionId SessionId("),
+        (None, "session", "tenant_id must be a TenantId, got NoneType None"),
+        (b"acme", "session", "tenant_id must be a TenantId, got bytes b'acme'"),
+    ],
+)
+async def test_ids_of_another_type_are_refused_by_name(
+    store: SessionStore, clock: ManualClock, tenant: object, session: object, says: str
+) -> None:
+    session_id = await id_test_data(store, clock)
+    stand_ins: dict[object, object] = {
+        "uuid": session_id.value,
+        "tenant": ACME,
+        "session": session_id,
+        None: None,
+    }
+    tenant = stand_ins.get(tenant, tenant)
+    before = await everything(store)
+    for method, call in SESSION_CALLS.items():
+        with pytest.raises(InvalidIdentifier, match=re.escape(says)):
+            await call(store, tenant, stand_ins[session])
+        assert await everything(store) == before, method
 
 
 # -- tenants and API keys ---------------------------------------------------------

@@ -21,7 +21,7 @@ import pytest
 
 from llmsession.ids import SessionId, TenantId
 from llmsession.store import Round, SessionStore, open_store
-from tests.store.conftest import ALL_BACKENDS
+from tests.store.conftest import ALL_BACKENDS, all_rounds
 from tests.store.round_writer import Ack, parse_ack, read_ack, start_writer
 
 ACME = TenantId("acme")
@@ -118,11 +118,4 @@ async def _run_and_kill(
 
 
 async def _all_rounds(store: SessionStore, session_id: SessionId) -> list[Round]:
-    rounds: list[Round] = []
-    after = 0
-    while True:
-        page = await store.list_rounds(ACME, session_id, after_seq=after, limit=1000)
-        rounds += page.items
-        if page.next_cursor is None:
-            return rounds
-        after = int(page.next_cursor)
+    return await all_rounds(store, ACME, session_id)

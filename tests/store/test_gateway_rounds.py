@@ -215,6 +215,18 @@ async def test_expiry_ends_the_conversation(store: SessionStore, clock: ManualCl
     assert await store.find_turn(ACME, "none", session_id) is None
 
 
+async def test_totals_of_a_due_session_count_it_expired_with_its_usage(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    session_id = await start(store, clock, ttl_seconds=60)
+    await store.record_turn(ACME, session_id, turn=turn(2), usage=usage(1300, cached=1152))
+    clock.advance(61)
+    for group_by in [(), ("provider", "model")]:
+        (totals,) = await store.totals(ACME, group_by)
+        assert (totals.sessions[Active.name], totals.sessions[SessionExpired.name]) == (0, 1)
+        assert totals.usage == UsageTotals(2500, 1152, 0, 20, 4, 0)
+
+
 async def test_a_late_round_writes_the_expiry_and_is_refused(
     store: SessionStore, clock: ManualClock
 ) -> None:

@@ -38,7 +38,14 @@ from llmsession.errors import (
 )
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import ALL_STATES, Active, Closed, Created, SessionExpired, state_named
-from llmsession.store import SessionQuery, SessionStore, StoredSession, Totals, open_store
+from llmsession.store import (
+    RoundResult,
+    SessionQuery,
+    SessionStore,
+    StoredSession,
+    Totals,
+    open_store,
+)
 from llmsession.store import redis as redis_module
 from llmsession.store.memory import MemoryStore
 from llmsession.store.models import Turn, UsageTotals
@@ -52,6 +59,7 @@ from llmsession.store.redis import (
 from llmsession.store.redis_schema import (
     CAS,
     LIST_STATE,
+    UPGRADE_KEYED,
     UPGRADE_LISTED,
     CasBatch,
     RedisKeys,
@@ -385,6 +393,74 @@ async def test_version_2_data_is_upgraded_on_open(redis_url: str, clock: ManualC
         await store.aclose()
 
 
+async def test_version_3_data_is_upgraded_on_open(redis_url: str, clock: ManualClock) -> None:
+    # Version 3 kept a round under an idempotency key as its plain JSON, without
+    # the session's delta_tokens and version after it: made here from version 4 data.
+    store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
+    prefix = _prefix(redis_url)
+    client = await _raw(redis_url)
+    try:
+        answers: list[RoundResult] = []
+        for n in range(260):  # more than a chunk
+            session_id = await _active(store)
+            for turn in range(1 + n % 4):
+                clock.advance(0.001)
+                key = f"k{turn}" if turn % 2 == 0 else None
+                answers.append(
+                    await store.record_round(ACME, session_id, n + turn, idempotency_key=key)
+                )
+            if n % 5 == 0:
+                await store.close(ACME, session_id)
+        await store.aclose()
+        names = [name async for name in client.scan_iter(match=f"{prefix}i:*", count=1000)]
+        version_4 = {name: await client.hgetall(name) for name in names}
+        for name, entries in version_4.items():
+            for key, value in entries.items():
+                await client.hset(name, key, json.dumps(json.loads(value)[:4]))
+        # One entry stays in version 4 form, as if written since the upgrade began.
+        kept_name = names[0]
+        await client.hset(kept_name, "k0", '[1, 0, 0, "k0", 1, 2]')
+        await client.set(f"{prefix}schema", "3")
+
+        store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
+        assert await client.get(f"{prefix}schema") == str(SCHEMA_VERSION)
+        assert await client.hget(kept_name, "k0") == '[1, 0, 0, "k0", 1, 2]'
+        await client.hset(kept_name, "k0", version_4[kept_name]["k0"])
+        assert {name: await client.hgetall(name) for name in names} == version_4
+        for first in answers:
+            if first.round.idempotency_key is None:
+                continue
+            again = await store.record_round(
+                ACME,
+                first.round.session_id,
+                first.round.delta_tokens,
+                idempotency_key=first.round.idempotency_key,
+            )
+            assert (again.replayed, again.round, again.session) == (
+                True,
+                first.round,
+                first.session,
+            )
+    finally:
+        await client.aclose()
+        await store.aclose()
+
+
+async def test_the_keyed_upgrade_leaves_an_entry_written_since_it_was_read(
+    redis_url: str,
+) -> None:
+    prefix = _prefix(redis_url)
+    client = await _raw(redis_url)
+    try:
+        await client.hset(f"{prefix}i:x", mapping={"a": "old-a", "b": "newer-b"})
+        await client.script_load(UPGRADE_KEYED.source)
+        args = ["2", "a", "old-a", "new-a", "b", "old-b", "new-b"]
+        await client.evalsha(UPGRADE_KEYED.sha, 1, f"{prefix}i:x", *args)
+        assert await client.hgetall(f"{prefix}i:x") == {"a": "new-a", "b": "newer-b"}
+    finally:
+        await client.aclose()
+
+
 async def test_the_upgrade_leaves_a_session_changed_since_it_was_read(redis_url: str) -> None:
     # UPGRADE_LISTED lists a session only at the version it was read at: a
     # change since then listed it where it is now.
@@ -499,9 +575,7 @@ def test_durability_warnings_name_what_can_be_lost() -> None:
     assert "silently deletes" in evicting
 
 
-async def test_open_warns_when_the_server_can_lose_writes(
-    redis_url: str, clock: ManualClock, caplog: pytest.LogCaptureFixture
-) -> None:
+async def _expected_warnings(redis_url: str) -> list[str]:
     client = await _raw(redis_url)
     try:
         config: dict[str, str] = {}
@@ -509,11 +583,45 @@ async def test_open_warns_when_the_server_can_lose_writes(
             config.update(await client.config_get(name))
     finally:
         await client.aclose()
-    expected = durability_warnings(config)
+    return durability_warnings(config)
+
+
+async def test_open_warns_when_the_server_can_lose_writes(
+    redis_url: str,
+    clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(redis_module, "_LOGGED", set())  # as in a new process
+    expected = await _expected_warnings(redis_url)
     with caplog.at_level(logging.WARNING, logger="llmsession.store.redis"):
         store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
     await store.aclose()
     assert store.durability_warnings == expected
+    warned = [r.getMessage() for r in caplog.records if r.name == "llmsession.store.redis"]
+    where = _parse_url(redis_url).where
+    assert warned == [f"{where}: {warning}" for warning in expected]
+
+
+async def test_a_process_warns_once_per_server(
+    redis_url: str,
+    clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(redis_module, "_LOGGED", set())  # as in a new process
+    expected = await _expected_warnings(redis_url)
+    if not expected:
+        pytest.skip("the test Redis is configured durably: there is no warning to count")
+    # Another prefix on the same server and database (under the fixture's prefix,
+    # so its keys are cleaned up too): the same settings, so no new warning.
+    other_prefix = redis_url.replace("?prefix=", "?max_connections=10&prefix=") + "other:"
+    with caplog.at_level(logging.WARNING, logger="llmsession.store.redis"):
+        for url in (redis_url, redis_url, other_prefix):
+            store = await open_store(url, clock=clock)
+            await store.aclose()
+            assert isinstance(store, RedisStore)
+            assert store.durability_warnings == expected
     warned = [r.getMessage() for r in caplog.records if r.name == "llmsession.store.redis"]
     where = _parse_url(redis_url).where
     assert warned == [f"{where}: {warning}" for warning in expected]
@@ -1133,7 +1241,7 @@ async def test_purge_loses_to_a_concurrent_activation(
     await redis_store.activate(ACME, session_id)
     assert not await redis_store._cas(stale, None, None)
     assert (await redis_store.get(ACME, session_id)).record.state is Active
-    assert await redis_store.purge_created(10) == 0
+    assert await redis_store.purge_created(60) == 0
 
 
 # -- ordering and counters ------------------------------------------------------------------
@@ -1221,10 +1329,17 @@ async def test_order_is_exact_beyond_double_precision(redis_url: str) -> None:
             clock.now = Timestamp(clock.now.epoch_micros + 1)
         clock.advance(60)
         assert await store.sweep(limit=2) == 2
-        expired = await store.list_sessions(ACME, SessionQuery(state=SessionExpired))
+        # Two expired in their state's set, four due and not swept: in one order.
+        expired = await store.list_sessions(ACME, SessionQuery(state=SessionExpired, limit=3))
         assert [s.record.session_id for s in expired.items] == [
-            made[1].record.session_id,
-            made[0].record.session_id,
+            s.record.session_id for s in made[:-4:-1]
+        ]
+        assert expired.next_cursor is not None
+        rest = await store.list_sessions(
+            ACME, SessionQuery(state=SessionExpired, cursor=expired.next_cursor)
+        )
+        assert [s.record.session_id for s in rest.items] == [
+            s.record.session_id for s in made[2::-1]
         ]
     finally:
         await store.aclose()
@@ -1310,8 +1425,11 @@ async def test_counters_and_indexes_match_a_memory_store(redis_url: str) -> None
             elif action < 0.96:
                 assert await memory.sweep() == await redis_store.sweep()
             else:
-                age = rng.choice([1, 20])
-                assert await memory.purge_created(age) == await redis_store.purge_created(age)
+                age = rng.choice([60, 90])
+                scope = rng.choice([None, ACME])
+                assert await memory.purge_created(age, tenant_id=scope) == (
+                    await redis_store.purge_created(age, tenant_id=scope)
+                )
                 alive = {
                     s.record.session_id
                     for t in (ACME, OTHER)
@@ -1401,7 +1519,10 @@ def _count(totals: Totals) -> int:
 async def _check_global_indexes(url: str, store: RedisStore) -> None:
     """The deadline index lists each Active session once, at or before its deadline and
     where its "due" field says, and nothing else; the Created one the Created."""
-    sessions = [s for t in (ACME, OTHER) for s in await all_sessions(store, t)]
+    # As stored, not as a read shows them now (a due session not swept is still Active).
+    listed_ids = [s.record.session_id for t in (ACME, OTHER) for s in await all_sessions(store, t)]
+    sessions = await store._read(listed_ids)
+    assert len(sessions) == len(listed_ids)
     prefix = _prefix(url)
     client = await _raw(url)
     try:
@@ -1582,9 +1703,9 @@ async def test_a_used_start_key_writes_nothing(
     assert await redis_store._started_by(ACME, "start") == first
 
 
-async def test_version_3_data_is_upgraded_on_open(redis_url: str, clock: ManualClock) -> None:
-    # Version 4 only added fields and keys that sessions without gateway rounds
-    # do not have: version 3 data is what ledger operations write.
+async def test_version_4_data_is_upgraded_on_open(redis_url: str, clock: ManualClock) -> None:
+    # Version 5 only added fields and keys that sessions without gateway rounds
+    # do not have: version 4 data is what ledger operations write.
     store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
     prefix = _prefix(redis_url)
     client = await _raw(redis_url)
@@ -1594,10 +1715,10 @@ async def test_version_3_data_is_upgraded_on_open(redis_url: str, clock: ManualC
         before = (await store.get(ACME, ledger), await store.list_rounds(ACME, ledger))
         await store.aclose()
         assert not {key for key in await _keys_of(redis_url) if ":h:" in key or "started" in key}
-        await client.set(f"{prefix}schema", "3")
+        await client.set(f"{prefix}schema", "4")
 
         store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
-        assert await client.get(f"{prefix}schema") == str(SCHEMA_VERSION) == "4"
+        assert await client.get(f"{prefix}schema") == str(SCHEMA_VERSION) == "5"
         assert (await store.get(ACME, ledger), await store.list_rounds(ACME, ledger)) == before
         started = await _gateway_session(store, clock, idempotency_key="s")
         await store.record_round(ACME, ledger, 3)

@@ -51,7 +51,6 @@ __all__ = [
     "list_rounds",
     "list_sessions",
     "list_tenants",
-    "next_after",
     "next_cursor",
     "ready",
     "record_round",
@@ -215,49 +214,36 @@ def list_sessions(
     return Call("GET", "/v1/sessions", read, params=tuple(params))
 
 
-def next_cursor(page: Page[SessionView], cursor: str | None) -> str | None:
+def next_cursor(page: Page[T], cursor: str | None, listing: str) -> str | None:
     """The cursor that continues past ``page`` (sent with ``cursor``), or None at the end.
 
     Raises ApiError if the page does not move forward, so that iterating can
-    never loop on a misbehaving server.
+    never loop on a misbehaving server. ``listing`` names what is listed, for
+    the message.
     """
     if page.next_cursor is not None and (page.next_cursor == cursor or not page.items):
         raise ApiError(
-            f"the sessions page for cursor {cursor!r} gave next_cursor {page.next_cursor!r} "
+            f"the {listing} page for cursor {cursor!r} gave next_cursor {page.next_cursor!r} "
             f"after {len(page.items)} items, which does not move forward",
             200,
         )
     return page.next_cursor
 
 
-def list_rounds(session_id: SessionRef, *, after: int, limit: int | None) -> Call[Page[Round]]:
-    """``GET /v1/sessions/{id}/rounds``: rounds with seq > ``after``, in order."""
+def list_rounds(
+    session_id: SessionRef, *, after: int, cursor: str | None, limit: int | None
+) -> Call[Page[Round]]:
+    """``GET /v1/sessions/{id}/rounds``: one page of rounds, in order: those with seq >
+    ``after``, continuing after ``cursor`` (the ``next_cursor`` of the page before)."""
     sid = _session_id(session_id)
     params: list[tuple[str, str]] = [("after", str(after))]
     _add(params, "limit", limit)
+    _add(params, "cursor", cursor)
 
     def read(response: httpx.Response) -> Page[Round]:
         return wire.read_page(response.json(), lambda item: wire.read_round(item, sid))
 
     return Call("GET", f"{_session_path(sid)}/rounds", read, params=tuple(params))
-
-
-def next_after(page: Page[Round], after: int) -> int | None:
-    """The ``after`` that continues past ``page``, or None at the end.
-
-    Raises ApiError if the cursor does not move forward, so that iterating can
-    never loop on a misbehaving server.
-    """
-    if page.next_cursor is None:
-        return None
-    cursor = page.next_cursor
-    if not cursor.isdigit() or int(cursor) <= after:
-        raise ApiError(
-            f"the rounds page after {after} gave next_cursor {cursor!r}, "
-            "which is not a later round number",
-            200,
-        )
-    return int(cursor)
 
 
 def stats(group_by: Sequence[GroupKey]) -> Call[list[Totals]]:

@@ -108,8 +108,9 @@ class Client:
     ) -> RecordedRound:
         """Record one round of ``delta_tokens`` new tokens on an Active session.
 
-        Retrying with the same ``idempotency_key`` returns the first round
-        (``replayed=True``) and counts nothing twice.
+        Retrying with the same ``idempotency_key`` counts nothing twice and returns
+        the first answer (``replayed=True``): the same round, and the session as it
+        was right after it, even if more rounds, a close or an expiry came since.
         """
         return self._send(calls.record_round(session_id, delta_tokens, idempotency_key))
 
@@ -168,25 +169,37 @@ class Client:
                 cursor=cursor,
             )
             yield from page.items
-            cursor = calls.next_cursor(page, cursor)
+            cursor = calls.next_cursor(page, cursor, "sessions")
             if cursor is None:
                 return
 
     def list_rounds(
-        self, session_id: SessionRef, *, after: int = 0, limit: int | None = None
+        self,
+        session_id: SessionRef,
+        *,
+        after: int = 0,
+        cursor: str | None = None,
+        limit: int | None = None,
     ) -> Page[Round]:
-        """One page of a session's rounds with ``seq > after``, in order."""
-        return self._send(calls.list_rounds(session_id, after=after, limit=limit))
+        """One page of a session's rounds, in order; pass ``next_cursor`` on as ``cursor``.
+
+        ``after``: only rounds with a larger seq, e.g. those recorded since round
+        ``after`` was seen.
+        """
+        return self._send(calls.list_rounds(session_id, after=after, cursor=cursor, limit=limit))
 
     def iter_rounds(
-        self, session_id: SessionRef, *, page_size: int | None = None
+        self, session_id: SessionRef, *, after: int = 0, page_size: int | None = None
     ) -> Iterator[Round]:
-        """Every round of a session, in order, fetching page after page as needed."""
-        after: int | None = 0
-        while after is not None:
-            page = self.list_rounds(session_id, after=after, limit=page_size)
+        """Every round of a session with seq > ``after``, in order, fetching page after
+        page as needed."""
+        cursor: str | None = None
+        while True:
+            page = self.list_rounds(session_id, after=after, cursor=cursor, limit=page_size)
             yield from page.items
-            after = calls.next_after(page, after)
+            cursor = calls.next_cursor(page, cursor, "rounds")
+            if cursor is None:
+                return
 
     def stats(self, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         """This tenant's totals, per ``group_by`` group (``provider``, ``model``)."""

@@ -73,6 +73,10 @@ class SecretKey:
         """The key itself; call it only where the key goes into an upstream request."""
         return self._value
 
+    def __bool__(self) -> bool:
+        """Whether there is a key at all (it is empty only when not required)."""
+        return bool(self._value)
+
     def __repr__(self) -> str:
         return "SecretKey('***')"
 
@@ -118,9 +122,16 @@ class GatewayConfig:
 
 
 def load_config(
-    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    require_keys: bool = True,
 ) -> GatewayConfig:
-    """Read and check the TOML file at ``path``; keys come from ``environ`` (os.environ)."""
+    """Read and check the TOML file at ``path``; keys come from ``environ`` (os.environ).
+
+    ``require_keys`` False accepts a provider whose key variable is unset (its
+    ``api_key`` is then empty): for listing providers, not for serving them.
+    """
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -128,11 +139,15 @@ def load_config(
         raise ConfigError(f"cannot read the gateway config {source}: {error.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"the gateway config {source} is not UTF-8 text") from None
-    return parse_config(text, source=source, environ=environ)
+    return parse_config(text, source=source, environ=environ, require_keys=require_keys)
 
 
 def parse_config(
-    text: str, *, source: str = "<config>", environ: Mapping[str, str] | None = None
+    text: str,
+    *,
+    source: str = "<config>",
+    environ: Mapping[str, str] | None = None,
+    require_keys: bool = True,
 ) -> GatewayConfig:
     """Check a TOML document of providers; every error names ``source`` and the key."""
     env = os.environ if environ is None else environ
@@ -155,14 +170,14 @@ def parse_config(
             f"with kind, base_url and api_key_env"
         )
     providers = {
-        provider_id: _provider(source, provider_id, table, env)
+        provider_id: _provider(source, provider_id, table, env, require_keys)
         for provider_id, table in tables.items()
     }
     return GatewayConfig(providers=providers, history_limit_bytes=limit, source=source)
 
 
 def _provider(
-    source: str, provider_id: str, value: object, env: Mapping[str, str]
+    source: str, provider_id: str, value: object, env: Mapping[str, str], require_keys: bool
 ) -> ProviderConfig:
     where = f"[providers.{provider_id}]"
     try:
@@ -193,8 +208,8 @@ def _provider(
         raise ConfigError(
             f"{source}: {where} api_key_env must name an environment variable, got {key_env!r}"
         )
-    key = env.get(key_env)
-    if not key:
+    key = env.get(key_env, "")
+    if not key and require_keys:
         raise ConfigError(
             f"{source}: {where} reads its key from the environment variable {key_env}, "
             "which is not set (or empty) for this process"

@@ -48,6 +48,7 @@ from llmsession.gateway.wire import Answer, JSONObject, StreamTranslator, dump_j
 from llmsession.ids import SessionId, TenantId
 from llmsession.store.base import SessionStore
 from llmsession.store.models import RoundResult, StoredSession, Turn, check_idempotency_key
+from llmsession.store.turns import KeyedTurns
 
 __all__ = [
     "SESSION_HEADER",
@@ -119,6 +120,9 @@ class Gateway:
         self._store = store
         self._upstream = upstream
         self._pumps: set[asyncio.Task[None]] = set()
+        # Retries of one session-starting request in this process wait for the first:
+        # the retry then finds its stored answer instead of calling the provider.
+        self._starts: KeyedTurns[tuple[TenantId, str]] = KeyedTurns()
 
     async def handle(
         self,
@@ -136,13 +140,44 @@ class Gateway:
         request_hash = hashlib.sha256(endpoint.name.encode() + b"\0" + body).hexdigest()
         store = self._store
         if session_header is None:
-            stored = None
             provider, model = resolve_model(self.config, request.model)
-            if key is not None:
+            if key is None:
+                return await self._turn(
+                    _Turn(
+                        tenant_id,
+                        SessionId.generate(store.clock()),
+                        endpoint,
+                        request,
+                        request_hash,
+                        provider,
+                        model,
+                        None,
+                        None,
+                    )
+                )
+            async with self._starts.turn((tenant_id, key)):
                 found = await store.find_turn(tenant_id, key)
                 if found is not None:
                     return self._replay(found, request_hash)
-            session_id = SessionId.generate(store.clock())
+                turn = _Turn(
+                    tenant_id,
+                    SessionId.generate(store.clock()),
+                    endpoint,
+                    request,
+                    request_hash,
+                    provider,
+                    model,
+                    key,
+                    None,
+                )
+                try:
+                    return await self._turn(turn)
+                except ConflictError:
+                    # Another replica stored a start under this key meanwhile.
+                    found = await store.find_turn(tenant_id, key)
+                    if found is None:
+                        raise
+                    return self._replay(found, request_hash)
         else:
             session_id = SessionId.parse(session_header.strip())
             stored = await store.get(tenant_id, session_id)
@@ -151,9 +186,17 @@ class Gateway:
                 found = await store.find_turn(tenant_id, key, session_id)
                 if found is not None:
                     return self._replay(found, request_hash)
-        turn = _Turn(
-            tenant_id, session_id, endpoint, request, request_hash, provider, model, key, stored
+        return await self._turn(
+            _Turn(
+                tenant_id, session_id, endpoint, request, request_hash, provider, model, key, stored
+            )
         )
+
+    async def _turn(self, turn: _Turn) -> Reply:
+        """Steps 4 to 6: the session's turn, the provider's answer, the round."""
+        store = self._store
+        tenant_id, session_id, stored = turn.tenant_id, turn.session_id, turn.stored
+        endpoint, request, key = turn.endpoint, turn.request, turn.idempotency_key
         async with AsyncExitStack() as stack:
             history: list[Turn] = []
             if stored is not None:
@@ -163,7 +206,7 @@ class Gateway:
                 if key is not None:
                     found = await store.find_turn(tenant_id, key, session_id)
                     if found is not None:
-                        return self._replay(found, request_hash)
+                        return self._replay(found, turn.request_hash)
             response = await self._send(turn, history)
             if response.status_code >= 400:
                 return await self._upstream_error(turn, response)

@@ -48,8 +48,8 @@ RECORD_ROUND_OPENAPI: dict[str, Any] = {
             "name": "Idempotency-Key",
             "in": "header",
             "required": False,
-            "description": f"1 to {MAX_IDEMPOTENCY_KEY} printable characters; a retried round "
-            "with the same key is recorded once",
+            "description": f"1 to {MAX_IDEMPOTENCY_KEY} printable characters, no white space "
+            "at either end; a retried round with the same key is recorded once",
             "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
         },
     ],

@@ -78,7 +78,7 @@ def gateway_routes(context: AppContext) -> APIRouter:
                     }
                 },
             },
-            **error_responses(401, 403, 404, 409, 413, 422, 501, 502, 503, 504),
+            **error_responses(400, 401, 403, 404, 409, 413, 422, 501, 502, 503, 504),
         },
     )
 

@@ -95,7 +95,8 @@ def session_routes(context: AppContext) -> APIRouter:
         responses={
             200: {
                 "model": RoundResultOut,
-                "description": "A replayed Idempotency-Key: the round first recorded, counted once",
+                "description": "A replayed Idempotency-Key, counted once: the first answer, "
+                "the round first recorded and the session as it was right after it",
                 "headers": {
                     "Idempotent-Replayed": {
                         "description": "Always 'true' on a replay",
@@ -183,14 +184,23 @@ def session_routes(context: AppContext) -> APIRouter:
         session_id: SessionIdPath,
         after: Annotated[
             int,
-            Query(ge=0, le=MAX_TOKENS, description="Only rounds with a larger seq (a next_cursor)"),
+            Query(
+                ge=0,
+                le=MAX_TOKENS,
+                description="Only rounds with a larger seq, e.g. those recorded since round "
+                "`after` was seen",
+            ),
         ] = 0,
         limit: Annotated[
             int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"Page size, 1 to {MAX_PAGE_SIZE}")
         ] = DEFAULT_ROUNDS_PAGE_SIZE,
+        cursor: Annotated[
+            str | None,
+            Query(max_length=200, description="The next_cursor of the previous page"),
+        ] = None,
     ) -> JSONResponse:
         page = await context.store.list_rounds(
-            tenant, SessionId.parse(session_id), after_seq=after, limit=limit
+            tenant, SessionId.parse(session_id), cursor=cursor, after_seq=after, limit=limit
         )
         return JSONResponse(
             {"items": [render_round(r) for r in page.items], "next_cursor": page.next_cursor}

@@ -196,7 +196,7 @@ class RoundOut(BaseModel):
 
 
 class RoundResultOut(BaseModel):
-    """A recorded (or replayed) round and the session after it."""
+    """A recorded round and the session right after it; for a replay, the first answer."""
 
     round: RoundOut
     session: SessionOut
@@ -210,7 +210,7 @@ class SessionPageOut(BaseModel):
 
 
 class RoundPageOut(BaseModel):
-    """A page of rounds in order; pass ``next_cursor`` as ``after`` for the next."""
+    """A page of rounds in order; pass ``next_cursor`` as ``cursor`` for the next."""
 
     items: list[RoundOut]
     next_cursor: str | None

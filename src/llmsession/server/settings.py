@@ -6,12 +6,15 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
+from urllib.parse import quote
 
 from llmsession.errors import InvalidInput
 from llmsession.expiry import check_ttl
+from llmsession.store.models import MIN_PURGE_AGE_SECONDS
 
-__all__ = ["ENV_VARIABLES", "ServerSettings"]
+__all__ = ["ENV_VARIABLES", "ServerSettings", "default_data_dir", "default_store_url"]
 
 T = TypeVar("T")
 
@@ -32,16 +35,44 @@ ENV_VARIABLES: dict[str, str] = {
 MIN_ADMIN_KEY_LENGTH = 16
 
 
+def default_data_dir() -> Path:
+    """Where llmsession keeps its data unless told otherwise: ``llmsession`` in the
+    per-user data directory of the XDG Base Directory spec, ``$XDG_DATA_HOME``, or
+    ``~/.local/share`` when that is unset.
+
+    Per user, not per working directory: the server and every CLI command find the
+    same data wherever they are started. InvalidInput if there is no home directory.
+    """
+    base = os.environ.get("XDG_DATA_HOME", "")
+    # The spec: a relative path in XDG_DATA_HOME is invalid and is ignored.
+    if not os.path.isabs(base):
+        try:
+            base = str(Path.home() / ".local" / "share")
+        except RuntimeError:
+            raise InvalidInput(
+                "no per-user data directory for the default store: set HOME or XDG_DATA_HOME, "
+                "or give a store URL (LLMSESSION_STORE_URL)"
+            ) from None
+    return Path(base) / "llmsession"
+
+
+def default_store_url() -> str:
+    """The store used when no URL is given: ``llmsession.db`` in :func:`default_data_dir`."""
+    return f"sqlite:///{quote(str(default_data_dir() / 'llmsession.db'))}"
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     """Everything the server needs to start; validated on construction.
 
-    - ``store_url``: where sessions live (see :func:`llmsession.store.open_store`).
+    - ``store_url``: where sessions live (see :func:`llmsession.store.open_store`);
+      by default the SQLite file of :func:`default_store_url`.
     - ``admin_key``: the bearer key of the admin routes; None disables them.
     - ``default_ttl_seconds``: idle TTL of a session created without ``ttl_seconds``.
     - ``sweep_interval_seconds``: how often the sweeper expires sessions that are due.
     - ``purge_created_after_seconds``: sessions still Created this long after creation
-      are deleted by the sweeper (no transition leaves Created but activation).
+      are deleted by the sweeper (no transition leaves Created but activation); at
+      least MIN_PURGE_AGE_SECONDS (60).
     - ``access_log``: log one line per request (uvicorn's access log).
     - ``auth_cache_seconds``: how long a successful key check is reused (0: never);
       a key revoked through another replica or the CLI works here that long at most.
@@ -49,7 +80,7 @@ class ServerSettings:
       serves the session ledger only.
     """
 
-    store_url: str = "sqlite:///./llmsession.db"
+    store_url: str = field(default_factory=default_store_url)
     host: str = "127.0.0.1"
     port: int = 8080
     # Kept out of repr(): settings get logged, the key must not be.
@@ -73,7 +104,8 @@ class ServerSettings:
         InvalidInput naming the variable and what it accepts.
         """
         env = os.environ if environ is None else environ
-        d = cls()
+        # The other fields' defaults; the store's is computed only when no URL is given.
+        d = cls(store_url="memory://")
 
         def read(name: str, parse: Callable[[str], T], default: T) -> T:
             variable = ENV_VARIABLES[name]
@@ -93,7 +125,7 @@ class ServerSettings:
             return value
 
         return cls(
-            store_url=read("store_url", str, d.store_url),
+            store_url=read("store_url", str, "") or default_store_url(),
             host=read("host", str, d.host),
             port=read("port", int, d.port),
             admin_key=read("admin_key", _optional_text, d.admin_key),
@@ -110,7 +142,7 @@ class ServerSettings:
 
 def _check_store_url(value: object) -> None:
     if not isinstance(value, str) or not value:
-        raise InvalidInput("store_url must be a store URL such as sqlite:///./llmsession.db")
+        raise InvalidInput("store_url must be a store URL such as sqlite:///path/to/file.db")
 
 
 def _check_host(value: object) -> None:
@@ -156,9 +188,10 @@ def _seconds_between(name: str, low: float, high: float) -> Callable[[object], N
 
 
 def _check_purge(value: object) -> None:
-    if type(value) is not int or value < 1:
+    if type(value) is not int or value < MIN_PURGE_AGE_SECONDS:
         raise InvalidInput(
-            f"purge_created_after_seconds must be a whole number of seconds >= 1, got {value!r}"
+            "purge_created_after_seconds must be a whole number of seconds "
+            f">= {MIN_PURGE_AGE_SECONDS}, got {value!r}"
         )
 
 
@@ -192,7 +225,7 @@ _EXPECTED = {
     "admin_key": f"at least {MIN_ADMIN_KEY_LENGTH} printable ASCII characters without spaces",
     "default_ttl_seconds": "a whole number of seconds",
     "sweep_interval_seconds": "a number of seconds, e.g. 5 or 0.5",
-    "purge_created_after_seconds": "a whole number of seconds",
+    "purge_created_after_seconds": f"a whole number of seconds >= {MIN_PURGE_AGE_SECONDS}",
     "access_log": "1/0, true/false, yes/no or on/off",
     "auth_cache_seconds": "a number of seconds from 0 to 300",
     "gateway_config": "the path of a TOML file of providers",

@@ -11,6 +11,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from llmsession.ids import TenantId
 from llmsession.store.base import SessionStore
 
 __all__ = ["SweepResult", "Sweeper"]
@@ -44,12 +45,15 @@ class Sweeper:
         interval_seconds: float,
         purge_created_after_seconds: int,
         batch_size: int | None = None,
+        purge_tenant_id: TenantId | None = None,
     ) -> None:
         """``batch_size``: sessions per ``sweep`` and ``purge_created`` call; by
-        default the store's own (``store.sweep_batch``)."""
+        default the store's own (``store.sweep_batch``). ``purge_tenant_id``: purge
+        only this tenant's abandoned sessions (expiry covers every tenant)."""
         self.store = store
         self.interval_seconds = interval_seconds
         self.purge_created_after_seconds = purge_created_after_seconds
+        self.purge_tenant_id = purge_tenant_id
         self.batch_size = store.sweep_batch if batch_size is None else batch_size
         self.runs = 0
         self.expired = 0
@@ -70,7 +74,9 @@ class Sweeper:
         purged = 0
         for _ in range(_MAX_BATCHES_PER_TICK):
             count = await self.store.purge_created(
-                self.purge_created_after_seconds, limit=self.batch_size
+                self.purge_created_after_seconds,
+                limit=self.batch_size,
+                tenant_id=self.purge_tenant_id,
             )
             purged += count
             self.purged += count

@@ -10,10 +10,11 @@
 
 from __future__ import annotations
 
+from typing import Final
 from urllib.parse import urlsplit
 
 from llmsession.clock import Clock, system_clock
-from llmsession.errors import InvalidInput
+from llmsession.errors import InvalidInput, StoreError
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
     SessionStore,
@@ -24,6 +25,7 @@ from llmsession.store.base import (
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
+    KeyedRound,
     Page,
     Round,
     RoundResult,
@@ -37,6 +39,7 @@ __all__ = [
     "DEFAULT_TTL_SECONDS",
     "ApiKeyInfo",
     "GroupKey",
+    "KeyedRound",
     "Page",
     "Round",
     "RoundResult",
@@ -59,8 +62,10 @@ async def open_store(
 ) -> SessionStore:
     """Open (and on first use, create the schema of) the store at ``url``.
 
-    Backends are imported only when chosen, so a SQLite user never loads a
-    PostgreSQL or Redis driver.
+    Two stores opened on one URL share its data, as two processes would, except
+    ``memory://``: each call gives a new, empty MemoryStore of its own (share
+    one by passing the object). Backends are imported only when chosen, so a
+    SQLite user never loads a PostgreSQL or Redis driver.
     """
     scheme = urlsplit(url).scheme
     if scheme == "memory":
@@ -72,14 +77,35 @@ async def open_store(
 
         return await SQLiteStore.open(url, clock=clock, default_ttl_seconds=default_ttl_seconds)
     if scheme in ("postgresql", "postgres"):
-        from llmsession.store.postgres import PostgresStore
+        try:
+            from llmsession.store.postgres import PostgresStore
+        except ModuleNotFoundError as error:
+            raise _missing_extra(error, scheme, "postgres") from error
 
         return await PostgresStore.open(url, clock=clock, default_ttl_seconds=default_ttl_seconds)
     if scheme in ("redis", "rediss"):
-        from llmsession.store.redis import RedisStore
+        try:
+            from llmsession.store.redis import RedisStore
+        except ModuleNotFoundError as error:
+            raise _missing_extra(error, scheme, "redis") from error
 
         return await RedisStore.open(url, clock=clock, default_ttl_seconds=default_ttl_seconds)
     raise InvalidInput(
         f"unknown store URL scheme {scheme!r} in {url!r}; use memory://, "
         "sqlite:///path/to/file.db, postgresql://... or redis://..."
+    )
+
+
+#: The top-level modules each backend's extra installs.
+_EXTRA_MODULES: Final = {"postgres": ("psycopg", "psycopg_pool"), "redis": ("redis", "msgpack")}
+
+
+def _missing_extra(error: ModuleNotFoundError, scheme: str, extra: str) -> StoreError:
+    """The error for a backend whose extra is not installed; any other import error as it is."""
+    missing = (error.name or "").partition(".")[0]
+    if missing not in _EXTRA_MODULES[extra]:
+        raise error
+    return StoreError(
+        f"{scheme}:// store URLs need the {extra!r} extra ({missing} is not installed): "
+        f"pip install 'llmsession[{extra}]'"
     )

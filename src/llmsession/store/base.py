@@ -29,19 +29,22 @@ from llmsession.clock import Clock, system_clock
 from llmsession.errors import (
     ConcurrentUpdateError,
     IdempotencyConflict,
+    InvalidInput,
     LLMSessionError,
     SessionExpiredError,
     WrongStateError,
 )
 from llmsession.expiry import check_ttl
-from llmsession.ids import SessionId, TenantId, check_label
+from llmsession.ids import SessionId, TenantId, check_label, check_session_id, check_tenant_id
 from llmsession.record import SessionRecord
-from llmsession.session import Session, require_state, restore
+from llmsession.session import Session, as_after_round, require_state, restore
 from llmsession.states import Active, Created, SessionExpired
+from llmsession.store.cursor import decode_rounds_cursor, encode_rounds_cursor
 from llmsession.store.models import (
     NO_USAGE,
     ApiKeyInfo,
     GroupKey,
+    KeyedRound,
     Page,
     Round,
     RoundResult,
@@ -51,13 +54,15 @@ from llmsession.store.models import (
     Totals,
     Turn,
     UsageTotals,
-    check_age,
     check_batch_limit,
+    check_group_by,
     check_idempotency_key,
+    check_page_size,
+    check_purge_age,
 )
 from llmsession.store.turns import SessionTurns
 from llmsession.timestamps import Timestamp
-from llmsession.tokens import check_token_count
+from llmsession.tokens import MAX_TOKENS, check_token_count
 from llmsession.usage import Usage
 
 __all__ = [
@@ -85,7 +90,7 @@ class SessionTransaction(ABC):
     stored: StoredSession
 
     @abstractmethod
-    async def find_round(self, idempotency_key: str) -> Round | None:
+    async def find_round(self, idempotency_key: str) -> KeyedRound | None:
         """The round of this session recorded under ``idempotency_key``, if any."""
 
     @abstractmethod
@@ -93,6 +98,8 @@ class SessionTransaction(ABC):
         """Write ``new`` (and ``new_round``) if the stored version is still ``stored.version``.
 
         Raises VersionConflict otherwise. ``new.version`` is ``stored.version + 1``.
+        With the round go ``new.record.delta_tokens`` and ``new.version``: what
+        find_round gives back in its KeyedRound.
         """
 
 
@@ -105,10 +112,10 @@ class Change(NamedTuple):
     stored: StoredSession
     round: Round | None = None
     error: LLMSessionError | None = None
-    replayed: Round | None = None
+    replayed: KeyedRound | None = None
 
 
-ChangeFn: TypeAlias = Callable[[StoredSession, Timestamp, Round | None], Change]
+ChangeFn: TypeAlias = Callable[[StoredSession, Timestamp, KeyedRound | None], Change]
 """Computes a change from the session as read, the time, and the round already
 recorded under the request's idempotency key (None without a key or a match).
 Pure: it may run in a backend's own thread, inside its transaction."""
@@ -119,6 +126,10 @@ class SessionStore(ABC):
 
     Every session operation takes the tenant first; a session of another tenant
     behaves exactly like a missing one (NotFoundError). Times come from ``clock``.
+
+    The public methods check their arguments here, once for every backend (an
+    id that is not a TenantId or SessionId raises InvalidIdentifier naming it),
+    and call the backend's primitive of the same name with a leading underscore.
     """
 
     #: How many sessions the service's sweeper asks one :meth:`sweep` call for: a
@@ -143,6 +154,7 @@ class SessionStore(ABC):
         ttl_seconds: int | None = None,
     ) -> StoredSession:
         """Create a session in state Created."""
+        check_tenant_id("tenant_id", tenant_id)
         ttl = self.default_ttl_seconds if ttl_seconds is None else check_ttl(ttl_seconds)
         now = self.clock()
         record = SessionRecord.new(
@@ -160,7 +172,7 @@ class SessionStore(ABC):
     async def activate(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """Created -> Active."""
 
-        def change(stored: StoredSession, now: Timestamp, _: Round | None) -> Change:
+        def change(stored: StoredSession, now: Timestamp, _: KeyedRound | None) -> Change:
             session = require_state(restore(stored.record), Created, "activate")
             return Change(_next(stored, session.activate(now).into_data(), now))
 
@@ -174,23 +186,26 @@ class SessionStore(ABC):
         *,
         idempotency_key: str | None = None,
     ) -> RoundResult:
-        """Record one round on an Active session.
+        """Record one round on an Active session; the result holds the session after it.
 
-        The same ``idempotency_key`` again returns the first result and counts
-        nothing; with a different delta it raises IdempotencyConflict. A round
-        after the session's deadline is refused with SessionExpiredError (and the
-        expiry is written), whether or not a sweeper has run.
+        The same ``idempotency_key`` again counts nothing and returns the first
+        answer with ``replayed=True``: the same round, and the session exactly as
+        it was right after that round (its counters, version, activity time and
+        deadline then, state Active), whatever happened to it since, a close or
+        an expiry included. With a different delta it raises IdempotencyConflict.
+        A round after the session's deadline is refused with SessionExpiredError
+        (and the expiry is written), whether or not a sweeper has run.
         """
         check_token_count("delta_tokens", delta_tokens)
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
 
-        def change(stored: StoredSession, now: Timestamp, first: Round | None) -> Change:
+        def change(stored: StoredSession, now: Timestamp, first: KeyedRound | None) -> Change:
             if first is not None:
-                if first.delta_tokens != delta_tokens:
+                if first.round.delta_tokens != delta_tokens:
                     raise IdempotencyConflict(
                         f"idempotency key {idempotency_key!r} was used for a round of "
-                        f"{first.delta_tokens} delta tokens, not {delta_tokens}; "
+                        f"{first.round.delta_tokens} delta tokens, not {delta_tokens}; "
                         "use a new key for a new round"
                     )
                 return Change(stored, replayed=first)
@@ -204,15 +219,16 @@ class SessionStore(ABC):
             return Change(_next(stored, record, now), new_round)
 
         result = await self._apply(tenant_id, session_id, change, idempotency_key)
-        if result.replayed is not None:
-            return RoundResult(result.replayed, result.stored, replayed=True)
+        first = result.replayed
+        if first is not None:
+            return RoundResult(first.round, _as_answered(result.stored, first), replayed=True)
         assert result.round is not None
         return RoundResult(result.round, result.stored)
 
     async def close(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """Active -> Closed. Refused with SessionExpiredError past the deadline."""
 
-        def change(stored: StoredSession, now: Timestamp, _: Round | None) -> Change:
+        def change(stored: StoredSession, now: Timestamp, _: KeyedRound | None) -> Change:
             expired = _expire_late(stored, now, "close")
             if expired is not None:
                 return expired
@@ -224,7 +240,7 @@ class SessionStore(ABC):
     async def expire(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """Active -> SessionExpired now (or at the deadline, if that came first)."""
 
-        def change(stored: StoredSession, now: Timestamp, _: Round | None) -> Change:
+        def change(stored: StoredSession, now: Timestamp, _: KeyedRound | None) -> Change:
             session = require_state(restore(stored.record), Active, "expire")
             deadline = stored.deadline
             at = now if deadline is None else min(now, deadline)
@@ -298,7 +314,7 @@ class SessionStore(ABC):
             check_idempotency_key(idempotency_key)
         delta = 0 if usage is None else usage.delta_tokens
 
-        def change(stored: StoredSession, now: Timestamp, first: Round | None) -> Change:
+        def change(stored: StoredSession, now: Timestamp, first: KeyedRound | None) -> Change:
             if first is not None:
                 return Change(stored, replayed=first)
             expired = _expire_late(stored, now, "record_delta")
@@ -348,7 +364,7 @@ class SessionStore(ABC):
             session_id = await self._started_by(tenant_id, idempotency_key)
             if session_id is None:
                 return None
-        found = await self._find_round(tenant_id, session_id, idempotency_key)
+        found = await self._keyed_round(tenant_id, session_id, idempotency_key)
         if found is None:
             return None
         stored, first = found
@@ -366,10 +382,13 @@ class SessionStore(ABC):
         return self._local_turns.turn(session_id)
 
     async def _replay(
-        self, tenant_id: TenantId, stored: StoredSession, first: Round
+        self, tenant_id: TenantId, stored: StoredSession, first: KeyedRound
     ) -> RoundResult:
-        turn = await self._stored_turn(first.session_id, first.seq) if first.gateway else None
-        return RoundResult(first, stored, replayed=True, turn=turn)
+        answered = first.round
+        turn = (
+            await self._stored_turn(answered.session_id, answered.seq) if answered.gateway else None
+        )
+        return RoundResult(answered, _as_answered(stored, first), replayed=True, turn=turn)
 
     # -- backend primitives ---------------------------------------------------
 
@@ -409,28 +428,83 @@ class SessionStore(ABC):
         """The session the gateway started for this tenant under ``idempotency_key``."""
 
     @abstractmethod
-    async def _find_round(
+    async def _keyed_round(
         self, tenant_id: TenantId, session_id: SessionId, idempotency_key: str
-    ) -> tuple[StoredSession, Round] | None:
-        """The session (NotFoundError if missing or foreign) and its round under the key."""
+    ) -> tuple[StoredSession, KeyedRound] | None:
+        """The session as stored (NotFoundError if missing or foreign) and its round
+        under the key."""
 
-    @abstractmethod
+    # -- reads ------------------------------------------------------------------
+
     async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """One session; NotFoundError if missing or foreign."""
+        _check_ids(tenant_id, session_id)
+        return await self._get(tenant_id, session_id)
 
-    @abstractmethod
     async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
         """A tenant's sessions, newest first (created_at, then session_id, descending)."""
+        check_tenant_id("tenant_id", tenant_id)
+        return await self._list_sessions(tenant_id, query)
 
-    @abstractmethod
     async def list_rounds(
-        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
+        self,
+        tenant_id: TenantId,
+        session_id: SessionId,
+        *,
+        cursor: str | None = None,
+        after_seq: int = 0,
+        limit: int = 100,
     ) -> Page[Round]:
-        """A session's rounds in order, those with seq > after_seq; the cursor is a seq."""
+        """A session's rounds in order of seq (1, 2, ...), a page of up to ``limit``.
+
+        ``cursor``: the ``next_cursor`` of the previous page (None for the first);
+        it continues after the last round that page served. ``after_seq``: only
+        rounds with a larger seq, e.g. those recorded since round ``after_seq``
+        was seen; with a cursor too, both apply. NotFoundError if the session is
+        missing or foreign; InvalidInput for a cursor not given out for this
+        session's rounds.
+        """
+        _check_ids(tenant_id, session_id)
+        check_page_size(limit)
+        if type(after_seq) is not int or not 0 <= after_seq <= MAX_TOKENS:
+            raise InvalidInput(f"after_seq must be an integer from 0 to 2**63-1, got {after_seq!r}")
+        if cursor is not None:
+            after_seq = max(after_seq, decode_rounds_cursor(cursor, session_id))
+        # One round more than the page tells whether there is a next page.
+        rounds = await self._list_rounds(tenant_id, session_id, after_seq, limit + 1)
+        page = rounds[:limit]
+        more = len(rounds) > limit
+        return Page(page, encode_rounds_cursor(session_id, page[-1].seq) if more else None)
+
+    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+        """Sessions by state, rounds, delta tokens and tokens saved, per group.
+
+        ``group_by`` is a list of names from ``("provider", "model")``; anything
+        else raises InvalidInput.
+        """
+        check_tenant_id("tenant_id", tenant_id)
+        return await self._totals(tenant_id, check_group_by(group_by))
 
     @abstractmethod
-    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
-        """Sessions by state, rounds, delta tokens and tokens saved, per group."""
+    async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """See :meth:`get`; the ids are checked."""
+
+    @abstractmethod
+    async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+        """See :meth:`list_sessions`; the tenant is checked."""
+
+    @abstractmethod
+    async def _list_rounds(
+        self, tenant_id: TenantId, session_id: SessionId, after_seq: int, limit: int
+    ) -> list[Round]:
+        """Up to ``limit`` rounds with seq > ``after_seq`` (at most 2**63-1), in order;
+        NotFoundError if the session is missing or foreign. The ids are checked."""
+
+    @abstractmethod
+    async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey]) -> list[Totals]:
+        """See :meth:`totals`; the tenant and ``group_by`` are checked."""
+
+    # -- expiry and abandoned sessions ----------------------------------------------
 
     async def sweep(self, *, limit: int = 1000) -> int:
         """Expire up to ``limit`` Active sessions whose deadline has passed; return how many.
@@ -442,24 +516,34 @@ class SessionStore(ABC):
             return 0
         return await self._sweep(self.clock(), limit)
 
-    async def purge_created(self, older_than_seconds: float, *, limit: int = 1000) -> int:
-        """Delete up to ``limit`` sessions still Created ``older_than_seconds`` after creation.
+    async def purge_created(
+        self, older_than_seconds: float, *, limit: int = 1000, tenant_id: TenantId | None = None
+    ) -> int:
+        """Delete up to ``limit`` sessions still Created ``older_than_seconds`` after creation,
+        of every tenant or of ``tenant_id`` only; return how many.
 
         The seed allows no Created -> expired transition, so abandoned Created
-        sessions are removed instead; returns how many.
+        sessions are removed instead. ``older_than_seconds`` is at least
+        MIN_PURGE_AGE_SECONDS (60): a younger session may be about to be activated.
         """
-        check_age("older_than_seconds", older_than_seconds)
+        check_purge_age(older_than_seconds)
+        if tenant_id is not None:
+            check_tenant_id("tenant_id", tenant_id)
         if check_batch_limit(limit) == 0:
             return 0
-        return await self._purge_created(self.clock().plus_seconds(-older_than_seconds), limit)
+        cutoff = self.clock().plus_seconds(-older_than_seconds)
+        return await self._purge_created(cutoff, limit, tenant_id)
 
     @abstractmethod
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         """Expire up to ``limit`` sessions due at ``now``, each with ``expire_if_due``."""
 
     @abstractmethod
-    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
-        """Delete up to ``limit`` Created sessions created at or before ``cutoff``."""
+    async def _purge_created(
+        self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
+    ) -> int:
+        """Delete up to ``limit`` Created sessions created at or before ``cutoff``, of
+        ``tenant_id`` only unless it is None."""
 
     @abstractmethod
     async def ping(self) -> None:
@@ -471,33 +555,53 @@ class SessionStore(ABC):
 
     # -- tenants and API keys --------------------------------------------------
 
-    @abstractmethod
     async def create_tenant(self, tenant_id: TenantId) -> Tenant:
         """Register a tenant; ConflictError if it exists."""
+        check_tenant_id("tenant_id", tenant_id)
+        return await self._create_tenant(tenant_id)
 
-    @abstractmethod
     async def get_tenant(self, tenant_id: TenantId) -> Tenant:
         """One tenant; NotFoundError if unknown."""
+        check_tenant_id("tenant_id", tenant_id)
+        return await self._get_tenant(tenant_id)
 
     @abstractmethod
     async def list_tenants(self) -> list[Tenant]:
         """Every tenant, by id."""
 
-    @abstractmethod
     async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
         """Store a key's hash for a tenant (NotFoundError if the tenant is unknown)."""
+        check_tenant_id("tenant_id", tenant_id)
+        return await self._add_api_key(tenant_id, key_id, key_hash)
 
     @abstractmethod
     async def get_api_key(self, key_id: str) -> ApiKeyInfo | None:
         """The key with this id, revoked or not; None if there is none."""
 
-    @abstractmethod
     async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         """A tenant's keys, oldest first."""
+        check_tenant_id("tenant_id", tenant_id)
+        return await self._list_api_keys(tenant_id)
 
     @abstractmethod
     async def revoke_api_key(self, key_id: str) -> ApiKeyInfo:
         """Revoke a key (idempotent: revoking twice keeps the first time)."""
+
+    @abstractmethod
+    async def _create_tenant(self, tenant_id: TenantId) -> Tenant:
+        """See :meth:`create_tenant`; the tenant is checked."""
+
+    @abstractmethod
+    async def _get_tenant(self, tenant_id: TenantId) -> Tenant:
+        """See :meth:`get_tenant`; the tenant is checked."""
+
+    @abstractmethod
+    async def _add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+        """See :meth:`add_api_key`; the tenant is checked."""
+
+    @abstractmethod
+    async def _list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+        """See :meth:`list_api_keys`; the tenant is checked."""
 
     # -- the retry loop ------------------------------------------------------------
 
@@ -508,6 +612,7 @@ class SessionStore(ABC):
         change: ChangeFn,
         idempotency_key: str | None = None,
     ) -> Change:
+        _check_ids(tenant_id, session_id)
         for attempt in range(_MAX_ATTEMPTS):
             try:
                 result = await self._run_change(tenant_id, session_id, change, idempotency_key)
@@ -521,7 +626,7 @@ class SessionStore(ABC):
             f"session {session_id} kept changing under {_MAX_ATTEMPTS} attempts; try again"
         )
 
-    def _compute(self, change: ChangeFn, stored: StoredSession, first: Round | None) -> Change:
+    def _compute(self, change: ChangeFn, stored: StoredSession, first: KeyedRound | None) -> Change:
         """Run ``change`` at the session's own time; backends overriding _run_change call this."""
         # Replicas' clocks differ a little; a session's own time never runs
         # backwards, so no transition is dated before the last one.
@@ -580,12 +685,27 @@ def expire_if_due(stored: StoredSession, now: Timestamp) -> StoredSession | None
     return _next(stored, session.expire(deadline).into_data(), stored.last_activity_at)
 
 
+def _as_answered(stored: StoredSession, first: KeyedRound) -> StoredSession:
+    """The session as it was right after the round ``first``, rebuilt from ``stored``
+    (the session now, whose ttl and what else never changes are as then)."""
+    record = as_after_round(stored.record, first.round.seq, first.session_delta_tokens)
+    # A round's time is the session's activity time it set.
+    return StoredSession(record, first.session_version, stored.ttl_seconds, first.round.recorded_at)
+
+
 def _expire_late(stored: StoredSession, now: Timestamp, method: str) -> Change | None:
     expired = expire_if_due(stored, now)
     if expired is None:
         return None
     error = SessionExpiredError(method, Active.name, SessionExpired.name)
     return Change(expired, error=error)
+
+
+def _check_ids(tenant_id: object, session_id: object) -> None:
+    # Every round passes here: the common case is two type tests, not two calls.
+    if type(tenant_id) is not TenantId or type(session_id) is not SessionId:
+        check_tenant_id("tenant_id", tenant_id)
+        check_session_id("session_id", session_id)
 
 
 def _next(

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 from llmsession.clock import Clock, system_clock
-from llmsession.errors import ConflictError, InvalidInput, NotFoundError, StoreError
+from llmsession.errors import ConflictError, NotFoundError, StoreError
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import ALL_STATES, Active, Created
 from llmsession.store.base import (
@@ -26,6 +26,7 @@ from llmsession.store.cursor import decode_cursor, encode_cursor
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
+    KeyedRound,
     Page,
     Round,
     SessionQuery,
@@ -34,8 +35,8 @@ from llmsession.store.models import (
     Totals,
     Turn,
     UsageTotals,
-    check_page_size,
 )
+from llmsession.store.presented import present
 from llmsession.timestamps import Timestamp
 
 __all__ = ["MemoryStore"]
@@ -45,14 +46,17 @@ __all__ = ["MemoryStore"]
 class _Entry:
     stored: StoredSession
     rounds: list[Round] = field(default_factory=list[Round])
-    by_key: dict[str, Round] = field(default_factory=dict[str, Round])
+    by_key: dict[str, KeyedRound] = field(default_factory=dict[str, KeyedRound])
     #: The conversation of a gateway session, by round; dropped when it ends.
     turns: dict[int, Turn] = field(default_factory=dict[int, Turn])
 
-    def add(self, new_round: Round) -> None:
+    def add(self, new_round: Round, after: StoredSession) -> None:
+        """Keep ``new_round``; ``after`` is the session right after it."""
         self.rounds.append(new_round)
         if new_round.idempotency_key is not None:
-            self.by_key[new_round.idempotency_key] = new_round
+            self.by_key[new_round.idempotency_key] = KeyedRound(
+                new_round, after.record.delta_tokens, after.version
+            )
         if new_round.turn is not None:
             self.turns[new_round.seq] = new_round.turn
 
@@ -68,7 +72,7 @@ class _MemoryTransaction(SessionTransaction):
         self._entry = entry
         self.stored = entry.stored
 
-    async def find_round(self, idempotency_key: str) -> Round | None:
+    async def find_round(self, idempotency_key: str) -> KeyedRound | None:
         return self._entry.by_key.get(idempotency_key)
 
     async def commit(self, new: StoredSession, new_round: Round | None) -> None:
@@ -77,7 +81,7 @@ class _MemoryTransaction(SessionTransaction):
             raise VersionConflict
         self._entry.store(new)
         if new_round is not None:
-            self._entry.add(new_round)
+            self._entry.add(new_round, new)
 
 
 class MemoryStore(TransactionalStore):
@@ -106,7 +110,7 @@ class MemoryStore(TransactionalStore):
             self._started[key] = record.session_id
         entry = _Entry(stored)
         if first is not None:
-            entry.add(first)
+            entry.add(first, stored)
         self._sessions[record.session_id] = entry
 
     async def _history_turns(self, session_id: SessionId) -> list[Turn]:
@@ -121,9 +125,9 @@ class MemoryStore(TransactionalStore):
         self._check_open()
         return self._started.get((tenant_id, idempotency_key))
 
-    async def _find_round(
+    async def _keyed_round(
         self, tenant_id: TenantId, session_id: SessionId, idempotency_key: str
-    ) -> tuple[StoredSession, Round] | None:
+    ) -> tuple[StoredSession, KeyedRound] | None:
         entry = self._entry(tenant_id, session_id)
         found = entry.by_key.get(idempotency_key)
         return None if found is None else (entry.stored, found)
@@ -138,17 +142,19 @@ class MemoryStore(TransactionalStore):
         await asyncio.sleep(0)
         yield _MemoryTransaction(self, entry)
 
-    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
-        return self._entry(tenant_id, session_id).stored
+    async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """One session as of now: past its deadline, expired (see store.presented)."""
+        return present(self._entry(tenant_id, session_id).stored, self.clock())
 
-    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+    async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
         self._check_open()
         after = decode_cursor(query.cursor) if query.cursor is not None else None
+        now = self.clock()
         matches = sorted(
             (
-                entry.stored
-                for entry in self._sessions.values()
-                if _matches(entry.stored, tenant_id, query)
+                stored
+                for stored in (present(entry.stored, now) for entry in self._sessions.values())
+                if _matches(stored, tenant_id, query)
             ),
             key=_newest_first_key,
             reverse=True,
@@ -164,21 +170,18 @@ class MemoryStore(TransactionalStore):
         )
         return Page(page, cursor)
 
-    async def list_rounds(
-        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
-    ) -> Page[Round]:
-        check_page_size(limit)
-        if type(after_seq) is not int or after_seq < 0:
-            raise InvalidInput(f"after_seq must be an integer >= 0, got {after_seq!r}")
-        rounds = [r for r in self._entry(tenant_id, session_id).rounds if r.seq > after_seq]
-        page = rounds[:limit]
-        return Page(page, str(page[-1].seq) if len(rounds) > limit else None)
+    async def _list_rounds(
+        self, tenant_id: TenantId, session_id: SessionId, after_seq: int, limit: int
+    ) -> list[Round]:
+        # Round seq is its index + 1.
+        return self._entry(tenant_id, session_id).rounds[after_seq : after_seq + limit]
 
-    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+    async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         self._check_open()
         groups: dict[tuple[str | None, str | None], Totals] = {}
+        now = self.clock()
         for entry in self._sessions.values():
-            record = entry.stored.record
+            record = present(entry.stored, now).record
             if record.tenant_id != tenant_id:
                 continue
             key = (
@@ -217,12 +220,16 @@ class MemoryStore(TransactionalStore):
                 expired += 1
         return expired
 
-    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
+    async def _purge_created(
+        self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
+    ) -> int:
         self._check_open()
         doomed = [
             session_id
             for session_id, entry in self._sessions.items()
-            if entry.stored.record.state is Created and entry.stored.record.created_at <= cutoff
+            if entry.stored.record.state is Created
+            and entry.stored.record.created_at <= cutoff
+            and (tenant_id is None or entry.stored.record.tenant_id == tenant_id)
         ][:limit]
         for session_id in doomed:
             del self._sessions[session_id]
@@ -234,7 +241,7 @@ class MemoryStore(TransactionalStore):
     async def aclose(self) -> None:
         self._closed = True
 
-    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _create_tenant(self, tenant_id: TenantId) -> Tenant:
         self._check_open()
         if tenant_id in self._tenants:
             raise ConflictError(f"tenant {tenant_id} already exists")
@@ -242,7 +249,7 @@ class MemoryStore(TransactionalStore):
         self._tenants[tenant_id] = tenant
         return tenant
 
-    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _get_tenant(self, tenant_id: TenantId) -> Tenant:
         self._check_open()
         tenant = self._tenants.get(tenant_id)
         if tenant is None:
@@ -253,7 +260,7 @@ class MemoryStore(TransactionalStore):
         self._check_open()
         return [self._tenants[t] for t in sorted(self._tenants)]
 
-    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+    async def _add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
         await self.get_tenant(tenant_id)
         if key_id in self._keys:
             raise ConflictError(f"API key id {key_id!r} already exists")
@@ -265,7 +272,7 @@ class MemoryStore(TransactionalStore):
         self._check_open()
         return self._keys.get(key_id)
 
-    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+    async def _list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         self._check_open()
         return sorted(
             (k for k in self._keys.values() if k.tenant_id == tenant_id),

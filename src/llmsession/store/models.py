@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Generic, Literal, TypeAlias, TypeVar
+from typing import Generic, Literal, TypeAlias, TypeVar, cast, get_args
 
 from llmsession.errors import InvalidInput, TokenOverflow
 from llmsession.expiry import deadline_of
-from llmsession.ids import SessionId, TenantId, check_label
+from llmsession.ids import SessionId, TenantId, check_label, check_name
 from llmsession.record import SessionRecord
 from llmsession.states import ALL_STATES, SessionState
 from llmsession.timestamps import Timestamp
@@ -17,11 +18,14 @@ from llmsession.usage import Usage
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
+    "GROUP_KEYS",
     "MAX_IDEMPOTENCY_KEY",
     "MAX_PAGE_SIZE",
+    "MIN_PURGE_AGE_SECONDS",
     "NO_USAGE",
     "ApiKeyInfo",
     "GroupKey",
+    "KeyedRound",
     "Page",
     "Round",
     "RoundResult",
@@ -33,17 +37,26 @@ __all__ = [
     "UsageTotals",
     "check_age",
     "check_batch_limit",
+    "check_group_by",
     "check_idempotency_key",
     "check_page_size",
+    "check_purge_age",
 ]
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_IDEMPOTENCY_KEY = 255
+#: The youngest Created session purge_created may delete. A session is created and
+#: then activated by the client's next request, which may be retried and may land on
+#: a replica whose clock differs by a little; a minute leaves room for all that, and
+#: anything younger cannot be told abandoned.
+MIN_PURGE_AGE_SECONDS = 60
 
 T = TypeVar("T")
 
 GroupKey: TypeAlias = Literal["provider", "model"]
+#: The names totals can group by.
+GROUP_KEYS: tuple[GroupKey, ...] = get_args(GroupKey)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +183,24 @@ class Round:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyedRound:
+    """A round recorded under an idempotency key, with what its replay gives back: the
+    session's delta_tokens and version right after the round. Everything else the
+    session was then follows from the round and what never changes (see
+    :func:`llmsession.session.as_after_round`)."""
+
+    round: Round
+    session_delta_tokens: int
+    session_version: int
+
+
+@dataclass(frozen=True, slots=True)
 class RoundResult:
-    """What recording a round returns; ``replayed`` is True for a repeated idempotency key."""
+    """What recording a round returns: the round and the session right after it.
+
+    ``replayed`` is True for a repeated idempotency key: the round and session are
+    then those of the first answer, as they were right after that round.
+    """
 
     round: Round
     session: StoredSession
@@ -271,14 +300,35 @@ def check_age(name: str, seconds: object) -> float:
     return float(seconds)
 
 
-def check_idempotency_key(key: object) -> str:
-    """An idempotency key is 1 to 255 printable characters."""
-    if (
-        not isinstance(key, str)
-        or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY
-        or not key.isprintable()
-    ):
+def check_purge_age(seconds: object) -> float:
+    """purge_created's age: a finite number of seconds, at least MIN_PURGE_AGE_SECONDS."""
+    age = check_age("older_than_seconds", seconds)
+    if age < MIN_PURGE_AGE_SECONDS:
         raise InvalidInput(
-            f"an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY} printable characters, got {key!r}"
+            f"older_than_seconds must be at least {MIN_PURGE_AGE_SECONDS}, got {seconds!r}: "
+            "a younger Created session may be about to be activated"
         )
-    return key
+    return age
+
+
+def check_group_by(group_by: object) -> tuple[GroupKey, ...]:
+    """A totals grouping: a list or tuple of names from GROUP_KEYS (a repeat is harmless)."""
+    allowed = ", ".join(map(repr, GROUP_KEYS))
+    if isinstance(group_by, str):
+        raise InvalidInput(
+            f"group_by takes a list of names from {allowed}, not a bare string: "
+            f"write [{group_by[:80]!r}]"
+        )
+    if not isinstance(group_by, Sequence):
+        raise InvalidInput(f"group_by takes a list of names from {allowed}, got {group_by!r}")
+    names = tuple(cast(Sequence[object], group_by))
+    for name in names:
+        if name not in GROUP_KEYS:
+            raise InvalidInput(f"group_by takes names from {allowed}, got {name!r}")
+    return cast(tuple[GroupKey, ...], names)
+
+
+def check_idempotency_key(key: object) -> str:
+    """An idempotency key follows the rule of provider ids and models
+    (:func:`llmsession.ids.check_name`), with up to 255 characters."""
+    return check_name("idempotency key", key, MAX_IDEMPOTENCY_KEY)

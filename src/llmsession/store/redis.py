@@ -14,12 +14,13 @@ URL: ``redis://[user:password@]host:port/db`` (or ``rediss://``) with options
 - ``prefix``: put before every key the store writes (default ``llmsession:``);
 - ``wait_replicas``: after each write, ``WAIT`` until this many replicas have it
   (default 0: do not wait), up to ``wait_timeout_ms`` (default 1000);
-- anything else redis-py takes, e.g. ``max_connections`` or ``socket_timeout``.
+- anything else redis-py takes, e.g. ``max_connections``, ``socket_timeout`` or
+  ``socket_connect_timeout`` (seconds to wait for a connection; redis-py's default 5).
 
 What survives a crash is decided by the server's configuration; see
 docs/redis.md. :meth:`RedisStore.open` logs a warning when that configuration
-can lose acknowledged rounds. Redis Cluster is not supported: a write touches
-keys in many hash slots.
+can lose acknowledged rounds, once per process and server. Redis Cluster is not
+supported: a write touches keys in many hash slots.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ from llmsession.errors import (
     StoreError,
 )
 from llmsession.ids import SessionId, TenantId
-from llmsession.states import ALL_STATES, Created
+from llmsession.states import ALL_STATES, Created, SessionExpired
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
     Change,
@@ -78,6 +79,7 @@ from llmsession.store.group_commit import GroupCommit
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
+    KeyedRound,
     Page,
     Round,
     SessionQuery,
@@ -86,8 +88,8 @@ from llmsession.store.models import (
     Totals,
     Turn,
     UsageTotals,
-    check_page_size,
 )
+from llmsession.store.presented import newest_first, present, present_totals, shown_in
 from llmsession.store.recent import RecentSessions
 from llmsession.store.redis_schema import (
     ADD_KEY,
@@ -101,6 +103,7 @@ from llmsession.store.redis_schema import (
     SCHEMA_VERSION,
     SET_SCHEMA,
     UPGRADE_DUE,
+    UPGRADE_KEYED,
     UPGRADE_LISTED,
     USAGE_METRICS,
     CasBatch,
@@ -108,10 +111,12 @@ from llmsession.store.redis_schema import (
     Script,
     group_head,
     group_tail,
+    keyed_round_json,
     lex_time,
     member,
     member_id,
     parse_counters,
+    parse_keyed_round,
     parse_round,
     parse_session,
     parse_session_values,
@@ -133,6 +138,9 @@ _SWEEP_PASSES: Final = 8
 # A sweep reads and writes in chunks of this many sessions, so that Redis works on
 # one chunk while this process computes the next.
 _SWEEP_CHUNK: Final = 250
+# Reads finding the due sessions (totals, listings of expired ones) take this many
+# members of deadlines per call.
+_DUE_CHUNK: Final = 1000
 # The writer's connection, idle this long, is checked with a PING before a write.
 _WRITER_IDLE_SECONDS: Final = 5.0
 _DURABILITY_SETTINGS: Final = ("appendonly", "appendfsync", "save", "maxmemory-policy")
@@ -150,6 +158,8 @@ _RAW_REPLY: Final[dict[str, object]] = {NEVER_DECODE: []}
 _TURN_RENEW_SECONDS: Final = 3.0
 _TURN_POLL_FIRST: Final = 0.002
 _TURN_POLL_MAX: Final = 0.05
+# The largest list index Redis takes.
+_MAX_INDEX: Final = 2**63 - 1
 
 _log = logging.getLogger(__name__)
 
@@ -285,6 +295,7 @@ class RedisStore(SessionStore):
             wait_timeout_ms=options.wait_timeout_ms,
         )
         try:
+            await _connect(client, options.where)
             await store._prepare()
         except BaseException:
             await client.aclose()
@@ -304,6 +315,7 @@ class RedisStore(SessionStore):
                 SET_SCHEMA,
                 UPGRADE_DUE,
                 UPGRADE_LISTED,
+                UPGRADE_KEYED,
                 RELEASE_LOCK,
                 EXTEND_LOCK,
             ):
@@ -316,10 +328,13 @@ class RedisStore(SessionStore):
             await self._upgrade_listed()
             text = "3"
         if text == "3":
-            # Version 4 only adds keys and fields (see SCHEMA_VERSION).
-            await self._run_one(SET_SCHEMA, [self._keys.schema], ["3", "4"])
-            self._upgraded(4)
+            await self._upgrade_keyed()
             text = "4"
+        if text == "4":
+            # Version 5 only adds keys and fields (see SCHEMA_VERSION).
+            await self._run_one(SET_SCHEMA, [self._keys.schema], ["4", "5"])
+            self._upgraded(5)
+            text = "5"
         if text is None or not text.isdigit():
             raise StoreError(
                 f"the key {self._keys.schema!r} in {self._where} holds {text!r}, not a schema "
@@ -388,6 +403,76 @@ class RedisStore(SessionStore):
         await self._run_one(SET_SCHEMA, [keys.schema], ["2", "3"])
         self._upgraded(3)
 
+    async def _upgrade_keyed(self) -> None:
+        """Bring version 3 data up to version 4: give each round under an idempotency
+        key the session's delta_tokens and version right after it (see UPGRADE_KEYED),
+        then say so.
+
+        In version 3 a session's version grew only at create (1), activate (2) and
+        each round while it stayed Active, so round seq left it at seq + 2; its
+        delta_tokens were the sum of its rounds' up to seq. Safe to run in several
+        processes at once, and to run again after a crash. Processes still running
+        an older llmsession must be stopped first: they would go on writing rounds
+        without these numbers.
+        """
+        keys = self._keys
+        pattern = _glob_escape(keys.prefix) + "i:*"
+        names: list[str] = []
+        with self._guard():
+            async for name in _admin(self._client).scan_iter(match=pattern, count=1000):
+                names.append(_text(name))
+                if len(names) == _SWEEP_CHUNK:
+                    await self._key_rounds(names)
+                    names = []
+        await self._key_rounds(names)
+        await self._run_one(SET_SCHEMA, [keys.schema], ["3", "4"])
+        self._upgraded(4)
+
+    async def _key_rounds(self, names: Sequence[str]) -> None:
+        """Rewrite the version 3 entries of these idempotency hashes as version 4 ones."""
+        if not names:
+            return
+        # SCAN may return a name twice: harmless, the second pass finds nothing to do.
+        ids = [SessionId.parse(name[len(self._keys.prefix) + 2 :]) for name in names]
+        with self._guard():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for session_id in ids:
+                    pipe.hgetall(self._keys.idempotency(session_id))
+                hashes = [_row(raw) for raw in await pipe.execute()]
+        # Per session: (key, value read, round) of each entry still in version 3 form.
+        old: list[list[tuple[str, str, Round]]] = []
+        for session_id, keyed in zip(ids, hashes, strict=True):
+            read = ((key, raw, _version_3_round(session_id, raw)) for key, raw in keyed.items())
+            old.append([(key, raw, first) for key, raw, first in read if first is not None])
+        with self._guard():
+            # Each session's rounds up to its last one under a key, for the running sums.
+            async with self._client.pipeline(transaction=False) as pipe:
+                for session_id, entries in zip(ids, old, strict=True):
+                    last = max((found.seq for _, _, found in entries), default=0)
+                    pipe.lrange(self._keys.rounds(session_id), 0, last - 1)
+                listed = await pipe.execute()
+        names_used: list[str] = []
+        args: list[str] = []
+        for session_id, entries, raw_rounds in zip(ids, old, listed, strict=True):
+            if not entries:
+                continue
+            totals = list(
+                itertools.accumulate(
+                    parse_round(session_id, _text(raw)).delta_tokens for raw in _items(raw_rounds)
+                )
+            )
+            args.append(str(len(entries)))
+            for key, raw, found in entries:
+                if found.seq > len(totals):
+                    raise StoreError(
+                        f"{self._where}: session {session_id} has a round {found.seq} under "
+                        f"idempotency key {key!r}, but only {len(totals)} rounds"
+                    )
+                args += (key, raw, keyed_round_json(found, totals[found.seq - 1], found.seq + 2))
+            names_used.append(self._keys.idempotency(session_id))
+        if names_used:
+            await self._run_one(UPGRADE_KEYED, names_used, args)
+
     async def _list_in_groups(self, names: Sequence[str]) -> set[tuple[TenantId, str, str]]:
         """List these sessions (hash names) in their group's state set; return their
         (tenant, provider, model) labels."""
@@ -425,13 +510,17 @@ class RedisStore(SessionStore):
             raw = await _admin(self._client).config_get(*_DURABILITY_SETTINGS)
         except ResponseError as error:
             # Managed services often disable CONFIG: say so rather than guess.
-            _log.info("cannot read the persistence settings of %s: %s", self._where, error)
+            _log_once(
+                logging.INFO,
+                self._where,
+                f"cannot read the persistence settings of {self._where}: {error}",
+            )
             return
         except RedisError as error:
             raise StoreError(f"{self._where} failed: {error}") from error
         self.durability_warnings = durability_warnings({str(k): str(v) for k, v in raw.items()})
         for warning in self.durability_warnings:
-            _log.warning("%s: %s", self._where, warning)
+            _log_once(logging.WARNING, self._where, f"{self._where}: {warning}")
 
     # -- backend primitives ----------------------------------------------------
 
@@ -465,13 +554,13 @@ class RedisStore(SessionStore):
         stored = self._recent.get(tenant_id, session_id)
         remembered = stored is not None
         unchecked_key: str | None = None
-        first: Round | None = None
+        first: KeyedRound | None = None
         if stored is not None:
             # Taken as unused without reading: the write checks it, and so does
             # an answer that writes nothing.
             unchecked_key = idempotency_key
         else:
-            stored = await self.get(tenant_id, session_id)
+            stored = await self._get_stored(tenant_id, session_id)
             self._recent.remember(stored)
             if idempotency_key is not None:
                 first = await self._round_by_key(session_id, idempotency_key)
@@ -542,11 +631,11 @@ class RedisStore(SessionStore):
         if row.get("tenant") != tenant_id.value:
             raise NotFoundError(f"no session {session_id}")
         stored = self._parse(session_id, row)
-        found: dict[str, Round] = {}
+        found: dict[str, KeyedRound] = {}
         if keys:
             for used, raw in zip(keys, _items(replies[1]), strict=True):
                 if raw is not None:
-                    found[used] = parse_round(session_id, _text(raw))
+                    found[used] = self._parse_keyed(session_id, raw)
         cas = CasBatch(self._keys)
         outcomes: list[Change | Exception] = []
         writes: list[int] = []
@@ -565,7 +654,9 @@ class RedisStore(SessionStore):
                 stored = result.stored
                 if result.round is not None and result.round.idempotency_key is not None:
                     # A later change of this batch with the same key replays it.
-                    found[result.round.idempotency_key] = result.round
+                    found[result.round.idempotency_key] = KeyedRound(
+                        result.round, result.stored.record.delta_tokens, result.stored.version
+                    )
             outcomes.append(result)
         if not writes:
             self._recent.remember(stored)
@@ -586,7 +677,12 @@ class RedisStore(SessionStore):
             for index, outcome in enumerate(outcomes)
         ]
 
-    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+    async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """One session as of now: past its deadline, expired (see store.presented)."""
+        return present(await self._get_stored(tenant_id, session_id), self.clock())
+
+    async def _get_stored(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """One session as stored: what a change starts from."""
         with self._guard():
             raw = await self._client.hgetall(self._keys.session(session_id))
         row = _row(raw)
@@ -598,9 +694,9 @@ class RedisStore(SessionStore):
 
     # -- gateway rounds ------------------------------------------------------------
 
-    async def _find_round(
+    async def _keyed_round(
         self, tenant_id: TenantId, session_id: SessionId, idempotency_key: str
-    ) -> tuple[StoredSession, Round] | None:
+    ) -> tuple[StoredSession, KeyedRound] | None:
         with self._guard():
             # MULTI: the session and its round are read at one instant.
             async with self._client.pipeline(transaction=True) as pipe:
@@ -611,7 +707,7 @@ class RedisStore(SessionStore):
         if row.get("tenant") != tenant_id.value:
             raise NotFoundError(f"no session {session_id}")
         stored = self._parse(session_id, row)
-        return None if found is None else (stored, parse_round(session_id, _text(found)))
+        return None if found is None else (stored, self._parse_keyed(session_id, found))
 
     async def _history_turns(self, session_id: SessionId) -> list[Turn]:
         with self._guard():
@@ -710,9 +806,21 @@ class RedisStore(SessionStore):
             # The lease lets the lock go by itself.
             _log.warning("%s: giving back the turn lock %r failed: %s", self._where, name, error)
 
-    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+    async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+        """A tenant's sessions as of now, newest first (see store.presented): a due
+        Active session is listed as expired, under ``state=expired``, not ``active``."""
         self._check_open()
+        now = self.clock()
         after = decode_cursor(query.cursor) if query.cursor is not None else None
+        due: list[StoredSession] = []
+        if query.state is SessionExpired:
+            # The due sessions, read first: one swept meanwhile is then in both reads.
+            due = [
+                stored
+                for stored in shown_in(await self._due(tenant_id, now), now, query)
+                if _matches(stored, tenant_id, query)
+                and (after is None or (stored.record.created_at, stored.record.session_id) < after)
+            ]
         uppers: list[str] = []
         if query.created_before is not None:
             uppers.append(lex_time(query.created_before.epoch_micros))
@@ -733,12 +841,16 @@ class RedisStore(SessionStore):
         while len(matches) <= query.limit:
             members = await self._listed(tenant_id, query, high, low, batch)
             for stored in await self._read([member_id(m) for m in members]):
-                if _matches(stored, tenant_id, query):
-                    matches.append(stored)
+                # A due Active session is shown as expired: not a match for active.
+                shown = present(stored, now)
+                if _matches(shown, tenant_id, query):
+                    matches.append(shown)
             if len(members) < batch:
                 break
             high = "(" + members[-1]
             batch = min(batch * 2, 1024)
+        if due:
+            matches = newest_first(due, matches)
         page = matches[: query.limit]
         more = len(matches) > query.limit
         cursor = (
@@ -807,27 +919,44 @@ class RedisStore(SessionStore):
             lists[j] += [_text(m) for m in _items(members)]
         return _first(lists, count)
 
-    async def list_rounds(
-        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
-    ) -> Page[Round]:
-        check_page_size(limit)
-        if type(after_seq) is not int or after_seq < 0:
-            raise InvalidInput(f"after_seq must be an integer >= 0, got {after_seq!r}")
+    async def _list_rounds(
+        self, tenant_id: TenantId, session_id: SessionId, after_seq: int, limit: int
+    ) -> list[Round]:
+        # Round seq is at index seq - 1; Redis takes indexes up to 2**63-1.
+        last = min(after_seq + limit - 1, _MAX_INDEX)
         with self._guard():
             # MULTI: the owner and the rounds are read at one instant.
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hget(self._keys.session(session_id), "tenant")
-                pipe.lrange(self._keys.rounds(session_id), after_seq, after_seq + limit)
+                pipe.lrange(self._keys.rounds(session_id), after_seq, last)
                 owner, raw_rounds = await pipe.execute()
         if owner is None or _text(owner) != tenant_id.value:
             raise NotFoundError(f"no session {session_id}")
-        rounds = [parse_round(session_id, _text(raw)) for raw in _items(raw_rounds)]
-        page = rounds[:limit]
-        return Page(page, str(page[-1].seq) if len(rounds) > limit else None)
+        return [parse_round(session_id, _text(raw)) for raw in _items(raw_rounds)]
 
-    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+    async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+        """Totals as of now: a due Active session counts as expired (see store.presented).
+
+        The counters and the due sessions cannot be read in one step without
+        holding Redis for as long as the due sessions take to read, so the due
+        ones are read first, then the counters together with their versions
+        (MULTI): one written since (by a sweeper: a due session has no other
+        change) is counted as the counters have it.
+        """
+        self._check_open()
+        now = self.clock()
+        due = await self._due(tenant_id, now)
         with self._guard():
-            raw = await self._client.hgetall(self._keys.counters(tenant_id))
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self._keys.counters(tenant_id))
+                for stored in due:
+                    pipe.hget(self._keys.session(stored.record.session_id), "version")
+                raw, *versions = await pipe.execute()
+        unchanged = [
+            stored
+            for stored, version in zip(due, versions, strict=True)
+            if version is not None and _text(version) == str(stored.version)
+        ]
         groups: dict[tuple[str | None, str | None], Totals] = {}
         for (provider, model), values in parse_counters(_row(raw)).items():
             counts = {state.name: values[f"n:{state.name}"] for state in ALL_STATES}
@@ -856,7 +985,28 @@ class RedisStore(SessionStore):
                     )
                 ),
             )
-        return [groups[key] for key in sorted(groups, key=lambda k: (k[0] or "", k[1] or ""))]
+        return present_totals(list(groups.values()), unchanged, now, group_by)
+
+    async def _due(self, tenant_id: TenantId, now: Timestamp) -> list[StoredSession]:
+        """The tenant's sessions due at ``now``, as stored (still Active).
+
+        Read from ``deadlines`` as a sweep reads it, so this costs what is due and
+        not yet swept (of every tenant), not what is stored.
+        """
+        due: list[StoredSession] = []
+        low, high = "-", "(" + lex_time(now.epoch_micros + 1)
+        while True:
+            members, rows = await self._read_range(self._keys.deadlines, low, high, _DUE_CHUNK)
+            for text, row in zip(members, rows, strict=True):
+                values = split_row(row)
+                if values is None:
+                    continue  # gone since it was read
+                stored = self._parse_values(member_id(text), values)
+                if stored.record.tenant_id == tenant_id and expire_if_due(stored, now) is not None:
+                    due.append(stored)
+            if len(members) < _DUE_CHUNK:
+                return due
+            low = "(" + members[-1]
 
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         self._check_open()
@@ -873,12 +1023,20 @@ class RedisStore(SessionStore):
             self._keys.deadlines, "(" + lex_time(now.epoch_micros + 1), limit, change
         )
 
-    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
+    async def _purge_created(
+        self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
+    ) -> int:
         self._check_open()
 
+        # One tenant's are picked from every tenant's index: it holds only Created
+        # sessions, of which those older than a purge's age are few (abandoned ones).
         def change(stored: StoredSession) -> tuple[StoredSession, StoredSession | None] | None:
             record = stored.record
-            doomed = record.state is Created and record.created_at <= cutoff
+            doomed = (
+                record.state is Created
+                and record.created_at <= cutoff
+                and (tenant_id is None or record.tenant_id == tenant_id)
+            )
             return (stored, None) if doomed else None
 
         return await self._drain(
@@ -898,7 +1056,7 @@ class RedisStore(SessionStore):
 
     # -- tenants and API keys ----------------------------------------------------
 
-    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _create_tenant(self, tenant_id: TenantId) -> Tenant:
         tenant = Tenant(tenant_id, self.clock())
         [added] = await self._write(
             lambda pipe: pipe.hsetnx(
@@ -909,7 +1067,7 @@ class RedisStore(SessionStore):
             raise ConflictError(f"tenant {tenant_id} already exists")
         return tenant
 
-    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _get_tenant(self, tenant_id: TenantId) -> Tenant:
         with self._guard():
             raw = await self._client.hget(self._keys.tenants, tenant_id.value)
         if raw is None:
@@ -922,7 +1080,7 @@ class RedisStore(SessionStore):
         tenants = [Tenant(TenantId(k), self._time(v)) for k, v in _row(raw).items()]
         return sorted(tenants, key=lambda t: t.tenant_id)
 
-    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+    async def _add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
         await self.get_tenant(tenant_id)
         info = ApiKeyInfo(key_id, tenant_id, key_hash, self.clock())
         value = json.dumps([tenant_id.value, key_hash.hex(), info.created_at.epoch_micros])
@@ -940,7 +1098,7 @@ class RedisStore(SessionStore):
                 raw, revoked = await pipe.execute()
         return None if raw is None else self._key(key_id, raw, revoked)
 
-    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+    async def _list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         with self._guard():
             members = await self._client.smembers(self._keys.tenant_keys(tenant_id))
             ids = sorted(_text(key_id) for key_id in members)
@@ -975,10 +1133,16 @@ class RedisStore(SessionStore):
 
     # -- reading -----------------------------------------------------------------
 
-    async def _round_by_key(self, session_id: SessionId, idempotency_key: str) -> Round | None:
+    async def _round_by_key(self, session_id: SessionId, idempotency_key: str) -> KeyedRound | None:
         with self._guard():
             raw = await self._client.hget(self._keys.idempotency(session_id), idempotency_key)
-        return None if raw is None else parse_round(session_id, _text(raw))
+        return None if raw is None else self._parse_keyed(session_id, raw)
+
+    def _parse_keyed(self, session_id: SessionId, raw: object) -> KeyedRound:
+        try:
+            return parse_keyed_round(session_id, _text(raw))
+        except StoreError as error:
+            raise StoreError(f"{self._where}: {error}") from None
 
     def _parse_values(self, session_id: SessionId, values: Sequence[object]) -> StoredSession:
         try:
@@ -1368,6 +1532,19 @@ class _Guard:
             raise StoreError(f"{self.where} failed: {error}") from error
 
 
+# What this process has logged about each server (its ``where``: host, port and
+# database, never a password): a process opens many stores on one server (a
+# CLI command, workers, each test), and one warning says it all. A new message,
+# as when the server's settings changed, is logged again.
+_LOGGED: set[tuple[str, str]] = set()
+
+
+def _log_once(level: int, where: str, message: str) -> None:
+    if (where, message) not in _LOGGED:
+        _LOGGED.add((where, message))
+        _log.log(level, "%s", message)
+
+
 def durability_warnings(config: Mapping[str, str]) -> list[str]:
     """How a Redis with this CONFIG may lose acknowledged writes; empty if it looks durable.
 
@@ -1437,6 +1614,18 @@ def _parse_url(url: str) -> _Options:
     return _Options(client_url, prefix, where, wait_replicas, wait_timeout_ms)
 
 
+async def _connect(client: aioredis.Redis, where: str) -> None:
+    """A first command, so that an unreachable server is one error saying what to check."""
+    try:
+        await _admin(client).ping()
+    except RedisError as error:
+        said = str(error).rstrip()
+        raise StoreError(
+            f"cannot connect to {where}: {said}{'' if said.endswith('.') else '.'} "
+            "Check the URL's host, port and password, and that Redis is running there."
+        ) from error
+
+
 def _count_option(given: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
     text = given.get(name)
     if text is None:
@@ -1444,6 +1633,15 @@ def _count_option(given: Mapping[str, str], name: str, default: int, *, minimum:
     if not text.isdigit() or not text.isascii() or int(text) < minimum:
         raise InvalidInput(f"Redis URL option {name} must be an integer >= {minimum}, got {text!r}")
     return int(text)
+
+
+def _version_3_round(session_id: SessionId, raw: str) -> Round | None:
+    """The round of a version 3 idempotency hash entry; None for a version 4 one."""
+    try:
+        parse_keyed_round(session_id, raw)
+    except StoreError:
+        return parse_round(session_id, raw)
+    return None
 
 
 def _glob_escape(text: str) -> str:

@@ -9,7 +9,8 @@ Key layout, under a prefix (``llmsession:`` by default)::
                          sums of its gateway rounds' usage (missing: it has had
                          none, and so no turns either)
     r:<session id>       list: the rounds as JSON; seq i is at index i-1
-    i:<session id>       hash: idempotency key -> round JSON
+    i:<session id>       hash: idempotency key -> the round as JSON, with the
+                         session's delta_tokens and version right after it
     h:<session id>       hash: round seq -> that round's turn of the conversation
                          (MessagePack); deleted when the session leaves Active
     started:<tenant>     hash: idempotency key -> the session the gateway started
@@ -67,7 +68,7 @@ from llmsession.errors import LLMSessionError, StoreError
 from llmsession.ids import SessionId, TenantId
 from llmsession.record import SessionRecord
 from llmsession.states import ALL_STATES, Created, SessionState, state_named
-from llmsession.store.models import NO_USAGE, Round, StoredSession, Turn, UsageTotals
+from llmsession.store.models import NO_USAGE, KeyedRound, Round, StoredSession, Turn, UsageTotals
 from llmsession.timestamps import Timestamp
 from llmsession.usage import Usage
 
@@ -85,6 +86,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SET_SCHEMA",
     "UPGRADE_DUE",
+    "UPGRADE_KEYED",
     "UPGRADE_LISTED",
     "USAGE_METRICS",
     "CasBatch",
@@ -95,11 +97,13 @@ __all__ = [
     "counter_group",
     "group_head",
     "group_tail",
+    "keyed_round_json",
     "lex_time",
     "member",
     "member_id",
     "pack_turn",
     "parse_counters",
+    "parse_keyed_round",
     "parse_round",
     "parse_session",
     "parse_session_values",
@@ -115,11 +119,14 @@ __all__ = [
 #: itself, so each round moved it); UPGRADE_DUE brings version 1 data up to it.
 #: Version 3 lists states per group only (version 2 also kept them per tenant,
 #: provider and model); RedisStore brings version 2 data up with UPGRADE_LISTED.
-#: Version 4 adds the gateway's keys and fields (usage, history, started-by
-#: records, usage counters), all optional: version 3 data is version 4 data
+#: Version 4 keeps with each round under an idempotency key the session's
+#: delta_tokens and version right after it (a replayed round's answer);
+#: RedisStore brings version 3 data up with UPGRADE_KEYED.
+#: Version 5 adds the gateway's keys and fields (usage, history, started-by
+#: records, usage counters), all optional: version 4 data is version 5 data
 #: without gateway sessions, so the upgrade only sets the number, after which an
 #: older llmsession, which would refuse the usage counters, refuses the data.
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 
 # A member starts with a time as 16 hex digits; the offset makes every Timestamp
 # (years 1 to 9999) non-negative, so text order is time order.
@@ -179,6 +186,8 @@ class Script:
 #:       expects), else false; idempotency hash ('' if the write does not touch
 #:       it); idempotency key ('' = none: if given and already in the idempotency
 #:       hash, nothing is written); rounds list (or ''); round JSON ('' = none);
+#:       what the idempotency hash keeps of the round under the key (see
+#:       keyed_round_json; '' without a key);
 #:       history hash ('' = untouched): with a turn, the round's turn goes into it
 #:       under its seq (the rounds list's length once the round is in); without
 #:       one, the session is leaving Active and its history is deleted (named
@@ -207,8 +216,8 @@ local results, ok = {}, true
 for w = 1, a[1] do
   local session, expected, op, chained = a[p + 1], a[p + 2], a[p + 3], a[p + 4]
   local idem, idem_key, rounds, round = a[p + 5], a[p + 6], a[p + 7], a[p + 8]
-  local history, turn, started = a[p + 9], a[p + 10], a[p + 11]
-  p = p + 11
+  local keyed, history, turn, started = a[p + 9], a[p + 10], a[p + 11], a[p + 12]
+  p = p + 12
   local start_key, start_id
   if started then
     start_key, start_id = a[p + 1], a[p + 2]
@@ -251,7 +260,7 @@ for w = 1, a[1] do
     end
     if round ~= '' then
       local seq = redis.call('RPUSH', rounds, round)
-      if idem_key ~= '' then redis.call('HSET', idem, idem_key, round) end
+      if idem_key ~= '' then redis.call('HSET', idem, idem_key, keyed) end
       if turn then redis.call('HSET', history, seq, turn) end
     end
     if started then redis.call('HSET', started, start_key, start_id) end
@@ -416,6 +425,24 @@ for j = 1, #KEYS, 2 do
   if redis.call('HGET', KEYS[j], 'version') == ARGV[j] then
     redis.call('ZADD', KEYS[j + 1], 0, ARGV[j + 1])
   end
+end
+return 1
+""")
+
+#: Gives version 3 rounds under idempotency keys what version 4 keeps with them
+#: (see keyed_round_json), each only if it is still as it was read: one written
+#: since is a version 4 one already. KEYS: idempotency hashes. ARGV: per hash, n
+#: and n triples (idempotency key, the value read, the new value).
+UPGRADE_KEYED: Final = Script.of("""
+local p = 0
+for j = 1, #KEYS do
+  local n = tonumber(ARGV[p + 1])
+  for k = p + 2, p + 1 + 3 * n, 3 do
+    if redis.call('HGET', KEYS[j], ARGV[k]) == ARGV[k + 1] then
+      redis.call('HSET', KEYS[j], ARGV[k], ARGV[k + 2])
+    end
+  end
+  p = p + 1 + 3 * n
 end
 return 1
 """)
@@ -642,7 +669,11 @@ class CasBatch:
         history: str = ""
         packed: bytes | bool = False
         started: str | bool = False
+        round_text = keyed = ""
         if new_round is not None:
+            round_text = round_json(new_round)
+            if new is not None and new_round.idempotency_key is not None:
+                keyed = _keyed_text(round_text, new.record.delta_tokens, new.version)
             if new_round.turn is not None:
                 history = names.history(record.session_id)
                 packed = pack_turn(new_round.turn)
@@ -661,7 +692,8 @@ class CasBatch:
             idempotency_key if key or new is None else "",
             key,
             rounds_key if new_round or new is None else "",
-            "" if new_round is None else round_json(new_round),
+            round_text,
+            keyed,
             history,
             packed,
             started,
@@ -1043,31 +1075,63 @@ def round_json(round_: Round) -> str:
 def parse_round(session_id: SessionId, raw: str) -> Round:
     """A round of ``session_id`` from its stored JSON."""
     try:
-        seq, delta, recorded, key, *gateway = json.loads(raw)
-        if key is not None and not isinstance(key, str):
-            raise TypeError("the idempotency key is not text")
-        usage = None
-        if gateway:
-            (stored_usage,) = gateway
-            if stored_usage is not None:
-                *counts, provided = stored_usage
-                if not isinstance(provided, dict):
-                    raise TypeError("the provider's usage is not an object")
-                given, cached, written, output, reasoning = map(_int, counts)
-                usage = Usage(
-                    given, cached, written, output, reasoning, cast(dict[str, object], provided)
-                )
-        return Round(
-            session_id,
-            _int(seq),
-            _int(delta),
-            Timestamp(_int(recorded)),
-            key,
-            usage,
-            gateway=bool(gateway),
-        )
+        return _round(session_id, json.loads(raw))
     except (ValueError, TypeError, LLMSessionError):
         raise StoreError(f"a round of session {session_id} is not valid: {raw[:200]!r}") from None
+
+
+def keyed_round_json(round_: Round, session_delta_tokens: int, session_version: int) -> str:
+    """A round under an idempotency key as stored: its JSON (see round_json) with the
+    session's delta_tokens and version right after it appended."""
+    return _keyed_text(round_json(round_), session_delta_tokens, session_version)
+
+
+def _keyed_text(round_text: str, session_delta_tokens: int, session_version: int) -> str:
+    # keyed_round_json of a round whose round_json is round_text.
+    return f"{round_text[:-1]}, {session_delta_tokens}, {session_version}]"
+
+
+def parse_keyed_round(session_id: SessionId, raw: str) -> KeyedRound:
+    """A round of ``session_id`` under an idempotency key, from its stored JSON."""
+    try:
+        *values, session_delta, session_version = json.loads(raw)
+        round_ = _round(session_id, values)
+        return KeyedRound(round_, _int(session_delta), _int(session_version))
+    except (ValueError, TypeError, LLMSessionError):
+        raise StoreError(
+            f"a round of session {session_id} under an idempotency key is not valid: {raw[:200]!r}"
+        ) from None
+
+
+def _round(session_id: SessionId, values: object) -> Round:
+    # [seq, delta_tokens, recorded_at, key], and for a gateway round its usage.
+    if not isinstance(values, list):
+        raise TypeError("a round is not an array")
+    seq, delta, recorded, key, *gateway = cast(list[object], values)
+    if key is not None and not isinstance(key, str):
+        raise TypeError("the idempotency key is not text")
+    usage = None
+    if gateway:
+        (stored_usage,) = gateway
+        if stored_usage is not None:
+            if not isinstance(stored_usage, list):
+                raise TypeError("the usage is not an array")
+            *counts, provided = cast(list[object], stored_usage)
+            if not isinstance(provided, dict):
+                raise TypeError("the provider's usage is not an object")
+            given, cached, written, output, reasoning = map(_int, counts)
+            usage = Usage(
+                given, cached, written, output, reasoning, cast(dict[str, object], provided)
+            )
+    return Round(
+        session_id,
+        _int(seq),
+        _int(delta),
+        Timestamp(_int(recorded)),
+        key,
+        usage,
+        gateway=bool(gateway),
+    )
 
 
 def pack_turn(turn: Turn) -> bytes:

@@ -23,18 +23,26 @@ not, or if the change would write nothing (an error, a replay), the change is
 computed again from a fresh read in the same transaction: an answer never rests
 on a remembered session alone.
 
-Times are integer epoch microseconds. The schema is created and versioned here,
-in ``PRAGMA user_version``.
+Gateway sessions keep their conversation in ``turns``, written in the
+transaction of its round and deleted in the one that ends the session. Their
+turns are serialized across processes by a lease row per session
+(``turn_leases``, see :meth:`SQLiteStore.turn_lock`).
+
+Times are integer epoch microseconds. The schema is created, versioned (in
+``PRAGMA user_version``) and upgraded here; see _UPGRADES.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -51,7 +59,7 @@ from llmsession.errors import (
     StoreError,
 )
 from llmsession.ids import SessionId, TenantId
-from llmsession.states import ALL_STATES, Created, state_named
+from llmsession.states import ALL_STATES, Active, Created, SessionExpired, state_named
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
     Change,
@@ -65,22 +73,33 @@ from llmsession.store.group_commit import GroupCommit
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
+    KeyedRound,
     Page,
     Round,
     SessionQuery,
     StoredSession,
     Tenant,
     Totals,
-    check_page_size,
+    Turn,
+    UsageTotals,
 )
+from llmsession.store.presented import newest_first, present, present_totals, shown_in
 from llmsession.store.recent import RecentSessions
 from llmsession.store.sql_rows import (
     INSERT_COLUMNS,
+    ROUND_USAGE_COLUMNS,
     SESSION_COLUMNS,
+    TURN_COLUMNS,
+    USAGE_COLUMNS,
     change_values,
     insert_values,
     key_from_row,
+    round_usage_values,
     stored_from_row,
+    turn_from_row,
+    turn_values,
+    usage_from_round_row,
+    usage_totals_from_row,
 )
 from llmsession.timestamps import Timestamp
 
@@ -89,7 +108,11 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "path_of_url"]
 T = TypeVar("T")
 
 #: The schema this code writes and reads; stored in ``PRAGMA user_version``.
-SCHEMA_VERSION: Final = 1
+#: Version 2 keeps with each round the session's delta_tokens and version right
+#: after it (a replayed round's answer). Version 3 adds gateway rounds: usage on
+#: sessions and rounds, the turns of the conversation, the keys that started
+#: sessions and the turn leases. _UPGRADES brings older files up to it.
+SCHEMA_VERSION: Final = 3
 
 # SQLite's INTEGER, and so the largest LIMIT.
 _MAX_INTEGER = 2**63 - 1
@@ -105,8 +128,114 @@ _BUSY_TIMEOUT_SECONDS = 30.0
 # condition the same way, so the state name is part of the SQL text.
 _CREATED = Created.name
 
-_SCHEMA: Final = (
+# A gateway turn holds its session's lease for seconds (the provider's answer);
+# the holder renews it every third of this while it runs, so only a holder that
+# crashed (or stalled this long) lets it lapse, and its session waits at most
+# this long for the next turn.
+_TURN_LEASE_SECONDS = 10.0
+# How long a waiter for a lease sleeps between looks, at first and at most.
+_LEASE_POLL_FIRST = 0.002
+_LEASE_POLL_MAX = 0.05
+
+# The columns version 3 added at the end of sessions and rounds, as _SCHEMA
+# declares them and the upgrade adds them: a fresh file and an upgraded one are
+# the same. Sessions: UsageTotals (the provider's usage of the session's gateway
+# rounds), then has_turns, 1 once a turn was stored (which ended sessions have
+# turns to delete).
+_SESSION_GATEWAY_COLUMNS: Final = tuple(
+    f"{column} INTEGER NOT NULL DEFAULT 0" for column in (*USAGE_COLUMNS.split(", "), "has_turns")
+)
+# Rounds: a gateway round's flag (1) and the provider's figures (NULL if it sent none).
+_ROUND_GATEWAY_COLUMNS: Final = (
+    "gateway INTEGER NOT NULL DEFAULT 0",
+    *(f"{column} INTEGER" for column in ROUND_USAGE_COLUMNS.split(", ")[1:-1]),
+    "raw_usage TEXT",
+)
+
+# The tables of gateway rounds. A turn is large (a conversation's items and a
+# whole answer), so ``turns`` keeps its rowid: WITHOUT ROWID suits small rows.
+_GATEWAY_TABLES: Final = (
     """
+    CREATE TABLE turns (
+        session_id    BLOB    NOT NULL,
+        seq           INTEGER NOT NULL,
+        endpoint      TEXT    NOT NULL,
+        request_hash  TEXT    NOT NULL,
+        request_items TEXT    NOT NULL,
+        answer_items  TEXT    NOT NULL,
+        response_id   TEXT,
+        answer_status INTEGER NOT NULL,
+        answer_type   TEXT    NOT NULL,
+        answer_body   BLOB    NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    )
+    """,
+    # The tenant's idempotency key that started a session through the gateway.
+    """
+    CREATE TABLE started_sessions (
+        tenant_id       TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        session_id      BLOB NOT NULL,
+        PRIMARY KEY (tenant_id, idempotency_key)
+    ) WITHOUT ROWID
+    """,
+    # Who holds a session's gateway turn, and until when (epoch microseconds).
+    """
+    CREATE TABLE turn_leases (
+        session_id BLOB    NOT NULL PRIMARY KEY,
+        holder     TEXT    NOT NULL,
+        until      INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+)
+
+
+def _rounds_table(name: str, added: Sequence[str] = ()) -> str:
+    """The rounds table as version 2 made it, with the columns of later versions
+    ``added`` at its end (where ALTER TABLE puts them)."""
+    extra = "".join(f"        {column},\n" for column in added)
+    return f"""
+    CREATE TABLE {name} (
+        session_id           BLOB    NOT NULL,
+        seq                  INTEGER NOT NULL,
+        delta_tokens         INTEGER NOT NULL,
+        recorded_at          INTEGER NOT NULL,
+        idempotency_key      TEXT,
+        session_delta_tokens INTEGER NOT NULL,
+        session_version      INTEGER NOT NULL,
+{extra}        PRIMARY KEY (session_id, seq),
+        UNIQUE (session_id, idempotency_key)
+    ) WITHOUT ROWID
+    """
+
+
+#: What takes a schema from the version before to this one, in order; run in
+#: one transaction with the new user_version.
+_UPGRADES: Final[dict[int, tuple[str, ...]]] = {
+    # SQLite adds no NOT NULL column without a default, so the rounds table is
+    # copied. Before version 2 a session's version grew only at create (1),
+    # activate (2) and each round while it stayed Active, so round seq left it
+    # at seq + 2; its delta_tokens were the sum of its rounds' up to seq.
+    2: (
+        _rounds_table("rounds_v2"),
+        "INSERT INTO rounds_v2 (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+        "session_delta_tokens, session_version) "
+        "SELECT session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+        "SUM(delta_tokens) OVER (PARTITION BY session_id ORDER BY seq), seq + 2 FROM rounds",
+        "DROP TABLE rounds",
+        "ALTER TABLE rounds_v2 RENAME TO rounds",
+    ),
+    # SQLite adds a column by changing the table's definition only, without
+    # rewriting a row.
+    3: (
+        *(f"ALTER TABLE sessions ADD COLUMN {column}" for column in _SESSION_GATEWAY_COLUMNS),
+        *(f"ALTER TABLE rounds ADD COLUMN {column}" for column in _ROUND_GATEWAY_COLUMNS),
+        *_GATEWAY_TABLES,
+    ),
+}
+
+_SCHEMA: Final = (
+    f"""
     CREATE TABLE sessions (
         session_id       BLOB    NOT NULL PRIMARY KEY,
         tenant_id        TEXT    NOT NULL,
@@ -124,7 +253,8 @@ _SCHEMA: Final = (
         version          INTEGER NOT NULL,
         ttl_seconds      INTEGER NOT NULL,
         last_activity_at INTEGER NOT NULL,
-        deadline         INTEGER
+        deadline         INTEGER,
+        {", ".join(_SESSION_GATEWAY_COLUMNS)}
     ) WITHOUT ROWID
     """,
     """
@@ -151,17 +281,7 @@ _SCHEMA: Final = (
     CREATE INDEX sessions_created_unused
         ON sessions (created_at) WHERE state = '{_CREATED}'
     """,
-    """
-    CREATE TABLE rounds (
-        session_id      BLOB    NOT NULL,
-        seq             INTEGER NOT NULL,
-        delta_tokens    INTEGER NOT NULL,
-        recorded_at     INTEGER NOT NULL,
-        idempotency_key TEXT,
-        PRIMARY KEY (session_id, seq),
-        UNIQUE (session_id, idempotency_key)
-    ) WITHOUT ROWID
-    """,
+    _rounds_table("rounds", _ROUND_GATEWAY_COLUMNS),
     """
     CREATE TABLE tenants (
         tenant_id  TEXT    NOT NULL PRIMARY KEY,
@@ -180,22 +300,39 @@ _SCHEMA: Final = (
     """
     CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id, created_at, key_id)
     """,
+    *_GATEWAY_TABLES,
 )
 
-_SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ? AND tenant_id = ?"
-_INSERT_SESSION = f"INSERT INTO sessions ({INSERT_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+# A session as _stored_from_row reads it: its columns, then its usage.
+_SESSION_COLUMNS = f"{SESSION_COLUMNS}, {USAGE_COLUMNS}"
+_SELECT_SESSION = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ? AND tenant_id = ?"
+_INSERT_SESSION = (
+    f"INSERT INTO sessions ({INSERT_COLUMNS}, {USAGE_COLUMNS}) VALUES ({', '.join('?' * 23)})"
+)
 _UPDATE_SESSION = (
     "UPDATE sessions SET state = ?, activated_at = ?, closed_at = ?, expired_at = ?, "
     "round_count = ?, delta_tokens = ?, tokens_saved = ?, version = ?, last_activity_at = ?, "
-    "deadline = ? WHERE session_id = ? AND version = ?"
+    "deadline = ?, input_tokens = ?, cached_input_tokens = ?, cache_write_tokens = ?, "
+    "output_tokens = ?, reasoning_tokens = ?, rounds_without_usage = ? "
+    "WHERE session_id = ? AND version = ?"
 )
+# A ledger round leaves the gateway columns to their defaults (0 and NULL).
 _INSERT_ROUND = (
-    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key) "
-    "VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+    "session_delta_tokens, session_version) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-_ROUND_COLUMNS = "seq, delta_tokens, recorded_at, idempotency_key"
+_INSERT_GATEWAY_ROUND = (
+    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+    f"session_delta_tokens, session_version, {ROUND_USAGE_COLUMNS}) "
+    f"VALUES ({', '.join('?' * 14)})"
+)
+_INSERT_TURN = f"INSERT INTO turns (session_id, seq, {TURN_COLUMNS}) VALUES ({', '.join('?' * 10)})"
+_DELETE_TURNS = "DELETE FROM turns WHERE session_id = ?"
+_MARK_TURNS = "UPDATE sessions SET has_turns = 1 WHERE session_id = ? AND has_turns = 0"
+_ROUND_COLUMNS = f"seq, delta_tokens, recorded_at, idempotency_key, {ROUND_USAGE_COLUMNS}"
 _SELECT_ROUND_BY_KEY = (
-    f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE session_id = ? AND idempotency_key = ?"
+    f"SELECT {_ROUND_COLUMNS}, session_delta_tokens, session_version FROM rounds "
+    "WHERE session_id = ? AND idempotency_key = ?"
 )
 
 # SUM() raises on passing 2**63-1, and total() is a float. Summing the high and
@@ -270,6 +407,19 @@ def _fetch_all(sql: str, params: Sequence[object], conn: sqlite3.Connection) -> 
     return conn.execute(sql, params).fetchall()
 
 
+def _in_snapshot(
+    first: tuple[str, Sequence[object]],
+    second: tuple[str, Sequence[object]],
+    conn: sqlite3.Connection,
+) -> tuple[list[Any], list[Any]]:
+    """Two queries' rows from one snapshot of the file (one read transaction)."""
+    conn.execute("BEGIN")
+    try:
+        return conn.execute(*first).fetchall(), conn.execute(*second).fetchall()
+    finally:
+        conn.execute("COMMIT")
+
+
 def _begin_immediate(conn: sqlite3.Connection) -> None:
     # A transaction can only be open here if a cancelled task's rollback was
     # itself cancelled; it holds nothing anyone acknowledged, so end it.
@@ -327,6 +477,8 @@ class SQLiteStore(SessionStore):
         # Only the writer's thread touches it (in _apply_change).
         self._recent = RecentSessions(_SESSION_CACHE)
         self._closed = False
+        #: How long a gateway turn's lease lasts unless renewed (see turn_lock).
+        self.turn_lease_seconds = _TURN_LEASE_SECONDS
 
     @classmethod
     async def open(
@@ -377,19 +529,25 @@ class SQLiteStore(SessionStore):
         if self._schema_version(conn) == SCHEMA_VERSION:
             return
         # Checked again under the write lock: another process may have won the race.
-        _in_transaction(self._create_schema, conn)
+        _in_transaction(self._create_or_upgrade, conn)
 
-    def _create_schema(self, conn: sqlite3.Connection) -> None:
-        if self._schema_version(conn) != 0:
+    def _create_or_upgrade(self, conn: sqlite3.Connection) -> None:
+        found = self._schema_version(conn)
+        if found == SCHEMA_VERSION:
             return
-        try:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-        except sqlite3.OperationalError as error:
-            raise StoreError(
-                f"SQLite file {self.path} already holds tables that llmsession did not "
-                f"create ({error}); use a new file"
-            ) from error
+        if found == 0:
+            try:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+            except sqlite3.OperationalError as error:
+                raise StoreError(
+                    f"SQLite file {self.path} already holds tables that llmsession did not "
+                    f"create ({error}); use a new file"
+                ) from error
+        else:
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                for statement in _UPGRADES[version]:
+                    conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _schema_version(self, conn: sqlite3.Connection) -> int:
@@ -426,9 +584,130 @@ class SQLiteStore(SessionStore):
 
     # -- session primitives ------------------------------------------------------
 
-    async def _insert(self, stored: StoredSession) -> None:
-        params = insert_values(stored, stored.record.session_id.value.bytes)
-        await self._write(lambda conn: conn.execute(_INSERT_SESSION, params).rowcount)
+    async def _insert(self, stored: StoredSession, first: Round | None = None) -> None:
+        params = (
+            *insert_values(stored, stored.record.session_id.value.bytes),
+            *stored.usage.as_tuple(),
+        )
+        start_key = None if first is None else first.idempotency_key
+
+        def insert(conn: sqlite3.Connection) -> None:
+            if start_key is not None:
+                _record_start(conn, stored, start_key)
+            conn.execute(_INSERT_SESSION, params)
+            if first is not None:
+                _insert_round(conn, first, stored)
+
+        await self._write(insert)
+
+    async def _history_turns(self, session_id: SessionId) -> list[Turn]:
+        rows = await self._read(
+            f"SELECT {TURN_COLUMNS} FROM turns WHERE session_id = ? ORDER BY seq",
+            (session_id.value.bytes,),
+        )
+        return [turn_from_row(row) for row in rows]
+
+    async def _stored_turn(self, session_id: SessionId, seq: int) -> Turn | None:
+        rows = await self._read(
+            f"SELECT {TURN_COLUMNS} FROM turns WHERE session_id = ? AND seq = ?",
+            (session_id.value.bytes, seq),
+        )
+        return turn_from_row(rows[0]) if rows else None
+
+    async def _started_by(self, tenant_id: TenantId, idempotency_key: str) -> SessionId | None:
+        rows = await self._read(_SELECT_STARTED, (tenant_id.value, idempotency_key))
+        return SessionId(uuid.UUID(bytes=rows[0][0])) if rows else None
+
+    async def _keyed_round(
+        self, tenant_id: TenantId, session_id: SessionId, idempotency_key: str
+    ) -> tuple[StoredSession, KeyedRound] | None:
+        _, reader = self._connections()
+        sessions, rounds = await reader.run(
+            partial(
+                _in_snapshot,
+                (_SELECT_SESSION, _key(tenant_id, session_id)),
+                (_SELECT_ROUND_BY_KEY, (session_id.value.bytes, idempotency_key)),
+            )
+        )
+        if not sessions:
+            raise NotFoundError(f"no session {session_id}")
+        if not rounds:
+            return None
+        return _stored_from_row(sessions[0]), _keyed_from_row(session_id, rounds[0])
+
+    def turn_lock(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold a session's gateway turn, across every process using this file.
+
+        In this process waiters queue in arrival order; the first then takes the
+        session's lease row (``turn_leases``) in a write transaction, polling with
+        a short backoff while another process holds it. The holder renews the
+        lease while the block runs and deletes it on the way out (also when
+        cancelled); a lease left by a crashed process lapses after
+        ``turn_lease_seconds`` and is taken over.
+        """
+        return self._hold_turn(session_id)
+
+    @asynccontextmanager
+    async def _hold_turn(self, session_id: SessionId) -> AsyncGenerator[None]:
+        async with self._local_turns.turn(session_id):
+            holder = uuid.uuid4().hex
+            try:
+                await self._take_lease(session_id, holder)
+            except BaseException:
+                # Cancelled while its write ran on, a take may still have committed.
+                await asyncio.shield(self._drop_lease(session_id, holder))
+                raise
+            renewing = asyncio.create_task(self._renew_lease(session_id, holder))
+            try:
+                yield
+            finally:
+                renewing.cancel()
+                # Shielded: a cancelled turn still lets the next one in at once.
+                await asyncio.shield(self._drop_lease(session_id, holder))
+
+    async def _take_lease(self, session_id: SessionId, holder: str) -> None:
+        key = session_id.value.bytes
+        pause = _LEASE_POLL_FIRST
+
+        def take(conn: sqlite3.Connection) -> bool:
+            now = _wall_micros()
+            row = conn.execute(_SELECT_LEASE, (key,)).fetchone()
+            if row is not None and row[0] > now:
+                return False
+            until = now + int(self.turn_lease_seconds * 1_000_000)
+            conn.execute(_TAKE_LEASE, (key, holder, until))
+            return True
+
+        while True:
+            # A look through the reader first: waiting takes no write lock.
+            held = await self._read(_SELECT_LEASE, (key,))
+            if (not held or held[0][0] <= _wall_micros()) and await self._write(take):
+                return
+            await asyncio.sleep(random.uniform(pause / 2, pause))
+            pause = min(pause * 2, _LEASE_POLL_MAX)
+
+    async def _renew_lease(self, session_id: SessionId, holder: str) -> None:
+        key = session_id.value.bytes
+
+        def renew(conn: sqlite3.Connection) -> None:
+            until = _wall_micros() + int(self.turn_lease_seconds * 1_000_000)
+            conn.execute(_RENEW_LEASE, (until, key, holder))
+
+        # A renewal that fails (the store closed, its file broke) ends them: the
+        # lease then lapses, as a crashed holder's would.
+        with contextlib.suppress(StoreError):
+            while True:
+                await asyncio.sleep(self.turn_lease_seconds / 3)
+                await self._write(renew)
+
+    async def _drop_lease(self, session_id: SessionId, holder: str) -> None:
+        key = session_id.value.bytes
+        # If the store was closed (or its file failed) meanwhile, the lease lapses
+        # on its own.
+        with contextlib.suppress(StoreError):
+            await self._write(lambda conn: conn.execute(_DROP_LEASE, (key, holder)))
 
     async def _run_change(
         self,
@@ -522,34 +801,40 @@ class SQLiteStore(SessionStore):
             found = conn.execute(
                 _SELECT_ROUND_BY_KEY, (pending.session_id.value.bytes, pending.idempotency_key)
             ).fetchone()
-            first = None if found is None else _round_from_row(pending.session_id, found)
+            if found is not None:
+                first = _keyed_from_row(pending.session_id, found)
         return self._compute(pending.change, stored, first)
 
     def _write_change(self, conn: sqlite3.Connection, old: StoredSession, result: Change) -> bool:
         """Write ``result`` over ``old`` if the row still holds ``old``'s version."""
-        if conn.execute(_UPDATE_SESSION, _update_params(result.stored, old.version)).rowcount != 1:
+        new = result.stored
+        if conn.execute(_UPDATE_SESSION, _update_params(new, old.version)).rowcount != 1:
             return False
         if result.round is not None:
-            conn.execute(_INSERT_ROUND, _round_params(result.round))
-        self._recent.remember(result.stored)
+            _insert_round(conn, result.round, new)
+        elif new.record.state is not Active and old.record.state is Active:
+            # The session ended: its conversation goes with it (the rounds stay).
+            conn.execute(_DELETE_TURNS, (new.record.session_id.value.bytes,))
+        self._recent.remember(new)
         return True
 
-    async def get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+    async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """One session as of now: past its deadline, expired (see store.presented)."""
         rows = await self._read(_SELECT_SESSION, _key(tenant_id, session_id))
         if not rows:
             raise NotFoundError(f"no session {session_id}")
-        return _stored_from_row(rows[0])
+        return present(_stored_from_row(rows[0]), self.clock())
 
-    async def list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+    async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
+        """A tenant's sessions as of now, newest first (see store.presented): a due
+        Active session is listed as expired, under ``state=expired``, not ``active``."""
+        now = self.clock()
         conditions = ["tenant_id = ?"]
         params: list[object] = [tenant_id.value]
         if query.cursor is not None:
             created_at, session_id = decode_cursor(query.cursor)
             conditions.append("(created_at, session_id) < (?, ?)")
             params += [created_at.epoch_micros, session_id.value.bytes]
-        if query.state is not None:
-            conditions.append("state = ?")
-            params.append(query.state.name)
         if query.provider_id is not None:
             conditions.append("provider_id = ?")
             params.append(query.provider_id)
@@ -562,25 +847,43 @@ class SQLiteStore(SessionStore):
         if query.created_before is not None:
             conditions.append("created_at < ?")
             params.append(query.created_before.epoch_micros)
-        params.append(query.limit + 1)
+        where = " AND ".join(conditions)
+        order = "ORDER BY created_at DESC, session_id DESC LIMIT ?"
+        due: list[Any] = []
+        if query.state is SessionExpired:
+            # The due sessions, read first: one swept meanwhile is then in both reads.
+            # Through the deadline index, so this costs what is due and not yet
+            # swept; without statistics SQLite would pick the tenant's index and
+            # read every session of the tenant.
+            due = await self._read(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions INDEXED BY sessions_due "
+                f"WHERE deadline IS NOT NULL AND deadline <= ? AND {where} {order}",
+                [now.epoch_micros, *params, query.limit + 1],
+            )
+        if query.state is not None:
+            where += " AND state = ?"
+            params.append(query.state.name)
+            if query.state is Active:
+                where += " AND deadline > ?"
+                params.append(now.epoch_micros)
         rows = await self._read(
-            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(conditions)} "
-            "ORDER BY created_at DESC, session_id DESC LIMIT ?",
-            params,
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {where} {order}",
+            [*params, query.limit + 1],
         )
-        page = [_stored_from_row(row) for row in rows[: query.limit]]
+        found = newest_first(
+            shown_in(map(_stored_from_row, due), now, query),
+            shown_in(map(_stored_from_row, rows), now, query),
+        )
+        page = found[: query.limit]
         cursor = None
-        if len(rows) > query.limit:
+        if len(found) > query.limit:
             last = page[-1].record
             cursor = encode_cursor(last.created_at, last.session_id)
         return Page(page, cursor)
 
-    async def list_rounds(
-        self, tenant_id: TenantId, session_id: SessionId, *, after_seq: int = 0, limit: int = 100
-    ) -> Page[Round]:
-        check_page_size(limit)
-        if type(after_seq) is not int or after_seq < 0:
-            raise InvalidInput(f"after_seq must be an integer >= 0, got {after_seq!r}")
+    async def _list_rounds(
+        self, tenant_id: TenantId, session_id: SessionId, after_seq: int, limit: int
+    ) -> list[Round]:
         # Rounds are never deleted (a purged session never had any), so checking the
         # owner and reading the rounds need not share a snapshot.
         owner = await self._read(
@@ -592,62 +895,100 @@ class SQLiteStore(SessionStore):
         rows = await self._read(
             f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE session_id = ? AND seq > ? "
             "ORDER BY seq LIMIT ?",
-            (session_id.value.bytes, after_seq, limit + 1),
+            (session_id.value.bytes, after_seq, limit),
         )
-        page = [_round_from_row(session_id, row) for row in rows[:limit]]
-        return Page(page, str(page[-1].seq) if len(rows) > limit else None)
+        return [_round_from_row(session_id, row) for row in rows]
 
-    async def totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+    async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+        """Totals as of now: a due Active session counts as expired (see store.presented)."""
         provider = "provider_id" if "provider" in group_by else "NULL"
         model = "model" if "model" in group_by else "NULL"
-        rows = await self._read(
-            f"SELECT {provider}, {model}, state, COUNT(*), {_split_sum('round_count')}, "
-            f"{_split_sum('delta_tokens')}, {_split_sum('tokens_saved')} "
-            "FROM sessions WHERE tenant_id = ? GROUP BY 1, 2, 3",
-            (tenant_id.value,),
+        now = self.clock()
+        _, reader = self._connections()
+        rows, due = await reader.run(
+            partial(
+                _in_snapshot,
+                (
+                    f"SELECT {provider}, {model}, state, COUNT(*), "
+                    f"{', '.join(_split_sum(column) for column in _SUMMED)} "
+                    "FROM sessions WHERE tenant_id = ? GROUP BY 1, 2, 3",
+                    (tenant_id.value,),
+                ),
+                (
+                    f"SELECT {_SESSION_COLUMNS} FROM sessions INDEXED BY sessions_due "
+                    "WHERE deadline IS NOT NULL AND deadline <= ? AND tenant_id = ?",
+                    (now.epoch_micros, tenant_id.value),
+                ),
+            )
         )
-        # Per group: sessions by state, then rounds, delta tokens and tokens saved.
+        # Per group: sessions by state, then the sums of _SUMMED.
         sums: dict[tuple[str | None, str | None], tuple[dict[str, int], list[int]]] = {}
         for row in rows:
             key: tuple[str | None, str | None] = (row[0], row[1])
             by_state, amounts = sums.setdefault(
-                key, ({state.name: 0 for state in ALL_STATES}, [0, 0, 0])
+                key, ({state.name: 0 for state in ALL_STATES}, [0] * len(_SUMMED))
             )
             by_state[state_named(row[2]).name] += int(row[3])
-            for i in range(3):
+            for i in range(len(_SUMMED)):
                 amounts[i] += _join_halves(row[4 + 2 * i], row[5 + 2 * i])
-        return [
-            Totals(key[0], key[1], by_state, *amounts)
-            for key, (by_state, amounts) in sorted(
-                sums.items(), key=lambda item: (item[0][0] or "", item[0][1] or "")
+        stored = [
+            Totals(
+                key[0],
+                key[1],
+                by_state,
+                amounts[0],
+                amounts[1],
+                amounts[2],
+                _usage_totals(amounts[3:]),
             )
+            for key, (by_state, amounts) in sums.items()
         ]
+        return present_totals(stored, map(_stored_from_row, due), now, group_by)
 
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         def expire_due(conn: sqlite3.Connection) -> int:
             rows = conn.execute(
-                f"SELECT {SESSION_COLUMNS} FROM sessions "
+                f"SELECT {_SESSION_COLUMNS}, has_turns FROM sessions "
                 "WHERE deadline IS NOT NULL AND deadline <= ? ORDER BY deadline LIMIT ?",
                 (now.epoch_micros, limit),
             ).fetchall()
             updates: list[Sequence[object]] = []
+            # Only sessions that had turns are looked up in the turns table: a
+            # sweep of ledger sessions costs what it did before there were turns.
+            ended: list[tuple[bytes]] = []
             for row in rows:
                 stored = _stored_from_row(row)
                 expired = expire_if_due(stored, now)
                 if expired is not None:
                     updates.append(_update_params(expired, stored.version))
+                    if row[-1]:
+                        ended.append((row[0],))
+            if not updates:
+                return 0
             # The write lock was held since the SELECT, so every version matches;
             # counting what was written keeps the figure honest regardless.
-            return conn.executemany(_UPDATE_SESSION, updates).rowcount if updates else 0
+            written = conn.executemany(_UPDATE_SESSION, updates).rowcount
+            if ended:
+                conn.executemany(_DELETE_TURNS, ended)
+            return written
 
         return await self._write(expire_due)
 
-    async def _purge_created(self, cutoff: Timestamp, limit: int) -> int:
+    async def _purge_created(
+        self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
+    ) -> int:
+        # One tenant's are found through sessions_by_state, every tenant's through
+        # sessions_created_unused.
+        scope, params = (
+            ("", ()) if tenant_id is None else ("tenant_id = ? AND ", (tenant_id.value,))
+        )
+
         def purge(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 "DELETE FROM sessions WHERE session_id IN (SELECT session_id FROM sessions "
-                f"WHERE state = '{_CREATED}' AND created_at <= ? ORDER BY created_at LIMIT ?)",
-                (cutoff.epoch_micros, limit),
+                f"WHERE {scope}state = '{_CREATED}' AND created_at <= ? "
+                "ORDER BY created_at LIMIT ?)",
+                (*params, cutoff.epoch_micros, limit),
             ).rowcount
 
         return await self._write(purge)
@@ -667,7 +1008,7 @@ class SQLiteStore(SessionStore):
 
     # -- tenants and API keys -------------------------------------------------------
 
-    async def create_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _create_tenant(self, tenant_id: TenantId) -> Tenant:
         def insert(conn: sqlite3.Connection) -> Tenant:
             tenant = Tenant(tenant_id, self.clock())
             try:
@@ -681,7 +1022,7 @@ class SQLiteStore(SessionStore):
 
         return await self._write(insert)
 
-    async def get_tenant(self, tenant_id: TenantId) -> Tenant:
+    async def _get_tenant(self, tenant_id: TenantId) -> Tenant:
         rows = await self._read(
             "SELECT created_at FROM tenants WHERE tenant_id = ?", (tenant_id.value,)
         )
@@ -693,7 +1034,7 @@ class SQLiteStore(SessionStore):
         rows = await self._read("SELECT tenant_id, created_at FROM tenants ORDER BY tenant_id")
         return [Tenant(TenantId(row[0]), Timestamp(row[1])) for row in rows]
 
-    async def add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
+    async def _add_api_key(self, tenant_id: TenantId, key_id: str, key_hash: bytes) -> ApiKeyInfo:
         def insert(conn: sqlite3.Connection) -> ApiKeyInfo:
             known = conn.execute(
                 "SELECT 1 FROM tenants WHERE tenant_id = ?", (tenant_id.value,)
@@ -717,7 +1058,7 @@ class SQLiteStore(SessionStore):
         rows = await self._read(f"{_SELECT_KEY} WHERE key_id = ?", (key_id,))
         return key_from_row(rows[0]) if rows else None
 
-    async def list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
+    async def _list_api_keys(self, tenant_id: TenantId) -> list[ApiKeyInfo]:
         rows = await self._read(
             f"{_SELECT_KEY} WHERE tenant_id = ? ORDER BY created_at, key_id", (tenant_id.value,)
         )
@@ -741,6 +1082,18 @@ class SQLiteStore(SessionStore):
 
 
 _SELECT_KEY = "SELECT key_id, tenant_id, key_hash, created_at, revoked_at FROM api_keys"
+
+# Summed by totals(), in the order of Totals' rounds, delta_tokens, tokens_saved
+# and then UsageTotals' fields.
+_SUMMED: Final = ("round_count", "delta_tokens", "tokens_saved", *USAGE_COLUMNS.split(", "))
+
+_SELECT_STARTED = (
+    "SELECT session_id FROM started_sessions WHERE tenant_id = ? AND idempotency_key = ?"
+)
+_SELECT_LEASE = "SELECT until FROM turn_leases WHERE session_id = ?"
+_TAKE_LEASE = "INSERT OR REPLACE INTO turn_leases (session_id, holder, until) VALUES (?, ?, ?)"
+_RENEW_LEASE = "UPDATE turn_leases SET until = ? WHERE session_id = ? AND holder = ?"
+_DROP_LEASE = "DELETE FROM turn_leases WHERE session_id = ? AND holder = ?"
 
 
 def path_of_url(url: str) -> Path:
@@ -774,22 +1127,78 @@ def _join_halves(high: int | None, low: int | None) -> int:
 
 
 def _update_params(new: StoredSession, expected_version: int) -> tuple[object, ...]:
-    return (*change_values(new), new.record.session_id.value.bytes, expected_version)
+    return (
+        *change_values(new),
+        *new.usage.as_tuple(),
+        new.record.session_id.value.bytes,
+        expected_version,
+    )
 
 
-def _round_params(new_round: Round) -> tuple[object, ...]:
+def _insert_round(conn: sqlite3.Connection, new_round: Round, new: StoredSession) -> None:
+    """Insert a round (``new`` is its session right after it) and, for a gateway
+    round with one, its turn."""
+    if not new_round.gateway:
+        conn.execute(_INSERT_ROUND, _round_params(new_round, new))
+        return
+    conn.execute(
+        _INSERT_GATEWAY_ROUND, (*_round_params(new_round, new), *round_usage_values(new_round))
+    )
+    if new_round.turn is not None:
+        key = new_round.session_id.value.bytes
+        conn.execute(_INSERT_TURN, (key, new_round.seq, *turn_values(new_round.turn)))
+        conn.execute(_MARK_TURNS, (key,))
+
+
+def _record_start(conn: sqlite3.Connection, stored: StoredSession, idempotency_key: str) -> None:
+    """Record the tenant's key that starts ``stored``; ConflictError if it started another."""
+    tenant = stored.record.tenant_id
+    try:
+        conn.execute(
+            "INSERT INTO started_sessions (tenant_id, idempotency_key, session_id) "
+            "VALUES (?, ?, ?)",
+            (tenant.value, idempotency_key, stored.record.session_id.value.bytes),
+        )
+    except sqlite3.IntegrityError:
+        row = conn.execute(_SELECT_STARTED, (tenant.value, idempotency_key)).fetchone()
+        started = "another session" if row is None else SessionId(uuid.UUID(bytes=row[0]))
+        raise ConflictError(
+            f"idempotency key {idempotency_key!r} already started session {started}"
+        ) from None
+
+
+def _usage_totals(sums: Sequence[int]) -> UsageTotals:
+    return UsageTotals(sums[0], sums[1], sums[2], sums[3], sums[4], sums[5])
+
+
+def _wall_micros() -> int:
+    # Leases are shared by processes, so they run on the machine's clock, not
+    # on the store's (which a test may hold still).
+    return time.time_ns() // 1000
+
+
+def _round_params(new_round: Round, new: StoredSession) -> tuple[object, ...]:
     return (
         new_round.session_id.value.bytes,
         new_round.seq,
         new_round.delta_tokens,
         new_round.recorded_at.epoch_micros,
         new_round.idempotency_key,
+        # What a replay of the round gives back (see KeyedRound).
+        new.record.delta_tokens,
+        new.version,
     )
 
 
 def _stored_from_row(row: Any) -> StoredSession:
-    return stored_from_row(row, SessionId(uuid.UUID(bytes=row[0])))
+    return stored_from_row(row, SessionId(uuid.UUID(bytes=row[0])), usage_totals_from_row(row, 15))
 
 
 def _round_from_row(session_id: SessionId, row: Any) -> Round:
-    return Round(session_id, row[0], row[1], Timestamp(row[2]), row[3])
+    gateway, usage = usage_from_round_row(row, 4)
+    return Round(session_id, row[0], row[1], Timestamp(row[2]), row[3], usage, gateway)
+
+
+def _keyed_from_row(session_id: SessionId, row: Any) -> KeyedRound:
+    """A round of _SELECT_ROUND_BY_KEY: _ROUND_COLUMNS, then what its replay gives back."""
+    return KeyedRound(_round_from_row(session_id, row), row[-2], row[-1])

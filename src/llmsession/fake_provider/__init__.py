@@ -1,0 +1,46 @@
+"""A fake OpenAI-compatible provider, run as its own process for tests and demos.
+
+It speaks the real wire formats of Chat Completions and Responses (streaming and
+not), counts tokens deterministically, applies OpenAI's prefix caching rules,
+keeps ``previous_response_id`` state, logs what it bills, and fails on request.
+The reference is docs/fake-provider.md.
+
+Modules, one concept each: ``tokens`` (the token rule), ``prefix_cache``,
+``answers`` (the fake model), ``response_store``, ``billing``, ``faults``,
+``errors`` (OpenAI's error bodies), ``openai_chat`` and ``openai_responses`` (the
+wire formats), ``provider`` (the state and the steps of a request), ``app`` (ASGI)
+and ``runner`` (the command).
+"""
+
+from typing import TYPE_CHECKING
+
+from llmsession.fake_provider.billing import BillingEntry, key_fingerprint
+from llmsession.fake_provider.faults import FAULT_MODES, Fault
+from llmsession.fake_provider.provider import FakeProvider
+from llmsession.fake_provider.runner import API_KEY_ENV, fake_provider_command, serve
+
+if TYPE_CHECKING:
+    from llmsession.fake_provider.app import create_app
+else:
+    # The app loads Starlette; the ``llmsession`` command needs only the command.
+
+    def __getattr__(name: str) -> object:
+        if name != "create_app":
+            raise AttributeError(f"module 'llmsession.fake_provider' has no attribute {name!r}")
+        from llmsession.fake_provider.app import create_app
+
+        globals()[name] = create_app
+        return create_app
+
+
+__all__ = [
+    "API_KEY_ENV",
+    "FAULT_MODES",
+    "BillingEntry",
+    "FakeProvider",
+    "Fault",
+    "create_app",
+    "fake_provider_command",
+    "key_fingerprint",
+    "serve",
+]
