@@ -68,6 +68,7 @@ from llmsession.store.redis_schema import (
     group_tail,
     member_id,
     parse_counters,
+    round_json,
     state_metric,
 )
 from llmsession.timestamps import Timestamp
@@ -1701,6 +1702,67 @@ async def test_a_used_start_key_writes_nothing(
     )
     assert await redis_store._started_by(OTHER, "start") == other
     assert await redis_store._started_by(ACME, "start") == first
+
+
+async def test_a_gateway_replay_through_another_store_answers_as_the_round_first_did(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock
+) -> None:
+    """The idempotency entry keeps the round's usage (or its missing usage) and the
+    session's counters right after it: a store that never saw the session replays
+    the starting round, a later one, and one whose provider sent no usage."""
+    session_id = SessionId.generate(clock())
+    started = await redis_store.start_with_turn(
+        ACME, session_id, provider_id="p", model="m", turn=_turn(1), usage=Usage(100),
+        idempotency_key="s",
+    )  # fmt: skip
+    clock.advance(1)
+    second = await redis_store.record_turn(
+        ACME, session_id, turn=_turn(2), usage=Usage(130, 100, raw={"x": [1]}),
+        idempotency_key="k2",
+    )  # fmt: skip
+    clock.advance(1)
+    unreported = await redis_store.record_turn(
+        ACME, session_id, turn=_turn(3), usage=None, idempotency_key="k3"
+    )
+    await redis_store.record_turn(ACME, session_id, turn=_turn(4), usage=Usage(170, 130))
+    client = await _raw(redis_url)
+    try:
+        entry = await client.hget(RedisKeys(_prefix(redis_url)).idempotency(session_id), "k2")
+    finally:
+        await client.aclose()
+    assert entry is not None
+    assert json.loads(entry) == [
+        *json.loads(round_json(second.round)),
+        second.session.record.delta_tokens,
+        second.session.version,
+    ]
+    reader = await RedisStore.open(redis_url, clock=clock)
+    try:
+        for first, sent, found in (
+            (started, _turn(1), await reader.find_turn(ACME, "s")),
+            (second, _turn(2), await reader.find_turn(ACME, "k2", session_id)),
+            (unreported, _turn(3), await reader.find_turn(ACME, "k3", session_id)),
+            (
+                second,
+                _turn(2),
+                await reader.record_turn(
+                    ACME, session_id, turn=_turn(9), usage=Usage(9), idempotency_key="k2"
+                ),
+            ),
+        ):
+            assert found is not None
+            assert (found.replayed, found.round, found.turn) == (True, first.round, sent)
+            assert (found.round.usage, found.round.gateway) == (
+                first.round.usage,
+                first.round.gateway,
+            )
+            assert (found.session.record, found.session.version) == (
+                first.session.record,
+                first.session.version,
+            )
+    finally:
+        await reader.aclose()
+    assert unreported.round.usage_missing
 
 
 async def test_version_4_data_is_upgraded_on_open(redis_url: str, clock: ManualClock) -> None:
