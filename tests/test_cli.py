@@ -236,10 +236,12 @@ def test_sessions_show_and_close(url: str, sessions: list[StoredSession]) -> Non
     assert with_rounds["rounds"] == [render_round(r) for r in rounds.items]
     assert [r["delta_tokens"] for r in with_rounds["rounds"]] == [5, 7]
 
-    text = ok(url, "sessions", "show", "--tenant", "acme", sid, "--rounds").stdout
-    assert f"session_id      {sid}" in text
-    assert "tokens_saved    88" in text
-    assert "IDEMPOTENCY KEY" in text
+    lines = ok(url, "sessions", "show", "--tenant", "acme", sid, "--rounds").stdout.splitlines()
+    fields = [line.split() for line in lines]
+    assert ["session_id", sid] in fields
+    assert ["tokens_saved", "88"] in fields
+    assert ["usage.input_tokens", "0"] in fields
+    assert ["SEQ", "DELTA", "INPUT", "CACHED", "OUTPUT", "REASONING", "RECORDED", "KEY"] in fields
 
     closed = ok_json(url, "sessions", "close", "--tenant", "acme", sid)
     assert closed["state"] == "closed"
@@ -334,6 +336,14 @@ def test_stats(url: str, sessions: list[StoredSession]) -> None:
             "rounds": 2,
             "delta_tokens": 12,
             "tokens_saved": 88,
+            "usage": {
+                "input_tokens": 0,
+                "cached_input_tokens": 0,
+                "cache_write_tokens": 0,
+                "output_tokens": 0,
+                "reasoning_tokens": 0,
+                "rounds_without_usage": 0,
+            },
         }
     ]
     table = ok(url, "stats", "--tenant", "acme", "--group-by", "provider").stdout.splitlines()
@@ -347,6 +357,9 @@ def test_stats(url: str, sessions: list[StoredSession]) -> None:
         "ROUNDS",
         "DELTA",
         "SAVED",
+        "INPUT",
+        "CACHED",
+        "OUTPUT",
     ]
     assert [row.split()[:2] for row in table[1:]] == [["anthropic", "(all)"], ["openai", "(all)"]]
     assert "--group-by" in failing(url, 2, "stats", "--tenant", "acme", "--group-by", "color")

@@ -447,6 +447,22 @@ def test_authentication_errors(live: Live, admin: Client, tenant: TenantClient) 
         admin.list_sessions()  # the admin key on a session route: 403
 
 
+def test_ambiguous_credentials_are_an_authentication_error(live: Live) -> None:
+    # A second Authorization header added on the way (a proxy, say): the server refuses.
+    def add_header(request: httpx.Request) -> httpx.Response:
+        request.headers = httpx.Headers(
+            [*request.headers.multi_items(), ("Authorization", "Bearer x")]
+        )
+        with httpx.Client() as plain:
+            return plain.send(request)
+
+    with (
+        Client(live.url, api_key="lls_a_b", transport=httpx.MockTransport(add_header)) as client,
+        pytest.raises(AuthenticationError, match="Authorization"),
+    ):
+        client.list_sessions()
+
+
 def test_admin_tenants_and_keys(live: Live, admin: Client) -> None:
     name = f"adm-{uuid.uuid4().hex[:8]}"
     new = admin.create_tenant(TenantId(name))

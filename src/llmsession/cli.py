@@ -205,8 +205,15 @@ def cli() -> None:
     default=None,
     help="Log one line per request [env LLMSESSION_ACCESS_LOG; off].",
 )
+@click.option(
+    "--config",
+    "gateway_config",
+    help="The TOML file of providers for the gateway [env LLMSESSION_CONFIG; none: ledger only] "
+    "(docs/gateway.md).",
+)
 def serve(
     *,
+    gateway_config: str | None,
     host: str | None,
     port: int | None,
     store_url: str | None,
@@ -233,6 +240,7 @@ def serve(
         sweep_interval_seconds=_pick(sweep_interval, env.sweep_interval_seconds),
         purge_created_after_seconds=_pick(purge_created_after, env.purge_created_after_seconds),
         access_log=_pick(access_log, env.access_log),
+        gateway_config=_pick(gateway_config, env.gateway_config),
     )
     # As `python -m llmsession.server` does, with the same exit statuses.
     status = run(settings)
@@ -246,6 +254,58 @@ def _pick(flag: P | None, default: P) -> P:
 
 # A fake OpenAI-compatible provider for tests and demos (docs/fake-provider.md).
 cli.add_command(fake_provider_command)
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    envvar="LLMSESSION_CONFIG",
+    required=True,
+    help="The TOML file of providers [env LLMSESSION_CONFIG].",
+)
+@_json_option
+def providers(config_path: str, as_json: bool) -> None:
+    """List the gateway's providers as configured (never their keys)."""
+    from llmsession.gateway.config import load_config
+
+    config = load_config(config_path, require_keys=False)
+    found = list(config.providers.values())
+    if as_json:
+        _print_json(
+            {
+                "providers": [
+                    {
+                        "provider_id": p.provider_id,
+                        "kind": p.kind,
+                        "base_url": p.base_url,
+                        "api_key_env": p.api_key_env,
+                        "api_key_set": bool(p.api_key),
+                        "timeout_seconds": p.timeout_seconds,
+                        "models": None if p.models is None else list(p.models),
+                    }
+                    for p in found
+                ],
+                "history_limit_bytes": config.history_limit_bytes,
+            }
+        )
+        return
+    _print_table(
+        "providers",
+        ("PROVIDER", "KIND", "BASE URL", "KEY FROM", "KEY SET", "TIMEOUT", "MODELS"),
+        [
+            (
+                p.provider_id,
+                p.kind,
+                p.base_url,
+                p.api_key_env,
+                "yes" if p.api_key else "NO",
+                f"{p.timeout_seconds:g} s",
+                "(any)" if p.models is None else ", ".join(p.models),
+            )
+            for p in found
+        ],
+    )
 
 
 # -- tenants ------------------------------------------------------------------------------
@@ -479,6 +539,8 @@ def sessions_show(
             fields["rounds"] = [render_round(r) for r in found]
         _print_json(fields)
         return
+    usage = fields.pop("usage")
+    fields.update({f"usage.{name}": value for name, value in usage.items()})
     width = max(len(name) for name in fields)
     for name, value in fields.items():
         click.echo(f"{name:<{width}}  {'-' if value is None else value}")
@@ -486,9 +548,32 @@ def sessions_show(
         click.echo()
         _print_table(
             "rounds",
-            ("SEQ", "DELTA", "RECORDED", "IDEMPOTENCY KEY"),
-            [(r.seq, r.delta_tokens, r.recorded_at, r.idempotency_key) for r in found],
+            ("SEQ", "DELTA", "INPUT", "CACHED", "OUTPUT", "REASONING", "RECORDED", "KEY"),
+            [
+                (
+                    r.seq,
+                    r.delta_tokens,
+                    *_usage_cells(r),
+                    r.recorded_at,
+                    r.idempotency_key,
+                )
+                for r in found
+            ],
         )
+
+
+def _usage_cells(round_: Round) -> tuple[object, object, object, object]:
+    """A round's usage columns: counts, "missing" for a gateway round without, "-" else."""
+    if round_.usage is not None:
+        usage = round_.usage
+        return (
+            usage.input_tokens,
+            usage.cached_input_tokens,
+            usage.output_tokens,
+            usage.reasoning_tokens,
+        )
+    mark = "missing" if round_.usage_missing else "-"
+    return (mark, mark, mark, mark)
 
 
 @sessions.command("close")
@@ -615,6 +700,9 @@ def stats(
             "ROUNDS",
             "DELTA",
             "SAVED",
+            "INPUT",
+            "CACHED",
+            "OUTPUT",
         ),
         [
             (
@@ -624,6 +712,9 @@ def stats(
                 t.rounds,
                 t.delta_tokens,
                 t.tokens_saved,
+                t.usage.input_tokens,
+                t.usage.cached_input_tokens,
+                t.usage.output_tokens,
             )
             for t in groups
         ],

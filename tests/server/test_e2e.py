@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.server.conftest import ADMIN, NEW_SESSION, ServerFactory, bearer, free_port
+from tests.server.test_sessions_api import NO_USAGE
 
 from llmsession.client import AsyncClient
 from llmsession.errors import AuthenticationError, NotFoundError, WrongStateError
@@ -82,6 +83,7 @@ async def test_several_tenants_over_real_http(
                     "rounds": sessions * rounds,
                     "delta_tokens": sessions * per_session_delta,
                     "tokens_saved": sessions * (rounds * 1000 - per_session_delta),
+                    "usage": NO_USAGE,
                 }
             ]
             listed = (await client.get("/v1/sessions", headers=auth)).json()["items"]

@@ -3,7 +3,8 @@
 One test per operation and generation mode (positive: data the schema allows;
 negative: data it does not), each bounded by max_examples. Requests carry a
 real tenant key (the admin key on admin routes), and half the session ids are
-real sessions of that tenant, in each state. The checks: no 5xx, invalid data
+real sessions of that tenant, in each state; the gateway routes forward to the
+fake provider. The checks: no 5xx, invalid data
 is refused, and every response (status, content type, headers, body) matches
 the schema.
 
@@ -37,6 +38,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from tests.fake_provider.conftest import API_KEY, fake_command, launch
 from tests.server.conftest import ADMIN, ADMIN_KEY, NEW_SESSION, bearer, free_port
 
 from llmsession.server import ServerSettings, create_app
@@ -77,14 +79,24 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    """One real server for the whole module, with a tenant and sessions in each state."""
+    """One real server for the whole module, with a tenant and sessions in each state,
+    and the fake provider behind its gateway routes (unconfigured they answer 501)."""
     directory = tmp_path_factory.mktemp("fuzz")
+    fake = launch(fake_command("--api-key", API_KEY), directory / "fake.log")
+    config = directory / "gateway.toml"
+    config.write_text(
+        f'[providers.fake]\nkind = "openai"\nbase_url = "{fake.base_url}"\n'
+        'api_key_env = "FAKE_UPSTREAM_KEY"\n',
+        encoding="utf-8",
+    )
     port = free_port()
     env = {
         **os.environ,
         "LLMSESSION_STORE_URL": f"sqlite:///{directory / 'sessions.db'}",
         "LLMSESSION_PORT": str(port),
         "LLMSESSION_ADMIN_KEY": ADMIN_KEY,
+        "LLMSESSION_CONFIG": str(config),
+        "FAKE_UPSTREAM_KEY": API_KEY,
     }
     log = directory / "server.log"
     with log.open("wb") as sink:
@@ -98,6 +110,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=30)
+        fake.stop()
     output = log.read_text(errors="replace")
     assert code == 0, output
     assert "Traceback" not in output, output

@@ -109,7 +109,32 @@ async def _metrics(api: Api, intruder: dict[str, str], victim_id: str) -> None:
     assert api.keys["victim"] not in response.text
 
 
+def _gateway(path: str, body: dict[str, Any]) -> Probe:
+    """A gateway request naming another tenant's session is answered as for a missing one.
+
+    (This app has no provider configured; tests/gateway/test_forwarding.py runs the
+    same check with one, and shows the provider is never called.)"""
+
+    async def probe(api: Api, intruder: dict[str, str], victim_id: str) -> None:
+        missing_id = str(uuid.uuid4())
+        foreign = await api.client.post(
+            path, json=body, headers={**intruder, "LLMSession-Id": victim_id}
+        )
+        missing = await api.client.post(
+            path, json=body, headers={**intruder, "LLMSession-Id": missing_id}
+        )
+        assert foreign.status_code == missing.status_code
+        assert foreign.text.replace(victim_id, "ID") == missing.text.replace(missing_id, "ID")
+        assert victim_id not in foreign.text
+
+    return probe
+
+
 PROBES: dict[tuple[str, str], Probe] = {
+    ("POST", "/v1/chat/completions"): _gateway(
+        "/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    ),
+    ("POST", "/v1/responses"): _gateway("/v1/responses", {"model": "m", "input": "x"}),
     ("POST", "/v1/sessions"): _create_session,
     ("GET", "/v1/sessions"): _list_sessions,
     ("GET", "/v1/sessions/{session_id}"): _by_id("GET", ""),

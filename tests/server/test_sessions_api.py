@@ -12,6 +12,16 @@ from llmsession.server.body_limit import MAX_BODY_BYTES
 
 PROBLEM = "application/problem+json"
 
+# What a session or stats group without gateway rounds shows as its usage.
+NO_USAGE = {
+    "input_tokens": 0,
+    "cached_input_tokens": 0,
+    "cache_write_tokens": 0,
+    "output_tokens": 0,
+    "reasoning_tokens": 0,
+    "rounds_without_usage": 0,
+}
+
 
 def _problem(response: Any, status: int, kind: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
@@ -48,6 +58,7 @@ async def test_a_session_lives_through_its_states(api: Api) -> None:
         "tokens_saved": 0,
         "ttl_seconds": 3600,
         "expires_at": None,
+        "usage": NO_USAGE,
     }
 
     assert api.clock is not None
@@ -78,6 +89,9 @@ async def test_a_session_lives_through_its_states(api: Api) -> None:
         "delta_tokens": 50,
         "recorded_at": recorded_at.isoformat(),
         "idempotency_key": None,
+        "gateway": False,
+        "usage": None,
+        "usage_missing": False,
     }
 
     read = await api.client.get(f"/v1/sessions/{session_id}", headers=auth)
@@ -443,6 +457,7 @@ async def test_stats_group_by_provider_and_model(api: Api) -> None:
                 "rounds": 1,
                 "delta_tokens": 200,
                 "tokens_saved": 800,
+                "usage": NO_USAGE,
             }
         ]
     }

@@ -37,6 +37,7 @@ def test_every_field_can_be_set_from_the_environment() -> None:
         "LLMSESSION_PURGE_CREATED_AFTER": "600",
         "LLMSESSION_ACCESS_LOG": "yes",
         "LLMSESSION_AUTH_CACHE_SECONDS": "0",
+        "LLMSESSION_CONFIG": "/etc/llmsession/gateway.toml",
     }
     assert set(env) == set(ENV_VARIABLES.values())
     assert ServerSettings.from_env(env) == ServerSettings(
@@ -49,6 +50,7 @@ def test_every_field_can_be_set_from_the_environment() -> None:
         purge_created_after_seconds=600,
         access_log=True,
         auth_cache_seconds=0.0,
+        gateway_config="/etc/llmsession/gateway.toml",
     )
 
 

@@ -29,13 +29,16 @@ from llmsession.errors import (
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import Active, Closed, SessionExpired
 from llmsession.store import open_store
-from llmsession.store.models import Round, RoundResult
+from llmsession.store.models import NO_USAGE, Round, RoundResult, Turn, UsageTotals
 from llmsession.store.postgres import SCHEMA_VERSION, PostgresOptions, PostgresStore
+from llmsession.usage import Usage
 from tests.store.conftest import T0
 
 pytestmark = pytest.mark.postgres
 
 ACME = TenantId("acme")
+
+TURN = Turn("chat/completions", "h", "[1]", "[2]", None, 200, "application/json", b"{}")
 
 Opener = Callable[..., Awaitable[PostgresStore]]
 
@@ -112,6 +115,8 @@ async def test_tables_are_made_in_the_urls_schema_with_a_version(
         "rounds",
         "tenants",
         "api_keys",
+        "turns",
+        "started_sessions",
     }
     assert await sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
 
@@ -135,18 +140,62 @@ async def test_a_newer_schema_is_refused(postgres_url: str, open_pg: Opener) -> 
     assert await sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION + 1,)]
 
 
+async def make_version(url: str, version: int) -> None:
+    """Turn the current schema into what ``version`` created (its data stays)."""
+    if version < 4:
+        # Version 3 had no gateway: no usage, no turns, no started sessions.
+        await sql(url, "DROP TABLE turns, started_sessions")
+        for table, columns in (("sessions", _SESSION_USAGE), ("rounds", _ROUND_USAGE)):
+            drops = ", ".join(f"DROP COLUMN {column}" for column in columns)
+            await sql(url, f"ALTER TABLE {table} {drops}")
+    if version < 3:
+        # Version 2 kept no session counters with each round.
+        await sql(
+            url, "ALTER TABLE rounds DROP COLUMN session_delta_tokens, DROP COLUMN session_version"
+        )
+    if version < 2:
+        # Version 1 had no index per state and model.
+        await sql(url, "DROP INDEX sessions_by_state_model")
+    await sql(url, "UPDATE schema_version SET version = %s", version)
+
+
+_SESSION_USAGE = (
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "rounds_without_usage",
+)
+_ROUND_USAGE = ("gateway", *_SESSION_USAGE[:5], "raw_usage")
+
+
+async def schema_shape(url: str) -> list[tuple[object, ...]]:
+    """Every column (type, default, nullability), constraint and index of the test's schema."""
+    schema = schema_of(url)
+    columns = await sql(
+        url,
+        "SELECT table_name, column_name, data_type, column_default, is_nullable "
+        "FROM information_schema.columns WHERE table_schema = %s ORDER BY 1, 2",
+        schema,
+    )
+    constraints = await sql(
+        url,
+        "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE connamespace = %s::regnamespace ORDER BY 1, 2",
+        schema,
+    )
+    indexes = await sql(
+        url, "SELECT indexdef FROM pg_indexes WHERE schemaname = %s ORDER BY 1", schema
+    )
+    return columns + constraints + indexes
+
+
 async def test_a_version_1_schema_is_upgraded_in_place(postgres_url: str, open_pg: Opener) -> None:
     first = await open_pg()
     session_id = await new_session(first)
     await first.aclose()
-    # What version 1 had: no index per state and model, nor the session's counters
-    # with each round.
-    await sql(postgres_url, "DROP INDEX sessions_by_state_model")
-    await sql(
-        postgres_url,
-        "ALTER TABLE rounds DROP COLUMN session_delta_tokens, DROP COLUMN session_version",
-    )
-    await sql(postgres_url, "UPDATE schema_version SET version = 1")
+    await make_version(postgres_url, 1)
     again = await open_pg()
     assert await sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     indexes = await sql(
@@ -156,6 +205,40 @@ async def test_a_version_1_schema_is_upgraded_in_place(postgres_url: str, open_p
     )
     assert "sessions_by_state_model" in {row[0] for row in indexes}
     assert (await again.get(ACME, session_id)).record.state is Active
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+async def test_an_older_schema_is_upgraded_to_what_a_fresh_one_is(
+    postgres_url: str, open_pg: Opener, clock: ManualClock, version: int
+) -> None:
+    first = await open_pg()
+    fresh = await schema_shape(postgres_url)
+    session_id = await new_session(first)
+    await first.record_round(ACME, session_id, 7, idempotency_key="r1")
+    await first.aclose()
+    await make_version(postgres_url, version)
+    assert await schema_shape(postgres_url) != fresh
+    again = await open_pg()
+    assert await sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    assert await schema_shape(postgres_url) == fresh
+    # What the old version stored reads back as a ledger's, and the gateway works on it.
+    stored = await again.get(ACME, session_id)
+    assert (stored.record.round_count, stored.usage) == (1, NO_USAGE)
+    (old,) = (await again.list_rounds(ACME, session_id)).items
+    assert (old.delta_tokens, old.gateway, old.usage) == (7, False, None)
+    replayed = await again.record_round(ACME, session_id, 7, idempotency_key="r1")
+    assert replayed.replayed
+    assert replayed.round == old
+    result = await again.record_turn(ACME, session_id, turn=TURN, usage=Usage(100, 40))
+    assert result.session.usage == UsageTotals(input_tokens=100, cached_input_tokens=40)
+    assert await again.history(ACME, session_id) == [TURN]
+    started = SessionId.generate(clock())
+    await again.start_with_turn(
+        ACME, started, provider_id="p", model="m", turn=TURN, usage=None, idempotency_key="s"
+    )
+    found = await again.find_turn(ACME, "s")
+    assert found is not None
+    assert (found.round.session_id, found.turn) == (started, TURN)
 
 
 async def test_a_version_2_schema_is_upgraded_and_replays_give_the_first_answers(
@@ -174,22 +257,18 @@ async def test_a_version_2_schema_is_upgraded_and_replays_give_the_first_answers
     await first_store.close(ACME, sessions[0])
     rounds = [(await first_store.list_rounds(ACME, s)).items for s in sessions]
     await first_store.aclose()
-    # What version 2 had: rounds without the session's counters after them.
-    await sql(
-        postgres_url,
-        "ALTER TABLE rounds DROP COLUMN session_delta_tokens, DROP COLUMN session_version",
-    )
-    await sql(postgres_url, "UPDATE schema_version SET version = 2")
+    await make_version(postgres_url, 2)
 
     store = await open_pg()
     assert await sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     columns = await sql(
         postgres_url,
         "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
-        "WHERE table_schema = %s AND table_name = 'rounds' ORDER BY ordinal_position",
+        "WHERE table_schema = %s AND table_name = 'rounds' "
+        "AND column_name IN ('session_delta_tokens', 'session_version') ORDER BY 1",
         schema_of(postgres_url),
     )
-    assert columns[-2:] == [
+    assert columns == [
         ("session_delta_tokens", "bigint", "NO"),
         ("session_version", "bigint", "NO"),
     ]
@@ -271,7 +350,7 @@ async def test_the_sweep_reads_the_partial_deadline_index(
 def test_the_stores_options_are_taken_out_of_the_url() -> None:
     url = (
         "postgresql://u@h:5432/db?pool_min=2&options=-csearch_path%3Ds1&pool_max=5"
-        "&pool_timeout=2.5&sslmode=disable&session_cache=0"
+        "&pool_timeout=2.5&sslmode=disable&session_cache=0&turn_pool_max=3"
     )
     options = PostgresOptions.from_url(url)
     assert options == PostgresOptions(
@@ -280,6 +359,7 @@ def test_the_stores_options_are_taken_out_of_the_url() -> None:
         pool_max=5,
         pool_timeout=2.5,
         session_cache=0,
+        turn_pool_max=3,
     )
     assert PostgresOptions.from_url("postgres://h/db") == PostgresOptions("postgres://h/db")
 
@@ -294,6 +374,7 @@ def test_the_stores_options_are_taken_out_of_the_url() -> None:
         ("pool_timeout=0", "pool_timeout"),
         ("pool_timeout=nan", "pool_timeout"),
         ("session_cache=-3", "session_cache"),
+        ("turn_pool_max=0", "turn_pool_max"),
     ],
 )
 def test_bad_options_are_refused_by_name(query: str, named: str) -> None:

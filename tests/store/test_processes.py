@@ -3,7 +3,8 @@
 Writer processes (round_writer.py) and this process record rounds on one
 session at the same time; some writers send the same idempotency keys, as
 clients retrying through different replicas would. Nothing is lost and no key
-is counted twice.
+is counted twice. Turn takers (turn_taker.py) hold one session's turn from two
+processes: each turn sees every turn before it.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import pytest
 
 from llmsession.ids import SessionId, TenantId
 from llmsession.store import Round, SessionStore, open_store
+from llmsession.usage import Usage
 from tests.store.conftest import DURABLE
-from tests.store.round_writer import Ack, delta_of, read_ack, start_writer
+from tests.store.round_writer import READ_TIMEOUT_SECONDS, Ack, delta_of, read_ack, start_writer
+from tests.store.turn_taker import start_taker
 
 ACME = TenantId("acme")
 ROUNDS_EACH = 40
+TURNS_EACH = 10
 
 
 @pytest.mark.parametrize("store_url", DURABLE, indirect=True)
@@ -65,6 +69,38 @@ async def test_processes_share_one_store(store_url: str) -> None:
         assert by_key[ack.key] == ack.seq
     assert stored.record.round_count == len(keys)
     assert stored.record.delta_tokens == 3 * sum(delta_of(i) for i in range(ROUNDS_EACH))
+
+
+@pytest.mark.parametrize("store_url", DURABLE, indirect=True)
+async def test_turns_of_one_session_from_two_processes_never_overlap(store_url: str) -> None:
+    store = await open_store(store_url)
+    try:
+        session_id = SessionId.generate(store.clock())
+        await store.start_with_turn(
+            ACME, session_id, provider_id="fake", model="m", turn=None, usage=Usage(1)
+        )
+        takers = [
+            await start_taker(store_url, ACME, session_id, name=name, count=TURNS_EACH)
+            for name in ("a", "b")
+        ]
+        try:
+            for taker in takers:
+                assert taker.stdout is not None
+                line = await asyncio.wait_for(taker.stdout.readline(), READ_TIMEOUT_SECONDS)
+                assert line == b"done\n", f"a turn taker failed (exit code {await taker.wait()})"
+                assert await taker.wait() == 0
+        finally:
+            for taker in takers:
+                if taker.returncode is None:
+                    taker.kill()
+                    await taker.wait()
+        history = await store.history(ACME, session_id)
+    finally:
+        await store.aclose()
+    # Each turn saw exactly the turns recorded before it: none ran beside another.
+    assert [int(turn.request_hash.split(":")[1]) for turn in history] == list(range(2 * TURNS_EACH))
+    names = sorted(turn.request_hash.split(":")[0] for turn in history)
+    assert names == ["a"] * TURNS_EACH + ["b"] * TURNS_EACH
 
 
 async def _all_rounds(store: SessionStore, session_id: SessionId) -> list[Round]:

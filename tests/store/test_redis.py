@@ -48,6 +48,7 @@ from llmsession.store import (
 )
 from llmsession.store import redis as redis_module
 from llmsession.store.memory import MemoryStore
+from llmsession.store.models import Turn, UsageTotals
 from llmsession.store.redis import (
     DEFAULT_PREFIX,
     SCHEMA_VERSION,
@@ -67,10 +68,12 @@ from llmsession.store.redis_schema import (
     group_tail,
     member_id,
     parse_counters,
+    round_json,
     state_metric,
 )
 from llmsession.timestamps import Timestamp
 from llmsession.tokens import MAX_TOKENS
+from llmsession.usage import Usage
 from tests.conftest import services_required
 from tests.store.conftest import all_sessions
 
@@ -973,19 +976,20 @@ async def test_stale_version_is_rejected_and_changes_nothing(
 
 
 async def _dump(url: str) -> dict[str, object]:
-    """Every key under the store's prefix with its whole value."""
-    client = await _raw(url)
+    """Every key under the store's prefix with its whole value (as bytes: a turn is
+    MessagePack)."""
+    client = aioredis.Redis.from_url(url.split("?", maxsplit=1)[0])
     try:
         dump: dict[str, object] = {}
         for key in sorted(await _keys_of(url)):
             kind = await client.type(key)
-            if kind == "hash":
+            if kind == b"hash":
                 dump[key] = await client.hgetall(key)
-            elif kind == "zset":
+            elif kind == b"zset":
                 dump[key] = await client.zrange(key, 0, -1)
-            elif kind == "list":
+            elif kind == b"list":
                 dump[key] = await client.lrange(key, 0, -1)
-            elif kind == "set":
+            elif kind == b"set":
                 dump[key] = sorted(await client.smembers(key))
             else:
                 dump[key] = await client.get(key)
@@ -1181,6 +1185,7 @@ async def test_sweeps_longer_than_a_chunk_expire_each_due_session_once(
         ("hdel", "ttl"),  # a field missing
         ("hset", "provider", "a\x1fb"),  # the separator of a row (split_row) in a value
         ("hset", "model", "\x1e"),  # the mark of a missing field as a value
+        ("hset", "usage", "1 2 3"),  # usage sums, not six of them
     ],
 )
 async def test_a_listing_that_meets_a_broken_session_says_which(
@@ -1385,19 +1390,33 @@ async def test_counters_and_indexes_match_a_memory_store(redis_url: str) -> None
                 provider, model = rng.choice(["p1", "p2"]), rng.choice(["m1", "m2", "m3"])
                 initial = rng.choice([0, 7, 1000, 2**40, MAX_TOKENS])
                 ttl = rng.choice([None, 5, 60])
-                made = [
-                    await s.create(
-                        tenant, provider_id=provider, model=model, initial_tokens=initial,
-                        ttl_seconds=ttl,
-                    )
-                    for s in (memory, redis_store)
-                ]  # fmt: skip
+                if rng.random() < 0.25:
+                    usage, turn = _gateway_round(initial)
+                    made = [
+                        (
+                            await s.start_with_turn(
+                                tenant, SessionId.generate(clock()), provider_id=provider,
+                                model=model, turn=turn, usage=usage, ttl_seconds=ttl,
+                            )
+                        ).session
+                        for s in (memory, redis_store)
+                    ]  # fmt: skip
+                else:
+                    made = [
+                        await s.create(
+                            tenant, provider_id=provider, model=model, initial_tokens=initial,
+                            ttl_seconds=ttl,
+                        )
+                        for s in (memory, redis_store)
+                    ]  # fmt: skip
                 pairs.append((tenant, made[0].record.session_id, made[1].record.session_id))
                 # Distinct creation times: the two stores' ids differ, so ties would not.
                 clock.advance(0.000001)
             elif action < 0.92:
                 tenant, mid, rid = rng.choice(pairs)
-                op = rng.choice(["activate", "round", "round", "round", "close", "expire"])
+                op = rng.choice(
+                    ["activate", "round", "round", "round", "turn", "turn", "close", "expire"]
+                )
                 delta = rng.choice([0, 1, 999, 2**41, 2**62])
                 outcomes = [
                     await _outcome(store, op, tenant, session_id, delta)
@@ -1445,8 +1464,33 @@ async def test_counters_and_indexes_match_a_memory_store(redis_url: str) -> None
         assert sum(_count(t) for t in await redis_store.totals(ACME)) + sum(
             _count(t) for t in await redis_store.totals(OTHER)
         ) == len(pairs)
+        await _check_histories(redis_url, memory, redis_store, pairs)
     finally:
         await redis_store.aclose()
+
+
+async def _check_histories(
+    url: str,
+    memory: MemoryStore,
+    redis_store: RedisStore,
+    pairs: list[tuple[TenantId, SessionId, SessionId]],
+) -> None:
+    """The same turns stored (an ended session's none), and a history hash for
+    exactly the sessions that have turns."""
+    talking: set[str] = set()
+    for _, mid, rid in pairs:
+        turns = await memory._history_turns(mid)
+        assert await redis_store._history_turns(rid) == turns
+        if turns:
+            talking.add(RedisKeys(_prefix(url)).history(rid))
+    assert {key for key in await _keys_of(url) if ":h:" in key} == talking
+    assert talking
+
+
+def _gateway_round(tokens: int) -> tuple[Usage | None, Turn | None]:
+    """What a gateway round of about ``tokens`` input tokens reported, and its turn."""
+    usage = None if tokens == 7 else Usage(tokens, tokens // 3, tokens // 5, 11, 2, {"n": tokens})
+    return usage, None if tokens == 1000 else _turn(tokens % 997)
 
 
 async def _outcome(
@@ -1457,6 +1501,9 @@ async def _outcome(
             await store.activate(tenant, session_id)
         elif op == "round":
             await store.record_round(tenant, session_id, delta)
+        elif op == "turn":
+            usage, turn = _gateway_round(delta)
+            await store.record_turn(tenant, session_id, turn=turn, usage=usage)
         elif op == "close":
             await store.close(tenant, session_id)
         else:
@@ -1547,6 +1594,285 @@ async def _check_listing_sets(url: str, sessions: list[StoredSession]) -> None:
             keys.by_state(tenant, record.state, provider, model),
         }
     assert listed == expected
+
+
+# -- gateway rounds: history, started-by records, the turn lock ------------------------------
+
+
+def _turn(n: int) -> Turn:
+    return Turn(
+        "chat/completions", f"h{n}", f'["q{n}"]', f'["a{n}"]', None, 200, "t", b"\xff%d" % n
+    )
+
+
+async def _gateway_session(store: RedisStore, clock: ManualClock, **kwargs: object) -> SessionId:
+    """A session started by the gateway, with turns at rounds 1 and 3 (round 2 has none)."""
+    session_id = SessionId.generate(clock())
+    await store.start_with_turn(
+        ACME, session_id, provider_id="p", model="m", turn=_turn(1), usage=Usage(100),
+        **kwargs,  # type: ignore[arg-type]
+    )  # fmt: skip
+    await store.record_turn(ACME, session_id, turn=None, usage=Usage(120, 100))
+    await store.record_turn(ACME, session_id, turn=_turn(3), usage=None)
+    return session_id
+
+
+@pytest.mark.parametrize("ending", ["close", "expire", "late round", "sweep"])
+async def test_the_write_that_ends_a_session_deletes_its_history(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock, ending: str
+) -> None:
+    session_id = await _gateway_session(redis_store, clock, ttl_seconds=60)
+    keys = RedisKeys(_prefix(redis_url))
+    client = await _raw(redis_url)
+    try:
+        assert sorted(await client.hkeys(keys.history(session_id))) == ["1", "3"]
+        # A refused write (its version moved) leaves the history where it is.
+        stale = await redis_store.get(ACME, session_id)
+        await redis_store.record_turn(ACME, session_id, turn=None, usage=Usage(1))
+        closed = await redis_store.close(ACME, await _gateway_session(redis_store, clock))
+        refused = StoredSession(closed.record, stale.version + 1, 60, stale.last_activity_at)
+        assert not await redis_store._cas(stale, refused, None)
+        assert await client.exists(keys.history(session_id)) == 1
+        if ending == "close":
+            await redis_store.close(ACME, session_id)
+        elif ending == "expire":
+            await redis_store.expire(ACME, session_id)
+        else:
+            clock.advance(61)
+            if ending == "late round":
+                with pytest.raises(SessionExpiredError):
+                    await redis_store.record_turn(ACME, session_id, turn=_turn(9), usage=None)
+            else:
+                assert await redis_store.sweep() == 1
+        assert await client.exists(keys.history(session_id)) == 0
+    finally:
+        await client.aclose()
+    ended = await redis_store.get(ACME, session_id)
+    assert ended.usage == UsageTotals(221, 100, 0, 0, 0, 1)
+    found = await redis_store.find_turn(ACME, "nope", session_id)
+    assert found is None
+
+
+async def test_only_a_session_with_gateway_rounds_names_its_history_when_it_ends(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock
+) -> None:
+    keys = RedisKeys(_prefix(redis_url))
+
+    async def ending_names_history(session_id: SessionId) -> bool:
+        stored = await redis_store.get(ACME, session_id)
+        batch = CasBatch(keys)
+        batch.add(stored, await redis_store.expire(ACME, session_id))
+        return keys.history(session_id).encode() in batch.args[0]
+
+    # A ledger session's end costs nothing more than before.
+    assert not await ending_names_history(await _active(redis_store))
+    # A gateway session whose provider reported nothing but zeros is still one.
+    session_id = SessionId.generate(clock())
+    await redis_store.start_with_turn(
+        ACME, session_id, provider_id="p", model="m", turn=_turn(1), usage=Usage(0)
+    )
+    assert (await redis_store.get(ACME, session_id)).usage == UsageTotals()
+    client = await _raw(redis_url)
+    try:
+        assert await client.hget(keys.session(session_id), "usage") == "0 0 0 0 0 0"
+        assert await ending_names_history(session_id)
+        assert await client.exists(keys.history(session_id)) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_used_start_key_writes_nothing(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock
+) -> None:
+    first = await _gateway_session(redis_store, clock, idempotency_key="start")
+    snapshot = await _dump(redis_url)
+    again = SessionId.generate(clock())
+    with pytest.raises(ConflictError, match=f"'start' already started session {first}"):
+        await redis_store.start_with_turn(
+            ACME, again, provider_id="p", model="m", turn=_turn(1), usage=Usage(5),
+            idempotency_key="start",
+        )  # fmt: skip
+    assert await _dump(redis_url) == snapshot
+    with pytest.raises(NotFoundError):
+        await redis_store.get(ACME, again)
+    # Another tenant's keys are its own.
+    other = SessionId.generate(clock())
+    await redis_store.start_with_turn(
+        OTHER, other, provider_id="p", model="m", turn=None, usage=None, idempotency_key="start"
+    )
+    assert await redis_store._started_by(OTHER, "start") == other
+    assert await redis_store._started_by(ACME, "start") == first
+
+
+async def test_a_gateway_replay_through_another_store_answers_as_the_round_first_did(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock
+) -> None:
+    """The idempotency entry keeps the round's usage (or its missing usage) and the
+    session's counters right after it: a store that never saw the session replays
+    the starting round, a later one, and one whose provider sent no usage."""
+    session_id = SessionId.generate(clock())
+    started = await redis_store.start_with_turn(
+        ACME, session_id, provider_id="p", model="m", turn=_turn(1), usage=Usage(100),
+        idempotency_key="s",
+    )  # fmt: skip
+    clock.advance(1)
+    second = await redis_store.record_turn(
+        ACME, session_id, turn=_turn(2), usage=Usage(130, 100, raw={"x": [1]}),
+        idempotency_key="k2",
+    )  # fmt: skip
+    clock.advance(1)
+    unreported = await redis_store.record_turn(
+        ACME, session_id, turn=_turn(3), usage=None, idempotency_key="k3"
+    )
+    await redis_store.record_turn(ACME, session_id, turn=_turn(4), usage=Usage(170, 130))
+    client = await _raw(redis_url)
+    try:
+        entry = await client.hget(RedisKeys(_prefix(redis_url)).idempotency(session_id), "k2")
+    finally:
+        await client.aclose()
+    assert entry is not None
+    assert json.loads(entry) == [
+        *json.loads(round_json(second.round)),
+        second.session.record.delta_tokens,
+        second.session.version,
+    ]
+    reader = await RedisStore.open(redis_url, clock=clock)
+    try:
+        for first, sent, found in (
+            (started, _turn(1), await reader.find_turn(ACME, "s")),
+            (second, _turn(2), await reader.find_turn(ACME, "k2", session_id)),
+            (unreported, _turn(3), await reader.find_turn(ACME, "k3", session_id)),
+            (
+                second,
+                _turn(2),
+                await reader.record_turn(
+                    ACME, session_id, turn=_turn(9), usage=Usage(9), idempotency_key="k2"
+                ),
+            ),
+        ):
+            assert found is not None
+            assert (found.replayed, found.round, found.turn) == (True, first.round, sent)
+            assert (found.round.usage, found.round.gateway) == (
+                first.round.usage,
+                first.round.gateway,
+            )
+            assert (found.session.record, found.session.version) == (
+                first.session.record,
+                first.session.version,
+            )
+    finally:
+        await reader.aclose()
+    assert unreported.round.usage_missing
+
+
+async def test_version_4_data_is_upgraded_on_open(redis_url: str, clock: ManualClock) -> None:
+    # Version 5 only added fields and keys that sessions without gateway rounds
+    # do not have: version 4 data is what ledger operations write.
+    store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
+    prefix = _prefix(redis_url)
+    client = await _raw(redis_url)
+    try:
+        ledger = await _active(store)
+        await store.record_round(ACME, ledger, 7, idempotency_key="k")
+        before = (await store.get(ACME, ledger), await store.list_rounds(ACME, ledger))
+        await store.aclose()
+        assert not {key for key in await _keys_of(redis_url) if ":h:" in key or "started" in key}
+        await client.set(f"{prefix}schema", "4")
+
+        store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
+        assert await client.get(f"{prefix}schema") == str(SCHEMA_VERSION) == "5"
+        assert (await store.get(ACME, ledger), await store.list_rounds(ACME, ledger)) == before
+        started = await _gateway_session(store, clock, idempotency_key="s")
+        await store.record_round(ACME, ledger, 3)
+        (totals,) = await store.totals(ACME)
+        assert (totals.rounds, totals.usage) == (5, UsageTotals(220, 100, 0, 0, 0, 1))
+        assert len(await store.history(ACME, started)) == 2
+    finally:
+        await client.aclose()
+        await store.aclose()
+
+
+async def test_a_turn_lock_is_renewed_while_held(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_module, "_TURN_LEASE_MS", 200)
+    monkeypatch.setattr(redis_module, "_TURN_RENEW_SECONDS", 0.05)
+    session_id = await _gateway_session(redis_store, clock)
+    other = await RedisStore.open(redis_url, clock=clock)
+    events: list[str] = []
+
+    async def hold(store: RedisStore, name: str, seconds: float) -> None:
+        async with store.turn_lock(ACME, session_id):
+            events.append(f"{name} in")
+            await asyncio.sleep(seconds)
+            events.append(f"{name} out")
+
+    try:
+        first = asyncio.create_task(hold(redis_store, "a", 0.8))  # four leases
+        await asyncio.sleep(0.05)
+        await hold(other, "b", 0)
+        await first
+    finally:
+        await other.aclose()
+    assert events == ["a in", "a out", "b in", "b out"]
+    client = await _raw(redis_url)
+    try:
+        assert await client.exists(RedisKeys(_prefix(redis_url)).turn_lock(session_id)) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_turn_lock_whose_holder_is_gone_is_taken_when_its_lease_ends(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock
+) -> None:
+    session_id = await _gateway_session(redis_store, clock)
+    lock = RedisKeys(_prefix(redis_url)).turn_lock(session_id)
+    client = await _raw(redis_url)
+    try:
+        # A holder that crashed: its token stays until its lease runs out.
+        await client.set(lock, "crashed", px=300)
+        started = time.monotonic()
+        async with redis_store.turn_lock(ACME, session_id):
+            waited = time.monotonic() - started
+            mine = await client.get(lock)
+        assert mine not in (None, "crashed")
+        assert waited >= 0.2
+        assert await client.exists(lock) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_cancelled_turn_gives_the_lock_back_and_a_cancelled_waiter_leaves_it(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock
+) -> None:
+    session_id = await _gateway_session(redis_store, clock)
+    lock = RedisKeys(_prefix(redis_url)).turn_lock(session_id)
+    other = await RedisStore.open(redis_url, clock=clock)
+    inside = asyncio.Event()
+
+    async def hold(store: RedisStore) -> None:
+        async with store.turn_lock(ACME, session_id):
+            inside.set()
+            await asyncio.Event().wait()
+
+    client = await _raw(redis_url)
+    try:
+        holder = asyncio.create_task(hold(redis_store))
+        await inside.wait()
+        token = await client.get(lock)
+        waiter = asyncio.create_task(hold(other))
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert await client.get(lock) == token
+        holder.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await holder
+        assert await client.exists(lock) == 0
+    finally:
+        await client.aclose()
+        await other.aclose()
 
 
 # -- tenants and keys ------------------------------------------------------------------------

@@ -6,20 +6,32 @@ The behaviour every backend shares is in test_conformance.py.
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
-from llmsession.errors import InvalidInput, SchemaVersionError, StoreError
+from llmsession.clock import ManualClock, system_clock
+from llmsession.errors import (
+    ConflictError,
+    InvalidInput,
+    SchemaVersionError,
+    SessionExpiredError,
+    StoreError,
+)
 from llmsession.ids import SessionId, TenantId
 from llmsession.store import SessionQuery, SessionStore, open_store
+from llmsession.store.models import NO_USAGE
 from llmsession.store.sqlite import SCHEMA_VERSION, SQLiteStore, path_of_url
+from tests.store.conftest import T0
+from tests.store.test_gateway_rounds import turn, usage
+from tests.store.turn_holder import read_line, start_holder
 
 ACME = TenantId("acme")
 
@@ -136,8 +148,77 @@ async def test_a_newer_schema_is_refused_and_left_alone(sqlite_url: str) -> None
     assert _pragma(path, "user_version") == SCHEMA_VERSION + 1
 
 
-# The rounds table of schema version 1: no session_delta_tokens, session_version.
-_VERSION_1_ROUNDS = """
+def _columns(path: Path, table: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as conn:
+        columns = [tuple(row) for row in conn.execute(f"PRAGMA table_info({table})")]
+    conn.close()
+    return columns
+
+
+def _schema(path: Path) -> dict[str, object]:
+    """What a file's schema is made of, by table or index name: a table's columns,
+    whether it has rowids and its indexes (with their columns); an index's table
+    and definition. Not the tables' CREATE text, which ALTER TABLE edits."""
+    with sqlite3.connect(path) as conn:
+        schema: dict[str, object] = {}
+        for kind, name, table, sql in conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
+        ).fetchall():
+            if kind != "table":
+                schema[name] = (kind, table, sql)
+                continue
+            indexes = [
+                (
+                    tuple(index[1:]),
+                    [tuple(c) for c in conn.execute(f"PRAGMA index_xinfo({index[1]})")],
+                )
+                for index in conn.execute(f"PRAGMA index_list({name})").fetchall()
+            ]
+            listed = conn.execute(f"PRAGMA table_list({name})").fetchone()
+            schema[name] = (
+                [tuple(c) for c in conn.execute(f"PRAGMA table_info({name})")],
+                tuple(listed),
+                sorted(indexes),
+            )
+    conn.close()
+    return schema
+
+
+# What schema version 3 added (gateway rounds); taking it away leaves version 2.
+_TO_VERSION_2 = (
+    *(
+        f"ALTER TABLE sessions DROP COLUMN {column}"
+        for column in (
+            "input_tokens",
+            "cached_input_tokens",
+            "cache_write_tokens",
+            "output_tokens",
+            "reasoning_tokens",
+            "rounds_without_usage",
+            "has_turns",
+        )
+    ),
+    *(
+        f"ALTER TABLE rounds DROP COLUMN {column}"
+        for column in (
+            "gateway",
+            "input_tokens",
+            "cached_input_tokens",
+            "cache_write_tokens",
+            "output_tokens",
+            "reasoning_tokens",
+            "raw_usage",
+        )
+    ),
+    "DROP TABLE turns",
+    "DROP TABLE started_sessions",
+    "PRAGMA user_version = 2",
+)
+
+# What schema version 2 added to version 1 (each round's session_delta_tokens and
+# session_version); taking it away from a version 2 file leaves version 1.
+_TO_VERSION_1 = (
+    """
     CREATE TABLE rounds_v1 (
         session_id      BLOB    NOT NULL,
         seq             INTEGER NOT NULL,
@@ -147,51 +228,138 @@ _VERSION_1_ROUNDS = """
         PRIMARY KEY (session_id, seq),
         UNIQUE (session_id, idempotency_key)
     ) WITHOUT ROWID
-"""
+    """,
+    "INSERT INTO rounds_v1 SELECT session_id, seq, delta_tokens, recorded_at, "
+    "idempotency_key FROM rounds",
+    "DROP TABLE rounds",
+    "ALTER TABLE rounds_v1 RENAME TO rounds",
+    "PRAGMA user_version = 1",
+)
 
 
-def _columns(path: Path, table: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(path) as conn:
-        columns = [tuple(row) for row in conn.execute(f"PRAGMA table_info({table})")]
+def _downgrade(path: Path, statements: Sequence[str]) -> None:
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        conn.execute("BEGIN")
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute("COMMIT")
     conn.close()
-    return columns
+
+
+async def _fresh_schema(tmp_path: Path) -> dict[str, object]:
+    fresh = tmp_path / "fresh.db"
+    await (await open_store(f"sqlite:///{fresh}")).aclose()
+    return _schema(fresh)
+
+
+async def test_the_downgrades_of_these_tests_leave_the_older_schemas(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    await (await open_store(sqlite_url)).aclose()
+    path = path_of_url(sqlite_url)
+    _downgrade(path, _TO_VERSION_2)
+    version_2 = _schema(path)
+    assert {"turns", "started_sessions"}.isdisjoint(version_2)
+    assert [c[1] for c in _columns(path, "rounds")] == [
+        "session_id",
+        "seq",
+        "delta_tokens",
+        "recorded_at",
+        "idempotency_key",
+        "session_delta_tokens",
+        "session_version",
+    ]
+    _downgrade(path, _TO_VERSION_1)
+    assert [c[1] for c in _columns(path, "rounds")] == [
+        "session_id",
+        "seq",
+        "delta_tokens",
+        "recorded_at",
+        "idempotency_key",
+    ]
+    assert _schema(path) != version_2 != await _fresh_schema(tmp_path)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_an_upgraded_file_has_the_schema_of_a_fresh_one(
+    sqlite_url: str, tmp_path: Path, version: int
+) -> None:
+    await (await open_store(sqlite_url)).aclose()
+    path = path_of_url(sqlite_url)
+    _downgrade(path, _TO_VERSION_2)
+    if version == 1:
+        _downgrade(path, _TO_VERSION_1)
+    assert _pragma(path, "user_version") == version
+    await (await open_store(sqlite_url)).aclose()
+    assert _pragma(path, "user_version") == SCHEMA_VERSION
+    assert _schema(path) == await _fresh_schema(tmp_path)
+
+
+async def test_a_version_2_file_is_upgraded_and_takes_gateway_rounds(sqlite_url: str) -> None:
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock)
+    sessions = [await _session(store) for _ in range(3)]
+    answers = []
+    for n, session_id in enumerate(sessions):
+        for round_ in range(3):
+            answers.append(
+                await store.record_round(ACME, session_id, n + round_, idempotency_key=f"k{round_}")
+            )
+    await store.close(ACME, sessions[0])
+    before = [await store.get(ACME, s) for s in sessions]
+    rounds = [(await store.list_rounds(ACME, s)).items for s in sessions]
+    totals = await store.totals(ACME, ("provider", "model"))
+    await store.aclose()
+    path = path_of_url(sqlite_url)
+    _downgrade(path, _TO_VERSION_2)
+
+    store = await open_store(sqlite_url, clock=clock)
+    try:
+        assert _pragma(path, "user_version") == SCHEMA_VERSION
+        assert [await store.get(ACME, s) for s in sessions] == before
+        assert all(stored.usage == NO_USAGE for stored in before)
+        assert [(await store.list_rounds(ACME, s)).items for s in sessions] == rounds
+        assert not any(r.gateway for page in rounds for r in page)
+        assert await store.totals(ACME, ("provider", "model")) == totals
+        # Ledger rounds go on; a replay still gives the first answer.
+        replay = await store.record_round(ACME, sessions[1], 1, idempotency_key="k0")
+        assert (replay.replayed, replay.round, replay.session) == (
+            True,
+            answers[3].round,
+            answers[3].session,
+        )
+        started = SessionId.generate(clock())
+        await store.start_with_turn(
+            ACME, started, provider_id="fake", model="m", turn=turn(1), usage=usage(100)
+        )
+        await store.record_turn(ACME, started, turn=turn(2), usage=usage(150, cached=100))
+        assert await store.history(ACME, started) == [turn(1), turn(2)]
+    finally:
+        await store.aclose()
 
 
 async def test_a_version_1_file_is_upgraded_and_replays_give_the_first_answers(
-    sqlite_url: str, tmp_path: Path
+    sqlite_url: str,
 ) -> None:
     store = await open_store(sqlite_url)
     answers = []
     sessions = [await _session(store) for _ in range(3)]
     for n, session_id in enumerate(sessions):
-        for turn in range(4):
-            key = f"k{turn}" if turn % 2 else None
+        for round_ in range(4):
+            key = f"k{round_}" if round_ % 2 else None
             answers.append(
-                await store.record_round(ACME, session_id, n + turn, idempotency_key=key)
+                await store.record_round(ACME, session_id, n + round_, idempotency_key=key)
             )
     await store.close(ACME, sessions[0])
     rounds = [(await store.list_rounds(ACME, s)).items for s in sessions]
     await store.aclose()
     path = path_of_url(sqlite_url)
-    with sqlite3.connect(path, isolation_level=None) as conn:
-        conn.execute("BEGIN")
-        conn.execute(_VERSION_1_ROUNDS)
-        conn.execute(
-            "INSERT INTO rounds_v1 SELECT session_id, seq, delta_tokens, recorded_at, "
-            "idempotency_key FROM rounds"
-        )
-        conn.execute("DROP TABLE rounds")
-        conn.execute("ALTER TABLE rounds_v1 RENAME TO rounds")
-        conn.execute("PRAGMA user_version = 1")
-        conn.execute("COMMIT")
-    conn.close()
+    _downgrade(path, _TO_VERSION_2)
+    _downgrade(path, _TO_VERSION_1)
 
     store = await open_store(sqlite_url)
     try:
         assert _pragma(path, "user_version") == SCHEMA_VERSION
-        fresh = tmp_path / "fresh.db"
-        await (await open_store(f"sqlite:///{fresh}")).aclose()
-        assert _columns(path, "rounds") == _columns(fresh, "rounds")
         assert [(await store.list_rounds(ACME, s)).items for s in sessions] == rounds
         for first in answers:
             if first.round.idempotency_key is None:
@@ -358,3 +526,217 @@ async def test_a_commit_that_fails_leaves_nothing_remembered(sqlite_url: str) ->
         await fresh.aclose()
     assert (stored.record.round_count, stored.record.delta_tokens, stored.version) == (3, 321, 5)
     assert [(r.seq, r.delta_tokens) for r in rounds] == [(1, 1), (2, 20), (3, 300)]
+
+
+# -- gateway rounds: what the conformance suite cannot see ------------------------------
+
+
+def _stored_turns(path: Path, session_id: SessionId) -> int:
+    with sqlite3.connect(path) as conn:
+        count: int = conn.execute(
+            "SELECT COUNT(*) FROM turns WHERE session_id = ?", (session_id.value.bytes,)
+        ).fetchone()[0]
+    conn.close()
+    return count
+
+
+async def _started(store: SessionStore, clock: ManualClock, key: str | None = None) -> SessionId:
+    session_id = SessionId.generate(clock())
+    await store.start_with_turn(
+        ACME,
+        session_id,
+        provider_id="fake",
+        model="m",
+        turn=turn(1),
+        usage=usage(100),
+        idempotency_key=key,
+        ttl_seconds=60,
+    )
+    await store.record_turn(ACME, session_id, turn=turn(2), usage=usage(150))
+    return session_id
+
+
+async def test_every_way_out_of_active_deletes_the_turns_and_keeps_the_rest(
+    sqlite_url: str,
+) -> None:
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock)
+    path = path_of_url(sqlite_url)
+    try:
+        closed = await _started(store, clock, key="start-closed")
+        expired = await _started(store, clock)
+        swept = await _started(store, clock)
+        late = await _started(store, clock)
+        clock.advance(30)
+        kept = await _started(store, clock)
+        assert [_stored_turns(path, s) for s in (closed, expired, swept, late, kept)] == [2] * 5
+
+        await store.close(ACME, closed)
+        await store.expire(ACME, expired)
+        clock.advance(31)
+        with pytest.raises(SessionExpiredError):
+            await store.record_turn(ACME, late, turn=turn(3), usage=usage(1))
+        assert await store.sweep() == 1
+        assert [_stored_turns(path, s) for s in (closed, expired, swept, late, kept)] == [
+            0,
+            0,
+            0,
+            0,
+            2,
+        ]
+        for session_id in (closed, expired, swept, late):
+            stored = await store.get(ACME, session_id)
+            assert (stored.record.round_count, stored.usage.input_tokens) == (2, 250)
+            assert len((await store.list_rounds(ACME, session_id)).items) == 2
+        # The key that started a session stays with it.
+        found = await store.find_turn(ACME, "start-closed")
+        assert found is not None
+        assert (found.round.session_id, found.turn) == (closed, None)
+    finally:
+        await store.aclose()
+
+
+async def test_a_used_start_key_writes_nothing(sqlite_url: str) -> None:
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock)
+    try:
+        first = await _started(store, clock, key="start")
+        again = SessionId.generate(clock())
+        with pytest.raises(ConflictError, match=str(first)):
+            await store.start_with_turn(
+                ACME,
+                again,
+                provider_id="fake",
+                model="m",
+                turn=turn(1),
+                usage=usage(100),
+                idempotency_key="start",
+            )
+        assert _stored_turns(path_of_url(sqlite_url), again) == 0
+        (totals,) = await store.totals(ACME)
+        assert totals.sessions["active"] == 1
+        assert totals.rounds == 2
+    finally:
+        await store.aclose()
+
+
+async def test_turns_lock_a_sidecar_file_that_holds_no_data(sqlite_url: str) -> None:
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock)
+    path = path_of_url(sqlite_url)
+    sidecar = Path(f"{path}-turns")
+    try:
+        session_id = await _started(store, clock)
+        async with store.turn_lock(ACME, session_id):
+            assert (await asyncio.to_thread(os.path.getsize, sidecar)) == 0
+        assert "turn_leases" not in _schema(path)
+    finally:
+        await store.aclose()
+
+
+async def test_two_stores_on_one_file_in_one_process_take_turns(sqlite_url: str) -> None:
+    # POSIX locks are the process's: the stores share its in-process turns.
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock)
+    other = await open_store(sqlite_url, clock=clock)
+    try:
+        session_id = await _started(store, clock)
+        got_in = asyncio.Event()
+
+        async def take_turn() -> None:
+            async with other.turn_lock(ACME, session_id):
+                got_in.set()
+
+        async with store.turn_lock(ACME, session_id):
+            waiting = asyncio.create_task(take_turn())
+            await asyncio.sleep(0.1)
+            assert not got_in.is_set()
+        await asyncio.wait_for(waiting, 60)
+        # Closing one store leaves the other's turns working.
+        await store.aclose()
+        async with asyncio.timeout(60), other.turn_lock(ACME, session_id):
+            pass
+    finally:
+        await other.aclose()
+        await store.aclose()
+
+
+async def test_a_cancelled_turn_lets_the_next_one_in(sqlite_url: str) -> None:
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock)
+    other = await open_store(sqlite_url, clock=clock)
+    try:
+        session_id = await _started(store, clock)
+        inside = asyncio.Event()
+
+        async def hold() -> None:
+            async with store.turn_lock(ACME, session_id):
+                inside.set()
+                await asyncio.Event().wait()
+
+        holding = asyncio.create_task(hold())
+        await inside.wait()
+        holding.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await holding
+        async with asyncio.timeout(60), other.turn_lock(ACME, session_id):
+            pass
+    finally:
+        await other.aclose()
+        await store.aclose()
+
+
+async def test_a_turn_waits_for_a_turn_in_another_process(sqlite_url: str) -> None:
+    # The other process runs on the system clock: so does the session.
+    clock = ManualClock(system_clock())
+    store = await open_store(sqlite_url, clock=clock)
+    try:
+        session_id = await _started(store, clock)
+        await store.record_turn(ACME, session_id, turn=None, usage=None)
+        holder = await start_holder(sqlite_url, ACME, session_id)
+        assert holder.stdin is not None
+        try:
+            assert await read_line(holder) == b"held\n"
+            got_in = asyncio.Event()
+
+            async def take_turn() -> int:
+                async with store.turn_lock(ACME, session_id):
+                    got_in.set()
+                    return len(await store.history(ACME, session_id))
+
+            waiting = asyncio.create_task(take_turn())
+            # Never set while the other process holds the turn, however long it waits.
+            await asyncio.sleep(0.3)
+            assert not got_in.is_set()
+            holder.stdin.write(b"go\n")
+            await holder.stdin.drain()
+            assert await read_line(holder) == b"done\n"
+            # The other process's turn (its round 4, turn(2)) came first.
+            assert await asyncio.wait_for(waiting, 60) == 3
+            await asyncio.wait_for(holder.wait(), 60)
+        finally:
+            if holder.returncode is None:
+                holder.kill()
+            await holder.wait()
+        assert holder.returncode == 0
+    finally:
+        await store.aclose()
+
+
+async def test_the_turn_of_a_killed_process_is_free_at_once(sqlite_url: str) -> None:
+    clock = ManualClock(system_clock())
+    store = await open_store(sqlite_url, clock=clock)
+    try:
+        session_id = await _started(store, clock)
+        holder = await start_holder(sqlite_url, ACME, session_id)
+        try:
+            assert await read_line(holder) == b"held\n"
+        finally:
+            holder.kill()
+            await holder.wait()
+        # The kernel dropped the dead process's lock: nothing lapses or is taken over.
+        async with asyncio.timeout(60), store.turn_lock(ACME, session_id):
+            await store.record_turn(ACME, session_id, turn=turn(3), usage=usage(1))
+        assert len(await store.history(ACME, session_id)) == 3
+    finally:
+        await store.aclose()

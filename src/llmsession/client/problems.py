@@ -76,6 +76,9 @@ def _simple(cls: type[LLMSessionError]) -> _Builder:
 
 
 _BY_TYPE: Final[dict[str, _Builder]] = {
+    # The client sends one Authorization header; another one came from elsewhere
+    # (a proxy, extra headers): the credentials, not the call, are at fault.
+    "ambiguous-credentials": _simple(AuthenticationError),
     "unauthorized": _simple(AuthenticationError),
     "forbidden": _simple(AuthenticationError),
     "not-found": _simple(NotFoundError),

@@ -18,7 +18,7 @@ from llmsession.ids import SessionId, TenantId
 from llmsession.record import SessionRecord
 from llmsession.session import AnySession, restore
 from llmsession.states import SessionState
-from llmsession.store.models import Round, Tenant
+from llmsession.store.models import NO_USAGE, Round, Tenant, UsageTotals
 from llmsession.timestamps import Timestamp
 
 __all__ = ["ApiKeyView", "IssuedApiKey", "NewTenant", "RecordedRound", "SessionView"]
@@ -32,6 +32,8 @@ class SessionView:
     ttl_seconds: int
     expires_at: Timestamp | None
     """When an Active session expires if no round comes first; None in other states."""
+    usage: UsageTotals = NO_USAGE
+    """What providers reported for the session's gateway rounds (all 0 for a ledger session)."""
 
     @property
     def session_id(self) -> SessionId:

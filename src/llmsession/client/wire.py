@@ -24,9 +24,10 @@ from llmsession.client.views import (
 from llmsession.expiry import check_ttl
 from llmsession.ids import SessionId, TenantId
 from llmsession.record import SessionRecord
-from llmsession.store.models import Page, Round, Tenant, Totals
+from llmsession.store.models import NO_USAGE, Page, Round, Tenant, Totals, UsageTotals
 from llmsession.timestamps import Timestamp
 from llmsession.tokens import check_token_count
+from llmsession.usage import Usage
 
 __all__ = [
     "read_api_key",
@@ -57,6 +58,7 @@ def read_session(data: object) -> SessionView:
         record=record,
         ttl_seconds=check_ttl(_member(obj, "ttl_seconds")),
         expires_at=_optional_time(obj, "expires_at"),
+        usage=_read_usage_totals(obj),
     )
 
 
@@ -69,12 +71,18 @@ def read_round(data: object, session_id: SessionId) -> Round:
     key = _member(obj, "idempotency_key")
     if key is not None and not isinstance(key, str):
         raise ValueError(f"idempotency_key must be a string or null, got {key!r}")
+    gateway = obj.get("gateway", False)
+    if not isinstance(gateway, bool):
+        raise ValueError(f"gateway must be true or false, got {gateway!r}")
+    usage = obj.get("usage")
     return Round(
         session_id=session_id,
         seq=seq,
         delta_tokens=check_token_count("delta_tokens", _member(obj, "delta_tokens")),
         recorded_at=_time(obj, "recorded_at"),
         idempotency_key=key,
+        usage=None if usage is None else _read_usage(usage),
+        gateway=gateway,
     )
 
 
@@ -159,6 +167,44 @@ def _read_totals(data: object) -> Totals:
         rounds=check_token_count("rounds", _member(obj, "rounds")),
         delta_tokens=check_token_count("delta_tokens", _member(obj, "delta_tokens")),
         tokens_saved=check_token_count("tokens_saved", _member(obj, "tokens_saved")),
+        usage=_read_usage_totals(obj),
+    )
+
+
+def _read_usage(data: object) -> Usage:
+    obj = _object(data, "a round's usage")
+    raw = _object(_member(obj, "raw"), "the provider's usage")
+    return Usage(
+        input_tokens=check_token_count("input_tokens", _member(obj, "input_tokens")),
+        cached_input_tokens=check_token_count(
+            "cached_input_tokens", _member(obj, "cached_input_tokens")
+        ),
+        cache_write_tokens=check_token_count(
+            "cache_write_tokens", _member(obj, "cache_write_tokens")
+        ),
+        output_tokens=check_token_count("output_tokens", _member(obj, "output_tokens")),
+        reasoning_tokens=check_token_count("reasoning_tokens", _member(obj, "reasoning_tokens")),
+        raw=raw,
+    )
+
+
+def _read_usage_totals(obj: JsonObject) -> UsageTotals:
+    # A server from before the gateway sends none: nothing was reported then.
+    if "usage" not in obj:
+        return NO_USAGE
+    usage = _object(obj["usage"], "usage totals")
+    return UsageTotals(
+        *(
+            check_token_count(f"usage.{name}", _member(usage, name))
+            for name in (
+                "input_tokens",
+                "cached_input_tokens",
+                "cache_write_tokens",
+                "output_tokens",
+                "reasoning_tokens",
+                "rounds_without_usage",
+            )
+        )
     )
 
 

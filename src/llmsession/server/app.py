@@ -9,7 +9,10 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from llmsession.clock import Clock, system_clock
-from llmsession.server.body_limit import BodyLimit
+from llmsession.gateway.config import GatewayConfig, load_config
+from llmsession.gateway.forwarding import Gateway
+from llmsession.gateway.transport import HttpxUpstream, Upstream
+from llmsession.server.body_limit import MAX_BODY_BYTES, BodyLimit
 from llmsession.server.context import AppContext
 from llmsession.server.methods import HeadAsGet, RouteMethods
 from llmsession.server.metrics import RequestMetricsMiddleware, ServerMetrics
@@ -17,6 +20,7 @@ from llmsession.server.openapi import ServiceAPI
 from llmsession.server.problems import install_problem_handlers
 from llmsession.server.rounds import FastRounds
 from llmsession.server.routes_admin import admin_routes
+from llmsession.server.routes_gateway import GATEWAY_PATHS, gateway_routes
 from llmsession.server.routes_ops import ops_routes
 from llmsession.server.routes_sessions import session_routes
 from llmsession.server.schemas import RecordRoundIn
@@ -38,6 +42,8 @@ def create_app(
     store: SessionStore | None = None,
     clock: Clock = system_clock,
     fast_rounds: bool = True,
+    gateway_config: GatewayConfig | None = None,
+    upstream: Upstream | None = None,
 ) -> FastAPI:
     """The HTTP service as an ASGI app.
 
@@ -48,8 +54,15 @@ def create_app(
     the store's clock, never from a request.
     ``fast_rounds`` False sends round requests through FastAPI's router too (the
     same handler; see :mod:`llmsession.server.rounds`).
+
+    The gateway runs when providers are configured: ``gateway_config``, else the
+    file ``settings.gateway_config`` names (read now, so a bad file fails before
+    the server starts; ConfigError). ``upstream`` replaces the pooled HTTP client
+    that reaches the providers (tests).
     """
     context = AppContext(settings=settings, metrics=ServerMetrics())
+    if gateway_config is None and settings.gateway_config is not None:
+        gateway_config = load_config(settings.gateway_config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
@@ -69,9 +82,15 @@ def create_app(
         )
         context.metrics.watch_sweeper(sweeper)
         sweeper.start()
+        if gateway_config is not None:
+            context.gateway = Gateway(gateway_config, active, upstream or HttpxUpstream())
         try:
             yield
         finally:
+            if context.gateway is not None:
+                # Streams in flight still record their rounds before the store closes.
+                await context.gateway.aclose()
+                context.gateway = None
             await sweeper.stop()
             context.open_store = None
             if opened:
@@ -99,9 +118,15 @@ def create_app(
     app.add_middleware(HeadAsGet, methods=route_methods)
     if fast_rounds:
         app.add_middleware(FastRounds, context=context)
-    app.add_middleware(BodyLimit)
+    gateway_limit = (
+        MAX_BODY_BYTES
+        if gateway_config is None
+        else max(MAX_BODY_BYTES, gateway_config.history_limit_bytes)
+    )
+    app.add_middleware(BodyLimit, path_limits=dict.fromkeys(GATEWAY_PATHS, gateway_limit))
     app.add_middleware(RequestMetricsMiddleware, metrics=context.metrics)
     app.include_router(session_routes(context))
+    app.include_router(gateway_routes(context))
     app.include_router(admin_routes(context))
     app.include_router(ops_routes(context))
     return app

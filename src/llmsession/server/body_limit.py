@@ -8,6 +8,8 @@ the client sent a Content-Length or streamed chunks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmsession.server.problems import problem_response
@@ -21,17 +23,25 @@ MAX_BODY_BYTES = 64 * 1024
 class BodyLimit:
     """Pure ASGI middleware answering 413 (problem ``too-large``) to oversized bodies."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int = MAX_BODY_BYTES,
+        path_limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        #: Paths that take larger bodies (the gateway's conversations), and their limits.
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope["path"], self.max_bytes)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        if declared is not None and declared > limit:
+            await self._refuse(scope, receive, send, limit)
             return
         chunks: list[bytes] = []
         size = 0
@@ -42,8 +52,8 @@ class BodyLimit:
                 return
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await self._refuse(scope, receive, send)
+            if size > limit:
+                await self._refuse(scope, receive, send, limit)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -51,11 +61,13 @@ class BodyLimit:
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         await self.app(scope, _replay(body, receive), send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(
-            "too-large",
-            f"the request body is over {self.max_bytes} bytes; this API takes small JSON objects",
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        what = (
+            "this server's gateway limit (history_limit_bytes)"
+            if scope["path"] in self.path_limits
+            else "this API takes small JSON objects"
         )
+        response = problem_response("too-large", f"the request body is over {limit} bytes; {what}")
         await response(scope, receive, send)
 
 

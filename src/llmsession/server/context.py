@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llmsession.errors import StoreError
+from llmsession.gateway.forwarding import Gateway
 from llmsession.server.key_cache import KeyCache
 from llmsession.server.metrics import ServerMetrics
 from llmsession.server.settings import ServerSettings
@@ -26,6 +27,8 @@ class AppContext:
     settings: ServerSettings
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     open_store: SessionStore | None = None
+    #: The gateway, when providers are configured and the app is serving.
+    gateway: Gateway | None = None
     keys: KeyCache = field(init=False)
 
     def __post_init__(self) -> None:

@@ -27,6 +27,8 @@ from llmsession.errors import (
     StoreError,
     WrongStateError,
 )
+from llmsession.gateway.forwarding import HistoryTooLarge
+from llmsession.gateway.transport import ProviderError, ProviderTimeout
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
@@ -57,7 +59,10 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "conflict": (409, "Conflict"),
     "invalid-input": (422, "Invalid input"),
     "internal": (500, "Internal server error"),
+    "gateway-not-configured": (501, "No provider configured"),
+    "provider-unavailable": (502, "Provider unavailable"),
     "store-unavailable": (503, "Store unavailable"),
+    "provider-timeout": (504, "Provider timeout"),
 }
 
 
@@ -115,6 +120,11 @@ def problem_for(error: LLMSessionError) -> Problem:
             required_state=error.required,
             current_state=error.actual,
         )
+    if isinstance(error, ProviderError):
+        kind = "provider-timeout" if isinstance(error, ProviderTimeout) else "provider-unavailable"
+        return Problem(kind, str(error), provider_id=error.provider_id)
+    if isinstance(error, HistoryTooLarge):
+        return Problem("too-large", str(error))
     if isinstance(error, IdempotencyConflict):
         return Problem("idempotency-conflict", str(error))
     if isinstance(error, ConflictError):

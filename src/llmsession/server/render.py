@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmsession.keys import IssuedKey
-from llmsession.store.models import ApiKeyInfo, Round, StoredSession, Tenant, Totals
+from llmsession.store.models import ApiKeyInfo, Round, StoredSession, Tenant, Totals, UsageTotals
 from llmsession.timestamps import Timestamp
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "render_session",
     "render_tenant",
     "render_totals",
+    "render_usage_totals",
 ]
 
 
@@ -29,6 +30,7 @@ def render_session(stored: StoredSession) -> dict[str, Any]:
     body["tokens_saved"] = record.tokens_saved
     body["ttl_seconds"] = stored.ttl_seconds
     body["expires_at"] = _iso(stored.deadline)
+    body["usage"] = render_usage_totals(stored.usage)
     return body
 
 
@@ -39,6 +41,9 @@ def render_round(round_: Round) -> dict[str, Any]:
         "delta_tokens": round_.delta_tokens,
         "recorded_at": round_.recorded_at.isoformat(),
         "idempotency_key": round_.idempotency_key,
+        "gateway": round_.gateway,
+        "usage": None if round_.usage is None else round_.usage.to_dict(),
+        "usage_missing": round_.usage_missing,
     }
 
 
@@ -51,6 +56,19 @@ def render_totals(totals: Totals) -> dict[str, Any]:
         "rounds": totals.rounds,
         "delta_tokens": totals.delta_tokens,
         "tokens_saved": totals.tokens_saved,
+        "usage": render_usage_totals(totals.usage),
+    }
+
+
+def render_usage_totals(usage: UsageTotals) -> dict[str, int]:
+    """Sums of the provider-reported usage of gateway rounds."""
+    return {
+        "input_tokens": usage.input_tokens,
+        "cached_input_tokens": usage.cached_input_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "output_tokens": usage.output_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "rounds_without_usage": usage.rounds_without_usage,
     }
 
 

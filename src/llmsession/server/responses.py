@@ -19,7 +19,10 @@ _DESCRIPTIONS = {
     413: "The request body is over 64 KiB",
     422: "Invalid input: see `errors`",
     500: "A server bug (never caused by input)",
+    501: "No provider is configured: this server runs the session ledger only",
+    502: "The provider could not be reached, broke the connection, or answered 5xx",
     503: "The session store cannot be reached",
+    504: "The provider did not answer within its timeout_seconds",
 }
 
 _HEADERS = {

@@ -10,7 +10,7 @@ OpenAPI schema; the routes build the JSON directly for speed.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -134,6 +134,28 @@ class CreateTenantIn(BaseModel):
     ]
 
 
+class UsageTotalsOut(BaseModel):
+    """Sums of the usage providers reported for gateway rounds (all 0 for ledger rounds)."""
+
+    input_tokens: int = Field(description="All input the providers counted, cached included")
+    cached_input_tokens: int = Field(description="Input served from the providers' caches")
+    cache_write_tokens: int = Field(description="Input written to the providers' caches")
+    output_tokens: int
+    reasoning_tokens: int = Field(description="Output spent on reasoning, where reported")
+    rounds_without_usage: int = Field(description="Gateway rounds whose provider sent no usage")
+
+
+class RoundUsageOut(BaseModel):
+    """The usage one provider reported for one gateway round."""
+
+    input_tokens: int = Field(description="All input the provider counted, cached included")
+    cached_input_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    raw: dict[str, Any] = Field(description="The provider's usage object, verbatim")
+
+
 class SessionOut(BaseModel):
     """A session: the core record, tokens saved, and its TTL and idle deadline."""
 
@@ -155,6 +177,7 @@ class SessionOut(BaseModel):
     expires_at: datetime | None = Field(
         description="Idle deadline of an active session; null in other states"
     )
+    usage: UsageTotalsOut = Field(description="What providers reported for its gateway rounds")
 
 
 class RoundOut(BaseModel):
@@ -164,6 +187,12 @@ class RoundOut(BaseModel):
     delta_tokens: int
     recorded_at: datetime
     idempotency_key: str | None
+    gateway: bool = Field(description="Recorded by the gateway from the provider's usage")
+    usage: RoundUsageOut | None = Field(
+        description="The provider's usage of a gateway round; null for a ledger round or "
+        "when the provider sent none"
+    )
+    usage_missing: bool = Field(description="A gateway round whose provider sent no usage")
 
 
 class RoundResultOut(BaseModel):
@@ -205,6 +234,7 @@ class StatsGroupOut(BaseModel):
     rounds: int
     delta_tokens: int
     tokens_saved: int
+    usage: UsageTotalsOut
 
 
 class StatsOut(BaseModel):

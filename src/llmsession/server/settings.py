@@ -29,6 +29,7 @@ ENV_VARIABLES: dict[str, str] = {
     "purge_created_after_seconds": "LLMSESSION_PURGE_CREATED_AFTER",
     "access_log": "LLMSESSION_ACCESS_LOG",
     "auth_cache_seconds": "LLMSESSION_AUTH_CACHE_SECONDS",
+    "gateway_config": "LLMSESSION_CONFIG",
 }
 
 MIN_ADMIN_KEY_LENGTH = 16
@@ -75,6 +76,8 @@ class ServerSettings:
     - ``access_log``: log one line per request (uvicorn's access log).
     - ``auth_cache_seconds``: how long a successful key check is reused (0: never);
       a key revoked through another replica or the CLI works here that long at most.
+    - ``gateway_config``: the TOML file of providers (see docs/gateway.md); None
+      serves the session ledger only.
     """
 
     store_url: str = field(default_factory=default_store_url)
@@ -87,6 +90,7 @@ class ServerSettings:
     purge_created_after_seconds: int = 86400
     access_log: bool = False
     auth_cache_seconds: float = 1.0
+    gateway_config: str | None = None
 
     def __post_init__(self) -> None:
         for name, check in _CHECKS.items():
@@ -132,6 +136,7 @@ class ServerSettings:
             ),
             access_log=read("access_log", _parse_bool, d.access_log),
             auth_cache_seconds=read("auth_cache_seconds", float, d.auth_cache_seconds),
+            gateway_config=read("gateway_config", _optional_text, d.gateway_config),
         )
 
 
@@ -190,6 +195,11 @@ def _check_purge(value: object) -> None:
         )
 
 
+def _check_gateway_config(value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise InvalidInput(f"gateway_config must be the path of a TOML file, got {value!r}")
+
+
 def _check_bool(value: object) -> None:
     if type(value) is not bool:
         raise InvalidInput(f"access_log must be True or False, got {value!r}")
@@ -205,6 +215,7 @@ _CHECKS: dict[str, Callable[[object], object]] = {
     "purge_created_after_seconds": _check_purge,
     "access_log": _check_bool,
     "auth_cache_seconds": _seconds_between("auth_cache_seconds", 0, 300),
+    "gateway_config": _check_gateway_config,
 }
 
 _EXPECTED = {
@@ -217,6 +228,7 @@ _EXPECTED = {
     "purge_created_after_seconds": f"a whole number of seconds >= {MIN_PURGE_AGE_SECONDS}",
     "access_log": "1/0, true/false, yes/no or on/off",
     "auth_cache_seconds": "a number of seconds from 0 to 300",
+    "gateway_config": "the path of a TOML file of providers",
 }
 
 

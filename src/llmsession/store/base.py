@@ -37,28 +37,34 @@ from llmsession.errors import (
 from llmsession.expiry import check_ttl
 from llmsession.ids import SessionId, TenantId, check_label, check_session_id, check_tenant_id
 from llmsession.record import SessionRecord
-from llmsession.session import as_after_round, require_state, restore
+from llmsession.session import Session, as_after_round, require_state, restore
 from llmsession.states import Active, Created, SessionExpired
 from llmsession.store.cursor import decode_rounds_cursor, encode_rounds_cursor
 from llmsession.store.models import (
+    NO_USAGE,
     ApiKeyInfo,
     GroupKey,
     KeyedRound,
     Page,
     Round,
     RoundResult,
+    SessionHistory,
     SessionQuery,
     StoredSession,
     Tenant,
     Totals,
+    Turn,
+    UsageTotals,
     check_batch_limit,
     check_group_by,
     check_idempotency_key,
     check_page_size,
     check_purge_age,
 )
+from llmsession.store.turns import SessionTurns
 from llmsession.timestamps import Timestamp
 from llmsession.tokens import MAX_TOKENS, check_token_count
+from llmsession.usage import Usage
 
 __all__ = [
     "DEFAULT_TTL_SECONDS",
@@ -135,6 +141,7 @@ class SessionStore(ABC):
     def __init__(self, *, clock: Clock = system_clock, default_ttl_seconds: int = 3600) -> None:
         self.clock = clock
         self.default_ttl_seconds = check_ttl(default_ttl_seconds)
+        self._local_turns = SessionTurns()
 
     # -- session operations (written once, for every backend) ---------------
 
@@ -243,11 +250,163 @@ class SessionStore(ABC):
 
         return (await self._apply(tenant_id, session_id, change)).stored
 
+    # -- gateway rounds: the conversation goes through llmsession -----------------
+
+    async def start_with_turn(
+        self,
+        tenant_id: TenantId,
+        session_id: SessionId,
+        *,
+        provider_id: str,
+        model: str,
+        turn: Turn | None,
+        usage: Usage | None,
+        idempotency_key: str | None = None,
+        ttl_seconds: int | None = None,
+    ) -> RoundResult:
+        """Store a session that the gateway started, with its first round, in one write.
+
+        The gateway learns ``initial_tokens`` (round 1's input as the provider
+        billed it) only from the answer, while the session's id went to the client
+        with the answer's first byte; so the session is created here, already
+        Active with one round, under the id generated then. ``turn`` None records
+        the round without adding to the history (a stream cut with usage sent).
+        ``idempotency_key`` is then the tenant's key for starting this session:
+        a retry finds it with :meth:`find_turn` (``session_id=None``).
+        """
+        ttl = self.default_ttl_seconds if ttl_seconds is None else check_ttl(ttl_seconds)
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+        now = self.clock()
+        record = SessionRecord.new(
+            session_id=session_id,
+            tenant_id=tenant_id,
+            provider_id=check_label("provider_id", provider_id),
+            model=check_label("model", model),
+            initial_tokens=0 if usage is None else usage.input_tokens,
+            created_at=now,
+        )
+        session = Session.new(record).activate(now)
+        delta = 0 if usage is None else usage.delta_tokens
+        session.record_delta(delta)
+        stored = StoredSession(session.into_data(), 1, ttl, now, usage=NO_USAGE.plus(usage))
+        first = Round(session_id, 1, delta, now, idempotency_key, usage, gateway=True, turn=turn)
+        await self._insert(stored, first)
+        return RoundResult(first, stored)
+
+    async def record_turn(
+        self,
+        tenant_id: TenantId,
+        session_id: SessionId,
+        *,
+        turn: Turn | None,
+        usage: Usage | None,
+        idempotency_key: str | None = None,
+    ) -> RoundResult:
+        """Record a gateway round on an Active session, with its turn of the conversation.
+
+        The round's ``delta_tokens`` is what the provider processed anew
+        (``usage.delta_tokens``); with no usage it is 0 and the round is flagged
+        (``Round.usage_missing``), since no number is made up. ``turn`` None records
+        the round without adding to the history. A repeated ``idempotency_key``
+        returns the first result (with its stored turn) and counts nothing.
+        """
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+        delta = 0 if usage is None else usage.delta_tokens
+
+        def change(stored: StoredSession, now: Timestamp, first: KeyedRound | None) -> Change:
+            if first is not None:
+                return Change(stored, replayed=first)
+            expired = _expire_late(stored, now, "record_delta")
+            if expired is not None:
+                return expired
+            session = require_state(restore(stored.record), Active, "record_delta")
+            session.record_delta(delta)
+            record = session.into_data()
+            new_round = Round(
+                session_id, record.round_count, delta, now, idempotency_key, usage, True, turn
+            )
+            return Change(_next(stored, record, now, stored.usage.plus(usage)), new_round)
+
+        result = await self._apply(tenant_id, session_id, change, idempotency_key)
+        if result.replayed is not None:
+            return await self._replay(tenant_id, result.stored, result.replayed)
+        assert result.round is not None
+        return RoundResult(result.round, result.stored)
+
+    async def history(self, tenant_id: TenantId, session_id: SessionId) -> list[Turn]:
+        """The conversation of an Active session, turn by turn in round order.
+
+        Refused like a round would be: NotFoundError for a missing or foreign
+        session, WrongStateError if it is not Active, SessionExpiredError past its
+        deadline; so an ended session's history never reaches a provider.
+        """
+        return (await self.session_history(tenant_id, session_id)).turns
+
+    async def session_history(self, tenant_id: TenantId, session_id: SessionId) -> SessionHistory:
+        """An Active session as :meth:`get` gives it, with its :meth:`history`, in
+        one read; refused as :meth:`history` is."""
+        _check_ids(tenant_id, session_id)
+        stored, turns = await self._session_turns(tenant_id, session_id)
+        if expire_if_due(stored, self.clock()) is not None:
+            raise SessionExpiredError("record_delta", Active.name, SessionExpired.name)
+        try:
+            require_state(restore(stored.record), Active, "record_delta")
+        except WrongStateError as error:
+            raise _refine(error) from None
+        return SessionHistory(stored, turns)
+
+    async def find_turn(
+        self, tenant_id: TenantId, idempotency_key: str, session_id: SessionId | None = None
+    ) -> RoundResult | None:
+        """The gateway round recorded under ``idempotency_key``, as first answered.
+
+        With ``session_id`` None the key is the tenant's key that started a
+        session. None if no round has that key. The result's ``turn`` is None once
+        the session has ended (its history is deleted then).
+        """
+        check_idempotency_key(idempotency_key)
+        if session_id is None:
+            session_id = await self._started_by(tenant_id, idempotency_key)
+            if session_id is None:
+                return None
+        found = await self._keyed_round(tenant_id, session_id, idempotency_key)
+        if found is None:
+            return None
+        stored, first = found
+        return await self._replay(tenant_id, stored, first)
+
+    def turn_lock(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold a session's turn: the gateway's rounds of one session go one at a time.
+
+        Waiters are served in arrival order, so each turn sees every turn before
+        it. This default serves one process; backends shared by several
+        processes hold it across all of them.
+        """
+        return self._local_turns.turn(session_id)
+
+    async def _replay(
+        self, tenant_id: TenantId, stored: StoredSession, first: KeyedRound
+    ) -> RoundResult:
+        answered = first.round
+        turn = (
+            await self._stored_turn(answered.session_id, answered.seq) if answered.gateway else None
+        )
+        return RoundResult(answered, _as_answered(stored, first), replayed=True, turn=turn)
+
     # -- backend primitives ---------------------------------------------------
 
     @abstractmethod
-    async def _insert(self, stored: StoredSession) -> None:
-        """Store a new session (its id is fresh)."""
+    async def _insert(self, stored: StoredSession, first: Round | None = None) -> None:
+        """Store a new session (its id is fresh), with its first round if given.
+
+        A first round with an idempotency key also records that key as the one
+        that started the session for its tenant (ConflictError if it already
+        started another one). The round's turn, if any, is stored with it.
+        """
 
     @abstractmethod
     async def _run_change(
@@ -262,6 +421,33 @@ class SessionStore(ABC):
         result if it differs from what was read, atomically with a compare-and-set
         on the version; VersionConflict if that lost a race (the caller retries).
         """
+
+    @abstractmethod
+    async def _history_turns(self, session_id: SessionId) -> list[Turn]:
+        """Every stored turn of a session, in round order."""
+
+    async def _session_turns(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> tuple[StoredSession, list[Turn]]:
+        """The session as :meth:`_get` gives it and its stored turns; a backend that
+        reads both at once overrides this."""
+        stored = await self._get(tenant_id, session_id)
+        return stored, await self._history_turns(session_id)
+
+    @abstractmethod
+    async def _stored_turn(self, session_id: SessionId, seq: int) -> Turn | None:
+        """The stored turn of round ``seq``, if it is still stored."""
+
+    @abstractmethod
+    async def _started_by(self, tenant_id: TenantId, idempotency_key: str) -> SessionId | None:
+        """The session the gateway started for this tenant under ``idempotency_key``."""
+
+    @abstractmethod
+    async def _keyed_round(
+        self, tenant_id: TenantId, session_id: SessionId, idempotency_key: str
+    ) -> tuple[StoredSession, KeyedRound] | None:
+        """The session as stored (NotFoundError if missing or foreign) and its round
+        under the key."""
 
     # -- reads ------------------------------------------------------------------
 
@@ -538,9 +724,18 @@ def _check_ids(tenant_id: object, session_id: object) -> None:
 
 
 def _next(
-    stored: StoredSession, record: SessionRecord, last_activity_at: Timestamp
+    stored: StoredSession,
+    record: SessionRecord,
+    last_activity_at: Timestamp,
+    usage: UsageTotals | None = None,
 ) -> StoredSession:
-    return StoredSession(record, stored.version + 1, stored.ttl_seconds, last_activity_at)
+    return StoredSession(
+        record,
+        stored.version + 1,
+        stored.ttl_seconds,
+        last_activity_at,
+        stored.usage if usage is None else usage,
+    )
 
 
 def _refine(error: WrongStateError) -> WrongStateError:

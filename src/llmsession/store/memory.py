@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from llmsession.clock import Clock, system_clock
 from llmsession.errors import ConflictError, NotFoundError, StoreError
 from llmsession.ids import SessionId, TenantId
-from llmsession.states import ALL_STATES, Created
+from llmsession.states import ALL_STATES, Active, Created
 from llmsession.store.base import (
     DEFAULT_TTL_SECONDS,
     SessionTransaction,
@@ -33,6 +33,8 @@ from llmsession.store.models import (
     StoredSession,
     Tenant,
     Totals,
+    Turn,
+    UsageTotals,
 )
 from llmsession.store.presented import present
 from llmsession.timestamps import Timestamp
@@ -45,6 +47,23 @@ class _Entry:
     stored: StoredSession
     rounds: list[Round] = field(default_factory=list[Round])
     by_key: dict[str, KeyedRound] = field(default_factory=dict[str, KeyedRound])
+    #: The conversation of a gateway session, by round; dropped when it ends.
+    turns: dict[int, Turn] = field(default_factory=dict[int, Turn])
+
+    def add(self, new_round: Round, after: StoredSession) -> None:
+        """Keep ``new_round``; ``after`` is the session right after it."""
+        self.rounds.append(new_round)
+        if new_round.idempotency_key is not None:
+            self.by_key[new_round.idempotency_key] = KeyedRound(
+                new_round, after.record.delta_tokens, after.version
+            )
+        if new_round.turn is not None:
+            self.turns[new_round.seq] = new_round.turn
+
+    def store(self, new: StoredSession) -> None:
+        self.stored = new
+        if new.record.state is not Active:
+            self.turns.clear()
 
 
 class _MemoryTransaction(SessionTransaction):
@@ -60,13 +79,9 @@ class _MemoryTransaction(SessionTransaction):
         # No await between the check and the write: atomic within the event loop.
         if self._entry.stored.version != self.stored.version:
             raise VersionConflict
-        self._entry.stored = new
+        self._entry.store(new)
         if new_round is not None:
-            self._entry.rounds.append(new_round)
-            if new_round.idempotency_key is not None:
-                self._entry.by_key[new_round.idempotency_key] = KeyedRound(
-                    new_round, new.record.delta_tokens, new.version
-                )
+            self._entry.add(new_round, new)
 
 
 class MemoryStore(TransactionalStore):
@@ -79,11 +94,43 @@ class MemoryStore(TransactionalStore):
         self._sessions: dict[SessionId, _Entry] = {}
         self._tenants: dict[TenantId, Tenant] = {}
         self._keys: dict[str, ApiKeyInfo] = {}
+        self._started: dict[tuple[TenantId, str], SessionId] = {}
         self._closed = False
 
-    async def _insert(self, stored: StoredSession) -> None:
+    async def _insert(self, stored: StoredSession, first: Round | None = None) -> None:
         self._check_open()
-        self._sessions[stored.record.session_id] = _Entry(stored)
+        record = stored.record
+        start_key = None if first is None else first.idempotency_key
+        if start_key is not None:
+            key = (record.tenant_id, start_key)
+            if key in self._started:
+                raise ConflictError(
+                    f"idempotency key {start_key!r} already started session {self._started[key]}"
+                )
+            self._started[key] = record.session_id
+        entry = _Entry(stored)
+        if first is not None:
+            entry.add(first, stored)
+        self._sessions[record.session_id] = entry
+
+    async def _history_turns(self, session_id: SessionId) -> list[Turn]:
+        entry = self._sessions.get(session_id)
+        return [] if entry is None else [entry.turns[seq] for seq in sorted(entry.turns)]
+
+    async def _stored_turn(self, session_id: SessionId, seq: int) -> Turn | None:
+        entry = self._sessions.get(session_id)
+        return None if entry is None else entry.turns.get(seq)
+
+    async def _started_by(self, tenant_id: TenantId, idempotency_key: str) -> SessionId | None:
+        self._check_open()
+        return self._started.get((tenant_id, idempotency_key))
+
+    async def _keyed_round(
+        self, tenant_id: TenantId, session_id: SessionId, idempotency_key: str
+    ) -> tuple[StoredSession, KeyedRound] | None:
+        entry = self._entry(tenant_id, session_id)
+        found = entry.by_key.get(idempotency_key)
+        return None if found is None else (entry.stored, found)
 
     @asynccontextmanager
     async def _begin(
@@ -150,6 +197,14 @@ class MemoryStore(TransactionalStore):
                 rounds=current.rounds + record.round_count,
                 delta_tokens=current.delta_tokens + record.delta_tokens,
                 tokens_saved=current.tokens_saved + record.tokens_saved,
+                usage=UsageTotals(
+                    *(
+                        a + b
+                        for a, b in zip(
+                            current.usage.as_tuple(), entry.stored.usage.as_tuple(), strict=True
+                        )
+                    )
+                ),
             )
         return [groups[key] for key in sorted(groups, key=lambda k: (k[0] or "", k[1] or ""))]
 
@@ -161,7 +216,7 @@ class MemoryStore(TransactionalStore):
                 break
             due = expire_if_due(entry.stored, now)
             if due is not None:
-                entry.stored = due
+                entry.store(due)
                 expired += 1
         return expired
 

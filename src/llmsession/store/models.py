@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeAlias, TypeVar, cast, get_args
+from dataclasses import dataclass, field, replace
+from typing import Generic, Literal, NamedTuple, TypeAlias, TypeVar, cast, get_args
 
-from llmsession.errors import InvalidInput
+from llmsession.errors import InvalidInput, TokenOverflow
 from llmsession.expiry import deadline_of
 from llmsession.ids import SessionId, TenantId, check_label, check_name
 from llmsession.record import SessionRecord
 from llmsession.states import ALL_STATES, SessionState
 from llmsession.timestamps import Timestamp
 from llmsession.tokens import MAX_TOKENS
+from llmsession.usage import Usage
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -21,16 +22,20 @@ __all__ = [
     "MAX_IDEMPOTENCY_KEY",
     "MAX_PAGE_SIZE",
     "MIN_PURGE_AGE_SECONDS",
+    "NO_USAGE",
     "ApiKeyInfo",
     "GroupKey",
     "KeyedRound",
     "Page",
     "Round",
     "RoundResult",
+    "SessionHistory",
     "SessionQuery",
     "StoredSession",
     "Tenant",
     "Totals",
+    "Turn",
+    "UsageTotals",
     "check_age",
     "check_batch_limit",
     "check_group_by",
@@ -56,6 +61,81 @@ GROUP_KEYS: tuple[GroupKey, ...] = get_args(GroupKey)
 
 
 @dataclass(frozen=True, slots=True)
+class UsageTotals:
+    """Sums of the provider-reported usage of gateway rounds (all 0 for ledger rounds)."""
+
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    #: Gateway rounds whose provider sent no usage (their counts are not guessed).
+    rounds_without_usage: int = 0
+
+    def plus(self, usage: Usage | None) -> UsageTotals:
+        """These totals with one more gateway round's usage."""
+        if usage is None:
+            return replace(self, rounds_without_usage=self.rounds_without_usage + 1)
+        return UsageTotals(
+            _add("input_tokens", self.input_tokens, usage.input_tokens),
+            _add("cached_input_tokens", self.cached_input_tokens, usage.cached_input_tokens),
+            _add("cache_write_tokens", self.cache_write_tokens, usage.cache_write_tokens),
+            _add("output_tokens", self.output_tokens, usage.output_tokens),
+            _add("reasoning_tokens", self.reasoning_tokens, usage.reasoning_tokens),
+            self.rounds_without_usage,
+        )
+
+    def as_tuple(self) -> tuple[int, int, int, int, int, int]:
+        """The six counters in field order, as stores write them."""
+        return (
+            self.input_tokens,
+            self.cached_input_tokens,
+            self.cache_write_tokens,
+            self.output_tokens,
+            self.reasoning_tokens,
+            self.rounds_without_usage,
+        )
+
+
+NO_USAGE = UsageTotals()
+
+
+def _add(name: str, total: int, more: int) -> int:
+    if total + more > MAX_TOKENS:
+        raise TokenOverflow(f"{name} would pass 2**63-1 ({total} + {more})")
+    return total + more
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """A gateway round's part of the conversation, and the answer its client got.
+
+    Kept with the round while the session is Active, and deleted with the rest of
+    its history when the session ends. ``request_items`` and ``answer_items`` are
+    JSON arrays (text) in the endpoint's own item shape; ``answer_body`` is the
+    answer exactly as sent (a whole event stream for a streamed answer), so a
+    retried request gets it again without calling the provider.
+    """
+
+    #: The wire format, e.g. "chat/completions" or "responses"; a session keeps one.
+    endpoint: str
+    #: A digest of the client's request: a key reused with another request is refused.
+    request_hash: str
+    request_items: str
+    answer_items: str
+    #: The provider's id of a response it stores (Responses API), if any.
+    response_id: str | None
+    answer_status: int
+    answer_type: str
+    answer_body: bytes
+
+    @property
+    def size(self) -> int:
+        """What this turn adds to the session's history, in bytes."""
+        return len(self.request_items) + len(self.answer_items)
+
+
+@dataclass(frozen=True, slots=True)
 class StoredSession:
     """A session record as a store holds it, with what the store adds around it.
 
@@ -67,6 +147,8 @@ class StoredSession:
     version: int
     ttl_seconds: int
     last_activity_at: Timestamp
+    #: What the provider reported for the session's gateway rounds.
+    usage: UsageTotals = NO_USAGE
     #: When the session expires if nothing happens; None unless Active.
     deadline: Timestamp | None = field(init=False, repr=False, compare=False)
 
@@ -75,6 +157,14 @@ class StoredSession:
         # move?), so computed once.
         deadline = deadline_of(self.record, self.last_activity_at, self.ttl_seconds)
         object.__setattr__(self, "deadline", deadline)
+
+
+class SessionHistory(NamedTuple):
+    """An Active session as stored and its conversation, read together (one read
+    serves a gateway turn)."""
+
+    stored: StoredSession
+    turns: list[Turn]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +176,19 @@ class Round:
     delta_tokens: int
     recorded_at: Timestamp
     idempotency_key: str | None = None
+    #: The provider's usage of a gateway round; None for a ledger round, or for a
+    #: gateway round whose provider sent none (then ``gateway`` is True).
+    usage: Usage | None = None
+    #: Recorded by the gateway from the provider's usage, not reported by a client.
+    gateway: bool = False
+    #: The conversation written with a gateway round; stores never read it back
+    #: here (see SessionStore.history).
+    turn: Turn | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def usage_missing(self) -> bool:
+        """A gateway round whose provider reported no usage."""
+        return self.gateway and self.usage is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +214,8 @@ class RoundResult:
     round: Round
     session: StoredSession
     replayed: bool = False
+    #: The stored turn of a replayed gateway round, while its session is Active.
+    turn: Turn | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +262,7 @@ class Totals:
     rounds: int = 0
     delta_tokens: int = 0
     tokens_saved: int = 0
+    usage: UsageTotals = NO_USAGE
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,15 @@ matched. How the session is read depends on contention:
 
 Sweepers in any number of processes claim due rows with ``FOR UPDATE SKIP
 LOCKED``: each due session is expired exactly once, by whichever sweeper (or
-late round) locked it first. The tables are created, in the connection's
-current schema, on first use and carry a schema version.
+late round) locked it first.
+
+A gateway round's turn of the conversation is written by its round's statement,
+and every write that takes a session out of Active deletes the session's turns
+in the same statement. Turns of one session are serialized across processes by
+an advisory lock held on a connection of a second pool (:meth:`turn_lock`).
+
+The tables are created, in the connection's current schema, on first use and
+carry a schema version.
 
 The URL is a libpq URL; these query parameters are the store's own and are
 removed before connecting:
@@ -35,6 +42,7 @@ removed before connecting:
 ``pool_max``        most connections at once                       10
 ``pool_timeout``    seconds to wait for a free connection          30
 ``session_cache``   sessions whose last version is remembered      10000
+``turn_pool_max``   sessions whose gateway turn is held at once    10
 ==================  =============================================  =======
 
 Anything else (``sslmode``, ``options=-csearch_path%3Dmyschema`` ...) goes to libpq,
@@ -48,7 +56,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncGenerator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final, LiteralString
@@ -92,17 +100,27 @@ from llmsession.store.models import (
     StoredSession,
     Tenant,
     Totals,
+    Turn,
+    UsageTotals,
 )
 from llmsession.store.presented import newest_first, present, present_totals, shown_in
 from llmsession.store.recent import RecentSessions
 from llmsession.store.session_groups import PendingChange, SessionGroups
 from llmsession.store.sql_rows import (
     INSERT_COLUMNS,
+    ROUND_USAGE_COLUMNS,
     SESSION_COLUMNS,
+    TURN_COLUMNS,
+    USAGE_COLUMNS,
     change_values,
     insert_values,
     key_from_row,
+    round_usage_values,
     stored_from_row,
+    turn_from_row,
+    turn_values,
+    usage_from_round_row,
+    usage_totals_from_row,
 )
 from llmsession.store.turns import SessionTurns
 from llmsession.timestamps import Timestamp
@@ -115,8 +133,9 @@ DEFAULT_CONNECT_TIMEOUT: Final = 5
 
 #: The schema version this code creates and understands. Version 2 added an index
 #: (_STATE_MODEL_INDEX); version 3 keeps with each round the session's delta_tokens
-#: and version right after it (a replayed round's answer).
-SCHEMA_VERSION: Final = 3
+#: and version right after it (a replayed round's answer); version 4 keeps the
+#: gateway's usage (sessions and rounds), turns and started sessions.
+SCHEMA_VERSION: Final = 4
 
 _Connection = AsyncConnection[TupleRow]
 
@@ -130,6 +149,38 @@ _STATE_MODEL_INDEX: Final = (
     "CREATE INDEX IF NOT EXISTS sessions_by_state_model "
     "ON sessions (tenant_id, state, model, created_at DESC, session_id DESC)"
 )
+
+# The gateway's conversation: one row per round that carried a turn, deleted in
+# the write that ends the session. It references the round (not the session) so
+# that purging Created sessions, which have no rounds, never looks into it.
+_TURNS_TABLE: Final = """
+    CREATE TABLE turns (
+        session_id uuid NOT NULL,
+        seq bigint NOT NULL,
+        endpoint text NOT NULL,
+        request_hash text NOT NULL,
+        request_items text NOT NULL,
+        answer_items text NOT NULL,
+        response_id text,
+        answer_status integer NOT NULL,
+        answer_type text NOT NULL,
+        answer_body bytea NOT NULL,
+        PRIMARY KEY (session_id, seq),
+        FOREIGN KEY (session_id, seq) REFERENCES rounds ON DELETE CASCADE
+    )
+    """
+
+# The tenant's idempotency key that started a gateway session. No foreign key:
+# gateway sessions are never deleted (only Created ones are purged), and one
+# would make every purge look up its deleted sessions here.
+_STARTED_TABLE: Final = """
+    CREATE TABLE started_sessions (
+        tenant_id text NOT NULL,
+        idempotency_key text NOT NULL,
+        session_id uuid NOT NULL,
+        PRIMARY KEY (tenant_id, idempotency_key)
+    )
+    """
 
 #: What takes a schema from the version before to this one, in order.
 _UPGRADES: Final[dict[int, tuple[LiteralString, ...]]] = {
@@ -146,6 +197,21 @@ _UPGRADES: Final[dict[int, tuple[LiteralString, ...]]] = {
         "WHERE r.session_id = t.session_id AND r.seq = t.seq",
         "ALTER TABLE rounds ALTER COLUMN session_delta_tokens SET NOT NULL, "
         "ALTER COLUMN session_version SET NOT NULL",
+    ),
+    # Columns with a constant default (or none) are added without rewriting the table.
+    4: (
+        "ALTER TABLE sessions ADD COLUMN input_tokens bigint NOT NULL DEFAULT 0, "
+        "ADD COLUMN cached_input_tokens bigint NOT NULL DEFAULT 0, "
+        "ADD COLUMN cache_write_tokens bigint NOT NULL DEFAULT 0, "
+        "ADD COLUMN output_tokens bigint NOT NULL DEFAULT 0, "
+        "ADD COLUMN reasoning_tokens bigint NOT NULL DEFAULT 0, "
+        "ADD COLUMN rounds_without_usage bigint NOT NULL DEFAULT 0",
+        "ALTER TABLE rounds ADD COLUMN gateway boolean NOT NULL DEFAULT false, "
+        "ADD COLUMN input_tokens bigint, ADD COLUMN cached_input_tokens bigint, "
+        "ADD COLUMN cache_write_tokens bigint, ADD COLUMN output_tokens bigint, "
+        "ADD COLUMN reasoning_tokens bigint, ADD COLUMN raw_usage text",
+        _TURNS_TABLE,
+        _STARTED_TABLE,
     ),
 }
 
@@ -169,7 +235,13 @@ _SCHEMA: Final[tuple[LiteralString | sql.Composed, ...]] = (
         version bigint NOT NULL,
         ttl_seconds bigint NOT NULL,
         last_activity_at bigint NOT NULL,
-        deadline bigint
+        deadline bigint,
+        input_tokens bigint NOT NULL DEFAULT 0,
+        cached_input_tokens bigint NOT NULL DEFAULT 0,
+        cache_write_tokens bigint NOT NULL DEFAULT 0,
+        output_tokens bigint NOT NULL DEFAULT 0,
+        reasoning_tokens bigint NOT NULL DEFAULT 0,
+        rounds_without_usage bigint NOT NULL DEFAULT 0
     )
     """,
     # Lists are per tenant, newest first: every listing index starts with the tenant
@@ -192,12 +264,23 @@ _SCHEMA: Final[tuple[LiteralString | sql.Composed, ...]] = (
         delta_tokens bigint NOT NULL,
         recorded_at bigint NOT NULL,
         idempotency_key text,
+        -- What a replay of the round gives back (see KeyedRound).
         session_delta_tokens bigint NOT NULL,
         session_version bigint NOT NULL,
+        -- A gateway round's usage: NULL counts when its provider sent none.
+        gateway boolean NOT NULL DEFAULT false,
+        input_tokens bigint,
+        cached_input_tokens bigint,
+        cache_write_tokens bigint,
+        output_tokens bigint,
+        reasoning_tokens bigint,
+        raw_usage text,
         PRIMARY KEY (session_id, seq),
         UNIQUE (session_id, idempotency_key)
     )
     """,
+    _TURNS_TABLE,
+    _STARTED_TABLE,
     """
     CREATE TABLE tenants (
         tenant_id text PRIMARY KEY,
@@ -216,14 +299,45 @@ _SCHEMA: Final[tuple[LiteralString | sql.Composed, ...]] = (
     "CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id, created_at)",
 )
 
+# What _stored_from_row reads: the session, then its usage totals.
+_SESSION_ROW: Final = SESSION_COLUMNS + ", " + USAGE_COLUMNS
+
 _INSERT_SESSION: Final = (
     "INSERT INTO sessions ("
     + INSERT_COLUMNS
-    + ") VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    + ", "
+    + USAGE_COLUMNS
+    + ") VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+    "%s, %s, %s, %s, %s, %s)"
 )
 
+_INSERT_ROUND: Final = (
+    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+    "session_delta_tokens, session_version, "
+    + ROUND_USAGE_COLUMNS
+    + ") VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+
+_INSERT_TURN: Final = (
+    "INSERT INTO turns (session_id, seq, "
+    + TURN_COLUMNS
+    + ") VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+
+_INSERT_STARTED: Final = (
+    "INSERT INTO started_sessions (tenant_id, idempotency_key, session_id) VALUES (%s, %s, %s)"
+)
+
+_SELECT_STARTED: Final = (
+    "SELECT session_id FROM started_sessions WHERE tenant_id = %s AND idempotency_key = %s"
+)
+
+_SELECT_TURNS: Final = "SELECT " + TURN_COLUMNS + " FROM turns WHERE session_id = %s ORDER BY seq"
+
+_SELECT_TURN: Final = "SELECT " + TURN_COLUMNS + " FROM turns WHERE session_id = %s AND seq = %s"
+
 _SELECT_SESSION: Final = (
-    "SELECT " + SESSION_COLUMNS + " FROM sessions WHERE session_id = %s AND tenant_id = %s"
+    "SELECT " + _SESSION_ROW + " FROM sessions WHERE session_id = %s AND tenant_id = %s"
 )
 
 _LOCK_SESSION: Final = _SELECT_SESSION + " FOR UPDATE"
@@ -233,7 +347,9 @@ _SELECT_VERSION: Final = "SELECT version FROM sessions WHERE session_id = %s AND
 # The columns a change may write, in the order of _change_params.
 _SET_CHANGE: Final = (
     "state = %s, activated_at = %s, closed_at = %s, expired_at = %s, round_count = %s, "
-    "delta_tokens = %s, tokens_saved = %s, version = %s, last_activity_at = %s, deadline = %s"
+    "delta_tokens = %s, tokens_saved = %s, version = %s, last_activity_at = %s, deadline = %s, "
+    "input_tokens = %s, cached_input_tokens = %s, cache_write_tokens = %s, output_tokens = %s, "
+    "reasoning_tokens = %s, rounds_without_usage = %s"
 )
 
 _UPDATE_SESSION: Final = (
@@ -247,13 +363,50 @@ _UPDATE_SESSION_AND_INSERT_ROUND: Final = (
     "session_delta_tokens, session_version) SELECT session_id, %s, %s, %s, %s, %s, %s FROM changed"
 )
 
+# A session leaving Active loses its conversation in the same statement. The
+# DELETE runs whether or not the final SELECT reads it; it finds nothing unless
+# the update matched.
+_END_SESSION: Final = (
+    "WITH changed AS (" + _UPDATE_SESSION + " RETURNING session_id), "
+    "gone AS (DELETE FROM turns t USING changed c WHERE t.session_id = c.session_id) "
+    "SELECT session_id FROM changed"
+)
+
+# A gateway round carries its usage; NULL counts are cast, as an untyped NULL in a
+# select list would be taken for text.
+_INSERT_GATEWAY_ROUND: Final = (
+    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+    "session_delta_tokens, session_version, "
+    + ROUND_USAGE_COLUMNS
+    + ") SELECT session_id, %s, %s, %s, %s, %s, %s, %s, %s::bigint, %s::bigint, %s::bigint, "
+    "%s::bigint, %s::bigint, %s::text FROM changed"
+)
+
+_UPDATE_SESSION_AND_INSERT_GATEWAY_ROUND: Final = (
+    "WITH changed AS (" + _UPDATE_SESSION + " RETURNING session_id) " + _INSERT_GATEWAY_ROUND
+)
+
+# The turn is inserted only if its round was: all three or nothing.
+_UPDATE_SESSION_AND_INSERT_TURN: Final = (
+    "WITH changed AS ("
+    + _UPDATE_SESSION
+    + " RETURNING session_id), added AS ("
+    + _INSERT_GATEWAY_ROUND
+    + " RETURNING session_id, seq) INSERT INTO turns (session_id, seq, "
+    + TURN_COLUMNS
+    + ") SELECT session_id, seq, %s, %s, %s, %s, %s, %s, %s, %s FROM added"
+)
+
+#: The columns _round_from_row reads, in its order.
+_ROUND_ROW: Final = "seq, delta_tokens, recorded_at, idempotency_key, " + ROUND_USAGE_COLUMNS
+
 _FIND_ROUND: Final = (
-    "SELECT seq, delta_tokens, recorded_at, session_delta_tokens, session_version FROM rounds "
+    "SELECT " + _ROUND_ROW + ", session_delta_tokens, session_version FROM rounds "
     "WHERE session_id = %s AND idempotency_key = %s"
 )
 
 _CLAIM_DUE: Final = (
-    "SELECT " + SESSION_COLUMNS + " FROM sessions WHERE deadline <= %s "
+    "SELECT " + _SESSION_ROW + " FROM sessions WHERE deadline <= %s "
     "ORDER BY deadline LIMIT %s FOR UPDATE SKIP LOCKED"
 )
 
@@ -267,29 +420,44 @@ _BULK_UPDATE: Final = (
     "%b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], "
     "%b::bigint[]) AS v(session_id, old_version, state, activated_at, closed_at, expired_at, "
     "round_count, delta_tokens, tokens_saved, version, last_activity_at, deadline) "
-    "WHERE s.session_id = v.session_id AND s.version = v.old_version"
+    "WHERE s.session_id = v.session_id AND s.version = v.old_version RETURNING s.session_id"
 )
 
+# Expiry ends the conversation of the sessions it expired, in the same statement.
+_BULK_EXPIRE: Final = (
+    "WITH expired AS (" + _BULK_UPDATE + "), "
+    "gone AS (DELETE FROM turns t USING expired e WHERE t.session_id = e.session_id) "
+    "SELECT count(*) FROM expired"
+)
+
+# The claim is materialized: as an IN (subquery), the planner may rescan it once
+# per candidate row (a nested-loop semi join), and each rescan claims anew, so
+# more than ``limit`` sessions were deleted.
 _PURGE: Final = sql.SQL(
-    "DELETE FROM sessions WHERE session_id IN ("
+    "WITH doomed AS MATERIALIZED ("
     "SELECT session_id FROM sessions WHERE state = {created} AND created_at <= %s "
-    "ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) AND state = {created}"
+    "ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) "
+    "DELETE FROM sessions s USING doomed d "
+    "WHERE s.session_id = d.session_id AND s.state = {created}"
 ).format(created=sql.Literal(Created.name))
-# One tenant's: found through sessions_by_state.
+# One tenant's, claimed the same way: found through sessions_by_state.
 _PURGE_TENANT: Final = sql.SQL(
-    "DELETE FROM sessions WHERE session_id IN ("
+    "WITH doomed AS MATERIALIZED ("
     "SELECT session_id FROM sessions WHERE tenant_id = %s AND state = {created} "
     "AND created_at <= %s ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) "
-    "AND state = {created}"
+    "DELETE FROM sessions s USING doomed d "
+    "WHERE s.session_id = d.session_id AND s.state = {created}"
 ).format(created=sql.Literal(Created.name))
 
 # A tenant's due sessions, through the deadline index: what is due and not yet swept.
 _SELECT_DUE: Final = (
-    "SELECT " + SESSION_COLUMNS + " FROM sessions WHERE deadline <= %s AND tenant_id = %s"
+    "SELECT " + _SESSION_ROW + " FROM sessions WHERE deadline <= %s AND tenant_id = %s"
 )
 
 _LIST_ROUNDS: Final = (
-    "SELECT r.seq, r.delta_tokens, r.recorded_at, r.idempotency_key FROM sessions s "
+    "SELECT r.seq, r.delta_tokens, r.recorded_at, r.idempotency_key, r.gateway, "
+    "r.input_tokens, r.cached_input_tokens, r.cache_write_tokens, r.output_tokens, "
+    "r.reasoning_tokens, r.raw_usage FROM sessions s "
     "LEFT JOIN rounds r ON r.session_id = s.session_id AND r.seq > %s "
     "WHERE s.session_id = %s AND s.tenant_id = %s ORDER BY r.seq LIMIT %s"
 )
@@ -306,6 +474,7 @@ class PostgresOptions:
     pool_max: int = 10
     pool_timeout: float = 30.0
     session_cache: int = 10_000
+    turn_pool_max: int = 10
     #: libpq's own parameter: it stays in ``conninfo`` when the URL gives it.
     connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
 
@@ -339,11 +508,14 @@ class PostgresOptions:
             pool_max,
             _seconds_option(ours, "pool_timeout", 30.0),
             _int_option(ours, "session_cache", 10_000, minimum=0, maximum=10_000_000),
+            _int_option(ours, "turn_pool_max", 10, minimum=1, maximum=1000),
             _int_option(ours, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, minimum=1, maximum=3600),
         )
 
 
-_OPTION_NAMES: Final = frozenset({"pool_min", "pool_max", "pool_timeout", "session_cache"})
+_OPTION_NAMES: Final = frozenset(
+    {"pool_min", "pool_max", "pool_timeout", "session_cache", "turn_pool_max"}
+)
 
 
 def _int_option(
@@ -392,10 +564,7 @@ class _PostgresTransaction(SessionTransaction):
         session_id = self.stored.record.session_id
         cur = await self._conn.execute(_FIND_ROUND, (session_id.value, idempotency_key))
         row = await cur.fetchone()
-        if row is None:
-            return None
-        first = Round(session_id, int(row[0]), int(row[1]), Timestamp(row[2]), idempotency_key)
-        return KeyedRound(first, int(row[3]), int(row[4]))
+        return None if row is None else _keyed_from_row(session_id, row)
 
     def _written(self, new: StoredSession) -> None:
         self.committed = True
@@ -433,16 +602,24 @@ class PostgresStore(TransactionalStore):
     def __init__(
         self,
         pool: AsyncConnectionPool[_Connection],
+        turn_pool: AsyncConnectionPool[_Connection],
         *,
         clock: Clock = system_clock,
         default_ttl_seconds: int = DEFAULT_TTL_SECONDS,
         session_cache: int = 10_000,
     ) -> None:
-        """Wrap an open pool whose schema is ready; use :meth:`open` instead."""
+        """Wrap open pools whose schema is ready; use :meth:`open` instead.
+
+        ``turn_pool`` holds the connections of gateway turns (see :meth:`turn_lock`).
+        """
         super().__init__(clock=clock, default_ttl_seconds=default_ttl_seconds)
         self._pool = pool
+        self._turn_pool = turn_pool
         self._recent = RecentSessions(session_cache)
         self._turns = SessionTurns()
+        # Not self._turns: a gateway turn holds its place for seconds, and records
+        # its round (a writer's turn) inside it.
+        self._gateway_turns = SessionTurns()
         self._groups = SessionGroups(partial(TransactionalStore._run_change, self), self._run_group)
         self._closed = False
 
@@ -484,13 +661,27 @@ class PostgresStore(TransactionalStore):
             open=False,
             name="llmsession",
         )
+        # A gateway turn holds its connection for as long as the provider takes, and
+        # records its round inside: from the main pool, turns could take every
+        # connection and wait forever for one more. Empty until the gateway is used.
+        turn_pool: AsyncConnectionPool[_Connection] = AsyncConnectionPool(
+            options.conninfo,
+            kwargs={"autocommit": True, "connect_timeout": options.connect_timeout},
+            min_size=0,
+            max_size=options.turn_pool_max,
+            timeout=options.pool_timeout,
+            open=False,
+            name="llmsession-turns",
+        )
         try:
             try:
                 await pool.open(wait=True, timeout=options.pool_timeout)
+                await turn_pool.open()
             except psycopg.Error as error:
                 raise StoreError(_cannot_connect(options, error)) from error
             store = cls(
                 pool,
+                turn_pool,
                 clock=clock,
                 default_ttl_seconds=default_ttl_seconds,
                 session_cache=options.session_cache,
@@ -498,6 +689,7 @@ class PostgresStore(TransactionalStore):
             await store._ensure_schema()
         except BaseException:
             await pool.close()
+            await turn_pool.close()
             raise
         return store
 
@@ -551,12 +743,123 @@ class PostgresStore(TransactionalStore):
 
     # -- session primitives ------------------------------------------------------
 
-    async def _insert(self, stored: StoredSession) -> None:
+    async def _insert(self, stored: StoredSession, first: Round | None = None) -> None:
+        session_values = (
+            *insert_values(stored, stored.record.session_id.value),
+            *stored.usage.as_tuple(),
+        )
+        if first is None:
+            async with self._connection() as conn:
+                await conn.execute(_INSERT_SESSION, session_values)
+            self._recent.remember(stored)
+            return
+        record = stored.record
+        start_key = first.idempotency_key
         async with self._connection() as conn:
-            await conn.execute(
-                _INSERT_SESSION, insert_values(stored, stored.record.session_id.value)
-            )
+            try:
+                # One round trip: the key first, so a duplicate stops the rest.
+                async with conn.pipeline():
+                    await conn.execute("BEGIN")
+                    if start_key is not None:
+                        await conn.execute(
+                            _INSERT_STARTED,
+                            (record.tenant_id.value, start_key, record.session_id.value),
+                        )
+                    await conn.execute(_INSERT_SESSION, session_values)
+                    await conn.execute(
+                        _INSERT_ROUND,
+                        (
+                            record.session_id.value,
+                            first.seq,
+                            first.delta_tokens,
+                            first.recorded_at.epoch_micros,
+                            start_key,
+                            stored.record.delta_tokens,
+                            stored.version,
+                            *round_usage_values(first),
+                        ),
+                    )
+                    if first.turn is not None:
+                        await conn.execute(
+                            _INSERT_TURN,
+                            (record.session_id.value, first.seq, *turn_values(first.turn)),
+                        )
+                    await conn.execute("COMMIT")
+            except pg_errors.UniqueViolation as error:
+                if error.diag.constraint_name != "started_sessions_pkey" or start_key is None:
+                    raise
+                await conn.execute("ROLLBACK")
+                started = await self._started_on(conn, record.tenant_id, start_key)
+                raise ConflictError(
+                    f"idempotency key {start_key!r} already started session {started}"
+                ) from None
+            finally:
+                if conn.info.transaction_status in _IN_TRANSACTION:
+                    await conn.execute("ROLLBACK")
         self._recent.remember(stored)
+
+    async def _history_turns(self, session_id: SessionId) -> list[Turn]:
+        async with self._connection() as conn:
+            cur = await conn.execute(_SELECT_TURNS, (session_id.value,))
+            rows = await cur.fetchall()
+        return [turn_from_row(row) for row in rows]
+
+    async def _stored_turn(self, session_id: SessionId, seq: int) -> Turn | None:
+        async with self._connection() as conn:
+            cur = await conn.execute(_SELECT_TURN, (session_id.value, seq))
+            row = await cur.fetchone()
+        return None if row is None else turn_from_row(row)
+
+    async def _started_by(self, tenant_id: TenantId, idempotency_key: str) -> SessionId | None:
+        async with self._connection() as conn:
+            return await self._started_on(conn, tenant_id, idempotency_key)
+
+    async def _started_on(
+        self, conn: _Connection, tenant_id: TenantId, idempotency_key: str
+    ) -> SessionId | None:
+        cur = await conn.execute(_SELECT_STARTED, (tenant_id.value, idempotency_key))
+        row = await cur.fetchone()
+        return None if row is None else SessionId(row[0])
+
+    async def _keyed_round(
+        self, tenant_id: TenantId, session_id: SessionId, idempotency_key: str
+    ) -> tuple[StoredSession, KeyedRound] | None:
+        async with self._connection() as conn:
+            stored = await self._read(conn, tenant_id, session_id)
+            cur = await conn.execute(_FIND_ROUND, (session_id.value, idempotency_key))
+            row = await cur.fetchone()
+        return None if row is None else (stored, _keyed_from_row(session_id, row))
+
+    def turn_lock(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold a session's turn in every process sharing the database.
+
+        Waiters in this process queue here first (in arrival order), so only the
+        first holds a connection of the turn pool, blocked in
+        ``pg_advisory_lock``; PostgreSQL grants the lock to the processes in the
+        order they asked. A process that dies releases its locks by disconnecting.
+        """
+        return self._hold_turn(session_id)
+
+    @asynccontextmanager
+    async def _hold_turn(self, session_id: SessionId) -> AsyncGenerator[None]:
+        key = _lock_key(session_id)
+        async with self._gateway_turns.turn(session_id):
+            if self._closed:
+                raise StoreError("this store was closed; open a new one")
+            try:
+                conn = await self._turn_pool.getconn()
+            except psycopg.Error as error:
+                raise StoreError(f"no PostgreSQL connection: {error}") from error
+            try:
+                await _advisory(conn, "SELECT pg_advisory_lock(%s::bigint)", key)
+                try:
+                    yield
+                finally:
+                    await _advisory(conn, "SELECT pg_advisory_unlock(%s::bigint)", key)
+            finally:
+                await self._turn_pool.putconn(conn)
 
     async def _run_change(
         self,
@@ -763,11 +1066,7 @@ class PostgresStore(TransactionalStore):
             rows = await cur.fetchall()
         if not rows:
             raise NotFoundError(f"no session {session_id}")
-        return [
-            Round(session_id, int(row[0]), int(row[1]), Timestamp(row[2]), row[3])
-            for row in rows
-            if row[0] is not None
-        ]
+        return [_round_from_row(session_id, row) for row in rows if row[0] is not None]
 
     async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         """Totals as of now: a due Active session counts as expired (see store.presented)."""
@@ -775,8 +1074,9 @@ class PostgresStore(TransactionalStore):
         model: LiteralString = "model" if "model" in group_by else "NULL::text"
         statement = (
             "SELECT " + provider + ", " + model + ", state, count(*), sum(round_count), "
-            "sum(delta_tokens), sum(tokens_saved) FROM sessions WHERE tenant_id = %s "
-            "GROUP BY 1, 2, 3"
+            "sum(delta_tokens), sum(tokens_saved), sum(input_tokens), sum(cached_input_tokens), "
+            "sum(cache_write_tokens), sum(output_tokens), sum(reasoning_tokens), "
+            "sum(rounds_without_usage) FROM sessions WHERE tenant_id = %s GROUP BY 1, 2, 3"
         )
         now = self.clock()
         async with self._connection() as conn, conn.transaction():
@@ -787,7 +1087,7 @@ class PostgresStore(TransactionalStore):
             cur = await conn.execute(_SELECT_DUE, (now.epoch_micros, tenant_id.value))
             due = await cur.fetchall()
         groups: dict[tuple[str | None, str | None], Totals] = {}
-        for provider_id, model_name, state, count, rounds, delta, saved in rows:
+        for provider_id, model_name, state, count, rounds, delta, saved, *usage in rows:
             key: tuple[str | None, str | None] = (provider_id, model_name)
             group = groups.get(key)
             if group is None:
@@ -801,6 +1101,12 @@ class PostgresStore(TransactionalStore):
                 rounds=group.rounds + int(rounds),
                 delta_tokens=group.delta_tokens + int(delta),
                 tokens_saved=group.tokens_saved + int(saved),
+                usage=UsageTotals(
+                    *(
+                        total + int(more)
+                        for total, more in zip(group.usage.as_tuple(), usage, strict=True)
+                    )
+                ),
             )
         return present_totals(list(groups.values()), map(_stored_from_row, due), now, group_by)
 
@@ -815,7 +1121,7 @@ class PostgresStore(TransactionalStore):
             # The claimed rows are expired in chunks, each chunk's update sent down
             # the pipeline without waiting: the server writes one chunk while the
             # core expires the next.
-            updates: list[psycopg.AsyncCursor[TupleRow]] = []
+            counts: list[psycopg.AsyncCursor[TupleRow]] = []
             expired: list[StoredSession] = []
             async with conn.pipeline():
                 for start in range(0, len(rows), _SWEEP_CHUNK):
@@ -830,12 +1136,16 @@ class PostgresStore(TransactionalStore):
                         for column, value in zip(columns, values, strict=True):
                             column.append(value)
                     if columns[0]:
-                        updates.append(await conn.execute(_BULK_UPDATE, columns))
+                        counts.append(await conn.execute(_BULK_EXPIRE, columns))
+            total = 0
+            for count in counts:
+                counted = await count.fetchone()
+                total += 0 if counted is None else int(counted[0])
         for new in expired:
             # Not remember(): a sweep's many sessions would push the ones being
             # served out of the memory.
             self._recent.refresh(new)
-        return sum(update.rowcount for update in updates)
+        return total
 
     async def _purge_created(
         self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
@@ -857,6 +1167,7 @@ class PostgresStore(TransactionalStore):
     async def aclose(self) -> None:
         self._closed = True
         await self._pool.close()
+        await self._turn_pool.close()
 
     # -- tenants and API keys ---------------------------------------------------------
 
@@ -967,7 +1278,7 @@ async def _fetch_page(
     tells whether there is a next page."""
     statement = (
         "SELECT "
-        + SESSION_COLUMNS
+        + _SESSION_ROW
         + " FROM sessions WHERE "
         + " AND ".join(clauses)
         + " ORDER BY created_at DESC, session_id DESC LIMIT %s"
@@ -979,11 +1290,17 @@ async def _fetch_page(
 def _write(
     new: StoredSession, expected_version: int, new_round: Round | None
 ) -> tuple[LiteralString, tuple[Any, ...]]:
-    """The one statement that writes ``new`` (and its round) if the version is as expected."""
+    """The one statement that writes ``new`` (and its round) if the version is as expected.
+
+    Its rowcount is 1 if it wrote, 0 if the version had moved.
+    """
     params = _change_params(new, expected_version)
     if new_round is None:
-        return _UPDATE_SESSION, params
-    return _UPDATE_SESSION_AND_INSERT_ROUND, (
+        if new.record.state is Active:
+            return _UPDATE_SESSION, params
+        # Rounds are recorded only on Active sessions: an ending write has none.
+        return _END_SESSION, params
+    params = (
         *params,
         new_round.seq,
         new_round.delta_tokens,
@@ -993,15 +1310,67 @@ def _write(
         new.record.delta_tokens,
         new.version,
     )
+    if not new_round.gateway:
+        return _UPDATE_SESSION_AND_INSERT_ROUND, params
+    params = (*params, *round_usage_values(new_round))
+    if new_round.turn is None:
+        return _UPDATE_SESSION_AND_INSERT_GATEWAY_ROUND, params
+    return _UPDATE_SESSION_AND_INSERT_TURN, (*params, *turn_values(new_round.turn))
 
 
 def _change_params(stored: StoredSession, expected_version: int) -> tuple[Any, ...]:
     """The values of _UPDATE_SESSION: what changed, then the session id and expected version."""
-    return (*change_values(stored), stored.record.session_id.value, expected_version)
+    return (
+        *change_values(stored),
+        *stored.usage.as_tuple(),
+        stored.record.session_id.value,
+        expected_version,
+    )
 
 
 def _stored_from_row(row: TupleRow) -> StoredSession:
-    return stored_from_row(row, SessionId(row[0]))
+    """A StoredSession from a row of _SESSION_ROW."""
+    return stored_from_row(row, SessionId(row[0]), usage_totals_from_row(row, 15))
+
+
+def _round_from_row(session_id: SessionId, row: TupleRow) -> Round:
+    """A Round from a row of _ROUND_ROW."""
+    gateway, usage = usage_from_round_row(row, 4)
+    return Round(session_id, int(row[0]), int(row[1]), Timestamp(row[2]), row[3], usage, gateway)
+
+
+# Where _FIND_ROUND's session_delta_tokens and session_version follow _ROUND_ROW.
+_KEYED_AT: Final = len(_ROUND_ROW.split(","))
+
+
+def _keyed_from_row(session_id: SessionId, row: TupleRow) -> KeyedRound:
+    """A KeyedRound from a row of _FIND_ROUND."""
+    return KeyedRound(
+        _round_from_row(session_id, row), int(row[_KEYED_AT]), int(row[_KEYED_AT + 1])
+    )
+
+
+async def _advisory(conn: _Connection, statement: LiteralString, key: int) -> None:
+    """Take or release an advisory lock; if that fails or is cancelled, end the connection.
+
+    Whether the lock is held is then unknown (a cancelled wait may have been
+    granted just before the cancel arrived); a closed connection holds none, and
+    the pool replaces it.
+    """
+    try:
+        await conn.execute(statement, (key,))
+    except BaseException as error:
+        await conn.close()
+        if isinstance(error, psycopg.Error):
+            raise StoreError(f"PostgreSQL failed: {error}") from error
+        raise
+
+
+def _lock_key(session_id: SessionId) -> int:
+    """The advisory lock key of a session's turn: its 128 bits folded into a signed bigint."""
+    value = session_id.value.int
+    folded = (value >> 64) ^ (value & 0xFFFF_FFFF_FFFF_FFFF)
+    return folded - (1 << 64) if folded >= 1 << 63 else folded
 
 
 def _cannot_connect(options: PostgresOptions, error: psycopg.Error) -> str:

@@ -17,6 +17,7 @@ other session has one).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from llmsession.ids import SessionId
 from llmsession.states import ALL_STATES
@@ -86,10 +87,10 @@ def present_totals(
         sessions = dict(group.sessions)
         sessions[before.state.name] -= 1
         sessions[after.state.name] += 1
-        groups[key] = Totals(
-            group.provider_id,
-            group.model,
-            sessions,
+        # Everything else (the usage) is the same for the session as presented.
+        groups[key] = replace(
+            group,
+            sessions=sessions,
             rounds=group.rounds - before.round_count + after.round_count,
             delta_tokens=group.delta_tokens - before.delta_tokens + after.delta_tokens,
             tokens_saved=group.tokens_saved - before.tokens_saved + after.tokens_saved,

@@ -31,9 +31,19 @@ import itertools
 import json
 import logging
 import math
+import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
-from contextlib import suppress
+import secrets
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Mapping,
+    Sequence,
+)
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import ClassVar, Final, Protocol, cast
@@ -42,6 +52,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import parse_url
+from redis.client import NEVER_DECODE
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from llmsession.clock import Clock, system_clock
@@ -75,21 +86,26 @@ from llmsession.store.models import (
     StoredSession,
     Tenant,
     Totals,
+    Turn,
+    UsageTotals,
 )
 from llmsession.store.presented import newest_first, present, present_totals, shown_in
 from llmsession.store.recent import RecentSessions
 from llmsession.store.redis_schema import (
     ADD_KEY,
     CAS,
+    EXTEND_LOCK,
     FIELDS,
     LIST_STATE,
     READ,
     READ_RANGE,
+    RELEASE_LOCK,
     SCHEMA_VERSION,
     SET_SCHEMA,
     UPGRADE_DUE,
     UPGRADE_KEYED,
     UPGRADE_LISTED,
+    USAGE_METRICS,
     CasBatch,
     RedisKeys,
     Script,
@@ -105,6 +121,7 @@ from llmsession.store.redis_schema import (
     parse_session,
     parse_session_values,
     parse_time,
+    parse_turn,
     split_row,
     state_metric,
 )
@@ -127,6 +144,20 @@ _DUE_CHUNK: Final = 1000
 # The writer's connection, idle this long, is checked with a PING before a write.
 _WRITER_IDLE_SECONDS: Final = 5.0
 _DURABILITY_SETTINGS: Final = ("appendonly", "appendfsync", "save", "maxmemory-policy")
+# What CAS answers for a write: written; or not, because the key that starts a
+# session through the gateway has started one already (else 0: version moved).
+_WRITTEN: Final = 1
+_START_KEY_USED: Final = 2
+# A session's turn lock (turn_lock) lapses this long after its holder last renewed
+# it, so a crashed holder keeps the session waiting at most this long. The
+# holder renews it every _TURN_RENEW_SECONDS; waiters poll with a backoff from
+# _TURN_POLL_FIRST to _TURN_POLL_MAX seconds.
+_TURN_LEASE_MS: Final = 10_000
+# Options of a command whose reply redis-py leaves as bytes (a turn, and its body).
+_RAW_REPLY: Final[dict[str, object]] = {NEVER_DECODE: []}
+_TURN_RENEW_SECONDS: Final = 3.0
+_TURN_POLL_FIRST: Final = 0.002
+_TURN_POLL_MAX: Final = 0.05
 # The largest list index Redis takes.
 _MAX_INDEX: Final = 2**63 - 1
 
@@ -143,6 +174,8 @@ class _Admin(Protocol):
     def config_get(self, pattern: str, *args: str) -> Awaitable[dict[str | None, str | None]]: ...
 
     def scan_iter(self, match: str, count: int) -> AsyncIterator[object]: ...
+
+    def execute_command(self, *args: str, **options: object) -> Awaitable[object]: ...
 
 
 class _Waiter(Protocol):
@@ -219,7 +252,7 @@ class RedisStore(SessionStore):
         # Single writes (to any sessions) that arrive while a script call is in
         # flight go together in the next one: a call's client CPU, not Redis,
         # is what limits many sessions written at once.
-        self._writes: GroupCommit[_Write, bool] = GroupCommit(self._cas_batch)
+        self._writes: GroupCommit[_Write, int] = GroupCommit(self._cas_batch)
         #: How this server may lose acknowledged writes (see :func:`durability_warnings`);
         #: empty if its configuration looks durable or could not be read.
         self.durability_warnings: list[str] = []
@@ -283,6 +316,8 @@ class RedisStore(SessionStore):
                 UPGRADE_DUE,
                 UPGRADE_LISTED,
                 UPGRADE_KEYED,
+                RELEASE_LOCK,
+                EXTEND_LOCK,
             ):
                 await self._client.script_load(script.source)
         text = None if raw is None else _text(raw)
@@ -294,7 +329,12 @@ class RedisStore(SessionStore):
             text = "3"
         if text == "3":
             await self._upgrade_keyed()
-            text = str(SCHEMA_VERSION)
+            text = "4"
+        if text == "4":
+            # Version 5 only adds keys and fields (see SCHEMA_VERSION).
+            await self._run_one(SET_SCHEMA, [self._keys.schema], ["4", "5"])
+            self._upgraded(5)
+            text = "5"
         if text is None or not text.isdigit():
             raise StoreError(
                 f"the key {self._keys.schema!r} in {self._where} holds {text!r}, not a schema "
@@ -484,8 +524,14 @@ class RedisStore(SessionStore):
 
     # -- backend primitives ----------------------------------------------------
 
-    async def _insert(self, stored: StoredSession) -> None:
-        if not await self._cas(None, stored, None):
+    async def _insert(self, stored: StoredSession, first: Round | None = None) -> None:
+        written = await self._cas(None, stored, first)
+        if written == _START_KEY_USED:
+            key = None if first is None else first.idempotency_key
+            assert key is not None
+            started = await self._started_by(stored.record.tenant_id, key)
+            raise ConflictError(f"idempotency key {key!r} already started session {started}")
+        if written != _WRITTEN:
             raise StoreError(f"session id {stored.record.session_id} is already taken")
 
     async def _change_one(
@@ -517,7 +563,7 @@ class RedisStore(SessionStore):
             stored = await self._get_stored(tenant_id, session_id)
             self._recent.remember(stored)
             if idempotency_key is not None:
-                first = await self._find_round(session_id, idempotency_key)
+                first = await self._round_by_key(session_id, idempotency_key)
         try:
             result = self._compute(change, stored, first)
         except LLMSessionError:
@@ -535,7 +581,7 @@ class RedisStore(SessionStore):
             # next change starts from a fresh read.
             self._recent.forget(session_id)
             raise
-        if not written:
+        if written != _WRITTEN:
             raise VersionConflict
         return result
 
@@ -645,6 +691,120 @@ class RedisStore(SessionStore):
         if row.get("tenant") != tenant_id.value:
             raise NotFoundError(f"no session {session_id}")
         return self._parse(session_id, row)
+
+    # -- gateway rounds ------------------------------------------------------------
+
+    async def _keyed_round(
+        self, tenant_id: TenantId, session_id: SessionId, idempotency_key: str
+    ) -> tuple[StoredSession, KeyedRound] | None:
+        with self._guard():
+            # MULTI: the session and its round are read at one instant.
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self._keys.session(session_id))
+                pipe.hget(self._keys.idempotency(session_id), idempotency_key)
+                raw, found = await pipe.execute()
+        row = _row(raw)
+        if row.get("tenant") != tenant_id.value:
+            raise NotFoundError(f"no session {session_id}")
+        stored = self._parse(session_id, row)
+        return None if found is None else (stored, self._parse_keyed(session_id, found))
+
+    async def _history_turns(self, session_id: SessionId) -> list[Turn]:
+        with self._guard():
+            # Not decoded: a turn is MessagePack, and its answer any bytes.
+            raw = await _admin(self._client).execute_command(
+                "HGETALL", self._keys.history(session_id), **_RAW_REPLY
+            )
+        turns = [(_seq(seq), packed) for seq, packed in _blobs(raw).items()]
+        turns.sort(key=lambda pair: pair[0])
+        return [parse_turn(session_id, seq, _blob(packed)) for seq, packed in turns]
+
+    async def _stored_turn(self, session_id: SessionId, seq: int) -> Turn | None:
+        with self._guard():
+            raw = await _admin(self._client).execute_command(
+                "HGET", self._keys.history(session_id), str(seq), **_RAW_REPLY
+            )
+        return None if raw is None else parse_turn(session_id, seq, _blob(raw))
+
+    async def _started_by(self, tenant_id: TenantId, idempotency_key: str) -> SessionId | None:
+        with self._guard():
+            raw = await self._client.hget(self._keys.started(tenant_id), idempotency_key)
+        if raw is None:
+            return None
+        try:
+            return SessionId.parse(_text(raw))
+        except LLMSessionError:
+            raise StoreError(
+                f"{self._where}: the session started under {idempotency_key!r} is "
+                f"{raw!r:.80}, not a session id"
+            ) from None
+
+    def turn_lock(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold a session's turn across every process on this Redis.
+
+        In this process, waiters queue in arrival order (SessionTurns) and only
+        the first polls Redis: ``SET lock:<id> <token> NX PX`` with a lease of
+        10 s, renewed every 3 s while held, given back by compare-and-delete
+        (RELEASE_LOCK). A holder that dies without giving it back holds the
+        session up for at most the lease.
+        """
+        return self._turn(session_id)
+
+    @asynccontextmanager
+    async def _turn(self, session_id: SessionId) -> AsyncGenerator[None]:
+        # Not the session's writer groups: a turn is held for seconds, and the
+        # rounds recorded inside it go through those.
+        async with self._local_turns.turn(session_id):
+            name = self._keys.turn_lock(session_id)
+            token = secrets.token_hex(16)
+            try:
+                await self._take_lock(name, token)
+            except BaseException:
+                # Cancelled or failed after the SET may have gone through.
+                await asyncio.shield(self._release_lock(name, token))
+                raise
+            renewing = asyncio.ensure_future(self._renew_lock(name, token))
+            try:
+                yield
+            finally:
+                renewing.cancel()
+                await asyncio.shield(self._release_lock(name, token))
+
+    async def _take_lock(self, name: str, token: str) -> None:
+        pause = _TURN_POLL_FIRST
+        while True:
+            with self._guard():
+                if await self._client.set(name, token, nx=True, px=_TURN_LEASE_MS):
+                    return
+            await asyncio.sleep(random.uniform(pause / 2, pause))
+            pause = min(pause * 2, _TURN_POLL_MAX)
+
+    async def _renew_lock(self, name: str, token: str) -> None:
+        while True:
+            await asyncio.sleep(_TURN_RENEW_SECONDS)
+            try:
+                renewed = await self._run_one(EXTEND_LOCK, [name], [token, str(_TURN_LEASE_MS)])
+            except StoreError as error:
+                # Tried again at the next renewal; the lease outlasts two misses.
+                _log.warning("%s: renewing the turn lock %r failed: %s", self._where, name, error)
+                continue
+            if renewed != 1:
+                # Its lease ran out (Redis or this process stalled) and another
+                # process may hold it now: rounds stay exact (compare-and-set),
+                # but two turns may have seen the same history.
+                _log.warning(
+                    "%s: the turn lock %r was lost before its turn ended", self._where, name
+                )
+                return
+
+    async def _release_lock(self, name: str, token: str) -> None:
+        try:
+            await self._run_one(RELEASE_LOCK, [name], [token])
+        except StoreError as error:
+            # The lease lets the lock go by itself.
+            _log.warning("%s: giving back the turn lock %r failed: %s", self._where, name, error)
 
     async def _list_sessions(self, tenant_id: TenantId, query: SessionQuery) -> Page[StoredSession]:
         """A tenant's sessions as of now, newest first (see store.presented): a due
@@ -816,6 +976,14 @@ class RedisStore(SessionStore):
                 rounds=current.rounds + values["rounds"],
                 delta_tokens=current.delta_tokens + values["delta"],
                 tokens_saved=current.tokens_saved + values["saved"],
+                usage=UsageTotals(
+                    *(
+                        total + values[metric]
+                        for total, metric in zip(
+                            current.usage.as_tuple(), USAGE_METRICS, strict=True
+                        )
+                    )
+                ),
             )
         return present_totals(list(groups.values()), unchanged, now, group_by)
 
@@ -965,7 +1133,7 @@ class RedisStore(SessionStore):
 
     # -- reading -----------------------------------------------------------------
 
-    async def _find_round(self, session_id: SessionId, idempotency_key: str) -> KeyedRound | None:
+    async def _round_by_key(self, session_id: SessionId, idempotency_key: str) -> KeyedRound | None:
         with self._guard():
             raw = await self._client.hget(self._keys.idempotency(session_id), idempotency_key)
         return None if raw is None else self._parse_keyed(session_id, raw)
@@ -1015,27 +1183,28 @@ class RedisStore(SessionStore):
         new: StoredSession | None,
         new_round: Round | None,
         absent_key: str | None = None,
-    ) -> Coroutine[object, object, bool]:
+    ) -> Coroutine[object, object, int]:
         """Write ``new`` over ``old`` (None: insert, delete) if ``old`` is still current
-        and ``absent_key`` (if given) is not an idempotency key of the session yet."""
+        and ``absent_key`` (if given) is not an idempotency key of the session yet.
+        Returns what CAS says of it: 1 written, 0 not, 2 not (a started-by key used)."""
         return self._writes.submit((old, new, new_round, absent_key))
 
-    async def _cas_batch(self, writes: Sequence[_Write]) -> list[bool]:
+    async def _cas_batch(self, writes: Sequence[_Write]) -> list[int]:
         """The writes of ``_cas`` in one script call, each checked on its own (not
         chained): one refused write leaves the others standing."""
         batch = CasBatch(self._keys)
         for old, new, new_round, absent_key in writes:
             batch.add(old, new, new_round, absent_key=absent_key)
         replies = _items(await self._run_writer(CAS, batch.keys, batch.args))
-        outcomes: list[bool] = []
+        outcomes: list[int] = []
         for (old, new, _, _), reply in zip(writes, replies, strict=True):
-            if reply == 1 and new is not None:
+            if reply == _WRITTEN and new is not None:
                 self._recent.remember(new)
             else:
                 some = new if new is not None else old
                 assert some is not None
                 self._recent.forget(some.record.session_id)
-            outcomes.append(reply == 1)
+            outcomes.append(_WRITTEN if reply == _WRITTEN else _count(reply))
         return outcomes
 
     async def _drain(
@@ -1522,6 +1691,26 @@ def _row(value: object) -> dict[str, str]:
     if not isinstance(value, dict):
         raise StoreError(f"unexpected reply from Redis: {value!r:.200}")
     return {_text(k): _text(v) for k, v in cast(dict[object, object], value).items()}
+
+
+def _blob(value: object) -> bytes:
+    # A reply read with NEVER_DECODE.
+    if isinstance(value, bytes):
+        return value
+    raise StoreError(f"unexpected reply from Redis: {value!r:.200}")
+
+
+def _blobs(value: object) -> dict[object, object]:
+    if not isinstance(value, dict):
+        raise StoreError(f"unexpected reply from Redis: {value!r:.200}")
+    return cast(dict[object, object], value)
+
+
+def _seq(value: object) -> int:
+    # A field of a history hash: a round's seq, as CAS wrote it.
+    if isinstance(value, bytes) and value.isdigit():
+        return int(value)
+    raise StoreError(f"unexpected round number in a history: {value!r:.80}")
 
 
 def _items(value: object) -> list[object]:

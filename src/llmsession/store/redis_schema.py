@@ -5,10 +5,18 @@ Key layout, under a prefix (``llmsession:`` by default)::
     schema               the layout version, SCHEMA_VERSION
     s:<session id>       hash: the record, version, ttl_seconds, last_activity_at,
                          and "due": where an Active session is in deadlines ('' or
-                         missing for a session that is not there)
+                         missing for a session that is not there); "usage": the
+                         sums of its gateway rounds' usage (missing: it has had
+                         none, and so no turns either)
     r:<session id>       list: the rounds as JSON; seq i is at index i-1
     i:<session id>       hash: idempotency key -> the round as JSON, with the
                          session's delta_tokens and version right after it
+    h:<session id>       hash: round seq -> that round's turn of the conversation
+                         (MessagePack); deleted when the session leaves Active
+    started:<tenant>     hash: idempotency key -> the session the gateway started
+                         under it
+    lock:<session id>    string: the token of the process holding the session's
+                         turn (RedisStore.turn_lock), with a lease (PX)
     ix:all:<tenant>      sorted set: the tenant's sessions, member <created_at><id>
     ix:all:p<provider>:<tenant>, ix:all:m<model>:<tenant>
                          sorted sets: the same, for one provider or one model
@@ -51,32 +59,36 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
-# The package has no type hints; _pack is its one use, typed.
+# The package has no type hints; _pack, _pack_for_lua and _unpack are its uses, typed.
 import msgpack  # type: ignore[import-untyped]  # pyright: ignore[reportMissingTypeStubs]
 
 from llmsession.errors import LLMSessionError, StoreError
 from llmsession.ids import SessionId, TenantId
 from llmsession.record import SessionRecord
 from llmsession.states import ALL_STATES, Created, SessionState, state_named
-from llmsession.store.models import KeyedRound, Round, StoredSession
+from llmsession.store.models import NO_USAGE, KeyedRound, Round, StoredSession, Turn, UsageTotals
 from llmsession.timestamps import Timestamp
+from llmsession.usage import Usage
 
 __all__ = [
     "ADD_KEY",
     "CAS",
+    "EXTEND_LOCK",
     "FIELDS",
     "LIMB",
     "LIST_STATE",
     "METRICS",
     "READ",
     "READ_RANGE",
+    "RELEASE_LOCK",
     "SCHEMA_VERSION",
     "SET_SCHEMA",
     "UPGRADE_DUE",
     "UPGRADE_KEYED",
     "UPGRADE_LISTED",
+    "USAGE_METRICS",
     "CasBatch",
     "Counters",
     "RedisKeys",
@@ -89,12 +101,14 @@ __all__ = [
     "lex_time",
     "member",
     "member_id",
+    "pack_turn",
     "parse_counters",
     "parse_keyed_round",
     "parse_round",
     "parse_session",
     "parse_session_values",
     "parse_time",
+    "parse_turn",
     "round_json",
     "split_row",
     "state_metric",
@@ -108,7 +122,11 @@ __all__ = [
 #: Version 4 keeps with each round under an idempotency key the session's
 #: delta_tokens and version right after it (a replayed round's answer);
 #: RedisStore brings version 3 data up with UPGRADE_KEYED.
-SCHEMA_VERSION: Final = 4
+#: Version 5 adds the gateway's keys and fields (usage, history, started-by
+#: records, usage counters), all optional: version 4 data is version 5 data
+#: without gateway sessions, so the upgrade only sets the number, after which an
+#: older llmsession, which would refuse the usage counters, refuses the data.
+SCHEMA_VERSION: Final = 5
 
 # A member starts with a time as 16 hex digits; the offset makes every Timestamp
 # (years 1 to 9999) non-negative, so text order is time order.
@@ -119,8 +137,16 @@ _LEX_WIDTH: Final = 16
 #: (each up to 2**63-1 tokens) never overflow Redis's 64-bit HINCRBY, and each
 #: number the script compares stays exact in Lua's doubles.
 LIMB: Final = 2**32
+#: The counters of the gateway's usage, in UsageTotals order (as_tuple).
+USAGE_METRICS: Final = ("u:in", "u:cached", "u:cache_write", "u:out", "u:reasoning", "u:missing")
 #: What the counters of one (provider, model) group count.
-METRICS: Final = ("rounds", "delta", "saved", *(f"n:{state.name}" for state in ALL_STATES))
+METRICS: Final = (
+    "rounds",
+    "delta",
+    "saved",
+    *(f"n:{state.name}" for state in ALL_STATES),
+    *USAGE_METRICS,
+)
 
 #: Counter values by (provider, model), then by metric.
 Counters = dict[tuple[str, str], dict[str, int]]
@@ -161,8 +187,17 @@ class Script:
 #:       it); idempotency key ('' = none: if given and already in the idempotency
 #:       hash, nothing is written); rounds list (or ''); round JSON ('' = none);
 #:       what the idempotency hash keeps of the round under the key (see
-#:       keyed_round_json; '' without a key); due: false to leave the session's
-#:       member of deadlines as it is, else
+#:       keyed_round_json; '' without a key);
+#:       history hash ('' = untouched): with a turn, the round's turn goes into it
+#:       under its seq (the rounds list's length once the round is in); without
+#:       one, the session is leaving Active and its history is deleted (named
+#:       only for a session that has had gateway rounds: a session without them
+#:       ends at no cost more); turn (false = none: the packed Turn); started:
+#:       false, or the tenant's started-by hash, followed by the key and the
+#:       session id (an insert whose round started the session under that
+#:       key: if the key is in the hash already, nothing is written and the
+#:       write returns 2);
+#:       due: false to leave the session's member of deadlines as it is, else
 #:       followed by the deadlines set and the session id: '' to remove the member,
 #:       or the time part of the new one (the old one, found by the hash's "due"
 #:       field, is removed; the new "due" is among the hash fields); n and n hash
@@ -170,7 +205,8 @@ class Script:
 #:       member) to remove; a and a pairs to add; counters hash, group, c and c
 #:       triples (metric, lo increment in (-2**32, 2**32), hi increment), the
 #:       fields being "<metric> lo <group>" and "<metric> hi <group>".
-#: Returns per write 1 when written, 0 when not (version moved, or key used).
+#: Returns per write 1 when written, 0 when not (version moved, or key used), 2
+#: when not because the started-by key is used.
 #: The items are read by position (p), not through a helper function: a Lua call
 #: per item cost more than the writes themselves.
 CAS: Final = Script.of("""
@@ -180,8 +216,15 @@ local results, ok = {}, true
 for w = 1, a[1] do
   local session, expected, op, chained = a[p + 1], a[p + 2], a[p + 3], a[p + 4]
   local idem, idem_key, rounds, round = a[p + 5], a[p + 6], a[p + 7], a[p + 8]
-  local keyed, due = a[p + 9], a[p + 10]
-  p = p + 10
+  local keyed, history, turn, started = a[p + 9], a[p + 10], a[p + 11], a[p + 12]
+  p = p + 12
+  local start_key, start_id
+  if started then
+    start_key, start_id = a[p + 1], a[p + 2]
+    p = p + 2
+  end
+  local due = a[p + 1]
+  p = p + 1
   local deadlines, id
   if due then
     deadlines, id = a[p + 1], a[p + 2]
@@ -200,6 +243,10 @@ for w = 1, a[1] do
   end
   if ok and idem_key ~= '' and redis.call('HEXISTS', idem, idem_key) == 1 then ok = false end
   results[w] = ok and 1 or 0
+  if ok and started and redis.call('HEXISTS', started, start_key) == 1 then
+    ok = false
+    results[w] = 2
+  end
   if ok and due then
     -- The hash's new "due" is among its fields below ('' once it has no member).
     if was and was ~= '' then redis.call('ZREM', deadlines, was .. id) end
@@ -212,8 +259,14 @@ for w = 1, a[1] do
       redis.call('HSET', session, unpack(a, p + 1, p + 2 * n))
     end
     if round ~= '' then
-      redis.call('RPUSH', rounds, round)
+      local seq = redis.call('RPUSH', rounds, round)
       if idem_key ~= '' then redis.call('HSET', idem, idem_key, keyed) end
+      if turn then redis.call('HSET', history, seq, turn) end
+    end
+    if started then redis.call('HSET', started, start_key, start_id) end
+    if history ~= '' and not turn then
+      -- Leaving Active: the conversation goes with it.
+      redis.call('DEL', history)
     end
   end
   p = p + 2 * n + 1
@@ -409,6 +462,22 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """)
 
+#: Gives back a session's turn lock, only if it is still this holder's (its lease
+#: may have run out and another process taken it since). KEYS[1]: the lock.
+#: ARGV[1]: the holder's token. Returns 1 if it was released, else 0.
+RELEASE_LOCK: Final = Script.of("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+""")
+
+#: Renews a turn lock's lease, only if it is still this holder's. KEYS[1]: the
+#: lock. ARGV: 1 the holder's token, 2 the lease in milliseconds. Returns 1 if
+#: renewed, 0 if the lock was lost.
+EXTEND_LOCK: Final = Script.of("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+""")
+
 
 @dataclass(frozen=True, slots=True)
 class RedisKeys:
@@ -441,6 +510,18 @@ class RedisKeys:
     def idempotency(self, session_id: SessionId) -> str:
         """A session's rounds by idempotency key."""
         return _session_names(self.prefix, session_id)[3]
+
+    def history(self, session_id: SessionId) -> str:
+        """A session's turns of the conversation, by round seq."""
+        return f"{self.prefix}h:{_session_names(self.prefix, session_id)[0]}"
+
+    def started(self, tenant_id: TenantId) -> str:
+        """The sessions the gateway started for a tenant, by idempotency key."""
+        return f"{self.prefix}started:{tenant_id}"
+
+    def turn_lock(self, session_id: SessionId) -> str:
+        """The lock held for a session's turn (see RedisStore.turn_lock)."""
+        return f"{self.prefix}lock:{session_id}"
 
     def by_tenant(
         self, tenant_id: TenantId, *, provider: str | None = None, model: str | None = None
@@ -500,7 +581,7 @@ class RedisKeys:
 def _session_names(prefix: str, session_id: SessionId) -> tuple[str, str, str, str]:
     # A session's id as text and its three keys (RedisKeys.session, rounds,
     # idempotency): asked for at every write of it, and str() of a UUID costs
-    # more than the lookup.
+    # more than the lookup. (Its history is named only when a write needs it.)
     text = str(session_id)
     return text, f"{prefix}s:{text}", f"{prefix}r:{text}", f"{prefix}i:{text}"
 
@@ -532,7 +613,7 @@ class CasBatch:
         self._names = keys
         #: KEYS: none, as the writes name their keys themselves (see CAS).
         self.keys: list[str] = []
-        self._items: list[str | int | bool] = []
+        self._items: list[str | int | bool | bytes] = []
         self._count = 0
 
     def __len__(self) -> int:
@@ -542,7 +623,7 @@ class CasBatch:
     @property
     def args(self) -> list[bytes]:
         """ARGV: the writes as one MessagePack array."""
-        return [_pack([self._count, *self._items])]
+        return [_pack_for_lua([self._count, *self._items])]
 
     def _pairs(self, entries: list[tuple[str, str]]) -> None:
         # (sorted set, member) pairs, after their count.
@@ -566,7 +647,11 @@ class CasBatch:
         own key is checked the same way). ``chained``: ``old`` is the previous
         write's ``new``; this write is refused whenever that one is. With ``new``
         the very object ``old``, the write only moves the session's member of
-        deadlines to its deadline.
+        deadlines to its deadline. The round's turn, if any, is written with it;
+        a write that takes the session out of Active deletes its turns. An
+        insert with a round that has an idempotency key records the key as the
+        one that started the session (refused, returning 2, if it started one
+        already).
         """
         some = new if new is not None else old
         if some is None:
@@ -577,6 +662,25 @@ class CasBatch:
             names.prefix, record.session_id
         )
         key = absent_key or (new_round.idempotency_key if new_round is not None else None) or ""
+        due = _due(old, new)
+        # A turn goes in, or (the session leaving Active) the history goes: only
+        # a session with gateway rounds can have one (see _had_gateway). And an
+        # insert with a keyed round: the gateway started the session under the key.
+        history: str = ""
+        packed: bytes | bool = False
+        started: str | bool = False
+        round_text = keyed = ""
+        if new_round is not None:
+            round_text = round_json(new_round)
+            if new is not None and new_round.idempotency_key is not None:
+                keyed = _keyed_text(round_text, new.record.delta_tokens, new.version)
+            if new_round.turn is not None:
+                history = names.history(record.session_id)
+                packed = pack_turn(new_round.turn)
+            if old is None and new_round.idempotency_key is not None:
+                started = names.started(record.tenant_id)
+        elif due == "" and old is not None and old.usage is not NO_USAGE:
+            history = names.history(record.session_id)
         self._count += 1
         items = self._items
         items += (
@@ -588,12 +692,14 @@ class CasBatch:
             idempotency_key if key or new is None else "",
             key,
             rounds_key if new_round or new is None else "",
-            "" if new_round is None else round_json(new_round),
-            ""
-            if new_round is None or new is None or new_round.idempotency_key is None
-            else keyed_round_json(new_round, new.record.delta_tokens, new.version),
+            round_text,
+            keyed,
+            history,
+            packed,
+            started,
         )
-        due = _due(old, new)
+        if started:
+            items += (key, id_text)
         if due is None:
             items.append(False)
         else:
@@ -628,8 +734,28 @@ class CasBatch:
             items += (metric, str(amount - hi * LIMB), str(hi))
 
 
-def _pack(items: list[str | int | bool]) -> bytes:
+class _Packer(Protocol):
+    def pack(self, obj: object) -> bytes: ...
+
+
+# Redis's cmsgpack predates MessagePack's bin types: for it, bytes (a packed
+# turn) go as a string, which Lua holds as bytes anyway. One Packer, kept: making
+# one per call (as packb does) cost a round more than packing its write. Sharing
+# it is safe: a pack runs in C, holding the GIL, and calls no Python code for
+# the exact str, int, bool and bytes items written here.
+_LUA_PACKER: Final = cast(_Packer, msgpack.Packer(use_bin_type=False))  # pyright: ignore[reportUnknownMemberType]
+
+
+def _pack_for_lua(items: list[str | int | bool | bytes]) -> bytes:
+    return _LUA_PACKER.pack(items)
+
+
+def _pack(items: Sequence[str | int | bool | bytes | None]) -> bytes:
     return cast(bytes, msgpack.packb(items))  # pyright: ignore[reportUnknownMemberType]
+
+
+def _unpack(raw: bytes) -> object:
+    return cast(object, msgpack.unpackb(raw))  # pyright: ignore[reportUnknownMemberType]
 
 
 def cas_arguments(
@@ -705,7 +831,8 @@ def _index_entries(keys: RedisKeys, stored: StoredSession | None) -> set[tuple[s
     return entries
 
 
-#: The fields of a session hash, in the order READ is given them.
+#: The fields of a session hash, in the order READ is given them. All but the
+#: last are required; "usage" is missing for a session without gateway rounds.
 FIELDS: Final[tuple[str, ...]] = (
     "tenant",
     "provider",
@@ -721,7 +848,10 @@ FIELDS: Final[tuple[str, ...]] = (
     "version",
     "ttl",
     "last",
+    "usage",
 )
+# What a row holds for a field the hash lacks (see split_row).
+_MISSING: Final = "\x1e"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -790,6 +920,9 @@ def _changed_fields(old: StoredSession, new: StoredSession) -> list[str]:
     last = new.last_activity_at
     if old.last_activity_at is not last and old.last_activity_at != last:
         changed += ("last", str(last.epoch_micros))
+    if old.usage is not new.usage:
+        # Written even when the sums stay 0: see _had_gateway.
+        changed += ("usage", _usage_text(new.usage))
     return changed
 
 
@@ -811,13 +944,41 @@ def _session_fields(stored: StoredSession) -> list[str]:
         "ttl": str(stored.ttl_seconds),
         "last": str(stored.last_activity_at.epoch_micros),
     }
+    if _had_gateway(stored):
+        fields["usage"] = _usage_text(stored.usage)
     return [text for pair in fields.items() for text in pair]
+
+
+def _had_gateway(stored: StoredSession) -> bool:
+    """Whether the session has had gateway rounds, and so may have turns.
+
+    Its usage is the very NO_USAGE object until its first gateway round, which
+    makes a new one (UsageTotals.plus), whatever the counts; the hash has a
+    "usage" field from then on, and reads back as NO_USAGE only without one.
+    So a session that never had one ends without naming its history."""
+    return stored.usage is not NO_USAGE
+
+
+def _usage_text(usage: UsageTotals) -> str:
+    # The six counters in UsageTotals order, space-separated: one field, not six.
+    return " ".join(map(str, usage.as_tuple()))
+
+
+def _parse_usage(text: object) -> UsageTotals:
+    if text == _MISSING:
+        # The very object (see _had_gateway); a field of zeros is another.
+        return NO_USAGE
+    counts = _str(text).split(" ")
+    if len(counts) != len(USAGE_METRICS):
+        raise ValueError(f"usage {text!r:.80} is not {len(USAGE_METRICS)} counts")
+    return UsageTotals(*map(_int, counts))
 
 
 def parse_session(session_id: SessionId, row: Mapping[str, str]) -> StoredSession:
     """The stored session of a session hash; StoreError if it is not a valid one."""
     try:
-        values = [row[name] for name in FIELDS]
+        values = [row[name] for name in FIELDS[:-1]]
+        values.append(row.get("usage", _MISSING))
     except KeyError as error:
         raise StoreError(f"session {session_id} is not a valid stored session: {error!r}") from None
     return parse_session_values(session_id, values)
@@ -829,7 +990,8 @@ def split_row(row: str) -> list[str] | None:
 
     The values are joined by the unit separator (\\x1f), which no value holds: a
     label is printable, everything else digits and names. A field the hash lacks
-    is the record separator (\\x1e), which no parser takes."""
+    is the record separator (\\x1e), which no parser takes but that of the one
+    optional field, "usage"."""
     return row.split("\x1f") if row else None
 
 
@@ -852,6 +1014,7 @@ def parse_session_values(session_id: SessionId, values: Sequence[object]) -> Sto
             version,
             ttl,
             last,
+            usage,
         ) = values
         record = SessionRecord(
             session_id=session_id,
@@ -867,7 +1030,9 @@ def parse_session_values(session_id: SessionId, values: Sequence[object]) -> Sto
             round_count=_int(rounds),
             delta_tokens=_int(delta),
         )
-        return StoredSession(record, _int(version), _int(ttl), Timestamp(_int(last)))
+        return StoredSession(
+            record, _int(version), _int(ttl), Timestamp(_int(last)), _parse_usage(usage)
+        )
     except (ValueError, TypeError, LLMSessionError) as error:
         raise StoreError(f"session {session_id} is not a valid stored session: {error!r}") from None
 
@@ -886,32 +1051,51 @@ def _str(value: object) -> str:
 
 
 def round_json(round_: Round) -> str:
-    """A round as stored: JSON [seq, delta_tokens, recorded_at, idempotency_key]."""
+    """A round as stored: JSON [seq, delta_tokens, recorded_at, idempotency_key], and
+    for a gateway round its usage: null, or [input_tokens, cached_input_tokens,
+    cache_write_tokens, output_tokens, reasoning_tokens, the provider's object]."""
     # Formatted here, as json.dumps would, at a fraction of its cost per round.
     key = "null" if round_.idempotency_key is None else json.dumps(round_.idempotency_key)
-    return f"[{round_.seq}, {round_.delta_tokens}, {round_.recorded_at.epoch_micros}, {key}]"
+    if not round_.gateway:
+        return f"[{round_.seq}, {round_.delta_tokens}, {round_.recorded_at.epoch_micros}, {key}]"
+    text = f"[{round_.seq}, {round_.delta_tokens}, {round_.recorded_at.epoch_micros}, {key}"
+    usage = round_.usage
+    if usage is None:
+        return text + ", null]"
+    counts = (
+        usage.input_tokens,
+        usage.cached_input_tokens,
+        usage.cache_write_tokens,
+        usage.output_tokens,
+        usage.reasoning_tokens,
+    )
+    return f"{text}, {json.dumps([*counts, dict(usage.raw)])}]"
 
 
 def parse_round(session_id: SessionId, raw: str) -> Round:
     """A round of ``session_id`` from its stored JSON."""
     try:
-        seq, delta, recorded, key = json.loads(raw)
-        return _round(session_id, seq, delta, recorded, key)
+        return _round(session_id, json.loads(raw))
     except (ValueError, TypeError, LLMSessionError):
         raise StoreError(f"a round of session {session_id} is not valid: {raw[:200]!r}") from None
 
 
 def keyed_round_json(round_: Round, session_delta_tokens: int, session_version: int) -> str:
-    """A round under an idempotency key as stored: JSON [seq, delta_tokens, recorded_at,
-    idempotency_key, the session's delta_tokens and version right after it]."""
-    return f"{round_json(round_)[:-1]}, {session_delta_tokens}, {session_version}]"
+    """A round under an idempotency key as stored: its JSON (see round_json) with the
+    session's delta_tokens and version right after it appended."""
+    return _keyed_text(round_json(round_), session_delta_tokens, session_version)
+
+
+def _keyed_text(round_text: str, session_delta_tokens: int, session_version: int) -> str:
+    # keyed_round_json of a round whose round_json is round_text.
+    return f"{round_text[:-1]}, {session_delta_tokens}, {session_version}]"
 
 
 def parse_keyed_round(session_id: SessionId, raw: str) -> KeyedRound:
     """A round of ``session_id`` under an idempotency key, from its stored JSON."""
     try:
-        seq, delta, recorded, key, session_delta, session_version = json.loads(raw)
-        round_ = _round(session_id, seq, delta, recorded, key)
+        *values, session_delta, session_version = json.loads(raw)
+        round_ = _round(session_id, values)
         return KeyedRound(round_, _int(session_delta), _int(session_version))
     except (ValueError, TypeError, LLMSessionError):
         raise StoreError(
@@ -919,12 +1103,84 @@ def parse_keyed_round(session_id: SessionId, raw: str) -> KeyedRound:
         ) from None
 
 
-def _round(
-    session_id: SessionId, seq: object, delta: object, recorded: object, key: object
-) -> Round:
+def _round(session_id: SessionId, values: object) -> Round:
+    # [seq, delta_tokens, recorded_at, key], and for a gateway round its usage.
+    if not isinstance(values, list):
+        raise TypeError("a round is not an array")
+    seq, delta, recorded, key, *gateway = cast(list[object], values)
     if key is not None and not isinstance(key, str):
         raise TypeError("the idempotency key is not text")
-    return Round(session_id, _int(seq), _int(delta), Timestamp(_int(recorded)), key)
+    usage = None
+    if gateway:
+        (stored_usage,) = gateway
+        if stored_usage is not None:
+            if not isinstance(stored_usage, list):
+                raise TypeError("the usage is not an array")
+            *counts, provided = cast(list[object], stored_usage)
+            if not isinstance(provided, dict):
+                raise TypeError("the provider's usage is not an object")
+            given, cached, written, output, reasoning = map(_int, counts)
+            usage = Usage(
+                given, cached, written, output, reasoning, cast(dict[str, object], provided)
+            )
+    return Round(
+        session_id,
+        _int(seq),
+        _int(delta),
+        Timestamp(_int(recorded)),
+        key,
+        usage,
+        gateway=bool(gateway),
+    )
+
+
+def pack_turn(turn: Turn) -> bytes:
+    """A turn as stored: a MessagePack array of its fields in order (the answer's
+    body as bytes, the rest as text, the status a number)."""
+    return _pack(
+        [
+            turn.endpoint,
+            turn.request_hash,
+            turn.request_items,
+            turn.answer_items,
+            turn.response_id,
+            turn.answer_status,
+            turn.answer_type,
+            turn.answer_body,
+        ]
+    )
+
+
+def parse_turn(session_id: SessionId, seq: int, raw: bytes) -> Turn:
+    """Round ``seq``'s turn of ``session_id`` from what pack_turn stored."""
+    try:
+        fields = _unpack(raw)
+        if not isinstance(fields, list):
+            raise TypeError("not an array")
+        (
+            endpoint,
+            request_hash,
+            request_items,
+            answer_items,
+            response_id,
+            status,
+            answer_type,
+            body,
+        ) = cast(list[object], fields)
+        if not isinstance(body, bytes) or not (response_id is None or type(response_id) is str):
+            raise TypeError("the answer body is not bytes, or the response id not text")
+        return Turn(
+            _str(endpoint),
+            _str(request_hash),
+            _str(request_items),
+            _str(answer_items),
+            response_id,
+            _int(status),
+            _str(answer_type),
+            body,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException):
+        raise StoreError(f"the turn of round {seq} of session {session_id} is not valid") from None
 
 
 def _counter_contributions(stored: StoredSession | None) -> tuple[int, ...]:
@@ -938,6 +1194,7 @@ def _counter_contributions(stored: StoredSession | None) -> tuple[int, ...]:
         record.delta_tokens,
         record.tokens_saved,
         *_STATE_COUNTS[record.state],
+        *stored.usage.as_tuple(),
     )
 
 
@@ -967,6 +1224,12 @@ def _counter_increments(
         ]
         if a.state is not b.state:
             moved += ((_STATE_METRIC[a.state], -1), (_STATE_METRIC[b.state], 1))
+        if old.usage is not new.usage:
+            moved += zip(
+                USAGE_METRICS,
+                (y - x for x, y in zip(old.usage.as_tuple(), new.usage.as_tuple(), strict=True)),
+                strict=True,
+            )
         return [(metric, amount) for metric, amount in moved if amount]
     before, after = _counter_contributions(old), _counter_contributions(new)
     return [(metric, b - a) for metric, a, b in zip(METRICS, before, after, strict=True) if a != b]

@@ -7,24 +7,34 @@ a native uuid in PostgreSQL), so callers decode that one column themselves.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any, Final
 
 from llmsession.ids import SessionId, TenantId
 from llmsession.record import SessionRecord
 from llmsession.states import state_named
-from llmsession.store.models import ApiKeyInfo, StoredSession
+from llmsession.store.models import NO_USAGE, ApiKeyInfo, Round, StoredSession, Turn, UsageTotals
 from llmsession.timestamps import Timestamp
+from llmsession.usage import Usage
 
 __all__ = [
     "INSERT_COLUMNS",
+    "ROUND_USAGE_COLUMNS",
     "SESSION_COLUMNS",
+    "TURN_COLUMNS",
+    "USAGE_COLUMNS",
     "change_values",
     "insert_values",
     "key_from_row",
     "micros",
+    "round_usage_values",
     "stored_from_row",
     "time_or_none",
+    "turn_from_row",
+    "turn_values",
+    "usage_from_round_row",
+    "usage_totals_from_row",
 ]
 
 #: The columns stored_from_row reads, in its order.
@@ -40,6 +50,26 @@ INSERT_COLUMNS: Final = (
     "session_id, tenant_id, provider_id, model, initial_tokens, created_at, ttl_seconds, "
     "state, activated_at, closed_at, expired_at, round_count, delta_tokens, tokens_saved, "
     "version, last_activity_at, deadline"
+)
+
+
+#: A session's UsageTotals, in field order (UsageTotals.as_tuple).
+USAGE_COLUMNS: Final = (
+    "input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, "
+    "rounds_without_usage"
+)
+
+#: What a round keeps of a gateway round's usage, in round_usage_values' order: the
+#: flag, the five normalized counts (NULL without usage) and the provider's object.
+ROUND_USAGE_COLUMNS: Final = (
+    "gateway, input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, "
+    "reasoning_tokens, raw_usage"
+)
+
+#: A turn of the conversation, in turn_values' order (after session_id and seq).
+TURN_COLUMNS: Final = (
+    "endpoint, request_hash, request_items, answer_items, response_id, answer_status, "
+    "answer_type, answer_body"
 )
 
 
@@ -88,7 +118,9 @@ def insert_values(stored: StoredSession, session_id: object) -> tuple[Any, ...]:
     )
 
 
-def stored_from_row(row: Sequence[Any], session_id: SessionId) -> StoredSession:
+def stored_from_row(
+    row: Sequence[Any], session_id: SessionId, usage: UsageTotals = NO_USAGE
+) -> StoredSession:
     """A StoredSession from a row of SESSION_COLUMNS (validated by the core's record)."""
     record = SessionRecord(
         session_id=session_id,
@@ -105,7 +137,78 @@ def stored_from_row(row: Sequence[Any], session_id: SessionId) -> StoredSession:
         delta_tokens=row[11],
     )
     return StoredSession(
-        record, version=row[12], ttl_seconds=row[13], last_activity_at=Timestamp(row[14])
+        record,
+        version=row[12],
+        ttl_seconds=row[13],
+        last_activity_at=Timestamp(row[14]),
+        usage=usage,
+    )
+
+
+def usage_totals_from_row(row: Sequence[Any], start: int) -> UsageTotals:
+    """A session's UsageTotals from the six USAGE_COLUMNS at ``row[start:]``."""
+    values = row[start : start + 6]
+    # A ledger session's are all 0: share one value rather than build one per row.
+    return UsageTotals(*values) if any(values) else NO_USAGE
+
+
+def round_usage_values(new_round: Round) -> tuple[Any, ...]:
+    """A round's ROUND_USAGE_COLUMNS: the gateway flag, the counts, the raw object as JSON."""
+    usage = new_round.usage
+    if usage is None:
+        return (new_round.gateway, None, None, None, None, None, None)
+    return (
+        new_round.gateway,
+        usage.input_tokens,
+        usage.cached_input_tokens,
+        usage.cache_write_tokens,
+        usage.output_tokens,
+        usage.reasoning_tokens,
+        json.dumps(dict(usage.raw), ensure_ascii=False, separators=(",", ":")),
+    )
+
+
+def usage_from_round_row(row: Sequence[Any], start: int) -> tuple[bool, Usage | None]:
+    """The gateway flag and usage from the ROUND_USAGE_COLUMNS at ``row[start:]``."""
+    gateway = bool(row[start])
+    if row[start + 1] is None:
+        return gateway, None
+    usage = Usage(
+        input_tokens=row[start + 1],
+        cached_input_tokens=row[start + 2],
+        cache_write_tokens=row[start + 3],
+        output_tokens=row[start + 4],
+        reasoning_tokens=row[start + 5],
+        raw=json.loads(row[start + 6]),
+    )
+    return gateway, usage
+
+
+def turn_values(turn: Turn) -> tuple[Any, ...]:
+    """A turn's TURN_COLUMNS values."""
+    return (
+        turn.endpoint,
+        turn.request_hash,
+        turn.request_items,
+        turn.answer_items,
+        turn.response_id,
+        turn.answer_status,
+        turn.answer_type,
+        turn.answer_body,
+    )
+
+
+def turn_from_row(row: Sequence[Any], start: int = 0) -> Turn:
+    """A Turn from the TURN_COLUMNS at ``row[start:]``."""
+    return Turn(
+        endpoint=row[start],
+        request_hash=row[start + 1],
+        request_items=row[start + 2],
+        answer_items=row[start + 3],
+        response_id=row[start + 4],
+        answer_status=row[start + 5],
+        answer_type=row[start + 6],
+        answer_body=bytes(row[start + 7]),
     )
 
 

@@ -23,6 +23,11 @@ not, or if the change would write nothing (an error, a replay), the change is
 computed again from a fresh read in the same transaction: an answer never rests
 on a remembered session alone.
 
+Gateway sessions keep their conversation in ``turns``, written in the
+transaction of its round and deleted in the one that ends the session. Their
+turns are serialized across processes by byte-range locks on a sidecar file
+(``<path>-turns``, see :meth:`SQLiteStore.turn_lock`).
+
 Times are integer epoch microseconds. The schema is created, versioned (in
 ``PRAGMA user_version``) and upgraded here; see _UPGRADES.
 """
@@ -35,6 +40,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -72,17 +78,28 @@ from llmsession.store.models import (
     StoredSession,
     Tenant,
     Totals,
+    Turn,
+    UsageTotals,
 )
 from llmsession.store.presented import newest_first, present, present_totals, shown_in
 from llmsession.store.recent import RecentSessions
 from llmsession.store.sql_rows import (
     INSERT_COLUMNS,
+    ROUND_USAGE_COLUMNS,
     SESSION_COLUMNS,
+    TURN_COLUMNS,
+    USAGE_COLUMNS,
     change_values,
     insert_values,
     key_from_row,
+    round_usage_values,
     stored_from_row,
+    turn_from_row,
+    turn_values,
+    usage_from_round_row,
+    usage_totals_from_row,
 )
+from llmsession.store.turn_file import TurnFile, open_turn_file
 from llmsession.timestamps import Timestamp
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "path_of_url"]
@@ -91,8 +108,10 @@ T = TypeVar("T")
 
 #: The schema this code writes and reads; stored in ``PRAGMA user_version``.
 #: Version 2 keeps with each round the session's delta_tokens and version right
-#: after it (a replayed round's answer); _UPGRADES brings version 1 files up to it.
-SCHEMA_VERSION: Final = 2
+#: after it (a replayed round's answer). Version 3 adds gateway rounds: usage on
+#: sessions and rounds, the turns of the conversation and the keys that
+#: started sessions. _UPGRADES brings older files up to it.
+SCHEMA_VERSION: Final = 3
 
 # SQLite's INTEGER, and so the largest LIMIT.
 _MAX_INTEGER = 2**63 - 1
@@ -108,8 +127,55 @@ _BUSY_TIMEOUT_SECONDS = 30.0
 # condition the same way, so the state name is part of the SQL text.
 _CREATED = Created.name
 
+# The columns version 3 added at the end of sessions and rounds, as _SCHEMA
+# declares them and the upgrade adds them: a fresh file and an upgraded one are
+# the same. Sessions: UsageTotals (the provider's usage of the session's gateway
+# rounds), then has_turns, 1 once a turn was stored (which ended sessions have
+# turns to delete).
+_SESSION_GATEWAY_COLUMNS: Final = tuple(
+    f"{column} INTEGER NOT NULL DEFAULT 0" for column in (*USAGE_COLUMNS.split(", "), "has_turns")
+)
+# Rounds: a gateway round's flag (1) and the provider's figures (NULL if it sent none).
+_ROUND_GATEWAY_COLUMNS: Final = (
+    "gateway INTEGER NOT NULL DEFAULT 0",
+    *(f"{column} INTEGER" for column in ROUND_USAGE_COLUMNS.split(", ")[1:-1]),
+    "raw_usage TEXT",
+)
 
-def _rounds_table(name: str) -> str:
+# The tables of gateway rounds. A turn is large (a conversation's items and a
+# whole answer), so ``turns`` keeps its rowid: WITHOUT ROWID suits small rows.
+_GATEWAY_TABLES: Final = (
+    """
+    CREATE TABLE turns (
+        session_id    BLOB    NOT NULL,
+        seq           INTEGER NOT NULL,
+        endpoint      TEXT    NOT NULL,
+        request_hash  TEXT    NOT NULL,
+        request_items TEXT    NOT NULL,
+        answer_items  TEXT    NOT NULL,
+        response_id   TEXT,
+        answer_status INTEGER NOT NULL,
+        answer_type   TEXT    NOT NULL,
+        answer_body   BLOB    NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    )
+    """,
+    # The tenant's idempotency key that started a session through the gateway.
+    """
+    CREATE TABLE started_sessions (
+        tenant_id       TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        session_id      BLOB NOT NULL,
+        PRIMARY KEY (tenant_id, idempotency_key)
+    ) WITHOUT ROWID
+    """,
+)
+
+
+def _rounds_table(name: str, added: Sequence[str] = ()) -> str:
+    """The rounds table as version 2 made it, with the columns of later versions
+    ``added`` at its end (where ALTER TABLE puts them)."""
+    extra = "".join(f"        {column},\n" for column in added)
     return f"""
     CREATE TABLE {name} (
         session_id           BLOB    NOT NULL,
@@ -119,7 +185,7 @@ def _rounds_table(name: str) -> str:
         idempotency_key      TEXT,
         session_delta_tokens INTEGER NOT NULL,
         session_version      INTEGER NOT NULL,
-        PRIMARY KEY (session_id, seq),
+{extra}        PRIMARY KEY (session_id, seq),
         UNIQUE (session_id, idempotency_key)
     ) WITHOUT ROWID
     """
@@ -141,10 +207,17 @@ _UPGRADES: Final[dict[int, tuple[str, ...]]] = {
         "DROP TABLE rounds",
         "ALTER TABLE rounds_v2 RENAME TO rounds",
     ),
+    # SQLite adds a column by changing the table's definition only, without
+    # rewriting a row.
+    3: (
+        *(f"ALTER TABLE sessions ADD COLUMN {column}" for column in _SESSION_GATEWAY_COLUMNS),
+        *(f"ALTER TABLE rounds ADD COLUMN {column}" for column in _ROUND_GATEWAY_COLUMNS),
+        *_GATEWAY_TABLES,
+    ),
 }
 
 _SCHEMA: Final = (
-    """
+    f"""
     CREATE TABLE sessions (
         session_id       BLOB    NOT NULL PRIMARY KEY,
         tenant_id        TEXT    NOT NULL,
@@ -162,7 +235,8 @@ _SCHEMA: Final = (
         version          INTEGER NOT NULL,
         ttl_seconds      INTEGER NOT NULL,
         last_activity_at INTEGER NOT NULL,
-        deadline         INTEGER
+        deadline         INTEGER,
+        {", ".join(_SESSION_GATEWAY_COLUMNS)}
     ) WITHOUT ROWID
     """,
     """
@@ -189,7 +263,7 @@ _SCHEMA: Final = (
     CREATE INDEX sessions_created_unused
         ON sessions (created_at) WHERE state = '{_CREATED}'
     """,
-    _rounds_table("rounds"),
+    _rounds_table("rounds", _ROUND_GATEWAY_COLUMNS),
     """
     CREATE TABLE tenants (
         tenant_id  TEXT    NOT NULL PRIMARY KEY,
@@ -208,20 +282,36 @@ _SCHEMA: Final = (
     """
     CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id, created_at, key_id)
     """,
+    *_GATEWAY_TABLES,
 )
 
-_SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ? AND tenant_id = ?"
-_INSERT_SESSION = f"INSERT INTO sessions ({INSERT_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+# A session as _stored_from_row reads it: its columns, then its usage.
+_SESSION_COLUMNS = f"{SESSION_COLUMNS}, {USAGE_COLUMNS}"
+_SELECT_SESSION = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ? AND tenant_id = ?"
+_INSERT_SESSION = (
+    f"INSERT INTO sessions ({INSERT_COLUMNS}, {USAGE_COLUMNS}) VALUES ({', '.join('?' * 23)})"
+)
 _UPDATE_SESSION = (
     "UPDATE sessions SET state = ?, activated_at = ?, closed_at = ?, expired_at = ?, "
     "round_count = ?, delta_tokens = ?, tokens_saved = ?, version = ?, last_activity_at = ?, "
-    "deadline = ? WHERE session_id = ? AND version = ?"
+    "deadline = ?, input_tokens = ?, cached_input_tokens = ?, cache_write_tokens = ?, "
+    "output_tokens = ?, reasoning_tokens = ?, rounds_without_usage = ? "
+    "WHERE session_id = ? AND version = ?"
 )
+# A ledger round leaves the gateway columns to their defaults (0 and NULL).
 _INSERT_ROUND = (
     "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
     "session_delta_tokens, session_version) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-_ROUND_COLUMNS = "seq, delta_tokens, recorded_at, idempotency_key"
+_INSERT_GATEWAY_ROUND = (
+    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+    f"session_delta_tokens, session_version, {ROUND_USAGE_COLUMNS}) "
+    f"VALUES ({', '.join('?' * 14)})"
+)
+_INSERT_TURN = f"INSERT INTO turns (session_id, seq, {TURN_COLUMNS}) VALUES ({', '.join('?' * 10)})"
+_DELETE_TURNS = "DELETE FROM turns WHERE session_id = ?"
+_MARK_TURNS = "UPDATE sessions SET has_turns = 1 WHERE session_id = ? AND has_turns = 0"
+_ROUND_COLUMNS = f"seq, delta_tokens, recorded_at, idempotency_key, {ROUND_USAGE_COLUMNS}"
 _SELECT_ROUND_BY_KEY = (
     f"SELECT {_ROUND_COLUMNS}, session_delta_tokens, session_version FROM rounds "
     "WHERE session_id = ? AND idempotency_key = ?"
@@ -369,6 +459,8 @@ class SQLiteStore(SessionStore):
         # Only the writer's thread touches it (in _apply_change).
         self._recent = RecentSessions(_SESSION_CACHE)
         self._closed = False
+        # Opened by the first gateway turn (see turn_lock).
+        self._turn_file: TurnFile | None = None
 
     @classmethod
     async def open(
@@ -474,9 +566,85 @@ class SQLiteStore(SessionStore):
 
     # -- session primitives ------------------------------------------------------
 
-    async def _insert(self, stored: StoredSession) -> None:
-        params = insert_values(stored, stored.record.session_id.value.bytes)
-        await self._write(lambda conn: conn.execute(_INSERT_SESSION, params).rowcount)
+    async def _insert(self, stored: StoredSession, first: Round | None = None) -> None:
+        params = (
+            *insert_values(stored, stored.record.session_id.value.bytes),
+            *stored.usage.as_tuple(),
+        )
+        start_key = None if first is None else first.idempotency_key
+
+        def insert(conn: sqlite3.Connection) -> None:
+            if start_key is not None:
+                _record_start(conn, stored, start_key)
+            conn.execute(_INSERT_SESSION, params)
+            if first is not None:
+                _insert_round(conn, first, stored)
+
+        await self._write(insert)
+
+    async def _history_turns(self, session_id: SessionId) -> list[Turn]:
+        rows = await self._read(_SELECT_TURNS, (session_id.value.bytes,))
+        return [turn_from_row(row) for row in rows]
+
+    async def _session_turns(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> tuple[StoredSession, list[Turn]]:
+        _, reader = self._connections()
+        sessions, turns = await reader.run(
+            partial(
+                _in_snapshot,
+                (_SELECT_SESSION, _key(tenant_id, session_id)),
+                (_SELECT_TURNS, (session_id.value.bytes,)),
+            )
+        )
+        if not sessions:
+            raise NotFoundError(f"no session {session_id}")
+        stored = present(_stored_from_row(sessions[0]), self.clock())
+        return stored, [turn_from_row(row) for row in turns]
+
+    async def _stored_turn(self, session_id: SessionId, seq: int) -> Turn | None:
+        rows = await self._read(
+            f"SELECT {TURN_COLUMNS} FROM turns WHERE session_id = ? AND seq = ?",
+            (session_id.value.bytes, seq),
+        )
+        return turn_from_row(rows[0]) if rows else None
+
+    async def _started_by(self, tenant_id: TenantId, idempotency_key: str) -> SessionId | None:
+        rows = await self._read(_SELECT_STARTED, (tenant_id.value, idempotency_key))
+        return SessionId(uuid.UUID(bytes=rows[0][0])) if rows else None
+
+    async def _keyed_round(
+        self, tenant_id: TenantId, session_id: SessionId, idempotency_key: str
+    ) -> tuple[StoredSession, KeyedRound] | None:
+        _, reader = self._connections()
+        sessions, rounds = await reader.run(
+            partial(
+                _in_snapshot,
+                (_SELECT_SESSION, _key(tenant_id, session_id)),
+                (_SELECT_ROUND_BY_KEY, (session_id.value.bytes, idempotency_key)),
+            )
+        )
+        if not sessions:
+            raise NotFoundError(f"no session {session_id}")
+        if not rounds:
+            return None
+        return _stored_from_row(sessions[0]), _keyed_from_row(session_id, rounds[0])
+
+    def turn_lock(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold a session's gateway turn, across every process using this file.
+
+        In this process waiters queue in arrival order; the first then takes an
+        exclusive lock on the session's byte of ``<path>-turns`` (see
+        :mod:`llmsession.store.turn_file`), retrying with a short backoff while
+        another process holds it. The lock goes on the way out (also when
+        cancelled), and with its process if that dies.
+        """
+        self._connections()
+        if self._turn_file is None:
+            self._turn_file = open_turn_file(Path(f"{self.path}-turns"))
+        return self._turn_file.turn(session_id)
 
     async def _run_change(
         self,
@@ -571,16 +739,20 @@ class SQLiteStore(SessionStore):
                 _SELECT_ROUND_BY_KEY, (pending.session_id.value.bytes, pending.idempotency_key)
             ).fetchone()
             if found is not None:
-                first = KeyedRound(_round_from_row(pending.session_id, found), found[4], found[5])
+                first = _keyed_from_row(pending.session_id, found)
         return self._compute(pending.change, stored, first)
 
     def _write_change(self, conn: sqlite3.Connection, old: StoredSession, result: Change) -> bool:
         """Write ``result`` over ``old`` if the row still holds ``old``'s version."""
-        if conn.execute(_UPDATE_SESSION, _update_params(result.stored, old.version)).rowcount != 1:
+        new = result.stored
+        if conn.execute(_UPDATE_SESSION, _update_params(new, old.version)).rowcount != 1:
             return False
         if result.round is not None:
-            conn.execute(_INSERT_ROUND, _round_params(result.round, result.stored))
-        self._recent.remember(result.stored)
+            _insert_round(conn, result.round, new)
+        elif new.record.state is not Active and old.record.state is Active:
+            # The session ended: its conversation goes with it (the rounds stay).
+            conn.execute(_DELETE_TURNS, (new.record.session_id.value.bytes,))
+        self._recent.remember(new)
         return True
 
     async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
@@ -621,7 +793,7 @@ class SQLiteStore(SessionStore):
             # swept; without statistics SQLite would pick the tenant's index and
             # read every session of the tenant.
             due = await self._read(
-                f"SELECT {SESSION_COLUMNS} FROM sessions INDEXED BY sessions_due "
+                f"SELECT {_SESSION_COLUMNS} FROM sessions INDEXED BY sessions_due "
                 f"WHERE deadline IS NOT NULL AND deadline <= ? AND {where} {order}",
                 [now.epoch_micros, *params, query.limit + 1],
             )
@@ -632,7 +804,7 @@ class SQLiteStore(SessionStore):
                 where += " AND deadline > ?"
                 params.append(now.epoch_micros)
         rows = await self._read(
-            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {where} {order}",
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {where} {order}",
             [*params, query.limit + 1],
         )
         found = newest_first(
@@ -674,49 +846,68 @@ class SQLiteStore(SessionStore):
             partial(
                 _in_snapshot,
                 (
-                    f"SELECT {provider}, {model}, state, COUNT(*), {_split_sum('round_count')}, "
-                    f"{_split_sum('delta_tokens')}, {_split_sum('tokens_saved')} "
+                    f"SELECT {provider}, {model}, state, COUNT(*), "
+                    f"{', '.join(_split_sum(column) for column in _SUMMED)} "
                     "FROM sessions WHERE tenant_id = ? GROUP BY 1, 2, 3",
                     (tenant_id.value,),
                 ),
                 (
-                    f"SELECT {SESSION_COLUMNS} FROM sessions INDEXED BY sessions_due "
+                    f"SELECT {_SESSION_COLUMNS} FROM sessions INDEXED BY sessions_due "
                     "WHERE deadline IS NOT NULL AND deadline <= ? AND tenant_id = ?",
                     (now.epoch_micros, tenant_id.value),
                 ),
             )
         )
-        # Per group: sessions by state, then rounds, delta tokens and tokens saved.
+        # Per group: sessions by state, then the sums of _SUMMED.
         sums: dict[tuple[str | None, str | None], tuple[dict[str, int], list[int]]] = {}
         for row in rows:
             key: tuple[str | None, str | None] = (row[0], row[1])
             by_state, amounts = sums.setdefault(
-                key, ({state.name: 0 for state in ALL_STATES}, [0, 0, 0])
+                key, ({state.name: 0 for state in ALL_STATES}, [0] * len(_SUMMED))
             )
             by_state[state_named(row[2]).name] += int(row[3])
-            for i in range(3):
+            for i in range(len(_SUMMED)):
                 amounts[i] += _join_halves(row[4 + 2 * i], row[5 + 2 * i])
         stored = [
-            Totals(key[0], key[1], by_state, *amounts) for key, (by_state, amounts) in sums.items()
+            Totals(
+                key[0],
+                key[1],
+                by_state,
+                amounts[0],
+                amounts[1],
+                amounts[2],
+                _usage_totals(amounts[3:]),
+            )
+            for key, (by_state, amounts) in sums.items()
         ]
         return present_totals(stored, map(_stored_from_row, due), now, group_by)
 
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         def expire_due(conn: sqlite3.Connection) -> int:
             rows = conn.execute(
-                f"SELECT {SESSION_COLUMNS} FROM sessions "
+                f"SELECT {_SESSION_COLUMNS}, has_turns FROM sessions "
                 "WHERE deadline IS NOT NULL AND deadline <= ? ORDER BY deadline LIMIT ?",
                 (now.epoch_micros, limit),
             ).fetchall()
             updates: list[Sequence[object]] = []
+            # Only sessions that had turns are looked up in the turns table: a
+            # sweep of ledger sessions costs what it did before there were turns.
+            ended: list[tuple[bytes]] = []
             for row in rows:
                 stored = _stored_from_row(row)
                 expired = expire_if_due(stored, now)
                 if expired is not None:
                     updates.append(_update_params(expired, stored.version))
+                    if row[-1]:
+                        ended.append((row[0],))
+            if not updates:
+                return 0
             # The write lock was held since the SELECT, so every version matches;
             # counting what was written keeps the figure honest regardless.
-            return conn.executemany(_UPDATE_SESSION, updates).rowcount if updates else 0
+            written = conn.executemany(_UPDATE_SESSION, updates).rowcount
+            if ended:
+                conn.executemany(_DELETE_TURNS, ended)
+            return written
 
         return await self._write(expire_due)
 
@@ -751,6 +942,9 @@ class SQLiteStore(SessionStore):
             for conn in (writer, reader):
                 if conn is not None:
                     await conn.close()
+            turn_file, self._turn_file = self._turn_file, None
+            if turn_file is not None:
+                turn_file.release()
 
     # -- tenants and API keys -------------------------------------------------------
 
@@ -829,6 +1023,15 @@ class SQLiteStore(SessionStore):
 
 _SELECT_KEY = "SELECT key_id, tenant_id, key_hash, created_at, revoked_at FROM api_keys"
 
+# Summed by totals(), in the order of Totals' rounds, delta_tokens, tokens_saved
+# and then UsageTotals' fields.
+_SUMMED: Final = ("round_count", "delta_tokens", "tokens_saved", *USAGE_COLUMNS.split(", "))
+
+_SELECT_TURNS = f"SELECT {TURN_COLUMNS} FROM turns WHERE session_id = ? ORDER BY seq"
+_SELECT_STARTED = (
+    "SELECT session_id FROM started_sessions WHERE tenant_id = ? AND idempotency_key = ?"
+)
+
 
 def path_of_url(url: str) -> Path:
     """The file a ``sqlite:///`` URL names: three slashes, then a relative or absolute path."""
@@ -861,7 +1064,48 @@ def _join_halves(high: int | None, low: int | None) -> int:
 
 
 def _update_params(new: StoredSession, expected_version: int) -> tuple[object, ...]:
-    return (*change_values(new), new.record.session_id.value.bytes, expected_version)
+    return (
+        *change_values(new),
+        *new.usage.as_tuple(),
+        new.record.session_id.value.bytes,
+        expected_version,
+    )
+
+
+def _insert_round(conn: sqlite3.Connection, new_round: Round, new: StoredSession) -> None:
+    """Insert a round (``new`` is its session right after it) and, for a gateway
+    round with one, its turn."""
+    if not new_round.gateway:
+        conn.execute(_INSERT_ROUND, _round_params(new_round, new))
+        return
+    conn.execute(
+        _INSERT_GATEWAY_ROUND, (*_round_params(new_round, new), *round_usage_values(new_round))
+    )
+    if new_round.turn is not None:
+        key = new_round.session_id.value.bytes
+        conn.execute(_INSERT_TURN, (key, new_round.seq, *turn_values(new_round.turn)))
+        conn.execute(_MARK_TURNS, (key,))
+
+
+def _record_start(conn: sqlite3.Connection, stored: StoredSession, idempotency_key: str) -> None:
+    """Record the tenant's key that starts ``stored``; ConflictError if it started another."""
+    tenant = stored.record.tenant_id
+    try:
+        conn.execute(
+            "INSERT INTO started_sessions (tenant_id, idempotency_key, session_id) "
+            "VALUES (?, ?, ?)",
+            (tenant.value, idempotency_key, stored.record.session_id.value.bytes),
+        )
+    except sqlite3.IntegrityError:
+        row = conn.execute(_SELECT_STARTED, (tenant.value, idempotency_key)).fetchone()
+        started = "another session" if row is None else SessionId(uuid.UUID(bytes=row[0]))
+        raise ConflictError(
+            f"idempotency key {idempotency_key!r} already started session {started}"
+        ) from None
+
+
+def _usage_totals(sums: Sequence[int]) -> UsageTotals:
+    return UsageTotals(sums[0], sums[1], sums[2], sums[3], sums[4], sums[5])
 
 
 def _round_params(new_round: Round, new: StoredSession) -> tuple[object, ...]:
@@ -878,8 +1122,14 @@ def _round_params(new_round: Round, new: StoredSession) -> tuple[object, ...]:
 
 
 def _stored_from_row(row: Any) -> StoredSession:
-    return stored_from_row(row, SessionId(uuid.UUID(bytes=row[0])))
+    return stored_from_row(row, SessionId(uuid.UUID(bytes=row[0])), usage_totals_from_row(row, 15))
 
 
 def _round_from_row(session_id: SessionId, row: Any) -> Round:
-    return Round(session_id, row[0], row[1], Timestamp(row[2]), row[3])
+    gateway, usage = usage_from_round_row(row, 4)
+    return Round(session_id, row[0], row[1], Timestamp(row[2]), row[3], usage, gateway)
+
+
+def _keyed_from_row(session_id: SessionId, row: Any) -> KeyedRound:
+    """A round of _SELECT_ROUND_BY_KEY: _ROUND_COLUMNS, then what its replay gives back."""
+    return KeyedRound(_round_from_row(session_id, row), row[-2], row[-1])

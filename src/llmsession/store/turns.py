@@ -10,12 +10,15 @@ by the backend's own version check or lock.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Hashable
 from contextlib import asynccontextmanager
+from typing import Generic, TypeVar
 
 from llmsession.ids import SessionId
 
-__all__ = ["SessionTurns"]
+__all__ = ["KeyedTurns", "SessionTurns"]
+
+K = TypeVar("K", bound=Hashable)
 
 
 class _Writers:
@@ -28,22 +31,25 @@ class _Writers:
         self.count = 0
 
 
-class SessionTurns:
-    """A lock per session that has writers right now; it is dropped when none is left."""
+class KeyedTurns(Generic[K]):
+    """A lock per key that has holders right now; it is dropped when none is left.
+
+    Holders of one key go one at a time, in arrival order; other keys do not wait.
+    """
 
     def __init__(self) -> None:
-        self._writers: dict[SessionId, _Writers] = {}
+        self._writers: dict[K, _Writers] = {}
 
     def __len__(self) -> int:
-        """Sessions whose writers hold or await a turn."""
+        """Keys held or awaited right now."""
         return len(self._writers)
 
     @asynccontextmanager
-    async def turn(self, session_id: SessionId) -> AsyncGenerator[None]:
-        """Wait for this session's turn and hold it for the block."""
-        writers = self._writers.get(session_id)
+    async def turn(self, key: K) -> AsyncGenerator[None]:
+        """Wait for this key's turn and hold it for the block."""
+        writers = self._writers.get(key)
         if writers is None:
-            writers = self._writers[session_id] = _Writers()
+            writers = self._writers[key] = _Writers()
         writers.count += 1
         try:
             async with writers.lock:
@@ -52,4 +58,8 @@ class SessionTurns:
             # Counted rather than asking the lock: a cancelled waiter leaves too.
             writers.count -= 1
             if not writers.count:
-                del self._writers[session_id]
+                del self._writers[key]
+
+
+class SessionTurns(KeyedTurns[SessionId]):
+    """The turns of sessions' writers in one process, by session id."""

@@ -1,0 +1,100 @@
+"""The floor of bench/gateway.py: a bare pass-through forwarder, as small as an ASGI proxy gets.
+
+One Starlette app under uvicorn (one worker, like the llmsession server) with
+one pooled ``httpx.AsyncClient``. Every ``POST`` is sent on to the upstream at
+the same path with the client's body and ``Authorization`` header, and the
+upstream's answer is streamed back as it arrives (status, content type and
+body; for a stream, each event as it comes). No session, no history, no auth
+of its own, no parsing of the body: whatever llmsession adds on top of this
+is the price of its work.
+
+Run:  python bench/_forwarder.py --upstream http://127.0.0.1:9100 --port 9200
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+__all__ = ["create_app", "main"]
+
+
+def create_app(upstream: str, *, max_connections: int = 256) -> Starlette:
+    """The forwarder of ``upstream``, a root URL (``http://host:port``); paths pass on as is."""
+    clients: list[httpx.AsyncClient] = []
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        async with httpx.AsyncClient(
+            base_url=upstream,
+            limits=limits,
+            timeout=60.0,
+            # The answer is passed on as sent, compressed or not.
+            headers={"accept-encoding": "identity"},
+            trust_env=False,
+        ) as client:
+            clients.append(client)
+            yield
+            clients.clear()
+
+    async def forward(request: Request) -> Response:
+        client = clients[0]
+        headers = {"content-type": request.headers.get("content-type", "application/json")}
+        if (authorization := request.headers.get("authorization")) is not None:
+            headers["authorization"] = authorization
+        upstream_request = client.build_request(
+            "POST", request.url.path, content=await request.body(), headers=headers
+        )
+        response = await client.send(upstream_request, stream=True)
+        return StreamingResponse(
+            response.aiter_raw(),
+            status_code=response.status_code,
+            media_type=response.headers.get("content-type"),
+            background=BackgroundTask(response.aclose),
+        )
+
+    async def health(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    return Starlette(
+        routes=[
+            Route("/healthz", health, methods=["GET"]),
+            Route("/{path:path}", forward, methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the forwarder until SIGTERM or SIGINT."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--upstream", required=True, help="root URL, e.g. http://127.0.0.1:9100")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    uvicorn.run(
+        create_app(args.upstream.rstrip("/")),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+    )
+
+
+if __name__ == "__main__":
+    main()

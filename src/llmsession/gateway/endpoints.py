@@ -1,0 +1,157 @@
+"""The gateway's endpoints, each a wire format behind one small interface.
+
+Forwarding is the same for every endpoint: parse the client's request, build
+the upstream body from the history, read the answer or translate the stream.
+:class:`Endpoint` is what differs, and each implementation only delegates to
+its sans-IO wire module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from llmsession.gateway import openai_chat, openai_responses
+from llmsession.gateway.wire import Answer, JSONObject, StreamTranslator
+
+__all__ = ["ENDPOINTS", "Endpoint", "ParsedRequest"]
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """What forwarding needs to know of a client's request, whatever its wire format."""
+
+    model: str
+    stream: bool
+    #: The new items the request adds to the conversation.
+    items: tuple[JSONObject, ...]
+    #: The provider may chain this request to the session's last stored response.
+    may_chain: bool
+    #: The wire module's own view of the request.
+    wire: object
+
+
+class Endpoint(Protocol):
+    """One gateway endpoint: its name, its upstream path and its wire format."""
+
+    @property
+    def name(self) -> str:
+        """As stored with each turn: a session keeps the endpoint it started on."""
+        ...
+
+    @property
+    def path(self) -> str:
+        """Appended to the provider's base_url."""
+        ...
+
+    def parse(self, body: bytes) -> ParsedRequest: ...
+
+    def upstream_body(
+        self,
+        request: ParsedRequest,
+        history: Sequence[JSONObject],
+        *,
+        model: str,
+        cache_key: str,
+        previous_response_id: str | None,
+    ) -> bytes: ...
+
+    def parse_answer(self, body: bytes) -> Answer: ...
+
+    def translator(self, request: ParsedRequest) -> StreamTranslator: ...
+
+    def error_event(self, message: str) -> bytes:
+        """The event that ends a client's stream as an error."""
+        ...
+
+    def previous_response_missing(self, status: int, body: bytes) -> bool:
+        """Whether an upstream error says the chained response is gone."""
+        ...
+
+
+class ChatCompletions:
+    """``POST /v1/chat/completions``: the history is replayed every round."""
+
+    name = "chat/completions"
+    path = "/chat/completions"
+
+    def parse(self, body: bytes) -> ParsedRequest:
+        request = openai_chat.parse_chat_request(body)
+        return ParsedRequest(request.model, request.stream, request.messages, False, request)
+
+    def upstream_body(
+        self,
+        request: ParsedRequest,
+        history: Sequence[JSONObject],
+        *,
+        model: str,
+        cache_key: str,
+        previous_response_id: str | None,
+    ) -> bytes:
+        assert isinstance(request.wire, openai_chat.ChatRequest)
+        return openai_chat.chat_upstream_body(
+            request.wire, history, model=model, cache_key=cache_key
+        )
+
+    def parse_answer(self, body: bytes) -> Answer:
+        return openai_chat.parse_chat_response(body)
+
+    def translator(self, request: ParsedRequest) -> StreamTranslator:
+        assert isinstance(request.wire, openai_chat.ChatRequest)
+        return openai_chat.ChatStream(client_wants_usage=request.wire.client_wants_usage)
+
+    def error_event(self, message: str) -> bytes:
+        return openai_chat.stream_error_event(message)
+
+    def previous_response_missing(self, status: int, body: bytes) -> bool:
+        return False
+
+
+class Responses:
+    """``POST /v1/responses``: chained to the provider's stored response where it can be."""
+
+    name = "responses"
+    path = "/responses"
+
+    def parse(self, body: bytes) -> ParsedRequest:
+        request = openai_responses.parse_responses_request(body)
+        return ParsedRequest(
+            request.model, request.stream, request.input_items, request.store, request
+        )
+
+    def upstream_body(
+        self,
+        request: ParsedRequest,
+        history: Sequence[JSONObject],
+        *,
+        model: str,
+        cache_key: str,
+        previous_response_id: str | None,
+    ) -> bytes:
+        assert isinstance(request.wire, openai_responses.ResponsesRequest)
+        return openai_responses.responses_upstream_body(
+            request.wire,
+            history,
+            model=model,
+            cache_key=cache_key,
+            previous_response_id=previous_response_id,
+        )
+
+    def parse_answer(self, body: bytes) -> Answer:
+        return openai_responses.parse_responses_response(body)
+
+    def translator(self, request: ParsedRequest) -> StreamTranslator:
+        return openai_responses.ResponsesStream()
+
+    def error_event(self, message: str) -> bytes:
+        return openai_responses.responses_stream_error_event(message)
+
+    def previous_response_missing(self, status: int, body: bytes) -> bool:
+        return openai_responses.previous_response_missing(status, body)
+
+
+#: Every gateway endpoint, by name.
+ENDPOINTS: Final[dict[str, Endpoint]] = {
+    endpoint.name: endpoint for endpoint in (ChatCompletions(), Responses())
+}

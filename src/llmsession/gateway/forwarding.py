@@ -1,0 +1,459 @@
+"""Forwarding: one turn of a conversation, from the client's new messages to the round.
+
+A turn (:meth:`Gateway.handle`):
+
+1. parse the request (the endpoint's wire format) and find the provider and model;
+2. a request with ``LLMSession-Id`` continues that session: it must be the
+   tenant's and Active, checked before any provider call; one without starts a
+   session, whose id is generated now because it goes out with the answer's
+   first byte;
+3. a request whose ``Idempotency-Key`` was answered before gets that answer
+   again, without calling the provider;
+4. wait for the session's turn (:meth:`SessionStore.turn_lock`), so concurrent
+   requests of one session go in arrival order and each sees the turns before it;
+5. send the provider the stored history followed by the new items (or chain to
+   its stored response), and pass its answer through: a body, or a stream whose
+   events are forwarded as they arrive;
+6. record the round from the provider's usage, with the turn, before the last
+   event of the answer reaches the client.
+
+A streamed answer is read from the provider by a task of its own, so a client
+that goes away mid-stream does not stop it: whatever the provider billed is
+still recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Final
+
+from llmsession.errors import ConflictError, IdempotencyConflict, InvalidInput, LLMSessionError
+from llmsession.gateway.config import GatewayConfig, ProviderConfig
+from llmsession.gateway.endpoints import ENDPOINTS, Endpoint, ParsedRequest
+from llmsession.gateway.routing import resolve_model
+from llmsession.gateway.transport import (
+    ProviderError,
+    ProviderUnavailable,
+    Upstream,
+    UpstreamRequest,
+    UpstreamResponse,
+)
+from llmsession.gateway.wire import Answer, JSONObject, StreamTranslator, dump_json
+from llmsession.ids import SessionId, TenantId
+from llmsession.store.base import SessionStore
+from llmsession.store.models import RoundResult, StoredSession, Turn, check_idempotency_key
+from llmsession.store.turns import KeyedTurns
+
+__all__ = [
+    "SESSION_HEADER",
+    "AnswerGone",
+    "Gateway",
+    "HistoryTooLarge",
+    "ProviderFailed",
+    "Reply",
+    "WrongEndpoint",
+]
+
+logger = logging.getLogger("llmsession.gateway")
+
+#: The header that names the session a request continues, and every answer's session.
+SESSION_HEADER: Final = "LLMSession-Id"
+_REPLAYED_HEADER: Final = "Idempotent-Replayed"
+#: Upstream headers worth passing on; the rest describe the provider's own hop.
+_PASSED_HEADERS: Final = ("content-type", "x-request-id", "retry-after")
+_CUT: Final = "the provider's stream ended before the answer was complete; nothing was added"
+
+
+class HistoryTooLarge(InvalidInput):
+    """The session's history plus the new items would pass ``history_limit_bytes`` (413)."""
+
+
+class WrongEndpoint(ConflictError):
+    """A session is continued on another endpoint than it started on (409)."""
+
+
+class AnswerGone(ConflictError):
+    """A retried request whose answer is no longer stored: its session ended (409)."""
+
+
+class ProviderFailed(ProviderUnavailable):
+    """The provider answered with a server error (502)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the client gets: a status, headers, and a body or a stream of events."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = field(default=None, repr=False)
+
+
+@dataclass(slots=True)
+class _Turn:
+    """One turn in flight: what the commit at its end needs."""
+
+    tenant_id: TenantId
+    session_id: SessionId
+    endpoint: Endpoint
+    request: ParsedRequest
+    request_hash: str
+    provider: ProviderConfig
+    model: str
+    idempotency_key: str | None
+    #: None when this turn starts the session.
+    stored: StoredSession | None
+
+
+class Gateway:
+    """Carries conversations to providers and records each round from their usage."""
+
+    def __init__(self, config: GatewayConfig, store: SessionStore, upstream: Upstream) -> None:
+        self.config = config
+        self._store = store
+        self._upstream = upstream
+        self._pumps: set[asyncio.Task[None]] = set()
+        # Retries of one session-starting request in this process wait for the first:
+        # the retry then finds its stored answer instead of calling the provider.
+        self._starts: KeyedTurns[tuple[TenantId, str]] = KeyedTurns()
+
+    async def handle(
+        self,
+        tenant_id: TenantId,
+        endpoint_name: str,
+        body: bytes,
+        *,
+        session_header: str | None,
+        idempotency_key: str | None,
+    ) -> Reply:
+        """Run one turn for ``tenant_id``; errors are LLMSessionError subclasses."""
+        endpoint = ENDPOINTS[endpoint_name]
+        request = endpoint.parse(body)
+        key = None if idempotency_key is None else check_idempotency_key(idempotency_key)
+        request_hash = hashlib.sha256(endpoint.name.encode() + b"\0" + body).hexdigest()
+        store = self._store
+        if session_header is None:
+            provider, model = resolve_model(self.config, request.model)
+            if key is None:
+                return await self._turn(
+                    _Turn(
+                        tenant_id,
+                        SessionId.generate(store.clock()),
+                        endpoint,
+                        request,
+                        request_hash,
+                        provider,
+                        model,
+                        None,
+                        None,
+                    )
+                )
+            async with self._starts.turn((tenant_id, key)):
+                found = await store.find_turn(tenant_id, key)
+                if found is not None:
+                    return self._replay(found, request_hash)
+                turn = _Turn(
+                    tenant_id,
+                    SessionId.generate(store.clock()),
+                    endpoint,
+                    request,
+                    request_hash,
+                    provider,
+                    model,
+                    key,
+                    None,
+                )
+                try:
+                    return await self._turn(turn)
+                except ConflictError:
+                    # Another replica stored a start under this key meanwhile.
+                    found = await store.find_turn(tenant_id, key)
+                    if found is None:
+                        raise
+                    return self._replay(found, request_hash)
+        else:
+            session_id = SessionId.parse(session_header.strip())
+            if key is not None:
+                found = await store.find_turn(tenant_id, key, session_id)
+                if found is not None:
+                    return self._replay(found, request_hash)
+            return await self._continue(
+                tenant_id, session_id, endpoint, request, request_hash=request_hash, key=key
+            )
+
+    async def _continue(
+        self,
+        tenant_id: TenantId,
+        session_id: SessionId,
+        endpoint: Endpoint,
+        request: ParsedRequest,
+        *,
+        request_hash: str,
+        key: str | None,
+    ) -> Reply:
+        """Steps 2 to 6 for a request that continues a session."""
+        store = self._store
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(store.turn_lock(tenant_id, session_id))
+            # Read under the turn, so every earlier turn of this session is in it;
+            # the session and its history in one read.
+            stored, history = await store.session_history(tenant_id, session_id)
+            provider, model = resolve_model(self.config, request.model, stored.record)
+            if key is not None:
+                found = await store.find_turn(tenant_id, key, session_id)
+                if found is not None:
+                    return self._replay(found, request_hash)
+            turn = _Turn(
+                tenant_id, session_id, endpoint, request, request_hash, provider, model, key, stored
+            )
+            return await self._forward(turn, history, stack)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _turn(self, turn: _Turn) -> Reply:
+        """Steps 5 and 6 for a turn that starts its session."""
+        async with AsyncExitStack() as stack:
+            return await self._forward(turn, [], stack)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _forward(self, turn: _Turn, history: list[Turn], stack: AsyncExitStack) -> Reply:
+        """Steps 5 and 6: the provider's answer and the round; a streamed answer takes
+        over what ``stack`` holds (the session's turn) until it is recorded."""
+        endpoint, request = turn.endpoint, turn.request
+        response = await self._send(turn, history)
+        if response.status_code >= 400:
+            return await self._upstream_error(turn, response)
+        if not request.stream:
+            answer_body = await _read(response)
+            answer = endpoint.parse_answer(answer_body)
+            await self._commit(turn, answer, response, answer_body)
+            return Reply(200, self._headers(turn, response), answer_body)
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        pump = asyncio.create_task(
+            self._pump(turn, response, endpoint.translator(request), queue, stack.pop_all())
+        )
+        self._pumps.add(pump)
+        pump.add_done_callback(self._pumps.discard)
+        headers = self._headers(turn, response)
+        headers["cache-control"] = "no-cache"
+        return Reply(200, headers, stream=_drain(queue))
+
+    async def aclose(self) -> None:
+        """Let streams in flight finish and record their rounds, then close the upstream."""
+        if self._pumps:
+            await asyncio.gather(*self._pumps, return_exceptions=True)
+        await self._upstream.aclose()
+
+    async def _send(self, turn: _Turn, history: list[Turn]) -> UpstreamResponse:
+        endpoint, request = turn.endpoint, turn.request
+        if history and history[0].endpoint != endpoint.name:
+            raise WrongEndpoint(
+                f"session {turn.session_id} was started on /v1/{history[0].endpoint}; "
+                f"continue it there, or start a new session for /v1/{endpoint.name}"
+            )
+        items = [item for past in history for item in _items(past)]
+        size = sum(past.size for past in history) + len(dump_json(list(request.items)))
+        limit = self.config.history_limit_bytes
+        if size > limit:
+            raise HistoryTooLarge(
+                f"session {turn.session_id} would hold {size} bytes of conversation, over "
+                f"this server's limit of {limit} (history_limit_bytes); start a new session"
+            )
+        last = history[-1].response_id if history else None
+        chained = last if request.may_chain else None
+        response = await self._post(turn, items, chained)
+        if chained is not None and response.status_code in (400, 404):
+            body = await _read(response)
+            if not endpoint.previous_response_missing(response.status_code, body):
+                return _ReadResponse(response.status_code, response.headers, body)
+            # The provider no longer holds the chain: replay the history instead.
+            response = await self._post(turn, items, None)
+        return response
+
+    async def _post(
+        self, turn: _Turn, history: list[JSONObject], previous_response_id: str | None
+    ) -> UpstreamResponse:
+        body = turn.endpoint.upstream_body(
+            turn.request,
+            history,
+            model=turn.model,
+            cache_key=str(turn.session_id),
+            previous_response_id=previous_response_id,
+        )
+        return await self._upstream.send(UpstreamRequest(turn.provider, turn.endpoint.path, body))
+
+    async def _upstream_error(self, turn: _Turn, response: UpstreamResponse) -> Reply:
+        body = await _read(response)
+        provider_id = turn.provider.provider_id
+        if response.status_code >= 500:
+            logger.warning("provider %s answered %s", provider_id, response.status_code)
+            raise ProviderFailed(
+                provider_id,
+                f"provider {provider_id!r} answered {response.status_code}; nothing was "
+                "recorded, try again",
+            )
+        # A client error is the provider's word on the request: pass it on as it is.
+        headers = self._headers(turn, response)
+        if turn.stored is None:
+            # No session was started: there is no id to give.
+            del headers[SESSION_HEADER]
+        return Reply(response.status_code, headers, body)
+
+    async def _commit(
+        self,
+        turn: _Turn,
+        answer: Answer,
+        response: UpstreamResponse,
+        sent: bytes,
+        *,
+        with_turn: bool = True,
+    ) -> RoundResult:
+        stored_turn = (
+            Turn(
+                endpoint=turn.endpoint.name,
+                request_hash=turn.request_hash,
+                request_items=dump_json(list(turn.request.items)).decode(),
+                answer_items=dump_json(list(answer.items)).decode(),
+                response_id=answer.response_id,
+                answer_status=response.status_code,
+                answer_type=response.headers.get("content-type", "application/json"),
+                answer_body=sent,
+            )
+            if with_turn
+            else None
+        )
+        if turn.stored is None:
+            return await self._store.start_with_turn(
+                turn.tenant_id,
+                turn.session_id,
+                provider_id=turn.provider.provider_id,
+                model=turn.model,
+                turn=stored_turn,
+                usage=answer.usage,
+                idempotency_key=turn.idempotency_key,
+            )
+        return await self._store.record_turn(
+            turn.tenant_id,
+            turn.session_id,
+            turn=stored_turn,
+            usage=answer.usage,
+            idempotency_key=turn.idempotency_key,
+        )
+
+    async def _pump(
+        self,
+        turn: _Turn,
+        response: UpstreamResponse,
+        translator: StreamTranslator,
+        queue: asyncio.Queue[bytes | None],
+        stack: AsyncExitStack,
+    ) -> None:
+        """Read the provider's stream to its end, whether or not the client still listens."""
+        sent: list[bytes] = []
+        try:
+            cut = False
+            try:
+                async for chunk in response.aiter_bytes():
+                    for event in translator.feed(chunk):
+                        sent.append(event)
+                        queue.put_nowait(event)
+            except ProviderError as error:
+                logger.warning(
+                    "stream from provider %s broke: %s", turn.provider.provider_id, error
+                )
+                cut = True
+            finally:
+                await response.aclose()
+            outcome = translator.close()
+            if outcome.completed and not cut:
+                body = b"".join(sent) + outcome.tail
+                try:
+                    await self._commit(turn, outcome.answer, response, body)
+                except LLMSessionError as error:
+                    queue.put_nowait(turn.endpoint.error_event(str(error)))
+                else:
+                    queue.put_nowait(outcome.tail)
+                return
+            if outcome.answer.usage is not None:
+                # Billed, though the answer is incomplete: count it, add nothing to the history.
+                await self._commit(turn, outcome.answer, response, b"", with_turn=False)
+            if outcome.error is None:
+                queue.put_nowait(turn.endpoint.error_event(_CUT))
+        except Exception as error:
+            logger.error("gateway stream failed", exc_info=error)
+            queue.put_nowait(turn.endpoint.error_event("the gateway failed; the error was logged"))
+        finally:
+            await stack.aclose()
+            queue.put_nowait(None)
+
+    def _replay(self, found: RoundResult, request_hash: str) -> Reply:
+        stored_turn = found.turn
+        session_id = str(found.round.session_id)
+        if stored_turn is None:
+            raise AnswerGone(
+                f"this Idempotency-Key was answered in session {session_id}, which has "
+                "ended; its stored answers were deleted with its history"
+            )
+        if stored_turn.request_hash != request_hash:
+            raise IdempotencyConflict(
+                "this Idempotency-Key was used for a different request; use a new key for "
+                "a new request"
+            )
+        headers = {
+            "content-type": stored_turn.answer_type,
+            SESSION_HEADER: session_id,
+            _REPLAYED_HEADER: "true",
+        }
+        return Reply(stored_turn.answer_status, headers, stored_turn.answer_body)
+
+    def _headers(self, turn: _Turn, response: UpstreamResponse) -> dict[str, str]:
+        headers = {
+            name: value
+            for name in _PASSED_HEADERS
+            if (value := response.headers.get(name)) is not None
+        }
+        headers[SESSION_HEADER] = str(turn.session_id)
+        return headers
+
+
+def _items(turn: Turn) -> list[JSONObject]:
+    request: list[JSONObject] = json.loads(turn.request_items)
+    answer: list[JSONObject] = json.loads(turn.answer_items)
+    return request + answer
+
+
+async def _read(response: UpstreamResponse) -> bytes:
+    try:
+        return await response.aread()
+    finally:
+        await response.aclose()
+
+
+async def _drain(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
+    while (event := await queue.get()) is not None:
+        if event:
+            yield event
+
+
+class _ReadResponse:
+    """An upstream answer already read, handed on as if it were not."""
+
+    def __init__(self, status_code: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self._body = body
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        yield self._body
+
+    async def aread(self) -> bytes:
+        return self._body
+
+    async def aclose(self) -> None:
+        return None

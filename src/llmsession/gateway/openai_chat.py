@@ -1,0 +1,256 @@
+"""OpenAI Chat Completions, sans-IO: ``POST /v1/chat/completions`` through a session.
+
+The client sends only its new ``messages``; the upstream request is the
+client's own body with ``messages`` = the session's history followed by them,
+``model`` = the provider's model name, and ``prompt_cache_key`` = the session
+id unless the client set one (OpenAI routes requests with one key to the same
+cache, so the replayed history is read from its prefix cache). A streamed
+request always asks upstream for usage (``stream_options.include_usage``), and
+the usage-only chunk is dropped again when the client did not ask for it.
+
+The history entry of an answer is its first choice's assistant message, kept
+to the fields a request may send back (role, content, refusal, tool_calls,
+function_call, audio id).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+from llmsession.gateway.sse import SSEDecoder, SSEEvent, encode_event
+from llmsession.gateway.wire import (
+    Answer,
+    GatewayInputError,
+    JSONObject,
+    StreamOutcome,
+    checked_usage,
+    dump_json,
+    json_objects,
+    load_json_object,
+    object_field,
+)
+from llmsession.usage import Usage
+
+__all__ = [
+    "ChatRequest",
+    "ChatStream",
+    "chat_upstream_body",
+    "chat_usage",
+    "parse_chat_request",
+    "parse_chat_response",
+    "stream_error_event",
+]
+
+_DONE: Final = "[DONE]"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A client's Chat Completions request, checked as far as the gateway relies on it."""
+
+    body: JSONObject
+    model: str
+    messages: tuple[JSONObject, ...]
+    stream: bool
+    #: The client asked for the usage chunk (``stream_options.include_usage``).
+    client_wants_usage: bool
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    """Check a client's body; GatewayInputError names the field that is wrong."""
+    request = load_json_object(body, "the request body")
+    model = request.get("model")
+    if not isinstance(model, str) or not model:
+        raise GatewayInputError("'model' must be a non-empty string, e.g. 'openai/gpt-4o-mini'")
+    raw_messages = request.get("messages")
+    if not isinstance(raw_messages, list):
+        raise GatewayInputError("'messages' must be a list of message objects")
+    messages = cast(list[object], raw_messages)
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(
+            cast(JSONObject, message).get("role"), str
+        ):
+            raise GatewayInputError(
+                f"'messages[{index}]' must be an object with a string 'role' "
+                "(system, developer, user, assistant or tool)"
+            )
+    stream = request.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise GatewayInputError(f"'stream' must be true or false, got {stream!r}")
+    options = request.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise GatewayInputError("'stream_options' must be an object")
+    wants_usage = (
+        isinstance(options, dict) and cast(JSONObject, options).get("include_usage") is True
+    )
+    return ChatRequest(
+        body=request,
+        model=model,
+        messages=tuple(cast(list[JSONObject], messages)),
+        stream=bool(stream),
+        client_wants_usage=wants_usage,
+    )
+
+
+def chat_upstream_body(
+    request: ChatRequest, history: Sequence[JSONObject], *, model: str, cache_key: str
+) -> bytes:
+    """The body sent upstream: the history, then the client's new messages."""
+    messages = [*history, *request.messages]
+    if not messages:
+        raise GatewayInputError("'messages' must not be empty when a session has no history")
+    body = dict(request.body)
+    body["model"] = model
+    body["messages"] = messages
+    body.setdefault("prompt_cache_key", cache_key)
+    if request.stream:
+        options = dict(object_field(request.body, "stream_options") or {})
+        options["include_usage"] = True
+        body["stream_options"] = options
+    return dump_json(body)
+
+
+def chat_usage(usage: Mapping[str, Any]) -> Usage | None:
+    """OpenAI's usage object normalized; ``prompt_tokens`` already includes the cached part.
+
+    None if it lacks a count or holds one that is no token count: no number is
+    made up for what the provider did not say.
+    """
+    prompt = object_field(usage, "prompt_tokens_details") or {}
+    completion = object_field(usage, "completion_tokens_details") or {}
+    return checked_usage(
+        input_tokens=usage.get("prompt_tokens"),
+        cached_input_tokens=prompt.get("cached_tokens") or 0,
+        output_tokens=usage.get("completion_tokens"),
+        reasoning_tokens=completion.get("reasoning_tokens") or 0,
+        raw=usage,
+    )
+
+
+def parse_chat_response(body: bytes) -> Answer:
+    """A complete (non-streamed) upstream answer."""
+    response = load_json_object(body, "the provider's answer")
+    choices = json_objects(response.get("choices"))
+    message = object_field(choices[0], "message") if choices else None
+    items = () if message is None else (_history_message(message),)
+    usage = object_field(response, "usage")
+    return Answer(items=items, usage=None if usage is None else chat_usage(usage))
+
+
+def _history_message(message: Mapping[str, Any]) -> JSONObject:
+    kept: JSONObject = {"role": message.get("role", "assistant"), "content": message.get("content")}
+    for name in ("refusal", "tool_calls", "function_call"):
+        if message.get(name) is not None:
+            kept[name] = message[name]
+    audio = object_field(message, "audio")
+    if audio is not None and "id" in audio:
+        kept["audio"] = {"id": audio["id"]}
+    return kept
+
+
+class ChatStream:
+    """Passes a Chat Completions stream through, reading usage and the answer on the side."""
+
+    def __init__(self, *, client_wants_usage: bool) -> None:
+        self._decoder = SSEDecoder()
+        self._client_wants_usage = client_wants_usage
+        self._usage: Usage | None = None
+        self._done = False
+        self._error: JSONObject | None = None
+        self._role = "assistant"
+        self._content: list[str] = []
+        self._refusal: list[str] = []
+        self._tool_calls: dict[int, JSONObject] = {}
+        self._saw_message = False
+        self._tail: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Decode ``chunk``; return the events to forward now, byte for byte.
+
+        ``[DONE]`` (and anything after it) is held back for :meth:`close`.
+        """
+        forward: list[bytes] = []
+        for event in self._decoder.feed(chunk):
+            if self._keep(event):
+                (self._tail if self._done else forward).append(event.raw)
+        return forward
+
+    def close(self) -> StreamOutcome:
+        """The upstream stream ended: what it carried, and whether it reached ``[DONE]``."""
+        for event in self._decoder.close():
+            if self._keep(event):
+                self._tail.append(event.raw)
+        items = (self._message(),) if self._saw_message else ()
+        return StreamOutcome(
+            answer=Answer(items=items, usage=self._usage),
+            completed=self._done and self._error is None,
+            error=self._error,
+            tail=b"".join(self._tail),
+        )
+
+    def _keep(self, event: SSEEvent) -> bool:
+        if event.data == _DONE:
+            self._done = True
+            return True
+        try:
+            chunk: object = json.loads(event.data)
+        except ValueError:
+            return True
+        if not isinstance(chunk, dict):
+            return True
+        data = cast(JSONObject, chunk)
+        error = object_field(data, "error")
+        if error is not None:
+            self._error = error
+            return True
+        usage = object_field(data, "usage")
+        if usage is not None:
+            self._usage = chat_usage(usage)
+        choices = json_objects(data.get("choices"))
+        for choice in choices:
+            if choice.get("index", 0) == 0:
+                self._add_delta(object_field(choice, "delta") or {})
+        # The usage-only chunk exists because the gateway asked for it.
+        return self._client_wants_usage or usage is None or bool(choices)
+
+    def _add_delta(self, delta: Mapping[str, Any]) -> None:
+        self._saw_message = True
+        if isinstance(delta.get("role"), str):
+            self._role = delta["role"]
+        if isinstance(delta.get("content"), str):
+            self._content.append(delta["content"])
+        if isinstance(delta.get("refusal"), str):
+            self._refusal.append(delta["refusal"])
+        for call in json_objects(delta.get("tool_calls")):
+            index = call.get("index", 0)
+            merged = self._tool_calls.setdefault(
+                index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            if call.get("id") is not None:
+                merged["id"] = call["id"]
+            if call.get("type") is not None:
+                merged["type"] = call["type"]
+            function = object_field(call, "function") or {}
+            for part in ("name", "arguments"):
+                if isinstance(function.get(part), str):
+                    merged["function"][part] += function[part]
+
+    def _message(self) -> JSONObject:
+        message: JSONObject = {
+            "role": self._role,
+            "content": "".join(self._content) if self._content or not self._tool_calls else None,
+        }
+        if self._refusal:
+            message["refusal"] = "".join(self._refusal)
+        if self._tool_calls:
+            message["tool_calls"] = [self._tool_calls[i] for i in sorted(self._tool_calls)]
+        return message
+
+
+def stream_error_event(message: str, *, code: str = "upstream_stream_cut") -> bytes:
+    """The event that ends a client's stream as an error, as OpenAI words errors."""
+    error = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+    return encode_event(dump_json(error).decode())

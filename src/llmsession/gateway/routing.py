@@ -1,0 +1,68 @@
+"""Which provider and model a gateway request names.
+
+``model`` is ``<provider_id>/<model>`` when the part before the first ``/``
+names a configured provider (so ``fake/meta-llama/x`` is model ``meta-llama/x``
+of provider ``fake``); otherwise the whole string is a bare model name,
+accepted when exactly one provider is configured, or when the request
+continues a session (whose provider and model it must then match).
+"""
+
+from __future__ import annotations
+
+from llmsession.errors import ConflictError, InvalidInput
+from llmsession.gateway.config import GatewayConfig, ProviderConfig
+from llmsession.record import SessionRecord
+
+__all__ = ["ModelMismatch", "resolve_model"]
+
+
+class ModelMismatch(ConflictError):
+    """A request continues a session with another provider or model than it was started with."""
+
+
+def resolve_model(
+    config: GatewayConfig, requested: str, session: SessionRecord | None = None
+) -> tuple[ProviderConfig, str]:
+    """The provider and the provider's model name for ``requested``.
+
+    InvalidInput for a model no configured provider offers; ModelMismatch when
+    ``session`` was started with another provider or model.
+    """
+    prefix, slash, rest = requested.partition("/")
+    named = config.provider(prefix) if slash else None
+    if named is not None:
+        provider, model = named, rest
+    elif session is not None:
+        configured = config.provider(session.provider_id)
+        if configured is None:
+            raise ModelMismatch(
+                f"session {session.session_id} uses provider {session.provider_id!r}, which "
+                "this server no longer configures"
+            )
+        provider, model = configured, requested
+    elif len(config.providers) == 1:
+        (provider,) = config.providers.values()
+        model = requested
+    else:
+        names = ", ".join(sorted(config.providers))
+        raise InvalidInput(
+            f"model {requested!r} names no configured provider; write it as "
+            f"'<provider_id>/<model>' with one of: {names}"
+        )
+    if not model:
+        raise InvalidInput(f"model {requested!r} names a provider but no model after the '/'")
+    if session is not None and (session.provider_id, session.model) != (
+        provider.provider_id,
+        model,
+    ):
+        raise ModelMismatch(
+            f"session {session.session_id} talks to {session.provider_id}/{session.model}; "
+            f"this request asks for {provider.provider_id}/{model}. Start a new session "
+            "(no LLMSession-Id header) to change provider or model"
+        )
+    if not provider.allows(model):
+        allowed = ", ".join(provider.models or ())
+        raise InvalidInput(
+            f"provider {provider.provider_id!r} does not offer model {model!r}; allowed: {allowed}"
+        )
+    return provider, model

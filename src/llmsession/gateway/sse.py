@@ -1,0 +1,149 @@
+"""Server-sent events, sans-IO: bytes in, events out, and each event's own bytes.
+
+The gateway passes a provider's stream through as it arrives, so an event must
+be forwarded byte for byte as the provider sent it, while its fields are parsed
+on the side for usage. :class:`SSEDecoder` therefore gives each event with the
+exact bytes it was made of (``raw``), up to and including the blank line that
+ended it. The parsing follows the WHATWG "event stream interpretation": lines
+end in CRLF, LF or CR; ``data`` lines join with LF; a line starting with ``:``
+is a comment; a field name without a colon has an empty value; one leading
+space of a value is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["SSEDecoder", "SSEEvent", "encode_event"]
+
+_BOM: Final = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One dispatched event: its fields, and the bytes it arrived as."""
+
+    data: str
+    event: str | None = None
+    id: str | None = None
+    retry: int | None = None
+    #: The event exactly as received, comments and the closing blank line included.
+    raw: bytes = b""
+
+
+class SSEDecoder:
+    """Feed bytes as they arrive; get every event completed by them.
+
+    Comment-only blocks (``: keep-alive``) complete no event, but their bytes
+    stay in the next event's ``raw`` so nothing is lost in pass-through; call
+    :meth:`pending` to forward bytes that are not yet part of an event.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._raw = bytearray()
+        self._data: list[str] = []
+        self._event: str | None = None
+        self._id: str | None = None
+        self._retry: int | None = None
+        self._has_fields = False
+        self._started = False
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Decode ``chunk``; return the events it completed, in order."""
+        if not self._started:
+            self._buffer += chunk
+            if len(self._buffer) < len(_BOM) and _BOM.startswith(self._buffer):
+                return []
+            self._started = True
+            chunk, self._buffer = self._buffer, b""
+            if chunk.startswith(_BOM):
+                self._raw += _BOM
+                chunk = chunk[len(_BOM) :]
+        data = self._buffer + chunk
+        events: list[SSEEvent] = []
+        start = 0
+        length = len(data)
+        while start < length:
+            cr = data.find(b"\r", start)
+            lf = data.find(b"\n", start)
+            if cr == -1 and lf == -1:
+                break
+            if cr == -1 or (lf != -1 and lf < cr):
+                end, next_start = lf, lf + 1
+            elif cr + 1 < length:
+                end = cr
+                next_start = cr + 2 if data[cr + 1 : cr + 2] == b"\n" else cr + 1
+            else:
+                # A CR that ends the chunk waits for the next byte: an LF there belongs
+                # to the same line ending, and so to the same event's bytes.
+                break
+            self._raw += data[start:next_start]
+            event = self._line(data[start:end].decode("utf-8", errors="replace"))
+            if event is not None:
+                events.append(event)
+            start = next_start
+        self._buffer = data[start:]
+        return events
+
+    def close(self) -> list[SSEEvent]:
+        """The stream ended: a final CR completes its line; return any event that completed.
+
+        An event without its closing blank line is never dispatched (the spec
+        discards it): a cut stream does not end in a half event.
+        """
+        if self._buffer.endswith(b"\r"):
+            return self.feed(b"\n")
+        return []
+
+    def pending(self) -> bytes:
+        """Bytes received that belong to no completed event yet (complete lines only)."""
+        return bytes(self._raw)
+
+    def _line(self, line: str) -> SSEEvent | None:
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+            self._has_fields = True
+        elif name == "event":
+            self._event = value
+            self._has_fields = True
+        elif name == "id":
+            if "\0" not in value:
+                self._id = value
+                self._has_fields = True
+        elif name == "retry" and value.isdigit():
+            self._retry = int(value)
+            self._has_fields = True
+        return None
+
+    def _dispatch(self) -> SSEEvent | None:
+        if not self._has_fields:
+            return None
+        event = SSEEvent(
+            data="\n".join(self._data),
+            event=self._event,
+            id=self._id,
+            retry=self._retry,
+            raw=bytes(self._raw),
+        )
+        self._raw.clear()
+        self._data = []
+        self._event = None
+        self._retry = None
+        self._has_fields = False
+        return event
+
+
+def encode_event(data: str, *, event: str | None = None) -> bytes:
+    """One event as bytes, ``data`` split into lines as the format requires."""
+    lines = [] if event is None else [f"event: {event}"]
+    lines.extend(f"data: {line}" for line in data.split("\n"))
+    return ("\n".join(lines) + "\n\n").encode()

@@ -1,0 +1,132 @@
+"""What every wire format module shares: JSON bodies, answers, stream outcomes.
+
+A wire module is sans-IO (as h11 is for HTTP/1.1): it turns a client's request
+body plus the stored history into the upstream body, and the provider's body or
+stream into bytes for the client plus one normalized :class:`Usage`. It never
+touches a socket, a store or a clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias, cast
+
+from llmsession.errors import InvalidInput
+from llmsession.usage import Usage
+
+__all__ = [
+    "Answer",
+    "GatewayInputError",
+    "JSONObject",
+    "StreamOutcome",
+    "StreamTranslator",
+    "checked_usage",
+    "dump_json",
+    "json_objects",
+    "load_json_object",
+    "object_field",
+]
+
+JSONObject: TypeAlias = dict[str, Any]
+
+
+class GatewayInputError(InvalidInput):
+    """A gateway request body that the provider's wire format does not allow."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one complete upstream answer adds to a session.
+
+    ``items`` are the history entries the answer adds (the assistant message, or
+    the Responses API's output items); ``usage`` is None when the provider sent
+    none; ``response_id`` is the provider's id of a stored response, if any.
+    """
+
+    items: tuple[JSONObject, ...]
+    usage: Usage | None
+    response_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOutcome:
+    """How a stream ended: the answer it carried, and whether it ended properly.
+
+    A stream that did not reach its end marker (``[DONE]``, ``response.completed``)
+    is ``completed=False``: its answer is not added to the history, and its usage
+    is whatever the provider did send.
+    """
+
+    answer: Answer
+    completed: bool
+    #: The provider's own error, when the stream ended with one.
+    error: JSONObject | None = None
+    #: The stream's closing events, held back by ``feed``: the forwarding layer
+    #: commits the round first, so a client that saw the end can rely on it.
+    tail: bytes = b""
+
+
+class StreamTranslator(Protocol):
+    """Feed upstream bytes as they arrive; forward what ``feed`` returns at once."""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The bytes to send the client now, one SSE event each (closing events held back)."""
+        ...
+
+    def close(self) -> StreamOutcome:
+        """The upstream stream ended (or was cut): what it carried."""
+        ...
+
+
+def checked_usage(
+    *,
+    input_tokens: object,
+    output_tokens: object,
+    cached_input_tokens: object = 0,
+    cache_write_tokens: object = 0,
+    reasoning_tokens: object = 0,
+    raw: Mapping[str, Any],
+) -> Usage | None:
+    """A Usage of these counts, or None if any is missing or not a token count."""
+    try:
+        return Usage(
+            input_tokens=cast(int, input_tokens),
+            cached_input_tokens=cast(int, cached_input_tokens),
+            cache_write_tokens=cast(int, cache_write_tokens),
+            output_tokens=cast(int, output_tokens),
+            reasoning_tokens=cast(int, reasoning_tokens),
+            raw=dict(raw),
+        )
+    except InvalidInput:
+        return None
+
+
+def load_json_object(body: bytes, what: str) -> JSONObject:
+    """``body`` parsed as one JSON object, or GatewayInputError naming ``what``."""
+    try:
+        value: object = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise GatewayInputError(f"{what} must be a JSON object: {error}") from None
+    if not isinstance(value, dict):
+        raise GatewayInputError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return cast(JSONObject, value)
+
+
+def object_field(value: Mapping[str, Any], name: str) -> JSONObject | None:
+    """``value[name]`` if it is a JSON object, else None."""
+    field = value.get(name)
+    return cast(JSONObject, field) if isinstance(field, dict) else None
+
+
+def json_objects(value: object) -> list[JSONObject]:
+    """The JSON objects in a list (other entries skipped); [] for anything else."""
+    if not isinstance(value, list):
+        return []
+    return [cast(JSONObject, item) for item in cast(list[object], value) if isinstance(item, dict)]
+
+
+def dump_json(value: Mapping[str, Any] | Sequence[Any]) -> bytes:
+    """Compact JSON, as the upstream body or a stored item."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

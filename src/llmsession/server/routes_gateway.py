@@ -1,0 +1,122 @@
+"""The gateway's routes: OpenAI's wire formats under /v1, so its official SDK works unchanged.
+
+``POST /v1/chat/completions`` and ``POST /v1/responses`` take the provider's own
+request body (only the new messages, with ``LLMSession-Id`` to continue a
+session) and answer with the provider's own body or event stream. Thin: the
+turn itself is :class:`llmsession.gateway.Gateway`'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+
+from llmsession.gateway.forwarding import SESSION_HEADER
+from llmsession.server.auth import bearer_token, require_tenant
+from llmsession.server.context import AppContext
+from llmsession.server.params import parse_idempotency_key
+from llmsession.server.problems import Problem
+from llmsession.server.responses import error_responses
+
+__all__ = ["GATEWAY_PATHS", "gateway_routes"]
+
+#: The gateway's paths, and the endpoint (wire format) each one speaks.
+GATEWAY_PATHS: Final = {"/v1/chat/completions": "chat/completions", "/v1/responses": "responses"}
+
+_NOT_CONFIGURED = (
+    "no provider is configured on this server, so it answers only the session ledger "
+    "routes; start it with `llmsession serve --config FILE` (or LLMSESSION_CONFIG) naming "
+    "[providers.<provider_id>] tables (see docs/gateway.md)"
+)
+
+
+def _openapi(summary: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "parameters": [
+            {
+                "name": SESSION_HEADER,
+                "in": "header",
+                "required": False,
+                "description": "The session this request continues; without it, the request "
+                "starts a session (its id comes back in the same header)",
+                "schema": {"type": "string", "format": "uuid"},
+            },
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "A retried request with the same key gets the first answer "
+                "again, without calling the provider",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            },
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        "security": [{"TenantKey": []}],
+    }
+
+
+def gateway_routes(context: AppContext) -> APIRouter:
+    """The gateway routes of one app, acting for the tenant of the request's key."""
+    router = APIRouter(
+        prefix="/v1",
+        tags=["gateway"],
+        responses={
+            200: {
+                "description": "The provider's answer: a JSON body, or with `stream: true` "
+                "an event stream",
+                "content": {"application/json": {}, "text/event-stream": {}},
+                "headers": {
+                    SESSION_HEADER: {
+                        "description": "The session this turn belongs to",
+                        "schema": {"type": "string"},
+                    }
+                },
+            },
+            **error_responses(400, 401, 403, 404, 409, 413, 422, 501, 502, 503, 504),
+        },
+    )
+
+    async def forward(request: Request, endpoint: str) -> Response:
+        tenant = await require_tenant(context, bearer_token(request.headers.get("authorization")))
+        gateway = context.gateway
+        if gateway is None:
+            raise Problem("gateway-not-configured", _NOT_CONFIGURED)
+        sessions = request.headers.getlist(SESSION_HEADER)
+        if len(sessions) > 1:
+            raise Problem("invalid-input", f"send one {SESSION_HEADER} header, not {len(sessions)}")
+        reply = await gateway.handle(
+            tenant,
+            endpoint,
+            await request.body(),
+            session_header=sessions[0] if sessions else None,
+            idempotency_key=parse_idempotency_key(request.headers.get("idempotency-key")),
+        )
+        if reply.stream is not None:
+            return StreamingResponse(reply.stream, reply.status, headers=reply.headers)
+        return Response(reply.body, reply.status, headers=reply.headers)
+
+    @router.post(
+        "/chat/completions",
+        openapi_extra=_openapi("OpenAI Chat Completions, through a session"),
+        response_class=Response,
+    )
+    async def chat_completions(request: Request) -> Response:
+        """Chat Completions with only the new messages; the session adds its history."""
+        return await forward(request, GATEWAY_PATHS["/v1/chat/completions"])
+
+    @router.post(
+        "/responses",
+        openapi_extra=_openapi("OpenAI Responses, through a session"),
+        response_class=Response,
+    )
+    async def create_response(request: Request) -> Response:
+        """The Responses API with only the new input; the session keeps the conversation."""
+        return await forward(request, GATEWAY_PATHS["/v1/responses"])
+
+    return router

@@ -1,0 +1,66 @@
+"""ScriptedUpstream: an in-memory provider for forwarding tests (the transport boundary).
+
+Each send pops the next scripted answer and remembers the request, so a test
+sees exactly what forwarding sent upstream. Real-process tests use the fake
+provider instead; this one makes single behaviours easy to pin down.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmsession.gateway.transport import ProviderError, UpstreamRequest, UpstreamResponse
+
+
+@dataclass
+class Scripted:
+    status: int = 200
+    body: bytes = b""
+    chunks: list[bytes] = field(default_factory=list[bytes])
+    content_type: str = "application/json"
+    #: Raised after the chunks, as a broken connection would be.
+    error: ProviderError | None = None
+
+
+class _Response:
+    def __init__(self, answer: Scripted) -> None:
+        self._answer = answer
+        self.status_code = answer.status
+        self.headers: Mapping[str, str] = {"content-type": answer.content_type}
+        self.closed = False
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        if self._answer.body:
+            yield self._answer.body
+        for chunk in self._answer.chunks:
+            yield chunk
+        if self._answer.error is not None:
+            raise self._answer.error
+
+    async def aread(self) -> bytes:
+        return b"".join([chunk async for chunk in self.aiter_bytes()])
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class ScriptedUpstream:
+    def __init__(self, *answers: Scripted) -> None:
+        self.answers = list(answers)
+        self.sent: list[UpstreamRequest] = []
+
+    def bodies(self) -> list[dict[str, Any]]:
+        return [json.loads(request.body) for request in self.sent]
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        self.sent.append(request)
+        answer = self.answers.pop(0)
+        if isinstance(answer, ProviderError):
+            raise answer
+        return _Response(answer)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,436 @@
+"""Forwarding through the app in-process, with a scripted upstream at the transport boundary.
+
+What the gateway sends upstream, what it answers, and what it records, pinned down
+request by request. The same paths against a real server process, the fake provider
+and the official openai SDK are in test_gateway_e2e.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from llmsession.client import AsyncClient
+from llmsession.clock import ManualClock
+from llmsession.gateway import GatewayConfig, ProviderConfig, SecretKey
+from llmsession.gateway.transport import ProviderTimeout, ProviderUnavailable
+from llmsession.server import ServerSettings, create_app
+from tests.gateway.scripted import Scripted, ScriptedUpstream
+from tests.server.conftest import ADMIN, ADMIN_KEY, T0, bearer
+
+FIXTURES = Path(__file__).parent / "fixtures" / "openai"
+CHAT_BODY = (FIXTURES / "chat_response.json").read_bytes()
+CHAT_STREAM = (FIXTURES / "chat_stream.sse").read_bytes()
+RESPONSES_BODY = (FIXTURES / "responses_response.json").read_bytes()
+PREVIOUS_MISSING = (FIXTURES / "responses_previous_missing.json").read_bytes()
+SID = "LLMSession-Id"
+
+
+def provider(provider_id: str = "fake", models: tuple[str, ...] | None = None) -> ProviderConfig:
+    return ProviderConfig(
+        provider_id=provider_id,
+        kind="openai",
+        base_url="http://upstream.invalid/v1",
+        api_key_env="K",
+        api_key=SecretKey("sk-secret"),
+        models=models,
+    )
+
+
+def chat(n: int, *, usage: tuple[int, int] = (2006, 1920)) -> Scripted:
+    body = json.loads(CHAT_BODY)
+    body["choices"][0]["message"]["content"] = f"A{n}"
+    body["usage"]["prompt_tokens"], body["usage"]["prompt_tokens_details"]["cached_tokens"] = usage
+    return Scripted(body=json.dumps(body).encode())
+
+
+class Gw:
+    def __init__(self, client: httpx.AsyncClient, upstream: ScriptedUpstream) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.auth: dict[str, str] = {}
+
+    def llmsession_client(self) -> AsyncClient:
+        """llmsession's own Python client on the same app, with the tenant's key."""
+        transport = self.client._transport  # the app's ASGI transport
+        key = self.auth["Authorization"].removeprefix("Bearer ")
+        return AsyncClient("http://testserver", api_key=key, transport=transport)  # type: ignore[arg-type]
+
+    async def tenant(self, tenant_id: str) -> dict[str, str]:
+        response = await self.client.post(
+            "/v1/admin/tenants", json={"tenant_id": tenant_id}, headers=ADMIN
+        )
+        return bearer(response.json()["api_key"])
+
+    async def chat(
+        self,
+        content: str,
+        *,
+        session: str | None = None,
+        auth: dict[str, str] | None = None,
+        **fields: Any,
+    ) -> httpx.Response:
+        headers = dict(auth or self.auth)
+        if session is not None:
+            headers[SID] = session
+        if "key" in fields:
+            headers["Idempotency-Key"] = fields.pop("key")
+        body = {
+            "model": "fake/gpt-4o-mini",
+            "messages": [{"role": "user", "content": content}],
+            **fields,
+        }
+        return await self.client.post("/v1/chat/completions", json=body, headers=headers)
+
+    async def session(self, session_id: str) -> dict[str, Any]:
+        response = await self.client.get(f"/v1/sessions/{session_id}", headers=self.auth)
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()
+        return data
+
+
+def make_gw(upstream: ScriptedUpstream, config: GatewayConfig | None, tmp_path: Path) -> Any:
+    settings = ServerSettings(
+        store_url="memory://",
+        admin_key=ADMIN_KEY,
+        sweep_interval_seconds=3600,
+    )
+    return create_app(settings, clock=ManualClock(T0), gateway_config=config, upstream=upstream)
+
+
+@pytest.fixture
+def upstream() -> ScriptedUpstream:
+    return ScriptedUpstream()
+
+
+@pytest.fixture
+async def gw(upstream: ScriptedUpstream, tmp_path: Path) -> AsyncIterator[Gw]:
+    app = make_gw(
+        upstream,
+        GatewayConfig(providers={"fake": provider()}, history_limit_bytes=200_000),
+        tmp_path,
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            gateway = Gw(client, upstream)
+            gateway.auth = await gateway.tenant("acme")
+            yield gateway
+
+
+async def test_a_first_request_starts_a_session_from_the_providers_usage(gw: Gw) -> None:
+    gw.upstream.answers.append(chat(1))
+    response = await gw.chat("Q1", temperature=0)
+    assert response.status_code == 200, response.text
+    assert response.content == chat(1).body
+    session_id = response.headers[SID]
+    (sent,) = gw.upstream.bodies()
+    assert sent == {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Q1"}],
+        "temperature": 0,
+        "prompt_cache_key": session_id,
+    }
+    assert gw.upstream.sent[0].path == "/chat/completions"
+    session = await gw.session(session_id)
+    assert (session["state"], session["provider_id"], session["model"]) == (
+        "active",
+        "fake",
+        "gpt-4o-mini",
+    )
+    assert (session["initial_tokens"], session["round_count"], session["delta_tokens"]) == (
+        2006,
+        1,
+        86,
+    )
+
+
+async def test_a_continued_session_sends_the_history_then_the_new_messages(gw: Gw) -> None:
+    gw.upstream.answers += [chat(1), chat(2, usage=(2100, 1920))]
+    session_id = (await gw.chat("Q1")).headers[SID]
+    response = await gw.chat("Q2", session=session_id)
+    assert response.status_code == 200, response.text
+    assert response.headers[SID] == session_id
+    assert gw.upstream.bodies()[1]["messages"] == [
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+    ]
+    session = await gw.session(session_id)
+    assert (session["round_count"], session["delta_tokens"], session["tokens_saved"]) == (
+        2,
+        86 + 180,
+        2 * 2006 - 266,
+    )
+
+
+async def test_a_retried_start_returns_the_same_answer_and_session_without_calling_again(
+    gw: Gw,
+) -> None:
+    gw.upstream.answers.append(chat(1))
+    first = await gw.chat("Q1", key="start-1")
+    again = await gw.chat("Q1", key="start-1")
+    assert again.status_code == 200
+    assert again.content == first.content
+    assert again.headers[SID] == first.headers[SID]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert len(gw.upstream.sent) == 1
+    other = await gw.chat("different", key="start-1")
+    assert other.status_code == 409
+    assert other.json()["type"] == "urn:llmsession:problem:idempotency-conflict"
+
+
+async def test_a_retried_round_counts_once(gw: Gw) -> None:
+    gw.upstream.answers += [chat(1), chat(2)]
+    session_id = (await gw.chat("Q1")).headers[SID]
+    first = await gw.chat("Q2", session=session_id, key="r2")
+    again = await gw.chat("Q2", session=session_id, key="r2")
+    assert again.content == first.content
+    assert len(gw.upstream.sent) == 2
+    assert (await gw.session(session_id))["round_count"] == 2
+
+
+async def test_foreign_missing_and_ended_sessions_never_reach_the_provider(gw: Gw) -> None:
+    gw.upstream.answers.append(chat(1))
+    session_id = (await gw.chat("Q1")).headers[SID]
+    other = await gw.tenant("other")
+    foreign = await gw.chat("Q2", session=session_id, auth=other)
+    assert foreign.status_code == 404
+    missing = await gw.chat("Q2", session="0192f0c4-7b1e-7c2a-9d1e-3f4a5b6c7d8e")
+    assert missing.status_code == 404
+    assert foreign.json()["detail"].replace(session_id, "X") == missing.json()["detail"].replace(
+        "0192f0c4-7b1e-7c2a-9d1e-3f4a5b6c7d8e", "X"
+    )
+    malformed = await gw.chat("Q2", session="not-a-uuid")
+    assert malformed.status_code == 422
+    closed = await gw.client.post(f"/v1/sessions/{session_id}/close", headers=gw.auth)
+    assert closed.status_code == 200
+    ended = await gw.chat("Q2", session=session_id)
+    assert ended.status_code == 409
+    assert ended.json()["current_state"] == "closed"
+    assert len(gw.upstream.sent) == 1
+
+
+async def test_provider_client_errors_pass_through_and_record_nothing(gw: Gw) -> None:
+    error = b'{"error":{"message":"bad temperature","type":"invalid_request_error","param":"temperature","code":null}}'
+    gw.upstream.answers.append(Scripted(status=400, body=error))
+    response = await gw.chat("Q1", temperature=9)
+    assert response.status_code == 400
+    assert response.content == error
+    stats = (await gw.client.get("/v1/stats", headers=gw.auth)).json()
+    assert sum(group["rounds"] for group in stats["groups"]) == 0
+    assert SID not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "kind"),
+    [
+        (Scripted(status=500, body=b'{"error":{}}'), 502, "provider-unavailable"),
+        (
+            ProviderUnavailable("fake", "provider 'fake' could not be reached (ConnectError)"),
+            502,
+            "provider-unavailable",
+        ),
+        (
+            ProviderTimeout("fake", "provider 'fake' did not answer within its timeout_seconds"),
+            504,
+            "provider-timeout",
+        ),
+    ],
+)
+async def test_provider_failures_are_problems_naming_the_provider(
+    gw: Gw, failure: Any, status: int, kind: str
+) -> None:
+    gw.upstream.answers.append(failure)
+    response = await gw.chat("Q1")
+    assert response.status_code == status
+    problem = response.json()
+    assert problem["type"] == f"urn:llmsession:problem:{kind}"
+    assert problem["provider_id"] == "fake"
+    assert "sk-secret" not in response.text
+    assert SID not in response.headers
+
+
+async def test_a_stream_passes_through_records_usage_and_drops_the_usage_chunk(gw: Gw) -> None:
+    gw.upstream.answers.append(
+        Scripted(chunks=[CHAT_STREAM[:100], CHAT_STREAM[100:]], content_type="text/event-stream")
+    )
+    response = await gw.chat("Q1", stream=True)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream"
+    assert b'"choices":[]' not in response.content
+    assert response.content.endswith(b"data: [DONE]\n\n")
+    assert gw.upstream.bodies()[0]["stream_options"] == {"include_usage": True}
+    session = await gw.session(response.headers[SID])
+    assert (session["initial_tokens"], session["delta_tokens"]) == (1300, 148)
+    assert session["usage"] == {
+        "input_tokens": 1300,
+        "cached_input_tokens": 1152,
+        "cache_write_tokens": 0,
+        "output_tokens": 3,
+        "reasoning_tokens": 0,
+        "rounds_without_usage": 0,
+    }
+    rounds = await gw.client.get(f"/v1/sessions/{response.headers[SID]}/rounds", headers=gw.auth)
+    (round_,) = rounds.json()["items"]
+    assert round_["gateway"] is True
+    assert round_["usage_missing"] is False
+    assert round_["usage"]["raw"]["prompt_tokens_details"] == {
+        "cached_tokens": 1152,
+        "audio_tokens": 0,
+    }
+    stats = (await gw.client.get("/v1/stats", headers=gw.auth)).json()
+    assert stats["groups"][0]["usage"]["cached_input_tokens"] == 1152
+    # llmsession's own client reads the same fields into the store's types.
+    async with gw.llmsession_client() as client:
+        view = await client.get_session(response.headers[SID])
+        assert (view.usage.input_tokens, view.usage.cached_input_tokens) == (1300, 1152)
+        (listed,) = (await client.list_rounds(response.headers[SID])).items
+        assert listed.gateway
+        assert listed.usage is not None
+        assert listed.usage.delta_tokens == 148
+        assert listed.usage.raw["completion_tokens"] == 3
+        (totals,) = await client.stats()
+        assert totals.usage.output_tokens == 3
+
+
+async def test_a_cut_stream_ends_in_an_error_and_starts_no_session(gw: Gw) -> None:
+    cut = CHAT_STREAM[: CHAT_STREAM.index(b"data: [DONE]") - 400]
+    gw.upstream.answers.append(
+        Scripted(
+            chunks=[cut], content_type="text/event-stream", error=ProviderUnavailable("fake", "cut")
+        )
+    )
+    response = await gw.chat("Q1", stream=True)
+    assert b"[DONE]" not in response.content
+    last = response.content.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    assert json.loads(last.removeprefix(b"data: "))["error"]["code"] == "upstream_stream_cut"
+    missing = await gw.client.get(f"/v1/sessions/{response.headers[SID]}", headers=gw.auth)
+    assert missing.status_code == 404
+
+
+async def test_responses_chain_to_the_stored_response_and_replay_when_it_is_gone(gw: Gw) -> None:
+    gw.upstream.answers += [
+        Scripted(body=RESPONSES_BODY),
+        Scripted(body=RESPONSES_BODY.replace(b"resp_67ccd2", b"resp_SECOND")),
+        Scripted(status=400, body=PREVIOUS_MISSING),
+        Scripted(body=RESPONSES_BODY),
+    ]
+    headers = dict(gw.auth)
+    first = await gw.client.post(
+        "/v1/responses", json={"model": "gpt-4.1", "input": "Q1"}, headers=headers
+    )
+    assert first.status_code == 200, first.text
+    headers[SID] = first.headers[SID]
+    second = await gw.client.post(
+        "/v1/responses", json={"model": "gpt-4.1", "input": "Q2"}, headers=headers
+    )
+    assert second.status_code == 200
+    third = await gw.client.post(
+        "/v1/responses", json={"model": "gpt-4.1", "input": "Q3"}, headers=headers
+    )
+    assert third.status_code == 200, third.text
+    bodies = gw.upstream.bodies()
+    assert "previous_response_id" not in bodies[0]
+    assert (
+        bodies[1]["previous_response_id"] == "resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b"
+    )
+    assert bodies[1]["input"] == "Q2"
+    assert bodies[2]["previous_response_id"].startswith("resp_SECOND")
+    # Gone: the whole history is replayed instead.
+    assert "previous_response_id" not in bodies[3]
+    assert [item.get("role") for item in bodies[3]["input"]] == [
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
+    assert (await gw.session(first.headers[SID]))["round_count"] == 3
+
+
+async def test_model_routing(gw: Gw) -> None:
+    gw.upstream.answers += [chat(1), chat(2)]
+    bare = await gw.chat("Q1", model="gpt-4o-mini")
+    assert bare.status_code == 200
+    mismatch = await gw.chat("Q2", session=bare.headers[SID], model="fake/gpt-4o")
+    assert mismatch.status_code == 409
+    assert "fake/gpt-4o-mini" in mismatch.json()["detail"]
+    same = await gw.chat("Q2", session=bare.headers[SID], model="gpt-4o-mini")
+    assert same.status_code == 200
+    assert gw.upstream.bodies()[1]["model"] == "gpt-4o-mini"
+
+
+async def test_a_session_continued_on_the_other_endpoint_is_refused(gw: Gw) -> None:
+    gw.upstream.answers.append(chat(1))
+    session_id = (await gw.chat("Q1")).headers[SID]
+    headers = {**gw.auth, SID: session_id}
+    response = await gw.client.post(
+        "/v1/responses", json={"model": "gpt-4o-mini", "input": "x"}, headers=headers
+    )
+    assert response.status_code == 409
+    assert "continue it there" in response.json()["detail"]
+
+
+async def test_history_over_the_limit_is_413_and_large_bodies_are_accepted_up_to_it(gw: Gw) -> None:
+    gw.upstream.answers.append(chat(1))
+    big = await gw.chat("x" * 100_000)
+    assert big.status_code == 200, big.text
+    too_big = await gw.chat("y" * 150_000, session=big.headers[SID])
+    assert too_big.status_code == 413
+    assert "history_limit_bytes" in too_big.json()["detail"]
+    assert len(gw.upstream.sent) == 1
+    over_body = await gw.chat("z" * 300_000)
+    assert over_body.status_code == 413
+
+
+async def test_bad_bodies_are_refused_before_the_provider(gw: Gw) -> None:
+    response = await gw.client.post(
+        "/v1/chat/completions",
+        content=b'{"model": 3}',
+        headers={**gw.auth, "content-type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert "'model' must be a non-empty string" in response.json()["detail"]
+    assert gw.upstream.sent == []
+
+
+async def test_a_bare_model_with_a_slash_goes_to_the_only_provider(gw: Gw) -> None:
+    gw.upstream.answers.append(chat(1))
+    response = await gw.chat("Q", model="meta-llama/x")
+    assert response.status_code == 200
+    assert gw.upstream.bodies()[0]["model"] == "meta-llama/x"
+    assert (await gw.session(response.headers[SID]))["model"] == "meta-llama/x"
+
+
+async def test_without_providers_the_gateway_says_so(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    app = make_gw(upstream, None, tmp_path)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            tenant = await client.post("/v1/admin/tenants", json={"tenant_id": "a"}, headers=ADMIN)
+            response = await client.post(
+                "/v1/chat/completions",
+                json={"model": "m", "messages": []},
+                headers=bearer(tenant.json()["api_key"]),
+            )
+    assert response.status_code == 501
+    assert "no provider is configured" in response.json()["detail"]
+    assert "--config" in response.json()["detail"]
+
+
+async def test_concurrent_retries_of_a_start_call_the_provider_once(gw: Gw) -> None:
+    gw.upstream.answers.append(chat(1))
+    first, second = await asyncio.gather(gw.chat("Q1", key="s"), gw.chat("Q1", key="s"))
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert first.headers[SID] == second.headers[SID]
+    assert first.content == second.content
+    assert len(gw.upstream.sent) == 1

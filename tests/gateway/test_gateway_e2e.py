@@ -1,0 +1,455 @@
+"""The gateway end to end: the official openai SDK, unchanged, against a real llmsession
+process, which forwards to the fake provider running as its own process on loopback.
+
+Every total llmsession records is compared with the fake's billing log, to the token.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.fake_provider.conftest import API_KEY, FakeProcess, fake_command, launch
+from tests.server.conftest import ADMIN, ServerFactory, ServerProcess, bearer, launch_server
+
+SID = "LLMSession-Id"
+
+#: Long enough for OpenAI's prefix cache (1,024 tokens) by the fake's counting rule.
+BIG_CONTEXT = " ".join(f"fact{i} is true." for i in range(900))
+
+
+@dataclass
+class Gateway:
+    server: ServerProcess
+    fake: FakeProcess
+    clients: list[OpenAI] = field(default_factory=list[OpenAI])
+
+    def tenant(self) -> str:
+        tenant_id = f"t{uuid.uuid4().hex[:10]}"
+        response = httpx.post(
+            f"{self.server.base_url}/v1/admin/tenants", json={"tenant_id": tenant_id}, headers=ADMIN
+        )
+        assert response.status_code == 201, response.text
+        key: str = response.json()["api_key"]
+        return key
+
+    def sdk(self, key: str, **options: Any) -> OpenAI:
+        client = OpenAI(
+            base_url=f"{self.server.base_url}/v1", api_key=key, max_retries=0, **options
+        )
+        self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+    def get(self, key: str, path: str) -> Any:
+        response = httpx.get(f"{self.server.base_url}{path}", headers=bearer(key), timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def usage(self, key: str) -> dict[str, int]:
+        (group,) = self.get(key, "/v1/stats")["groups"]
+        usage: dict[str, int] = group["usage"]
+        return usage
+
+    def billing(self, key: str) -> list[dict[str, Any]]:
+        """The fake's billing entries of this tenant's sessions, in billing order.
+
+        The gateway sends each session's id as ``prompt_cache_key``, which the fake
+        logs: so a test counts only its own requests, even when an entry of an
+        earlier test's stream is written after that test ended.
+        """
+        sessions = self.get(key, "/v1/sessions?limit=1000")["items"]
+        ids = {session["session_id"] for session in sessions}
+        return [entry for entry in self.fake.billing() if entry["prompt_cache_key"] in ids]
+
+    def assert_totals_match_billing(self, key: str) -> None:
+        billed = {
+            name: sum(entry[name] for entry in self.billing(key))
+            for name in ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
+        }
+        usage = self.usage(key)
+        assert (usage["input_tokens"], usage["cached_input_tokens"], usage["output_tokens"]) == (
+            billed["input_tokens"],
+            billed["cached_tokens"],
+            billed["output_tokens"],
+        )
+        assert usage["reasoning_tokens"] == billed["reasoning_tokens"]
+
+
+def write_config(path: Path, fake: FakeProcess, **extra: str) -> Path:
+    lines = [
+        "[providers.fake]",
+        'kind = "openai"',
+        f'base_url = "{fake.base_url}"',
+        'api_key_env = "FAKE_UPSTREAM_KEY"',
+        *(f"{name} = {value}" for name, value in extra.items()),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def module_fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
+    fake = launch(fake_command("--api-key", API_KEY), tmp_path_factory.mktemp("fake") / "fake.log")
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def gateways() -> Iterator[list[Gateway]]:
+    """Gateways whose SDK clients are closed at the end."""
+    made: list[Gateway] = []
+    yield made
+    for gateway in made:
+        gateway.close()
+
+
+@pytest.fixture(scope="module")
+def module_server(
+    module_fake: FakeProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """One llmsession server for the module, on SQLite; each test uses tenants of its own."""
+    folder = tmp_path_factory.mktemp("gateway")
+    config = write_config(folder / "gateway.toml", module_fake, timeout_seconds="2")
+    server = launch_server(
+        f"sqlite:///{folder / 'sessions.db'}",
+        folder,
+        LLMSESSION_CONFIG=str(config),
+        FAKE_UPSTREAM_KEY=API_KEY,
+    )
+    yield server
+    assert server.stop() == 0, server.output()
+
+
+@pytest.fixture
+def gateway(
+    module_fake: FakeProcess, module_server: ServerProcess, gateways: list[Gateway]
+) -> Gateway:
+    """The module's server and fake, the fake's billing log emptied."""
+    assert module_fake.post("/_fake/reset").status_code == 200
+    gateways.append(Gateway(module_server, module_fake))
+    return gateways[-1]
+
+
+def test_a_multi_round_chat_is_billed_and_recorded_alike(gateway: Gateway) -> None:
+    key = gateway.tenant()
+    client = gateway.sdk(key)
+    raw = client.chat.completions.with_raw_response.create(
+        model="fake/gpt-4o-mini",
+        messages=[{"role": "system", "content": BIG_CONTEXT}, {"role": "user", "content": "Q1"}],
+    )
+    session_id = raw.headers[SID]
+    first = raw.parse()
+    assert first.choices[0].message.content
+    for question in ("Q2", "Q3"):
+        answer = client.chat.completions.create(
+            model="fake/gpt-4o-mini",
+            messages=[{"role": "user", "content": question}],
+            extra_headers={SID: session_id},
+        )
+        assert answer.usage is not None
+        assert answer.usage.prompt_tokens_details is not None
+        assert answer.usage.prompt_tokens_details.cached_tokens > 0
+    session = gateway.get(key, f"/v1/sessions/{session_id}")
+    billing = gateway.billing(key)
+    assert len(billing) == 3
+    assert session["initial_tokens"] == billing[0]["input_tokens"]
+    assert session["delta_tokens"] == sum(e["input_tokens"] - e["cached_tokens"] for e in billing)
+    assert session["round_count"] == 3
+    assert session["tokens_saved"] > 0
+    # Every request after the first carried the whole history, keyed by the session.
+    assert {e["prompt_cache_key"] for e in billing} == {session_id}
+    gateway.assert_totals_match_billing(key)
+
+
+def test_a_streamed_chat_without_usage_requested(gateway: Gateway) -> None:
+    key = gateway.tenant()
+    client = gateway.sdk(key)
+    stream = client.chat.completions.with_raw_response.create(
+        model="fake/gpt-4o-mini",
+        messages=[{"role": "system", "content": BIG_CONTEXT}, {"role": "user", "content": "Q1"}],
+        stream=True,
+    )
+    session_id = stream.headers[SID]
+    chunks = list(stream.parse())
+    assert all(chunk.usage is None for chunk in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    second = client.chat.completions.create(
+        model="fake/gpt-4o-mini",
+        messages=[{"role": "user", "content": "Q2"}],
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={SID: session_id},
+    )
+    chunks = list(second)
+    assert chunks[-1].usage is not None
+    assert gateway.get(key, f"/v1/sessions/{session_id}")["round_count"] == 2
+    gateway.assert_totals_match_billing(key)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_chain_to_the_providers_state(gateway: Gateway, stream: bool) -> None:
+    key = gateway.tenant()
+    client = gateway.sdk(key)
+    raw = client.responses.with_raw_response.create(
+        model="fake/gpt-4o-mini", input=BIG_CONTEXT + " Q1", stream=stream
+    )
+    session_id = raw.headers[SID]
+    if stream:
+        events = list(raw.parse())
+        assert events[-1].type == "response.completed"
+    for question in ("Q2", "Q3"):
+        response = client.responses.create(
+            model="fake/gpt-4o-mini", input=question, stream=stream, extra_headers={SID: session_id}
+        )
+        if stream:
+            assert list(response)[-1].type == "response.completed"  # type: ignore[union-attr]
+    billing = gateway.billing(key)
+    assert billing[0]["previous_response_id"] is None
+    assert billing[1]["previous_response_id"] is not None
+    assert billing[2]["previous_response_id"] is not None
+    assert billing[2]["input_tokens"] > billing[1]["input_tokens"] > billing[0]["input_tokens"]
+    gateway.assert_totals_match_billing(key)
+
+
+def test_responses_replay_the_history_when_the_provider_forgot_it(gateway: Gateway) -> None:
+    key = gateway.tenant()
+    client = gateway.sdk(key)
+    raw = client.responses.with_raw_response.create(model="fake/gpt-4o-mini", input="Q1")
+    session_id = raw.headers[SID]
+    gateway.fake.fault(mode="forget_responses", count=1)
+    response = client.responses.create(
+        model="fake/gpt-4o-mini", input="Q2", extra_headers={SID: session_id}
+    )
+    assert response.output_text
+    billing = gateway.billing(key)
+    assert len(billing) == 2
+    assert billing[1]["previous_response_id"] is None
+    gateway.assert_totals_match_billing(key)
+
+
+def test_another_tenants_session_is_not_found_and_reaches_no_provider(gateway: Gateway) -> None:
+    owner, intruder = gateway.tenant(), gateway.tenant()
+    raw = gateway.sdk(owner).chat.completions.with_raw_response.create(
+        model="fake/gpt-4o-mini", messages=[{"role": "user", "content": "secret"}]
+    )
+    with pytest.raises(openai.NotFoundError):
+        gateway.sdk(intruder).chat.completions.create(
+            model="fake/gpt-4o-mini",
+            messages=[{"role": "user", "content": "tell me"}],
+            extra_headers={SID: raw.headers[SID]},
+        )
+    assert len(gateway.billing(owner)) == 1
+
+
+def test_a_retry_with_the_same_key_is_billed_and_counted_once(gateway: Gateway) -> None:
+    key = gateway.tenant()
+    client = gateway.sdk(key)
+    kwargs: dict[str, Any] = {
+        "model": "fake/gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Q1"}],
+        "extra_headers": {"Idempotency-Key": "start-1"},
+    }
+    first = client.chat.completions.with_raw_response.create(**kwargs)
+    again = client.chat.completions.with_raw_response.create(**kwargs)
+    assert again.headers[SID] == first.headers[SID]
+    assert again.parse().id == first.parse().id
+    assert len(gateway.billing(key)) == 1
+    assert len(gateway.get(key, "/v1/sessions")["items"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "status"),
+    [
+        ({"mode": "500"}, openai.APIStatusError, 502),
+        ({"mode": "429", "retry_after_seconds": 3}, openai.RateLimitError, 429),
+        ({"mode": "slow", "delay_seconds": 4}, openai.APIStatusError, 504),
+    ],
+)
+def test_provider_failures_record_nothing(
+    gateway: Gateway, fault: dict[str, Any], error: type[openai.APIStatusError], status: int
+) -> None:
+    key = gateway.tenant()
+    gateway.fake.fault(**fault)
+    with pytest.raises(error) as caught:
+        gateway.sdk(key).chat.completions.create(
+            model="fake/gpt-4o-mini", messages=[{"role": "user", "content": "Q1"}]
+        )
+    assert caught.value.status_code == status
+    assert API_KEY not in str(caught.value.body)
+    assert gateway.get(key, "/v1/sessions")["items"] == []
+
+
+def test_a_refused_connection_is_502(
+    start_server: ServerFactory,
+    sqlite_url: str,
+    tmp_path: Path,
+    module_fake: FakeProcess,
+    gateways: list[Gateway],
+) -> None:
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        '[providers.fake]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+        'api_key_env = "FAKE_UPSTREAM_KEY"\n',
+        encoding="utf-8",
+    )
+    server = start_server(sqlite_url, LLMSESSION_CONFIG=str(config), FAKE_UPSTREAM_KEY=API_KEY)
+    gateways.append(Gateway(server, module_fake))
+    key = gateways[0].tenant()
+    with pytest.raises(openai.APIStatusError) as caught:
+        gateways[0].sdk(key).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Q1"}]
+        )
+    assert caught.value.status_code == 502
+    assert "provider 'fake' could not be reached" in str(caught.value.body)
+
+
+def test_a_stream_cut_mid_way_ends_as_an_error_and_adds_nothing(gateway: Gateway) -> None:
+    key = gateway.tenant()
+    client = gateway.sdk(key)
+    first = client.chat.completions.with_raw_response.create(
+        model="fake/gpt-4o-mini", messages=[{"role": "user", "content": "Q1"}]
+    )
+    session_id = first.headers[SID]
+    gateway.fake.fault(mode="cut", after_events=3)
+    with pytest.raises(openai.APIError):
+        list(
+            client.chat.completions.create(
+                model="fake/gpt-4o-mini",
+                messages=[{"role": "user", "content": "Q2"}],
+                stream=True,
+                extra_headers={SID: session_id},
+            )
+        )
+    session = gateway.get(key, f"/v1/sessions/{session_id}")
+    assert session["round_count"] == 1
+    client.chat.completions.create(
+        model="fake/gpt-4o-mini",
+        messages=[{"role": "user", "content": "Q3"}],
+        extra_headers={SID: session_id},
+    )
+    # The cut turn left no trace in the history sent with the next one.
+    assert (
+        gateway.billing(key)[-1]["input_tokens"] < 2 * gateway.billing(key)[0]["input_tokens"] + 40
+    )
+
+
+def test_a_stream_without_usage_is_recorded_as_missing(gateway: Gateway) -> None:
+    key = gateway.tenant()
+    gateway.fake.fault(mode="no_usage")
+    raw = gateway.sdk(key).chat.completions.with_raw_response.create(
+        model="fake/gpt-4o-mini", messages=[{"role": "user", "content": "Q1"}], stream=True
+    )
+    list(raw.parse())
+    (round_,) = gateway.get(key, f"/v1/sessions/{raw.headers[SID]}/rounds")["items"]
+    assert round_["usage"] is None
+    assert round_["usage_missing"] is True
+    assert gateway.usage(key)["rounds_without_usage"] == 1
+
+
+def test_a_client_that_leaves_mid_stream_still_gets_its_round_recorded(gateway: Gateway) -> None:
+    key = gateway.tenant()
+    gateway.fake.fault(mode="slow", event_delay_seconds=0.05)
+    with httpx.stream(
+        "POST",
+        f"{gateway.server.base_url}/v1/chat/completions",
+        json={
+            "model": "fake/gpt-4o-mini",
+            "messages": [{"role": "user", "content": "Q1 " * 20}],
+            "stream": True,
+            "max_completion_tokens": 30,
+        },
+        headers=bearer(key),
+        timeout=10,
+    ) as response:
+        session_id = response.headers[SID]
+        next(response.iter_bytes())
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        found = httpx.get(
+            f"{gateway.server.base_url}/v1/sessions/{session_id}", headers=bearer(key)
+        )
+        if found.status_code == 200:
+            break
+        time.sleep(0.1)
+    assert found.status_code == 200, found.text
+    # The fake bills a stream after sending its last event, which the gateway may
+    # have recorded already.
+    while not gateway.billing(key) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gateway.assert_totals_match_billing(key)
+
+
+def test_concurrent_turns_on_one_session_each_see_every_turn_before(gateway: Gateway) -> None:
+    key = gateway.tenant()
+    client = gateway.sdk(key)
+    raw = client.chat.completions.with_raw_response.create(
+        model="fake/gpt-4o-mini", messages=[{"role": "user", "content": "Q0"}]
+    )
+    session_id = raw.headers[SID]
+    errors: list[BaseException] = []
+
+    def turn(n: int) -> None:
+        try:
+            gateway.sdk(key).chat.completions.create(
+                model="fake/gpt-4o-mini",
+                messages=[{"role": "user", "content": f"Q{n}"}],
+                extra_headers={SID: session_id},
+            )
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=turn, args=(n,)) for n in range(1, 7)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    inputs = [entry["input_tokens"] for entry in gateway.billing(key)]
+    # Serialized: each turn's prompt is the whole history so far, so each is longer.
+    assert inputs == sorted(inputs)
+    assert len(set(inputs)) == 7
+    assert gateway.get(key, f"/v1/sessions/{session_id}")["round_count"] == 7
+    gateway.assert_totals_match_billing(key)
+
+
+@pytest.mark.postgres
+def test_a_session_continues_through_a_second_server_on_postgresql(
+    module_fake: FakeProcess,
+    start_server: ServerFactory,
+    postgres_url: str,
+    tmp_path: Path,
+    gateways: list[Gateway],
+) -> None:
+    assert module_fake.post("/_fake/reset").status_code == 200
+    config = write_config(tmp_path / "gateway.toml", module_fake)
+    env = {"LLMSESSION_CONFIG": str(config), "FAKE_UPSTREAM_KEY": API_KEY}
+    one = Gateway(start_server(postgres_url, **env), module_fake)
+    two = Gateway(start_server(postgres_url, **env), module_fake)
+    gateways += [one, two]
+    key = one.tenant()
+    raw = one.sdk(key).chat.completions.with_raw_response.create(
+        model="fake/gpt-4o-mini", messages=[{"role": "user", "content": "Q1"}]
+    )
+    two.sdk(key).chat.completions.create(
+        model="fake/gpt-4o-mini",
+        messages=[{"role": "user", "content": "Q2"}],
+        extra_headers={SID: raw.headers[SID]},
+    )
+    billing = two.billing(key)
+    assert billing[1]["input_tokens"] > billing[0]["input_tokens"] + billing[0]["output_tokens"]
+    assert two.get(key, f"/v1/sessions/{raw.headers[SID]}")["round_count"] == 2
+    two.assert_totals_match_billing(key)

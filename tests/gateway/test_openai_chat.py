@@ -1,0 +1,196 @@
+"""Chat Completions wire format, against golden bodies and streams in OpenAI's own shape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmsession.gateway.openai_chat import (
+    ChatStream,
+    chat_upstream_body,
+    parse_chat_request,
+    parse_chat_response,
+    stream_error_event,
+)
+from llmsession.gateway.sse import SSEDecoder
+from llmsession.gateway.wire import GatewayInputError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "openai"
+STREAM = (FIXTURES / "chat_stream.sse").read_bytes()
+TOOL_STREAM = (FIXTURES / "chat_stream_tool_calls.sse").read_bytes()
+USAGE_CHUNK = next(line for line in STREAM.split(b"\n\n") if b'"choices":[]' in line) + b"\n\n"
+
+HISTORY = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Q1"},
+    {"role": "assistant", "content": "A1"},
+]
+
+
+def request(**fields: object) -> bytes:
+    body = {"model": "fake/gpt-4o-mini", "messages": [{"role": "user", "content": "Q2"}]}
+    body.update(fields)
+    return json.dumps(body).encode()
+
+
+def test_upstream_body_is_the_history_then_the_new_messages() -> None:
+    parsed = parse_chat_request(request(temperature=0.2, user="u1"))
+    body = chat_upstream_body(parsed, HISTORY, model="gpt-4o-mini", cache_key="sess-1")
+    assert body == (
+        b'{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},'
+        b'{"role":"user","content":"Q1"},{"role":"assistant","content":"A1"},'
+        b'{"role":"user","content":"Q2"}],"temperature":0.2,"user":"u1",'
+        b'"prompt_cache_key":"sess-1"}'
+    )
+
+
+def test_the_clients_cache_key_wins() -> None:
+    parsed = parse_chat_request(request(prompt_cache_key="mine"))
+    body = json.loads(chat_upstream_body(parsed, [], model="m", cache_key="sess-1"))
+    assert body["prompt_cache_key"] == "mine"
+
+
+def test_a_stream_always_asks_upstream_for_usage() -> None:
+    parsed = parse_chat_request(request(stream=True, stream_options={"include_obfuscation": False}))
+    assert parsed.stream
+    assert not parsed.client_wants_usage
+    body = json.loads(chat_upstream_body(parsed, [], model="m", cache_key="k"))
+    assert body["stream_options"] == {"include_obfuscation": False, "include_usage": True}
+    assert parse_chat_request(
+        request(stream=True, stream_options={"include_usage": True})
+    ).client_wants_usage
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"[1]", "must be a JSON object, got list"),
+        (b"{", "must be a JSON object"),
+        (json.dumps({"messages": []}).encode(), "'model' must be a non-empty string"),
+        (json.dumps({"model": "m"}).encode(), "'messages' must be a list"),
+        (json.dumps({"model": "m", "messages": [{"content": "x"}]}).encode(), r"'messages\[0\]'"),
+        (request(stream="yes"), "'stream' must be true or false"),
+        (request(stream_options=3), "'stream_options' must be an object"),
+    ],
+)
+def test_bad_requests_name_the_field(body: bytes, message: str) -> None:
+    with pytest.raises(GatewayInputError, match=message):
+        parse_chat_request(body)
+
+
+def test_an_empty_conversation_is_refused() -> None:
+    parsed = parse_chat_request(request(messages=[]))
+    with pytest.raises(GatewayInputError, match="must not be empty"):
+        chat_upstream_body(parsed, [], model="m", cache_key="k")
+
+
+def test_response_usage_and_history_entry() -> None:
+    answer = parse_chat_response((FIXTURES / "chat_response.json").read_bytes())
+    assert answer.items == (
+        {
+            "role": "assistant",
+            "content": "The image shows a wooden boardwalk path running through a lush green field.",
+        },
+    )
+    assert answer.usage is not None
+    assert (answer.usage.input_tokens, answer.usage.cached_input_tokens) == (2006, 1920)
+    assert (answer.usage.output_tokens, answer.usage.delta_tokens) == (15, 86)
+    assert answer.usage.raw["total_tokens"] == 2021
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"completion_tokens": 3},
+        {"prompt_tokens": -1, "completion_tokens": 3},
+        {"prompt_tokens": "9", "completion_tokens": 1},
+    ],
+)
+def test_usage_the_provider_did_not_give_is_not_made_up(usage: dict[str, object]) -> None:
+    body = json.dumps({"choices": [], "usage": usage}).encode()
+    assert parse_chat_response(body).usage is None
+
+
+def run(stream: bytes, *, wants_usage: bool, sizes: int | None = None) -> tuple[bytes, ChatStream]:
+    translator = ChatStream(client_wants_usage=wants_usage)
+    step = sizes or len(stream)
+    out = b"".join(
+        b"".join(translator.feed(stream[i : i + step])) for i in range(0, len(stream), step)
+    )
+    return out, translator
+
+
+def test_stream_passes_through_byte_for_byte_when_the_client_asked_for_usage() -> None:
+    out, translator = run(STREAM, wants_usage=True)
+    outcome = translator.close()
+    assert out + outcome.tail == STREAM
+    assert outcome.tail == b"data: [DONE]\n\n"
+    assert outcome.completed
+    assert outcome.answer.items == ({"role": "assistant", "content": "Hello there!"},)
+    assert outcome.answer.usage is not None
+    assert (outcome.answer.usage.input_tokens, outcome.answer.usage.cached_input_tokens) == (
+        1300,
+        1152,
+    )
+
+
+@pytest.mark.parametrize("step", [1, 7, 64])
+def test_stream_drops_only_the_usage_chunk_when_the_client_did_not_ask(step: int) -> None:
+    out, translator = run(STREAM, wants_usage=False, sizes=step)
+    outcome = translator.close()
+    assert out + outcome.tail == STREAM.replace(USAGE_CHUNK, b"")
+    assert outcome.completed
+    assert outcome.answer.usage is not None
+    assert outcome.answer.usage.output_tokens == 3
+
+
+def test_streamed_tool_calls_are_assembled() -> None:
+    _, translator = run(TOOL_STREAM, wants_usage=False)
+    outcome = translator.close()
+    assert outcome.answer.items == (
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_abc",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                }
+            ],
+        },
+    )
+    assert outcome.answer.usage is None
+
+
+def test_a_cut_stream_is_not_complete_and_keeps_only_the_usage_sent() -> None:
+    cut = STREAM[
+        : STREAM.index(
+            b'{"id":"chatcmpl-123","object":"chat.completion.chunk","created":1694268190,"model":"gpt-4o-mini","system_fingerprint":"fp_44709d6fcb","choices":[{"index":0,"delta":{},'
+        )
+        + 10
+    ]
+    _, translator = run(cut, wants_usage=False)
+    outcome = translator.close()
+    assert not outcome.completed
+    assert outcome.answer.usage is None
+
+
+def test_a_stream_ending_in_an_error_is_not_complete() -> None:
+    error = b'data: {"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}\n\n'
+    _, translator = run(STREAM[:200] + b"\n\n" + error + b"data: [DONE]\n\n", wants_usage=False)
+    outcome = translator.close()
+    assert not outcome.completed
+    assert outcome.error == {
+        "message": "overloaded",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
+
+
+def test_the_error_event_is_one_openai_error_chunk() -> None:
+    (event,) = SSEDecoder().feed(stream_error_event("the provider cut the stream"))
+    assert json.loads(event.data)["error"]["message"] == "the provider cut the stream"

@@ -1,0 +1,105 @@
+"""The SSE decoder: fields as the WHATWG spec reads them, and each event's exact bytes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llmsession.gateway.sse import SSEDecoder, SSEEvent, encode_event
+
+OPENAI_CHAT_STREAM = (
+    b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+    b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+    b'data: {"id":"c1","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":9}}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+RESPONSES_STREAM = (
+    b'event: response.created\ndata: {"type":"response.created","sequence_number":0}\n\n'
+    b": keep-alive\n\n"
+    b'event: response.completed\r\ndata: {"type":"response.completed",\r\ndata: "sequence_number":1}\r\n\r\n'
+)
+
+
+def decode_all(stream: bytes, sizes: list[int] | None = None) -> list[SSEEvent]:
+    decoder = SSEDecoder()
+    events: list[SSEEvent] = []
+    if sizes is None:
+        return decoder.feed(stream)
+    start = 0
+    for size in sizes:
+        events += decoder.feed(stream[start : start + size])
+        start += size
+    events += decoder.feed(stream[start:])
+    return events
+
+
+def test_openai_chat_stream() -> None:
+    events = decode_all(OPENAI_CHAT_STREAM)
+    assert [e.data for e in events][-1] == "[DONE]"
+    assert len(events) == 4
+    assert b"".join(e.raw for e in events) == OPENAI_CHAT_STREAM
+
+
+def test_named_events_comments_and_crlf() -> None:
+    events = decode_all(RESPONSES_STREAM)
+    assert [e.event for e in events] == ["response.created", "response.completed"]
+    assert events[1].data == '{"type":"response.completed",\n"sequence_number":1}'
+    # The comment block completes no event; its bytes travel with the next one.
+    assert events[1].raw.startswith(b": keep-alive\n\n")
+    assert b"".join(e.raw for e in events) == RESPONSES_STREAM
+
+
+@pytest.mark.parametrize("stream", [OPENAI_CHAT_STREAM, RESPONSES_STREAM])
+def test_every_split_point_gives_the_same_events(stream: bytes) -> None:
+    whole = decode_all(stream)
+    for cut in range(1, len(stream)):
+        assert decode_all(stream, [cut]) == whole
+
+
+@given(st.lists(st.integers(min_value=0, max_value=40), max_size=30))
+def test_byte_by_byte_and_random_chunks(sizes: list[int]) -> None:
+    assert decode_all(RESPONSES_STREAM, sizes) == decode_all(RESPONSES_STREAM)
+
+
+def test_lone_cr_line_endings_and_a_cr_split_from_its_lf() -> None:
+    decoder = SSEDecoder()
+    assert [e.data for e in decoder.feed(b"data: a\r\rdata: b\r\r")] == ["a"]
+    # The last CR may be half of a CRLF until the next byte or the end of the stream.
+    assert [e.data for e in decoder.close()] == ["b"]
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\r\n\r") == []
+    events = decoder.feed(b"\n")
+    assert [(e.data, e.raw) for e in events] == [("a", b"data: a\r\n\r\n")]
+
+
+def test_a_cut_stream_dispatches_no_half_event() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: whole\n\ndata: half") != []
+    assert decoder.close() == []
+
+
+def test_field_rules() -> None:
+    (event,) = decode_all(b"data\ndata:  two spaces\nid: 7\nretry: 30\nretry: x\nunknown: 1\n\n")
+    assert event.data == "\n two spaces"
+    assert (event.id, event.retry) == ("7", 30)
+
+
+def test_a_bom_is_skipped_but_kept_in_raw() -> None:
+    stream = b"\xef\xbb\xbfdata: x\n\n"
+    (event,) = decode_all(stream, [1, 1])
+    assert event.data == "x"
+    assert event.raw == stream
+
+
+def test_incomplete_event_is_pending_not_dispatched() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\ndata: b") == []
+    assert decoder.pending() == b"data: a\n"
+
+
+def test_encode_round_trips() -> None:
+    raw = encode_event('{"a":1}\nsecond', event="response.created")
+    (event,) = decode_all(raw)
+    assert (event.event, event.data, event.raw) == ("response.created", '{"a":1}\nsecond', raw)

@@ -1,0 +1,146 @@
+"""HttpxUpstream against real sockets on loopback: the request it sends and its errors."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from llmsession.gateway.config import ProviderConfig, SecretKey
+from llmsession.gateway.transport import (
+    HttpxUpstream,
+    ProviderTimeout,
+    ProviderUnavailable,
+    UpstreamRequest,
+)
+
+KEY = "sk-upstream-secret"
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def provider(port: int, timeout: float = 5.0) -> ProviderConfig:
+    return ProviderConfig(
+        provider_id="fake",
+        kind="openai",
+        base_url=f"http://127.0.0.1:{port}/v1",
+        api_key_env="FAKE_KEY",
+        api_key=SecretKey(KEY),
+        timeout_seconds=timeout,
+    )
+
+
+async def serve(handler: Handler) -> tuple[asyncio.Server, int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[HttpxUpstream]:
+    async with HttpxUpstream() as client:
+        yield client
+
+
+async def test_sends_the_key_and_body_and_streams_the_answer(upstream: HttpxUpstream) -> None:
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(
+            next(
+                line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+            ).split(b":")[1]
+        )
+        seen.append(head + await reader.readexactly(length))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        for part in (b"data: 1\n\n", b"data: 2\n\n"):
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server, port = await serve(handler)
+    async with server:
+        response = await upstream.send(
+            UpstreamRequest(provider(port), "/chat/completions", b'{"a":1}')
+        )
+        assert response.status_code == 200
+        assert await response.aread() == b"data: 1\n\ndata: 2\n\n"
+        await response.aclose()
+    request = seen[0]
+    assert request.startswith(b"POST /v1/chat/completions HTTP/1.1")
+    assert f"authorization: Bearer {KEY}".encode() in request.lower().replace(b"bearer", b"Bearer")
+    assert request.endswith(b'{"a":1}')
+
+
+async def test_a_refused_connection_is_unavailable_and_never_shows_the_key(
+    upstream: HttpxUpstream,
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ProviderUnavailable, match="provider 'fake' could not be reached") as caught:
+        await upstream.send(UpstreamRequest(provider(port), "/chat/completions", b"{}"))
+    assert KEY not in str(caught.value)
+    assert caught.value.provider_id == "fake"
+
+
+async def test_no_answer_within_the_timeout_is_a_timeout(upstream: HttpxUpstream) -> None:
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        writer.close()
+
+    server, port = await serve(handler)
+    async with server:
+        with pytest.raises(ProviderTimeout, match="did not answer within its timeout_seconds"):
+            await upstream.send(UpstreamRequest(provider(port, timeout=0.2), "/responses", b"{}"))
+        release.set()
+
+
+async def test_a_stream_that_stalls_mid_way_is_a_timeout(upstream: HttpxUpstream) -> None:
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await release.wait()
+        writer.close()
+
+    server, port = await serve(handler)
+    async with server:
+        response = await upstream.send(
+            UpstreamRequest(provider(port, timeout=0.2), "/responses", b"{}")
+        )
+        chunks: list[bytes] = []
+
+        async def read_all() -> None:
+            async for chunk in response.aiter_bytes():
+                chunks.append(chunk)
+
+        with pytest.raises(ProviderTimeout):
+            await read_all()
+        assert chunks == [b"hello"]
+        await response.aclose()
+        release.set()
+
+
+async def test_a_connection_cut_mid_stream_is_unavailable(upstream: HttpxUpstream) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        writer.transport.abort()
+
+    server, port = await serve(handler)
+    async with server:
+        response = await upstream.send(UpstreamRequest(provider(port), "/responses", b"{}"))
+        with pytest.raises(ProviderUnavailable):
+            await response.aread()
+        await response.aclose()

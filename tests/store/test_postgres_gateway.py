@@ -1,0 +1,346 @@
+"""What is particular to gateway rounds in the PostgreSQL store: where the conversation
+is deleted, the turn lock across processes, and the pool it holds its connections in.
+
+The behaviour every backend shares is in test_gateway_rounds.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from llmsession.clock import ManualClock
+from llmsession.errors import ConflictError, SessionExpiredError
+from llmsession.ids import SessionId, TenantId
+from llmsession.states import Closed, SessionExpired
+from llmsession.store.models import Turn
+from llmsession.store.postgres import PostgresStore
+from llmsession.usage import Usage
+from tests.store.conftest import T0
+from tests.store.test_postgres import spawn, sql
+
+pytestmark = pytest.mark.postgres
+
+ACME = TenantId("acme")
+
+Opener = Callable[..., Awaitable[PostgresStore]]
+
+
+def turn(n: int) -> Turn:
+    return Turn("chat/completions", f"h{n}", f"[{n}]", "[0]", None, 200, "application/json", b"x")
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+async def open_pg(postgres_url: str, clock: ManualClock) -> AsyncIterator[Opener]:
+    """Open PostgreSQL stores on the test's schema (as separate replicas would); closes them."""
+    opened: list[PostgresStore] = []
+
+    async def open_(query: str = "") -> PostgresStore:
+        store = await PostgresStore.open(postgres_url + query, clock=clock)
+        opened.append(store)
+        return store
+
+    try:
+        yield open_
+    finally:
+        for store in opened:
+            await store.aclose()
+
+
+async def start(store: PostgresStore, clock: ManualClock, *, ttl_seconds: int = 60) -> SessionId:
+    session_id = SessionId.generate(clock())
+    await store.start_with_turn(
+        ACME,
+        session_id,
+        provider_id="fake",
+        model="m",
+        turn=turn(1),
+        usage=Usage(100),
+        ttl_seconds=ttl_seconds,
+    )
+    await store.record_turn(ACME, session_id, turn=turn(2), usage=Usage(120, 100))
+    return session_id
+
+
+async def stored_rows(url: str, table: str, session_id: SessionId) -> int:
+    (row,) = await sql(url, f"SELECT count(*) FROM {table} WHERE session_id = %s", session_id.value)
+    count = row[0]
+    assert isinstance(count, int)
+    return count
+
+
+# -- the conversation ends with the session --------------------------------------------
+
+
+async def test_every_write_that_ends_a_session_deletes_its_turns_and_keeps_its_rounds(
+    postgres_url: str, open_pg: Opener, clock: ManualClock
+) -> None:
+    store = await open_pg()
+    closed, expired, late, swept, kept = [await start(store, clock) for _ in range(5)]
+    await store.close(ACME, closed)
+    await store.expire(ACME, expired)
+    clock.advance(30)
+    await store.record_turn(ACME, kept, turn=turn(3), usage=Usage(1))
+    clock.advance(31)
+    with pytest.raises(SessionExpiredError):
+        await store.record_turn(ACME, late, turn=turn(3), usage=Usage(1))
+    assert await store.sweep() == 1  # ``late`` was expired by its round
+    assert (await store.get(ACME, closed)).record.state is Closed
+    for session_id in (expired, late, swept):
+        assert (await store.get(ACME, session_id)).record.state is SessionExpired
+    for session_id in (closed, expired, late, swept):
+        assert await stored_rows(postgres_url, "turns", session_id) == 0
+        assert await stored_rows(postgres_url, "rounds", session_id) == 2
+    assert await stored_rows(postgres_url, "turns", kept) == 3
+
+
+async def test_a_sweep_expires_sessions_with_and_without_turns_in_one_batch(
+    postgres_url: str, open_pg: Opener, clock: ManualClock
+) -> None:
+    store = await open_pg()
+    gateway = [await start(store, clock) for _ in range(3)]
+    ledger = []
+    for _ in range(450):  # more than one chunk of the sweep's update
+        created = await store.create(
+            ACME, provider_id="p", model="m", initial_tokens=1, ttl_seconds=60
+        )
+        await store.activate(ACME, created.record.session_id)
+        ledger.append(created.record.session_id)
+    clock.advance(61)
+    assert await store.sweep() == 453
+    assert await sql(postgres_url, "SELECT count(*) FROM turns") == [(0,)]
+    for session_id in gateway + ledger[::50]:
+        assert (await store.get(ACME, session_id)).record.state is SessionExpired
+
+
+# -- starting a session ------------------------------------------------------------------
+
+
+async def test_one_starting_key_sent_to_two_replicas_at_once_starts_one_session(
+    postgres_url: str, open_pg: Opener, clock: ManualClock
+) -> None:
+    stores = [await open_pg(), await open_pg()]
+    ids = [SessionId.generate(clock()) for _ in stores]
+
+    async def start_on(store: PostgresStore, session_id: SessionId) -> SessionId | None:
+        try:
+            await store.start_with_turn(
+                ACME,
+                session_id,
+                provider_id="p",
+                model="m",
+                turn=turn(1),
+                usage=Usage(5),
+                idempotency_key="once",
+            )
+        except ConflictError:
+            return None
+        return session_id
+
+    started = await asyncio.gather(*(start_on(s, i) for s, i in zip(stores, ids, strict=True)))
+    (winner,) = [session_id for session_id in started if session_id is not None]
+    # The loser wrote nothing: no session, no round, no turn.
+    (loser,) = set(ids) - {winner}
+    for table in ("sessions", "rounds", "turns"):
+        assert await stored_rows(postgres_url, table, loser) == 0
+    found = await stores[1].find_turn(ACME, "once")
+    assert found is not None
+    assert (found.round.session_id, found.turn) == (winner, turn(1))
+
+
+# -- replays ---------------------------------------------------------------------------
+
+
+async def test_a_gateway_replay_on_another_replica_answers_as_the_round_first_did(
+    open_pg: Opener, clock: ManualClock
+) -> None:
+    """The round row keeps the session's counters after it, for the starting round
+    (written with the session) and for a later one (written by the round's update)."""
+    writer, reader = await open_pg(), await open_pg()
+    session_id = SessionId.generate(clock())
+    started = await writer.start_with_turn(
+        ACME,
+        session_id,
+        provider_id="p",
+        model="m",
+        turn=turn(1),
+        usage=Usage(100),
+        idempotency_key="s",
+    )
+    clock.advance(1)
+    second = await writer.record_turn(
+        ACME, session_id, turn=turn(2), usage=Usage(130, 100), idempotency_key="k2"
+    )
+    clock.advance(1)
+    await writer.record_turn(ACME, session_id, turn=turn(3), usage=Usage(170, 130))
+
+    for first, sent, found in (
+        (started, turn(1), await reader.find_turn(ACME, "s")),
+        (second, turn(2), await reader.find_turn(ACME, "k2", session_id)),
+        (
+            second,
+            turn(2),
+            await reader.record_turn(
+                ACME, session_id, turn=turn(9), usage=Usage(9), idempotency_key="k2"
+            ),
+        ),
+    ):
+        assert found is not None
+        assert (found.replayed, found.round, found.turn) == (True, first.round, sent)
+        assert found.round.usage == first.round.usage
+        assert (found.session.record, found.session.version) == (
+            first.session.record,
+            first.session.version,
+        )
+
+
+# -- the turn lock -------------------------------------------------------------------
+
+
+async def test_turns_hold_connections_of_their_own_pool(
+    open_pg: Opener, clock: ManualClock
+) -> None:
+    # One connection for the store's writes, two for turns: two turns held at once
+    # still record their rounds (from one pool, they would wait for a third).
+    store = await open_pg("&pool_min=1&pool_max=1&pool_timeout=5&turn_pool_max=2")
+    sessions = [await start(store, clock) for _ in range(2)]
+    inside = asyncio.Barrier(2)
+
+    async def take_turn(session_id: SessionId) -> None:
+        async with store.turn_lock(ACME, session_id):
+            await inside.wait()
+            await store.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
+
+    await asyncio.gather(*(take_turn(session_id) for session_id in sessions))
+    for session_id in sessions:
+        assert len(await store.history(ACME, session_id)) == 3
+
+
+async def test_a_failed_turn_releases_the_lock(open_pg: Opener, clock: ManualClock) -> None:
+    store, other = await open_pg(), await open_pg()
+    session_id = await start(store, clock)
+    with pytest.raises(RuntimeError, match="provider broke"):
+        async with store.turn_lock(ACME, session_id):
+            raise RuntimeError("provider broke")
+    async with other.turn_lock(ACME, session_id):
+        await other.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
+    assert len(await store.history(ACME, session_id)) == 3
+
+
+async def test_a_turn_cancelled_while_waiting_for_the_lock_leaves_it_free(
+    postgres_url: str, open_pg: Opener, clock: ManualClock
+) -> None:
+    holder, waiter, later = await open_pg(), await open_pg(), await open_pg()
+    session_id = await start(holder, clock)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with holder.turn_lock(ACME, session_id):
+            await release.wait()
+
+    async def wait_for_turn() -> None:
+        async with waiter.turn_lock(ACME, session_id):
+            raise AssertionError("the waiter was cancelled before its turn")
+
+    holding = asyncio.create_task(hold())
+    await until_advisory_locks(postgres_url, granted=1, waiting=0)
+    waiting = asyncio.create_task(wait_for_turn())
+    await until_advisory_locks(postgres_url, granted=1, waiting=1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    release.set()
+    await holding
+    await until_advisory_locks(postgres_url, granted=0, waiting=0)
+    async with later.turn_lock(ACME, session_id):
+        await later.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
+
+
+async def until_advisory_locks(url: str, *, granted: int, waiting: int) -> None:
+    """Wait until the server shows this many advisory locks held and awaited."""
+    statement = (
+        "SELECT count(*) FILTER (WHERE granted), count(*) FILTER (WHERE NOT granted) "
+        "FROM pg_locks WHERE locktype = 'advisory' AND database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "AND objsubid = 1"
+    )
+    deadline = time.monotonic() + 10
+    while (found := (await sql(url, statement))[0]) != (granted, waiting):
+        assert time.monotonic() < deadline, f"advisory locks {found}, not {(granted, waiting)}"
+        await asyncio.sleep(0.02)
+
+
+def test_turns_in_separate_processes_go_one_at_a_time(postgres_url: str) -> None:
+    # Real time here: the processes read the system clock.
+    async def make_session() -> SessionId:
+        store = await PostgresStore.open(postgres_url)
+        try:
+            session_id = SessionId.generate(store.clock())
+            await store.start_with_turn(
+                ACME, session_id, provider_id="p", model="m", turn=turn(0), usage=Usage(1)
+            )
+            return session_id
+        finally:
+            await store.aclose()
+
+    session_id = asyncio.run(make_session())
+    # Each turn records what it saw of the history: under the lock, every turn has
+    # seen exactly the turns before it.
+    script = f"""
+        import asyncio, sys
+        from llmsession.ids import SessionId, TenantId
+        from llmsession.store.models import Turn
+        from llmsession.store.postgres import PostgresStore
+        from llmsession.usage import Usage
+
+        async def main():
+            store = await PostgresStore.open({postgres_url!r})
+            acme, session_id = TenantId("acme"), SessionId.parse({str(session_id)!r})
+            print("ready", flush=True)
+            sys.stdin.readline()
+            for i in range(6):
+                async with store.turn_lock(acme, session_id):
+                    seen = len(await store.history(acme, session_id))
+                    await asyncio.sleep(0.01)
+                    answer = Turn("chat/completions", f"saw {{seen}}", "[]", "[]", None, 200,
+                                  "application/json", b"")
+                    await store.record_turn(acme, session_id, turn=answer, usage=Usage(1))
+            await store.aclose()
+
+        asyncio.run(main())
+    """
+    processes = [spawn(script) for _ in range(3)]
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "ready"
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        for process in processes:
+            _out, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+
+    async def history() -> list[Turn]:
+        store = await PostgresStore.open(postgres_url)
+        try:
+            return await store.history(ACME, session_id)
+        finally:
+            await store.aclose()
+
+    turns = asyncio.run(history())
+    assert [t.request_hash for t in turns[1:]] == [f"saw {n}" for n in range(1, 19)]

@@ -1,0 +1,208 @@
+"""bench/gateway.py's own parts, cheaply: its command line, its HTTP client, the forwarder.
+
+The benchmark itself is not run here (a run takes tens of seconds and installs
+LiteLLM): these tests check that what it is built from does what it says, over
+real loopback HTTP against the fake provider process. Nothing is timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fake_provider.conftest import API_KEY, FakeProcess, fake_command, launch
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[tuple[ModuleType, ModuleType]]:
+    """bench/gateway.py and bench/_forwarder.py, imported as the scripts see each other."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _forwarder
+        import gateway
+
+        yield gateway, _forwarder
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakeProcess]:
+    """The fake provider, as its own process on loopback (as the benchmark starts it)."""
+    process = launch(fake_command("--api-key", API_KEY), tmp_path / "fake.log")
+    yield process
+    process.stop()
+
+
+def test_quick_defaults_and_direct_always_measured(bench: tuple[ModuleType, ModuleType]) -> None:
+    gateway, _ = bench
+    args = gateway.parse_args(
+        ["--quick", "--targets", "llmsession,forwarder", "--stores", "memory"]
+    )
+    assert args.targets == "direct,forwarder,llmsession"
+    assert (args.repeat, args.duration, args.warmup, args.latency_requests) == (1, 1.5, 0.5, 20)
+    full = gateway.parse_args([])
+    assert full.targets == "direct,forwarder,llmsession,litellm"
+    assert full.stores == "sqlite,postgresql"
+    assert (full.repeat, full.duration, full.latency_requests, full.concurrency) == (
+        3,
+        4.0,
+        100,
+        32,
+    )
+    # An explicit flag wins over --quick's default.
+    assert gateway.parse_args(["--quick", "--duration", "0.5"]).duration == 0.5
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--targets", "direct,nginx"], "--targets: unknown nginx"),
+        (["--stores", "sqlite,mysql"], "--stores: mysql"),
+        (["--stores", "sqlite,sqlite"], "--stores: none or repeated"),
+        (["--repeat", "0"], "--repeat must be 1 to 20"),
+        (["--duration", "0"], "--duration must be over 0"),
+        (["--concurrency", "2000"], "--concurrency must be 1 to 1024"),
+        (["--rounds", "0"], "--rounds must be 1 to 64"),
+    ],
+)
+def test_bad_arguments_name_the_flag(
+    bench: tuple[ModuleType, ModuleType],
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    gateway, _ = bench
+    with pytest.raises(SystemExit) as exit_info:
+        gateway.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_script_sends_the_whole_conversation_or_only_the_new_turn(
+    bench: tuple[ModuleType, ModuleType],
+) -> None:
+    gateway, _ = bench
+    script = gateway.Script.build(["A1", "A2", "A3"])
+    full = [json.loads(body) for body in script.full[0]]
+    new = [json.loads(body) for body in script.new[1]]
+    assert [m["role"] for m in full[2]["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
+    assert [m["content"] for m in full[2]["messages"] if m["role"] == "assistant"] == ["A1", "A2"]
+    assert [m["role"] for m in new[0]["messages"]] == ["system", "user"]
+    assert new[2]["messages"] == [full[2]["messages"][-1]]
+    assert new[2]["stream_options"] == {"include_usage": True}
+    assert "stream" not in full[0]
+    assert gateway.Script.from_json(script.as_json()) == script
+
+
+def _client_run(gateway: ModuleType, port: int, stream: bool, turns: int) -> list[Any]:
+    async def run() -> list[Any]:
+        target = gateway.Target("t", port, f"Bearer {API_KEY}", False)
+        script = gateway.Script.build(["You said : hi"] * 3)
+        client = gateway._Client(target, script, stream)
+        try:
+            return [await client.request() for _ in range(turns)]
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_load_client_reads_bodies_and_streams_on_one_connection(
+    bench: tuple[ModuleType, ModuleType], fake: FakeProcess, stream: bool
+) -> None:
+    gateway, _ = bench
+    port = int(fake.root.rsplit(":", 1)[1])
+    results = _client_run(gateway, port, stream, turns=4)
+    assert [error for _, _, error in results] == [None] * 4
+    assert all(0 < first <= whole for first, whole, _ in results)
+    entries = fake.billing()
+    assert len(entries) == 4
+    # Turn 1, 2, 3 of a conversation, then turn 1 of the next: the history grows, then restarts.
+    sizes = [entry["input_tokens"] for entry in entries]
+    assert sizes[0] < sizes[1] < sizes[2]
+    assert sizes[3] == sizes[0]
+
+
+def test_load_client_reports_a_refused_request(
+    bench: tuple[ModuleType, ModuleType], fake: FakeProcess
+) -> None:
+    gateway, _ = bench
+
+    async def run() -> Any:
+        target = gateway.Target("t", int(fake.root.rsplit(":", 1)[1]), "Bearer wrong", False)
+        client = gateway._Client(target, gateway.Script.build(["x"]), False)
+        try:
+            return await client.request()
+        finally:
+            await client.close()
+
+    _, _, error = asyncio.run(run())
+    assert error.startswith("401 ")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_forwarder_passes_body_status_and_stream_through(
+    bench: tuple[ModuleType, ModuleType], fake: FakeProcess, stream: bool
+) -> None:
+    _, forwarder = bench
+    app = forwarder.create_app(fake.root)
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hello there"}],
+        "stream": stream,
+    }
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://fwd") as client,
+    ):
+        answer = await client.post(
+            "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
+        )
+        refused = await client.post(
+            "/v1/chat/completions", json=body, headers={"Authorization": "Bearer wrong"}
+        )
+        health = await client.get("/healthz")
+    assert answer.status_code == 200
+    if stream:
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        assert answer.text.rstrip().endswith("data: [DONE]")
+        assert "You said : hello there" in "".join(
+            json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+            for line in answer.text.splitlines()
+            if line.startswith("data: {")
+        )
+    else:
+        assert answer.json()["choices"][0]["message"]["content"] == "You said : hello there"
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+    assert health.text == "ok"
+    assert len(fake.billing()) == 1
+
+
+def test_litellm_install_never_replaces_a_directory_it_did_not_make(
+    bench: tuple[ModuleType, ModuleType], tmp_path: Path
+) -> None:
+    gateway, _ = bench
+    (tmp_path / "keep.txt").write_text("someone's file")
+    with pytest.raises(RuntimeError, match="was not made by this benchmark"):
+        gateway.ensure_litellm(tmp_path)
+    assert (tmp_path / "keep.txt").read_text() == "someone's file"
