@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -144,3 +145,45 @@ async def test_a_connection_cut_mid_stream_is_unavailable(upstream: AiohttpUpstr
         with pytest.raises(ProviderUnavailable):
             await response.aread()
         await response.aclose()
+
+
+async def test_a_compressed_answer_passes_through_as_sent(upstream: AiohttpUpstream) -> None:
+    body = gzip.compress(b'{"id":"x"}')
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    server, port = await serve(handler)
+    async with server:
+        response = await upstream.send(UpstreamRequest(provider(port), "/responses", b"{}"))
+        assert await response.aread() == body
+        assert response.headers["content-encoding"] == "gzip"
+        await response.aclose()
+    assert b"accept-encoding: identity" in seen[0].lower()
+
+
+async def test_a_redirect_is_answered_not_followed(upstream: AiohttpUpstream) -> None:
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(
+            b"HTTP/1.1 307 Temporary Redirect\r\nlocation: /elsewhere\r\ncontent-length: 0\r\n\r\n"
+        )
+        await writer.drain()
+        writer.close()
+
+    server, port = await serve(handler)
+    async with server:
+        response = await upstream.send(UpstreamRequest(provider(port), "/responses", b"{}"))
+        assert response.status_code == 307
+        assert await response.aread() == b""
+        await response.aclose()
+    assert len(seen) == 1
