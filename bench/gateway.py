@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python bench/gateway.py [--targets direct,forwarder,llmsession,litellm]
       [--stores sqlite,postgresql] [--repeat 3] [--duration 4] [--latency-requests 100]
-      [--concurrency 32] [--rounds 8] [--json results.json]
+      [--concurrency 32] [--rounds 8] [--forwarder-client aiohttp] [--json results.json]
       .venv/bin/python bench/gateway.py --quick        (a smoke run, 35 s to a minute)
 
 One fake provider (``python -m llmsession.fake_provider``) runs on loopback, and
@@ -10,8 +10,8 @@ every target sends it the same Chat Completions work:
 
 - ``direct``: straight to the fake;
 - ``forwarder``: through bench/_forwarder.py, a bare Starlette app with one
-  pooled httpx client that forwards the body and streams the answer back (the
-  floor: what any ASGI proxy in Python costs);
+  pooled aiohttp client (the gateway's) that forwards the body and streams the
+  answer back (the floor: what any ASGI proxy in Python costs);
 - ``llmsession``: through ``python -m llmsession.server`` with the fake as its
   one provider, once per store in ``--stores`` (a fresh SQLite file, a fresh
   PostgreSQL schema, a fresh Redis prefix or memory://, removed at the end);
@@ -508,6 +508,7 @@ class Bench:
             str(BENCH_DIR / "_forwarder.py"),
             f"--upstream={self.fake_root}",
             f"--port={port}",
+            f"--client={self.args.forwarder_client}",
         ]
         process, log = self._spawn("forwarder", command, dict(os.environ))
         _wait_ready(process, f"http://127.0.0.1:{port}/healthz", log, "the forwarder")
@@ -1079,6 +1080,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--litellm-venv",
         default=str(LITELLM_VENV),
         help="where the pinned LiteLLM is installed (created on first use)",
+    )
+    parser.add_argument(
+        "--forwarder-client",
+        choices=("aiohttp", "httpx"),
+        default="aiohttp",
+        help="the forwarder's upstream client (default aiohttp, as llmsession's gateway)",
     )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)

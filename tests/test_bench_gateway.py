@@ -159,12 +159,13 @@ def test_load_client_reports_a_refused_request(
     assert error.startswith("401 ")
 
 
+@pytest.mark.parametrize("client", ["aiohttp", "httpx"])
 @pytest.mark.parametrize("stream", [False, True])
 async def test_forwarder_passes_body_status_and_stream_through(
-    bench: tuple[ModuleType, ModuleType], fake: FakeProcess, stream: bool
+    bench: tuple[ModuleType, ModuleType], fake: FakeProcess, stream: bool, client: str
 ) -> None:
     _, forwarder = bench
-    app = forwarder.create_app(fake.root)
+    app = forwarder.create_app(fake.root, client=client)
     body = {
         "model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": "hello there"}],
@@ -172,15 +173,15 @@ async def test_forwarder_passes_body_status_and_stream_through(
     }
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://fwd") as client,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://fwd") as http,
     ):
-        answer = await client.post(
+        answer = await http.post(
             "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
         )
-        refused = await client.post(
+        refused = await http.post(
             "/v1/chat/completions", json=body, headers={"Authorization": "Bearer wrong"}
         )
-        health = await client.get("/healthz")
+        health = await http.get("/healthz")
     assert answer.status_code == 200
     if stream:
         assert answer.headers["content-type"].startswith("text/event-stream")

@@ -1,8 +1,9 @@
-"""HttpxUpstream against real sockets on loopback: the request it sends and its errors."""
+"""AiohttpUpstream against real sockets on loopback: the request it sends and its errors."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -10,7 +11,7 @@ import pytest
 
 from llmsession.gateway.config import ProviderConfig, SecretKey
 from llmsession.gateway.transport import (
-    HttpxUpstream,
+    AiohttpUpstream,
     ProviderTimeout,
     ProviderUnavailable,
     UpstreamRequest,
@@ -37,12 +38,12 @@ async def serve(handler: Handler) -> tuple[asyncio.Server, int]:
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[HttpxUpstream]:
-    async with HttpxUpstream() as client:
+async def upstream() -> AsyncIterator[AiohttpUpstream]:
+    async with AiohttpUpstream() as client:
         yield client
 
 
-async def test_sends_the_key_and_body_and_streams_the_answer(upstream: HttpxUpstream) -> None:
+async def test_sends_the_key_and_body_and_streams_the_answer(upstream: AiohttpUpstream) -> None:
     seen: list[bytes] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -78,7 +79,7 @@ async def test_sends_the_key_and_body_and_streams_the_answer(upstream: HttpxUpst
 
 
 async def test_a_refused_connection_is_unavailable_and_never_shows_the_key(
-    upstream: HttpxUpstream,
+    upstream: AiohttpUpstream,
 ) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -89,7 +90,7 @@ async def test_a_refused_connection_is_unavailable_and_never_shows_the_key(
     assert caught.value.provider_id == "fake"
 
 
-async def test_no_answer_within_the_timeout_is_a_timeout(upstream: HttpxUpstream) -> None:
+async def test_no_answer_within_the_timeout_is_a_timeout(upstream: AiohttpUpstream) -> None:
     release = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -103,7 +104,7 @@ async def test_no_answer_within_the_timeout_is_a_timeout(upstream: HttpxUpstream
         release.set()
 
 
-async def test_a_stream_that_stalls_mid_way_is_a_timeout(upstream: HttpxUpstream) -> None:
+async def test_a_stream_that_stalls_mid_way_is_a_timeout(upstream: AiohttpUpstream) -> None:
     release = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -131,7 +132,7 @@ async def test_a_stream_that_stalls_mid_way_is_a_timeout(upstream: HttpxUpstream
         release.set()
 
 
-async def test_a_connection_cut_mid_stream_is_unavailable(upstream: HttpxUpstream) -> None:
+async def test_a_connection_cut_mid_stream_is_unavailable(upstream: AiohttpUpstream) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
@@ -144,3 +145,45 @@ async def test_a_connection_cut_mid_stream_is_unavailable(upstream: HttpxUpstrea
         with pytest.raises(ProviderUnavailable):
             await response.aread()
         await response.aclose()
+
+
+async def test_a_compressed_answer_passes_through_as_sent(upstream: AiohttpUpstream) -> None:
+    body = gzip.compress(b'{"id":"x"}')
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    server, port = await serve(handler)
+    async with server:
+        response = await upstream.send(UpstreamRequest(provider(port), "/responses", b"{}"))
+        assert await response.aread() == body
+        assert response.headers["content-encoding"] == "gzip"
+        await response.aclose()
+    assert b"accept-encoding: identity" in seen[0].lower()
+
+
+async def test_a_redirect_is_answered_not_followed(upstream: AiohttpUpstream) -> None:
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(
+            b"HTTP/1.1 307 Temporary Redirect\r\nlocation: /elsewhere\r\ncontent-length: 0\r\n\r\n"
+        )
+        await writer.drain()
+        writer.close()
+
+    server, port = await serve(handler)
+    async with server:
+        response = await upstream.send(UpstreamRequest(provider(port), "/responses", b"{}"))
+        assert response.status_code == 307
+        assert await response.aread() == b""
+        await response.aclose()
+    assert len(seen) == 1

@@ -11,7 +11,7 @@ from fastapi.routing import APIRoute
 from llmsession.clock import Clock, system_clock
 from llmsession.gateway.config import GatewayConfig, load_config
 from llmsession.gateway.forwarding import Gateway
-from llmsession.gateway.transport import HttpxUpstream, Upstream
+from llmsession.gateway.transport import AiohttpUpstream, Upstream
 from llmsession.server.body_limit import MAX_BODY_BYTES, BodyLimit
 from llmsession.server.context import AppContext
 from llmsession.server.methods import HeadAsGet, RouteMethods
@@ -83,7 +83,7 @@ def create_app(
         context.metrics.watch_sweeper(sweeper)
         sweeper.start()
         if gateway_config is not None:
-            context.gateway = Gateway(gateway_config, active, upstream or HttpxUpstream())
+            context.gateway = Gateway(gateway_config, active, upstream or AiohttpUpstream())
         try:
             yield
         finally:
