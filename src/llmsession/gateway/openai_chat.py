@@ -28,8 +28,10 @@ from llmsession.gateway.wire import (
     StreamOutcome,
     checked_usage,
     dump_json,
+    flag_field,
     json_objects,
     load_json_object,
+    model_field,
     object_field,
 )
 from llmsession.usage import Usage
@@ -62,9 +64,7 @@ class ChatRequest:
 def parse_chat_request(body: bytes) -> ChatRequest:
     """Check a client's body; GatewayInputError names the field that is wrong."""
     request = load_json_object(body, "the request body")
-    model = request.get("model")
-    if not isinstance(model, str) or not model:
-        raise GatewayInputError("'model' must be a non-empty string, e.g. 'openai/gpt-4o-mini'")
+    model = model_field(request)
     raw_messages = request.get("messages")
     if not isinstance(raw_messages, list):
         raise GatewayInputError("'messages' must be a list of message objects")
@@ -77,9 +77,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
                 f"'messages[{index}]' must be an object with a string 'role' "
                 "(system, developer, user, assistant or tool)"
             )
-    stream = request.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise GatewayInputError(f"'stream' must be true or false, got {stream!r}")
+    stream = flag_field(request, "stream", False)
     options = request.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise GatewayInputError("'stream_options' must be an object")
@@ -90,7 +88,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         body=request,
         model=model,
         messages=tuple(cast(list[JSONObject], messages)),
-        stream=bool(stream),
+        stream=stream,
         client_wants_usage=wants_usage,
     )
 

@@ -32,8 +32,10 @@ from llmsession.gateway.wire import (
     StreamOutcome,
     checked_usage,
     dump_json,
+    flag_field,
     json_objects,
     load_json_object,
+    model_field,
     object_field,
 )
 from llmsession.usage import Usage
@@ -71,9 +73,7 @@ class ResponsesRequest:
 def parse_responses_request(body: bytes) -> ResponsesRequest:
     """Check a client's body; GatewayInputError names the field that is wrong."""
     request = load_json_object(body, "the request body")
-    model = request.get("model")
-    if not isinstance(model, str) or not model:
-        raise GatewayInputError("'model' must be a non-empty string, e.g. 'openai/gpt-4o-mini'")
+    model = model_field(request)
     if request.get("previous_response_id") is not None:
         raise GatewayInputError(
             "'previous_response_id' is kept by llmsession: send only the new input, with "
@@ -95,14 +95,12 @@ def parse_responses_request(body: bytes) -> ResponsesRequest:
         items = tuple(cast(list[JSONObject], entries))
     else:
         raise GatewayInputError("'input' must be a string or a list of input items")
-    stream = request.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise GatewayInputError(f"'stream' must be true or false, got {stream!r}")
-    store = request.get("store", True)
-    if store is not None and not isinstance(store, bool):
-        raise GatewayInputError(f"'store' must be true or false, got {store!r}")
     return ResponsesRequest(
-        body=request, model=model, input_items=items, stream=bool(stream), store=store is not False
+        body=request,
+        model=model,
+        input_items=items,
+        stream=flag_field(request, "stream", False),
+        store=flag_field(request, "store", True),
     )
 
 

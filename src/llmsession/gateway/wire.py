@@ -24,8 +24,10 @@ __all__ = [
     "StreamTranslator",
     "checked_usage",
     "dump_json",
+    "flag_field",
     "json_objects",
     "load_json_object",
+    "model_field",
     "object_field",
 ]
 
@@ -101,6 +103,24 @@ def checked_usage(
         )
     except InvalidInput:
         return None
+
+
+def model_field(request: Mapping[str, Any]) -> str:
+    """The request's ``model``: a non-empty string, or GatewayInputError."""
+    model = request.get("model")
+    if not isinstance(model, str) or not model:
+        raise GatewayInputError("'model' must be a non-empty string, e.g. 'openai/gpt-4o-mini'")
+    return model
+
+
+def flag_field(request: Mapping[str, Any], name: str, default: bool) -> bool:
+    """The request's boolean ``name`` (absent or null: ``default``), or GatewayInputError."""
+    value = request.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise GatewayInputError(f"'{name}' must be true or false, got {value!r}")
+    return value
 
 
 def load_json_object(body: bytes, what: str) -> JSONObject:
