@@ -775,9 +775,23 @@ class RedisStore(SessionStore):
     async def _take_lock(self, name: str, token: str) -> None:
         pause = _TURN_POLL_FIRST
         while True:
+            # A waiter is cancelled where it waits (a client went away): a SET cut
+            # off mid-flight can leave redis-py waiting forever for its answer
+            # (seen with redis-py 8.2), so the SET finishes first and the
+            # cancellation is given back after it.
+            attempt = asyncio.ensure_future(
+                self._client.set(name, token, nx=True, px=_TURN_LEASE_MS)
+            )
             with self._guard():
-                if await self._client.set(name, token, nx=True, px=_TURN_LEASE_MS):
-                    return
+                try:
+                    taken = await asyncio.shield(attempt)
+                except asyncio.CancelledError:
+                    await asyncio.wait([attempt])
+                    if not attempt.cancelled():
+                        attempt.exception()  # retrieved: the cancellation is what matters
+                    raise
+            if taken:
+                return
             await asyncio.sleep(random.uniform(pause / 2, pause))
             pause = min(pause * 2, _TURN_POLL_MAX)
 
