@@ -43,7 +43,7 @@ async def upstream() -> AsyncIterator[AiohttpUpstream]:
         yield client
 
 
-async def test_sends_the_key_and_body_and_streams_the_answer(upstream: AiohttpUpstream) -> None:
+async def test_sends_the_headers_and_body_and_streams_the_answer(upstream: AiohttpUpstream) -> None:
     seen: list[bytes] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -67,7 +67,12 @@ async def test_sends_the_key_and_body_and_streams_the_answer(upstream: AiohttpUp
     server, port = await serve(handler)
     async with server:
         response = await upstream.send(
-            UpstreamRequest(provider(port), "/chat/completions", b'{"a":1}')
+            UpstreamRequest(
+                provider(port),
+                "/chat/completions",
+                b'{"a":1}',
+                [("authorization", f"Bearer {KEY}")],
+            )
         )
         assert response.status_code == 200
         assert await response.aread() == b"data: 1\n\ndata: 2\n\n"

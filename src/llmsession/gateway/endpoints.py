@@ -8,11 +8,12 @@ its sans-IO wire module.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 from llmsession.gateway import openai_chat, openai_responses
+from llmsession.gateway.config import ProviderKind
 from llmsession.gateway.wire import Answer, JSONObject, StreamTranslator
 
 __all__ = ["ENDPOINTS", "Endpoint", "ParsedRequest"]
@@ -33,7 +34,7 @@ class ParsedRequest:
 
 
 class Endpoint(Protocol):
-    """One gateway endpoint: its name, its upstream path and its wire format."""
+    """One gateway endpoint: its name, the providers it reaches, and its wire format."""
 
     @property
     def name(self) -> str:
@@ -41,11 +42,24 @@ class Endpoint(Protocol):
         ...
 
     @property
-    def path(self) -> str:
+    def kind(self) -> ProviderKind:
+        """The kind of provider this endpoint's wire format reaches."""
+        ...
+
+    def parse(
+        self, body: bytes, *, path_model: str | None, headers: Mapping[str, str]
+    ) -> ParsedRequest:
+        """The client's request; ``path_model`` is the model named in the URL path, if the
+        wire format puts it there, and ``headers`` the client's (lower-case names)."""
+        ...
+
+    def upstream_path(self, request: ParsedRequest, model: str) -> str:
         """Appended to the provider's base_url."""
         ...
 
-    def parse(self, body: bytes) -> ParsedRequest: ...
+    def upstream_headers(self, request: ParsedRequest, api_key: str) -> list[tuple[str, str]]:
+        """The headers that carry the operator's key (and any the wire format needs)."""
+        ...
 
     def upstream_body(
         self,
@@ -74,11 +88,19 @@ class ChatCompletions:
     """``POST /v1/chat/completions``: the history is replayed every round."""
 
     name = "chat/completions"
-    path = "/chat/completions"
+    kind: ProviderKind = "openai"
 
-    def parse(self, body: bytes) -> ParsedRequest:
+    def parse(
+        self, body: bytes, *, path_model: str | None, headers: Mapping[str, str]
+    ) -> ParsedRequest:
         request = openai_chat.parse_chat_request(body)
         return ParsedRequest(request.model, request.stream, request.messages, False, request)
+
+    def upstream_path(self, request: ParsedRequest, model: str) -> str:
+        return "/chat/completions"
+
+    def upstream_headers(self, request: ParsedRequest, api_key: str) -> list[tuple[str, str]]:
+        return _bearer(api_key)
 
     def upstream_body(
         self,
@@ -112,13 +134,21 @@ class Responses:
     """``POST /v1/responses``: chained to the provider's stored response where it can be."""
 
     name = "responses"
-    path = "/responses"
+    kind: ProviderKind = "openai"
 
-    def parse(self, body: bytes) -> ParsedRequest:
+    def parse(
+        self, body: bytes, *, path_model: str | None, headers: Mapping[str, str]
+    ) -> ParsedRequest:
         request = openai_responses.parse_responses_request(body)
         return ParsedRequest(
             request.model, request.stream, request.input_items, request.store, request
         )
+
+    def upstream_path(self, request: ParsedRequest, model: str) -> str:
+        return "/responses"
+
+    def upstream_headers(self, request: ParsedRequest, api_key: str) -> list[tuple[str, str]]:
+        return _bearer(api_key)
 
     def upstream_body(
         self,
@@ -149,6 +179,10 @@ class Responses:
 
     def previous_response_missing(self, status: int, body: bytes) -> bool:
         return openai_responses.previous_response_missing(status, body)
+
+
+def _bearer(api_key: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {api_key}")]
 
 
 #: Every gateway endpoint, by name.

@@ -132,15 +132,21 @@ class Gateway:
         *,
         session_header: str | None,
         idempotency_key: str | None,
+        path_model: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Reply:
-        """Run one turn for ``tenant_id``; errors are LLMSessionError subclasses."""
+        """Run one turn for ``tenant_id``; errors are LLMSessionError subclasses.
+
+        ``path_model`` is the model the URL names, for wire formats that put it
+        there; ``headers`` are the client's, for wire formats that forward some.
+        """
         endpoint = ENDPOINTS[endpoint_name]
-        request = endpoint.parse(body)
+        request = endpoint.parse(body, path_model=path_model, headers=headers or {})
         key = None if idempotency_key is None else check_idempotency_key(idempotency_key)
         request_hash = hashlib.sha256(endpoint.name.encode() + b"\0" + body).hexdigest()
         store = self._store
         if session_header is None:
-            provider, model = resolve_model(self.config, request.model)
+            provider, model = resolve_model(self.config, request.model, kind=endpoint.kind)
             if key is None:
                 return await self._turn(
                     _Turn(
@@ -205,7 +211,9 @@ class Gateway:
             # Read under the turn, so every earlier turn of this session is in it;
             # the session and its history in one read.
             stored, history = await store.session_history(tenant_id, session_id)
-            provider, model = resolve_model(self.config, request.model, stored.record)
+            provider, model = resolve_model(
+                self.config, request.model, stored.record, kind=endpoint.kind
+            )
             if key is not None:
                 found = await store.find_turn(tenant_id, key, session_id)
                 if found is not None:
@@ -286,7 +294,15 @@ class Gateway:
             cache_key=str(turn.session_id),
             previous_response_id=previous_response_id,
         )
-        return await self._upstream.send(UpstreamRequest(turn.provider, turn.endpoint.path, body))
+        endpoint, request = turn.endpoint, turn.request
+        return await self._upstream.send(
+            UpstreamRequest(
+                turn.provider,
+                endpoint.upstream_path(request, turn.model),
+                body,
+                endpoint.upstream_headers(request, turn.provider.api_key.reveal()),
+            )
+        )
 
     async def _upstream_error(self, turn: _Turn, response: UpstreamResponse) -> Reply:
         body = await _read(response)

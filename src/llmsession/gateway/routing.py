@@ -3,14 +3,15 @@
 ``model`` is ``<provider_id>/<model>`` when the part before the first ``/``
 names a configured provider (so ``fake/meta-llama/x`` is model ``meta-llama/x``
 of provider ``fake``); otherwise the whole string is a bare model name,
-accepted when exactly one provider is configured, or when the request
-continues a session (whose provider and model it must then match).
+accepted when exactly one provider of the endpoint's kind is configured, or
+when the request continues a session (whose provider and model it must then
+match). A provider is reached only through the endpoints of its own kind.
 """
 
 from __future__ import annotations
 
 from llmsession.errors import ConflictError, InvalidInput
-from llmsession.gateway.config import GatewayConfig, ProviderConfig
+from llmsession.gateway.config import GatewayConfig, ProviderConfig, ProviderKind
 from llmsession.record import SessionRecord
 
 __all__ = ["ModelMismatch", "resolve_model"]
@@ -21,32 +22,52 @@ class ModelMismatch(ConflictError):
 
 
 def resolve_model(
-    config: GatewayConfig, requested: str, session: SessionRecord | None = None
+    config: GatewayConfig,
+    requested: str,
+    session: SessionRecord | None = None,
+    *,
+    kind: ProviderKind = "openai",
 ) -> tuple[ProviderConfig, str]:
-    """The provider and the provider's model name for ``requested``.
+    """The provider and the provider's model name for ``requested``, on an endpoint
+    that speaks ``kind``'s wire format.
 
-    InvalidInput for a model no configured provider offers; ModelMismatch when
-    ``session`` was started with another provider or model.
+    InvalidInput for a model no configured provider of ``kind`` offers;
+    ModelMismatch when ``session`` was started with another provider or model.
     """
+    providers = {
+        provider_id: provider
+        for provider_id, provider in config.providers.items()
+        if provider.kind == kind
+    }
     prefix, slash, rest = requested.partition("/")
-    named = config.provider(prefix) if slash else None
+    named = providers.get(prefix) if slash else None
+    if slash and named is None and (other := config.provider(prefix)) is not None:
+        raise InvalidInput(
+            f"provider {prefix!r} speaks the {other.kind} wire format, not {kind}'s; "
+            "send this request to its own endpoint (see docs/gateway.md)"
+        )
     if named is not None:
         provider, model = named, rest
     elif session is not None:
-        configured = config.provider(session.provider_id)
+        configured = providers.get(session.provider_id)
         if configured is None:
             raise ModelMismatch(
                 f"session {session.session_id} uses provider {session.provider_id!r}, which "
-                "this server no longer configures"
+                f"this server does not configure as a {kind} provider (any more)"
             )
         provider, model = configured, requested
-    elif len(config.providers) == 1:
-        (provider,) = config.providers.values()
+    elif len(providers) == 1:
+        (provider,) = providers.values()
         model = requested
-    else:
-        names = ", ".join(sorted(config.providers))
+    elif not providers:
         raise InvalidInput(
-            f"model {requested!r} names no configured provider; write it as "
+            f"no provider of kind {kind!r} is configured on this server, so this endpoint "
+            "has nowhere to send requests"
+        )
+    else:
+        names = ", ".join(sorted(providers))
+        raise InvalidInput(
+            f"model {requested!r} names no configured {kind} provider; write it as "
             f"'<provider_id>/<model>' with one of: {names}"
         )
     if not model:

@@ -59,7 +59,8 @@ class ProviderTimeout(ProviderError):
 
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:
-    """One request to a provider; ``path`` is appended to its ``base_url``."""
+    """One request to a provider; ``path`` is appended to its ``base_url``, and
+    ``headers`` carry the provider's key in the way its wire format wants it."""
 
     provider: ProviderConfig
     path: str
@@ -137,11 +138,7 @@ class AiohttpUpstream:
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         provider = request.provider
         session = self._session(provider)
-        headers = [
-            ("authorization", f"Bearer {provider.api_key.reveal()}"),
-            ("content-type", "application/json"),
-            *request.headers,
-        ]
+        headers = [("content-type", "application/json"), *request.headers]
         try:
             response = await session.post(
                 provider.base_url + request.path,

@@ -96,6 +96,7 @@ def gateway_routes(context: AppContext) -> APIRouter:
             await request.body(),
             session_header=sessions[0] if sessions else None,
             idempotency_key=parse_idempotency_key(request.headers.get("idempotency-key")),
+            headers=request.headers,
         )
         if reply.stream is not None:
             return StreamingResponse(reply.stream, reply.status, headers=reply.headers)
