@@ -18,6 +18,11 @@ into a log line, an error or a metric by accident.
     api_key_env = "OPENAI_API_KEY"
     timeout_seconds = 60                 # optional
     models = ["gpt-4o-mini", "gpt-4o"]   # optional allow-list
+
+    [providers.google]
+    kind = "gemini"
+    base_url = "https://generativelanguage.googleapis.com"   # no version: the gateway adds /v1beta
+    api_key_env = "GEMINI_API_KEY"
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ __all__ = [
     "parse_config",
 ]
 
-ProviderKind: TypeAlias = Literal["openai"]
+ProviderKind: TypeAlias = Literal["openai", "gemini"]
 _KINDS: Final[tuple[ProviderKind, ...]] = get_args(ProviderKind)
 
 DEFAULT_TIMEOUT_SECONDS: Final = 60.0
