@@ -60,6 +60,7 @@ def test_chat_completion(fake: FakeProcess) -> None:
         "usage_reported": True,
         "prompt_cache_key": None,
         "previous_response_id": None,
+        "session_id": None,
     }
 
 

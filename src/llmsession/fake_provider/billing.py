@@ -17,7 +17,9 @@ from typing import Final, Literal
 
 __all__ = ["TOTALED_FIELDS", "BillingEntry", "BillingLog", "Endpoint", "key_fingerprint"]
 
-Endpoint = Literal["chat.completions", "responses"]
+#: Where a request went: OpenAI's two endpoints, Gemini's generation (streamed or
+#: not) and Gemini's cache entries (only their creation is billed).
+Endpoint = Literal["chat.completions", "responses", "generateContent", "cachedContents"]
 
 #: The counts that ``BillingLog.totals`` adds up.
 TOTALED_FIELDS: Final = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
@@ -36,6 +38,8 @@ class BillingEntry:
     ``prompt_tokens``/``input_tokens`` do); ``output_tokens`` includes
     ``reasoning_tokens``. ``completed`` is false for a stream cut off or dropped
     before its end; ``usage_reported`` says whether the usage reached the caller.
+    ``session_id`` is the ``LLMSession-Id`` header the request carried (the gateway
+    sends it on Gemini requests, which have no ``prompt_cache_key``), if any.
     """
 
     id: str
@@ -51,6 +55,7 @@ class BillingEntry:
     usage_reported: bool
     prompt_cache_key: str | None
     previous_response_id: str | None
+    session_id: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)

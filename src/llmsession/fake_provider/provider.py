@@ -17,6 +17,7 @@ from llmsession.fake_provider.answers import Answer, plan_answer
 from llmsession.fake_provider.billing import BillingEntry, BillingLog, Endpoint, key_fingerprint
 from llmsession.fake_provider.errors import missing_api_key, wrong_api_key
 from llmsession.fake_provider.faults import Fault, FaultQueue
+from llmsession.fake_provider.gemini_cache import GeminiCacheStore
 from llmsession.fake_provider.prefix_cache import CacheScope, PrefixCache
 from llmsession.fake_provider.response_store import ResponseStore
 from llmsession.fake_provider.tokens import Message, prompt_tokens
@@ -43,6 +44,8 @@ class Served:
     answer: Answer
     prompt_cache_key: str | None
     previous_response_id: str | None
+    #: The ``LLMSession-Id`` header of the request, logged with its billing entry.
+    session_id: str | None = None
 
 
 class FakeProvider:
@@ -60,6 +63,7 @@ class FakeProvider:
         if not self._keys or any(not key for key in self._keys):
             raise ValueError("the fake provider needs at least one non-empty API key")
         self.cache = PrefixCache(ttl_seconds=cache_ttl_seconds, clock=clock)
+        self.gemini_caches = GeminiCacheStore(clock)
         self.responses = ResponseStore()
         self.billing = BillingLog(billing_log)
         self.faults = FaultQueue()
@@ -74,9 +78,13 @@ class FakeProvider:
             raise wrong_api_key()
         return fingerprint
 
-    def take_fault(self, endpoint: Endpoint) -> Fault | None:
+    def fingerprint(self, key: str) -> str | None:
+        """The fingerprint of an accepted key, or None."""
+        return self._keys.get(key)
+
+    def take_fault(self, endpoint: Endpoint, *, named_only: bool = False) -> Fault | None:
         """The fault this request suffers, if any; ``forget_responses`` takes effect here."""
-        fault = self.faults.take(endpoint)
+        fault = self.faults.take(endpoint, named_only=named_only)
         if fault is not None and fault.mode == "forget_responses":
             self.responses.forget_all()
         return fault
@@ -135,6 +143,7 @@ class FakeProvider:
             usage_reported=usage_reported,
             prompt_cache_key=served.prompt_cache_key,
             previous_response_id=served.previous_response_id,
+            session_id=served.session_id,
         )
         self.billing.add(entry)
         return entry
@@ -142,6 +151,7 @@ class FakeProvider:
     def reset(self) -> None:
         """Back to the state at start: no cache, no stored responses, no billing, no faults."""
         self.cache.clear()
+        self.gemini_caches.clear()
         self.responses.forget_all()
         self.billing.clear()
         self.faults.clear()

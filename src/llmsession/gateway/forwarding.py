@@ -329,7 +329,7 @@ class Gateway:
         provider = self.config.provider(stored.record.provider_id)
         cache = None if provider is None else self._caches.get(provider.kind)
         if provider is not None and cache is not None and history:
-            await cache.drop(provider, history[-1].response_id)
+            await cache.drop(provider, session_id, history[-1].response_id)
         return closed
 
     async def _post(

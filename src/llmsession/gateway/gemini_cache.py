@@ -164,12 +164,12 @@ class GeminiCaches:
         state = CacheState.decode(last)
         fixed = fixed_digest(request.wire.body)
         plan = plan_cache(state, fixed=fixed, history_items=len(history), model=model)
-        turn = _GeminiTurn(self, provider, headers, previous=state, fixed=fixed)
+        turn = _GeminiTurn(self, provider, headers, str(session_id), previous=state, fixed=fixed)
         if plan == "none" or ttl_seconds is None or state is None:
             return turn
         if plan == "reuse":
             assert state.name is not None
-            if await self._renew(provider, state.name, ttl_seconds):
+            if await self._renew(provider, state.name, ttl_seconds, str(session_id)):
                 return replace(turn, using=state)
             return turn
         created = await self._create(
@@ -185,21 +185,18 @@ class GeminiCaches:
         using = CacheState(created.name, len(history), created.tokens, fixed, 0)
         return replace(turn, using=using, created=created)
 
-    async def drop(self, provider: ProviderConfig, last: str | None) -> None:
+    async def drop(self, provider: ProviderConfig, session_id: SessionId, last: str | None) -> None:
         state = CacheState.decode(last)
         if state is not None and state.name is not None:
-            await self.delete(provider, state.name)
+            await self.delete(provider, state.name, str(session_id))
 
-    async def _side(self, provider: ProviderConfig, method: str, path: str, body: bytes) -> bytes:
+    async def _side(
+        self, provider: ProviderConfig, method: str, path: str, body: bytes, session_id: str
+    ) -> bytes:
         """One side request; ProviderError also for an answer that is not a success."""
+        headers = [("x-goog-api-key", provider.api_key.reveal()), (_SESSION_HEADER, session_id)]
         response = await self._upstream.send(
-            UpstreamRequest(
-                provider,
-                path,
-                body,
-                [("x-goog-api-key", provider.api_key.reveal())],
-                method=method,
-            )
+            UpstreamRequest(provider, path, body, headers, method=method)
         )
         try:
             answer = await response.aread()
@@ -230,7 +227,9 @@ class GeminiCaches:
             display_name=f"llmsession {session_id}",
         )
         try:
-            answer = await self._side(provider, "POST", f"/{API_VERSION}/cachedContents", body)
+            answer = await self._side(
+                provider, "POST", f"/{API_VERSION}/cachedContents", body, str(session_id)
+            )
         except ProviderError as error:
             logger.warning("creating a cached content entry failed, replaying: %s", error)
             return None
@@ -243,20 +242,26 @@ class GeminiCaches:
             )
         return created
 
-    async def _renew(self, provider: ProviderConfig, name: str, ttl_seconds: int) -> bool:
+    async def _renew(
+        self, provider: ProviderConfig, name: str, ttl_seconds: int, session_id: str
+    ) -> bool:
         try:
             await self._side(
-                provider, "PATCH", f"/{API_VERSION}/{name}", cache_ttl_body(ttl_seconds)
+                provider,
+                "PATCH",
+                f"/{API_VERSION}/{name}",
+                cache_ttl_body(ttl_seconds),
+                session_id,
             )
         except ProviderError as error:
             logger.warning("renewing cached content %s failed, replaying: %s", name, error)
             return False
         return True
 
-    async def delete(self, provider: ProviderConfig, name: str) -> None:
+    async def delete(self, provider: ProviderConfig, name: str, session_id: str) -> None:
         """Delete one entry; a failure is logged (the entry then ends with its TTL)."""
         try:
-            await self._side(provider, "DELETE", f"/{API_VERSION}/{name}", b"")
+            await self._side(provider, "DELETE", f"/{API_VERSION}/{name}", b"", session_id)
         except ProviderError as error:
             logger.warning("deleting cached content %s failed: %s", name, error)
 
@@ -268,6 +273,7 @@ class _GeminiTurn:
     caches: GeminiCaches
     provider: ProviderConfig
     headers: Sequence[tuple[str, str]]
+    session_id: str
     #: The state the previous turn stored.
     previous: CacheState | None
     fixed: str
@@ -326,11 +332,11 @@ class _GeminiTurn:
         if self.using is not None and self.using.name == previous.name:
             return
         # The previous entry is superseded (or was not usable): nobody references it now.
-        await self.caches.delete(self.provider, previous.name)
+        await self.caches.delete(self.provider, previous.name, self.session_id)
 
     async def abandoned(self) -> None:
         if self.created is not None:
-            await self.caches.delete(self.provider, self.created.name)
+            await self.caches.delete(self.provider, self.created.name, self.session_id)
 
 
 def _history_tokens(usage: Usage | None) -> int | None:

@@ -75,6 +75,6 @@ class SessionCache(Protocol):
         raises for a failed side request: the turn then goes out without it."""
         ...
 
-    async def drop(self, provider: ProviderConfig, last: str | None) -> None:
+    async def drop(self, provider: ProviderConfig, session_id: SessionId, last: str | None) -> None:
         """The session ended: delete what ``last`` holds at the provider. Never raises."""
         ...

@@ -10,11 +10,12 @@ on the OpenAI routes (the SDK sends ``model="gemini/gemini-2.5-flash"`` as
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from llmsession.gateway.forwarding import SESSION_HEADER
 from llmsession.server.auth import google_api_key, require_tenant
 from llmsession.server.context import AppContext
 from llmsession.server.problems import Problem
@@ -26,6 +27,40 @@ __all__ = ["GEMINI_PREFIXES", "gemini_routes"]
 #: The path prefixes of the Gemini routes, one per API version a client may name.
 GEMINI_PREFIXES: Final = ("/v1beta/models/", "/v1/models/")
 _ENDPOINT: Final = "gemini/generateContent"
+
+_OPENAPI: Final[dict[str, Any]] = {
+    "parameters": [
+        {
+            "name": "target",
+            "in": "path",
+            "required": True,
+            "description": "`<provider_id>/<model>:generateContent` or "
+            "`<provider_id>/<model>:streamGenerateContent` (with `?alt=sse`)",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": SESSION_HEADER,
+            "in": "header",
+            "required": False,
+            "description": "The session this request continues; without it, the request "
+            "starts a session (its id comes back in the same header)",
+            "schema": {"type": "string", "format": "uuid"},
+        },
+        {
+            "name": "x-goog-api-key",
+            "in": "header",
+            "required": False,
+            "description": "The tenant's API key, as the google-genai SDK sends it (or "
+            "`?key=`, or `Authorization: Bearer`; exactly one of them)",
+            "schema": {"type": "string"},
+        },
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+    "security": [{"TenantKey": []}],
+}
 
 
 def gemini_routes(context: AppContext) -> APIRouter:
@@ -64,5 +99,6 @@ def gemini_routes(context: AppContext) -> APIRouter:
             summary="Gemini generateContent / streamGenerateContent, through a session",
             response_class=Response,
             include_in_schema=prefix.startswith("/v1beta"),
+            openapi_extra=_OPENAPI,
         )
     return router
