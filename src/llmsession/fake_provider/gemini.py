@@ -176,11 +176,9 @@ def parse_generate_request(body: Mapping[str, object], model: str) -> GenerateRe
             f"Invalid value at 'generation_config.max_output_tokens' (TYPE_INT32), {limit!r}"
         )
     thinking: object = settings.get("thinkingConfig") or {}
-    budget = (
-        cast(dict[str, object], thinking).get("thinkingBudget")
-        if isinstance(thinking, dict)
-        else None
-    )
+    # Proto JSON takes either spelling, and the google-genai SDK sends the snake one.
+    fields = cast(dict[str, object], thinking) if isinstance(thinking, dict) else {}
+    budget = fields.get("thinkingBudget", fields.get("thinking_budget"))
     return GenerateRequest(
         model=model,
         system=_system(body),
