@@ -3,7 +3,13 @@
 Run:  .venv/bin/python bench/gateway.py [--targets direct,forwarder,llmsession,litellm]
       [--stores sqlite,postgresql] [--repeat 3] [--duration 4] [--latency-requests 100]
       [--concurrency 32] [--rounds 8] [--forwarder-client aiohttp] [--json results.json]
+      [--kind openai|gemini]
       .venv/bin/python bench/gateway.py --quick        (a smoke run, 35 s to a minute)
+
+``--kind gemini`` does the same with Gemini's wire format instead of Chat
+Completions (``generateContent``, ``streamGenerateContent?alt=sse``, the key as
+``x-goog-api-key``; a stream must end with an event carrying ``finishReason``),
+on direct, the forwarder and llmsession (LiteLLM is not set up for it).
 
 One fake provider (``python -m llmsession.fake_provider``) runs on loopback, and
 every target sends it the same Chat Completions work:
@@ -86,6 +92,9 @@ LITELLM_VERSION = "1.80.0"
 LITELLM_VENV = BENCH_DIR / f".litellm-{LITELLM_VERSION}"
 
 TARGETS = ("direct", "forwarder", "llmsession", "litellm")
+#: The wire formats a run can use; each target speaks the run's one.
+KINDS = ("openai", "gemini")
+GEMINI_MODEL = "gemini-2.5-flash"
 STORES = ("memory", "sqlite", "postgresql", "redis")
 MODEL = "gpt-4o-mini"
 PATH = "/v1/chat/completions"
@@ -119,7 +128,9 @@ class Script:
     new: tuple[tuple[bytes, ...], tuple[bytes, ...]]
 
     @classmethod
-    def build(cls, answers: Sequence[str]) -> Script:
+    def build(cls, answers: Sequence[str], kind: str = "openai") -> Script:
+        if kind == "gemini":
+            return cls._build_gemini(answers)
         full: list[tuple[bytes, ...]] = []
         new: list[tuple[bytes, ...]] = []
         for stream in (False, True):
@@ -139,6 +150,24 @@ class Script:
             full.append(tuple(full_bodies))
             new.append(tuple(new_bodies))
         return cls((full[0], full[1]), (new[0], new[1]))
+
+    @classmethod
+    def _build_gemini(cls, answers: Sequence[str]) -> Script:
+        # The model is in the URL; streaming too. The system instruction goes with
+        # every request, as the google-genai SDK's config sends it.
+        system = {"parts": [{"text": SYSTEM}]}
+        history: list[dict[str, Any]] = []
+        full_bodies: list[bytes] = []
+        new_bodies: list[bytes] = []
+        for turn, answer in enumerate(answers):
+            user = {"role": "user", "parts": [{"text": _question(turn)}]}
+            history.append(user)
+            full_bodies.append(_body({"systemInstruction": system, "contents": history}))
+            sent = history if turn == 0 else [user]
+            new_bodies.append(_body({"systemInstruction": system, "contents": sent}))
+            history.append({"role": "model", "parts": [{"text": answer}]})
+        full, new = tuple(full_bodies), tuple(new_bodies)
+        return cls((full, full), (new, new))
 
     def as_json(self) -> dict[str, list[list[str]]]:
         return {
@@ -169,6 +198,34 @@ class Target:
     authorization: str
     #: True for llmsession: send only the new turn, with LLMSession-Id.
     sessions: bool
+    #: The wire format: "openai" (Chat Completions) or "gemini".
+    kind: str = "openai"
+    #: The header that carries ``authorization``.
+    key_header: str = "Authorization"
+
+
+def _path(kind: str, stream: bool) -> str:
+    if kind == "gemini":
+        method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        return f"/v1beta/models/{GEMINI_MODEL}:{method}"
+    return PATH
+
+
+def _answer_error(kind: str, stream: bool, payload: bytes) -> str | None:
+    """Why a 200 answer is not a whole answer of its kind, or None."""
+    shown = payload[-200:] if stream else payload[:300]
+    text = shown.decode(errors="replace")
+    if kind == "gemini":
+        if stream and b'"finishReason"' not in payload.rsplit(b"data:", 1)[-1]:
+            return f"stream did not end with a finishReason: ...{text}"
+        if not stream and b'"candidates"' not in payload:
+            return f"not a GenerateContentResponse: {text}"
+        return None
+    if stream and not payload.rstrip().endswith(b"data: [DONE]"):
+        return f"stream did not end with [DONE]: ...{text}"
+    if not stream and b'"chat.completion"' not in payload:
+        return f"not a chat.completion: {text}"
+    return None
 
 
 class _Client:
@@ -183,8 +240,8 @@ class _Client:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.head = (
-            f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{target.port}\r\n"
-            f"Content-Type: application/json\r\nAuthorization: {target.authorization}\r\n"
+            f"POST {_path(target.kind, stream)} HTTP/1.1\r\nHost: 127.0.0.1:{target.port}\r\n"
+            f"Content-Type: application/json\r\n{target.key_header}: {target.authorization}\r\n"
         )
 
     async def close(self) -> None:
@@ -219,10 +276,8 @@ class _Client:
         error = None
         if status != 200:
             error = f"{status} {payload[:300].decode(errors='replace')}"
-        elif self.stream and not payload.rstrip().endswith(b"data: [DONE]"):
-            error = f"stream did not end with [DONE]: ...{payload[-200:].decode(errors='replace')}"
-        elif not self.stream and b'"chat.completion"' not in payload:
-            error = f"not a chat.completion: {payload[:300].decode(errors='replace')}"
+        else:
+            error = _answer_error(self.target.kind, self.stream, payload)
         if error is not None:
             self.session = None
             self.turn = 0
@@ -474,10 +529,16 @@ class Bench:
         self.fake_port = int(line.rsplit(":", 1)[1].removesuffix("/v1"))
         _wait_ready(process, f"{self.fake_root}/_fake/health", log, "the fake provider")
         # Direct's process is the fake itself: its CPU per request is the provider's work.
-        target = Target("direct", self.fake_port, f"Bearer {self.fake_key}", False)
+        target = self._target("direct", self.fake_port, self.fake_key, sessions=False)
         server = Server(target, process, log)
         self.servers.append(server)
         return server
+
+    def _target(self, name: str, port: int, key: str, *, sessions: bool) -> Target:
+        """A target speaking the run's wire format, with its key where that format wants it."""
+        if self.args.kind == "gemini":
+            return Target(name, port, key, sessions, "gemini", "x-goog-api-key")
+        return Target(name, port, f"Bearer {key}", sessions)
 
     @property
     def fake_root(self) -> str:
@@ -488,6 +549,16 @@ class Bench:
         answers = []
         with httpx.Client(trust_env=False, timeout=10) as client:
             for turn in range(self.args.rounds):
+                if self.args.kind == "gemini":
+                    response = client.post(
+                        f"{self.fake_root}{_path('gemini', False)}",
+                        json={"contents": [{"role": "user", "parts": [{"text": _question(turn)}]}]},
+                        headers={"x-goog-api-key": self.fake_key},
+                    )
+                    response.raise_for_status()
+                    parts = response.json()["candidates"][0]["content"]["parts"]
+                    answers.append("".join(part.get("text", "") for part in parts))
+                    continue
                 response = client.post(
                     f"{self.fake_root}{PATH}",
                     json={
@@ -512,7 +583,7 @@ class Bench:
         ]
         process, log = self._spawn("forwarder", command, dict(os.environ))
         _wait_ready(process, f"http://127.0.0.1:{port}/healthz", log, "the forwarder")
-        target = Target("forwarder", port, f"Bearer {self.fake_key}", False)
+        target = self._target("forwarder", port, self.fake_key, sessions=False)
         server = Server(target, process, log)
         self.servers.append(server)
         return server
@@ -521,10 +592,11 @@ class Bench:
         port = _free_port()
         admin_key = "bench-admin-" + secrets.token_hex(16)
         config = self.workdir / f"llmsession-{store}.toml"
+        gemini = self.args.kind == "gemini"
         config.write_text(
             "[providers.fake]\n"
-            'kind = "openai"\n'
-            f'base_url = "{self.fake_root}/v1"\n'
+            f'kind = "{self.args.kind}"\n'
+            f'base_url = "{self.fake_root if gemini else self.fake_root + "/v1"}"\n'
             'api_key_env = "BENCH_FAKE_API_KEY"\n'
         )
         env = {
@@ -549,7 +621,7 @@ class Bench:
             timeout=10,
         )
         created.raise_for_status()
-        target = Target(name, port, f"Bearer {created.json()['api_key']}", True)
+        target = self._target(name, port, created.json()["api_key"], sessions=True)
         server = Server(target, process, log)
         self.servers.append(server)
         return server
@@ -821,6 +893,7 @@ def report(bench: Bench, figures: Figures, args: argparse.Namespace, commit: str
     direct = figures.latency.get("direct", {})
     out = [
         f"# Gateway benchmark ({commit}): {machine()}; load {load()}",
+        f"wire format: {'Gemini generateContent' if args.kind == 'gemini' else 'Chat Completions'}",
         f"{args.repeat} repeat(s); latency: 1 client, {args.latency_requests} requests per "
         f"target and mode per repeat; throughput: {args.concurrency} clients, "
         f"{args.duration:g} s after {args.warmup:g} s warm-up, median of repeats; "
@@ -1009,7 +1082,7 @@ def _bench(args: argparse.Namespace, places: Sequence[FreshStore]) -> int:
     ):
         bench = Bench(args, Path(workdir), stack)
         bench.start_fake()
-        script = Script.build(bench.answers())
+        script = Script.build(bench.answers(), args.kind)
         if "forwarder" in targets:
             bench.start_forwarder()
         for place in places:
@@ -1039,6 +1112,24 @@ def _as_json(bench: Bench, figures: Figures) -> dict[str, Any]:
     }
 
 
+def _targets(parser: argparse.ArgumentParser, given: str | None, kind: str) -> str:
+    """``--targets`` checked, in their order, with direct always first."""
+    if given is None:
+        # LiteLLM is set up for Chat Completions only.
+        given = ",".join(t for t in TARGETS if kind == "openai" or t != "litellm")
+    targets = [t.strip() for t in given.split(",") if t.strip()]
+    if kind == "gemini" and "litellm" in targets:
+        parser.error("--targets: litellm is set up for --kind openai only")
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets:
+        parser.error(
+            f"--targets: unknown {', '.join(unknown) or '(none)'}; use {', '.join(TARGETS)}"
+        )
+    if "direct" not in targets:
+        targets.insert(0, "direct")
+    return ",".join(t for t in TARGETS if t in targets)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line, checked: every error names the flag and what it accepts."""
     parser = argparse.ArgumentParser(
@@ -1050,8 +1141,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="openai",
+        help="the wire format every target speaks (default openai: Chat Completions)",
+    )
+    parser.add_argument(
         "--targets",
-        default=",".join(TARGETS),
+        default=None,
         help=f"comma-separated, from {', '.join(TARGETS)} (direct is always measured: the "
         "base of added latency)",
     )
@@ -1102,15 +1199,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     args.latency_warmup = max(5, args.latency_requests // 10)
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = [t for t in targets if t not in TARGETS]
-    if unknown or not targets:
-        parser.error(
-            f"--targets: unknown {', '.join(unknown) or '(none)'}; use {', '.join(TARGETS)}"
-        )
-    if "direct" not in targets:
-        targets.insert(0, "direct")
-    args.targets = ",".join(t for t in TARGETS if t in targets)
+    args.targets = _targets(parser, args.targets, args.kind)
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
     unknown = [s for s in stores if s not in STORES]
     if unknown or not stores or len(set(stores)) != len(stores):
