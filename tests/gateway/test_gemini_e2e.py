@@ -321,6 +321,25 @@ def test_a_client_error_passes_through(gateway: Gateway) -> None:
     assert gateway.get(key, "/v1/sessions")["items"] == []
 
 
+def test_an_entry_made_for_a_refused_turn_is_deleted_again(gateway: Gateway) -> None:
+    key = gateway.tenant()
+    client = gateway.sdk(key)
+    session_id = session_of(
+        client.models.generate_content(model=MODEL, contents=[user(BIG_CONTEXT + " Q1")])
+    )
+    with pytest.raises(errors.ClientError) as caught:
+        client.models.generate_content(
+            model=MODEL,
+            contents=[types.Content(role="narrator", parts=[types.Part(text="Q2")])],
+            config=in_session(session_id),
+        )
+    assert caught.value.code == 400
+    # The turn created an entry for the history, then the provider refused its request.
+    assert [e["endpoint"] for e in gateway.billing(key)] == ["generateContent", "cachedContents"]
+    assert gateway.entries(session_id) == []
+    assert gateway.get(key, f"/v1/sessions/{session_id}")["round_count"] == 1
+
+
 def test_a_cut_stream_ends_as_an_error_and_adds_nothing(gateway: Gateway) -> None:
     key = gateway.tenant()
     client = gateway.sdk(key)

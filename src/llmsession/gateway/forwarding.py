@@ -254,7 +254,8 @@ class Gateway:
                 answer = endpoint.parse_answer(answer_body)
                 await self._commit(turn, answer, response, answer_body)
                 return Reply(200, self._headers(turn, response), answer_body)
-        except BaseException:
+        except Exception:
+            # (Not on cancellation: a created entry then ends with its TTL.)
             if turn.cache is not None:
                 await turn.cache.abandoned()
             raise
