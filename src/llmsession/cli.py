@@ -614,11 +614,12 @@ def sessions_show(
         )
 
 
-_COST_HEADERS: Final = ("COST", "STATELESS", "SAVED", "CURRENCY")
+#: What was paid, what a stateless client would have paid, and the difference.
+_COST_HEADERS: Final = ("COST", "STATELESS", "AVOIDED", "CURRENCY")
 
 
 def _cost_cells(cost: Cost | None) -> tuple[object, object, object, object]:
-    """Paid, stateless, saved and currency; "-" without a cost."""
+    """Paid, stateless, avoided (saved) and currency; "-" without a cost."""
     if cost is None:
         return (None, None, None, None)
     return (cost.paid, cost.stateless, cost.saved, cost.currency)
