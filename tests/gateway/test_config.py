@@ -72,7 +72,7 @@ def test_a_missing_file_names_it(tmp_path: Path) -> None:
         ('[providers.p]\nkind = "openai"\n', r"\[providers\.p\] needs 'base_url'"),
         (
             '[providers.p]\nkind = "cohere"\nbase_url = "http://x"\napi_key_env = "FAKE_KEY"\n',
-            r"kind must be one of 'openai', got 'cohere'",
+            r"kind must be one of 'openai', 'anthropic'.*, got 'cohere'",
         ),
         (
             '[providers.p]\nkind = "openai"\nbase_url = "ftp://x"\napi_key_env = "FAKE_KEY"\n',
