@@ -213,19 +213,21 @@ def parse_messages_request(body: Mapping[str, object]) -> MessagesRequest:
     if stream is not None and not isinstance(stream, bool):
         raise invalid_request("stream: Input should be a valid boolean")
     metadata = body.get("metadata")
-    user_id: object = None
+    user_id: str | None = None
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise invalid_request("metadata: Input should be an object")
-        user_id = cast(dict[str, object], metadata).get("user_id")
-        if user_id is not None and not isinstance(user_id, str):
+        raw_user = cast(dict[str, object], metadata).get("user_id")
+        if isinstance(raw_user, str):
+            user_id = raw_user
+        elif raw_user is not None:
             raise invalid_request("metadata.user_id: Input should be a valid string")
     return MessagesRequest(
         model=model,
         max_tokens=max_tokens,
         stream=bool(stream),
         prompt=_prompt(body),
-        user_id=cast(str | None, user_id),
+        user_id=user_id,
     )
 
 

@@ -325,7 +325,7 @@ def parse_messages_response(body: bytes) -> Answer:
     content = response.get("content")
     items: tuple[JSONObject, ...] = ()
     if isinstance(content, list):
-        blocks = [_history_block(block) for block in json_objects(content)]
+        blocks = [_history_block(b) for b in json_objects(cast(list[object], content))]
         items = ({"role": response.get("role", "assistant"), "content": blocks},)
     usage = object_field(response, "usage")
     return Answer(items=items, usage=None if usage is None else messages_usage(usage))
