@@ -126,6 +126,22 @@ def test_the_clients_marks_come_first_and_the_total_stays_at_four() -> None:
     assert marks(body) == []
 
 
+def test_a_block_the_client_marked_is_not_marked_again() -> None:
+    new = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Q2", "cache_control": HOUR}],
+        }
+    ]
+    tools = [
+        {"name": f"t{i}", "input_schema": {"type": "object"}, "cache_control": HOUR}
+        for i in range(2)
+    ]
+    body = upstream(request(messages=new, tools=tools), HISTORY)
+    # The client's three marks, and the gateway's read mark: four, none twice.
+    assert marks(body) == [(0, 0, HOUR), (2, 0, HOUR)]
+
+
 def test_earlier_rounds_marks_are_kept_newest_first_while_there_is_room() -> None:
     def marked(text: str) -> dict[str, Any]:
         return {"type": "text", "text": text, "cache_control": EPHEMERAL}
@@ -205,6 +221,18 @@ def test_usage_counts_all_input_and_keeps_the_split() -> None:
         "ephemeral_5m_input_tokens": 0,
         "ephemeral_1h_input_tokens": 188086,
     }
+
+
+def test_an_empty_answer_adds_nothing_to_the_history() -> None:
+    body = {"type": "message", "role": "assistant", "content": [], "usage": {"input_tokens": 3}}
+    assert parse_messages_response(json.dumps(body).encode()).items == ()
+    start = STREAM[: STREAM.index(b"event: content_block_start")]
+    end = STREAM[STREAM.index(b"event: message_delta") :]
+    stream = MessagesStream()
+    feed_all(stream, start + end)
+    outcome = stream.close()
+    assert outcome.completed
+    assert outcome.answer.items == ()
 
 
 @pytest.mark.parametrize(

@@ -56,6 +56,7 @@ __all__ = [
     "MAX_BREAKPOINTS",
     "MessagesRequest",
     "MessagesStream",
+    "Placed",
     "cache_ttl",
     "messages_upstream_body",
     "messages_usage",
@@ -225,11 +226,13 @@ def place_breakpoints(
     current += sum(1 for block in system_blocks or () if _marked(block))
     ttls = [_ttl_of(tool) for tool in tools if _marked(tool)]
     ttls += [_ttl_of(block) for block in system_blocks or () if _marked(block)]
-    for message in new:
-        for block in _blocks(message.get("content")) or ():
+    marked_new: set[tuple[int, int]] = set()
+    for m in range(len(past), len(messages)):
+        for b, block in enumerate(_blocks(messages[m].get("content")) or ()):
             if _marked(block):
-                current += 1
+                marked_new.add((m, b))
                 ttls.append(_ttl_of(block))
+    current += len(marked_new)
     # Earlier rounds' marks, newest first.
     old = [
         (m, b)
@@ -253,6 +256,8 @@ def place_breakpoints(
     marks: list[tuple[int, int]] = []
     reused: list[tuple[int, int]] = []
     for position in wanted:
+        if position in marked_new:
+            continue  # the client marked it already, and it is counted
         if room <= 0:
             break
         # A block the client marked in its round already is one of the gateway's two.
@@ -324,8 +329,9 @@ def parse_messages_response(body: bytes) -> Answer:
     response = load_json_object(body, "the provider's answer")
     content = response.get("content")
     items: tuple[JSONObject, ...] = ()
-    if isinstance(content, list):
-        blocks = [_history_block(b) for b in json_objects(cast(list[object], content))]
+    blocks = [_history_block(b) for b in json_objects(content)]
+    if blocks:
+        # An empty answer adds nothing: Anthropic refuses an empty message sent back.
         items = ({"role": response.get("role", "assistant"), "content": blocks},)
     usage = object_field(response, "usage")
     return Answer(items=items, usage=None if usage is None else messages_usage(usage))
@@ -372,7 +378,8 @@ class MessagesStream:
         for event in self._decoder.close():
             self._read(event)
             self._tail.append(event.raw)
-        items = (self._message(),) if self._saw_message else ()
+        message = self._message()
+        items = (message,) if self._saw_message and message["content"] else ()
         return StreamOutcome(
             answer=Answer(items=items, usage=self._usage()),
             completed=self._done and self._error is None,
