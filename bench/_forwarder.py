@@ -4,8 +4,8 @@ One Starlette app under uvicorn (one worker, like the llmsession server) with
 one pooled HTTP client: ``aiohttp.ClientSession`` (``--client aiohttp``, the
 default, as llmsession's gateway uses) or ``httpx.AsyncClient`` (``--client
 httpx``). Every ``POST`` is sent on to the upstream at
-the same path and query with the client's body and key header (``Authorization``
-or ``x-goog-api-key``), and the
+the same path and query with the client's body, ``Authorization``, ``x-goog-api-key``
+and ``anthropic-version``, and the
 upstream's answer is streamed back as it arrives (status, content type and
 body; for a stream, each event as it comes). No session, no history, no auth
 of its own, no parsing of the body: whatever llmsession adds on top of this
@@ -55,13 +55,13 @@ def create_app(
     )
 
 
-#: The client's headers that carry its key (OpenAI's, Gemini's), passed on as they are.
-_KEY_HEADERS = ("authorization", "x-goog-api-key")
+#: The client's headers passed on: its key (OpenAI's, Gemini's) and Anthropic's version.
+_PASSED = ("authorization", "x-goog-api-key", "anthropic-version")
 
 
 def _headers(request: Request) -> dict[str, str]:
     headers = {"content-type": request.headers.get("content-type", "application/json")}
-    for name in _KEY_HEADERS:
+    for name in _PASSED:
         if (value := request.headers.get(name)) is not None:
             headers[name] = value
     return headers

@@ -3,16 +3,13 @@
 Run:  .venv/bin/python bench/gateway.py [--targets direct,forwarder,llmsession,litellm]
       [--stores sqlite,postgresql] [--repeat 3] [--duration 4] [--latency-requests 100]
       [--concurrency 32] [--rounds 8] [--forwarder-client aiohttp] [--json results.json]
-      [--kind openai|gemini]
+      [--kind openai|anthropic|gemini]
       .venv/bin/python bench/gateway.py --quick        (a smoke run, 35 s to a minute)
 
-``--kind gemini`` does the same with Gemini's wire format instead of Chat
-Completions (``generateContent``, ``streamGenerateContent?alt=sse``, the key as
-``x-goog-api-key``; a stream must end with an event carrying ``finishReason``),
-on direct, the forwarder and llmsession (LiteLLM is not set up for it).
-
 One fake provider (``python -m llmsession.fake_provider``) runs on loopback, and
-every target sends it the same Chat Completions work:
+every target sends it the same Chat Completions work (with ``--kind anthropic``,
+the same Anthropic Messages work, with ``--kind gemini`` the same Gemini
+``generateContent`` work, on direct, the forwarder and llmsession):
 
 - ``direct``: straight to the fake;
 - ``forwarder``: through bench/_forwarder.py, a bare Starlette app with one
@@ -92,12 +89,14 @@ LITELLM_VERSION = "1.80.0"
 LITELLM_VENV = BENCH_DIR / f".litellm-{LITELLM_VERSION}"
 
 TARGETS = ("direct", "forwarder", "llmsession", "litellm")
-#: The wire formats a run can use; each target speaks the run's one.
-KINDS = ("openai", "gemini")
-GEMINI_MODEL = "gemini-2.5-flash"
 STORES = ("memory", "sqlite", "postgresql", "redis")
 MODEL = "gpt-4o-mini"
 PATH = "/v1/chat/completions"
+#: The wire formats a run may measure (``--kind``): each one's model and path.
+KINDS = ("openai", "anthropic", "gemini")
+ANTHROPIC_MODEL = "claude-sonnet-4-5"
+ANTHROPIC_PATH = "/v1/messages"
+GEMINI_MODEL = "gemini-2.5-flash"
 SESSION_HEADER = "LLMSession-Id"
 SYSTEM = "You are a helpful assistant. You answer briefly and plainly."
 READY_TIMEOUT = 120.0
@@ -129,6 +128,8 @@ class Script:
 
     @classmethod
     def build(cls, answers: Sequence[str], kind: str = "openai") -> Script:
+        if kind == "anthropic":
+            return cls._build_anthropic(answers)
         if kind == "gemini":
             return cls._build_gemini(answers)
         full: list[tuple[bytes, ...]] = []
@@ -152,9 +153,31 @@ class Script:
         return cls((full[0], full[1]), (new[0], new[1]))
 
     @classmethod
+    def _build_anthropic(cls, answers: Sequence[str]) -> Script:
+        """Messages bodies: the system prompt is top-level, sent to llmsession only once."""
+        full: list[tuple[bytes, ...]] = []
+        new: list[tuple[bytes, ...]] = []
+        for stream in (False, True):
+            extra: dict[str, Any] = {"stream": True} if stream else {}
+            head = {"model": ANTHROPIC_MODEL, "max_tokens": 64}
+            history: list[dict[str, str]] = []
+            full_bodies: list[bytes] = []
+            new_bodies: list[bytes] = []
+            for turn, answer in enumerate(answers):
+                user = {"role": "user", "content": _question(turn)}
+                history.append(user)
+                full_bodies.append(_body({**head, "system": SYSTEM, "messages": history, **extra}))
+                system = {"system": SYSTEM} if turn == 0 else {}
+                new_bodies.append(_body({**head, **system, "messages": [user], **extra}))
+                history.append({"role": "assistant", "content": answer})
+            full.append(tuple(full_bodies))
+            new.append(tuple(new_bodies))
+        return cls((full[0], full[1]), (new[0], new[1]))
+
+    @classmethod
     def _build_gemini(cls, answers: Sequence[str]) -> Script:
-        # The model is in the URL; streaming too. The system instruction goes with
-        # every request, as the google-genai SDK's config sends it.
+        """Gemini bodies: the model and streaming are in the URL; the system instruction
+        goes with every request, as the google-genai SDK's config sends it."""
         system = {"parts": [{"text": SYSTEM}]}
         history: list[dict[str, Any]] = []
         full_bodies: list[bytes] = []
@@ -198,34 +221,8 @@ class Target:
     authorization: str
     #: True for llmsession: send only the new turn, with LLMSession-Id.
     sessions: bool
-    #: The wire format: "openai" (Chat Completions) or "gemini".
+    #: The wire format spoken (``--kind``).
     kind: str = "openai"
-    #: The header that carries ``authorization``.
-    key_header: str = "Authorization"
-
-
-def _path(kind: str, stream: bool) -> str:
-    if kind == "gemini":
-        method = "streamGenerateContent?alt=sse" if stream else "generateContent"
-        return f"/v1beta/models/{GEMINI_MODEL}:{method}"
-    return PATH
-
-
-def _answer_error(kind: str, stream: bool, payload: bytes) -> str | None:
-    """Why a 200 answer is not a whole answer of its kind, or None."""
-    shown = payload[-200:] if stream else payload[:300]
-    text = shown.decode(errors="replace")
-    if kind == "gemini":
-        if stream and b'"finishReason"' not in payload.rsplit(b"data:", 1)[-1]:
-            return f"stream did not end with a finishReason: ...{text}"
-        if not stream and b'"candidates"' not in payload:
-            return f"not a GenerateContentResponse: {text}"
-        return None
-    if stream and not payload.rstrip().endswith(b"data: [DONE]"):
-        return f"stream did not end with [DONE]: ...{text}"
-    if not stream and b'"chat.completion"' not in payload:
-        return f"not a chat.completion: {text}"
-    return None
 
 
 class _Client:
@@ -239,9 +236,17 @@ class _Client:
         self.session: str | None = None
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        anthropic = target.kind == "anthropic"
         self.head = (
-            f"POST {_path(target.kind, stream)} HTTP/1.1\r\nHost: 127.0.0.1:{target.port}\r\n"
-            f"Content-Type: application/json\r\n{target.key_header}: {target.authorization}\r\n"
+            f"POST {_path(target.kind, stream)} HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{target.port}\r\n"
+            f"Content-Type: application/json\r\n{_key_header(target)}\r\n"
+            + ("anthropic-version: 2023-06-01\r\n" if anthropic else "")
+        )
+        # How a complete answer ends (a stream) or what it is (a body).
+        self.stream_end = b'data: {"type":"message_stop"}' if anthropic else b"data: [DONE]"
+        self.body_mark = {"anthropic": b'"type":"message"', "gemini": b'"candidates"'}.get(
+            target.kind, b'"chat.completion"'
         )
 
     async def close(self) -> None:
@@ -276,8 +281,10 @@ class _Client:
         error = None
         if status != 200:
             error = f"{status} {payload[:300].decode(errors='replace')}"
-        else:
-            error = _answer_error(self.target.kind, self.stream, payload)
+        elif self.stream and not self._stream_complete(payload):
+            error = f"stream did not end as it should: ...{payload[-200:].decode(errors='replace')}"
+        elif not self.stream and self.body_mark not in payload:
+            error = f"not a complete answer: {payload[:300].decode(errors='replace')}"
         if error is not None:
             self.session = None
             self.turn = 0
@@ -286,6 +293,28 @@ class _Client:
             self.session = session
         self.turn = (self.turn + 1) % len(self.bodies)
         return first - start, done - start, None
+
+    def _stream_complete(self, payload: bytes) -> bool:
+        if self.target.kind == "gemini":
+            # Gemini has no end marker: the last event carries the finishReason.
+            return b'"finishReason"' in payload.rstrip().rsplit(b"data:", 1)[-1]
+        return payload.rstrip().endswith(self.stream_end)
+
+
+def _path(kind: str, stream: bool) -> str:
+    if kind == "anthropic":
+        return ANTHROPIC_PATH
+    if kind == "gemini":
+        method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        return f"/v1beta/models/{GEMINI_MODEL}:{method}"
+    return PATH
+
+
+def _key_header(target: Target) -> str:
+    """The header line carrying the target's key; Gemini's clients send it bare."""
+    if target.kind == "gemini":
+        return f"x-goog-api-key: {target.authorization.removeprefix('Bearer ')}"
+    return f"Authorization: {target.authorization}"
 
 
 async def _read_response(
@@ -529,16 +558,10 @@ class Bench:
         self.fake_port = int(line.rsplit(":", 1)[1].removesuffix("/v1"))
         _wait_ready(process, f"{self.fake_root}/_fake/health", log, "the fake provider")
         # Direct's process is the fake itself: its CPU per request is the provider's work.
-        target = self._target("direct", self.fake_port, self.fake_key, sessions=False)
+        target = Target("direct", self.fake_port, f"Bearer {self.fake_key}", False, self.args.kind)
         server = Server(target, process, log)
         self.servers.append(server)
         return server
-
-    def _target(self, name: str, port: int, key: str, *, sessions: bool) -> Target:
-        """A target speaking the run's wire format, with its key where that format wants it."""
-        if self.args.kind == "gemini":
-            return Target(name, port, key, sessions, "gemini", "x-goog-api-key")
-        return Target(name, port, f"Bearer {key}", sessions)
 
     @property
     def fake_root(self) -> str:
@@ -583,7 +606,7 @@ class Bench:
         ]
         process, log = self._spawn("forwarder", command, dict(os.environ))
         _wait_ready(process, f"http://127.0.0.1:{port}/healthz", log, "the forwarder")
-        target = self._target("forwarder", port, self.fake_key, sessions=False)
+        target = Target("forwarder", port, f"Bearer {self.fake_key}", False, self.args.kind)
         server = Server(target, process, log)
         self.servers.append(server)
         return server
@@ -592,11 +615,12 @@ class Bench:
         port = _free_port()
         admin_key = "bench-admin-" + secrets.token_hex(16)
         config = self.workdir / f"llmsession-{store}.toml"
-        gemini = self.args.kind == "gemini"
+        # The official SDKs' base URLs: OpenAI's names /v1, Anthropic's and Google's do not.
+        versionless = self.args.kind in ("anthropic", "gemini")
         config.write_text(
             "[providers.fake]\n"
             f'kind = "{self.args.kind}"\n'
-            f'base_url = "{self.fake_root if gemini else self.fake_root + "/v1"}"\n'
+            f'base_url = "{self.fake_root}{"" if versionless else "/v1"}"\n'
             'api_key_env = "BENCH_FAKE_API_KEY"\n'
         )
         env = {
@@ -621,7 +645,8 @@ class Bench:
             timeout=10,
         )
         created.raise_for_status()
-        target = self._target(name, port, created.json()["api_key"], sessions=True)
+        key = created.json()["api_key"]
+        target = Target(name, port, f"Bearer {key}", True, self.args.kind)
         server = Server(target, process, log)
         self.servers.append(server)
         return server
@@ -893,7 +918,6 @@ def report(bench: Bench, figures: Figures, args: argparse.Namespace, commit: str
     direct = figures.latency.get("direct", {})
     out = [
         f"# Gateway benchmark ({commit}): {machine()}; load {load()}",
-        f"wire format: {'Gemini generateContent' if args.kind == 'gemini' else 'Chat Completions'}",
         f"{args.repeat} repeat(s); latency: 1 client, {args.latency_requests} requests per "
         f"target and mode per repeat; throughput: {args.concurrency} clients, "
         f"{args.duration:g} s after {args.warmup:g} s warm-up, median of repeats; "
@@ -1112,24 +1136,6 @@ def _as_json(bench: Bench, figures: Figures) -> dict[str, Any]:
     }
 
 
-def _targets(parser: argparse.ArgumentParser, given: str | None, kind: str) -> str:
-    """``--targets`` checked, in their order, with direct always first."""
-    if given is None:
-        # LiteLLM is set up for Chat Completions only.
-        given = ",".join(t for t in TARGETS if kind == "openai" or t != "litellm")
-    targets = [t.strip() for t in given.split(",") if t.strip()]
-    if kind == "gemini" and "litellm" in targets:
-        parser.error("--targets: litellm is set up for --kind openai only")
-    unknown = [t for t in targets if t not in TARGETS]
-    if unknown or not targets:
-        parser.error(
-            f"--targets: unknown {', '.join(unknown) or '(none)'}; use {', '.join(TARGETS)}"
-        )
-    if "direct" not in targets:
-        targets.insert(0, "direct")
-    return ",".join(t for t in TARGETS if t in targets)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line, checked: every error names the flag and what it accepts."""
     parser = argparse.ArgumentParser(
@@ -1141,14 +1147,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument(
-        "--kind",
-        choices=KINDS,
-        default="openai",
-        help="the wire format every target speaks (default openai: Chat Completions)",
-    )
-    parser.add_argument(
         "--targets",
-        default=None,
+        default=",".join(TARGETS),
         help=f"comma-separated, from {', '.join(TARGETS)} (direct is always measured: the "
         "base of added latency)",
     )
@@ -1184,6 +1184,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="aiohttp",
         help="the forwarder's upstream client (default aiohttp, as llmsession's gateway)",
     )
+    parser.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="openai",
+        help="the wire format measured: openai (Chat Completions, default), anthropic "
+        "(Messages) or gemini (generateContent); litellm is measured for openai only",
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     if args.role == "load":
@@ -1199,7 +1206,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     args.latency_warmup = max(5, args.latency_requests // 10)
-    args.targets = _targets(parser, args.targets, args.kind)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets:
+        parser.error(
+            f"--targets: unknown {', '.join(unknown) or '(none)'}; use {', '.join(TARGETS)}"
+        )
+    if "direct" not in targets:
+        targets.insert(0, "direct")
+    if args.kind != "openai" and "litellm" in targets:
+        targets.remove("litellm")
+    args.targets = ",".join(t for t in TARGETS if t in targets)
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
     unknown = [s for s in stores if s not in STORES]
     if unknown or not stores or len(set(stores)) != len(stores):

@@ -74,8 +74,6 @@ def test_quick_defaults_and_direct_always_measured(bench: tuple[ModuleType, Modu
         (["--duration", "0"], "--duration must be over 0"),
         (["--concurrency", "2000"], "--concurrency must be 1 to 1024"),
         (["--rounds", "0"], "--rounds must be 1 to 64"),
-        (["--kind", "gemini", "--targets", "litellm"], "litellm is set up for --kind openai"),
-        (["--kind", "anthropic"], "--kind: invalid choice"),
     ],
 )
 def test_bad_arguments_name_the_flag(
@@ -114,9 +112,22 @@ def test_script_sends_the_whole_conversation_or_only_the_new_turn(
     assert gateway.Script.from_json(script.as_json()) == script
 
 
-def test_gemini_runs_skip_litellm_and_send_gemini_bodies(
-    bench: tuple[ModuleType, ModuleType],
-) -> None:
+def test_anthropic_script_and_arguments(bench: tuple[ModuleType, ModuleType]) -> None:
+    gateway, _ = bench
+    args = gateway.parse_args(["--kind", "anthropic"])
+    assert args.targets == "direct,forwarder,llmsession"
+    script = gateway.Script.build(["A1", "A2"], "anthropic")
+    full = json.loads(script.full[1][1])
+    new = [json.loads(body) for body in script.new[0]]
+    assert full["system"] == gateway.SYSTEM
+    assert full["stream"] is True
+    assert [m["role"] for m in full["messages"]] == ["user", "assistant", "user"]
+    assert new[0]["system"] == gateway.SYSTEM
+    assert "system" not in new[1]
+    assert new[1]["messages"] == [full["messages"][-1]]
+
+
+def test_gemini_script_and_arguments(bench: tuple[ModuleType, ModuleType]) -> None:
     gateway, _ = bench
     assert gateway.parse_args(["--kind", "gemini"]).targets == "direct,forwarder,llmsession"
     script = gateway.Script.build(["A1", "A2"], "gemini")
@@ -131,10 +142,7 @@ def _client_run(
     gateway: ModuleType, port: int, stream: bool, turns: int, kind: str = "openai"
 ) -> list[Any]:
     async def run() -> list[Any]:
-        if kind == "gemini":
-            target = gateway.Target("t", port, API_KEY, False, "gemini", "x-goog-api-key")
-        else:
-            target = gateway.Target("t", port, f"Bearer {API_KEY}", False)
+        target = gateway.Target("t", port, f"Bearer {API_KEY}", False, kind)
         script = gateway.Script.build(["You said : hi"] * 3, kind)
         client = gateway._Client(target, script, stream)
         try:
@@ -145,7 +153,7 @@ def _client_run(
     return asyncio.run(run())
 
 
-@pytest.mark.parametrize("kind", ["openai", "gemini"])
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_load_client_reads_bodies_and_streams_on_one_connection(
     bench: tuple[ModuleType, ModuleType], fake: FakeProcess, stream: bool, kind: str

@@ -88,6 +88,7 @@ class Gateway:
         assert usage["cached_input_tokens"] == sum(e["cached_tokens"] for e in billing)
         assert usage["output_tokens"] == sum(e["output_tokens"] for e in billing)
         assert usage["reasoning_tokens"] == sum(e["reasoning_tokens"] for e in billing)
+        assert usage["cache_write_tokens"] == sum(e["cache_write_tokens"] for e in billing)
         created = [e for e in billing if e["endpoint"] == "cachedContents"]
         assert usage["cache_write_tokens"] == sum(e["input_tokens"] for e in created)
 

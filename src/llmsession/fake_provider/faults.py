@@ -1,7 +1,8 @@
 """Fault modes: what the next provider requests suffer, set through ``POST /_fake/faults``.
 
 Faults wait in a queue in the order they were set. Each provider request (a chat
-completion, a response or a Gemini generation; the ``/_fake`` routes never) takes
+completion, a response, a message or a Gemini generation; the ``/_fake`` routes
+never) takes
 one unit of the first fault whose ``endpoint`` matches it, and a fault is gone
 after ``count`` requests. Gemini's ``cachedContents`` requests take only faults
 that name ``"endpoint": "cachedContents"``.
