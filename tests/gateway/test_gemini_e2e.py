@@ -132,6 +132,7 @@ def module_server(
         folder,
         LLMSESSION_CONFIG=str(write_config(folder / "gateway.toml", module_fake)),
         FAKE_UPSTREAM_KEY=API_KEY,
+        LLMSESSION_ACCESS_LOG="1",
     )
     yield server
     assert server.stop() == 0, server.output()
@@ -280,6 +281,13 @@ def test_the_sdks_default_api_version_and_other_key_forms(gateway: Gateway) -> N
     url = f"{gateway.server.base_url}/v1beta/models/{MODEL}:generateContent"
     body = {"contents": [{"role": "user", "parts": [{"text": "Q1"}]}]}
     assert httpx.post(url, params={"key": key}, json=body).status_code == 200
+    streamed_with_key = httpx.post(
+        url.replace(":generateContent", ":streamGenerateContent"),
+        params={"alt": "sse", "key": key},
+        json=body,
+    )
+    assert streamed_with_key.status_code == 200
+    assert '"finishReason"' in streamed_with_key.text
     assert httpx.post(url, headers=bearer(key), json=body).status_code == 200
     twice = httpx.post(url, params={"key": key}, headers={"x-goog-api-key": key}, json=body)
     assert twice.status_code == 400
@@ -292,6 +300,10 @@ def test_the_sdks_default_api_version_and_other_key_forms(gateway: Gateway) -> N
     )
     assert streamed.status_code == 422
     assert "alt=sse" in streamed.json()["detail"]
+    # The access log shows the URLs, never a key given in one.
+    log = gateway.server.output()
+    assert ":streamGenerateContent?alt=sse" in log
+    assert key not in log
 
 
 @pytest.mark.parametrize(

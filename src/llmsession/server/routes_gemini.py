@@ -11,6 +11,7 @@ on the OpenAI routes (the SDK sends ``model="gemini/gemini-2.5-flash"`` as
 from __future__ import annotations
 
 from typing import Any, Final
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -79,10 +80,17 @@ def gemini_routes(context: AppContext) -> APIRouter:
 
     async def generate(request: Request) -> Response:
         """Gemini generateContent with only the new contents; the session adds its history."""
-        key = google_api_key(request.headers, request.query_params)
+        query = request.query_params
+        if "key" in query:
+            # The access log writes the URL with its query: a key given as ?key= must not
+            # reach it, whatever the answer (uvicorn logs from this same scope when the
+            # answer starts).
+            kept = [(n, v) for n, v in query.multi_items() if n != "key"]
+            request.scope["query_string"] = urlencode(kept).encode()
+        key = google_api_key(request.headers, query)
         tenant = await require_tenant(context, key)
         target: str = request.path_params["target"]
-        if target.endswith(":streamGenerateContent") and request.query_params.get("alt") != "sse":
+        if target.endswith(":streamGenerateContent") and query.get("alt") != "sse":
             raise Problem(
                 "invalid-input",
                 "llmsession streams Gemini answers as server-sent events only: call "
