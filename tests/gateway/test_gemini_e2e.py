@@ -20,7 +20,7 @@ from google import genai
 from google.genai import errors, types
 
 from tests.fake_provider.conftest import API_KEY, FakeProcess, fake_command, launch
-from tests.server.conftest import ADMIN, ServerProcess, bearer, launch_server
+from tests.server.conftest import ADMIN, ServerFactory, ServerProcess, bearer, launch_server
 
 SID = "LLMSession-Id"
 MODEL = "gemini/gemini-2.5-flash"
@@ -455,3 +455,42 @@ def test_an_entry_expires_with_its_session(module_fake: FakeProcess, tmp_path: P
     finally:
         gateway.close()
         assert server.stop() == 0, server.output()
+
+
+def test_the_entry_is_the_sessions_whichever_server_serves_it_on_postgresql(
+    module_fake: FakeProcess,
+    start_server: ServerFactory,
+    postgres_url: str,
+    tmp_path: Path,
+) -> None:
+    assert module_fake.post("/_fake/reset").status_code == 200
+    config = write_config(tmp_path / "gateway.toml", module_fake)
+    env = {"LLMSESSION_CONFIG": str(config), "FAKE_UPSTREAM_KEY": API_KEY}
+    one = Gateway(start_server(postgres_url, **env), module_fake)
+    two = Gateway(start_server(postgres_url, **env), module_fake)
+    try:
+        key = one.tenant()
+        session_id = session_of(
+            one.sdk(key).models.generate_content(model=MODEL, contents=[user(BIG_CONTEXT + " Q1")])
+        )
+        one.sdk(key).models.generate_content(
+            model=MODEL, contents=[user("Q2")], config=in_session(session_id)
+        )
+        (entry,) = one.entries(session_id)
+        # The other server reads the entry's name from the stored turn, and uses it...
+        third = two.sdk(key).models.generate_content(
+            model=MODEL, contents=[user("Q3")], config=in_session(session_id)
+        )
+        assert third.usage_metadata is not None
+        assert third.usage_metadata.cached_content_token_count == entry["tokens"]
+        assert [e["name"] for e in two.entries(session_id)] == [entry["name"]]
+        two.assert_totals_match_billing(key)
+        # ... and deletes it when the session is closed there.
+        closed = httpx.post(
+            f"{two.server.base_url}/v1/sessions/{session_id}/close", headers=bearer(key)
+        )
+        assert closed.status_code == 200
+        assert two.entries(session_id) == []
+    finally:
+        one.close()
+        two.close()
