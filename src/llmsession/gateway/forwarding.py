@@ -207,10 +207,12 @@ class Gateway:
         """Steps 2 to 6 for a request that continues a session."""
         store = self._store
         async with AsyncExitStack() as stack:
-            await stack.enter_async_context(store.turn_lock(tenant_id, session_id))
             # Read under the turn, so every earlier turn of this session is in it;
-            # the session and its history in one read.
-            stored, history = await store.session_history(tenant_id, session_id)
+            # the session and its history in one read (with the lock, where the
+            # store can).
+            stored, history = await stack.enter_async_context(
+                store.turn_history(tenant_id, session_id)
+            )
             provider, model = resolve_model(
                 self.config, request.model, stored.record, kind=endpoint.kind
             )
