@@ -378,9 +378,12 @@ class Gateway:
             cut = False
             try:
                 async for chunk in response.aiter_bytes():
-                    for event in translator.feed(chunk):
-                        sent.append(event)
-                        queue.put_nowait(event)
+                    events = translator.feed(chunk)
+                    if events:
+                        # The events of one chunk go on together: one write to the client.
+                        forward = events[0] if len(events) == 1 else b"".join(events)
+                        sent.append(forward)
+                        queue.put_nowait(forward)
             except ProviderError as error:
                 logger.warning(
                     "stream from provider %s broke: %s", turn.provider.provider_id, error
@@ -454,9 +457,25 @@ async def _read(response: UpstreamResponse) -> bytes:
 
 
 async def _drain(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
-    while (event := await queue.get()) is not None:
-        if event:
-            yield event
+    while True:
+        event = await queue.get()
+        if queue.empty():
+            if event is None:
+                return
+            if event:
+                yield event
+            continue
+        # The client fell behind: what arrived meanwhile goes out in one write.
+        events: list[bytes] = []
+        while event is not None:
+            events.append(event)
+            if queue.empty():
+                break
+            event = queue.get_nowait()
+        if joined := b"".join(events):
+            yield joined
+        if event is None:
+            return
 
 
 class _ReadResponse:
