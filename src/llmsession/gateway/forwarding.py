@@ -119,6 +119,7 @@ class Gateway:
         self.config = config
         self._store = store
         self._upstream = upstream
+        #: Streams being read, and turns being given back.
         self._pumps: set[asyncio.Task[None]] = set()
         # Retries of one session-starting request in this process wait for the first:
         # the retry then finds its stored answer instead of calling the provider.
@@ -206,7 +207,8 @@ class Gateway:
     ) -> Reply:
         """Steps 2 to 6 for a request that continues a session."""
         store = self._store
-        async with AsyncExitStack() as stack:
+        stack = AsyncExitStack()
+        try:
             # Read under the turn, so every earlier turn of this session is in it;
             # the session and its history in one read (with the lock, where the
             # store can).
@@ -219,12 +221,24 @@ class Gateway:
             if key is not None:
                 found = await store.find_turn(tenant_id, key, session_id)
                 if found is not None:
+                    await stack.aclose()
                     return self._replay(found, request_hash)
             turn = _Turn(
                 tenant_id, session_id, endpoint, request, request_hash, provider, model, key, stored
             )
-            return await self._forward(turn, history, stack)
-        raise AssertionError("unreachable")  # pragma: no cover
+            reply = await self._forward(turn, history, stack)
+        except BaseException:
+            await stack.aclose()
+            raise
+        if reply.stream is not None:
+            # The stream's reader took the turn over (the stack is empty now).
+            await stack.aclose()
+        else:
+            # The round is committed: the answer may go while the turn is given back
+            # (a round trip to PostgreSQL or Redis). The next turn of the session
+            # waits for that still, here and on every other replica, and sees the round.
+            self._track(asyncio.create_task(_give_back(stack)))
+        return reply
 
     async def _turn(self, turn: _Turn) -> Reply:
         """Steps 5 and 6 for a turn that starts its session."""
@@ -248,14 +262,18 @@ class Gateway:
         pump = asyncio.create_task(
             self._pump(turn, response, endpoint.translator(request), queue, stack.pop_all())
         )
-        self._pumps.add(pump)
-        pump.add_done_callback(self._pumps.discard)
+        self._track(pump)
         headers = self._headers(turn, response)
         headers["cache-control"] = "no-cache"
         return Reply(200, headers, stream=_drain(queue))
 
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._pumps.add(task)
+        task.add_done_callback(self._pumps.discard)
+
     async def aclose(self) -> None:
-        """Let streams in flight finish and record their rounds, then close the upstream."""
+        """Let streams in flight finish and record their rounds, and turns be given
+        back, then close the upstream."""
         if self._pumps:
             await asyncio.gather(*self._pumps, return_exceptions=True)
         await self._upstream.aclose()
@@ -410,8 +428,9 @@ class Gateway:
             logger.error("gateway stream failed", exc_info=error)
             queue.put_nowait(turn.endpoint.error_event("the gateway failed; the error was logged"))
         finally:
-            await stack.aclose()
+            # The stream ends before the turn is given back, as a body's answer does.
             queue.put_nowait(None)
+            await stack.aclose()
 
     def _replay(self, found: RoundResult, request_hash: str) -> Reply:
         stored_turn = found.turn
@@ -447,6 +466,15 @@ def _items(turn: Turn) -> list[JSONObject]:
     request: list[JSONObject] = json.loads(turn.request_items)
     answer: list[JSONObject] = json.loads(turn.answer_items)
     return request + answer
+
+
+async def _give_back(stack: AsyncExitStack) -> None:
+    try:
+        await stack.aclose()
+    except Exception as error:
+        # The answer went already. (A PostgreSQL turn whose unlock failed is given
+        # back by closing its connection; a Redis one lapses with its lease.)
+        logger.warning("giving back a session's turn failed", exc_info=error)
 
 
 async def _read(response: UpstreamResponse) -> bytes:
