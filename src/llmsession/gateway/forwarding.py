@@ -110,6 +110,8 @@ class _Turn:
     idempotency_key: str | None
     #: None when this turn starts the session.
     stored: StoredSession | None
+    #: The request's new items as stored with the turn (JSON), once measured.
+    request_items: bytes | None = None
 
 
 class Gateway:
@@ -286,7 +288,8 @@ class Gateway:
                 f"continue it there, or start a new session for /v1/{endpoint.name}"
             )
         items = [item for past in history for item in _items(past)]
-        size = sum(past.size for past in history) + len(dump_json(list(request.items)))
+        turn.request_items = request_items = dump_json(list(request.items))
+        size = sum(past.size for past in history) + len(request_items)
         limit = self.config.history_limit_bytes
         if size > limit:
             raise HistoryTooLarge(
@@ -354,7 +357,7 @@ class Gateway:
             Turn(
                 endpoint=turn.endpoint.name,
                 request_hash=turn.request_hash,
-                request_items=dump_json(list(turn.request.items)).decode(),
+                request_items=(turn.request_items or dump_json(list(turn.request.items))).decode(),
                 answer_items=dump_json(list(answer.items)).decode(),
                 response_id=answer.response_id,
                 answer_status=response.status_code,

@@ -746,8 +746,10 @@ class RedisStore(SessionStore):
         # As in _get_stored: a foreign session looks exactly like a missing one.
         if row.get("tenant") != tenant_id.value:
             raise NotFoundError(f"no session {session_id}")
-        stored = present(self._parse(session_id, row), self.clock())
-        return stored, self._turns(session_id, history)
+        stored = self._parse(session_id, row)
+        # The round the turn then records is one CAS from this version, with no read.
+        self._recent.remember(stored)
+        return present(stored, self.clock()), self._turns(session_id, history)
 
     async def _stored_turn(self, session_id: SessionId, seq: int) -> Turn | None:
         with self._guard():
