@@ -811,11 +811,19 @@ class RedisStore(SessionStore):
                 # Cancelled or failed after the SET may have gone through.
                 await asyncio.shield(self._release_lock(name, token))
                 raise
-            renewing = asyncio.ensure_future(self._renew_lock(name, token))
+            # Most turns end long before the first renewal is due: a timer until
+            # then, not a task per turn.
+            renewing: list[asyncio.Future[None]] = []
+            timer = asyncio.get_running_loop().call_later(
+                _TURN_RENEW_SECONDS,
+                lambda: renewing.append(asyncio.ensure_future(self._renew_lock(name, token))),
+            )
             try:
                 yield replies
             finally:
-                renewing.cancel()
+                timer.cancel()
+                for task in renewing:
+                    task.cancel()
                 await asyncio.shield(self._release_lock(name, token))
 
     async def _take_lock(
@@ -854,13 +862,14 @@ class RedisStore(SessionStore):
             return list(await pipe.execute())
 
     async def _renew_lock(self, name: str, token: str) -> None:
+        """Renew the lease now, then every _TURN_RENEW_SECONDS while the turn lasts."""
         while True:
-            await asyncio.sleep(_TURN_RENEW_SECONDS)
             try:
                 renewed = await self._run_one(EXTEND_LOCK, [name], [token, str(_TURN_LEASE_MS)])
             except StoreError as error:
                 # Tried again at the next renewal; the lease outlasts two misses.
                 _log.warning("%s: renewing the turn lock %r failed: %s", self._where, name, error)
+                await asyncio.sleep(_TURN_RENEW_SECONDS)
                 continue
             if renewed != 1:
                 # Its lease ran out (Redis or this process stalled) and another
@@ -870,6 +879,7 @@ class RedisStore(SessionStore):
                     "%s: the turn lock %r was lost before its turn ended", self._where, name
                 )
                 return
+            await asyncio.sleep(_TURN_RENEW_SECONDS)
 
     async def _release_lock(self, name: str, token: str) -> None:
         try:
