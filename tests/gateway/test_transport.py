@@ -137,6 +137,27 @@ async def test_a_stream_that_stalls_mid_way_is_a_timeout(upstream: AiohttpUpstre
         release.set()
 
 
+async def test_a_body_that_stalls_mid_way_is_a_timeout(upstream: AiohttpUpstream) -> None:
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello")
+        await writer.drain()
+        await release.wait()
+        writer.close()
+
+    server, port = await serve(handler)
+    async with server:
+        response = await upstream.send(
+            UpstreamRequest(provider(port, timeout=0.2), "/chat/completions", b"{}")
+        )
+        with pytest.raises(ProviderTimeout):
+            await response.aread()
+        await response.aclose()
+        release.set()
+
+
 async def test_a_connection_cut_mid_stream_is_unavailable(upstream: AiohttpUpstream) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")

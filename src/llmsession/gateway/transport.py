@@ -121,7 +121,12 @@ class _AiohttpResponse:
             raise _unavailable(self._provider_id, error) from None
 
     async def aread(self) -> bytes:
-        return b"".join([chunk async for chunk in self.aiter_bytes()])
+        try:
+            return await self._response.read()
+        except TimeoutError:
+            raise _timeout(self._provider_id) from None
+        except aiohttp.ClientError as error:
+            raise _unavailable(self._provider_id, error) from None
 
     async def aclose(self) -> None:
         # A connection whose answer was not read to the end is closed, not pooled.
