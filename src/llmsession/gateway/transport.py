@@ -180,6 +180,9 @@ class AiohttpUpstream:
                 auto_decompress=False,
                 headers={"accept-encoding": "identity"},
                 trust_env=False,
+                # No cookies: one tenant's request must not carry what a provider
+                # set on another's, and the jar's bookkeeping costs on every request.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
             self._sessions[provider.provider_id] = session
         return session
