@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import ClassVar, NamedTuple, TypeAlias
 
 from llmsession.clock import Clock, system_clock
@@ -349,6 +349,29 @@ class SessionStore(ABC):
         one read; refused as :meth:`history` is."""
         _check_ids(tenant_id, session_id)
         stored, turns = await self._session_turns(tenant_id, session_id)
+        return self._active_history(stored, turns)
+
+    def turn_history(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AbstractAsyncContextManager[SessionHistory]:
+        """Hold the session's :meth:`turn_lock` and read its :meth:`session_history`
+        under it, for the block; refused as :meth:`history` is (the turn is given
+        back first).
+
+        What the gateway does at the start of every turn that continues a session;
+        a backend that can take the lock and read in one round trip does.
+        """
+        _check_ids(tenant_id, session_id)
+        return self._turn_history(tenant_id, session_id)
+
+    @asynccontextmanager
+    async def _turn_history(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AsyncGenerator[SessionHistory]:
+        async with self._locked_turns(tenant_id, session_id) as (stored, turns):
+            yield self._active_history(stored, turns)
+
+    def _active_history(self, stored: StoredSession, turns: list[Turn]) -> SessionHistory:
         if expire_if_due(stored, self.clock()) is not None:
             raise SessionExpiredError("record_delta", Active.name, SessionExpired.name)
         try:
@@ -433,6 +456,15 @@ class SessionStore(ABC):
         reads both at once overrides this."""
         stored = await self._get(tenant_id, session_id)
         return stored, await self._history_turns(session_id)
+
+    @asynccontextmanager
+    async def _locked_turns(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AsyncGenerator[tuple[StoredSession, list[Turn]]]:
+        """Hold the session's turn and give :meth:`_session_turns` read under it; a
+        backend that can do both in one round trip overrides this."""
+        async with self.turn_lock(tenant_id, session_id):
+            yield await self._session_turns(tenant_id, session_id)
 
     @abstractmethod
     async def _stored_turn(self, session_id: SessionId, seq: int) -> Turn | None:

@@ -798,6 +798,31 @@ class PostgresStore(TransactionalStore):
                     await conn.execute("ROLLBACK")
         self._recent.remember(stored)
 
+    async def _session_turns(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> tuple[StoredSession, list[Turn]]:
+        async with self._connection() as conn:
+            # Both queries go out together: one round trip.
+            async with conn.pipeline():
+                sessions = await conn.execute(*_select_session(tenant_id, session_id))
+                turns = await conn.execute(*_select_turns(session_id))
+            rows = (await sessions.fetchall(), await turns.fetchall())
+        return self._session_and_turns(session_id, rows)
+
+    def _session_and_turns(
+        self, session_id: SessionId, rows: Sequence[list[TupleRow]]
+    ) -> tuple[StoredSession, list[Turn]]:
+        """The session (as _get gives it) and its turns, from the rows of
+        _select_session and _select_turns; NotFoundError without a session row."""
+        sessions, turns = rows
+        if not sessions:
+            self._recent.forget(session_id)
+            raise NotFoundError(f"no session {session_id}")
+        stored = _stored_from_row(sessions[0])
+        # The round the turn then records is one statement, from this version.
+        self._recent.remember(stored)
+        return present(stored, self.clock()), [turn_from_row(row) for row in turns]
+
     async def _history_turns(self, session_id: SessionId) -> list[Turn]:
         async with self._connection() as conn:
             cur = await conn.execute(_SELECT_TURNS, (session_id.value,))
@@ -840,10 +865,28 @@ class PostgresStore(TransactionalStore):
         ``pg_advisory_lock``; PostgreSQL grants the lock to the processes in the
         order they asked. A process that dies releases its locks by disconnecting.
         """
-        return self._hold_turn(session_id)
+        return self._turn_only(session_id)
 
     @asynccontextmanager
-    async def _hold_turn(self, session_id: SessionId) -> AsyncGenerator[None]:
+    async def _turn_only(self, session_id: SessionId) -> AsyncGenerator[None]:
+        async with self._hold_turn(session_id, ()):
+            yield
+
+    @asynccontextmanager
+    async def _locked_turns(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AsyncGenerator[tuple[StoredSession, list[Turn]]]:
+        # The reads go out with the lock, in one round trip: PostgreSQL runs them
+        # once the lock is granted, so they see every turn before this one.
+        reads = (_select_session(tenant_id, session_id), _select_turns(session_id))
+        async with self._hold_turn(session_id, reads) as rows:
+            yield self._session_and_turns(session_id, rows)
+
+    @asynccontextmanager
+    async def _hold_turn(
+        self, session_id: SessionId, reads: Sequence[_Query]
+    ) -> AsyncGenerator[list[list[TupleRow]]]:
+        """Hold the session's turn; the rows of ``reads``, run once it is held."""
         key = _lock_key(session_id)
         async with self._gateway_turns.turn(session_id):
             if self._closed:
@@ -853,9 +896,9 @@ class PostgresStore(TransactionalStore):
             except psycopg.Error as error:
                 raise StoreError(f"no PostgreSQL connection: {error}") from error
             try:
-                await _advisory(conn, "SELECT pg_advisory_lock(%s::bigint)", key)
+                rows = await _advisory(conn, "SELECT pg_advisory_lock(%s::bigint)", key, reads)
                 try:
-                    yield
+                    yield rows
                 finally:
                     await _advisory(conn, "SELECT pg_advisory_unlock(%s::bigint)", key)
             finally:
@@ -1350,20 +1393,40 @@ def _keyed_from_row(session_id: SessionId, row: TupleRow) -> KeyedRound:
     )
 
 
-async def _advisory(conn: _Connection, statement: LiteralString, key: int) -> None:
-    """Take or release an advisory lock; if that fails or is cancelled, end the connection.
+async def _advisory(
+    conn: _Connection, statement: LiteralString, key: int, reads: Sequence[_Query] = ()
+) -> list[list[TupleRow]]:
+    """Take or release an advisory lock, and the rows of ``reads`` run after it (sent
+    with it: one round trip); if that fails or is cancelled, end the connection.
 
     Whether the lock is held is then unknown (a cancelled wait may have been
     granted just before the cancel arrived); a closed connection holds none, and
     the pool replaces it.
     """
     try:
-        await conn.execute(statement, (key,))
+        if not reads:
+            await conn.execute(statement, (key,))
+            return []
+        async with conn.pipeline():
+            await conn.execute(statement, (key,))
+            cursors = [await conn.execute(query, params) for query, params in reads]
+        return [await cursor.fetchall() for cursor in cursors]
     except BaseException as error:
         await conn.close()
         if isinstance(error, psycopg.Error):
             raise StoreError(f"PostgreSQL failed: {error}") from error
         raise
+
+
+_Query = tuple[LiteralString, tuple[Any, ...]]
+
+
+def _select_session(tenant_id: TenantId, session_id: SessionId) -> _Query:
+    return _SELECT_SESSION, (session_id.value, tenant_id.value)
+
+
+def _select_turns(session_id: SessionId) -> _Query:
+    return _SELECT_TURNS, (session_id.value,)
 
 
 def _lock_key(session_id: SessionId) -> int:
