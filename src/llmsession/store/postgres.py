@@ -882,10 +882,10 @@ class PostgresStore(TransactionalStore):
             *insert_values(stored, stored.record.session_id.value),
             *stored.usage.as_tuple(),
         )
-        started = _roll_params(stored, stored.record.created_at, session_amounts())
+        rolled = _roll_params(stored, stored.record.created_at, session_amounts())
         if first is None:
             async with self._connection() as conn:
-                await conn.execute(_INSERT_SESSION_ROLLED, (*session_values, *started))
+                await conn.execute(_INSERT_SESSION_ROLLED, (*session_values, *rolled))
             self._recent.remember(stored)
             return
         record = stored.record
@@ -914,7 +914,7 @@ class PostgresStore(TransactionalStore):
                             *round_usage_values(first),
                         ),
                     )
-                    await conn.execute(_ROLL_VALUES, started)
+                    await conn.execute(_ROLL_VALUES, rolled)
                     await conn.execute(
                         _ROLL_VALUES,
                         _roll_params(stored, first.recorded_at, round_amounts(first, stored)),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Final
 
 from llmsession.errors import InvalidInput
 from llmsession.store.models import (
@@ -133,23 +133,22 @@ def check_window(bucket: object, start: object, end: object) -> TimeWindow:
     if bucket not in TIME_BUCKET_SIZES:
         allowed = ", ".join(map(repr, TIME_BUCKET_SIZES))
         raise InvalidInput(f"bucket must be one of {allowed}, got {bucket!r}")
-    size_name = cast(TimeBucketSize, bucket)
     if not isinstance(start, Timestamp):
         raise InvalidInput(f"start must be a Timestamp, got {type(start).__name__}")
     if not isinstance(end, Timestamp):
         raise InvalidInput(f"end must be a Timestamp, got {type(end).__name__}")
     if not start < end:
         raise InvalidInput(f"start ({start}) must be before end ({end})")
-    size = BUCKET_MICROS[size_name]
+    size = BUCKET_MICROS[bucket]
     first = start.epoch_micros - start.epoch_micros % size
-    most = MAX_BUCKETS[size_name]
+    most = MAX_BUCKETS[bucket]
     if end.epoch_micros - first > most * size:
         span = "31 days" if bucket == "hour" else "366 days"
         raise InvalidInput(
             f"a time series of {bucket} buckets spans at most {span} ({most} buckets), "
             f"got {start} to {end}: narrow the range or use larger buckets"
         )
-    return TimeWindow(size_name, first, end.epoch_micros)
+    return TimeWindow(bucket, first, end.epoch_micros)
 
 
 def fold(
