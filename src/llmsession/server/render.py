@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from llmsession.keys import IssuedKey
-from llmsession.store.models import ApiKeyInfo, Round, StoredSession, Tenant, Totals, UsageTotals
+from llmsession.store.models import (
+    ApiKeyInfo,
+    Round,
+    StoredSession,
+    Tenant,
+    TimeBucket,
+    Totals,
+    UsageTotals,
+)
 from llmsession.timestamps import Timestamp
 
 __all__ = [
@@ -14,6 +22,7 @@ __all__ = [
     "render_round",
     "render_session",
     "render_tenant",
+    "render_time_bucket",
     "render_totals",
     "render_usage_totals",
 ]
@@ -57,6 +66,20 @@ def render_totals(totals: Totals) -> dict[str, Any]:
         "delta_tokens": totals.delta_tokens,
         "tokens_saved": totals.tokens_saved,
         "usage": render_usage_totals(totals.usage),
+    }
+
+
+def render_time_bucket(bucket: TimeBucket) -> dict[str, Any]:
+    """One bucket of a time series."""
+    return {
+        "start": bucket.start.isoformat(),
+        "provider_id": bucket.provider_id,
+        "model": bucket.model,
+        "rounds": bucket.rounds,
+        "delta_tokens": bucket.delta_tokens,
+        "tokens_saved": bucket.tokens_saved,
+        "usage": render_usage_totals(bucket.usage),
+        "sessions_started": bucket.sessions_started,
     }
 
 
