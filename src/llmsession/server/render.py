@@ -11,9 +11,11 @@ from llmsession.store.models import (
     StoredSession,
     Tenant,
     TimeBucket,
+    TimeBucketSize,
     Totals,
     UsageTotals,
 )
+from llmsession.store.rollup import BUCKET_MICROS
 from llmsession.timestamps import Timestamp
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "render_session",
     "render_tenant",
     "render_time_bucket",
+    "render_timeseries",
     "render_totals",
     "render_usage_totals",
 ]
@@ -66,6 +69,19 @@ def render_totals(totals: Totals) -> dict[str, Any]:
         "delta_tokens": totals.delta_tokens,
         "tokens_saved": totals.tokens_saved,
         "usage": render_usage_totals(totals.usage),
+    }
+
+
+def render_timeseries(
+    bucket: TimeBucketSize, start: Timestamp, end: Timestamp, buckets: list[TimeBucket]
+) -> dict[str, Any]:
+    """A time series as asked (``start`` to ``end``), its start rounded down to its bucket."""
+    size = BUCKET_MICROS[bucket]
+    return {
+        "bucket": bucket,
+        "start": Timestamp(start.epoch_micros - start.epoch_micros % size).isoformat(),
+        "end": end.isoformat(),
+        "buckets": [render_time_bucket(b) for b in buckets],
     }
 
 

@@ -28,7 +28,7 @@ from llmsession.server.params import (
 from llmsession.server.render import (
     render_round,
     render_session,
-    render_time_bucket,
+    render_timeseries,
     render_totals,
 )
 from llmsession.server.responses import error_responses
@@ -51,7 +51,6 @@ from llmsession.store.models import (
     SessionQuery,
     TimeBucketSize,
 )
-from llmsession.store.rollup import check_window
 from llmsession.timestamps import Timestamp
 from llmsession.tokens import MAX_TOKENS
 
@@ -279,14 +278,6 @@ def session_routes(context: AppContext) -> APIRouter:
             # Any names: the store refuses those it does not group by.
             group_by=cast(list[GroupKey], keys),
         )
-        window = check_window(bucket, first, last)
-        return JSONResponse(
-            {
-                "bucket": bucket,
-                "start": Timestamp(window.first).isoformat(),
-                "end": last.isoformat(),
-                "buckets": [render_time_bucket(b) for b in buckets],
-            }
-        )
+        return JSONResponse(render_timeseries(bucket, first, last, buckets))
 
     return router
