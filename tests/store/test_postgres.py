@@ -265,11 +265,15 @@ async def test_an_upgrade_back_fills_the_rollup_the_writes_keep(
     args = {"bucket": "hour", "start": T0, "end": clock(), "group_by": ["provider", "model"]}
     series = await first.timeseries(ACME, **args)  # type: ignore[arg-type]
     assert sum(bucket.rounds for bucket in series) == (9 if version == 4 else 3)
+    rows = "SELECT * FROM usage_hours ORDER BY hour, provider_id, model, slot"
+    written = await sql(postgres_url, rows)
     await first.aclose()
     await make_version(postgres_url, version)
     again = await open_pg()
     assert await sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     assert await again.timeseries(ACME, **args) == series  # type: ignore[arg-type]
+    # Row for row what the writes kept, each session's in its own slot.
+    assert await sql(postgres_url, rows) == written
 
 
 async def test_a_version_2_schema_is_upgraded_and_replays_give_the_first_answers(

@@ -263,6 +263,10 @@ _ROLL_SELECT: Final = (
 )
 
 
+# A session's slot as _roll_params computes it: its id's last byte, mod _SLOTS (8).
+_SLOT_SQL: Final = "get_byte(uuid_send(s.session_id), 15) % 8"
+
+
 def _hour_sql(column: LiteralString) -> LiteralString:
     """The start of the hour of a time column, floored (% truncates toward 0)."""
     return column + " - ((" + column + " % 3600000000) + 3600000000) % 3600000000"
@@ -271,20 +275,24 @@ def _hour_sql(column: LiteralString) -> LiteralString:
 #: The rollup of every stored round and session, as the writes would have kept it:
 #: the upgrade to version 5 runs it, and so can a bulk load (bench/dashboard.py).
 ROLLUP_BACKFILL: Final[tuple[LiteralString, ...]] = (
-    "INSERT INTO usage_hours (tenant_id, hour, provider_id, model, "
+    "INSERT INTO usage_hours (tenant_id, hour, provider_id, model, slot, "
     + _ROLLUP_COLUMNS
     + ") SELECT s.tenant_id, "
     + _hour_sql("r.recorded_at")
-    + ", s.provider_id, s.model, count(*), sum(r.delta_tokens), "
+    + ", s.provider_id, s.model, "
+    + _SLOT_SQL
+    + ", count(*), sum(r.delta_tokens), "
     "sum(s.initial_tokens - r.delta_tokens), coalesce(sum(r.input_tokens), 0), "
     "coalesce(sum(r.cached_input_tokens), 0), coalesce(sum(r.cache_write_tokens), 0), "
     "coalesce(sum(r.output_tokens), 0), coalesce(sum(r.reasoning_tokens), 0), "
     "count(*) FILTER (WHERE r.gateway AND r.input_tokens IS NULL), 0 "
-    "FROM rounds r JOIN sessions s ON s.session_id = r.session_id GROUP BY 1, 2, 3, 4",
-    "INSERT INTO usage_hours (tenant_id, hour, provider_id, model, sessions_started) "
+    "FROM rounds r JOIN sessions s ON s.session_id = r.session_id GROUP BY 1, 2, 3, 4, 5",
+    "INSERT INTO usage_hours (tenant_id, hour, provider_id, model, slot, sessions_started) "
     "SELECT tenant_id, "
     + _hour_sql("created_at")
-    + ", provider_id, model, count(*) FROM sessions GROUP BY 1, 2, 3, 4"
+    + ", provider_id, model, "
+    + _SLOT_SQL
+    + ", count(*) FROM sessions s GROUP BY 1, 2, 3, 4, 5"
     + _ROLLUP_CONFLICT,
 )
 
