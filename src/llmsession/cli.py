@@ -695,7 +695,7 @@ def sweep(
     "--end",
     type=TIMESTAMP,
     default=None,
-    help="With --timeseries: up to this time, exclusive [default: now].",
+    help="With --timeseries: to the last bucket starting before this time [default: now].",
 )
 @_store_option
 @_json_option

@@ -117,7 +117,7 @@ async def test_tables_are_made_in_the_urls_schema_with_a_version(
         "api_keys",
         "turns",
         "started_sessions",
-        "usage_hours",
+        "usage_rollup",
     }
     assert await sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
 
@@ -145,7 +145,7 @@ async def make_version(url: str, version: int) -> None:
     """Turn the current schema into what ``version`` created (its data stays)."""
     if version < 5:
         # Version 4 kept no rollup.
-        await sql(url, "DROP TABLE usage_hours")
+        await sql(url, "DROP TABLE usage_rollup")
     if version < 4:
         # Version 3 had no gateway: no usage, no turns, no started sessions.
         await sql(url, "DROP TABLE turns, started_sessions")
@@ -265,7 +265,7 @@ async def test_an_upgrade_back_fills_the_rollup_the_writes_keep(
     args = {"bucket": "hour", "start": T0, "end": clock(), "group_by": ["provider", "model"]}
     series = await first.timeseries(ACME, **args)  # type: ignore[arg-type]
     assert sum(bucket.rounds for bucket in series) == (9 if version == 4 else 3)
-    rows = "SELECT * FROM usage_hours ORDER BY hour, provider_id, model, slot"
+    rows = "SELECT * FROM usage_rollup ORDER BY span, start, provider_id, model, slot"
     written = await sql(postgres_url, rows)
     await first.aclose()
     await make_version(postgres_url, version)

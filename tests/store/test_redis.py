@@ -284,8 +284,8 @@ async def test_every_key_is_under_the_prefix(redis_url: str, redis_store: RedisS
         await client.aclose()
     # s: r: i: of the session; of the tenant agg: keys: and ix: for all, of the
     # provider and of the model, and for Active of the (provider, model) group,
-    # and the rollup of the day (ts:).
-    assert len(touched) == 10
+    # and the rollup of the day's hours (ts:) and of the period's days (tsd:).
+    assert len(touched) == 11
     assert all(key.startswith(_prefix(redis_url)) for key in touched)
 
 

@@ -185,7 +185,7 @@ def _schema(path: Path) -> dict[str, object]:
 
 
 # What schema version 4 added (the rollup); taking it away leaves version 3.
-_TO_VERSION_3 = ("DROP TABLE usage_hours", "PRAGMA user_version = 3")
+_TO_VERSION_3 = ("DROP TABLE usage_rollup", "PRAGMA user_version = 3")
 
 # What schema versions 4 and 3 added (the rollup, gateway rounds); taking them
 # away leaves version 2.
@@ -325,7 +325,9 @@ async def test_an_upgrade_back_fills_the_rollup_the_writes_keep(
     path = path_of_url(sqlite_url)
     _downgrade(path, _TO_VERSION_3 if version == 3 else _TO_VERSION_2)
     with sqlite3.connect(path) as conn:
-        assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'usage_hours'").fetchall()
+        assert not conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'usage_rollup'"
+        ).fetchall()
     conn.close()
     store = await open_store(sqlite_url, clock=clock)
     try:

@@ -125,23 +125,25 @@ async def test_buckets_split_by_provider_and_model(store: SessionStore, clock: M
     ]
 
 
-async def test_day_buckets_start_at_midnight_and_the_range_is_half_open(
+async def test_buckets_are_whole_from_the_one_holding_start_to_the_last_before_end(
     store: SessionStore, clock: ManualClock
 ) -> None:
     await _history(store, clock)
-    # A start inside a day reads that whole day; the end is exclusive.
-    days = await store.timeseries(ACME, bucket="day", start=at(5), end=at(25))
+    # A start inside a day reads that whole day; a day starting at end is left out.
+    days = await store.timeseries(ACME, bucket="day", start=at(5), end=at(12))
     assert days == [
         TimeBucket(DAY0, None, None, 3, 800, 1700, NO_USAGE, 3),
     ]
-    assert await store.timeseries(ACME, bucket="day", start=at(5), end=at(25.5)) == [
+    # A day starting before end is read whole, its hours after end included.
+    assert await store.timeseries(ACME, bucket="day", start=at(5), end=at(12.5)) == [
         *days,
         TimeBucket(at(12), None, None, 2, 1000, 1400, GATEWAY_USAGE, 1),
     ]
-    # An hour's start inside the hour reads that hour; nothing before or after.
-    assert await store.timeseries(ACME, bucket="hour", start=at(1.5), end=at(1.75)) == [
-        TimeBucket(at(1), None, None, 1, 60, 940, NO_USAGE, 0)
-    ]
+    # The same for hours: the round at 13:10 is in the hour to 13:01.
+    for start, end in ((at(1.5), at(1.75)), (at(1), at(1).plus_seconds(60))):
+        assert await store.timeseries(ACME, bucket="hour", start=start, end=end) == [
+            TimeBucket(at(1), None, None, 1, 60, 940, NO_USAGE, 0)
+        ]
     assert await store.timeseries(ACME, bucket="hour", start=at(2), end=at(25)) == []
     assert await store.timeseries(ACME, bucket="hour", start=at(-48), end=at(-24)) == []
 

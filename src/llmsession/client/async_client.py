@@ -224,9 +224,9 @@ class AsyncClient:
         group_by: Sequence[GroupKey] = (),
     ) -> list[TimeBucket]:
         """This tenant's rounds, delta tokens, tokens saved, usage and sessions started
-        per ``hour`` or ``day`` (UTC), per ``group_by`` group, from the bucket holding
-        ``start`` up to ``end`` (exclusive); buckets in which nothing happened are
-        left out. See SessionStore.timeseries."""
+        per ``hour`` or ``day`` (UTC), per ``group_by`` group: whole buckets, from the
+        one holding ``start`` to the last starting before ``end``; buckets in which
+        nothing happened are left out. See SessionStore.timeseries."""
         return await self._send(calls.timeseries(bucket, start, end, group_by))
 
     # -- admin (needs the admin key) --------------------------------------------

@@ -245,8 +245,8 @@ def session_routes(context: AppContext) -> APIRouter:
         responses=error_responses(422),
         summary="The tenant's rounds, tokens saved, usage and new sessions per hour or day",
         description=(
-            "Buckets of whole UTC hours or days from the one holding `start` up to `end` "
-            "(exclusive): at most 31 days of hours or 366 days of days. Buckets in which "
+            "Whole UTC hours or days, from the bucket holding `start` to the last one "
+            "starting before `end`: at most 31 days of hours or 366 days of days. Buckets in which "
             "nothing happened are left out. Read from a rollup the store keeps as it "
             "writes, so its cost follows the buckets and groups, not the rounds."
         ),

@@ -276,7 +276,9 @@ class TimeSeriesOut(BaseModel):
 
     bucket: Literal["hour", "day"]
     start: datetime = Field(description="The first bucket's start: the asked start rounded down")
-    end: datetime = Field(description="The asked end (exclusive)")
+    end: datetime = Field(
+        description="The asked end: the last bucket is the last starting before it"
+    )
     buckets: list[TimeBucketOut]
 
 

@@ -513,14 +513,15 @@ class SessionStore(ABC):
         group_by: Sequence[GroupKey] = (),
     ) -> list[TimeBucket]:
         """Rounds, delta tokens, tokens saved, usage and sessions started per hour or
-        day (UTC), per group, from ``start`` to ``end`` (exclusive).
+        day (UTC), per group: whole buckets, from the one holding ``start`` (its
+        start rounded down to the hour or midnight) to the last one starting
+        before ``end``.
 
-        ``bucket`` is "hour" or "day"; the first bucket is the one holding
-        ``start`` (its start rounded down to the hour or midnight). A series spans
+        ``bucket`` is "hour" or "day". A series spans
         at most 31 days of hours or 366 days of days. Buckets in which nothing
         happened are left out. Ordered by start, then provider, then model.
         ``group_by`` is as for :meth:`totals`. Read from the rollup each write
-        keeps (see :mod:`llmsession.store.rollup`): its cost grows with the hours
+        keeps (see :mod:`llmsession.store.rollup`): its cost grows with the buckets
         and groups in the range, not with the rounds.
         """
         check_tenant_id("tenant_id", tenant_id)

@@ -33,6 +33,7 @@ from llmsession.store.models import (
     StoredSession,
     Tenant,
     TimeBucket,
+    TimeBucketSize,
     Totals,
     Turn,
     UsageTotals,
@@ -41,8 +42,8 @@ from llmsession.store.presented import present
 from llmsession.store.rollup import (
     Amounts,
     TimeWindow,
+    bucket_starts,
     fold,
-    hour_of,
     round_amounts,
     session_amounts,
 )
@@ -105,8 +106,9 @@ class MemoryStore(TransactionalStore):
         self._tenants: dict[TenantId, Tenant] = {}
         self._keys: dict[str, ApiKeyInfo] = {}
         self._started: dict[tuple[TenantId, str], SessionId] = {}
-        #: The rollup: sums by (tenant, hour, provider, model), see store.rollup.
-        self._hours: dict[tuple[TenantId, int, str, str], list[int]] = {}
+        #: The rollup: sums by (tenant, bucket size, bucket start, provider, model),
+        #: see store.rollup.
+        self._rollup: dict[tuple[TenantId, TimeBucketSize, int, str, str], list[int]] = {}
         self._closed = False
 
     async def _insert(self, stored: StoredSession, first: Round | None = None) -> None:
@@ -133,10 +135,13 @@ class MemoryStore(TransactionalStore):
 
     def _roll(self, stored: StoredSession, at: Timestamp, amounts: Amounts) -> None:
         record = stored.record
-        key = (record.tenant_id, hour_of(at), record.provider_id, record.model)
-        sums = self._hours.setdefault(key, [0] * len(amounts))
-        for i, amount in enumerate(amounts):
-            sums[i] += amount
+        hour, day = bucket_starts(at)
+        spans: tuple[tuple[TimeBucketSize, int], ...] = (("hour", hour), ("day", day))
+        for size, start in spans:
+            key = (record.tenant_id, size, start, record.provider_id, record.model)
+            sums = self._rollup.setdefault(key, [0] * len(amounts))
+            for i, amount in enumerate(amounts):
+                sums[i] += amount
 
     async def _history_turns(self, session_id: SessionId) -> list[Turn]:
         entry = self._sessions.get(session_id)
@@ -239,9 +244,9 @@ class MemoryStore(TransactionalStore):
         self._check_open()
         return fold(
             (
-                (hour, provider, model, sums)
-                for (tenant, hour, provider, model), sums in self._hours.items()
-                if tenant == tenant_id
+                (start, provider, model, sums)
+                for (tenant, size, start, provider, model), sums in self._rollup.items()
+                if tenant == tenant_id and size == window.bucket
             ),
             window,
             group_by,

@@ -124,8 +124,8 @@ from llmsession.store.redis_schema import (
     parse_session_values,
     parse_time,
     parse_turn,
-    rollup_days,
     rollup_fields,
+    rollup_keys,
     split_row,
     state_metric,
 )
@@ -460,10 +460,10 @@ class RedisStore(SessionStore):
         await self._sum_rollup(names, seen, rows)
         with self._guard():
             for tenant, sums in rows.items():
-                for day, fields in rollup_fields(sums).items():
+                for name, fields in rollup_fields(keys, tenant, sums).items():
                     for start in range(0, len(fields), _SWEEP_CHUNK * 4):
                         chunk = fields[start : start + _SWEEP_CHUNK * 4]
-                        await self._client.hset(keys.rollup(tenant, day), mapping=dict(chunk))
+                        await self._client.hset(name, mapping=dict(chunk))
         await self._run_one(SET_SCHEMA, [keys.schema], ["5", "6"])
         self._upgraded(6)
 
@@ -1020,12 +1020,12 @@ class RedisStore(SessionStore):
     async def _timeseries(
         self, tenant_id: TenantId, window: TimeWindow, group_by: Sequence[GroupKey]
     ) -> list[TimeBucket]:
-        """From the day hashes of the rollup holding the window's hours, one round trip."""
+        """From the rollup hashes holding the window's buckets, one round trip."""
         self._check_open()
         with self._guard():
             async with self._client.pipeline(transaction=False) as pipe:
-                for day in rollup_days(window.first, window.end):
-                    pipe.hgetall(self._keys.rollup(tenant_id, day))
+                for name in rollup_keys(self._keys, tenant_id, window):
+                    pipe.hgetall(name)
                 hashes = await pipe.execute()
         return fold((row for raw in hashes for row in parse_rollup(_row(raw))), window, group_by)
 

@@ -32,10 +32,15 @@ Key layout, under a prefix (``llmsession:`` by default)::
     agg:<tenant>         hash: counters, field "<metric> <lo or hi> <group>", the group
                          being JSON [provider, model]; so its fields also name
                          every group the tenant has had a session of
-    ts:<day>:<tenant>    hash: the rollup time series read (see store.rollup) of one
-                         UTC day (its start in epoch microseconds), field
-                         "<metric> <lo or hi> <hour> <group>", the hour's start in
-                         epoch microseconds; written with the round or session
+    ts:<day>:<tenant>    hash: the rollup time series read (see store.rollup): the
+                         hours of one UTC day (its start in epoch microseconds),
+                         field "<metric> <lo or hi> <hour> <group>", the hour's
+                         start in epoch microseconds; written with the round or
+                         session
+    tsd:<period>:<tenant>
+                         hash: the same for the days of one period of 32 days
+                         (from a multiple of 32 days since the epoch), field
+                         "<metric> <lo or hi> <day> <group>"
     tenants              hash: tenant id -> created_at
     apikeys              hash: key id -> JSON [tenant, hash as hex, created_at]
     apikeys:revoked      hash: key id -> revoked_at
@@ -61,7 +66,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, cast
 
@@ -73,7 +78,13 @@ from llmsession.ids import SessionId, TenantId
 from llmsession.record import SessionRecord
 from llmsession.states import ALL_STATES, Created, SessionState, state_named
 from llmsession.store.models import NO_USAGE, KeyedRound, Round, StoredSession, Turn, UsageTotals
-from llmsession.store.rollup import BUCKET_MICROS, hour_of, round_amounts, session_amounts
+from llmsession.store.rollup import (
+    BUCKET_MICROS,
+    TimeWindow,
+    bucket_starts,
+    round_amounts,
+    session_amounts,
+)
 from llmsession.timestamps import Timestamp
 from llmsession.usage import Usage
 
@@ -116,8 +127,8 @@ __all__ = [
     "parse_session_values",
     "parse_time",
     "parse_turn",
-    "rollup_days",
     "rollup_fields",
+    "rollup_keys",
     "round_json",
     "split_row",
     "state_metric",
@@ -135,7 +146,7 @@ __all__ = [
 #: records, usage counters), all optional: version 4 data is version 5 data
 #: without gateway sessions, so the upgrade only sets the number, after which an
 #: older llmsession, which would refuse the usage counters, refuses the data.
-#: Version 6 adds the rollup (ts:<day>:<tenant>); RedisStore back-fills it from
+#: Version 6 adds the rollup (ts: and tsd:); RedisStore back-fills it from
 #: the stored sessions and rounds.
 SCHEMA_VERSION: Final = 6
 
@@ -165,6 +176,8 @@ Counters = dict[tuple[str, str], dict[str, int]]
 #: The rollup's metrics, in store.rollup.ROLLUP_FIELDS order.
 ROLLUP_METRICS: Final = ("rounds", "delta", "saved", *USAGE_METRICS, "started")
 _DAY_MICROS: Final = BUCKET_MICROS["day"]
+# The days of one tsd: hash: a day series of 366 days reads at most 13.
+_PERIOD_MICROS: Final = 32 * _DAY_MICROS
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,8 +586,14 @@ class RedisKeys:
         return _counters_name(self.prefix, tenant_id)
 
     def rollup(self, tenant_id: TenantId, day: int | str) -> str:
-        """The hash of a tenant's rollup of one UTC day (its start, epoch microseconds)."""
+        """The hash of a tenant's rollup of the hours of one UTC day (its start, epoch
+        microseconds)."""
         return f"{self.prefix}ts:{day}:{tenant_id}"
+
+    def day_rollup(self, tenant_id: TenantId, period: int | str) -> str:
+        """The hash of a tenant's rollup of the days of one 32-day period (its start,
+        epoch microseconds)."""
+        return f"{self.prefix}tsd:{period}:{tenant_id}"
 
     def tenant_keys(self, tenant_id: TenantId) -> str:
         """The set of a tenant's API key ids."""
@@ -778,40 +797,49 @@ def _counter_sections(
     ]
     if new is not None:
         if old is None:
-            sections.append(_rollup_section(keys, new, new.record.created_at, _STARTED))
+            sections += _rollup_section(keys, new, new.record.created_at, _STARTED)
         if new_round is not None:
             amounts = round_amounts(new_round, new)
-            sections.append(_rollup_section(keys, new, new_round.recorded_at, amounts))
+            sections += _rollup_section(keys, new, new_round.recorded_at, amounts)
     return sections
 
 
 def _rollup_section(
     keys: RedisKeys, stored: StoredSession, at: Timestamp, amounts: Sequence[int]
-) -> _Section:
-    """A counter section of CAS adding ``amounts`` to the rollup of ``stored``'s
-    tenant and group at the hour of ``at``."""
+) -> list[_Section]:
+    """The counter sections of CAS adding ``amounts`` to the rollup of ``stored``'s
+    tenant and group at the hour and at the day of ``at``."""
     record = stored.record
-    hour = hour_of(at)
-    return (
-        keys.rollup(record.tenant_id, hour - hour % _DAY_MICROS),
-        f"{hour} {counter_group(record.provider_id, record.model)}",
-        [
-            (metric, amount)
-            for metric, amount in zip(ROLLUP_METRICS, amounts, strict=True)
-            if amount
-        ],
-    )
+    hour, day = bucket_starts(at)
+    group = counter_group(record.provider_id, record.model)
+    increments = [
+        (metric, amount) for metric, amount in zip(ROLLUP_METRICS, amounts, strict=True) if amount
+    ]
+    return [
+        (keys.rollup(record.tenant_id, day), f"{hour} {group}", increments),
+        (keys.day_rollup(record.tenant_id, _period(day)), f"{day} {group}", increments),
+    ]
 
 
-def rollup_days(first: int, end: int) -> list[int]:
-    """The starts of the UTC days (epoch microseconds) holding the hours from
-    ``first`` up to ``end`` (exclusive): the rollup hashes a time series reads."""
-    day = first - first % _DAY_MICROS
-    return list(range(day, end, _DAY_MICROS))
+def _period(day: int) -> int:
+    return day - day % _PERIOD_MICROS
+
+
+def rollup_keys(keys: RedisKeys, tenant_id: TenantId, window: TimeWindow) -> list[str]:
+    """The rollup hashes holding the window's buckets: those of its days for hours,
+    of its periods for days."""
+    if window.bucket == "hour":
+        first = window.first - window.first % _DAY_MICROS
+        return [keys.rollup(tenant_id, day) for day in range(first, window.end, _DAY_MICROS)]
+    first = _period(window.first)
+    return [
+        keys.day_rollup(tenant_id, period) for period in range(first, window.end, _PERIOD_MICROS)
+    ]
 
 
 def parse_rollup(raw: Mapping[str, str]) -> list[tuple[int, str, str, list[int]]]:
-    """A rollup hash as rows: hour, provider, model, amounts in ROLLUP_FIELDS order."""
+    """A rollup hash as rows: bucket start, provider, model, amounts in ROLLUP_FIELDS
+    order."""
     rows: dict[tuple[int, str, str], list[int]] = {}
     for name, value in raw.items():
         try:
@@ -829,21 +857,37 @@ def parse_rollup(raw: Mapping[str, str]) -> list[tuple[int, str, str, list[int]]
 
 
 def rollup_fields(
-    rows: Mapping[tuple[int, str, str], Sequence[int]],
+    keys: RedisKeys, tenant_id: TenantId, hours: Mapping[tuple[int, str, str], Sequence[int]]
 ) -> dict[str, list[tuple[str, str]]]:
-    """Rollup rows (by hour, provider, model) as the fields of their day hashes,
-    by day start (as text) and as CAS would have left them: the upgrade writes these."""
-    days: dict[str, list[tuple[str, str]]] = {}
-    for (hour, provider, model), amounts in rows.items():
-        fields = days.setdefault(str(hour - hour % _DAY_MICROS), [])
-        group = f"{hour} {counter_group(provider, model)}"
-        for metric, amount in zip(ROLLUP_METRICS, amounts, strict=True):
-            if amount:
-                hi, lo = divmod(amount, LIMB)
-                fields.append((f"{metric} lo {group}", str(lo)))
-                if hi:
-                    fields.append((f"{metric} hi {group}", str(hi)))
-    return days
+    """A tenant's rollup rows of hours (by hour, provider, model) as the fields of
+    its rollup hashes, hours and days, by hash name, as CAS would have left them:
+    the upgrade writes these."""
+    days: dict[tuple[int, str, str], list[int]] = {}
+    for (hour, provider, model), amounts in hours.items():
+        total = days.setdefault((hour - hour % _DAY_MICROS, provider, model), [0] * len(amounts))
+        for i, amount in enumerate(amounts):
+            total[i] += amount
+    hashes: dict[str, list[tuple[str, str]]] = {}
+
+    def hour_hash(start: int) -> str:
+        return keys.rollup(tenant_id, start - start % _DAY_MICROS)
+
+    def day_hash(start: int) -> str:
+        return keys.day_rollup(tenant_id, _period(start))
+
+    named: tuple[tuple[Mapping[tuple[int, str, str], Sequence[int]], Callable[[int], str]], ...]
+    named = ((hours, hour_hash), (days, day_hash))
+    for rows, name_of in named:
+        for (start, provider, model), amounts in rows.items():
+            fields = hashes.setdefault(name_of(start), [])
+            group = f"{start} {counter_group(provider, model)}"
+            for metric, amount in zip(ROLLUP_METRICS, amounts, strict=True):
+                if amount:
+                    hi, lo = divmod(amount, LIMB)
+                    fields.append((f"{metric} lo {group}", str(lo)))
+                    if hi:
+                        fields.append((f"{metric} hi {group}", str(hi)))
+    return hashes
 
 
 class _Packer(Protocol):

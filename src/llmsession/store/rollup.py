@@ -1,13 +1,15 @@
-"""The hourly rollup behind time series: what each write adds, and how reads fold it.
+"""The rollup behind time series: what each write adds, and how reads fold it.
 
 A time series over a tenant's rounds cannot be a GROUP BY over the rounds when a
-tenant has ten million of them, so every backend keeps, per (tenant, hour,
-provider, model), the sums a time series reports, updated in the transaction
-that writes the round or the new session. This module is the one place that
-says what those sums are: :func:`round_amounts` and :func:`session_amounts` give
-the amounts a write adds (in :data:`ROLLUP_FIELDS` order), and
-:func:`fold` turns the rows a backend reads back into :class:`TimeBucket` values.
-Day buckets are summed from the hours: UTC days are whole hours.
+tenant has ten million of them, so every backend keeps, per tenant, bucket
+(every UTC hour, and every UTC day), provider and model, the sums a time series
+reports, updated in the transaction that writes the round or the new session:
+an hour series reads the hour rows, a day series the day rows, so a year of
+days reads 366 rows per group, not 8784. This module is the one place that
+says what those sums are: :func:`round_amounts` and :func:`session_amounts`
+give the amounts a write adds (in :data:`ROLLUP_FIELDS` order) to the buckets
+:func:`bucket_starts` names, and :func:`fold` turns the rows a backend reads
+back into :class:`TimeBucket` values.
 
 Rounds are never deleted, so their part of the rollup never shrinks. A purged
 Created session had no rounds; its ``sessions_started`` stays counted: the series
@@ -39,6 +41,7 @@ __all__ = [
     "ROLLUP_FIELDS",
     "Amounts",
     "TimeWindow",
+    "bucket_starts",
     "check_window",
     "fold",
     "hour_of",
@@ -51,7 +54,7 @@ HOUR_MICROS: Final = 3_600_000_000
 BUCKET_MICROS: Final[dict[TimeBucketSize, int]] = {"hour": HOUR_MICROS, "day": 24 * HOUR_MICROS}
 #: The most buckets one time series may span: 31 days of hours, 366 days of days.
 #: Enough for a month's hourly plot and a year's daily one, and a bound on what
-#: one call reads from the rollup (at most 8784 hours per group).
+#: one call reads from the rollup (at most 744 rows per group and slot).
 MAX_BUCKETS: Final[dict[TimeBucketSize, int]] = {"hour": 31 * 24, "day": 366}
 
 #: The sums kept per (tenant, hour, provider, model), in the order of Amounts.
@@ -76,6 +79,13 @@ def hour_of(at: Timestamp) -> int:
     """The start of the UTC hour holding ``at``, in epoch microseconds (floored, so
     also right before 1970)."""
     return at.epoch_micros - at.epoch_micros % HOUR_MICROS
+
+
+def bucket_starts(at: Timestamp) -> tuple[int, int]:
+    """The starts of the UTC hour and the UTC day holding ``at`` (epoch
+    microseconds): the two rollup buckets a write at ``at`` adds to."""
+    micros = at.epoch_micros
+    return micros - micros % HOUR_MICROS, micros - micros % BUCKET_MICROS["day"]
 
 
 def round_amounts(new_round: Round, after: StoredSession) -> Amounts:
@@ -110,9 +120,9 @@ def session_amounts() -> Amounts:
 
 @dataclass(frozen=True, slots=True)
 class TimeWindow:
-    """A checked time-series request: bucket size, and the hours it reads,
-    ``first`` (the start of the bucket holding the asked start) up to ``end``
-    (exclusive), in epoch microseconds."""
+    """A checked time-series request: bucket size, and the buckets it reads, those
+    starting from ``first`` (the start of the bucket holding the asked start) and
+    before ``end``, in epoch microseconds."""
 
     bucket: TimeBucketSize
     first: int
@@ -156,10 +166,10 @@ def fold(
     window: TimeWindow,
     group_by: Sequence[GroupKey],
 ) -> list[TimeBucket]:
-    """Time buckets from rollup rows (hour or already a bucket start, provider,
-    model, amounts in ROLLUP_FIELDS order), summed per bucket and group, in order
-    of start, then provider, then model. Rows outside the window are left out;
-    buckets that nothing happened in are not made up."""
+    """Time buckets from rollup rows of the window's bucket size (bucket start,
+    provider, model, amounts in ROLLUP_FIELDS order), summed per bucket and
+    group, in order of start, then provider, then model. Rows of buckets outside
+    the window are left out; buckets that nothing happened in are not made up."""
     by_provider = "provider" in group_by
     by_model = "model" in group_by
     sums: dict[tuple[int, str | None, str | None], list[int]] = {}

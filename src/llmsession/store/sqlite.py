@@ -78,6 +78,7 @@ from llmsession.store.models import (
     StoredSession,
     Tenant,
     TimeBucket,
+    TimeBucketSize,
     Totals,
     Turn,
     UsageTotals,
@@ -85,11 +86,10 @@ from llmsession.store.models import (
 from llmsession.store.presented import newest_first, present, present_totals, shown_in
 from llmsession.store.recent import RecentSessions
 from llmsession.store.rollup import (
-    HOUR_MICROS,
     Amounts,
     TimeWindow,
+    bucket_starts,
     fold,
-    hour_of,
     round_amounts,
     session_amounts,
 )
@@ -120,7 +120,7 @@ T = TypeVar("T")
 #: Version 2 keeps with each round the session's delta_tokens and version right
 #: after it (a replayed round's answer). Version 3 adds gateway rounds: usage on
 #: sessions and rounds, the turns of the conversation and the keys that
-#: started sessions. Version 4 adds usage_hours, the rollup time series read
+#: started sessions. Version 4 adds usage_rollup, the rollup time series read
 #: (see store.rollup). _UPGRADES brings older files up to it.
 SCHEMA_VERSION: Final = 4
 
@@ -183,10 +183,11 @@ _GATEWAY_TABLES: Final = (
 )
 
 
-# The rollup (see store.rollup), one row per tenant, hour (epoch microseconds of
-# its start), provider and model. Token sums are kept as two columns, the high
-# and the low 32 bits of each amount summed apart, as _split_sum reads them:
-# one hour of a group may pass 2**63-1 (SQLite would turn the sum into a float).
+# The rollup (see store.rollup), one row per tenant, bucket (``span``, its length
+# in seconds: 3600 for an hour, 86400 for a day; ``start``, epoch microseconds),
+# provider and model. Token sums are kept as two columns, the high and the low
+# 32 bits of each amount summed apart, as _split_sum reads them: one bucket of a
+# group may pass 2**63-1 (SQLite would turn the sum into a float).
 _ROLLUP_SPLIT: Final = (
     "delta",
     "saved",
@@ -204,63 +205,79 @@ _ROLLUP_COLUMNS: Final = (
     "sessions_started",
 )
 _ROLLUP_TABLE: Final = f"""
-    CREATE TABLE usage_hours (
+    CREATE TABLE usage_rollup (
         tenant_id   TEXT    NOT NULL,
-        hour        INTEGER NOT NULL,
+        span        INTEGER NOT NULL,
+        start       INTEGER NOT NULL,
         provider_id TEXT    NOT NULL,
         model       TEXT    NOT NULL,
         {", ".join(f"{column} INTEGER NOT NULL DEFAULT 0" for column in _ROLLUP_COLUMNS)},
-        PRIMARY KEY (tenant_id, hour, provider_id, model)
+        PRIMARY KEY (tenant_id, span, start, provider_id, model)
     ) WITHOUT ROWID
     """
 _ROLLUP_CONFLICT: Final = (
-    "ON CONFLICT (tenant_id, hour, provider_id, model) DO UPDATE SET "
+    "ON CONFLICT (tenant_id, span, start, provider_id, model) DO UPDATE SET "
     + ", ".join(f"{column} = {column} + excluded.{column}" for column in _ROLLUP_COLUMNS)
 )
-_ROLL: Final = (
-    f"INSERT INTO usage_hours (tenant_id, hour, provider_id, model, {', '.join(_ROLLUP_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * (4 + len(_ROLLUP_COLUMNS)))}) {_ROLLUP_CONFLICT}"
+_ROLLUP_INSERT: Final = (
+    "INSERT INTO usage_rollup (tenant_id, span, start, provider_id, model, "
+    f"{', '.join(_ROLLUP_COLUMNS)})"
 )
+# A write's amounts go to its hour and its day: one statement, two rows.
+_ROLL_ROW: Final = f"({', '.join('?' * (5 + len(_ROLLUP_COLUMNS)))})"
+_ROLL: Final = f"{_ROLLUP_INSERT} VALUES {_ROLL_ROW}, {_ROLL_ROW} {_ROLLUP_CONFLICT}"
+#: The bucket lengths the rollup keeps, in seconds (its ``span`` column).
+_SPANS: Final[dict[TimeBucketSize, int]] = {"hour": 3600, "day": 86400}
 
 
-def _hour_sql(column: str) -> str:
-    """The start of the hour of a time column, floored (SQLite's % truncates)."""
-    return f"{column} - (({column} % {HOUR_MICROS}) + {HOUR_MICROS}) % {HOUR_MICROS}"
+def _start_sql(column: str, span: int) -> str:
+    """The start of the bucket of a time column, floored (SQLite's % truncates)."""
+    size = span * 1_000_000
+    return f"{column} - (({column} % {size}) + {size}) % {size}"
 
 
 def _halves_sql(amount: str) -> str:
     return f"SUM(({amount}) >> 32), SUM(({amount}) & {0xFFFFFFFF})"
 
 
+def _backfill(span: int) -> tuple[str, str]:
+    """The statements filling the rollup's buckets of ``span`` seconds from the
+    stored rounds and sessions."""
+    rounds = (
+        f"{_ROLLUP_INSERT} SELECT s.tenant_id, {span}, {_start_sql('r.recorded_at', span)}, "
+        "s.provider_id, s.model, COUNT(*), "
+        + ", ".join(
+            _halves_sql(amount)
+            for amount in (
+                "r.delta_tokens",
+                "s.initial_tokens - r.delta_tokens",
+                *(
+                    f"COALESCE(r.{column}, 0)"
+                    for column in (
+                        "input_tokens",
+                        "cached_input_tokens",
+                        "cache_write_tokens",
+                        "output_tokens",
+                        "reasoning_tokens",
+                    )
+                ),
+            )
+        )
+        + ", SUM(r.gateway = 1 AND r.input_tokens IS NULL), 0 "
+        "FROM rounds r JOIN sessions s ON s.session_id = r.session_id GROUP BY 1, 2, 3, 4, 5"
+    )
+    # WHERE true: SQLite's parser needs it between a SELECT and ON CONFLICT.
+    sessions = (
+        "INSERT INTO usage_rollup (tenant_id, span, start, provider_id, model, sessions_started) "
+        f"SELECT tenant_id, {span}, {_start_sql('created_at', span)}, provider_id, model, "
+        f"COUNT(*) FROM sessions WHERE true GROUP BY 1, 2, 3, 4, 5 {_ROLLUP_CONFLICT}"
+    )
+    return rounds, sessions
+
+
 #: The rollup of every stored round and session, as the writes would have kept it:
 #: the upgrade to version 4 runs it, and so can a bulk load (bench/dashboard.py).
-ROLLUP_BACKFILL: Final = (
-    f"INSERT INTO usage_hours (tenant_id, hour, provider_id, model, {', '.join(_ROLLUP_COLUMNS)}) "
-    f"SELECT s.tenant_id, {_hour_sql('r.recorded_at')}, s.provider_id, s.model, COUNT(*), "
-    + ", ".join(
-        _halves_sql(amount)
-        for amount in (
-            "r.delta_tokens",
-            "s.initial_tokens - r.delta_tokens",
-            *(
-                f"COALESCE(r.{column}, 0)"
-                for column in (
-                    "input_tokens",
-                    "cached_input_tokens",
-                    "cache_write_tokens",
-                    "output_tokens",
-                    "reasoning_tokens",
-                )
-            ),
-        )
-    )
-    + ", SUM(r.gateway = 1 AND r.input_tokens IS NULL), 0 "
-    "FROM rounds r JOIN sessions s ON s.session_id = r.session_id GROUP BY 1, 2, 3, 4",
-    # WHERE true: SQLite's parser needs it between a SELECT and ON CONFLICT.
-    f"INSERT INTO usage_hours (tenant_id, hour, provider_id, model, sessions_started) "
-    f"SELECT tenant_id, {_hour_sql('created_at')}, provider_id, model, COUNT(*) "
-    f"FROM sessions WHERE true GROUP BY 1, 2, 3, 4 {_ROLLUP_CONFLICT}",
-)
+ROLLUP_BACKFILL: Final = (*_backfill(_SPANS["hour"]), *_backfill(_SPANS["day"]))
 
 
 def _rounds_table(name: str, added: Sequence[str] = ()) -> str:
@@ -979,14 +996,14 @@ class SQLiteStore(SessionStore):
     async def _timeseries(
         self, tenant_id: TenantId, window: TimeWindow, group_by: Sequence[GroupKey]
     ) -> list[TimeBucket]:
-        size = window.bucket_micros
         provider = "provider_id" if "provider" in group_by else "''"
         model = "model" if "model" in group_by else "''"
         rows = await self._read(
-            f"SELECT hour - ((hour % {size}) + {size}) % {size}, {provider}, {model}, "
+            f"SELECT start, {provider}, {model}, "
             + ", ".join(f"SUM({column})" for column in _ROLLUP_COLUMNS)
-            + " FROM usage_hours WHERE tenant_id = ? AND hour >= ? AND hour < ? GROUP BY 1, 2, 3",
-            (tenant_id.value, window.first, window.end),
+            + " FROM usage_rollup WHERE tenant_id = ? AND span = ? AND start >= ? AND start < ? "
+            "GROUP BY 1, 2, 3",
+            (tenant_id.value, _SPANS[window.bucket], window.first, window.end),
         )
         return fold(
             ((row[0], row[1], row[2], _rollup_amounts(row[3:])) for row in rows), window, group_by
@@ -1199,20 +1216,20 @@ def _insert_round(conn: sqlite3.Connection, new_round: Round, new: StoredSession
 
 
 def _roll(conn: sqlite3.Connection, stored: StoredSession, at: Timestamp, amounts: Amounts) -> None:
-    """Add ``amounts`` to the rollup row of ``stored``'s tenant and group, at the hour of ``at``."""
+    """Add ``amounts`` to the rollup rows of ``stored``'s tenant and group, at the hour
+    and the day of ``at``."""
     record = stored.record
+    sums = (
+        amounts[0],
+        *(half for amount in amounts[1:8] for half in (amount >> 32, amount & _LOW_BITS)),
+        amounts[8],
+        amounts[9],
+    )
+    hour, day = bucket_starts(at)
+    tenant, provider, model = record.tenant_id.value, record.provider_id, record.model
     conn.execute(
         _ROLL,
-        (
-            record.tenant_id.value,
-            hour_of(at),
-            record.provider_id,
-            record.model,
-            amounts[0],
-            *(half for amount in amounts[1:8] for half in (amount >> 32, amount & _LOW_BITS)),
-            amounts[8],
-            amounts[9],
-        ),
+        (tenant, 3600, hour, provider, model, *sums, tenant, 86400, day, provider, model, *sums),
     )
 
 
