@@ -112,10 +112,38 @@ def test_script_sends_the_whole_conversation_or_only_the_new_turn(
     assert gateway.Script.from_json(script.as_json()) == script
 
 
-def _client_run(gateway: ModuleType, port: int, stream: bool, turns: int) -> list[Any]:
+def test_anthropic_script_and_arguments(bench: tuple[ModuleType, ModuleType]) -> None:
+    gateway, _ = bench
+    args = gateway.parse_args(["--kind", "anthropic"])
+    assert args.targets == "direct,forwarder,llmsession"
+    script = gateway.Script.build(["A1", "A2"], "anthropic")
+    full = json.loads(script.full[1][1])
+    new = [json.loads(body) for body in script.new[0]]
+    assert full["system"] == gateway.SYSTEM
+    assert full["stream"] is True
+    assert [m["role"] for m in full["messages"]] == ["user", "assistant", "user"]
+    assert new[0]["system"] == gateway.SYSTEM
+    assert "system" not in new[1]
+    assert new[1]["messages"] == [full["messages"][-1]]
+
+
+def test_gemini_script_and_arguments(bench: tuple[ModuleType, ModuleType]) -> None:
+    gateway, _ = bench
+    assert gateway.parse_args(["--kind", "gemini"]).targets == "direct,forwarder,llmsession"
+    script = gateway.Script.build(["A1", "A2"], "gemini")
+    full = json.loads(script.full[1][1])
+    assert [c["role"] for c in full["contents"]] == ["user", "model", "user"]
+    assert full["systemInstruction"] == {"parts": [{"text": gateway.SYSTEM}]}
+    new = json.loads(script.new[0][1])
+    assert new["contents"] == [full["contents"][-1]]
+
+
+def _client_run(
+    gateway: ModuleType, port: int, stream: bool, turns: int, kind: str = "openai"
+) -> list[Any]:
     async def run() -> list[Any]:
-        target = gateway.Target("t", port, f"Bearer {API_KEY}", False)
-        script = gateway.Script.build(["You said : hi"] * 3)
+        target = gateway.Target("t", port, f"Bearer {API_KEY}", False, kind)
+        script = gateway.Script.build(["You said : hi"] * 3, kind)
         client = gateway._Client(target, script, stream)
         try:
             return [await client.request() for _ in range(turns)]
@@ -125,13 +153,14 @@ def _client_run(gateway: ModuleType, port: int, stream: bool, turns: int) -> lis
     return asyncio.run(run())
 
 
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_load_client_reads_bodies_and_streams_on_one_connection(
-    bench: tuple[ModuleType, ModuleType], fake: FakeProcess, stream: bool
+    bench: tuple[ModuleType, ModuleType], fake: FakeProcess, stream: bool, kind: str
 ) -> None:
     gateway, _ = bench
     port = int(fake.root.rsplit(":", 1)[1])
-    results = _client_run(gateway, port, stream, turns=4)
+    results = _client_run(gateway, port, stream, turns=4, kind=kind)
     assert [error for _, _, error in results] == [None] * 4
     assert all(0 < first <= whole for first, whole, _ in results)
     entries = fake.billing()
@@ -197,6 +226,26 @@ async def test_forwarder_passes_body_status_and_stream_through(
     assert refused.json()["error"]["code"] == "invalid_api_key"
     assert health.text == "ok"
     assert len(fake.billing()) == 1
+
+
+async def test_forwarder_passes_gemini_keys_and_queries_on(
+    bench: tuple[ModuleType, ModuleType], fake: FakeProcess
+) -> None:
+    _, forwarder = bench
+    app = forwarder.create_app(fake.root)
+    body = {"contents": [{"role": "user", "parts": [{"text": "hello there"}]}]}
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://fwd") as http,
+    ):
+        answer = await http.post(
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            json=body,
+            headers={"x-goog-api-key": API_KEY},
+        )
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    assert '"finishReason":"STOP"' in answer.text
 
 
 def test_litellm_install_never_replaces_a_directory_it_did_not_make(

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, QueryParams
 
 from llmsession.errors import AuthenticationError
 from llmsession.ids import TenantId
@@ -23,8 +23,10 @@ from llmsession.server.problems import Problem
 
 __all__ = [
     "admin_dependency",
+    "api_key_or_bearer",
     "authorization_header",
     "bearer_token",
+    "google_api_key",
     "require_admin",
     "require_tenant",
     "tenant_dependency",
@@ -66,6 +68,62 @@ def bearer_token(authorization: str | None) -> str:
         if scheme.lower() == "bearer" and token:
             return token
     raise AuthenticationError(_MISSING)
+
+
+def api_key_or_bearer(headers: Headers) -> str:
+    """The key of ``x-api-key`` or of ``Authorization: Bearer`` (Anthropic's clients send
+    either); a 400 problem for several headers or for two different keys, and
+    AuthenticationError for none."""
+    api_keys = headers.getlist("x-api-key")
+    if len(api_keys) > 1:
+        raise Problem(
+            "ambiguous-credentials",
+            f"the request has {len(api_keys)} x-api-key headers; send exactly one key",
+        )
+    authorization = authorization_header(headers)
+    api_key = api_keys[0].strip() if api_keys else None
+    if authorization is None:
+        if api_key:
+            return api_key
+        raise AuthenticationError(
+            "missing API key: send the header 'x-api-key: <key>' or 'Authorization: Bearer <key>'"
+        )
+    token = bearer_token(authorization)
+    if api_key is not None and api_key != token:
+        raise Problem(
+            "ambiguous-credentials",
+            "the request names two different keys in x-api-key and Authorization; "
+            "send one key, in either header",
+        )
+    return token
+
+
+def google_api_key(headers: Headers, query: QueryParams) -> str:
+    """The key of a Gemini-style request: ``x-goog-api-key`` (what the google-genai SDK
+    sends), ``?key=`` or ``Authorization: Bearer``. Exactly one of them: a key given
+    twice is refused (400) for the reason several Authorization headers are."""
+    given: list[str] = []
+    authorization = authorization_header(headers)
+    if authorization is not None:
+        given.append("Authorization")
+    given += ["x-goog-api-key"] * len(headers.getlist("x-goog-api-key"))
+    given += ["?key="] * len(query.getlist("key"))
+    if len(given) > 1:
+        raise Problem(
+            "ambiguous-credentials",
+            f"the request carries a key {len(given)} times ({', '.join(given)}); send it "
+            "exactly once: 'x-goog-api-key: <key>', '?key=<key>' or "
+            "'Authorization: Bearer <key>'",
+        )
+    if authorization is not None:
+        return bearer_token(authorization)
+    key = (headers.get("x-goog-api-key") or query.get("key") or "").strip()
+    if not key:
+        raise AuthenticationError(
+            "missing API key: send the header 'x-goog-api-key: <key>' (as the google-genai "
+            "SDK does), the query parameter '?key=<key>' or 'Authorization: Bearer <key>'"
+        )
+    return key
 
 
 def _is_admin_key(context: AppContext, token: str) -> bool:

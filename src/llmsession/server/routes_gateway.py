@@ -1,6 +1,8 @@
-"""The gateway's routes: OpenAI's wire formats under /v1, so its official SDK works unchanged.
+"""The gateway's routes: the providers' wire formats under /v1, so their official SDKs work
+unchanged.
 
-``POST /v1/chat/completions`` and ``POST /v1/responses`` take the provider's own
+``POST /v1/chat/completions``, ``POST /v1/responses`` (OpenAI) and
+``POST /v1/messages`` (Anthropic, whose key may also come as ``x-api-key``) take the provider's own
 request body (only the new messages, with ``LLMSession-Id`` to continue a
 session) and answer with the provider's own body or event stream. Thin: the
 turn itself is :class:`llmsession.gateway.Gateway`'s.
@@ -14,22 +16,56 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from llmsession.gateway.forwarding import SESSION_HEADER
-from llmsession.server.auth import bearer_token, require_tenant
+from llmsession.ids import TenantId
+from llmsession.server.auth import api_key_or_bearer, bearer_token, require_tenant
 from llmsession.server.context import AppContext
 from llmsession.server.params import parse_idempotency_key
 from llmsession.server.problems import Problem
 from llmsession.server.responses import error_responses
 
-__all__ = ["GATEWAY_PATHS", "gateway_routes"]
+__all__ = ["GATEWAY_PATHS", "forward_turn", "gateway_routes"]
 
 #: The gateway's paths, and the endpoint (wire format) each one speaks.
-GATEWAY_PATHS: Final = {"/v1/chat/completions": "chat/completions", "/v1/responses": "responses"}
+GATEWAY_PATHS: Final = {
+    "/v1/chat/completions": "chat/completions",
+    "/v1/responses": "responses",
+    "/v1/messages": "messages",
+}
 
 _NOT_CONFIGURED = (
     "no provider is configured on this server, so it answers only the session ledger "
     "routes; start it with `llmsession serve --config FILE` (or LLMSESSION_CONFIG) naming "
     "[providers.<provider_id>] tables (see docs/gateway.md)"
 )
+
+
+async def forward_turn(
+    context: AppContext,
+    request: Request,
+    endpoint: str,
+    tenant: TenantId,
+    *,
+    path_model: str | None = None,
+) -> Response:
+    """One turn of ``tenant`` on ``endpoint``, answered as the provider answered."""
+    gateway = context.gateway
+    if gateway is None:
+        raise Problem("gateway-not-configured", _NOT_CONFIGURED)
+    sessions = request.headers.getlist(SESSION_HEADER)
+    if len(sessions) > 1:
+        raise Problem("invalid-input", f"send one {SESSION_HEADER} header, not {len(sessions)}")
+    reply = await gateway.handle(
+        tenant,
+        endpoint,
+        await request.body(),
+        session_header=sessions[0] if sessions else None,
+        idempotency_key=parse_idempotency_key(request.headers.get("idempotency-key")),
+        path_model=path_model,
+        headers=request.headers,
+    )
+    if reply.stream is not None:
+        return StreamingResponse(reply.stream, reply.status, headers=reply.headers)
+    return Response(reply.body, reply.status, headers=reply.headers)
 
 
 def _openapi(summary: str) -> dict[str, Any]:
@@ -82,25 +118,14 @@ def gateway_routes(context: AppContext) -> APIRouter:
         },
     )
 
-    async def forward(request: Request, endpoint: str) -> Response:
-        tenant = await require_tenant(context, bearer_token(request.headers.get("authorization")))
-        gateway = context.gateway
-        if gateway is None:
-            raise Problem("gateway-not-configured", _NOT_CONFIGURED)
-        sessions = request.headers.getlist(SESSION_HEADER)
-        if len(sessions) > 1:
-            raise Problem("invalid-input", f"send one {SESSION_HEADER} header, not {len(sessions)}")
-        reply = await gateway.handle(
-            tenant,
-            endpoint,
-            await request.body(),
-            session_header=sessions[0] if sessions else None,
-            idempotency_key=parse_idempotency_key(request.headers.get("idempotency-key")),
-            headers=request.headers,
+    async def forward(request: Request, endpoint: str, *, api_key_header: bool = False) -> Response:
+        token = (
+            api_key_or_bearer(request.headers)
+            if api_key_header
+            else bearer_token(request.headers.get("authorization"))
         )
-        if reply.stream is not None:
-            return StreamingResponse(reply.stream, reply.status, headers=reply.headers)
-        return Response(reply.body, reply.status, headers=reply.headers)
+        tenant = await require_tenant(context, token)
+        return await forward_turn(context, request, endpoint, tenant)
 
     @router.post(
         "/chat/completions",
@@ -119,5 +144,14 @@ def gateway_routes(context: AppContext) -> APIRouter:
     async def create_response(request: Request) -> Response:
         """The Responses API with only the new input; the session keeps the conversation."""
         return await forward(request, GATEWAY_PATHS["/v1/responses"])
+
+    @router.post(
+        "/messages",
+        openapi_extra=_openapi("Anthropic Messages, through a session"),
+        response_class=Response,
+    )
+    async def messages(request: Request) -> Response:
+        """Anthropic Messages with only the new messages; the session adds its history."""
+        return await forward(request, GATEWAY_PATHS["/v1/messages"], api_key_header=True)
 
     return router
