@@ -75,7 +75,16 @@ def _served_get_paths(world: World) -> list[str]:
         }
     )
     assert {"/healthz", "/readyz", "/v1/sessions", "/v1/admin/tenants"} <= set(paths)
-    return [path.format(session_id=world.session_id, tenant_id="acme") for path in paths]
+    return [
+        path.format(session_id=world.session_id, tenant_id="acme") + REQUIRED_QUERY.get(path, "")
+        for path in paths
+    ]
+
+
+# The query a GET path cannot answer without.
+REQUIRED_QUERY = {
+    "/v1/stats/timeseries": "?bucket=day&start=2026-01-01T00:00:00Z&end=2026-02-01T00:00:00Z",
+}
 
 
 # -- 405: Allow lists every method of the path ---------------------------------------

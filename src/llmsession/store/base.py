@@ -52,6 +52,8 @@ from llmsession.store.models import (
     SessionQuery,
     StoredSession,
     Tenant,
+    TimeBucket,
+    TimeBucketSize,
     Totals,
     Turn,
     UsageTotals,
@@ -61,6 +63,7 @@ from llmsession.store.models import (
     check_page_size,
     check_purge_age,
 )
+from llmsession.store.rollup import TimeWindow, check_window
 from llmsession.store.turns import SessionTurns
 from llmsession.timestamps import Timestamp
 from llmsession.tokens import MAX_TOKENS, check_token_count
@@ -532,6 +535,31 @@ class SessionStore(ABC):
         check_tenant_id("tenant_id", tenant_id)
         return await self._totals(tenant_id, check_group_by(group_by))
 
+    async def timeseries(
+        self,
+        tenant_id: TenantId,
+        *,
+        bucket: TimeBucketSize,
+        start: Timestamp,
+        end: Timestamp,
+        group_by: Sequence[GroupKey] = (),
+    ) -> list[TimeBucket]:
+        """Rounds, delta tokens, tokens saved, usage and sessions started per hour or
+        day (UTC), per group: whole buckets, from the one holding ``start`` (its
+        start rounded down to the hour or midnight) to the last one starting
+        before ``end``.
+
+        ``bucket`` is "hour" or "day". A series spans
+        at most 31 days of hours or 366 days of days. Buckets in which nothing
+        happened are left out. Ordered by start, then provider, then model.
+        ``group_by`` is as for :meth:`totals`. Read from the rollup each write
+        keeps (see :mod:`llmsession.store.rollup`): its cost grows with the buckets
+        and groups in the range, not with the rounds.
+        """
+        check_tenant_id("tenant_id", tenant_id)
+        window = check_window(bucket, start, end)
+        return await self._timeseries(tenant_id, window, check_group_by(group_by))
+
     @abstractmethod
     async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """See :meth:`get`; the ids are checked."""
@@ -550,6 +578,14 @@ class SessionStore(ABC):
     @abstractmethod
     async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey]) -> list[Totals]:
         """See :meth:`totals`; the tenant and ``group_by`` are checked."""
+
+    @abstractmethod
+    async def _timeseries(
+        self, tenant_id: TenantId, window: TimeWindow, group_by: Sequence[GroupKey]
+    ) -> list[TimeBucket]:
+        """See :meth:`timeseries`; the arguments are checked. A backend reads its
+        rollup rows of the window's hours and hands them to
+        :func:`llmsession.store.rollup.fold`."""
 
     # -- expiry and abandoned sessions ----------------------------------------------
 

@@ -85,6 +85,7 @@ from llmsession.store.models import (
     SessionQuery,
     StoredSession,
     Tenant,
+    TimeBucket,
     Totals,
     Turn,
     UsageTotals,
@@ -117,14 +118,18 @@ from llmsession.store.redis_schema import (
     member_id,
     parse_counters,
     parse_keyed_round,
+    parse_rollup,
     parse_round,
     parse_session,
     parse_session_values,
     parse_time,
     parse_turn,
+    rollup_fields,
+    rollup_keys,
     split_row,
     state_metric,
 )
+from llmsession.store.rollup import TimeWindow, fold, hour_of, round_amounts, session_amounts
 from llmsession.store.session_groups import PendingChange, SessionGroups
 from llmsession.timestamps import Timestamp
 
@@ -337,6 +342,9 @@ class RedisStore(SessionStore):
             await self._run_one(SET_SCHEMA, [self._keys.schema], ["4", "5"])
             self._upgraded(5)
             text = "5"
+        if text == "5":
+            await self._upgrade_rollup()
+            text = "6"
         if text is None or not text.isdigit():
             raise StoreError(
                 f"the key {self._keys.schema!r} in {self._where} holds {text!r}, not a schema "
@@ -429,6 +437,67 @@ class RedisStore(SessionStore):
         await self._key_rounds(names)
         await self._run_one(SET_SCHEMA, [keys.schema], ["3", "4"])
         self._upgraded(4)
+
+    async def _upgrade_rollup(self) -> None:
+        """Bring version 5 data up to version 6: fill the rollup (see store.rollup)
+        from every stored session and its rounds, then say so.
+
+        The rollup's fields are set to the sums found, not incremented, so several
+        processes may run this at once, or run it again after a crash: each sets
+        the same values. Processes still running an older llmsession must be
+        stopped first: their rounds would not be counted.
+        """
+        keys = self._keys
+        pattern = _glob_escape(keys.session_prefix) + "*"
+        # SCAN may return a key twice: each session is counted once, by its id.
+        seen: set[SessionId] = set()
+        rows: dict[TenantId, dict[tuple[int, str, str], list[int]]] = {}
+        names: list[str] = []
+        with self._guard():
+            async for name in _admin(self._client).scan_iter(match=pattern, count=1000):
+                names.append(_text(name))
+                if len(names) == _SWEEP_CHUNK:
+                    await self._sum_rollup(names, seen, rows)
+                    names = []
+        await self._sum_rollup(names, seen, rows)
+        with self._guard():
+            for tenant, sums in rows.items():
+                for name, fields in rollup_fields(keys, tenant, sums).items():
+                    for start in range(0, len(fields), _SWEEP_CHUNK * 4):
+                        chunk = fields[start : start + _SWEEP_CHUNK * 4]
+                        await self._client.hset(name, mapping=dict(chunk))
+        await self._run_one(SET_SCHEMA, [keys.schema], ["5", "6"])
+        self._upgraded(6)
+
+    async def _sum_rollup(
+        self,
+        names: Sequence[str],
+        seen: set[SessionId],
+        rows: dict[TenantId, dict[tuple[int, str, str], list[int]]],
+    ) -> None:
+        """Add these sessions (hash names) and their rounds to ``rows``, by tenant."""
+        prefix = self._keys.session_prefix
+        ids = {SessionId.parse(name[len(prefix) :]) for name in names} - seen
+        seen |= ids
+        sessions = await self._read(sorted(ids, key=str))
+        with self._guard():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for stored in sessions:
+                    pipe.lrange(self._keys.rounds(stored.record.session_id), 0, -1)
+                listed = await pipe.execute()
+        for stored, raw_rounds in zip(sessions, listed, strict=True):
+            record = stored.record
+            sums = rows.setdefault(record.tenant_id, {})
+            parts = [(record.created_at, session_amounts())]
+            for raw in _items(raw_rounds):
+                found = parse_round(record.session_id, _text(raw))
+                parts.append((found.recorded_at, round_amounts(found, stored)))
+            for at, amounts in parts:
+                total = sums.setdefault(
+                    (hour_of(at), record.provider_id, record.model), [0] * len(amounts)
+                )
+                for i, amount in enumerate(amounts):
+                    total[i] += amount
 
     async def _key_rounds(self, names: Sequence[str]) -> None:
         """Rewrite the version 3 entries of these idempotency hashes as version 4 ones."""
@@ -1015,6 +1084,18 @@ class RedisStore(SessionStore):
         if owner is None or _text(owner) != tenant_id.value:
             raise NotFoundError(f"no session {session_id}")
         return [parse_round(session_id, _text(raw)) for raw in _items(raw_rounds)]
+
+    async def _timeseries(
+        self, tenant_id: TenantId, window: TimeWindow, group_by: Sequence[GroupKey]
+    ) -> list[TimeBucket]:
+        """From the rollup hashes holding the window's buckets, one round trip."""
+        self._check_open()
+        with self._guard():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name in rollup_keys(self._keys, tenant_id, window):
+                    pipe.hgetall(name)
+                hashes = await pipe.execute()
+        return fold((row for raw in hashes for row in parse_rollup(_row(raw))), window, group_by)
 
     async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         """Totals as of now: a due Active session counts as expired (see store.presented).
