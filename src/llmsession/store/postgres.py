@@ -461,7 +461,7 @@ _COUNTS_TRIGGERS: Final[tuple[LiteralString, ...]] = (
     + ")) EXECUTE FUNCTION session_counts_kept()",
 )
 #: The counters of every stored session, as the trigger would have kept them.
-COUNTS_BACKFILL: Final = (
+_COUNTS_BACKFILL: Final = (
     "INSERT INTO session_counts SELECT tenant_id, provider_id, model, state, "
     + _SLOT_SQL
     + ", count(*), sum(round_count), sum(delta_tokens), sum(tokens_saved), "
@@ -502,7 +502,7 @@ _UPGRADES: Final[dict[int, tuple[LiteralString, ...]]] = {
         _STARTED_TABLE,
     ),
     5: (_ROLLUP_TABLE, *ROLLUP_BACKFILL),
-    6: (_COUNTS_TABLE, COUNTS_BACKFILL, _COUNTS_FUNCTION, *_COUNTS_TRIGGERS),
+    6: (_COUNTS_TABLE, _COUNTS_BACKFILL, _COUNTS_FUNCTION, *_COUNTS_TRIGGERS),
 }
 
 # Timestamps are bigint microseconds since the epoch: exact, and cheap to compare.
