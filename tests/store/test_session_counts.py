@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+from collections import Counter
 from datetime import UTC, datetime
 
 import psycopg
@@ -89,6 +90,79 @@ async def _counters(backend: str, url: str) -> tuple[list[tuple[object, ...]], .
         return tuple(results)
 
 
+async def _random_step(
+    rng: random.Random,
+    clock: ManualClock,
+    memory: MemoryStore,
+    store: SessionStore,
+    pairs: list[tuple[TenantId, SessionId, SessionId]],
+    *,
+    seen: Counter[str],
+) -> list[tuple[TenantId, SessionId, SessionId]]:
+    """One random write on both stores, checking they answer alike; the pairs of
+    sessions (tenant, memory id, store id) still stored after it. ``seen`` counts
+    the sessions swept and purged, and the writes done at once that succeeded."""
+    action = rng.random()
+    if action < 0.2 or not pairs:
+        tenant = rng.choice([ACME, OTHER])
+        provider, model = rng.choice(["p1", "p2"]), rng.choice(["m1", "m2", "m3"])
+        initial = rng.choice([0, 7, 1000, 2**40, MAX_TOKENS])
+        ttl = rng.choice([None, 5, 60])
+        if rng.random() < 0.25:
+            usage = Usage(initial % 5000 + 4, 3, 1, 11, 2)
+            turn = Turn("chat/completions", "h", "[1]", "[2]", None, 200, "t", b"{}")
+            made = [
+                (
+                    await s.start_with_turn(
+                        tenant, SessionId.generate(clock()), provider_id=provider,
+                        model=model, turn=turn, usage=usage, ttl_seconds=ttl,
+                    )
+                ).session
+                for s in (memory, store)
+            ]  # fmt: skip
+        else:
+            made = [
+                await s.create(
+                    tenant, provider_id=provider, model=model, initial_tokens=initial,
+                    ttl_seconds=ttl,
+                )
+                for s in (memory, store)
+            ]  # fmt: skip
+        pairs.append((tenant, made[0].record.session_id, made[1].record.session_id))
+        clock.advance(0.000001)
+    elif action < 0.8:
+        tenant, mid, sid = rng.choice(pairs)
+        op = rng.choice(["activate", "round", "round", "round", "turn", "turn", "close", "expire"])
+        delta = rng.choice([0, 1, 7, 999, 2**41, 2**62])
+        assert await _outcome(memory, op, tenant, mid, delta) == await _outcome(
+            store, op, tenant, sid, delta
+        ), op
+    elif action < 0.9:
+        # Several sessions' writes at once: the group commit takes them together.
+        chosen = rng.sample(pairs, min(len(pairs), 6))
+        ops = [(rng.choice(["activate", "round", "turn", "close"]), p) for p in chosen]
+        delta = rng.choice([1, 999, 2**62])
+        expected = [await _outcome(memory, op, t, mid, delta) for op, (t, mid, _) in ops]
+        found = await asyncio.gather(
+            *(_outcome(store, op, t, sid, delta) for op, (t, _, sid) in ops)
+        )
+        assert found == expected
+        seen["at once"] += found.count("ok")
+    elif action < 0.95:
+        swept = await store.sweep()
+        assert await memory.sweep() == swept
+        seen["swept"] += swept
+    else:
+        age = rng.choice([60, 90])
+        scope = rng.choice([None, ACME])
+        purged = await store.purge_created(age, tenant_id=scope)
+        assert await memory.purge_created(age, tenant_id=scope) == purged
+        seen["purged"] += purged
+        alive = {s.record.session_id for t in (ACME, OTHER) for s in await all_sessions(memory, t)}
+        pairs = [p for p in pairs if p[1] in alive]
+    return pairs
+
+
 @pytest.mark.parametrize(
     "backend",
     [
@@ -106,67 +180,10 @@ async def test_counters_equal_a_recount_after_random_work(
     store = await open_store(url, clock=clock, default_ttl_seconds=30)
     pairs: list[tuple[TenantId, SessionId, SessionId]] = []  # (tenant, memory id, store id)
     checked = 0
+    seen: Counter[str] = Counter()
     try:
         for step in range(320):
-            action = rng.random()
-            if action < 0.2 or not pairs:
-                tenant = rng.choice([ACME, OTHER])
-                provider, model = rng.choice(["p1", "p2"]), rng.choice(["m1", "m2", "m3"])
-                initial = rng.choice([0, 7, 1000, 2**40, MAX_TOKENS])
-                ttl = rng.choice([None, 5, 60])
-                if rng.random() < 0.25:
-                    usage = Usage(initial % 5000 + 4, 3, 1, 11, 2)
-                    turn = Turn("chat/completions", "h", "[1]", "[2]", None, 200, "t", b"{}")
-                    made = [
-                        (
-                            await s.start_with_turn(
-                                tenant, SessionId.generate(clock()), provider_id=provider,
-                                model=model, turn=turn, usage=usage, ttl_seconds=ttl,
-                            )
-                        ).session
-                        for s in (memory, store)
-                    ]  # fmt: skip
-                else:
-                    made = [
-                        await s.create(
-                            tenant, provider_id=provider, model=model, initial_tokens=initial,
-                            ttl_seconds=ttl,
-                        )
-                        for s in (memory, store)
-                    ]  # fmt: skip
-                pairs.append((tenant, made[0].record.session_id, made[1].record.session_id))
-                clock.advance(0.000001)
-            elif action < 0.8:
-                tenant, mid, sid = rng.choice(pairs)
-                op = rng.choice(
-                    ["activate", "round", "round", "round", "turn", "turn", "close", "expire"]
-                )
-                delta = rng.choice([0, 1, 7, 999, 2**41, 2**62])
-                assert await _outcome(memory, op, tenant, mid, delta) == await _outcome(
-                    store, op, tenant, sid, delta
-                ), op
-            elif action < 0.9:
-                # Several sessions' writes at once: the group commit takes them together.
-                chosen = rng.sample(pairs, min(len(pairs), 6))
-                ops = [(rng.choice(["activate", "round", "turn", "close"]), p) for p in chosen]
-                delta = rng.choice([1, 999, 2**62])
-                expected = [await _outcome(memory, op, t, mid, delta) for op, (t, mid, _) in ops]
-                found = await asyncio.gather(
-                    *(_outcome(store, op, t, sid, delta) for op, (t, _, sid) in ops)
-                )
-                assert found == expected
-            elif action < 0.95:
-                assert await memory.sweep() == await store.sweep()
-            else:
-                age = rng.choice([60, 90])
-                scope = rng.choice([None, ACME])
-                assert await memory.purge_created(age, tenant_id=scope) == (
-                    await store.purge_created(age, tenant_id=scope)
-                )
-                alive = {
-                    s.record.session_id for t in (ACME, OTHER) for s in await all_sessions(memory, t)
-                }
-                pairs = [p for p in pairs if p[1] in alive]
+            pairs = await _random_step(rng, clock, memory, store, pairs, seen=seen)
             clock.advance(rng.choice([0, 0.5, 3, 10]))
             if step % 40 == 39:
                 kept, emptied, recount = await _counters(backend, url)
@@ -183,5 +200,6 @@ async def test_counters_equal_a_recount_after_random_work(
         assert kept == recount
         assert len(kept) > 10
         assert checked == 8
+        assert min(seen[what] for what in ("at once", "swept", "purged")) > 5, seen
     finally:
         await store.aclose()

@@ -187,10 +187,7 @@ def _schema(path: Path) -> dict[str, object]:
 # What schema version 5 added (the counters and their triggers); taking it away
 # leaves version 4.
 _DROP_COUNTS = (
-    *(
-        f"DROP TRIGGER session_counts_{name}"
-        for name in ("insert", "delete", "update", "move")
-    ),
+    *(f"DROP TRIGGER session_counts_{name}" for name in ("insert", "delete", "update", "move")),
     "DROP TABLE session_counts",
 )
 _TO_VERSION_4 = (*_DROP_COUNTS, "PRAGMA user_version = 4")

@@ -772,8 +772,12 @@ _PURGE_TENANT: Final = sql.SQL(
 # Sweeps take turns, and so do purges: each writes the counters of many groups
 # and slots (see _COUNTS_FUNCTION), in no set order, so two at once could each
 # hold a row the other waits for. Per schema; held until the transaction ends.
-_SWEEP_LOCK: Final = "SELECT pg_advisory_xact_lock(hashtext('llmsession.sweep.' || current_schema()))"
-_PURGE_LOCK: Final = "SELECT pg_advisory_xact_lock(hashtext('llmsession.purge.' || current_schema()))"
+_SWEEP_LOCK: Final = (
+    "SELECT pg_advisory_xact_lock(hashtext('llmsession.sweep.' || current_schema()))"
+)
+_PURGE_LOCK: Final = (
+    "SELECT pg_advisory_xact_lock(hashtext('llmsession.purge.' || current_schema()))"
+)
 
 # A tenant's due sessions, through the deadline index: what is due and not yet swept.
 _SELECT_DUE: Final = (

@@ -320,9 +320,7 @@ def _halves(row: str, column: str) -> tuple[str, str]:
 
 def _count_row(row: str, sign: str) -> str:
     """An upsert adding (``sign`` +) or taking away (-) ``row``'s session."""
-    values = ", ".join(
-        f"{sign}{half}" for column in _SUMMED for half in _halves(row, column)
-    )
+    values = ", ".join(f"{sign}{half}" for column in _SUMMED for half in _halves(row, column))
     return (
         f"INSERT INTO session_counts VALUES ({row}.tenant_id, {row}.provider_id, "
         f"{row}.model, {row}.state, {sign}1, {values}) "
@@ -515,6 +513,7 @@ _SELECT_ROUND_BY_KEY = (
     f"SELECT {_ROUND_COLUMNS}, session_delta_tokens, session_version FROM rounds "
     "WHERE session_id = ? AND idempotency_key = ?"
 )
+
 
 class _Connection:
     """One sqlite3 connection, used only from its own thread.
