@@ -40,7 +40,7 @@ OTHER = TenantId("other")
 # The recount: what the upgrade back-fills the counters with, read instead of written.
 _RECOUNT = {
     "sqlite": sqlite_module._COUNTS_BACKFILL.removeprefix("INSERT INTO session_counts "),
-    "postgres": postgres_module._COUNTS_BACKFILL.removeprefix("INSERT INTO session_counts "),
+    "postgres": postgres_module.COUNTS_BACKFILL.removeprefix("INSERT INTO session_counts "),
 }
 # The key columns of each backend's counters (PostgreSQL's have a slot).
 _KEYS = {"sqlite": 4, "postgres": 5}
