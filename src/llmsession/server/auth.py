@@ -25,6 +25,7 @@ __all__ = [
     "admin_dependency",
     "authorization_header",
     "bearer_token",
+    "is_admin_key",
     "require_admin",
     "require_tenant",
     "tenant_dependency",
@@ -68,7 +69,8 @@ def bearer_token(authorization: str | None) -> str:
     raise AuthenticationError(_MISSING)
 
 
-def _is_admin_key(context: AppContext, token: str) -> bool:
+def is_admin_key(context: AppContext, token: str) -> bool:
+    """Whether ``token`` is the configured admin key (False when none is configured)."""
     admin_key = context.settings.admin_key
     if admin_key is None:
         return False
@@ -78,14 +80,14 @@ def _is_admin_key(context: AppContext, token: str) -> bool:
 
 async def require_tenant(context: AppContext, token: str) -> TenantId:
     """The tenant of a tenant key: 401 for an unknown or revoked key, 403 for the admin key."""
-    if _is_admin_key(context, token):
+    if is_admin_key(context, token):
         raise Problem("forbidden", "the admin key cannot act on sessions; use a tenant's API key")
     return await context.keys.tenant_of(token)
 
 
 async def require_admin(context: AppContext, token: str) -> None:
     """Nothing for the admin key; 403 for a tenant's valid key, 401 for anything else."""
-    if _is_admin_key(context, token):
+    if is_admin_key(context, token):
         return
     # A tenant's valid key is known but not allowed here; anything else is unknown.
     await context.keys.tenant_of(token)
