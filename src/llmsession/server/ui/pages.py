@@ -10,6 +10,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from starlette.responses import HTMLResponse
 
+from llmsession.states import ALL_STATES
 from llmsession.store.models import Round, StoredSession, Totals, UsageTotals
 from llmsession.tokens import compute_tokens_saved
 
@@ -69,7 +70,7 @@ def render_page(name: str, status_code: int = 200, **values: Any) -> HTMLRespons
 def sum_totals(groups: Sequence[Totals]) -> Totals:
     """One Totals adding up ``groups`` (several tenants on the admin's overview; a
     tenant without sessions has no group at all)."""
-    sessions = dict.fromkeys(("created", "active", "closed", "expired"), 0)
+    sessions: dict[str, int] = {state.name: 0 for state in ALL_STATES}
     rounds = delta = saved = 0
     usage = [0] * 6
     for group in groups:

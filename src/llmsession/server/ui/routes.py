@@ -469,13 +469,16 @@ _CSRF_REFUSED = (
 
 async def _form(request: Request) -> dict[str, str]:
     """The fields of an HTML form post (application/x-www-form-urlencoded)."""
+    body = await request.body()
+    if not body:
+        # No fields at all: the CSRF check then refuses it like any form without a token.
+        return {}
     media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media != "application/x-www-form-urlencoded":
         raise _Refused(
             415 if media else 400,
             f"a form post must be application/x-www-form-urlencoded, got {media[:80]!r}",
         )
-    body = await request.body()
     try:
         pairs = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=False)
     except UnicodeDecodeError:
