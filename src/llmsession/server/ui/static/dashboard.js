@@ -19,6 +19,9 @@
     return Math.max(320, Math.min(el.clientWidth || 900, 1100));
   }
 
+  // Rounds are whole numbers: no ticks between them.
+  const roundTicks = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
+
   function plain(value) {
     return value == null ? "–" : Math.round(value).toLocaleString("en");
   }
@@ -52,7 +55,7 @@
           { label: "tokens saved (cumulative)", stroke: palette[1], width: 2, scale: "saved", value: (u, v) => plain(v) },
         ],
         [
-          { label: "round" },
+          { label: "round", incrs: roundTicks },
           { label: "delta tokens", values: (u, vals) => vals.map(plain) },
           { side: 1, scale: "saved", label: "tokens saved", grid: { show: false }, values: (u, vals) => vals.map(plain) },
         ],
@@ -70,7 +73,7 @@
           { label: "cached input", stroke: palette[2], width: 2, value: (u, v) => plain(v) },
           { label: "output", stroke: palette[1], width: 2, value: (u, v) => plain(v) },
         ],
-        [{ label: "round" }, { label: "tokens", values: (u, vals) => vals.map(plain) }],
+        [{ label: "round", incrs: roundTicks }, { label: "tokens", values: (u, vals) => vals.map(plain) }],
         { scales: { x: { time: false } } },
       );
     },
