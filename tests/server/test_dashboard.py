@@ -528,3 +528,42 @@ def test_the_vendored_assets_carry_their_licenses_and_versions() -> None:
         assert f"{package}@{version}" in note
     # The bundle names its own version: the note must say which one is committed.
     assert '"5.36.0"' in Path(vendor / "swagger-ui" / "swagger-ui-bundle.js").read_text()
+
+
+def test_gateway_rounds_are_plotted_with_the_provider_s_usage() -> None:
+    from llmsession.ids import SessionId, TenantId
+    from llmsession.record import SessionRecord
+    from llmsession.server.ui.pages import round_series
+    from llmsession.states import Active
+    from llmsession.store.models import Round, StoredSession
+    from llmsession.timestamps import Timestamp
+    from llmsession.usage import Usage
+
+    now = Timestamp.parse("2026-03-01T09:00:00Z")
+    session_id = SessionId.parse("019abc12-3456-7def-8123-456789abcdef")
+    record = SessionRecord(
+        session_id,
+        TenantId("acme"),
+        "openai",
+        "gpt-4o",
+        500,
+        now,
+        Active,
+        activated_at=now,
+        round_count=3,
+        delta_tokens=1100,
+    )
+    stored = StoredSession(record, 4, 3600, now)
+    rounds = [
+        Round(session_id, 1, 500, now, usage=Usage(500, 0, 0, 40), gateway=True),
+        Round(session_id, 2, 100, now, usage=Usage(600, 500, 0, 30), gateway=True),
+        Round(session_id, 3, 500, now, usage=None, gateway=True),  # the provider sent none
+    ]
+
+    series = round_series(stored, rounds).as_json()
+
+    assert series["delta_tokens"] == [500, 100, 500]
+    assert series["tokens_saved"] == [0, 400, 400]
+    assert series["input_tokens"] == [500, 600, None]
+    assert series["cached_input_tokens"] == [0, 500, None]
+    assert series["output_tokens"] == [40, 30, None]
