@@ -225,7 +225,9 @@ class _Dashboard:
         _, cookie = self.signer.issue(tenant_id, key_id, _now())
         response = RedirectResponse("/ui", 303)
         _set_cookie(response, request, COOKIE_NAME, cookie, SIGN_IN_SECONDS)
-        response.delete_cookie(SIGN_IN_COOKIE_NAME, path="/ui/sign-in")
+        response.delete_cookie(
+            SIGN_IN_COOKIE_NAME, path="/ui/sign-in", httponly=True, samesite="strict"
+        )
         return response
 
     async def sign_out(self, request: Request, session: WebSession) -> Response:
