@@ -344,6 +344,7 @@ def test_stats(url: str, sessions: list[StoredSession]) -> None:
                 "reasoning_tokens": 0,
                 "rounds_without_usage": 0,
             },
+            "cost": None,
         }
     ]
     table = ok(url, "stats", "--tenant", "acme", "--group-by", "provider").stdout.splitlines()

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import socket
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -52,6 +54,7 @@ from llmsession.client import (
     SessionView,
 )
 from llmsession.clock import ManualClock
+from llmsession.cost import Cost
 from llmsession.server import ServerSettings, create_app
 from llmsession.store import GroupKey, Page, Round, SessionStore, Tenant, Totals
 from llmsession.store.memory import MemoryStore
@@ -549,6 +552,48 @@ def test_answers_outside_the_contract_raise_api_error() -> None:
         pytest.raises(ApiError, match="boom"),
     ):
         c.health()
+
+
+def _stats_with_cost(cost: object) -> bytes:
+    usage = dict.fromkeys(
+        (
+            "input_tokens",
+            "cached_input_tokens",
+            "cache_write_tokens",
+            "output_tokens",
+            "reasoning_tokens",
+            "rounds_without_usage",
+        ),
+        0,
+    )
+    group = {
+        "provider_id": None,
+        "model": None,
+        "sessions": {"created": 0, "active": 1, "closed": 0, "expired": 0},
+        "rounds": 1,
+        "delta_tokens": 0,
+        "tokens_saved": 0,
+        "usage": usage,
+        "cost": cost,
+    }
+    return json.dumps({"groups": [group]}).encode()
+
+
+def test_costs_are_read_as_exact_decimals_and_checked() -> None:
+    cost = {"currency": "EUR", "paid": "0.000123", "stateless": "0.0005", "saved": "0.000377"}
+    with _answering(200, _stats_with_cost(cost)) as client:
+        (totals,) = client.stats()
+    assert totals.cost == Cost("EUR", Decimal("0.000123"), Decimal("0.0005"))
+    with _answering(200, _stats_with_cost(None)) as client:
+        assert client.stats()[0].cost is None
+    for bad, says in [
+        ({**cost, "saved": "0.0004"}, "is not cost.stateless - cost.paid"),
+        ({**cost, "paid": 0.000123}, "cost.paid must be a decimal string"),
+        ({**cost, "currency": "euro"}, "ISO 4217"),
+        ({"currency": "EUR", "paid": "1"}, "member 'stateless' is missing"),
+    ]:
+        with _answering(200, _stats_with_cost(bad)) as client, pytest.raises(ApiError, match=says):
+            client.stats()
 
 
 def test_iterators_stop_on_a_cursor_that_does_not_move() -> None:

@@ -151,10 +151,27 @@ def test_the_plain_install_s_command_names_the_server_extra(
     assert (command.returncode, command.stdout, command.stderr) == (1, "", MISSING_SERVER)
 
 
+def test_the_plain_install_s_server_module_names_the_server_extra(
+    plain_venv: Path, sqlite_url: str, tmp_path: Path
+) -> None:
+    module = _run(plain_venv / "bin" / "python", "-m", "llmsession.server", cwd=tmp_path)
+
+    assert (module.returncode, module.stdout) == (1, "")
+    assert module.stderr.startswith("Error: python -m llmsession.server needs the server extra (")
+    assert module.stderr.endswith(" is not installed): pip install 'llmsession[server]'\n")
+    assert "Traceback" not in module.stderr
+
+
 # -- in this process, with an extra's modules hidden ------------------------------------
 
 #: llmsession's modules that import an extra's modules; hiding those makes these import again.
-_IMPORTERS = ("llmsession.cli", "llmsession.store.postgres", "llmsession.store.redis")
+_IMPORTERS = (
+    "llmsession.cli",
+    "llmsession.server.runner",
+    "llmsession.server.__main__",
+    "llmsession.store.postgres",
+    "llmsession.store.redis",
+)
 
 Hide = Callable[..., None]
 
@@ -215,6 +232,23 @@ def test_the_command_without_the_server_extra_says_one_line(
 
     assert exited.value.code == 1
     assert capsys.readouterr() == ("", MISSING_SERVER)
+
+
+def test_the_server_module_without_the_server_extra_says_one_line(
+    hide: Hide, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hide("uvicorn")
+    from llmsession.server.__main__ import main
+
+    with pytest.raises(SystemExit) as exited:
+        main()
+
+    assert exited.value.code == 1
+    assert capsys.readouterr() == (
+        "",
+        "Error: python -m llmsession.server needs the server extra (uvicorn is not "
+        "installed): pip install 'llmsession[server]'\n",
+    )
 
 
 def test_the_command_with_the_server_extra_runs_the_cli(

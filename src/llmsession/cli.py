@@ -18,10 +18,12 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from decimal import Decimal
 from typing import Any, Final, NoReturn, TypeVar, get_args
 
 import click
 
+from llmsession.cost import NO_PRICES, Cost, PriceTable, format_money
 from llmsession.errors import InvalidInput, LLMSessionError
 from llmsession.fake_provider.runner import fake_provider_command
 from llmsession.ids import SessionId, TenantId
@@ -146,9 +148,26 @@ _store_option = click.option(
 _json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table."
 )
+_prices_option = click.option(
+    "--config",
+    "config_path",
+    envvar="LLMSESSION_CONFIG",
+    default=None,
+    help="The gateway's TOML file, to show costs at its prices [env LLMSESSION_CONFIG; "
+    "none: tokens only].",
+)
 _tenant_option = click.option(
     "--tenant", "tenant_id", type=TENANT, required=True, help="The tenant whose sessions to use."
 )
+
+
+def _prices(config_path: str | None) -> PriceTable:
+    if not config_path:
+        return NO_PRICES
+    from llmsession.gateway.config import load_config
+
+    # Prices only: the providers' keys are not needed to read them.
+    return load_config(config_path, require_keys=False).prices
 
 
 def _run(store_url: str, action: Callable[[SessionStore], Awaitable[T]]) -> T:
@@ -283,16 +302,21 @@ def providers(config_path: str, as_json: bool) -> None:
                         "api_key_set": bool(p.api_key),
                         "timeout_seconds": p.timeout_seconds,
                         "models": None if p.models is None else list(p.models),
+                        "prices": {
+                            model: price.to_dict()
+                            for model, price in config.prices.models_of(p.provider_id).items()
+                        },
                     }
                     for p in found
                 ],
                 "history_limit_bytes": config.history_limit_bytes,
+                "currency": config.prices.currency,
             }
         )
         return
     _print_table(
         "providers",
-        ("PROVIDER", "KIND", "BASE URL", "KEY FROM", "KEY SET", "TIMEOUT", "MODELS"),
+        ("PROVIDER", "KIND", "BASE URL", "KEY FROM", "KEY SET", "TIMEOUT", "MODELS", "PRICED"),
         [
             (
                 p.provider_id,
@@ -302,10 +326,17 @@ def providers(config_path: str, as_json: bool) -> None:
                 "yes" if p.api_key else "NO",
                 f"{p.timeout_seconds:g} s",
                 "(any)" if p.models is None else ", ".join(p.models),
+                _priced(config.prices, p.provider_id),
             )
             for p in found
         ],
     )
+
+
+def _priced(prices: PriceTable, provider_id: str) -> str:
+    """The models of a provider that have prices, with the currency; "-" for none."""
+    models = prices.models_of(provider_id)
+    return f"{', '.join(models)} ({prices.currency})" if models else "-"
 
 
 # -- tenants ------------------------------------------------------------------------------
@@ -506,16 +537,20 @@ def sessions_list(
 @_tenant_option
 @click.argument("session_id", type=SESSION)
 @click.option("--rounds", "with_rounds", is_flag=True, help="Also list every round.")
+@_prices_option
 @_store_option
 @_json_option
 def sessions_show(
+    *,
     tenant_id: TenantId,
     session_id: SessionId,
     with_rounds: bool,
+    config_path: str | None,
     store_url: str,
     as_json: bool,
 ) -> None:
-    """Show one session of a tenant, and with --rounds its rounds."""
+    """Show one session of a tenant, and with --rounds its rounds (and their costs)."""
+    prices = _prices(config_path)
 
     async def run(store: SessionStore) -> tuple[StoredSession, list[Round]]:
         stored = await store.get(tenant_id, session_id)
@@ -531,6 +566,10 @@ def sessions_show(
         return stored, found
 
     stored, found = _run(store_url, run)
+    if prices:
+        from llmsession.pricing import price_rounds
+
+        found = price_rounds(found, prices, stored.record.provider_id, stored.record.model)
     from llmsession.server.render import render_round, render_session
 
     fields = render_session(stored)
@@ -546,20 +585,44 @@ def sessions_show(
         click.echo(f"{name:<{width}}  {'-' if value is None else value}")
     if with_rounds:
         click.echo()
+        # Cost columns only when some round has a cost: without prices, tokens only.
+        priced = any(r.cost is not None for r in found)
         _print_table(
             "rounds",
-            ("SEQ", "DELTA", "INPUT", "CACHED", "OUTPUT", "REASONING", "RECORDED", "KEY"),
+            (
+                "SEQ",
+                "DELTA",
+                "INPUT",
+                "CACHED",
+                "OUTPUT",
+                "REASONING",
+                *(_COST_HEADERS if priced else ()),
+                "RECORDED",
+                "KEY",
+            ),
             [
                 (
                     r.seq,
                     r.delta_tokens,
                     *_usage_cells(r),
+                    *(_cost_cells(r.cost) if priced else ()),
                     r.recorded_at,
                     r.idempotency_key,
                 )
                 for r in found
             ],
         )
+
+
+#: What was paid, what a stateless client would have paid, and the difference.
+_COST_HEADERS: Final = ("COST", "STATELESS", "AVOIDED", "CURRENCY")
+
+
+def _cost_cells(cost: Cost | None) -> tuple[object, object, object, object]:
+    """Paid, stateless, avoided (saved) and currency; "-" without a cost."""
+    if cost is None:
+        return (None, None, None, None)
+    return (cost.paid, cost.stateless, cost.saved, cost.currency)
 
 
 def _usage_cells(round_: Round) -> tuple[object, object, object, object]:
@@ -674,16 +737,24 @@ def sweep(
     multiple=True,
     help="Group by provider and/or model (repeatable).",
 )
+@_prices_option
 @_store_option
 @_json_option
 def stats(
-    tenant_id: TenantId, group_by: tuple[GroupKey, ...], store_url: str, as_json: bool
+    tenant_id: TenantId,
+    group_by: tuple[GroupKey, ...],
+    config_path: str | None,
+    store_url: str,
+    as_json: bool,
 ) -> None:
-    """A tenant's sessions by state, rounds, delta tokens and tokens saved."""
+    """A tenant's sessions by state, rounds, delta tokens, tokens saved and costs."""
+    prices = _prices(config_path)
 
     async def run(store: SessionStore) -> list[Totals]:
+        from llmsession.pricing import priced_totals
+
         await store.get_tenant(tenant_id)  # a misspelt tenant is an error, not zeros
-        return await store.totals(tenant_id, group_by)
+        return await priced_totals(store, tenant_id, group_by, prices)
 
     groups = _run(store_url, run)
     if as_json:
@@ -691,6 +762,7 @@ def stats(
 
         _print_json({"groups": [render_totals(t) for t in groups]})
         return
+    priced = any(t.cost is not None for t in groups)
     _print_table(
         "sessions",
         (
@@ -703,6 +775,7 @@ def stats(
             "INPUT",
             "CACHED",
             "OUTPUT",
+            *(_COST_HEADERS if priced else ()),
         ),
         [
             (
@@ -715,6 +788,7 @@ def stats(
                 t.usage.input_tokens,
                 t.usage.cached_input_tokens,
                 t.usage.output_tokens,
+                *(_cost_cells(t.cost) if priced else ()),
             )
             for t in groups
         ],
@@ -749,7 +823,7 @@ def _print_table(what: str, headers: Sequence[str], rows: Sequence[Sequence[obje
     cells = [[_cell(value) for value in row] for row in rows]
     widths = [max(len(header), *(len(row[i]) for row in cells)) for i, header in enumerate(headers)]
     # Numbers line up on the right, like a person reads them; text on the left.
-    numeric = [all(type(row[i]) is int for row in rows) for i in range(len(headers))]
+    numeric = [all(type(row[i]) in (int, Decimal) for row in rows) for i in range(len(headers))]
 
     def line(values: Sequence[str]) -> str:
         parts = (
@@ -769,6 +843,8 @@ def _cell(value: object) -> str:
     if isinstance(value, Timestamp):
         # Seconds are enough to read; --json and 'sessions show' keep the microseconds.
         return value.to_datetime().strftime("%Y-%m-%d %H:%M:%SZ")
+    if isinstance(value, Decimal):
+        return format_money(value)
     return str(value)
 
 

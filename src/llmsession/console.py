@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Final, NoReturn
 
-__all__ = ["SERVER_MODULES", "main"]
+__all__ = ["SERVER_MODULES", "exit_if_server_extra_missing", "main"]
 
 #: The top-level modules the ``server`` extra installs (FastAPI brings starlette and pydantic).
 SERVER_MODULES: Final = frozenset(
@@ -32,12 +32,19 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
         cli_main(argv)
     except ModuleNotFoundError as error:
-        missing = (error.name or "").partition(".")[0]
-        if missing not in SERVER_MODULES:
-            raise
-        print(
-            f"Error: the llmsession command needs the server extra ({missing} is not "
-            "installed): pip install 'llmsession[server]'",
-            file=sys.stderr,
-        )
-        raise SystemExit(EXIT_MISSING_EXTRA) from None
+        exit_if_server_extra_missing(error, "the llmsession command")
+        raise
+
+
+def exit_if_server_extra_missing(error: ModuleNotFoundError, what: str) -> None:
+    """Exit with one line naming the install command if ``error`` is a module of the
+    ``server`` extra; return (for the caller to re-raise) if it is any other module."""
+    missing = (error.name or "").partition(".")[0]
+    if missing not in SERVER_MODULES:
+        return
+    print(
+        f"Error: {what} needs the server extra ({missing} is not installed): "
+        "pip install 'llmsession[server]'",
+        file=sys.stderr,
+    )
+    raise SystemExit(EXIT_MISSING_EXTRA) from None

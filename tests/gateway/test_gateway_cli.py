@@ -53,12 +53,14 @@ def test_providers_lists_each_provider_and_whether_its_key_is_set(tmp_path: Path
         "SET",
         "TIMEOUT",
         "MODELS",
+        "PRICED",
     ]
     assert "GW_TEST_KEY" in lines[1]
     assert " yes " in lines[1]
     assert "gpt-4o-mini, meta-llama/x" in lines[1]
     assert " NO " in lines[2]
     assert "(any)" in lines[2]
+    assert lines[1].endswith(" -")  # no prices configured
     assert "sk-secret-value" not in result.stdout + result.stderr
     as_json = cli("providers", "--json", env={"LLMSESSION_CONFIG": str(config), "GW_TEST_KEY": "k"})
     listed = json.loads(as_json.stdout)

@@ -173,6 +173,10 @@ def test_a_multi_round_chat_is_billed_and_recorded_alike(gateway: Gateway) -> No
     # Every request after the first carried the whole history, keyed by the session.
     assert {e["prompt_cache_key"] for e in billing} == {session_id}
     gateway.assert_totals_match_billing(key)
+    # This server has no price table: tokens only, no cost anywhere.
+    rounds = gateway.get(key, f"/v1/sessions/{session_id}/rounds")["items"]
+    assert [r["cost"] for r in rounds] == [None, None, None]
+    assert [g["cost"] for g in gateway.get(key, "/v1/stats")["groups"]] == [None]
 
 
 def test_a_streamed_chat_without_usage_requested(gateway: Gateway) -> None:

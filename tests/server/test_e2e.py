@@ -84,6 +84,7 @@ async def test_several_tenants_over_real_http(
                     "delta_tokens": sessions * per_session_delta,
                     "tokens_saved": sessions * (rounds * 1000 - per_session_delta),
                     "usage": NO_USAGE,
+                    "cost": None,
                 }
             ]
             listed = (await client.get("/v1/sessions", headers=auth)).json()["items"]

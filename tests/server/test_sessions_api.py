@@ -92,6 +92,7 @@ async def test_a_session_lives_through_its_states(api: Api) -> None:
         "gateway": False,
         "usage": None,
         "usage_missing": False,
+        "cost": None,
     }
 
     read = await api.client.get(f"/v1/sessions/{session_id}", headers=auth)
@@ -458,6 +459,7 @@ async def test_stats_group_by_provider_and_model(api: Api) -> None:
                 "delta_tokens": 200,
                 "tokens_saved": 800,
                 "usage": NO_USAGE,
+                "cost": None,
             }
         ]
     }

@@ -21,6 +21,7 @@ from llmsession.client.views import (
     RecordedRound,
     SessionView,
 )
+from llmsession.cost import Cost, check_currency, parse_money
 from llmsession.expiry import check_ttl
 from llmsession.ids import SessionId, TenantId
 from llmsession.record import SessionRecord
@@ -83,6 +84,7 @@ def read_round(data: object, session_id: SessionId) -> Round:
         idempotency_key=key,
         usage=None if usage is None else _read_usage(usage),
         gateway=gateway,
+        cost=_read_cost(obj),
     )
 
 
@@ -168,7 +170,25 @@ def _read_totals(data: object) -> Totals:
         delta_tokens=check_token_count("delta_tokens", _member(obj, "delta_tokens")),
         tokens_saved=check_token_count("tokens_saved", _member(obj, "tokens_saved")),
         usage=_read_usage_totals(obj),
+        cost=_read_cost(obj),
     )
+
+
+def _read_cost(obj: JsonObject) -> Cost | None:
+    # Null without prices; absent from a server from before prices.
+    data = obj.get("cost")
+    if data is None:
+        return None
+    cost_obj = _object(data, "a cost")
+    cost = Cost(
+        currency=check_currency(_member(cost_obj, "currency")),
+        paid=parse_money(_member(cost_obj, "paid"), "cost.paid"),
+        stateless=parse_money(_member(cost_obj, "stateless"), "cost.stateless"),
+    )
+    saved = parse_money(_member(cost_obj, "saved"), "cost.saved")
+    if saved != cost.saved:
+        raise ValueError(f"cost.saved ({saved}) is not cost.stateless - cost.paid ({cost.saved})")
+    return cost
 
 
 def _read_usage(data: object) -> Usage:

@@ -18,6 +18,11 @@ into a log line, an error or a metric by accident.
     api_key_env = "OPENAI_API_KEY"
     timeout_seconds = 60                 # optional
     models = ["gpt-4o-mini", "gpt-4o"]   # optional allow-list
+
+    [prices.openai."gpt-4o-mini"]         # optional, per million tokens (llmsession.cost)
+    input = 0.15
+    cached_input = 0.075
+    output = 0.60
 """
 
 from __future__ import annotations
@@ -27,10 +32,18 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Final, Literal, TypeAlias, cast, get_args
 from urllib.parse import urlsplit
 
+from llmsession.cost import (
+    DEFAULT_CURRENCY,
+    NO_PRICES,
+    PriceTable,
+    check_currency,
+    parse_prices,
+)
 from llmsession.errors import InvalidInput
 from llmsession.ids import check_label
 
@@ -53,8 +66,8 @@ DEFAULT_TIMEOUT_SECONDS: Final = 60.0
 DEFAULT_HISTORY_LIMIT_BYTES: Final = 8 * 1024 * 1024
 
 _PROVIDER_KEYS: Final = frozenset({"kind", "base_url", "api_key_env", "timeout_seconds", "models"})
-_GATEWAY_KEYS: Final = frozenset({"history_limit_bytes"})
-_TOP_KEYS: Final = frozenset({"providers", "gateway"})
+_GATEWAY_KEYS: Final = frozenset({"history_limit_bytes", "currency"})
+_TOP_KEYS: Final = frozenset({"providers", "gateway", "prices"})
 
 
 class ConfigError(InvalidInput):
@@ -115,6 +128,8 @@ class GatewayConfig:
     history_limit_bytes: int = DEFAULT_HISTORY_LIMIT_BYTES
     #: Where the configuration was read from, for messages; None when built in code.
     source: str | None = None
+    #: Prices per provider and model, for costs (empty: only tokens are shown).
+    prices: PriceTable = NO_PRICES
 
     def provider(self, provider_id: str) -> ProviderConfig | None:
         """The provider with this id, or None."""
@@ -173,7 +188,40 @@ def parse_config(
         provider_id: _provider(source, provider_id, table, env, require_keys)
         for provider_id, table in tables.items()
     }
-    return GatewayConfig(providers=providers, history_limit_bytes=limit, source=source)
+    prices = _prices(source, text, gateway.get("currency", DEFAULT_CURRENCY), providers)
+    return GatewayConfig(
+        providers=providers, history_limit_bytes=limit, source=source, prices=prices
+    )
+
+
+def _prices(
+    source: str, text: str, currency: object, providers: Mapping[str, ProviderConfig]
+) -> PriceTable:
+    # Read again with decimal floats: `input = 0.15` is then exactly 0.15, not the
+    # nearest binary float (the document already parsed once, so this cannot fail).
+    table = _table(source, "prices", tomllib.loads(text, parse_float=Decimal).get("prices", {}))
+    for provider_id in table:
+        if provider_id not in providers:
+            configured = ", ".join(sorted(providers))
+            raise ConfigError(
+                f"{source}: [prices.{provider_id}] prices a provider that is not configured; "
+                f"configured: {configured}"
+            )
+    try:
+        checked = check_currency(currency)
+    except InvalidInput as error:
+        raise ConfigError(f"{source}: [gateway] {error}") from None
+    try:
+        prices = parse_prices(table, checked)
+    except InvalidInput as error:
+        raise ConfigError(f"{source}: {error}") from None
+    for provider_id, model in prices.prices:
+        if not providers[provider_id].allows(model):
+            raise ConfigError(
+                f'{source}: [prices.{provider_id}."{model}"] prices a model that '
+                f"[providers.{provider_id}] models does not allow"
+            )
+    return prices
 
 
 def _provider(

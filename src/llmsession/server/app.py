@@ -65,6 +65,8 @@ def create_app(
     context = AppContext(settings=settings, metrics=ServerMetrics())
     if gateway_config is None and settings.gateway_config is not None:
         gateway_config = load_config(settings.gateway_config)
+    if gateway_config is not None:
+        context.prices = gateway_config.prices
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncGenerator[None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llmsession.cost import NO_PRICES, PriceTable
 from llmsession.errors import StoreError
 from llmsession.gateway.forwarding import Gateway
 from llmsession.server.key_cache import KeyCache
@@ -29,6 +30,8 @@ class AppContext:
     open_store: SessionStore | None = None
     #: The gateway, when providers are configured and the app is serving.
     gateway: Gateway | None = None
+    #: The configured prices, for the costs of rounds and stats (none: tokens only).
+    prices: PriceTable = NO_PRICES
     keys: KeyCache = field(init=False)
 
     def __post_init__(self) -> None:

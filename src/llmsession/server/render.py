@@ -44,6 +44,7 @@ def render_round(round_: Round) -> dict[str, Any]:
         "gateway": round_.gateway,
         "usage": None if round_.usage is None else round_.usage.to_dict(),
         "usage_missing": round_.usage_missing,
+        "cost": None if round_.cost is None else round_.cost.to_dict(),
     }
 
 
@@ -57,6 +58,7 @@ def render_totals(totals: Totals) -> dict[str, Any]:
         "delta_tokens": totals.delta_tokens,
         "tokens_saved": totals.tokens_saved,
         "usage": render_usage_totals(totals.usage),
+        "cost": None if totals.cost is None else totals.cost.to_dict(),
     }
 
 

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from llmsession.ids import SessionId, TenantId
+from llmsession.pricing import price_rounds, priced_totals
 from llmsession.server.auth import tenant_dependency
 from llmsession.server.context import AppContext
 from llmsession.server.params import (
@@ -199,11 +200,17 @@ def session_routes(context: AppContext) -> APIRouter:
             Query(max_length=200, description="The next_cursor of the previous page"),
         ] = None,
     ) -> JSONResponse:
+        sid = SessionId.parse(session_id)
         page = await context.store.list_rounds(
-            tenant, SessionId.parse(session_id), cursor=cursor, after_seq=after, limit=limit
+            tenant, sid, cursor=cursor, after_seq=after, limit=limit
         )
+        rounds = page.items
+        if context.prices and any(r.usage is not None for r in rounds):
+            # A round's price is its session's provider and model's.
+            record = (await context.store.get(tenant, sid)).record
+            rounds = price_rounds(rounds, context.prices, record.provider_id, record.model)
         return JSONResponse(
-            {"items": [render_round(r) for r in page.items], "next_cursor": page.next_cursor}
+            {"items": [render_round(r) for r in rounds], "next_cursor": page.next_cursor}
         )
 
     @router.get(
@@ -222,7 +229,7 @@ def session_routes(context: AppContext) -> APIRouter:
         for key in group_by or ():
             if key not in keys:
                 keys.append(key)
-        groups = await context.store.totals(tenant, keys)
+        groups = await priced_totals(context.store, tenant, keys, context.prices)
         return JSONResponse({"groups": [render_totals(t) for t in groups]})
 
     return router

@@ -25,6 +25,7 @@ __all__ = [
     "TENANT_ID_PATTERN",
     "ApiKeyOut",
     "ApiKeysOut",
+    "CostOut",
     "CreateSessionIn",
     "CreateTenantIn",
     "IssuedKeyOut",
@@ -156,6 +157,30 @@ class RoundUsageOut(BaseModel):
     raw: dict[str, Any] = Field(description="The provider's usage object, verbatim")
 
 
+class CostOut(BaseModel):
+    """Money at the server's configured prices, computed when read (never stored).
+
+    Amounts are decimal strings, exact (a JSON number could be rounded by a client).
+    """
+
+    currency: str = Field(description="ISO 4217 code of every price", examples=["USD"])
+    paid: str = Field(
+        description="What the provider billed: plain input at the input price, cached input "
+        "at the cached-input price, cache writes at the cache-write price, output at the "
+        "output price",
+        examples=["0.0003375"],
+    )
+    stateless: str = Field(
+        description="What a stateless client would have paid: all input at the input price, "
+        "output at the output price",
+        examples=["0.00045"],
+    )
+    saved: str = Field(
+        description="stateless - paid; negative when cache writes cost more than they saved",
+        examples=["0.0001125"],
+    )
+
+
 class SessionOut(BaseModel):
     """A session: the core record, tokens saved, and its TTL and idle deadline."""
 
@@ -193,6 +218,10 @@ class RoundOut(BaseModel):
         "when the provider sent none"
     )
     usage_missing: bool = Field(description="A gateway round whose provider sent no usage")
+    cost: CostOut | None = Field(
+        description="The round's cost at the configured prices; null for a round without "
+        "usage or when its provider and model have no price"
+    )
 
 
 class RoundResultOut(BaseModel):
@@ -235,6 +264,11 @@ class StatsGroupOut(BaseModel):
     delta_tokens: int
     tokens_saved: int
     usage: UsageTotalsOut
+    cost: CostOut | None = Field(
+        description="The group's cost at the configured prices, summed over its providers "
+        "and models; null when it has no billed tokens or a model with billed tokens has "
+        "no price"
+    )
 
 
 class StatsOut(BaseModel):

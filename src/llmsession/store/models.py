@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Generic, Literal, NamedTuple, TypeAlias, TypeVar, cast, get_args
 
+from llmsession.cost import Cost
 from llmsession.errors import InvalidInput, TokenOverflow
 from llmsession.expiry import deadline_of
 from llmsession.ids import SessionId, TenantId, check_label, check_name
@@ -184,6 +185,9 @@ class Round:
     #: The conversation written with a gateway round; stores never read it back
     #: here (see SessionStore.history).
     turn: Turn | None = field(default=None, repr=False, compare=False)
+    #: What the round cost at the configured prices; stores have no prices and leave
+    #: it None, the server (and the CLI given a config) fill it in when read.
+    cost: Cost | None = None
 
     @property
     def usage_missing(self) -> bool:
@@ -263,6 +267,9 @@ class Totals:
     delta_tokens: int = 0
     tokens_saved: int = 0
     usage: UsageTotals = NO_USAGE
+    #: What the group's usage cost at the configured prices; stores leave it None,
+    #: as for Round.cost.
+    cost: Cost | None = None
 
 
 @dataclass(frozen=True, slots=True)
