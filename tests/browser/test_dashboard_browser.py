@@ -12,12 +12,33 @@ from typing import Any
 
 import httpx
 import pytest
+from openai import OpenAI
 
 from tests.browser.conftest import require_browser, save_screenshot
+from tests.fake_provider.conftest import API_KEY, FakeProcess, fake_command, launch
 from tests.server.conftest import ADMIN, ADMIN_KEY, ServerProcess, bearer, launch_server
 
 XSS_MODEL = "<script>alert(1)</script>"
 MODELS = [("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4"), ("openai", XSS_MODEL)]
+SID = "LLMSession-Id"
+#: Long enough for the fake provider's prefix cache, so later rounds read from it.
+BIG_CONTEXT = " ".join(f"fact{i} is true." for i in range(900))
+#: The gateway in front of the fake provider, with a price for its model.
+CONFIG = """
+[gateway]
+currency = "EUR"
+
+[providers.fake]
+kind = "openai"
+base_url = "{base_url}"
+api_key_env = "FAKE_UPSTREAM_KEY"
+timeout_seconds = 5
+
+[prices.fake."gpt-4o-mini"]
+input = 0.15
+cached_input = 0.075
+output = 0.6
+"""
 
 
 @dataclass
@@ -68,21 +89,53 @@ def _seed(server: ServerProcess) -> Seeded:
     seeded.sessions["rounds"] = session("acme", "openai", "gpt-4o", [120, 900, 60, 1400, 30, 75])
     seeded.sessions["closable"] = session("acme", "anthropic", "claude-sonnet-4", [10])
     seeded.sessions["globex"] = session("globex", "openai", "gpt-4o", [5, 6])
+    seeded.sessions["gateway"] = _chat(server, seeded.keys["acme"], rounds=3)
     return seeded
+
+
+def _chat(server: ServerProcess, key: str, rounds: int) -> str:
+    """A gateway session of ``rounds`` chat rounds through the official SDK; its id."""
+    with OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0) as sdk:
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="fake/gpt-4o-mini",
+            messages=[
+                {"role": "system", "content": BIG_CONTEXT},
+                {"role": "user", "content": "Q1"},
+            ],
+        )
+        session_id = raw.headers[SID]
+        for n in range(2, rounds + 1):
+            sdk.chat.completions.create(
+                model="fake/gpt-4o-mini",
+                messages=[{"role": "user", "content": f"Q{n}"}],
+                extra_headers={SID: session_id},
+            )
+    return session_id
 
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
     require_browser()  # before starting anything
     work = tmp_path_factory.mktemp("dashboard-browser")
-    server = launch_server(f"sqlite:///{work / 'sessions.db'}", work)
+    fake: FakeProcess = launch(fake_command("--api-key", API_KEY), work / "fake.log")
+    config = work / "gateway.toml"
+    config.write_text(CONFIG.format(base_url=fake.base_url), encoding="utf-8")
     try:
-        seeded = _seed(server)
-        yield seeded
-        seeded.http.close()
+        server = launch_server(
+            f"sqlite:///{work / 'sessions.db'}",
+            work,
+            LLMSESSION_CONFIG=str(config),
+            FAKE_UPSTREAM_KEY=API_KEY,
+        )
+        try:
+            seeded = _seed(server)
+            yield seeded
+            seeded.http.close()
+        finally:
+            server.stop()
+        assert "Traceback" not in server.output(), server.output()
     finally:
-        server.stop()
-    assert "Traceback" not in server.output(), server.output()
+        fake.stop()
 
 
 @pytest.fixture
@@ -155,6 +208,13 @@ def test_a_tenant_signs_in_and_the_overview_shows_the_api_s_totals(
     assert _figure(page, "rounds") == stats["rounds"]
     assert _figure(page, "delta-tokens") == stats["delta_tokens"]
     assert _figure(page, "tokens-saved") == stats["tokens_saved"]
+    assert _figure(page, "input-tokens") == stats["usage"]["input_tokens"] > 0
+    assert _figure(page, "cached-input-tokens") == stats["usage"]["cached_input_tokens"] > 0
+    assert _figure(page, "output-tokens") == stats["usage"]["output_tokens"]
+    # Ledger sessions of unpriced models billed nothing: the cost is the gateway's.
+    cost = stats["cost"]
+    assert page.find_element(*_by('[data-figure="cost-paid"]')).text == f"{cost['paid']} EUR"
+    assert page.find_element(*_by('[data-figure="cost-saved"]')).text == f"{cost['saved']} EUR"
     # The key never reaches the browser's storage: only the signed, HttpOnly cookie.
     cookies = page.get_cookies()
     assert [c["name"] for c in cookies] == ["llmsession_ui"]
@@ -215,6 +275,31 @@ def test_the_session_page_plots_the_api_s_rounds(page: Any, seeded: Seeded) -> N
     assert saved[-1] == session["tokens_saved"]
     assert len(page.find_elements(*_by("#rounds tbody tr"))) == len(rounds)
     save_screenshot(page, "session")
+
+
+def test_a_gateway_session_plots_the_provider_s_usage_per_round(page: Any, seeded: Seeded) -> None:
+    sign_in(page, seeded, seeded.keys["acme"])
+    session_id = seeded.sessions["gateway"]
+    page.get(f"{seeded.url}/ui/sessions/{session_id}")
+    plotted = _wait(
+        page,
+        lambda d: d.execute_script(
+            "const c = window.llmsessionCharts && window.llmsessionCharts['chart-usage'];"
+            "return c && c.plot.root.querySelector('canvas') ? c.data : null;"
+        ),
+    )
+    auth = seeded.auth("acme")
+    rounds = seeded.http.get(f"/v1/sessions/{session_id}/rounds", headers=auth).json()["items"]
+    assert len(rounds) == 3
+    seq, input_tokens, cached, output = plotted
+    assert seq == [1, 2, 3]
+    assert input_tokens == [r["usage"]["input_tokens"] for r in rounds]
+    assert cached == [r["usage"]["cached_input_tokens"] for r in rounds]
+    assert output == [r["usage"]["output_tokens"] for r in rounds]
+    assert max(cached) > 0  # later rounds were served from the provider's cache
+    costs = [cell.text for cell in page.find_elements(*_by("#rounds tbody td.cost"))]
+    assert costs == [f"{r['cost']['paid']} EUR" for r in rounds]
+    save_screenshot(page, "session-gateway")
 
 
 def test_closing_a_session_asks_first_then_closes_it(page: Any, seeded: Seeded) -> None:

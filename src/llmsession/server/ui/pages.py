@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from starlette.responses import HTMLResponse
 
+from llmsession.cost import Cost, billed, format_money
 from llmsession.states import ALL_STATES
 from llmsession.store.models import Round, StoredSession, Totals, UsageTotals
 from llmsession.tokens import compute_tokens_saved
@@ -34,9 +36,17 @@ _environment = Environment(
 )
 
 
-def share(part: int, whole: int) -> str:
+def share(part: int | Decimal, whole: int | Decimal) -> str:
     """``part`` of ``whole`` as a percentage for display; a dash when ``whole`` is 0."""
-    return "\u2013" if whole <= 0 else f"{100 * part / whole:.1f} %"
+    return "\u2013" if whole <= 0 else f"{100 * float(part) / float(whole):.1f} %"
+
+
+def _money(cost: Cost | None, amount: str = "paid") -> str:
+    """An amount of a cost with its currency ("0.0042 EUR"); a dash without a cost."""
+    if cost is None:
+        return "\u2013"
+    value: Decimal = getattr(cost, amount)
+    return f"{format_money(value)} {cost.currency}"
 
 
 def _number(value: int) -> str:
@@ -45,6 +55,7 @@ def _number(value: int) -> str:
 
 
 _environment.filters["n"] = _number
+_environment.filters["money"] = _money
 
 #: Headers of every dashboard page: scripts and styles only from this server, no
 #: framing, and pages (which may show a new key) never cached.
@@ -69,11 +80,21 @@ def render_page(name: str, status_code: int = 200, **values: Any) -> HTMLRespons
 
 def sum_totals(groups: Sequence[Totals]) -> Totals:
     """One Totals adding up ``groups`` (several tenants on the admin's overview; a
-    tenant without sessions has no group at all)."""
+    tenant without sessions has no group at all).
+
+    Its cost is the sum of the groups' costs, and None when a group that billed
+    tokens has none (a model without a price): a partial sum would read as the whole.
+    """
     sessions: dict[str, int] = {state.name: 0 for state in ALL_STATES}
     rounds = delta = saved = 0
     usage = [0] * 6
+    cost: Cost | None = None
+    unpriced = False
     for group in groups:
+        if group.cost is not None:
+            cost = group.cost if cost is None else cost.plus(group.cost)
+        elif billed(group.usage):
+            unpriced = True
         for state, count in group.sessions.items():
             sessions[state] = sessions.get(state, 0) + count
         rounds += group.rounds
@@ -81,7 +102,16 @@ def sum_totals(groups: Sequence[Totals]) -> Totals:
         saved += group.tokens_saved
         for index, value in enumerate(group.usage.as_tuple()):
             usage[index] += value
-    return Totals(None, None, sessions, rounds, delta, saved, UsageTotals(*usage))
+    return Totals(
+        None,
+        None,
+        sessions,
+        rounds,
+        delta,
+        saved,
+        UsageTotals(*usage),
+        None if unpriced else cost,
+    )
 
 
 @dataclass(frozen=True, slots=True)

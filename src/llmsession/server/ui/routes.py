@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -19,16 +19,25 @@ from urllib.parse import parse_qsl, urlencode
 from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
+from llmsession.cost import billed
 from llmsession.errors import AuthenticationError, InvalidInput, LLMSessionError, NotFoundError
 from llmsession.ids import SessionId, TenantId
 from llmsession.keys import IssuedKey, issue_key, split_key
+from llmsession.pricing import price_rounds, priced_totals
 from llmsession.server.auth import is_admin_key
 from llmsession.server.context import AppContext
 from llmsession.server.problems import PROBLEM_TYPES, Problem, problem_for
 from llmsession.server.ui.cookies import SIGN_IN_SECONDS, CookieSigner, WebSession
 from llmsession.server.ui.pages import render_page, round_series, sum_totals
 from llmsession.states import Active, state_named
-from llmsession.store.models import MAX_PAGE_SIZE, Round, SessionQuery, Tenant, Totals
+from llmsession.store.models import (
+    MAX_PAGE_SIZE,
+    GroupKey,
+    Round,
+    SessionQuery,
+    Tenant,
+    Totals,
+)
 from llmsession.timestamps import Timestamp
 
 __all__ = ["COOKIE_NAME", "CSRF_FIELD", "SIGN_IN_COOKIE_NAME", "ui_routes"]
@@ -163,7 +172,13 @@ class _Dashboard:
 
     def values(self, session: WebSession, **values: Any) -> dict[str, Any]:
         """What every signed-in page's layout needs, plus ``values``."""
-        return {"session": session, "csrf": self.signer.csrf_token(session.nonce), **values}
+        return {
+            "session": session,
+            "csrf": self.signer.csrf_token(session.nonce),
+            # Whether to show costs: only where the operator configured prices.
+            "priced": bool(self.context.prices),
+            **values,
+        }
 
     def tenant_scope(self, request: Request, session: WebSession) -> TenantId | None:
         """The tenant a page shows: a tenant's own; for the admin, the one asked for
@@ -243,7 +258,7 @@ class _Dashboard:
         if tenant is None:
             tenants = await store.list_tenants()
             per_tenant = [
-                (t.tenant_id.value, sum_totals(await store.totals(t.tenant_id))) for t in tenants
+                (t.tenant_id.value, sum_totals(await self._totals(t.tenant_id))) for t in tenants
             ]
             return render_page(
                 "overview.html",
@@ -256,8 +271,8 @@ class _Dashboard:
                 ),
             )
         await store.get_tenant(tenant)  # an unknown tenant is a 404, not empty totals
-        totals = sum_totals(await store.totals(tenant))
-        groups = await store.totals(tenant, ["provider", "model"])
+        totals = sum_totals(await self._totals(tenant))
+        groups = await self._totals(tenant, ["provider", "model"])
         return render_page(
             "overview.html",
             **self.values(
@@ -268,6 +283,10 @@ class _Dashboard:
                 groups=groups,
             ),
         )
+
+    async def _totals(self, tenant: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
+        """The store's totals, each group with its cost at the configured prices."""
+        return await priced_totals(self.context.store, tenant, group_by, self.context.prices)
 
     # -- sessions ----------------------------------------------------------------
 
@@ -338,6 +357,15 @@ class _Dashboard:
         stored = await store.get(tenant, session_id)
         cursor = _optional(request, "cursor")
         rounds = await store.list_rounds(tenant, session_id, cursor=cursor, limit=ROUNDS_PAGE_SIZE)
+        record = stored.record
+        prices = self.context.prices
+        # Priced as GET /v1/sessions/{id}/rounds prices them: at the session's model's price.
+        priced = price_rounds(rounds.items, prices, record.provider_id, record.model)
+        session_cost = (
+            prices.cost(record.provider_id, record.model, stored.usage)
+            if billed(stored.usage)
+            else None
+        )
         plotted = await self._plotted_rounds(tenant, session_id)
         scope = {"tenant": tenant.value} if session.is_admin else {}
         base = f"/ui/sessions/{session_id}"
@@ -353,8 +381,9 @@ class _Dashboard:
                 tenant=tenant.value,
                 scope=urlencode(scope),
                 stored=stored,
-                record=stored.record,
-                rounds=rounds.items,
+                record=record,
+                rounds=priced,
+                session_cost=session_cost,
                 next_url=next_url,
                 first_url=None if cursor is None else f"{base}?{urlencode(scope)}",
                 series=round_series(stored, plotted).as_json(),
@@ -411,7 +440,7 @@ class _Dashboard:
         tenants = await store.list_tenants()
         rows: list[tuple[Tenant, Totals, int]] = []
         for tenant in tenants:
-            totals = sum_totals(await store.totals(tenant.tenant_id))
+            totals = sum_totals(await self._totals(tenant.tenant_id))
             keys = await store.list_api_keys(tenant.tenant_id)
             live = sum(1 for key in keys if key.revoked_at is None)
             rows.append((tenant, totals, live))
@@ -441,7 +470,7 @@ class _Dashboard:
         store = self.context.store
         tenant = await store.get_tenant(TenantId(request.path_params["tenant_id"]))
         keys = await store.list_api_keys(tenant.tenant_id)
-        totals = sum_totals(await store.totals(tenant.tenant_id))
+        totals = sum_totals(await self._totals(tenant.tenant_id))
         return render_page(
             "tenant.html",
             status,

@@ -59,7 +59,8 @@
           { label: "delta tokens", values: (u, vals) => vals.map(plain) },
           { side: 1, scale: "saved", label: "tokens saved", grid: { show: false }, values: (u, vals) => vals.map(plain) },
         ],
-        { scales: { x: { time: false } } },
+        // Half a round of room at each end, so the first and last bars show whole.
+        { scales: { x: { time: false, range: (u, min, max) => [min - 0.5, max + 0.5] } } },
       );
     },
     // One gateway session: the provider's input, cached input and output per round.
