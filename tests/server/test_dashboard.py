@@ -567,3 +567,30 @@ def test_gateway_rounds_are_plotted_with_the_provider_s_usage() -> None:
     assert series["input_tokens"] == [500, 600, None]
     assert series["cached_input_tokens"] == [0, 500, None]
     assert series["output_tokens"] == [40, 30, None]
+
+
+def test_the_admin_s_sum_of_tenants_adds_costs_but_never_a_partial_one() -> None:
+    from decimal import Decimal
+
+    from llmsession.cost import Cost
+    from llmsession.server.ui.pages import sum_totals
+    from llmsession.store.models import Totals, UsageTotals
+
+    billed = UsageTotals(input_tokens=100, output_tokens=10)
+    first = Totals(
+        None, None, {"active": 1}, 2, 30, 70, billed, Cost("EUR", Decimal("0.5"), Decimal("2"))
+    )
+    second = Totals(
+        None, None, {"closed": 2}, 1, 5, 5, billed, Cost("EUR", Decimal("0.25"), Decimal("1"))
+    )
+    ledger = Totals(None, None, {"created": 1}, 4, 10, 10)  # billed nothing: no cost, no harm
+    unpriced = Totals(None, None, {"active": 1}, 1, 1, 1, billed, None)
+
+    total = sum_totals([first, second, ledger])
+
+    assert total.sessions == {"created": 1, "active": 1, "closed": 2, "expired": 0}
+    assert (total.rounds, total.delta_tokens, total.tokens_saved) == (7, 45, 85)
+    assert total.usage == UsageTotals(input_tokens=200, output_tokens=20)
+    assert total.cost == Cost("EUR", Decimal("0.75"), Decimal("3"))
+    assert sum_totals([first, unpriced]).cost is None
+    assert sum_totals([]).cost is None
