@@ -4,7 +4,7 @@ One Starlette app under uvicorn (one worker, like the llmsession server) with
 one pooled HTTP client: ``aiohttp.ClientSession`` (``--client aiohttp``, the
 default, as llmsession's gateway uses) or ``httpx.AsyncClient`` (``--client
 httpx``). Every ``POST`` is sent on to the upstream at
-the same path with the client's body and ``Authorization`` header, and the
+the same path with the client's body, ``Authorization`` and ``anthropic-version``, and the
 upstream's answer is streamed back as it arrives (status, content type and
 body; for a stream, each event as it comes). No session, no history, no auth
 of its own, no parsing of the body: whatever llmsession adds on top of this
@@ -58,6 +58,8 @@ def _headers(request: Request) -> dict[str, str]:
     headers = {"content-type": request.headers.get("content-type", "application/json")}
     if (authorization := request.headers.get("authorization")) is not None:
         headers["authorization"] = authorization
+    if (version := request.headers.get("anthropic-version")) is not None:
+        headers["anthropic-version"] = version
     return headers
 
 

@@ -3,10 +3,12 @@
 Run:  .venv/bin/python bench/gateway.py [--targets direct,forwarder,llmsession,litellm]
       [--stores sqlite,postgresql] [--repeat 3] [--duration 4] [--latency-requests 100]
       [--concurrency 32] [--rounds 8] [--forwarder-client aiohttp] [--json results.json]
+      [--kind openai|anthropic]
       .venv/bin/python bench/gateway.py --quick        (a smoke run, 35 s to a minute)
 
 One fake provider (``python -m llmsession.fake_provider``) runs on loopback, and
-every target sends it the same Chat Completions work:
+every target sends it the same Chat Completions work (with ``--kind anthropic``,
+the same Anthropic Messages work, on direct, the forwarder and llmsession):
 
 - ``direct``: straight to the fake;
 - ``forwarder``: through bench/_forwarder.py, a bare Starlette app with one
@@ -89,6 +91,10 @@ TARGETS = ("direct", "forwarder", "llmsession", "litellm")
 STORES = ("memory", "sqlite", "postgresql", "redis")
 MODEL = "gpt-4o-mini"
 PATH = "/v1/chat/completions"
+#: The wire formats a run may measure (``--kind``): each one's model and path.
+KINDS = ("openai", "anthropic")
+ANTHROPIC_MODEL = "claude-sonnet-4-5"
+ANTHROPIC_PATH = "/v1/messages"
 SESSION_HEADER = "LLMSession-Id"
 SYSTEM = "You are a helpful assistant. You answer briefly and plainly."
 READY_TIMEOUT = 120.0
@@ -119,7 +125,9 @@ class Script:
     new: tuple[tuple[bytes, ...], tuple[bytes, ...]]
 
     @classmethod
-    def build(cls, answers: Sequence[str]) -> Script:
+    def build(cls, answers: Sequence[str], kind: str = "openai") -> Script:
+        if kind == "anthropic":
+            return cls._build_anthropic(answers)
         full: list[tuple[bytes, ...]] = []
         new: list[tuple[bytes, ...]] = []
         for stream in (False, True):
@@ -135,6 +143,28 @@ class Script:
                 full_bodies.append(_body({"model": MODEL, "messages": history, **extra}))
                 sent = history if turn == 0 else [user]
                 new_bodies.append(_body({"model": MODEL, "messages": sent, **extra}))
+                history.append({"role": "assistant", "content": answer})
+            full.append(tuple(full_bodies))
+            new.append(tuple(new_bodies))
+        return cls((full[0], full[1]), (new[0], new[1]))
+
+    @classmethod
+    def _build_anthropic(cls, answers: Sequence[str]) -> Script:
+        """Messages bodies: the system prompt is top-level, sent to llmsession only once."""
+        full: list[tuple[bytes, ...]] = []
+        new: list[tuple[bytes, ...]] = []
+        for stream in (False, True):
+            extra: dict[str, Any] = {"stream": True} if stream else {}
+            head = {"model": ANTHROPIC_MODEL, "max_tokens": 64}
+            history: list[dict[str, str]] = []
+            full_bodies: list[bytes] = []
+            new_bodies: list[bytes] = []
+            for turn, answer in enumerate(answers):
+                user = {"role": "user", "content": _question(turn)}
+                history.append(user)
+                full_bodies.append(_body({**head, "system": SYSTEM, "messages": history, **extra}))
+                system = {"system": SYSTEM} if turn == 0 else {}
+                new_bodies.append(_body({**head, **system, "messages": [user], **extra}))
                 history.append({"role": "assistant", "content": answer})
             full.append(tuple(full_bodies))
             new.append(tuple(new_bodies))
@@ -169,6 +199,8 @@ class Target:
     authorization: str
     #: True for llmsession: send only the new turn, with LLMSession-Id.
     sessions: bool
+    #: The wire format spoken (``--kind``).
+    kind: str = "openai"
 
 
 class _Client:
@@ -182,10 +214,16 @@ class _Client:
         self.session: str | None = None
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        anthropic = target.kind == "anthropic"
         self.head = (
-            f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{target.port}\r\n"
+            f"POST {ANTHROPIC_PATH if anthropic else PATH} HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{target.port}\r\n"
             f"Content-Type: application/json\r\nAuthorization: {target.authorization}\r\n"
+            + ("anthropic-version: 2023-06-01\r\n" if anthropic else "")
         )
+        # How a complete answer ends (a stream) or what it is (a body).
+        self.stream_end = b'data: {"type":"message_stop"}' if anthropic else b"data: [DONE]"
+        self.body_mark = b'"type":"message"' if anthropic else b'"chat.completion"'
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -219,10 +257,10 @@ class _Client:
         error = None
         if status != 200:
             error = f"{status} {payload[:300].decode(errors='replace')}"
-        elif self.stream and not payload.rstrip().endswith(b"data: [DONE]"):
-            error = f"stream did not end with [DONE]: ...{payload[-200:].decode(errors='replace')}"
-        elif not self.stream and b'"chat.completion"' not in payload:
-            error = f"not a chat.completion: {payload[:300].decode(errors='replace')}"
+        elif self.stream and not payload.rstrip().endswith(self.stream_end):
+            error = f"stream did not end as it should: ...{payload[-200:].decode(errors='replace')}"
+        elif not self.stream and self.body_mark not in payload:
+            error = f"not a complete answer: {payload[:300].decode(errors='replace')}"
         if error is not None:
             self.session = None
             self.turn = 0
@@ -474,7 +512,7 @@ class Bench:
         self.fake_port = int(line.rsplit(":", 1)[1].removesuffix("/v1"))
         _wait_ready(process, f"{self.fake_root}/_fake/health", log, "the fake provider")
         # Direct's process is the fake itself: its CPU per request is the provider's work.
-        target = Target("direct", self.fake_port, f"Bearer {self.fake_key}", False)
+        target = Target("direct", self.fake_port, f"Bearer {self.fake_key}", False, self.args.kind)
         server = Server(target, process, log)
         self.servers.append(server)
         return server
@@ -512,7 +550,7 @@ class Bench:
         ]
         process, log = self._spawn("forwarder", command, dict(os.environ))
         _wait_ready(process, f"http://127.0.0.1:{port}/healthz", log, "the forwarder")
-        target = Target("forwarder", port, f"Bearer {self.fake_key}", False)
+        target = Target("forwarder", port, f"Bearer {self.fake_key}", False, self.args.kind)
         server = Server(target, process, log)
         self.servers.append(server)
         return server
@@ -521,10 +559,11 @@ class Bench:
         port = _free_port()
         admin_key = "bench-admin-" + secrets.token_hex(16)
         config = self.workdir / f"llmsession-{store}.toml"
+        anthropic = self.args.kind == "anthropic"
         config.write_text(
             "[providers.fake]\n"
-            'kind = "openai"\n'
-            f'base_url = "{self.fake_root}/v1"\n'
+            f'kind = "{self.args.kind}"\n'
+            f'base_url = "{self.fake_root}{"" if anthropic else "/v1"}"\n'
             'api_key_env = "BENCH_FAKE_API_KEY"\n'
         )
         env = {
@@ -549,7 +588,8 @@ class Bench:
             timeout=10,
         )
         created.raise_for_status()
-        target = Target(name, port, f"Bearer {created.json()['api_key']}", True)
+        key = created.json()["api_key"]
+        target = Target(name, port, f"Bearer {key}", True, self.args.kind)
         server = Server(target, process, log)
         self.servers.append(server)
         return server
@@ -1009,7 +1049,7 @@ def _bench(args: argparse.Namespace, places: Sequence[FreshStore]) -> int:
     ):
         bench = Bench(args, Path(workdir), stack)
         bench.start_fake()
-        script = Script.build(bench.answers())
+        script = Script.build(bench.answers(), args.kind)
         if "forwarder" in targets:
             bench.start_forwarder()
         for place in places:
@@ -1087,6 +1127,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="aiohttp",
         help="the forwarder's upstream client (default aiohttp, as llmsession's gateway)",
     )
+    parser.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="openai",
+        help="the wire format measured: openai (Chat Completions, default) or anthropic "
+        "(Messages; litellm is then not measured)",
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     if args.role == "load":
@@ -1110,6 +1157,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     if "direct" not in targets:
         targets.insert(0, "direct")
+    if args.kind == "anthropic" and "litellm" in targets:
+        targets.remove("litellm")
     args.targets = ",".join(t for t in TARGETS if t in targets)
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
     unknown = [s for s in stores if s not in STORES]

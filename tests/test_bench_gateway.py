@@ -112,10 +112,27 @@ def test_script_sends_the_whole_conversation_or_only_the_new_turn(
     assert gateway.Script.from_json(script.as_json()) == script
 
 
-def _client_run(gateway: ModuleType, port: int, stream: bool, turns: int) -> list[Any]:
+def test_anthropic_script_and_arguments(bench: tuple[ModuleType, ModuleType]) -> None:
+    gateway, _ = bench
+    args = gateway.parse_args(["--kind", "anthropic"])
+    assert args.targets == "direct,forwarder,llmsession"
+    script = gateway.Script.build(["A1", "A2"], "anthropic")
+    full = json.loads(script.full[1][1])
+    new = [json.loads(body) for body in script.new[0]]
+    assert full["system"] == gateway.SYSTEM
+    assert full["stream"] is True
+    assert [m["role"] for m in full["messages"]] == ["user", "assistant", "user"]
+    assert new[0]["system"] == gateway.SYSTEM
+    assert "system" not in new[1]
+    assert new[1]["messages"] == [full["messages"][-1]]
+
+
+def _client_run(
+    gateway: ModuleType, port: int, stream: bool, turns: int, kind: str = "openai"
+) -> list[Any]:
     async def run() -> list[Any]:
-        target = gateway.Target("t", port, f"Bearer {API_KEY}", False)
-        script = gateway.Script.build(["You said : hi"] * 3)
+        target = gateway.Target("t", port, f"Bearer {API_KEY}", False, kind)
+        script = gateway.Script.build(["You said : hi"] * 3, kind)
         client = gateway._Client(target, script, stream)
         try:
             return [await client.request() for _ in range(turns)]
@@ -125,13 +142,14 @@ def _client_run(gateway: ModuleType, port: int, stream: bool, turns: int) -> lis
     return asyncio.run(run())
 
 
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_load_client_reads_bodies_and_streams_on_one_connection(
-    bench: tuple[ModuleType, ModuleType], fake: FakeProcess, stream: bool
+    bench: tuple[ModuleType, ModuleType], fake: FakeProcess, stream: bool, kind: str
 ) -> None:
     gateway, _ = bench
     port = int(fake.root.rsplit(":", 1)[1])
-    results = _client_run(gateway, port, stream, turns=4)
+    results = _client_run(gateway, port, stream, turns=4, kind=kind)
     assert [error for _, _, error in results] == [None] * 4
     assert all(0 < first <= whole for first, whole, _ in results)
     entries = fake.billing()

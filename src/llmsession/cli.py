@@ -271,7 +271,8 @@ def _pick(flag: P | None, default: P) -> P:
     return default if flag is None else flag
 
 
-# A fake OpenAI-compatible provider for tests and demos (docs/fake-provider.md).
+# A fake provider (OpenAI's and Anthropic's wire formats) for tests and demos
+# (docs/fake-provider.md).
 cli.add_command(fake_provider_command)
 
 

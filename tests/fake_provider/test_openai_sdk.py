@@ -60,6 +60,8 @@ def test_chat_completion(fake: FakeProcess) -> None:
         "usage_reported": True,
         "prompt_cache_key": None,
         "previous_response_id": None,
+        "cache_write_tokens": 0,
+        "cache_write_1h_tokens": 0,
     }
 
 
@@ -250,7 +252,13 @@ def test_responses_output_limit_makes_an_incomplete_response(fake: FakeProcess) 
 @pytest.mark.parametrize("stream", [False, True])
 def test_billing_totals_equal_the_usage_the_sdk_saw(fake: FakeProcess, stream: bool) -> None:
     client = fake.client()
-    seen = {"input_tokens": 0, "cached_tokens": 0, "output_tokens": 0, "reasoning_tokens": 0}
+    seen = {
+        "input_tokens": 0,
+        "cached_tokens": 0,
+        "cache_write_tokens": 0,
+        "output_tokens": 0,
+        "reasoning_tokens": 0,
+    }
     big = "word " * 1500
     for model in ("gpt-4o", "o3-mini"):
         for question in ("one", "two"):

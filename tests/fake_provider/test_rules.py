@@ -223,6 +223,7 @@ def test_the_billing_log_totals_and_appends_json_lines(tmp_path: Path) -> None:
         "requests": 2,
         "input_tokens": 2010,
         "cached_tokens": 1024,
+        "cache_write_tokens": 0,
         "output_tokens": 10,
         "reasoning_tokens": 3,
     }

@@ -37,6 +37,16 @@ def test_a_valid_file_gives_every_field() -> None:
     assert config.provider("other") is None
 
 
+def test_an_anthropic_provider_keeps_its_base_url_without_v1() -> None:
+    text = (
+        '[providers.claude]\nkind = "anthropic"\n'
+        'base_url = "https://api.anthropic.com/"\napi_key_env = "FAKE_KEY"\n'
+    )
+    provider = parse_config(text, environ=ENV).provider("claude")
+    assert provider is not None
+    assert (provider.kind, provider.base_url) == ("anthropic", "https://api.anthropic.com")
+
+
 def test_the_key_never_shows_in_repr_or_str() -> None:
     config = parse_config(VALID, environ=ENV)
     for text in (repr(config), str(config), repr(config.providers["fake"]), str(SecretKey("x"))):
@@ -72,7 +82,7 @@ def test_a_missing_file_names_it(tmp_path: Path) -> None:
         ('[providers.p]\nkind = "openai"\n', r"\[providers\.p\] needs 'base_url'"),
         (
             '[providers.p]\nkind = "cohere"\nbase_url = "http://x"\napi_key_env = "FAKE_KEY"\n',
-            r"kind must be one of 'openai', got 'cohere'",
+            r"kind must be one of 'openai', 'anthropic'.*, got 'cohere'",
         ),
         (
             '[providers.p]\nkind = "openai"\nbase_url = "ftp://x"\napi_key_env = "FAKE_KEY"\n',

@@ -213,6 +213,10 @@ PROBES: dict[tuple[str, str], Probe] = {
         "/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "x"}]}
     ),
     ("POST", "/v1/responses"): _gateway("/v1/responses", {"model": "m", "input": "x"}),
+    ("POST", "/v1/messages"): _gateway(
+        "/v1/messages",
+        {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]},
+    ),
     ("POST", "/v1/sessions"): _create_session,
     ("GET", "/v1/sessions"): _list_sessions,
     ("GET", "/v1/sessions/{session_id}"): _by_id("GET", ""),

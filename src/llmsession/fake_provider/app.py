@@ -1,6 +1,10 @@
-"""The fake provider's ASGI app: OpenAI's two endpoints and the ``/_fake`` test routes.
+"""The fake provider's ASGI app: OpenAI's two endpoints, Anthropic's Messages, and the
+``/_fake`` test routes.
 
-Provider routes (``/v1/...``) need ``Authorization: Bearer <an accepted key>``.
+OpenAI's routes need ``Authorization: Bearer <an accepted key>``; ``/v1/messages``
+needs ``x-api-key: <an accepted key>`` (or the key as a bearer token, which some
+versions of Anthropic's SDK send) and an ``anthropic-version`` header, and
+answers errors in Anthropic's shape.
 The ``/_fake`` routes (billing log, faults, reset) need none: the fake is a test
 tool and listens on loopback.
 """
@@ -18,8 +22,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from llmsession.fake_provider.anthropic_messages import (
+    anthropic_error_body,
+    message_body,
+    message_frames,
+    parse_messages_request,
+)
 from llmsession.fake_provider.billing import Endpoint
-from llmsession.fake_provider.errors import ProviderError, not_found_route
+from llmsession.fake_provider.errors import ProviderError, invalid_request, not_found_route
 from llmsession.fake_provider.faults import Fault, fault_error, parse_fault
 from llmsession.fake_provider.openai_chat import (
     completion_body,
@@ -40,6 +50,7 @@ from llmsession.fake_provider.sse import Frame
 __all__ = ["create_app"]
 
 _JSON: Final = "application/json"
+_MESSAGES: Final = "/v1/messages"
 _SSE: Final = "text/event-stream; charset=utf-8"
 
 #: Called when a body ends: how many frames were sent, and whether all of them were.
@@ -50,7 +61,11 @@ def _dumps(payload: object) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _error_response(error: ProviderError, request_id: str) -> Response:
+def _error_response(error: ProviderError, request_id: str, path: str = "") -> Response:
+    if path == _MESSAGES:
+        headers = {**error.headers, "request-id": request_id}
+        body = anthropic_error_body(error, request_id)
+        return Response(_dumps(body), error.status, headers, media_type=_JSON)
     headers = {**error.headers, "x-request-id": request_id}
     return Response(_dumps(error.body()), error.status, headers, media_type=_JSON)
 
@@ -270,6 +285,41 @@ class _Routes:
             on_completed=store,
         )
 
+    async def messages(self, request: Request) -> Response:
+        endpoint: Endpoint = "messages"
+        headers = request.headers
+        api_key = headers.get("x-api-key")
+        if api_key is None and headers.get("authorization", "").lower().startswith("bearer "):
+            api_key = headers["authorization"][len("bearer ") :]
+        key = self.provider.authenticate_api_key(api_key)
+        if not headers.get("anthropic-version"):
+            raise invalid_request("anthropic-version: header is required")
+        parsed = parse_messages_request(parse_json_object(await request.body()))
+        fault, client_gone = await self._fault(request, endpoint)
+        prompt = parsed.prompt
+        served = self.provider.serve_blocks(
+            id=new_id("msg_"),
+            key_fingerprint=key,
+            model=parsed.model,
+            blocks=prompt.blocks,
+            breakpoints=prompt.breakpoints,
+            prompt_tokens=prompt.tokens,
+            last_user_text=prompt.last_user_text,
+            limit=parsed.max_tokens,
+            user_id=parsed.user_id,
+        )
+        with_usage = fault is None or fault.mode != "no_usage"
+        return self._answer(
+            served,
+            endpoint,
+            fault,
+            client_gone=client_gone,
+            stream=parsed.stream,
+            usage_sent=True,
+            frames=message_frames(served, with_usage=with_usage) if parsed.stream else [],
+            body=message_body(served, with_usage=with_usage),
+        )
+
     # -- the /_fake routes ----------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
@@ -303,15 +353,18 @@ def create_app(provider: FakeProvider) -> Starlette:
 
     async def provider_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProviderError)
-        return _error_response(exc, new_id("req_"))
+        return _error_response(exc, new_id("req_"), request.url.path)
 
     async def unknown_route(request: Request, exc: Exception) -> Response:
-        return _error_response(not_found_route(request.method, request.url.path), new_id("req_"))
+        return _error_response(
+            not_found_route(request.method, request.url.path), new_id("req_"), request.url.path
+        )
 
     return Starlette(
         routes=[
             Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
             Route("/v1/responses", routes.responses, methods=["POST"]),
+            Route(_MESSAGES, routes.messages, methods=["POST"]),
             Route("/_fake/health", routes.health, methods=["GET"]),
             Route("/_fake/billing", routes.billing, methods=["GET"]),
             Route("/_fake/reset", routes.reset, methods=["POST"]),

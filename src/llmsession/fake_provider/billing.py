@@ -17,10 +17,16 @@ from typing import Final, Literal
 
 __all__ = ["TOTALED_FIELDS", "BillingEntry", "BillingLog", "Endpoint", "key_fingerprint"]
 
-Endpoint = Literal["chat.completions", "responses"]
+Endpoint = Literal["chat.completions", "responses", "messages"]
 
 #: The counts that ``BillingLog.totals`` adds up.
-TOTALED_FIELDS: Final = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
+TOTALED_FIELDS: Final = (
+    "input_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
 
 
 def key_fingerprint(api_key: str) -> str:
@@ -33,8 +39,12 @@ class BillingEntry:
     """What one request was billed.
 
     ``input_tokens`` counts the whole prompt (cached tokens included, as OpenAI's
-    ``prompt_tokens``/``input_tokens`` do); ``output_tokens`` includes
-    ``reasoning_tokens``. ``completed`` is false for a stream cut off or dropped
+    ``prompt_tokens``/``input_tokens`` do; for Anthropic's Messages, its
+    ``input_tokens`` plus its cache reads and writes); ``output_tokens`` includes
+    ``reasoning_tokens``. ``cache_write_tokens`` are the prompt tokens written to
+    the cache, billed above plain input (Anthropic only; ``cache_write_1h_tokens``
+    of them with the 1 hour TTL). A Messages entry's ``prompt_cache_key`` is the
+    request's ``metadata.user_id``. ``completed`` is false for a stream cut off or dropped
     before its end; ``usage_reported`` says whether the usage reached the caller.
     """
 
@@ -51,6 +61,8 @@ class BillingEntry:
     usage_reported: bool
     prompt_cache_key: str | None
     previous_response_id: str | None
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)

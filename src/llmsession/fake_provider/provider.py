@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmsession.fake_provider.answers import Answer, plan_answer
+from llmsession.fake_provider.anthropic_cache import AnthropicCache, Breakpoint
 from llmsession.fake_provider.billing import BillingEntry, BillingLog, Endpoint, key_fingerprint
-from llmsession.fake_provider.errors import missing_api_key, wrong_api_key
+from llmsession.fake_provider.errors import ProviderError, missing_api_key, wrong_api_key
 from llmsession.fake_provider.faults import Fault, FaultQueue
 from llmsession.fake_provider.prefix_cache import CacheScope, PrefixCache
 from llmsession.fake_provider.response_store import ResponseStore
@@ -43,6 +44,8 @@ class Served:
     answer: Answer
     prompt_cache_key: str | None
     previous_response_id: str | None
+    #: Of ``cache_write_tokens``, those written with Anthropic's 1 hour TTL.
+    cache_write_1h_tokens: int = 0
 
 
 class FakeProvider:
@@ -60,6 +63,7 @@ class FakeProvider:
         if not self._keys or any(not key for key in self._keys):
             raise ValueError("the fake provider needs at least one non-empty API key")
         self.cache = PrefixCache(ttl_seconds=cache_ttl_seconds, clock=clock)
+        self.anthropic_cache = AnthropicCache(clock=clock)
         self.responses = ResponseStore()
         self.billing = BillingLog(billing_log)
         self.faults = FaultQueue()
@@ -72,6 +76,15 @@ class FakeProvider:
         fingerprint = self._keys.get(key.strip())
         if fingerprint is None:
             raise wrong_api_key()
+        return fingerprint
+
+    def authenticate_api_key(self, api_key: str | None) -> str:
+        """The fingerprint of an ``x-api-key`` (Anthropic's); a 401 for none or a wrong one."""
+        if not api_key or not api_key.strip():
+            raise ProviderError(401, "x-api-key header is required", "authentication_error")
+        fingerprint = self._keys.get(api_key.strip())
+        if fingerprint is None:
+            raise ProviderError(401, "invalid x-api-key", "authentication_error")
         return fingerprint
 
     def take_fault(self, endpoint: Endpoint) -> Fault | None:
@@ -110,6 +123,35 @@ class FakeProvider:
             previous_response_id=previous_response_id,
         )
 
+    def serve_blocks(
+        self,
+        *,
+        id: str,
+        key_fingerprint: str,
+        model: str,
+        blocks: Sequence[Sequence[str]],
+        breakpoints: Sequence[Breakpoint],
+        prompt_tokens: int,
+        last_user_text: str,
+        limit: int | None,
+        user_id: str | None,
+    ) -> Served:
+        """Process an Anthropic prompt: its breakpoints read and write the cache."""
+        use = self.anthropic_cache.serve(key_fingerprint, model, blocks, breakpoints)
+        return Served(
+            id=id,
+            created=int(time.time()),
+            model=model,
+            key_fingerprint=key_fingerprint,
+            input_tokens=prompt_tokens,
+            cached_tokens=use.read,
+            cache_write_tokens=use.written,
+            answer=plan_answer(model, last_user_text, limit),
+            prompt_cache_key=user_id,
+            previous_response_id=None,
+            cache_write_1h_tokens=use.written_1h,
+        )
+
     def bill(
         self,
         served: Served,
@@ -135,6 +177,9 @@ class FakeProvider:
             usage_reported=usage_reported,
             prompt_cache_key=served.prompt_cache_key,
             previous_response_id=served.previous_response_id,
+            # OpenAI's automatic caching bills no writes; Anthropic's bills them above input.
+            cache_write_tokens=served.cache_write_tokens if endpoint == "messages" else 0,
+            cache_write_1h_tokens=served.cache_write_1h_tokens,
         )
         self.billing.add(entry)
         return entry
@@ -142,6 +187,7 @@ class FakeProvider:
     def reset(self) -> None:
         """Back to the state at start: no cache, no stored responses, no billing, no faults."""
         self.cache.clear()
+        self.anthropic_cache.clear()
         self.responses.forget_all()
         self.billing.clear()
         self.faults.clear()

@@ -108,11 +108,12 @@ def fake_provider_command(
     cache_ttl: float | None,
     log_level: str,
 ) -> None:
-    """Run a fake OpenAI-compatible provider on loopback, for tests and demos.
+    """Run a fake provider on loopback, for tests and demos.
 
-    It speaks Chat Completions and Responses (streaming too), counts tokens with a
-    documented rule, caches prompt prefixes as OpenAI does, logs what it bills at
-    GET /_fake/billing and takes faults at POST /_fake/faults (docs/fake-provider.md).
+    It speaks Chat Completions, Responses and Anthropic's Messages (streaming too),
+    counts tokens with a documented rule, caches prompts as each provider does, logs
+    what it bills at GET /_fake/billing and takes faults at POST /_fake/faults
+    (docs/fake-provider.md).
     """
     keys = api_keys or tuple(
         key.strip() for key in os.environ.get(API_KEY_ENV, "").split(",") if key.strip()

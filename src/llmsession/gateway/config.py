@@ -19,10 +19,19 @@ into a log line, an error or a metric by accident.
     timeout_seconds = 60                 # optional
     models = ["gpt-4o-mini", "gpt-4o"]   # optional allow-list
 
+    [providers.anthropic]
+    kind = "anthropic"
+    base_url = "https://api.anthropic.com"   # as the official SDK's base_url: no /v1
+    api_key_env = "ANTHROPIC_API_KEY"
+
     [prices.openai."gpt-4o-mini"]         # optional, per million tokens (llmsession.cost)
     input = 0.15
     cached_input = 0.075
     output = 0.60
+
+``base_url`` is what the provider's official SDK takes as its base URL: the
+gateway appends the path its wire format names (``/chat/completions`` and
+``/responses`` for ``openai``, ``/v1/messages`` for ``anthropic``).
 """
 
 from __future__ import annotations
@@ -59,7 +68,7 @@ __all__ = [
     "parse_config",
 ]
 
-ProviderKind: TypeAlias = Literal["openai"]
+ProviderKind: TypeAlias = Literal["openai", "anthropic"]
 _KINDS: Final[tuple[ProviderKind, ...]] = get_args(ProviderKind)
 
 DEFAULT_TIMEOUT_SECONDS: Final = 60.0

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from llmsession.gateway import openai_chat, openai_responses
+from llmsession.gateway import anthropic_messages, openai_chat, openai_responses
 from llmsession.gateway.config import ProviderKind
 from llmsession.gateway.wire import Answer, JSONObject, StreamTranslator
 
@@ -69,7 +69,11 @@ class Endpoint(Protocol):
         model: str,
         cache_key: str,
         previous_response_id: str | None,
-    ) -> bytes: ...
+        session_ttl_seconds: int,
+    ) -> bytes:
+        """``session_ttl_seconds``: how long the session may stay idle, for wire formats
+        whose provider cache has a TTL to choose."""
+        ...
 
     def parse_answer(self, body: bytes) -> Answer: ...
 
@@ -110,6 +114,7 @@ class ChatCompletions:
         model: str,
         cache_key: str,
         previous_response_id: str | None,
+        session_ttl_seconds: int,
     ) -> bytes:
         assert isinstance(request.wire, openai_chat.ChatRequest)
         return openai_chat.chat_upstream_body(
@@ -158,6 +163,7 @@ class Responses:
         model: str,
         cache_key: str,
         previous_response_id: str | None,
+        session_ttl_seconds: int,
     ) -> bytes:
         assert isinstance(request.wire, openai_responses.ResponsesRequest)
         return openai_responses.responses_upstream_body(
@@ -181,11 +187,62 @@ class Responses:
         return openai_responses.previous_response_missing(status, body)
 
 
+class Messages:
+    """``POST /v1/messages`` (Anthropic): replayed every round, read from Anthropic's cache."""
+
+    name = "messages"
+    kind: ProviderKind = "anthropic"
+
+    def parse(
+        self, body: bytes, *, path_model: str | None, headers: Mapping[str, str]
+    ) -> ParsedRequest:
+        request = anthropic_messages.parse_messages_request(body, headers)
+        return ParsedRequest(request.model, request.stream, request.items, False, request)
+
+    def upstream_path(self, request: ParsedRequest, model: str) -> str:
+        return "/v1/messages"
+
+    def upstream_headers(self, request: ParsedRequest, api_key: str) -> list[tuple[str, str]]:
+        assert isinstance(request.wire, anthropic_messages.MessagesRequest)
+        return [("x-api-key", api_key), *request.wire.headers]
+
+    def upstream_body(
+        self,
+        request: ParsedRequest,
+        history: Sequence[JSONObject],
+        *,
+        model: str,
+        cache_key: str,
+        previous_response_id: str | None,
+        session_ttl_seconds: int,
+    ) -> bytes:
+        assert isinstance(request.wire, anthropic_messages.MessagesRequest)
+        return anthropic_messages.messages_upstream_body(
+            request.wire,
+            history,
+            model=model,
+            cache_key=cache_key,
+            session_ttl_seconds=session_ttl_seconds,
+        )
+
+    def parse_answer(self, body: bytes) -> Answer:
+        return anthropic_messages.parse_messages_response(body)
+
+    def translator(self, request: ParsedRequest) -> StreamTranslator:
+        return anthropic_messages.MessagesStream()
+
+    def error_event(self, message: str) -> bytes:
+        return anthropic_messages.stream_error_event(message)
+
+    def previous_response_missing(self, status: int, body: bytes) -> bool:
+        return False
+
+
 def _bearer(api_key: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {api_key}")]
 
 
 #: Every gateway endpoint, by name.
 ENDPOINTS: Final[dict[str, Endpoint]] = {
-    endpoint.name: endpoint for endpoint in (ChatCompletions(), Responses())
+    endpoint.name: endpoint for endpoint in (ChatCompletions(), Responses(), Messages())
 }

@@ -293,6 +293,9 @@ class Gateway:
             model=turn.model,
             cache_key=str(turn.session_id),
             previous_response_id=previous_response_id,
+            session_ttl_seconds=(
+                self._store.default_ttl_seconds if turn.stored is None else turn.stored.ttl_seconds
+            ),
         )
         endpoint, request = turn.endpoint, turn.request
         return await self._upstream.send(

@@ -23,6 +23,7 @@ from llmsession.server.problems import Problem
 
 __all__ = [
     "admin_dependency",
+    "api_key_or_bearer",
     "authorization_header",
     "bearer_token",
     "is_admin_key",
@@ -67,6 +68,34 @@ def bearer_token(authorization: str | None) -> str:
         if scheme.lower() == "bearer" and token:
             return token
     raise AuthenticationError(_MISSING)
+
+
+def api_key_or_bearer(headers: Headers) -> str:
+    """The key of ``x-api-key`` or of ``Authorization: Bearer`` (Anthropic's clients send
+    either); a 400 problem for several headers or for two different keys, and
+    AuthenticationError for none."""
+    api_keys = headers.getlist("x-api-key")
+    if len(api_keys) > 1:
+        raise Problem(
+            "ambiguous-credentials",
+            f"the request has {len(api_keys)} x-api-key headers; send exactly one key",
+        )
+    authorization = authorization_header(headers)
+    api_key = api_keys[0].strip() if api_keys else None
+    if authorization is None:
+        if api_key:
+            return api_key
+        raise AuthenticationError(
+            "missing API key: send the header 'x-api-key: <key>' or 'Authorization: Bearer <key>'"
+        )
+    token = bearer_token(authorization)
+    if api_key is not None and api_key != token:
+        raise Problem(
+            "ambiguous-credentials",
+            "the request names two different keys in x-api-key and Authorization; "
+            "send one key, in either header",
+        )
+    return token
 
 
 def is_admin_key(context: AppContext, token: str) -> bool:

@@ -1,6 +1,8 @@
-"""The gateway's routes: OpenAI's wire formats under /v1, so its official SDK works unchanged.
+"""The gateway's routes: the providers' wire formats under /v1, so their official SDKs work
+unchanged.
 
-``POST /v1/chat/completions`` and ``POST /v1/responses`` take the provider's own
+``POST /v1/chat/completions``, ``POST /v1/responses`` (OpenAI) and
+``POST /v1/messages`` (Anthropic, whose key may also come as ``x-api-key``) take the provider's own
 request body (only the new messages, with ``LLMSession-Id`` to continue a
 session) and answer with the provider's own body or event stream. Thin: the
 turn itself is :class:`llmsession.gateway.Gateway`'s.
@@ -14,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from llmsession.gateway.forwarding import SESSION_HEADER
-from llmsession.server.auth import bearer_token, require_tenant
+from llmsession.server.auth import api_key_or_bearer, bearer_token, require_tenant
 from llmsession.server.context import AppContext
 from llmsession.server.params import parse_idempotency_key
 from llmsession.server.problems import Problem
@@ -23,7 +25,11 @@ from llmsession.server.responses import error_responses
 __all__ = ["GATEWAY_PATHS", "gateway_routes"]
 
 #: The gateway's paths, and the endpoint (wire format) each one speaks.
-GATEWAY_PATHS: Final = {"/v1/chat/completions": "chat/completions", "/v1/responses": "responses"}
+GATEWAY_PATHS: Final = {
+    "/v1/chat/completions": "chat/completions",
+    "/v1/responses": "responses",
+    "/v1/messages": "messages",
+}
 
 _NOT_CONFIGURED = (
     "no provider is configured on this server, so it answers only the session ledger "
@@ -82,8 +88,13 @@ def gateway_routes(context: AppContext) -> APIRouter:
         },
     )
 
-    async def forward(request: Request, endpoint: str) -> Response:
-        tenant = await require_tenant(context, bearer_token(request.headers.get("authorization")))
+    async def forward(request: Request, endpoint: str, *, api_key_header: bool = False) -> Response:
+        token = (
+            api_key_or_bearer(request.headers)
+            if api_key_header
+            else bearer_token(request.headers.get("authorization"))
+        )
+        tenant = await require_tenant(context, token)
         gateway = context.gateway
         if gateway is None:
             raise Problem("gateway-not-configured", _NOT_CONFIGURED)
@@ -119,5 +130,14 @@ def gateway_routes(context: AppContext) -> APIRouter:
     async def create_response(request: Request) -> Response:
         """The Responses API with only the new input; the session keeps the conversation."""
         return await forward(request, GATEWAY_PATHS["/v1/responses"])
+
+    @router.post(
+        "/messages",
+        openapi_extra=_openapi("Anthropic Messages, through a session"),
+        response_class=Response,
+    )
+    async def messages(request: Request) -> Response:
+        """Anthropic Messages with only the new messages; the session adds its history."""
+        return await forward(request, GATEWAY_PATHS["/v1/messages"], api_key_header=True)
 
     return router

@@ -1,0 +1,475 @@
+"""Anthropic Messages, sans-IO: ``POST /v1/messages`` through a session.
+
+The client sends only its new ``messages`` (and ``system`` when it sets or
+changes the system prompt); the upstream request is the client's own body with
+``model`` = the provider's model name, ``system`` = the session's system prompt,
+``messages`` = the session's history followed by the new ones, and
+``metadata.user_id`` = the session id unless the client set one.
+
+History items are the client's messages as sent, the answers' assistant
+messages, and a ``{"role": "system", "content": ...}`` item for each request
+that carried a ``system``: the latest one is the session's system prompt from
+then on (the Messages API has no system role in ``messages``, so the item cannot
+be mistaken for a message, and a client message with that role is refused).
+
+Caching (:func:`place_breakpoints`): Anthropic caches only up to blocks marked
+with ``cache_control``, at most 4 per request, and finds an earlier entry only
+at a marked block or up to 20 blocks before it. The gateway marks two blocks:
+the last block of this request (written for the next round) and the last block
+of what the previous round sent (the block that round marked, so it is read
+exactly, however many blocks the answer and the new messages add). The
+client's own marks in ``tools``, ``system`` and its new messages are kept and
+come first; marks the client left in earlier rounds' messages are kept, newest
+first, while there is room, and dropped beyond it (a mark changes no cached
+content, only where the cache is looked up). The gateway's marks use a 1 hour
+TTL when the session may stay idle longer than 5 minutes, so its history is
+still cached when the client comes back, and 5 minutes otherwise, or when the
+client marked any block with a 5 minute TTL (a longer TTL may not follow a
+shorter one).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, cast
+
+from llmsession.gateway.sse import SSEDecoder, SSEEvent, encode_event
+from llmsession.gateway.wire import (
+    Answer,
+    GatewayInputError,
+    JSONObject,
+    StreamOutcome,
+    checked_usage,
+    dump_json,
+    flag_field,
+    json_objects,
+    load_json_object,
+    model_field,
+    object_field,
+)
+from llmsession.usage import Usage
+
+__all__ = [
+    "LOOKBACK_BLOCKS",
+    "MAX_BREAKPOINTS",
+    "MessagesRequest",
+    "MessagesStream",
+    "Placed",
+    "cache_ttl",
+    "messages_upstream_body",
+    "messages_usage",
+    "parse_messages_request",
+    "parse_messages_response",
+    "place_breakpoints",
+    "stream_error_event",
+]
+
+#: The most blocks one request may mark with ``cache_control``.
+MAX_BREAKPOINTS: Final = 4
+#: How far back from a marked block Anthropic looks for an earlier cache entry
+#: (the marked block counts as the first).
+LOOKBACK_BLOCKS: Final = 20
+_SYSTEM: Final = "system"
+_ROLES: Final = ("user", "assistant")
+#: Blocks that cannot carry ``cache_control``.
+_UNMARKABLE: Final = frozenset({"thinking", "redacted_thinking"})
+#: Sessions idle up to this long are served by Anthropic's default 5 minute TTL.
+_FIVE_MINUTES: Final = 300
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesRequest:
+    """A client's Messages request, checked as far as the gateway relies on it."""
+
+    body: JSONObject
+    model: str
+    stream: bool
+    #: The history items it adds: its ``system`` (if any), then its messages.
+    items: tuple[JSONObject, ...]
+    #: ``anthropic-version`` and ``anthropic-beta``, as the client sent them.
+    headers: tuple[tuple[str, str], ...] = field(default=())
+
+
+def parse_messages_request(body: bytes, headers: Mapping[str, str]) -> MessagesRequest:
+    """Check a client's body; GatewayInputError names the field that is wrong."""
+    request = load_json_object(body, "the request body")
+    model = model_field(request)
+    raw_messages = request.get("messages")
+    if not isinstance(raw_messages, list):
+        raise GatewayInputError("'messages' must be a list of message objects")
+    messages = cast(list[object], raw_messages)
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or cast(JSONObject, message).get("role") not in _ROLES:
+            raise GatewayInputError(
+                f"'messages[{index}]' must be an object with 'role' 'user' or 'assistant' "
+                "(a system prompt goes in the top-level 'system')"
+            )
+        content = cast(JSONObject, message).get("content")
+        if not isinstance(content, str | list):
+            raise GatewayInputError(
+                f"'messages[{index}].content' must be a string or a list of content blocks"
+            )
+    system = request.get(_SYSTEM)
+    if system is not None and not (
+        isinstance(system, str)
+        or (
+            isinstance(system, list)
+            and all(isinstance(b, dict) for b in cast(list[object], system))
+        )
+    ):
+        raise GatewayInputError("'system' must be a string or a list of text blocks")
+    stream = flag_field(request, "stream", False)
+    items: list[JSONObject] = [] if system is None else [{"role": _SYSTEM, "content": system}]
+    items.extend(cast(list[JSONObject], messages))
+    forwarded = tuple(
+        (name, value)
+        for name in ("anthropic-version", "anthropic-beta")
+        if (value := headers.get(name)) is not None
+    )
+    return MessagesRequest(request, model, stream, tuple(items), forwarded)
+
+
+def cache_ttl(session_ttl_seconds: int) -> str:
+    """The cache TTL that keeps a session's history cached while the session may be idle."""
+    return "5m" if session_ttl_seconds <= _FIVE_MINUTES else "1h"
+
+
+def messages_upstream_body(
+    request: MessagesRequest,
+    history: Sequence[JSONObject],
+    *,
+    model: str,
+    cache_key: str,
+    session_ttl_seconds: int,
+) -> bytes:
+    """The body sent upstream: the session's system, the history, then the new messages."""
+    system: object = None
+    past: list[JSONObject] = []
+    for item in history:
+        if item.get("role") == _SYSTEM:
+            system = item.get("content")
+        else:
+            past.append(item)
+    new: list[JSONObject] = []
+    for item in request.items:
+        if item.get("role") == _SYSTEM:
+            system = item.get("content")
+        else:
+            new.append(item)
+    if not past and not new:
+        raise GatewayInputError("'messages' must not be empty when a session has no history")
+    body = dict(request.body)
+    body["model"] = model
+    tools = json_objects(body.get("tools"))
+    placed = place_breakpoints(tools, system, past, new, ttl=cache_ttl(session_ttl_seconds))
+    if placed.system is None:
+        body.pop(_SYSTEM, None)
+    else:
+        body[_SYSTEM] = placed.system
+    body["messages"] = placed.messages
+    metadata = dict(object_field(body, "metadata") or {})
+    metadata.setdefault("user_id", cache_key)
+    body["metadata"] = metadata
+    return dump_json(body)
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """The system prompt and messages to send, with the cache breakpoints in place."""
+
+    system: object
+    messages: list[JSONObject]
+
+
+def _marked(block: Mapping[str, Any]) -> bool:
+    return block.get("cache_control") is not None
+
+
+def _markable(block: Mapping[str, Any]) -> bool:
+    kind = block.get("type")
+    if kind in _UNMARKABLE:
+        return False
+    return kind != "text" or bool(block.get("text"))
+
+
+def _blocks(content: object) -> list[JSONObject] | None:
+    """A message's or system's content as blocks; None when it is an empty string."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else None
+    return json_objects(content)
+
+
+def _ttl_of(block: Mapping[str, Any]) -> str:
+    control = object_field(block, "cache_control") or {}
+    return "1h" if control.get("ttl") == "1h" else "5m"
+
+
+def place_breakpoints(
+    tools: Sequence[JSONObject],
+    system: object,
+    past: Sequence[JSONObject],
+    new: Sequence[JSONObject],
+    *,
+    ttl: str,
+) -> Placed:
+    """The module's caching rule (see its docstring), on copies: nothing given is changed.
+
+    ``past`` are the history's messages, ``new`` the request's; ``ttl`` the TTL
+    the gateway's marks get unless a client mark forbids it.
+    """
+    messages = [*past, *new]
+    # The client's marks of this request: tools, system, new messages.
+    current = sum(1 for tool in tools if _marked(tool))
+    system_blocks = None if system is None else _blocks(system)
+    current += sum(1 for block in system_blocks or () if _marked(block))
+    ttls = [_ttl_of(tool) for tool in tools if _marked(tool)]
+    ttls += [_ttl_of(block) for block in system_blocks or () if _marked(block)]
+    marked_new: set[tuple[int, int]] = set()
+    for m in range(len(past), len(messages)):
+        for b, block in enumerate(_blocks(messages[m].get("content")) or ()):
+            if _marked(block):
+                marked_new.add((m, b))
+                ttls.append(_ttl_of(block))
+    current += len(marked_new)
+    # Earlier rounds' marks, newest first.
+    old = [
+        (m, b)
+        for m in range(len(past) - 1, -1, -1)
+        for b, block in reversed(list(enumerate(_blocks(past[m].get("content")) or ())))
+        if _marked(block)
+    ]
+    room = MAX_BREAKPOINTS - current
+    wanted: list[tuple[int, int]] = []
+    write = _last_markable(messages, len(past), len(messages))
+    if write is not None:
+        wanted.append(write)
+    if past:
+        # What the previous round sent ends before the answer it got.
+        end = len(past)
+        while end > 0 and past[end - 1].get("role") == "assistant":
+            end -= 1
+        read = _last_markable(messages, 0, end)
+        if read is not None:
+            wanted.append(read)
+    marks: list[tuple[int, int]] = []
+    reused: list[tuple[int, int]] = []
+    for position in wanted:
+        if position in marked_new:
+            continue  # the client marked it already, and it is counted
+        if room <= 0:
+            break
+        # A block the client marked in its round already is one of the gateway's two.
+        (reused if position in old else marks).append(position)
+        room -= 1
+    kept = reused + [position for position in old if position not in reused][: max(room, 0)]
+    for m, b in kept:
+        ttls.append(_ttl_of((_blocks(past[m].get("content")) or [])[b]))
+    gateway_ttl = ttl if all(t == "1h" for t in ttls) else "5m"
+    control: JSONObject = {"type": "ephemeral"}
+    if gateway_ttl == "1h":
+        control["ttl"] = "1h"
+    dropped = {position for position in old if position not in kept}
+    changed = {m for m, _ in marks} | {m for m, _ in dropped}
+    out = list(messages)
+    for m in changed:
+        blocks = [dict(block) for block in _blocks(messages[m].get("content")) or ()]
+        for mm, b in marks:
+            if mm == m:
+                blocks[b]["cache_control"] = dict(control)
+        for mm, b in dropped:
+            if mm == m:
+                del blocks[b]["cache_control"]
+        out[m] = {**messages[m], "content": blocks}
+    return Placed(system, out)
+
+
+def _last_markable(messages: Sequence[JSONObject], start: int, end: int) -> tuple[int, int] | None:
+    """The last block of ``messages[start:end]`` that may carry ``cache_control``."""
+    for m in range(end - 1, start - 1, -1):
+        blocks = _blocks(messages[m].get("content")) or []
+        for b in range(len(blocks) - 1, -1, -1):
+            if _markable(blocks[b]):
+                return m, b
+    return None
+
+
+def _count(value: object) -> object:
+    """A usage count, with a missing or null one as 0 (other values are left to be refused)."""
+    return 0 if value is None else value
+
+
+def messages_usage(usage: Mapping[str, Any]) -> Usage | None:
+    """Anthropic's usage object normalized.
+
+    Its ``input_tokens`` excludes what was read from and written to the cache,
+    so all input is the sum of the three. None if a count is missing or is no
+    token count: no number is made up for what the provider did not say.
+    """
+    counts = [
+        usage.get("input_tokens"),
+        _count(usage.get("cache_creation_input_tokens")),
+        _count(usage.get("cache_read_input_tokens")),
+    ]
+    if not all(type(c) is int for c in counts):
+        return None
+    fresh, written, read = cast(list[int], counts)
+    return checked_usage(
+        input_tokens=fresh + written + read,
+        cached_input_tokens=read,
+        cache_write_tokens=written,
+        output_tokens=usage.get("output_tokens"),
+        raw=usage,
+    )
+
+
+def parse_messages_response(body: bytes) -> Answer:
+    """A complete (non-streamed) upstream answer."""
+    response = load_json_object(body, "the provider's answer")
+    content = response.get("content")
+    items: tuple[JSONObject, ...] = ()
+    blocks = [_history_block(b) for b in json_objects(content)]
+    if blocks:
+        # An empty answer adds nothing: Anthropic refuses an empty message sent back.
+        items = ({"role": response.get("role", "assistant"), "content": blocks},)
+    usage = object_field(response, "usage")
+    return Answer(items=items, usage=None if usage is None else messages_usage(usage))
+
+
+def _history_block(block: Mapping[str, Any]) -> JSONObject:
+    # Answers carry nulls (``citations: null``) that a request's blocks may not.
+    return {name: value for name, value in block.items() if value is not None}
+
+
+class MessagesStream:
+    """Passes a Messages stream through, reading usage and the answer on the side.
+
+    Usage is ``message_start``'s, with the fields of the last ``message_delta``
+    put over it: ``message_delta`` counts are cumulative, so they replace, never add.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = SSEDecoder()
+        self._start_usage: JSONObject | None = None
+        self._delta_usage: JSONObject | None = None
+        self._role = "assistant"
+        self._blocks: dict[int, JSONObject] = {}
+        self._partial_json: dict[int, list[str]] = {}
+        self._saw_message = False
+        self._done = False
+        self._error: JSONObject | None = None
+        self._tail: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Decode ``chunk``; return the events to forward now, byte for byte.
+
+        ``message_stop`` (and anything after it) is held back for :meth:`close`.
+        """
+        forward: list[bytes] = []
+        for event in self._decoder.feed(chunk):
+            done = self._done
+            self._read(event)
+            (self._tail if done or self._done else forward).append(event.raw)
+        return forward
+
+    def close(self) -> StreamOutcome:
+        """The upstream stream ended: what it carried, and whether it reached ``message_stop``."""
+        for event in self._decoder.close():
+            self._read(event)
+            self._tail.append(event.raw)
+        message = self._message()
+        items = (message,) if self._saw_message and message["content"] else ()
+        return StreamOutcome(
+            answer=Answer(items=items, usage=self._usage()),
+            completed=self._done and self._error is None,
+            error=self._error,
+            tail=b"".join(self._tail),
+        )
+
+    def _usage(self) -> Usage | None:
+        if self._start_usage is None and self._delta_usage is None:
+            return None
+        merged = dict(self._start_usage or {})
+        for name, value in (self._delta_usage or {}).items():
+            if value is not None:
+                merged[name] = value
+        return messages_usage(merged)
+
+    def _read(self, event: SSEEvent) -> None:
+        try:
+            payload: object = json.loads(event.data)
+        except ValueError:
+            return
+        if not isinstance(payload, dict):
+            return
+        data = cast(JSONObject, payload)
+        kind = data.get("type", event.event)
+        if kind == "message_start":
+            message = object_field(data, "message") or {}
+            self._saw_message = True
+            if isinstance(message.get("role"), str):
+                self._role = message["role"]
+            self._start_usage = object_field(message, "usage")
+        elif kind == "content_block_start":
+            block = object_field(data, "content_block")
+            index = data.get("index")
+            if block is not None and isinstance(index, int):
+                self._blocks[index] = dict(block)
+        elif kind == "content_block_delta":
+            self._add_delta(data)
+        elif kind == "content_block_stop":
+            self._finish_block(data.get("index"))
+        elif kind == "message_delta":
+            usage = object_field(data, "usage")
+            if usage is not None:
+                self._delta_usage = usage
+        elif kind == "message_stop":
+            self._done = True
+        elif kind == "error":
+            self._error = object_field(data, "error") or {"type": "error", "message": ""}
+
+    def _add_delta(self, data: Mapping[str, Any]) -> None:
+        index = data.get("index")
+        delta = object_field(data, "delta")
+        if not isinstance(index, int) or delta is None or index not in self._blocks:
+            return
+        block = self._blocks[index]
+        kind = delta.get("type")
+        if kind == "text_delta" and isinstance(delta.get("text"), str):
+            block["text"] = str(block.get("text") or "") + delta["text"]
+        elif kind == "input_json_delta" and isinstance(delta.get("partial_json"), str):
+            self._partial_json.setdefault(index, []).append(delta["partial_json"])
+        elif kind == "thinking_delta" and isinstance(delta.get("thinking"), str):
+            block["thinking"] = str(block.get("thinking") or "") + delta["thinking"]
+        elif kind == "signature_delta" and isinstance(delta.get("signature"), str):
+            block["signature"] = delta["signature"]
+        elif kind == "citations_delta" and isinstance(delta.get("citation"), dict):
+            citations = block.get("citations")
+            block["citations"] = [
+                *(citations if isinstance(citations, list) else []),
+                delta["citation"],
+            ]
+
+    def _finish_block(self, index: object) -> None:
+        if not isinstance(index, int) or index not in self._partial_json:
+            return
+        text = "".join(self._partial_json.pop(index))
+        if text and index in self._blocks:
+            try:
+                self._blocks[index]["input"] = json.loads(text)
+            except ValueError:
+                # Kept as sent: the provider will say what is wrong if it is sent back.
+                self._blocks[index]["input"] = text
+
+    def _message(self) -> JSONObject:
+        for index in list(self._partial_json):
+            self._finish_block(index)
+        blocks = [_history_block(self._blocks[i]) for i in sorted(self._blocks)]
+        return {"role": self._role, "content": blocks}
+
+
+def stream_error_event(message: str, *, kind: str = "api_error") -> bytes:
+    """The event that ends a client's stream as an error, in Anthropic's own shape."""
+    error = {"type": "error", "error": {"type": kind, "message": message}}
+    return encode_event(dump_json(error).decode(), event="error")
