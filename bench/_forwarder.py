@@ -4,7 +4,8 @@ One Starlette app under uvicorn (one worker, like the llmsession server) with
 one pooled HTTP client: ``aiohttp.ClientSession`` (``--client aiohttp``, the
 default, as llmsession's gateway uses) or ``httpx.AsyncClient`` (``--client
 httpx``). Every ``POST`` is sent on to the upstream at
-the same path with the client's body, ``Authorization`` and ``anthropic-version``, and the
+the same path and query with the client's body, ``Authorization``, ``x-goog-api-key``
+and ``anthropic-version``, and the
 upstream's answer is streamed back as it arrives (status, content type and
 body; for a stream, each event as it comes). No session, no history, no auth
 of its own, no parsing of the body: whatever llmsession adds on top of this
@@ -54,13 +55,22 @@ def create_app(
     )
 
 
+#: The client's headers passed on: its key (OpenAI's, Gemini's) and Anthropic's version.
+_PASSED = ("authorization", "x-goog-api-key", "anthropic-version")
+
+
 def _headers(request: Request) -> dict[str, str]:
     headers = {"content-type": request.headers.get("content-type", "application/json")}
-    if (authorization := request.headers.get("authorization")) is not None:
-        headers["authorization"] = authorization
-    if (version := request.headers.get("anthropic-version")) is not None:
-        headers["anthropic-version"] = version
+    for name in _PASSED:
+        if (value := request.headers.get(name)) is not None:
+            headers[name] = value
     return headers
+
+
+def _target(request: Request) -> str:
+    """The upstream path, with the client's query (Gemini streams with ``?alt=sse``)."""
+    query = request.url.query
+    return f"{request.url.path}?{query}" if query else request.url.path
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,7 @@ def _aiohttp_forward(upstream: str, max_connections: int) -> _Forward:
 
     async def send(request: Request) -> Response:
         response = await sessions[0].post(
-            request.url.path,
+            _target(request),
             data=await request.body(),
             headers=_headers(request),
             allow_redirects=False,
@@ -127,7 +137,7 @@ def _httpx_forward(upstream: str, max_connections: int) -> _Forward:
     async def send(request: Request) -> Response:
         client = clients[0]
         upstream_request = client.build_request(
-            "POST", request.url.path, content=await request.body(), headers=_headers(request)
+            "POST", _target(request), content=await request.body(), headers=_headers(request)
         )
         response = await client.send(upstream_request, stream=True)
         return StreamingResponse(

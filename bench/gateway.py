@@ -3,12 +3,13 @@
 Run:  .venv/bin/python bench/gateway.py [--targets direct,forwarder,llmsession,litellm]
       [--stores sqlite,postgresql] [--repeat 3] [--duration 4] [--latency-requests 100]
       [--concurrency 32] [--rounds 8] [--forwarder-client aiohttp] [--json results.json]
-      [--kind openai|anthropic]
+      [--kind openai|anthropic|gemini]
       .venv/bin/python bench/gateway.py --quick        (a smoke run, 35 s to a minute)
 
 One fake provider (``python -m llmsession.fake_provider``) runs on loopback, and
 every target sends it the same Chat Completions work (with ``--kind anthropic``,
-the same Anthropic Messages work, on direct, the forwarder and llmsession):
+the same Anthropic Messages work, with ``--kind gemini`` the same Gemini
+``generateContent`` work, on direct, the forwarder and llmsession):
 
 - ``direct``: straight to the fake;
 - ``forwarder``: through bench/_forwarder.py, a bare Starlette app with one
@@ -92,9 +93,10 @@ STORES = ("memory", "sqlite", "postgresql", "redis")
 MODEL = "gpt-4o-mini"
 PATH = "/v1/chat/completions"
 #: The wire formats a run may measure (``--kind``): each one's model and path.
-KINDS = ("openai", "anthropic")
+KINDS = ("openai", "anthropic", "gemini")
 ANTHROPIC_MODEL = "claude-sonnet-4-5"
 ANTHROPIC_PATH = "/v1/messages"
+GEMINI_MODEL = "gemini-2.5-flash"
 SESSION_HEADER = "LLMSession-Id"
 SYSTEM = "You are a helpful assistant. You answer briefly and plainly."
 READY_TIMEOUT = 120.0
@@ -128,6 +130,8 @@ class Script:
     def build(cls, answers: Sequence[str], kind: str = "openai") -> Script:
         if kind == "anthropic":
             return cls._build_anthropic(answers)
+        if kind == "gemini":
+            return cls._build_gemini(answers)
         full: list[tuple[bytes, ...]] = []
         new: list[tuple[bytes, ...]] = []
         for stream in (False, True):
@@ -169,6 +173,24 @@ class Script:
             full.append(tuple(full_bodies))
             new.append(tuple(new_bodies))
         return cls((full[0], full[1]), (new[0], new[1]))
+
+    @classmethod
+    def _build_gemini(cls, answers: Sequence[str]) -> Script:
+        """Gemini bodies: the model and streaming are in the URL; the system instruction
+        goes with every request, as the google-genai SDK's config sends it."""
+        system = {"parts": [{"text": SYSTEM}]}
+        history: list[dict[str, Any]] = []
+        full_bodies: list[bytes] = []
+        new_bodies: list[bytes] = []
+        for turn, answer in enumerate(answers):
+            user = {"role": "user", "parts": [{"text": _question(turn)}]}
+            history.append(user)
+            full_bodies.append(_body({"systemInstruction": system, "contents": history}))
+            sent = history if turn == 0 else [user]
+            new_bodies.append(_body({"systemInstruction": system, "contents": sent}))
+            history.append({"role": "model", "parts": [{"text": answer}]})
+        full, new = tuple(full_bodies), tuple(new_bodies)
+        return cls((full, full), (new, new))
 
     def as_json(self) -> dict[str, list[list[str]]]:
         return {
@@ -216,14 +238,16 @@ class _Client:
         self.writer: asyncio.StreamWriter | None = None
         anthropic = target.kind == "anthropic"
         self.head = (
-            f"POST {ANTHROPIC_PATH if anthropic else PATH} HTTP/1.1\r\n"
+            f"POST {_path(target.kind, stream)} HTTP/1.1\r\n"
             f"Host: 127.0.0.1:{target.port}\r\n"
-            f"Content-Type: application/json\r\nAuthorization: {target.authorization}\r\n"
+            f"Content-Type: application/json\r\n{_key_header(target)}\r\n"
             + ("anthropic-version: 2023-06-01\r\n" if anthropic else "")
         )
         # How a complete answer ends (a stream) or what it is (a body).
         self.stream_end = b'data: {"type":"message_stop"}' if anthropic else b"data: [DONE]"
-        self.body_mark = b'"type":"message"' if anthropic else b'"chat.completion"'
+        self.body_mark = {"anthropic": b'"type":"message"', "gemini": b'"candidates"'}.get(
+            target.kind, b'"chat.completion"'
+        )
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -257,7 +281,7 @@ class _Client:
         error = None
         if status != 200:
             error = f"{status} {payload[:300].decode(errors='replace')}"
-        elif self.stream and not payload.rstrip().endswith(self.stream_end):
+        elif self.stream and not self._stream_complete(payload):
             error = f"stream did not end as it should: ...{payload[-200:].decode(errors='replace')}"
         elif not self.stream and self.body_mark not in payload:
             error = f"not a complete answer: {payload[:300].decode(errors='replace')}"
@@ -269,6 +293,28 @@ class _Client:
             self.session = session
         self.turn = (self.turn + 1) % len(self.bodies)
         return first - start, done - start, None
+
+    def _stream_complete(self, payload: bytes) -> bool:
+        if self.target.kind == "gemini":
+            # Gemini has no end marker: the last event carries the finishReason.
+            return b'"finishReason"' in payload.rstrip().rsplit(b"data:", 1)[-1]
+        return payload.rstrip().endswith(self.stream_end)
+
+
+def _path(kind: str, stream: bool) -> str:
+    if kind == "anthropic":
+        return ANTHROPIC_PATH
+    if kind == "gemini":
+        method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        return f"/v1beta/models/{GEMINI_MODEL}:{method}"
+    return PATH
+
+
+def _key_header(target: Target) -> str:
+    """The header line carrying the target's key; Gemini's clients send it bare."""
+    if target.kind == "gemini":
+        return f"x-goog-api-key: {target.authorization.removeprefix('Bearer ')}"
+    return f"Authorization: {target.authorization}"
 
 
 async def _read_response(
@@ -526,6 +572,16 @@ class Bench:
         answers = []
         with httpx.Client(trust_env=False, timeout=10) as client:
             for turn in range(self.args.rounds):
+                if self.args.kind == "gemini":
+                    response = client.post(
+                        f"{self.fake_root}{_path('gemini', False)}",
+                        json={"contents": [{"role": "user", "parts": [{"text": _question(turn)}]}]},
+                        headers={"x-goog-api-key": self.fake_key},
+                    )
+                    response.raise_for_status()
+                    parts = response.json()["candidates"][0]["content"]["parts"]
+                    answers.append("".join(part.get("text", "") for part in parts))
+                    continue
                 response = client.post(
                     f"{self.fake_root}{PATH}",
                     json={
@@ -559,11 +615,12 @@ class Bench:
         port = _free_port()
         admin_key = "bench-admin-" + secrets.token_hex(16)
         config = self.workdir / f"llmsession-{store}.toml"
-        anthropic = self.args.kind == "anthropic"
+        # The official SDKs' base URLs: OpenAI's names /v1, Anthropic's and Google's do not.
+        versionless = self.args.kind in ("anthropic", "gemini")
         config.write_text(
             "[providers.fake]\n"
             f'kind = "{self.args.kind}"\n'
-            f'base_url = "{self.fake_root}{"" if anthropic else "/v1"}"\n'
+            f'base_url = "{self.fake_root}{"" if versionless else "/v1"}"\n'
             'api_key_env = "BENCH_FAKE_API_KEY"\n'
         )
         env = {
@@ -1131,8 +1188,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--kind",
         choices=KINDS,
         default="openai",
-        help="the wire format measured: openai (Chat Completions, default) or anthropic "
-        "(Messages; litellm is then not measured)",
+        help="the wire format measured: openai (Chat Completions, default), anthropic "
+        "(Messages) or gemini (generateContent); litellm is measured for openai only",
     )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
@@ -1157,7 +1214,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     if "direct" not in targets:
         targets.insert(0, "direct")
-    if args.kind == "anthropic" and "litellm" in targets:
+    if args.kind != "openai" and "litellm" in targets:
         targets.remove("litellm")
     args.targets = ",".join(t for t in TARGETS if t in targets)
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]

@@ -127,6 +127,17 @@ def test_anthropic_script_and_arguments(bench: tuple[ModuleType, ModuleType]) ->
     assert new[1]["messages"] == [full["messages"][-1]]
 
 
+def test_gemini_script_and_arguments(bench: tuple[ModuleType, ModuleType]) -> None:
+    gateway, _ = bench
+    assert gateway.parse_args(["--kind", "gemini"]).targets == "direct,forwarder,llmsession"
+    script = gateway.Script.build(["A1", "A2"], "gemini")
+    full = json.loads(script.full[1][1])
+    assert [c["role"] for c in full["contents"]] == ["user", "model", "user"]
+    assert full["systemInstruction"] == {"parts": [{"text": gateway.SYSTEM}]}
+    new = json.loads(script.new[0][1])
+    assert new["contents"] == [full["contents"][-1]]
+
+
 def _client_run(
     gateway: ModuleType, port: int, stream: bool, turns: int, kind: str = "openai"
 ) -> list[Any]:
@@ -142,7 +153,7 @@ def _client_run(
     return asyncio.run(run())
 
 
-@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_load_client_reads_bodies_and_streams_on_one_connection(
     bench: tuple[ModuleType, ModuleType], fake: FakeProcess, stream: bool, kind: str
@@ -215,6 +226,26 @@ async def test_forwarder_passes_body_status_and_stream_through(
     assert refused.json()["error"]["code"] == "invalid_api_key"
     assert health.text == "ok"
     assert len(fake.billing()) == 1
+
+
+async def test_forwarder_passes_gemini_keys_and_queries_on(
+    bench: tuple[ModuleType, ModuleType], fake: FakeProcess
+) -> None:
+    _, forwarder = bench
+    app = forwarder.create_app(fake.root)
+    body = {"contents": [{"role": "user", "parts": [{"text": "hello there"}]}]}
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://fwd") as http,
+    ):
+        answer = await http.post(
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            json=body,
+            headers={"x-goog-api-key": API_KEY},
+        )
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    assert '"finishReason":"STOP"' in answer.text
 
 
 def test_litellm_install_never_replaces_a_directory_it_did_not_make(

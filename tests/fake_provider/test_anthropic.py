@@ -155,6 +155,7 @@ def test_a_message_and_its_usage_as_anthropic_counts_it(
         "previous_response_id": None,
         "cache_write_tokens": usage.cache_creation_input_tokens,
         "cache_write_1h_tokens": usage.cache_creation_input_tokens,
+        "session_id": None,
     }
     assert entries[1]["cached_tokens"] == second.usage.cache_read_input_tokens
 

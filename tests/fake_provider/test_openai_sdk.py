@@ -62,6 +62,7 @@ def test_chat_completion(fake: FakeProcess) -> None:
         "previous_response_id": None,
         "cache_write_tokens": 0,
         "cache_write_1h_tokens": 0,
+        "session_id": None,
     }
 
 

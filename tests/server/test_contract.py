@@ -26,7 +26,9 @@ def _served() -> set[tuple[str, str]]:
     served: set[tuple[str, str]] = set()
     for context in iter_route_contexts(app.routes):
         if isinstance(context.original_route, APIRoute) and context.path is not None:
-            served |= {(method, context.path) for method in context.methods or ()}
+            # A path parameter that takes slashes ({target:path}) is documented as {target}.
+            path = re.sub(r"\{(\w+):path\}", r"{\1}", context.path)
+            served |= {(method, path) for method in context.methods or ()}
     return served
 
 
@@ -34,10 +36,6 @@ def test_the_doc_lists_exactly_the_served_routes() -> None:
     documented = {
         (method, re.sub(r"\{id\}", "{session_id}", path))
         for method, path in re.findall(r"`(GET|POST|PUT|PATCH|DELETE) (/[^` ]*)`", DOC)
-    }
-    documented = {
-        (method, "/ui/static/{path:path}" if path == "/ui/static/{path}" else path)
-        for method, path in documented
     }
     assert documented == _served()
 

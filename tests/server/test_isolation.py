@@ -217,6 +217,12 @@ PROBES: dict[tuple[str, str], Probe] = {
         "/v1/messages",
         {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]},
     ),
+    **{
+        ("POST", f"{prefix}{{target:path}}"): _gateway(
+            f"{prefix}m:generateContent", {"contents": [{"role": "user", "parts": [{"text": "x"}]}]}
+        )
+        for prefix in ("/v1/models/", "/v1beta/models/")
+    },
     ("POST", "/v1/sessions"): _create_session,
     ("GET", "/v1/sessions"): _list_sessions,
     ("GET", "/v1/sessions/{session_id}"): _by_id("GET", ""),

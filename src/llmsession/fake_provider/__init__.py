@@ -1,17 +1,18 @@
-"""A fake provider (OpenAI's and Anthropic's wire formats), run as its own process for
-tests and demos.
+"""A fake provider (OpenAI's, Anthropic's and Gemini's wire formats), run as its own
+process for tests and demos.
 
-It speaks the real wire formats of Chat Completions, Responses and Anthropic's
-Messages (streaming and not), counts tokens deterministically, applies OpenAI's
-prefix caching rules and Anthropic's breakpoint rules, keeps
-``previous_response_id`` state, logs what it bills, and fails on request. The
-reference is docs/fake-provider.md.
+It speaks the real wire formats of Chat Completions, Responses, Anthropic's
+Messages and Google's Gemini API (streaming and not), counts tokens
+deterministically, applies OpenAI's prefix caching rules, Anthropic's breakpoint
+rules and Gemini's cache entries, keeps ``previous_response_id`` state, logs what
+it bills, and fails on request. The reference is docs/fake-provider.md.
 
-Modules, one concept each: ``tokens`` (the token rule), ``prefix_cache`` and
-``anthropic_cache`` (each provider's caching), ``answers`` (the fake model),
-``response_store``, ``billing``, ``faults``, ``errors`` (OpenAI's error bodies),
-``openai_chat``, ``openai_responses`` and ``anthropic_messages`` (the wire
-formats), ``provider`` (the state and the steps of a request), ``app`` (ASGI) and
+Modules, one concept each: ``tokens`` (the token rule), ``prefix_cache``,
+``anthropic_cache`` and ``gemini_cache`` (each provider's caching), ``answers``
+(the fake model), ``response_store``, ``billing``, ``faults``, ``errors``
+(OpenAI's error bodies), ``openai_chat``, ``openai_responses``,
+``anthropic_messages`` and ``gemini`` (the wire formats), ``provider`` (the state
+and the steps of a request), ``app`` (ASGI) and
 ``runner`` (the command).
 """
 

@@ -1,18 +1,20 @@
-"""The fake provider's ASGI app: OpenAI's two endpoints, Anthropic's Messages, and the
-``/_fake`` test routes.
+"""The fake provider's ASGI app: OpenAI's two endpoints, Anthropic's Messages, Gemini's
+generation and cache entries, and the ``/_fake`` test routes.
 
 OpenAI's routes need ``Authorization: Bearer <an accepted key>``; ``/v1/messages``
 needs ``x-api-key: <an accepted key>`` (or the key as a bearer token, which some
 versions of Anthropic's SDK send) and an ``anthropic-version`` header, and
-answers errors in Anthropic's shape.
-The ``/_fake`` routes (billing log, faults, reset) need none: the fake is a test
-tool and listens on loopback.
+answers errors in Anthropic's shape; Gemini's (``/v1beta/...``) need
+``x-goog-api-key: <an accepted key>`` or ``?key=``, and answer errors in Google's.
+The ``/_fake`` routes (billing log, faults, reset, Gemini's cache entries) need
+none: the fake is a test tool and listens on loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -28,9 +30,24 @@ from llmsession.fake_provider.anthropic_messages import (
     message_frames,
     parse_messages_request,
 )
-from llmsession.fake_provider.billing import Endpoint
+from llmsession.fake_provider.billing import BillingEntry, Endpoint
 from llmsession.fake_provider.errors import ProviderError, invalid_request, not_found_route
 from llmsession.fake_provider.faults import Fault, fault_error, parse_fault
+from llmsession.fake_provider.gemini import (
+    GeminiError,
+    GenerateRequest,
+    cache_entry_json,
+    expiry_seconds,
+    gemini_answer,
+    generate_body,
+    generate_frames,
+    invalid_argument,
+    missing_cache,
+    parse_cache_create,
+    parse_generate_request,
+    prompt_messages,
+)
+from llmsession.fake_provider.gemini_cache import DEFAULT_TTL_SECONDS, min_cache_tokens
 from llmsession.fake_provider.openai_chat import (
     completion_body,
     completion_frames,
@@ -42,10 +59,12 @@ from llmsession.fake_provider.openai_responses import (
     response_body,
     response_frames,
 )
+from llmsession.fake_provider.prefix_cache import CacheScope
 from llmsession.fake_provider.provider import FakeProvider, Served, new_id
 from llmsession.fake_provider.request_fields import parse_json_object
 from llmsession.fake_provider.response_store import StoredResponse
 from llmsession.fake_provider.sse import Frame
+from llmsession.fake_provider.tokens import REPLY_PRIMER
 
 __all__ = ["create_app"]
 
@@ -320,7 +339,189 @@ class _Routes:
             body=message_body(served, with_usage=with_usage),
         )
 
+    # -- Gemini ---------------------------------------------------------------------------
+
+    async def _gemini_begin(self, request: Request) -> tuple[str, dict[str, object]]:
+        key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
+        if not key:
+            raise GeminiError(
+                403,
+                "Method doesn't allow unregistered callers (callers without established "
+                "identity). Please use API Key or other form of API consumer identity to "
+                "call this API.",
+                "PERMISSION_DENIED",
+            )
+        fingerprint = self.provider.fingerprint(key.strip())
+        if fingerprint is None:
+            raise invalid_argument("API key not valid. Please pass a valid API key.")
+        try:
+            body = parse_json_object(await request.body()) if await request.body() else {}
+        except ProviderError:
+            raise invalid_argument("Invalid JSON payload received.") from None
+        return fingerprint, body
+
+    async def _gemini_fault(
+        self, request: Request, endpoint: Endpoint
+    ) -> tuple[Fault | None, bool]:
+        fault = self.provider.take_fault(endpoint, named_only=endpoint == "cachedContents")
+        if fault is not None and fault.mode == "500":
+            raise GeminiError(500, "An internal error has occurred. Please retry.", "INTERNAL")
+        if fault is not None and fault.mode == "429":
+            delay = f"{max(0, round(fault.retry_after_seconds))}s"
+            raise GeminiError(
+                429,
+                "You exceeded your current quota, please check your plan and billing details.",
+                "RESOURCE_EXHAUSTED",
+                details=[
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}
+                ],
+            )
+        if fault is None or fault.mode != "slow":
+            return fault, False
+        await asyncio.sleep(fault.delay_seconds)
+        return fault, await request.is_disconnected()
+
+    def _gemini_serve(self, key: str, parsed: GenerateRequest, session: str | None) -> Served:
+        provider = self.provider
+        messages = prompt_messages(parsed.system, parsed.contents)
+        own = [token for message in messages for token in message.tokens()]
+        last_user = next((m.text for m in reversed(messages) if m.role == "user"), None)
+        if parsed.cached_content is not None:
+            entry = provider.gemini_caches.get(parsed.cached_content, key)
+            if entry is None:
+                raise missing_cache(parsed.cached_content)
+            if entry.model != parsed.model:
+                raise invalid_argument(
+                    f"Model models/{parsed.model} does not match the model of the cached "
+                    f"content {entry.name} (models/{entry.model})."
+                )
+            tokens = (*entry.tokens, *own, *REPLY_PRIMER)
+            cached = len(entry.tokens)
+            last_user = last_user if last_user is not None else entry.last_user_text
+        else:
+            tokens = (*own, *REPLY_PRIMER)
+            cached, _ = provider.cache.serve(CacheScope(key, parsed.model, None), tokens)
+            if cached < min_cache_tokens(parsed.model):
+                cached = 0
+        return Served(
+            id=new_id(""),
+            created=int(time.time()),
+            model=parsed.model,
+            key_fingerprint=key,
+            input_tokens=len(tokens),
+            cached_tokens=cached,
+            cache_write_tokens=0,
+            answer=gemini_answer(parsed.model, last_user or "", parsed),
+            prompt_cache_key=None,
+            previous_response_id=None,
+            session_id=session,
+        )
+
+    async def gemini_generate(self, request: Request) -> Response:
+        endpoint: Endpoint = "generateContent"
+        model, _, method = str(request.path_params["target"]).rpartition(":")
+        if method not in ("generateContent", "streamGenerateContent") or not model:
+            raise GeminiError(404, f"Method not found: {method}", "NOT_FOUND")
+        stream = method == "streamGenerateContent"
+        if stream and request.query_params.get("alt") != "sse":
+            raise invalid_argument("The fake provider streams with alt=sse only.")
+        key, body = await self._gemini_begin(request)
+        parsed = parse_generate_request(body, model)
+        fault, client_gone = await self._gemini_fault(request, endpoint)
+        served = self._gemini_serve(key, parsed, request.headers.get("llmsession-id"))
+        with_usage = fault is None or fault.mode != "no_usage"
+        return self._answer(
+            served,
+            endpoint,
+            fault,
+            client_gone=client_gone,
+            stream=stream,
+            usage_sent=True,
+            frames=generate_frames(served, with_usage=with_usage) if stream else [],
+            body=generate_body(served, with_usage=with_usage),
+        )
+
+    async def gemini_create_cache(self, request: Request) -> Response:
+        key, body = await self._gemini_begin(request)
+        await self._gemini_fault(request, "cachedContents")
+        parsed = parse_cache_create(body)
+        messages = prompt_messages(parsed.system, parsed.contents)
+        tokens = tuple(token for message in messages for token in message.tokens())
+        minimum = min_cache_tokens(parsed.model)
+        if len(tokens) < minimum:
+            raise invalid_argument(
+                f"Cached content is too small. total_token_count={len(tokens)}, "
+                f"min_total_token_count={minimum}"
+            )
+        store = self.provider.gemini_caches
+        entry = store.add(
+            key_fingerprint=key,
+            model=parsed.model,
+            display_name=parsed.display_name,
+            tokens=tokens,
+            last_user_text=next((m.text for m in reversed(messages) if m.role == "user"), ""),
+            ttl_seconds=DEFAULT_TTL_SECONDS if parsed.ttl_seconds is None else parsed.ttl_seconds,
+            created_wall=time.time(),
+        )
+        # Creating an entry is billed once, as input at the plain rate.
+        self.provider.billing.add(
+            BillingEntry(
+                id=entry.name,
+                endpoint="cachedContents",
+                model=parsed.model,
+                key_fingerprint=key,
+                input_tokens=len(tokens),
+                cached_tokens=0,
+                output_tokens=0,
+                reasoning_tokens=0,
+                stream=False,
+                completed=True,
+                usage_reported=True,
+                prompt_cache_key=None,
+                previous_response_id=None,
+                cache_write_tokens=len(tokens),
+                session_id=request.headers.get("llmsession-id"),
+            )
+        )
+        return JSONResponse(cache_entry_json(entry, store.now()))
+
+    async def gemini_cache(self, request: Request) -> Response:
+        key, body = await self._gemini_begin(request)
+        await self._gemini_fault(request, "cachedContents")
+        name = "cachedContents/" + str(request.path_params["cache_id"])
+        store = self.provider.gemini_caches
+        if request.method == "DELETE":
+            if not store.delete(name, key):
+                raise missing_cache(name)
+            return JSONResponse({})
+        if request.method == "PATCH":
+            ttl = expiry_seconds(body)
+            entry = store.set_ttl(name, key, DEFAULT_TTL_SECONDS if ttl is None else ttl)
+        else:
+            entry = store.get(name, key)
+        if entry is None:
+            raise missing_cache(name)
+        return JSONResponse(cache_entry_json(entry, store.now()))
+
     # -- the /_fake routes ----------------------------------------------------------------
+
+    async def gemini_entries(self, request: Request) -> Response:
+        store = self.provider.gemini_caches
+        now = store.now()
+        return JSONResponse(
+            {
+                "entries": [
+                    {
+                        "name": entry.name,
+                        "model": entry.model,
+                        "display_name": entry.display_name,
+                        "tokens": len(entry.tokens),
+                        "expires_in_seconds": round(entry.expires_at - now, 3),
+                    }
+                    for entry in store.live()
+                ]
+            }
+        )
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -365,6 +566,14 @@ def create_app(provider: FakeProvider) -> Starlette:
             Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
             Route("/v1/responses", routes.responses, methods=["POST"]),
             Route(_MESSAGES, routes.messages, methods=["POST"]),
+            Route("/v1beta/models/{target:path}", routes.gemini_generate, methods=["POST"]),
+            Route("/v1beta/cachedContents", routes.gemini_create_cache, methods=["POST"]),
+            Route(
+                "/v1beta/cachedContents/{cache_id}",
+                routes.gemini_cache,
+                methods=["GET", "PATCH", "DELETE"],
+            ),
+            Route("/_fake/gemini/cached-contents", routes.gemini_entries, methods=["GET"]),
             Route("/_fake/health", routes.health, methods=["GET"]),
             Route("/_fake/billing", routes.billing, methods=["GET"]),
             Route("/_fake/reset", routes.reset, methods=["POST"]),

@@ -17,7 +17,9 @@ from typing import Final, Literal
 
 __all__ = ["TOTALED_FIELDS", "BillingEntry", "BillingLog", "Endpoint", "key_fingerprint"]
 
-Endpoint = Literal["chat.completions", "responses", "messages"]
+#: Where a request went: OpenAI's two endpoints, Anthropic's, Gemini's generation
+#: (streamed or not) and Gemini's cache entries (only their creation is billed).
+Endpoint = Literal["chat.completions", "responses", "messages", "generateContent", "cachedContents"]
 
 #: The counts that ``BillingLog.totals`` adds up.
 TOTALED_FIELDS: Final = (
@@ -46,6 +48,8 @@ class BillingEntry:
     of them with the 1 hour TTL). A Messages entry's ``prompt_cache_key`` is the
     request's ``metadata.user_id``. ``completed`` is false for a stream cut off or dropped
     before its end; ``usage_reported`` says whether the usage reached the caller.
+    ``session_id`` is the ``LLMSession-Id`` header the request carried (the gateway
+    sends it on Gemini requests, which have no ``prompt_cache_key``), if any.
     """
 
     id: str
@@ -63,6 +67,7 @@ class BillingEntry:
     previous_response_id: str | None
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
+    session_id: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)

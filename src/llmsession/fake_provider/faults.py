@@ -1,9 +1,11 @@
 """Fault modes: what the next provider requests suffer, set through ``POST /_fake/faults``.
 
 Faults wait in a queue in the order they were set. Each provider request (a chat
-completion or a response; the ``/_fake`` routes never) takes one unit of the
-first fault whose ``endpoint`` matches it, and a fault is gone after ``count``
-requests.
+completion, a response, a message or a Gemini generation; the ``/_fake`` routes
+never) takes
+one unit of the first fault whose ``endpoint`` matches it, and a fault is gone
+after ``count`` requests. Gemini's ``cachedContents`` requests take only faults
+that name ``"endpoint": "cachedContents"``.
 
 Modes:
 
@@ -144,9 +146,11 @@ class FaultQueue:
     def add(self, fault: Fault) -> None:
         self._faults.append(fault)
 
-    def take(self, endpoint: Endpoint) -> Fault | None:
+    def take(self, endpoint: Endpoint, *, named_only: bool = False) -> Fault | None:
+        """The fault for a request to ``endpoint``; ``named_only``: only one naming it
+        (Gemini's cache requests, so a fault meant for answers does not hit them)."""
         for index, fault in enumerate(self._faults):
-            if fault.endpoint in (None, endpoint):
+            if fault.endpoint == endpoint or (fault.endpoint is None and not named_only):
                 if fault.count == 1:
                     del self._faults[index]
                 else:

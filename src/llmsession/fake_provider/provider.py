@@ -18,6 +18,7 @@ from llmsession.fake_provider.anthropic_cache import AnthropicCache, Breakpoint
 from llmsession.fake_provider.billing import BillingEntry, BillingLog, Endpoint, key_fingerprint
 from llmsession.fake_provider.errors import ProviderError, missing_api_key, wrong_api_key
 from llmsession.fake_provider.faults import Fault, FaultQueue
+from llmsession.fake_provider.gemini_cache import GeminiCacheStore
 from llmsession.fake_provider.prefix_cache import CacheScope, PrefixCache
 from llmsession.fake_provider.response_store import ResponseStore
 from llmsession.fake_provider.tokens import Message, prompt_tokens
@@ -46,6 +47,8 @@ class Served:
     previous_response_id: str | None
     #: Of ``cache_write_tokens``, those written with Anthropic's 1 hour TTL.
     cache_write_1h_tokens: int = 0
+    #: The ``LLMSession-Id`` header of the request, logged with its billing entry.
+    session_id: str | None = None
 
 
 class FakeProvider:
@@ -64,6 +67,7 @@ class FakeProvider:
             raise ValueError("the fake provider needs at least one non-empty API key")
         self.cache = PrefixCache(ttl_seconds=cache_ttl_seconds, clock=clock)
         self.anthropic_cache = AnthropicCache(clock=clock)
+        self.gemini_caches = GeminiCacheStore(clock)
         self.responses = ResponseStore()
         self.billing = BillingLog(billing_log)
         self.faults = FaultQueue()
@@ -87,9 +91,13 @@ class FakeProvider:
             raise ProviderError(401, "invalid x-api-key", "authentication_error")
         return fingerprint
 
-    def take_fault(self, endpoint: Endpoint) -> Fault | None:
+    def fingerprint(self, key: str) -> str | None:
+        """The fingerprint of an accepted key, or None."""
+        return self._keys.get(key)
+
+    def take_fault(self, endpoint: Endpoint, *, named_only: bool = False) -> Fault | None:
         """The fault this request suffers, if any; ``forget_responses`` takes effect here."""
-        fault = self.faults.take(endpoint)
+        fault = self.faults.take(endpoint, named_only=named_only)
         if fault is not None and fault.mode == "forget_responses":
             self.responses.forget_all()
         return fault
@@ -180,6 +188,7 @@ class FakeProvider:
             # OpenAI's automatic caching bills no writes; Anthropic's bills them above input.
             cache_write_tokens=served.cache_write_tokens if endpoint == "messages" else 0,
             cache_write_1h_tokens=served.cache_write_1h_tokens,
+            session_id=served.session_id,
         )
         self.billing.add(entry)
         return entry
@@ -188,6 +197,7 @@ class FakeProvider:
         """Back to the state at start: no cache, no stored responses, no billing, no faults."""
         self.cache.clear()
         self.anthropic_cache.clear()
+        self.gemini_caches.clear()
         self.responses.forget_all()
         self.billing.clear()
         self.faults.clear()

@@ -110,10 +110,10 @@ def fake_provider_command(
 ) -> None:
     """Run a fake provider on loopback, for tests and demos.
 
-    It speaks Chat Completions, Responses and Anthropic's Messages (streaming too),
-    counts tokens with a documented rule, caches prompts as each provider does, logs
-    what it bills at GET /_fake/billing and takes faults at POST /_fake/faults
-    (docs/fake-provider.md).
+    It speaks Chat Completions, Responses, Anthropic's Messages and Gemini's
+    generateContent (streaming too), counts tokens with a documented rule, caches
+    prompts as each provider does, logs what it bills at GET /_fake/billing and
+    takes faults at POST /_fake/faults (docs/fake-provider.md).
     """
     keys = api_keys or tuple(
         key.strip() for key in os.environ.get(API_KEY_ENV, "").split(",") if key.strip()

@@ -24,6 +24,11 @@ into a log line, an error or a metric by accident.
     base_url = "https://api.anthropic.com"   # as the official SDK's base_url: no /v1
     api_key_env = "ANTHROPIC_API_KEY"
 
+    [providers.google]
+    kind = "gemini"
+    base_url = "https://generativelanguage.googleapis.com"   # as the SDK's: no version
+    api_key_env = "GEMINI_API_KEY"
+
     [prices.openai."gpt-4o-mini"]         # optional, per million tokens (llmsession.cost)
     input = 0.15
     cached_input = 0.075
@@ -31,7 +36,9 @@ into a log line, an error or a metric by accident.
 
 ``base_url`` is what the provider's official SDK takes as its base URL: the
 gateway appends the path its wire format names (``/chat/completions`` and
-``/responses`` for ``openai``, ``/v1/messages`` for ``anthropic``).
+``/responses`` for ``openai``, ``/v1/messages`` for ``anthropic``,
+``/v1beta/models/{model}:generateContent`` and ``/v1beta/cachedContents`` for
+``gemini``).
 """
 
 from __future__ import annotations
@@ -68,7 +75,7 @@ __all__ = [
     "parse_config",
 ]
 
-ProviderKind: TypeAlias = Literal["openai", "anthropic"]
+ProviderKind: TypeAlias = Literal["openai", "anthropic", "gemini"]
 _KINDS: Final[tuple[ProviderKind, ...]] = get_args(ProviderKind)
 
 DEFAULT_TIMEOUT_SECONDS: Final = 60.0

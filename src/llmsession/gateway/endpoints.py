@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from llmsession.gateway import anthropic_messages, openai_chat, openai_responses
+from llmsession.gateway import anthropic_messages, gemini, openai_chat, openai_responses
 from llmsession.gateway.config import ProviderKind
-from llmsession.gateway.wire import Answer, JSONObject, StreamTranslator
+from llmsession.gateway.wire import Answer, GatewayInputError, JSONObject, StreamTranslator
 
 __all__ = ["ENDPOINTS", "Endpoint", "ParsedRequest"]
 
@@ -238,11 +238,70 @@ class Messages:
         return False
 
 
+class GenerateContent:
+    """Gemini's ``models/{model}:generateContent`` and ``:streamGenerateContent?alt=sse``:
+    the history is replayed, or held in a cached content entry of the session's."""
+
+    name = "gemini/generateContent"
+    kind: ProviderKind = "gemini"
+
+    def parse(
+        self, body: bytes, *, path_model: str | None, headers: Mapping[str, str]
+    ) -> ParsedRequest:
+        """``path_model`` is the URL's ``{model}:{method}``: Gemini names both there."""
+        model, _, method = (path_model or "").rpartition(":")
+        if method not in ("generateContent", "streamGenerateContent"):
+            raise GatewayInputError(
+                f"the URL must end in models/{{model}}:generateContent or "
+                f"models/{{model}}:streamGenerateContent, got {path_model!r}"
+            )
+        request = gemini.parse_gemini_request(
+            body, model=model, stream=method == "streamGenerateContent"
+        )
+        return ParsedRequest(request.model, request.stream, request.contents, True, request)
+
+    def upstream_path(self, request: ParsedRequest, model: str) -> str:
+        return gemini.gemini_upstream_path(model, stream=request.stream)
+
+    def upstream_headers(self, request: ParsedRequest, api_key: str) -> list[tuple[str, str]]:
+        return [("x-goog-api-key", api_key)]
+
+    def upstream_body(
+        self,
+        request: ParsedRequest,
+        history: Sequence[JSONObject],
+        *,
+        model: str,
+        cache_key: str,
+        previous_response_id: str | None,
+        session_ttl_seconds: int,
+    ) -> bytes:
+        # The session's cache entry (and its TTL) is gemini_cache's: it comes in as
+        # previous_response_id.
+        assert isinstance(request.wire, gemini.GeminiRequest)
+        return gemini.gemini_upstream_body(
+            request.wire, history, gemini.CacheRef.decode(previous_response_id)
+        )
+
+    def parse_answer(self, body: bytes) -> Answer:
+        return gemini.parse_gemini_response(body)
+
+    def translator(self, request: ParsedRequest) -> StreamTranslator:
+        return gemini.GeminiStream()
+
+    def error_event(self, message: str) -> bytes:
+        return gemini.gemini_stream_error_event(message)
+
+    def previous_response_missing(self, status: int, body: bytes) -> bool:
+        return gemini.cached_content_missing(status, body)
+
+
 def _bearer(api_key: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {api_key}")]
 
 
 #: Every gateway endpoint, by name.
 ENDPOINTS: Final[dict[str, Endpoint]] = {
-    endpoint.name: endpoint for endpoint in (ChatCompletions(), Responses(), Messages())
+    endpoint.name: endpoint
+    for endpoint in (ChatCompletions(), Responses(), Messages(), GenerateContent())
 }

@@ -34,9 +34,11 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from llmsession.errors import ConflictError, IdempotencyConflict, InvalidInput, LLMSessionError
-from llmsession.gateway.config import GatewayConfig, ProviderConfig
+from llmsession.gateway.config import GatewayConfig, ProviderConfig, ProviderKind
 from llmsession.gateway.endpoints import ENDPOINTS, Endpoint, ParsedRequest
+from llmsession.gateway.gemini_cache import GeminiCaches
 from llmsession.gateway.routing import resolve_model
+from llmsession.gateway.session_cache import SessionCache, TurnCache
 from llmsession.gateway.transport import (
     ProviderError,
     ProviderUnavailable,
@@ -47,7 +49,12 @@ from llmsession.gateway.transport import (
 from llmsession.gateway.wire import Answer, JSONObject, StreamTranslator, dump_json
 from llmsession.ids import SessionId, TenantId
 from llmsession.store.base import SessionStore
-from llmsession.store.models import RoundResult, StoredSession, Turn, check_idempotency_key
+from llmsession.store.models import (
+    RoundResult,
+    StoredSession,
+    Turn,
+    check_idempotency_key,
+)
 from llmsession.store.turns import KeyedTurns
 
 __all__ = [
@@ -110,6 +117,8 @@ class _Turn:
     idempotency_key: str | None
     #: None when this turn starts the session.
     stored: StoredSession | None
+    #: The provider-side state this turn uses (Gemini's cached contents), if its kind has any.
+    cache: TurnCache | None = None
 
 
 class Gateway:
@@ -123,6 +132,8 @@ class Gateway:
         # Retries of one session-starting request in this process wait for the first:
         # the retry then finds its stored answer instead of calling the provider.
         self._starts: KeyedTurns[tuple[TenantId, str]] = KeyedTurns()
+        # Provider kinds that keep part of a session on the provider's side.
+        self._caches: dict[ProviderKind, SessionCache] = {"gemini": GeminiCaches(upstream)}
 
     async def handle(
         self,
@@ -234,14 +245,20 @@ class Gateway:
         """Steps 5 and 6: the provider's answer and the round; a streamed answer takes
         over what ``stack`` holds (the session's turn) until it is recorded."""
         endpoint, request = turn.endpoint, turn.request
-        response = await self._send(turn, history)
-        if response.status_code >= 400:
-            return await self._upstream_error(turn, response)
-        if not request.stream:
-            answer_body = await _read(response)
-            answer = endpoint.parse_answer(answer_body)
-            await self._commit(turn, answer, response, answer_body)
-            return Reply(200, self._headers(turn, response), answer_body)
+        try:
+            response = await self._send(turn, history)
+            if response.status_code >= 400:
+                return await self._upstream_error(turn, response)
+            if not request.stream:
+                answer_body = await _read(response)
+                answer = endpoint.parse_answer(answer_body)
+                await self._commit(turn, answer, response, answer_body)
+                return Reply(200, self._headers(turn, response), answer_body)
+        except Exception:
+            # (Not on cancellation: a created entry then ends with its TTL.)
+            if turn.cache is not None:
+                await turn.cache.abandoned()
+            raise
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         pump = asyncio.create_task(
             self._pump(turn, response, endpoint.translator(request), queue, stack.pop_all())
@@ -274,15 +291,47 @@ class Gateway:
                 f"this server's limit of {limit} (history_limit_bytes); start a new session"
             )
         last = history[-1].response_id if history else None
-        chained = last if request.may_chain else None
+        cache = self._caches.get(endpoint.kind)
+        if cache is None:
+            chained = last if request.may_chain else None
+        else:
+            turn.cache = await cache.prepare(
+                provider=turn.provider,
+                model=turn.model,
+                session_id=turn.session_id,
+                request=request,
+                history=items,
+                last=last,
+                ttl_seconds=None if turn.stored is None else turn.stored.ttl_seconds,
+            )
+            chained = turn.cache.chain
         response = await self._post(turn, items, chained)
-        if chained is not None and response.status_code in (400, 404):
+        if chained is not None and response.status_code in (400, 403, 404):
             body = await _read(response)
             if not endpoint.previous_response_missing(response.status_code, body):
                 return _ReadResponse(response.status_code, response.headers, body)
             # The provider no longer holds the chain: replay the history instead.
+            if turn.cache is not None:
+                turn.cache = turn.cache.replayed()
             response = await self._post(turn, items, None)
         return response
+
+    async def close_session(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """Close a session (as :meth:`SessionStore.close`), then delete what the provider
+        holds for it (Gemini's cached content entry); in turn with the session's turns."""
+        store = self._store
+        async with store.turn_lock(tenant_id, session_id):
+            try:
+                stored, history = await store.session_history(tenant_id, session_id)
+            except LLMSessionError:
+                # Not Active (or not the tenant's): the store's close says so.
+                return await store.close(tenant_id, session_id)
+            closed = await store.close(tenant_id, session_id)
+        provider = self.config.provider(stored.record.provider_id)
+        cache = None if provider is None else self._caches.get(provider.kind)
+        if provider is not None and cache is not None and history:
+            await cache.drop(provider, session_id, history[-1].response_id)
+        return closed
 
     async def _post(
         self, turn: _Turn, history: list[JSONObject], previous_response_id: str | None
@@ -298,12 +347,12 @@ class Gateway:
             ),
         )
         endpoint, request = turn.endpoint, turn.request
+        headers = endpoint.upstream_headers(request, turn.provider.api_key.reveal())
+        if turn.cache is not None:
+            headers = [*headers, *turn.cache.headers]
         return await self._upstream.send(
             UpstreamRequest(
-                turn.provider,
-                endpoint.upstream_path(request, turn.model),
-                body,
-                endpoint.upstream_headers(request, turn.provider.api_key.reveal()),
+                turn.provider, endpoint.upstream_path(request, turn.model), body, headers
             )
         )
 
@@ -318,6 +367,8 @@ class Gateway:
                 "recorded, try again",
             )
         # A client error is the provider's word on the request: pass it on as it is.
+        if turn.cache is not None:
+            await turn.cache.abandoned()
         headers = self._headers(turn, response)
         if turn.stored is None:
             # No session was started: there is no id to give.
@@ -333,13 +384,16 @@ class Gateway:
         *,
         with_turn: bool = True,
     ) -> RoundResult:
+        usage, response_id = answer.usage, answer.response_id
+        if turn.cache is not None:
+            usage, response_id = turn.cache.usage(usage), turn.cache.stored(usage)
         stored_turn = (
             Turn(
                 endpoint=turn.endpoint.name,
                 request_hash=turn.request_hash,
                 request_items=dump_json(list(turn.request.items)).decode(),
                 answer_items=dump_json(list(answer.items)).decode(),
-                response_id=answer.response_id,
+                response_id=response_id,
                 answer_status=response.status_code,
                 answer_type=response.headers.get("content-type", "application/json"),
                 answer_body=sent,
@@ -348,22 +402,29 @@ class Gateway:
             else None
         )
         if turn.stored is None:
-            return await self._store.start_with_turn(
+            result = await self._store.start_with_turn(
                 turn.tenant_id,
                 turn.session_id,
                 provider_id=turn.provider.provider_id,
                 model=turn.model,
                 turn=stored_turn,
-                usage=answer.usage,
+                usage=usage,
                 idempotency_key=turn.idempotency_key,
             )
-        return await self._store.record_turn(
-            turn.tenant_id,
-            turn.session_id,
-            turn=stored_turn,
-            usage=answer.usage,
-            idempotency_key=turn.idempotency_key,
-        )
+        else:
+            result = await self._store.record_turn(
+                turn.tenant_id,
+                turn.session_id,
+                turn=stored_turn,
+                usage=usage,
+                idempotency_key=turn.idempotency_key,
+            )
+        if turn.cache is not None:
+            if with_turn:
+                await turn.cache.committed()
+            else:
+                await turn.cache.abandoned()
+        return result
 
     async def _pump(
         self,
@@ -395,6 +456,8 @@ class Gateway:
                 try:
                     await self._commit(turn, outcome.answer, response, body)
                 except LLMSessionError as error:
+                    if turn.cache is not None:
+                        await turn.cache.abandoned()
                     queue.put_nowait(turn.endpoint.error_event(str(error)))
                 else:
                     queue.put_nowait(outcome.tail)
@@ -402,6 +465,8 @@ class Gateway:
             if outcome.answer.usage is not None:
                 # Billed, though the answer is incomplete: count it, add nothing to the history.
                 await self._commit(turn, outcome.answer, response, b"", with_turn=False)
+            elif turn.cache is not None:
+                await turn.cache.abandoned()
             if outcome.error is None:
                 queue.put_nowait(turn.endpoint.error_event(_CUT))
         except Exception as error:

@@ -60,12 +60,14 @@ class ProviderTimeout(ProviderError):
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:
     """One request to a provider; ``path`` is appended to its ``base_url``, and
-    ``headers`` carry the provider's key in the way its wire format wants it."""
+    ``headers`` carry the provider's key in the way its wire format wants it.
+    ``method`` is POST but for side requests (Gemini's cache entries)."""
 
     provider: ProviderConfig
     path: str
     body: bytes
     headers: Sequence[tuple[str, str]] = ()
+    method: str = "POST"
 
 
 class UpstreamResponse(Protocol):
@@ -140,7 +142,8 @@ class AiohttpUpstream:
         session = self._session(provider)
         headers = [("content-type", "application/json"), *request.headers]
         try:
-            response = await session.post(
+            response = await session.request(
+                request.method,
                 provider.base_url + request.path,
                 data=request.body,
                 headers=headers,

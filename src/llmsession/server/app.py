@@ -21,6 +21,7 @@ from llmsession.server.problems import install_problem_handlers
 from llmsession.server.rounds import FastRounds
 from llmsession.server.routes_admin import admin_routes
 from llmsession.server.routes_gateway import GATEWAY_PATHS, gateway_routes
+from llmsession.server.routes_gemini import GEMINI_PREFIXES, gemini_routes
 from llmsession.server.routes_ops import ops_routes
 from llmsession.server.routes_sessions import session_routes
 from llmsession.server.schemas import RecordRoundIn
@@ -129,10 +130,15 @@ def create_app(
         if gateway_config is None
         else max(MAX_BODY_BYTES, gateway_config.history_limit_bytes)
     )
-    app.add_middleware(BodyLimit, path_limits=dict.fromkeys(GATEWAY_PATHS, gateway_limit))
+    app.add_middleware(
+        BodyLimit,
+        path_limits=dict.fromkeys(GATEWAY_PATHS, gateway_limit),
+        prefix_limits=dict.fromkeys(GEMINI_PREFIXES, gateway_limit),
+    )
     app.add_middleware(RequestMetricsMiddleware, metrics=context.metrics)
     app.include_router(session_routes(context))
     app.include_router(gateway_routes(context))
+    app.include_router(gemini_routes(context))
     app.include_router(admin_routes(context))
     app.include_router(ops_routes(context))
     app.include_router(ui_routes(context))

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, QueryParams
 
 from llmsession.errors import AuthenticationError
 from llmsession.ids import TenantId
@@ -26,6 +26,7 @@ __all__ = [
     "api_key_or_bearer",
     "authorization_header",
     "bearer_token",
+    "google_api_key",
     "is_admin_key",
     "require_admin",
     "require_tenant",
@@ -96,6 +97,34 @@ def api_key_or_bearer(headers: Headers) -> str:
             "send one key, in either header",
         )
     return token
+
+
+def google_api_key(headers: Headers, query: QueryParams) -> str:
+    """The key of a Gemini-style request: ``x-goog-api-key`` (what the google-genai SDK
+    sends), ``?key=`` or ``Authorization: Bearer``. Exactly one of them: a key given
+    twice is refused (400) for the reason several Authorization headers are."""
+    given: list[str] = []
+    authorization = authorization_header(headers)
+    if authorization is not None:
+        given.append("Authorization")
+    given += ["x-goog-api-key"] * len(headers.getlist("x-goog-api-key"))
+    given += ["?key="] * len(query.getlist("key"))
+    if len(given) > 1:
+        raise Problem(
+            "ambiguous-credentials",
+            f"the request carries a key {len(given)} times ({', '.join(given)}); send it "
+            "exactly once: 'x-goog-api-key: <key>', '?key=<key>' or "
+            "'Authorization: Bearer <key>'",
+        )
+    if authorization is not None:
+        return bearer_token(authorization)
+    key = (headers.get("x-goog-api-key") or query.get("key") or "").strip()
+    if not key:
+        raise AuthenticationError(
+            "missing API key: send the header 'x-goog-api-key: <key>' (as the google-genai "
+            "SDK does), the query parameter '?key=<key>' or 'Authorization: Bearer <key>'"
+        )
+    return key
 
 
 def is_admin_key(context: AppContext, token: str) -> bool:

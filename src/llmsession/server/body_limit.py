@@ -28,17 +28,20 @@ class BodyLimit:
         app: ASGIApp,
         max_bytes: int = MAX_BODY_BYTES,
         path_limits: Mapping[str, int] | None = None,
+        prefix_limits: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         #: Paths that take larger bodies (the gateway's conversations), and their limits.
         self.path_limits = dict(path_limits or {})
+        #: The same for paths under a prefix (Gemini's, which name the model).
+        self.prefix_limits = dict(prefix_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.path_limits.get(scope["path"], self.max_bytes)
+        limit = self._limit(scope["path"])
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             await self._refuse(scope, receive, send, limit)
@@ -61,10 +64,19 @@ class BodyLimit:
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         await self.app(scope, _replay(body, receive), send)
 
+    def _limit(self, path: str) -> int:
+        limit = self.path_limits.get(path)
+        if limit is not None:
+            return limit
+        for prefix, limit in self.prefix_limits.items():
+            if path.startswith(prefix):
+                return limit
+        return self.max_bytes
+
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         what = (
             "this server's gateway limit (history_limit_bytes)"
-            if scope["path"] in self.path_limits
+            if self._limit(scope["path"]) != self.max_bytes
             else "this API takes small JSON objects"
         )
         response = problem_response("too-large", f"the request body is over {limit} bytes; {what}")

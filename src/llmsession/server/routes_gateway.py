@@ -16,13 +16,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from llmsession.gateway.forwarding import SESSION_HEADER
+from llmsession.ids import TenantId
 from llmsession.server.auth import api_key_or_bearer, bearer_token, require_tenant
 from llmsession.server.context import AppContext
 from llmsession.server.params import parse_idempotency_key
 from llmsession.server.problems import Problem
 from llmsession.server.responses import error_responses
 
-__all__ = ["GATEWAY_PATHS", "gateway_routes"]
+__all__ = ["GATEWAY_PATHS", "forward_turn", "gateway_routes"]
 
 #: The gateway's paths, and the endpoint (wire format) each one speaks.
 GATEWAY_PATHS: Final = {
@@ -36,6 +37,35 @@ _NOT_CONFIGURED = (
     "routes; start it with `llmsession serve --config FILE` (or LLMSESSION_CONFIG) naming "
     "[providers.<provider_id>] tables (see docs/gateway.md)"
 )
+
+
+async def forward_turn(
+    context: AppContext,
+    request: Request,
+    endpoint: str,
+    tenant: TenantId,
+    *,
+    path_model: str | None = None,
+) -> Response:
+    """One turn of ``tenant`` on ``endpoint``, answered as the provider answered."""
+    gateway = context.gateway
+    if gateway is None:
+        raise Problem("gateway-not-configured", _NOT_CONFIGURED)
+    sessions = request.headers.getlist(SESSION_HEADER)
+    if len(sessions) > 1:
+        raise Problem("invalid-input", f"send one {SESSION_HEADER} header, not {len(sessions)}")
+    reply = await gateway.handle(
+        tenant,
+        endpoint,
+        await request.body(),
+        session_header=sessions[0] if sessions else None,
+        idempotency_key=parse_idempotency_key(request.headers.get("idempotency-key")),
+        path_model=path_model,
+        headers=request.headers,
+    )
+    if reply.stream is not None:
+        return StreamingResponse(reply.stream, reply.status, headers=reply.headers)
+    return Response(reply.body, reply.status, headers=reply.headers)
 
 
 def _openapi(summary: str) -> dict[str, Any]:
@@ -95,23 +125,7 @@ def gateway_routes(context: AppContext) -> APIRouter:
             else bearer_token(request.headers.get("authorization"))
         )
         tenant = await require_tenant(context, token)
-        gateway = context.gateway
-        if gateway is None:
-            raise Problem("gateway-not-configured", _NOT_CONFIGURED)
-        sessions = request.headers.getlist(SESSION_HEADER)
-        if len(sessions) > 1:
-            raise Problem("invalid-input", f"send one {SESSION_HEADER} header, not {len(sessions)}")
-        reply = await gateway.handle(
-            tenant,
-            endpoint,
-            await request.body(),
-            session_header=sessions[0] if sessions else None,
-            idempotency_key=parse_idempotency_key(request.headers.get("idempotency-key")),
-            headers=request.headers,
-        )
-        if reply.stream is not None:
-            return StreamingResponse(reply.stream, reply.status, headers=reply.headers)
-        return Response(reply.body, reply.status, headers=reply.headers)
+        return await forward_turn(context, request, endpoint, tenant)
 
     @router.post(
         "/chat/completions",

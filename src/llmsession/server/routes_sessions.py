@@ -123,7 +123,14 @@ def session_routes(context: AppContext) -> APIRouter:
     async def close_session(
         tenant: Annotated[TenantId, Depends(tenant_of_request)], session_id: SessionIdPath
     ) -> JSONResponse:
-        stored = await context.store.close(tenant, SessionId.parse(session_id))
+        sid = SessionId.parse(session_id)
+        gateway = context.gateway
+        # Through the gateway, which also deletes what a provider holds for the session.
+        stored = await (
+            context.store.close(tenant, sid)
+            if gateway is None
+            else gateway.close_session(tenant, sid)
+        )
         return JSONResponse(render_session(stored))
 
     @router.get(
