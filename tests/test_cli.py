@@ -24,9 +24,14 @@ from llmsession.client import ServiceUnreachable
 from llmsession.clock import ManualClock, system_clock
 from llmsession.keys import authenticate
 from llmsession.server import ServerSettings
-from llmsession.server.render import render_round, render_session, render_totals
+from llmsession.server.render import (
+    render_round,
+    render_session,
+    render_time_bucket,
+    render_totals,
+)
 from llmsession.server.settings import default_store_url
-from llmsession.store import GroupKey, SessionStore, StoredSession, Totals, open_store
+from llmsession.store import GroupKey, SessionStore, StoredSession, TimeBucket, Totals, open_store
 
 T = TypeVar("T")
 
@@ -365,6 +370,51 @@ def test_stats(url: str, sessions: list[StoredSession]) -> None:
     assert [row.split()[:2] for row in table[1:]] == [["anthropic", "(all)"], ["openai", "(all)"]]
     assert "--group-by" in failing(url, 2, "stats", "--tenant", "acme", "--group-by", "color")
     assert "no tenant ghost" in failing(url, 1, "stats", "--tenant", "ghost")
+
+
+def test_stats_timeseries(url: str, sessions: list[StoredSession]) -> None:
+    created = sessions[0].record.created_at
+    window = ["--start", created.plus_seconds(-60).isoformat()]
+    window += ["--end", created.plus_seconds(3600).isoformat()]
+    for bucket in ("hour", "day"):
+        for group_by in ([], ["--group-by", "provider", "--group-by", "model"]):
+            shown = ok_json(
+                url, "stats", "--tenant", "acme", "--timeseries", bucket, *window, *group_by
+            )
+
+            async def series(
+                store: SessionStore, b: str = bucket, by: list[str] = group_by[1::2]
+            ) -> list[TimeBucket]:
+                return await store.timeseries(
+                    ACME,
+                    bucket=b,  # type: ignore[arg-type]
+                    start=created.plus_seconds(-60),
+                    end=created.plus_seconds(3600),
+                    group_by=by,  # type: ignore[arg-type]
+                )
+
+            buckets = with_store(url, series)
+            assert shown["buckets"] == [render_time_bucket(b) for b in buckets]
+            assert sum(b["rounds"] for b in shown["buckets"]) == 2
+            assert sum(b["sessions_started"] for b in shown["buckets"]) == 3
+    # The default range ends now: these sessions were made just now.
+    table = ok(url, "stats", "--tenant", "acme", "--timeseries", "day").stdout.splitlines()
+    assert table[0].split()[:4] == ["START", "PROVIDER", "MODEL", "ROUNDS"]
+    assert [row.split()[1:4] for row in table[1:]] == [["(all)", "(all)", "2"]]
+    assert "go with --timeseries" in failing(url, 2, "stats", "--tenant", "acme", *window)
+    assert "spans at most 31 days" in failing(
+        url,
+        2,
+        "stats",
+        "--tenant",
+        "acme",
+        "--timeseries",
+        "hour",
+        "--start",
+        "2026-01-01T00:00Z",
+        "--end",
+        "2026-03-01T00:00Z",
+    )
 
 
 # -- bad input: exit 2, one clear line -----------------------------------------------------

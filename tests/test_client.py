@@ -58,6 +58,7 @@ from llmsession.cost import Cost
 from llmsession.server import ServerSettings, create_app
 from llmsession.store import GroupKey, Page, Round, SessionStore, Tenant, Totals
 from llmsession.store.memory import MemoryStore
+from llmsession.store.models import TimeBucket
 
 ADMIN_KEY = "admin-key-for-client-tests-0123456789"
 START = Timestamp.parse("2026-01-01T00:00:00Z")
@@ -301,6 +302,41 @@ def test_stats_are_the_store_totals(live: Live, tenant: TenantClient) -> None:
     assert overall == [
         Totals(None, None, {"created": 1, "active": 1, "closed": 0, "expired": 0}, 1, 10, 990)
     ]
+
+
+def test_timeseries_are_the_store_series(live: Live, tenant: TenantClient) -> None:
+    client = tenant.client
+    # The live server's clock is shared with the tests before this one.
+    t0 = live.clock.now
+    a = new_active(client)
+    client.record_round(a.session_id, 10)
+    live.clock.advance(3600)
+    client.create_session(provider_id="anthropic", model="claude", initial_tokens=5)
+    b = new_active(client)
+    client.record_round(b.session_id, 2000)  # saved below 0
+    end = live.clock.now.plus_seconds(1)
+    groupings: list[list[GroupKey]] = [[], ["provider"], ["provider", "model"], ["model"]]
+    for bucket in ("hour", "day"):
+        for group_by in groupings:
+            remote = client.timeseries(bucket=bucket, start=t0, end=end, group_by=group_by)
+            local = asyncio.run(
+                live.store.timeseries(
+                    tenant.tenant_id, bucket=bucket, start=t0, end=end, group_by=group_by
+                )
+            )
+            assert remote == local
+            assert remote
+            assert all(isinstance(b, TimeBucket) for b in remote)
+    hours = client.timeseries(bucket="hour", start=t0.to_datetime(), end=end)
+    hour = t0.epoch_micros - t0.epoch_micros % 3_600_000_000
+    assert [(b.start.epoch_micros - hour, b.rounds, b.tokens_saved) for b in hours] == [
+        (0, 1, 1000 - 10),
+        (3_600_000_000, 1, 1000 - 2000),
+    ]
+    with pytest.raises(InvalidInput, match="spans at most 31 days"):
+        client.timeseries(bucket="hour", start=START, end=START.plus_seconds(32 * 86400))
+    with pytest.raises(InvalidInput, match="got the string 'model'"):
+        client.timeseries(bucket="day", start=START, end=end, group_by="model")  # type: ignore[arg-type]
 
 
 # -- errors: exactly the core's ------------------------------------------------------------
@@ -654,6 +690,13 @@ async def test_async_client_covers_every_method(live: Live) -> None:
         assert fetched.tokens_saved == 3 * 100 - 30
         stats = await client.stats(["provider"])
         assert [(t.provider_id, t.rounds) for t in stats] == [("p", 3), ("q", 0)]
+        series = await client.timeseries(
+            bucket="day", start=START, end=START.plus_seconds(86400), group_by=["provider"]
+        )
+        assert [(b.provider_id, b.rounds, b.sessions_started) for b in series] == [
+            ("p", 3, 1),
+            ("q", 0, 1),
+        ]
         closed = await client.close_session(created.session_id)
         assert closed.state is Closed
         with pytest.raises(WrongStateError) as raised:

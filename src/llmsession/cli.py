@@ -23,6 +23,7 @@ from typing import Any, Final, NoReturn, TypeVar, get_args
 
 import click
 
+from llmsession.clock import system_clock
 from llmsession.cost import NO_PRICES, Cost, PriceTable, format_money
 from llmsession.errors import InvalidInput, LLMSessionError
 from llmsession.fake_provider.runner import fake_provider_command
@@ -42,6 +43,8 @@ from llmsession.store.models import (
     SessionQuery,
     StoredSession,
     Tenant,
+    TimeBucket,
+    TimeBucketSize,
     Totals,
 )
 from llmsession.timestamps import Timestamp
@@ -738,17 +741,55 @@ def sweep(
     multiple=True,
     help="Group by provider and/or model (repeatable).",
 )
+@click.option(
+    "--timeseries",
+    "bucket",
+    type=click.Choice(get_args(TimeBucketSize)),
+    default=None,
+    help="Show the time series in hour or day buckets (UTC) instead of the totals.",
+)
+@click.option(
+    "--start",
+    type=TIMESTAMP,
+    default=None,
+    help="With --timeseries: from the bucket holding this time (ISO 8601 with an offset) "
+    "[default: 24 hours (hour) or 30 days (day) before --end].",
+)
+@click.option(
+    "--end",
+    type=TIMESTAMP,
+    default=None,
+    help="With --timeseries: to the last bucket starting before this time [default: now].",
+)
 @_prices_option
 @_store_option
 @_json_option
 def stats(
+    *,
     tenant_id: TenantId,
     group_by: tuple[GroupKey, ...],
+    bucket: TimeBucketSize | None,
+    start: Timestamp | None,
+    end: Timestamp | None,
     config_path: str | None,
     store_url: str,
     as_json: bool,
 ) -> None:
-    """A tenant's sessions by state, rounds, delta tokens, tokens saved and costs."""
+    """A tenant's sessions by state, rounds, delta tokens, tokens saved and costs; with
+    --timeseries, its rounds, tokens saved and new sessions per hour or day."""
+    if bucket is not None:
+        _timeseries(
+            tenant_id=tenant_id,
+            group_by=group_by,
+            bucket=bucket,
+            start=start,
+            end=end,
+            store_url=store_url,
+            as_json=as_json,
+        )
+        return
+    if start is not None or end is not None:
+        raise click.UsageError("--start and --end go with --timeseries")
     prices = _prices(config_path)
 
     async def run(store: SessionStore) -> list[Totals]:
@@ -792,6 +833,67 @@ def stats(
                 *(_cost_cells(t.cost) if priced else ()),
             )
             for t in groups
+        ],
+    )
+
+
+#: The range --timeseries shows without --start: a day of hours, a month of days.
+_DEFAULT_SPAN_SECONDS: Final[dict[TimeBucketSize, int]] = {"hour": 86400, "day": 30 * 86400}
+
+
+def _timeseries(
+    *,
+    tenant_id: TenantId,
+    group_by: tuple[GroupKey, ...],
+    bucket: TimeBucketSize,
+    start: Timestamp | None,
+    end: Timestamp | None,
+    store_url: str,
+    as_json: bool,
+) -> None:
+    last = system_clock() if end is None else end
+    first = last.plus_seconds(-_DEFAULT_SPAN_SECONDS[bucket]) if start is None else start
+
+    async def run(store: SessionStore) -> list[TimeBucket]:
+        await store.get_tenant(tenant_id)  # a misspelt tenant is an error, not nothing
+        return await store.timeseries(
+            tenant_id, bucket=bucket, start=first, end=last, group_by=group_by
+        )
+
+    buckets = _run(store_url, run)
+    if as_json:
+        from llmsession.server.render import render_timeseries
+
+        _print_json(render_timeseries(bucket, first, last, buckets))
+        return
+    _print_table(
+        "rounds or sessions in this range",
+        (
+            "START",
+            "PROVIDER",
+            "MODEL",
+            "ROUNDS",
+            "DELTA",
+            "SAVED",
+            "INPUT",
+            "CACHED",
+            "OUTPUT",
+            "STARTED",
+        ),
+        [
+            (
+                b.start.isoformat(),
+                "(all)" if b.provider_id is None else b.provider_id,
+                "(all)" if b.model is None else b.model,
+                b.rounds,
+                b.delta_tokens,
+                b.tokens_saved,
+                b.usage.input_tokens,
+                b.usage.cached_input_tokens,
+                b.usage.output_tokens,
+                b.sessions_started,
+            )
+            for b in buckets
         ],
     )
 

@@ -8,11 +8,15 @@ provider kind is priced by the same rule::
               + cached_input * cached_input_price
               + cache_write * cache_write_price
               + output * output_price
-    stateless = input * input_price + output * output_price
+    stateless = (input - separate_write) * input_price + output * output_price
     saved     = stateless - paid      (negative when cache writes cost more than they saved)
 
 ``stateless`` is what a client that sends the whole context every round, with
-no cache, would have paid for the same rounds. Reasoning tokens are part of
+no cache, would have paid for the same rounds. ``separate_write`` is the cache
+writes of providers that bill them beside the prompt (Gemini: a cachedContents
+entry is created by a request of its own, so its tokens come on top of the
+prompt's), and 0 where the write is part of the prompt (Anthropic) — a
+stateless client would not have paid for a copy of its context. Reasoning tokens are part of
 ``output`` and priced at the output price, as providers bill them.
 
 Money is :class:`~decimal.Decimal` and exact: prices are read as written, and
@@ -134,7 +138,9 @@ def _tokens_at(tokens: int, price: Decimal) -> Decimal:
     return _EXACT.multiply(Decimal(tokens), price)
 
 
-def _cost_of(counts: TokenCounts, price: ModelPrice, currency: str) -> Cost:
+def _cost_of(
+    counts: TokenCounts, price: ModelPrice, currency: str, *, writes_beside_prompt: bool
+) -> Cost:
     plain = counts.input_tokens - counts.cached_input_tokens - counts.cache_write_tokens
     parts = (
         _tokens_at(plain, price.input),
@@ -145,8 +151,9 @@ def _cost_of(counts: TokenCounts, price: ModelPrice, currency: str) -> Cost:
     paid = Decimal(0)
     for part in parts:
         paid = _EXACT.add(paid, part)
+    prompt = counts.input_tokens - (counts.cache_write_tokens if writes_beside_prompt else 0)
     stateless = _EXACT.add(
-        _tokens_at(counts.input_tokens, price.input),
+        _tokens_at(prompt, price.input),
         _tokens_at(counts.output_tokens, price.output),
     )
     return Cost(
@@ -164,6 +171,9 @@ class PriceTable:
         default_factory=dict[tuple[str, str], ModelPrice]
     )
     currency: str = DEFAULT_CURRENCY
+    #: The providers whose cache writes are billed beside the prompt, not as part of
+    #: it (kind ``gemini``): a stateless client would not have paid for them.
+    writes_beside_prompt: frozenset[str] = frozenset()
 
     def __bool__(self) -> bool:
         """Whether any price is configured."""
@@ -180,7 +190,14 @@ class PriceTable:
     def cost(self, provider_id: str, model: str, counts: TokenCounts) -> Cost | None:
         """What ``counts`` cost at this model's price; None when it has no price."""
         price = self.price(provider_id, model)
-        return None if price is None else _cost_of(counts, price, self.currency)
+        if price is None:
+            return None
+        return _cost_of(
+            counts,
+            price,
+            self.currency,
+            writes_beside_prompt=provider_id in self.writes_beside_prompt,
+        )
 
 
 NO_PRICES: Final = PriceTable()

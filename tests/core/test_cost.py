@@ -185,3 +185,23 @@ def test_parse_prices_says_what_is_wrong(prices: dict[str, object], message: str
 def test_a_currency_is_an_iso_code(currency: object) -> None:
     with pytest.raises(InvalidInput, match="ISO 4217"):
         parse_prices({}, currency)  # type: ignore[arg-type]
+
+
+def test_a_write_beside_the_prompt_is_not_in_the_stateless_cost() -> None:
+    # Gemini: a round that creates a 10,000-token cache entry and reads it at once
+    # counts the entry twice in its input (created, then read); a stateless client
+    # would have sent the prompt only (10,000 + 500 new tokens).
+    usage = Usage(
+        input_tokens=20_500,
+        cached_input_tokens=10_000,
+        cache_write_tokens=10_000,
+        output_tokens=100,
+    )
+    beside = PriceTable({("g", "m"): PRICE}, writes_beside_prompt=frozenset({"g"}))
+    inside = PriceTable({("g", "m"): PRICE})
+    gemini, anthropic = beside.cost("g", "m", usage), inside.cost("g", "m", usage)
+    assert gemini is not None
+    assert anthropic is not None
+    assert gemini.paid == anthropic.paid
+    assert Fraction(gemini.stateless) == Fraction(10_500 * 3 + 100 * 15, 10**6)
+    assert Fraction(anthropic.stateless) == Fraction(20_500 * 3 + 100 * 15, 10**6)

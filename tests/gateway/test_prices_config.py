@@ -129,3 +129,22 @@ def test_a_bad_price_table_says_what_is_wrong(extra: str, message: str) -> None:
 def test_prices_must_be_a_table() -> None:
     with pytest.raises(ConfigError, match=r"gw\.toml: prices must be a table, got int"):
         parse("", before="prices = 3\n")
+
+
+def test_gemini_providers_bill_cache_writes_beside_the_prompt() -> None:
+    config = parse_config(
+        PROVIDERS
+        + """
+[providers.gemini]
+kind = "gemini"
+base_url = "https://generativelanguage.googleapis.com"
+api_key_env = "FAKE_KEY"
+
+[prices.gemini."gemini-2.5-flash"]
+input = 0.3
+output = 2.5
+""",
+        source="gw.toml",
+        environ=ENV,
+    )
+    assert config.prices.writes_beside_prompt == frozenset({"gemini"})

@@ -63,6 +63,38 @@ def test_byte_by_byte_and_random_chunks(sizes: list[int]) -> None:
     assert decode_all(RESPONSES_STREAM, sizes) == decode_all(RESPONSES_STREAM)
 
 
+_PIECES = [
+    b'data: {"a":1}\n\n',
+    b"data: [DONE]\n\n",
+    b"data:no-space\n\n",
+    b"data: two\ndata: lines\n\n",
+    b"event: named\ndata: x\n\n",
+    b"id: 7\n\n",
+    b"data: after-id\n\n",
+    b": comment\n\n",
+    b"\n",
+    b"data: caf\xc3\xa9 \xff\n\n",
+    b"data: crlf\r\n\r\n",
+    b"retry: 10\ndata: r\n\n",
+    b"data: half",
+]
+
+
+@given(
+    st.lists(st.sampled_from(_PIECES), max_size=12),
+    st.lists(st.integers(min_value=1, max_value=60), max_size=20),
+)
+def test_whole_events_in_a_chunk_read_as_line_by_line(
+    pieces: list[bytes], sizes: list[int]
+) -> None:
+    # Fed a byte at a time, no chunk holds a whole event: every byte goes through
+    # the line-by-line reading, the reference for the whole-event shortcut.
+    stream = b"".join(pieces)
+    one_by_one = decode_all(stream, [1] * len(stream))
+    assert decode_all(stream) == one_by_one
+    assert decode_all(stream, sizes) == one_by_one
+
+
 def test_lone_cr_line_endings_and_a_cr_split_from_its_lf() -> None:
     decoder = SSEDecoder()
     assert [e.data for e in decoder.feed(b"data: a\r\rdata: b\r\r")] == ["a"]

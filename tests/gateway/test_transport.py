@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -137,6 +138,27 @@ async def test_a_stream_that_stalls_mid_way_is_a_timeout(upstream: AiohttpUpstre
         release.set()
 
 
+async def test_a_body_that_stalls_mid_way_is_a_timeout(upstream: AiohttpUpstream) -> None:
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello")
+        await writer.drain()
+        await release.wait()
+        writer.close()
+
+    server, port = await serve(handler)
+    async with server:
+        response = await upstream.send(
+            UpstreamRequest(provider(port, timeout=0.2), "/chat/completions", b"{}")
+        )
+        with pytest.raises(ProviderTimeout):
+            await response.aread()
+        await response.aclose()
+        release.set()
+
+
 async def test_a_connection_cut_mid_stream_is_unavailable(upstream: AiohttpUpstream) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -192,3 +214,34 @@ async def test_a_redirect_is_answered_not_followed(upstream: AiohttpUpstream) ->
         assert await response.aread() == b""
         await response.aclose()
     assert len(seen) == 1
+
+
+async def test_cookies_a_provider_sets_are_never_sent_back(upstream: AiohttpUpstream) -> None:
+    heads: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            heads.append(head.lower())
+            await reader.readexactly(2)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n"
+                b"set-cookie: session=tenant-a; Path=/\r\n\r\n{}"
+            )
+            await writer.drain()
+        writer.close()
+
+    server, port = await serve(handler)
+    # A host name: aiohttp's default cookie jar would keep no cookie from an IP address.
+    named = dataclasses.replace(provider(port), base_url=f"http://localhost:{port}/v1")
+    async with server:
+        for _ in range(2):
+            response = await upstream.send(UpstreamRequest(named, "/responses", b"{}"))
+            assert await response.aread() == b"{}"
+            await response.aclose()
+    assert len(heads) == 2
+    # What the provider set for one tenant's request goes to nobody else's.
+    assert all(b"\r\ncookie:" not in head for head in heads)

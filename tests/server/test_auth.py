@@ -51,6 +51,7 @@ async def test_missing_or_unknown_keys_get_401_everywhere(
         ("POST", f"/v1/sessions/{session_id}/rounds", {"delta_tokens": 1}),
         ("POST", f"/v1/sessions/{session_id}/activate", None),
         ("GET", "/v1/stats", None),
+        ("GET", "/v1/stats/timeseries?bucket=day&start=2026-01-01Z&end=2026-01-02Z", None),
         ("GET", "/v1/admin/tenants", None),
         ("POST", "/v1/admin/tenants", {"tenant_id": "intruder"}),
     ]:

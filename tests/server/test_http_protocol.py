@@ -79,8 +79,15 @@ def _served_get_paths(world: World) -> list[str]:
         path.replace("{path:path}", "dashboard.js").format(
             session_id=world.session_id, tenant_id="acme"
         )
+        + REQUIRED_QUERY.get(path, "")
         for path in paths
     ]
+
+
+# The query a GET path cannot answer without.
+REQUIRED_QUERY = {
+    "/v1/stats/timeseries": "?bucket=day&start=2026-01-01T00:00:00Z&end=2026-02-01T00:00:00Z",
+}
 
 
 def _get_status(path: str) -> int:

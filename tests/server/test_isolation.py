@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import Route
-from tests.server.conftest import ADMIN, Api
+from tests.server.conftest import ADMIN, T0, Api
 from tests.server.ui_client import csrf_of, sign_in, ui_client
 
 Probe = Callable[[Api, dict[str, str], str], Awaitable[None]]
@@ -208,6 +208,21 @@ async def _ui_public(api: Api, intruder: dict[str, str], victim_id: str) -> None
         assert victim_id not in script.text
 
 
+async def _timeseries(api: Api, intruder: dict[str, str], victim_id: str) -> None:
+    for group_by in ([], [("group_by", "provider,model")]):
+        params = [
+            ("bucket", "hour"),
+            ("start", T0.plus_seconds(-3600).isoformat()),
+            ("end", T0.plus_seconds(3600).isoformat()),
+            *group_by,
+        ]
+        response = await api.client.get("/v1/stats/timeseries", params=params, headers=intruder)
+        assert response.status_code == 200, response.text
+        # The intruder's own sessions only: the victim's rounds and starts are not counted.
+        assert response.json()["buckets"] == []
+        assert "victim-model" not in response.text
+
+
 PROBES: dict[tuple[str, str], Probe] = {
     ("POST", "/v1/chat/completions"): _gateway(
         "/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "x"}]}
@@ -231,6 +246,7 @@ PROBES: dict[tuple[str, str], Probe] = {
     ("GET", "/v1/sessions/{session_id}/rounds"): _by_id("GET", "/rounds"),
     ("POST", "/v1/sessions/{session_id}/close"): _by_id("POST", "/close"),
     ("GET", "/v1/stats"): _stats,
+    ("GET", "/v1/stats/timeseries"): _timeseries,
     ("POST", "/v1/admin/tenants"): _admin_only("POST", "/v1/admin/tenants"),
     ("GET", "/v1/admin/tenants"): _admin_only("GET", "/v1/admin/tenants"),
     ("POST", "/v1/admin/tenants/{tenant_id}/keys"): _admin_only(

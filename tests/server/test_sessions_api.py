@@ -481,6 +481,91 @@ async def test_stats_group_by_provider_and_model(api: Api) -> None:
     _problem(bad, 422, "invalid-input")
 
 
+async def test_timeseries_buckets_rounds_by_hour_and_group(api: Api) -> None:
+    auth = await api.tenant("acme")
+    assert api.clock is not None
+    a = await api.session(auth, model="m1")
+    await api.client.post(f"/v1/sessions/{a}/rounds", json={"delta_tokens": 200}, headers=auth)
+    api.clock.advance(3600)
+    b = await api.session(auth, model="m2")
+    await api.client.post(f"/v1/sessions/{b}/rounds", json={"delta_tokens": 1300}, headers=auth)
+    url = "/v1/stats/timeseries"
+    # T0 is 09:00; a start inside the hour reads that hour.
+    window = {"start": T0.plus_seconds(1800).isoformat(), "end": T0.plus_seconds(7200).isoformat()}
+    hours = await api.client.get(url, params={"bucket": "hour", **window}, headers=auth)
+    assert hours.status_code == 200, hours.text
+    assert hours.json() == {
+        "bucket": "hour",
+        "start": T0.isoformat(),
+        "end": T0.plus_seconds(7200).isoformat(),
+        "buckets": [
+            {
+                "start": T0.isoformat(),
+                "provider_id": None,
+                "model": None,
+                "rounds": 1,
+                "delta_tokens": 200,
+                "tokens_saved": 800,
+                "usage": NO_USAGE,
+                "sessions_started": 1,
+            },
+            {
+                "start": T0.plus_seconds(3600).isoformat(),
+                "provider_id": None,
+                "model": None,
+                "rounds": 1,
+                "delta_tokens": 1300,
+                "tokens_saved": -300,
+                "usage": NO_USAGE,
+                "sessions_started": 1,
+            },
+        ],
+    }
+    # Comma-separated or repeated, the same grouping; day buckets start at midnight.
+    for group_by in (
+        [("group_by", "provider,model")],
+        [("group_by", "model"), ("group_by", "provider")],
+    ):
+        days = await api.client.get(
+            url, params=[("bucket", "day"), *window.items(), *group_by], headers=auth
+        )
+        assert days.status_code == 200, days.text
+        body = days.json()
+        assert body["start"] == "2026-03-01T00:00:00.000000Z"
+        assert [
+            (b["start"], b["provider_id"], b["model"], b["rounds"]) for b in body["buckets"]
+        ] == [
+            ("2026-03-01T00:00:00.000000Z", "openai", "m1", 1),
+            ("2026-03-01T00:00:00.000000Z", "openai", "m2", 1),
+        ]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"bucket": "week"}, "bucket"),
+        ({"start": "yesterday"}, "not an ISO 8601 timestamp"),
+        ({"end": "2026-03-01T08:00:00Z"}, "must be before end"),
+        ({"end": "2026-04-02T09:00:00Z"}, "spans at most 31 days"),
+        ({"group_by": "provider,tenant"}, "group_by takes names from 'provider', 'model'"),
+    ],
+)
+async def test_timeseries_refuses_bad_parameters_saying_why(
+    api: Api, params: dict[str, str], message: str
+) -> None:
+    auth = await api.tenant("acme")
+    query = {
+        "bucket": "hour",
+        "start": "2026-03-01T09:00:00Z",
+        "end": "2026-03-01T10:00:00Z",
+        **params,
+    }
+    response = await api.client.get("/v1/stats/timeseries", params=query, headers=auth)
+    assert message in _problem(response, 422, "invalid-input")["detail"]
+    missing = await api.client.get("/v1/stats/timeseries", params={"bucket": "hour"}, headers=auth)
+    assert "start" in _problem(missing, 422, "invalid-input")["detail"]
+
+
 async def test_unknown_routes_and_methods_are_problems(api: Api) -> None:
     auth = await api.tenant("acme")
     missing = await api.client.get("/v1/nothing-here", headers=auth)

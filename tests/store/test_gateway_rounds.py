@@ -277,6 +277,62 @@ async def test_turns_of_one_session_go_one_at_a_time_in_arrival_order(
     assert len(await store.history(ACME, session_id)) == 7
 
 
+async def test_turn_history_holds_the_turn_and_reads_under_it(
+    store: SessionStore, clock: ManualClock, open_more: Opener
+) -> None:
+    session_id = await start(store, clock)
+    other = await open_more()
+    inside: list[int] = []
+    seen: list[int] = []
+
+    async def take_turn(n: int, on: SessionStore) -> None:
+        async with on.turn_history(ACME, session_id) as (stored, history):
+            inside.append(n)
+            assert len(inside) == 1
+            # The session as read with the history: every round before this turn.
+            assert stored.record.round_count == len(history)
+            seen.append(len(history))
+            await asyncio.sleep(0.02)
+            await on.record_turn(ACME, session_id, turn=turn(n), usage=usage(1300))
+            inside.remove(n)
+
+    tasks = []
+    for n in range(2, 6):
+        tasks.append(asyncio.create_task(take_turn(n, store if n % 2 else other)))
+        await asyncio.sleep(0.005)
+    await asyncio.gather(*tasks)
+    assert seen == [1, 2, 3, 4]
+    history = await store.history(ACME, session_id)
+    # Across processes a waiter polls (Redis, SQLite): which of two comes first may vary.
+    assert sorted(history, key=lambda t: t.request_hash) == [turn(n) for n in range(1, 6)]
+
+
+async def test_turn_history_refuses_as_history_does_and_gives_the_turn_back(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    session_id = await start(store, clock, ttl_seconds=60)
+    with pytest.raises(NotFoundError):
+        async with store.turn_history(OTHER, session_id):
+            pass
+    with pytest.raises(NotFoundError):
+        async with store.turn_history(ACME, SessionId.generate(clock())):
+            pass
+    clock.advance(61)
+    with pytest.raises(SessionExpiredError):
+        async with store.turn_history(ACME, session_id):
+            pass
+    closed = await start(store, clock)
+    await store.close(ACME, closed)
+    with pytest.raises(WrongStateError) as caught:
+        async with store.turn_history(ACME, closed):
+            pass
+    assert caught.value.actual == "closed"
+    # Every refusal gave the turn back: it is free at once.
+    for held in (session_id, closed):
+        async with asyncio.timeout(5), store.turn_lock(ACME, held):
+            pass
+
+
 async def test_big_and_odd_items_round_trip(store: SessionStore, clock: ManualClock) -> None:
     big = Turn(
         endpoint="responses",

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -75,7 +76,7 @@ from llmsession.timestamps import Timestamp
 from llmsession.tokens import MAX_TOKENS
 from llmsession.usage import Usage
 from tests.conftest import services_required
-from tests.store.conftest import all_sessions
+from tests.store.conftest import T0, all_sessions
 
 pytestmark = pytest.mark.redis
 
@@ -282,8 +283,9 @@ async def test_every_key_is_under_the_prefix(redis_url: str, redis_store: RedisS
     finally:
         await client.aclose()
     # s: r: i: of the session; of the tenant agg: keys: and ix: for all, of the
-    # provider and of the model, and for Active of the (provider, model) group.
-    assert len(touched) == 9
+    # provider and of the model, and for Active of the (provider, model) group,
+    # and the rollup of the day's hours (ts:) and of the period's days (tsd:).
+    assert len(touched) == 11
     assert all(key.startswith(_prefix(redis_url)) for key in touched)
 
 
@@ -1780,13 +1782,50 @@ async def test_version_4_data_is_upgraded_on_open(redis_url: str, clock: ManualC
         await client.set(f"{prefix}schema", "4")
 
         store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
-        assert await client.get(f"{prefix}schema") == str(SCHEMA_VERSION) == "5"
+        assert await client.get(f"{prefix}schema") == str(SCHEMA_VERSION) == "6"
         assert (await store.get(ACME, ledger), await store.list_rounds(ACME, ledger)) == before
         started = await _gateway_session(store, clock, idempotency_key="s")
         await store.record_round(ACME, ledger, 3)
         (totals,) = await store.totals(ACME)
         assert (totals.rounds, totals.usage) == (5, UsageTotals(220, 100, 0, 0, 0, 1))
         assert len(await store.history(ACME, started)) == 2
+    finally:
+        await client.aclose()
+        await store.aclose()
+
+
+async def test_version_5_data_gets_the_rollup_back_filled_on_open(
+    redis_url: str, clock: ManualClock
+) -> None:
+    store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=7200)
+    prefix = _prefix(redis_url)
+    client = await _raw(redis_url)
+    args: dict[str, Any] = {"bucket": "hour", "start": T0, "group_by": ["provider", "model"]}
+    try:
+        for hour in range(3):
+            ledger = await _active(store)
+            await store.record_round(ACME, ledger, 10 + hour, idempotency_key="k")
+            await store.record_round(ACME, ledger, 10 + hour, idempotency_key="k")
+            await _gateway_session(store, clock)
+            await store.create(ACME, provider_id="p", model=f"m{hour}", initial_tokens=5)
+            clock.advance(3600)
+        args["end"] = clock()
+        series = await store.timeseries(ACME, **args)
+        assert sum(bucket.rounds for bucket in series) == 12
+        await store.aclose()
+        rollup = [key for key in await _keys_of(redis_url) if key.startswith(f"{prefix}ts:")]
+        assert rollup
+        await client.delete(*rollup)
+        await client.set(f"{prefix}schema", "5")
+
+        store = await RedisStore.open(redis_url, clock=clock)
+        assert await client.get(f"{prefix}schema") == str(SCHEMA_VERSION) == "6"
+        assert await store.timeseries(ACME, **args) == series
+        await store.aclose()
+        # Run again (as after a crash before the version was set): the same sums.
+        await client.set(f"{prefix}schema", "5")
+        store = await RedisStore.open(redis_url, clock=clock)
+        assert await store.timeseries(ACME, **args) == series
     finally:
         await client.aclose()
         await store.aclose()

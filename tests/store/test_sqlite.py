@@ -184,8 +184,13 @@ def _schema(path: Path) -> dict[str, object]:
     return schema
 
 
-# What schema version 3 added (gateway rounds); taking it away leaves version 2.
+# What schema version 4 added (the rollup); taking it away leaves version 3.
+_TO_VERSION_3 = ("DROP TABLE usage_rollup", "PRAGMA user_version = 3")
+
+# What schema versions 4 and 3 added (the rollup, gateway rounds); taking them
+# away leaves version 2.
 _TO_VERSION_2 = (
+    _TO_VERSION_3[0],
     *(
         f"ALTER TABLE sessions DROP COLUMN {column}"
         for column in (
@@ -280,19 +285,56 @@ async def test_the_downgrades_of_these_tests_leave_the_older_schemas(
     assert _schema(path) != version_2 != await _fresh_schema(tmp_path)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 async def test_an_upgraded_file_has_the_schema_of_a_fresh_one(
     sqlite_url: str, tmp_path: Path, version: int
 ) -> None:
     await (await open_store(sqlite_url)).aclose()
     path = path_of_url(sqlite_url)
-    _downgrade(path, _TO_VERSION_2)
+    _downgrade(path, _TO_VERSION_3 if version == 3 else _TO_VERSION_2)
     if version == 1:
         _downgrade(path, _TO_VERSION_1)
     assert _pragma(path, "user_version") == version
     await (await open_store(sqlite_url)).aclose()
     assert _pragma(path, "user_version") == SCHEMA_VERSION
     assert _schema(path) == await _fresh_schema(tmp_path)
+
+
+@pytest.mark.parametrize("version", [2, 3])
+async def test_an_upgrade_back_fills_the_rollup_the_writes_keep(
+    sqlite_url: str, version: int
+) -> None:
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock)
+    for hour in range(3):
+        session_id = await _session(store)
+        await store.record_round(ACME, session_id, 10 + hour, idempotency_key="k")
+        await store.record_round(ACME, session_id, 10 + hour, idempotency_key="k")
+        if version == 3:
+            started = SessionId.generate(clock())
+            await store.start_with_turn(
+                ACME, started, provider_id="fake", model="m", turn=turn(1), usage=usage(100)
+            )
+            await store.record_turn(ACME, started, turn=turn(2), usage=None)
+        await store.create(ACME, provider_id="p", model=f"m{hour}", initial_tokens=5)
+        clock.advance(3600)
+    args = {"bucket": "hour", "start": T0, "end": clock(), "group_by": ["provider", "model"]}
+    series = await store.timeseries(ACME, **args)  # type: ignore[arg-type]
+    assert sum(bucket.rounds for bucket in series) == (9 if version == 3 else 3)
+    await store.aclose()
+    path = path_of_url(sqlite_url)
+    _downgrade(path, _TO_VERSION_3 if version == 3 else _TO_VERSION_2)
+    with sqlite3.connect(path) as conn:
+        assert not conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'usage_rollup'"
+        ).fetchall()
+    conn.close()
+    store = await open_store(sqlite_url, clock=clock)
+    try:
+        assert _pragma(path, "user_version") == SCHEMA_VERSION
+        assert await store.timeseries(ACME, **args) == series  # type: ignore[arg-type]
+    finally:
+        await store.aclose()
 
 
 async def test_a_version_2_file_is_upgraded_and_takes_gateway_rounds(sqlite_url: str) -> None:

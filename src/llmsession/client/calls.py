@@ -33,7 +33,16 @@ from llmsession.client.views import (
 from llmsession.errors import InvalidIdentifier, InvalidInput
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import SessionState
-from llmsession.store.models import GroupKey, Page, Round, Tenant, Totals, check_idempotency_key
+from llmsession.store.models import (
+    GroupKey,
+    Page,
+    Round,
+    Tenant,
+    TimeBucket,
+    TimeBucketSize,
+    Totals,
+    check_idempotency_key,
+)
 from llmsession.timestamps import Timestamp
 
 __all__ = [
@@ -56,6 +65,7 @@ __all__ = [
     "record_round",
     "revoke_key",
     "stats",
+    "timeseries",
 ]
 
 T = TypeVar("T")
@@ -253,6 +263,23 @@ def stats(group_by: Sequence[GroupKey]) -> Call[list[Totals]]:
             f"group_by is a sequence such as ['provider'], got the string {group_by!r}"
         )
     return Call("GET", "/v1/stats", _json(wire.read_stats), params=_repeat("group_by", group_by))
+
+
+def timeseries(
+    bucket: TimeBucketSize, start: Moment, end: Moment, group_by: Sequence[GroupKey]
+) -> Call[list[TimeBucket]]:
+    """``GET /v1/stats/timeseries``."""
+    if isinstance(group_by, str):
+        raise InvalidInput(
+            f"group_by is a sequence such as ['provider'], got the string {group_by!r}"
+        )
+    params = (
+        ("bucket", str(bucket)),
+        ("start", _moment("start", start).isoformat()),
+        ("end", _moment("end", end).isoformat()),
+        *_repeat("group_by", group_by),
+    )
+    return Call("GET", "/v1/stats/timeseries", _json(wire.read_timeseries), params=params)
 
 
 # -- admin ------------------------------------------------------------------------

@@ -19,7 +19,15 @@ from llmsession.client.views import (
     SessionView,
 )
 from llmsession.states import SessionState
-from llmsession.store.models import GroupKey, Page, Round, Tenant, Totals
+from llmsession.store.models import (
+    GroupKey,
+    Page,
+    Round,
+    Tenant,
+    TimeBucket,
+    TimeBucketSize,
+    Totals,
+)
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "Client"]
 
@@ -204,6 +212,20 @@ class Client:
     def stats(self, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         """This tenant's totals, per ``group_by`` group (``provider``, ``model``)."""
         return self._send(calls.stats(group_by))
+
+    def timeseries(
+        self,
+        *,
+        bucket: TimeBucketSize,
+        start: Moment,
+        end: Moment,
+        group_by: Sequence[GroupKey] = (),
+    ) -> list[TimeBucket]:
+        """This tenant's rounds, delta tokens, tokens saved, usage and sessions started
+        per ``hour`` or ``day`` (UTC), per ``group_by`` group: whole buckets, from the
+        one holding ``start`` to the last starting before ``end``; buckets in which
+        nothing happened are left out. See SessionStore.timeseries."""
+        return self._send(calls.timeseries(bucket, start, end, group_by))
 
     # -- admin (needs the admin key) --------------------------------------------
 

@@ -25,7 +25,7 @@ from llmsession.cost import Cost, check_currency, parse_money
 from llmsession.expiry import check_ttl
 from llmsession.ids import SessionId, TenantId
 from llmsession.record import SessionRecord
-from llmsession.store.models import NO_USAGE, Page, Round, Tenant, Totals, UsageTotals
+from llmsession.store.models import NO_USAGE, Page, Round, Tenant, TimeBucket, Totals, UsageTotals
 from llmsession.timestamps import Timestamp
 from llmsession.tokens import check_token_count
 from llmsession.usage import Usage
@@ -41,6 +41,7 @@ __all__ = [
     "read_session",
     "read_stats",
     "read_tenant",
+    "read_timeseries",
 ]
 
 T = TypeVar("T")
@@ -116,6 +117,26 @@ def read_items(data: object, read_item: Callable[[object], T]) -> list[T]:
 def read_stats(data: object) -> list[Totals]:
     """``{"groups": [...]}`` as the store's Totals, one per group."""
     return [_read_totals(group) for group in _list(_object(data, "stats"), "groups")]
+
+
+def read_timeseries(data: object) -> list[TimeBucket]:
+    """``{"bucket", "start", "end", "buckets": [...]}`` as the store's TimeBuckets."""
+    return [_read_bucket(item) for item in _list(_object(data, "a time series"), "buckets")]
+
+
+def _read_bucket(data: object) -> TimeBucket:
+    obj = _object(data, "a time bucket")
+    return TimeBucket(
+        start=_time(obj, "start"),
+        provider_id=_optional_text(obj, "provider_id"),
+        model=_optional_text(obj, "model"),
+        rounds=check_token_count("rounds", _member(obj, "rounds")),
+        delta_tokens=check_token_count("delta_tokens", _member(obj, "delta_tokens")),
+        # A bucket's tokens_saved may be negative (see TimeBucket).
+        tokens_saved=_typed(obj, "tokens_saved", int),
+        usage=_read_usage_totals(obj),
+        sessions_started=check_token_count("sessions_started", _member(obj, "sessions_started")),
+    )
 
 
 def read_tenant(data: object) -> Tenant:

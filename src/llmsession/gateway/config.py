@@ -47,7 +47,7 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Final, Literal, TypeAlias, cast, get_args
@@ -237,7 +237,9 @@ def _prices(
                 f'{source}: [prices.{provider_id}."{model}"] prices a model that '
                 f"[providers.{provider_id}] models does not allow"
             )
-    return prices
+    # Gemini creates a cache entry by a request of its own, billed beside the prompt.
+    beside = frozenset(pid for pid, provider in providers.items() if provider.kind == "gemini")
+    return replace(prices, writes_beside_prompt=beside)
 
 
 def _provider(

@@ -119,6 +119,8 @@ class _Turn:
     stored: StoredSession | None
     #: The provider-side state this turn uses (Gemini's cached contents), if its kind has any.
     cache: TurnCache | None = None
+    #: The request's new items as stored with the turn (JSON), once measured.
+    request_items: bytes | None = None
 
 
 class Gateway:
@@ -128,6 +130,7 @@ class Gateway:
         self.config = config
         self._store = store
         self._upstream = upstream
+        #: Streams being read, and turns being given back.
         self._pumps: set[asyncio.Task[None]] = set()
         # Retries of one session-starting request in this process wait for the first:
         # the retry then finds its stored answer instead of calling the provider.
@@ -217,23 +220,38 @@ class Gateway:
     ) -> Reply:
         """Steps 2 to 6 for a request that continues a session."""
         store = self._store
-        async with AsyncExitStack() as stack:
-            await stack.enter_async_context(store.turn_lock(tenant_id, session_id))
+        stack = AsyncExitStack()
+        try:
             # Read under the turn, so every earlier turn of this session is in it;
-            # the session and its history in one read.
-            stored, history = await store.session_history(tenant_id, session_id)
+            # the session and its history in one read (with the lock, where the
+            # store can).
+            stored, history = await stack.enter_async_context(
+                store.turn_history(tenant_id, session_id)
+            )
             provider, model = resolve_model(
                 self.config, request.model, stored.record, kind=endpoint.kind
             )
             if key is not None:
                 found = await store.find_turn(tenant_id, key, session_id)
                 if found is not None:
+                    await stack.aclose()
                     return self._replay(found, request_hash)
             turn = _Turn(
                 tenant_id, session_id, endpoint, request, request_hash, provider, model, key, stored
             )
-            return await self._forward(turn, history, stack)
-        raise AssertionError("unreachable")  # pragma: no cover
+            reply = await self._forward(turn, history, stack)
+        except BaseException:
+            await stack.aclose()
+            raise
+        if reply.stream is not None:
+            # The stream's reader took the turn over (the stack is empty now).
+            await stack.aclose()
+        else:
+            # The round is committed: the answer may go while the turn is given back
+            # (a round trip to PostgreSQL or Redis). The next turn of the session
+            # waits for that still, here and on every other replica, and sees the round.
+            self._track(asyncio.create_task(_give_back(stack)))
+        return reply
 
     async def _turn(self, turn: _Turn) -> Reply:
         """Steps 5 and 6 for a turn that starts its session."""
@@ -263,14 +281,18 @@ class Gateway:
         pump = asyncio.create_task(
             self._pump(turn, response, endpoint.translator(request), queue, stack.pop_all())
         )
-        self._pumps.add(pump)
-        pump.add_done_callback(self._pumps.discard)
+        self._track(pump)
         headers = self._headers(turn, response)
         headers["cache-control"] = "no-cache"
         return Reply(200, headers, stream=_drain(queue))
 
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._pumps.add(task)
+        task.add_done_callback(self._pumps.discard)
+
     async def aclose(self) -> None:
-        """Let streams in flight finish and record their rounds, then close the upstream."""
+        """Let streams in flight finish and record their rounds, and turns be given
+        back, then close the upstream."""
         if self._pumps:
             await asyncio.gather(*self._pumps, return_exceptions=True)
         await self._upstream.aclose()
@@ -283,7 +305,8 @@ class Gateway:
                 f"continue it there, or start a new session for /v1/{endpoint.name}"
             )
         items = [item for past in history for item in _items(past)]
-        size = sum(past.size for past in history) + len(dump_json(list(request.items)))
+        turn.request_items = request_items = dump_json(list(request.items))
+        size = sum(past.size for past in history) + len(request_items)
         limit = self.config.history_limit_bytes
         if size > limit:
             raise HistoryTooLarge(
@@ -391,7 +414,7 @@ class Gateway:
             Turn(
                 endpoint=turn.endpoint.name,
                 request_hash=turn.request_hash,
-                request_items=dump_json(list(turn.request.items)).decode(),
+                request_items=(turn.request_items or dump_json(list(turn.request.items))).decode(),
                 answer_items=dump_json(list(answer.items)).decode(),
                 response_id=response_id,
                 answer_status=response.status_code,
@@ -440,9 +463,12 @@ class Gateway:
             cut = False
             try:
                 async for chunk in response.aiter_bytes():
-                    for event in translator.feed(chunk):
-                        sent.append(event)
-                        queue.put_nowait(event)
+                    events = translator.feed(chunk)
+                    if events:
+                        # The events of one chunk go on together: one write to the client.
+                        forward = events[0] if len(events) == 1 else b"".join(events)
+                        sent.append(forward)
+                        queue.put_nowait(forward)
             except ProviderError as error:
                 logger.warning(
                     "stream from provider %s broke: %s", turn.provider.provider_id, error
@@ -473,8 +499,9 @@ class Gateway:
             logger.error("gateway stream failed", exc_info=error)
             queue.put_nowait(turn.endpoint.error_event("the gateway failed; the error was logged"))
         finally:
-            await stack.aclose()
+            # The stream ends before the turn is given back, as a body's answer does.
             queue.put_nowait(None)
+            await stack.aclose()
 
     def _replay(self, found: RoundResult, request_hash: str) -> Reply:
         stored_turn = found.turn
@@ -512,6 +539,15 @@ def _items(turn: Turn) -> list[JSONObject]:
     return request + answer
 
 
+async def _give_back(stack: AsyncExitStack) -> None:
+    try:
+        await stack.aclose()
+    except Exception as error:
+        # The answer went already. (A PostgreSQL turn whose unlock failed is given
+        # back by closing its connection; a Redis one lapses with its lease.)
+        logger.warning("giving back a session's turn failed", exc_info=error)
+
+
 async def _read(response: UpstreamResponse) -> bytes:
     try:
         return await response.aread()
@@ -520,9 +556,25 @@ async def _read(response: UpstreamResponse) -> bytes:
 
 
 async def _drain(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
-    while (event := await queue.get()) is not None:
-        if event:
-            yield event
+    while True:
+        event = await queue.get()
+        if queue.empty():
+            if event is None:
+                return
+            if event:
+                yield event
+            continue
+        # The client fell behind: what arrived meanwhile goes out in one write.
+        events: list[bytes] = []
+        while event is not None:
+            events.append(event)
+            if queue.empty():
+                break
+            event = queue.get_nowait()
+        if joined := b"".join(events):
+            yield joined
+        if event is None:
+            return
 
 
 class _ReadResponse:

@@ -47,6 +47,8 @@ __all__ = [
 ]
 
 _DONE: Final = "[DONE]"
+# json.loads without its checks of the argument's type (always a str here).
+_decode: Final = json.JSONDecoder().decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,29 +192,39 @@ class ChatStream:
         )
 
     def _keep(self, event: SSEEvent) -> bool:
+        # Every event of every stream passes here: the checks are written out
+        # rather than made through the wire module's helpers.
         if event.data == _DONE:
             self._done = True
             return True
         try:
-            chunk: object = json.loads(event.data)
+            chunk: object = _decode(event.data)
         except ValueError:
             return True
-        if not isinstance(chunk, dict):
+        if type(chunk) is not dict:
             return True
         data = cast(JSONObject, chunk)
-        error = object_field(data, "error")
-        if error is not None:
-            self._error = error
+        error = data.get("error")
+        if type(error) is dict:
+            self._error = cast(JSONObject, error)
             return True
-        usage = object_field(data, "usage")
-        if usage is not None:
-            self._usage = chat_usage(usage)
-        choices = json_objects(data.get("choices"))
-        for choice in choices:
-            if choice.get("index", 0) == 0:
-                self._add_delta(object_field(choice, "delta") or {})
+        usage = data.get("usage")
+        if type(usage) is dict:
+            self._usage = chat_usage(cast(JSONObject, usage))
+        else:
+            usage = None
+        choices = data.get("choices")
+        has_choice = False
+        if type(choices) is list:
+            for choice in cast(list[object], choices):
+                if type(choice) is dict:
+                    has_choice = True
+                    entry = cast(JSONObject, choice)
+                    if entry.get("index", 0) == 0:
+                        delta = entry.get("delta")
+                        self._add_delta(cast(JSONObject, delta) if type(delta) is dict else {})
         # The usage-only chunk exists because the gateway asked for it.
-        return self._client_wants_usage or usage is None or bool(choices)
+        return self._client_wants_usage or usage is None or has_choice
 
     def _add_delta(self, delta: Mapping[str, Any]) -> None:
         self._saw_message = True

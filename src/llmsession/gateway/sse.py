@@ -61,11 +61,26 @@ class SSEDecoder:
             if chunk.startswith(_BOM):
                 self._raw += _BOM
                 chunk = chunk[len(_BOM) :]
-        data = self._buffer + chunk
+        data = self._buffer + chunk if self._buffer else chunk
         events: list[SSEEvent] = []
         start = 0
         length = len(data)
+        # Without a CR every line ends at an LF, as providers send them.
+        lf_only = b"\r" not in data
         while start < length:
+            if lf_only and not self._raw:
+                # Between events, the kind providers send most (one ``data: `` line)
+                # is cut out whole; anything else is read line by line below.
+                end = data.find(b"\n\n", start)
+                if (
+                    end != -1
+                    and data.startswith(b"data: ", start)
+                    and data.find(b"\n", start, end) == -1
+                ):
+                    value = data[start + 6 : end].decode("utf-8", errors="replace")
+                    events.append(SSEEvent(value, None, self._id, None, data[start : end + 2]))
+                    start = end + 2
+                    continue
             cr = data.find(b"\r", start)
             lf = data.find(b"\n", start)
             if cr == -1 and lf == -1:

@@ -123,7 +123,12 @@ class _AiohttpResponse:
             raise _unavailable(self._provider_id, error) from None
 
     async def aread(self) -> bytes:
-        return b"".join([chunk async for chunk in self.aiter_bytes()])
+        try:
+            return await self._response.read()
+        except TimeoutError:
+            raise _timeout(self._provider_id) from None
+        except aiohttp.ClientError as error:
+            raise _unavailable(self._provider_id, error) from None
 
     async def aclose(self) -> None:
         # A connection whose answer was not read to the end is closed, not pooled.
@@ -178,6 +183,9 @@ class AiohttpUpstream:
                 auto_decompress=False,
                 headers={"accept-encoding": "identity"},
                 trust_env=False,
+                # No cookies: one tenant's request must not carry what a provider
+                # set on another's, and the jar's bookkeeping costs on every request.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
             self._sessions[provider.provider_id] = session
         return session

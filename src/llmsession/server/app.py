@@ -14,6 +14,7 @@ from llmsession.gateway.forwarding import Gateway
 from llmsession.gateway.transport import AiohttpUpstream, Upstream
 from llmsession.server.body_limit import MAX_BODY_BYTES, BodyLimit
 from llmsession.server.context import AppContext
+from llmsession.server.fast_gateway import FastGateway
 from llmsession.server.methods import HeadAsGet, RouteMethods
 from llmsession.server.metrics import RequestMetricsMiddleware, ServerMetrics
 from llmsession.server.openapi import ServiceAPI
@@ -55,8 +56,9 @@ def create_app(
     closed by the app) and starts the sweeper; on shutdown it stops the sweeper,
     then closes the store it opened. Every time the service writes comes from
     the store's clock, never from a request.
-    ``fast_rounds`` False sends round requests through FastAPI's router too (the
-    same handler; see :mod:`llmsession.server.rounds`).
+    ``fast_rounds`` False sends round and gateway requests through FastAPI's
+    router too (the same handlers; see :mod:`llmsession.server.rounds` and
+    :mod:`llmsession.server.fast_gateway`).
 
     The gateway runs when providers are configured: ``gateway_config``, else the
     file ``settings.gateway_config`` names (read now, so a bad file fails before
@@ -125,6 +127,7 @@ def create_app(
     app.add_middleware(HeadAsGet, methods=route_methods)
     if fast_rounds:
         app.add_middleware(FastRounds, context=context)
+        app.add_middleware(FastGateway, routes=app)
     gateway_limit = (
         MAX_BODY_BYTES
         if gateway_config is None

@@ -34,6 +34,7 @@ __all__ = [
     "SessionIdPath",
     "StrictQueryRoute",
     "TenantIdPath",
+    "TimeQuery",
     "parse_idempotency_key",
     "parse_json_body",
     "parse_session_id",
@@ -107,6 +108,14 @@ KeyIdPath = Annotated[
 ]
 OptionalTimeQuery = Annotated[
     str | None,
+    Query(
+        description="ISO 8601 with an offset, e.g. 2026-01-31T12:00:00Z",
+        json_schema_extra={"format": "date-time"},
+    ),
+    AfterValidator(_time),
+]
+TimeQuery = Annotated[
+    str,
     Query(
         description="ISO 8601 with an offset, e.g. 2026-01-31T12:00:00Z",
         json_schema_extra={"format": "date-time"},

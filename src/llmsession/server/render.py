@@ -5,7 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from llmsession.keys import IssuedKey
-from llmsession.store.models import ApiKeyInfo, Round, StoredSession, Tenant, Totals, UsageTotals
+from llmsession.store.models import (
+    ApiKeyInfo,
+    Round,
+    StoredSession,
+    Tenant,
+    TimeBucket,
+    TimeBucketSize,
+    Totals,
+    UsageTotals,
+)
+from llmsession.store.rollup import BUCKET_MICROS
 from llmsession.timestamps import Timestamp
 
 __all__ = [
@@ -14,6 +24,8 @@ __all__ = [
     "render_round",
     "render_session",
     "render_tenant",
+    "render_time_bucket",
+    "render_timeseries",
     "render_totals",
     "render_usage_totals",
 ]
@@ -59,6 +71,33 @@ def render_totals(totals: Totals) -> dict[str, Any]:
         "tokens_saved": totals.tokens_saved,
         "usage": render_usage_totals(totals.usage),
         "cost": None if totals.cost is None else totals.cost.to_dict(),
+    }
+
+
+def render_timeseries(
+    bucket: TimeBucketSize, start: Timestamp, end: Timestamp, buckets: list[TimeBucket]
+) -> dict[str, Any]:
+    """A time series as asked (``start`` to ``end``), its start rounded down to its bucket."""
+    size = BUCKET_MICROS[bucket]
+    return {
+        "bucket": bucket,
+        "start": Timestamp(start.epoch_micros - start.epoch_micros % size).isoformat(),
+        "end": end.isoformat(),
+        "buckets": [render_time_bucket(b) for b in buckets],
+    }
+
+
+def render_time_bucket(bucket: TimeBucket) -> dict[str, Any]:
+    """One bucket of a time series."""
+    return {
+        "start": bucket.start.isoformat(),
+        "provider_id": bucket.provider_id,
+        "model": bucket.model,
+        "rounds": bucket.rounds,
+        "delta_tokens": bucket.delta_tokens,
+        "tokens_saved": bucket.tokens_saved,
+        "usage": render_usage_totals(bucket.usage),
+        "sessions_started": bucket.sessions_started,
     }
 
 

@@ -8,7 +8,7 @@ render. No rule of the state machine is restated here.
 # annotations at run time, and they name `tenant_of_request`, a local of
 # session_routes that a postponed (string) annotation could not be resolved to.
 
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
@@ -23,9 +23,15 @@ from llmsession.server.params import (
     ProviderQuery,
     SessionIdPath,
     StrictQueryRoute,
+    TimeQuery,
     parse_time,
 )
-from llmsession.server.render import render_round, render_session, render_totals
+from llmsession.server.render import (
+    render_round,
+    render_session,
+    render_timeseries,
+    render_totals,
+)
 from llmsession.server.responses import error_responses
 from llmsession.server.rounds import RECORD_ROUND_OPENAPI, ROUNDS_TEMPLATE, record_round_response
 from llmsession.server.schemas import (
@@ -36,9 +42,17 @@ from llmsession.server.schemas import (
     SessionPageOut,
     StateName,
     StatsOut,
+    TimeSeriesOut,
 )
 from llmsession.states import state_named
-from llmsession.store.models import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, GroupKey, SessionQuery
+from llmsession.store.models import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    GroupKey,
+    SessionQuery,
+    TimeBucketSize,
+)
+from llmsession.timestamps import Timestamp
 from llmsession.tokens import MAX_TOKENS
 
 __all__ = ["session_routes"]
@@ -238,5 +252,46 @@ def session_routes(context: AppContext) -> APIRouter:
                 keys.append(key)
         groups = await priced_totals(context.store, tenant, keys, context.prices)
         return JSONResponse({"groups": [render_totals(t) for t in groups]})
+
+    @router.get(
+        "/stats/timeseries",
+        response_model=TimeSeriesOut,
+        responses=error_responses(422),
+        summary="The tenant's rounds, tokens saved, usage and new sessions per hour or day",
+        description=(
+            "Whole UTC hours or days, from the bucket holding `start` to the last one "
+            "starting before `end`: at most 31 days of hours or 366 days of days. Buckets in which "
+            "nothing happened are left out. Read from a rollup the store keeps as it "
+            "writes, so its cost follows the buckets and groups, not the rounds."
+        ),
+    )
+    async def timeseries(
+        tenant: Annotated[TenantId, Depends(tenant_of_request)],
+        bucket: Annotated[TimeBucketSize, Query(description="hour or day")],
+        start: TimeQuery,
+        end: TimeQuery,
+        group_by: Annotated[
+            list[str] | None,
+            Query(
+                description="provider, model or provider,model; also repeatable "
+                "(group_by=provider&group_by=model)"
+            ),
+        ] = None,
+    ) -> JSONResponse:
+        keys: list[str] = []
+        for value in group_by or ():
+            for key in value.split(","):
+                if key not in keys:
+                    keys.append(key)
+        first, last = Timestamp.parse(start), Timestamp.parse(end)
+        buckets = await context.store.timeseries(
+            tenant,
+            bucket=bucket,
+            start=first,
+            end=last,
+            # Any names: the store refuses those it does not group by.
+            group_by=cast(list[GroupKey], keys),
+        )
+        return JSONResponse(render_timeseries(bucket, first, last, buckets))
 
     return router

@@ -43,6 +43,8 @@ __all__ = [
     "StatusOut",
     "TenantOut",
     "TenantsOut",
+    "TimeBucketOut",
+    "TimeSeriesOut",
     "TokenCount",
 ]
 
@@ -275,6 +277,43 @@ class StatsOut(BaseModel):
     """The tenant's totals, per group."""
 
     groups: list[StatsGroupOut]
+
+
+class TimeBucketOut(BaseModel):
+    """What happened in one hour or day (UTC) of the tenant, for one group.
+
+    Rounds count in the bucket of their recorded_at, sessions in that of their
+    created_at; provider_id/model are null unless grouped by them.
+    """
+
+    start: datetime = Field(description="The bucket's start: a whole hour or a midnight, UTC")
+    provider_id: str | None
+    model: str | None
+    rounds: int
+    delta_tokens: int
+    tokens_saved: int = Field(
+        description="The sum over the bucket's rounds of their session's initial_tokens minus "
+        "the round's delta_tokens; not clamped, so it is negative when the rounds processed "
+        "more than their sessions' initial size"
+    )
+    usage: UsageTotalsOut = Field(description="What providers reported for the gateway rounds")
+    sessions_started: int = Field(
+        description="Sessions created in the bucket, those since purged as abandoned included"
+    )
+
+
+class TimeSeriesOut(BaseModel):
+    """The tenant's time series: buckets in order of start, then provider, then model.
+
+    Buckets in which nothing happened are left out: a plot fills them with 0.
+    """
+
+    bucket: Literal["hour", "day"]
+    start: datetime = Field(description="The first bucket's start: the asked start rounded down")
+    end: datetime = Field(
+        description="The asked end: the last bucket is the last starting before it"
+    )
+    buckets: list[TimeBucketOut]
 
 
 class TenantOut(BaseModel):

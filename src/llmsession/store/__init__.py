@@ -32,6 +32,8 @@ from llmsession.store.models import (
     SessionQuery,
     StoredSession,
     Tenant,
+    TimeBucket,
+    TimeBucketSize,
     Totals,
 )
 
@@ -48,6 +50,8 @@ __all__ = [
     "SessionTransaction",
     "StoredSession",
     "Tenant",
+    "TimeBucket",
+    "TimeBucketSize",
     "Totals",
     "VersionConflict",
     "expire_if_due",

@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import ClassVar, NamedTuple, TypeAlias
 
 from llmsession.clock import Clock, system_clock
@@ -52,6 +52,8 @@ from llmsession.store.models import (
     SessionQuery,
     StoredSession,
     Tenant,
+    TimeBucket,
+    TimeBucketSize,
     Totals,
     Turn,
     UsageTotals,
@@ -61,6 +63,7 @@ from llmsession.store.models import (
     check_page_size,
     check_purge_age,
 )
+from llmsession.store.rollup import TimeWindow, check_window
 from llmsession.store.turns import SessionTurns
 from llmsession.timestamps import Timestamp
 from llmsession.tokens import MAX_TOKENS, check_token_count
@@ -349,6 +352,29 @@ class SessionStore(ABC):
         one read; refused as :meth:`history` is."""
         _check_ids(tenant_id, session_id)
         stored, turns = await self._session_turns(tenant_id, session_id)
+        return self._active_history(stored, turns)
+
+    def turn_history(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AbstractAsyncContextManager[SessionHistory]:
+        """Hold the session's :meth:`turn_lock` and read its :meth:`session_history`
+        under it, for the block; refused as :meth:`history` is (the turn is given
+        back first).
+
+        What the gateway does at the start of every turn that continues a session;
+        a backend that can take the lock and read in one round trip does.
+        """
+        _check_ids(tenant_id, session_id)
+        return self._turn_history(tenant_id, session_id)
+
+    @asynccontextmanager
+    async def _turn_history(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AsyncGenerator[SessionHistory]:
+        async with self._locked_turns(tenant_id, session_id) as (stored, turns):
+            yield self._active_history(stored, turns)
+
+    def _active_history(self, stored: StoredSession, turns: list[Turn]) -> SessionHistory:
         if expire_if_due(stored, self.clock()) is not None:
             raise SessionExpiredError("record_delta", Active.name, SessionExpired.name)
         try:
@@ -434,6 +460,15 @@ class SessionStore(ABC):
         stored = await self._get(tenant_id, session_id)
         return stored, await self._history_turns(session_id)
 
+    @asynccontextmanager
+    async def _locked_turns(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AsyncGenerator[tuple[StoredSession, list[Turn]]]:
+        """Hold the session's turn and give :meth:`_session_turns` read under it; a
+        backend that can do both in one round trip overrides this."""
+        async with self.turn_lock(tenant_id, session_id):
+            yield await self._session_turns(tenant_id, session_id)
+
     @abstractmethod
     async def _stored_turn(self, session_id: SessionId, seq: int) -> Turn | None:
         """The stored turn of round ``seq``, if it is still stored."""
@@ -500,6 +535,31 @@ class SessionStore(ABC):
         check_tenant_id("tenant_id", tenant_id)
         return await self._totals(tenant_id, check_group_by(group_by))
 
+    async def timeseries(
+        self,
+        tenant_id: TenantId,
+        *,
+        bucket: TimeBucketSize,
+        start: Timestamp,
+        end: Timestamp,
+        group_by: Sequence[GroupKey] = (),
+    ) -> list[TimeBucket]:
+        """Rounds, delta tokens, tokens saved, usage and sessions started per hour or
+        day (UTC), per group: whole buckets, from the one holding ``start`` (its
+        start rounded down to the hour or midnight) to the last one starting
+        before ``end``.
+
+        ``bucket`` is "hour" or "day". A series spans
+        at most 31 days of hours or 366 days of days. Buckets in which nothing
+        happened are left out. Ordered by start, then provider, then model.
+        ``group_by`` is as for :meth:`totals`. Read from the rollup each write
+        keeps (see :mod:`llmsession.store.rollup`): its cost grows with the buckets
+        and groups in the range, not with the rounds.
+        """
+        check_tenant_id("tenant_id", tenant_id)
+        window = check_window(bucket, start, end)
+        return await self._timeseries(tenant_id, window, check_group_by(group_by))
+
     @abstractmethod
     async def _get(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """See :meth:`get`; the ids are checked."""
@@ -518,6 +578,14 @@ class SessionStore(ABC):
     @abstractmethod
     async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey]) -> list[Totals]:
         """See :meth:`totals`; the tenant and ``group_by`` are checked."""
+
+    @abstractmethod
+    async def _timeseries(
+        self, tenant_id: TenantId, window: TimeWindow, group_by: Sequence[GroupKey]
+    ) -> list[TimeBucket]:
+        """See :meth:`timeseries`; the arguments are checked. A backend reads its
+        rollup rows of the window's hours and hands them to
+        :func:`llmsession.store.rollup.fold`."""
 
     # -- expiry and abandoned sessions ----------------------------------------------
 

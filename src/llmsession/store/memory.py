@@ -32,11 +32,21 @@ from llmsession.store.models import (
     SessionQuery,
     StoredSession,
     Tenant,
+    TimeBucket,
+    TimeBucketSize,
     Totals,
     Turn,
     UsageTotals,
 )
 from llmsession.store.presented import present
+from llmsession.store.rollup import (
+    Amounts,
+    TimeWindow,
+    bucket_starts,
+    fold,
+    round_amounts,
+    session_amounts,
+)
 from llmsession.timestamps import Timestamp
 
 __all__ = ["MemoryStore"]
@@ -82,6 +92,7 @@ class _MemoryTransaction(SessionTransaction):
         self._entry.store(new)
         if new_round is not None:
             self._entry.add(new_round, new)
+            self._store.roll_round(new_round, new)
 
 
 class MemoryStore(TransactionalStore):
@@ -95,6 +106,9 @@ class MemoryStore(TransactionalStore):
         self._tenants: dict[TenantId, Tenant] = {}
         self._keys: dict[str, ApiKeyInfo] = {}
         self._started: dict[tuple[TenantId, str], SessionId] = {}
+        #: The rollup: sums by (tenant, bucket size, bucket start, provider, model),
+        #: see store.rollup.
+        self._rollup: dict[tuple[TenantId, TimeBucketSize, int, str, str], list[int]] = {}
         self._closed = False
 
     async def _insert(self, stored: StoredSession, first: Round | None = None) -> None:
@@ -109,9 +123,25 @@ class MemoryStore(TransactionalStore):
                 )
             self._started[key] = record.session_id
         entry = _Entry(stored)
+        self._roll(stored, record.created_at, session_amounts())
         if first is not None:
             entry.add(first, stored)
+            self.roll_round(first, stored)
         self._sessions[record.session_id] = entry
+
+    def roll_round(self, new_round: Round, after: StoredSession) -> None:
+        """Add a recorded round to the rollup; ``after`` is its session right after it."""
+        self._roll(after, new_round.recorded_at, round_amounts(new_round, after))
+
+    def _roll(self, stored: StoredSession, at: Timestamp, amounts: Amounts) -> None:
+        record = stored.record
+        hour, day = bucket_starts(at)
+        spans: tuple[tuple[TimeBucketSize, int], ...] = (("hour", hour), ("day", day))
+        for size, start in spans:
+            key = (record.tenant_id, size, start, record.provider_id, record.model)
+            sums = self._rollup.setdefault(key, [0] * len(amounts))
+            for i, amount in enumerate(amounts):
+                sums[i] += amount
 
     async def _history_turns(self, session_id: SessionId) -> list[Turn]:
         entry = self._sessions.get(session_id)
@@ -207,6 +237,20 @@ class MemoryStore(TransactionalStore):
                 ),
             )
         return [groups[key] for key in sorted(groups, key=lambda k: (k[0] or "", k[1] or ""))]
+
+    async def _timeseries(
+        self, tenant_id: TenantId, window: TimeWindow, group_by: Sequence[GroupKey]
+    ) -> list[TimeBucket]:
+        self._check_open()
+        return fold(
+            (
+                (start, provider, model, sums)
+                for (tenant, size, start, provider, model), sums in self._rollup.items()
+                if tenant == tenant_id and size == window.bucket
+            ),
+            window,
+            group_by,
+        )
 
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         self._check_open()

@@ -24,6 +24,7 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "MIN_PURGE_AGE_SECONDS",
     "NO_USAGE",
+    "TIME_BUCKET_SIZES",
     "ApiKeyInfo",
     "GroupKey",
     "KeyedRound",
@@ -34,6 +35,8 @@ __all__ = [
     "SessionQuery",
     "StoredSession",
     "Tenant",
+    "TimeBucket",
+    "TimeBucketSize",
     "Totals",
     "Turn",
     "UsageTotals",
@@ -59,6 +62,10 @@ T = TypeVar("T")
 GroupKey: TypeAlias = Literal["provider", "model"]
 #: The names totals can group by.
 GROUP_KEYS: tuple[GroupKey, ...] = get_args(GroupKey)
+
+TimeBucketSize: TypeAlias = Literal["hour", "day"]
+#: The bucket sizes of a time series.
+TIME_BUCKET_SIZES: tuple[TimeBucketSize, ...] = get_args(TimeBucketSize)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +277,32 @@ class Totals:
     #: What the group's usage cost at the configured prices; stores leave it None,
     #: as for Round.cost.
     cost: Cost | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TimeBucket:
+    """What happened in one hour or day (UTC) of a tenant, for one provider/model group.
+
+    Rounds count in the bucket of their ``recorded_at``, sessions in that of their
+    ``created_at``. ``provider_id`` and ``model`` are None when the series is not
+    grouped by them.
+    """
+
+    #: The bucket's start: a whole hour or a midnight, UTC.
+    start: Timestamp
+    provider_id: str | None
+    model: str | None
+    rounds: int = 0
+    delta_tokens: int = 0
+    #: The sum over the bucket's rounds of (the session's initial_tokens - the
+    #: round's delta_tokens). Not clamped per bucket: a bucket whose rounds
+    #: processed more than their sessions' initial size is negative, where a
+    #: session's own tokens_saved stops at 0.
+    tokens_saved: int = 0
+    #: The gateway's usage of the bucket's rounds (all 0 for ledger rounds).
+    usage: UsageTotals = NO_USAGE
+    #: Sessions created in the bucket, those since purged as abandoned included.
+    sessions_started: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,12 +99,22 @@ from llmsession.store.models import (
     SessionQuery,
     StoredSession,
     Tenant,
+    TimeBucket,
+    TimeBucketSize,
     Totals,
     Turn,
     UsageTotals,
 )
 from llmsession.store.presented import newest_first, present, present_totals, shown_in
 from llmsession.store.recent import RecentSessions
+from llmsession.store.rollup import (
+    Amounts,
+    TimeWindow,
+    bucket_starts,
+    fold,
+    round_amounts,
+    session_amounts,
+)
 from llmsession.store.session_groups import PendingChange, SessionGroups
 from llmsession.store.sql_rows import (
     INSERT_COLUMNS,
@@ -125,7 +135,13 @@ from llmsession.store.sql_rows import (
 from llmsession.store.turns import SessionTurns
 from llmsession.timestamps import Timestamp
 
-__all__ = ["DEFAULT_CONNECT_TIMEOUT", "SCHEMA_VERSION", "PostgresOptions", "PostgresStore"]
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "ROLLUP_BACKFILL",
+    "SCHEMA_VERSION",
+    "PostgresOptions",
+    "PostgresStore",
+]
 
 #: Seconds to wait for a connection when the URL has no ``connect_timeout``
 #: (libpq alone would wait for the operating system, minutes for a dropped packet).
@@ -134,8 +150,9 @@ DEFAULT_CONNECT_TIMEOUT: Final = 5
 #: The schema version this code creates and understands. Version 2 added an index
 #: (_STATE_MODEL_INDEX); version 3 keeps with each round the session's delta_tokens
 #: and version right after it (a replayed round's answer); version 4 keeps the
-#: gateway's usage (sessions and rounds), turns and started sessions.
-SCHEMA_VERSION: Final = 4
+#: gateway's usage (sessions and rounds), turns and started sessions; version 5
+#: adds usage_rollup, the rollup time series read (see store.rollup).
+SCHEMA_VERSION: Final = 5
 
 _Connection = AsyncConnection[TupleRow]
 
@@ -182,6 +199,131 @@ _STARTED_TABLE: Final = """
     )
     """
 
+# The rollup (see store.rollup): rows per tenant, bucket (``span``, its length in
+# seconds: 3600 for an hour, 86400 for a day; ``start``, epoch microseconds),
+# provider and model, updated by the statement that writes the round or the
+# session. Token sums are numeric: one bucket of a group may pass 2**63-1, which
+# a bigint would refuse, failing the round.
+#
+# A row is locked from a write's upsert until its commit, so concurrent rounds
+# of one tenant and group would all queue on one row (bench/store_rounds.py, 32
+# clients on their own sessions: 0.84x the raw driver before the rollup, 0.41x
+# with one row). Each bucket and group is therefore split over _SLOTS rows, a
+# session always writing the same one (its id's low bits); reads sum them.
+_ROLLUP_TABLE: Final = """
+    CREATE TABLE usage_rollup (
+        tenant_id text NOT NULL,
+        span integer NOT NULL,
+        start bigint NOT NULL,
+        provider_id text NOT NULL,
+        model text NOT NULL,
+        slot smallint NOT NULL,
+        rounds bigint NOT NULL DEFAULT 0,
+        delta_tokens numeric NOT NULL DEFAULT 0,
+        tokens_saved numeric NOT NULL DEFAULT 0,
+        input_tokens numeric NOT NULL DEFAULT 0,
+        cached_input_tokens numeric NOT NULL DEFAULT 0,
+        cache_write_tokens numeric NOT NULL DEFAULT 0,
+        output_tokens numeric NOT NULL DEFAULT 0,
+        reasoning_tokens numeric NOT NULL DEFAULT 0,
+        rounds_without_usage bigint NOT NULL DEFAULT 0,
+        sessions_started bigint NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant_id, span, start, provider_id, model, slot)
+    )
+    """
+
+_SLOTS: Final = 8
+
+#: The bucket lengths the rollup keeps, in seconds (its ``span`` column).
+_SPANS: Final[dict[TimeBucketSize, int]] = {"hour": 3600, "day": 86400}
+
+# Its columns, in store.rollup.ROLLUP_FIELDS order.
+_ROLLUP_COLUMNS: Final = (
+    "rounds, delta_tokens, tokens_saved, input_tokens, cached_input_tokens, "
+    "cache_write_tokens, output_tokens, reasoning_tokens, rounds_without_usage, "
+    "sessions_started"
+)
+
+_ROLLUP_CONFLICT: Final = (
+    " ON CONFLICT (tenant_id, span, start, provider_id, model, slot) DO UPDATE SET "
+    "rounds = usage_rollup.rounds + excluded.rounds, "
+    "delta_tokens = usage_rollup.delta_tokens + excluded.delta_tokens, "
+    "tokens_saved = usage_rollup.tokens_saved + excluded.tokens_saved, "
+    "input_tokens = usage_rollup.input_tokens + excluded.input_tokens, "
+    "cached_input_tokens = usage_rollup.cached_input_tokens + excluded.cached_input_tokens, "
+    "cache_write_tokens = usage_rollup.cache_write_tokens + excluded.cache_write_tokens, "
+    "output_tokens = usage_rollup.output_tokens + excluded.output_tokens, "
+    "reasoning_tokens = usage_rollup.reasoning_tokens + excluded.reasoning_tokens, "
+    "rounds_without_usage = usage_rollup.rounds_without_usage + excluded.rounds_without_usage, "
+    "sessions_started = usage_rollup.sessions_started + excluded.sessions_started"
+)
+
+# Adds one write's amounts (tenant, provider, model, slot, then ROLLUP_FIELDS) to
+# its hour's and its day's rows (the last two values, the buckets' starts), once
+# per row of the statement's CTE named between _ROLL_SELECT and _ROLL_TAIL.
+_ROLL_SELECT: Final = (
+    "INSERT INTO usage_rollup (tenant_id, provider_id, model, slot, "
+    + _ROLLUP_COLUMNS
+    + ", span, start) SELECT %s::text, %s::text, %s::text, %s::smallint, %s::bigint, "
+    "%s::numeric, %s::numeric, %s::numeric, %s::numeric, %s::numeric, %s::numeric, "
+    "%s::numeric, %s::bigint, %s::bigint, b.span, b.start FROM "
+)
+_ROLL_TAIL: Final = (
+    " CROSS JOIN (VALUES (3600, %s::bigint), (86400, %s::bigint)) AS b(span, start)"
+    + _ROLLUP_CONFLICT
+)
+
+
+# A session's slot as _roll_params computes it: its id's last byte, mod _SLOTS (8).
+_SLOT_SQL: Final = "get_byte(uuid_send(s.session_id), 15) % 8"
+
+
+def _backfill(span: LiteralString, size: LiteralString) -> tuple[LiteralString, LiteralString]:
+    """The statements filling the rollup's buckets of ``span`` seconds (``size``
+    microseconds) from the stored rounds and sessions."""
+
+    def start_of(column: LiteralString) -> LiteralString:
+        # Floored: % truncates toward 0.
+        return column + " - ((" + column + " % " + size + ") + " + size + ") % " + size
+
+    rounds: LiteralString = (
+        "INSERT INTO usage_rollup (tenant_id, span, start, provider_id, model, slot, "
+        + _ROLLUP_COLUMNS
+        + ") SELECT s.tenant_id, "
+        + span
+        + ", "
+        + start_of("r.recorded_at")
+        + ", s.provider_id, s.model, "
+        + _SLOT_SQL
+        + ", count(*), sum(r.delta_tokens), "
+        "sum(s.initial_tokens - r.delta_tokens), coalesce(sum(r.input_tokens), 0), "
+        "coalesce(sum(r.cached_input_tokens), 0), coalesce(sum(r.cache_write_tokens), 0), "
+        "coalesce(sum(r.output_tokens), 0), coalesce(sum(r.reasoning_tokens), 0), "
+        "count(*) FILTER (WHERE r.gateway AND r.input_tokens IS NULL), 0 "
+        "FROM rounds r JOIN sessions s ON s.session_id = r.session_id GROUP BY 1, 2, 3, 4, 5, 6"
+    )
+    sessions: LiteralString = (
+        "INSERT INTO usage_rollup (tenant_id, span, start, provider_id, model, slot, "
+        "sessions_started) SELECT tenant_id, "
+        + span
+        + ", "
+        + start_of("created_at")
+        + ", provider_id, model, "
+        + _SLOT_SQL
+        + ", count(*) FROM sessions s GROUP BY 1, 2, 3, 4, 5, 6"
+        + _ROLLUP_CONFLICT
+    )
+    return rounds, sessions
+
+
+#: The rollup of every stored round and session, as the writes would have kept it
+#: (each session's in its slot): the upgrade to version 5 runs it, and so can a
+#: bulk load (bench/dashboard.py).
+ROLLUP_BACKFILL: Final[tuple[LiteralString, ...]] = (
+    *_backfill("3600", "3600000000"),
+    *_backfill("86400", "86400000000"),
+)
+
 #: What takes a schema from the version before to this one, in order.
 _UPGRADES: Final[dict[int, tuple[LiteralString, ...]]] = {
     2: (_STATE_MODEL_INDEX,),
@@ -213,6 +355,7 @@ _UPGRADES: Final[dict[int, tuple[LiteralString, ...]]] = {
         _TURNS_TABLE,
         _STARTED_TABLE,
     ),
+    5: (_ROLLUP_TABLE, *ROLLUP_BACKFILL),
 }
 
 # Timestamps are bigint microseconds since the epoch: exact, and cheap to compare.
@@ -297,6 +440,7 @@ _SCHEMA: Final[tuple[LiteralString | sql.Composed, ...]] = (
     )
     """,
     "CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id, created_at)",
+    _ROLLUP_TABLE,
 )
 
 # What _stored_from_row reads: the session, then its usage totals.
@@ -317,6 +461,9 @@ _INSERT_ROUND: Final = (
     + ROUND_USAGE_COLUMNS
     + ") VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
+
+# One write's part of the rollup, as a statement of its own.
+_ROLL_VALUES: Final = _ROLL_SELECT + "(VALUES (1)) AS one" + _ROLL_TAIL
 
 _INSERT_TURN: Final = (
     "INSERT INTO turns (session_id, seq, "
@@ -356,11 +503,24 @@ _UPDATE_SESSION: Final = (
     "UPDATE sessions SET " + _SET_CHANGE + " WHERE session_id = %s AND version = %s"
 )
 
-# The round is inserted only if the compare-and-set matched: both or neither.
+# A new session and its part of the rollup, in one statement.
+_INSERT_SESSION_ROLLED: Final = (
+    "WITH inserted AS ("
+    + _INSERT_SESSION
+    + " RETURNING 1) "
+    + _ROLL_SELECT
+    + "inserted"
+    + _ROLL_TAIL
+)
+
+# The round is inserted only if the compare-and-set matched: both or neither, and
+# its part of the rollup with it. The statement's rowcount is the rollup's: 2 (its
+# hour and its day) if the round went in, else 0.
 _UPDATE_SESSION_AND_INSERT_ROUND: Final = (
-    "WITH changed AS (" + _UPDATE_SESSION + " RETURNING session_id) "
+    "WITH changed AS (" + _UPDATE_SESSION + " RETURNING session_id), added AS ("
     "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
-    "session_delta_tokens, session_version) SELECT session_id, %s, %s, %s, %s, %s, %s FROM changed"
+    "session_delta_tokens, session_version) SELECT session_id, %s, %s, %s, %s, %s, %s FROM changed "
+    "RETURNING 1) " + _ROLL_SELECT + "added" + _ROLL_TAIL
 )
 
 # A session leaving Active loses its conversation in the same statement. The
@@ -383,18 +543,28 @@ _INSERT_GATEWAY_ROUND: Final = (
 )
 
 _UPDATE_SESSION_AND_INSERT_GATEWAY_ROUND: Final = (
-    "WITH changed AS (" + _UPDATE_SESSION + " RETURNING session_id) " + _INSERT_GATEWAY_ROUND
+    "WITH changed AS ("
+    + _UPDATE_SESSION
+    + " RETURNING session_id), added AS ("
+    + _INSERT_GATEWAY_ROUND
+    + " RETURNING 1) "
+    + _ROLL_SELECT
+    + "added"
+    + _ROLL_TAIL
 )
 
-# The turn is inserted only if its round was: all three or nothing.
+# The turn is inserted only if its round was: all of them or nothing.
 _UPDATE_SESSION_AND_INSERT_TURN: Final = (
     "WITH changed AS ("
     + _UPDATE_SESSION
     + " RETURNING session_id), added AS ("
     + _INSERT_GATEWAY_ROUND
-    + " RETURNING session_id, seq) INSERT INTO turns (session_id, seq, "
+    + " RETURNING session_id, seq), turned AS (INSERT INTO turns (session_id, seq, "
     + TURN_COLUMNS
-    + ") SELECT session_id, seq, %s, %s, %s, %s, %s, %s, %s, %s FROM added"
+    + ") SELECT session_id, seq, %s, %s, %s, %s, %s, %s, %s, %s FROM added) "
+    + _ROLL_SELECT
+    + "added"
+    + _ROLL_TAIL
 )
 
 #: The columns _round_from_row reads, in its order.
@@ -579,7 +749,7 @@ class _LockedTransaction(_PostgresTransaction):
         async with self._conn.pipeline():
             cur = await self._conn.execute(*_write(new, self.stored.version, new_round))
             await self._conn.execute("COMMIT")
-        if cur.rowcount != 1:
+        if cur.rowcount == 0:
             # Nothing was written (the round insert depends on the update).
             raise VersionConflict
         self._written(new)
@@ -590,7 +760,7 @@ class _OptimisticTransaction(_PostgresTransaction):
 
     async def commit(self, new: StoredSession, new_round: Round | None) -> None:
         cur = await self._conn.execute(*_write(new, self.stored.version, new_round))
-        if cur.rowcount != 1:
+        if cur.rowcount == 0:
             self._recent.forget(new.record.session_id)
             raise VersionConflict
         self._written(new)
@@ -748,9 +918,10 @@ class PostgresStore(TransactionalStore):
             *insert_values(stored, stored.record.session_id.value),
             *stored.usage.as_tuple(),
         )
+        rolled = _roll_params(stored, stored.record.created_at, session_amounts())
         if first is None:
             async with self._connection() as conn:
-                await conn.execute(_INSERT_SESSION, session_values)
+                await conn.execute(_INSERT_SESSION_ROLLED, (*session_values, *rolled))
             self._recent.remember(stored)
             return
         record = stored.record
@@ -779,6 +950,11 @@ class PostgresStore(TransactionalStore):
                             *round_usage_values(first),
                         ),
                     )
+                    await conn.execute(_ROLL_VALUES, rolled)
+                    await conn.execute(
+                        _ROLL_VALUES,
+                        _roll_params(stored, first.recorded_at, round_amounts(first, stored)),
+                    )
                     if first.turn is not None:
                         await conn.execute(
                             _INSERT_TURN,
@@ -797,6 +973,31 @@ class PostgresStore(TransactionalStore):
                 if conn.info.transaction_status in _IN_TRANSACTION:
                     await conn.execute("ROLLBACK")
         self._recent.remember(stored)
+
+    async def _session_turns(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> tuple[StoredSession, list[Turn]]:
+        async with self._connection() as conn:
+            # Both queries go out together: one round trip.
+            async with conn.pipeline():
+                sessions = await conn.execute(*_select_session(tenant_id, session_id))
+                turns = await conn.execute(*_select_turns(session_id))
+            rows = (await sessions.fetchall(), await turns.fetchall())
+        return self._session_and_turns(session_id, rows)
+
+    def _session_and_turns(
+        self, session_id: SessionId, rows: Sequence[list[TupleRow]]
+    ) -> tuple[StoredSession, list[Turn]]:
+        """The session (as _get gives it) and its turns, from the rows of
+        _select_session and _select_turns; NotFoundError without a session row."""
+        sessions, turns = rows
+        if not sessions:
+            self._recent.forget(session_id)
+            raise NotFoundError(f"no session {session_id}")
+        stored = _stored_from_row(sessions[0])
+        # The round the turn then records is one statement, from this version.
+        self._recent.remember(stored)
+        return present(stored, self.clock()), [turn_from_row(row) for row in turns]
 
     async def _history_turns(self, session_id: SessionId) -> list[Turn]:
         async with self._connection() as conn:
@@ -840,10 +1041,28 @@ class PostgresStore(TransactionalStore):
         ``pg_advisory_lock``; PostgreSQL grants the lock to the processes in the
         order they asked. A process that dies releases its locks by disconnecting.
         """
-        return self._hold_turn(session_id)
+        return self._turn_only(session_id)
 
     @asynccontextmanager
-    async def _hold_turn(self, session_id: SessionId) -> AsyncGenerator[None]:
+    async def _turn_only(self, session_id: SessionId) -> AsyncGenerator[None]:
+        async with self._hold_turn(session_id, ()):
+            yield
+
+    @asynccontextmanager
+    async def _locked_turns(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AsyncGenerator[tuple[StoredSession, list[Turn]]]:
+        # The reads go out with the lock, in one round trip: PostgreSQL runs them
+        # once the lock is granted, so they see every turn before this one.
+        reads = (_select_session(tenant_id, session_id), _select_turns(session_id))
+        async with self._hold_turn(session_id, reads) as rows:
+            yield self._session_and_turns(session_id, rows)
+
+    @asynccontextmanager
+    async def _hold_turn(
+        self, session_id: SessionId, reads: Sequence[_Query]
+    ) -> AsyncGenerator[list[list[TupleRow]]]:
+        """Hold the session's turn; the rows of ``reads``, run once it is held."""
         key = _lock_key(session_id)
         async with self._gateway_turns.turn(session_id):
             if self._closed:
@@ -853,9 +1072,9 @@ class PostgresStore(TransactionalStore):
             except psycopg.Error as error:
                 raise StoreError(f"no PostgreSQL connection: {error}") from error
             try:
-                await _advisory(conn, "SELECT pg_advisory_lock(%s::bigint)", key)
+                rows = await _advisory(conn, "SELECT pg_advisory_lock(%s::bigint)", key, reads)
                 try:
-                    yield
+                    yield rows
                 finally:
                     await _advisory(conn, "SELECT pg_advisory_unlock(%s::bigint)", key)
             finally:
@@ -916,7 +1135,7 @@ class PostgresStore(TransactionalStore):
                 outcomes.append(result)
             await conn.execute("COMMIT")
         for index, new, cur in writes:
-            if cur.rowcount == 1:
+            if cur.rowcount > 0:
                 self._recent.remember(new)
             else:
                 # Each write expects the version the one before it wrote: from the
@@ -1110,6 +1329,33 @@ class PostgresStore(TransactionalStore):
             )
         return present_totals(list(groups.values()), map(_stored_from_row, due), now, group_by)
 
+    async def _timeseries(
+        self, tenant_id: TenantId, window: TimeWindow, group_by: Sequence[GroupKey]
+    ) -> list[TimeBucket]:
+        provider: LiteralString = "provider_id" if "provider" in group_by else "''"
+        model: LiteralString = "model" if "model" in group_by else "''"
+        statement = (
+            "SELECT start, "
+            + provider
+            + ", "
+            + model
+            + ", sum(rounds), sum(delta_tokens), sum(tokens_saved), sum(input_tokens), "
+            "sum(cached_input_tokens), sum(cache_write_tokens), sum(output_tokens), "
+            "sum(reasoning_tokens), sum(rounds_without_usage), sum(sessions_started) "
+            "FROM usage_rollup WHERE tenant_id = %s AND span = %s AND start >= %s "
+            "AND start < %s GROUP BY 1, 2, 3"
+        )
+        params = (tenant_id.value, _SPANS[window.bucket], window.first, window.end)
+        async with self._connection() as conn:
+            cur = await conn.execute(statement, params)
+            rows = await cur.fetchall()
+        # sum() is numeric: Decimal here, converted exactly.
+        return fold(
+            ((int(row[0]), row[1], row[2], [int(v) for v in row[3:]]) for row in rows),
+            window,
+            group_by,
+        )
+
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         async with self._connection() as conn, conn.transaction():
             # Binary rows decode faster (uuids, bigints), and a sweep decodes many.
@@ -1292,7 +1538,8 @@ def _write(
 ) -> tuple[LiteralString, tuple[Any, ...]]:
     """The one statement that writes ``new`` (and its round) if the version is as expected.
 
-    Its rowcount is 1 if it wrote, 0 if the version had moved.
+    Its rowcount is 0 if the version had moved, more if it wrote (1 for the session
+    alone, 2 with a round: its rollup rows).
     """
     params = _change_params(new, expected_version)
     if new_round is None:
@@ -1310,12 +1557,27 @@ def _write(
         new.record.delta_tokens,
         new.version,
     )
+    rolled = _roll_params(new, new_round.recorded_at, round_amounts(new_round, new))
     if not new_round.gateway:
-        return _UPDATE_SESSION_AND_INSERT_ROUND, params
+        return _UPDATE_SESSION_AND_INSERT_ROUND, (*params, *rolled)
     params = (*params, *round_usage_values(new_round))
     if new_round.turn is None:
-        return _UPDATE_SESSION_AND_INSERT_GATEWAY_ROUND, params
-    return _UPDATE_SESSION_AND_INSERT_TURN, (*params, *turn_values(new_round.turn))
+        return _UPDATE_SESSION_AND_INSERT_GATEWAY_ROUND, (*params, *rolled)
+    return _UPDATE_SESSION_AND_INSERT_TURN, (*params, *turn_values(new_round.turn), *rolled)
+
+
+def _roll_params(stored: StoredSession, at: Timestamp, amounts: Amounts) -> tuple[Any, ...]:
+    """The values of _ROLL_SELECT and _ROLL_TAIL: ``stored``'s tenant, group and slot,
+    ``amounts``, and the starts of the hour and the day of ``at``."""
+    record = stored.record
+    return (
+        record.tenant_id.value,
+        record.provider_id,
+        record.model,
+        record.session_id.value.int % _SLOTS,
+        *amounts,
+        *bucket_starts(at),
+    )
 
 
 def _change_params(stored: StoredSession, expected_version: int) -> tuple[Any, ...]:
@@ -1350,20 +1612,40 @@ def _keyed_from_row(session_id: SessionId, row: TupleRow) -> KeyedRound:
     )
 
 
-async def _advisory(conn: _Connection, statement: LiteralString, key: int) -> None:
-    """Take or release an advisory lock; if that fails or is cancelled, end the connection.
+async def _advisory(
+    conn: _Connection, statement: LiteralString, key: int, reads: Sequence[_Query] = ()
+) -> list[list[TupleRow]]:
+    """Take or release an advisory lock, and the rows of ``reads`` run after it (sent
+    with it: one round trip); if that fails or is cancelled, end the connection.
 
     Whether the lock is held is then unknown (a cancelled wait may have been
     granted just before the cancel arrived); a closed connection holds none, and
     the pool replaces it.
     """
     try:
-        await conn.execute(statement, (key,))
+        if not reads:
+            await conn.execute(statement, (key,))
+            return []
+        async with conn.pipeline():
+            await conn.execute(statement, (key,))
+            cursors = [await conn.execute(query, params) for query, params in reads]
+        return [await cursor.fetchall() for cursor in cursors]
     except BaseException as error:
         await conn.close()
         if isinstance(error, psycopg.Error):
             raise StoreError(f"PostgreSQL failed: {error}") from error
         raise
+
+
+_Query = tuple[LiteralString, tuple[Any, ...]]
+
+
+def _select_session(tenant_id: TenantId, session_id: SessionId) -> _Query:
+    return _SELECT_SESSION, (session_id.value, tenant_id.value)
+
+
+def _select_turns(session_id: SessionId) -> _Query:
+    return _SELECT_TURNS, (session_id.value,)
 
 
 def _lock_key(session_id: SessionId) -> int:

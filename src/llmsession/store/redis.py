@@ -85,6 +85,7 @@ from llmsession.store.models import (
     SessionQuery,
     StoredSession,
     Tenant,
+    TimeBucket,
     Totals,
     Turn,
     UsageTotals,
@@ -117,14 +118,18 @@ from llmsession.store.redis_schema import (
     member_id,
     parse_counters,
     parse_keyed_round,
+    parse_rollup,
     parse_round,
     parse_session,
     parse_session_values,
     parse_time,
     parse_turn,
+    rollup_fields,
+    rollup_keys,
     split_row,
     state_metric,
 )
+from llmsession.store.rollup import TimeWindow, fold, hour_of, round_amounts, session_amounts
 from llmsession.store.session_groups import PendingChange, SessionGroups
 from llmsession.timestamps import Timestamp
 
@@ -180,6 +185,8 @@ class _Admin(Protocol):
 
 class _Waiter(Protocol):
     def wait(self, num_replicas: int, timeout: int) -> object: ...
+
+    def execute_command(self, *args: str, **options: object) -> object: ...
 
 
 def _admin(client: aioredis.Redis) -> _Admin:
@@ -335,6 +342,9 @@ class RedisStore(SessionStore):
             await self._run_one(SET_SCHEMA, [self._keys.schema], ["4", "5"])
             self._upgraded(5)
             text = "5"
+        if text == "5":
+            await self._upgrade_rollup()
+            text = "6"
         if text is None or not text.isdigit():
             raise StoreError(
                 f"the key {self._keys.schema!r} in {self._where} holds {text!r}, not a schema "
@@ -427,6 +437,67 @@ class RedisStore(SessionStore):
         await self._key_rounds(names)
         await self._run_one(SET_SCHEMA, [keys.schema], ["3", "4"])
         self._upgraded(4)
+
+    async def _upgrade_rollup(self) -> None:
+        """Bring version 5 data up to version 6: fill the rollup (see store.rollup)
+        from every stored session and its rounds, then say so.
+
+        The rollup's fields are set to the sums found, not incremented, so several
+        processes may run this at once, or run it again after a crash: each sets
+        the same values. Processes still running an older llmsession must be
+        stopped first: their rounds would not be counted.
+        """
+        keys = self._keys
+        pattern = _glob_escape(keys.session_prefix) + "*"
+        # SCAN may return a key twice: each session is counted once, by its id.
+        seen: set[SessionId] = set()
+        rows: dict[TenantId, dict[tuple[int, str, str], list[int]]] = {}
+        names: list[str] = []
+        with self._guard():
+            async for name in _admin(self._client).scan_iter(match=pattern, count=1000):
+                names.append(_text(name))
+                if len(names) == _SWEEP_CHUNK:
+                    await self._sum_rollup(names, seen, rows)
+                    names = []
+        await self._sum_rollup(names, seen, rows)
+        with self._guard():
+            for tenant, sums in rows.items():
+                for name, fields in rollup_fields(keys, tenant, sums).items():
+                    for start in range(0, len(fields), _SWEEP_CHUNK * 4):
+                        chunk = fields[start : start + _SWEEP_CHUNK * 4]
+                        await self._client.hset(name, mapping=dict(chunk))
+        await self._run_one(SET_SCHEMA, [keys.schema], ["5", "6"])
+        self._upgraded(6)
+
+    async def _sum_rollup(
+        self,
+        names: Sequence[str],
+        seen: set[SessionId],
+        rows: dict[TenantId, dict[tuple[int, str, str], list[int]]],
+    ) -> None:
+        """Add these sessions (hash names) and their rounds to ``rows``, by tenant."""
+        prefix = self._keys.session_prefix
+        ids = {SessionId.parse(name[len(prefix) :]) for name in names} - seen
+        seen |= ids
+        sessions = await self._read(sorted(ids, key=str))
+        with self._guard():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for stored in sessions:
+                    pipe.lrange(self._keys.rounds(stored.record.session_id), 0, -1)
+                listed = await pipe.execute()
+        for stored, raw_rounds in zip(sessions, listed, strict=True):
+            record = stored.record
+            sums = rows.setdefault(record.tenant_id, {})
+            parts = [(record.created_at, session_amounts())]
+            for raw in _items(raw_rounds):
+                found = parse_round(record.session_id, _text(raw))
+                parts.append((found.recorded_at, round_amounts(found, stored)))
+            for at, amounts in parts:
+                total = sums.setdefault(
+                    (hour_of(at), record.provider_id, record.model), [0] * len(amounts)
+                )
+                for i, amount in enumerate(amounts):
+                    total[i] += amount
 
     async def _key_rounds(self, names: Sequence[str]) -> None:
         """Rewrite the version 3 entries of these idempotency hashes as version 4 ones."""
@@ -715,9 +786,39 @@ class RedisStore(SessionStore):
             raw = await _admin(self._client).execute_command(
                 "HGETALL", self._keys.history(session_id), **_RAW_REPLY
             )
+        return self._turns(session_id, raw)
+
+    def _turns(self, session_id: SessionId, raw: object) -> list[Turn]:
         turns = [(_seq(seq), packed) for seq, packed in _blobs(raw).items()]
         turns.sort(key=lambda pair: pair[0])
         return [parse_turn(session_id, seq, _blob(packed)) for seq, packed in turns]
+
+    async def _session_turns(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> tuple[StoredSession, list[Turn]]:
+        with self._guard():
+            # One round trip; under the session's turn, nothing else adds a turn between.
+            async with self._client.pipeline(transaction=False) as pipe:
+                self._queue_history_reads(pipe, session_id)
+                raw, history = await pipe.execute()
+        return self._session_and_turns(tenant_id, session_id, raw, history)
+
+    def _queue_history_reads(self, pipe: Pipeline, session_id: SessionId) -> None:
+        pipe.hgetall(self._keys.session(session_id))
+        # Not decoded: a turn is MessagePack, and its answer any bytes.
+        _waiter(pipe).execute_command("HGETALL", self._keys.history(session_id), **_RAW_REPLY)
+
+    def _session_and_turns(
+        self, tenant_id: TenantId, session_id: SessionId, raw: object, history: object
+    ) -> tuple[StoredSession, list[Turn]]:
+        row = _row(raw)
+        # As in _get_stored: a foreign session looks exactly like a missing one.
+        if row.get("tenant") != tenant_id.value:
+            raise NotFoundError(f"no session {session_id}")
+        stored = self._parse(session_id, row)
+        # The round the turn then records is one CAS from this version, with no read.
+        self._recent.remember(stored)
+        return present(stored, self.clock()), self._turns(session_id, history)
 
     async def _stored_turn(self, session_id: SessionId, seq: int) -> Turn | None:
         with self._guard():
@@ -750,59 +851,94 @@ class RedisStore(SessionStore):
         (RELEASE_LOCK). A holder that dies without giving it back holds the
         session up for at most the lease.
         """
-        return self._turn(session_id)
+        return self._turn_only(session_id)
 
     @asynccontextmanager
-    async def _turn(self, session_id: SessionId) -> AsyncGenerator[None]:
+    async def _turn_only(self, session_id: SessionId) -> AsyncGenerator[None]:
+        async with self._turn(session_id, read=False):
+            yield
+
+    @asynccontextmanager
+    async def _locked_turns(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AsyncGenerator[tuple[StoredSession, list[Turn]]]:
+        async with self._turn(session_id, read=True) as replies:
+            yield self._session_and_turns(tenant_id, session_id, *replies)
+
+    @asynccontextmanager
+    async def _turn(self, session_id: SessionId, *, read: bool) -> AsyncGenerator[list[object]]:
+        """Hold the session's turn; with ``read``, the replies of the session's and its
+        history's HGETALL, sent with the SET that took the lock (one round trip)."""
         # Not the session's writer groups: a turn is held for seconds, and the
         # rounds recorded inside it go through those.
         async with self._local_turns.turn(session_id):
             name = self._keys.turn_lock(session_id)
             token = secrets.token_hex(16)
             try:
-                await self._take_lock(name, token)
+                replies = await self._take_lock(name, token, session_id if read else None)
             except BaseException:
                 # Cancelled or failed after the SET may have gone through.
                 await asyncio.shield(self._release_lock(name, token))
                 raise
-            renewing = asyncio.ensure_future(self._renew_lock(name, token))
+            # Most turns end long before the first renewal is due: a timer until
+            # then, not a task per turn.
+            renewing: list[asyncio.Future[None]] = []
+            timer = asyncio.get_running_loop().call_later(
+                _TURN_RENEW_SECONDS,
+                lambda: renewing.append(asyncio.ensure_future(self._renew_lock(name, token))),
+            )
             try:
-                yield
+                yield replies
             finally:
-                renewing.cancel()
+                timer.cancel()
+                for task in renewing:
+                    task.cancel()
                 await asyncio.shield(self._release_lock(name, token))
 
-    async def _take_lock(self, name: str, token: str) -> None:
+    async def _take_lock(
+        self, name: str, token: str, read: SessionId | None = None
+    ) -> list[object]:
+        """Take the lock; with ``read``, the replies of _queue_history_reads for that
+        session, run right after the SET that took it (so under the lock)."""
         pause = _TURN_POLL_FIRST
         while True:
             # A waiter is cancelled where it waits (a client went away): a SET cut
             # off mid-flight can leave redis-py waiting forever for its answer
             # (seen with redis-py 8.2), so the SET finishes first and the
             # cancellation is given back after it.
-            attempt = asyncio.ensure_future(
-                self._client.set(name, token, nx=True, px=_TURN_LEASE_MS)
-            )
+            attempt = asyncio.ensure_future(self._set_lock(name, token, read))
             with self._guard():
                 try:
-                    taken = await asyncio.shield(attempt)
+                    taken, *replies = await asyncio.shield(attempt)
                 except asyncio.CancelledError:
                     await asyncio.wait([attempt])
                     if not attempt.cancelled():
                         attempt.exception()  # retrieved: the cancellation is what matters
                     raise
             if taken:
-                return
+                return replies
             await asyncio.sleep(random.uniform(pause / 2, pause))
             pause = min(pause * 2, _TURN_POLL_MAX)
 
+    async def _set_lock(self, name: str, token: str, read: SessionId | None) -> list[object]:
+        if read is None:
+            return [await self._client.set(name, token, nx=True, px=_TURN_LEASE_MS)]
+        # The reads go out with the SET: when it takes the lock they run under it.
+        # (When it does not, their replies are dropped and the SET tried again.)
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.set(name, token, nx=True, px=_TURN_LEASE_MS)
+            self._queue_history_reads(pipe, read)
+            return list(await pipe.execute())
+
     async def _renew_lock(self, name: str, token: str) -> None:
+        """Renew the lease now, then every _TURN_RENEW_SECONDS while the turn lasts."""
         while True:
-            await asyncio.sleep(_TURN_RENEW_SECONDS)
             try:
                 renewed = await self._run_one(EXTEND_LOCK, [name], [token, str(_TURN_LEASE_MS)])
             except StoreError as error:
                 # Tried again at the next renewal; the lease outlasts two misses.
                 _log.warning("%s: renewing the turn lock %r failed: %s", self._where, name, error)
+                await asyncio.sleep(_TURN_RENEW_SECONDS)
                 continue
             if renewed != 1:
                 # Its lease ran out (Redis or this process stalled) and another
@@ -812,6 +948,7 @@ class RedisStore(SessionStore):
                     "%s: the turn lock %r was lost before its turn ended", self._where, name
                 )
                 return
+            await asyncio.sleep(_TURN_RENEW_SECONDS)
 
     async def _release_lock(self, name: str, token: str) -> None:
         try:
@@ -947,6 +1084,18 @@ class RedisStore(SessionStore):
         if owner is None or _text(owner) != tenant_id.value:
             raise NotFoundError(f"no session {session_id}")
         return [parse_round(session_id, _text(raw)) for raw in _items(raw_rounds)]
+
+    async def _timeseries(
+        self, tenant_id: TenantId, window: TimeWindow, group_by: Sequence[GroupKey]
+    ) -> list[TimeBucket]:
+        """From the rollup hashes holding the window's buckets, one round trip."""
+        self._check_open()
+        with self._guard():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name in rollup_keys(self._keys, tenant_id, window):
+                    pipe.hgetall(name)
+                hashes = await pipe.execute()
+        return fold((row for raw in hashes for row in parse_rollup(_row(raw))), window, group_by)
 
     async def _totals(self, tenant_id: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         """Totals as of now: a due Active session counts as expired (see store.presented).

@@ -32,6 +32,15 @@ Key layout, under a prefix (``llmsession:`` by default)::
     agg:<tenant>         hash: counters, field "<metric> <lo or hi> <group>", the group
                          being JSON [provider, model]; so its fields also name
                          every group the tenant has had a session of
+    ts:<day>:<tenant>    hash: the rollup time series read (see store.rollup): the
+                         hours of one UTC day (its start in epoch microseconds),
+                         field "<metric> <lo or hi> <hour> <group>", the hour's
+                         start in epoch microseconds; written with the round or
+                         session
+    tsd:<period>:<tenant>
+                         hash: the same for the days of one period of 32 days
+                         (from a multiple of 32 days since the epoch), field
+                         "<metric> <lo or hi> <day> <group>"
     tenants              hash: tenant id -> created_at
     apikeys              hash: key id -> JSON [tenant, hash as hex, created_at]
     apikeys:revoked      hash: key id -> revoked_at
@@ -57,7 +66,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, cast
 
@@ -69,6 +78,13 @@ from llmsession.ids import SessionId, TenantId
 from llmsession.record import SessionRecord
 from llmsession.states import ALL_STATES, Created, SessionState, state_named
 from llmsession.store.models import NO_USAGE, KeyedRound, Round, StoredSession, Turn, UsageTotals
+from llmsession.store.rollup import (
+    BUCKET_MICROS,
+    TimeWindow,
+    bucket_starts,
+    round_amounts,
+    session_amounts,
+)
 from llmsession.timestamps import Timestamp
 from llmsession.usage import Usage
 
@@ -83,6 +99,7 @@ __all__ = [
     "READ",
     "READ_RANGE",
     "RELEASE_LOCK",
+    "ROLLUP_METRICS",
     "SCHEMA_VERSION",
     "SET_SCHEMA",
     "UPGRADE_DUE",
@@ -104,11 +121,14 @@ __all__ = [
     "pack_turn",
     "parse_counters",
     "parse_keyed_round",
+    "parse_rollup",
     "parse_round",
     "parse_session",
     "parse_session_values",
     "parse_time",
     "parse_turn",
+    "rollup_fields",
+    "rollup_keys",
     "round_json",
     "split_row",
     "state_metric",
@@ -126,7 +146,9 @@ __all__ = [
 #: records, usage counters), all optional: version 4 data is version 5 data
 #: without gateway sessions, so the upgrade only sets the number, after which an
 #: older llmsession, which would refuse the usage counters, refuses the data.
-SCHEMA_VERSION: Final = 5
+#: Version 6 adds the rollup (ts: and tsd:); RedisStore back-fills it from
+#: the stored sessions and rounds.
+SCHEMA_VERSION: Final = 6
 
 # A member starts with a time as 16 hex digits; the offset makes every Timestamp
 # (years 1 to 9999) non-negative, so text order is time order.
@@ -150,6 +172,12 @@ METRICS: Final = (
 
 #: Counter values by (provider, model), then by metric.
 Counters = dict[tuple[str, str], dict[str, int]]
+
+#: The rollup's metrics, in store.rollup.ROLLUP_FIELDS order.
+ROLLUP_METRICS: Final = ("rounds", "delta", "saved", *USAGE_METRICS, "started")
+_DAY_MICROS: Final = BUCKET_MICROS["day"]
+# The days of one tsd: hash: a day series of 366 days reads at most 13.
+_PERIOD_MICROS: Final = 32 * _DAY_MICROS
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +230,11 @@ class Script:
 #:       or the time part of the new one (the old one, found by the hash's "due"
 #:       field, is removed; the new "due" is among the hash fields); n and n hash
 #:       field/value pairs (only those that change); r and r pairs (sorted set,
-#:       member) to remove; a and a pairs to add; counters hash, group, c and c
-#:       triples (metric, lo increment in (-2**32, 2**32), hi increment), the
-#:       fields being "<metric> lo <group>" and "<metric> hi <group>".
+#:       member) to remove; a and a pairs to add; m and m counter sections, each
+#:       a counters hash, group, c and c triples (metric, lo increment in
+#:       (-2**32, 2**32), hi increment), the fields being "<metric> lo <group>"
+#:       and "<metric> hi <group>": first the tenant's counters, then the
+#:       rollup's (whose group starts with the hour).
 #: Returns per write 1 when written, 0 when not (version moved, or key used), 2
 #: when not because the started-by key is used.
 #: The items are read by position (p), not through a helper function: a Lua call
@@ -279,32 +309,35 @@ for w = 1, a[1] do
   if ok then
     for j = p + 1, p + 2 * n, 2 do redis.call('ZADD', a[j], 0, a[j + 1]) end
   end
-  p = p + 2 * n + 3
-  local counters, group = a[p - 2], a[p - 1]
-  n = a[p]
-  if ok then
-    for j = p + 1, p + 3 * n, 3 do
-      local lo_field = a[j] .. ' lo ' .. group
-      local hi = a[j + 2]
-      local total = redis.call('HINCRBY', counters, lo_field, a[j + 1])
-      -- Carry or borrow: lo was in [0, 2**32) and the increment in
-      -- (-2**32, 2**32), so total is in (-2**32, 2**33).
-      local carry = 0
-      if total >= 4294967296 then
-        carry = 1
-      elseif total < 0 then
-        carry = -1
-      end
-      if carry ~= 0 then
-        redis.call('HINCRBY', counters, lo_field, -carry * 4294967296)
-      end
-      -- Most writes leave hi alone: its field's name is made only when it moves.
-      if hi ~= '0' or carry ~= 0 then
-        redis.call('HINCRBY', counters, a[j] .. ' hi ' .. group, hi + carry)
+  p = p + 2 * n + 1
+  for _ = 1, a[p] do
+    p = p + 3
+    local counters, group = a[p - 2], a[p - 1]
+    n = a[p]
+    if ok then
+      for j = p + 1, p + 3 * n, 3 do
+        local lo_field = a[j] .. ' lo ' .. group
+        local hi = a[j + 2]
+        local total = redis.call('HINCRBY', counters, lo_field, a[j + 1])
+        -- Carry or borrow: lo was in [0, 2**32) and the increment in
+        -- (-2**32, 2**32), so total is in (-2**32, 2**33).
+        local carry = 0
+        if total >= 4294967296 then
+          carry = 1
+        elseif total < 0 then
+          carry = -1
+        end
+        if carry ~= 0 then
+          redis.call('HINCRBY', counters, lo_field, -carry * 4294967296)
+        end
+        -- Most writes leave hi alone: its field's name is made only when it moves.
+        if hi ~= '0' or carry ~= 0 then
+          redis.call('HINCRBY', counters, a[j] .. ' hi ' .. group, hi + carry)
+        end
       end
     end
+    p = p + 3 * n
   end
-  p = p + 3 * n
 end
 return results
 """)
@@ -552,6 +585,16 @@ class RedisKeys:
         """The hash of a tenant's counters."""
         return _counters_name(self.prefix, tenant_id)
 
+    def rollup(self, tenant_id: TenantId, day: int | str) -> str:
+        """The hash of a tenant's rollup of the hours of one UTC day (its start, epoch
+        microseconds)."""
+        return f"{self.prefix}ts:{day}:{tenant_id}"
+
+    def day_rollup(self, tenant_id: TenantId, period: int | str) -> str:
+        """The hash of a tenant's rollup of the days of one 32-day period (its start,
+        epoch microseconds)."""
+        return f"{self.prefix}tsd:{period}:{tenant_id}"
+
     def tenant_keys(self, tenant_id: TenantId) -> str:
         """The set of a tenant's API key ids."""
         return f"{self.prefix}keys:{tenant_id}"
@@ -721,17 +764,130 @@ class CasBatch:
         removed, added = _index_changes(names, old, new, id_text)
         self._pairs(removed)
         self._pairs(added)
-        increments = _counter_increments(old, new)
-        items += (
-            _counters_name(names.prefix, record.tenant_id),
+        sections = _counter_sections(names, old, new, new_round)
+        items.append(len(sections))
+        for counters, group, increments in sections:
+            items += (counters, group, len(increments))
+            for metric, amount in increments:
+                # Both parts take the amount's sign, so a small decrease is one
+                # HINCRBY, not a wrapped increase and a carry.
+                hi = amount // LIMB if amount >= 0 else -(-amount // LIMB)
+                items += (metric, str(amount - hi * LIMB), str(hi))
+
+
+_STARTED: Final = session_amounts()
+
+_Section = tuple[str, str, list[tuple[str, int]]]
+
+
+def _counter_sections(
+    keys: RedisKeys, old: StoredSession | None, new: StoredSession | None, new_round: Round | None
+) -> list[_Section]:
+    """The counter sections of a CAS write: the tenant's counters, then the rollup's
+    (a new session's start, and the round's amounts)."""
+    some = new if new is not None else old
+    assert some is not None  # CasBatch.add refuses a write with neither
+    record = some.record
+    sections = [
+        (
+            _counters_name(keys.prefix, record.tenant_id),
             counter_group(record.provider_id, record.model),
-            len(increments),
+            _counter_increments(old, new),
         )
-        for metric, amount in increments:
-            # Both parts take the amount's sign, so a small decrease is one
-            # HINCRBY, not a wrapped increase and a carry.
-            hi = amount // LIMB if amount >= 0 else -(-amount // LIMB)
-            items += (metric, str(amount - hi * LIMB), str(hi))
+    ]
+    if new is not None:
+        if old is None:
+            sections += _rollup_section(keys, new, new.record.created_at, _STARTED)
+        if new_round is not None:
+            amounts = round_amounts(new_round, new)
+            sections += _rollup_section(keys, new, new_round.recorded_at, amounts)
+    return sections
+
+
+def _rollup_section(
+    keys: RedisKeys, stored: StoredSession, at: Timestamp, amounts: Sequence[int]
+) -> list[_Section]:
+    """The counter sections of CAS adding ``amounts`` to the rollup of ``stored``'s
+    tenant and group at the hour and at the day of ``at``."""
+    record = stored.record
+    hour, day = bucket_starts(at)
+    group = counter_group(record.provider_id, record.model)
+    increments = [
+        (metric, amount) for metric, amount in zip(ROLLUP_METRICS, amounts, strict=True) if amount
+    ]
+    return [
+        (keys.rollup(record.tenant_id, day), f"{hour} {group}", increments),
+        (keys.day_rollup(record.tenant_id, _period(day)), f"{day} {group}", increments),
+    ]
+
+
+def _period(day: int) -> int:
+    return day - day % _PERIOD_MICROS
+
+
+def rollup_keys(keys: RedisKeys, tenant_id: TenantId, window: TimeWindow) -> list[str]:
+    """The rollup hashes holding the window's buckets: those of its days for hours,
+    of its periods for days."""
+    if window.bucket == "hour":
+        first = window.first - window.first % _DAY_MICROS
+        return [keys.rollup(tenant_id, day) for day in range(first, window.end, _DAY_MICROS)]
+    first = _period(window.first)
+    return [
+        keys.day_rollup(tenant_id, period) for period in range(first, window.end, _PERIOD_MICROS)
+    ]
+
+
+def parse_rollup(raw: Mapping[str, str]) -> list[tuple[int, str, str, list[int]]]:
+    """A rollup hash as rows: bucket start, provider, model, amounts in ROLLUP_FIELDS
+    order."""
+    rows: dict[tuple[int, str, str], list[int]] = {}
+    for name, value in raw.items():
+        try:
+            metric, limb, hour, labels = name.split(" ", 3)
+            provider, model = json.loads(labels)
+            index = ROLLUP_METRICS.index(metric)
+            if limb not in ("lo", "hi"):
+                raise ValueError(f"unknown limb {limb!r}")
+            amount = _int(value) * (LIMB if limb == "hi" else 1)
+            key = (_int(hour), str(provider), str(model))
+        except (ValueError, TypeError) as error:
+            raise StoreError(f"rollup field {name!r} = {value!r} is not valid: {error}") from None
+        rows.setdefault(key, [0] * len(ROLLUP_METRICS))[index] += amount
+    return [(hour, provider, model, amounts) for (hour, provider, model), amounts in rows.items()]
+
+
+def rollup_fields(
+    keys: RedisKeys, tenant_id: TenantId, hours: Mapping[tuple[int, str, str], Sequence[int]]
+) -> dict[str, list[tuple[str, str]]]:
+    """A tenant's rollup rows of hours (by hour, provider, model) as the fields of
+    its rollup hashes, hours and days, by hash name, as CAS would have left them:
+    the upgrade writes these."""
+    days: dict[tuple[int, str, str], list[int]] = {}
+    for (hour, provider, model), amounts in hours.items():
+        total = days.setdefault((hour - hour % _DAY_MICROS, provider, model), [0] * len(amounts))
+        for i, amount in enumerate(amounts):
+            total[i] += amount
+    hashes: dict[str, list[tuple[str, str]]] = {}
+
+    def hour_hash(start: int) -> str:
+        return keys.rollup(tenant_id, start - start % _DAY_MICROS)
+
+    def day_hash(start: int) -> str:
+        return keys.day_rollup(tenant_id, _period(start))
+
+    named: tuple[tuple[Mapping[tuple[int, str, str], Sequence[int]], Callable[[int], str]], ...]
+    named = ((hours, hour_hash), (days, day_hash))
+    for rows, name_of in named:
+        for (start, provider, model), amounts in rows.items():
+            fields = hashes.setdefault(name_of(start), [])
+            group = f"{start} {counter_group(provider, model)}"
+            for metric, amount in zip(ROLLUP_METRICS, amounts, strict=True):
+                if amount:
+                    hi, lo = divmod(amount, LIMB)
+                    fields.append((f"{metric} lo {group}", str(lo)))
+                    if hi:
+                        fields.append((f"{metric} hi {group}", str(hi)))
+    return hashes
 
 
 class _Packer(Protocol):

@@ -36,14 +36,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any, Final, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -77,12 +78,22 @@ from llmsession.store.models import (
     SessionQuery,
     StoredSession,
     Tenant,
+    TimeBucket,
+    TimeBucketSize,
     Totals,
     Turn,
     UsageTotals,
 )
 from llmsession.store.presented import newest_first, present, present_totals, shown_in
 from llmsession.store.recent import RecentSessions
+from llmsession.store.rollup import (
+    Amounts,
+    TimeWindow,
+    bucket_starts,
+    fold,
+    round_amounts,
+    session_amounts,
+)
 from llmsession.store.sql_rows import (
     INSERT_COLUMNS,
     ROUND_USAGE_COLUMNS,
@@ -102,7 +113,7 @@ from llmsession.store.sql_rows import (
 from llmsession.store.turn_file import TurnFile, open_turn_file
 from llmsession.timestamps import Timestamp
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore", "path_of_url"]
+__all__ = ["ROLLUP_BACKFILL", "SCHEMA_VERSION", "SQLiteStore", "path_of_url"]
 
 T = TypeVar("T")
 
@@ -110,8 +121,9 @@ T = TypeVar("T")
 #: Version 2 keeps with each round the session's delta_tokens and version right
 #: after it (a replayed round's answer). Version 3 adds gateway rounds: usage on
 #: sessions and rounds, the turns of the conversation and the keys that
-#: started sessions. _UPGRADES brings older files up to it.
-SCHEMA_VERSION: Final = 3
+#: started sessions. Version 4 adds usage_rollup, the rollup time series read
+#: (see store.rollup). _UPGRADES brings older files up to it.
+SCHEMA_VERSION: Final = 4
 
 # SQLite's INTEGER, and so the largest LIMIT.
 _MAX_INTEGER = 2**63 - 1
@@ -172,6 +184,103 @@ _GATEWAY_TABLES: Final = (
 )
 
 
+# The rollup (see store.rollup), one row per tenant, bucket (``span``, its length
+# in seconds: 3600 for an hour, 86400 for a day; ``start``, epoch microseconds),
+# provider and model. Token sums are kept as two columns, the high and the low
+# 32 bits of each amount summed apart, as _split_sum reads them: one bucket of a
+# group may pass 2**63-1 (SQLite would turn the sum into a float).
+_ROLLUP_SPLIT: Final = (
+    "delta",
+    "saved",
+    "input",
+    "cached",
+    "cache_write",
+    "output",
+    "reasoning",
+)
+# Its columns in store.rollup.ROLLUP_FIELDS order, each split one as hi, lo.
+_ROLLUP_COLUMNS: Final = (
+    "rounds",
+    *(f"{name}_{half}" for name in _ROLLUP_SPLIT for half in ("hi", "lo")),
+    "rounds_without_usage",
+    "sessions_started",
+)
+_ROLLUP_TABLE: Final = f"""
+    CREATE TABLE usage_rollup (
+        tenant_id   TEXT    NOT NULL,
+        span        INTEGER NOT NULL,
+        start       INTEGER NOT NULL,
+        provider_id TEXT    NOT NULL,
+        model       TEXT    NOT NULL,
+        {", ".join(f"{column} INTEGER NOT NULL DEFAULT 0" for column in _ROLLUP_COLUMNS)},
+        PRIMARY KEY (tenant_id, span, start, provider_id, model)
+    ) WITHOUT ROWID
+    """
+_ROLLUP_CONFLICT: Final = (
+    "ON CONFLICT (tenant_id, span, start, provider_id, model) DO UPDATE SET "
+    + ", ".join(f"{column} = {column} + excluded.{column}" for column in _ROLLUP_COLUMNS)
+)
+_ROLLUP_INSERT: Final = (
+    "INSERT INTO usage_rollup (tenant_id, span, start, provider_id, model, "
+    f"{', '.join(_ROLLUP_COLUMNS)})"
+)
+# A write's amounts go to its hour and its day: one statement, two rows.
+_ROLL_ROW: Final = f"({', '.join('?' * (5 + len(_ROLLUP_COLUMNS)))})"
+_ROLL: Final = f"{_ROLLUP_INSERT} VALUES {_ROLL_ROW}, {_ROLL_ROW} {_ROLLUP_CONFLICT}"
+#: The bucket lengths the rollup keeps, in seconds (its ``span`` column).
+_SPANS: Final[dict[TimeBucketSize, int]] = {"hour": 3600, "day": 86400}
+
+
+def _start_sql(column: str, span: int) -> str:
+    """The start of the bucket of a time column, floored (SQLite's % truncates)."""
+    size = span * 1_000_000
+    return f"{column} - (({column} % {size}) + {size}) % {size}"
+
+
+def _halves_sql(amount: str) -> str:
+    return f"SUM(({amount}) >> 32), SUM(({amount}) & {0xFFFFFFFF})"
+
+
+def _backfill(span: int) -> tuple[str, str]:
+    """The statements filling the rollup's buckets of ``span`` seconds from the
+    stored rounds and sessions."""
+    rounds = (
+        f"{_ROLLUP_INSERT} SELECT s.tenant_id, {span}, {_start_sql('r.recorded_at', span)}, "
+        "s.provider_id, s.model, COUNT(*), "
+        + ", ".join(
+            _halves_sql(amount)
+            for amount in (
+                "r.delta_tokens",
+                "s.initial_tokens - r.delta_tokens",
+                *(
+                    f"COALESCE(r.{column}, 0)"
+                    for column in (
+                        "input_tokens",
+                        "cached_input_tokens",
+                        "cache_write_tokens",
+                        "output_tokens",
+                        "reasoning_tokens",
+                    )
+                ),
+            )
+        )
+        + ", SUM(r.gateway = 1 AND r.input_tokens IS NULL), 0 "
+        "FROM rounds r JOIN sessions s ON s.session_id = r.session_id GROUP BY 1, 2, 3, 4, 5"
+    )
+    # WHERE true: SQLite's parser needs it between a SELECT and ON CONFLICT.
+    sessions = (
+        "INSERT INTO usage_rollup (tenant_id, span, start, provider_id, model, sessions_started) "
+        f"SELECT tenant_id, {span}, {_start_sql('created_at', span)}, provider_id, model, "
+        f"COUNT(*) FROM sessions WHERE true GROUP BY 1, 2, 3, 4, 5 {_ROLLUP_CONFLICT}"
+    )
+    return rounds, sessions
+
+
+#: The rollup of every stored round and session, as the writes would have kept it:
+#: the upgrade to version 4 runs it, and so can a bulk load (bench/dashboard.py).
+ROLLUP_BACKFILL: Final = (*_backfill(_SPANS["hour"]), *_backfill(_SPANS["day"]))
+
+
 def _rounds_table(name: str, added: Sequence[str] = ()) -> str:
     """The rounds table as version 2 made it, with the columns of later versions
     ``added`` at its end (where ALTER TABLE puts them)."""
@@ -214,6 +323,7 @@ _UPGRADES: Final[dict[int, tuple[str, ...]]] = {
         *(f"ALTER TABLE rounds ADD COLUMN {column}" for column in _ROUND_GATEWAY_COLUMNS),
         *_GATEWAY_TABLES,
     ),
+    4: (_ROLLUP_TABLE, *ROLLUP_BACKFILL),
 }
 
 _SCHEMA: Final = (
@@ -283,6 +393,7 @@ _SCHEMA: Final = (
     CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id, created_at, key_id)
     """,
     *_GATEWAY_TABLES,
+    _ROLLUP_TABLE,
 )
 
 # A session as _stored_from_row reads it: its columns, then its usage.
@@ -331,12 +442,18 @@ class _Connection:
     """One sqlite3 connection, used only from its own thread.
 
     ``run(work)`` calls ``work(connection)`` in that thread; a SQLite error comes
-    out as StoreError naming the file. Work runs in submission order.
+    out as StoreError naming the file. Work runs in submission order. The thread
+    takes jobs from a queue and hands each result back to the event loop with one
+    ``call_soon_threadsafe``: a round's two or three trips to SQLite cost a
+    third of what ``run_in_executor`` costs (its concurrent future, and the
+    asyncio future chained to it). Work whose caller was cancelled before it
+    started is skipped, as an executor does.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmsession-sqlite")
+        self._jobs: SimpleQueue[_Job[Any] | None] = SimpleQueue()
+        self._thread: threading.Thread | None = None
         self._raw: sqlite3.Connection | None = None
 
     async def open(self) -> None:
@@ -358,14 +475,54 @@ class _Connection:
             if raw is not None:
                 await self._call(raw.close)
         finally:
-            self._executor.shutdown(wait=False)
+            if self._thread is not None:
+                self._jobs.put(None)
+                self._thread = None
 
     async def _call(self, work: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=_serve, args=(self._jobs,), name="llmsession-sqlite", daemon=True
+            )
+            self._thread.start()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((work, loop, future))
         try:
-            return await loop.run_in_executor(self._executor, work)
+            return await future
         except sqlite3.Error as error:
             raise StoreError(f"SQLite file {self.path}: {error}") from error
+
+
+_Job = tuple[Callable[[], T], asyncio.AbstractEventLoop, "asyncio.Future[T]"]
+
+
+def _serve(jobs: SimpleQueue[_Job[Any] | None]) -> None:
+    """A connection's thread: run each job, hand its outcome to its loop; None ends it."""
+    while (job := jobs.get()) is not None:
+        work, loop, future = job
+        # Read across threads: at worst a job cancelled just now still runs, as
+        # one already running would.
+        if future.cancelled():
+            continue
+        try:
+            outcome: tuple[bool, object] = (True, work())
+        except BaseException as error:
+            outcome = (False, error)
+        # A closed loop (RuntimeError) has nobody waiting for this outcome any more.
+        with suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, future, outcome)
+
+
+def _settle(future: asyncio.Future[Any], outcome: tuple[bool, object]) -> None:
+    if future.cancelled():
+        return
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        assert isinstance(value, BaseException)
+        future.set_exception(value)
 
 
 def _switch_to_wal(conn: sqlite3.Connection) -> str:
@@ -577,6 +734,7 @@ class SQLiteStore(SessionStore):
             if start_key is not None:
                 _record_start(conn, stored, start_key)
             conn.execute(_INSERT_SESSION, params)
+            _roll(conn, stored, stored.record.created_at, session_amounts())
             if first is not None:
                 _insert_round(conn, first, stored)
 
@@ -882,6 +1040,22 @@ class SQLiteStore(SessionStore):
         ]
         return present_totals(stored, map(_stored_from_row, due), now, group_by)
 
+    async def _timeseries(
+        self, tenant_id: TenantId, window: TimeWindow, group_by: Sequence[GroupKey]
+    ) -> list[TimeBucket]:
+        provider = "provider_id" if "provider" in group_by else "''"
+        model = "model" if "model" in group_by else "''"
+        rows = await self._read(
+            f"SELECT start, {provider}, {model}, "
+            + ", ".join(f"SUM({column})" for column in _ROLLUP_COLUMNS)
+            + " FROM usage_rollup WHERE tenant_id = ? AND span = ? AND start >= ? AND start < ? "
+            "GROUP BY 1, 2, 3",
+            (tenant_id.value, _SPANS[window.bucket], window.first, window.end),
+        )
+        return fold(
+            ((row[0], row[1], row[2], _rollup_amounts(row[3:])) for row in rows), window, group_by
+        )
+
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         def expire_due(conn: sqlite3.Connection) -> int:
             rows = conn.execute(
@@ -1073,8 +1247,9 @@ def _update_params(new: StoredSession, expected_version: int) -> tuple[object, .
 
 
 def _insert_round(conn: sqlite3.Connection, new_round: Round, new: StoredSession) -> None:
-    """Insert a round (``new`` is its session right after it) and, for a gateway
-    round with one, its turn."""
+    """Insert a round (``new`` is its session right after it), add it to the
+    rollup and, for a gateway round with one, store its turn."""
+    _roll(conn, new, new_round.recorded_at, round_amounts(new_round, new))
     if not new_round.gateway:
         conn.execute(_INSERT_ROUND, _round_params(new_round, new))
         return
@@ -1085,6 +1260,24 @@ def _insert_round(conn: sqlite3.Connection, new_round: Round, new: StoredSession
         key = new_round.session_id.value.bytes
         conn.execute(_INSERT_TURN, (key, new_round.seq, *turn_values(new_round.turn)))
         conn.execute(_MARK_TURNS, (key,))
+
+
+def _roll(conn: sqlite3.Connection, stored: StoredSession, at: Timestamp, amounts: Amounts) -> None:
+    """Add ``amounts`` to the rollup rows of ``stored``'s tenant and group, at the hour
+    and the day of ``at``."""
+    record = stored.record
+    sums = (
+        amounts[0],
+        *(half for amount in amounts[1:8] for half in (amount >> 32, amount & _LOW_BITS)),
+        amounts[8],
+        amounts[9],
+    )
+    hour, day = bucket_starts(at)
+    tenant, provider, model = record.tenant_id.value, record.provider_id, record.model
+    conn.execute(
+        _ROLL,
+        (tenant, 3600, hour, provider, model, *sums, tenant, 86400, day, provider, model, *sums),
+    )
 
 
 def _record_start(conn: sqlite3.Connection, stored: StoredSession, idempotency_key: str) -> None:
@@ -1102,6 +1295,16 @@ def _record_start(conn: sqlite3.Connection, stored: StoredSession, idempotency_k
         raise ConflictError(
             f"idempotency key {idempotency_key!r} already started session {started}"
         ) from None
+
+
+def _rollup_amounts(sums: Sequence[int]) -> list[int]:
+    """Amounts in ROLLUP_FIELDS order from the sums of _ROLLUP_COLUMNS."""
+    return [
+        sums[0],
+        *(_join_halves(sums[i], sums[i + 1]) for i in range(1, 15, 2)),
+        sums[15],
+        sums[16],
+    ]
 
 
 def _usage_totals(sums: Sequence[int]) -> UsageTotals:
