@@ -225,6 +225,66 @@ def test_a_tenant_signs_in_and_the_overview_shows_the_api_s_totals(
     save_screenshot(page, "overview-tenant")
 
 
+def _chart_data(driver: Any, chart_id: str) -> Any:
+    """What a chart plotted, once it is drawn."""
+    return _wait(
+        driver,
+        lambda d: d.execute_script(
+            f"const c = window.llmsessionCharts && window.llmsessionCharts['{chart_id}'];"
+            "return c && c.plot.root.querySelector('canvas') ? [c.labels, c.data] : null;"
+        ),
+    )
+
+
+def test_the_overview_plots_the_api_s_time_series(page: Any, seeded: Seeded) -> None:
+    sign_in(page, seeded, seeded.keys["acme"])
+    # The plotted window, as the form shows it (UTC, to the minute).
+    start = page.find_element(*_by("#plot-start")).get_attribute("value") + ":00Z"
+    end = page.find_element(*_by("#plot-end")).get_attribute("value") + ":00Z"
+    auth = seeded.auth("acme")
+    window = {"bucket": "hour", "start": start, "end": end}
+    split = seeded.http.get(
+        "/v1/stats/timeseries", params={**window, "group_by": "provider,model"}, headers=auth
+    ).json()["buckets"]
+    whole = seeded.http.get("/v1/stats/timeseries", params=window, headers=auth).json()["buckets"]
+    assert split
+    assert whole
+
+    def expected(field: str) -> dict[tuple[str, int], int]:
+        return {(f"{b['provider_id']} / {b['model']}", _epoch(b["start"])): b[field] for b in split}
+
+    for chart_id, name in (("chart-saved", "tokens_saved"), ("chart-rounds-over-time", "rounds")):
+        labels, data = _chart_data(page, chart_id)
+        x, lines = data[0], data[1:]
+        plotted = {
+            (label, at): value
+            for label, line in zip(labels, lines, strict=True)
+            for at, value in zip(x, line, strict=True)
+            if value != 0
+        }
+        assert plotted == {key: value for key, value in expected(name).items() if value != 0}
+        assert sorted(labels) == sorted({label for label, _ in expected(name)})
+
+    _, (x, share) = _chart_data(page, "chart-cache-share")
+    shares = {_epoch(b["start"]): b["usage"] for b in whole}
+    for at, value in zip(x, share, strict=True):
+        usage = shares.get(at)
+        if usage is None or usage["input_tokens"] == 0:
+            assert value is None
+        else:
+            assert value == pytest.approx(
+                100 * usage["cached_input_tokens"] / usage["input_tokens"]
+            )
+    assert any(value for value in share)  # the gateway session's later rounds hit the cache
+    save_screenshot(page, "overview-plots")
+
+
+def _epoch(text: str) -> int:
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(text).timestamp())
+
+
 def test_the_sessions_table_filters_and_pages_as_the_api(page: Any, seeded: Seeded) -> None:
     from selenium.webdriver.support.ui import Select
 
@@ -325,6 +385,12 @@ def test_a_script_in_a_model_name_is_shown_as_text(page: Any, seeded: Seeded) ->
     assert page.find_element(*_by("#session-model")).text == XSS_MODEL
     page.get(f"{seeded.url}/ui/sessions")
     assert XSS_MODEL in [cell.text for cell in page.find_elements(*_by("#sessions td.model"))]
+    page.get(f"{seeded.url}/ui")
+    assert XSS_MODEL in [cell.text for cell in page.find_elements(*_by("#by-model td.model"))]
+    labels, _ = _chart_data(page, "chart-saved")  # the plot's legend names the model too
+    assert f"openai / {XSS_MODEL}" in labels
+    legend = page.find_element(*_by("#chart-saved .u-legend")).text
+    assert XSS_MODEL in legend
     with pytest.raises(NoAlertPresentException):
         _ = page.switch_to.alert.text
 

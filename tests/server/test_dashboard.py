@@ -594,3 +594,59 @@ def test_the_admin_s_sum_of_tenants_adds_costs_but_never_a_partial_one() -> None
     assert total.cost == Cost("EUR", Decimal("0.75"), Decimal("3"))
     assert sum_totals([first, unpriced]).cost is None
     assert sum_totals([]).cost is None
+
+
+def test_the_plots_over_time_give_every_bucket_of_the_range_a_point() -> None:
+    from llmsession.server.ui.pages import time_charts
+    from llmsession.store.models import TimeBucket, UsageTotals
+    from llmsession.timestamps import Timestamp
+
+    start = Timestamp.parse("2026-03-01T09:30:00Z")  # plotted from its hour, 09:00
+    end = Timestamp.parse("2026-03-01T13:00:00Z")
+    nine, eleven = Timestamp.parse("2026-03-01T09:00:00Z"), Timestamp.parse("2026-03-01T11:00:00Z")
+    grouped = [
+        TimeBucket(nine, "openai", "gpt-4o", rounds=2, tokens_saved=900),
+        TimeBucket(eleven, "openai", "gpt-4o", rounds=1, tokens_saved=-50),
+        TimeBucket(eleven, "fake", "mini", rounds=3, tokens_saved=10),
+    ]
+    overall = [
+        TimeBucket(nine, None, None, usage=UsageTotals(input_tokens=0)),
+        TimeBucket(
+            eleven, None, None, usage=UsageTotals(input_tokens=400, cached_input_tokens=100)
+        ),
+    ]
+
+    charts = time_charts("hour", start, end, grouped, overall)
+
+    hour = 3600
+    assert charts["x"] == [nine.epoch_micros // 10**6 + i * hour for i in range(4)]
+    assert charts["groups"] == [
+        {"provider_id": "openai", "model": "gpt-4o"},
+        {"provider_id": "fake", "model": "mini"},
+    ]
+    assert charts["tokens_saved"] == [[900, 0, -50, 0], [0, 0, 10, 0]]
+    assert charts["rounds"] == [[2, 0, 1, 0], [0, 0, 3, 0]]
+    assert charts["cache_share"] == [None, None, 25.0, None]
+
+
+async def test_the_overview_s_plot_window_is_checked(api: Api) -> None:
+    await api.tenant("acme")
+    async with ui_client(api.app) as client:
+        await sign_in(client, api.keys["acme"])
+        page = await client.get("/ui")
+        assert 'id="time-series"' in page.text
+        # The default: the 48 hours up to the end of the current hour (the clock: 09:00).
+        assert 'id="plot-start" value="2026-02-27T10:00"' in page.text
+        assert 'id="plot-end" value="2026-03-01T10:00"' in page.text
+        days = await client.get("/ui", params={"bucket": "day", "split": "model"})
+        assert days.status_code == 200
+        assert 'id="plot-start" value="2026-01-31T00:00"' in days.text
+        bad = await client.get("/ui", params={"bucket": "week"})
+        assert bad.status_code == 422
+        assert "choose hour or day" in bad.text
+        too_long = await client.get(
+            "/ui", params={"start": "2026-01-01T00:00", "end": "2026-03-01T00:00"}
+        )
+        assert too_long.status_code == 422
+        unsplit = await client.get("/ui", params={"split": "tenant"})
+        assert unsplit.status_code == 422

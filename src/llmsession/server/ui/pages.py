@@ -13,7 +13,16 @@ from starlette.responses import HTMLResponse
 
 from llmsession.cost import Cost, billed, format_money
 from llmsession.states import ALL_STATES
-from llmsession.store.models import Round, StoredSession, Totals, UsageTotals
+from llmsession.store.models import (
+    Round,
+    StoredSession,
+    TimeBucket,
+    TimeBucketSize,
+    Totals,
+    UsageTotals,
+)
+from llmsession.store.rollup import BUCKET_MICROS
+from llmsession.timestamps import Timestamp
 from llmsession.tokens import compute_tokens_saved
 
 __all__ = [
@@ -23,6 +32,7 @@ __all__ = [
     "round_series",
     "share",
     "sum_totals",
+    "time_charts",
 ]
 
 _environment = Environment(
@@ -61,7 +71,7 @@ _environment.filters["money"] = _money
 #: framing, and pages (which may show a new key) never cached.
 PAGE_HEADERS: Mapping[str, str] = {
     "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "default-src 'self'; script-src 'self'; style-src 'self'; "
         "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
         "frame-ancestors 'none'"
     ),
@@ -161,3 +171,55 @@ def round_series(stored: StoredSession, rounds: Sequence[Round]) -> RoundSeries:
         [None if u is None else u.cached_input_tokens for u in usages],
         [None if u is None else u.output_tokens for u in usages],
     )
+
+
+def time_charts(
+    bucket: TimeBucketSize,
+    start: Timestamp,
+    end: Timestamp,
+    grouped: Sequence[TimeBucket],
+    overall: Sequence[TimeBucket],
+) -> dict[str, Any]:
+    """The overview's plots over time, as the page's JSON island carries them.
+
+    ``grouped`` is the store's series split by provider and/or model, ``overall`` the
+    same range unsplit. The store leaves out buckets where nothing happened; here
+    every bucket of the range gets its point (0, or no cache share where no input
+    was billed), so the lines do not jump over quiet hours. ``x`` holds the buckets'
+    starts in seconds since the epoch (what uPlot plots).
+    """
+    size = BUCKET_MICROS[bucket]
+    first = start.epoch_micros - start.epoch_micros % size
+    starts = range(first, end.epoch_micros, size)
+    index = {micros: i for i, micros in enumerate(starts)}
+    groups: dict[tuple[str | None, str | None], int] = {}
+    saved: list[list[int]] = []
+    rounds: list[list[int]] = []
+    for point in grouped:
+        key = (point.provider_id, point.model)
+        if key not in groups:
+            groups[key] = len(groups)
+            saved.append([0] * len(starts))
+            rounds.append([0] * len(starts))
+        at = index[point.start.epoch_micros]
+        saved[groups[key]][at] = point.tokens_saved
+        rounds[groups[key]][at] = point.rounds
+    input_tokens = [0] * len(starts)
+    cached_input_tokens = [0] * len(starts)
+    for point in overall:
+        at = index[point.start.epoch_micros]
+        input_tokens[at] = point.usage.input_tokens
+        cached_input_tokens[at] = point.usage.cached_input_tokens
+    return {
+        "bucket": bucket,
+        "x": [micros // 1_000_000 for micros in starts],
+        "groups": [{"provider_id": p, "model": m} for p, m in groups],
+        "tokens_saved": saved,
+        "rounds": rounds,
+        "input_tokens": input_tokens,
+        "cached_input_tokens": cached_input_tokens,
+        "cache_share": [
+            None if whole == 0 else 100 * part / whole
+            for part, whole in zip(cached_input_tokens, input_tokens, strict=True)
+        ],
+    }

@@ -12,6 +12,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -28,7 +29,7 @@ from llmsession.server.auth import is_admin_key
 from llmsession.server.context import AppContext
 from llmsession.server.problems import PROBLEM_TYPES, Problem, problem_for
 from llmsession.server.ui.cookies import SIGN_IN_SECONDS, CookieSigner, WebSession
-from llmsession.server.ui.pages import render_page, round_series, sum_totals
+from llmsession.server.ui.pages import render_page, round_series, sum_totals, time_charts
 from llmsession.states import Active, state_named
 from llmsession.store.models import (
     MAX_PAGE_SIZE,
@@ -36,8 +37,10 @@ from llmsession.store.models import (
     Round,
     SessionQuery,
     Tenant,
+    TimeBucketSize,
     Totals,
 )
+from llmsession.store.rollup import BUCKET_MICROS
 from llmsession.timestamps import Timestamp
 
 __all__ = ["COOKIE_NAME", "CSRF_FIELD", "SIGN_IN_COOKIE_NAME", "ui_routes"]
@@ -100,6 +103,34 @@ def _field_time(value: Timestamp | None) -> str:
     if value is None:
         return ""
     return value.to_datetime().astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
+
+
+#: How the overview's plots over time may be split: the form's value -> group_by.
+SPLITS: dict[str, tuple[GroupKey, ...]] = {
+    "provider,model": ("provider", "model"),
+    "provider": ("provider",),
+    "model": ("model",),
+    "none": (),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PlotWindow:
+    """What the overview plots over time: bucket size, range and split."""
+
+    bucket: TimeBucketSize
+    start: Timestamp
+    end: Timestamp
+    split_name: str
+    split: tuple[GroupKey, ...]
+
+    @property
+    def start_field(self) -> str:
+        return _field_time(self.start)
+
+    @property
+    def end_field(self) -> str:
+        return _field_time(self.end)
 
 
 class _Dashboard:
@@ -268,11 +299,22 @@ class _Dashboard:
                     totals=sum_totals([totals for _, totals in per_tenant]),
                     per_tenant=per_tenant,
                     groups=[],
+                    window=None,
+                    charts=None,
                 ),
             )
         await store.get_tenant(tenant)  # an unknown tenant is a 404, not empty totals
         totals = sum_totals(await self._totals(tenant))
         groups = await self._totals(tenant, ["provider", "model"])
+        window = self._plot_window(request)
+        # One store query per kind of plot: split by the chosen groups (tokens saved and
+        # rounds), and unsplit (the share of input served from cache).
+        grouped = await store.timeseries(
+            tenant, bucket=window.bucket, start=window.start, end=window.end, group_by=window.split
+        )
+        overall = await store.timeseries(
+            tenant, bucket=window.bucket, start=window.start, end=window.end
+        )
         return render_page(
             "overview.html",
             **self.values(
@@ -281,8 +323,31 @@ class _Dashboard:
                 totals=totals,
                 per_tenant=[],
                 groups=groups,
+                window=window,
+                charts=time_charts(window.bucket, window.start, window.end, grouped, overall),
             ),
         )
+
+    def _plot_window(self, request: Request) -> PlotWindow:
+        """The overview's plot range from its form, or the last 48 hours (hours) or
+        30 days (days) up to the end of the current hour or day."""
+        bucket_name = _optional(request, "bucket") or "hour"
+        if bucket_name not in ("hour", "day"):
+            raise InvalidInput(f"bucket {bucket_name[:20]!r} is not offered: choose hour or day")
+        bucket: TimeBucketSize = "hour" if bucket_name == "hour" else "day"
+        split_name = _optional(request, "split") or "provider,model"
+        if split_name not in SPLITS:
+            raise InvalidInput(
+                f"split {split_name[:40]!r} is not offered: choose one of "
+                + ", ".join(repr(name) for name in SPLITS)
+            )
+        size = BUCKET_MICROS[bucket]
+        now = self.context.store.clock().epoch_micros
+        default_end = Timestamp(now - now % size + size)
+        end = _parse_time("end", _optional(request, "end")) or default_end
+        span = 48 * 3600 if bucket == "hour" else 30 * 86400
+        start = _parse_time("start", _optional(request, "start")) or end.plus_seconds(-span)
+        return PlotWindow(bucket, start, end, split_name, SPLITS[split_name])
 
     async def _totals(self, tenant: TenantId, group_by: Sequence[GroupKey] = ()) -> list[Totals]:
         """The store's totals, each group with its cost at the configured prices."""

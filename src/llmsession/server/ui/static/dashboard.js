@@ -78,8 +78,51 @@
         { scales: { x: { time: false } } },
       );
     },
+    // The overview: one line per provider/model group, per hour or day.
+    "saved-over-time"(el, source) {
+      drawGroups(el, source, "Tokens saved per " + source.bucket, source.tokens_saved, "tokens saved");
+    },
+    "rounds-over-time"(el, source) {
+      drawGroups(el, source, "Rounds per " + source.bucket, source.rounds, "rounds");
+    },
+    "cache-share"(el, source) {
+      const percent = (u, v) => (v == null ? "–" : v.toFixed(1) + " %");
+      draw(
+        el,
+        "Share of input served from the provider's cache, per " + source.bucket,
+        [source.x, source.cache_share],
+        [{ label: "cached share of input", stroke: palette[2], width: 2, spanGaps: false, value: percent }],
+        [{}, { label: "%", values: (u, vals) => vals.map((v) => v + " %") }],
+        Object.assign({ scales: { y: { range: [0, 100] } } }, utc),
+      );
+    },
   };
   window.llmsessionDrawers = drawers;
+
+  // Buckets are UTC hours and days: label the time axis in UTC, whatever the browser's zone.
+  const utc = { tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC") };
+
+  function groupLabel(group) {
+    const parts = [group.provider_id, group.model].filter((part) => part != null);
+    return parts.length ? parts.join(" / ") : "all";
+  }
+
+  function drawGroups(el, source, title, values, what) {
+    const series = source.groups.map((group, i) => ({
+      label: groupLabel(group),
+      stroke: palette[i % palette.length],
+      width: 2,
+      value: (u, v) => plain(v),
+    }));
+    draw(
+      el,
+      title,
+      [source.x].concat(values),
+      series,
+      [{}, { label: what, values: (u, vals) => vals.map(plain) }],
+      utc,
+    );
+  }
 
   function drawAll() {
     document.querySelectorAll("[data-chart]").forEach((el) => {
