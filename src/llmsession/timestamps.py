@@ -11,6 +11,8 @@ from llmsession.errors import InvalidTimestamp
 __all__ = ["Timestamp"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The same instant without a zone, for formatting in UTC with a "Z".
+_EPOCH_NAIVE = datetime(1970, 1, 1)
 _MIN_MICROS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
 _MAX_MICROS = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) // timedelta(
     microseconds=1
@@ -73,7 +75,9 @@ class Timestamp:
 
     def isoformat(self) -> str:
         """ISO 8601 in UTC with microseconds and a ``Z``, e.g. 2026-01-31T12:00:00.000000Z."""
-        return self.to_datetime().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        # Not strftime: its %Y gives "191" for the year 191, which is not ISO 8601.
+        moment = _EPOCH_NAIVE + timedelta(microseconds=self.epoch_micros)
+        return moment.isoformat(timespec="microseconds") + "Z"
 
     def plus_seconds(self, seconds: float) -> Timestamp:
         """The instant ``seconds`` later (earlier if negative)."""

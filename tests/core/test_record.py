@@ -215,6 +215,14 @@ def test_timestamps_are_utc_and_exact() -> None:
     assert str(stamp) == stamp.isoformat()
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["0001-01-01T00:00:00.000000Z", "0191-05-06T11:47:19.000001Z", "9999-12-31T23:59:59.999999Z"],
+)
+def test_every_year_is_written_with_four_digits(text: str) -> None:
+    assert Timestamp.parse(text).isoformat() == text
+
+
 def test_naive_and_malformed_timestamps_are_refused() -> None:
     with pytest.raises(InvalidTimestamp, match="naive datetime"):
         Timestamp.from_datetime(datetime(2026, 1, 1))
