@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from llmsession.clock import ManualClock
-from llmsession.errors import ConflictError, SessionExpiredError, StoreError
+from llmsession.errors import ConflictError, SessionExpiredError
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import Closed, SessionExpired
 from llmsession.store.models import Turn
@@ -262,75 +262,6 @@ async def test_a_turn_cancelled_while_waiting_for_the_lock_leaves_it_free(
     await until_advisory_locks(postgres_url, granted=0, waiting=0)
     async with later.turn_lock(ACME, session_id):
         await later.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
-
-
-async def holder_sees(store: PostgresStore, session_id: SessionId) -> int:
-    """Take the turn (as the next turn of another replica does); the turns it sees."""
-    async with store.turn_history(ACME, session_id) as (_stored, history):
-        return len(history)
-
-
-async def test_a_turns_write_gives_the_turn_back_once_it_is_committed(
-    postgres_url: str, open_pg: Opener, clock: ManualClock
-) -> None:
-    store, other = await open_pg(), await open_pg()
-    session_id = await start(store, clock)
-    async with store.turn_history(ACME, session_id):
-        waiting = asyncio.create_task(holder_sees(other, session_id))
-        await until_advisory_locks(postgres_url, granted=1, waiting=1)
-        await store.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
-        # The write went out on the turn's connection with the release behind it: the
-        # other replica has the turn while this block still runs, and sees the round.
-        assert await asyncio.wait_for(waiting, 5) == 3
-    await until_advisory_locks(postgres_url, granted=0, waiting=0)
-    assert await stored_rows(postgres_url, "rounds", session_id) == 3
-
-
-async def test_a_turns_write_that_fails_keeps_the_turn_until_the_turn_ends(
-    postgres_url: str, open_pg: Opener, clock: ManualClock
-) -> None:
-    store, other = await open_pg(), await open_pg()
-    session_id = await start(store, clock)
-    await sql(
-        postgres_url,
-        "CREATE FUNCTION refuse_writes() RETURNS trigger LANGUAGE plpgsql AS "
-        "$$ BEGIN RAISE EXCEPTION 'refused for the test'; END $$",
-    )
-    await sql(
-        postgres_url,
-        "CREATE TRIGGER refuse BEFORE UPDATE ON sessions "
-        "FOR EACH ROW EXECUTE FUNCTION refuse_writes()",
-    )
-    async with store.turn_history(ACME, session_id):
-        waiting = asyncio.create_task(holder_sees(other, session_id))
-        await until_advisory_locks(postgres_url, granted=1, waiting=1)
-        with pytest.raises(StoreError, match="refused for the test"):
-            await store.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
-        # Nothing was written, so nothing was released: the other still waits.
-        await asyncio.sleep(0.05)
-        assert not waiting.done()
-        await sql(postgres_url, "DROP TRIGGER refuse ON sessions")
-    # The turn ended: given back, and the next holder sees no trace of the failed one.
-    assert await asyncio.wait_for(waiting, 5) == 2
-    await until_advisory_locks(postgres_url, granted=0, waiting=0)
-
-
-async def test_a_turns_write_that_lost_a_race_is_retried_with_the_turn_still_held(
-    postgres_url: str, open_pg: Opener, clock: ManualClock
-) -> None:
-    store, other, outside = await open_pg(), await open_pg(), await open_pg()
-    session_id = await start(store, clock)
-    async with store.turn_history(ACME, session_id):
-        waiting = asyncio.create_task(holder_sees(other, session_id))
-        await until_advisory_locks(postgres_url, granted=1, waiting=1)
-        # A write outside the turn: the version this store remembers is stale.
-        await outside.record_turn(ACME, session_id, turn=turn(9), usage=Usage(1))
-        await store.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
-        # The first write matched nothing and released nothing; the retry wrote.
-        await asyncio.sleep(0.05)
-        assert not waiting.done()
-    assert await asyncio.wait_for(waiting, 5) == 4
-    assert [t.request_hash for t in await store.history(ACME, session_id)][2:] == ["h9", "h3"]
 
 
 async def until_advisory_locks(url: str, *, granted: int, waiting: int) -> None:

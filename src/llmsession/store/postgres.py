@@ -29,10 +29,7 @@ late round) locked it first.
 A gateway round's turn of the conversation is written by its round's statement,
 and every write that takes a session out of Active deletes the session's turns
 in the same statement. Turns of one session are serialized across processes by
-an advisory lock held on a connection of a second pool (:meth:`turn_lock`). The
-turn's own write (its round, or the close of its session) goes out on that
-connection, with the lock's release pipelined behind it: one round trip and no
-pooled connection for the write and the release (see :meth:`_turn_write`).
+an advisory lock held on a connection of a second pool (:meth:`turn_lock`).
 
 The tables are created, in the connection's current schema, on first use and
 carry a schema version.
@@ -60,7 +57,6 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final, LiteralString
@@ -1077,15 +1073,10 @@ class PostgresStore(TransactionalStore):
                 raise StoreError(f"no PostgreSQL connection: {error}") from error
             try:
                 rows = await _advisory(conn, "SELECT pg_advisory_lock(%s::bigint)", key, reads)
-                held = _HeldTurn(session_id, key, conn)
-                # The turn's own write (in this task, or in one it starts) finds it here.
-                _HELD_TURN.set(held)
                 try:
                     yield rows
                 finally:
-                    if held.locked:
-                        held.locked = False
-                        await _advisory(conn, "SELECT pg_advisory_unlock(%s::bigint)", key)
+                    await _advisory(conn, "SELECT pg_advisory_unlock(%s::bigint)", key)
             finally:
                 await self._turn_pool.putconn(conn)
 
@@ -1096,54 +1087,7 @@ class PostgresStore(TransactionalStore):
         change: ChangeFn,
         idempotency_key: str | None,
     ) -> Change:
-        held = _HELD_TURN.get()
-        if (
-            held is not None
-            and held.locked
-            and held.session_id == session_id
-            and idempotency_key is None
-            and not self._recent.contended(session_id)
-        ):
-            cached = self._recent.get(tenant_id, session_id)
-            if cached is not None:
-                return await self._turn_write(held, cached, change)
         return await self._groups.submit(tenant_id, session_id, change, idempotency_key)
-
-    async def _turn_write(self, held: _HeldTurn, cached: StoredSession, change: ChangeFn) -> Change:
-        """The change of a session whose turn this task holds, on the turn's connection.
-
-        The write and the release of the turn go out together, one round trip:
-        the release runs only if the write went in (the row is then this
-        transaction's), and takes a transaction-level lock on the same key first,
-        so another process waiting for the turn gets it only once the write is
-        committed, and then sees it (a pipeline is one implicit transaction until
-        its end). A write that matched nothing or failed releases nothing: the turn
-        is still held, the change is retried (or fails) as any other, and the turn
-        is given back when it ends.
-        """
-        result = self._compute(change, cached, None)
-        conn = held.conn
-        session_id = cached.record.session_id
-        try:
-            if result.stored is cached:
-                # An answer from the remembered session stands only if it is still stored.
-                await self._check_current(conn, cached)
-                return result
-            async with conn.pipeline():
-                written = await conn.execute(*_write(result.stored, cached.version, result.round))
-                released = await conn.execute(
-                    _RELEASE_WRITTEN_TURN, {"key": held.key, "session": session_id.value}
-                )
-            row = await released.fetchone()
-        except psycopg.Error as error:
-            raise StoreError(f"PostgreSQL failed: {error}") from error
-        if written.rowcount != 1:
-            self._recent.forget(session_id)
-            raise VersionConflict
-        if row is not None and row[0] is True:
-            held.locked = False
-        self._recent.remember(result.stored)
-        return result
 
     async def _run_group(
         self, tenant_id: TenantId, session_id: SessionId, batch: Sequence[PendingChange]
@@ -1694,32 +1638,6 @@ async def _advisory(
 
 
 _Query = tuple[LiteralString, tuple[Any, ...]]
-
-
-@dataclass(slots=True)
-class _HeldTurn:
-    """A session's turn held by this process, on a connection of the turn pool."""
-
-    session_id: SessionId
-    key: int
-    conn: _Connection
-    #: False once released (by the turn's write, or at its end).
-    locked: bool = True
-
-
-#: The turn the current task holds (or the task that started it held): its write goes
-#: out on the turn's connection. A stale value is harmless: ``locked`` is then False.
-_HELD_TURN: ContextVar[_HeldTurn | None] = ContextVar("llmsession_postgres_turn", default=None)
-
-#: After a turn's write, in the same pipeline (one implicit transaction): release the
-#: turn only if the session row is this transaction's (the write went in), holding the
-#: transaction-level lock of the same key until the commit, so the next holder of the
-#: turn reads what was written.
-_RELEASE_WRITTEN_TURN: Final = (
-    "SELECT pg_advisory_unlock(%(key)s::bigint) FROM ("
-    "SELECT pg_advisory_xact_lock(%(key)s::bigint) FROM sessions"
-    " WHERE session_id = %(session)s AND xmin = pg_current_xact_id()::xid) AS written"
-)
 
 
 def _select_session(tenant_id: TenantId, session_id: SessionId) -> _Query:
