@@ -3,13 +3,15 @@
 Run:  .venv/bin/python bench/gateway.py [--targets direct,forwarder,llmsession,litellm]
       [--stores sqlite,postgresql] [--repeat 3] [--duration 4] [--latency-requests 100]
       [--concurrency 32] [--rounds 8] [--forwarder-client aiohttp] [--json results.json]
-      [--kind openai|anthropic|gemini]
-      .venv/bin/python bench/gateway.py --quick        (a smoke run, 35 s to a minute)
+      [--kind openai|anthropic|gemini|all]
+      .venv/bin/python bench/gateway.py --kind all     (the three wire formats, one
+                                                       after the other, each its own report)
+      .venv/bin/python bench/gateway.py --quick        (a smoke run, 35 s to a minute a kind)
 
 One fake provider (``python -m llmsession.fake_provider``) runs on loopback, and
 every target sends it the same Chat Completions work (with ``--kind anthropic``,
 the same Anthropic Messages work, with ``--kind gemini`` the same Gemini
-``generateContent`` work, on direct, the forwarder and llmsession):
+``generateContent`` work, in that wire format end to end):
 
 - ``direct``: straight to the fake;
 - ``forwarder``: through bench/_forwarder.py, a bare Starlette app with one
@@ -22,6 +24,10 @@ the same Anthropic Messages work, with ``--kind gemini`` the same Gemini
   which the benchmark installs into a virtual environment of its own on first
   use (``bench/.litellm-<version>/``, git-ignored; never a project dependency),
   with the fake as its one model, a master key, no database and no callbacks.
+  Chat Completions go through its ``/v1/chat/completions`` to an ``openai/``
+  model, Messages through its ``/v1/messages`` to an ``anthropic/`` model (both
+  forwarded in the client's wire format), Gemini through its Google AI Studio
+  pass-through ``/gemini/v1beta/models/...`` (see ``litellm_model`` for why).
 
 Every client holds multi-round conversations (``--rounds`` turns, then a new
 one). To llmsession a client sends what a real user sends: the first turn with
@@ -31,8 +37,9 @@ sends the whole conversation every turn, so the provider's work is the same
 everywhere. Prompts stay far below the fake's 1,024-token caching threshold,
 so no target gets a cache its neighbour does not.
 
-Measured, non-stream and stream (``stream_options.include_usage`` on every
-target, as llmsession asks for it upstream anyway):
+Measured, non-stream and stream (for Chat Completions,
+``stream_options.include_usage`` on every target, as llmsession asks for it
+upstream anyway):
 
 - latency with one client, sequential: one request to each target in turn
   (the order rotating), so machine noise falls on all alike; the latency of a
@@ -45,9 +52,13 @@ target, as llmsession asks for it upstream anyway):
 
 The load comes from a separate process speaking HTTP/1.1 over asyncio streams,
 so it takes as little CPU as it can; every answer's status is checked, and a
-stream must end with ``data: [DONE]``. The servers' resident memory (each with
-its children) is read at the end. Nothing here is a test: it reports figures
-and whether they meet the gateway's goals.
+stream must end as its wire format ends one (``data: [DONE]``, Anthropic's
+``message_stop``, Gemini's last event with a ``finishReason``). Before measuring,
+each target's answer to a first turn, body and stream, must be direct's, and the
+fake's billing log must show it got the same request (``Bench.check_targets``).
+The servers' resident memory (each with its children) is read at the end.
+Nothing here is a test: it reports figures and whether they meet the gateway's
+goals.
 """
 
 from __future__ import annotations
@@ -92,8 +103,13 @@ TARGETS = ("direct", "forwarder", "llmsession", "litellm")
 STORES = ("memory", "sqlite", "postgresql", "redis")
 MODEL = "gpt-4o-mini"
 PATH = "/v1/chat/completions"
-#: The wire formats a run may measure (``--kind``): each one's model and path.
+#: The wire formats a run may measure (``--kind``; ``all`` runs them one after the other).
 KINDS = ("openai", "anthropic", "gemini")
+KIND_NAMES = {
+    "openai": "OpenAI Chat Completions",
+    "anthropic": "Anthropic Messages",
+    "gemini": "Gemini generateContent",
+}
 ANTHROPIC_MODEL = "claude-sonnet-4-5"
 ANTHROPIC_PATH = "/v1/messages"
 GEMINI_MODEL = "gemini-2.5-flash"
@@ -223,6 +239,8 @@ class Target:
     sessions: bool
     #: The wire format spoken (``--kind``).
     kind: str = "openai"
+    #: Put before the provider's path (LiteLLM's Gemini pass-through is under /gemini).
+    prefix: str = ""
 
 
 class _Client:
@@ -238,10 +256,9 @@ class _Client:
         self.writer: asyncio.StreamWriter | None = None
         anthropic = target.kind == "anthropic"
         self.head = (
-            f"POST {_path(target.kind, stream)} HTTP/1.1\r\n"
+            f"POST {target.prefix}{_path(target.kind, stream)} HTTP/1.1\r\n"
             f"Host: 127.0.0.1:{target.port}\r\n"
-            f"Content-Type: application/json\r\n{_key_header(target)}\r\n"
-            + ("anthropic-version: 2023-06-01\r\n" if anthropic else "")
+            + "".join(f"{name}: {value}\r\n" for name, value in _headers(target).items())
         )
         # How a complete answer ends (a stream) or what it is (a body).
         self.stream_end = b'data: {"type":"message_stop"}' if anthropic else b"data: [DONE]"
@@ -310,11 +327,42 @@ def _path(kind: str, stream: bool) -> str:
     return PATH
 
 
-def _key_header(target: Target) -> str:
-    """The header line carrying the target's key; Gemini's clients send it bare."""
+def _headers(target: Target) -> dict[str, str]:
+    """A request's headers but Host and Content-Length: the key as each wire format sends it."""
+    headers = {"Content-Type": "application/json"}
     if target.kind == "gemini":
-        return f"x-goog-api-key: {target.authorization.removeprefix('Bearer ')}"
-    return f"Authorization: {target.authorization}"
+        # Gemini's clients send the key bare.
+        headers["x-goog-api-key"] = target.authorization.removeprefix("Bearer ")
+    else:
+        headers["Authorization"] = target.authorization
+    if target.kind == "anthropic":
+        headers["anthropic-version"] = "2023-06-01"
+    return headers
+
+
+def answer_text(kind: str, stream: bool, payload: bytes) -> str:
+    """The text of an answer (a body, or a whole SSE stream) in ``kind``'s wire format."""
+    if not stream:
+        data = json.loads(payload)
+        if kind == "anthropic":
+            return "".join(b["text"] for b in data["content"] if b.get("type") == "text")
+        if kind == "gemini":
+            return "".join(p.get("text", "") for p in data["candidates"][0]["content"]["parts"])
+        return str(data["choices"][0]["message"]["content"])
+    text: list[str] = []
+    for line in payload.decode().splitlines():
+        if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+            continue
+        event = json.loads(line[5:])
+        if kind == "anthropic":
+            if event.get("type") == "content_block_delta":
+                text.append(event["delta"].get("text", ""))
+        elif kind == "gemini":
+            for candidate in event.get("candidates", []):
+                text += [p.get("text", "") for p in candidate.get("content", {}).get("parts", [])]
+        else:
+            text += [c["delta"].get("content") or "" for c in event.get("choices", [])]
+    return "".join(text)
 
 
 async def _read_response(
@@ -477,6 +525,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 def _tree(pid: int) -> list[int]:
@@ -660,16 +710,7 @@ class Bench:
         config.write_text(
             json.dumps(
                 {
-                    "model_list": [
-                        {
-                            "model_name": MODEL,
-                            "litellm_params": {
-                                "model": f"openai/{MODEL}",
-                                "api_base": f"{self.fake_root}/v1",
-                                "api_key": "os.environ/BENCH_FAKE_API_KEY",
-                            },
-                        }
-                    ],
+                    "model_list": [litellm_model(self.args.kind, self.fake_root)],
                     "litellm_settings": {
                         "telemetry": False,
                         "callbacks": [],
@@ -714,6 +755,9 @@ class Bench:
             "TRANSFORMERS_OFFLINE": "1",
             "NO_PROXY": "*",
         }
+        if self.args.kind == "gemini":
+            # Where the Gemini pass-through forwards to, with which key (it reads no model_list).
+            env |= {"GEMINI_API_BASE": self.fake_root, "GEMINI_API_KEY": self.fake_key}
         command = [
             str(litellm),
             "--config",
@@ -731,9 +775,80 @@ class Bench:
         ]
         process, log = self._spawn("litellm", command, env)
         _wait_ready(process, f"http://127.0.0.1:{port}/health/liveliness", log, "LiteLLM")
-        server = Server(Target("litellm", port, f"Bearer {master_key}", False), process, log)
+        # LiteLLM 1.80.0's own generateContent route fails on any custom api_base
+        # (BerriAI/litellm#18604): Gemini goes through its Google AI Studio pass-through.
+        prefix = "/gemini" if self.args.kind == "gemini" else ""
+        target = Target("litellm", port, f"Bearer {master_key}", False, self.args.kind, prefix)
+        server = Server(target, process, log)
         self.servers.append(server)
         return server
+
+    def check_targets(self, script: Script) -> None:
+        """Each target's answer to a first turn, body and stream, is direct's, and reached the fake.
+
+        The fake's billing log must show one new request per answer, with the same
+        endpoint, model, token counts and stream flag as direct's: a proxy that
+        rewrote, reformatted or answered on its own would be measured on other work.
+        """
+        fields = ("endpoint", "model", "input_tokens", "cached_tokens", "output_tokens", "stream")
+        with httpx.Client(trust_env=False, timeout=30) as client:
+
+            def ask(target: Target, stream: bool) -> tuple[str, dict[str, Any]]:
+                before = len(client.get(f"{self.fake_root}/_fake/billing").json()["entries"])
+                # A first turn is the same body for every target (llmsession's starts a session).
+                body = (script.new if target.sessions else script.full)[int(stream)][0]
+                url = f"http://127.0.0.1:{target.port}{target.prefix}{_path(target.kind, stream)}"
+                response = client.post(url, content=body, headers=_headers(target))
+                entries = client.get(f"{self.fake_root}/_fake/billing").json()["entries"]
+                what = f"{target.name} ({'stream' if stream else 'body'})"
+                if response.status_code != 200:
+                    raise RuntimeError(f"{what} answered {response.status_code}: {response.text}")
+                if len(entries) != before + 1:
+                    raise RuntimeError(
+                        f"{what}: the fake logged {len(entries) - before} requests, not 1"
+                    )
+                text = answer_text(target.kind, stream, response.content)
+                return text, {name: entries[-1][name] for name in fields}
+
+            for stream in (False, True):
+                expected = ask(self.servers[0].target, stream)
+                for server in self.servers[1:]:
+                    got = ask(server.target, stream)
+                    if got != expected:
+                        raise RuntimeError(
+                            f"{server.target.name} ({'stream' if stream else 'body'}) does not "
+                            f"do direct's work: answered and billed {got}, direct {expected}"
+                        )
+
+
+def litellm_model(kind: str, fake_root: str) -> dict[str, Any]:
+    """LiteLLM's one model for ``kind``: the fake, reached in that kind's own wire format.
+
+    The client names the model as it would name the provider's (``MODEL``,
+    ``ANTHROPIC_MODEL``, ``GEMINI_MODEL``); LiteLLM's provider prefix picks the
+    upstream API, and ``api_base`` points it at the fake: ``openai/`` posts
+    ``{api_base}/chat/completions``, ``anthropic/`` ``{api_base}/v1/messages``,
+    ``gemini/`` ``{api_base}/models/{model}:generateContent`` (or
+    ``:streamGenerateContent?alt=sse``) with the key as ``x-goog-api-key``. That
+    last one is what LiteLLM's own ``/v1beta/models/...`` routes would use; in
+    1.80.0 they fail on a custom ``api_base`` (the key header is built as a dict,
+    BerriAI/litellm#18604), so the benchmark's Gemini clients use the
+    ``/gemini/...`` pass-through, which forwards the request unchanged to
+    ``GEMINI_API_BASE`` with ``GEMINI_API_KEY`` (see ``Bench.start_litellm``).
+    """
+    name, model, api_base = {
+        "openai": (MODEL, f"openai/{MODEL}", f"{fake_root}/v1"),
+        "anthropic": (ANTHROPIC_MODEL, f"anthropic/{ANTHROPIC_MODEL}", fake_root),
+        "gemini": (GEMINI_MODEL, f"gemini/{GEMINI_MODEL}", f"{fake_root}/v1beta"),
+    }[kind]
+    return {
+        "model_name": name,
+        "litellm_params": {
+            "model": model,
+            "api_base": api_base,
+            "api_key": "os.environ/BENCH_FAKE_API_KEY",
+        },
+    }
 
 
 def ensure_litellm(venv: Path) -> Path:
@@ -917,7 +1032,7 @@ def report(bench: Bench, figures: Figures, args: argparse.Namespace, commit: str
     names = [s.target.name for s in bench.servers]
     direct = figures.latency.get("direct", {})
     out = [
-        f"# Gateway benchmark ({commit}): {machine()}; load {load()}",
+        f"# Gateway benchmark, {KIND_NAMES[args.kind]} ({commit}): {machine()}; load {load()}",
         f"{args.repeat} repeat(s); latency: 1 client, {args.latency_requests} requests per "
         f"target and mode per repeat; throughput: {args.concurrency} clients, "
         f"{args.duration:g} s after {args.warmup:g} s warm-up, median of repeats; "
@@ -1087,7 +1202,7 @@ def _commit() -> str:
     return f"commit {done.stdout.strip()}{' + changes' if dirty else ''}"
 
 
-async def _with_stores(args: argparse.Namespace) -> int:
+async def _with_stores(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     """Fresh data for each llmsession store, removed at the end whatever happens."""
     async with AsyncExitStack() as stack:
         places: list[FreshStore] = []
@@ -1097,8 +1212,8 @@ async def _with_stores(args: argparse.Namespace) -> int:
         return await asyncio.to_thread(_bench, args, places)
 
 
-def _bench(args: argparse.Namespace, places: Sequence[FreshStore]) -> int:
-    """Start every target, measure, report; 1 if any request failed."""
+def _bench(args: argparse.Namespace, places: Sequence[FreshStore]) -> tuple[int, dict[str, Any]]:
+    """Start every target, measure, report: (1 if any request failed else 0, the figures)."""
     targets = args.targets.split(",")
     with (
         tempfile.TemporaryDirectory(prefix="llmsession-bench-gateway-") as workdir,
@@ -1113,11 +1228,11 @@ def _bench(args: argparse.Namespace, places: Sequence[FreshStore]) -> int:
             bench.start_llmsession(place.backend, place.url)
         if "litellm" in targets:
             bench.start_litellm()
+        bench.check_targets(script)
         figures = measure(bench, script, args)
-        print(report(bench, figures, args, _commit()))
-        if args.json:
-            Path(args.json).write_text(json.dumps(_as_json(bench, figures), indent=2))
-        return 1 if any(any(c.values()) for c in figures.errors.values()) else 0
+        print(report(bench, figures, args, _commit()), flush=True)
+        failed = any(any(c.values()) for c in figures.errors.values())
+        return int(failed), _as_json(bench, figures)
 
 
 def _as_json(bench: Bench, figures: Figures) -> dict[str, Any]:
@@ -1139,7 +1254,8 @@ def _as_json(bench: Bench, figures: Figures) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line, checked: every error names the flag and what it accepts."""
     parser = argparse.ArgumentParser(
-        description=(__doc__ or "").split("\n\n")[0],
+        # The title and the Run: block, so --help shows how to run every kind.
+        description="\n\n".join((__doc__ or "").split("\n\n")[:2]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -1186,12 +1302,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--kind",
-        choices=KINDS,
+        choices=(*KINDS, "all"),
         default="openai",
         help="the wire format measured: openai (Chat Completions, default), anthropic "
-        "(Messages) or gemini (generateContent); litellm is measured for openai only",
+        "(Messages), gemini (generateContent), or all: the three one after the other, "
+        "each with fresh servers and stores and its own report",
     )
-    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--json",
+        help="also write the figures to this file (with --kind all, one entry per kind)",
+    )
     args = parser.parse_args(argv)
     if args.role == "load":
         if not args.job:
@@ -1214,8 +1334,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     if "direct" not in targets:
         targets.insert(0, "direct")
-    if args.kind != "openai" and "litellm" in targets:
-        targets.remove("litellm")
     args.targets = ",".join(t for t in TARGETS if t in targets)
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
     unknown = [s for s in stores if s not in STORES]
@@ -1243,7 +1361,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.role == "load":
         _load_main(args.job)
         return 0
-    return asyncio.run(_with_stores(args))
+    kinds = KINDS if args.kind == "all" else (args.kind,)
+    failed = 0
+    figures: dict[str, dict[str, Any]] = {}
+    for number, kind in enumerate(kinds):
+        if number:
+            print()
+        one = argparse.Namespace(**{**vars(args), "kind": kind})
+        try:
+            code, figures[kind] = asyncio.run(_with_stores(one))
+        except RuntimeError as error:
+            if len(kinds) == 1:
+                raise
+            # One kind that cannot be measured does not cost the others their run.
+            print(f"# {KIND_NAMES[kind]}: not measured: {error}", flush=True)
+            code = 1
+        failed = max(failed, code)
+    if args.json:
+        written = figures if args.kind == "all" else figures[args.kind]
+        Path(args.json).write_text(json.dumps(written, indent=2))
+    return failed
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -115,7 +116,7 @@ def test_script_sends_the_whole_conversation_or_only_the_new_turn(
 def test_anthropic_script_and_arguments(bench: tuple[ModuleType, ModuleType]) -> None:
     gateway, _ = bench
     args = gateway.parse_args(["--kind", "anthropic"])
-    assert args.targets == "direct,forwarder,llmsession"
+    assert args.targets == "direct,forwarder,llmsession,litellm"
     script = gateway.Script.build(["A1", "A2"], "anthropic")
     full = json.loads(script.full[1][1])
     new = [json.loads(body) for body in script.new[0]]
@@ -129,13 +130,82 @@ def test_anthropic_script_and_arguments(bench: tuple[ModuleType, ModuleType]) ->
 
 def test_gemini_script_and_arguments(bench: tuple[ModuleType, ModuleType]) -> None:
     gateway, _ = bench
-    assert gateway.parse_args(["--kind", "gemini"]).targets == "direct,forwarder,llmsession"
+    assert gateway.parse_args(["--kind", "gemini"]).targets == "direct,forwarder,llmsession,litellm"
     script = gateway.Script.build(["A1", "A2"], "gemini")
     full = json.loads(script.full[1][1])
     assert [c["role"] for c in full["contents"]] == ["user", "model", "user"]
     assert full["systemInstruction"] == {"parts": [{"text": gateway.SYSTEM}]}
     new = json.loads(script.new[0][1])
     assert new["contents"] == [full["contents"][-1]]
+
+
+def test_kind_all_and_how_to_run_it_in_help(
+    bench: tuple[ModuleType, ModuleType], capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway, _ = bench
+    assert gateway.parse_args(["--kind", "all"]).kind == "all"
+    with pytest.raises(SystemExit):
+        gateway.parse_args(["--help"])
+    assert "bench/gateway.py --kind all" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        gateway.parse_args(["--kind", "cohere"])
+    assert "--kind: invalid choice: 'cohere'" in capsys.readouterr().err
+
+
+def test_litellm_reaches_the_fake_in_each_kinds_own_format(
+    bench: tuple[ModuleType, ModuleType],
+) -> None:
+    gateway, _ = bench
+    models = {
+        kind: gateway.litellm_model(kind, "http://127.0.0.1:9")["litellm_params"]
+        for kind in gateway.KINDS
+    }
+    # The provider prefix picks LiteLLM's upstream API: never a translation to another one.
+    assert models["openai"]["model"] == "openai/gpt-4o-mini"
+    assert models["anthropic"]["model"] == f"anthropic/{gateway.ANTHROPIC_MODEL}"
+    assert models["anthropic"]["api_base"] == "http://127.0.0.1:9"
+    assert models["gemini"]["api_base"] == "http://127.0.0.1:9/v1beta"
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
+def test_answer_text_reads_bodies_and_streams_alike(
+    bench: tuple[ModuleType, ModuleType], fake: FakeProcess, kind: str
+) -> None:
+    gateway, _ = bench
+    target = gateway.Target("t", 0, f"Bearer {API_KEY}", False, kind)
+    script = gateway.Script.build(["A1"], kind)
+    texts = []
+    for stream in (False, True):
+        answer = httpx.post(
+            fake.root + gateway._path(kind, stream),
+            content=script.full[int(stream)][0],
+            headers=gateway._headers(target),
+            trust_env=False,
+        )
+        assert answer.status_code == 200, answer.text
+        texts.append(gateway.answer_text(kind, stream, answer.content))
+    assert texts[0] == texts[1]
+    assert texts[0].startswith("You said : Question 1 : what is the name")
+
+
+def test_check_targets_refuses_a_target_whose_work_the_fake_did_not_see(
+    bench: tuple[ModuleType, ModuleType], fake: FakeProcess, tmp_path: Path
+) -> None:
+    gateway, _ = bench
+    args = gateway.parse_args(["--quick", "--kind", "anthropic", "--rounds", "2"])
+    with ExitStack() as stack:
+        run = gateway.Bench(args, tmp_path, stack)
+        run.start_fake()
+        script = gateway.Script.build(run.answers(), "anthropic")
+        run.start_forwarder()
+        run.check_targets(script)
+        # Another provider answers as well, but the fake never sees the request.
+        elsewhere = gateway.Target(
+            "elsewhere", int(fake.root.rsplit(":", 1)[1]), f"Bearer {API_KEY}", False, "anthropic"
+        )
+        run.servers.append(gateway.Server(elsewhere, None))
+        with pytest.raises(RuntimeError, match=r"elsewhere \(body\): the fake logged 0 requests"):
+            run.check_targets(script)
 
 
 def _client_run(

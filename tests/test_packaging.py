@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,6 +116,24 @@ def test_the_plain_install_is_the_core_and_the_client(
     )
     assert report["loaded"] == []
     assert report["installed"] == []
+
+
+def test_the_wheel_holds_the_dashboard_s_templates_and_static_files(plain_venv: Path) -> None:
+    [wheel] = (plain_venv.parent / "dist").glob("llmsession-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    ui = "llmsession/server/ui"
+    source = ROOT / "src" / ui
+    expected = {
+        f"{ui}/{path.relative_to(source).as_posix()}"
+        for folder in ("templates", "static")
+        for path in (source / folder).rglob("*")
+        if path.is_file()
+    }
+    assert f"{ui}/templates/base.html" in expected
+    assert f"{ui}/static/vendor/uplot/uPlot.iife.min.js" in expected
+    assert f"{ui}/static/vendor/swagger-ui/LICENSE" in expected
+    assert expected <= names, sorted(expected - names)
 
 
 def test_the_plain_install_s_command_names_the_server_extra(

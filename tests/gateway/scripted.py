@@ -7,6 +7,7 @@ provider instead; this one makes single behaviours easy to pin down.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ class Scripted:
     content_type: str = "application/json"
     #: Raised after the chunks, as a broken connection would be.
     error: ProviderError | None = None
+    #: Set, the chunks after the first wait for it, as a slow provider's would.
+    resume: asyncio.Event | None = None
 
 
 class _Response:
@@ -32,19 +35,38 @@ class _Response:
         self.headers: Mapping[str, str] = {"content-type": answer.content_type}
         self.closed = False
 
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        if self._answer.body:
-            yield self._answer.body
-        for chunk in self._answer.chunks:
-            yield chunk
-        if self._answer.error is not None:
-            raise self._answer.error
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        return _Chunks(self._answer)
 
     async def aread(self) -> bytes:
         return b"".join([chunk async for chunk in self.aiter_bytes()])
 
     async def aclose(self) -> None:
         self.closed = True
+
+
+class _Chunks:
+    """The scripted chunks; like the real upstream's, a task cancelled while it waits
+    loses nothing, and another task may read on."""
+
+    def __init__(self, answer: Scripted) -> None:
+        self._answer = answer
+        self._chunks = ([answer.body] if answer.body else []) + list(answer.chunks)
+        self._given = 0
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._given > 0 and self._answer.resume is not None:
+            await self._answer.resume.wait()
+        if self._given < len(self._chunks):
+            self._given += 1
+            return self._chunks[self._given - 1]
+        if self._answer.error is not None:
+            error, self._answer.error = self._answer.error, None
+            raise error
+        raise StopAsyncIteration
 
 
 class ScriptedUpstream:

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import Route
 from tests.server.conftest import ADMIN, T0, Api
+from tests.server.ui_client import csrf_of, sign_in, ui_client
 
 Probe = Callable[[Api, dict[str, str], str], Awaitable[None]]
 
@@ -130,6 +131,83 @@ def _gateway(path: str, body: dict[str, Any]) -> Probe:
     return probe
 
 
+def _ui_by_id(method: str, suffix: str) -> Probe:
+    """A dashboard page or form naming another tenant's session: as for a missing one."""
+
+    async def probe(api: Api, intruder: dict[str, str], victim_id: str) -> None:
+        async with ui_client(api.app) as client:
+            csrf = await sign_in(client, api.keys["intruder"])
+            data = {"csrf_token": csrf} if method == "POST" else None
+            missing_id = str(uuid.uuid4())
+            foreign = await client.request(method, f"/ui/sessions/{victim_id}{suffix}", data=data)
+            missing = await client.request(method, f"/ui/sessions/{missing_id}{suffix}", data=data)
+            _same_as_missing(foreign, missing, victim_id, missing_id)
+            # Naming the victim's tenant does not widen the view either.
+            named = await client.request(
+                method, f"/ui/sessions/{victim_id}{suffix}?tenant=victim", data=data
+            )
+            assert named.status_code == 404, named.text
+            assert "victim-model" not in named.text
+
+    return probe
+
+
+def _ui_tenant_page(path: str) -> Probe:
+    """A tenant's dashboard page shows its own sessions and totals; the victim's are 404."""
+
+    async def probe(api: Api, intruder: dict[str, str], victim_id: str) -> None:
+        async with ui_client(api.app) as client:
+            await sign_in(client, api.keys["intruder"])
+            own = await client.get(path)
+            assert own.status_code == 200, own.text
+            assert victim_id not in own.text
+            assert "victim-model" not in own.text
+            named = await client.get(path, params={"tenant": "victim"})
+            assert named.status_code == 404, named.text
+            assert "victim-model" not in named.text
+
+    return probe
+
+
+def _ui_admin_only(method: str, path: str) -> Probe:
+    async def probe(api: Api, intruder: dict[str, str], victim_id: str) -> None:
+        concrete = path.replace("{tenant_id}", "victim").replace("{key_id}", _key_id(api))
+        async with ui_client(api.app) as client:
+            csrf = await sign_in(client, api.keys["intruder"])
+            data = {"csrf_token": csrf, "tenant_id": "victim2"} if method == "POST" else None
+            response = await client.request(method, concrete, data=data)
+            assert response.status_code == 403, response.text
+            assert "victim" not in response.text.replace(concrete, "")
+
+    return probe
+
+
+async def _ui_public(api: Api, intruder: dict[str, str], victim_id: str) -> None:
+    """The sign-in page, sign-out and the static files serve no tenant's data."""
+    async with ui_client(api.app) as client:
+        page = await client.get("/ui/sign-in")
+        assert page.status_code == 200
+        assert "victim" not in page.text
+        # Signing in with the intruder's key signs in as the intruder, whatever the form adds.
+        signed = await client.post(
+            "/ui/sign-in",
+            data={
+                "csrf_token": csrf_of(page.text),
+                "api_key": api.keys["intruder"],
+                "tenant": "victim",
+            },
+        )
+        assert signed.status_code == 303
+        overview = await client.get("/ui")
+        assert "tenant <strong>intruder</strong>" in overview.text
+        assert victim_id not in overview.text
+        out = await client.post("/ui/sign-out", data={"csrf_token": csrf_of(overview.text)})
+        assert out.status_code == 303
+        script = await client.get("/ui/static/dashboard.js")
+        assert script.status_code == 200
+        assert victim_id not in script.text
+
+
 async def _timeseries(api: Api, intruder: dict[str, str], victim_id: str) -> None:
     for group_by in ([], [("group_by", "provider,model")]):
         params = [
@@ -183,6 +261,22 @@ PROBES: dict[tuple[str, str], Probe] = {
     ("GET", "/healthz"): _public,
     ("GET", "/readyz"): _public,
     ("GET", "/metrics"): _metrics,
+    ("GET", "/ui"): _ui_tenant_page("/ui"),
+    ("GET", "/ui/sessions"): _ui_tenant_page("/ui/sessions"),
+    ("GET", "/ui/sessions/{session_id}"): _ui_by_id("GET", ""),
+    ("GET", "/ui/sessions/{session_id}/close"): _ui_by_id("GET", "/close"),
+    ("POST", "/ui/sessions/{session_id}/close"): _ui_by_id("POST", "/close"),
+    ("GET", "/ui/tenants"): _ui_admin_only("GET", "/ui/tenants"),
+    ("POST", "/ui/tenants"): _ui_admin_only("POST", "/ui/tenants"),
+    ("GET", "/ui/tenants/{tenant_id}"): _ui_admin_only("GET", "/ui/tenants/{tenant_id}"),
+    ("POST", "/ui/tenants/{tenant_id}/keys"): _ui_admin_only(
+        "POST", "/ui/tenants/{tenant_id}/keys"
+    ),
+    ("POST", "/ui/keys/{key_id}/revoke"): _ui_admin_only("POST", "/ui/keys/{key_id}/revoke"),
+    ("GET", "/ui/sign-in"): _ui_public,
+    ("POST", "/ui/sign-in"): _ui_public,
+    ("POST", "/ui/sign-out"): _ui_public,
+    ("GET", "/ui/static/{path:path}"): _ui_public,
 }
 
 

@@ -38,6 +38,7 @@ def test_every_field_can_be_set_from_the_environment() -> None:
         "LLMSESSION_ACCESS_LOG": "yes",
         "LLMSESSION_AUTH_CACHE_SECONDS": "0",
         "LLMSESSION_CONFIG": "/etc/llmsession/gateway.toml",
+        "LLMSESSION_UI_SECRET": "a-ui-secret-of-32-characters-0123",
     }
     assert set(env) == set(ENV_VARIABLES.values())
     assert ServerSettings.from_env(env) == ServerSettings(
@@ -51,6 +52,7 @@ def test_every_field_can_be_set_from_the_environment() -> None:
         access_log=True,
         auth_cache_seconds=0.0,
         gateway_config="/etc/llmsession/gateway.toml",
+        ui_secret="a-ui-secret-of-32-characters-0123",
     )
 
 
@@ -71,6 +73,7 @@ def test_every_field_can_be_set_from_the_environment() -> None:
         ("LLMSESSION_AUTH_CACHE_SECONDS", "301", "from 0 to 300"),
         ("LLMSESSION_ADMIN_KEY", "short", "at least 16 printable ASCII"),
         ("LLMSESSION_ADMIN_KEY", "has a space in it here", "without spaces"),
+        ("LLMSESSION_UI_SECRET", "too-short", "at least 32 printable ASCII"),
     ],
 )
 def test_a_bad_variable_is_named_with_what_it_accepts(
@@ -79,7 +82,7 @@ def test_a_bad_variable_is_named_with_what_it_accepts(
     with pytest.raises(InvalidInput, match=variable) as raised:
         ServerSettings.from_env({variable: value})
     assert expected in str(raised.value)
-    if variable == "LLMSESSION_ADMIN_KEY":
+    if variable in ("LLMSESSION_ADMIN_KEY", "LLMSESSION_UI_SECRET"):
         assert value not in str(raised.value)
     else:
         assert value.strip() in str(raised.value)

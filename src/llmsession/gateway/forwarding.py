@@ -17,9 +17,12 @@ A turn (:meth:`Gateway.handle`):
 6. record the round from the provider's usage, with the turn, before the last
    event of the answer reaches the client.
 
-A streamed answer is read from the provider by a task of its own, so a client
-that goes away mid-stream does not stop it: whatever the provider billed is
-still recorded.
+A streamed answer is a :class:`Relay`: the client's response reads the provider
+through it, each event forwarded as it is read, with no task or queue between
+them. A client that goes away mid-stream (its task cancelled, or the relay
+closed before the provider's end) hands the rest to a task of the gateway's,
+which reads it and records whatever the provider billed; :meth:`Gateway.aclose`
+waits for it.
 """
 
 from __future__ import annotations
@@ -28,10 +31,10 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from llmsession.errors import ConflictError, IdempotencyConflict, InvalidInput, LLMSessionError
 from llmsession.gateway.config import GatewayConfig, ProviderConfig, ProviderKind
@@ -63,6 +66,7 @@ __all__ = [
     "Gateway",
     "HistoryTooLarge",
     "ProviderFailed",
+    "Relay",
     "Reply",
     "WrongEndpoint",
 ]
@@ -100,7 +104,7 @@ class Reply:
     status: int
     headers: dict[str, str]
     body: bytes = b""
-    stream: AsyncIterator[bytes] | None = field(default=None, repr=False)
+    stream: Relay | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
@@ -130,8 +134,9 @@ class Gateway:
         self.config = config
         self._store = store
         self._upstream = upstream
-        #: Streams being read, and turns being given back.
-        self._pumps: set[asyncio.Task[None]] = set()
+        #: Streams being recorded (or read on for a client that left), and turns being
+        #: given back.
+        self._tasks: set[asyncio.Task[None]] = set()
         # Retries of one session-starting request in this process wait for the first:
         # the retry then finds its stored answer instead of calling the provider.
         self._starts: KeyedTurns[tuple[TenantId, str]] = KeyedTurns()
@@ -277,24 +282,28 @@ class Gateway:
             if turn.cache is not None:
                 await turn.cache.abandoned()
             raise
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        pump = asyncio.create_task(
-            self._pump(turn, response, endpoint.translator(request), queue, stack.pop_all())
+        relay = Relay(
+            turn,
+            response,
+            endpoint.translator(request),
+            stack.pop_all(),
+            record=self._record_stream,
+            track=self._track,
         )
-        self._track(pump)
         headers = self._headers(turn, response)
         headers["cache-control"] = "no-cache"
-        return Reply(200, headers, stream=_drain(queue))
+        return Reply(200, headers, stream=relay)
 
     def _track(self, task: asyncio.Task[None]) -> None:
-        self._pumps.add(task)
-        task.add_done_callback(self._pumps.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
         """Let streams in flight finish and record their rounds, and turns be given
         back, then close the upstream."""
-        if self._pumps:
-            await asyncio.gather(*self._pumps, return_exceptions=True)
+        while self._tasks:
+            # A stream's continuation may start its recording task meanwhile.
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._upstream.aclose()
 
     async def _send(self, turn: _Turn, history: list[Turn]) -> UpstreamResponse:
@@ -449,59 +458,33 @@ class Gateway:
                 await turn.cache.abandoned()
         return result
 
-    async def _pump(
+    async def _record_stream(
         self,
         turn: _Turn,
         response: UpstreamResponse,
         translator: StreamTranslator,
-        queue: asyncio.Queue[bytes | None],
-        stack: AsyncExitStack,
-    ) -> None:
-        """Read the provider's stream to its end, whether or not the client still listens."""
-        sent: list[bytes] = []
-        try:
-            cut = False
+        sent: list[bytes],
+        *,
+        cut: bool,
+    ) -> bytes:
+        """Record a stream the provider ended (or cut); the bytes that end the client's."""
+        await response.aclose()
+        outcome = translator.close()
+        if outcome.completed and not cut:
+            body = b"".join(sent) + outcome.tail
             try:
-                async for chunk in response.aiter_bytes():
-                    events = translator.feed(chunk)
-                    if events:
-                        # The events of one chunk go on together: one write to the client.
-                        forward = events[0] if len(events) == 1 else b"".join(events)
-                        sent.append(forward)
-                        queue.put_nowait(forward)
-            except ProviderError as error:
-                logger.warning(
-                    "stream from provider %s broke: %s", turn.provider.provider_id, error
-                )
-                cut = True
-            finally:
-                await response.aclose()
-            outcome = translator.close()
-            if outcome.completed and not cut:
-                body = b"".join(sent) + outcome.tail
-                try:
-                    await self._commit(turn, outcome.answer, response, body)
-                except LLMSessionError as error:
-                    if turn.cache is not None:
-                        await turn.cache.abandoned()
-                    queue.put_nowait(turn.endpoint.error_event(str(error)))
-                else:
-                    queue.put_nowait(outcome.tail)
-                return
-            if outcome.answer.usage is not None:
-                # Billed, though the answer is incomplete: count it, add nothing to the history.
-                await self._commit(turn, outcome.answer, response, b"", with_turn=False)
-            elif turn.cache is not None:
-                await turn.cache.abandoned()
-            if outcome.error is None:
-                queue.put_nowait(turn.endpoint.error_event(_CUT))
-        except Exception as error:
-            logger.error("gateway stream failed", exc_info=error)
-            queue.put_nowait(turn.endpoint.error_event("the gateway failed; the error was logged"))
-        finally:
-            # The stream ends before the turn is given back, as a body's answer does.
-            queue.put_nowait(None)
-            await stack.aclose()
+                await self._commit(turn, outcome.answer, response, body)
+            except LLMSessionError as error:
+                if turn.cache is not None:
+                    await turn.cache.abandoned()
+                return turn.endpoint.error_event(str(error))
+            return outcome.tail
+        if outcome.answer.usage is not None:
+            # Billed, though the answer is incomplete: count it, add nothing to the history.
+            await self._commit(turn, outcome.answer, response, b"", with_turn=False)
+        elif turn.cache is not None:
+            await turn.cache.abandoned()
+        return turn.endpoint.error_event(_CUT) if outcome.error is None else b""
 
     def _replay(self, found: RoundResult, request_hash: str) -> Reply:
         stored_turn = found.turn
@@ -533,6 +516,186 @@ class Gateway:
         return headers
 
 
+class _RecordStream(Protocol):
+    async def __call__(
+        self,
+        turn: _Turn,
+        response: UpstreamResponse,
+        translator: StreamTranslator,
+        sent: list[bytes],
+        *,
+        cut: bool,
+    ) -> bytes: ...
+
+
+class Relay:
+    """A streamed answer, read from the provider as the client reads it.
+
+    The client's response iterates it: each step reads the provider's next
+    chunk and gives the events it completes, which go to the client at once.
+    When the provider's stream ends, a task of the gateway's records the round
+    (so a client leaving mid-commit cannot cut the commit short), and the last
+    event (the translator's tail) is given only once it is recorded; the task
+    then gives the session's turn back.
+
+    A client that goes away before the end must not stop the reading: whoever
+    iterates the relay calls :meth:`close` however its sending ends (the last
+    event sent, a failed send, its task cancelled, even mid-read: the chunk
+    iterator survives that, see :meth:`UpstreamResponse.aiter_bytes`), and if
+    the provider's stream has not ended then, a task of the gateway's reads the
+    rest and records it. Nothing is left to the garbage collector.
+    """
+
+    __slots__ = (
+        "_chunks",
+        "_detached",
+        "_last",
+        "_over",
+        "_record",
+        "_response",
+        "_sent",
+        "_stack",
+        "_track",
+        "_translator",
+        "_turn",
+    )
+
+    def __init__(
+        self,
+        turn: _Turn,
+        response: UpstreamResponse,
+        translator: StreamTranslator,
+        stack: AsyncExitStack,
+        *,
+        record: _RecordStream,
+        track: Callable[[asyncio.Task[None]], None],
+    ) -> None:
+        self._record = record
+        self._track = track
+        self._turn = turn
+        self._response = response
+        self._chunks = response.aiter_bytes()
+        self._translator = translator
+        #: Holds the session's turn until the round is recorded.
+        self._stack = stack
+        #: What went to the client, stored with the turn for a retry's replay.
+        self._sent: list[bytes] = []
+        #: The stream's last bytes, once the provider's stream has ended.
+        self._last: asyncio.Future[bytes] | None = None
+        #: A task reads the rest: the client left.
+        self._detached = False
+        #: The client had the last bytes.
+        self._over = False
+
+    def __aiter__(self) -> Relay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        last = self._last
+        if last is None:
+            if self._detached:
+                raise StopAsyncIteration
+            cut = False
+            try:
+                async for chunk in self._chunks:
+                    events = self._translator.feed(chunk)
+                    if events:
+                        # The events of one chunk go on together: one write to the client.
+                        forward = events[0] if len(events) == 1 else b"".join(events)
+                        self._sent.append(forward)
+                        return forward
+            except ProviderError as error:
+                self._broke(error)
+                cut = True
+            except Exception as error:
+                last = self._failed(error)
+            if last is None:
+                last = self._end(cut)
+        if self._over:
+            raise StopAsyncIteration
+        # (Cancelled here, the client leaves the recording task to finish alone.)
+        tail = await last
+        self._over = True
+        if not tail:
+            raise StopAsyncIteration
+        return tail
+
+    def close(self) -> None:
+        """The client is done with the stream: if the provider's has not ended, a task
+        reads the rest and records it. Synchronous, so a cancelled task can call it."""
+        if self._last is None:
+            self._detach()
+
+    async def aclose(self) -> None:
+        """As :meth:`close`."""
+        self.close()
+
+    def _broke(self, error: ProviderError) -> None:
+        logger.warning("stream from provider %s broke: %s", self._turn.provider.provider_id, error)
+
+    def _end(self, cut: bool) -> asyncio.Future[bytes]:
+        self._last = last = asyncio.get_running_loop().create_future()
+        self._track(asyncio.create_task(self._finish(last, cut=cut)))
+        return last
+
+    def _failed(self, error: Exception) -> asyncio.Future[bytes]:
+        logger.error("gateway stream failed", exc_info=error)
+        self._last = last = asyncio.get_running_loop().create_future()
+        last.set_result(self._turn.endpoint.error_event("the gateway failed; the error was logged"))
+        self._track(asyncio.create_task(self._abandon()))
+        return last
+
+    def _detach(self) -> None:
+        if not self._detached:
+            self._detached = True
+            self._track(asyncio.create_task(self._rest()))
+
+    async def _rest(self) -> None:
+        """Read what the client left unread, then record it."""
+        cut = False
+        try:
+            async for chunk in self._chunks:
+                events = self._translator.feed(chunk)
+                if events:
+                    self._sent.append(events[0] if len(events) == 1 else b"".join(events))
+        except ProviderError as error:
+            self._broke(error)
+            cut = True
+        except Exception as error:
+            self._failed(error)
+            return
+        await self._finish(asyncio.get_running_loop().create_future(), cut=cut)
+
+    async def _finish(self, last: asyncio.Future[bytes], *, cut: bool) -> None:
+        """Record the stream, hand the client its last bytes, give the turn back."""
+        turn = self._turn
+        try:
+            try:
+                tail = await self._record(
+                    turn, self._response, self._translator, self._sent, cut=cut
+                )
+            except Exception as error:
+                logger.error("gateway stream failed", exc_info=error)
+                tail = turn.endpoint.error_event("the gateway failed; the error was logged")
+            if not last.done():
+                last.set_result(tail)
+        finally:
+            if not last.done():
+                last.set_result(b"")
+            # The stream ends before the turn is given back, as a body's answer does.
+            await _give_back(self._stack)
+
+    async def _abandon(self) -> None:
+        try:
+            await self._response.aclose()
+            if self._turn.cache is not None:
+                await self._turn.cache.abandoned()
+        except Exception as error:
+            logger.warning("abandoning a failed stream failed", exc_info=error)
+        finally:
+            await _give_back(self._stack)
+
+
 def _items(turn: Turn) -> list[JSONObject]:
     request: list[JSONObject] = json.loads(turn.request_items)
     answer: list[JSONObject] = json.loads(turn.answer_items)
@@ -553,28 +716,6 @@ async def _read(response: UpstreamResponse) -> bytes:
         return await response.aread()
     finally:
         await response.aclose()
-
-
-async def _drain(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
-    while True:
-        event = await queue.get()
-        if queue.empty():
-            if event is None:
-                return
-            if event:
-                yield event
-            continue
-        # The client fell behind: what arrived meanwhile goes out in one write.
-        events: list[bytes] = []
-        while event is not None:
-            events.append(event)
-            if queue.empty():
-                break
-            event = queue.get_nowait()
-        if joined := b"".join(events):
-            yield joined
-        if event is None:
-            return
 
 
 class _ReadResponse:

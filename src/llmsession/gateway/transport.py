@@ -80,7 +80,12 @@ class UpstreamResponse(Protocol):
     def headers(self) -> Mapping[str, str]: ...
 
     def aiter_bytes(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; raises ProviderError if the connection breaks or stalls."""
+        """The body as it arrives; raises ProviderError if the connection breaks or stalls.
+
+        A task cancelled while it waits for the next chunk loses nothing: another
+        task may go on iterating the same iterator (a client that leaves mid-stream
+        hands the rest of the answer over so).
+        """
         ...
 
     async def aread(self) -> bytes:
@@ -113,14 +118,8 @@ class _AiohttpResponse:
     def headers(self) -> Mapping[str, str]:
         return self._response.headers
 
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.content.iter_any():
-                yield chunk
-        except TimeoutError:
-            raise _timeout(self._provider_id) from None
-        except aiohttp.ClientError as error:
-            raise _unavailable(self._provider_id, error) from None
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        return _Chunks(self._provider_id, self._response.content)
 
     async def aread(self) -> bytes:
         try:
@@ -133,6 +132,32 @@ class _AiohttpResponse:
     async def aclose(self) -> None:
         # A connection whose answer was not read to the end is closed, not pooled.
         self._response.release()
+
+
+class _Chunks:
+    """A body's chunks as they arrive. Not an async generator: a cancellation while
+    it waits would end one, while aiohttp's reader keeps what it holds for the
+    next read."""
+
+    __slots__ = ("_content", "_provider_id")
+
+    def __init__(self, provider_id: str, content: aiohttp.StreamReader) -> None:
+        self._provider_id = provider_id
+        self._content = content
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._content.readany()
+        except TimeoutError:
+            raise _timeout(self._provider_id) from None
+        except aiohttp.ClientError as error:
+            raise _unavailable(self._provider_id, error) from None
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 class AiohttpUpstream:

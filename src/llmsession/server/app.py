@@ -28,6 +28,7 @@ from llmsession.server.routes_sessions import session_routes
 from llmsession.server.schemas import RecordRoundIn
 from llmsession.server.settings import ServerSettings
 from llmsession.server.sweeper import Sweeper
+from llmsession.server.ui import install_offline_docs, static_routes, ui_routes
 from llmsession.store import open_store
 from llmsession.store.base import SessionStore
 
@@ -35,7 +36,8 @@ __all__ = ["create_app"]
 
 _DESCRIPTION = """Stateful LLM sessions with exact accounting of rounds, delta tokens and
 tokens saved. Every `/v1` call carries `Authorization: Bearer <key>`: a tenant's API key
-for sessions, the admin key for `/v1/admin`. Errors are `application/problem+json`."""
+for sessions, the admin key for `/v1/admin`. Errors are `application/problem+json`.
+The dashboard is at [/ui](/ui)."""
 
 
 def create_app(
@@ -107,6 +109,8 @@ def create_app(
         version=_version(),
         description=_DESCRIPTION,
         lifespan=lifespan,
+        # /docs is served with local copies of Swagger UI's assets: see install_offline_docs.
+        docs_url=None,
         # No redirect to the path with or without a trailing slash: an unknown path is a
         # 404 problem, and a redirect would be built from the client's Host header.
         redirect_slashes=False,
@@ -140,6 +144,9 @@ def create_app(
     app.include_router(gemini_routes(context))
     app.include_router(admin_routes(context))
     app.include_router(ops_routes(context))
+    app.include_router(ui_routes(context))
+    app.include_router(static_routes())
+    install_offline_docs(app)
     return app
 
 

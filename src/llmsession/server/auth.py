@@ -27,6 +27,7 @@ __all__ = [
     "authorization_header",
     "bearer_token",
     "google_api_key",
+    "is_admin_key",
     "require_admin",
     "require_tenant",
     "tenant_dependency",
@@ -126,7 +127,8 @@ def google_api_key(headers: Headers, query: QueryParams) -> str:
     return key
 
 
-def _is_admin_key(context: AppContext, token: str) -> bool:
+def is_admin_key(context: AppContext, token: str) -> bool:
+    """Whether ``token`` is the configured admin key (False when none is configured)."""
     admin_key = context.settings.admin_key
     if admin_key is None:
         return False
@@ -136,14 +138,14 @@ def _is_admin_key(context: AppContext, token: str) -> bool:
 
 async def require_tenant(context: AppContext, token: str) -> TenantId:
     """The tenant of a tenant key: 401 for an unknown or revoked key, 403 for the admin key."""
-    if _is_admin_key(context, token):
+    if is_admin_key(context, token):
         raise Problem("forbidden", "the admin key cannot act on sessions; use a tenant's API key")
     return await context.keys.tenant_of(token)
 
 
 async def require_admin(context: AppContext, token: str) -> None:
     """Nothing for the admin key; 403 for a tenant's valid key, 401 for anything else."""
-    if _is_admin_key(context, token):
+    if is_admin_key(context, token):
         return
     # A tenant's valid key is known but not allowed here; anything else is unknown.
     await context.keys.tenant_of(token)

@@ -10,12 +10,14 @@ turn itself is :class:`llmsession.gateway.Gateway`'s.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from llmsession.gateway.forwarding import SESSION_HEADER
+from llmsession.gateway.forwarding import SESSION_HEADER, Relay
 from llmsession.ids import TenantId
 from llmsession.server.auth import api_key_or_bearer, bearer_token, require_tenant
 from llmsession.server.context import AppContext
@@ -23,7 +25,7 @@ from llmsession.server.params import parse_idempotency_key
 from llmsession.server.problems import Problem
 from llmsession.server.responses import error_responses
 
-__all__ = ["GATEWAY_PATHS", "forward_turn", "gateway_routes"]
+__all__ = ["GATEWAY_PATHS", "EventStream", "forward_turn", "gateway_routes"]
 
 #: The gateway's paths, and the endpoint (wire format) each one speaks.
 GATEWAY_PATHS: Final = {
@@ -64,8 +66,46 @@ async def forward_turn(
         headers=request.headers,
     )
     if reply.stream is not None:
-        return StreamingResponse(reply.stream, reply.status, headers=reply.headers)
+        return EventStream(reply.stream, reply.status, reply.headers)
     return Response(reply.body, reply.status, headers=reply.headers)
+
+
+class EventStream(Response):
+    """A streamed answer, its events sent as the relay reads them from the provider.
+
+    Whatever ends the sending (the last event, the client gone, the task
+    cancelled), the relay is closed, so an answer the client did not read to
+    its end is read on and recorded by the gateway. (Starlette's
+    StreamingResponse leaves its iterator to the garbage collector, and runs a
+    second task per response only to notice a disconnect; a client that goes
+    away needs no notice here: the answer is read to its end either way, and
+    the server drops, or refuses, what is sent after.)
+    """
+
+    def __init__(self, relay: Relay, status_code: int, headers: Mapping[str, str]) -> None:
+        self.relay = relay
+        self.status_code = status_code
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        relay = self.relay
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            async for event in relay:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            # The client is gone (ASGI 2.4 servers say so on send): nobody to answer.
+            pass
+        finally:
+            relay.close()
 
 
 def _openapi(summary: str) -> dict[str, Any]:

@@ -30,9 +30,11 @@ ENV_VARIABLES: dict[str, str] = {
     "access_log": "LLMSESSION_ACCESS_LOG",
     "auth_cache_seconds": "LLMSESSION_AUTH_CACHE_SECONDS",
     "gateway_config": "LLMSESSION_CONFIG",
+    "ui_secret": "LLMSESSION_UI_SECRET",
 }
 
 MIN_ADMIN_KEY_LENGTH = 16
+MIN_UI_SECRET_LENGTH = 32
 
 
 def default_data_dir() -> Path:
@@ -78,6 +80,10 @@ class ServerSettings:
       a key revoked through another replica or the CLI works here that long at most.
     - ``gateway_config``: the TOML file of providers (see docs/gateway.md); None
       serves the session ledger only.
+    - ``ui_secret``: signs the dashboard's session cookies (/ui). None derives one
+      from ``admin_key`` (so every replica with the same admin key accepts the same
+      cookies, and changing the admin key signs everyone out); with neither, each
+      process makes a random one, and a restart signs everyone out.
     """
 
     store_url: str = field(default_factory=default_store_url)
@@ -91,6 +97,7 @@ class ServerSettings:
     access_log: bool = False
     auth_cache_seconds: float = 1.0
     gateway_config: str | None = None
+    ui_secret: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name, check in _CHECKS.items():
@@ -112,13 +119,14 @@ class ServerSettings:
             raw = env.get(variable, "").strip()
             if not raw:
                 return default
-            # The admin key is a secret: never echo it in an error.
-            shown = "<hidden>" if name == "admin_key" else repr(raw)
+            # The admin key and the UI secret are secrets: never echo them in an error.
+            secret = name in ("admin_key", "ui_secret")
+            shown = "<hidden>" if secret else repr(raw)
             try:
                 value = parse(raw)
                 _CHECKS[name](value)
             except ValueError as error:
-                detail = "" if name == "admin_key" else f" ({error})"
+                detail = "" if secret else f" ({error})"
                 raise InvalidInput(
                     f"{variable}={shown} is not valid: expected {_EXPECTED[name]}{detail}"
                 ) from None
@@ -137,6 +145,7 @@ class ServerSettings:
             access_log=read("access_log", _parse_bool, d.access_log),
             auth_cache_seconds=read("auth_cache_seconds", float, d.auth_cache_seconds),
             gateway_config=read("gateway_config", _optional_text, d.gateway_config),
+            ui_secret=read("ui_secret", _optional_text, d.ui_secret),
         )
 
 
@@ -169,6 +178,22 @@ def _check_admin_key(value: object) -> None:
         raise InvalidInput(
             f"admin_key must be at least {MIN_ADMIN_KEY_LENGTH} printable ASCII characters "
             "without spaces (use a long random string)"
+        )
+
+
+def _check_ui_secret(value: object) -> None:
+    if value is None:
+        return
+    if (
+        not isinstance(value, str)
+        or len(value) < MIN_UI_SECRET_LENGTH
+        or not value.isascii()
+        or not value.isprintable()
+    ):
+        # Never echo the secret itself.
+        raise InvalidInput(
+            f"ui_secret must be at least {MIN_UI_SECRET_LENGTH} printable ASCII characters "
+            "(use a long random string)"
         )
 
 
@@ -216,6 +241,7 @@ _CHECKS: dict[str, Callable[[object], object]] = {
     "access_log": _check_bool,
     "auth_cache_seconds": _seconds_between("auth_cache_seconds", 0, 300),
     "gateway_config": _check_gateway_config,
+    "ui_secret": _check_ui_secret,
 }
 
 _EXPECTED = {
@@ -229,6 +255,7 @@ _EXPECTED = {
     "access_log": "1/0, true/false, yes/no or on/off",
     "auth_cache_seconds": "a number of seconds from 0 to 300",
     "gateway_config": "the path of a TOML file of providers",
+    "ui_secret": f"at least {MIN_UI_SECRET_LENGTH} printable ASCII characters",
 }
 
 
