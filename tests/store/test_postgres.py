@@ -29,7 +29,7 @@ from llmsession.errors import (
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import Active, Closed, SessionExpired
 from llmsession.store import open_store
-from llmsession.store.models import NO_USAGE, Round, RoundResult, Turn, UsageTotals
+from llmsession.store.models import NO_USAGE, GroupKey, Round, RoundResult, Turn, UsageTotals
 from llmsession.store.postgres import SCHEMA_VERSION, PostgresOptions, PostgresStore
 from llmsession.usage import Usage
 from tests.store.conftest import T0
@@ -118,6 +118,7 @@ async def test_tables_are_made_in_the_urls_schema_with_a_version(
         "turns",
         "started_sessions",
         "usage_rollup",
+        "session_counts",
     }
     assert await sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
 
@@ -143,6 +144,10 @@ async def test_a_newer_schema_is_refused(postgres_url: str, open_pg: Opener) -> 
 
 async def make_version(url: str, version: int) -> None:
     """Turn the current schema into what ``version`` created (its data stays)."""
+    if version < 6:
+        # Version 5 kept no session counters (the function's triggers go with it).
+        await sql(url, "DROP FUNCTION session_counts_kept() CASCADE")
+        await sql(url, "DROP TABLE session_counts")
     if version < 5:
         # Version 4 kept no rollup.
         await sql(url, "DROP TABLE usage_rollup")
@@ -192,7 +197,19 @@ async def schema_shape(url: str) -> list[tuple[object, ...]]:
     indexes = await sql(
         url, "SELECT indexdef FROM pg_indexes WHERE schemaname = %s ORDER BY 1", schema
     )
-    return columns + constraints + indexes
+    triggers = await sql(
+        url,
+        "SELECT tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c "
+        "ON c.oid = t.tgrelid WHERE c.relnamespace = %s::regnamespace AND NOT t.tgisinternal "
+        "ORDER BY 1",
+        schema,
+    )
+    functions = await sql(
+        url,
+        "SELECT proname, prosrc FROM pg_proc WHERE pronamespace = %s::regnamespace ORDER BY 1",
+        schema,
+    )
+    return columns + constraints + indexes + triggers + functions
 
 
 async def test_a_version_1_schema_is_upgraded_in_place(postgres_url: str, open_pg: Opener) -> None:
@@ -211,7 +228,7 @@ async def test_a_version_1_schema_is_upgraded_in_place(postgres_url: str, open_p
     assert (await again.get(ACME, session_id)).record.state is Active
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 async def test_an_older_schema_is_upgraded_to_what_a_fresh_one_is(
     postgres_url: str, open_pg: Opener, clock: ManualClock, version: int
 ) -> None:
@@ -272,6 +289,40 @@ async def test_an_upgrade_back_fills_the_rollup_the_writes_keep(
     again = await open_pg()
     assert await sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     assert await again.timeseries(ACME, **args) == series  # type: ignore[arg-type]
+    # Row for row what the writes kept, each session's in its own slot.
+    assert await sql(postgres_url, rows) == written
+
+
+@pytest.mark.parametrize("version", [4, 5])
+async def test_an_upgrade_back_fills_the_counters_the_writes_keep(
+    postgres_url: str, open_pg: Opener, clock: ManualClock, version: int
+) -> None:
+    first = await open_pg()
+    for n in range(12):
+        session_id = await new_session(first, ttl_seconds=60)
+        await first.record_round(ACME, session_id, 10 + n)
+        if n % 3 == 0:
+            await first.close(ACME, session_id)
+        if version == 5 and n % 4 == 0:
+            started = SessionId.generate(clock())
+            await first.start_with_turn(
+                ACME, started, provider_id="p", model=f"m{n % 2}", turn=TURN,
+                usage=Usage(100, 40), ttl_seconds=60,
+            )  # fmt: skip
+        await first.create(ACME, provider_id="p", model=f"m{n % 2}", initial_tokens=5 + n)
+        clock.advance(7)
+    clock.advance(55)  # some Active sessions due, not swept
+    group_by: list[GroupKey] = ["provider", "model"]
+    totals = await first.totals(ACME, group_by)
+    assert sum(t.sessions["expired"] for t in totals) > 0
+    rows = "SELECT * FROM session_counts WHERE sessions <> 0 ORDER BY 1, 2, 3, 4, 5"
+    written = await sql(postgres_url, rows)
+    assert len({row[4] for row in written}) > 1  # spread over slots
+    await first.aclose()
+    await make_version(postgres_url, version)
+    again = await open_pg()
+    assert await sql(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    assert await again.totals(ACME, group_by) == totals
     # Row for row what the writes kept, each session's in its own slot.
     assert await sql(postgres_url, rows) == written
 

@@ -184,13 +184,22 @@ def _schema(path: Path) -> dict[str, object]:
     return schema
 
 
-# What schema version 4 added (the rollup); taking it away leaves version 3.
-_TO_VERSION_3 = ("DROP TABLE usage_rollup", "PRAGMA user_version = 3")
+# What schema version 5 added (the counters and their triggers); taking it away
+# leaves version 4.
+_DROP_COUNTS = (
+    *(f"DROP TRIGGER session_counts_{name}" for name in ("insert", "delete", "update", "move")),
+    "DROP TABLE session_counts",
+)
+_TO_VERSION_4 = (*_DROP_COUNTS, "PRAGMA user_version = 4")
 
-# What schema versions 4 and 3 added (the rollup, gateway rounds); taking them
-# away leaves version 2.
+# What schema versions 5 and 4 added (the counters, the rollup); taking them
+# away leaves version 3.
+_TO_VERSION_3 = (*_DROP_COUNTS, "DROP TABLE usage_rollup", "PRAGMA user_version = 3")
+
+# What schema versions 5, 4 and 3 added (the counters, the rollup, gateway
+# rounds); taking them away leaves version 2.
 _TO_VERSION_2 = (
-    _TO_VERSION_3[0],
+    *_TO_VERSION_3[:-1],
     *(
         f"ALTER TABLE sessions DROP COLUMN {column}"
         for column in (
@@ -285,13 +294,13 @@ async def test_the_downgrades_of_these_tests_leave_the_older_schemas(
     assert _schema(path) != version_2 != await _fresh_schema(tmp_path)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 async def test_an_upgraded_file_has_the_schema_of_a_fresh_one(
     sqlite_url: str, tmp_path: Path, version: int
 ) -> None:
     await (await open_store(sqlite_url)).aclose()
     path = path_of_url(sqlite_url)
-    _downgrade(path, _TO_VERSION_3 if version == 3 else _TO_VERSION_2)
+    _downgrade(path, {4: _TO_VERSION_4, 3: _TO_VERSION_3}.get(version, _TO_VERSION_2))
     if version == 1:
         _downgrade(path, _TO_VERSION_1)
     assert _pragma(path, "user_version") == version
@@ -333,6 +342,46 @@ async def test_an_upgrade_back_fills_the_rollup_the_writes_keep(
     try:
         assert _pragma(path, "user_version") == SCHEMA_VERSION
         assert await store.timeseries(ACME, **args) == series  # type: ignore[arg-type]
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("version", [3, 4])
+async def test_an_upgrade_back_fills_the_counters_the_writes_keep(
+    sqlite_url: str, version: int
+) -> None:
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock, default_ttl_seconds=60)
+    for n in range(12):
+        session_id = await _session(store)
+        await store.record_round(ACME, session_id, 10 + n)
+        if n % 3 == 0:
+            await store.close(ACME, session_id)
+        if n % 4 == 0:
+            started = SessionId.generate(clock())
+            await store.start_with_turn(
+                ACME, started, provider_id="fake", model=f"m{n % 2}", turn=turn(1),
+                usage=usage(100),
+            )  # fmt: skip
+        await store.create(ACME, provider_id="p", model=f"m{n % 2}", initial_tokens=5 + n)
+        clock.advance(7)
+    clock.advance(55)  # some Active sessions due, not swept
+    totals = await store.totals(ACME, ("provider", "model"))
+    assert sum(t.sessions["expired"] for t in totals) > 0
+    await store.aclose()
+    path = path_of_url(sqlite_url)
+    rows = "SELECT * FROM session_counts WHERE sessions <> 0 ORDER BY 1, 2, 3, 4"
+    with sqlite3.connect(path) as conn:
+        written = conn.execute(rows).fetchall()
+    conn.close()
+    _downgrade(path, _TO_VERSION_4 if version == 4 else _TO_VERSION_3)
+    store = await open_store(sqlite_url, clock=clock, default_ttl_seconds=60)
+    try:
+        assert _pragma(path, "user_version") == SCHEMA_VERSION
+        assert await store.totals(ACME, ("provider", "model")) == totals
+        with sqlite3.connect(path) as conn:
+            assert conn.execute(rows).fetchall() == written
+        conn.close()
     finally:
         await store.aclose()
 
