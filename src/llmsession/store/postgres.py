@@ -58,12 +58,12 @@ import math
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from typing import Any, Final, LiteralString
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import psycopg
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, AsyncRawCursor, sql
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
@@ -914,7 +914,7 @@ class _LockedTransaction(_PostgresTransaction):
     async def commit(self, new: StoredSession, new_round: Round | None) -> None:
         # The write and COMMIT go out together: one round trip.
         async with self._conn.pipeline():
-            cur = await self._conn.execute(*_write(new, self.stored.version, new_round))
+            cur = await _execute_write(self._conn, new, self.stored.version, new_round)
             await self._conn.execute("COMMIT")
         if cur.rowcount == 0:
             # Nothing was written (the round insert depends on the update).
@@ -926,7 +926,7 @@ class _OptimisticTransaction(_PostgresTransaction):
     """The session as last seen, unlocked: the single write statement checks the version."""
 
     async def commit(self, new: StoredSession, new_round: Round | None) -> None:
-        cur = await self._conn.execute(*_write(new, self.stored.version, new_round))
+        cur = await _execute_write(self._conn, new, self.stored.version, new_round)
         if cur.rowcount == 0:
             self._recent.forget(new.record.session_id)
             raise VersionConflict
@@ -1280,7 +1280,7 @@ class PostgresStore(TransactionalStore):
         tx = await self._lock(conn, tenant_id, session_id)
         stored = tx.stored
         outcomes: list[Change | Exception] = []
-        writes: list[tuple[int, StoredSession, psycopg.AsyncCursor[TupleRow]]] = []
+        writes: list[tuple[int, StoredSession, AsyncRawCursor[TupleRow]]] = []
         async with conn.pipeline():
             for pending in batch:
                 try:
@@ -1296,7 +1296,7 @@ class PostgresStore(TransactionalStore):
                     outcomes.append(error)
                     continue
                 if result.stored is not stored:
-                    cur = await conn.execute(*_write(result.stored, stored.version, result.round))
+                    cur = await _execute_write(conn, result.stored, stored.version, result.round)
                     writes.append((len(outcomes), result.stored, cur))
                     stored = result.stored
                 outcomes.append(result)
@@ -1736,6 +1736,32 @@ def _write(
     if new_round.turn is None:
         return _UPDATE_SESSION_AND_INSERT_GATEWAY_ROUND, (*params, *rolled)
     return _UPDATE_SESSION_AND_INSERT_TURN, (*params, *turn_values(new_round.turn), *rolled)
+
+
+async def _execute_write(
+    conn: _Connection, new: StoredSession, expected_version: int, new_round: Round | None
+) -> AsyncRawCursor[TupleRow]:
+    """Run _write's statement; its cursor tells the rowcount.
+
+    On a raw cursor, with the placeholders numbered once per statement: psycopg
+    parses a ``%s`` query again on every execution when it has more than 50
+    parameters (a gateway round with its turn has 55), 80 to 120 µs each time.
+    """
+    statement, params = _write(new, expected_version, new_round)
+    return await AsyncRawCursor[TupleRow](conn).execute(_numbered(statement), params)
+
+
+@cache
+def _numbered(statement: LiteralString) -> bytes:
+    """``statement`` with its ``%s`` placeholders as ``$1``, ``$2``... (a raw cursor's),
+    encoded once."""
+    parts = statement.split("%s")
+    if any("%" in part for part in parts):
+        raise ValueError(f"only %s placeholders can be numbered: {statement}")
+    numbered = parts[0] + "".join(
+        f"${number}{part}" for number, part in enumerate(parts[1:], start=1)
+    )
+    return numbered.encode()
 
 
 def _roll_params(stored: StoredSession, at: Timestamp, amounts: Amounts) -> tuple[Any, ...]:
