@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,9 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.fake_provider.conftest import API_KEY, FakeProcess, fake_command, launch
-from tests.server.conftest import ADMIN, ServerFactory, ServerProcess, bearer, launch_server
+from tests.fake_provider.conftest import API_KEY, FakeProcess
+from tests.gateway.processes import GatewayProcesses
+from tests.server.conftest import ServerFactory, ServerProcess, bearer, launch_server
 
 SID = "LLMSession-Id"
 
@@ -28,41 +27,13 @@ SID = "LLMSession-Id"
 BIG_CONTEXT = " ".join(f"fact{i} is true." for i in range(900))
 
 
-@dataclass
-class Gateway:
-    server: ServerProcess
-    fake: FakeProcess
-    clients: list[OpenAI] = field(default_factory=list[OpenAI])
-
-    def tenant(self) -> str:
-        tenant_id = f"t{uuid.uuid4().hex[:10]}"
-        response = httpx.post(
-            f"{self.server.base_url}/v1/admin/tenants", json={"tenant_id": tenant_id}, headers=ADMIN
-        )
-        assert response.status_code == 201, response.text
-        key: str = response.json()["api_key"]
-        return key
-
+class Gateway(GatewayProcesses):
     def sdk(self, key: str, **options: Any) -> OpenAI:
         client = OpenAI(
             base_url=f"{self.server.base_url}/v1", api_key=key, max_retries=0, **options
         )
         self.clients.append(client)
         return client
-
-    def close(self) -> None:
-        for client in self.clients:
-            client.close()
-
-    def get(self, key: str, path: str) -> Any:
-        response = httpx.get(f"{self.server.base_url}{path}", headers=bearer(key), timeout=10)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def usage(self, key: str) -> dict[str, int]:
-        (group,) = self.get(key, "/v1/stats")["groups"]
-        usage: dict[str, int] = group["usage"]
-        return usage
 
     def billing(self, key: str) -> list[dict[str, Any]]:
         """The fake's billing entries of this tenant's sessions, in billing order.
@@ -99,13 +70,6 @@ def write_config(path: Path, fake: FakeProcess, **extra: str) -> Path:
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-@pytest.fixture(scope="module")
-def module_fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
-    fake = launch(fake_command("--api-key", API_KEY), tmp_path_factory.mktemp("fake") / "fake.log")
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture

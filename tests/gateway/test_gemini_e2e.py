@@ -8,9 +8,7 @@ the fake's cache entries are read from its ``/_fake/gemini/cached-contents`` rou
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,9 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from tests.fake_provider.conftest import API_KEY, FakeProcess, fake_command, launch
-from tests.server.conftest import ADMIN, ServerFactory, ServerProcess, bearer, launch_server
+from tests.fake_provider.conftest import API_KEY, FakeProcess
+from tests.gateway.processes import GatewayProcesses
+from tests.server.conftest import ServerFactory, ServerProcess, bearer, launch_server
 
 SID = "LLMSession-Id"
 MODEL = "gemini/gemini-2.5-flash"
@@ -34,40 +33,12 @@ def user(text: str) -> types.Content:
     return types.Content(role="user", parts=[types.Part(text=text)])
 
 
-@dataclass
-class Gateway:
-    server: ServerProcess
-    fake: FakeProcess
-    clients: list[genai.Client] = field(default_factory=list[genai.Client])
-
-    def tenant(self) -> str:
-        tenant_id = f"t{uuid.uuid4().hex[:10]}"
-        response = httpx.post(
-            f"{self.server.base_url}/v1/admin/tenants", json={"tenant_id": tenant_id}, headers=ADMIN
-        )
-        assert response.status_code == 201, response.text
-        key: str = response.json()["api_key"]
-        return key
-
+class Gateway(GatewayProcesses):
     def sdk(self, key: str, api_version: str | None = "v1beta") -> genai.Client:
         options = types.HttpOptions(base_url=self.server.base_url, api_version=api_version)
         client = genai.Client(api_key=key, http_options=options)
         self.clients.append(client)
         return client
-
-    def close(self) -> None:
-        for client in self.clients:
-            client.close()
-
-    def get(self, key: str, path: str) -> Any:
-        response = httpx.get(f"{self.server.base_url}{path}", headers=bearer(key), timeout=10)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def usage(self, key: str) -> dict[str, int]:
-        (group,) = self.get(key, "/v1/stats")["groups"]
-        usage: dict[str, int] = group["usage"]
-        return usage
 
     def billing(self, key: str) -> list[dict[str, Any]]:
         """The fake's billing entries of this tenant's sessions: the gateway sends the
@@ -113,13 +84,6 @@ def write_config(path: Path, fake: FakeProcess, base_url: str | None = None) -> 
         encoding="utf-8",
     )
     return path
-
-
-@pytest.fixture(scope="module")
-def module_fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
-    fake = launch(fake_command("--api-key", API_KEY), tmp_path_factory.mktemp("fake") / "fake.log")
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture(scope="module")
