@@ -77,6 +77,7 @@ from llmsession.tokens import MAX_TOKENS
 from llmsession.usage import Usage
 from tests.conftest import services_required
 from tests.store.conftest import T0, all_sessions
+from tests.store.workload import start_alike
 
 pytestmark = pytest.mark.redis
 
@@ -1388,32 +1389,10 @@ async def test_counters_and_indexes_match_a_memory_store(redis_url: str) -> None
         for _ in range(400):
             action = rng.random()
             if action < 0.2 or not pairs:
-                tenant = rng.choice([ACME, OTHER])
-                provider, model = rng.choice(["p1", "p2"]), rng.choice(["m1", "m2", "m3"])
-                initial = rng.choice([0, 7, 1000, 2**40, MAX_TOKENS])
-                ttl = rng.choice([None, 5, 60])
-                if rng.random() < 0.25:
-                    usage, turn = _gateway_round(initial)
-                    made = [
-                        (
-                            await s.start_with_turn(
-                                tenant, SessionId.generate(clock()), provider_id=provider,
-                                model=model, turn=turn, usage=usage, ttl_seconds=ttl,
-                            )
-                        ).session
-                        for s in (memory, redis_store)
-                    ]  # fmt: skip
-                else:
-                    made = [
-                        await s.create(
-                            tenant, provider_id=provider, model=model, initial_tokens=initial,
-                            ttl_seconds=ttl,
-                        )
-                        for s in (memory, redis_store)
-                    ]  # fmt: skip
+                tenant, made = await start_alike(
+                    rng, clock, (memory, redis_store), (ACME, OTHER), _gateway_round
+                )
                 pairs.append((tenant, made[0].record.session_id, made[1].record.session_id))
-                # Distinct creation times: the two stores' ids differ, so ties would not.
-                clock.advance(0.000001)
             elif action < 0.92:
                 tenant, mid, rid = rng.choice(pairs)
                 op = rng.choice(

@@ -30,9 +30,9 @@ from llmsession.store.models import Turn
 from llmsession.store.postgres import PostgresOptions
 from llmsession.store.sqlite import path_of_url
 from llmsession.timestamps import Timestamp
-from llmsession.tokens import MAX_TOKENS
 from llmsession.usage import Usage
 from tests.store.conftest import all_sessions, backend_url
+from tests.store.workload import start_alike
 
 ACME = TenantId("acme")
 OTHER = TenantId("other")
@@ -104,32 +104,8 @@ async def _random_step(
     the sessions swept and purged, and the writes done at once that succeeded."""
     action = rng.random()
     if action < 0.2 or not pairs:
-        tenant = rng.choice([ACME, OTHER])
-        provider, model = rng.choice(["p1", "p2"]), rng.choice(["m1", "m2", "m3"])
-        initial = rng.choice([0, 7, 1000, 2**40, MAX_TOKENS])
-        ttl = rng.choice([None, 5, 60])
-        if rng.random() < 0.25:
-            usage = Usage(initial % 5000 + 4, 3, 1, 11, 2)
-            turn = Turn("chat/completions", "h", "[1]", "[2]", None, 200, "t", b"{}")
-            made = [
-                (
-                    await s.start_with_turn(
-                        tenant, SessionId.generate(clock()), provider_id=provider,
-                        model=model, turn=turn, usage=usage, ttl_seconds=ttl,
-                    )
-                ).session
-                for s in (memory, store)
-            ]  # fmt: skip
-        else:
-            made = [
-                await s.create(
-                    tenant, provider_id=provider, model=model, initial_tokens=initial,
-                    ttl_seconds=ttl,
-                )
-                for s in (memory, store)
-            ]  # fmt: skip
+        tenant, made = await start_alike(rng, clock, (memory, store), (ACME, OTHER), _gateway_round)
         pairs.append((tenant, made[0].record.session_id, made[1].record.session_id))
-        clock.advance(0.000001)
     elif action < 0.8:
         tenant, mid, sid = rng.choice(pairs)
         op = rng.choice(["activate", "round", "round", "round", "turn", "turn", "close", "expire"])
@@ -203,3 +179,9 @@ async def test_counters_equal_a_recount_after_random_work(
         assert min(seen[what] for what in ("at once", "swept", "purged")) > 5, seen
     finally:
         await store.aclose()
+
+
+def _gateway_round(initial: int) -> tuple[Usage, Turn]:
+    """What a gateway round that starts a session reported, and its turn."""
+    usage = Usage(initial % 5000 + 4, 3, 1, 11, 2)
+    return usage, Turn("chat/completions", "h", "[1]", "[2]", None, 200, "t", b"{}")
