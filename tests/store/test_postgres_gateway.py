@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import psycopg
 import pytest
 
 from llmsession.clock import ManualClock
@@ -17,7 +18,7 @@ from llmsession.errors import ConflictError, SessionExpiredError
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import Closed, SessionExpired
 from llmsession.store.models import Turn
-from llmsession.store.postgres import PostgresStore
+from llmsession.store.postgres import PostgresOptions, PostgresStore
 from llmsession.usage import Usage
 from tests.store.conftest import T0
 from tests.store.test_postgres import spawn, sql
@@ -154,6 +155,53 @@ async def test_one_starting_key_sent_to_two_replicas_at_once_starts_one_session(
     found = await stores[1].find_turn(ACME, "once")
     assert found is not None
     assert (found.round.session_id, found.turn) == (winner, turn(1))
+
+
+async def test_a_start_takes_its_rows_in_a_rounds_order_so_the_two_never_deadlock(
+    open_pg: Opener, postgres_url: str, clock: ManualClock
+) -> None:
+    # A round's statement takes its group's rollup rows, then (its trigger) the
+    # session counters of its slot. Another transaction stands in for that round
+    # here, holding the rollup rows while the start runs, then taking the counters:
+    # a start that took the counters first (its insert's trigger) deadlocked with it.
+    store = await open_pg()
+    earlier = await start(store, clock)
+    slot = earlier.value.int % 8
+    session_id = SessionId.generate(clock())
+    while session_id.value.int % 8 != slot:
+        session_id = SessionId.generate(clock())
+    conninfo = PostgresOptions.from_url(postgres_url).conninfo
+    async with await psycopg.AsyncConnection.connect(conninfo) as round_tx:
+        await round_tx.execute("SET lock_timeout = '10s'")
+        held = await round_tx.execute(
+            "SELECT 1 FROM usage_rollup WHERE tenant_id = 'acme' AND slot = %s FOR UPDATE",
+            (slot,),
+        )
+        assert len(await held.fetchall()) == 2  # the hour's row and the day's
+        starting = asyncio.create_task(
+            store.start_with_turn(
+                ACME, session_id, provider_id="fake", model="m", turn=turn(1), usage=Usage(50)
+            )
+        )
+        await wait_until_blocked(postgres_url)
+        await round_tx.execute(
+            "UPDATE session_counts SET round_count = round_count "
+            "WHERE tenant_id = 'acme' AND state = 'active' AND slot = %s",
+            (slot,),
+        )
+        await round_tx.commit()
+        result = await starting
+    assert result.round.seq == 1
+
+
+async def wait_until_blocked(url: str) -> None:
+    """Return once some other connection waits for a lock."""
+    for _ in range(500):
+        rows = await sql(url, "SELECT count(*) FROM pg_locks WHERE NOT granted")
+        if rows[0][0]:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("nothing waited for a lock within 5 s")
 
 
 # -- replays ---------------------------------------------------------------------------

@@ -1103,6 +1103,14 @@ class PostgresStore(TransactionalStore):
                             _INSERT_STARTED,
                             (record.tenant_id.value, start_key, record.session_id.value),
                         )
+                    # The rollup's rows before the session's counters (its insert's
+                    # trigger): the order every round's statement takes them in, so
+                    # a start and a round of one group and slot never deadlock.
+                    await conn.execute(_ROLL_VALUES, rolled)
+                    await conn.execute(
+                        _ROLL_VALUES,
+                        _roll_params(stored, first.recorded_at, round_amounts(first, stored)),
+                    )
                     await conn.execute(_INSERT_SESSION, session_values)
                     await conn.execute(
                         _INSERT_ROUND,
@@ -1116,11 +1124,6 @@ class PostgresStore(TransactionalStore):
                             stored.version,
                             *round_usage_values(first),
                         ),
-                    )
-                    await conn.execute(_ROLL_VALUES, rolled)
-                    await conn.execute(
-                        _ROLL_VALUES,
-                        _roll_params(stored, first.recorded_at, round_amounts(first, stored)),
                     )
                     if first.turn is not None:
                         await conn.execute(
