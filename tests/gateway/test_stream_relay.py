@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from llmsession.clock import ManualClock
+from llmsession.errors import StoreError
 from llmsession.gateway import GatewayConfig
 from llmsession.ids import SessionId, TenantId
 from llmsession.server import ServerSettings, create_app
@@ -206,3 +207,35 @@ async def test_the_server_stops_only_once_a_gone_clients_round_is_recorded(
     assert resume.is_set()
     stored = await store.get(TenantId("acme"), sid)
     assert (stored.record.initial_tokens, stored.record.delta_tokens) == (1300, 148)
+
+
+class FailingStore(MemoryStore):
+    """A store whose writes fail as a database's do, with the driver's words."""
+
+    async def start_with_turn(self, *args: Any, **kwargs: Any) -> Any:
+        raise StoreError(
+            'PostgreSQL failed: deadlock detected\nCONTEXT: SQL statement "UPDATE '
+            'session_counts SET ..." at host db.internal'
+        )
+
+
+async def test_a_stream_whose_round_cannot_be_stored_ends_in_an_error_that_hides_the_driver(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FailingStore(clock=ManualClock(T0))
+    upstream = ScriptedUpstream(Scripted(chunks=CHUNKS, content_type="text/event-stream"))
+    async with serve(store, upstream) as server:
+        body = {"model": "fake/m", "messages": [{"role": "user", "content": "Q1"}], "stream": True}
+        response = await server.client.post("/v1/chat/completions", json=body, headers=server.auth)
+        missing = await server.client.get(
+            f"/v1/sessions/{response.headers[SID]}", headers=server.auth
+        )
+    assert b"[DONE]" not in response.content
+    last = response.content.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    error = json.loads(last.removeprefix(b"data: "))["error"]
+    assert error["message"].startswith("the session store failed, so this answer was not")
+    assert b"session_counts" not in response.content
+    assert b"db.internal" not in response.content
+    assert missing.status_code == 404
+    # The operator finds the driver's words in the log.
+    assert any("deadlock detected" in r.getMessage() for r in caplog.records)

@@ -36,7 +36,13 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from llmsession.errors import ConflictError, IdempotencyConflict, InvalidInput, LLMSessionError
+from llmsession.errors import (
+    ConflictError,
+    IdempotencyConflict,
+    InvalidInput,
+    LLMSessionError,
+    StoreError,
+)
 from llmsession.gateway.config import GatewayConfig, ProviderConfig, ProviderKind
 from llmsession.gateway.endpoints import ENDPOINTS, Endpoint, ParsedRequest
 from llmsession.gateway.gemini_cache import GeminiCaches
@@ -477,7 +483,7 @@ class Gateway:
             except LLMSessionError as error:
                 if turn.cache is not None:
                     await turn.cache.abandoned()
-                return turn.endpoint.error_event(str(error))
+                return turn.endpoint.error_event(_unrecorded(turn, error))
             return outcome.tail
         if outcome.answer.usage is not None:
             # Billed, though the answer is incomplete: count it, add nothing to the history.
@@ -514,6 +520,18 @@ class Gateway:
         }
         headers[SESSION_HEADER] = str(turn.session_id)
         return headers
+
+
+def _unrecorded(turn: _Turn, error: LLMSessionError) -> str:
+    """What ends the client's stream when its round could not be recorded."""
+    if isinstance(error, StoreError):
+        # The driver's message may name hosts, users or statements: log it only.
+        logger.error("the round of session %s was not recorded: %s", turn.session_id, error)
+        return (
+            "the session store failed, so this answer was not recorded and the session "
+            "has not changed; try again"
+        )
+    return str(error)
 
 
 class _RecordStream(Protocol):
