@@ -637,6 +637,11 @@ class Relay:
             raise StopAsyncIteration
         return tail
 
+    @property
+    def over(self) -> bool:
+        """The bytes given last were the stream's last: the next step ends the iteration."""
+        return self._over
+
     def close(self) -> None:
         """The client is done with the stream: if the provider's has not ended, a task
         reads the rest and records it. Synchronous, so a cancelled task can call it."""
