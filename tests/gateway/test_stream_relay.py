@@ -45,10 +45,16 @@ class Server:
         self.client = client
         self.auth = auth
 
-    async def stream(self, send: Send) -> None:
-        """One streamed turn starting a session, answered through ``send``."""
+    async def stream(self, send: Send, **fields: Any) -> None:
+        """One streamed turn starting a session (its body with ``fields``), answered
+        through ``send``."""
         body = json.dumps(
-            {"model": "fake/m", "messages": [{"role": "user", "content": "Q1"}], "stream": True}
+            {
+                "model": "fake/m",
+                "messages": [{"role": "user", "content": "Q1"}],
+                "stream": True,
+                **fields,
+            }
         ).encode()
         scope = {
             "type": "http",
@@ -239,3 +245,29 @@ async def test_a_stream_whose_round_cannot_be_stored_ends_in_an_error_that_hides
     assert missing.status_code == 404
     # The operator finds the driver's words in the log.
     assert any("deadlock detected" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_events_of_one_chunk_go_in_one_message_and_the_last_with_the_end(
+    store: MemoryStore,
+) -> None:
+    # One chunk holds the answer's first event, the next all the others: the client
+    # gets them in one message each, the held-back [DONE] in the message that ends
+    # the body, and the bytes are the provider's (the client asked for usage too).
+    upstream = ScriptedUpstream(Scripted(chunks=CHUNKS, content_type="text/event-stream"))
+    async with serve(store, upstream) as server:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await server.stream(send, stream_options={"include_usage": True})
+        await server.recorded(session_of(sent[0]))
+    bodies = [(m["body"], m["more_body"]) for m in sent[1:]]
+    done = b"data: [DONE]\n\n"
+    assert CHAT_STREAM.endswith(done)
+    assert bodies == [
+        (CHUNKS[0], True),
+        (CHUNKS[1].removesuffix(done), True),
+        (done, False),
+    ]
+    assert b"".join(body for body, _ in bodies) == CHAT_STREAM

@@ -30,7 +30,6 @@ shorter one).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
@@ -45,6 +44,7 @@ from llmsession.gateway.wire import (
     dump_json,
     flag_field,
     json_objects,
+    load_json,
     load_json_object,
     model_field,
     object_field,
@@ -398,7 +398,7 @@ class MessagesStream:
 
     def _read(self, event: SSEEvent) -> None:
         try:
-            payload: object = json.loads(event.data)
+            payload: object = load_json(event.data)
         except ValueError:
             return
         if not isinstance(payload, dict):
@@ -457,7 +457,7 @@ class MessagesStream:
         text = "".join(self._partial_json.pop(index))
         if text and index in self._blocks:
             try:
-                self._blocks[index]["input"] = json.loads(text)
+                self._blocks[index]["input"] = load_json(text)
             except ValueError:
                 # Kept as sent: the provider will say what is wrong if it is sent back.
                 self._blocks[index]["input"] = text

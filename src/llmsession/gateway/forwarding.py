@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
@@ -55,7 +54,7 @@ from llmsession.gateway.transport import (
     UpstreamRequest,
     UpstreamResponse,
 )
-from llmsession.gateway.wire import Answer, JSONObject, StreamTranslator, dump_json
+from llmsession.gateway.wire import Answer, JSONObject, StreamTranslator, dump_json, load_json
 from llmsession.ids import SessionId, TenantId
 from llmsession.store.base import SessionStore
 from llmsession.store.models import (
@@ -638,6 +637,11 @@ class Relay:
             raise StopAsyncIteration
         return tail
 
+    @property
+    def over(self) -> bool:
+        """The bytes given last were the stream's last: the next step ends the iteration."""
+        return self._over
+
     def close(self) -> None:
         """The client is done with the stream: if the provider's has not ended, a task
         reads the rest and records it. Synchronous, so a cancelled task can call it."""
@@ -715,8 +719,8 @@ class Relay:
 
 
 def _items(turn: Turn) -> list[JSONObject]:
-    request: list[JSONObject] = json.loads(turn.request_items)
-    answer: list[JSONObject] = json.loads(turn.answer_items)
+    request: list[JSONObject] = load_json(turn.request_items)
+    answer: list[JSONObject] = load_json(turn.answer_items)
     return request + answer
 
 

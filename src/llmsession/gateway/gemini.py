@@ -42,6 +42,7 @@ from llmsession.gateway.wire import (
     checked_usage,
     dump_json,
     json_objects,
+    load_json,
     load_json_object,
     object_field,
 )
@@ -101,7 +102,7 @@ class CacheRef:
         if not text:
             return None
         try:
-            value: object = json.loads(text)
+            value: object = load_json(text)
         except ValueError:
             return None
         if not isinstance(value, dict):
@@ -266,7 +267,7 @@ class GeminiStream:
 
     def _read(self, event: SSEEvent) -> None:
         try:
-            chunk: object = json.loads(event.data)
+            chunk: object = load_json(event.data)
         except ValueError:
             return
         if not isinstance(chunk, dict):
@@ -326,7 +327,7 @@ def cached_content_missing(status: int, body: bytes) -> bool:
     if status not in (400, 403, 404):
         return False
     try:
-        value: object = json.loads(body)
+        value: object = load_json(body)
     except (ValueError, UnicodeDecodeError):
         return False
     error = object_field(cast(JSONObject, value), "error") if isinstance(value, dict) else None

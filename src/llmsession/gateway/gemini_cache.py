@@ -33,7 +33,6 @@ The state kept between turns (:class:`CacheState`) is stored as each turn's
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -53,7 +52,7 @@ from llmsession.gateway.gemini import (
 )
 from llmsession.gateway.session_cache import TurnCache
 from llmsession.gateway.transport import ProviderError, Upstream, UpstreamRequest
-from llmsession.gateway.wire import JSONObject, dump_json
+from llmsession.gateway.wire import JSONObject, dump_json, load_json
 from llmsession.ids import SessionId
 from llmsession.usage import Usage
 
@@ -115,7 +114,7 @@ class CacheState:
         if not text:
             return None
         try:
-            value: object = json.loads(text)
+            value: object = load_json(text)
         except ValueError:
             return None
         if not isinstance(value, dict):

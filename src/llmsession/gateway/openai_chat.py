@@ -15,7 +15,6 @@ function_call, audio id).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -30,6 +29,7 @@ from llmsession.gateway.wire import (
     dump_json,
     flag_field,
     json_objects,
+    load_json,
     load_json_object,
     model_field,
     object_field,
@@ -47,8 +47,6 @@ __all__ = [
 ]
 
 _DONE: Final = "[DONE]"
-# json.loads without its checks of the argument's type (always a str here).
-_decode: Final = json.JSONDecoder().decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +196,7 @@ class ChatStream:
             self._done = True
             return True
         try:
-            chunk: object = _decode(event.data)
+            chunk: object = load_json(event.data)
         except ValueError:
             return True
         if type(chunk) is not dict:

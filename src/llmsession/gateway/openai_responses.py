@@ -19,7 +19,6 @@ as the one user message item it stands for.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -34,6 +33,7 @@ from llmsession.gateway.wire import (
     dump_json,
     flag_field,
     json_objects,
+    load_json,
     load_json_object,
     model_field,
     object_field,
@@ -207,7 +207,7 @@ class ResponsesStream:
 
     def _read(self, event: SSEEvent) -> None:
         try:
-            value: object = json.loads(event.data)
+            value: object = load_json(event.data)
         except ValueError:
             return
         if not isinstance(value, dict):

@@ -9,9 +9,12 @@ touches a socket, a store or a clock.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias, cast
+from typing import Any, Final, Protocol, TypeAlias, cast
+
+import orjson
 
 from llmsession.errors import InvalidInput
 from llmsession.usage import Usage
@@ -19,6 +22,7 @@ from llmsession.usage import Usage
 __all__ = [
     "Answer",
     "GatewayInputError",
+    "JSONFloat",
     "JSONObject",
     "StreamOutcome",
     "StreamTranslator",
@@ -26,6 +30,7 @@ __all__ = [
     "dump_json",
     "flag_field",
     "json_objects",
+    "load_json",
     "load_json_object",
     "model_field",
     "object_field",
@@ -123,10 +128,52 @@ def flag_field(request: Mapping[str, Any], name: str, default: bool) -> bool:
     return value
 
 
+class JSONFloat(float):
+    """A float that :func:`dump_json` must leave to the standard library to write.
+
+    orjson writes every other float as ``repr`` does (and so as ``json.dumps``),
+    but NaN and the infinities as ``null`` and floats under 1e-4 in another
+    spelling (``1e-7`` for ``1e-07``, or without an exponent); it refuses float
+    subclasses, so :func:`load_json` makes these ones of this class and
+    :func:`dump_json` falls back to ``json.dumps`` for a value holding one.
+    """
+
+    __slots__ = ()
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    # NaN fails both comparisons; 0.0 and -0.0 are written alike by both libraries.
+    if value == 0.0 or 1e-4 <= abs(value) < math.inf:
+        return value
+    return JSONFloat(value)
+
+
+def _parse_constant(name: str) -> float:
+    # NaN, Infinity, -Infinity: float() reads each of them.
+    return JSONFloat(name)
+
+
+# json.loads's own decoder but for the floats that orjson would write differently.
+# (A float literal is rare in what the gateway reads, so the hook costs next to nothing.)
+_decode: Final = json.JSONDecoder(parse_float=_parse_float, parse_constant=_parse_constant).decode
+
+
+def load_json(text: str | bytes) -> Any:
+    """``json.loads(text)``, every value alike, so what :func:`dump_json` writes of it is
+    what ``json.dumps`` would (see :class:`JSONFloat`)."""
+    if isinstance(text, str):
+        if text.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _decode(text)
+    # As json.loads decodes bytes (UTF-8, -16 or -32; a UTF-8 BOM is skipped).
+    return _decode(text.decode(json.detect_encoding(text), "surrogatepass"))
+
+
 def load_json_object(body: bytes, what: str) -> JSONObject:
     """``body`` parsed as one JSON object, or GatewayInputError naming ``what``."""
     try:
-        value: object = json.loads(body)
+        value: object = load_json(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise GatewayInputError(f"{what} must be a JSON object: {error}") from None
     if not isinstance(value, dict):
@@ -147,6 +194,26 @@ def json_objects(value: object) -> list[JSONObject]:
     return [cast(JSONObject, item) for item in cast(list[object], value) if isinstance(item, dict)]
 
 
+# Subclasses of str, int, dict and list, dataclasses and datetimes are refused as
+# json.dumps refuses them or writes them in its own way: the fallback decides.
+_ORJSON_OPTIONS: Final = (
+    orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+)
+
+
 def dump_json(value: Mapping[str, Any] | Sequence[Any]) -> bytes:
-    """Compact JSON, as the upstream body or a stored item."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact JSON, as the upstream body or a stored item.
+
+    The bytes of ``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``
+    encoded as UTF-8, written by orjson (the upstream body of a long session is
+    the largest JSON the gateway writes, once per turn, and orjson writes it some
+    thirty times faster). What orjson refuses, json writes (or refuses) as before:
+    integers beyond 64 bits, keys that are not strings, lone surrogates, nesting
+    deeper than 254, a :class:`JSONFloat`, a subclass of a JSON type.
+    """
+    try:
+        return orjson.dumps(value, option=_ORJSON_OPTIONS)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

@@ -99,7 +99,11 @@ class EventStream(Response):
                 }
             )
             async for event in relay:
-                await send({"type": "http.response.body", "body": event, "more_body": True})
+                # The last event goes with the body's end: one write to the client, not two.
+                over = relay.over
+                await send({"type": "http.response.body", "body": event, "more_body": not over})
+                if over:
+                    return
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             # The client is gone (ASGI 2.4 servers say so on send): nobody to answer.
