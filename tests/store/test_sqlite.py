@@ -650,6 +650,36 @@ async def _started(store: SessionStore, clock: ManualClock, key: str | None = No
     return session_id
 
 
+async def test_a_sweep_deletes_turns_stored_at_the_start_or_by_a_later_round(
+    sqlite_url: str,
+) -> None:
+    # The sweep looks for turns only where has_turns says so; the write that
+    # stores a session's first turn sets it, an insert or an update.
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock)
+    path = path_of_url(sqlite_url)
+    try:
+        at_start, later = SessionId.generate(clock()), SessionId.generate(clock())
+        for session_id, first in ((at_start, turn(1)), (later, None)):
+            await store.start_with_turn(
+                ACME,
+                session_id,
+                provider_id="fake",
+                model="m",
+                turn=first,
+                usage=usage(100),
+                ttl_seconds=60,
+            )
+        await store.record_turn(ACME, later, turn=None, usage=usage(1))
+        await store.record_turn(ACME, later, turn=turn(3), usage=usage(1))
+        assert [_stored_turns(path, s) for s in (at_start, later)] == [1, 1]
+        clock.advance(61)
+        assert await store.sweep() == 2
+        assert [_stored_turns(path, s) for s in (at_start, later)] == [0, 0]
+    finally:
+        await store.aclose()
+
+
 async def test_every_way_out_of_active_deletes_the_turns_and_keeps_the_rest(
     sqlite_url: str,
 ) -> None:

@@ -488,16 +488,19 @@ _SCHEMA: Final = (
 # A session as _stored_from_row reads it: its columns, then its usage.
 _SESSION_COLUMNS = f"{SESSION_COLUMNS}, {USAGE_COLUMNS}"
 _SELECT_SESSION = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ? AND tenant_id = ?"
+# has_turns goes with the write of the round whose turn is stored (see _insert_round).
 _INSERT_SESSION = (
-    f"INSERT INTO sessions ({INSERT_COLUMNS}, {USAGE_COLUMNS}) VALUES ({', '.join('?' * 23)})"
+    f"INSERT INTO sessions ({INSERT_COLUMNS}, {USAGE_COLUMNS}, has_turns) "
+    f"VALUES ({', '.join('?' * 24)})"
 )
-_UPDATE_SESSION = (
+_SET_SESSION = (
     "UPDATE sessions SET state = ?, activated_at = ?, closed_at = ?, expired_at = ?, "
     "round_count = ?, delta_tokens = ?, tokens_saved = ?, version = ?, last_activity_at = ?, "
     "deadline = ?, input_tokens = ?, cached_input_tokens = ?, cache_write_tokens = ?, "
-    "output_tokens = ?, reasoning_tokens = ?, rounds_without_usage = ? "
-    "WHERE session_id = ? AND version = ?"
+    "output_tokens = ?, reasoning_tokens = ?, rounds_without_usage = ?"
 )
+_UPDATE_SESSION = f"{_SET_SESSION} WHERE session_id = ? AND version = ?"
+_UPDATE_SESSION_WITH_TURN = f"{_SET_SESSION}, has_turns = 1 WHERE session_id = ? AND version = ?"
 # A ledger round leaves the gateway columns to their defaults (0 and NULL).
 _INSERT_ROUND = (
     "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
@@ -510,7 +513,6 @@ _INSERT_GATEWAY_ROUND = (
 )
 _INSERT_TURN = f"INSERT INTO turns (session_id, seq, {TURN_COLUMNS}) VALUES ({', '.join('?' * 10)})"
 _DELETE_TURNS = "DELETE FROM turns WHERE session_id = ?"
-_MARK_TURNS = "UPDATE sessions SET has_turns = 1 WHERE session_id = ? AND has_turns = 0"
 _ROUND_COLUMNS = f"seq, delta_tokens, recorded_at, idempotency_key, {ROUND_USAGE_COLUMNS}"
 _SELECT_ROUND_BY_KEY = (
     f"SELECT {_ROUND_COLUMNS}, session_delta_tokens, session_version FROM rounds "
@@ -849,6 +851,7 @@ class SQLiteStore(SessionStore):
         params = (
             *insert_values(stored, stored.record.session_id.value.bytes),
             *stored.usage.as_tuple(),
+            first is not None and first.turn is not None,
         )
         start_key = None if first is None else first.idempotency_key
 
@@ -1064,11 +1067,16 @@ class SQLiteStore(SessionStore):
 
     def _write_change(self, conn: sqlite3.Connection, old: StoredSession, result: Change) -> bool:
         """Write ``result`` over ``old`` if the row still holds ``old``'s version."""
-        new = result.stored
-        if conn.execute(_UPDATE_SESSION, _update_params(new, old.version)).rowcount != 1:
+        new, new_round = result.stored, result.round
+        update = (
+            _UPDATE_SESSION
+            if new_round is None or new_round.turn is None
+            else _UPDATE_SESSION_WITH_TURN
+        )
+        if conn.execute(update, _update_params(new, old.version)).rowcount != 1:
             return False
-        if result.round is not None:
-            _insert_round(conn, result.round, new)
+        if new_round is not None:
+            _insert_round(conn, new_round, new)
         elif new.record.state is not Active and old.record.state is Active:
             # The session ended: its conversation goes with it (the rounds stay).
             conn.execute(_DELETE_TURNS, (new.record.session_id.value.bytes,))
@@ -1410,7 +1418,8 @@ def _update_params(new: StoredSession, expected_version: int) -> tuple[object, .
 
 def _insert_round(conn: sqlite3.Connection, new_round: Round, new: StoredSession) -> None:
     """Insert a round (``new`` is its session right after it), add it to the
-    rollup and, for a gateway round with one, store its turn."""
+    rollup and, for a gateway round with one, store its turn (its session's write
+    set has_turns, in the same statement)."""
     _roll(conn, new, new_round.recorded_at, round_amounts(new_round, new))
     if not new_round.gateway:
         conn.execute(_INSERT_ROUND, _round_params(new_round, new))
@@ -1421,7 +1430,6 @@ def _insert_round(conn: sqlite3.Connection, new_round: Round, new: StoredSession
     if new_round.turn is not None:
         key = new_round.session_id.value.bytes
         conn.execute(_INSERT_TURN, (key, new_round.seq, *turn_values(new_round.turn)))
-        conn.execute(_MARK_TURNS, (key,))
 
 
 def _roll(conn: sqlite3.Connection, stored: StoredSession, at: Timestamp, amounts: Amounts) -> None:
