@@ -10,7 +10,9 @@ import os
 import resource
 import signal
 import sqlite3
+import subprocess
 import sys
+import threading
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,6 +31,7 @@ from llmsession.ids import SessionId, TenantId
 from llmsession.store import SessionQuery, SessionStore, open_store
 from llmsession.store.models import NO_USAGE
 from llmsession.store.sqlite import SCHEMA_VERSION, SQLiteStore, path_of_url
+from llmsession.store.turn_file import TurnFile, open_turn_file
 from tests.store.conftest import T0
 from tests.store.test_gateway_rounds import turn, usage
 from tests.store.turn_holder import read_line, start_holder
@@ -647,6 +650,36 @@ async def _started(store: SessionStore, clock: ManualClock, key: str | None = No
     return session_id
 
 
+async def test_a_sweep_deletes_turns_stored_at_the_start_or_by_a_later_round(
+    sqlite_url: str,
+) -> None:
+    # The sweep looks for turns only where has_turns says so; the write that
+    # stores a session's first turn sets it, an insert or an update.
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock)
+    path = path_of_url(sqlite_url)
+    try:
+        at_start, later = SessionId.generate(clock()), SessionId.generate(clock())
+        for session_id, first in ((at_start, turn(1)), (later, None)):
+            await store.start_with_turn(
+                ACME,
+                session_id,
+                provider_id="fake",
+                model="m",
+                turn=first,
+                usage=usage(100),
+                ttl_seconds=60,
+            )
+        await store.record_turn(ACME, later, turn=None, usage=usage(1))
+        await store.record_turn(ACME, later, turn=turn(3), usage=usage(1))
+        assert [_stored_turns(path, s) for s in (at_start, later)] == [1, 1]
+        clock.advance(61)
+        assert await store.sweep() == 2
+        assert [_stored_turns(path, s) for s in (at_start, later)] == [0, 0]
+    finally:
+        await store.aclose()
+
+
 async def test_every_way_out_of_active_deletes_the_turns_and_keeps_the_rest(
     sqlite_url: str,
 ) -> None:
@@ -774,6 +807,91 @@ async def test_a_cancelled_turn_lets_the_next_one_in(sqlite_url: str) -> None:
             pass
     finally:
         await other.aclose()
+        await store.aclose()
+
+
+def _free_elsewhere(sidecar: Path, offset: int) -> bool:
+    """Whether another process could lock the byte at ``offset`` of ``sidecar`` now."""
+    code = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "try:\n"
+        "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, int(sys.argv[2]), os.SEEK_SET)\n"
+        "except OSError:\n"
+        "    sys.exit(1)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(sidecar), str(offset)], check=False)
+    assert done.returncode in (0, 1)
+    return done.returncode == 0
+
+
+async def test_a_late_give_back_leaves_the_byte_to_the_next_holder(tmp_path: Path) -> None:
+    # SQLite gives a turn back from its reader's thread without waiting: the
+    # session's next holder in this process may have taken the byte again by then.
+    turn_file = open_turn_file(tmp_path / "x.db-turns")
+    try:
+        session_id = SessionId.generate(T0)
+        first, second = turn_file.claim(session_id), turn_file.claim(session_id)
+        assert turn_file.take(first)
+        assert turn_file.take(second)
+        turn_file.give_back(first)
+        assert not await asyncio.to_thread(_free_elsewhere, turn_file.path, second.offset)
+        turn_file.give_back(second)
+        assert await asyncio.to_thread(_free_elsewhere, turn_file.path, second.offset)
+    finally:
+        turn_file.release()
+
+
+async def test_a_claim_given_back_before_its_take_takes_nothing(tmp_path: Path) -> None:
+    turn_file = open_turn_file(tmp_path / "x.db-turns")
+    try:
+        claim = turn_file.claim(SessionId.generate(T0))
+        turn_file.give_back(claim)
+        assert not turn_file.take(claim)
+        assert await asyncio.to_thread(_free_elsewhere, turn_file.path, claim.offset)
+    finally:
+        turn_file.release()
+
+
+async def test_a_turn_history_cancelled_before_its_read_holds_nothing(sqlite_url: str) -> None:
+    # Its job (take the lock, then read) waits behind another in the reader's
+    # thread; it still runs after the cancel, and must not take the lock then.
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock)
+    assert isinstance(store, SQLiteStore)
+    try:
+        session_id = await _started(store, clock)
+        # Its thread is held up below.
+        reader = store._reader
+        assert reader is not None
+        busy, go = threading.Event(), threading.Event()
+
+        def hold_up() -> None:
+            busy.set()
+            go.wait()
+
+        assert reader.post(hold_up)
+        await asyncio.to_thread(busy.wait)
+
+        async def read() -> None:
+            async with store.turn_history(ACME, session_id):
+                raise AssertionError("never read")
+
+        reading = asyncio.create_task(read())
+        await asyncio.sleep(0.05)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        go.set()
+        # The reader ran the cancelled job by the time it answers this history.
+        assert len(await store.history(ACME, session_id)) == 2
+        offset = TurnFile.claim(session_id).offset
+        sidecar = Path(f"{path_of_url(sqlite_url)}-turns")
+        assert await asyncio.to_thread(_free_elsewhere, sidecar, offset)
+        async with asyncio.timeout(60), store.turn_history(ACME, session_id) as (_, history):
+            assert len(history) == 2
+            assert not await asyncio.to_thread(_free_elsewhere, sidecar, offset)
+    finally:
         await store.aclose()
 
 

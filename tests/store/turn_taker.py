@@ -4,11 +4,14 @@ The multi-process test runs it with ``sys.executable``::
 
     python turn_taker.py URL TENANT SESSION_ID NAME COUNT
 
-COUNT times it holds the session's turn (``SessionStore.turn_lock``), reads the
-history, waits a little (as a turn waits for the provider), and records a turn
-whose ``request_hash`` is ``NAME:<turns it saw>``. It prints ``done`` at the
-end. If turns of two processes overlapped, two turns would say they saw the
-same number of turns before them.
+COUNT times it holds the session's turn, reads the history, waits a little (as
+a turn waits for the provider), and records a turn whose ``request_hash`` is
+``NAME:<turns it saw>``. Two tasks share the COUNT turns, as two requests of one
+session on one replica would; their turns go one way or the other, in turn:
+``SessionStore.turn_lock`` then ``history``, or ``turn_history`` (which SQLite
+takes and gives back in its reader's thread). It prints ``done`` at the end. If
+turns overlapped, two turns would say they saw the same number of turns before
+them.
 """
 
 from __future__ import annotations
@@ -49,13 +52,27 @@ async def main(argv: list[str]) -> None:
     url, tenant, session, name, count = argv
     tenant_id, session_id = TenantId(tenant), SessionId.parse(session)
     store = await open_store(url)
+
+    async def take(turns: int) -> None:
+        for i in range(turns):
+            if i % 2:
+                async with store.turn_history(tenant_id, session_id) as (_, history):
+                    seen = len(history)
+                    await asyncio.sleep(HOLD_SECONDS)
+                    await record(seen)
+            else:
+                async with store.turn_lock(tenant_id, session_id):
+                    seen = len(await store.history(tenant_id, session_id))
+                    await asyncio.sleep(HOLD_SECONDS)
+                    await record(seen)
+
+    async def record(seen: int) -> None:
+        turn = Turn("chat/completions", f"{name}:{seen}", "[]", "[]", None, 200, "t", b"")
+        await store.record_turn(tenant_id, session_id, turn=turn, usage=Usage(1))
+
     try:
-        for _ in range(int(count)):
-            async with store.turn_lock(tenant_id, session_id):
-                seen = len(await store.history(tenant_id, session_id))
-                await asyncio.sleep(HOLD_SECONDS)
-                turn = Turn("chat/completions", f"{name}:{seen}", "[]", "[]", None, 200, "t", b"")
-                await store.record_turn(tenant_id, session_id, turn=turn, usage=Usage(1))
+        half = int(count) // 2
+        await asyncio.gather(take(int(count) - half), take(half))
     finally:
         await store.aclose()
     print("done", flush=True)

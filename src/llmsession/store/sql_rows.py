@@ -119,12 +119,16 @@ def insert_values(stored: StoredSession, session_id: object) -> tuple[Any, ...]:
 
 
 def stored_from_row(
-    row: Sequence[Any], session_id: SessionId, usage: UsageTotals = NO_USAGE
+    row: Sequence[Any],
+    session_id: SessionId,
+    usage: UsageTotals = NO_USAGE,
+    tenant_id: TenantId | None = None,
 ) -> StoredSession:
-    """A StoredSession from a row of SESSION_COLUMNS (validated by the core's record)."""
+    """A StoredSession from a row of SESSION_COLUMNS (validated by the core's record);
+    ``tenant_id`` is the row's, if the caller read the row by it."""
     record = SessionRecord(
         session_id=session_id,
-        tenant_id=TenantId(row[1]),
+        tenant_id=TenantId(row[1]) if tenant_id is None else tenant_id,
         provider_id=row[2],
         model=row[3],
         initial_tokens=row[4],

@@ -35,12 +35,13 @@ Times are integer epoch microseconds. The schema is created, versioned (in
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager, suppress
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -110,7 +111,9 @@ from llmsession.store.sql_rows import (
     usage_from_round_row,
     usage_totals_from_row,
 )
-from llmsession.store.turn_file import TurnFile, open_turn_file
+from llmsession.store.turn_file import POLL_FIRST as _POLL_FIRST
+from llmsession.store.turn_file import POLL_MAX as _POLL_MAX
+from llmsession.store.turn_file import Claim, TurnFile, open_turn_file
 from llmsession.timestamps import Timestamp
 
 __all__ = ["ROLLUP_BACKFILL", "SCHEMA_VERSION", "SQLiteStore", "path_of_url"]
@@ -485,16 +488,19 @@ _SCHEMA: Final = (
 # A session as _stored_from_row reads it: its columns, then its usage.
 _SESSION_COLUMNS = f"{SESSION_COLUMNS}, {USAGE_COLUMNS}"
 _SELECT_SESSION = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ? AND tenant_id = ?"
+# has_turns goes with the write of the round whose turn is stored (see _insert_round).
 _INSERT_SESSION = (
-    f"INSERT INTO sessions ({INSERT_COLUMNS}, {USAGE_COLUMNS}) VALUES ({', '.join('?' * 23)})"
+    f"INSERT INTO sessions ({INSERT_COLUMNS}, {USAGE_COLUMNS}, has_turns) "
+    f"VALUES ({', '.join('?' * 24)})"
 )
-_UPDATE_SESSION = (
+_SET_SESSION = (
     "UPDATE sessions SET state = ?, activated_at = ?, closed_at = ?, expired_at = ?, "
     "round_count = ?, delta_tokens = ?, tokens_saved = ?, version = ?, last_activity_at = ?, "
     "deadline = ?, input_tokens = ?, cached_input_tokens = ?, cache_write_tokens = ?, "
-    "output_tokens = ?, reasoning_tokens = ?, rounds_without_usage = ? "
-    "WHERE session_id = ? AND version = ?"
+    "output_tokens = ?, reasoning_tokens = ?, rounds_without_usage = ?"
 )
+_UPDATE_SESSION = f"{_SET_SESSION} WHERE session_id = ? AND version = ?"
+_UPDATE_SESSION_WITH_TURN = f"{_SET_SESSION}, has_turns = 1 WHERE session_id = ? AND version = ?"
 # A ledger round leaves the gateway columns to their defaults (0 and NULL).
 _INSERT_ROUND = (
     "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
@@ -507,7 +513,6 @@ _INSERT_GATEWAY_ROUND = (
 )
 _INSERT_TURN = f"INSERT INTO turns (session_id, seq, {TURN_COLUMNS}) VALUES ({', '.join('?' * 10)})"
 _DELETE_TURNS = "DELETE FROM turns WHERE session_id = ?"
-_MARK_TURNS = "UPDATE sessions SET has_turns = 1 WHERE session_id = ? AND has_turns = 0"
 _ROUND_COLUMNS = f"seq, delta_tokens, recorded_at, idempotency_key, {ROUND_USAGE_COLUMNS}"
 _SELECT_ROUND_BY_KEY = (
     f"SELECT {_ROUND_COLUMNS}, session_delta_tokens, session_version FROM rounds "
@@ -546,6 +551,14 @@ class _Connection:
             raise StoreError("this store was closed; open a new one")
         return await self._call(partial(work, raw))
 
+    def post(self, work: Callable[[], object]) -> bool:
+        """Queue ``work`` for the thread and wait for nothing: it runs after every job
+        queued before it, and its outcome goes nowhere. False if the thread is gone."""
+        if self._thread is None:
+            return False
+        self._jobs.put((work, None, None))
+        return True
+
     async def close(self) -> None:
         raw, self._raw = self._raw, None
         try:
@@ -571,13 +584,19 @@ class _Connection:
             raise StoreError(f"SQLite file {self.path}: {error}") from error
 
 
-_Job = tuple[Callable[[], T], asyncio.AbstractEventLoop, "asyncio.Future[T]"]
+# A posted job (see _Connection.post) has no loop and no future.
+_Job = tuple[Callable[[], T], asyncio.AbstractEventLoop | None, "asyncio.Future[T] | None"]
 
 
 def _serve(jobs: SimpleQueue[_Job[Any] | None]) -> None:
     """A connection's thread: run each job, hand its outcome to its loop; None ends it."""
     while (job := jobs.get()) is not None:
         work, loop, future = job
+        if loop is None or future is None:
+            # Nobody waits for a posted job's outcome, and this thread must go on.
+            with suppress(Exception):
+                work()
+            continue
         # Read across threads: at worst a job cancelled just now still runs, as
         # one already running would.
         if future.cancelled():
@@ -634,6 +653,34 @@ def _in_snapshot(
         return conn.execute(*first).fetchall(), conn.execute(*second).fetchall()
     finally:
         conn.execute("COMMIT")
+
+
+def _history_reads(
+    tenant_id: TenantId, session_id: SessionId
+) -> tuple[tuple[str, Sequence[object]], tuple[str, Sequence[object]]]:
+    """The reads of a session and its history (see SQLiteStore._session_and_turns)."""
+    return (_SELECT_SESSION, _key(tenant_id, session_id)), (
+        _SELECT_TURNS,
+        (session_id.value.bytes,),
+    )
+
+
+def _turn_snapshot(
+    turn_file: TurnFile,
+    claim: Claim,
+    first: tuple[str, Sequence[object]],
+    second: tuple[str, Sequence[object]],
+    conn: sqlite3.Connection,
+) -> tuple[list[Any], list[Any]] | None:
+    """Take ``claim``'s lock, then the rows of two queries from one snapshot taken
+    after it; None if another process holds the lock."""
+    if not turn_file.take(claim):
+        return None
+    try:
+        return _in_snapshot(first, second, conn)
+    except BaseException:
+        turn_file.give_back(claim)
+        raise
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:
@@ -804,6 +851,7 @@ class SQLiteStore(SessionStore):
         params = (
             *insert_values(stored, stored.record.session_id.value.bytes),
             *stored.usage.as_tuple(),
+            first is not None and first.turn is not None,
         )
         start_key = None if first is None else first.idempotency_key
 
@@ -825,17 +873,52 @@ class SQLiteStore(SessionStore):
         self, tenant_id: TenantId, session_id: SessionId
     ) -> tuple[StoredSession, list[Turn]]:
         _, reader = self._connections()
-        sessions, turns = await reader.run(
-            partial(
-                _in_snapshot,
-                (_SELECT_SESSION, _key(tenant_id, session_id)),
-                (_SELECT_TURNS, (session_id.value.bytes,)),
-            )
-        )
+        rows = await reader.run(partial(_in_snapshot, *_history_reads(tenant_id, session_id)))
+        return self._session_and_turns(tenant_id, session_id, rows)
+
+    def _session_and_turns(
+        self, tenant_id: TenantId, session_id: SessionId, rows: tuple[list[Any], list[Any]]
+    ) -> tuple[StoredSession, list[Turn]]:
+        """What _session_turns gives, from the rows of _history_reads."""
+        sessions, turns = rows
         if not sessions:
             raise NotFoundError(f"no session {session_id}")
-        stored = present(_stored_from_row(sessions[0]), self.clock())
-        return stored, [turn_from_row(row) for row in turns]
+        # The row is the one of these ids: no need to decode them again.
+        row = sessions[0]
+        stored = stored_from_row(row, session_id, usage_totals_from_row(row, 15), tenant_id)
+        return present(stored, self.clock()), [turn_from_row(row) for row in turns]
+
+    @asynccontextmanager
+    async def _locked_turns(
+        self, tenant_id: TenantId, session_id: SessionId
+    ) -> AsyncGenerator[tuple[StoredSession, list[Turn]]]:
+        # The file lock is taken in the reader's thread, in the job that then reads
+        # the session and its history: one hop to that thread, and no lock call
+        # (which lets go of the GIL) in the event loop's. It is given back there too,
+        # queued without waiting; TurnFile's claims keep a late give-back from
+        # dropping the lock of the session's next holder in this process.
+        _, reader = self._connections()
+        turn_file = self._turns()
+        claim = turn_file.claim(session_id)
+        read = partial(_turn_snapshot, turn_file, claim, *_history_reads(tenant_id, session_id))
+        async with turn_file.local_turn(session_id):
+            try:
+                pause = _POLL_FIRST
+                while (rows := await reader.run(read)) is None:
+                    # Another process holds the turn (a turn lasts as long as a
+                    # provider's answer).
+                    await asyncio.sleep(random.uniform(pause / 2, pause))
+                    pause = min(pause * 2, _POLL_MAX)
+            except BaseException:
+                # Cancelled while the job may still take the lock, or failed: at
+                # once, before the next holder in this process can take its turn.
+                turn_file.give_back(claim)
+                raise
+            try:
+                yield self._session_and_turns(tenant_id, session_id, rows)
+            finally:
+                if not reader.post(partial(turn_file.give_back, claim)):
+                    turn_file.give_back(claim)
 
     async def _stored_turn(self, session_id: SessionId, seq: int) -> Turn | None:
         rows = await self._read(
@@ -877,9 +960,12 @@ class SQLiteStore(SessionStore):
         cancelled), and with its process if that dies.
         """
         self._connections()
+        return self._turns().turn(session_id)
+
+    def _turns(self) -> TurnFile:
         if self._turn_file is None:
             self._turn_file = open_turn_file(Path(f"{self.path}-turns"))
-        return self._turn_file.turn(session_id)
+        return self._turn_file
 
     async def _run_change(
         self,
@@ -958,7 +1044,9 @@ class SQLiteStore(SessionStore):
         if row is None:
             self._recent.forget(pending.session_id)
             raise NotFoundError(f"no session {pending.session_id}")
-        stored = _stored_from_row(row)
+        stored = stored_from_row(
+            row, pending.session_id, usage_totals_from_row(row, 15), pending.tenant_id
+        )
         self._recent.remember(stored)
         result = self._change(pending, stored, conn)
         if result.stored is not stored and not self._write_change(conn, stored, result):
@@ -979,11 +1067,16 @@ class SQLiteStore(SessionStore):
 
     def _write_change(self, conn: sqlite3.Connection, old: StoredSession, result: Change) -> bool:
         """Write ``result`` over ``old`` if the row still holds ``old``'s version."""
-        new = result.stored
-        if conn.execute(_UPDATE_SESSION, _update_params(new, old.version)).rowcount != 1:
+        new, new_round = result.stored, result.round
+        update = (
+            _UPDATE_SESSION
+            if new_round is None or new_round.turn is None
+            else _UPDATE_SESSION_WITH_TURN
+        )
+        if conn.execute(update, _update_params(new, old.version)).rowcount != 1:
             return False
-        if result.round is not None:
-            _insert_round(conn, result.round, new)
+        if new_round is not None:
+            _insert_round(conn, new_round, new)
         elif new.record.state is not Active and old.record.state is Active:
             # The session ended: its conversation goes with it (the rounds stay).
             conn.execute(_DELETE_TURNS, (new.record.session_id.value.bytes,))
@@ -1325,7 +1418,8 @@ def _update_params(new: StoredSession, expected_version: int) -> tuple[object, .
 
 def _insert_round(conn: sqlite3.Connection, new_round: Round, new: StoredSession) -> None:
     """Insert a round (``new`` is its session right after it), add it to the
-    rollup and, for a gateway round with one, store its turn."""
+    rollup and, for a gateway round with one, store its turn (its session's write
+    set has_turns, in the same statement)."""
     _roll(conn, new, new_round.recorded_at, round_amounts(new_round, new))
     if not new_round.gateway:
         conn.execute(_INSERT_ROUND, _round_params(new_round, new))
@@ -1336,7 +1430,6 @@ def _insert_round(conn: sqlite3.Connection, new_round: Round, new: StoredSession
     if new_round.turn is not None:
         key = new_round.session_id.value.bytes
         conn.execute(_INSERT_TURN, (key, new_round.seq, *turn_values(new_round.turn)))
-        conn.execute(_MARK_TURNS, (key,))
 
 
 def _roll(conn: sqlite3.Connection, stored: StoredSession, at: Timestamp, amounts: Amounts) -> None:

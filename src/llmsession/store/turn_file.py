@@ -11,6 +11,14 @@ holders never exclude each other, and closing any descriptor of the file drops
 all of the process's locks on it. So a process has one TurnFile per path,
 shared by every store on it (:func:`open_turn_file`), whose in-process turns
 (:class:`SessionTurns`, in arrival order) come before the file lock.
+
+The lock can be taken and given back from any thread (:meth:`TurnFile.take`,
+:meth:`TurnFile.give_back`): SQLite takes it in its reader's thread, in the job
+that reads the session's history, and gives it back there too, without waiting.
+Since the process's locks are not its holders', each byte remembers the
+:class:`Claim` that took it last: a give-back that runs after the session's next
+in-process holder took the byte again leaves it to that one, and a claim given
+back before its take ran (its holder was cancelled) takes nothing.
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ import fcntl
 import hashlib
 import os
 import random
+import threading
 from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from pathlib import Path
 from typing import Final
 
@@ -30,12 +39,12 @@ from llmsession.errors import StoreError
 from llmsession.ids import SessionId
 from llmsession.store.turns import SessionTurns
 
-__all__ = ["TurnFile", "open_turn_file"]
+__all__ = ["POLL_FIRST", "POLL_MAX", "Claim", "TurnFile", "open_turn_file"]
 
 # How long a waiter for another process's turn sleeps between tries, at first
 # and at most: a turn lasts as long as a provider's answer.
-_POLL_FIRST: Final = 0.0015
-_POLL_MAX: Final = 0.025
+POLL_FIRST: Final = 0.0015
+POLL_MAX: Final = 0.025
 # Offsets below 2**62: the locked byte's end (offset + 1) stays inside off_t.
 _OFFSET_BITS: Final = 62
 # What a non-blocking lock attempt fails with while another process holds it.
@@ -59,6 +68,16 @@ def open_turn_file(path: Path) -> TurnFile:
     return turn_file
 
 
+class Claim:
+    """One holder's claim on a session's byte: taken at most once, given back once."""
+
+    __slots__ = ("given_back", "offset")
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        self.given_back = False
+
+
 class TurnFile:
     """The turns of the sessions of one file, in this process and across processes."""
 
@@ -67,41 +86,76 @@ class TurnFile:
         self.users = 0
         self._fd = fd
         self._local = SessionTurns()
+        # Taken around every lock call and by release: they may run in several threads.
+        self._guard = threading.Lock()
+        # The claim that holds each byte this process locked.
+        self._owners: dict[int, Claim] = {}
 
     def release(self) -> None:
         """One user fewer; the last closes the file, which drops any lock still held."""
-        self.users -= 1
-        if self.users == 0:
+        with self._guard:
+            self.users -= 1
+            if self.users:
+                return
             del _OPEN[self.path]
+            self._owners.clear()
             os.close(self._fd)
+
+    def local_turn(self, session_id: SessionId) -> AbstractAsyncContextManager[None]:
+        """The session's turn in this process only: hold it around take and give_back."""
+        return self._local.turn(session_id)
 
     @asynccontextmanager
     async def turn(self, session_id: SessionId) -> AsyncGenerator[None]:
         """Wait for the session's turn in this process, then across processes, and
         hold it for the block; released on the way out, also when cancelled."""
-        offset = _offset(session_id)
+        claim = self.claim(session_id)
         async with self._local.turn(session_id):
-            pause = _POLL_FIRST
-            # Only non-blocking tries: a blocking one would stall the event loop.
-            while not self._try_lock(offset):
-                await asyncio.sleep(random.uniform(pause / 2, pause))
-                pause = min(pause * 2, _POLL_MAX)
             try:
+                pause = POLL_FIRST
+                # Only non-blocking tries: a blocking one would stall the event loop.
+                while not self.take(claim):
+                    await asyncio.sleep(random.uniform(pause / 2, pause))
+                    pause = min(pause * 2, POLL_MAX)
                 yield
             finally:
-                if self.users:
-                    fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
+                self.give_back(claim)
 
-    def _try_lock(self, offset: int) -> bool:
-        if not self.users:
-            raise StoreError("this store was closed; open a new one")
-        try:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
-        except OSError as error:
-            if error.errno in _HELD:
+    @staticmethod
+    def claim(session_id: SessionId) -> Claim:
+        """A new claim on the session's byte, for one holder of its in-process turn."""
+        return Claim(_offset(session_id))
+
+    def take(self, claim: Claim) -> bool:
+        """Lock the claim's byte without waiting; False while another process holds it
+        (or once the claim was given back). Call it holding the session's in-process
+        turn, from any thread. StoreError if the lock cannot be taken at all."""
+        with self._guard:
+            if not self.users:
+                raise StoreError("this store was closed; open a new one")
+            if claim.given_back:
                 return False
-            raise StoreError(f"cannot lock a turn in {self.path}: {error}") from error
-        return True
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, claim.offset, os.SEEK_SET)
+            except OSError as error:
+                if error.errno in _HELD:
+                    return False
+                raise StoreError(f"cannot lock a turn in {self.path}: {error}") from error
+            self._owners[claim.offset] = claim
+            return True
+
+    def give_back(self, claim: Claim) -> None:
+        """Unlock the claim's byte if it still holds it; from any thread, any number of
+        times, also before or while its take runs. Never raises."""
+        with self._guard:
+            claim.given_back = True
+            if self._owners.get(claim.offset) is not claim:
+                return
+            del self._owners[claim.offset]
+            # Not held by this process any more (the lock only goes with the file,
+            # released by now) is all an unlock can fail with.
+            with suppress(OSError):
+                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, claim.offset, os.SEEK_SET)
 
 
 def _offset(session_id: SessionId) -> int:

@@ -10,8 +10,8 @@ by the backend's own version check or lock.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Hashable
-from contextlib import asynccontextmanager
+from collections.abc import Hashable
+from contextlib import AbstractAsyncContextManager
 from typing import Generic, TypeVar
 
 from llmsession.ids import SessionId
@@ -44,21 +44,45 @@ class KeyedTurns(Generic[K]):
         """Keys held or awaited right now."""
         return len(self._writers)
 
-    @asynccontextmanager
-    async def turn(self, key: K) -> AsyncGenerator[None]:
+    def turn(self, key: K) -> AbstractAsyncContextManager[None]:
         """Wait for this key's turn and hold it for the block."""
-        writers = self._writers.get(key)
+        return _Turn(self._writers, key)
+
+
+class _Turn(Generic[K]):
+    """One holder of a key's turn (a class, not a generator: one is made per turn)."""
+
+    __slots__ = ("_all", "_key", "_writers")
+
+    def __init__(self, writers: dict[K, _Writers], key: K) -> None:
+        self._all = writers
+        self._key = key
+        self._writers: _Writers | None = None
+
+    async def __aenter__(self) -> None:
+        writers = self._all.get(self._key)
         if writers is None:
-            writers = self._writers[key] = _Writers()
+            writers = self._all[self._key] = _Writers()
         writers.count += 1
+        self._writers = writers
         try:
-            async with writers.lock:
-                yield
-        finally:
-            # Counted rather than asking the lock: a cancelled waiter leaves too.
-            writers.count -= 1
-            if not writers.count:
-                del self._writers[key]
+            await writers.lock.acquire()
+        except BaseException:
+            # Cancelled while waiting: it leaves without having held the turn.
+            self._leave(writers)
+            raise
+
+    async def __aexit__(self, *_: object) -> None:
+        writers = self._writers
+        assert writers is not None
+        writers.lock.release()
+        self._leave(writers)
+
+    def _leave(self, writers: _Writers) -> None:
+        # Counted rather than asking the lock: a cancelled waiter leaves too.
+        writers.count -= 1
+        if not writers.count:
+            del self._all[self._key]
 
 
 class SessionTurns(KeyedTurns[SessionId]):
