@@ -581,6 +581,8 @@ class Bench:
         self.fake_key = "sk-fake-bench-" + secrets.token_hex(12)
         self.fake_port = 0
         self.servers: list[Server] = []
+        #: Put before the forwarder's and llmsession's commands (a profiler, say).
+        self.wrap: list[str] = []
 
     def _spawn(
         self, name: str, command: list[str], env: dict[str, str], *, stdout: int | None = None
@@ -648,6 +650,7 @@ class Bench:
     def start_forwarder(self) -> Server:
         port = _free_port()
         command = [
+            *self.wrap,
             sys.executable,
             str(BENCH_DIR / "_forwarder.py"),
             f"--upstream={self.fake_root}",
@@ -683,7 +686,7 @@ class Bench:
             "BENCH_FAKE_API_KEY": self.fake_key,
         }
         name = f"llmsession-{store}"
-        command = [sys.executable, "-m", "llmsession.server"]
+        command = [*self.wrap, sys.executable, "-m", "llmsession.server"]
         process, log = self._spawn(name, command, env)
         base = f"http://127.0.0.1:{port}"
         _wait_ready(process, f"{base}/readyz", log, f"llmsession on {store}")
