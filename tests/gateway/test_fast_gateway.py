@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import AsyncIterator, MutableMapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from llmsession.clock import ManualClock
 from llmsession.gateway import GatewayConfig
+from llmsession.gateway.transport import UpstreamRequest, UpstreamResponse
 from llmsession.server import ServerSettings, create_app
 from llmsession.server.fast_gateway import FastGateway
+from llmsession.server.openapi import ServiceAPI
 from llmsession.server.routes_gateway import GATEWAY_PATHS
 from tests.gateway.scripted import Scripted, ScriptedUpstream
 from tests.gateway.test_forwarding import CHAT_STREAM, RESPONSES_BODY, chat, provider
@@ -106,5 +113,142 @@ async def test_both_paths_answer_alike(tmp_path: Path) -> None:
 def test_the_fast_path_serves_every_gateway_path(tmp_path: Path) -> None:
     settings = ServerSettings(store_url=f"sqlite:///{tmp_path / 'x.db'}", admin_key=ADMIN_KEY)
     app = create_app(settings)
-    fast = FastGateway(app.router, routes=app)
-    assert sorted(fast.endpoints()) == sorted(GATEWAY_PATHS)
+    assert isinstance(app.front, FastGateway)
+    assert sorted(app.front.endpoints()) == sorted(GATEWAY_PATHS)
+
+
+class _Broken(ScriptedUpstream):
+    """An upstream failing in a way nothing expects: a bug, not a provider error."""
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        raise RuntimeError("a bug")
+
+
+@asynccontextmanager
+async def _serving(
+    tmp_path: Path, *, fast: bool, upstream: ScriptedUpstream
+) -> AsyncIterator[tuple[ServiceAPI, httpx.AsyncClient, dict[str, str]]]:
+    settings = ServerSettings(
+        store_url=f"sqlite:///{tmp_path / f'serving-{fast}.db'}",
+        admin_key=ADMIN_KEY,
+        sweep_interval_seconds=3600,
+    )
+    config = GatewayConfig(providers={"fake": provider()}, history_limit_bytes=100_000)
+    app = create_app(
+        settings, clock=ManualClock(T0), fast_rounds=fast, gateway_config=config, upstream=upstream
+    )
+    # FastAPI's stack raises an unexpected error on to the server once it has answered
+    # (the fast path does not, for errors before the answer): the client sees the answer.
+    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+    ):
+        tenant = await client.post("/v1/admin/tenants", json={"tenant_id": "a"}, headers=ADMIN)
+        yield app, client, bearer(tenant.json()["api_key"])
+
+
+_CHAT = b'{"model": "fake/m", "messages": [{"role": "user", "content": "Q"}]}'
+
+
+def _request_counts(text: str) -> dict[tuple[str, str, str], float]:
+    counts: dict[tuple[str, str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "llmsession_http_request_duration_seconds_count":
+                labels = sample.labels
+                counts[(labels["route"], labels["method"], labels["status"])] = sample.value
+    return counts
+
+
+async def test_fast_path_requests_are_counted_by_route_and_status(tmp_path: Path) -> None:
+    async with _serving(tmp_path, fast=True, upstream=ScriptedUpstream(chat(1), chat(2))) as (
+        _,
+        client,
+        auth,
+    ):
+        assert (await client.post("/v1/chat/completions", content=_CHAT, headers=auth)).is_success
+        assert (
+            await client.post("/v1/chat/completions", content=_CHAT, headers={})
+        ).status_code == 401
+        too_large = await client.post("/v1/messages", content=b"x" * 200_000, headers=auth)
+        assert too_large.status_code == 413
+        # A query string sends the request through FastAPI's router: counted as well.
+        routed = await client.post(
+            "/v1/chat/completions", content=_CHAT, headers=auth, params={"x": "1"}
+        )
+        assert routed.is_success
+        counts = _request_counts((await client.get("/metrics")).text)
+    assert counts[("/v1/chat/completions", "POST", "200")] == 2
+    assert counts[("/v1/chat/completions", "POST", "401")] == 1
+    assert counts[("/v1/messages", "POST", "413")] == 1
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_an_unexpected_error_is_a_logged_500_problem(
+    tmp_path: Path, fast: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with _serving(tmp_path, fast=fast, upstream=_Broken()) as (_, client, auth):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="llmsession.server"):
+            response = await client.post("/v1/chat/completions", content=_CHAT, headers=auth)
+        counts = _request_counts((await client.get("/metrics")).text)
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"] == "urn:llmsession:problem:internal"
+    logged = [r for r in caplog.records if r.getMessage().startswith("unhandled error on POST")]
+    assert len(logged) == 1
+    assert logged[0].getMessage() == "unhandled error on POST /v1/chat/completions"
+    assert logged[0].exc_info is not None
+    assert isinstance(logged[0].exc_info[1], RuntimeError)
+    assert counts[("/v1/chat/completions", "POST", "500")] == 1
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_an_error_while_answering_is_logged_and_raised_on(
+    tmp_path: Path, fast: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As Starlette's ServerErrorMiddleware does: logged, then raised to the server (which
+    closes the connection), the answer's status counted."""
+    async with _serving(tmp_path, fast=fast, upstream=ScriptedUpstream(chat(1))) as (
+        app,
+        client,
+        auth,
+    ):
+        headers = [(b"host", b"t"), *[(k.lower().encode(), v.encode()) for k, v in auth.items()]]
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/chat/completions",
+            "raw_path": b"/v1/chat/completions",
+            "root_path": "",
+            "query_string": b"",
+            "headers": headers,
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+        sent: list[str] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": _CHAT, "more_body": False}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(message["type"])
+            if message["type"] == "http.response.body":
+                raise RuntimeError("the server broke")
+
+        caplog.clear()
+        with (
+            caplog.at_level(logging.ERROR, logger="llmsession.server"),
+            pytest.raises(RuntimeError, match="the server broke"),
+        ):
+            await app(scope, receive, send)
+        counts = _request_counts((await client.get("/metrics")).text)
+    # No second answer after the first one started.
+    assert sent == ["http.response.start", "http.response.body"]
+    logged = [r for r in caplog.records if r.getMessage().startswith("unhandled error on POST")]
+    assert [r.getMessage() for r in logged] == ["unhandled error on POST /v1/chat/completions"]
+    assert counts[("/v1/chat/completions", "POST", "200")] == 1

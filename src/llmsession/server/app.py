@@ -12,7 +12,7 @@ from llmsession.clock import Clock, system_clock
 from llmsession.gateway.config import GatewayConfig, load_config
 from llmsession.gateway.forwarding import Gateway
 from llmsession.gateway.transport import AiohttpUpstream, Upstream
-from llmsession.server.body_limit import MAX_BODY_BYTES, BodyLimit
+from llmsession.server.body_limit import MAX_BODY_BYTES, BodyLimit, BodyLimits
 from llmsession.server.context import AppContext
 from llmsession.server.fast_gateway import FastGateway
 from llmsession.server.methods import HeadAsGet, RouteMethods
@@ -48,7 +48,7 @@ def create_app(
     fast_rounds: bool = True,
     gateway_config: GatewayConfig | None = None,
     upstream: Upstream | None = None,
-) -> FastAPI:
+) -> ServiceAPI:
     """The HTTP service as an ASGI app.
 
     On startup the lifespan opens the store at ``settings.store_url`` with
@@ -122,22 +122,24 @@ def create_app(
     )
     route_methods = RouteMethods(app)
     install_problem_handlers(app, allowed_methods=route_methods.allowed)
-    # Each add_middleware wraps the ones before: the metrics time everything, the
-    # body limit applies to the fast path as well.
-    app.add_middleware(HeadAsGet, methods=route_methods)
-    if fast_rounds:
-        app.add_middleware(FastRounds, context=context)
-        app.add_middleware(FastGateway, routes=app)
     gateway_limit = (
         MAX_BODY_BYTES
         if gateway_config is None
         else max(MAX_BODY_BYTES, gateway_config.history_limit_bytes)
     )
-    app.add_middleware(
-        BodyLimit,
+    limits = BodyLimits(
         path_limits=dict.fromkeys(GATEWAY_PATHS, gateway_limit),
         prefix_limits=dict.fromkeys(GEMINI_PREFIXES, gateway_limit),
     )
+    # Each add_middleware wraps the ones before: the metrics time everything, the
+    # body limit applies to the fast path for rounds as well.
+    app.add_middleware(HeadAsGet, methods=route_methods)
+    if fast_rounds:
+        app.add_middleware(FastRounds, context=context)
+        # Plain gateway requests skip FastAPI and the middleware here: the front does
+        # the body limit and the metrics for them.
+        app.front = FastGateway(app, metrics=context.metrics, limits=limits)
+    app.add_middleware(BodyLimit, limits=limits)
     app.add_middleware(RequestMetricsMiddleware, metrics=context.metrics)
     app.include_router(session_routes(context))
     app.include_router(gateway_routes(context))

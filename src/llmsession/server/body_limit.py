@@ -10,61 +10,34 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmsession.server.problems import problem_response
 
-__all__ = ["MAX_BODY_BYTES", "BodyLimit"]
+__all__ = ["MAX_BODY_BYTES", "BodyLimit", "BodyLimits"]
 
 #: The largest request body accepted, in bytes.
 MAX_BODY_BYTES = 64 * 1024
 
 
-class BodyLimit:
-    """Pure ASGI middleware answering 413 (problem ``too-large``) to oversized bodies."""
+class BodyLimits:
+    """The body size limit of each path, and the reading that enforces it."""
 
     def __init__(
         self,
-        app: ASGIApp,
         max_bytes: int = MAX_BODY_BYTES,
         path_limits: Mapping[str, int] | None = None,
         prefix_limits: Mapping[str, int] | None = None,
     ) -> None:
-        self.app = app
         self.max_bytes = max_bytes
         #: Paths that take larger bodies (the gateway's conversations), and their limits.
         self.path_limits = dict(path_limits or {})
         #: The same for paths under a prefix (Gemini's, which name the model).
         self.prefix_limits = dict(prefix_limits or {})
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self._limit(scope["path"])
-        declared = _content_length(scope)
-        if declared is not None and declared > limit:
-            await self._refuse(scope, receive, send, limit)
-            return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                # The client went away before its body arrived: nobody to answer.
-                return
-            chunk: bytes = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await self._refuse(scope, receive, send, limit)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        await self.app(scope, _replay(body, receive), send)
-
-    def _limit(self, path: str) -> int:
+    def limit(self, path: str) -> int:
+        """The largest body ``path`` takes, in bytes."""
         limit = self.path_limits.get(path)
         if limit is not None:
             return limit
@@ -73,14 +46,56 @@ class BodyLimit:
                 return limit
         return self.max_bytes
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    async def read(self, scope: Scope, receive: Receive) -> bytes | Response | None:
+        """The request's whole body; or the 413 problem to answer instead when it is
+        over the path's limit; or None when the client went away before its body
+        arrived (nobody to answer)."""
+        limit = self.limit(scope["path"])
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            return self._refusal(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return self._refusal(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _refusal(self, limit: int) -> Response:
         what = (
             "this server's gateway limit (history_limit_bytes)"
-            if self._limit(scope["path"]) != self.max_bytes
+            if limit != self.max_bytes
             else "this API takes small JSON objects"
         )
-        response = problem_response("too-large", f"the request body is over {limit} bytes; {what}")
-        await response(scope, receive, send)
+        return problem_response("too-large", f"the request body is over {limit} bytes; {what}")
+
+
+class BodyLimit:
+    """Pure ASGI middleware answering 413 (problem ``too-large``) to oversized bodies."""
+
+    def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body = await self.limits.read(scope, receive)
+        if body is None:
+            return
+        if isinstance(body, Response):
+            await body(scope, receive, send)
+            return
+        await self.app(scope, _replay(body, receive), send)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -1,14 +1,28 @@
-"""FastGateway: the gateway's routes served before FastAPI's router and middleware stack.
+"""FastGateway: the gateway's routes served ahead of FastAPI and its middleware stack.
 
-A gateway turn is the call clients make all the time, and FastAPI's share of it
-(its exception and exit-stack middleware, matching the path against every route,
-solving the route's dependencies) cost about as much CPU as the turn's own work
-in the gateway. The gateway routes take the raw request and check each part
-themselves, so nothing FastAPI does for them is needed: this raw ASGI
-middleware hands a plain gateway request (a POST without a query string, on a
-path in :data:`GATEWAY_PATHS`) to the route's own endpoint function, and
-renders its errors with the same problem responses as the app's handlers.
-FastAPI still serves (and documents) the same routes for everything else.
+A gateway turn is the call clients make all the time, and the layers a request
+goes through before its route cost a good share of the server's CPU: FastAPI's
+own middleware (its error and telemetry wrappers, the exit stack, matching the
+path against every route, solving the route's dependencies) and the app's (the
+request metrics, the body limit), each wrapping ``send`` and ``receive``, and
+each a coroutine that every resumption of the request passes through. The
+gateway routes take the raw request and check each part themselves, so the app
+(:class:`llmsession.server.openapi.ServiceAPI`) hands a plain gateway request (a
+POST without a query string, on a path in :data:`GATEWAY_PATHS`) to
+:meth:`FastGateway.serve` first thing, which does for it in one place what
+those layers did:
+
+- the body limit (:class:`llmsession.server.body_limit.BodyLimits`): the same
+  413 problem, before anything else looks at the request;
+- the route's own endpoint function, its errors rendered with the same problem
+  responses as the app's handlers;
+- an error nothing handled (a bug) logged with its traceback and answered with
+  the 500 problem when no answer was started, then raised on to the server, as
+  Starlette's ServerErrorMiddleware does;
+- the request metrics, labelled with the route's template (its path).
+
+FastAPI still serves (and documents) the same routes for everything else, and
+the app's lifespan, HEAD and 405 handling are FastAPI's as before.
 
 Only a route whose endpoint takes the request alone, with no dependencies, is
 served here: one that declared parameters or dependencies would need FastAPI
@@ -17,6 +31,7 @@ to resolve them, so it is left to FastAPI.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -24,58 +39,95 @@ from fastapi.routing import iter_route_contexts
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from llmsession.server.metrics import ROUTE_TEMPLATE_KEY
-from llmsession.server.problems import response_for
+from llmsession.server.body_limit import BodyLimits
+from llmsession.server.metrics import ServerMetrics
+from llmsession.server.problems import response_for, unexpected_error_response
 from llmsession.server.routes_gateway import GATEWAY_PATHS
 
 __all__ = ["FastGateway"]
 
-_Endpoint = Callable[[Request], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class FastGateway:
-    """Raw ASGI middleware serving plain gateway requests with their routes' endpoints.
+    """Serves plain gateway requests with their routes' endpoints, and everything the
+    app's middleware would have done for them.
 
     The table of endpoints is built on first use, when every route has been
-    added (create_app adds this middleware before it includes its routers).
+    added (create_app makes this object before it includes its routers).
     """
 
-    def __init__(self, app: ASGIApp, routes: Starlette) -> None:
-        self.app = app
+    def __init__(self, routes: Starlette, *, metrics: ServerMetrics, limits: BodyLimits) -> None:
         self._routes = routes
-        self._endpoints: dict[str, _Endpoint] | None = None
+        self._metrics = metrics
+        self._limits = limits
+        self._endpoints: dict[str, Endpoint] | None = None
 
-    def endpoints(self) -> dict[str, _Endpoint]:
+    def endpoints(self) -> dict[str, Endpoint]:
         """The gateway paths served here, and the endpoint function of each."""
         if self._endpoints is None:
             self._endpoints = _plain_endpoints(self._routes)
         return self._endpoints
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def match(self, scope: Scope) -> Endpoint | None:
+        """The endpoint that serves this request here; None for a request the app serves."""
         if scope["type"] == "http" and scope["method"] == "POST" and not scope["query_string"]:
             endpoints = self._endpoints
             if endpoints is None:
                 endpoints = self.endpoints()
-            endpoint = endpoints.get(scope["path"])
-            if endpoint is not None:
-                scope[ROUTE_TEMPLATE_KEY] = scope["path"]
-                request = Request(scope, receive)
+            return endpoints.get(scope["path"])
+        return None
+
+    async def serve(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a request :meth:`match` gave ``endpoint`` for."""
+        path: str = scope["path"]
+        start = time.perf_counter()
+        # What the metrics count when no answer is started: the client left, or a bug.
+        status = 500
+        answering = False
+        try:
+            body = await self._limits.read(scope, receive)
+            if body is None:
+                return  # the client went away before its body arrived: nobody to answer
+            if isinstance(body, Response):
+                response = body
+            else:
+                request = _ReadRequest(scope, receive, body)
                 try:
                     response = await endpoint(request)
                 except ClientDisconnect:
-                    return  # gone before its body arrived: nobody to answer
+                    return
                 except Exception as error:
                     response = response_for(error, request)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+            status = response.status_code
+            # Every response here sends its start first: once it is called, an error
+            # comes after the start was sent, or from a connection that takes nothing.
+            answering = True
+            await response(scope, receive, send)
+        except Exception as error:
+            failure = unexpected_error_response("POST", path, error)
+            if not answering:
+                status = failure.status_code
+                await failure(scope, receive, send)
+            raise
+        finally:
+            self._metrics.observe_request(path, "POST", status, time.perf_counter() - start)
 
 
-def _plain_endpoints(app: Starlette) -> dict[str, _Endpoint]:
+class _ReadRequest(Request):
+    """A request whose body was read already (by the body limit)."""
+
+    def __init__(self, scope: Scope, receive: Receive, body: bytes) -> None:
+        super().__init__(scope, receive)
+        # Where Starlette keeps a body it has read: body(), json() and stream() give it.
+        self._body = body
+
+
+def _plain_endpoints(app: Starlette) -> dict[str, Endpoint]:
     """The endpoint of each gateway path's POST route that takes only the request."""
-    endpoints: dict[str, _Endpoint] = {}
+    endpoints: dict[str, Endpoint] = {}
     for context in iter_route_contexts(app.routes):
         path, methods = context.path, context.methods
         if path not in GATEWAY_PATHS or not methods or "POST" not in methods:
@@ -83,7 +135,7 @@ def _plain_endpoints(app: Starlette) -> dict[str, _Endpoint]:
         dependant: Any = getattr(context, "dependant", None)
         endpoint = context.endpoint
         if endpoint is not None and _takes_only_the_request(dependant):
-            endpoints.setdefault(path, cast(_Endpoint, endpoint))
+            endpoints.setdefault(path, cast(Endpoint, endpoint))
     return endpoints
 
 

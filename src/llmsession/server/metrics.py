@@ -138,11 +138,24 @@ class ServerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._request_children: dict[tuple[str, str, int], Histogram] = {}
         self._totals = _StoreTotalsCollector()
         self._sweeper = _SweeperCollector()
         self.registry.register(self._totals)
         self.registry.register(self._sweeper)
         ProcessCollector(registry=self.registry)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one HTTP request of ``route`` (a template, or ``unmatched``) that took
+        ``seconds``; a method outside the standard ones is counted as ``OTHER``."""
+        if method not in _METHODS:
+            method = "OTHER"
+        key = (route, method, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self.request_duration.labels(route, method, str(status))
+            self._request_children[key] = child
+        child.observe(seconds)
 
     def watch_sweeper(self, sweeper: SweepCounts | None) -> None:
         """Report this sweeper's counters (None: report zeros)."""
@@ -179,8 +192,7 @@ class RequestMetricsMiddleware:
 
     def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
         self.app = app
-        self._histogram = metrics.request_duration
-        self._children: dict[tuple[str, str, int], Histogram] = {}
+        self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -204,10 +216,6 @@ class RequestMetricsMiddleware:
                 template = (
                     route.path if route is not None and hasattr(route, "path") else "unmatched"
                 )
-            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            key = (str(template), method, status)
-            child = self._children.get(key)
-            if child is None:
-                child = self._histogram.labels(key[0], method, str(status))
-                self._children[key] = child
-            child.observe(time.perf_counter() - start)
+            self._metrics.observe_request(
+                str(template), scope["method"], status, time.perf_counter() - start
+            )

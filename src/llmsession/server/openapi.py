@@ -1,14 +1,19 @@
-"""The OpenAPI document, with every error response as application/problem+json."""
+"""The app's FastAPI class: its OpenAPI document, with every error response as
+application/problem+json, and the fast path served ahead of its middleware."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
 
 from llmsession.server.problems import PROBLEM_CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from llmsession.server.fast_gateway import FastGateway
 
 __all__ = ["ServiceAPI"]
 
@@ -30,7 +35,8 @@ def _problem_only(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 class ServiceAPI(FastAPI):
-    """FastAPI whose /openapi.json documents error bodies as the app really sends them.
+    """FastAPI whose /openapi.json documents error bodies as the app really sends them,
+    and which hands the requests its ``front`` serves to it before anything else.
 
     ``extra_schemas``: models that routes reference by hand (``openapi_extra``)
     rather than through their signature, added to the components.
@@ -39,6 +45,18 @@ class ServiceAPI(FastAPI):
     def __init__(self, *, extra_schemas: Sequence[type[BaseModel]] = (), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._extra_schemas = tuple(extra_schemas)
+        #: Serves plain gateway requests ahead of FastAPI and every middleware
+        #: (see :mod:`llmsession.server.fast_gateway`); None: FastAPI serves all.
+        self.front: FastGateway | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        front = self.front
+        if front is not None:
+            endpoint = front.match(scope)
+            if endpoint is not None:
+                await front.serve(endpoint, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:

@@ -37,6 +37,7 @@ __all__ = [
     "install_problem_handlers",
     "problem_response",
     "response_for",
+    "unexpected_error_response",
 ]
 
 logger = logging.getLogger("llmsession.server")
@@ -230,7 +231,12 @@ def _http_exception_handler(
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return unexpected_error_response(request.method, request.url.path, exc)
+
+
+def unexpected_error_response(method: str, path: str, error: Exception) -> JSONResponse:
+    """Log an error nothing else handled, with its traceback; the 500 problem to answer."""
+    logger.error("unhandled error on %s %s", method, path, exc_info=error)
     return problem_response(
         "internal", "the server failed to handle this request; the error was logged"
     )
@@ -244,10 +250,7 @@ def response_for(error: Exception, request: Request) -> JSONResponse:
         return _render(problem_for(error))
     if isinstance(error, RequestValidationError):
         return _render(validation_problem(error.errors()))
-    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
-    return problem_response(
-        "internal", "the server failed to handle this request; the error was logged"
-    )
+    return unexpected_error_response(request.method, request.url.path, error)
 
 
 def install_problem_handlers(
