@@ -312,6 +312,71 @@ async def test_a_turn_cancelled_while_waiting_for_the_lock_leaves_it_free(
         await later.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
 
 
+async def test_a_turns_round_is_written_on_the_connection_holding_its_lock(
+    postgres_url: str, open_pg: Opener, clock: ManualClock
+) -> None:
+    store = await open_pg()
+    session_id = await start(store, clock)
+    async with store.turn_history(ACME, session_id):
+        await store.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
+        # The backend holding the turn's advisory lock ran the round's statement:
+        # the turn needed no connection of the main pool.
+        last = await sql(
+            postgres_url,
+            "SELECT a.query FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() "
+            "AND a.query LIKE '%INSERT INTO turns%'",
+        )
+        assert len(last) == 1
+    await until_advisory_locks(postgres_url, granted=0, waiting=0)
+    assert len(await store.history(ACME, session_id)) == 3
+
+
+async def test_a_change_in_flight_on_a_turns_connection_ends_before_the_turn_does(
+    postgres_url: str, open_pg: Opener, clock: ManualClock
+) -> None:
+    store = await open_pg()
+    session_id = await start(store, clock)
+    closing: list[asyncio.Task[object]] = []
+
+    async def take_turn() -> None:
+        async with store.turn_history(ACME, session_id):
+            # On the turn's connection, waiting for the row another client holds.
+            closing.append(asyncio.create_task(store.close(ACME, session_id)))
+            await until_a_turn_waits_for_a_row(postgres_url)
+
+    conninfo = PostgresOptions.from_url(postgres_url).conninfo
+    async with await psycopg.AsyncConnection.connect(conninfo) as blocker:
+        await blocker.execute(
+            "SELECT 1 FROM sessions WHERE session_id = %s FOR UPDATE", (session_id.value,)
+        )
+        turning = asyncio.create_task(take_turn())
+        await until_a_turn_waits_for_a_row(postgres_url)
+        await asyncio.sleep(0.1)
+        # The block ended, but the turn is held until the close is done with the
+        # connection, which is then unlocked and given back to the pool.
+        assert not turning.done()
+        await until_advisory_locks(postgres_url, granted=1, waiting=0)
+        await blocker.rollback()
+        await turning
+    await closing[0]
+    await until_advisory_locks(postgres_url, granted=0, waiting=0)
+    assert (await store.get(ACME, session_id)).record.state is Closed
+
+
+async def until_a_turn_waits_for_a_row(url: str) -> None:
+    """Wait until a backend holding an advisory lock waits for a row lock."""
+    statement = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND pid IN "
+        "(SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)"
+    )
+    deadline = time.monotonic() + 10
+    while (await sql(url, statement))[0] != (1,):
+        assert time.monotonic() < deadline, "no turn waits for a row lock"
+        await asyncio.sleep(0.02)
+
+
 async def until_advisory_locks(url: str, *, granted: int, waiting: int) -> None:
     """Wait until the server shows this many advisory locks held and awaited."""
     statement = (

@@ -29,7 +29,8 @@ late round) locked it first.
 A gateway round's turn of the conversation is written by its round's statement,
 and every write that takes a session out of Active deletes the session's turns
 in the same statement. Turns of one session are serialized across processes by
-an advisory lock held on a connection of a second pool (:meth:`turn_lock`).
+an advisory lock held on a connection of a second pool (:meth:`turn_lock`); the
+session's changes while the turn is held go on that connection.
 
 The tables are created, in the connection's current schema, on first use and
 carry a schema version.
@@ -54,6 +55,7 @@ within that time instead of the pool retrying (and logging) for ``pool_timeout``
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -61,6 +63,7 @@ from dataclasses import dataclass
 from functools import cache, partial
 from typing import Any, Final, LiteralString
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from uuid import UUID
 
 import psycopg
 from psycopg import AsyncConnection, AsyncRawCursor, sql
@@ -958,6 +961,8 @@ class PostgresStore(TransactionalStore):
         # its round (a writer's turn) inside it.
         self._gateway_turns = SessionTurns()
         self._groups = SessionGroups(partial(TransactionalStore._run_change, self), self._run_group)
+        # The connections of the gateway turns this process holds, by session id.
+        self._held: dict[UUID, _HeldTurn] = {}
         self._closed = False
 
     @classmethod
@@ -1243,10 +1248,16 @@ class PostgresStore(TransactionalStore):
                 raise StoreError(f"no PostgreSQL connection: {error}") from error
             try:
                 rows = await _advisory(conn, "SELECT pg_advisory_lock(%s::bigint)", key, reads)
+                # The session's changes meanwhile (the turn's own round) are written
+                # on this connection: no second one is checked out of the main pool.
+                held = self._held[session_id.value] = _HeldTurn(conn)
                 try:
                     yield rows
                 finally:
-                    await _advisory(conn, "SELECT pg_advisory_unlock(%s::bigint)", key)
+                    del self._held[session_id.value]
+                    # A change still writing on the connection finishes first.
+                    async with held.lock:
+                        await _advisory(conn, "SELECT pg_advisory_unlock(%s::bigint)", key)
             finally:
                 await self._turn_pool.putconn(conn)
 
@@ -1262,7 +1273,7 @@ class PostgresStore(TransactionalStore):
     async def _run_group(
         self, tenant_id: TenantId, session_id: SessionId, batch: Sequence[PendingChange]
     ) -> list[Change | Exception]:
-        async with self._connection() as conn:
+        async with self._connection(session_id=session_id) as conn:
             try:
                 return await self._run_locked_group(conn, tenant_id, session_id, batch)
             except NotFoundError as error:
@@ -1320,7 +1331,7 @@ class PostgresStore(TransactionalStore):
         # Writers of one session in this process take turns before taking a
         # connection, so they never collide with each other: each finds the version
         # its predecessor remembered, and the row lock is left for other processes.
-        async with self._turns.turn(session_id), self._connection() as conn:
+        async with self._turns.turn(session_id), self._connection(session_id=session_id) as conn:
             if self._recent.contended(session_id):
                 try:
                     yield await self._lock(conn, tenant_id, session_id)
@@ -1669,10 +1680,26 @@ class PostgresStore(TransactionalStore):
     # -- connections ------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _connection(self, wait: float | None = None) -> AsyncGenerator[_Connection]:
-        """A pooled connection, waiting up to ``wait`` seconds (the pool timeout if None)."""
+    async def _connection(
+        self, wait: float | None = None, session_id: SessionId | None = None
+    ) -> AsyncGenerator[_Connection]:
+        """A pooled connection, waiting up to ``wait`` seconds (the pool timeout if None);
+        or, for a change of ``session_id`` while this process holds its gateway turn,
+        the turn's connection."""
         if self._closed:
             raise StoreError("this store was closed; open a new one")
+        held = None if session_id is None else self._held.get(session_id.value)
+        if held is not None:
+            # Changes of one session go one group at a time (SessionGroups); the
+            # lock only keeps the turn's unlock after the last of them.
+            async with held.lock:
+                try:
+                    yield held.conn
+                except psycopg.Error as error:
+                    raise StoreError(f"PostgreSQL failed: {error}") from error
+            # (Its users roll back what they leave open, as they do on a pooled one;
+            # a connection they broke fails the unlock, which then closes it.)
+            return
         try:
             conn = await self._pool.getconn(wait)
         except psycopg.Error as error:
@@ -1684,6 +1711,17 @@ class PostgresStore(TransactionalStore):
         finally:
             # The pool rolls back what is left open, or replaces a broken connection.
             await self._pool.putconn(conn)
+
+
+class _HeldTurn:
+    """The connection holding a gateway turn's advisory lock, lent to the session's
+    changes while the turn lasts."""
+
+    __slots__ = ("conn", "lock")
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+        self.lock = asyncio.Lock()
 
 
 _PING_TIMEOUT: Final = 5.0
@@ -1829,7 +1867,11 @@ async def _advisory(
             return []
         async with conn.pipeline():
             await conn.execute(statement, (key,))
-            cursors = [await conn.execute(query, params) for query, params in reads]
+            # Binary rows: the session's uuid and bigints, and each turn's answer
+            # body, decode without parsing text (a bytea is not hex-encoded).
+            cursors = [
+                await conn.cursor(binary=True).execute(query, params) for query, params in reads
+            ]
         return [await cursor.fetchall() for cursor in cursors]
     except BaseException as error:
         await conn.close()
