@@ -477,7 +477,9 @@ def _load_main(job_file: str) -> None:
     job = json.loads(Path(job_file).read_text())
     script = Script.from_json(job["script"])
     run = _latency if job["kind"] == "latency" else _throughput
-    print(json.dumps(asyncio.run(run(job, script))))
+    # A file, not stdout: one run's result (latencies of a long window, larger than
+    # a pipe's 64 KiB buffer) once arrived cut through the pipe.
+    Path(job_file).with_suffix(".out.json").write_text(json.dumps(asyncio.run(run(job, script))))
 
 
 # -- servers -------------------------------------------------------------------------------
@@ -922,7 +924,7 @@ def _run_load(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     )
     if done.returncode != 0:
         raise RuntimeError(f"the load generator failed:\n{done.stderr.decode()[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout)
+    result: dict[str, Any] = json.loads(job_file.with_suffix(".out.json").read_text())
     return result
 
 
