@@ -146,6 +146,22 @@ def test_stream_drops_only_the_usage_chunk_when_the_client_did_not_ask(step: int
     assert outcome.answer.usage.output_tokens == 3
 
 
+def test_a_streamed_usage_object_is_kept_exactly_as_the_provider_wrote_it() -> None:
+    # Events are read fast (orjson turns an integer beyond 64 bits into a float);
+    # the usage chunk is read again exactly, since its object is kept verbatim.
+    big = 2**70
+    usage = USAGE_CHUNK.replace(
+        b'"prompt_tokens_details":{', b'"prompt_tokens_details":{"x":%d,' % big
+    )
+    assert usage != USAGE_CHUNK
+    _, translator = run(STREAM.replace(USAGE_CHUNK, usage), wants_usage=True)
+    outcome = translator.close()
+    assert outcome.answer.usage is not None
+    assert outcome.answer.usage.raw["prompt_tokens_details"]["x"] == big
+    assert type(outcome.answer.usage.raw["prompt_tokens_details"]["x"]) is int
+    assert outcome.answer.items == ({"role": "assistant", "content": "Hello there!"},)
+
+
 def test_streamed_tool_calls_are_assembled() -> None:
     _, translator = run(TOOL_STREAM, wants_usage=False)
     outcome = translator.close()

@@ -29,6 +29,7 @@ from llmsession.gateway.wire import (
     dump_json,
     flag_field,
     json_objects,
+    load_event,
     load_json,
     load_json_object,
     model_field,
@@ -196,7 +197,7 @@ class ChatStream:
             self._done = True
             return True
         try:
-            chunk: object = load_json(event.data)
+            chunk: object = load_event(event.data)
         except ValueError:
             return True
         if type(chunk) is not dict:
@@ -208,7 +209,9 @@ class ChatStream:
             return True
         usage = data.get("usage")
         if type(usage) is dict:
-            self._usage = chat_usage(cast(JSONObject, usage))
+            # Kept verbatim: read exactly (the one chunk of a stream that has it).
+            exact = cast(JSONObject, load_json(event.data))
+            self._usage = chat_usage(cast(JSONObject, exact["usage"]))
         else:
             usage = None
         choices = data.get("choices")
