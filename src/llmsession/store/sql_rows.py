@@ -35,6 +35,7 @@ __all__ = [
     "turn_values",
     "usage_from_round_row",
     "usage_totals_from_row",
+    "usage_values",
 ]
 
 #: The columns stored_from_row reads, in its order.
@@ -173,11 +174,19 @@ def usage_totals_from_row(row: Sequence[Any], start: int) -> UsageTotals:
 
 def round_usage_values(new_round: Round) -> tuple[Any, ...]:
     """A round's ROUND_USAGE_COLUMNS: the gateway flag, the counts, the raw object as JSON."""
-    usage = new_round.usage
+    return (new_round.gateway, *usage_values(new_round.usage))
+
+
+#: usage_values of a round without usage.
+_NO_USAGE_VALUES: Final = (None, None, None, None, None, None)
+
+
+def usage_values(usage: Usage | None) -> tuple[Any, ...]:
+    """The ROUND_USAGE_COLUMNS after the gateway flag: the counts and the raw object as
+    JSON, all NULL without usage."""
     if usage is None:
-        return (new_round.gateway, None, None, None, None, None, None)
+        return _NO_USAGE_VALUES
     return (
-        new_round.gateway,
         usage.input_tokens,
         usage.cached_input_tokens,
         usage.cache_write_tokens,
