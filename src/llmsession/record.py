@@ -235,6 +235,48 @@ def with_counters(record: SessionRecord, round_count: int, delta_tokens: int) ->
     return derived
 
 
+def stored_record(
+    *,
+    session_id: SessionId,
+    tenant_id: TenantId,
+    provider_id: str,
+    model: str,
+    initial_tokens: int,
+    state: type[SessionState],
+    created_at: Timestamp,
+    activated_at: Timestamp | None,
+    closed_at: Timestamp | None,
+    expired_at: Timestamp | None,
+    round_count: int,
+    delta_tokens: int,
+) -> SessionRecord:
+    """A record a store wrote, rebuilt from its own row, without validating it again.
+
+    Only for a store decoding what it stored itself: every record reaches a store
+    valid (built by SessionRecord, or moved on by the transitions of
+    :mod:`llmsession.session`), and the store keeps its fields as they were, so
+    checking them again on every read would only repeat the checks made before the
+    write (they cost most of a row's decoding). Anything from a caller goes through
+    SessionRecord itself or :meth:`SessionRecord.from_dict`. Keep its fields in step
+    with SessionRecord's; the tests compare it with the validating constructor.
+    """
+    record = object.__new__(SessionRecord)
+    set_field = object.__setattr__
+    set_field(record, "session_id", session_id)
+    set_field(record, "tenant_id", tenant_id)
+    set_field(record, "provider_id", provider_id)
+    set_field(record, "model", model)
+    set_field(record, "initial_tokens", initial_tokens)
+    set_field(record, "created_at", created_at)
+    set_field(record, "state", state)
+    set_field(record, "activated_at", activated_at)
+    set_field(record, "closed_at", closed_at)
+    set_field(record, "expired_at", expired_at)
+    set_field(record, "round_count", round_count)
+    set_field(record, "delta_tokens", delta_tokens)
+    return record
+
+
 def check_order(earlier_name: str, earlier: Timestamp, later_name: str, later: Timestamp) -> None:
     """A transition may not be dated before the one it follows (equal is fine)."""
     if later < earlier:

@@ -27,7 +27,7 @@ from llmsession import (
     TokenOverflow,
     TransitionOrderError,
 )
-from llmsession.record import with_counters
+from llmsession.record import stored_record, with_counters
 from tests.core.factories import T0, active_session, at, created_record
 
 
@@ -255,3 +255,26 @@ def test_with_counters_is_replace_of_the_counters_only() -> None:
             for name in record.__dataclass_fields__
             if name not in ("round_count", "delta_tokens")
         )
+
+
+@pytest.mark.parametrize("record", all_records(), ids=lambda r: r.state.name)
+def test_stored_record_is_the_validated_record(record: SessionRecord) -> None:
+    # Written out field by field for speed: it must set every field there is.
+    rebuilt = stored_record(
+        session_id=record.session_id,
+        tenant_id=record.tenant_id,
+        provider_id=record.provider_id,
+        model=record.model,
+        initial_tokens=record.initial_tokens,
+        state=record.state,
+        created_at=record.created_at,
+        activated_at=record.activated_at,
+        closed_at=record.closed_at,
+        expired_at=record.expired_at,
+        round_count=record.round_count,
+        delta_tokens=record.delta_tokens,
+    )
+    assert rebuilt == record
+    assert all(
+        getattr(rebuilt, name) is getattr(record, name) for name in record.__dataclass_fields__
+    )

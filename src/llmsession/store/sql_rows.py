@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from llmsession.ids import SessionId, TenantId
-from llmsession.record import SessionRecord
+from llmsession.record import stored_record
 from llmsession.states import state_named
 from llmsession.store.models import NO_USAGE, ApiKeyInfo, Round, StoredSession, Turn, UsageTotals
 from llmsession.timestamps import Timestamp
@@ -35,6 +35,7 @@ __all__ = [
     "turn_values",
     "usage_from_round_row",
     "usage_totals_from_row",
+    "usage_values",
 ]
 
 #: The columns stored_from_row reads, in its order.
@@ -71,6 +72,15 @@ TURN_COLUMNS: Final = (
     "endpoint, request_hash, request_items, answer_items, response_id, answer_status, "
     "answer_type, answer_body"
 )
+
+
+#: The JSON of a round's raw usage: what json.dumps(raw, ensure_ascii=False,
+#: separators=(",", ":")) gives, byte for byte, without the encoder json.dumps builds
+#: on every call given options. A provider's usage, parsed from JSON, holds no cycle
+#: to check for.
+_raw_json: Final = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), check_circular=False
+).encode
 
 
 def micros(moment: Timestamp | None) -> int | None:
@@ -124,9 +134,15 @@ def stored_from_row(
     usage: UsageTotals = NO_USAGE,
     tenant_id: TenantId | None = None,
 ) -> StoredSession:
-    """A StoredSession from a row of SESSION_COLUMNS (validated by the core's record);
-    ``tenant_id`` is the row's, if the caller read the row by it."""
-    record = SessionRecord(
+    """A StoredSession from a row of SESSION_COLUMNS; ``tenant_id`` is the row's, if
+    the caller read the row by it.
+
+    The row holds a record this backend wrote, valid when written: the core's
+    stored_record rebuilds it without its checks again, which cost most of a
+    row's decoding (a read on every gateway turn).
+    """
+    activated_at, closed_at, expired_at = row[7], row[8], row[9]
+    record = stored_record(
         session_id=session_id,
         tenant_id=TenantId(row[1]) if tenant_id is None else tenant_id,
         provider_id=row[2],
@@ -134,9 +150,9 @@ def stored_from_row(
         initial_tokens=row[4],
         state=state_named(row[5]),
         created_at=Timestamp(row[6]),
-        activated_at=time_or_none(row[7]),
-        closed_at=time_or_none(row[8]),
-        expired_at=time_or_none(row[9]),
+        activated_at=None if activated_at is None else Timestamp(activated_at),
+        closed_at=None if closed_at is None else Timestamp(closed_at),
+        expired_at=None if expired_at is None else Timestamp(expired_at),
         round_count=row[10],
         delta_tokens=row[11],
     )
@@ -158,17 +174,25 @@ def usage_totals_from_row(row: Sequence[Any], start: int) -> UsageTotals:
 
 def round_usage_values(new_round: Round) -> tuple[Any, ...]:
     """A round's ROUND_USAGE_COLUMNS: the gateway flag, the counts, the raw object as JSON."""
-    usage = new_round.usage
+    return (new_round.gateway, *usage_values(new_round.usage))
+
+
+#: usage_values of a round without usage.
+_NO_USAGE_VALUES: Final = (None, None, None, None, None, None)
+
+
+def usage_values(usage: Usage | None) -> tuple[Any, ...]:
+    """The ROUND_USAGE_COLUMNS after the gateway flag: the counts and the raw object as
+    JSON, all NULL without usage."""
     if usage is None:
-        return (new_round.gateway, None, None, None, None, None, None)
+        return _NO_USAGE_VALUES
     return (
-        new_round.gateway,
         usage.input_tokens,
         usage.cached_input_tokens,
         usage.cache_write_tokens,
         usage.output_tokens,
         usage.reasoning_tokens,
-        json.dumps(dict(usage.raw), ensure_ascii=False, separators=(",", ":")),
+        _raw_json(raw if type(raw := usage.raw) is dict else dict(raw)),
     )
 
 

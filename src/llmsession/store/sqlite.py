@@ -104,12 +104,13 @@ from llmsession.store.sql_rows import (
     change_values,
     insert_values,
     key_from_row,
-    round_usage_values,
+    micros,
     stored_from_row,
     turn_from_row,
     turn_values,
     usage_from_round_row,
     usage_totals_from_row,
+    usage_values,
 )
 from llmsession.store.turn_file import POLL_FIRST as _POLL_FIRST
 from llmsession.store.turn_file import POLL_MAX as _POLL_MAX
@@ -228,9 +229,15 @@ _ROLLUP_INSERT: Final = (
     "INSERT INTO usage_rollup (tenant_id, span, start, provider_id, model, "
     f"{', '.join(_ROLLUP_COLUMNS)})"
 )
-# A write's amounts go to its hour and its day: one statement, two rows.
-_ROLL_ROW: Final = f"({', '.join('?' * (5 + len(_ROLLUP_COLUMNS)))})"
-_ROLL: Final = f"{_ROLLUP_INSERT} VALUES {_ROLL_ROW}, {_ROLL_ROW} {_ROLLUP_CONFLICT}"
+# A write's amounts go to its hour and its day: one statement, two rows. Its
+# parameters are numbered (the tenant, the hour's start, the day's, the provider,
+# the model, then the amounts) for the two rows to share all but their start: each
+# value is bound once, and binding is most of what a statement costs in Python.
+_ROLL_AMOUNTS: Final = ", ".join(f"?{6 + i}" for i in range(len(_ROLLUP_COLUMNS)))
+_ROLL: Final = (
+    f"{_ROLLUP_INSERT} VALUES (?1, 3600, ?2, ?4, ?5, {_ROLL_AMOUNTS}), "
+    f"(?1, 86400, ?3, ?4, ?5, {_ROLL_AMOUNTS}) {_ROLLUP_CONFLICT}"
+)
 #: The bucket lengths the rollup keeps, in seconds (its ``span`` column).
 _SPANS: Final[dict[TimeBucketSize, int]] = {"hour": 3600, "day": 86400}
 
@@ -501,15 +508,26 @@ _SET_SESSION = (
 )
 _UPDATE_SESSION = f"{_SET_SESSION} WHERE session_id = ? AND version = ?"
 _UPDATE_SESSION_WITH_TURN = f"{_SET_SESSION}, has_turns = 1 WHERE session_id = ? AND version = ?"
+# A round keeps its session Active and its times as they were: its write sets only
+# what a round moves (fewer values to bind, no index on the state to touch). The
+# counters' trigger watches these columns too.
+_SET_ROUND = (
+    "UPDATE sessions SET round_count = ?, delta_tokens = ?, tokens_saved = ?, version = ?, "
+    "last_activity_at = ?, deadline = ?, input_tokens = ?, cached_input_tokens = ?, "
+    "cache_write_tokens = ?, output_tokens = ?, reasoning_tokens = ?, rounds_without_usage = ?"
+)
+_UPDATE_ROUND = f"{_SET_ROUND} WHERE session_id = ? AND version = ?"
+_UPDATE_ROUND_WITH_TURN = f"{_SET_ROUND}, has_turns = 1 WHERE session_id = ? AND version = ?"
 # A ledger round leaves the gateway columns to their defaults (0 and NULL).
 _INSERT_ROUND = (
     "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
     "session_delta_tokens, session_version) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+# Its gateway flag is a literal: a bool parameter costs sqlite3 a failed adaptation.
 _INSERT_GATEWAY_ROUND = (
     "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
     f"session_delta_tokens, session_version, {ROUND_USAGE_COLUMNS}) "
-    f"VALUES ({', '.join('?' * 14)})"
+    f"VALUES ({', '.join('?' * 7)}, 1, {', '.join('?' * 6)})"
 )
 _INSERT_TURN = f"INSERT INTO turns (session_id, seq, {TURN_COLUMNS}) VALUES ({', '.join('?' * 10)})"
 _DELETE_TURNS = "DELETE FROM turns WHERE session_id = ?"
@@ -861,7 +879,7 @@ class SQLiteStore(SessionStore):
             conn.execute(_INSERT_SESSION, params)
             _roll(conn, stored, stored.record.created_at, session_amounts())
             if first is not None:
-                _insert_round(conn, first, stored)
+                _insert_round(conn, first, stored, stored.record.session_id.value.bytes)
 
         await self._write(insert)
 
@@ -1068,18 +1086,46 @@ class SQLiteStore(SessionStore):
     def _write_change(self, conn: sqlite3.Connection, old: StoredSession, result: Change) -> bool:
         """Write ``result`` over ``old`` if the row still holds ``old``'s version."""
         new, new_round = result.stored, result.round
-        update = (
-            _UPDATE_SESSION
-            if new_round is None or new_round.turn is None
-            else _UPDATE_SESSION_WITH_TURN
-        )
-        if conn.execute(update, _update_params(new, old.version)).rowcount != 1:
+        record = new.record
+        # sqlite3 tries to adapt every parameter but an int, float, str or bytearray,
+        # and failing to costs it an exception raised and cleared: the id goes to
+        # each statement as a bytearray, the same BLOB.
+        key = bytearray(record.session_id.value.bytes)
+        if new_round is not None and record.state is Active and old.record.state is Active:
+            usage = new.usage
+            written = conn.execute(
+                _UPDATE_ROUND if new_round.turn is None else _UPDATE_ROUND_WITH_TURN,
+                (
+                    record.round_count,
+                    record.delta_tokens,
+                    record.tokens_saved,
+                    new.version,
+                    new.last_activity_at.epoch_micros,
+                    micros(new.deadline),
+                    usage.input_tokens,
+                    usage.cached_input_tokens,
+                    usage.cache_write_tokens,
+                    usage.output_tokens,
+                    usage.reasoning_tokens,
+                    usage.rounds_without_usage,
+                    key,
+                    old.version,
+                ),
+            )
+        else:
+            update = (
+                _UPDATE_SESSION
+                if new_round is None or new_round.turn is None
+                else _UPDATE_SESSION_WITH_TURN
+            )
+            written = conn.execute(update, _update_params(new, key, old.version))
+        if written.rowcount != 1:
             return False
         if new_round is not None:
-            _insert_round(conn, new_round, new)
-        elif new.record.state is not Active and old.record.state is Active:
+            _insert_round(conn, new_round, new, key)
+        elif record.state is not Active and old.record.state is Active:
             # The session ended: its conversation goes with it (the rounds stay).
-            conn.execute(_DELETE_TURNS, (new.record.session_id.value.bytes,))
+            conn.execute(_DELETE_TURNS, (key,))
         self._recent.remember(new)
         return True
 
@@ -1243,7 +1289,7 @@ class SQLiteStore(SessionStore):
                 stored = _stored_from_row(row)
                 expired = expire_if_due(stored, now)
                 if expired is not None:
-                    updates.append(_update_params(expired, stored.version))
+                    updates.append(_update_params(expired, row[0], stored.version))
                     if row[-1]:
                         ended.append((row[0],))
             if not updates:
@@ -1407,28 +1453,34 @@ def _join_halves(high: int | None, low: int | None) -> int:
     return ((high or 0) << 32) + (low or 0)
 
 
-def _update_params(new: StoredSession, expected_version: int) -> tuple[object, ...]:
-    return (
-        *change_values(new),
-        *new.usage.as_tuple(),
-        new.record.session_id.value.bytes,
-        expected_version,
-    )
+def _update_params(
+    new: StoredSession, key: bytes | bytearray, expected_version: int
+) -> tuple[object, ...]:
+    return (*change_values(new), *new.usage.as_tuple(), key, expected_version)
 
 
-def _insert_round(conn: sqlite3.Connection, new_round: Round, new: StoredSession) -> None:
-    """Insert a round (``new`` is its session right after it), add it to the
-    rollup and, for a gateway round with one, store its turn (its session's write
-    set has_turns, in the same statement)."""
+def _insert_round(
+    conn: sqlite3.Connection, new_round: Round, new: StoredSession, key: bytes | bytearray
+) -> None:
+    """Insert a round (``new`` is its session right after it, ``key`` its id as
+    stored), add it to the rollup and, for a gateway round with one, store its
+    turn (its session's write set has_turns, in the same statement)."""
     _roll(conn, new, new_round.recorded_at, round_amounts(new_round, new))
-    if not new_round.gateway:
-        conn.execute(_INSERT_ROUND, _round_params(new_round, new))
-        return
-    conn.execute(
-        _INSERT_GATEWAY_ROUND, (*_round_params(new_round, new), *round_usage_values(new_round))
+    params = (
+        key,
+        new_round.seq,
+        new_round.delta_tokens,
+        new_round.recorded_at.epoch_micros,
+        new_round.idempotency_key,
+        # What a replay of the round gives back (see KeyedRound).
+        new.record.delta_tokens,
+        new.version,
     )
+    if not new_round.gateway:
+        conn.execute(_INSERT_ROUND, params)
+        return
+    conn.execute(_INSERT_GATEWAY_ROUND, (*params, *usage_values(new_round.usage)))
     if new_round.turn is not None:
-        key = new_round.session_id.value.bytes
         conn.execute(_INSERT_TURN, (key, new_round.seq, *turn_values(new_round.turn)))
 
 
@@ -1436,17 +1488,36 @@ def _roll(conn: sqlite3.Connection, stored: StoredSession, at: Timestamp, amount
     """Add ``amounts`` to the rollup rows of ``stored``'s tenant and group, at the hour
     and the day of ``at``."""
     record = stored.record
-    sums = (
-        amounts[0],
-        *(half for amount in amounts[1:8] for half in (amount >> 32, amount & _LOW_BITS)),
-        amounts[8],
-        amounts[9],
-    )
     hour, day = bucket_starts(at)
-    tenant, provider, model = record.tenant_id.value, record.provider_id, record.model
+    # Written out, in _ROLL's order: a generator over the seven split amounts cost
+    # more than the rest.
+    rounds, delta, saved, input_, cached, cache_write, output, reasoning, without, started = amounts
     conn.execute(
         _ROLL,
-        (tenant, 3600, hour, provider, model, *sums, tenant, 86400, day, provider, model, *sums),
+        (
+            record.tenant_id.value,
+            hour,
+            day,
+            record.provider_id,
+            record.model,
+            rounds,
+            delta >> 32,
+            delta & _LOW_BITS,
+            saved >> 32,
+            saved & _LOW_BITS,
+            input_ >> 32,
+            input_ & _LOW_BITS,
+            cached >> 32,
+            cached & _LOW_BITS,
+            cache_write >> 32,
+            cache_write & _LOW_BITS,
+            output >> 32,
+            output & _LOW_BITS,
+            reasoning >> 32,
+            reasoning & _LOW_BITS,
+            without,
+            started,
+        ),
     )
 
 
@@ -1479,19 +1550,6 @@ def _rollup_amounts(sums: Sequence[int]) -> list[int]:
 
 def _usage_totals(sums: Sequence[int]) -> UsageTotals:
     return UsageTotals(sums[0], sums[1], sums[2], sums[3], sums[4], sums[5])
-
-
-def _round_params(new_round: Round, new: StoredSession) -> tuple[object, ...]:
-    return (
-        new_round.session_id.value.bytes,
-        new_round.seq,
-        new_round.delta_tokens,
-        new_round.recorded_at.epoch_micros,
-        new_round.idempotency_key,
-        # What a replay of the round gives back (see KeyedRound).
-        new.record.delta_tokens,
-        new.version,
-    )
 
 
 def _stored_from_row(row: Any) -> StoredSession:
