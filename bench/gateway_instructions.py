@@ -153,7 +153,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
     figures: dict[str, tuple[float, float]] = {}
     for target, store in runs:
         figures[target] = await _measure(args, target, store)
-    print(f"## Instructions per answer, {args.kind} (callgrind, commit {gateway._commit()})\n")
+    print(f"## Instructions per answer, {args.kind} (callgrind, {gateway._commit()})\n")
     print("| server | body | vs forwarder | stream | vs forwarder |")
     print("| --- | ---: | ---: | ---: | ---: |")
     floor = figures.get("forwarder")
