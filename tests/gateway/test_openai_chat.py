@@ -15,11 +15,12 @@ from llmsession.gateway.openai_chat import (
     stream_error_event,
 )
 from llmsession.gateway.sse import SSEDecoder
-from llmsession.gateway.wire import GatewayInputError
+from llmsession.gateway.wire import GatewayInputError, dump_json
 
 FIXTURES = Path(__file__).parent / "fixtures" / "openai"
 STREAM = (FIXTURES / "chat_stream.sse").read_bytes()
 TOOL_STREAM = (FIXTURES / "chat_stream_tool_calls.sse").read_bytes()
+BODY = (FIXTURES / "chat_response.json").read_bytes()
 USAGE_CHUNK = next(line for line in STREAM.split(b"\n\n") if b'"choices":[]' in line) + b"\n\n"
 
 HISTORY = [
@@ -160,6 +161,44 @@ def test_a_streamed_usage_object_is_kept_exactly_as_the_provider_wrote_it() -> N
     assert outcome.answer.usage.raw["prompt_tokens_details"]["x"] == big
     assert type(outcome.answer.usage.raw["prompt_tokens_details"]["x"]) is int
     assert outcome.answer.items == ({"role": "assistant", "content": "Hello there!"},)
+
+
+@pytest.mark.parametrize(("field", "value"), [("x", b"%d" % 2**70), ("x", b"1e-07"), ("x", b"1.5")])
+def test_an_answers_usage_is_kept_exactly_as_the_provider_wrote_it(
+    field: str, value: bytes
+) -> None:
+    body = json.loads(BODY)
+    body["usage"]["prompt_tokens_details"][field] = 0
+    raw = (
+        json.dumps(body)
+        .encode()
+        .replace(b'"%s": 0' % field.encode(), b'"%s": %s' % (field.encode(), value))
+    )
+    assert value in raw
+    answer = parse_chat_response(raw)
+    assert answer.usage is not None
+    kept = answer.usage.raw["prompt_tokens_details"][field]
+    assert kept == json.loads(value)
+    assert isinstance(kept, type(json.loads(value)))
+    assert (
+        dump_json(dict(answer.usage.raw))
+        == json.dumps(json.loads(raw)["usage"], separators=(",", ":"), ensure_ascii=False).encode()
+    )
+
+
+def test_an_answers_tool_call_is_kept_exactly_as_the_provider_wrote_it() -> None:
+    body = json.loads(BODY)
+    body["choices"][0]["message"]["tool_calls"] = [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}, "w": 0}
+    ]
+    raw = json.dumps(body).encode().replace(b'"w": 0', b'"w": 1e-07')
+    (message,) = parse_chat_response(raw).items
+    written = json.loads(raw)["choices"][0]["message"]["tool_calls"]
+    assert (
+        dump_json(message["tool_calls"])
+        == json.dumps(written, separators=(",", ":"), ensure_ascii=False).encode()
+    )
+    assert b'"w":1e-07' in dump_json([message])
 
 
 def test_streamed_tool_calls_are_assembled() -> None:

@@ -28,6 +28,7 @@ from llmsession.gateway.wire import (
     checked_usage,
     dump_json,
     flag_field,
+    holds_float,
     json_objects,
     load_event,
     load_json,
@@ -131,12 +132,26 @@ def chat_usage(usage: Mapping[str, Any]) -> Usage | None:
 
 def parse_chat_response(body: bytes) -> Answer:
     """A complete (non-streamed) upstream answer."""
-    response = load_json_object(body, "the provider's answer")
+    try:
+        # Read fast; what is kept (the usage, the message) is read again exactly
+        # should it hold a number orjson may have read otherwise than json.
+        response = load_event(body)
+    except ValueError:
+        response = None
+    if type(response) is dict:
+        items, usage = _chat_answer(cast(JSONObject, response))
+        if not holds_float(usage) and not holds_float(items):
+            return Answer(items=items, usage=None if usage is None else chat_usage(usage))
+    items, usage = _chat_answer(load_json_object(body, "the provider's answer"))
+    return Answer(items=items, usage=None if usage is None else chat_usage(usage))
+
+
+def _chat_answer(response: JSONObject) -> tuple[tuple[JSONObject, ...], JSONObject | None]:
+    """What an answer keeps: its message as the history holds it, and its usage object."""
     choices = json_objects(response.get("choices"))
     message = object_field(choices[0], "message") if choices else None
     items = () if message is None else (_history_message(message),)
-    usage = object_field(response, "usage")
-    return Answer(items=items, usage=None if usage is None else chat_usage(usage))
+    return items, object_field(response, "usage")
 
 
 def _history_message(message: Mapping[str, Any]) -> JSONObject:
@@ -207,11 +222,12 @@ class ChatStream:
         if type(error) is dict:
             self._error = cast(JSONObject, error)
             return True
-        usage = data.get("usage")
+        usage: object = data.get("usage")
         if type(usage) is dict:
-            # Kept verbatim: read exactly (the one chunk of a stream that has it).
-            exact = cast(JSONObject, load_json(event.data))
-            self._usage = chat_usage(cast(JSONObject, exact["usage"]))
+            if holds_float(cast(JSONObject, usage)):
+                # Kept verbatim: read exactly what orjson may have read otherwise.
+                usage = cast(JSONObject, load_json(event.data))["usage"]
+            self._usage = chat_usage(cast(JSONObject, usage))
         else:
             usage = None
         choices = data.get("choices")

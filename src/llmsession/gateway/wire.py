@@ -29,6 +29,7 @@ __all__ = [
     "checked_usage",
     "dump_json",
     "flag_field",
+    "holds_float",
     "json_objects",
     "load_event",
     "load_json",
@@ -171,7 +172,7 @@ def load_json(text: str | bytes) -> Any:
     return _decode(text.decode(json.detect_encoding(text), "surrogatepass"))
 
 
-def load_event(text: str) -> Any:
+def load_event(text: str | bytes) -> Any:
     """An event's JSON read fast, for the strings in it: orjson, which reads an
     integer beyond 64 bits as a float; :func:`load_json` reads what orjson refuses.
 
@@ -183,6 +184,19 @@ def load_event(text: str) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return load_json(text)
+
+
+def holds_float(value: object) -> bool:
+    """Whether ``value`` holds a float anywhere: where what :func:`load_event` read may
+    differ from what :func:`load_json` would (an integer beyond 64 bits, a float
+    that dump_json leaves to json)."""
+    if type(value) is float:
+        return True
+    if type(value) is dict:
+        return any(holds_float(item) for item in cast(dict[str, object], value).values())
+    if type(value) is list or type(value) is tuple:
+        return any(holds_float(item) for item in cast(Sequence[object], value))
+    return False
 
 
 def load_json_object(body: bytes, what: str) -> JSONObject:
