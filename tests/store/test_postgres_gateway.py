@@ -18,7 +18,7 @@ from llmsession.errors import ConflictError, SessionExpiredError
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import Closed, SessionExpired
 from llmsession.store.models import Turn
-from llmsession.store.postgres import PostgresOptions, PostgresStore
+from llmsession.store.postgres import PostgresOptions, PostgresStore, _lock_key
 from llmsession.usage import Usage
 from tests.store.conftest import T0
 from tests.store.test_postgres import spawn, sql
@@ -299,15 +299,15 @@ async def test_a_turn_cancelled_while_waiting_for_the_lock_leaves_it_free(
             raise AssertionError("the waiter was cancelled before its turn")
 
     holding = asyncio.create_task(hold())
-    await until_advisory_locks(postgres_url, granted=1, waiting=0)
+    await until_advisory_locks(postgres_url, session_id, granted=1, waiting=0)
     waiting = asyncio.create_task(wait_for_turn())
-    await until_advisory_locks(postgres_url, granted=1, waiting=1)
+    await until_advisory_locks(postgres_url, session_id, granted=1, waiting=1)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
     release.set()
     await holding
-    await until_advisory_locks(postgres_url, granted=0, waiting=0)
+    await until_advisory_locks(postgres_url, session_id, granted=0, waiting=0)
     async with later.turn_lock(ACME, session_id):
         await later.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
 
@@ -328,7 +328,7 @@ async def test_a_turns_round_is_written_on_the_connection_holding_its_lock(
             "AND a.query LIKE '%INSERT INTO turns%'",
         )
         assert len(last) == 1
-    await until_advisory_locks(postgres_url, granted=0, waiting=0)
+    await until_advisory_locks(postgres_url, session_id, granted=0, waiting=0)
     assert len(await store.history(ACME, session_id)) == 3
 
 
@@ -343,7 +343,7 @@ async def test_a_change_in_flight_on_a_turns_connection_ends_before_the_turn_doe
         async with store.turn_history(ACME, session_id):
             # On the turn's connection, waiting for the row another client holds.
             closing.append(asyncio.create_task(store.close(ACME, session_id)))
-            await until_a_turn_waits_for_a_row(postgres_url)
+            await until_a_turn_waits_for_a_row(postgres_url, session_id)
 
     conninfo = PostgresOptions.from_url(postgres_url).conninfo
     async with await psycopg.AsyncConnection.connect(conninfo) as blocker:
@@ -351,42 +351,60 @@ async def test_a_change_in_flight_on_a_turns_connection_ends_before_the_turn_doe
             "SELECT 1 FROM sessions WHERE session_id = %s FOR UPDATE", (session_id.value,)
         )
         turning = asyncio.create_task(take_turn())
-        await until_a_turn_waits_for_a_row(postgres_url)
+        await until_a_turn_waits_for_a_row(postgres_url, session_id)
         await asyncio.sleep(0.1)
         # The block ended, but the turn is held until the close is done with the
         # connection, which is then unlocked and given back to the pool.
         assert not turning.done()
-        await until_advisory_locks(postgres_url, granted=1, waiting=0)
+        await until_advisory_locks(postgres_url, session_id, granted=1, waiting=0)
         await blocker.rollback()
         await turning
     await closing[0]
-    await until_advisory_locks(postgres_url, granted=0, waiting=0)
+    await until_advisory_locks(postgres_url, session_id, granted=0, waiting=0)
     assert (await store.get(ACME, session_id)).record.state is Closed
 
 
-async def until_a_turn_waits_for_a_row(url: str) -> None:
-    """Wait until a backend holding an advisory lock waits for a row lock."""
+# A session's turn lock as pg_locks shows it: a bigint key's high and low 32 bits
+# as classid and objid, objsubid 1. Only this test's session's lock counts, so
+# another process's advisory locks on the shared database change nothing here.
+_TURN_LOCK = (
+    "locktype = 'advisory' AND database = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND classid = %s::bigint::oid AND objid = %s::bigint::oid AND objsubid = 1"
+)
+
+
+def _key_parts(session_id: SessionId) -> tuple[int, int]:
+    key = _lock_key(session_id) & 0xFFFF_FFFF_FFFF_FFFF
+    return key >> 32, key & 0xFFFF_FFFF
+
+
+async def until_a_turn_waits_for_a_row(url: str, session_id: SessionId) -> None:
+    """Wait until the backend holding the session's turn lock waits for a row lock."""
     statement = (
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
         "AND wait_event_type = 'Lock' AND pid IN "
-        "(SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)"
+        "(SELECT pid FROM pg_locks WHERE granted AND " + _TURN_LOCK + ")"
     )
     deadline = time.monotonic() + 10
-    while (await sql(url, statement))[0] != (1,):
+    while (await sql(url, statement, *_key_parts(session_id)))[0] != (1,):
         assert time.monotonic() < deadline, "no turn waits for a row lock"
         await asyncio.sleep(0.02)
 
 
-async def until_advisory_locks(url: str, *, granted: int, waiting: int) -> None:
-    """Wait until the server shows this many advisory locks held and awaited."""
+async def until_advisory_locks(
+    url: str, session_id: SessionId, *, granted: int, waiting: int
+) -> None:
+    """Wait until the server shows the session's turn lock held and awaited so often."""
     statement = (
         "SELECT count(*) FILTER (WHERE granted), count(*) FILTER (WHERE NOT granted) "
-        "FROM pg_locks WHERE locktype = 'advisory' AND database = "
-        "(SELECT oid FROM pg_database WHERE datname = current_database()) "
-        "AND objsubid = 1"
+        "FROM pg_locks WHERE " + _TURN_LOCK
     )
     deadline = time.monotonic() + 10
-    while (found := (await sql(url, statement))[0]) != (granted, waiting):
+    while (found := (await sql(url, statement, *_key_parts(session_id)))[0]) != (
+        granted,
+        waiting,
+    ):
         assert time.monotonic() < deadline, f"advisory locks {found}, not {(granted, waiting)}"
         await asyncio.sleep(0.02)
 
