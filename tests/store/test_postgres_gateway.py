@@ -18,7 +18,7 @@ from llmsession.errors import ConflictError, SessionExpiredError
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import Closed, SessionExpired
 from llmsession.store.models import Turn
-from llmsession.store.postgres import PostgresOptions, PostgresStore, _lock_key
+from llmsession.store.postgres import PostgresOptions, PostgresStore
 from llmsession.usage import Usage
 from tests.store.conftest import T0
 from tests.store.test_postgres import spawn, sql
@@ -375,7 +375,9 @@ _TURN_LOCK = (
 
 
 def _key_parts(session_id: SessionId) -> tuple[int, int]:
-    key = _lock_key(session_id) & 0xFFFF_FFFF_FFFF_FFFF
+    # The store's key: the id's two 64-bit halves folded by XOR (as unsigned here).
+    value = session_id.value.int
+    key = (value >> 64) ^ (value & 0xFFFF_FFFF_FFFF_FFFF)
     return key >> 32, key & 0xFFFF_FFFF
 
 
