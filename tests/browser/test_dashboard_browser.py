@@ -170,9 +170,16 @@ def sign_in(driver: Any, seeded: Seeded, key: str) -> None:
 
 
 def _wait(driver: Any, condition: Any, timeout: float = 10) -> Any:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout).until(condition)
+    # A page that is still loading can replace an element between finding it and
+    # reading it (stale): that is a condition not met yet, tried again.
+    return WebDriverWait(
+        driver,
+        timeout,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    ).until(condition)
 
 
 def _figure(driver: Any, name: str) -> int:
