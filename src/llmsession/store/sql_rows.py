@@ -141,7 +141,6 @@ def stored_from_row(
     stored_record rebuilds it without its checks again, which cost most of a
     row's decoding (a read on every gateway turn).
     """
-    activated_at, closed_at, expired_at = row[7], row[8], row[9]
     record = stored_record(
         session_id=session_id,
         tenant_id=TenantId(row[1]) if tenant_id is None else tenant_id,
@@ -150,9 +149,9 @@ def stored_from_row(
         initial_tokens=row[4],
         state=state_named(row[5]),
         created_at=Timestamp(row[6]),
-        activated_at=None if activated_at is None else Timestamp(activated_at),
-        closed_at=None if closed_at is None else Timestamp(closed_at),
-        expired_at=None if expired_at is None else Timestamp(expired_at),
+        activated_at=time_or_none(row[7]),
+        closed_at=time_or_none(row[8]),
+        expired_at=time_or_none(row[9]),
         round_count=row[10],
         delta_tokens=row[11],
     )

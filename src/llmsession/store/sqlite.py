@@ -35,7 +35,6 @@ Times are integer epoch microseconds. The schema is created, versioned (in
 from __future__ import annotations
 
 import asyncio
-import random
 import sqlite3
 import threading
 import time
@@ -112,9 +111,7 @@ from llmsession.store.sql_rows import (
     usage_totals_from_row,
     usage_values,
 )
-from llmsession.store.turn_file import POLL_FIRST as _POLL_FIRST
-from llmsession.store.turn_file import POLL_MAX as _POLL_MAX
-from llmsession.store.turn_file import Claim, TurnFile, open_turn_file
+from llmsession.store.turn_file import Claim, Retries, TurnFile, open_turn_file
 from llmsession.timestamps import Timestamp
 
 __all__ = ["ROLLUP_BACKFILL", "SCHEMA_VERSION", "SQLiteStore", "path_of_url"]
@@ -508,9 +505,9 @@ _SET_SESSION = (
 )
 _UPDATE_SESSION = f"{_SET_SESSION} WHERE session_id = ? AND version = ?"
 _UPDATE_SESSION_WITH_TURN = f"{_SET_SESSION}, has_turns = 1 WHERE session_id = ? AND version = ?"
-# A round keeps its session Active and its times as they were: its write sets only
-# what a round moves (fewer values to bind, no index on the state to touch). The
-# counters' trigger watches these columns too.
+# A round that leaves its session's state as it was leaves its times as they were
+# too: its write sets only what a round moves (fewer values to bind, no index on
+# the state to touch). The counters' trigger watches these columns too.
 _SET_ROUND = (
     "UPDATE sessions SET round_count = ?, delta_tokens = ?, tokens_saved = ?, version = ?, "
     "last_activity_at = ?, deadline = ?, input_tokens = ?, cached_input_tokens = ?, "
@@ -921,12 +918,10 @@ class SQLiteStore(SessionStore):
         read = partial(_turn_snapshot, turn_file, claim, *_history_reads(tenant_id, session_id))
         async with turn_file.local_turn(session_id):
             try:
-                pause = _POLL_FIRST
+                retries = Retries()
                 while (rows := await reader.run(read)) is None:
-                    # Another process holds the turn (a turn lasts as long as a
-                    # provider's answer).
-                    await asyncio.sleep(random.uniform(pause / 2, pause))
-                    pause = min(pause * 2, _POLL_MAX)
+                    # Another process holds the turn.
+                    await retries.wait()
             except BaseException:
                 # Cancelled while the job may still take the lock, or failed: at
                 # once, before the next holder in this process can take its turn.
@@ -1091,7 +1086,7 @@ class SQLiteStore(SessionStore):
         # and failing to costs it an exception raised and cleared: the id goes to
         # each statement as a bytearray, the same BLOB.
         key = bytearray(record.session_id.value.bytes)
-        if new_round is not None and record.state is Active and old.record.state is Active:
+        if new_round is not None and record.state is old.record.state:
             usage = new.usage
             written = conn.execute(
                 _UPDATE_ROUND if new_round.turn is None else _UPDATE_ROUND_WITH_TURN,

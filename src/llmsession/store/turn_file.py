@@ -39,12 +39,12 @@ from llmsession.errors import StoreError
 from llmsession.ids import SessionId
 from llmsession.store.turns import SessionTurns
 
-__all__ = ["POLL_FIRST", "POLL_MAX", "Claim", "TurnFile", "open_turn_file"]
+__all__ = ["Claim", "Retries", "TurnFile", "open_turn_file"]
 
 # How long a waiter for another process's turn sleeps between tries, at first
 # and at most: a turn lasts as long as a provider's answer.
-POLL_FIRST: Final = 0.0015
-POLL_MAX: Final = 0.025
+_POLL_FIRST: Final = 0.0015
+_POLL_MAX: Final = 0.025
 # Offsets below 2**62: the locked byte's end (offset + 1) stays inside off_t.
 _OFFSET_BITS: Final = 62
 # What a non-blocking lock attempt fails with while another process holds it.
@@ -76,6 +76,23 @@ class Claim:
     def __init__(self, offset: int) -> None:
         self.offset = offset
         self.given_back = False
+
+
+class Retries:
+    """The pauses between tries of a turn another process holds, growing from 1.5 ms
+    to 25 ms (a turn lasts as long as a provider's answer), each a random part of its
+    step so that waiters do not try in step."""
+
+    __slots__ = ("_pause",)
+
+    def __init__(self) -> None:
+        self._pause = _POLL_FIRST
+
+    async def wait(self) -> None:
+        """Sleep before the next try."""
+        pause = self._pause
+        await asyncio.sleep(random.uniform(pause / 2, pause))
+        self._pause = min(pause * 2, _POLL_MAX)
 
 
 class TurnFile:
@@ -112,11 +129,10 @@ class TurnFile:
         claim = self.claim(session_id)
         async with self._local.turn(session_id):
             try:
-                pause = POLL_FIRST
+                retries = Retries()
                 # Only non-blocking tries: a blocking one would stall the event loop.
                 while not self.take(claim):
-                    await asyncio.sleep(random.uniform(pause / 2, pause))
-                    pause = min(pause * 2, POLL_MAX)
+                    await retries.wait()
                 yield
             finally:
                 self.give_back(claim)
