@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from llmsession.clock import ManualClock
-from llmsession.errors import ConflictError, SessionExpiredError
+from llmsession.errors import ConflictError, SessionExpiredError, StoreError, WrongStateError
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import Closed, SessionExpired
 from llmsession.store.models import Turn
@@ -329,6 +329,48 @@ async def test_a_turns_round_is_written_on_the_connection_holding_its_lock(
         )
         assert len(last) == 1
     await until_advisory_locks(postgres_url, session_id, granted=0, waiting=0)
+    assert len(await store.history(ACME, session_id)) == 3
+
+
+async def test_a_turn_whose_round_is_refused_keeps_its_lock_until_it_ends(
+    postgres_url: str, open_pg: Opener, clock: ManualClock
+) -> None:
+    store, other = await open_pg(), await open_pg()
+    session_id = await start(store, clock)
+    async with store.turn_history(ACME, session_id):
+        # Another replica's API closes the session meanwhile (no turn needed): the
+        # round's write finds another version, and the retry a Closed session.
+        await other.close(ACME, session_id)
+        with pytest.raises(WrongStateError):
+            await store.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
+        await until_advisory_locks(postgres_url, session_id, granted=1, waiting=0)
+    await until_advisory_locks(postgres_url, session_id, granted=0, waiting=0)
+
+
+async def test_a_turn_whose_round_fails_keeps_its_lock_until_it_ends(
+    postgres_url: str, open_pg: Opener, clock: ManualClock
+) -> None:
+    store = await open_pg()
+    session_id = await start(store, clock)
+    await sql(
+        postgres_url,
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'refused'; END $$",
+    )
+    await sql(
+        postgres_url,
+        "CREATE TRIGGER refused BEFORE INSERT ON turns FOR EACH ROW EXECUTE FUNCTION refuse()",
+    )
+    async with store.turn_history(ACME, session_id):
+        with pytest.raises(StoreError, match="refused"):
+            await store.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
+        await until_advisory_locks(postgres_url, session_id, granted=1, waiting=0)
+    await until_advisory_locks(postgres_url, session_id, granted=0, waiting=0)
+    await sql(postgres_url, "DROP FUNCTION refuse() CASCADE")
+    # Nothing of the failed round was written, and the next turn records its own.
+    async with store.turn_history(ACME, session_id) as (stored, turns):
+        assert (stored.record.round_count, len(turns)) == (2, 2)
+        await store.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
     assert len(await store.history(ACME, session_id)) == 3
 
 

@@ -157,8 +157,9 @@ DEFAULT_CONNECT_TIMEOUT: Final = 5
 #: and version right after it (a replayed round's answer); version 4 keeps the
 #: gateway's usage (sessions and rounds), turns and started sessions; version 5
 #: adds usage_rollup, the rollup time series read (see store.rollup); version 6
-#: adds session_counts, the counters totals read, and the trigger keeping them.
-SCHEMA_VERSION: Final = 6
+#: adds session_counts, the counters totals read, and the trigger keeping them;
+#: version 7 adds turn_history(), a gateway turn's lock and reads in one statement.
+SCHEMA_VERSION: Final = 7
 
 _Connection = AsyncConnection[TupleRow]
 
@@ -480,6 +481,54 @@ COUNTS_BACKFILL: Final = (
     "FROM sessions s GROUP BY 1, 2, 3, 4, 5"
 )
 
+# A gateway turn's start (see PostgresStore._locked_turns): wait for the session's
+# turn lock, then read the session and its turns, in one statement where three
+# pipelined ones cost the client most of a turn's work. Each query of a volatile
+# function takes its own snapshot, so the reads, run once the lock is granted, see
+# every turn committed before it. The first row is the session (its columns, the
+# turn's NULL), the next ones its turns in order (the session's columns NULL); no
+# row if the tenant has no such session.
+_TURN_HISTORY_FUNCTION: Final = (
+    """
+    CREATE FUNCTION turn_history(lock_key bigint, wanted uuid, tenant text)
+    RETURNS TABLE (
+        session_id uuid, tenant_id text, provider_id text, model text,
+        initial_tokens bigint, state text, created_at bigint, activated_at bigint,
+        closed_at bigint, expired_at bigint, round_count bigint, delta_tokens bigint,
+        version bigint, ttl_seconds bigint, last_activity_at bigint,
+        input_tokens bigint, cached_input_tokens bigint, cache_write_tokens bigint,
+        output_tokens bigint, reasoning_tokens bigint, rounds_without_usage bigint,
+        endpoint text, request_hash text, request_items text, answer_items text,
+        response_id text, answer_status integer, answer_type text, answer_body bytea
+    )
+    LANGUAGE plpgsql AS $$
+    #variable_conflict use_column
+    BEGIN
+        PERFORM pg_advisory_lock(lock_key);
+        RETURN QUERY SELECT """
+    + SESSION_COLUMNS
+    + ", "
+    + USAGE_COLUMNS
+    + """, NULL::text, NULL::text, NULL::text,
+            NULL::text, NULL::text, NULL::integer, NULL::text, NULL::bytea
+            FROM sessions WHERE sessions.session_id = wanted AND sessions.tenant_id = tenant;
+        IF FOUND THEN
+            RETURN QUERY SELECT NULL::uuid, NULL::text, NULL::text, NULL::text, NULL::bigint,
+                NULL::text, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
+                NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
+                NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
+                NULL::bigint, """
+    + TURN_COLUMNS
+    + """
+                FROM turns WHERE turns.session_id = wanted ORDER BY seq;
+        END IF;
+    END
+    $$
+    """
+)
+# Where a row of turn_history() has its turn's columns.
+_TURN_AT: Final = 21
+
 #: What takes a schema from the version before to this one, in order.
 _UPGRADES: Final[dict[int, tuple[LiteralString, ...]]] = {
     2: (_STATE_MODEL_INDEX,),
@@ -513,6 +562,7 @@ _UPGRADES: Final[dict[int, tuple[LiteralString, ...]]] = {
     ),
     5: (_ROLLUP_TABLE, *ROLLUP_BACKFILL),
     6: (_COUNTS_TABLE, COUNTS_BACKFILL, _COUNTS_FUNCTION, *_COUNTS_TRIGGERS),
+    7: (_TURN_HISTORY_FUNCTION,),
 }
 
 # Timestamps are bigint microseconds since the epoch: exact, and cheap to compare.
@@ -601,6 +651,7 @@ _SCHEMA: Final[tuple[LiteralString | sql.Composed, ...]] = (
     _COUNTS_TABLE,
     _COUNTS_FUNCTION,
     *_COUNTS_TRIGGERS,
+    _TURN_HISTORY_FUNCTION,
 )
 
 # What _stored_from_row reads: the session, then its usage totals.
@@ -1008,7 +1059,11 @@ class PostgresStore(TransactionalStore):
         # connection and wait forever for one more. Empty until the gateway is used.
         turn_pool: AsyncConnectionPool[_Connection] = AsyncConnectionPool(
             options.conninfo,
-            kwargs={"autocommit": True, "connect_timeout": options.connect_timeout},
+            kwargs={
+                "autocommit": True,
+                "prepare_threshold": 0,
+                "connect_timeout": options.connect_timeout,
+            },
             min_size=0,
             max_size=options.turn_pool_max,
             timeout=options.pool_timeout,
@@ -1220,25 +1275,40 @@ class PostgresStore(TransactionalStore):
 
     @asynccontextmanager
     async def _turn_only(self, session_id: SessionId) -> AsyncGenerator[None]:
-        async with self._hold_turn(session_id, ()):
+        key = _lock_key(session_id)
+        async with self._hold_turn(session_id, key, _LOCK, (key,)):
             yield
 
     @asynccontextmanager
     async def _locked_turns(
         self, tenant_id: TenantId, session_id: SessionId
     ) -> AsyncGenerator[tuple[StoredSession, list[Turn]]]:
-        # The reads go out with the lock, in one round trip: PostgreSQL runs them
+        # The lock and the reads in one statement, one round trip: the reads run
         # once the lock is granted, so they see every turn before this one.
-        reads = (_select_session(tenant_id, session_id), _select_turns(session_id))
-        async with self._hold_turn(session_id, reads) as rows:
-            yield self._session_and_turns(session_id, rows)
+        key = _lock_key(session_id)
+        params = (key, session_id.value, tenant_id.value)
+        async with self._hold_turn(session_id, key, _TURN_HISTORY, params) as rows:
+            yield self._history_from_rows(session_id, rows)
+
+    def _history_from_rows(
+        self, session_id: SessionId, rows: list[TupleRow]
+    ) -> tuple[StoredSession, list[Turn]]:
+        """The session (as _get gives it) and its turns, from the rows of
+        turn_history(); NotFoundError without a session row."""
+        if not rows:
+            self._recent.forget(session_id)
+            raise NotFoundError(f"no session {session_id}")
+        stored = _stored_from_row(rows[0])
+        # The round the turn then records is one statement, from this version.
+        self._recent.remember(stored)
+        turns = [turn_from_row(row, _TURN_AT) for row in rows[1:]]
+        return present(stored, self.clock()), turns
 
     @asynccontextmanager
     async def _hold_turn(
-        self, session_id: SessionId, reads: Sequence[_Query]
-    ) -> AsyncGenerator[list[list[TupleRow]]]:
-        """Hold the session's turn; the rows of ``reads``, run once it is held."""
-        key = _lock_key(session_id)
+        self, session_id: SessionId, key: int, statement: LiteralString, params: tuple[Any, ...]
+    ) -> AsyncGenerator[list[TupleRow]]:
+        """Hold the session's turn, taken by ``statement`` (which locks ``key``); its rows."""
         async with self._gateway_turns.turn(session_id):
             if self._closed:
                 raise StoreError("this store was closed; open a new one")
@@ -1247,7 +1317,10 @@ class PostgresStore(TransactionalStore):
             except psycopg.Error as error:
                 raise StoreError(f"no PostgreSQL connection: {error}") from error
             try:
-                rows = await _advisory(conn, "SELECT pg_advisory_lock(%s::bigint)", key, reads)
+                # Binary rows: turn_history()'s uuid and bigints, and each turn's
+                # answer body, decode without parsing text (a bytea is not
+                # hex-encoded). pg_advisory_lock's one row is not read.
+                rows = await _advisory(conn, statement, params, binary=True)
                 # The session's changes meanwhile (the turn's own round) are written
                 # on this connection: no second one is checked out of the main pool.
                 held = self._held[session_id.value] = _HeldTurn(conn)
@@ -1257,7 +1330,7 @@ class PostgresStore(TransactionalStore):
                     del self._held[session_id.value]
                     # A change still writing on the connection finishes first.
                     async with held.lock:
-                        await _advisory(conn, "SELECT pg_advisory_unlock(%s::bigint)", key)
+                        await _advisory(conn, _UNLOCK, (key,))
             finally:
                 await self._turn_pool.putconn(conn)
 
@@ -1852,32 +1925,28 @@ def _keyed_from_row(session_id: SessionId, row: TupleRow) -> KeyedRound:
 
 
 async def _advisory(
-    conn: _Connection, statement: LiteralString, key: int, reads: Sequence[_Query] = ()
-) -> list[list[TupleRow]]:
-    """Take or release an advisory lock, and the rows of ``reads`` run after it (sent
-    with it: one round trip); if that fails or is cancelled, end the connection.
+    conn: _Connection, statement: LiteralString, params: tuple[Any, ...], *, binary: bool = False
+) -> list[TupleRow]:
+    """Run a statement that takes or releases an advisory lock, and return its rows;
+    if that fails or is cancelled, end the connection.
 
     Whether the lock is held is then unknown (a cancelled wait may have been
     granted just before the cancel arrived); a closed connection holds none, and
     the pool replaces it.
     """
     try:
-        if not reads:
-            await conn.execute(statement, (key,))
-            return []
-        async with conn.pipeline():
-            await conn.execute(statement, (key,))
-            # Binary rows: the session's uuid and bigints, and each turn's answer
-            # body, decode without parsing text (a bytea is not hex-encoded).
-            cursors = [
-                await conn.cursor(binary=True).execute(query, params) for query, params in reads
-            ]
-        return [await cursor.fetchall() for cursor in cursors]
+        cur = await conn.cursor(binary=binary).execute(statement, params)
+        return await cur.fetchall()
     except BaseException as error:
         await conn.close()
         if isinstance(error, psycopg.Error):
             raise StoreError(f"PostgreSQL failed: {error}") from error
         raise
+
+
+_LOCK: Final = "SELECT pg_advisory_lock(%s::bigint)"
+_UNLOCK: Final = "SELECT pg_advisory_unlock(%s::bigint)"
+_TURN_HISTORY: Final = "SELECT * FROM turn_history(%s::bigint, %s::uuid, %s::text)"
 
 
 _Query = tuple[LiteralString, tuple[Any, ...]]
