@@ -18,6 +18,7 @@ from typing import Final
 __all__ = ["SSEDecoder", "SSEEvent", "encode_event"]
 
 _DATA: Final = b"data: "
+_EVENT: Final = b"event: "
 
 _BOM: Final = b"\xef\xbb\xbf"
 
@@ -67,18 +68,30 @@ class SSEDecoder:
         lf_only = b"\r" not in data
         while start < length:
             if lf_only and not self._raw:
-                # Between events, the kind providers send most (one ``data: `` line)
-                # is cut out whole; anything else is read line by line below.
+                # Between events, the kinds providers send (one ``data: `` line, or an
+                # ``event: `` line and one ``data: `` line) are cut out whole;
+                # anything else is read line by line below.
                 end = data.find(b"\n\n", start)
-                if (
-                    end != -1
-                    and data.startswith(b"data: ", start)
-                    and data.find(b"\n", start, end) == -1
-                ):
-                    value = data[start + 6 : end].decode("utf-8", errors="replace")
-                    events.append(SSEEvent(value, None, self._id, None, data[start : end + 2]))
-                    start = end + 2
-                    continue
+                if end != -1:
+                    line = data.find(b"\n", start, end)
+                    if line == -1:
+                        if data.startswith(_DATA, start):
+                            value = data[start + 6 : end].decode("utf-8", errors="replace")
+                            events.append(
+                                SSEEvent(value, None, self._id, None, data[start : end + 2])
+                            )
+                            start = end + 2
+                            continue
+                    elif (
+                        data.startswith(_EVENT, start)
+                        and data.startswith(_DATA, line + 1)
+                        and data.find(b"\n", line + 1, end) == -1
+                    ):
+                        name = data[start + 7 : line].decode("utf-8", errors="replace")
+                        value = data[line + 7 : end].decode("utf-8", errors="replace")
+                        events.append(SSEEvent(value, name, self._id, None, data[start : end + 2]))
+                        start = end + 2
+                        continue
             cr = data.find(b"\r", start)
             lf = data.find(b"\n", start)
             if cr == -1 and lf == -1:
