@@ -249,3 +249,55 @@ def test_a_stream_ending_in_an_error_is_not_complete() -> None:
 def test_the_error_event_is_one_openai_error_chunk() -> None:
     (event,) = SSEDecoder().feed(stream_error_event("the provider cut the stream"))
     assert json.loads(event.data)["error"]["message"] == "the provider cut the stream"
+
+
+def feed_in(translator: ChatStream, chunks: list[bytes]) -> list[list[bytes]]:
+    return [translator.feed(chunk) for chunk in chunks]
+
+
+def test_events_of_one_chunk_each_pass_and_the_usage_chunk_with_done_is_held_or_dropped() -> None:
+    events = [part + b"\n\n" for part in STREAM.split(b"\n\n")[:-1]]
+    assert events[-2:] == [USAGE_CHUNK, b"data: [DONE]\n\n"]
+    # All but the last two events in one chunk, then the usage chunk and [DONE] together.
+    head, end = b"".join(events[:-2]), USAGE_CHUNK + b"data: [DONE]\n\n"
+    for wants_usage in (True, False):
+        translator = ChatStream(client_wants_usage=wants_usage)
+        sent = feed_in(translator, [head, end])
+        assert sent[0] == events[:-2]
+        # [DONE] waits for the round's commit; the usage chunk goes only if asked for.
+        assert sent[1] == ([USAGE_CHUNK] if wants_usage else [])
+        outcome = translator.close()
+        assert outcome.tail == b"data: [DONE]\n\n"
+        assert outcome.completed
+        assert outcome.answer.items == ({"role": "assistant", "content": "Hello there!"},)
+        assert outcome.answer.usage is not None
+        assert outcome.answer.usage.output_tokens == 3
+
+
+def test_an_event_split_across_chunks_goes_once_it_is_whole() -> None:
+    first, second = (part + b"\n\n" for part in STREAM.split(b"\n\n")[:2])
+    translator = ChatStream(client_wants_usage=False)
+    cut = second.index(b'"content"') + 12
+    assert feed_in(translator, [first + second[:cut], second[cut:]]) == [[first], [second]]
+
+
+def test_text_that_is_not_utf8_is_read_with_replacement_characters() -> None:
+    # As the event's data is read as text: orjson refuses the bytes, so they are
+    # decoded with replacements first.
+    stream = STREAM.replace(b'"content":"Hello"', b'"content":"Hel\xfflo"')
+    assert stream != STREAM
+    out, translator = run(stream, wants_usage=True)
+    outcome = translator.close()
+    assert out + outcome.tail == stream
+    assert outcome.answer.items == ({"role": "assistant", "content": "Hel\ufffdlo there!"},)
+
+
+def test_a_delta_with_more_than_its_text_is_read_whole() -> None:
+    chunk = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"Hi","role":"developer",'
+        b'"refusal":"no"}}]}\n\ndata: {"choices":[{"index":1,"delta":{"content":"other"}}]}'
+        b'\n\ndata: {"choices":[{"index":0,"delta":null}]}\n\ndata: [DONE]\n\n'
+    )
+    _, translator = run(chunk, wants_usage=False)
+    outcome = translator.close()
+    assert outcome.answer.items == ({"role": "developer", "content": "Hi", "refusal": "no"},)

@@ -69,6 +69,10 @@ _PIECES = [
     b"data:no-space\n\n",
     b"data: two\ndata: lines\n\n",
     b"event: named\ndata: x\n\n",
+    b"event: a:b \xff\ndata: {}\n\n",
+    b"event: two\ndata: x\ndata: y\n\n",
+    b"event: no-data\nid: 9\n\n",
+    b"event:\ndata:\n\n",
     b"id: 7\n\n",
     b"data: after-id\n\n",
     b": comment\n\n",
@@ -135,3 +139,66 @@ def test_encode_round_trips() -> None:
     raw = encode_event('{"a":1}\nsecond', event="response.created")
     (event,) = decode_all(raw)
     assert (event.event, event.data, event.raw) == ("response.created", '{"a":1}\nsecond', raw)
+
+
+def decode_data(stream: bytes, sizes: list[int]) -> list[tuple[bytes, bytes]]:
+    decoder = SSEDecoder()
+    events: list[tuple[bytes, bytes]] = []
+    start = 0
+    for size in sizes:
+        events += decoder.feed_data(stream[start : start + size])
+        start += size
+    events += decoder.feed_data(stream[start:])
+    return events + [(e.data.encode(), e.raw) for e in decoder.close()]
+
+
+def as_feed_reads(events: list[SSEEvent]) -> list[tuple[str, bytes]]:
+    return [(e.data, e.raw) for e in events]
+
+
+def as_data_reads(events: list[tuple[bytes, bytes]]) -> list[tuple[str, bytes]]:
+    return [(data.decode("utf-8", errors="replace"), raw) for data, raw in events]
+
+
+@given(
+    st.lists(st.sampled_from(_PIECES), max_size=12),
+    st.lists(st.integers(min_value=0, max_value=60), max_size=20),
+)
+def test_feed_data_reads_what_feed_reads(pieces: list[bytes], sizes: list[int]) -> None:
+    # Data-only events are cut out of whole chunks; everything else (other lines,
+    # CRs, an event split across chunks) goes the line-by-line way: the same
+    # events either way, and their bytes, however the stream is cut.
+    stream = b"".join(pieces)
+    decoder = SSEDecoder()
+    reference = as_feed_reads(decoder.feed(stream) + decoder.close())
+    assert as_data_reads(decode_data(stream, sizes)) == reference
+    assert as_data_reads(decode_data(stream, [1] * len(stream))) == reference
+
+
+@pytest.mark.parametrize("stream", [OPENAI_CHAT_STREAM, RESPONSES_STREAM])
+def test_feed_data_at_every_split_point(stream: bytes) -> None:
+    reference = as_feed_reads(decode_all(stream))
+    for cut in range(len(stream) + 1):
+        assert as_data_reads(decode_data(stream, [cut])) == reference
+
+
+def test_feed_data_gives_each_events_own_bytes_from_one_chunk() -> None:
+    decoder = SSEDecoder()
+    events = decoder.feed_data(OPENAI_CHAT_STREAM + b"data: {")
+    assert [raw for _, raw in events] == [
+        part + b"\n\n" for part in OPENAI_CHAT_STREAM.split(b"\n\n")[:-1]
+    ]
+    assert events[-1] == (b"[DONE]", b"data: [DONE]\n\n")
+    # The event begun at the chunk's end completes with the next.
+    assert decoder.feed_data(b'"a":1}\n\ndata: x\n\n') == [
+        (b'{"a":1}', b'data: {"a":1}\n\n'),
+        (b"x", b"data: x\n\n"),
+    ]
+
+
+def test_feed_data_keeps_a_bom_in_the_first_events_bytes() -> None:
+    stream = b"\xef\xbb\xbfdata: x\n\ndata: y\n\n"
+    assert decode_data(stream, [2]) == [
+        (b"x", b"\xef\xbb\xbfdata: x\n\n"),
+        (b"y", b"data: y\n\n"),
+    ]

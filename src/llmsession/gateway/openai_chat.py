@@ -19,7 +19,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
-from llmsession.gateway.sse import SSEDecoder, SSEEvent, encode_event
+import orjson
+
+from llmsession.gateway.sse import SSEDecoder, encode_event
 from llmsession.gateway.wire import (
     Answer,
     GatewayInputError,
@@ -48,7 +50,12 @@ __all__ = [
     "stream_error_event",
 ]
 
-_DONE: Final = "[DONE]"
+_DONE: Final = b"[DONE]"
+# What orjson reads is Any; compared with these, it stays so (pyright would narrow
+# it to a dict or list of Unknown) without a cast() call for every field of every event.
+_DICT: Final[Any] = dict
+_LIST: Final[Any] = list
+_NO_DELTA: Final[JSONObject] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,15 +194,15 @@ class ChatStream:
         ``[DONE]`` (and anything after it) is held back for :meth:`close`.
         """
         forward: list[bytes] = []
-        for event in self._decoder.feed(chunk):
-            if self._keep(event):
-                (self._tail if self._done else forward).append(event.raw)
+        for data, raw in self._decoder.feed_data(chunk):
+            if self._keep(data):
+                (self._tail if self._done else forward).append(raw)
         return forward
 
     def close(self) -> StreamOutcome:
         """The upstream stream ended: what it carried, and whether it reached ``[DONE]``."""
         for event in self._decoder.close():
-            if self._keep(event):
+            if self._keep(event.data.encode()):
                 self._tail.append(event.raw)
         items = (self._message(),) if self._saw_message else ()
         return StreamOutcome(
@@ -205,53 +212,74 @@ class ChatStream:
             tail=b"".join(self._tail),
         )
 
-    def _keep(self, event: SSEEvent) -> bool:
-        # Every event of every stream passes here: the checks are written out
-        # rather than made through the wire module's helpers.
-        if event.data == _DONE:
+    def _keep(self, data: bytes) -> bool:
+        """Read one event's data; whether the client gets the event.
+
+        Every event of every stream passes here: the checks are written out rather
+        than made through the wire module's helpers, and what orjson read is not
+        cast (Any) field by field.
+        """
+        if data == _DONE:
             self._done = True
             return True
         try:
-            chunk: object = load_event(event.data)
-        except ValueError:
+            chunk: Any = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            # Not UTF-8, or what orjson refuses: read as SSEEvent.data (a str) is.
+            try:
+                chunk = load_event(data.decode("utf-8", errors="replace"))
+            except ValueError:
+                return True
+        if type(chunk) is not _DICT:
             return True
-        if type(chunk) is not dict:
+        error = chunk.get("error")
+        if type(error) is _DICT:
+            self._error = error
             return True
-        data = cast(JSONObject, chunk)
-        error = data.get("error")
-        if type(error) is dict:
-            self._error = cast(JSONObject, error)
-            return True
-        usage: object = data.get("usage")
-        if type(usage) is dict:
-            if holds_float(cast(JSONObject, usage)):
+        usage: Any = chunk.get("usage")
+        if type(usage) is _DICT:
+            if holds_float(usage):
                 # Kept verbatim: read exactly what orjson may have read otherwise.
-                usage = cast(JSONObject, load_json(event.data))["usage"]
-            self._usage = chat_usage(cast(JSONObject, usage))
+                usage = load_json(data.decode("utf-8", errors="replace"))["usage"]
+            self._usage = chat_usage(usage)
         else:
             usage = None
-        choices = data.get("choices")
+        choices = chunk.get("choices")
         has_choice = False
-        if type(choices) is list:
-            for choice in cast(list[object], choices):
-                if type(choice) is dict:
+        if type(choices) is _LIST:
+            for choice in choices:
+                if type(choice) is _DICT:
                     has_choice = True
-                    entry = cast(JSONObject, choice)
-                    if entry.get("index", 0) == 0:
-                        delta = entry.get("delta")
-                        self._add_delta(cast(JSONObject, delta) if type(delta) is dict else {})
+                    if choice.get("index", 0) == 0:
+                        delta = choice.get("delta")
+                        if type(delta) is not _DICT:
+                            delta = _NO_DELTA
+                        self._saw_message = True
+                        # Most deltas are a piece of the text alone.
+                        content = delta.get("content")
+                        if type(content) is str:
+                            self._content.append(content)
+                            if len(delta) > 1:
+                                self._add_fields(delta)
+                        elif delta:
+                            self._add_fields(delta)
         # The usage-only chunk exists because the gateway asked for it.
         return self._client_wants_usage or usage is None or has_choice
 
-    def _add_delta(self, delta: Mapping[str, Any]) -> None:
-        self._saw_message = True
-        if isinstance(delta.get("role"), str):
-            self._role = delta["role"]
-        if isinstance(delta.get("content"), str):
-            self._content.append(delta["content"])
-        if isinstance(delta.get("refusal"), str):
-            self._refusal.append(delta["refusal"])
-        for call in json_objects(delta.get("tool_calls")):
+    def _add_fields(self, delta: JSONObject) -> None:
+        """A delta's fields but its text."""
+        role = delta.get("role")
+        if type(role) is str:
+            self._role = role
+        refusal = delta.get("refusal")
+        if type(refusal) is str:
+            self._refusal.append(refusal)
+        calls = delta.get("tool_calls")
+        if calls is not None:
+            self._add_tool_calls(calls)
+
+    def _add_tool_calls(self, calls: object) -> None:
+        for call in json_objects(calls):
             index = call.get("index", 0)
             merged = self._tool_calls.setdefault(
                 index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}

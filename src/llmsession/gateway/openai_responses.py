@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
+import orjson
+
 from llmsession.gateway.sse import SSEDecoder, SSEEvent, encode_event
 from llmsession.gateway.wire import (
     Answer,
@@ -55,6 +57,8 @@ __all__ = [
 #: ``max_output_tokens``) is a proper end with a partial answer.
 _FINAL_EVENTS: Final = frozenset({"response.completed", "response.incomplete"})
 _FAILED_EVENTS: Final = frozenset({"response.failed", "error"})
+# What orjson reads is Any; compared with this, it stays so (see openai_chat).
+_DICT: Final[Any] = dict
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +210,22 @@ class ResponsesStream:
         )
 
     def _read(self, event: SSEEvent) -> None:
+        try:
+            # Read fast first: most events (the text's deltas) carry nothing kept.
+            glance: Any = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if type(glance) is not _DICT:
+                return
+            kind = glance.get("type", event.event)
+            if (
+                type(glance.get("response")) is not _DICT
+                and kind not in _FAILED_EVENTS
+                and kind != "response.output_item.done"
+            ):
+                return
+        # What is kept is read exactly (see load_json).
         try:
             value: object = load_json(event.data)
         except ValueError:

@@ -17,6 +17,9 @@ from typing import Final
 
 __all__ = ["SSEDecoder", "SSEEvent", "encode_event"]
 
+_DATA: Final = b"data: "
+_EVENT: Final = b"event: "
+
 _BOM: Final = b"\xef\xbb\xbf"
 
 
@@ -53,14 +56,10 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Decode ``chunk``; return the events it completed, in order."""
         if not self._started:
-            self._buffer += chunk
-            if len(self._buffer) < len(_BOM) and _BOM.startswith(self._buffer):
+            first = self._start(chunk)
+            if first is None:
                 return []
-            self._started = True
-            chunk, self._buffer = self._buffer, b""
-            if chunk.startswith(_BOM):
-                self._raw += _BOM
-                chunk = chunk[len(_BOM) :]
+            chunk = first
         data = self._buffer + chunk if self._buffer else chunk
         events: list[SSEEvent] = []
         start = 0
@@ -69,18 +68,30 @@ class SSEDecoder:
         lf_only = b"\r" not in data
         while start < length:
             if lf_only and not self._raw:
-                # Between events, the kind providers send most (one ``data: `` line)
-                # is cut out whole; anything else is read line by line below.
+                # Between events, the kinds providers send (one ``data: `` line, or an
+                # ``event: `` line and one ``data: `` line) are cut out whole;
+                # anything else is read line by line below.
                 end = data.find(b"\n\n", start)
-                if (
-                    end != -1
-                    and data.startswith(b"data: ", start)
-                    and data.find(b"\n", start, end) == -1
-                ):
-                    value = data[start + 6 : end].decode("utf-8", errors="replace")
-                    events.append(SSEEvent(value, None, self._id, None, data[start : end + 2]))
-                    start = end + 2
-                    continue
+                if end != -1:
+                    line = data.find(b"\n", start, end)
+                    if line == -1:
+                        if data.startswith(_DATA, start):
+                            value = data[start + 6 : end].decode("utf-8", errors="replace")
+                            events.append(
+                                SSEEvent(value, None, self._id, None, data[start : end + 2])
+                            )
+                            start = end + 2
+                            continue
+                    elif (
+                        data.startswith(_EVENT, start)
+                        and data.startswith(_DATA, line + 1)
+                        and data.find(b"\n", line + 1, end) == -1
+                    ):
+                        name = data[start + 7 : line].decode("utf-8", errors="replace")
+                        value = data[line + 7 : end].decode("utf-8", errors="replace")
+                        events.append(SSEEvent(value, name, self._id, None, data[start : end + 2]))
+                        start = end + 2
+                        continue
             cr = data.find(b"\r", start)
             lf = data.find(b"\n", start)
             if cr == -1 and lf == -1:
@@ -101,6 +112,73 @@ class SSEDecoder:
             start = next_start
         self._buffer = data[start:]
         return events
+
+    def feed_data(self, chunk: bytes) -> list[tuple[bytes, bytes]]:
+        """As :meth:`feed`, for a reader of ``data`` alone: each event as its data and
+        its raw bytes. The data is bytes as they came, so not always UTF-8: read
+        them with ``errors="replace"`` to get :attr:`SSEEvent.data`.
+
+        Events of a single ``data: `` line each, one after another from an event's
+        start, are cut out of the bytes as they are, without an :class:`SSEEvent`
+        or a decoding: that is how Chat Completions streams, event after event.
+        """
+        if not self._started:
+            first = self._start(chunk)
+            if first is None:
+                return []
+            chunk = first
+        if self._raw:
+            return [(event.data.encode(), event.raw) for event in self.feed(chunk)]
+        data = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in data:
+            self._buffer = b""
+            return [(event.data.encode(), event.raw) for event in self.feed(data)]
+        parts = data.split(b"\n\n")
+        # What follows the last blank line: an event not complete yet, or nothing.
+        end = len(data) - len(parts.pop())
+        count = len(parts)
+        events: list[tuple[bytes, bytes]]
+        # Counted in the bytes at once rather than checked part by part: every LF
+        # is in a blank line (no event has two lines), and every event starts with
+        # "data: " (the first, and every one after a blank line).
+        if (
+            data.count(b"\n", 0, end) == 2 * count
+            and data.count(b"\n\ndata: ", 0, end) + data.startswith(_DATA) == count
+        ):
+            events = [(part[6:], part + b"\n\n") for part in parts]
+            start = end
+        else:
+            events = []
+            start = 0
+            for part in parts:
+                if part[:6] != _DATA or b"\n" in part:
+                    break
+                events.append((part[6:], part + b"\n\n"))
+                start += len(part) + 2
+        self._buffer = b""
+        if start < len(data):
+            # The rest: another kind of event, or one that is not complete yet.
+            if start == end:
+                self._buffer = data[start:]
+            else:
+                events.extend(
+                    (event.data.encode(), event.raw)
+                    for event in self.feed(data[start:] if start else data)
+                )
+        return events
+
+    def _start(self, chunk: bytes) -> bytes | None:
+        """The stream's first bytes: a UTF-8 BOM is dropped from the data (kept in the
+        raw bytes); None while they could still be the start of one."""
+        self._buffer += chunk
+        if len(self._buffer) < len(_BOM) and _BOM.startswith(self._buffer):
+            return None
+        self._started = True
+        chunk, self._buffer = self._buffer, b""
+        if chunk.startswith(_BOM):
+            self._raw += _BOM
+            chunk = chunk[len(_BOM) :]
+        return chunk
 
     def close(self) -> list[SSEEvent]:
         """The stream ended: a final CR completes its line; return any event that completed.
