@@ -18,6 +18,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1891,6 +1892,88 @@ async def test_a_cancelled_turn_gives_the_lock_back_and_a_cancelled_waiter_leave
     finally:
         await client.aclose()
         await other.aclose()
+
+
+async def test_the_write_of_a_turns_round_gives_its_lock_back(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock
+) -> None:
+    session_id = await _gateway_session(redis_store, clock)
+    lock = RedisKeys(_prefix(redis_url)).turn_lock(session_id)
+    other = await RedisStore.open(redis_url, clock=clock)
+    client = await _raw(redis_url)
+    try:
+        async with AsyncExitStack() as first:
+            stored, history = await first.enter_async_context(
+                redis_store.turn_history(ACME, session_id)
+            )
+            assert await client.get(lock) is not None
+            # A ledger round is not the turn's round: the turn goes on.
+            await redis_store.record_round(ACME, session_id, delta_tokens=5)
+            assert await client.get(lock) is not None
+            await redis_store.record_turn(ACME, session_id, turn=_turn(5), usage=Usage(1))
+            # Given back by the round's write, before the block is left: another
+            # process's turn starts now, and sees the round.
+            assert await client.exists(lock) == 0
+            async with AsyncExitStack() as second:
+                _, seen = await second.enter_async_context(other.turn_history(ACME, session_id))
+                assert seen == [*history, _turn(5)]
+                token = await client.get(lock)
+                assert token is not None
+                # The first turn leaves the other's lock alone.
+                await first.aclose()
+                assert await client.get(lock) == token
+            assert await client.exists(lock) == 0
+        assert stored.record.round_count == 3
+    finally:
+        await client.aclose()
+        await other.aclose()
+
+
+async def test_a_turn_without_its_round_written_gives_its_lock_back_when_it_ends(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock
+) -> None:
+    session_id = await _gateway_session(redis_store, clock)
+    lock = RedisKeys(_prefix(redis_url)).turn_lock(session_id)
+    client = await _raw(redis_url)
+    try:
+        # A replayed round writes nothing.
+        await redis_store.record_turn(
+            ACME, session_id, turn=_turn(4), usage=Usage(1), idempotency_key="k"
+        )
+        async with redis_store.turn_history(ACME, session_id):
+            replay = await redis_store.record_turn(
+                ACME, session_id, turn=_turn(4), usage=Usage(1), idempotency_key="k"
+            )
+            assert replay.replayed
+            assert await client.get(lock) is not None
+        assert await client.exists(lock) == 0
+        # A round refused (the session closed meanwhile) writes nothing either.
+        async with redis_store.turn_history(ACME, session_id):
+            await redis_store.close(ACME, session_id)
+            with pytest.raises(WrongStateError):
+                await redis_store.record_turn(ACME, session_id, turn=_turn(5), usage=Usage(1))
+            assert await client.get(lock) is not None
+        assert await client.exists(lock) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_the_write_of_a_turns_round_leaves_a_lock_taken_over_alone(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock
+) -> None:
+    session_id = await _gateway_session(redis_store, clock)
+    lock = RedisKeys(_prefix(redis_url)).turn_lock(session_id)
+    client = await _raw(redis_url)
+    try:
+        async with redis_store.turn_history(ACME, session_id):
+            # The turn stalled past its lease, and another process took the lock.
+            await client.set(lock, "another")
+            await redis_store.record_turn(ACME, session_id, turn=_turn(5), usage=Usage(1))
+            assert await client.get(lock) == "another"
+        assert await client.get(lock) == "another"
+        assert len(await redis_store.history(ACME, session_id)) == 3
+    finally:
+        await client.aclose()
 
 
 # -- tenants and keys ------------------------------------------------------------------------
