@@ -221,6 +221,10 @@ class _HeldTurn:
         self.released = False
 
 
+# A turn's lock waiting for the store's next TAKE_TURN call (see RedisStore._set_lock):
+# the lock, its holder's token, the session read under it.
+_Take = tuple[str, str, SessionId]
+
 # One compare-and-set waiting for the store's next script call (see RedisStore._cas):
 # old, new, the new round, an idempotency key that must still be unused, the turn
 # whose lock the write gives back.
@@ -265,6 +269,13 @@ class RedisStore(SessionStore):
             connection_pool=client.connection_pool, single_connection_client=True
         )
         self._writer_used = -math.inf
+        # The same for the calls that take turns' locks (TAKE_TURN): one at a
+        # time, the takes that arrive meanwhile going together in the next.
+        self._taker = aioredis.Redis(
+            connection_pool=client.connection_pool, single_connection_client=True
+        )
+        self._taker_used = -math.inf
+        self._takes: GroupCommit[_Take, object] = GroupCommit(self._take_batch)
         self._guarding = _Guard(where)
         self._keys = RedisKeys(prefix)
         self._where = where
@@ -305,10 +316,11 @@ class RedisStore(SessionStore):
         # A blocking pool: a burst of requests waits for a free connection
         # instead of failing with "Too many connections" (URL: max_connections).
         pool = aioredis.BlockingConnectionPool(decode_responses=True, **connect)
-        if pool.max_connections < 2:
+        if pool.max_connections < 3:
             raise InvalidInput(
                 f"the Redis URL for {options.where} sets max_connections to "
-                f"{pool.max_connections}; the store needs at least 2 (one is kept for writes)"
+                f"{pool.max_connections}; the store needs at least 3 (one is kept for "
+                "writes, one for taking turns)"
             )
         client = aioredis.Redis.from_pool(pool)
         store = cls(
@@ -969,10 +981,22 @@ class RedisStore(SessionStore):
         """Whether the lock was taken, and with ``read`` TAKE_TURN's reply."""
         if read is None:
             return bool(await self._client.set(name, token, nx=True, px=_TURN_LEASE_MS)), None
-        keys = (name, self._keys.session(read), self._keys.history(read))
-        reply = await self._run_raw(TAKE_TURN, keys, (token, str(_TURN_LEASE_MS)))
-        # nil: the lock is another holder's (nothing was read).
-        return (False, None) if reply is None else (True, _items(reply))
+        reply = await self._takes.submit((name, token, read))
+        # 0: the lock is another holder's (nothing was read).
+        return (False, None) if reply == 0 else (True, _items(reply))
+
+    async def _take_batch(self, takes: Sequence[_Take]) -> list[object]:
+        """The takes of ``_set_lock`` in one TAKE_TURN call, on the taker's connection."""
+        keys: list[str] = []
+        args = [str(_TURN_LEASE_MS)]
+        names = self._keys
+        for name, token, session_id in takes:
+            keys += (name, names.session(session_id), names.history(session_id))
+            args.append(token)
+        replies = _items(await self._run_taker(TAKE_TURN, keys, args))
+        if len(replies) != len(takes):
+            raise StoreError(f"unexpected reply from Redis: {replies!r:.200}")
+        return replies
 
     async def _renew_lock(self, held: _HeldTurn) -> None:
         """Renew the lease now, then every _TURN_RENEW_SECONDS while the turn lasts."""
@@ -1260,8 +1284,10 @@ class RedisStore(SessionStore):
     async def aclose(self) -> None:
         if not self._guarding.closed:
             self._guarding.closed = True
-            # The writer's connection goes back to the pool, which the client closes.
+            # The writer's and taker's connections go back to the pool, which the
+            # client closes.
             await self._writer.aclose()
+            await self._taker.aclose()
             await self._client.aclose()
 
     # -- tenants and API keys ----------------------------------------------------
@@ -1576,17 +1602,26 @@ class RedisStore(SessionStore):
                 await self._client.script_load(script.source)
                 return await self._client.evalsha(script.sha, len(keys), *keys, *args)
 
-    async def _run_raw(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> object:
-        """One script call, sent directly, its reply left as bytes (not decoded)."""
+    async def _run_taker(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> object:
+        """One script call on the taker's own connection (see ``__init__``), its reply
+        left as bytes (not decoded): a turn is MessagePack, its answer any bytes."""
         command = ("EVALSHA", script.sha, str(len(keys)), *keys, *args)
-        client = _admin(self._client)
+        taker = _admin(self._taker)
+        loop = asyncio.get_running_loop()
         with self._guard():
+            if loop.time() - self._taker_used > _WRITER_IDLE_SECONDS:
+                # As for the writer: a call that takes a lock may have been
+                # applied when it fails, a PING not.
+                with suppress(RedisError):
+                    await taker.ping()
             try:
-                return await client.execute_command(*command, **_RAW_REPLY)
+                reply = await taker.execute_command(*command, **_RAW_REPLY)
             except NoScriptError:
                 # As in _run_one: the call did not run.
-                await self._client.script_load(script.source)
-                return await client.execute_command(*command, **_RAW_REPLY)
+                await self._taker.script_load(script.source)
+                reply = await taker.execute_command(*command, **_RAW_REPLY)
+        self._taker_used = loop.time()
+        return reply
 
     async def _run_writer(
         self, script: Script, keys: Sequence[str], args: Sequence[str | bytes]

@@ -534,21 +534,34 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """)
 
-#: Takes a session's turn lock and reads, under it, the session and its history:
-#: the start of a gateway turn in one call. KEYS: 1 the lock, 2 the session hash,
-#: 3 its history hash. ARGV: 1 the holder's token, 2 the lease in milliseconds.
-#: Returns false (a nil reply) if another holder has the lock, else {row,
-#: history}: the session's row (see split_row; '' for a missing session) and its
-#: history hash's fields and values, flat. The fields are in the source: sent
-#: as arguments, they cost the client more than the rest of the call.
+#: Takes sessions' turn locks and reads, under each one taken, the session and its
+#: history: the start of gateway turns, of one session or of many (the takes that
+#: arrive while one call is in flight go together in the next). KEYS: per take,
+#: the lock, the session hash and its history hash. ARGV: 1 the lease in
+#: milliseconds, then per take the holder's token. Returns per take 0 if another
+#: holder has the lock (nothing is read), else {row, history}: the session's row
+#: (see split_row; '' for a missing session) and its history hash's fields and
+#: values, flat. The fields are in the source: sent as arguments, they would cost
+#: the client more than the rest of the call.
 TAKE_TURN: Final = Script.of(
     _ROW
     + "local fields = {"
     + ", ".join(f"'{name}'" for name in FIELDS)
     + "}\n"
     + """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
-return {row(redis.call('HMGET', KEYS[2], unpack(fields))), redis.call('HGETALL', KEYS[3])}
+local replies = {}
+for j = 1, #KEYS, 3 do
+  local k = (j + 2) / 3
+  if redis.call('SET', KEYS[j], ARGV[k + 1], 'NX', 'PX', ARGV[1]) then
+    replies[k] = {
+      row(redis.call('HMGET', KEYS[j + 1], unpack(fields))),
+      redis.call('HGETALL', KEYS[j + 2]),
+    }
+  else
+    replies[k] = 0
+  end
+end
+return replies
 """
 )
 
