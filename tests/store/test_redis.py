@@ -18,6 +18,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -816,9 +817,31 @@ async def test_a_write_cancelled_on_the_kept_connection_leaves_it_usable(
     assert cancelled > 0
 
 
-async def test_a_pool_too_small_for_the_writer_is_refused(redis_url: str) -> None:
-    with pytest.raises(InvalidInput, match="max_connections to 1; the store needs at least 2"):
-        await RedisStore.open(f"{redis_url}&max_connections=1")
+async def test_a_pool_too_small_for_the_writer_and_the_taker_is_refused(redis_url: str) -> None:
+    with pytest.raises(InvalidInput, match="max_connections to 2; the store needs at least 3"):
+        await RedisStore.open(f"{redis_url}&max_connections=2")
+
+
+async def test_the_smallest_pool_serves_turns_writes_and_reads(
+    redis_url: str, clock: ManualClock
+) -> None:
+    store = await RedisStore.open(f"{redis_url}&max_connections=3", clock=clock)
+
+    async def turns() -> None:
+        session_id = await _gateway_session(store, clock)
+        for n in range(4, 8):
+            async with store.turn_history(ACME, session_id):
+                await store.record_turn(ACME, session_id, turn=_turn(n), usage=Usage(1))
+                await store.get(ACME, session_id)
+            async with store.turn_lock(ACME, session_id):
+                await store.record_round(ACME, session_id, delta_tokens=1)
+        assert len(await store.history(ACME, session_id)) == 6
+
+    try:
+        # A guard against a pool left without a connection, not a speed check.
+        await asyncio.wait_for(asyncio.gather(turns(), turns()), timeout=60)
+    finally:
+        await store.aclose()
 
 
 # -- compare-and-set -------------------------------------------------------------------
@@ -1891,6 +1914,115 @@ async def test_a_cancelled_turn_gives_the_lock_back_and_a_cancelled_waiter_leave
     finally:
         await client.aclose()
         await other.aclose()
+
+
+async def test_the_write_of_a_turns_round_gives_its_lock_back(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock
+) -> None:
+    session_id = await _gateway_session(redis_store, clock)
+    lock = RedisKeys(_prefix(redis_url)).turn_lock(session_id)
+    other = await RedisStore.open(redis_url, clock=clock)
+    client = await _raw(redis_url)
+    try:
+        async with AsyncExitStack() as first:
+            stored, history = await first.enter_async_context(
+                redis_store.turn_history(ACME, session_id)
+            )
+            assert await client.get(lock) is not None
+            # A ledger round is not the turn's round: the turn goes on.
+            await redis_store.record_round(ACME, session_id, delta_tokens=5)
+            assert await client.get(lock) is not None
+            await redis_store.record_turn(ACME, session_id, turn=_turn(5), usage=Usage(1))
+            # Given back by the round's write, before the block is left: another
+            # process's turn starts now, and sees the round.
+            assert await client.exists(lock) == 0
+            async with AsyncExitStack() as second:
+                _, seen = await second.enter_async_context(other.turn_history(ACME, session_id))
+                assert seen == [*history, _turn(5)]
+                token = await client.get(lock)
+                assert token is not None
+                # The first turn leaves the other's lock alone.
+                await first.aclose()
+                assert await client.get(lock) == token
+            assert await client.exists(lock) == 0
+        assert stored.record.round_count == 3
+    finally:
+        await client.aclose()
+        await other.aclose()
+
+
+async def test_turns_of_many_sessions_taken_at_once_each_read_their_own(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock
+) -> None:
+    sessions = [await _gateway_session(redis_store, clock) for _ in range(8)]
+    for n, session_id in enumerate(sessions):
+        await redis_store.record_turn(ACME, session_id, turn=_turn(10 + n), usage=Usage(1))
+    # One is missing: its turn is refused, the others' go on.
+    missing = SessionId.generate(clock())
+
+    async def turn(session_id: SessionId) -> list[Turn] | None:
+        try:
+            async with redis_store.turn_history(ACME, session_id) as (_, history):
+                return history
+        except NotFoundError:
+            return None
+
+    # Taken together, the takes that queue behind the first go in one call.
+    seen = await asyncio.gather(*(turn(session_id) for session_id in [*sessions, missing]))
+    assert seen == [[_turn(1), _turn(3), _turn(10 + n)] for n in range(8)] + [None]
+    client = await _raw(redis_url)
+    try:
+        keys = RedisKeys(_prefix(redis_url))
+        assert not [s for s in [*sessions, missing] if await client.exists(keys.turn_lock(s))]
+    finally:
+        await client.aclose()
+
+
+async def test_a_turn_without_its_round_written_gives_its_lock_back_when_it_ends(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock
+) -> None:
+    session_id = await _gateway_session(redis_store, clock)
+    lock = RedisKeys(_prefix(redis_url)).turn_lock(session_id)
+    client = await _raw(redis_url)
+    try:
+        # A replayed round writes nothing.
+        await redis_store.record_turn(
+            ACME, session_id, turn=_turn(4), usage=Usage(1), idempotency_key="k"
+        )
+        async with redis_store.turn_history(ACME, session_id):
+            replay = await redis_store.record_turn(
+                ACME, session_id, turn=_turn(4), usage=Usage(1), idempotency_key="k"
+            )
+            assert replay.replayed
+            assert await client.get(lock) is not None
+        assert await client.exists(lock) == 0
+        # A round refused (the session closed meanwhile) writes nothing either.
+        async with redis_store.turn_history(ACME, session_id):
+            await redis_store.close(ACME, session_id)
+            with pytest.raises(WrongStateError):
+                await redis_store.record_turn(ACME, session_id, turn=_turn(5), usage=Usage(1))
+            assert await client.get(lock) is not None
+        assert await client.exists(lock) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_the_write_of_a_turns_round_leaves_a_lock_taken_over_alone(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock
+) -> None:
+    session_id = await _gateway_session(redis_store, clock)
+    lock = RedisKeys(_prefix(redis_url)).turn_lock(session_id)
+    client = await _raw(redis_url)
+    try:
+        async with redis_store.turn_history(ACME, session_id):
+            # The turn stalled past its lease, and another process took the lock.
+            await client.set(lock, "another")
+            await redis_store.record_turn(ACME, session_id, turn=_turn(5), usage=Usage(1))
+            assert await client.get(lock) == "another"
+        assert await client.get(lock) == "another"
+        assert len(await redis_store.history(ACME, session_id)) == 3
+    finally:
+        await client.aclose()
 
 
 # -- tenants and keys ------------------------------------------------------------------------

@@ -103,6 +103,7 @@ from llmsession.store.redis_schema import (
     RELEASE_LOCK,
     SCHEMA_VERSION,
     SET_SCHEMA,
+    TAKE_TURN,
     UPGRADE_DUE,
     UPGRADE_KEYED,
     UPGRADE_LISTED,
@@ -208,9 +209,28 @@ class _Options:
     wait_timeout_ms: int
 
 
+class _HeldTurn:
+    """A session's turn lock held by this process (RedisStore._turn): its key, its
+    holder's token, and whether the write of the turn's round gave it back."""
+
+    __slots__ = ("name", "released", "token")
+
+    def __init__(self, name: str, token: str) -> None:
+        self.name = name
+        self.token = token
+        self.released = False
+
+
+# A turn's lock waiting for the store's next TAKE_TURN call (see RedisStore._set_lock):
+# the lock, its holder's token, the session read under it.
+_Take = tuple[str, str, SessionId]
+
 # One compare-and-set waiting for the store's next script call (see RedisStore._cas):
-# old, new, the new round, an idempotency key that must still be unused.
-_Write = tuple[StoredSession | None, StoredSession | None, Round | None, str | None]
+# old, new, the new round, an idempotency key that must still be unused, the turn
+# whose lock the write gives back.
+_Write = tuple[
+    StoredSession | None, StoredSession | None, Round | None, str | None, _HeldTurn | None
+]
 
 
 class RedisStore(SessionStore):
@@ -249,12 +269,22 @@ class RedisStore(SessionStore):
             connection_pool=client.connection_pool, single_connection_client=True
         )
         self._writer_used = -math.inf
+        # The same for the calls that take turns' locks (TAKE_TURN): one at a
+        # time, the takes that arrive meanwhile going together in the next.
+        self._taker = aioredis.Redis(
+            connection_pool=client.connection_pool, single_connection_client=True
+        )
+        self._taker_used = -math.inf
+        self._takes: GroupCommit[_Take, object] = GroupCommit(self._take_batch)
         self._guarding = _Guard(where)
         self._keys = RedisKeys(prefix)
         self._where = where
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
         self._recent = RecentSessions(session_cache)
+        # The turn locks this process holds, by session (one at most per session:
+        # its turns in this process take turns first, in SessionTurns).
+        self._held: dict[SessionId, _HeldTurn] = {}
         self._groups = SessionGroups(self._change_one, self._run_group)
         # Single writes (to any sessions) that arrive while a script call is in
         # flight go together in the next one: a call's client CPU, not Redis,
@@ -286,10 +316,11 @@ class RedisStore(SessionStore):
         # A blocking pool: a burst of requests waits for a free connection
         # instead of failing with "Too many connections" (URL: max_connections).
         pool = aioredis.BlockingConnectionPool(decode_responses=True, **connect)
-        if pool.max_connections < 2:
+        if pool.max_connections < 3:
             raise InvalidInput(
                 f"the Redis URL for {options.where} sets max_connections to "
-                f"{pool.max_connections}; the store needs at least 2 (one is kept for writes)"
+                f"{pool.max_connections}; the store needs at least 3 (one is kept for "
+                "writes, one for taking turns)"
             )
         client = aioredis.Redis.from_pool(pool)
         store = cls(
@@ -325,6 +356,7 @@ class RedisStore(SessionStore):
                 UPGRADE_KEYED,
                 RELEASE_LOCK,
                 EXTEND_LOCK,
+                TAKE_TURN,
             ):
                 await self._client.script_load(script.source)
         text = None if raw is None else _text(raw)
@@ -645,8 +677,14 @@ class RedisStore(SessionStore):
             if remembered:
                 await self._check_current(stored, unchecked_key)
             return result
+        held = self._held.get(session_id)
+        if held is not None and (held.released or result.round is None or not result.round.gateway):
+            held = None
         try:
-            written = await self._cas(stored, result.stored, result.round, unchecked_key)
+            # A gateway round on a session whose turn this process holds is the
+            # turn's round (the gateway records one per turn, under its turn):
+            # its write gives the turn's lock back, with no call of its own.
+            written = await self._cas(stored, result.stored, result.round, unchecked_key, held)
         except StoreError:
             # Redis failed: the write may or may not have been applied, so the
             # next change starts from a fresh read.
@@ -848,8 +886,9 @@ class RedisStore(SessionStore):
         In this process, waiters queue in arrival order (SessionTurns) and only
         the first polls Redis: ``SET lock:<id> <token> NX PX`` with a lease of
         10 s, renewed every 3 s while held, given back by compare-and-delete
-        (RELEASE_LOCK). A holder that dies without giving it back holds the
-        session up for at most the lease.
+        (RELEASE_LOCK), or by the write of the turn's gateway round (CAS), in
+        the same script call. A holder that dies without giving it back holds
+        the session up for at most the lease.
         """
         return self._turn_only(session_id)
 
@@ -862,13 +901,24 @@ class RedisStore(SessionStore):
     async def _locked_turns(
         self, tenant_id: TenantId, session_id: SessionId
     ) -> AsyncGenerator[tuple[StoredSession, list[Turn]]]:
-        async with self._turn(session_id, read=True) as replies:
-            yield self._session_and_turns(tenant_id, session_id, *replies)
+        async with self._turn(session_id, read=True) as read:
+            assert read is not None
+            row, history = read
+            values = split_row(_blob(row).decode())
+            # As in _get_stored: a foreign session looks exactly like a missing one.
+            if values is None or values[0] != tenant_id.value:
+                raise NotFoundError(f"no session {session_id}")
+            stored = self._parse_values(session_id, values)
+            # The round the turn then records is one CAS from this version, with no read.
+            self._recent.remember(stored)
+            yield present(stored, self.clock()), self._turns(session_id, _pairs(history))
 
     @asynccontextmanager
-    async def _turn(self, session_id: SessionId, *, read: bool) -> AsyncGenerator[list[object]]:
-        """Hold the session's turn; with ``read``, the replies of the session's and its
-        history's HGETALL, sent with the SET that took the lock (one round trip)."""
+    async def _turn(
+        self, session_id: SessionId, *, read: bool
+    ) -> AsyncGenerator[list[object] | None]:
+        """Hold the session's turn; with ``read``, TAKE_TURN's reply: the session's row
+        and its history, read by the call that took the lock."""
         # Not the session's writer groups: a turn is held for seconds, and the
         # rounds recorded inside it go through those.
         async with self._local_turns.turn(session_id):
@@ -880,36 +930,41 @@ class RedisStore(SessionStore):
                 # Cancelled or failed after the SET may have gone through.
                 await asyncio.shield(self._release_lock(name, token))
                 raise
+            held = self._held[session_id] = _HeldTurn(name, token)
             # Most turns end long before the first renewal is due: a timer until
             # then, not a task per turn.
             renewing: list[asyncio.Future[None]] = []
             timer = asyncio.get_running_loop().call_later(
                 _TURN_RENEW_SECONDS,
-                lambda: renewing.append(asyncio.ensure_future(self._renew_lock(name, token))),
+                lambda: renewing.append(asyncio.ensure_future(self._renew_lock(held))),
             )
             try:
                 yield replies
             finally:
+                del self._held[session_id]
                 timer.cancel()
                 for task in renewing:
                     task.cancel()
-                await asyncio.shield(self._release_lock(name, token))
+                if not held.released:
+                    # No round was written (an error, a replay, a turn without
+                    # one), or its write's outcome is unknown: given back here.
+                    await asyncio.shield(self._release_lock(name, token))
 
     async def _take_lock(
         self, name: str, token: str, read: SessionId | None = None
-    ) -> list[object]:
-        """Take the lock; with ``read``, the replies of _queue_history_reads for that
-        session, run right after the SET that took it (so under the lock)."""
+    ) -> list[object] | None:
+        """Take the lock; with ``read``, TAKE_TURN's reply for that session (its
+        reads run in the call that took the lock, so under it)."""
         pause = _TURN_POLL_FIRST
         while True:
-            # A waiter is cancelled where it waits (a client went away): a SET cut
+            # A waiter is cancelled where it waits (a client went away): a call cut
             # off mid-flight can leave redis-py waiting forever for its answer
-            # (seen with redis-py 8.2), so the SET finishes first and the
+            # (seen with redis-py 8.2), so the call finishes first and the
             # cancellation is given back after it.
             attempt = asyncio.ensure_future(self._set_lock(name, token, read))
             with self._guard():
                 try:
-                    taken, *replies = await asyncio.shield(attempt)
+                    taken, replies = await asyncio.shield(attempt)
                 except asyncio.CancelledError:
                     await asyncio.wait([attempt])
                     if not attempt.cancelled():
@@ -920,27 +975,43 @@ class RedisStore(SessionStore):
             await asyncio.sleep(random.uniform(pause / 2, pause))
             pause = min(pause * 2, _TURN_POLL_MAX)
 
-    async def _set_lock(self, name: str, token: str, read: SessionId | None) -> list[object]:
+    async def _set_lock(
+        self, name: str, token: str, read: SessionId | None
+    ) -> tuple[bool, list[object] | None]:
+        """Whether the lock was taken, and with ``read`` TAKE_TURN's reply."""
         if read is None:
-            return [await self._client.set(name, token, nx=True, px=_TURN_LEASE_MS)]
-        # The reads go out with the SET: when it takes the lock they run under it.
-        # (When it does not, their replies are dropped and the SET tried again.)
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.set(name, token, nx=True, px=_TURN_LEASE_MS)
-            self._queue_history_reads(pipe, read)
-            return list(await pipe.execute())
+            return bool(await self._client.set(name, token, nx=True, px=_TURN_LEASE_MS)), None
+        reply = await self._takes.submit((name, token, read))
+        # 0: the lock is another holder's (nothing was read).
+        return (False, None) if reply == 0 else (True, _items(reply))
 
-    async def _renew_lock(self, name: str, token: str) -> None:
+    async def _take_batch(self, takes: Sequence[_Take]) -> list[object]:
+        """The takes of ``_set_lock`` in one TAKE_TURN call, on the taker's connection."""
+        keys: list[str] = []
+        args = [str(_TURN_LEASE_MS)]
+        names = self._keys
+        for name, token, session_id in takes:
+            keys += (name, names.session(session_id), names.history(session_id))
+            args.append(token)
+        replies = _items(await self._run_taker(TAKE_TURN, keys, args))
+        if len(replies) != len(takes):
+            raise StoreError(f"unexpected reply from Redis: {replies!r:.200}")
+        return replies
+
+    async def _renew_lock(self, held: _HeldTurn) -> None:
         """Renew the lease now, then every _TURN_RENEW_SECONDS while the turn lasts."""
-        while True:
+        name = held.name
+        while not held.released:
             try:
-                renewed = await self._run_one(EXTEND_LOCK, [name], [token, str(_TURN_LEASE_MS)])
+                renewed = await self._run_one(
+                    EXTEND_LOCK, [name], [held.token, str(_TURN_LEASE_MS)]
+                )
             except StoreError as error:
                 # Tried again at the next renewal; the lease outlasts two misses.
                 _log.warning("%s: renewing the turn lock %r failed: %s", self._where, name, error)
                 await asyncio.sleep(_TURN_RENEW_SECONDS)
                 continue
-            if renewed != 1:
+            if renewed != 1 and not held.released:
                 # Its lease ran out (Redis or this process stalled) and another
                 # process may hold it now: rounds stay exact (compare-and-set),
                 # but two turns may have seen the same history.
@@ -1213,8 +1284,10 @@ class RedisStore(SessionStore):
     async def aclose(self) -> None:
         if not self._guarding.closed:
             self._guarding.closed = True
-            # The writer's connection goes back to the pool, which the client closes.
+            # The writer's and taker's connections go back to the pool, which the
+            # client closes.
             await self._writer.aclose()
+            await self._taker.aclose()
             await self._client.aclose()
 
     # -- tenants and API keys ----------------------------------------------------
@@ -1346,21 +1419,26 @@ class RedisStore(SessionStore):
         new: StoredSession | None,
         new_round: Round | None,
         absent_key: str | None = None,
+        held: _HeldTurn | None = None,
     ) -> Coroutine[object, object, int]:
         """Write ``new`` over ``old`` (None: insert, delete) if ``old`` is still current
-        and ``absent_key`` (if given) is not an idempotency key of the session yet.
+        and ``absent_key`` (if given) is not an idempotency key of the session yet;
+        give ``held`` back with it if it is written.
         Returns what CAS says of it: 1 written, 0 not, 2 not (a started-by key used)."""
-        return self._writes.submit((old, new, new_round, absent_key))
+        return self._writes.submit((old, new, new_round, absent_key, held))
 
     async def _cas_batch(self, writes: Sequence[_Write]) -> list[int]:
         """The writes of ``_cas`` in one script call, each checked on its own (not
         chained): one refused write leaves the others standing."""
         batch = CasBatch(self._keys)
-        for old, new, new_round, absent_key in writes:
-            batch.add(old, new, new_round, absent_key=absent_key)
+        for old, new, new_round, absent_key, held in writes:
+            unlock = None if held is None else (held.name, held.token)
+            batch.add(old, new, new_round, absent_key=absent_key, unlock=unlock)
         replies = _items(await self._run_writer(CAS, batch.keys, batch.args))
         outcomes: list[int] = []
-        for (old, new, _, _), reply in zip(writes, replies, strict=True):
+        for (old, new, _, _, held), reply in zip(writes, replies, strict=True):
+            if reply == _WRITTEN and held is not None:
+                held.released = True
             if reply == _WRITTEN and new is not None:
                 self._recent.remember(new)
             else:
@@ -1523,6 +1601,27 @@ class RedisStore(SessionStore):
                 # the call did not run. Load the script and run it again, once.
                 await self._client.script_load(script.source)
                 return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def _run_taker(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> object:
+        """One script call on the taker's own connection (see ``__init__``), its reply
+        left as bytes (not decoded): a turn is MessagePack, its answer any bytes."""
+        command = ("EVALSHA", script.sha, str(len(keys)), *keys, *args)
+        taker = _admin(self._taker)
+        loop = asyncio.get_running_loop()
+        with self._guard():
+            if loop.time() - self._taker_used > _WRITER_IDLE_SECONDS:
+                # As for the writer: a call that takes a lock may have been
+                # applied when it fails, a PING not.
+                with suppress(RedisError):
+                    await taker.ping()
+            try:
+                reply = await taker.execute_command(*command, **_RAW_REPLY)
+            except NoScriptError:
+                # As in _run_one: the call did not run.
+                await self._taker.script_load(script.source)
+                reply = await taker.execute_command(*command, **_RAW_REPLY)
+        self._taker_used = loop.time()
+        return reply
 
     async def _run_writer(
         self, script: Script, keys: Sequence[str], args: Sequence[str | bytes]
@@ -1867,6 +1966,12 @@ def _blobs(value: object) -> dict[object, object]:
     if not isinstance(value, dict):
         raise StoreError(f"unexpected reply from Redis: {value!r:.200}")
     return cast(dict[object, object], value)
+
+
+def _pairs(value: object) -> dict[object, object]:
+    # A hash's fields and values, flat, as a script returns HGETALL's reply.
+    items = _items(value)
+    return dict(zip(items[::2], items[1::2], strict=True))
 
 
 def _seq(value: object) -> int:

@@ -102,6 +102,7 @@ __all__ = [
     "ROLLUP_METRICS",
     "SCHEMA_VERSION",
     "SET_SCHEMA",
+    "TAKE_TURN",
     "UPGRADE_DUE",
     "UPGRADE_KEYED",
     "UPGRADE_LISTED",
@@ -225,6 +226,10 @@ class Script:
 #:       session id (an insert whose round started the session under that
 #:       key: if the key is in the hash already, nothing is written and the
 #:       write returns 2);
+#:       unlock: false, or a session's turn lock followed by its holder's
+#:       token: once the write is made, the lock is given back if it is still
+#:       that holder's (as RELEASE_LOCK does), so the write that records a
+#:       turn's round ends the turn in the same call;
 #:       due: false to leave the session's member of deadlines as it is, else
 #:       followed by the deadlines set and the session id: '' to remove the member,
 #:       or the time part of the new one (the old one, found by the hash's "due"
@@ -252,6 +257,12 @@ for w = 1, a[1] do
   if started then
     start_key, start_id = a[p + 1], a[p + 2]
     p = p + 2
+  end
+  local unlock, holder = a[p + 1], nil
+  p = p + 1
+  if unlock then
+    holder = a[p + 1]
+    p = p + 1
   end
   local due = a[p + 1]
   p = p + 1
@@ -294,6 +305,7 @@ for w = 1, a[1] do
       if turn then redis.call('HSET', history, seq, turn) end
     end
     if started then redis.call('HSET', started, start_key, start_id) end
+    if unlock and redis.call('GET', unlock) == holder then redis.call('DEL', unlock) end
     if history ~= '' and not turn then
       -- Leaving Active: the conversation goes with it.
       redis.call('DEL', history)
@@ -342,6 +354,25 @@ end
 return results
 """)
 
+#: The fields of a session hash, in the order READ is given them. All but the
+#: last are required; "usage" is missing for a session without gateway rounds.
+FIELDS: Final[tuple[str, ...]] = (
+    "tenant",
+    "provider",
+    "model",
+    "initial",
+    "state",
+    "created",
+    "activated",
+    "closed",
+    "expired",
+    "rounds",
+    "delta",
+    "version",
+    "ttl",
+    "last",
+    "usage",
+)
 # How READ and READ_RANGE return a session: its values in FIELDS order as one
 # string (see split_row), not one reply item per value. The client spent more on
 # decoding fourteen reply items than on the rest of reading the session.
@@ -502,6 +533,37 @@ RELEASE_LOCK: Final = Script.of("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """)
+
+#: Takes sessions' turn locks and reads, under each one taken, the session and its
+#: history: the start of gateway turns, of one session or of many (the takes that
+#: arrive while one call is in flight go together in the next). KEYS: per take,
+#: the lock, the session hash and its history hash. ARGV: 1 the lease in
+#: milliseconds, then per take the holder's token. Returns per take 0 if another
+#: holder has the lock (nothing is read), else {row, history}: the session's row
+#: (see split_row; '' for a missing session) and its history hash's fields and
+#: values, flat. The fields are in the source: sent as arguments, they would cost
+#: the client more than the rest of the call.
+TAKE_TURN: Final = Script.of(
+    _ROW
+    + "local fields = {"
+    + ", ".join(f"'{name}'" for name in FIELDS)
+    + "}\n"
+    + """
+local replies = {}
+for j = 1, #KEYS, 3 do
+  local k = (j + 2) / 3
+  if redis.call('SET', KEYS[j], ARGV[k + 1], 'NX', 'PX', ARGV[1]) then
+    replies[k] = {
+      row(redis.call('HMGET', KEYS[j + 1], unpack(fields))),
+      redis.call('HGETALL', KEYS[j + 2]),
+    }
+  else
+    replies[k] = 0
+  end
+end
+return replies
+"""
+)
 
 #: Renews a turn lock's lease, only if it is still this holder's. KEYS[1]: the
 #: lock. ARGV: 1 the holder's token, 2 the lease in milliseconds. Returns 1 if
@@ -683,6 +745,7 @@ class CasBatch:
         *,
         absent_key: str | None = None,
         chained: bool = False,
+        unlock: tuple[str, str] | None = None,
     ) -> None:
         """Write ``new`` (None: delete) over ``old`` (None: insert) if ``old`` is current.
 
@@ -694,7 +757,8 @@ class CasBatch:
         a write that takes the session out of Active deletes its turns. An
         insert with a round that has an idempotency key records the key as the
         one that started the session (refused, returning 2, if it started one
-        already).
+        already). ``unlock``: a turn lock and its holder's token, given back
+        once the write is made (if still that holder's).
         """
         some = new if new is not None else old
         if some is None:
@@ -743,6 +807,10 @@ class CasBatch:
         )
         if started:
             items += (key, id_text)
+        if unlock is None:
+            items.append(False)
+        else:
+            items += unlock
         if due is None:
             items.append(False)
         else:
@@ -987,25 +1055,6 @@ def _index_entries(keys: RedisKeys, stored: StoredSession | None) -> set[tuple[s
     return entries
 
 
-#: The fields of a session hash, in the order READ is given them. All but the
-#: last are required; "usage" is missing for a session without gateway rounds.
-FIELDS: Final[tuple[str, ...]] = (
-    "tenant",
-    "provider",
-    "model",
-    "initial",
-    "state",
-    "created",
-    "activated",
-    "closed",
-    "expired",
-    "rounds",
-    "delta",
-    "version",
-    "ttl",
-    "last",
-    "usage",
-)
 # What a row holds for a field the hash lacks (see split_row).
 _MISSING: Final = "\x1e"
 
