@@ -134,8 +134,9 @@ def test_entries_have_a_minimum_an_owner_a_ttl_and_an_end(
         sdk.caches.create(
             model="gemini-2.5-pro", config=types.CreateCachedContentConfig(contents=[BIG])
         )
+    # Long enough to outlive a loaded machine's pause before the update below.
     cache = sdk.caches.create(
-        model="gemini-2.5-flash", config=types.CreateCachedContentConfig(contents=[BIG], ttl="1s")
+        model="gemini-2.5-flash", config=types.CreateCachedContentConfig(contents=[BIG], ttl="60s")
     )
     assert cache.name is not None
     other = client_for(fake, OTHER_KEY)
