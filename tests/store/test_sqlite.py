@@ -28,6 +28,7 @@ from llmsession.errors import (
     StoreError,
 )
 from llmsession.ids import SessionId, TenantId
+from llmsession.states import Active, SessionExpired
 from llmsession.store import SessionQuery, SessionStore, open_store
 from llmsession.store.models import NO_USAGE
 from llmsession.store.sqlite import SCHEMA_VERSION, SQLiteStore, path_of_url
@@ -187,20 +188,30 @@ def _schema(path: Path) -> dict[str, object]:
     return schema
 
 
-# What schema version 5 added (the counters and their triggers); taking it away
-# leaves version 4.
+# What schema version 6 changed (sessions_due on the due column, not on the
+# deadline); taking it back leaves version 5.
+_UNDUE = (
+    "DROP INDEX sessions_due",
+    "ALTER TABLE sessions DROP COLUMN due",
+    "CREATE INDEX sessions_due ON sessions (deadline) WHERE deadline IS NOT NULL",
+)
+_TO_VERSION_5 = (*_UNDUE, "PRAGMA user_version = 5")
+
+# What schema versions 6 and 5 added (the counters and their triggers); taking
+# them away leaves version 4.
 _DROP_COUNTS = (
+    *_UNDUE,
     *(f"DROP TRIGGER session_counts_{name}" for name in ("insert", "delete", "update", "move")),
     "DROP TABLE session_counts",
 )
 _TO_VERSION_4 = (*_DROP_COUNTS, "PRAGMA user_version = 4")
 
-# What schema versions 5 and 4 added (the counters, the rollup); taking them
-# away leaves version 3.
+# What schema versions 6 to 4 added (the due index, the counters, the rollup);
+# taking them away leaves version 3.
 _TO_VERSION_3 = (*_DROP_COUNTS, "DROP TABLE usage_rollup", "PRAGMA user_version = 3")
 
-# What schema versions 5, 4 and 3 added (the counters, the rollup, gateway
-# rounds); taking them away leaves version 2.
+# What schema versions 6 to 3 added (the due index, the counters, the rollup,
+# gateway rounds); taking them away leaves version 2.
 _TO_VERSION_2 = (
     *_TO_VERSION_3[:-1],
     *(
@@ -297,13 +308,16 @@ async def test_the_downgrades_of_these_tests_leave_the_older_schemas(
     assert _schema(path) != version_2 != await _fresh_schema(tmp_path)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 async def test_an_upgraded_file_has_the_schema_of_a_fresh_one(
     sqlite_url: str, tmp_path: Path, version: int
 ) -> None:
     await (await open_store(sqlite_url)).aclose()
     path = path_of_url(sqlite_url)
-    _downgrade(path, {4: _TO_VERSION_4, 3: _TO_VERSION_3}.get(version, _TO_VERSION_2))
+    _downgrade(
+        path,
+        {5: _TO_VERSION_5, 4: _TO_VERSION_4, 3: _TO_VERSION_3}.get(version, _TO_VERSION_2),
+    )
     if version == 1:
         _downgrade(path, _TO_VERSION_1)
     assert _pragma(path, "user_version") == version
@@ -648,6 +662,107 @@ async def _started(store: SessionStore, clock: ManualClock, key: str | None = No
     )
     await store.record_turn(ACME, session_id, turn=turn(2), usage=usage(150))
     return session_id
+
+
+def _due(path: Path, session_id: SessionId) -> tuple[int | None, int | None]:
+    """A session's due time and deadline, as stored (epoch microseconds)."""
+    with sqlite3.connect(path) as conn:
+        due, deadline = conn.execute(
+            "SELECT due, deadline FROM sessions WHERE session_id = ?", (session_id.value.bytes,)
+        ).fetchone()
+    conn.close()
+    return due, deadline
+
+
+def _micros_after(seconds: float) -> int:
+    return T0.plus_seconds(seconds).epoch_micros
+
+
+async def test_a_round_leaves_due_and_a_sweep_moves_it_to_the_deadline(
+    sqlite_url: str,
+) -> None:
+    # A round moves the deadline but not the due time, which sessions_due holds:
+    # the index is no page of the round's commit. A sweep after the due time and
+    # before the deadline moves due on and changes nothing else.
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock, default_ttl_seconds=60)
+    path = path_of_url(sqlite_url)
+    try:
+        session_id = await _session(store)
+        assert _due(path, session_id) == (_micros_after(60), _micros_after(60))
+        clock.advance(30)
+        await store.record_round(ACME, session_id, 5)
+        assert _due(path, session_id) == (_micros_after(60), _micros_after(90))
+        clock.advance(40)
+        before = await store.get(ACME, session_id)
+        assert before.record.state is Active
+        assert await store.sweep() == 0
+        assert await store.get(ACME, session_id) == before
+        assert _due(path, session_id) == (_micros_after(90), _micros_after(90))
+        expired = SessionQuery(state=SessionExpired)
+        assert (await store.list_sessions(ACME, expired)).items == []
+        [totals] = await store.totals(ACME)
+        assert (totals.sessions["active"], totals.sessions["expired"]) == (1, 0)
+        clock.advance(20)
+        assert [s.record.session_id for s in (await store.list_sessions(ACME, expired)).items] == [
+            session_id
+        ]
+        assert await store.sweep() == 1
+        swept = await store.get(ACME, session_id)
+        assert swept.record.state is SessionExpired
+        assert swept.record.expired_at == T0.plus_seconds(90)
+        assert _due(path, session_id) == (None, None)
+    finally:
+        await store.aclose()
+
+
+async def test_a_sweep_counts_only_the_sessions_it_expires(sqlite_url: str) -> None:
+    # Busy sessions come first in due order but are not due: a sweep moves them on
+    # and still expires up to its limit of the due ones behind them.
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock, default_ttl_seconds=60)
+    try:
+        busy = [await _session(store) for _ in range(3)]
+        clock.advance(1)
+        idle = [await _session(store) for _ in range(3)]
+        clock.advance(49)
+        for session_id in busy:
+            await store.record_round(ACME, session_id, 1)
+        clock.advance(20)
+        assert [await store.sweep(limit=2), await store.sweep(limit=2), await store.sweep()] == [
+            2,
+            1,
+            0,
+        ]
+        states = [(await store.get(ACME, s)).record.state for s in busy + idle]
+        assert states == [Active] * 3 + [SessionExpired] * 3
+    finally:
+        await store.aclose()
+
+
+async def test_an_upgrade_to_version_6_sets_due_to_the_deadline(sqlite_url: str) -> None:
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock, default_ttl_seconds=60)
+    sessions = [await _session(store) for _ in range(3)]
+    await store.close(ACME, sessions[0])
+    clock.advance(30)
+    await store.record_round(ACME, sessions[1], 5)
+    await store.aclose()
+    path = path_of_url(sqlite_url)
+    _downgrade(path, _TO_VERSION_5)
+    store = await open_store(sqlite_url, clock=clock, default_ttl_seconds=60)
+    try:
+        assert _pragma(path, "user_version") == SCHEMA_VERSION
+        assert [_due(path, s) for s in sessions] == [
+            (None, None),
+            (_micros_after(90), _micros_after(90)),
+            (_micros_after(60), _micros_after(60)),
+        ]
+        clock.advance(31)
+        assert await store.sweep() == 1
+        assert (await store.get(ACME, sessions[2])).record.state is SessionExpired
+    finally:
+        await store.aclose()
 
 
 async def test_a_sweep_deletes_turns_stored_at_the_start_or_by_a_later_round(

@@ -124,8 +124,9 @@ T = TypeVar("T")
 #: sessions and rounds, the turns of the conversation and the keys that
 #: started sessions. Version 4 adds usage_rollup, the rollup time series read
 #: (see store.rollup). Version 5 adds session_counts, the counters totals read,
-#: and the triggers keeping them. _UPGRADES brings older files up to it.
-SCHEMA_VERSION: Final = 5
+#: and the triggers keeping them. Version 6 indexes sessions by ``due`` (see
+#: _SESSIONS_DUE) instead of by their deadline. _UPGRADES brings older files up to it.
+SCHEMA_VERSION: Final = 6
 
 # SQLite's INTEGER, and so the largest LIMIT.
 _MAX_INTEGER = 2**63 - 1
@@ -390,6 +391,16 @@ def _rounds_table(name: str, added: Sequence[str] = ()) -> str:
     """
 
 
+# The sweep's index. Only Active sessions have a deadline, and only they a
+# ``due`` time: their deadline or earlier, never later, so a sweep costs what is
+# due, not what is stored. A round moves the deadline later and leaves ``due``
+# (and so this index) as it was: moving the entry was a page of every round's
+# commit. A sweep that finds a session not due yet moves its ``due`` to its
+# deadline (see SQLiteStore._sweep), at most once per TTL for a busy session.
+# Activation sets it to the deadline, leaving Active clears it.
+_SESSIONS_DUE: Final = "CREATE INDEX sessions_due ON sessions (due) WHERE due IS NOT NULL"
+
+
 #: What takes a schema from the version before to this one, in order; run in
 #: one transaction with the new user_version.
 _UPGRADES: Final[dict[int, tuple[str, ...]]] = {
@@ -415,6 +426,12 @@ _UPGRADES: Final[dict[int, tuple[str, ...]]] = {
     ),
     4: (_ROLLUP_TABLE, *ROLLUP_BACKFILL),
     5: (_COUNTS_TABLE, _COUNTS_BACKFILL, *_COUNTS_TRIGGERS),
+    6: (
+        "DROP INDEX sessions_due",
+        "ALTER TABLE sessions ADD COLUMN due INTEGER",
+        "UPDATE sessions SET due = deadline WHERE deadline IS NOT NULL",
+        _SESSIONS_DUE,
+    ),
 }
 
 _SCHEMA: Final = (
@@ -437,7 +454,8 @@ _SCHEMA: Final = (
         ttl_seconds      INTEGER NOT NULL,
         last_activity_at INTEGER NOT NULL,
         deadline         INTEGER,
-        {", ".join(_SESSION_GATEWAY_COLUMNS)}
+        {", ".join(_SESSION_GATEWAY_COLUMNS)},
+        due              INTEGER
     ) WITHOUT ROWID
     """,
     """
@@ -456,10 +474,7 @@ _SCHEMA: Final = (
     CREATE INDEX sessions_by_model
         ON sessions (tenant_id, model, created_at DESC, session_id DESC)
     """,
-    # Only Active sessions have a deadline: a sweep costs what is due, not what is stored.
-    """
-    CREATE INDEX sessions_due ON sessions (deadline) WHERE deadline IS NOT NULL
-    """,
+    _SESSIONS_DUE,
     f"""
     CREATE INDEX sessions_created_unused
         ON sessions (created_at) WHERE state = '{_CREATED}'
@@ -493,21 +508,23 @@ _SCHEMA: Final = (
 _SESSION_COLUMNS = f"{SESSION_COLUMNS}, {USAGE_COLUMNS}"
 _SELECT_SESSION = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ? AND tenant_id = ?"
 # has_turns goes with the write of the round whose turn is stored (see _insert_round).
+# due is the deadline (see _SESSIONS_DUE), as in every write that sets the state.
 _INSERT_SESSION = (
-    f"INSERT INTO sessions ({INSERT_COLUMNS}, {USAGE_COLUMNS}, has_turns) "
-    f"VALUES ({', '.join('?' * 24)})"
+    f"INSERT INTO sessions ({INSERT_COLUMNS}, {USAGE_COLUMNS}, has_turns, due) "
+    f"VALUES ({', '.join('?' * 25)})"
 )
 _SET_SESSION = (
     "UPDATE sessions SET state = ?, activated_at = ?, closed_at = ?, expired_at = ?, "
     "round_count = ?, delta_tokens = ?, tokens_saved = ?, version = ?, last_activity_at = ?, "
     "deadline = ?, input_tokens = ?, cached_input_tokens = ?, cache_write_tokens = ?, "
-    "output_tokens = ?, reasoning_tokens = ?, rounds_without_usage = ?"
+    "output_tokens = ?, reasoning_tokens = ?, rounds_without_usage = ?, due = ?"
 )
 _UPDATE_SESSION = f"{_SET_SESSION} WHERE session_id = ? AND version = ?"
 _UPDATE_SESSION_WITH_TURN = f"{_SET_SESSION}, has_turns = 1 WHERE session_id = ? AND version = ?"
 # A round that leaves its session's state as it was leaves its times as they were
 # too: its write sets only what a round moves (fewer values to bind, no index on
-# the state to touch). The counters' trigger watches these columns too.
+# the state to touch), and not due, which a later deadline leaves valid (see
+# _SESSIONS_DUE). The counters' trigger watches these columns too.
 _SET_ROUND = (
     "UPDATE sessions SET round_count = ?, delta_tokens = ?, tokens_saved = ?, version = ?, "
     "last_activity_at = ?, deadline = ?, input_tokens = ?, cached_input_tokens = ?, "
@@ -533,6 +550,17 @@ _SELECT_ROUND_BY_KEY = (
     f"SELECT {_ROUND_COLUMNS}, session_delta_tokens, session_version FROM rounds "
     "WHERE session_id = ? AND idempotency_key = ?"
 )
+# The sessions due at a time (bound twice), through sessions_due: those whose due
+# time came, and of them those whose deadline did too (see _SESSIONS_DUE).
+_DUE = "due IS NOT NULL AND due <= ? AND deadline <= ?"
+# What a sweep reads: the sessions whose due time came, in its order; with
+# has_turns (which ended sessions have turns to delete).
+_SELECT_DUE = (
+    f"SELECT {_SESSION_COLUMNS}, has_turns FROM sessions "
+    "WHERE due IS NOT NULL AND due <= ? ORDER BY due LIMIT ?"
+)
+# A session found not due yet: its due goes to its deadline, and nothing else moves.
+_MOVE_DUE = "UPDATE sessions SET due = ? WHERE session_id = ?"
 
 
 class _Connection:
@@ -867,6 +895,7 @@ class SQLiteStore(SessionStore):
             *insert_values(stored, stored.record.session_id.value.bytes),
             *stored.usage.as_tuple(),
             first is not None and first.turn is not None,
+            micros(stored.deadline),
         )
         start_key = None if first is None else first.idempotency_key
 
@@ -1086,7 +1115,15 @@ class SQLiteStore(SessionStore):
         # and failing to costs it an exception raised and cleared: the id goes to
         # each statement as a bytearray, the same BLOB.
         key = bytearray(record.session_id.value.bytes)
-        if new_round is not None and record.state is old.record.state:
+        # A session's time never runs backwards, so a round never moves its deadline
+        # earlier; if one did, the full write below would set due with it.
+        if (
+            new_round is not None
+            and record.state is old.record.state
+            and old.deadline is not None
+            and new.deadline is not None
+            and new.deadline >= old.deadline
+        ):
             usage = new.usage
             written = conn.execute(
                 _UPDATE_ROUND if new_round.turn is None else _UPDATE_ROUND_WITH_TURN,
@@ -1163,8 +1200,8 @@ class SQLiteStore(SessionStore):
             # read every session of the tenant.
             due = await self._read(
                 f"SELECT {_SESSION_COLUMNS} FROM sessions INDEXED BY sessions_due "
-                f"WHERE deadline IS NOT NULL AND deadline <= ? AND {where} {order}",
-                [now.epoch_micros, *params, query.limit + 1],
+                f"WHERE {_DUE} AND {where} {order}",
+                [now.epoch_micros, now.epoch_micros, *params, query.limit + 1],
             )
         if query.state is not None:
             where += " AND state = ?"
@@ -1222,8 +1259,8 @@ class SQLiteStore(SessionStore):
                 ),
                 (
                     f"SELECT {_SESSION_COLUMNS} FROM sessions INDEXED BY sessions_due "
-                    "WHERE deadline IS NOT NULL AND deadline <= ? AND tenant_id = ?",
-                    (now.epoch_micros, tenant_id.value),
+                    f"WHERE {_DUE} AND tenant_id = ?",
+                    (now.epoch_micros, now.epoch_micros, tenant_id.value),
                 ),
             )
         )
@@ -1271,30 +1308,37 @@ class SQLiteStore(SessionStore):
 
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         def expire_due(conn: sqlite3.Connection) -> int:
-            rows = conn.execute(
-                f"SELECT {_SESSION_COLUMNS}, has_turns FROM sessions "
-                "WHERE deadline IS NOT NULL AND deadline <= ? ORDER BY deadline LIMIT ?",
-                (now.epoch_micros, limit),
-            ).fetchall()
-            updates: list[Sequence[object]] = []
-            # Only sessions that had turns are looked up in the turns table: a
-            # sweep of ledger sessions costs what it did before there were turns.
-            ended: list[tuple[bytes]] = []
-            for row in rows:
-                stored = _stored_from_row(row)
-                expired = expire_if_due(stored, now)
-                if expired is not None:
+            written = 0
+            # A session that had rounds since its due time was set is found but not
+            # due: its due moves to its deadline, it does not count towards the
+            # limit, and the next rows are read in its place.
+            while True:
+                wanted = limit - written
+                rows = conn.execute(_SELECT_DUE, (now.epoch_micros, wanted)).fetchall()
+                updates: list[Sequence[object]] = []
+                moved: list[tuple[int | None, bytes]] = []
+                # Only sessions that had turns are looked up in the turns table: a
+                # sweep of ledger sessions costs what it did before there were turns.
+                ended: list[tuple[bytes]] = []
+                for row in rows:
+                    stored = _stored_from_row(row)
+                    expired = expire_if_due(stored, now)
+                    if expired is None:
+                        moved.append((micros(stored.deadline), row[0]))
+                        continue
                     updates.append(_update_params(expired, row[0], stored.version))
                     if row[-1]:
                         ended.append((row[0],))
-            if not updates:
-                return 0
-            # The write lock was held since the SELECT, so every version matches;
-            # counting what was written keeps the figure honest regardless.
-            written = conn.executemany(_UPDATE_SESSION, updates).rowcount
-            if ended:
-                conn.executemany(_DELETE_TURNS, ended)
-            return written
+                if moved:
+                    conn.executemany(_MOVE_DUE, moved)
+                if updates:
+                    # The write lock was held since the SELECT, so every version
+                    # matches; counting what was written keeps the figure honest.
+                    written += conn.executemany(_UPDATE_SESSION, updates).rowcount
+                if ended:
+                    conn.executemany(_DELETE_TURNS, ended)
+                if len(rows) < wanted or not moved or written >= limit:
+                    return written
 
         return await self._write(expire_due)
 
@@ -1451,7 +1495,13 @@ def _join_halves(high: int | None, low: int | None) -> int:
 def _update_params(
     new: StoredSession, key: bytes | bytearray, expected_version: int
 ) -> tuple[object, ...]:
-    return (*change_values(new), *new.usage.as_tuple(), key, expected_version)
+    return (
+        *change_values(new),
+        *new.usage.as_tuple(),
+        micros(new.deadline),
+        key,
+        expected_version,
+    )
 
 
 def _insert_round(
