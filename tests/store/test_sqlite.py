@@ -31,7 +31,7 @@ from llmsession.ids import SessionId, TenantId
 from llmsession.states import Active, SessionExpired
 from llmsession.store import SessionQuery, SessionStore, open_store
 from llmsession.store.models import NO_USAGE
-from llmsession.store.sqlite import SCHEMA_VERSION, SQLiteStore, path_of_url
+from llmsession.store.sqlite import SCHEMA_VERSION, SQLiteStore, _Connection, path_of_url
 from llmsession.store.turn_file import TurnFile, open_turn_file
 from tests.store.conftest import T0
 from tests.store.test_gateway_rounds import turn, usage
@@ -968,35 +968,41 @@ async def test_a_claim_given_back_before_its_take_takes_nothing(tmp_path: Path) 
         turn_file.release()
 
 
+async def _held_up(connection: object) -> threading.Event:
+    """Hold up a store connection's thread until the returned event is set."""
+    assert isinstance(connection, _Connection)
+    busy, go = threading.Event(), threading.Event()
+
+    def hold_up() -> None:
+        busy.set()
+        go.wait()
+
+    assert connection.post(hold_up)
+    await asyncio.to_thread(busy.wait)
+    return go
+
+
 async def test_a_turn_history_cancelled_before_its_read_holds_nothing(sqlite_url: str) -> None:
-    # Its job (take the lock, then read) waits behind another in the reader's
-    # thread; it still runs after the cancel, and must not take the lock then.
+    # While the writer works (its lock held here), the turn's job (take the lock,
+    # then read) goes to the reader's thread and waits behind another there; it
+    # still runs after the cancel, and must not take the lock then.
     clock = ManualClock(T0)
     store = await open_store(sqlite_url, clock=clock)
     assert isinstance(store, SQLiteStore)
     try:
         session_id = await _started(store, clock)
-        # Its thread is held up below.
-        reader = store._reader
-        assert reader is not None
-        busy, go = threading.Event(), threading.Event()
-
-        def hold_up() -> None:
-            busy.set()
-            go.wait()
-
-        assert reader.post(hold_up)
-        await asyncio.to_thread(busy.wait)
+        go = await _held_up(store._reader)
 
         async def read() -> None:
             async with store.turn_history(ACME, session_id):
                 raise AssertionError("never read")
 
-        reading = asyncio.create_task(read())
-        await asyncio.sleep(0.05)
-        reading.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await reading
+        async with store._lock:
+            reading = asyncio.create_task(read())
+            await asyncio.sleep(0.05)
+            reading.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reading
         go.set()
         # The reader ran the cancelled job by the time it answers this history.
         assert len(await store.history(ACME, session_id)) == 2
@@ -1006,6 +1012,75 @@ async def test_a_turn_history_cancelled_before_its_read_holds_nothing(sqlite_url
         async with asyncio.timeout(60), store.turn_history(ACME, session_id) as (_, history):
             assert len(history) == 2
             assert not await asyncio.to_thread(_free_elsewhere, sidecar, offset)
+    finally:
+        await store.aclose()
+
+
+async def test_a_turn_is_read_in_the_event_loops_thread_while_the_writer_is_idle(
+    sqlite_url: str,
+) -> None:
+    # The reader's thread is held up: a turn still takes its lock and reads its
+    # history, and so does one of a session whose lock another process held at
+    # first (tried again until it is free).
+    # The other process runs on the system clock: so does the session.
+    clock = ManualClock(system_clock())
+    store = await open_store(sqlite_url, clock=clock)
+    assert isinstance(store, SQLiteStore)
+    try:
+        first, second = await _started(store, clock), await _started(store, clock)
+        holder = await start_holder(sqlite_url, ACME, second)
+        assert holder.stdin is not None
+        try:
+            assert await read_line(holder) == b"held\n"
+            go = await _held_up(store._reader)
+            try:
+                async with asyncio.timeout(60):
+                    async with store.turn_history(ACME, first) as (_, history):
+                        assert len(history) == 2
+                        await store.record_turn(ACME, first, turn=turn(3), usage=usage(1))
+                    async with store.turn_history(ACME, first) as (_, history):
+                        assert len(history) == 3
+
+                    async def second_turn() -> int:
+                        async with store.turn_history(ACME, second) as (_, history):
+                            return len(history)
+
+                    waiting = asyncio.create_task(second_turn())
+                    await asyncio.sleep(0.3)
+                    assert not waiting.done()
+                    holder.stdin.write(b"go\n")
+                    await holder.stdin.drain()
+                    assert await read_line(holder) == b"done\n"
+                    # The other process's turn came first.
+                    assert await waiting == 3
+            finally:
+                go.set()
+        finally:
+            if holder.returncode is None:
+                holder.kill()
+            await holder.wait()
+    finally:
+        await store.aclose()
+
+
+async def test_a_turn_read_that_fails_in_the_event_loops_thread_is_done_in_the_readers(
+    sqlite_url: str,
+) -> None:
+    # Its connection closed under it, the read in the event loop's thread fails;
+    # the reader's thread reads the history, under the lock already taken.
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock)
+    assert isinstance(store, SQLiteStore)
+    try:
+        session_id = await _started(store, clock)
+        assert store._inline is not None
+        store._inline.close()
+        offset = TurnFile.claim(session_id).offset
+        sidecar = Path(f"{path_of_url(sqlite_url)}-turns")
+        async with asyncio.timeout(60), store.turn_history(ACME, session_id) as (_, history):
+            assert len(history) == 2
+            assert not await asyncio.to_thread(_free_elsewhere, sidecar, offset)
+        assert await asyncio.to_thread(_free_elsewhere, sidecar, offset)
     finally:
         await store.aclose()
 

@@ -10,7 +10,9 @@ disk before it is acknowledged and survives a crash or a power cut.
 Each store holds two connections, each used from its own thread: a writer,
 whose transactions an :class:`asyncio.Lock` keeps from interleaving (one
 connection holds one transaction at a time), and a read-only reader, so reads
-go on while the writer waits for another process's lock. A write transaction
+go on while the writer waits for another process's lock. A third, read-only
+and never waiting, reads a gateway turn's history in the event loop's thread
+while the writer is idle (see :meth:`SQLiteStore._take_and_read`). A write transaction
 goes to the writer's thread as one function (begin, read, let the core compute,
 write, commit): one thread hop per transaction, not one per statement. Changes
 that queue up meanwhile share the next transaction (:class:`GroupCommit`).
@@ -681,6 +683,20 @@ def _switch_to_wal(conn: sqlite3.Connection) -> str:
             time.sleep(0.01)
 
 
+def _open_inline(path: Path, _: sqlite3.Connection) -> sqlite3.Connection:
+    """A read-only connection for the event loop's thread (see
+    SQLiteStore._take_and_read), its schema read: busy timeout 0, so that it
+    never waits there."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=0, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("SELECT 1 FROM sessions LIMIT 1").fetchall()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def _fetch_all(sql: str, params: Sequence[object], conn: sqlite3.Connection) -> list[Any]:
     return conn.execute(sql, params).fetchall()
 
@@ -778,6 +794,9 @@ class SQLiteStore(SessionStore):
         self.path = path
         self._writer: _Connection | None = None
         self._reader: _Connection | None = None
+        # A third, read-only connection, used from the event loop's thread only
+        # (see _take_and_read); None until opened.
+        self._inline: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
         self._changes = GroupCommit(self._run_changes)
         # Only the writer's thread touches it (in _apply_change).
@@ -830,6 +849,9 @@ class SQLiteStore(SessionStore):
         self._reader = reader = _Connection(self.path)
         await reader.open()
         await reader.run(partial(_fetch_all, "PRAGMA query_only = ON", ()))
+        # Opened in the reader's thread, and its schema read there, so that no
+        # first read in the event loop's thread parses it.
+        self._inline = await reader.run(partial(_open_inline, self.path))
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         if self._schema_version(conn) == SCHEMA_VERSION:
@@ -936,19 +958,18 @@ class SQLiteStore(SessionStore):
     async def _locked_turns(
         self, tenant_id: TenantId, session_id: SessionId
     ) -> AsyncGenerator[tuple[StoredSession, list[Turn]]]:
-        # The file lock is taken in the reader's thread, in the job that then reads
-        # the session and its history: one hop to that thread, and no lock call
-        # (which lets go of the GIL) in the event loop's. It is given back there too,
-        # queued without waiting; TurnFile's claims keep a late give-back from
-        # dropping the lock of the session's next holder in this process.
+        # The file lock is taken where the session and its history are then read
+        # (see _take_and_read). It is given back in the reader's thread, queued
+        # without waiting; TurnFile's claims keep a late give-back from dropping
+        # the lock of the session's next holder in this process.
         _, reader = self._connections()
         turn_file = self._turns()
         claim = turn_file.claim(session_id)
-        read = partial(_turn_snapshot, turn_file, claim, *_history_reads(tenant_id, session_id))
+        reads = _history_reads(tenant_id, session_id)
         async with turn_file.local_turn(session_id):
             try:
                 retries = Retries()
-                while (rows := await reader.run(read)) is None:
+                while (rows := await self._take_and_read(reader, turn_file, claim, reads)) is None:
                     # Another process holds the turn.
                     await retries.wait()
             except BaseException:
@@ -961,6 +982,35 @@ class SQLiteStore(SessionStore):
             finally:
                 if not reader.post(partial(turn_file.give_back, claim)):
                     turn_file.give_back(claim)
+
+    async def _take_and_read(
+        self,
+        reader: _Connection,
+        turn_file: TurnFile,
+        claim: Claim,
+        reads: tuple[tuple[str, Sequence[object]], tuple[str, Sequence[object]]],
+    ) -> tuple[list[Any], list[Any]] | None:
+        """Take ``claim``'s lock, then read the session and its history (see
+        _turn_snapshot); None if another process holds the lock.
+
+        While the writer is idle (one client, say) this runs in the event loop's
+        thread, on a connection of its own: a hop to the reader's thread and back
+        cost more than the read. A WAL reader waits for no writer, the lock is
+        only tried, and the connection's busy timeout is 0, so nothing here waits:
+        a read that finds the file busy (another process recovering it) or fails
+        is done again in the reader's thread, still under the lock. While the
+        writer works, its thread would take the GIL whenever SQLite let go of
+        it, so the read goes to the reader's thread as before.
+        """
+        inline = self._inline
+        if inline is None or self._lock.locked():
+            return await reader.run(partial(_turn_snapshot, turn_file, claim, *reads))
+        if not turn_file.take(claim):
+            return None
+        try:
+            return _in_snapshot(*reads, inline)
+        except sqlite3.Error:
+            return await reader.run(partial(_in_snapshot, *reads))
 
     async def _stored_turn(self, session_id: SessionId, seq: int) -> Turn | None:
         rows = await self._read(
@@ -1365,11 +1415,13 @@ class SQLiteStore(SessionStore):
         await self._read("SELECT 1 FROM sessions LIMIT 1")
 
     async def aclose(self) -> None:
-        """Close both connections, after any transaction in progress; idempotent."""
+        """Close the connections, after any transaction in progress; idempotent."""
         self._closed = True
         async with self._lock:
-            writer, reader = self._writer, self._reader
-            self._writer = self._reader = None
+            writer, reader, inline = self._writer, self._reader, self._inline
+            self._writer = self._reader = self._inline = None
+            if inline is not None and reader is not None:
+                await reader.run(lambda _: inline.close())
             for conn in (writer, reader):
                 if conn is not None:
                     await conn.close()
