@@ -31,7 +31,14 @@ from llmsession.ids import SessionId, TenantId
 from llmsession.states import Active, SessionExpired
 from llmsession.store import SessionQuery, SessionStore, open_store
 from llmsession.store.models import NO_USAGE
-from llmsession.store.sqlite import SCHEMA_VERSION, SQLiteStore, _Connection, path_of_url
+from llmsession.store.sqlite import (
+    _CHECKPOINT_EVERY,
+    _WRITER_AUTOCHECKPOINT,
+    SCHEMA_VERSION,
+    SQLiteStore,
+    _Connection,
+    path_of_url,
+)
 from llmsession.store.turn_file import TurnFile, open_turn_file
 from tests.store.conftest import T0
 from tests.store.test_gateway_rounds import turn, usage
@@ -549,6 +556,44 @@ async def _write_lock_held_elsewhere(path: Path) -> AsyncGenerator[asyncio.subpr
         process.stdin.close()
         await process.wait()
     assert process.returncode == 0
+
+
+def _sessions_in_the_database_file(path: Path) -> int:
+    """The sessions the database file holds without its WAL: those checkpointed
+    (none while the schema itself is only in the WAL)."""
+    with sqlite3.connect(f"file:{path}?immutable=1", uri=True) as conn:
+        tables = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sessions'").fetchall()
+        count: int = conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] if tables else 0
+    conn.close()
+    return count
+
+
+async def test_the_wal_is_checkpointed_in_a_thread_of_its_own(sqlite_url: str) -> None:
+    # The writer's own automatic checkpoint only comes far later: every write
+    # stays in the WAL until the checkpointer's turn, after _CHECKPOINT_EVERY
+    # commits.
+    store = await open_store(sqlite_url)
+    assert isinstance(store, SQLiteStore)
+    path = path_of_url(sqlite_url)
+    try:
+        assert store._writer is not None
+        assert store._checkpointer is not None
+        autocheckpoint = await store._writer.run(
+            lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        )
+        assert autocheckpoint == _WRITER_AUTOCHECKPOINT
+        # Schema and tenant: the writer's first commits.
+        before = store._commits
+        for _ in range(_CHECKPOINT_EVERY - before - 1):
+            await store.create(ACME, provider_id="p", model="m", initial_tokens=1)
+        await store._checkpointer.run(lambda _: None)
+        assert _sessions_in_the_database_file(path) == 0
+        await store.create(ACME, provider_id="p", model="m", initial_tokens=1)
+        # Its checkpoint was queued before this job.
+        await store._checkpointer.run(lambda _: None)
+        assert _sessions_in_the_database_file(path) == _CHECKPOINT_EVERY - before
+    finally:
+        await store.aclose()
 
 
 async def test_a_write_waits_for_another_process_and_reads_go_on(sqlite_url: str) -> None:

@@ -140,6 +140,17 @@ _SESSION_CACHE: Final = 10_000
 # How long a write waits for another process's write lock before giving up.
 _BUSY_TIMEOUT_SECONDS = 30.0
 
+# The WAL's frames are copied into the database file (a checkpoint: reads of
+# the WAL, writes and an fsync of the file) by a connection of their own, in its
+# own thread, after every _CHECKPOINT_EVERY commits of the writer (about 550
+# frames for gateway rounds one at a time): SQLite's automatic checkpoint ran in
+# the COMMIT that passed 1,000 frames, and the answer waiting for that COMMIT
+# waited for it too. A checkpoint PASSIVE waits for nobody and writes go on
+# meanwhile. The writer still checkpoints by itself past _WRITER_AUTOCHECKPOINT
+# frames, should the background ones fall behind, so the WAL stays bounded.
+_CHECKPOINT_EVERY: Final = 64
+_WRITER_AUTOCHECKPOINT: Final = 4000
+
 # The partial index on Created sessions only serves queries that spell its
 # condition the same way, so the state name is part of the SQL text.
 _CREATED = Created.name
@@ -596,6 +607,11 @@ class _Connection:
             raise StoreError("this store was closed; open a new one")
         return await self._call(partial(work, raw))
 
+    def post_work(self, work: Callable[[sqlite3.Connection], object]) -> bool:
+        """As :meth:`post`, ``work`` called with the connection."""
+        raw = self._raw
+        return raw is not None and self.post(partial(work, raw))
+
     def post(self, work: Callable[[], object]) -> bool:
         """Queue ``work`` for the thread and wait for nothing: it runs after every job
         queued before it, and its outcome goes nowhere. False if the thread is gone."""
@@ -695,6 +711,12 @@ def _open_inline(path: Path, _: sqlite3.Connection) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy what the WAL holds into the database file, waiting for no reader or
+    writer (frames a reader still needs stay for the next one)."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _fetch_all(sql: str, params: Sequence[object], conn: sqlite3.Connection) -> list[Any]:
@@ -797,6 +819,10 @@ class SQLiteStore(SessionStore):
         # A third, read-only connection, used from the event loop's thread only
         # (see _take_and_read); None until opened.
         self._inline: sqlite3.Connection | None = None
+        # Checkpoints the WAL in its own thread (see _CHECKPOINT_EVERY).
+        self._checkpointer: _Connection | None = None
+        # The writer's commits since the last checkpoint was asked for.
+        self._commits = 0
         self._lock = asyncio.Lock()
         self._changes = GroupCommit(self._run_changes)
         # Only the writer's thread touches it (in _apply_change).
@@ -845,6 +871,14 @@ class SQLiteStore(SessionStore):
         # FULL: the WAL is synced at every commit, so an acknowledged round survives
         # a power cut too, not only a killed process (which NORMAL would cover).
         await writer.run(partial(_fetch_all, "PRAGMA synchronous = FULL", ()))
+        await writer.run(
+            partial(_fetch_all, f"PRAGMA wal_autocheckpoint = {_WRITER_AUTOCHECKPOINT}", ())
+        )
+        self._checkpointer = checkpointer = _Connection(self.path)
+        await checkpointer.open()
+        # FULL: the database file is synced before the WAL may start over, over
+        # frames that were only in the WAL.
+        await checkpointer.run(partial(_fetch_all, "PRAGMA synchronous = FULL", ()))
         await writer.run(self._migrate)
         self._reader = reader = _Connection(self.path)
         await reader.open()
@@ -904,7 +938,12 @@ class SQLiteStore(SessionStore):
         """Run ``work`` in the writer's thread, its transactions kept from interleaving."""
         writer, _ = self._connections()
         async with self._lock:
-            return await writer.run(work)
+            result = await writer.run(work)
+        self._commits += 1
+        if self._commits >= _CHECKPOINT_EVERY and self._checkpointer is not None:
+            self._commits = 0
+            self._checkpointer.post_work(_checkpoint)
+        return result
 
     async def _read(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
         _, reader = self._connections()
@@ -1422,7 +1461,8 @@ class SQLiteStore(SessionStore):
             self._writer = self._reader = self._inline = None
             if inline is not None and reader is not None:
                 await reader.run(lambda _: inline.close())
-            for conn in (writer, reader):
+            checkpointer, self._checkpointer = self._checkpointer, None
+            for conn in (writer, reader, checkpointer):
                 if conn is not None:
                     await conn.close()
             turn_file, self._turn_file = self._turn_file, None
