@@ -1130,6 +1130,29 @@ async def test_a_turn_read_that_fails_in_the_event_loops_thread_is_done_in_the_r
         await store.aclose()
 
 
+async def test_a_turn_read_that_fails_in_the_event_loops_thread_leaves_no_snapshot(
+    sqlite_url: str,
+) -> None:
+    # A read transaction left open there would keep every checkpoint from the
+    # end of the WAL: the failed read's is rolled back.
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock)
+    assert isinstance(store, SQLiteStore)
+    try:
+        session_id = await _started(store, clock)
+        inline = store._inline
+        assert inline is not None
+        inline.execute("BEGIN")
+        inline.execute("SELECT 1 FROM sessions").fetchall()
+        async with asyncio.timeout(60), store.turn_history(ACME, session_id) as (_, history):
+            assert len(history) == 2
+        assert not inline.in_transaction
+        async with asyncio.timeout(60), store.turn_history(ACME, session_id) as (_, history):
+            assert len(history) == 2
+    finally:
+        await store.aclose()
+
+
 async def test_a_turn_waits_for_a_turn_in_another_process(sqlite_url: str) -> None:
     # The other process runs on the system clock: so does the session.
     clock = ManualClock(system_clock())

@@ -1049,6 +1049,11 @@ class SQLiteStore(SessionStore):
         try:
             return _in_snapshot(*reads, inline)
         except sqlite3.Error:
+            # A read transaction left open would hold its snapshot, and so keep
+            # every checkpoint from reaching the end of the WAL.
+            with suppress(sqlite3.Error):
+                if inline.in_transaction:
+                    inline.rollback()
             return await reader.run(partial(_in_snapshot, *reads))
 
     async def _stored_turn(self, session_id: SessionId, seq: int) -> Turn | None:
