@@ -235,8 +235,9 @@ async def load_sqlite(path: str, data: Iterator[Spec]) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(
-                f"INSERT INTO sessions ({INSERT_COLUMNS}, {USAGE_COLUMNS}) "
-                f"VALUES ({', '.join('?' * 23)})",
+                # due is the deadline (the 17th value), as the store writes it.
+                f"INSERT INTO sessions ({INSERT_COLUMNS}, {USAGE_COLUMNS}, due) "
+                f"VALUES ({', '.join('?' * 23)}, ?17)",
                 (_session_row(spec, spec.session_id.value.bytes) for spec in data),
             )
             (most,) = conn.execute("SELECT max(round_count) FROM sessions").fetchone()

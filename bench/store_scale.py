@@ -301,8 +301,10 @@ class SQLiteBackend:
             conn = sqlite3.connect(self.place.raw, isolation_level=None)
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                # due is the deadline (the 17th value), as the store writes it.
                 conn.executemany(
-                    f"INSERT INTO sessions ({INSERT_COLUMNS}) VALUES ({', '.join('?' * 17)})",
+                    f"INSERT INTO sessions ({INSERT_COLUMNS}, due) "
+                    f"VALUES ({', '.join('?' * 17)}, ?17)",
                     (insert_values(s, s.record.session_id.value.bytes) for s in sessions),
                 )
                 conn.execute("COMMIT")

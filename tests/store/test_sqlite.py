@@ -28,9 +28,17 @@ from llmsession.errors import (
     StoreError,
 )
 from llmsession.ids import SessionId, TenantId
+from llmsession.states import Active, SessionExpired
 from llmsession.store import SessionQuery, SessionStore, open_store
 from llmsession.store.models import NO_USAGE
-from llmsession.store.sqlite import SCHEMA_VERSION, SQLiteStore, path_of_url
+from llmsession.store.sqlite import (
+    _CHECKPOINT_EVERY,
+    _WRITER_AUTOCHECKPOINT,
+    SCHEMA_VERSION,
+    SQLiteStore,
+    _Connection,
+    path_of_url,
+)
 from llmsession.store.turn_file import TurnFile, open_turn_file
 from tests.store.conftest import T0
 from tests.store.test_gateway_rounds import turn, usage
@@ -187,20 +195,30 @@ def _schema(path: Path) -> dict[str, object]:
     return schema
 
 
-# What schema version 5 added (the counters and their triggers); taking it away
-# leaves version 4.
+# What schema version 6 changed (sessions_due on the due column, not on the
+# deadline); taking it back leaves version 5.
+_UNDUE = (
+    "DROP INDEX sessions_due",
+    "ALTER TABLE sessions DROP COLUMN due",
+    "CREATE INDEX sessions_due ON sessions (deadline) WHERE deadline IS NOT NULL",
+)
+_TO_VERSION_5 = (*_UNDUE, "PRAGMA user_version = 5")
+
+# What schema versions 6 and 5 added (the counters and their triggers); taking
+# them away leaves version 4.
 _DROP_COUNTS = (
+    *_UNDUE,
     *(f"DROP TRIGGER session_counts_{name}" for name in ("insert", "delete", "update", "move")),
     "DROP TABLE session_counts",
 )
 _TO_VERSION_4 = (*_DROP_COUNTS, "PRAGMA user_version = 4")
 
-# What schema versions 5 and 4 added (the counters, the rollup); taking them
-# away leaves version 3.
+# What schema versions 6 to 4 added (the due index, the counters, the rollup);
+# taking them away leaves version 3.
 _TO_VERSION_3 = (*_DROP_COUNTS, "DROP TABLE usage_rollup", "PRAGMA user_version = 3")
 
-# What schema versions 5, 4 and 3 added (the counters, the rollup, gateway
-# rounds); taking them away leaves version 2.
+# What schema versions 6 to 3 added (the due index, the counters, the rollup,
+# gateway rounds); taking them away leaves version 2.
 _TO_VERSION_2 = (
     *_TO_VERSION_3[:-1],
     *(
@@ -297,13 +315,16 @@ async def test_the_downgrades_of_these_tests_leave_the_older_schemas(
     assert _schema(path) != version_2 != await _fresh_schema(tmp_path)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 async def test_an_upgraded_file_has_the_schema_of_a_fresh_one(
     sqlite_url: str, tmp_path: Path, version: int
 ) -> None:
     await (await open_store(sqlite_url)).aclose()
     path = path_of_url(sqlite_url)
-    _downgrade(path, {4: _TO_VERSION_4, 3: _TO_VERSION_3}.get(version, _TO_VERSION_2))
+    _downgrade(
+        path,
+        {5: _TO_VERSION_5, 4: _TO_VERSION_4, 3: _TO_VERSION_3}.get(version, _TO_VERSION_2),
+    )
     if version == 1:
         _downgrade(path, _TO_VERSION_1)
     assert _pragma(path, "user_version") == version
@@ -537,6 +558,44 @@ async def _write_lock_held_elsewhere(path: Path) -> AsyncGenerator[asyncio.subpr
     assert process.returncode == 0
 
 
+def _sessions_in_the_database_file(path: Path) -> int:
+    """The sessions the database file holds without its WAL: those checkpointed
+    (none while the schema itself is only in the WAL)."""
+    with sqlite3.connect(f"file:{path}?immutable=1", uri=True) as conn:
+        tables = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sessions'").fetchall()
+        count: int = conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] if tables else 0
+    conn.close()
+    return count
+
+
+async def test_the_wal_is_checkpointed_in_a_thread_of_its_own(sqlite_url: str) -> None:
+    # The writer's own automatic checkpoint only comes far later: every write
+    # stays in the WAL until the checkpointer's turn, after _CHECKPOINT_EVERY
+    # commits.
+    store = await open_store(sqlite_url)
+    assert isinstance(store, SQLiteStore)
+    path = path_of_url(sqlite_url)
+    try:
+        assert store._writer is not None
+        assert store._checkpointer is not None
+        autocheckpoint = await store._writer.run(
+            lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        )
+        assert autocheckpoint == _WRITER_AUTOCHECKPOINT
+        # Schema and tenant: the writer's first commits.
+        before = store._commits
+        for _ in range(_CHECKPOINT_EVERY - before - 1):
+            await store.create(ACME, provider_id="p", model="m", initial_tokens=1)
+        await store._checkpointer.run(lambda _: None)
+        assert _sessions_in_the_database_file(path) == 0
+        await store.create(ACME, provider_id="p", model="m", initial_tokens=1)
+        # Its checkpoint was queued before this job.
+        await store._checkpointer.run(lambda _: None)
+        assert _sessions_in_the_database_file(path) == _CHECKPOINT_EVERY - before
+    finally:
+        await store.aclose()
+
+
 async def test_a_write_waits_for_another_process_and_reads_go_on(sqlite_url: str) -> None:
     store = await open_store(sqlite_url)
     try:
@@ -648,6 +707,107 @@ async def _started(store: SessionStore, clock: ManualClock, key: str | None = No
     )
     await store.record_turn(ACME, session_id, turn=turn(2), usage=usage(150))
     return session_id
+
+
+def _due(path: Path, session_id: SessionId) -> tuple[int | None, int | None]:
+    """A session's due time and deadline, as stored (epoch microseconds)."""
+    with sqlite3.connect(path) as conn:
+        due, deadline = conn.execute(
+            "SELECT due, deadline FROM sessions WHERE session_id = ?", (session_id.value.bytes,)
+        ).fetchone()
+    conn.close()
+    return due, deadline
+
+
+def _micros_after(seconds: float) -> int:
+    return T0.plus_seconds(seconds).epoch_micros
+
+
+async def test_a_round_leaves_due_and_a_sweep_moves_it_to_the_deadline(
+    sqlite_url: str,
+) -> None:
+    # A round moves the deadline but not the due time, which sessions_due holds:
+    # the index is no page of the round's commit. A sweep after the due time and
+    # before the deadline moves due on and changes nothing else.
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock, default_ttl_seconds=60)
+    path = path_of_url(sqlite_url)
+    try:
+        session_id = await _session(store)
+        assert _due(path, session_id) == (_micros_after(60), _micros_after(60))
+        clock.advance(30)
+        await store.record_round(ACME, session_id, 5)
+        assert _due(path, session_id) == (_micros_after(60), _micros_after(90))
+        clock.advance(40)
+        before = await store.get(ACME, session_id)
+        assert before.record.state is Active
+        assert await store.sweep() == 0
+        assert await store.get(ACME, session_id) == before
+        assert _due(path, session_id) == (_micros_after(90), _micros_after(90))
+        expired = SessionQuery(state=SessionExpired)
+        assert (await store.list_sessions(ACME, expired)).items == []
+        [totals] = await store.totals(ACME)
+        assert (totals.sessions["active"], totals.sessions["expired"]) == (1, 0)
+        clock.advance(20)
+        assert [s.record.session_id for s in (await store.list_sessions(ACME, expired)).items] == [
+            session_id
+        ]
+        assert await store.sweep() == 1
+        swept = await store.get(ACME, session_id)
+        assert swept.record.state is SessionExpired
+        assert swept.record.expired_at == T0.plus_seconds(90)
+        assert _due(path, session_id) == (None, None)
+    finally:
+        await store.aclose()
+
+
+async def test_a_sweep_counts_only_the_sessions_it_expires(sqlite_url: str) -> None:
+    # Busy sessions come first in due order but are not due: a sweep moves them on
+    # and still expires up to its limit of the due ones behind them.
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock, default_ttl_seconds=60)
+    try:
+        busy = [await _session(store) for _ in range(3)]
+        clock.advance(1)
+        idle = [await _session(store) for _ in range(3)]
+        clock.advance(49)
+        for session_id in busy:
+            await store.record_round(ACME, session_id, 1)
+        clock.advance(20)
+        assert [await store.sweep(limit=2), await store.sweep(limit=2), await store.sweep()] == [
+            2,
+            1,
+            0,
+        ]
+        states = [(await store.get(ACME, s)).record.state for s in busy + idle]
+        assert states == [Active] * 3 + [SessionExpired] * 3
+    finally:
+        await store.aclose()
+
+
+async def test_an_upgrade_to_version_6_sets_due_to_the_deadline(sqlite_url: str) -> None:
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock, default_ttl_seconds=60)
+    sessions = [await _session(store) for _ in range(3)]
+    await store.close(ACME, sessions[0])
+    clock.advance(30)
+    await store.record_round(ACME, sessions[1], 5)
+    await store.aclose()
+    path = path_of_url(sqlite_url)
+    _downgrade(path, _TO_VERSION_5)
+    store = await open_store(sqlite_url, clock=clock, default_ttl_seconds=60)
+    try:
+        assert _pragma(path, "user_version") == SCHEMA_VERSION
+        assert [_due(path, s) for s in sessions] == [
+            (None, None),
+            (_micros_after(90), _micros_after(90)),
+            (_micros_after(60), _micros_after(60)),
+        ]
+        clock.advance(31)
+        assert await store.sweep() == 1
+        assert (await store.get(ACME, sessions[2])).record.state is SessionExpired
+    finally:
+        await store.aclose()
 
 
 async def test_a_sweep_deletes_turns_stored_at_the_start_or_by_a_later_round(
@@ -853,35 +1013,41 @@ async def test_a_claim_given_back_before_its_take_takes_nothing(tmp_path: Path) 
         turn_file.release()
 
 
+async def _held_up(connection: object) -> threading.Event:
+    """Hold up a store connection's thread until the returned event is set."""
+    assert isinstance(connection, _Connection)
+    busy, go = threading.Event(), threading.Event()
+
+    def hold_up() -> None:
+        busy.set()
+        go.wait()
+
+    assert connection.post(hold_up)
+    await asyncio.to_thread(busy.wait)
+    return go
+
+
 async def test_a_turn_history_cancelled_before_its_read_holds_nothing(sqlite_url: str) -> None:
-    # Its job (take the lock, then read) waits behind another in the reader's
-    # thread; it still runs after the cancel, and must not take the lock then.
+    # While the writer works (its lock held here), the turn's job (take the lock,
+    # then read) goes to the reader's thread and waits behind another there; it
+    # still runs after the cancel, and must not take the lock then.
     clock = ManualClock(T0)
     store = await open_store(sqlite_url, clock=clock)
     assert isinstance(store, SQLiteStore)
     try:
         session_id = await _started(store, clock)
-        # Its thread is held up below.
-        reader = store._reader
-        assert reader is not None
-        busy, go = threading.Event(), threading.Event()
-
-        def hold_up() -> None:
-            busy.set()
-            go.wait()
-
-        assert reader.post(hold_up)
-        await asyncio.to_thread(busy.wait)
+        go = await _held_up(store._reader)
 
         async def read() -> None:
             async with store.turn_history(ACME, session_id):
                 raise AssertionError("never read")
 
-        reading = asyncio.create_task(read())
-        await asyncio.sleep(0.05)
-        reading.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await reading
+        async with store._lock:
+            reading = asyncio.create_task(read())
+            await asyncio.sleep(0.05)
+            reading.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reading
         go.set()
         # The reader ran the cancelled job by the time it answers this history.
         assert len(await store.history(ACME, session_id)) == 2
@@ -891,6 +1057,98 @@ async def test_a_turn_history_cancelled_before_its_read_holds_nothing(sqlite_url
         async with asyncio.timeout(60), store.turn_history(ACME, session_id) as (_, history):
             assert len(history) == 2
             assert not await asyncio.to_thread(_free_elsewhere, sidecar, offset)
+    finally:
+        await store.aclose()
+
+
+async def test_a_turn_is_read_in_the_event_loops_thread_while_the_writer_is_idle(
+    sqlite_url: str,
+) -> None:
+    # The reader's thread is held up: a turn still takes its lock and reads its
+    # history, and so does one of a session whose lock another process held at
+    # first (tried again until it is free).
+    # The other process runs on the system clock: so does the session.
+    clock = ManualClock(system_clock())
+    store = await open_store(sqlite_url, clock=clock)
+    assert isinstance(store, SQLiteStore)
+    try:
+        first, second = await _started(store, clock), await _started(store, clock)
+        holder = await start_holder(sqlite_url, ACME, second)
+        assert holder.stdin is not None
+        try:
+            assert await read_line(holder) == b"held\n"
+            go = await _held_up(store._reader)
+            try:
+                async with asyncio.timeout(60):
+                    async with store.turn_history(ACME, first) as (_, history):
+                        assert len(history) == 2
+                        await store.record_turn(ACME, first, turn=turn(3), usage=usage(1))
+                    async with store.turn_history(ACME, first) as (_, history):
+                        assert len(history) == 3
+
+                    async def second_turn() -> int:
+                        async with store.turn_history(ACME, second) as (_, history):
+                            return len(history)
+
+                    waiting = asyncio.create_task(second_turn())
+                    await asyncio.sleep(0.3)
+                    assert not waiting.done()
+                    holder.stdin.write(b"go\n")
+                    await holder.stdin.drain()
+                    assert await read_line(holder) == b"done\n"
+                    # The other process's turn came first.
+                    assert await waiting == 3
+            finally:
+                go.set()
+        finally:
+            if holder.returncode is None:
+                holder.kill()
+            await holder.wait()
+    finally:
+        await store.aclose()
+
+
+async def test_a_turn_read_that_fails_in_the_event_loops_thread_is_done_in_the_readers(
+    sqlite_url: str,
+) -> None:
+    # Its connection closed under it, the read in the event loop's thread fails;
+    # the reader's thread reads the history, under the lock already taken.
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock)
+    assert isinstance(store, SQLiteStore)
+    try:
+        session_id = await _started(store, clock)
+        assert store._inline is not None
+        store._inline.close()
+        offset = TurnFile.claim(session_id).offset
+        sidecar = Path(f"{path_of_url(sqlite_url)}-turns")
+        async with asyncio.timeout(60), store.turn_history(ACME, session_id) as (_, history):
+            assert len(history) == 2
+            assert not await asyncio.to_thread(_free_elsewhere, sidecar, offset)
+        assert await asyncio.to_thread(_free_elsewhere, sidecar, offset)
+    finally:
+        await store.aclose()
+
+
+async def test_a_turn_read_that_fails_in_the_event_loops_thread_leaves_no_snapshot(
+    sqlite_url: str,
+) -> None:
+    # A read transaction left open there would keep every checkpoint from the
+    # end of the WAL: the failed read's is rolled back.
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock)
+    assert isinstance(store, SQLiteStore)
+    try:
+        session_id = await _started(store, clock)
+        inline = store._inline
+        assert inline is not None
+        inline.execute("BEGIN")
+        inline.execute("SELECT 1 FROM sessions").fetchall()
+        async with asyncio.timeout(60), store.turn_history(ACME, session_id) as (_, history):
+            assert len(history) == 2
+        assert not inline.in_transaction
+        async with asyncio.timeout(60), store.turn_history(ACME, session_id) as (_, history):
+            assert len(history) == 2
     finally:
         await store.aclose()
 

@@ -10,7 +10,9 @@ disk before it is acknowledged and survives a crash or a power cut.
 Each store holds two connections, each used from its own thread: a writer,
 whose transactions an :class:`asyncio.Lock` keeps from interleaving (one
 connection holds one transaction at a time), and a read-only reader, so reads
-go on while the writer waits for another process's lock. A write transaction
+go on while the writer waits for another process's lock. A third, read-only
+and never waiting, reads a gateway turn's history in the event loop's thread
+while the writer is idle (see :meth:`SQLiteStore._take_and_read`). A write transaction
 goes to the writer's thread as one function (begin, read, let the core compute,
 write, commit): one thread hop per transaction, not one per statement. Changes
 that queue up meanwhile share the next transaction (:class:`GroupCommit`).
@@ -124,8 +126,9 @@ T = TypeVar("T")
 #: sessions and rounds, the turns of the conversation and the keys that
 #: started sessions. Version 4 adds usage_rollup, the rollup time series read
 #: (see store.rollup). Version 5 adds session_counts, the counters totals read,
-#: and the triggers keeping them. _UPGRADES brings older files up to it.
-SCHEMA_VERSION: Final = 5
+#: and the triggers keeping them. Version 6 indexes sessions by ``due`` (see
+#: _SESSIONS_DUE) instead of by their deadline. _UPGRADES brings older files up to it.
+SCHEMA_VERSION: Final = 6
 
 # SQLite's INTEGER, and so the largest LIMIT.
 _MAX_INTEGER = 2**63 - 1
@@ -136,6 +139,17 @@ _SESSION_CACHE: Final = 10_000
 
 # How long a write waits for another process's write lock before giving up.
 _BUSY_TIMEOUT_SECONDS = 30.0
+
+# The WAL's frames are copied into the database file (a checkpoint: reads of
+# the WAL, writes and an fsync of the file) by a connection of their own, in its
+# own thread, after every _CHECKPOINT_EVERY commits of the writer (about 550
+# frames for gateway rounds one at a time): SQLite's automatic checkpoint ran in
+# the COMMIT that passed 1,000 frames, and the answer waiting for that COMMIT
+# waited for it too. A checkpoint PASSIVE waits for nobody and writes go on
+# meanwhile. The writer still checkpoints by itself past _WRITER_AUTOCHECKPOINT
+# frames, should the background ones fall behind, so the WAL stays bounded.
+_CHECKPOINT_EVERY: Final = 64
+_WRITER_AUTOCHECKPOINT: Final = 4000
 
 # The partial index on Created sessions only serves queries that spell its
 # condition the same way, so the state name is part of the SQL text.
@@ -390,6 +404,16 @@ def _rounds_table(name: str, added: Sequence[str] = ()) -> str:
     """
 
 
+# The sweep's index. Only Active sessions have a deadline, and only they a
+# ``due`` time: their deadline or earlier, never later, so a sweep costs what is
+# due, not what is stored. A round moves the deadline later and leaves ``due``
+# (and so this index) as it was: moving the entry was a page of every round's
+# commit. A sweep that finds a session not due yet moves its ``due`` to its
+# deadline (see SQLiteStore._sweep), at most once per TTL for a busy session.
+# Activation sets it to the deadline, leaving Active clears it.
+_SESSIONS_DUE: Final = "CREATE INDEX sessions_due ON sessions (due) WHERE due IS NOT NULL"
+
+
 #: What takes a schema from the version before to this one, in order; run in
 #: one transaction with the new user_version.
 _UPGRADES: Final[dict[int, tuple[str, ...]]] = {
@@ -415,6 +439,12 @@ _UPGRADES: Final[dict[int, tuple[str, ...]]] = {
     ),
     4: (_ROLLUP_TABLE, *ROLLUP_BACKFILL),
     5: (_COUNTS_TABLE, _COUNTS_BACKFILL, *_COUNTS_TRIGGERS),
+    6: (
+        "DROP INDEX sessions_due",
+        "ALTER TABLE sessions ADD COLUMN due INTEGER",
+        "UPDATE sessions SET due = deadline WHERE deadline IS NOT NULL",
+        _SESSIONS_DUE,
+    ),
 }
 
 _SCHEMA: Final = (
@@ -437,7 +467,8 @@ _SCHEMA: Final = (
         ttl_seconds      INTEGER NOT NULL,
         last_activity_at INTEGER NOT NULL,
         deadline         INTEGER,
-        {", ".join(_SESSION_GATEWAY_COLUMNS)}
+        {", ".join(_SESSION_GATEWAY_COLUMNS)},
+        due              INTEGER
     ) WITHOUT ROWID
     """,
     """
@@ -456,10 +487,7 @@ _SCHEMA: Final = (
     CREATE INDEX sessions_by_model
         ON sessions (tenant_id, model, created_at DESC, session_id DESC)
     """,
-    # Only Active sessions have a deadline: a sweep costs what is due, not what is stored.
-    """
-    CREATE INDEX sessions_due ON sessions (deadline) WHERE deadline IS NOT NULL
-    """,
+    _SESSIONS_DUE,
     f"""
     CREATE INDEX sessions_created_unused
         ON sessions (created_at) WHERE state = '{_CREATED}'
@@ -493,21 +521,23 @@ _SCHEMA: Final = (
 _SESSION_COLUMNS = f"{SESSION_COLUMNS}, {USAGE_COLUMNS}"
 _SELECT_SESSION = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ? AND tenant_id = ?"
 # has_turns goes with the write of the round whose turn is stored (see _insert_round).
+# due is the deadline (see _SESSIONS_DUE), as in every write that sets the state.
 _INSERT_SESSION = (
-    f"INSERT INTO sessions ({INSERT_COLUMNS}, {USAGE_COLUMNS}, has_turns) "
-    f"VALUES ({', '.join('?' * 24)})"
+    f"INSERT INTO sessions ({INSERT_COLUMNS}, {USAGE_COLUMNS}, has_turns, due) "
+    f"VALUES ({', '.join('?' * 25)})"
 )
 _SET_SESSION = (
     "UPDATE sessions SET state = ?, activated_at = ?, closed_at = ?, expired_at = ?, "
     "round_count = ?, delta_tokens = ?, tokens_saved = ?, version = ?, last_activity_at = ?, "
     "deadline = ?, input_tokens = ?, cached_input_tokens = ?, cache_write_tokens = ?, "
-    "output_tokens = ?, reasoning_tokens = ?, rounds_without_usage = ?"
+    "output_tokens = ?, reasoning_tokens = ?, rounds_without_usage = ?, due = ?"
 )
 _UPDATE_SESSION = f"{_SET_SESSION} WHERE session_id = ? AND version = ?"
 _UPDATE_SESSION_WITH_TURN = f"{_SET_SESSION}, has_turns = 1 WHERE session_id = ? AND version = ?"
 # A round that leaves its session's state as it was leaves its times as they were
 # too: its write sets only what a round moves (fewer values to bind, no index on
-# the state to touch). The counters' trigger watches these columns too.
+# the state to touch), and not due, which a later deadline leaves valid (see
+# _SESSIONS_DUE). The counters' trigger watches these columns too.
 _SET_ROUND = (
     "UPDATE sessions SET round_count = ?, delta_tokens = ?, tokens_saved = ?, version = ?, "
     "last_activity_at = ?, deadline = ?, input_tokens = ?, cached_input_tokens = ?, "
@@ -533,6 +563,17 @@ _SELECT_ROUND_BY_KEY = (
     f"SELECT {_ROUND_COLUMNS}, session_delta_tokens, session_version FROM rounds "
     "WHERE session_id = ? AND idempotency_key = ?"
 )
+# The sessions due at a time (bound twice), through sessions_due: those whose due
+# time came, and of them those whose deadline did too (see _SESSIONS_DUE).
+_DUE = "due IS NOT NULL AND due <= ? AND deadline <= ?"
+# What a sweep reads: the sessions whose due time came, in its order; with
+# has_turns (which ended sessions have turns to delete).
+_SELECT_DUE = (
+    f"SELECT {_SESSION_COLUMNS}, has_turns FROM sessions "
+    "WHERE due IS NOT NULL AND due <= ? ORDER BY due LIMIT ?"
+)
+# A session found not due yet: its due goes to its deadline, and nothing else moves.
+_MOVE_DUE = "UPDATE sessions SET due = ? WHERE session_id = ?"
 
 
 class _Connection:
@@ -565,6 +606,11 @@ class _Connection:
         if raw is None:
             raise StoreError("this store was closed; open a new one")
         return await self._call(partial(work, raw))
+
+    def post_work(self, work: Callable[[sqlite3.Connection], object]) -> bool:
+        """As :meth:`post`, ``work`` called with the connection."""
+        raw = self._raw
+        return raw is not None and self.post(partial(work, raw))
 
     def post(self, work: Callable[[], object]) -> bool:
         """Queue ``work`` for the thread and wait for nothing: it runs after every job
@@ -651,6 +697,26 @@ def _switch_to_wal(conn: sqlite3.Connection) -> str:
             if "locked" not in str(error) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
+
+
+def _open_inline(path: Path, _: sqlite3.Connection) -> sqlite3.Connection:
+    """A read-only connection for the event loop's thread (see
+    SQLiteStore._take_and_read), its schema read: busy timeout 0, so that it
+    never waits there."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=0, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("SELECT 1 FROM sessions LIMIT 1").fetchall()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy what the WAL holds into the database file, waiting for no reader or
+    writer (frames a reader still needs stay for the next one)."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _fetch_all(sql: str, params: Sequence[object], conn: sqlite3.Connection) -> list[Any]:
@@ -750,6 +816,13 @@ class SQLiteStore(SessionStore):
         self.path = path
         self._writer: _Connection | None = None
         self._reader: _Connection | None = None
+        # A third, read-only connection, used from the event loop's thread only
+        # (see _take_and_read); None until opened.
+        self._inline: sqlite3.Connection | None = None
+        # Checkpoints the WAL in its own thread (see _CHECKPOINT_EVERY).
+        self._checkpointer: _Connection | None = None
+        # The writer's commits since the last checkpoint was asked for.
+        self._commits = 0
         self._lock = asyncio.Lock()
         self._changes = GroupCommit(self._run_changes)
         # Only the writer's thread touches it (in _apply_change).
@@ -798,10 +871,21 @@ class SQLiteStore(SessionStore):
         # FULL: the WAL is synced at every commit, so an acknowledged round survives
         # a power cut too, not only a killed process (which NORMAL would cover).
         await writer.run(partial(_fetch_all, "PRAGMA synchronous = FULL", ()))
+        await writer.run(
+            partial(_fetch_all, f"PRAGMA wal_autocheckpoint = {_WRITER_AUTOCHECKPOINT}", ())
+        )
+        self._checkpointer = checkpointer = _Connection(self.path)
+        await checkpointer.open()
+        # FULL: the database file is synced before the WAL may start over, over
+        # frames that were only in the WAL.
+        await checkpointer.run(partial(_fetch_all, "PRAGMA synchronous = FULL", ()))
         await writer.run(self._migrate)
         self._reader = reader = _Connection(self.path)
         await reader.open()
         await reader.run(partial(_fetch_all, "PRAGMA query_only = ON", ()))
+        # Opened in the reader's thread, and its schema read there, so that no
+        # first read in the event loop's thread parses it.
+        self._inline = await reader.run(partial(_open_inline, self.path))
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         if self._schema_version(conn) == SCHEMA_VERSION:
@@ -854,7 +938,12 @@ class SQLiteStore(SessionStore):
         """Run ``work`` in the writer's thread, its transactions kept from interleaving."""
         writer, _ = self._connections()
         async with self._lock:
-            return await writer.run(work)
+            result = await writer.run(work)
+        self._commits += 1
+        if self._commits >= _CHECKPOINT_EVERY and self._checkpointer is not None:
+            self._commits = 0
+            self._checkpointer.post_work(_checkpoint)
+        return result
 
     async def _read(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
         _, reader = self._connections()
@@ -867,6 +956,7 @@ class SQLiteStore(SessionStore):
             *insert_values(stored, stored.record.session_id.value.bytes),
             *stored.usage.as_tuple(),
             first is not None and first.turn is not None,
+            micros(stored.deadline),
         )
         start_key = None if first is None else first.idempotency_key
 
@@ -907,19 +997,18 @@ class SQLiteStore(SessionStore):
     async def _locked_turns(
         self, tenant_id: TenantId, session_id: SessionId
     ) -> AsyncGenerator[tuple[StoredSession, list[Turn]]]:
-        # The file lock is taken in the reader's thread, in the job that then reads
-        # the session and its history: one hop to that thread, and no lock call
-        # (which lets go of the GIL) in the event loop's. It is given back there too,
-        # queued without waiting; TurnFile's claims keep a late give-back from
-        # dropping the lock of the session's next holder in this process.
+        # The file lock is taken where the session and its history are then read
+        # (see _take_and_read). It is given back in the reader's thread, queued
+        # without waiting; TurnFile's claims keep a late give-back from dropping
+        # the lock of the session's next holder in this process.
         _, reader = self._connections()
         turn_file = self._turns()
         claim = turn_file.claim(session_id)
-        read = partial(_turn_snapshot, turn_file, claim, *_history_reads(tenant_id, session_id))
+        reads = _history_reads(tenant_id, session_id)
         async with turn_file.local_turn(session_id):
             try:
                 retries = Retries()
-                while (rows := await reader.run(read)) is None:
+                while (rows := await self._take_and_read(reader, turn_file, claim, reads)) is None:
                     # Another process holds the turn.
                     await retries.wait()
             except BaseException:
@@ -932,6 +1021,40 @@ class SQLiteStore(SessionStore):
             finally:
                 if not reader.post(partial(turn_file.give_back, claim)):
                     turn_file.give_back(claim)
+
+    async def _take_and_read(
+        self,
+        reader: _Connection,
+        turn_file: TurnFile,
+        claim: Claim,
+        reads: tuple[tuple[str, Sequence[object]], tuple[str, Sequence[object]]],
+    ) -> tuple[list[Any], list[Any]] | None:
+        """Take ``claim``'s lock, then read the session and its history (see
+        _turn_snapshot); None if another process holds the lock.
+
+        While the writer is idle (one client, say) this runs in the event loop's
+        thread, on a connection of its own: a hop to the reader's thread and back
+        cost more than the read. A WAL reader waits for no writer, the lock is
+        only tried, and the connection's busy timeout is 0, so nothing here waits:
+        a read that finds the file busy (another process recovering it) or fails
+        is done again in the reader's thread, still under the lock. While the
+        writer works, its thread would take the GIL whenever SQLite let go of
+        it, so the read goes to the reader's thread as before.
+        """
+        inline = self._inline
+        if inline is None or self._lock.locked():
+            return await reader.run(partial(_turn_snapshot, turn_file, claim, *reads))
+        if not turn_file.take(claim):
+            return None
+        try:
+            return _in_snapshot(*reads, inline)
+        except sqlite3.Error:
+            # A read transaction left open would hold its snapshot, and so keep
+            # every checkpoint from reaching the end of the WAL.
+            with suppress(sqlite3.Error):
+                if inline.in_transaction:
+                    inline.rollback()
+            return await reader.run(partial(_in_snapshot, *reads))
 
     async def _stored_turn(self, session_id: SessionId, seq: int) -> Turn | None:
         rows = await self._read(
@@ -1086,7 +1209,15 @@ class SQLiteStore(SessionStore):
         # and failing to costs it an exception raised and cleared: the id goes to
         # each statement as a bytearray, the same BLOB.
         key = bytearray(record.session_id.value.bytes)
-        if new_round is not None and record.state is old.record.state:
+        # A session's time never runs backwards, so a round never moves its deadline
+        # earlier; if one did, the full write below would set due with it.
+        if (
+            new_round is not None
+            and record.state is old.record.state
+            and old.deadline is not None
+            and new.deadline is not None
+            and new.deadline >= old.deadline
+        ):
             usage = new.usage
             written = conn.execute(
                 _UPDATE_ROUND if new_round.turn is None else _UPDATE_ROUND_WITH_TURN,
@@ -1163,8 +1294,8 @@ class SQLiteStore(SessionStore):
             # read every session of the tenant.
             due = await self._read(
                 f"SELECT {_SESSION_COLUMNS} FROM sessions INDEXED BY sessions_due "
-                f"WHERE deadline IS NOT NULL AND deadline <= ? AND {where} {order}",
-                [now.epoch_micros, *params, query.limit + 1],
+                f"WHERE {_DUE} AND {where} {order}",
+                [now.epoch_micros, now.epoch_micros, *params, query.limit + 1],
             )
         if query.state is not None:
             where += " AND state = ?"
@@ -1222,8 +1353,8 @@ class SQLiteStore(SessionStore):
                 ),
                 (
                     f"SELECT {_SESSION_COLUMNS} FROM sessions INDEXED BY sessions_due "
-                    "WHERE deadline IS NOT NULL AND deadline <= ? AND tenant_id = ?",
-                    (now.epoch_micros, tenant_id.value),
+                    f"WHERE {_DUE} AND tenant_id = ?",
+                    (now.epoch_micros, now.epoch_micros, tenant_id.value),
                 ),
             )
         )
@@ -1271,30 +1402,37 @@ class SQLiteStore(SessionStore):
 
     async def _sweep(self, now: Timestamp, limit: int) -> int:
         def expire_due(conn: sqlite3.Connection) -> int:
-            rows = conn.execute(
-                f"SELECT {_SESSION_COLUMNS}, has_turns FROM sessions "
-                "WHERE deadline IS NOT NULL AND deadline <= ? ORDER BY deadline LIMIT ?",
-                (now.epoch_micros, limit),
-            ).fetchall()
-            updates: list[Sequence[object]] = []
-            # Only sessions that had turns are looked up in the turns table: a
-            # sweep of ledger sessions costs what it did before there were turns.
-            ended: list[tuple[bytes]] = []
-            for row in rows:
-                stored = _stored_from_row(row)
-                expired = expire_if_due(stored, now)
-                if expired is not None:
+            written = 0
+            # A session that had rounds since its due time was set is found but not
+            # due: its due moves to its deadline, it does not count towards the
+            # limit, and the next rows are read in its place.
+            while True:
+                wanted = limit - written
+                rows = conn.execute(_SELECT_DUE, (now.epoch_micros, wanted)).fetchall()
+                updates: list[Sequence[object]] = []
+                moved: list[tuple[int | None, bytes]] = []
+                # Only sessions that had turns are looked up in the turns table: a
+                # sweep of ledger sessions costs what it did before there were turns.
+                ended: list[tuple[bytes]] = []
+                for row in rows:
+                    stored = _stored_from_row(row)
+                    expired = expire_if_due(stored, now)
+                    if expired is None:
+                        moved.append((micros(stored.deadline), row[0]))
+                        continue
                     updates.append(_update_params(expired, row[0], stored.version))
                     if row[-1]:
                         ended.append((row[0],))
-            if not updates:
-                return 0
-            # The write lock was held since the SELECT, so every version matches;
-            # counting what was written keeps the figure honest regardless.
-            written = conn.executemany(_UPDATE_SESSION, updates).rowcount
-            if ended:
-                conn.executemany(_DELETE_TURNS, ended)
-            return written
+                if moved:
+                    conn.executemany(_MOVE_DUE, moved)
+                if updates:
+                    # The write lock was held since the SELECT, so every version
+                    # matches; counting what was written keeps the figure honest.
+                    written += conn.executemany(_UPDATE_SESSION, updates).rowcount
+                if ended:
+                    conn.executemany(_DELETE_TURNS, ended)
+                if len(rows) < wanted or not moved or written >= limit:
+                    return written
 
         return await self._write(expire_due)
 
@@ -1321,12 +1459,15 @@ class SQLiteStore(SessionStore):
         await self._read("SELECT 1 FROM sessions LIMIT 1")
 
     async def aclose(self) -> None:
-        """Close both connections, after any transaction in progress; idempotent."""
+        """Close the connections, after any transaction in progress; idempotent."""
         self._closed = True
         async with self._lock:
-            writer, reader = self._writer, self._reader
-            self._writer = self._reader = None
-            for conn in (writer, reader):
+            writer, reader, inline = self._writer, self._reader, self._inline
+            self._writer = self._reader = self._inline = None
+            if inline is not None and reader is not None:
+                await reader.run(lambda _: inline.close())
+            checkpointer, self._checkpointer = self._checkpointer, None
+            for conn in (writer, reader, checkpointer):
                 if conn is not None:
                     await conn.close()
             turn_file, self._turn_file = self._turn_file, None
@@ -1451,7 +1592,13 @@ def _join_halves(high: int | None, low: int | None) -> int:
 def _update_params(
     new: StoredSession, key: bytes | bytearray, expected_version: int
 ) -> tuple[object, ...]:
-    return (*change_values(new), *new.usage.as_tuple(), key, expected_version)
+    return (
+        *change_values(new),
+        *new.usage.as_tuple(),
+        micros(new.deadline),
+        key,
+        expected_version,
+    )
 
 
 def _insert_round(

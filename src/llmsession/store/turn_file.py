@@ -13,8 +13,9 @@ shared by every store on it (:func:`open_turn_file`), whose in-process turns
 (:class:`SessionTurns`, in arrival order) come before the file lock.
 
 The lock can be taken and given back from any thread (:meth:`TurnFile.take`,
-:meth:`TurnFile.give_back`): SQLite takes it in its reader's thread, in the job
-that reads the session's history, and gives it back there too, without waiting.
+:meth:`TurnFile.give_back`): SQLite takes it where it then reads the session's
+history (the event loop's thread while its writer is idle, else its reader's
+thread) and gives it back in its reader's thread, without waiting.
 Since the process's locks are not its holders', each byte remembers the
 :class:`Claim` that took it last: a give-back that runs after the session's next
 in-process holder took the byte again leaves it to that one, and a claim given
