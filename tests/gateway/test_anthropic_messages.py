@@ -18,7 +18,7 @@ from llmsession.gateway.anthropic_messages import (
     stream_error_event,
 )
 from llmsession.gateway.sse import SSEDecoder
-from llmsession.gateway.wire import GatewayInputError
+from llmsession.gateway.wire import GatewayInputError, dump_json
 
 FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"
 STREAM = (FIXTURES / "messages_stream.sse").read_bytes()
@@ -360,3 +360,50 @@ def test_the_gateways_error_event_is_what_the_sdk_reads_as_an_error() -> None:
         "type": "error",
         "error": {"type": "api_error", "message": "cut"},
     }
+
+
+# Numbers orjson reads otherwise than json: an integer beyond 64 bits, and a float
+# under 1e-4 that dump_json leaves to json to write.
+EXACT_INPUT = '{"seed": 123456789012345678901234, "scale": 1e-07}'
+
+
+def test_an_answer_keeps_its_numbers_exactly() -> None:
+    body = (
+        '{"type": "message", "role": "assistant", "content": [{"type": "tool_use", '
+        f'"id": "t", "name": "f", "input": {EXACT_INPUT}}}], "usage": {{"input_tokens": 5, '
+        '"output_tokens": 2, "cache_read_input_tokens": 0, "speed": 1e-07}}'
+    ).encode()
+    answer = parse_messages_response(body)
+    expected = json.loads(body)
+    assert answer.items == ({"role": "assistant", "content": expected["content"]},)
+    assert answer.items[0]["content"][0]["input"]["seed"] == 123456789012345678901234
+    assert answer.usage is not None
+    assert dump_json(answer.usage.raw).endswith(b'"speed":1e-07}')
+
+
+def test_a_stream_keeps_its_numbers_exactly() -> None:
+    start = {"type": "message_start", "message": {"role": "assistant", "usage": {}}}
+    events = [
+        json.dumps(start),
+        '{"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", '
+        f'"id": "t", "name": "f", "input": {EXACT_INPUT}}}}}',
+        '{"type": "content_block_start", "index": 1, "content_block": {"type": "text"}}',
+        '{"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "a"}}',
+        '{"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "b"}}',
+        '{"type": "message_delta", "usage": {"input_tokens": 5, "output_tokens": 2, '
+        '"speed": 1e-07}}',
+        '{"type": "message_stop"}',
+    ]
+    stream = MessagesStream()
+    for event in events:
+        stream.feed(f"data: {event}\n\n".encode())
+    outcome = stream.close()
+    assert outcome.completed
+    (message,) = outcome.answer.items
+    assert message["content"] == [
+        {"type": "tool_use", "id": "t", "name": "f", "input": json.loads(EXACT_INPUT)},
+        {"type": "text", "text": "ab"},
+    ]
+    assert message["content"][0]["input"]["seed"] == 123456789012345678901234
+    assert outcome.answer.usage is not None
+    assert dump_json(outcome.answer.usage.raw).endswith(b'"speed":1e-07}')

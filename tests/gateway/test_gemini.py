@@ -32,7 +32,7 @@ from llmsession.gateway.gemini import (
 )
 from llmsession.gateway.gemini_cache import CacheState, GeminiCaches, min_cache_tokens, plan_cache
 from llmsession.gateway.sse import SSEDecoder
-from llmsession.gateway.wire import GatewayInputError
+from llmsession.gateway.wire import GatewayInputError, dump_json
 from llmsession.ids import SessionId
 from llmsession.usage import Usage
 from tests.gateway.scripted import Scripted, ScriptedUpstream
@@ -336,3 +336,52 @@ async def test_a_creation_is_billed_in_its_round_and_a_failed_one_costs_nothing(
     )
     assert failed.chain is None
     assert failed.usage(answer) == answer
+
+
+# Numbers orjson reads otherwise than json: an integer beyond 64 bits, and a float
+# under 1e-4 that dump_json leaves to json to write.
+EXACT_ARGS = '{"seed": 123456789012345678901234, "scale": 1e-07, "ratio": 0.25}'
+EXACT_METADATA = '{"promptTokenCount": 12, "candidatesTokenCount": 3, "score": 1e-07}'
+
+
+def test_a_response_keeps_its_numbers_exactly() -> None:
+    body = (
+        '{"candidates": [{"content": {"role": "model", "parts": [{"functionCall": '
+        f'{{"name": "f", "args": {EXACT_ARGS}}}}}]}}}}], "usageMetadata": {EXACT_METADATA}}}'
+    ).encode()
+    answer = parse_gemini_response(body)
+    expected = json.loads(body)
+    assert answer.items == (expected["candidates"][0]["content"],)
+    assert answer.usage is not None
+    assert answer.usage.raw == expected["usageMetadata"]
+    assert dump_json(answer.usage.raw).endswith(b'"score":1e-07}')
+    assert answer.items[0]["parts"][0]["functionCall"]["args"]["seed"] == 123456789012345678901234
+
+
+def test_a_stream_keeps_its_numbers_exactly_and_joins_its_text() -> None:
+    events = [
+        '{"candidates": [{"content": {"role": "model", "parts": [{"text": "a"}]}}]}',
+        '{"candidates": [{"content": {"parts": [{"text": "b"}, {"text": "c"}]}}]}',
+        '{"candidates": [{"content": {"parts": [{"functionCall": '
+        f'{{"name": "f", "args": {EXACT_ARGS}}}}}]}}, "finishReason": "STOP"}}], '
+        f'"usageMetadata": {EXACT_METADATA}}}',
+    ]
+    stream = GeminiStream()
+    for event in events:
+        stream.feed(f"data: {event}\r\n\r\n".encode())
+    outcome = stream.close()
+    assert outcome.completed
+    (content,) = outcome.answer.items
+    assert content == {
+        "role": "model",
+        "parts": [{"text": "abc"}, {"functionCall": {"name": "f", "args": json.loads(EXACT_ARGS)}}],
+    }
+    assert content["parts"][1]["functionCall"]["args"]["seed"] == 123456789012345678901234
+    assert outcome.answer.usage is not None
+    assert dump_json(outcome.answer.usage.raw).endswith(b'"score":1e-07}')
+
+
+def test_a_session_without_an_entry_below_the_minimum_stores_no_digest() -> None:
+    below = CacheState(None, 0, 0, "", 500)
+    assert plan_cache(below, fixed="", history_items=2, model="gemini-2.5-flash") == "none"
+    assert CacheState.decode(below.encode()) == below

@@ -43,7 +43,9 @@ from llmsession.gateway.wire import (
     checked_usage,
     dump_json,
     flag_field,
+    holds_float,
     json_objects,
+    load_event,
     load_json,
     load_json_object,
     model_field,
@@ -75,6 +77,10 @@ _SYSTEM: Final = "system"
 _ROLES: Final = ("user", "assistant")
 #: Blocks that cannot carry ``cache_control``.
 _UNMARKABLE: Final = frozenset({"thinking", "redacted_thinking"})
+#: The deltas whose fields the answer keeps are strings (and the block's index).
+_STRING_DELTAS: Final = frozenset(
+    {"text_delta", "input_json_delta", "thinking_delta", "signature_delta"}
+)
 #: Sessions idle up to this long are served by Anthropic's default 5 minute TTL.
 _FIVE_MINUTES: Final = 300
 
@@ -217,29 +223,27 @@ def place_breakpoints(
     """The module's caching rule (see its docstring), on copies: nothing given is changed.
 
     ``past`` are the history's messages, ``new`` the request's; ``ttl`` the TTL
-    the gateway's marks get unless a client mark forbids it.
+    the gateway's marks get unless a client mark forbids it. Only the messages
+    whose marks change are copied (every turn walks the whole history, so the
+    walk reads each message's content in place).
     """
     messages = [*past, *new]
     # The client's marks of this request: tools, system, new messages.
-    current = sum(1 for tool in tools if _marked(tool))
-    system_blocks = None if system is None else _blocks(system)
-    current += sum(1 for block in system_blocks or () if _marked(block))
     ttls = [_ttl_of(tool) for tool in tools if _marked(tool)]
-    ttls += [_ttl_of(block) for block in system_blocks or () if _marked(block)]
+    current = len(ttls)
+    system_blocks = None if system is None else _blocks(system)
+    for block in system_blocks or ():
+        if _marked(block):
+            ttls.append(_ttl_of(block))
+            current += 1
     marked_new: set[tuple[int, int]] = set()
     for m in range(len(past), len(messages)):
-        for b, block in enumerate(_blocks(messages[m].get("content")) or ()):
-            if _marked(block):
-                marked_new.add((m, b))
-                ttls.append(_ttl_of(block))
+        for b, block in _marked_blocks(messages[m].get("content")):
+            marked_new.add((m, b))
+            ttls.append(_ttl_of(block))
     current += len(marked_new)
-    # Earlier rounds' marks, newest first.
-    old = [
-        (m, b)
-        for m in range(len(past) - 1, -1, -1)
-        for b, block in reversed(list(enumerate(_blocks(past[m].get("content")) or ())))
-        if _marked(block)
-    ]
+    old_blocks = _old_marks(past)
+    old = list(old_blocks)
     room = MAX_BREAKPOINTS - current
     wanted: list[tuple[int, int]] = []
     write = _last_markable(messages, len(past), len(messages))
@@ -261,18 +265,16 @@ def place_breakpoints(
         if room <= 0:
             break
         # A block the client marked in its round already is one of the gateway's two.
-        (reused if position in old else marks).append(position)
+        (reused if position in old_blocks else marks).append(position)
         room -= 1
     kept = reused + [position for position in old if position not in reused][: max(room, 0)]
-    for m, b in kept:
-        ttls.append(_ttl_of((_blocks(past[m].get("content")) or [])[b]))
+    ttls += [_ttl_of(old_blocks[position]) for position in kept]
     gateway_ttl = ttl if all(t == "1h" for t in ttls) else "5m"
     control: JSONObject = {"type": "ephemeral"}
     if gateway_ttl == "1h":
         control["ttl"] = "1h"
-    dropped = {position for position in old if position not in kept}
+    dropped = [position for position in old if position not in kept]
     changed = {m for m, _ in marks} | {m for m, _ in dropped}
-    out = list(messages)
     for m in changed:
         blocks = [dict(block) for block in _blocks(messages[m].get("content")) or ()]
         for mm, b in marks:
@@ -281,14 +283,44 @@ def place_breakpoints(
         for mm, b in dropped:
             if mm == m:
                 del blocks[b]["cache_control"]
-        out[m] = {**messages[m], "content": blocks}
-    return Placed(system, out)
+        messages[m] = {**messages[m], "content": blocks}
+    return Placed(system, messages)
+
+
+def _old_marks(past: Sequence[JSONObject]) -> dict[tuple[int, int], JSONObject]:
+    """Earlier rounds' marked blocks by place, newest first."""
+    old: dict[tuple[int, int], JSONObject] = {}
+    for m in range(len(past) - 1, -1, -1):
+        for b, block in reversed(_marked_blocks(past[m].get("content"))):
+            old[m, b] = block
+    return old
+
+
+def _marked_blocks(content: object) -> list[tuple[int, JSONObject]]:
+    """The blocks of a message's content that carry ``cache_control``, with their
+    places among its blocks (a string content has none)."""
+    if not isinstance(content, list):
+        return []
+    marked: list[tuple[int, JSONObject]] = []
+    b = 0
+    for block in cast(list[object], content):
+        if isinstance(block, dict):
+            if cast(JSONObject, block).get("cache_control") is not None:
+                marked.append((b, cast(JSONObject, block)))
+            b += 1
+    return marked
 
 
 def _last_markable(messages: Sequence[JSONObject], start: int, end: int) -> tuple[int, int] | None:
     """The last block of ``messages[start:end]`` that may carry ``cache_control``."""
     for m in range(end - 1, start - 1, -1):
-        blocks = _blocks(messages[m].get("content")) or []
+        content = messages[m].get("content")
+        if isinstance(content, str):
+            # One text block, markable unless empty (then the message has no block).
+            if content:
+                return m, 0
+            continue
+        blocks = json_objects(content)
         for b in range(len(blocks) - 1, -1, -1):
             if _markable(blocks[b]):
                 return m, b
@@ -326,15 +358,28 @@ def messages_usage(usage: Mapping[str, Any]) -> Usage | None:
 
 def parse_messages_response(body: bytes) -> Answer:
     """A complete (non-streamed) upstream answer."""
-    response = load_json_object(body, "the provider's answer")
-    content = response.get("content")
+    try:
+        # Read fast; what is kept (the answer's blocks, its usage) is read again
+        # exactly should it hold a number orjson may have read otherwise than json.
+        response = load_event(body)
+    except ValueError:
+        response = None
+    if type(response) is dict:
+        items, usage = _messages_answer(cast(JSONObject, response))
+        if not holds_float(usage) and not holds_float(items):
+            return Answer(items=items, usage=None if usage is None else messages_usage(usage))
+    items, usage = _messages_answer(load_json_object(body, "the provider's answer"))
+    return Answer(items=items, usage=None if usage is None else messages_usage(usage))
+
+
+def _messages_answer(response: JSONObject) -> tuple[tuple[JSONObject, ...], JSONObject | None]:
+    """What an answer keeps: its message as the history holds it, and its usage object."""
     items: tuple[JSONObject, ...] = ()
-    blocks = [_history_block(b) for b in json_objects(content)]
+    blocks = [_history_block(b) for b in json_objects(response.get("content"))]
     if blocks:
         # An empty answer adds nothing: Anthropic refuses an empty message sent back.
         items = ({"role": response.get("role", "assistant"), "content": blocks},)
-    usage = object_field(response, "usage")
-    return Answer(items=items, usage=None if usage is None else messages_usage(usage))
+    return items, object_field(response, "usage")
 
 
 def _history_block(block: Mapping[str, Any]) -> JSONObject:
@@ -397,14 +442,25 @@ class MessagesStream:
         return messages_usage(merged)
 
     def _read(self, event: SSEEvent) -> None:
+        # Every event of a stream passes here: it is read fast (orjson), and read
+        # again exactly (json) when what is kept of it may hold a float: a text
+        # delta holds only strings and an index, the other events are few.
         try:
-            payload: object = load_json(event.data)
+            payload: object = load_event(event.data)
         except ValueError:
             return
-        if not isinstance(payload, dict):
+        if type(payload) is not dict:
             return
         data = cast(JSONObject, payload)
         kind = data.get("type", event.event)
+        if kind == "content_block_delta":
+            delta = data.get("delta")
+            if type(delta) is dict and cast(JSONObject, delta).get("type") in _STRING_DELTAS:
+                self._add_delta(data)
+                return
+        if holds_float(data):
+            data = cast(JSONObject, load_json(event.data))
+            kind = data.get("type", event.event)
         if kind == "message_start":
             message = object_field(data, "message") or {}
             self._saw_message = True

@@ -41,7 +41,9 @@ from llmsession.gateway.wire import (
     StreamOutcome,
     checked_usage,
     dump_json,
+    holds_float,
     json_objects,
+    load_event,
     load_json,
     load_json_object,
     object_field,
@@ -211,12 +213,27 @@ def gemini_usage(metadata: Mapping[str, Any]) -> Usage | None:
 
 def parse_gemini_response(body: bytes) -> Answer:
     """A complete (non-streamed) ``GenerateContentResponse``."""
-    response = load_json_object(body, "the provider's answer")
+    try:
+        # Read fast; what is kept (the answer's content, its usage) is read again
+        # exactly should it hold a number orjson may have read otherwise than json.
+        response = load_event(body)
+    except ValueError:
+        response = None
+    if type(response) is dict:
+        items, metadata = _gemini_answer(cast(JSONObject, response))
+        if not holds_float(items) and not holds_float(metadata):
+            return Answer(items=items, usage=None if metadata is None else gemini_usage(metadata))
+    items, metadata = _gemini_answer(load_json_object(body, "the provider's answer"))
+    return Answer(items=items, usage=None if metadata is None else gemini_usage(metadata))
+
+
+def _gemini_answer(response: JSONObject) -> tuple[tuple[JSONObject, ...], JSONObject | None]:
+    """What an answer keeps: its first candidate's content as the history holds it, and
+    its ``usageMetadata``."""
     candidates = json_objects(response.get("candidates"))
     content = object_field(candidates[0], "content") if candidates else None
     items = () if content is None else (_history_content(content),)
-    metadata = object_field(response, "usageMetadata")
-    return Answer(items=items, usage=None if metadata is None else gemini_usage(metadata))
+    return items, object_field(response, "usageMetadata")
 
 
 def _history_content(content: Mapping[str, Any]) -> JSONObject:
@@ -236,11 +253,15 @@ class GeminiStream:
 
     def __init__(self) -> None:
         self._decoder = SSEDecoder()
-        self._usage: Usage | None = None
+        #: The last ``usageMetadata`` seen, normalized only at the end (each one
+        #: replaces the one before, so only the last is worth normalizing).
+        self._metadata: JSONObject | None = None
         self._finished = False
         self._error: JSONObject | None = None
         self._role = "model"
         self._parts: list[JSONObject] = []
+        #: The pieces of the last part's text while it is plain text (one run of it).
+        self._run: list[str] | None = None
         self._saw_content = False
         self._tail: list[bytes] = []
 
@@ -257,37 +278,45 @@ class GeminiStream:
         for event in self._decoder.close():
             self._read(event)
             self._tail.append(event.raw)
+        self._end_run()
         items = ({"role": self._role, "parts": self._parts},) if self._saw_content else ()
+        metadata = self._metadata
         return StreamOutcome(
-            answer=Answer(items=items, usage=self._usage),
+            answer=Answer(items=items, usage=None if metadata is None else gemini_usage(metadata)),
             completed=self._finished and self._error is None,
             error=self._error,
             tail=b"".join(self._tail),
         )
 
     def _read(self, event: SSEEvent) -> None:
+        # Every event of a stream passes here: it is read fast (orjson), and read
+        # again exactly (json) only when what is kept of it holds a float.
         try:
-            chunk: object = load_json(event.data)
+            chunk: object = load_event(event.data)
         except ValueError:
             return
-        if not isinstance(chunk, dict):
+        if type(chunk) is not dict:
             return
         data = cast(JSONObject, chunk)
-        error = object_field(data, "error")
-        if error is not None:
-            self._error = error
+        error = data.get("error")
+        if type(error) is dict:
+            if holds_float(cast(JSONObject, error)):
+                error = load_json(event.data)["error"]
+            self._error = cast(JSONObject, error)
             return
-        metadata = object_field(data, "usageMetadata")
+        metadata, first, content = _kept(data)
+        if (metadata is not None and holds_float(metadata)) or (
+            content is not None and _holds_float_parts(content)
+        ):
+            data = cast(JSONObject, load_json(event.data))
+            metadata, first, content = _kept(data)
         if metadata is not None:
-            self._usage = gemini_usage(metadata)
-        feedback = object_field(data, "promptFeedback") or {}
-        if feedback.get("blockReason"):
+            self._metadata = metadata
+        feedback = data.get("promptFeedback")
+        if type(feedback) is dict and cast(JSONObject, feedback).get("blockReason"):
             self._finished = True
-        candidates = json_objects(data.get("candidates"))
-        first = next((c for c in candidates if c.get("index", 0) == 0), None)
         if first is None:
             return
-        content = object_field(first, "content")
         if content is not None:
             self._add(content)
         if first.get("finishReason"):
@@ -295,24 +324,71 @@ class GeminiStream:
 
     def _add(self, content: Mapping[str, Any]) -> None:
         self._saw_content = True
-        if isinstance(content.get("role"), str):
-            self._role = content["role"]
-        for part in json_objects(content.get("parts")):
-            last = self._parts[-1] if self._parts else None
-            if (
-                last is not None
-                and _plain_text(last)
-                and _plain_text(part)
-                and last.get("thought") == part.get("thought")
-            ):
+        role = content.get("role")
+        if type(role) is str:
+            self._role = role
+        parts = content.get("parts")
+        if type(parts) is not list:
+            return
+        for part in cast(list[object], parts):
+            if type(part) is not dict:
+                continue
+            entry = cast(JSONObject, part)
+            text = entry.get("text")
+            plain = type(text) is str and entry.keys() <= _PLAIN_TEXT_KEYS
+            run = self._run
+            if plain and run is not None and self._parts[-1].get("thought") == entry.get("thought"):
                 # Text arrives in pieces; the history keeps one part per run of text.
-                self._parts[-1] = {**last, "text": last["text"] + part["text"]}
+                run.append(cast(str, text))
             else:
-                self._parts.append(dict(part))
+                self._end_run()
+                self._parts.append(dict(entry))
+                self._run = [cast(str, text)] if plain else None
+
+    def _end_run(self) -> None:
+        """Put the run of text pieces together in the last part."""
+        run = self._run
+        if run is not None and len(run) > 1:
+            self._parts[-1]["text"] = "".join(run)
+        self._run = None
 
 
-def _plain_text(part: Mapping[str, Any]) -> bool:
-    return isinstance(part.get("text"), str) and set(part) <= {"text", "thought"}
+_PLAIN_TEXT_KEYS: Final = frozenset({"text", "thought"})
+
+
+def _kept(data: JSONObject) -> tuple[JSONObject | None, JSONObject | None, JSONObject | None]:
+    """An event's ``usageMetadata``, its first candidate, and that candidate's content."""
+    first = _first_candidate(data.get("candidates"))
+    content = None if first is None else object_field(first, "content")
+    return object_field(data, "usageMetadata"), first, content
+
+
+def _first_candidate(candidates: object) -> JSONObject | None:
+    """The candidate of index 0 (the one the history keeps), if the list has one."""
+    if type(candidates) is not list:
+        return None
+    for candidate in cast(list[object], candidates):
+        if type(candidate) is dict and cast(JSONObject, candidate).get("index", 0) == 0:
+            return cast(JSONObject, candidate)
+    return None
+
+
+def _holds_float_parts(content: JSONObject) -> bool:
+    """Whether a content's parts hold a float (a plain text part cannot: checked first)."""
+    parts = content.get("parts")
+    if type(parts) is not list:
+        return False
+    return any(
+        not _plain_text_part(part) and holds_float(part) for part in cast(list[object], parts)
+    )
+
+
+def _plain_text_part(part: object) -> bool:
+    """Whether a part is only a text (the parts of most events are)."""
+    if type(part) is not dict:
+        return False
+    entry = cast(JSONObject, part)
+    return len(entry) == 1 and type(entry.get("text")) is str
 
 
 def gemini_stream_error_event(message: str, *, code: int = 502) -> bytes:

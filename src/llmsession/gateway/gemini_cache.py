@@ -52,7 +52,7 @@ from llmsession.gateway.gemini import (
 )
 from llmsession.gateway.session_cache import TurnCache
 from llmsession.gateway.transport import ProviderError, Upstream, UpstreamRequest
-from llmsession.gateway.wire import JSONObject, dump_json, load_json
+from llmsession.gateway.wire import JSONObject, dump_json, holds_float, load_event, load_json
 from llmsession.ids import SessionId
 from llmsession.usage import Usage
 
@@ -92,7 +92,8 @@ class CacheState:
     items: int
     #: The tokens the entry holds.
     cached_tokens: int
-    #: ``fixed_digest`` of the entry's system instruction and tools.
+    #: ``fixed_digest`` of the entry's system instruction and tools ("" when the
+    #: session has no entry and is below the minimum: no turn compares it then).
     fixed: str
     #: The history's size in tokens after the turn (its prompt plus its answer).
     history_tokens: int
@@ -114,7 +115,9 @@ class CacheState:
         if not text:
             return None
         try:
-            value: object = load_json(text)
+            value: object = load_event(text)
+            if holds_float(value):
+                value = load_json(text)
         except ValueError:
             return None
         if not isinstance(value, dict):
@@ -161,7 +164,14 @@ class GeminiCaches:
         assert isinstance(request.wire, GeminiRequest)
         headers = ((_SESSION_HEADER, str(session_id)),)
         state = CacheState.decode(last)
-        fixed = fixed_digest(request.wire.body)
+        # The digest is compared with an entry's, or given to the entry the turn may
+        # create: a session without one, below the minimum, needs none.
+        fixed = (
+            fixed_digest(request.wire.body)
+            if state is not None
+            and (state.name is not None or state.history_tokens >= min_cache_tokens(model))
+            else ""
+        )
         plan = plan_cache(state, fixed=fixed, history_items=len(history), model=model)
         turn = _GeminiTurn(self, provider, headers, str(session_id), previous=state, fixed=fixed)
         if plan == "none" or ttl_seconds is None or state is None:
