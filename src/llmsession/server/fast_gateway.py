@@ -8,14 +8,16 @@ request metrics, the body limit), each wrapping ``send`` and ``receive``, and
 each a coroutine that every resumption of the request passes through. The
 gateway routes take the raw request and check each part themselves, so the app
 (:class:`llmsession.server.openapi.ServiceAPI`) hands a plain gateway request (a
-POST without a query string, on a path in :data:`GATEWAY_PATHS`) to
-:meth:`FastGateway.serve` first thing, which does for it in one place what
-those layers did:
+POST without a query string on a path in :data:`GATEWAY_PATHS`, or a POST on a
+Gemini route, whose query string, ``?alt=sse`` or ``?key=``, its endpoint reads
+itself) to :meth:`FastGateway.serve` first thing, which does for it in one place
+what those layers did:
 
 - the body limit (:class:`llmsession.server.body_limit.BodyLimits`): the same
   413 problem, before anything else looks at the request;
-- the route's own endpoint function, its errors rendered with the same problem
-  responses as the app's handlers;
+- the route's own endpoint function (for a Gemini route, with the ``target``
+  path parameter cut from the path as the router's ``{target:path}`` does), its
+  errors rendered with the same problem responses as the app's handlers;
 - an error nothing handled (a bug) logged with its traceback and answered with
   the 500 problem when no answer was started, then raised on to the server, as
   Starlette's ServerErrorMiddleware does;
@@ -33,7 +35,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, Final, cast
 
 from fastapi.routing import iter_route_contexts
 from starlette.applications import Starlette
@@ -45,10 +48,30 @@ from llmsession.server.body_limit import BodyLimits
 from llmsession.server.metrics import ServerMetrics
 from llmsession.server.problems import response_for, unexpected_error_response
 from llmsession.server.routes_gateway import GATEWAY_PATHS
+from llmsession.server.routes_gemini import GEMINI_PREFIXES
 
-__all__ = ["FastGateway"]
+__all__ = ["FastGateway", "FastRoute"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+# The Gemini routes' one path parameter, after their prefix: "{target:path}".
+_TARGET: Final = "target"
+
+
+@dataclass(frozen=True, slots=True)
+class FastRoute:
+    """A route served here: its endpoint, its template (the metrics' label) and, for a
+    Gemini route, the prefix before its ``target`` path parameter."""
+
+    endpoint: Endpoint
+    template: str
+    prefix: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    exact: dict[str, FastRoute]
+    prefixed: tuple[FastRoute, ...]
 
 
 class FastGateway:
@@ -63,26 +86,38 @@ class FastGateway:
         self._routes = routes
         self._metrics = metrics
         self._limits = limits
-        self._endpoints: dict[str, Endpoint] | None = None
+        self._table: _Table | None = None
 
     def endpoints(self) -> dict[str, Endpoint]:
-        """The gateway paths served here, and the endpoint function of each."""
-        if self._endpoints is None:
-            self._endpoints = _plain_endpoints(self._routes)
-        return self._endpoints
+        """The route templates served here, and the endpoint function of each."""
+        table = self._built()
+        return {
+            route.template: route.endpoint for route in (*table.exact.values(), *table.prefixed)
+        }
 
-    def match(self, scope: Scope) -> Endpoint | None:
-        """The endpoint that serves this request here; None for a request the app serves."""
-        if scope["type"] == "http" and scope["method"] == "POST" and not scope["query_string"]:
-            endpoints = self._endpoints
-            if endpoints is None:
-                endpoints = self.endpoints()
-            return endpoints.get(scope["path"])
+    def match(self, scope: Scope) -> FastRoute | None:
+        """The route that serves this request here; None for a request the app serves."""
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return None
+        table = self._table
+        if table is None:
+            table = self._built()
+        path: str = scope["path"]
+        if not scope["query_string"]:
+            route = table.exact.get(path)
+            if route is not None:
+                return route
+        for route in table.prefixed:
+            assert route.prefix is not None
+            if path.startswith(route.prefix):
+                return route
         return None
 
-    async def serve(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer a request :meth:`match` gave ``endpoint`` for."""
+    async def serve(self, route: FastRoute, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a request :meth:`match` gave ``route`` for."""
         path: str = scope["path"]
+        if route.prefix is not None:
+            scope["path_params"] = {_TARGET: path[len(route.prefix) :]}
         start = time.perf_counter()
         # What the metrics count when no answer is started: the client left, or a bug.
         status = 500
@@ -96,7 +131,7 @@ class FastGateway:
             else:
                 request = _ReadRequest(scope, receive, body)
                 try:
-                    response = await endpoint(request)
+                    response = await route.endpoint(request)
                 except ClientDisconnect:
                     return
                 except Exception as error:
@@ -113,7 +148,14 @@ class FastGateway:
                 await failure(scope, receive, send)
             raise
         finally:
-            self._metrics.observe_request(path, "POST", status, time.perf_counter() - start)
+            self._metrics.observe_request(
+                route.template, "POST", status, time.perf_counter() - start
+            )
+
+    def _built(self) -> _Table:
+        if self._table is None:
+            self._table = _plain_routes(self._routes)
+        return self._table
 
 
 class _ReadRequest(Request):
@@ -125,18 +167,30 @@ class _ReadRequest(Request):
         self._body = body
 
 
-def _plain_endpoints(app: Starlette) -> dict[str, Endpoint]:
-    """The endpoint of each gateway path's POST route that takes only the request."""
-    endpoints: dict[str, Endpoint] = {}
+def _plain_routes(app: Starlette) -> _Table:
+    """The POST routes served here whose endpoint takes only the request: the gateway
+    paths, and the Gemini routes (a prefix, then ``{target:path}``)."""
+    exact: dict[str, FastRoute] = {}
+    prefixed: dict[str, FastRoute] = {}
+    gemini = {prefix + "{" + _TARGET + ":path}": prefix for prefix in GEMINI_PREFIXES}
     for context in iter_route_contexts(app.routes):
         path, methods = context.path, context.methods
-        if path not in GATEWAY_PATHS or not methods or "POST" not in methods:
+        if (
+            not methods
+            or "POST" not in methods
+            or (path not in GATEWAY_PATHS and path not in gemini)
+        ):
             continue
         dependant: Any = getattr(context, "dependant", None)
         endpoint = context.endpoint
-        if endpoint is not None and _takes_only_the_request(dependant):
-            endpoints.setdefault(path, cast(Endpoint, endpoint))
-    return endpoints
+        if endpoint is None or not _takes_only_the_request(dependant):
+            continue
+        route = FastRoute(cast(Endpoint, endpoint), path, gemini.get(path))
+        if route.prefix is None:
+            exact.setdefault(path, route)
+        else:
+            prefixed.setdefault(path, route)
+    return _Table(exact, tuple(prefixed.values()))
 
 
 def _takes_only_the_request(dependant: Any) -> bool:

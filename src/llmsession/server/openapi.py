@@ -52,9 +52,9 @@ class ServiceAPI(FastAPI):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         front = self.front
         if front is not None:
-            endpoint = front.match(scope)
-            if endpoint is not None:
-                await front.serve(endpoint, scope, receive, send)
+            route = front.match(scope)
+            if route is not None:
+                await front.serve(route, scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
