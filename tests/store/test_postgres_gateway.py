@@ -323,11 +323,12 @@ async def test_a_turns_round_is_written_on_the_connection_holding_its_lock(
         # the turn needed no connection of the main pool.
         last = await sql(
             postgres_url,
-            "SELECT a.query FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() "
-            "AND a.query LIKE '%INSERT INTO turns%'",
+            "SELECT a.query FROM pg_stat_activity a WHERE a.pid IN "
+            "(SELECT pid FROM pg_locks WHERE granted AND " + _TURN_LOCK + ")",
+            *_key_parts(session_id),
         )
         assert len(last) == 1
+        assert "INSERT INTO turns" in last[0][0]
     await until_advisory_locks(postgres_url, session_id, granted=0, waiting=0)
     assert len(await store.history(ACME, session_id)) == 3
 
