@@ -50,6 +50,7 @@ from llmsession.gateway.wire import (
     load_json_object,
     model_field,
     object_field,
+    read_answer,
 )
 from llmsession.usage import Usage
 
@@ -358,18 +359,7 @@ def messages_usage(usage: Mapping[str, Any]) -> Usage | None:
 
 def parse_messages_response(body: bytes) -> Answer:
     """A complete (non-streamed) upstream answer."""
-    try:
-        # Read fast; what is kept (the answer's blocks, its usage) is read again
-        # exactly should it hold a number orjson may have read otherwise than json.
-        response = load_event(body)
-    except ValueError:
-        response = None
-    if type(response) is dict:
-        items, usage = _messages_answer(cast(JSONObject, response))
-        if not holds_float(usage) and not holds_float(items):
-            return Answer(items=items, usage=None if usage is None else messages_usage(usage))
-    items, usage = _messages_answer(load_json_object(body, "the provider's answer"))
-    return Answer(items=items, usage=None if usage is None else messages_usage(usage))
+    return read_answer(body, _messages_answer, messages_usage)
 
 
 def _messages_answer(response: JSONObject) -> tuple[tuple[JSONObject, ...], JSONObject | None]:

@@ -47,6 +47,7 @@ from llmsession.gateway.wire import (
     load_json,
     load_json_object,
     object_field,
+    read_answer,
 )
 from llmsession.usage import Usage
 
@@ -213,18 +214,7 @@ def gemini_usage(metadata: Mapping[str, Any]) -> Usage | None:
 
 def parse_gemini_response(body: bytes) -> Answer:
     """A complete (non-streamed) ``GenerateContentResponse``."""
-    try:
-        # Read fast; what is kept (the answer's content, its usage) is read again
-        # exactly should it hold a number orjson may have read otherwise than json.
-        response = load_event(body)
-    except ValueError:
-        response = None
-    if type(response) is dict:
-        items, metadata = _gemini_answer(cast(JSONObject, response))
-        if not holds_float(items) and not holds_float(metadata):
-            return Answer(items=items, usage=None if metadata is None else gemini_usage(metadata))
-    items, metadata = _gemini_answer(load_json_object(body, "the provider's answer"))
-    return Answer(items=items, usage=None if metadata is None else gemini_usage(metadata))
+    return read_answer(body, _gemini_answer, gemini_usage)
 
 
 def _gemini_answer(response: JSONObject) -> tuple[tuple[JSONObject, ...], JSONObject | None]:

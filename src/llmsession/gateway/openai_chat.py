@@ -37,6 +37,7 @@ from llmsession.gateway.wire import (
     load_json_object,
     model_field,
     object_field,
+    read_answer,
 )
 from llmsession.usage import Usage
 
@@ -139,18 +140,7 @@ def chat_usage(usage: Mapping[str, Any]) -> Usage | None:
 
 def parse_chat_response(body: bytes) -> Answer:
     """A complete (non-streamed) upstream answer."""
-    try:
-        # Read fast; what is kept (the usage, the message) is read again exactly
-        # should it hold a number orjson may have read otherwise than json.
-        response = load_event(body)
-    except ValueError:
-        response = None
-    if type(response) is dict:
-        items, usage = _chat_answer(cast(JSONObject, response))
-        if not holds_float(usage) and not holds_float(items):
-            return Answer(items=items, usage=None if usage is None else chat_usage(usage))
-    items, usage = _chat_answer(load_json_object(body, "the provider's answer"))
-    return Answer(items=items, usage=None if usage is None else chat_usage(usage))
+    return read_answer(body, _chat_answer, chat_usage)
 
 
 def _chat_answer(response: JSONObject) -> tuple[tuple[JSONObject, ...], JSONObject | None]:

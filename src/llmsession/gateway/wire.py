@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeAlias, cast
 
@@ -36,6 +36,7 @@ __all__ = [
     "load_json_object",
     "model_field",
     "object_field",
+    "read_answer",
 ]
 
 JSONObject: TypeAlias = dict[str, Any]
@@ -208,6 +209,34 @@ def load_json_object(body: bytes, what: str) -> JSONObject:
     if not isinstance(value, dict):
         raise GatewayInputError(f"{what} must be a JSON object, got {type(value).__name__}")
     return cast(JSONObject, value)
+
+
+#: What a wire format keeps of a complete answer: its history items and its usage object.
+KeptAnswer: TypeAlias = tuple[tuple[JSONObject, ...], JSONObject | None]
+
+
+def read_answer(
+    body: bytes,
+    keep: Callable[[JSONObject], KeptAnswer],
+    normalize: Callable[[JSONObject], Usage | None],
+) -> Answer:
+    """A complete (non-streamed) upstream answer: ``keep`` takes what the history keeps
+    and the usage object from the parsed body, ``normalize`` reads that usage.
+
+    Read fast with orjson; what is kept is read again exactly (with json) should it
+    hold a number orjson may have read otherwise. A body that is no JSON object is
+    GatewayInputError.
+    """
+    try:
+        response = load_event(body)
+    except ValueError:
+        response = None
+    if type(response) is dict:
+        items, usage = keep(cast(JSONObject, response))
+        if not holds_float(usage) and not holds_float(items):
+            return Answer(items=items, usage=None if usage is None else normalize(usage))
+    items, usage = keep(load_json_object(body, "the provider's answer"))
+    return Answer(items=items, usage=None if usage is None else normalize(usage))
 
 
 def object_field(value: Mapping[str, Any], name: str) -> JSONObject | None:
