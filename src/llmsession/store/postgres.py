@@ -129,6 +129,7 @@ from llmsession.store.sql_rows import (
     insert_values,
     key_from_row,
     round_usage_values,
+    round_values,
     stored_from_row,
     turn_from_row,
     turn_values,
@@ -1833,16 +1834,7 @@ def _write(
             return _UPDATE_SESSION, params
         # Rounds are recorded only on Active sessions: an ending write has none.
         return _END_SESSION, params
-    params = (
-        *params,
-        new_round.seq,
-        new_round.delta_tokens,
-        new_round.recorded_at.epoch_micros,
-        new_round.idempotency_key,
-        # What a replay of the round gives back (see KeyedRound).
-        new.record.delta_tokens,
-        new.version,
-    )
+    params = (*params, *round_values(new_round, new))
     rolled = _roll_params(new, new_round.recorded_at, round_amounts(new_round, new))
     if not new_round.gateway:
         return _UPDATE_SESSION_AND_INSERT_ROUND, (*params, *rolled)

@@ -29,6 +29,7 @@ __all__ = [
     "key_from_row",
     "micros",
     "round_usage_values",
+    "round_values",
     "stored_from_row",
     "time_or_none",
     "turn_from_row",
@@ -169,6 +170,20 @@ def usage_totals_from_row(row: Sequence[Any], start: int) -> UsageTotals:
     values = row[start : start + 6]
     # A ledger session's are all 0: share one value rather than build one per row.
     return UsageTotals(*values) if any(values) else NO_USAGE
+
+
+def round_values(new_round: Round, new: StoredSession) -> tuple[Any, ...]:
+    """A round's own columns after its session's key: seq, delta_tokens, recorded_at,
+    idempotency_key, then what a replay of it gives back (see KeyedRound): the
+    session's delta_tokens and version right after it (``new``)."""
+    return (
+        new_round.seq,
+        new_round.delta_tokens,
+        new_round.recorded_at.epoch_micros,
+        new_round.idempotency_key,
+        new.record.delta_tokens,
+        new.version,
+    )
 
 
 def round_usage_values(new_round: Round) -> tuple[Any, ...]:

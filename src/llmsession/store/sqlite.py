@@ -106,6 +106,7 @@ from llmsession.store.sql_rows import (
     insert_values,
     key_from_row,
     micros,
+    round_values,
     stored_from_row,
     turn_from_row,
     turn_values,
@@ -1608,16 +1609,7 @@ def _insert_round(
     stored), add it to the rollup and, for a gateway round with one, store its
     turn (its session's write set has_turns, in the same statement)."""
     _roll(conn, new, new_round.recorded_at, round_amounts(new_round, new))
-    params = (
-        key,
-        new_round.seq,
-        new_round.delta_tokens,
-        new_round.recorded_at.epoch_micros,
-        new_round.idempotency_key,
-        # What a replay of the round gives back (see KeyedRound).
-        new.record.delta_tokens,
-        new.version,
-    )
+    params = (key, *round_values(new_round, new))
     if not new_round.gateway:
         conn.execute(_INSERT_ROUND, params)
         return
