@@ -71,7 +71,8 @@ class FastRoute:
 @dataclass(frozen=True, slots=True)
 class _Table:
     exact: dict[str, FastRoute]
-    prefixed: tuple[FastRoute, ...]
+    #: The routes with a path parameter, each after its prefix.
+    prefixed: tuple[tuple[str, FastRoute], ...]
 
 
 class FastGateway:
@@ -92,7 +93,8 @@ class FastGateway:
         """The route templates served here, and the endpoint function of each."""
         table = self._built()
         return {
-            route.template: route.endpoint for route in (*table.exact.values(), *table.prefixed)
+            route.template: route.endpoint
+            for route in (*table.exact.values(), *(route for _, route in table.prefixed))
         }
 
     def match(self, scope: Scope) -> FastRoute | None:
@@ -107,9 +109,8 @@ class FastGateway:
             route = table.exact.get(path)
             if route is not None:
                 return route
-        for route in table.prefixed:
-            assert route.prefix is not None
-            if path.startswith(route.prefix):
+        for prefix, route in table.prefixed:
+            if path.startswith(prefix):
                 return route
         return None
 
@@ -171,7 +172,7 @@ def _plain_routes(app: Starlette) -> _Table:
     """The POST routes served here whose endpoint takes only the request: the gateway
     paths, and the Gemini routes (a prefix, then ``{target:path}``)."""
     exact: dict[str, FastRoute] = {}
-    prefixed: dict[str, FastRoute] = {}
+    prefixed: dict[str, tuple[str, FastRoute]] = {}
     gemini = {prefix + "{" + _TARGET + ":path}": prefix for prefix in GEMINI_PREFIXES}
     for context in iter_route_contexts(app.routes):
         path, methods = context.path, context.methods
@@ -185,11 +186,12 @@ def _plain_routes(app: Starlette) -> _Table:
         endpoint = context.endpoint
         if endpoint is None or not _takes_only_the_request(dependant):
             continue
-        route = FastRoute(cast(Endpoint, endpoint), path, gemini.get(path))
-        if route.prefix is None:
+        prefix = gemini.get(path)
+        route = FastRoute(cast(Endpoint, endpoint), path, prefix)
+        if prefix is None:
             exact.setdefault(path, route)
         else:
-            prefixed.setdefault(path, route)
+            prefixed.setdefault(path, (prefix, route))
     return _Table(exact, tuple(prefixed.values()))
 
 
