@@ -638,6 +638,58 @@ async def test_a_write_cancelled_while_waiting_leaves_the_store_usable(sqlite_ur
         await store.aclose()
 
 
+async def test_a_round_cancelled_during_its_commit_is_committed_before_the_next(
+    sqlite_url: str,
+) -> None:
+    # A round's statements run in the event loop's thread and its COMMIT in the
+    # writer's, held up here: its caller cancelled meanwhile, the COMMIT still
+    # runs, and the next round waits for it (one connection, one transaction).
+    store = await open_store(sqlite_url)
+    assert isinstance(store, SQLiteStore)
+    try:
+        session_id = await _session(store)
+        go = await _held_up(store._writer)
+        try:
+            pending = asyncio.create_task(store.record_round(ACME, session_id, 5))
+            await asyncio.sleep(0.05)
+            assert store._lock.locked()
+            pending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await pending
+            assert store._lock.locked()
+            following = asyncio.create_task(store.record_round(ACME, session_id, 7))
+            await asyncio.sleep(0.05)
+            assert not following.done()
+        finally:
+            go.set()
+        result = await following
+        assert (result.round.seq, result.session.record.delta_tokens) == (2, 12)
+        rounds = (await store.list_rounds(ACME, session_id)).items
+        assert [(r.seq, r.delta_tokens) for r in rounds] == [(1, 5), (2, 7)]
+    finally:
+        await store.aclose()
+
+
+async def test_a_write_waiting_for_another_process_leaves_the_event_loop_free(
+    sqlite_url: str,
+) -> None:
+    # The writer's busy timeout is 0 in the event loop's thread: a write that
+    # finds the lock held goes to the writer's thread and waits there.
+    store = await open_store(sqlite_url)
+    try:
+        session_id = await _session(store)
+        async with _write_lock_held_elsewhere(path_of_url(sqlite_url)):
+            pending = asyncio.create_task(store.record_round(ACME, session_id, 5))
+            # Other tasks run meanwhile (a loop blocked until the lock's holder let
+            # go would never get here: it lets go when this block ends).
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+            assert not pending.done()
+        assert (await pending).session.record.round_count == 1
+    finally:
+        await store.aclose()
+
+
 # -- remembered sessions ----------------------------------------------------------------
 
 
@@ -1027,41 +1079,35 @@ async def _held_up(connection: object) -> threading.Event:
     return go
 
 
-async def test_a_turn_history_cancelled_before_its_read_holds_nothing(sqlite_url: str) -> None:
-    # While the writer works (its lock held here), the turn's job (take the lock,
-    # then read) goes to the reader's thread and waits behind another there; it
-    # still runs after the cancel, and must not take the lock then.
+async def test_a_turn_is_read_in_the_event_loops_thread_while_the_writer_works(
+    sqlite_url: str,
+) -> None:
+    # The writer's lock is held (a COMMIT in flight, say) and the reader's thread
+    # held up: a turn still takes its lock and reads its history, in the event
+    # loop's thread.
     clock = ManualClock(T0)
     store = await open_store(sqlite_url, clock=clock)
     assert isinstance(store, SQLiteStore)
     try:
         session_id = await _started(store, clock)
         go = await _held_up(store._reader)
-
-        async def read() -> None:
-            async with store.turn_history(ACME, session_id):
-                raise AssertionError("never read")
-
-        async with store._lock:
-            reading = asyncio.create_task(read())
-            await asyncio.sleep(0.05)
-            reading.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await reading
-        go.set()
-        # The reader ran the cancelled job by the time it answers this history.
-        assert len(await store.history(ACME, session_id)) == 2
+        try:
+            async with (
+                asyncio.timeout(10),
+                store._lock,
+                store.turn_history(ACME, session_id) as (_, history),
+            ):
+                assert len(history) == 2
+        finally:
+            go.set()
         offset = TurnFile.claim(session_id).offset
         sidecar = Path(f"{path_of_url(sqlite_url)}-turns")
         assert await asyncio.to_thread(_free_elsewhere, sidecar, offset)
-        async with asyncio.timeout(60), store.turn_history(ACME, session_id) as (_, history):
-            assert len(history) == 2
-            assert not await asyncio.to_thread(_free_elsewhere, sidecar, offset)
     finally:
         await store.aclose()
 
 
-async def test_a_turn_is_read_in_the_event_loops_thread_while_the_writer_is_idle(
+async def test_a_turn_is_read_in_the_event_loops_thread(
     sqlite_url: str,
 ) -> None:
     # The reader's thread is held up: a turn still takes its lock and reads its

@@ -7,15 +7,19 @@ lock up front, and ``busy_timeout`` makes a second process wait for it instead
 of failing. ``synchronous=FULL`` syncs the WAL on every commit, so a round is on
 disk before it is acknowledged and survives a crash or a power cut.
 
-Each store holds two connections, each used from its own thread: a writer,
-whose transactions an :class:`asyncio.Lock` keeps from interleaving (one
-connection holds one transaction at a time), and a read-only reader, so reads
-go on while the writer waits for another process's lock. A third, read-only
-and never waiting, reads a gateway turn's history in the event loop's thread
-while the writer is idle (see :meth:`SQLiteStore._take_and_read`). A write transaction
-goes to the writer's thread as one function (begin, read, let the core compute,
-write, commit): one thread hop per transaction, not one per statement. Changes
-that queue up meanwhile share the next transaction (:class:`GroupCommit`).
+Each store holds two connections with a thread each: a writer, whose
+transactions an :class:`asyncio.Lock` keeps from interleaving (one connection
+holds one transaction at a time), and a read-only reader, so reads go on while
+the writer waits for another process's lock. A third, read-only and never
+waiting, reads a gateway turn's history in the event loop's thread (see
+:meth:`SQLiteStore._take_and_read`). A round's transaction (begin, read, let
+the core compute, write) runs in the event loop's thread, on the writer's
+connection with a busy timeout of 0, and only its COMMIT, which waits for the
+fsync, in the writer's thread (see :meth:`SQLiteStore._write_here`): statements
+in another thread than the loop's each waited for the GIL under load. Changes
+that queue up meanwhile share the next transaction (:class:`GroupCommit`). Long
+writes (sweeps, purges), and any write while another process holds the write
+lock, run wholly in the writer's thread, which waits for that lock.
 
 The writer remembers the sessions it last read or wrote
 (:class:`RecentSessions`, touched only in its thread) and starts a change from
@@ -41,8 +45,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -578,10 +582,12 @@ _MOVE_DUE = "UPDATE sessions SET due = ? WHERE session_id = ?"
 
 
 class _Connection:
-    """One sqlite3 connection, used only from its own thread.
+    """One sqlite3 connection and its own thread.
 
     ``run(work)`` calls ``work(connection)`` in that thread; a SQLite error comes
-    out as StoreError naming the file. Work runs in submission order. The thread
+    out as StoreError naming the file. The writer's connection is also used in
+    the event loop's thread (see SQLiteStore._write_here), never at the same
+    time as in its own. Work runs in submission order. The thread
     takes jobs from a queue and hands each result back to the event loop with one
     ``call_soon_threadsafe``: a round's two or three trips to SQLite cost a
     third of what ``run_in_executor`` costs (its concurrent future, and the
@@ -589,8 +595,9 @@ class _Connection:
     started is skipped, as an executor does.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout: float = _BUSY_TIMEOUT_SECONDS) -> None:
         self.path = path
+        self._busy_timeout = busy_timeout
         self._jobs: SimpleQueue[_Job[Any] | None] = SimpleQueue()
         self._thread: threading.Thread | None = None
         self._raw: sqlite3.Connection | None = None
@@ -599,8 +606,22 @@ class _Connection:
         # isolation_level=None: no implicit transactions; this module writes
         # BEGIN IMMEDIATE and COMMIT itself. timeout is SQLite's busy_timeout.
         self._raw = await self._call(
-            partial(sqlite3.connect, self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_SECONDS)
+            partial(
+                sqlite3.connect,
+                self.path,
+                isolation_level=None,
+                timeout=self._busy_timeout,
+                check_same_thread=False,
+            )
         )
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The connection itself, for work in the caller's thread."""
+        raw = self._raw
+        if raw is None:
+            raise StoreError("this store was closed; open a new one")
+        return raw
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         raw = self._raw
@@ -631,7 +652,18 @@ class _Connection:
                 self._jobs.put(None)
                 self._thread = None
 
+    def submit(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue ``work`` for the thread; the future gets its outcome (a SQLite
+        error as it is). Cancelling the future before the job starts skips it."""
+        return self._submit(partial(work, self.connection))
+
     async def _call(self, work: Callable[[], T]) -> T:
+        try:
+            return await self._submit(work)
+        except sqlite3.Error as error:
+            raise StoreError(f"SQLite file {self.path}: {error}") from error
+
+    def _submit(self, work: Callable[[], T]) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         if self._thread is None:
             self._thread = threading.Thread(
@@ -640,10 +672,7 @@ class _Connection:
             self._thread.start()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put((work, loop, future))
-        try:
-            return await future
-        except sqlite3.Error as error:
-            raise StoreError(f"SQLite file {self.path}: {error}") from error
+        return future
 
 
 # A posted job (see _Connection.post) has no loop and no future.
@@ -747,24 +776,6 @@ def _history_reads(
     )
 
 
-def _turn_snapshot(
-    turn_file: TurnFile,
-    claim: Claim,
-    first: tuple[str, Sequence[object]],
-    second: tuple[str, Sequence[object]],
-    conn: sqlite3.Connection,
-) -> tuple[list[Any], list[Any]] | None:
-    """Take ``claim``'s lock, then the rows of two queries from one snapshot taken
-    after it; None if another process holds the lock."""
-    if not turn_file.take(claim):
-        return None
-    try:
-        return _in_snapshot(first, second, conn)
-    except BaseException:
-        turn_file.give_back(claim)
-        raise
-
-
 def _begin_immediate(conn: sqlite3.Connection) -> None:
     # A transaction can only be open here if a cancelled task's rollback was
     # itself cancelled; it holds nothing anyone acknowledged, so end it.
@@ -788,6 +799,38 @@ def _in_transaction(work: Callable[[sqlite3.Connection], T], conn: sqlite3.Conne
         _rollback(conn)
         raise
     return result
+
+
+def _try_begin_immediate(conn: sqlite3.Connection) -> bool:
+    """BEGIN IMMEDIATE on the writer (busy timeout 0): False, at once, while
+    another process holds SQLite's write lock."""
+    try:
+        _begin_immediate(conn)
+    except sqlite3.OperationalError as error:
+        # The primary code: SQLITE_BUSY's extended codes (recovery, snapshot) too.
+        if error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+            return False
+        raise
+    return True
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    """COMMIT the transaction the event loop's thread wrote, or roll it back."""
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _patiently(work: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    """Run ``work`` on the writer with a busy timeout: in the writer's thread, a
+    transaction may wait for another process's write lock (the event loop's may not)."""
+    conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_SECONDS * 1000)}")
+    try:
+        return work(conn)
+    finally:
+        conn.execute("PRAGMA busy_timeout = 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -826,7 +869,7 @@ class SQLiteStore(SessionStore):
         self._commits = 0
         self._lock = asyncio.Lock()
         self._changes = GroupCommit(self._run_changes)
-        # Only the writer's thread touches it (in _apply_change).
+        # Touched only under the writer's lock (in _apply_change), or on its release.
         self._recent = RecentSessions(_SESSION_CACHE)
         self._closed = False
         # Opened by the first gateway turn (see turn_lock).
@@ -861,7 +904,9 @@ class SQLiteStore(SessionStore):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StoreError(f"cannot create the directory of {self.path}: {error}") from error
-        self._writer = writer = _Connection(self.path)
+        # Busy timeout 0: the event loop's thread writes on it too, and must never
+        # wait there; the writer's own thread waits (see _patiently).
+        self._writer = writer = _Connection(self.path, busy_timeout=0)
         await writer.open()
         mode = await writer.run(_switch_to_wal)
         if mode.lower() != "wal":
@@ -880,7 +925,7 @@ class SQLiteStore(SessionStore):
         # FULL: the database file is synced before the WAL may start over, over
         # frames that were only in the WAL.
         await checkpointer.run(partial(_fetch_all, "PRAGMA synchronous = FULL", ()))
-        await writer.run(self._migrate)
+        await writer.run(partial(_patiently, self._migrate))
         self._reader = reader = _Connection(self.path)
         await reader.open()
         await reader.run(partial(_fetch_all, "PRAGMA query_only = ON", ()))
@@ -927,24 +972,105 @@ class SQLiteStore(SessionStore):
             raise StoreError("this store was closed; open a new one")
         return self._writer, self._reader
 
-    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(
+        self, work: Callable[[sqlite3.Connection], T], *, in_thread: bool = False
+    ) -> T:
         """Run ``work`` in one write transaction, holding SQLite's write lock.
 
-        ``work`` runs in the writer's thread; it reads the clock there, after the
-        lock was taken, so a writer that waited never writes an older time.
+        ``work`` reads the clock after the lock was taken, so a writer that waited
+        never writes an older time. It runs in the event loop's thread (see
+        _write_here), or with ``in_thread`` (long work: sweeps, purges) wholly in
+        the writer's.
         """
-        return await self._in_writer(partial(_in_transaction, work))
+        if in_thread:
+            return await self._in_writer(partial(_in_transaction, work))
+        return await self._write_here(work)
+
+    async def _write_here(
+        self, work: Callable[[sqlite3.Connection], T], batch: Sequence[_PendingChange] = ()
+    ) -> T:
+        """Run ``work``'s statements in the event loop's thread, then COMMIT in the
+        writer's; ``batch`` is forgotten (see RecentSessions) if nothing is committed.
+
+        Statements in the writer's thread each let go of the GIL and took it back,
+        and under load the event loop held it: a batch of rounds waited for the
+        loop once per statement, and the answers waited for the batch. Here they
+        run in C, while nothing else wants the GIL. Only the COMMIT, which waits
+        for the fsync, goes to the writer's thread, so the loop goes on meanwhile
+        and the rounds that arrive queue for the next batch (GroupCommit).
+
+        The writer's busy timeout is 0, so nothing here waits: while another
+        process holds the write lock, the whole transaction goes to the writer's
+        thread, which waits for it. The lock stays held until the COMMIT is done,
+        even if the caller is cancelled: the connection is then busy.
+        """
+        writer, _ = self._connections()
+        conn = writer.connection
+        await self._lock.acquire()
+        with self._named_errors():
+            try:
+                began = _try_begin_immediate(conn)
+            except BaseException:
+                self._lock.release()
+                raise
+            if began:
+                try:
+                    result = work(conn)
+                except BaseException:
+                    try:
+                        _rollback(conn)
+                    finally:
+                        self._lock.release()
+                        self._forget(batch)
+                    raise
+                committed = writer.submit(_commit)
+                committed.add_done_callback(partial(self._committed, batch))
+                await asyncio.shield(committed)
+                return result
+        self._lock.release()
+        try:
+            return await self._in_writer(partial(_in_transaction, work))
+        except BaseException:
+            self._forget(batch)
+            raise
+
+    @contextmanager
+    def _named_errors(self) -> Generator[None]:
+        """A SQLite error as StoreError naming the file, as _Connection.run gives it."""
+        try:
+            yield
+        except sqlite3.Error as error:
+            raise StoreError(f"SQLite file {self.path}: {error}") from error
+
+    def _committed(self, batch: Sequence[_PendingChange], future: asyncio.Future[None]) -> None:
+        """A COMMIT of _write_here ended: the writer is free again."""
+        self._lock.release()
+        if future.cancelled() or future.exception() is not None:
+            # Rolled back: what the batch wrote and so remembered was never
+            # stored, and its version numbers will be written again with other
+            # contents.
+            self._forget(batch)
+        else:
+            self._count_commit()
+
+    def _forget(self, batch: Sequence[_PendingChange]) -> None:
+        for pending in batch:
+            self._recent.forget(pending.session_id)
 
     async def _in_writer(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``work`` in the writer's thread, its transactions kept from interleaving."""
+        """Run ``work`` in the writer's thread (waiting there for another process's
+        write lock), its transactions kept from interleaving."""
         writer, _ = self._connections()
         async with self._lock:
-            result = await writer.run(work)
+            result = await writer.run(partial(_patiently, work))
+        self._count_commit()
+        return result
+
+    def _count_commit(self) -> None:
         self._commits += 1
         if self._commits >= _CHECKPOINT_EVERY and self._checkpointer is not None:
             self._commits = 0
             self._checkpointer.post_work(_checkpoint)
-        return result
 
     async def _read(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
         _, reader = self._connections()
@@ -999,9 +1125,8 @@ class SQLiteStore(SessionStore):
         self, tenant_id: TenantId, session_id: SessionId
     ) -> AsyncGenerator[tuple[StoredSession, list[Turn]]]:
         # The file lock is taken where the session and its history are then read
-        # (see _take_and_read). It is given back in the reader's thread, queued
-        # without waiting; TurnFile's claims keep a late give-back from dropping
-        # the lock of the session's next holder in this process.
+        # (see _take_and_read), in the event loop's thread, and given back here:
+        # neither waits.
         _, reader = self._connections()
         turn_file = self._turns()
         claim = turn_file.claim(session_id)
@@ -1020,8 +1145,7 @@ class SQLiteStore(SessionStore):
             try:
                 yield self._session_and_turns(tenant_id, session_id, rows)
             finally:
-                if not reader.post(partial(turn_file.give_back, claim)):
-                    turn_file.give_back(claim)
+                turn_file.give_back(claim)
 
     async def _take_and_read(
         self,
@@ -1030,21 +1154,20 @@ class SQLiteStore(SessionStore):
         claim: Claim,
         reads: tuple[tuple[str, Sequence[object]], tuple[str, Sequence[object]]],
     ) -> tuple[list[Any], list[Any]] | None:
-        """Take ``claim``'s lock, then read the session and its history (see
-        _turn_snapshot); None if another process holds the lock.
+        """Take ``claim``'s lock, then read the session and its history in one
+        snapshot taken after it; None if another process holds the lock.
 
-        While the writer is idle (one client, say) this runs in the event loop's
-        thread, on a connection of its own: a hop to the reader's thread and back
-        cost more than the read. A WAL reader waits for no writer, the lock is
+        This runs in the event loop's thread, on a connection of its own: a hop
+        to the reader's thread and back cost more than the read, and under load
+        the reader's thread waited for the GIL at every statement, as the writer
+        did (see _write_here). A WAL reader waits for no writer, the lock is
         only tried, and the connection's busy timeout is 0, so nothing here waits:
         a read that finds the file busy (another process recovering it) or fails
-        is done again in the reader's thread, still under the lock. While the
-        writer works, its thread would take the GIL whenever SQLite let go of
-        it, so the read goes to the reader's thread as before.
+        is done again in the reader's thread, still under the lock.
         """
         inline = self._inline
-        if inline is None or self._lock.locked():
-            return await reader.run(partial(_turn_snapshot, turn_file, claim, *reads))
+        if inline is None:
+            raise StoreError("this store was closed; open a new one")
         if not turn_file.take(claim):
             return None
         try:
@@ -1118,20 +1241,7 @@ class SQLiteStore(SessionStore):
     async def _run_changes(self, batch: Sequence[_PendingChange]) -> list[Change | Exception]:
         # Every change that queued up while the last commit was syncing goes into
         # one transaction: one fsync for the batch instead of one per round.
-        return await self._in_writer(partial(self._commit_changes, batch))
-
-    def _commit_changes(
-        self, batch: Sequence[_PendingChange], conn: sqlite3.Connection
-    ) -> list[Change | Exception]:
-        try:
-            return _in_transaction(partial(self._apply_changes, batch), conn)
-        except BaseException:
-            # Rolled back (a failed COMMIT, say): what the batch wrote and so
-            # remembered was never stored, and its version numbers will be
-            # written again with other contents.
-            for pending in batch:
-                self._recent.forget(pending.session_id)
-            raise
+        return await self._write_here(partial(self._apply_changes, batch), batch)
 
     def _apply_changes(
         self, batch: Sequence[_PendingChange], conn: sqlite3.Connection
@@ -1435,7 +1545,7 @@ class SQLiteStore(SessionStore):
                 if len(rows) < wanted or not moved or written >= limit:
                     return written
 
-        return await self._write(expire_due)
+        return await self._write(expire_due, in_thread=True)
 
     async def _purge_created(
         self, cutoff: Timestamp, limit: int, tenant_id: TenantId | None
@@ -1454,7 +1564,7 @@ class SQLiteStore(SessionStore):
                 (*params, cutoff.epoch_micros, limit),
             ).rowcount
 
-        return await self._write(purge)
+        return await self._write(purge, in_thread=True)
 
     async def ping(self) -> None:
         await self._read("SELECT 1 FROM sessions LIMIT 1")
