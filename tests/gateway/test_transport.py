@@ -9,9 +9,11 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import uvicorn
 
 from llmsession.gateway.config import ProviderConfig, SecretKey
 from llmsession.gateway.transport import (
+    KEEPALIVE_SECONDS,
     AiohttpUpstream,
     ProviderTimeout,
     ProviderUnavailable,
@@ -245,3 +247,45 @@ async def test_cookies_a_provider_sets_are_never_sent_back(upstream: AiohttpUpst
     assert len(heads) == 2
     # What the provider set for one tenant's request goes to nobody else's.
     assert all(b"\r\ncookie:" not in head for head in heads)
+
+
+def keep_alive_handler(connections: list[int]) -> Handler:
+    """Answers ``{}`` to every request on a connection until the client closes it."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(len(connections))
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            await reader.readexactly(2)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+            await writer.drain()
+        writer.close()
+
+    return handler
+
+
+async def test_an_idle_connection_is_reused_within_the_keepalive_and_not_after() -> None:
+    connections: list[int] = []
+    server, port = await serve(keep_alive_handler(connections))
+
+    async def ask(upstream: AiohttpUpstream) -> None:
+        response = await upstream.send(UpstreamRequest(provider(port), "/responses", b"{}"))
+        assert await response.aread() == b"{}"
+        await response.aclose()
+
+    async with server, AiohttpUpstream(keepalive_seconds=0.3) as upstream:
+        await ask(upstream)
+        await ask(upstream)
+        assert len(connections) == 1
+        await asyncio.sleep(0.5)
+        await ask(upstream)
+        assert len(connections) == 2
+
+
+def test_idle_connections_are_dropped_before_a_uvicorn_provider_closes_them() -> None:
+    # uvicorn (so vLLM and the fake provider) closes a connection idle for
+    # timeout_keep_alive; a request sent on it at that moment would fail.
+    assert uvicorn.Config("unused:app").timeout_keep_alive > KEEPALIVE_SECONDS

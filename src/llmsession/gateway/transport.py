@@ -23,10 +23,15 @@ import aiohttp
 from llmsession.errors import LLMSessionError
 from llmsession.gateway.config import ProviderConfig
 
-#: How long an idle pooled connection is kept for the next request.
-_KEEPALIVE_SECONDS = 5.0
+#: How long an idle pooled connection is kept for the next request. Shorter
+#: than the 5 s after which uvicorn (so vLLM and the fake provider), Node.js and
+#: Apache close an idle connection: at the same length, a request sent on a
+#: connection just as the server closed it failed (a 502), and it cannot be
+#: sent again, since nothing tells whether the provider got it (and billed it).
+KEEPALIVE_SECONDS = 4.0
 
 __all__ = [
+    "KEEPALIVE_SECONDS",
     "AiohttpUpstream",
     "ProviderError",
     "ProviderTimeout",
@@ -163,9 +168,12 @@ class _Chunks:
 class AiohttpUpstream:
     """The real upstream: an ``aiohttp.ClientSession`` with its own connection pool per provider."""
 
-    def __init__(self, *, max_connections: int = 256) -> None:
+    def __init__(
+        self, *, max_connections: int = 256, keepalive_seconds: float = KEEPALIVE_SECONDS
+    ) -> None:
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._max_connections = max_connections
+        self._keepalive_seconds = keepalive_seconds
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         provider = request.provider
@@ -192,7 +200,7 @@ class AiohttpUpstream:
             connector = aiohttp.TCPConnector(
                 limit=self._max_connections,
                 limit_per_host=0,
-                keepalive_timeout=_KEEPALIVE_SECONDS,
+                keepalive_timeout=self._keepalive_seconds,
             )
             session = aiohttp.ClientSession(
                 connector=connector,
