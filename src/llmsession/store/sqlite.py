@@ -1138,8 +1138,9 @@ class SQLiteStore(SessionStore):
                     # Another process holds the turn.
                     await retries.wait()
             except BaseException:
-                # Cancelled while the job may still take the lock, or failed: at
-                # once, before the next holder in this process can take its turn.
+                # Cancelled (waiting for another process, or in the reader's
+                # thread) or failed: at once, before the next holder in this
+                # process can take its turn.
                 turn_file.give_back(claim)
                 raise
             try:
