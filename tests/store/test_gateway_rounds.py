@@ -307,6 +307,21 @@ async def test_turn_history_holds_the_turn_and_reads_under_it(
     assert sorted(history, key=lambda t: t.request_hash) == [turn(n) for n in range(1, 6)]
 
 
+async def test_turn_history_gives_each_turns_conversation_in_round_order(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    session_id = await start(store, clock)
+    await store.record_turn(ACME, session_id, turn=turn(2, response_id="resp_2"), usage=usage(9))
+    full = await store.history(ACME, session_id)
+    async with store.turn_history(ACME, session_id) as (_, history):
+        # What a turn sends on; a store may leave out the answers as sent.
+        assert [
+            (t.endpoint, t.request_items, t.answer_items, t.response_id, t.size) for t in history
+        ] == [(t.endpoint, t.request_items, t.answer_items, t.response_id, t.size) for t in full]
+    # The answers as sent stay stored for a replay.
+    assert [t.answer_body for t in full] == [turn(1).answer_body, turn(2).answer_body]
+
+
 async def test_turn_history_refuses_as_history_does_and_gives_the_turn_back(
     store: SessionStore, clock: ManualClock
 ) -> None:

@@ -30,7 +30,7 @@ from llmsession.errors import (
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import Active, SessionExpired
 from llmsession.store import SessionQuery, SessionStore, open_store
-from llmsession.store.models import NO_USAGE
+from llmsession.store.models import NO_USAGE, TurnItems
 from llmsession.store.sqlite import (
     _CHECKPOINT_EVERY,
     _WRITER_AUTOCHECKPOINT,
@@ -1103,6 +1103,23 @@ async def test_a_turn_is_read_in_the_event_loops_thread_while_the_writer_works(
         offset = TurnFile.claim(session_id).offset
         sidecar = Path(f"{path_of_url(sqlite_url)}-turns")
         assert await asyncio.to_thread(_free_elsewhere, sidecar, offset)
+    finally:
+        await store.aclose()
+
+
+async def test_a_turns_history_leaves_the_answers_as_sent_unread(sqlite_url: str) -> None:
+    # A streamed answer's body is its whole event stream; only a replay needs it.
+    clock = ManualClock(T0)
+    store = await open_store(sqlite_url, clock=clock)
+    try:
+        session_id = await _started(store, clock)
+        async with store.turn_history(ACME, session_id) as (_, history):
+            assert history
+            assert all(type(past) is TurnItems for past in history)
+        assert [past.answer_body for past in await store.history(ACME, session_id)] == [
+            turn(1).answer_body,
+            turn(2).answer_body,
+        ]
     finally:
         await store.aclose()
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -58,6 +58,7 @@ from llmsession.gateway.wire import Answer, JSONObject, StreamTranslator, dump_j
 from llmsession.ids import SessionId, TenantId
 from llmsession.store.base import SessionStore
 from llmsession.store.models import (
+    HistoryTurn,
     RoundResult,
     StoredSession,
     Turn,
@@ -269,7 +270,9 @@ class Gateway:
             return await self._forward(turn, [], stack)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _forward(self, turn: _Turn, history: list[Turn], stack: AsyncExitStack) -> Reply:
+    async def _forward(
+        self, turn: _Turn, history: Sequence[HistoryTurn], stack: AsyncExitStack
+    ) -> Reply:
         """Steps 5 and 6: the provider's answer and the round; a streamed answer takes
         over what ``stack`` holds (the session's turn) until it is recorded."""
         endpoint, request = turn.endpoint, turn.request
@@ -311,7 +314,7 @@ class Gateway:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._upstream.aclose()
 
-    async def _send(self, turn: _Turn, history: list[Turn]) -> UpstreamResponse:
+    async def _send(self, turn: _Turn, history: Sequence[HistoryTurn]) -> UpstreamResponse:
         endpoint, request = turn.endpoint, turn.request
         if history and history[0].endpoint != endpoint.name:
             raise WrongEndpoint(
@@ -718,7 +721,7 @@ class Relay:
             await _give_back(self._stack)
 
 
-def _items(turn: Turn) -> list[JSONObject]:
+def _items(turn: HistoryTurn) -> list[JSONObject]:
     request: list[JSONObject] = load_json(turn.request_items)
     answer: list[JSONObject] = load_json(turn.answer_items)
     return request + answer

@@ -44,6 +44,7 @@ from llmsession.store.models import (
     NO_USAGE,
     ApiKeyInfo,
     GroupKey,
+    HistoryTurn,
     KeyedRound,
     Page,
     Round,
@@ -56,6 +57,7 @@ from llmsession.store.models import (
     TimeBucketSize,
     Totals,
     Turn,
+    TurnHistory,
     UsageTotals,
     check_batch_limit,
     check_group_by,
@@ -356,13 +358,15 @@ class SessionStore(ABC):
 
     def turn_history(
         self, tenant_id: TenantId, session_id: SessionId
-    ) -> AbstractAsyncContextManager[SessionHistory]:
-        """Hold the session's :meth:`turn_lock` and read its :meth:`session_history`
-        under it, for the block; refused as :meth:`history` is (the turn is given
-        back first).
+    ) -> AbstractAsyncContextManager[TurnHistory]:
+        """Hold the session's :meth:`turn_lock` and read the session and its
+        conversation under it, for the block; refused as :meth:`history` is (the
+        turn is given back first).
 
         What the gateway does at the start of every turn that continues a session;
-        a backend that can take the lock and read in one round trip does.
+        a backend that can take the lock and read in one round trip does. The
+        turns are each a :class:`HistoryTurn`: a backend may leave out the
+        answers as sent (:class:`TurnItems`), which only a replay needs.
         """
         _check_ids(tenant_id, session_id)
         return self._turn_history(tenant_id, session_id)
@@ -370,18 +374,23 @@ class SessionStore(ABC):
     @asynccontextmanager
     async def _turn_history(
         self, tenant_id: TenantId, session_id: SessionId
-    ) -> AsyncGenerator[SessionHistory]:
+    ) -> AsyncGenerator[TurnHistory]:
         async with self._locked_turns(tenant_id, session_id) as (stored, turns):
-            yield self._active_history(stored, turns)
+            self._check_active(stored)
+            yield TurnHistory(stored, turns)
 
     def _active_history(self, stored: StoredSession, turns: list[Turn]) -> SessionHistory:
+        self._check_active(stored)
+        return SessionHistory(stored, turns)
+
+    def _check_active(self, stored: StoredSession) -> None:
+        """Refuse a session that is not Active (or past its deadline), as a round is."""
         if expire_if_due(stored, self.clock()) is not None:
             raise SessionExpiredError("record_delta", Active.name, SessionExpired.name)
         try:
             require_state(restore(stored.record), Active, "record_delta")
         except WrongStateError as error:
             raise _refine(error) from None
-        return SessionHistory(stored, turns)
 
     async def find_turn(
         self, tenant_id: TenantId, idempotency_key: str, session_id: SessionId | None = None
@@ -463,7 +472,7 @@ class SessionStore(ABC):
     @asynccontextmanager
     async def _locked_turns(
         self, tenant_id: TenantId, session_id: SessionId
-    ) -> AsyncGenerator[tuple[StoredSession, list[Turn]]]:
+    ) -> AsyncGenerator[tuple[StoredSession, Sequence[HistoryTurn]]]:
         """Hold the session's turn and give :meth:`_session_turns` read under it; a
         backend that can do both in one round trip overrides this."""
         async with self.turn_lock(tenant_id, session_id):

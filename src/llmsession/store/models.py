@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Generic, Literal, NamedTuple, TypeAlias, TypeVar, cast, get_args
+from typing import Generic, Literal, NamedTuple, Protocol, TypeAlias, TypeVar, cast, get_args
 
 from llmsession.cost import Cost
 from llmsession.errors import InvalidInput, TokenOverflow
@@ -27,6 +27,7 @@ __all__ = [
     "TIME_BUCKET_SIZES",
     "ApiKeyInfo",
     "GroupKey",
+    "HistoryTurn",
     "KeyedRound",
     "Page",
     "Round",
@@ -39,6 +40,8 @@ __all__ = [
     "TimeBucketSize",
     "Totals",
     "Turn",
+    "TurnHistory",
+    "TurnItems",
     "UsageTotals",
     "check_age",
     "check_batch_limit",
@@ -143,6 +146,43 @@ class Turn:
         return len(self.request_items) + len(self.answer_items)
 
 
+class HistoryTurn(Protocol):
+    """What a gateway turn needs of the turns before it: the conversation, not
+    the answers as sent (a :class:`Turn` has both; a :class:`TurnItems` only this)."""
+
+    @property
+    def endpoint(self) -> str: ...
+
+    @property
+    def request_items(self) -> str: ...
+
+    @property
+    def answer_items(self) -> str: ...
+
+    @property
+    def response_id(self) -> str | None: ...
+
+    @property
+    def size(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TurnItems:
+    """A stored turn's part of the conversation alone (see :class:`HistoryTurn`):
+    what a store reads for a gateway turn where leaving the answer body out
+    saves reading it (a whole event stream, for a streamed answer)."""
+
+    endpoint: str
+    request_items: str
+    answer_items: str
+    response_id: str | None
+
+    @property
+    def size(self) -> int:
+        """What this turn adds to the session's history, in bytes (as Turn.size)."""
+        return len(self.request_items) + len(self.answer_items)
+
+
 @dataclass(frozen=True, slots=True)
 class StoredSession:
     """A session record as a store holds it, with what the store adds around it.
@@ -173,6 +213,14 @@ class SessionHistory(NamedTuple):
 
     stored: StoredSession
     turns: list[Turn]
+
+
+class TurnHistory(NamedTuple):
+    """An Active session as stored and the conversation a gateway turn sends on
+    (:meth:`SessionStore.turn_history`)."""
+
+    stored: StoredSession
+    turns: Sequence[HistoryTurn]
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,6 +96,7 @@ from llmsession.store.cursor import decode_cursor, encode_cursor
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
+    HistoryTurn,
     KeyedRound,
     Page,
     Round,
@@ -1283,7 +1284,7 @@ class PostgresStore(TransactionalStore):
     @asynccontextmanager
     async def _locked_turns(
         self, tenant_id: TenantId, session_id: SessionId
-    ) -> AsyncGenerator[tuple[StoredSession, list[Turn]]]:
+    ) -> AsyncGenerator[tuple[StoredSession, Sequence[HistoryTurn]]]:
         # The lock and the reads in one statement, one round trip: the reads run
         # once the lock is granted, so they see every turn before this one.
         key = _lock_key(session_id)

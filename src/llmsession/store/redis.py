@@ -79,6 +79,7 @@ from llmsession.store.group_commit import GroupCommit
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
+    HistoryTurn,
     KeyedRound,
     Page,
     Round,
@@ -900,7 +901,7 @@ class RedisStore(SessionStore):
     @asynccontextmanager
     async def _locked_turns(
         self, tenant_id: TenantId, session_id: SessionId
-    ) -> AsyncGenerator[tuple[StoredSession, list[Turn]]]:
+    ) -> AsyncGenerator[tuple[StoredSession, Sequence[HistoryTurn]]]:
         async with self._turn(session_id, read=True) as read:
             assert read is not None
             row, history = read

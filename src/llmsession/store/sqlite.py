@@ -78,6 +78,7 @@ from llmsession.store.group_commit import GroupCommit
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
+    HistoryTurn,
     KeyedRound,
     Page,
     Round,
@@ -88,6 +89,7 @@ from llmsession.store.models import (
     TimeBucketSize,
     Totals,
     Turn,
+    TurnItems,
     UsageTotals,
 )
 from llmsession.store.presented import newest_first, present, present_totals, shown_in
@@ -767,13 +769,11 @@ def _in_snapshot(
 
 
 def _history_reads(
-    tenant_id: TenantId, session_id: SessionId
+    tenant_id: TenantId, session_id: SessionId, turns: str
 ) -> tuple[tuple[str, Sequence[object]], tuple[str, Sequence[object]]]:
-    """The reads of a session and its history (see SQLiteStore._session_and_turns)."""
-    return (_SELECT_SESSION, _key(tenant_id, session_id)), (
-        _SELECT_TURNS,
-        (session_id.value.bytes,),
-    )
+    """The reads of a session and its history, with the ``turns`` query
+    (_SELECT_TURNS or _SELECT_TURN_ITEMS; see SQLiteStore._session_turns)."""
+    return (_SELECT_SESSION, _key(tenant_id, session_id)), (turns, (session_id.value.bytes,))
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:
@@ -1105,32 +1105,33 @@ class SQLiteStore(SessionStore):
         self, tenant_id: TenantId, session_id: SessionId
     ) -> tuple[StoredSession, list[Turn]]:
         _, reader = self._connections()
-        rows = await reader.run(partial(_in_snapshot, *_history_reads(tenant_id, session_id)))
-        return self._session_and_turns(tenant_id, session_id, rows)
+        reads = _history_reads(tenant_id, session_id, _SELECT_TURNS)
+        sessions, turns = await reader.run(partial(_in_snapshot, *reads))
+        stored = self._session_from_rows(tenant_id, session_id, sessions)
+        return stored, [turn_from_row(row) for row in turns]
 
-    def _session_and_turns(
-        self, tenant_id: TenantId, session_id: SessionId, rows: tuple[list[Any], list[Any]]
-    ) -> tuple[StoredSession, list[Turn]]:
-        """What _session_turns gives, from the rows of _history_reads."""
-        sessions, turns = rows
+    def _session_from_rows(
+        self, tenant_id: TenantId, session_id: SessionId, sessions: list[Any]
+    ) -> StoredSession:
+        """The session as _get gives it, from the rows of _SELECT_SESSION."""
         if not sessions:
             raise NotFoundError(f"no session {session_id}")
         # The row is the one of these ids: no need to decode them again.
         row = sessions[0]
         stored = stored_from_row(row, session_id, usage_totals_from_row(row, 15), tenant_id)
-        return present(stored, self.clock()), [turn_from_row(row) for row in turns]
+        return present(stored, self.clock())
 
     @asynccontextmanager
     async def _locked_turns(
         self, tenant_id: TenantId, session_id: SessionId
-    ) -> AsyncGenerator[tuple[StoredSession, list[Turn]]]:
+    ) -> AsyncGenerator[tuple[StoredSession, Sequence[HistoryTurn]]]:
         # The file lock is taken where the session and its history are then read
         # (see _take_and_read), in the event loop's thread, and given back here:
         # neither waits.
         _, reader = self._connections()
         turn_file = self._turns()
         claim = turn_file.claim(session_id)
-        reads = _history_reads(tenant_id, session_id)
+        reads = _history_reads(tenant_id, session_id, _SELECT_TURN_ITEMS)
         async with turn_file.local_turn(session_id):
             try:
                 retries = Retries()
@@ -1144,7 +1145,11 @@ class SQLiteStore(SessionStore):
                 turn_file.give_back(claim)
                 raise
             try:
-                yield self._session_and_turns(tenant_id, session_id, rows)
+                sessions, turns = rows
+                yield (
+                    self._session_from_rows(tenant_id, session_id, sessions),
+                    [TurnItems(*row) for row in turns],
+                )
             finally:
                 turn_file.give_back(claim)
 
@@ -1666,6 +1671,12 @@ _SELECT_KEY = "SELECT key_id, tenant_id, key_hash, created_at, revoked_at FROM a
 # Summed by totals(), in the order of Totals' rounds, delta_tokens, tokens_saved
 # and then UsageTotals' fields.
 _SELECT_TURNS = f"SELECT {TURN_COLUMNS} FROM turns WHERE session_id = ? ORDER BY seq"
+# A gateway turn's history: not the answers as sent (answer_body, the last
+# column, is then never read from its overflow pages).
+_SELECT_TURN_ITEMS = (
+    "SELECT endpoint, request_items, answer_items, response_id"
+    " FROM turns WHERE session_id = ? ORDER BY seq"
+)
 _SELECT_STARTED = (
     "SELECT session_id FROM started_sessions WHERE tenant_id = ? AND idempotency_key = ?"
 )
