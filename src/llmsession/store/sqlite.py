@@ -583,6 +583,15 @@ _SELECT_DUE = (
 _MOVE_DUE = "UPDATE sessions SET due = ? WHERE session_id = ?"
 
 
+@contextmanager
+def _named_errors(path: Path) -> Generator[None]:
+    """A SQLite error as StoreError naming the file."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        raise StoreError(f"SQLite file {path}: {error}") from error
+
+
 class _Connection:
     """One sqlite3 connection and its own thread.
 
@@ -660,10 +669,8 @@ class _Connection:
         return self._submit(partial(work, self.connection))
 
     async def _call(self, work: Callable[[], T]) -> T:
-        try:
+        with _named_errors(self.path):
             return await self._submit(work)
-        except sqlite3.Error as error:
-            raise StoreError(f"SQLite file {self.path}: {error}") from error
 
     def _submit(self, work: Callable[[], T]) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
@@ -1007,7 +1014,7 @@ class SQLiteStore(SessionStore):
         writer, _ = self._connections()
         conn = writer.connection
         await self._lock.acquire()
-        with self._named_errors():
+        with _named_errors(self.path):
             try:
                 began = _try_begin_immediate(conn)
             except BaseException:
@@ -1033,14 +1040,6 @@ class SQLiteStore(SessionStore):
         except BaseException:
             self._forget(batch)
             raise
-
-    @contextmanager
-    def _named_errors(self) -> Generator[None]:
-        """A SQLite error as StoreError naming the file, as _Connection.run gives it."""
-        try:
-            yield
-        except sqlite3.Error as error:
-            raise StoreError(f"SQLite file {self.path}: {error}") from error
 
     def _committed(self, batch: Sequence[_PendingChange], future: asyncio.Future[None]) -> None:
         """A COMMIT of _write_here ended: the writer is free again."""
