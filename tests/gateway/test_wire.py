@@ -1,7 +1,8 @@
 """The gateway's JSON: read as json.loads reads it, written byte for byte as json.dumps writes it.
 
 dump_json writes with orjson where orjson writes what json.dumps would, and leaves the
-rest to json.dumps; load_json marks the floats orjson would spell differently.
+rest to json.dumps; load_json marks the floats orjson would spell differently;
+load_dumped reads what dump_json wrote back to the same bytes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from llmsession.gateway.wire import (
     GatewayInputError,
     JSONFloat,
     dump_json,
+    load_dumped,
     load_json,
     load_json_object,
 )
@@ -49,6 +51,39 @@ def test_what_load_json_reads_is_written_as_json_dumps_writes_it(value: Any) -> 
     loaded = load_json(text.encode())
     assert dump_json({"v": loaded}) == stdlib({"v": json.loads(text)})
     assert repr(loaded) == repr(json.loads(text))
+
+
+@given(json_values)
+def test_load_dumped_reads_back_what_dump_json_wrote(value: Any) -> None:
+    try:
+        text = dump_json([value]).decode()
+    except UnicodeEncodeError:
+        return
+    loaded = load_dumped(text)
+    assert dump_json(loaded) == text.encode()
+    assert repr(loaded) == repr(load_json(text))
+
+
+@given(json_values)
+def test_load_dumped_reads_other_json_as_load_json_does(value: Any) -> None:
+    text = json.dumps([value], ensure_ascii=False, indent=1)
+    assert repr(load_dumped(text)) == repr(load_json(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[{"seed":123456789012345678901234567890}]',
+        '[{"t":1e-07,"u":NaN,"v":Infinity}]',
+        '[{"t":1e+16}]',
+        '[{"a":1,"a":2}]',
+        '[{"a": "spaced"}]',
+        '[{"a":"\\ud800"}]',
+        "[" * 300 + "]" * 300,
+    ],
+)
+def test_load_dumped_leaves_what_orjson_reads_otherwise_to_load_json(text: str) -> None:
+    assert repr(load_dumped(text)) == repr(load_json(text))
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ from llmsession.gateway.transport import (
     UpstreamRequest,
     UpstreamResponse,
 )
-from llmsession.gateway.wire import Answer, JSONObject, StreamTranslator, dump_json, load_json
+from llmsession.gateway.wire import Answer, JSONObject, StreamTranslator, dump_json, load_dumped
 from llmsession.ids import SessionId, TenantId
 from llmsession.store.base import SessionStore
 from llmsession.store.models import (
@@ -722,8 +722,8 @@ class Relay:
 
 
 def _items(turn: HistoryTurn) -> list[JSONObject]:
-    request: list[JSONObject] = load_json(turn.request_items)
-    answer: list[JSONObject] = load_json(turn.answer_items)
+    request: list[JSONObject] = load_dumped(turn.request_items)
+    answer: list[JSONObject] = load_dumped(turn.answer_items)
     return request + answer
 
 

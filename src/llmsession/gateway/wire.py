@@ -31,6 +31,7 @@ __all__ = [
     "flag_field",
     "holds_float",
     "json_objects",
+    "load_dumped",
     "load_event",
     "load_json",
     "load_json_object",
@@ -185,6 +186,25 @@ def load_event(text: str | bytes) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return load_json(text)
+
+
+def load_dumped(text: str) -> Any:
+    """JSON that :func:`dump_json` wrote (a stored turn's items), read so that
+    dump_json writes it back byte for byte; other JSON as :func:`load_json` reads it.
+
+    A session's history is read again on every turn, and orjson reads it some
+    three times faster than json. Where what orjson read does not write back the
+    same (an integer beyond 64 bits, a float dump_json left to json, text that
+    dump_json did not write), :func:`load_json` reads it instead.
+    """
+    try:
+        value = orjson.loads(text)
+        # (Nesting orjson reads but will not write, deeper than 254, is a TypeError.)
+        if orjson.dumps(value, option=_ORJSON_OPTIONS) == text.encode():
+            return value
+    except (orjson.JSONDecodeError, TypeError):
+        pass
+    return load_json(text)
 
 
 def holds_float(value: object) -> bool:
