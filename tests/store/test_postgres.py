@@ -144,6 +144,9 @@ async def test_a_newer_schema_is_refused(postgres_url: str, open_pg: Opener) -> 
 
 async def make_version(url: str, version: int) -> None:
     """Turn the current schema into what ``version`` created (its data stays)."""
+    if version < 8:
+        # Version 7 gave a gateway turn's lock back in a statement of its own.
+        await sql(url, "DROP PROCEDURE turn_recorded")
     if version < 7:
         # Version 6 took a gateway turn's lock and read its history statement by statement.
         await sql(url, "DROP FUNCTION turn_history(bigint, uuid, text)")
@@ -231,7 +234,7 @@ async def test_a_version_1_schema_is_upgraded_in_place(postgres_url: str, open_p
     assert (await again.get(ACME, session_id)).record.state is Active
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7])
 async def test_an_older_schema_is_upgraded_to_what_a_fresh_one_is(
     postgres_url: str, open_pg: Opener, clock: ManualClock, version: int
 ) -> None:

@@ -312,25 +312,75 @@ async def test_a_turn_cancelled_while_waiting_for_the_lock_leaves_it_free(
         await later.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
 
 
-async def test_a_turns_round_is_written_on_the_connection_holding_its_lock(
+async def test_a_turns_round_is_written_and_its_lock_given_back_in_one_call(
+    postgres_url: str, open_pg: Opener, clock: ManualClock
+) -> None:
+    store, other = await open_pg(), await open_pg()
+    session_id = await start(store, clock)
+    async with store.turn_history(ACME, session_id):
+        ((holder,),) = await sql(
+            postgres_url,
+            "SELECT pid FROM pg_locks WHERE granted AND " + _TURN_LOCK,
+            *_key_parts(session_id),
+        )
+        await store.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
+        # The backend holding the turn's advisory lock wrote the round (the turn
+        # needed no connection of the main pool), committed it and let the lock go.
+        ((last,),) = await sql(
+            postgres_url, "SELECT query FROM pg_stat_activity WHERE pid = %s", holder
+        )
+        assert last.startswith("CALL turn_recorded(")
+        await until_advisory_locks(postgres_url, session_id, granted=0, waiting=0)
+        # So another replica's next turn need not wait for this block to end, and
+        # it reads the round.
+        async with other.turn_history(ACME, session_id) as (stored, turns):
+            assert (stored.record.round_count, len(turns)) == (3, 3)
+    assert len(await store.history(ACME, session_id)) == 3
+
+
+async def test_a_turns_round_keeps_the_lock_while_a_turn_waits_in_the_same_process(
     postgres_url: str, open_pg: Opener, clock: ManualClock
 ) -> None:
     store = await open_pg()
     session_id = await start(store, clock)
+    order: list[str] = []
+
+    async def next_turn() -> None:
+        async with store.turn_history(ACME, session_id) as (stored, _):
+            order.append(f"next saw {stored.record.round_count} rounds")
+
     async with store.turn_history(ACME, session_id):
+        waiting = asyncio.create_task(next_turn())
+        await asyncio.sleep(0.05)
         await store.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
-        # The backend holding the turn's advisory lock ran the round's statement:
-        # the turn needed no connection of the main pool.
-        last = await sql(
-            postgres_url,
-            "SELECT a.query FROM pg_stat_activity a WHERE a.pid IN "
-            "(SELECT pid FROM pg_locks WHERE granted AND " + _TURN_LOCK + ")",
-            *_key_parts(session_id),
-        )
-        assert len(last) == 1
-        assert "INSERT INTO turns" in last[0][0]
+        # Let go now, the lock could go to another process's turn that came after
+        # the one waiting here: it is kept until this turn ends.
+        await until_advisory_locks(postgres_url, session_id, granted=1, waiting=0)
+        order.append("first ended")
+    await waiting
+    assert order == ["first ended", "next saw 3 rounds"]
     await until_advisory_locks(postgres_url, session_id, granted=0, waiting=0)
-    assert len(await store.history(ACME, session_id)) == 3
+
+
+async def test_a_turns_round_retried_after_a_conflict_gives_the_lock_back_once(
+    postgres_url: str, open_pg: Opener, clock: ManualClock
+) -> None:
+    store, other = await open_pg(), await open_pg()
+    session_id = await start(store, clock)
+    async with store.turn_history(ACME, session_id):
+        # Another replica's API records a ledger round meanwhile (no turn needed):
+        # the turn's write finds another version, is not written, keeps the lock,
+        # and its retry writes and gives the lock back.
+        await other.record_round(ACME, session_id, 5)
+        await until_advisory_locks(postgres_url, session_id, granted=1, waiting=0)
+        result = await store.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
+        assert result.round.seq == 4
+        await until_advisory_locks(postgres_url, session_id, granted=0, waiting=0)
+    # The next turn takes the lock as usual.
+    async with other.turn_history(ACME, session_id) as (stored, turns):
+        assert (stored.record.round_count, len(turns)) == (4, 3)
+        await until_advisory_locks(postgres_url, session_id, granted=1, waiting=0)
+    await until_advisory_locks(postgres_url, session_id, granted=0, waiting=0)
 
 
 async def test_a_turn_whose_round_is_refused_keeps_its_lock_until_it_ends(

@@ -59,3 +59,20 @@ async def test_a_cancelled_waiter_leaves_no_entry() -> None:
         assert len(turns) == 1
     assert len(turns) == 0
     assert not entered
+
+
+async def test_a_holder_knows_whether_others_wait_behind_it() -> None:
+    turns = SessionTurns()
+    session_id, other = _session(), _session()
+    assert not turns.awaited(session_id)
+    async with turns.turn(session_id):
+        assert not turns.awaited(session_id)
+        waiter = asyncio.create_task(turns.turn(session_id).__aenter__())
+        await asyncio.sleep(0)
+        assert turns.awaited(session_id)
+        assert not turns.awaited(other)
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        # A waiter that left waits no more.
+        assert not turns.awaited(session_id)
+    assert not turns.awaited(session_id)

@@ -419,7 +419,11 @@ class SessionStore(ABC):
 
         Waiters are served in arrival order, so each turn sees every turn before
         it. This default serves one process; backends shared by several
-        processes hold it across all of them.
+        processes hold it across all of them. A turn's round with its turn
+        (:meth:`record_turn`) is the last thing it writes: a backend may give the
+        turn back to other processes as that round commits (PostgreSQL does,
+        when no turn of the session waits in this process), while this process's
+        next turn waits for the block to end.
         """
         return self._local_turns.turn(session_id)
 

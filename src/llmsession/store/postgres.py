@@ -161,7 +161,7 @@ DEFAULT_CONNECT_TIMEOUT: Final = 5
 #: adds usage_rollup, the rollup time series read (see store.rollup); version 6
 #: adds session_counts, the counters totals read, and the trigger keeping them;
 #: version 7 adds turn_history(), a gateway turn's lock and reads in one statement.
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 8
 
 _Connection = AsyncConnection[TupleRow]
 
@@ -531,8 +531,104 @@ _TURN_HISTORY_FUNCTION: Final = (
 # Where a row of turn_history() has its turn's columns.
 _TURN_AT: Final = 21
 
+# The columns a change may write, in the order of _change_params.
+_SET_CHANGE: Final = (
+    "state = %s, activated_at = %s, closed_at = %s, expired_at = %s, round_count = %s, "
+    "delta_tokens = %s, tokens_saved = %s, version = %s, last_activity_at = %s, deadline = %s, "
+    "input_tokens = %s, cached_input_tokens = %s, cache_write_tokens = %s, output_tokens = %s, "
+    "reasoning_tokens = %s, rounds_without_usage = %s"
+)
+
+_UPDATE_SESSION: Final = (
+    "UPDATE sessions SET " + _SET_CHANGE + " WHERE session_id = %s AND version = %s"
+)
+
+# A gateway round carries its usage; NULL counts are cast, as an untyped NULL in a
+# select list would be taken for text.
+_INSERT_GATEWAY_ROUND: Final = (
+    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
+    "session_delta_tokens, session_version, "
+    + ROUND_USAGE_COLUMNS
+    + ") SELECT session_id, %s, %s, %s, %s, %s, %s, %s, %s::bigint, %s::bigint, %s::bigint, "
+    "%s::bigint, %s::bigint, %s::text FROM changed"
+)
+
+# The turn is inserted only if its round was: all of them or nothing.
+_UPDATE_SESSION_AND_INSERT_TURN: Final = (
+    "WITH changed AS ("
+    + _UPDATE_SESSION
+    + " RETURNING session_id), added AS ("
+    + _INSERT_GATEWAY_ROUND
+    + " RETURNING session_id, seq), turned AS (INSERT INTO turns (session_id, seq, "
+    + TURN_COLUMNS
+    + ") SELECT session_id, seq, %s, %s, %s, %s, %s, %s, %s, %s FROM added) "
+    + _ROLL_SELECT
+    + "added"
+    + _ROLL_TAIL
+)
+
+
+def _dollar_numbered(statement: LiteralString) -> str:
+    """``statement`` with its ``%s`` placeholders as ``$1``, ``$2``..."""
+    parts = statement.split("%s")
+    if any("%" in part for part in parts):
+        raise ValueError(f"only %s placeholders can be numbered: {statement}")
+    return parts[0] + "".join(f"${number}{part}" for number, part in enumerate(parts[1:], start=1))
+
+
+# A gateway turn's round, then its lock given back (see PostgresStore._hold_turn):
+# the round's statement, COMMIT, and the unlock, in one call. An unlock has to
+# wait for the commit (the next turn, here or on another replica, must read this
+# one's round), and as a statement of its own it cost the client a round trip
+# and about a fifth of the CPU a turn takes in the store's process
+# (bench/pg_turns.py). ``written`` is the statement's rowcount:
+# 0 if the version had moved, and the lock is then still held.
+_TURN_RECORDED_TYPES: Final[tuple[str, ...]] = (
+    # _UPDATE_SESSION: _SET_CHANGE, then the session id and the expected version.
+    "text",
+    *("bigint",) * 15,
+    "uuid",
+    "bigint",
+    # _INSERT_GATEWAY_ROUND: the round, then its usage.
+    *("bigint",) * 3,
+    "text",
+    *("bigint",) * 2,
+    "boolean",
+    *("bigint",) * 5,
+    "text",
+    # TURN_COLUMNS.
+    *("text",) * 5,
+    "integer",
+    "text",
+    "bytea",
+    # _ROLL_SELECT and _ROLL_TAIL.
+    *("text",) * 3,
+    "smallint",
+    "bigint",
+    *("numeric",) * 7,
+    *("bigint",) * 4,
+)
+_TURN_RECORDED_PROCEDURE: Final = (
+    "CREATE PROCEDURE turn_recorded("
+    + ", ".join(_TURN_RECORDED_TYPES)
+    + """, lock_key bigint, INOUT written bigint)
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        """
+    + _dollar_numbered(_UPDATE_SESSION_AND_INSERT_TURN)
+    + """;
+        GET DIAGNOSTICS written = ROW_COUNT;
+        COMMIT;
+        IF written > 0 THEN
+            PERFORM pg_advisory_unlock(lock_key);
+        END IF;
+    END
+    $$
+    """
+).encode()
+
 #: What takes a schema from the version before to this one, in order.
-_UPGRADES: Final[dict[int, tuple[LiteralString, ...]]] = {
+_UPGRADES: Final[dict[int, tuple[LiteralString | bytes, ...]]] = {
     2: (_STATE_MODEL_INDEX,),
     # Before version 3 a session's version grew only at create (1), activate (2) and
     # each round while it stayed Active, so round seq left it at seq + 2; its
@@ -565,10 +661,11 @@ _UPGRADES: Final[dict[int, tuple[LiteralString, ...]]] = {
     5: (_ROLLUP_TABLE, *ROLLUP_BACKFILL),
     6: (_COUNTS_TABLE, COUNTS_BACKFILL, _COUNTS_FUNCTION, *_COUNTS_TRIGGERS),
     7: (_TURN_HISTORY_FUNCTION,),
+    8: (_TURN_RECORDED_PROCEDURE,),
 }
 
 # Timestamps are bigint microseconds since the epoch: exact, and cheap to compare.
-_SCHEMA: Final[tuple[LiteralString | sql.Composed, ...]] = (
+_SCHEMA: Final[tuple[LiteralString | bytes | sql.Composed, ...]] = (
     """
     CREATE TABLE sessions (
         session_id uuid PRIMARY KEY,
@@ -654,6 +751,7 @@ _SCHEMA: Final[tuple[LiteralString | sql.Composed, ...]] = (
     _COUNTS_FUNCTION,
     *_COUNTS_TRIGGERS,
     _TURN_HISTORY_FUNCTION,
+    _TURN_RECORDED_PROCEDURE,
 )
 
 # What _stored_from_row reads: the session, then its usage totals.
@@ -704,18 +802,6 @@ _LOCK_SESSION: Final = _SELECT_SESSION + " FOR UPDATE"
 
 _SELECT_VERSION: Final = "SELECT version FROM sessions WHERE session_id = %s AND tenant_id = %s"
 
-# The columns a change may write, in the order of _change_params.
-_SET_CHANGE: Final = (
-    "state = %s, activated_at = %s, closed_at = %s, expired_at = %s, round_count = %s, "
-    "delta_tokens = %s, tokens_saved = %s, version = %s, last_activity_at = %s, deadline = %s, "
-    "input_tokens = %s, cached_input_tokens = %s, cache_write_tokens = %s, output_tokens = %s, "
-    "reasoning_tokens = %s, rounds_without_usage = %s"
-)
-
-_UPDATE_SESSION: Final = (
-    "UPDATE sessions SET " + _SET_CHANGE + " WHERE session_id = %s AND version = %s"
-)
-
 # A new session and its part of the rollup, in one statement.
 _INSERT_SESSION_ROLLED: Final = (
     "WITH inserted AS ("
@@ -745,36 +831,12 @@ _END_SESSION: Final = (
     "SELECT session_id FROM changed"
 )
 
-# A gateway round carries its usage; NULL counts are cast, as an untyped NULL in a
-# select list would be taken for text.
-_INSERT_GATEWAY_ROUND: Final = (
-    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
-    "session_delta_tokens, session_version, "
-    + ROUND_USAGE_COLUMNS
-    + ") SELECT session_id, %s, %s, %s, %s, %s, %s, %s, %s::bigint, %s::bigint, %s::bigint, "
-    "%s::bigint, %s::bigint, %s::text FROM changed"
-)
-
 _UPDATE_SESSION_AND_INSERT_GATEWAY_ROUND: Final = (
     "WITH changed AS ("
     + _UPDATE_SESSION
     + " RETURNING session_id), added AS ("
     + _INSERT_GATEWAY_ROUND
     + " RETURNING 1) "
-    + _ROLL_SELECT
-    + "added"
-    + _ROLL_TAIL
-)
-
-# The turn is inserted only if its round was: all of them or nothing.
-_UPDATE_SESSION_AND_INSERT_TURN: Final = (
-    "WITH changed AS ("
-    + _UPDATE_SESSION
-    + " RETURNING session_id), added AS ("
-    + _INSERT_GATEWAY_ROUND
-    + " RETURNING session_id, seq), turned AS (INSERT INTO turns (session_id, seq, "
-    + TURN_COLUMNS
-    + ") SELECT session_id, seq, %s, %s, %s, %s, %s, %s, %s, %s FROM added) "
     + _ROLL_SELECT
     + "added"
     + _ROLL_TAIL
@@ -979,11 +1041,33 @@ class _LockedTransaction(_PostgresTransaction):
 
 
 class _OptimisticTransaction(_PostgresTransaction):
-    """The session as last seen, unlocked: the single write statement checks the version."""
+    """The session as last seen, unlocked: the single write statement checks the version.
+
+    On the connection of the session's gateway turn (``held``), the turn's round
+    also gives the turn's lock back.
+    """
+
+    def __init__(
+        self,
+        recent: RecentSessions,
+        conn: _Connection,
+        stored: StoredSession,
+        held: _HeldTurn | None = None,
+    ) -> None:
+        super().__init__(recent, conn, stored)
+        self._held = held
 
     async def commit(self, new: StoredSession, new_round: Round | None) -> None:
-        cur = await _execute_write(self._conn, new, self.stored.version, new_round)
-        if cur.rowcount == 0:
+        held = self._held
+        if held is not None and new_round is not None and new_round.turn is not None:
+            written = await _record_turn_and_release(
+                self._conn, new, self.stored.version, new_round, held.key
+            )
+            held.released = written > 0
+        else:
+            cur = await _execute_write(self._conn, new, self.stored.version, new_round)
+            written = cur.rowcount
+        if written == 0:
             self._recent.forget(new.record.session_id)
             raise VersionConflict
         self._written(new)
@@ -1325,14 +1409,15 @@ class PostgresStore(TransactionalStore):
                 rows = await _advisory(conn, statement, params, binary=True)
                 # The session's changes meanwhile (the turn's own round) are written
                 # on this connection: no second one is checked out of the main pool.
-                held = self._held[session_id.value] = _HeldTurn(conn)
+                held = self._held[session_id.value] = _HeldTurn(conn, key)
                 try:
                     yield rows
                 finally:
                     del self._held[session_id.value]
                     # A change still writing on the connection finishes first.
                     async with held.lock:
-                        await _advisory(conn, _UNLOCK, (key,))
+                        if not held.released:
+                            await _advisory(conn, _UNLOCK, (key,))
             finally:
                 await self._turn_pool.putconn(conn)
 
@@ -1425,7 +1510,15 @@ class PostgresStore(TransactionalStore):
                 stored = await self._read(conn, tenant_id, session_id)
             else:
                 stored = cached
-            tx = _OptimisticTransaction(self._recent, conn, stored)
+            # The turn's round gives the turn's lock back, unless a turn of the
+            # session waits in this process: released only at the turn's end, the
+            # lock is not taken meanwhile by another process's turn that came later.
+            held = (
+                None
+                if self._gateway_turns.awaited(session_id)
+                else self._held.get(session_id.value)
+            )
+            tx = _OptimisticTransaction(self._recent, conn, stored, held)
             try:
                 yield tx
             except VersionConflict:
@@ -1789,14 +1882,17 @@ class PostgresStore(TransactionalStore):
 
 
 class _HeldTurn:
-    """The connection holding a gateway turn's advisory lock, lent to the session's
-    changes while the turn lasts."""
+    """The connection holding a gateway turn's advisory lock (``key``), lent to the
+    session's changes while the turn lasts; ``released`` once the turn's round gave
+    the lock back (turn_recorded)."""
 
-    __slots__ = ("conn", "lock")
+    __slots__ = ("conn", "key", "lock", "released")
 
-    def __init__(self, conn: _Connection) -> None:
+    def __init__(self, conn: _Connection, key: int) -> None:
         self.conn = conn
+        self.key = key
         self.lock = asyncio.Lock()
+        self.released = False
 
 
 _PING_TIMEOUT: Final = 5.0
@@ -1858,17 +1954,24 @@ async def _execute_write(
     return await AsyncRawCursor[TupleRow](conn).execute(_numbered(statement), params)
 
 
+async def _record_turn_and_release(
+    conn: _Connection, new: StoredSession, expected_version: int, new_round: Round, key: int
+) -> int:
+    """Write a gateway turn's round (as _write's statement), commit it, and give the
+    turn's lock ``key`` back if it went in: one CALL of turn_recorded. Its rowcount."""
+    statement, params = _write(new, expected_version, new_round)
+    if statement is not _UPDATE_SESSION_AND_INSERT_TURN:
+        raise AssertionError(f"turn_recorded writes a round with its turn, not {statement}")
+    cur = await AsyncRawCursor[TupleRow](conn).execute(_TURN_RECORDED, (*params, key))
+    row = await cur.fetchone()
+    return 0 if row is None else int(row[0])
+
+
 @cache
 def _numbered(statement: LiteralString) -> bytes:
     """``statement`` with its ``%s`` placeholders as ``$1``, ``$2``... (a raw cursor's),
     encoded once."""
-    parts = statement.split("%s")
-    if any("%" in part for part in parts):
-        raise ValueError(f"only %s placeholders can be numbered: {statement}")
-    numbered = parts[0] + "".join(
-        f"${number}{part}" for number, part in enumerate(parts[1:], start=1)
-    )
-    return numbered.encode()
+    return _dollar_numbered(statement).encode()
 
 
 def _roll_params(stored: StoredSession, at: Timestamp, amounts: Amounts) -> tuple[Any, ...]:
@@ -1940,6 +2043,13 @@ async def _advisory(
 _LOCK: Final = "SELECT pg_advisory_lock(%s::bigint)"
 _UNLOCK: Final = "SELECT pg_advisory_unlock(%s::bigint)"
 _TURN_HISTORY: Final = "SELECT * FROM turn_history(%s::bigint, %s::uuid, %s::text)"
+# Each value cast to its parameter's type: psycopg sends an int as the smallest
+# integer type that holds it. On a raw cursor, as _execute_write's statements.
+_TURN_RECORDED: Final = (
+    "CALL turn_recorded("
+    + "".join(f"${number}::{kind}, " for number, kind in enumerate(_TURN_RECORDED_TYPES, 1))
+    + f"${len(_TURN_RECORDED_TYPES) + 1}::bigint, NULL)"
+).encode()
 
 
 _Query = tuple[LiteralString, tuple[Any, ...]]

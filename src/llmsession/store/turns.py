@@ -48,6 +48,11 @@ class KeyedTurns(Generic[K]):
         """Wait for this key's turn and hold it for the block."""
         return _Turn(self._writers, key)
 
+    def awaited(self, key: K) -> bool:
+        """Whether a holder of this key's turn has others waiting behind it."""
+        writers = self._writers.get(key)
+        return writers is not None and writers.count > 1
+
 
 class _Turn(Generic[K]):
     """One holder of a key's turn (a class, not a generator: one is made per turn)."""
