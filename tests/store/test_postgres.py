@@ -29,7 +29,15 @@ from llmsession.errors import (
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import Active, Closed, SessionExpired
 from llmsession.store import open_store
-from llmsession.store.models import NO_USAGE, GroupKey, Round, RoundResult, Turn, UsageTotals
+from llmsession.store.models import (
+    NO_USAGE,
+    GroupKey,
+    Round,
+    RoundResult,
+    Turn,
+    TurnItems,
+    UsageTotals,
+)
 from llmsession.store.postgres import SCHEMA_VERSION, PostgresOptions, PostgresStore
 from llmsession.usage import Usage
 from tests.store.conftest import T0
@@ -145,7 +153,8 @@ async def test_a_newer_schema_is_refused(postgres_url: str, open_pg: Opener) -> 
 async def make_version(url: str, version: int) -> None:
     """Turn the current schema into what ``version`` created (its data stays)."""
     if version < 8:
-        # Version 7 gave a gateway turn's lock back in a statement of its own.
+        # Version 7 gave a gateway turn's lock back in a statement of its own (and
+        # its turn_history() read the answers as sent too: version 8 makes it again).
         await sql(url, "DROP PROCEDURE turn_recorded")
     if version < 7:
         # Version 6 took a gateway turn's lock and read its history statement by statement.
@@ -260,7 +269,9 @@ async def test_an_older_schema_is_upgraded_to_what_a_fresh_one_is(
     assert result.session.usage == UsageTotals(input_tokens=100, cached_input_tokens=40)
     assert await again.history(ACME, session_id) == [TURN]
     async with again.turn_history(ACME, session_id) as (now, turns):
-        assert (now.record.round_count, turns) == (2, [TURN])
+        # What a turn sends on (the answer as sent stays for a replay).
+        items = TurnItems(TURN.endpoint, TURN.request_items, TURN.answer_items, TURN.response_id)
+        assert (now.record.round_count, turns) == (2, [items])
     started = SessionId.generate(clock())
     await again.start_with_turn(
         ACME, started, provider_id="p", model="m", turn=TURN, usage=None, idempotency_key="s"

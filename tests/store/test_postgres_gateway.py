@@ -17,7 +17,7 @@ from llmsession.clock import ManualClock
 from llmsession.errors import ConflictError, SessionExpiredError, StoreError, WrongStateError
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import Closed, SessionExpired
-from llmsession.store.models import Turn
+from llmsession.store.models import Turn, TurnItems
 from llmsession.store.postgres import PostgresOptions, PostgresStore
 from llmsession.usage import Usage
 from tests.store.conftest import T0
@@ -312,6 +312,20 @@ async def test_a_turn_cancelled_while_waiting_for_the_lock_leaves_it_free(
         await later.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
 
 
+async def test_a_turns_history_leaves_the_answers_as_sent_unread(
+    open_pg: Opener, clock: ManualClock
+) -> None:
+    # A streamed answer's body is its whole event stream; only a replay needs it.
+    store = await open_pg()
+    session_id = await start(store, clock)
+    async with store.turn_history(ACME, session_id) as (_, history):
+        assert history == [
+            TurnItems(t.endpoint, t.request_items, t.answer_items, t.response_id)
+            for t in (turn(1), turn(2))
+        ]
+    assert await store.history(ACME, session_id) == [turn(1), turn(2)]
+
+
 async def test_a_turns_round_is_written_and_its_lock_given_back_in_one_call(
     postgres_url: str, open_pg: Opener, clock: ManualClock
 ) -> None:
@@ -523,7 +537,7 @@ def test_turns_in_separate_processes_go_one_at_a_time(postgres_url: str) -> None
     script = f"""
         import asyncio, sys
         from llmsession.ids import SessionId, TenantId
-        from llmsession.store.models import Turn
+        from llmsession.store.models import Turn, TurnItems
         from llmsession.store.postgres import PostgresStore
         from llmsession.usage import Usage
 

@@ -107,6 +107,7 @@ from llmsession.store.models import (
     TimeBucketSize,
     Totals,
     Turn,
+    TurnItems,
     UsageTotals,
 )
 from llmsession.store.presented import newest_first, present, present_totals, shown_in
@@ -489,7 +490,9 @@ COUNTS_BACKFILL: Final = (
 # function takes its own snapshot, so the reads, run once the lock is granted, see
 # every turn committed before it. The first row is the session (its columns, the
 # turn's NULL), the next ones its turns in order (the session's columns NULL); no
-# row if the tenant has no such session.
+# row if the tenant has no such session. A turn's row holds what a turn sends on
+# (TurnItems), not the answer as sent: for a streamed answer, its whole event
+# stream, which every later turn read again until version 8.
 _TURN_HISTORY_FUNCTION: Final = (
     """
     CREATE FUNCTION turn_history(lock_key bigint, wanted uuid, tenant text)
@@ -500,8 +503,7 @@ _TURN_HISTORY_FUNCTION: Final = (
         version bigint, ttl_seconds bigint, last_activity_at bigint,
         input_tokens bigint, cached_input_tokens bigint, cache_write_tokens bigint,
         output_tokens bigint, reasoning_tokens bigint, rounds_without_usage bigint,
-        endpoint text, request_hash text, request_items text, answer_items text,
-        response_id text, answer_status integer, answer_type text, answer_body bytea
+        endpoint text, request_items text, answer_items text, response_id text
     )
     LANGUAGE plpgsql AS $$
     #variable_conflict use_column
@@ -511,17 +513,14 @@ _TURN_HISTORY_FUNCTION: Final = (
     + SESSION_COLUMNS
     + ", "
     + USAGE_COLUMNS
-    + """, NULL::text, NULL::text, NULL::text,
-            NULL::text, NULL::text, NULL::integer, NULL::text, NULL::bytea
+    + """, NULL::text, NULL::text, NULL::text, NULL::text
             FROM sessions WHERE sessions.session_id = wanted AND sessions.tenant_id = tenant;
         IF FOUND THEN
             RETURN QUERY SELECT NULL::uuid, NULL::text, NULL::text, NULL::text, NULL::bigint,
                 NULL::text, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
                 NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
                 NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
-                NULL::bigint, """
-    + TURN_COLUMNS
-    + """
+                NULL::bigint, endpoint, request_items, answer_items, response_id
                 FROM turns WHERE turns.session_id = wanted ORDER BY seq;
         END IF;
     END
@@ -661,7 +660,12 @@ _UPGRADES: Final[dict[int, tuple[LiteralString | bytes, ...]]] = {
     5: (_ROLLUP_TABLE, *ROLLUP_BACKFILL),
     6: (_COUNTS_TABLE, COUNTS_BACKFILL, _COUNTS_FUNCTION, *_COUNTS_TRIGGERS),
     7: (_TURN_HISTORY_FUNCTION,),
-    8: (_TURN_RECORDED_PROCEDURE,),
+    # turn_history() returns other columns: it is made again.
+    8: (
+        "DROP FUNCTION turn_history(bigint, uuid, text)",
+        _TURN_HISTORY_FUNCTION,
+        _TURN_RECORDED_PROCEDURE,
+    ),
 }
 
 # Timestamps are bigint microseconds since the epoch: exact, and cheap to compare.
@@ -1378,7 +1382,7 @@ class PostgresStore(TransactionalStore):
 
     def _history_from_rows(
         self, session_id: SessionId, rows: list[TupleRow]
-    ) -> tuple[StoredSession, list[Turn]]:
+    ) -> tuple[StoredSession, list[TurnItems]]:
         """The session (as _get gives it) and its turns, from the rows of
         turn_history(); NotFoundError without a session row."""
         if not rows:
@@ -1387,7 +1391,7 @@ class PostgresStore(TransactionalStore):
         stored = _stored_from_row(rows[0])
         # The round the turn then records is one statement, from this version.
         self._recent.remember(stored)
-        turns = [turn_from_row(row, _TURN_AT) for row in rows[1:]]
+        turns = [TurnItems(*row[_TURN_AT:]) for row in rows[1:]]
         return present(stored, self.clock()), turns
 
     @asynccontextmanager
@@ -1403,9 +1407,8 @@ class PostgresStore(TransactionalStore):
             except psycopg.Error as error:
                 raise StoreError(f"no PostgreSQL connection: {error}") from error
             try:
-                # Binary rows: turn_history()'s uuid and bigints, and each turn's
-                # answer body, decode without parsing text (a bytea is not
-                # hex-encoded). pg_advisory_lock's one row is not read.
+                # Binary rows: turn_history()'s uuid and bigints decode without
+                # parsing text. pg_advisory_lock's one row is not read.
                 rows = await _advisory(conn, statement, params, binary=True)
                 # The session's changes meanwhile (the turn's own round) are written
                 # on this connection: no second one is checked out of the main pool.
