@@ -770,25 +770,71 @@ _INSERT_SESSION: Final = (
     "%s, %s, %s, %s, %s, %s)"
 )
 
-_INSERT_ROUND: Final = (
-    "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
-    "session_delta_tokens, session_version, "
-    + ROUND_USAGE_COLUMNS
-    + ") VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-)
-
-# One write's part of the rollup, as a statement of its own.
-_ROLL_VALUES: Final = _ROLL_SELECT + "(VALUES (1)) AS one" + _ROLL_TAIL
-
-_INSERT_TURN: Final = (
-    "INSERT INTO turns (session_id, seq, "
-    + TURN_COLUMNS
-    + ") VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-)
-
 _INSERT_STARTED: Final = (
     "INSERT INTO started_sessions (tenant_id, idempotency_key, session_id) VALUES (%s, %s, %s)"
 )
+
+# The amounts of a write's part of the rollup (as _ROLL_SELECT's), then the starts
+# of its hour and its day.
+_AMOUNTS_ROW: Final = (
+    "(%s::bigint, %s::numeric, %s::numeric, %s::numeric, %s::numeric, %s::numeric, "
+    "%s::numeric, %s::numeric, %s::bigint, %s::bigint, %s::bigint, %s::bigint)"
+)
+
+
+@cache
+def _start(with_key: bool, with_turn: bool) -> bytes:
+    """The one statement that stores a session the gateway starts: the key that
+    started it (``with_key``), the session, its first round, the round's turn
+    (``with_turn``), and the rollup's part of the session and of the round.
+
+    Its values: the key's (tenant, key, session id), _INSERT_SESSION's, the round's
+    (round_values, round_usage_values), the turn's, then the rollup's tenant,
+    group and slot, and an _AMOUNTS_ROW each for the session and for the round.
+    One statement is one transaction and one round trip; the eight of a pipeline
+    took the client about as long as eight round trips.
+    """
+    # (A key that started another session fails the statement: nothing is written.)
+    started: LiteralString = "started AS (" + _INSERT_STARTED + "), " if with_key else ""
+    turned: LiteralString = (
+        ", turned AS (INSERT INTO turns (session_id, seq, "
+        + TURN_COLUMNS
+        + ") SELECT session_id, seq, %s, %s, %s, %s, %s, %s, %s, %s FROM added)"
+        if with_turn
+        else ""
+    )
+    statement: LiteralString = (
+        "WITH "
+        + started
+        + "inserted AS ("
+        + _INSERT_SESSION
+        + " RETURNING session_id), added AS ("
+        + _INSERT_GATEWAY_ROUND.replace("FROM changed", "FROM inserted")
+        + " RETURNING session_id, seq)"
+        + turned
+        # The rollup's rows after the inserts it reads from, and before the
+        # session's counters (its insert's trigger, at the statement's end): the
+        # order a round's statement takes them in, so a start and a round of one
+        # group and slot never deadlock. One upsert changes a row once: the
+        # session's and the round's amounts are summed per bucket.
+        + " INSERT INTO usage_rollup (tenant_id, provider_id, model, slot, "
+        + _ROLLUP_COLUMNS
+        + ", span, start) SELECT %s::text, %s::text, %s::text, %s::smallint, "
+        "sum(a.rounds), sum(a.delta_tokens), sum(a.tokens_saved), sum(a.input_tokens), "
+        "sum(a.cached_input_tokens), sum(a.cache_write_tokens), sum(a.output_tokens), "
+        "sum(a.reasoning_tokens), sum(a.rounds_without_usage), sum(a.sessions_started), "
+        "b.span, b.start FROM added CROSS JOIN (VALUES "
+        + _AMOUNTS_ROW
+        + ", "
+        + _AMOUNTS_ROW
+        + ") AS a(rounds, delta_tokens, tokens_saved, input_tokens, cached_input_tokens, "
+        "cache_write_tokens, output_tokens, reasoning_tokens, rounds_without_usage, "
+        "sessions_started, hour, day) "
+        "CROSS JOIN LATERAL (VALUES (3600, a.hour), (86400, a.day)) AS b(span, start) "
+        "GROUP BY b.span, b.start" + _ROLLUP_CONFLICT
+    )
+    return _numbered(statement)
+
 
 _SELECT_STARTED: Final = (
     "SELECT session_id FROM started_sessions WHERE tenant_id = %s AND idempotency_key = %s"
@@ -1243,48 +1289,29 @@ class PostgresStore(TransactionalStore):
             return
         record = stored.record
         start_key = first.idempotency_key
+        keyed = (
+            ()
+            if start_key is None
+            else (record.tenant_id.value, start_key, record.session_id.value)
+        )
+        turned = () if first.turn is None else turn_values(first.turn)
+        round_rolled = _roll_params(stored, first.recorded_at, round_amounts(first, stored))
+        params = (
+            *keyed,
+            *session_values,
+            *round_values(first, stored),
+            *round_usage_values(first),
+            *turned,
+            *rolled,
+            *round_rolled[4:],
+        )
+        statement = _start(start_key is not None, first.turn is not None)
         async with self._connection() as conn:
             try:
-                # One round trip: the key first, so a duplicate stops the rest.
-                async with conn.pipeline():
-                    await conn.execute("BEGIN")
-                    if start_key is not None:
-                        await conn.execute(
-                            _INSERT_STARTED,
-                            (record.tenant_id.value, start_key, record.session_id.value),
-                        )
-                    # The rollup's rows before the session's counters (its insert's
-                    # trigger): the order every round's statement takes them in, so
-                    # a start and a round of one group and slot never deadlock.
-                    await conn.execute(_ROLL_VALUES, rolled)
-                    await conn.execute(
-                        _ROLL_VALUES,
-                        _roll_params(stored, first.recorded_at, round_amounts(first, stored)),
-                    )
-                    await conn.execute(_INSERT_SESSION, session_values)
-                    await conn.execute(
-                        _INSERT_ROUND,
-                        (
-                            record.session_id.value,
-                            first.seq,
-                            first.delta_tokens,
-                            first.recorded_at.epoch_micros,
-                            start_key,
-                            stored.record.delta_tokens,
-                            stored.version,
-                            *round_usage_values(first),
-                        ),
-                    )
-                    if first.turn is not None:
-                        await conn.execute(
-                            _INSERT_TURN,
-                            (record.session_id.value, first.seq, *turn_values(first.turn)),
-                        )
-                    await conn.execute("COMMIT")
+                await AsyncRawCursor[TupleRow](conn).execute(statement, params)
             except pg_errors.UniqueViolation as error:
                 if error.diag.constraint_name != "started_sessions_pkey" or start_key is None:
                     raise
-                await conn.execute("ROLLBACK")
                 started = await self._started_on(conn, record.tenant_id, start_key)
                 raise ConflictError(
                     f"idempotency key {start_key!r} already started session {started}"
