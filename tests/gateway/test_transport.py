@@ -124,8 +124,10 @@ async def test_a_stream_that_stalls_mid_way_is_a_timeout(upstream: AiohttpUpstre
 
     server, port = await serve(handler)
     async with server:
+        # The answer's head must come within the timeout, the loop busy or not:
+        # 1 s, not the 0.2 s of a provider that never answers.
         response = await upstream.send(
-            UpstreamRequest(provider(port, timeout=0.2), "/responses", b"{}")
+            UpstreamRequest(provider(port, timeout=1.0), "/responses", b"{}")
         )
         chunks: list[bytes] = []
 
@@ -152,8 +154,9 @@ async def test_a_body_that_stalls_mid_way_is_a_timeout(upstream: AiohttpUpstream
 
     server, port = await serve(handler)
     async with server:
+        # As above: 1 s for the answer's head to come.
         response = await upstream.send(
-            UpstreamRequest(provider(port, timeout=0.2), "/chat/completions", b"{}")
+            UpstreamRequest(provider(port, timeout=1.0), "/chat/completions", b"{}")
         )
         with pytest.raises(ProviderTimeout):
             await response.aread()
