@@ -30,7 +30,8 @@ A gateway round's turn of the conversation is written by its round's statement,
 and every write that takes a session out of Active deletes the session's turns
 in the same statement. Turns of one session are serialized across processes by
 an advisory lock held on a connection of a second pool (:meth:`turn_lock`); the
-session's changes while the turn is held go on that connection.
+session's changes while the turn is held go on that connection, and the turn's
+round gives the lock back in the same call (the schema's ``turn_recorded()``).
 
 The tables are created, in the connection's current schema, on first use and
 carry a schema version.
