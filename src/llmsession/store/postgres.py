@@ -162,7 +162,9 @@ DEFAULT_CONNECT_TIMEOUT: Final = 5
 #: gateway's usage (sessions and rounds), turns and started sessions; version 5
 #: adds usage_rollup, the rollup time series read (see store.rollup); version 6
 #: adds session_counts, the counters totals read, and the trigger keeping them;
-#: version 7 adds turn_history(), a gateway turn's lock and reads in one statement.
+#: version 7 adds turn_history(), a gateway turn's lock and reads in one statement;
+#: version 8 adds turn_recorded(), a turn's round and its lock given back in one
+#: call, and makes turn_history() read each turn without the answer as sent.
 SCHEMA_VERSION: Final = 8
 
 _Connection = AsyncConnection[TupleRow]
@@ -492,8 +494,8 @@ COUNTS_BACKFILL: Final = (
 # every turn committed before it. The first row is the session (its columns, the
 # turn's NULL), the next ones its turns in order (the session's columns NULL); no
 # row if the tenant has no such session. A turn's row holds what a turn sends on
-# (TurnItems), not the answer as sent: for a streamed answer, its whole event
-# stream, which every later turn read again until version 8.
+# (TurnItems), not the answer as sent (for a streamed answer, its whole event
+# stream), which only a replay reads.
 _TURN_HISTORY_FUNCTION: Final = (
     """
     CREATE FUNCTION turn_history(lock_key bigint, wanted uuid, tenant text)
@@ -544,13 +546,13 @@ _UPDATE_SESSION: Final = (
 )
 
 # A gateway round carries its usage; NULL counts are cast, as an untyped NULL in a
-# select list would be taken for text.
+# select list would be taken for text. Followed by the CTE holding its session's id.
 _INSERT_GATEWAY_ROUND: Final = (
     "INSERT INTO rounds (session_id, seq, delta_tokens, recorded_at, idempotency_key, "
     "session_delta_tokens, session_version, "
     + ROUND_USAGE_COLUMNS
     + ") SELECT session_id, %s, %s, %s, %s, %s, %s, %s, %s::bigint, %s::bigint, %s::bigint, "
-    "%s::bigint, %s::bigint, %s::text FROM changed"
+    "%s::bigint, %s::bigint, %s::text FROM "
 )
 
 # The turn is inserted only if its round was: all of them or nothing.
@@ -559,6 +561,7 @@ _UPDATE_SESSION_AND_INSERT_TURN: Final = (
     + _UPDATE_SESSION
     + " RETURNING session_id), added AS ("
     + _INSERT_GATEWAY_ROUND
+    + "changed"
     + " RETURNING session_id, seq), turned AS (INSERT INTO turns (session_id, seq, "
     + TURN_COLUMNS
     + ") SELECT session_id, seq, %s, %s, %s, %s, %s, %s, %s, %s FROM added) "
@@ -810,7 +813,8 @@ def _start(with_key: bool, with_turn: bool) -> bytes:
         + "inserted AS ("
         + _INSERT_SESSION
         + " RETURNING session_id), added AS ("
-        + _INSERT_GATEWAY_ROUND.replace("FROM changed", "FROM inserted")
+        + _INSERT_GATEWAY_ROUND
+        + "inserted"
         + " RETURNING session_id, seq)"
         + turned
         # The rollup's rows after the inserts it reads from, and before the
@@ -887,6 +891,7 @@ _UPDATE_SESSION_AND_INSERT_GATEWAY_ROUND: Final = (
     + _UPDATE_SESSION
     + " RETURNING session_id), added AS ("
     + _INSERT_GATEWAY_ROUND
+    + "changed"
     + " RETURNING 1) "
     + _ROLL_SELECT
     + "added"

@@ -240,17 +240,17 @@ def turn_values(turn: Turn) -> tuple[Any, ...]:
     )
 
 
-def turn_from_row(row: Sequence[Any], start: int = 0) -> Turn:
-    """A Turn from the TURN_COLUMNS at ``row[start:]``."""
+def turn_from_row(row: Sequence[Any]) -> Turn:
+    """A Turn from a row of TURN_COLUMNS."""
     return Turn(
-        endpoint=row[start],
-        request_hash=row[start + 1],
-        request_items=row[start + 2],
-        answer_items=row[start + 3],
-        response_id=row[start + 4],
-        answer_status=row[start + 5],
-        answer_type=row[start + 6],
-        answer_body=bytes(row[start + 7]),
+        endpoint=row[0],
+        request_hash=row[1],
+        request_items=row[2],
+        answer_items=row[3],
+        response_id=row[4],
+        answer_status=row[5],
+        answer_type=row[6],
+        answer_body=bytes(row[7]),
     )
 
 
