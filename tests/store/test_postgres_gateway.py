@@ -194,6 +194,46 @@ async def test_a_start_takes_its_rows_in_a_rounds_order_so_the_two_never_deadloc
     assert result.round.seq == 1
 
 
+async def test_a_start_takes_its_hours_rollup_row_before_its_days_as_a_round_does(
+    open_pg: Opener, postgres_url: str, clock: ManualClock
+) -> None:
+    # A round takes its rollup rows hour first, then day. Another transaction stands
+    # in for such a round: it holds the hour's row while the start runs, then takes
+    # the day's. A start that took the day's row first deadlocked with it; which
+    # row came first out of the start's aggregate depended on the bucket's times,
+    # so several hours are tried.
+    store = await open_pg()
+    conninfo = PostgresOptions.from_url(postgres_url).conninfo
+    for _ in range(6):
+        clock.advance(3 * 3600 + 17)
+        earlier = await start(store, clock)
+        slot = earlier.value.int % 8
+        session_id = SessionId.generate(clock())
+        while session_id.value.int % 8 != slot:
+            session_id = SessionId.generate(clock())
+        async with await psycopg.AsyncConnection.connect(conninfo) as round_tx:
+            await round_tx.execute("SET lock_timeout = '10s'")
+            rows = "SELECT 1 FROM usage_rollup WHERE tenant_id = 'acme' AND slot = %s "
+            latest = "AND start = (SELECT max(start) FROM usage_rollup WHERE span = %s) "
+            hour = await round_tx.execute(
+                rows + "AND span = 3600 " + latest + "FOR UPDATE", (slot, 3600)
+            )
+            assert len(await hour.fetchall()) == 1
+            starting = asyncio.create_task(
+                store.start_with_turn(
+                    ACME, session_id, provider_id="fake", model="m", turn=turn(1), usage=Usage(5)
+                )
+            )
+            await wait_until_blocked(postgres_url)
+            day = await round_tx.execute(
+                rows + "AND span = 86400 " + latest + "FOR UPDATE", (slot, 86400)
+            )
+            assert len(await day.fetchall()) == 1
+            await round_tx.commit()
+            result = await starting
+        assert result.round.seq == 1
+
+
 async def wait_until_blocked(url: str) -> None:
     """Return once some other connection waits for a lock."""
     for _ in range(500):

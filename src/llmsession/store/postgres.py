@@ -836,7 +836,9 @@ def _start(with_key: bool, with_turn: bool) -> bytes:
         "cache_write_tokens, output_tokens, reasoning_tokens, rounds_without_usage, "
         "sessions_started, hour, day) "
         "CROSS JOIN LATERAL (VALUES (3600, a.hour), (86400, a.day)) AS b(span, start) "
-        "GROUP BY b.span, b.start" + _ROLLUP_CONFLICT
+        # Hour, then day, as a round's VALUES: the aggregate's own order (a hash
+        # table's) was either, and the other one deadlocked with a round.
+        "GROUP BY b.span, b.start ORDER BY b.span" + _ROLLUP_CONFLICT
     )
     return _numbered(statement)
 
