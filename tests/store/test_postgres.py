@@ -152,6 +152,9 @@ async def test_a_newer_schema_is_refused(postgres_url: str, open_pg: Opener) -> 
 
 async def make_version(url: str, version: int) -> None:
     """Turn the current schema into what ``version`` created (its data stays)."""
+    if version < 9:
+        # Version 8 held every gateway turn's lock on a connection of its own.
+        await sql(url, "DROP FUNCTION try_turn_history(bigint, uuid, text)")
     if version < 8:
         # Version 7 gave a gateway turn's lock back in a statement of its own (and
         # its turn_history() read the answers as sent too: version 8 makes it again).
@@ -243,7 +246,7 @@ async def test_a_version_1_schema_is_upgraded_in_place(postgres_url: str, open_p
     assert (await again.get(ACME, session_id)).record.state is Active
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8])
 async def test_an_older_schema_is_upgraded_to_what_a_fresh_one_is(
     postgres_url: str, open_pg: Opener, clock: ManualClock, version: int
 ) -> None:

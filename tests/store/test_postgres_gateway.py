@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import psycopg
@@ -312,6 +313,131 @@ async def test_turns_hold_connections_of_their_own_pool(
         assert len(await store.history(ACME, session_id)) == 3
 
 
+async def test_more_turns_than_connections_share_them(
+    postgres_url: str, open_pg: Opener, clock: ManualClock
+) -> None:
+    # Three times as many turns at once as turn connections: each connection holds
+    # the locks of several turns, and every turn records its round.
+    name = f"shared{uuid.uuid4().hex[:8]}"
+    store = await open_pg(
+        f"&pool_min=1&pool_max=1&pool_timeout=5&turn_pool_max=2&application_name={name}"
+    )
+    sessions = [await start(store, clock) for _ in range(6)]
+    inside = asyncio.Barrier(7)
+
+    async def take_turn(session_id: SessionId) -> None:
+        async with store.turn_history(ACME, session_id):
+            await inside.wait()
+            await inside.wait()
+            await store.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
+
+    turns = [asyncio.create_task(take_turn(session_id)) for session_id in sessions]
+    # (With a connection per turn, four would fail to get one after pool_timeout.)
+    await asyncio.wait_for(inside.wait(), timeout=10)
+    holders = await sql(
+        postgres_url,
+        "SELECT count(*), count(DISTINCT l.pid) FROM pg_locks l "
+        "JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = %s",
+        name,
+    )
+    assert holders == [(6, 2)]
+    await inside.wait()
+    await asyncio.gather(*turns)
+    for session_id in sessions:
+        assert len(await store.history(ACME, session_id)) == 3
+        await until_advisory_locks(postgres_url, session_id, granted=0, waiting=0)
+
+
+async def test_a_turn_another_process_holds_is_awaited_on_a_connection_of_its_own(
+    postgres_url: str, open_pg: Opener, clock: ManualClock
+) -> None:
+    holder, store = await open_pg(), await open_pg("&turn_pool_max=1")
+    busy, free = await start(holder, clock), await start(holder, clock)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with holder.turn_history(ACME, busy):
+            await release.wait()
+
+    async def wait_for_turn() -> int:
+        async with store.turn_history(ACME, busy) as (stored, _):
+            await store.record_turn(ACME, busy, turn=turn(3), usage=Usage(1))
+            return stored.record.round_count
+
+    holding = asyncio.create_task(hold())
+    await until_advisory_locks(postgres_url, busy, granted=1, waiting=0)
+    waiting = asyncio.create_task(wait_for_turn())
+    await until_advisory_locks(postgres_url, busy, granted=1, waiting=1)
+    # The wait holds a connection of its own: the one turn connection still takes
+    # and gives back the turns of other sessions.
+    async with store.turn_history(ACME, free):
+        await store.record_turn(ACME, free, turn=turn(3), usage=Usage(1))
+    assert len(await store.history(ACME, free)) == 3
+    release.set()
+    await holding
+    assert await waiting == 2
+    await until_advisory_locks(postgres_url, busy, granted=0, waiting=0)
+
+
+async def test_a_lost_turn_connection_fails_its_turns_rounds(
+    postgres_url: str, open_pg: Opener, clock: ManualClock
+) -> None:
+    store, other = await open_pg("&turn_pool_max=1"), await open_pg()
+    sessions = [await start(store, clock) for _ in range(2)]
+    async with store.turn_history(ACME, sessions[0]), store.turn_history(ACME, sessions[1]):
+        ((pid,),) = await sql(
+            postgres_url,
+            "SELECT pid FROM pg_locks WHERE granted AND " + _TURN_LOCK,
+            *_key_parts(sessions[0]),
+        )
+        await sql(postgres_url, "SELECT pg_terminate_backend(%s)", pid)
+        await until_advisory_locks(postgres_url, sessions[0], granted=0, waiting=0)
+        # Both locks went with the connection, so neither turn may record its round:
+        # another process's turn may already have read the history without it.
+        for session_id in sessions:
+            with pytest.raises(StoreError, match="PostgreSQL failed"):
+                await store.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
+            async with other.turn_history(ACME, session_id) as (stored, turns):
+                assert (stored.record.round_count, len(turns)) == (2, 2)
+    # The next turns take a new connection.
+    for session_id in sessions:
+        async with store.turn_history(ACME, session_id):
+            await store.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
+        assert len(await store.history(ACME, session_id)) == 3
+
+
+async def test_a_turn_cancelled_while_taking_its_lock_gives_it_back(
+    postgres_url: str, open_pg: Opener, clock: ManualClock
+) -> None:
+    store = await open_pg("&turn_pool_max=1")
+    session_id = await start(store, clock)
+    entered: list[SessionId] = []
+
+    async def take_turn() -> None:
+        async with store.turn_history(ACME, session_id):
+            entered.append(session_id)
+
+    conninfo = PostgresOptions.from_url(postgres_url).conninfo
+    async with await psycopg.AsyncConnection.connect(conninfo) as blocker:
+        # The turn takes the lock, then waits to read the turns table.
+        await blocker.execute("LOCK TABLE turns IN ACCESS EXCLUSIVE MODE")
+        turning = asyncio.create_task(take_turn())
+        await until_a_turn_waits_for_a_row(postgres_url, session_id)
+        turning.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await turning
+        assert entered == []
+        await blocker.rollback()
+    # The statement ended and the lock it took was given back, on a connection
+    # the next turn uses as before.
+    await until_advisory_locks(postgres_url, session_id, granted=0, waiting=0)
+    async with store.turn_history(ACME, session_id) as (stored, turns):
+        assert (stored.record.round_count, len(turns)) == (2, 2)
+        await store.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
+    assert len(await store.history(ACME, session_id)) == 3
+
+
 async def test_a_failed_turn_releases_the_lock(open_pg: Opener, clock: ManualClock) -> None:
     store, other = await open_pg(), await open_pg()
     session_id = await start(store, clock)
@@ -529,7 +655,8 @@ def _key_parts(session_id: SessionId) -> tuple[int, int]:
 
 
 async def until_a_turn_waits_for_a_row(url: str, session_id: SessionId) -> None:
-    """Wait until the backend holding the session's turn lock waits for a row lock."""
+    """Wait until the backend holding the session's turn lock waits for a lock on a row
+    or a table."""
     statement = (
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
         "AND wait_event_type = 'Lock' AND pid IN "
@@ -537,7 +664,7 @@ async def until_a_turn_waits_for_a_row(url: str, session_id: SessionId) -> None:
     )
     deadline = time.monotonic() + 10
     while (await sql(url, statement, *_key_parts(session_id)))[0] != (1,):
-        assert time.monotonic() < deadline, "no turn waits for a row lock"
+        assert time.monotonic() < deadline, "no turn waits for a lock"
         await asyncio.sleep(0.02)
 
 

@@ -29,9 +29,10 @@ late round) locked it first.
 A gateway round's turn of the conversation is written by its round's statement,
 and every write that takes a session out of Active deletes the session's turns
 in the same statement. Turns of one session are serialized across processes by
-an advisory lock held on a connection of a second pool (:meth:`turn_lock`); the
-session's changes while the turn is held go on that connection, and the turn's
-round gives the lock back in the same call (the schema's ``turn_recorded()``).
+an advisory lock, held on a connection that the locks of many turns share
+(store.lock_connections, :meth:`turn_lock`); the session's changes while the
+turn is held go on that connection, and the turn's round gives the lock back in
+the same call (the schema's ``turn_recorded()``).
 
 The tables are created, in the connection's current schema, on first use and
 carry a schema version.
@@ -44,7 +45,7 @@ removed before connecting:
 ``pool_max``        most connections at once                       10
 ``pool_timeout``    seconds to wait for a free connection          30
 ``session_cache``   sessions whose last version is remembered      10000
-``turn_pool_max``   sessions whose gateway turn is held at once    10
+``turn_pool_max``   connections holding gateway turns' locks       10
 ==================  =============================================  =======
 
 Anything else (``sslmode``, ``options=-csearch_path%3Dmyschema`` ...) goes to libpq,
@@ -94,6 +95,7 @@ from llmsession.store.base import (
     expire_if_due,
 )
 from llmsession.store.cursor import decode_cursor, encode_cursor
+from llmsession.store.lock_connections import LockConnections
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
@@ -164,8 +166,9 @@ DEFAULT_CONNECT_TIMEOUT: Final = 5
 #: adds session_counts, the counters totals read, and the trigger keeping them;
 #: version 7 adds turn_history(), a gateway turn's lock and reads in one statement;
 #: version 8 adds turn_recorded(), a turn's round and its lock given back in one
-#: call, and makes turn_history() read each turn without the answer as sent.
-SCHEMA_VERSION: Final = 8
+#: call, and makes turn_history() read each turn without the answer as sent;
+#: version 9 adds try_turn_history(), which takes the lock only if it is free.
+SCHEMA_VERSION: Final = 9
 
 _Connection = AsyncConnection[TupleRow]
 
@@ -487,6 +490,16 @@ COUNTS_BACKFILL: Final = (
     "FROM sessions s GROUP BY 1, 2, 3, 4, 5"
 )
 
+
+# A turn's row of turn_history(): NULL where the session's columns are.
+_NO_SESSION: Final = (
+    "NULL::uuid, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::text, "
+    "NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, "
+    "NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, "
+    "NULL::bigint, NULL::bigint, NULL::bigint"
+)
+
+
 # A gateway turn's start (see PostgresStore._locked_turns): wait for the session's
 # turn lock, then read the session and its turns, in one statement where three
 # pipelined ones cost the client most of a turn's work. Each query of a volatile
@@ -496,9 +509,13 @@ COUNTS_BACKFILL: Final = (
 # row if the tenant has no such session. A turn's row holds what a turn sends on
 # (TurnItems), not the answer as sent (for a streamed answer, its whole event
 # stream), which only a replay reads.
-_TURN_HISTORY_FUNCTION: Final = (
-    """
-    CREATE FUNCTION turn_history(lock_key bigint, wanted uuid, tenant text)
+def _turn_history_function(name: LiteralString, take_lock: LiteralString) -> LiteralString:
+    """turn_history() or try_turn_history(): ``take_lock`` takes the turn's lock."""
+    return (
+        """
+    CREATE FUNCTION """
+        + name
+        + """(lock_key bigint, wanted uuid, tenant text)
     RETURNS TABLE (
         session_id uuid, tenant_id text, provider_id text, model text,
         initial_tokens bigint, state text, created_at bigint, activated_at bigint,
@@ -511,24 +528,40 @@ _TURN_HISTORY_FUNCTION: Final = (
     LANGUAGE plpgsql AS $$
     #variable_conflict use_column
     BEGIN
-        PERFORM pg_advisory_lock(lock_key);
+        """
+        + take_lock
+        + """
         RETURN QUERY SELECT """
-    + SESSION_COLUMNS
-    + ", "
-    + USAGE_COLUMNS
-    + """, NULL::text, NULL::text, NULL::text, NULL::text
+        + SESSION_COLUMNS
+        + ", "
+        + USAGE_COLUMNS
+        + """, NULL::text, NULL::text, NULL::text, NULL::text
             FROM sessions WHERE sessions.session_id = wanted AND sessions.tenant_id = tenant;
         IF FOUND THEN
-            RETURN QUERY SELECT NULL::uuid, NULL::text, NULL::text, NULL::text, NULL::bigint,
-                NULL::text, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
-                NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
-                NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
-                NULL::bigint, endpoint, request_items, answer_items, response_id
+            RETURN QUERY SELECT """
+        + _NO_SESSION
+        + """, endpoint, request_items, answer_items, response_id
                 FROM turns WHERE turns.session_id = wanted ORDER BY seq;
         END IF;
     END
     $$
     """
+    )
+
+
+_TURN_HISTORY_FUNCTION: Final = _turn_history_function(
+    "turn_history", "PERFORM pg_advisory_lock(lock_key);"
+)
+# The same, unless another connection holds the lock: then one row of NULLs, at
+# once (see PostgresStore._hold_turn).
+_TRY_TURN_HISTORY_FUNCTION: Final = _turn_history_function(
+    "try_turn_history",
+    """IF NOT pg_try_advisory_lock(lock_key) THEN
+            RETURN QUERY SELECT """
+    + _NO_SESSION
+    + """, NULL::text, NULL::text, NULL::text, NULL::text;
+            RETURN;
+        END IF;""",
 )
 # Where a row of turn_history() has its turn's columns.
 _TURN_AT: Final = 21
@@ -670,6 +703,7 @@ _UPGRADES: Final[dict[int, tuple[LiteralString | bytes, ...]]] = {
         _TURN_HISTORY_FUNCTION,
         _TURN_RECORDED_PROCEDURE,
     ),
+    9: (_TRY_TURN_HISTORY_FUNCTION,),
 }
 
 # Timestamps are bigint microseconds since the epoch: exact, and cheap to compare.
@@ -760,6 +794,7 @@ _SCHEMA: Final[tuple[LiteralString | bytes | sql.Composed, ...]] = (
     *_COUNTS_TRIGGERS,
     _TURN_HISTORY_FUNCTION,
     _TURN_RECORDED_PROCEDURE,
+    _TRY_TURN_HISTORY_FUNCTION,
 )
 
 # What _stored_from_row reads: the session, then its usage totals.
@@ -1138,6 +1173,7 @@ class PostgresStore(TransactionalStore):
         self,
         pool: AsyncConnectionPool[_Connection],
         turn_pool: AsyncConnectionPool[_Connection],
+        lock_connections: LockConnections,
         *,
         clock: Clock = system_clock,
         default_ttl_seconds: int = DEFAULT_TTL_SECONDS,
@@ -1145,11 +1181,13 @@ class PostgresStore(TransactionalStore):
     ) -> None:
         """Wrap open pools whose schema is ready; use :meth:`open` instead.
 
-        ``turn_pool`` holds the connections of gateway turns (see :meth:`turn_lock`).
+        Gateway turns hold their locks on ``lock_connections``, and wait for a lock
+        another process holds on a connection of ``turn_pool`` (see :meth:`turn_lock`).
         """
         super().__init__(clock=clock, default_ttl_seconds=default_ttl_seconds)
         self._pool = pool
         self._turn_pool = turn_pool
+        self._lock_connections = lock_connections
         self._recent = RecentSessions(session_cache)
         self._turns = SessionTurns()
         # Not self._turns: a gateway turn holds its place for seconds, and records
@@ -1174,6 +1212,13 @@ class PostgresStore(TransactionalStore):
         schema was made by a newer llmsession.
         """
         options = PostgresOptions.from_url(url)
+        # Autocommit: transactions are opened explicitly, only where a change needs one.
+        # prepare_threshold=0: every statement is prepared on first use per connection.
+        connection_kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "prepare_threshold": 0,
+            "connect_timeout": options.connect_timeout,
+        }
         # One connection first: the pool would retry an unreachable server until
         # pool_timeout, logging a warning each time, before saying what went wrong.
         try:
@@ -1185,29 +1230,24 @@ class PostgresStore(TransactionalStore):
         await probe.close()
         pool: AsyncConnectionPool[_Connection] = AsyncConnectionPool(
             options.conninfo,
-            # Autocommit: transactions are opened explicitly, only where a change needs one.
-            # prepare_threshold=0: every statement is prepared on first use per connection.
-            kwargs={
-                "autocommit": True,
-                "prepare_threshold": 0,
-                "connect_timeout": options.connect_timeout,
-            },
+            kwargs=connection_kwargs,
             min_size=options.pool_min,
             max_size=options.pool_max,
             timeout=options.pool_timeout,
             open=False,
             name="llmsession",
         )
-        # A gateway turn holds its connection for as long as the provider takes, and
-        # records its round inside: from the main pool, turns could take every
-        # connection and wait forever for one more. Empty until the gateway is used.
+        # A gateway turn holds its lock for as long as the provider takes, and
+        # records its round inside: on connections of the main pool, turns could
+        # take every one and wait forever for one more. None is opened until the
+        # gateway is used.
+        lock_connections = LockConnections(
+            partial(psycopg.AsyncConnection.connect, options.conninfo, **connection_kwargs),
+            options.turn_pool_max,
+        )
         turn_pool: AsyncConnectionPool[_Connection] = AsyncConnectionPool(
             options.conninfo,
-            kwargs={
-                "autocommit": True,
-                "prepare_threshold": 0,
-                "connect_timeout": options.connect_timeout,
-            },
+            kwargs=connection_kwargs,
             min_size=0,
             max_size=options.turn_pool_max,
             timeout=options.pool_timeout,
@@ -1223,6 +1263,7 @@ class PostgresStore(TransactionalStore):
             store = cls(
                 pool,
                 turn_pool,
+                lock_connections,
                 clock=clock,
                 default_ttl_seconds=default_ttl_seconds,
                 session_cache=options.session_cache,
@@ -1231,6 +1272,7 @@ class PostgresStore(TransactionalStore):
         except BaseException:
             await pool.close()
             await turn_pool.close()
+            await lock_connections.aclose()
             raise
         return store
 
@@ -1392,16 +1434,16 @@ class PostgresStore(TransactionalStore):
         """Hold a session's turn in every process sharing the database.
 
         Waiters in this process queue here first (in arrival order), so only the
-        first holds a connection of the turn pool, blocked in
-        ``pg_advisory_lock``; PostgreSQL grants the lock to the processes in the
-        order they asked. A process that dies releases its locks by disconnecting.
+        first asks PostgreSQL, which grants the lock to the processes in the order
+        they asked (see :meth:`_hold_turn`). A process that dies releases its locks
+        by disconnecting.
         """
         return self._turn_only(session_id)
 
     @asynccontextmanager
     async def _turn_only(self, session_id: SessionId) -> AsyncGenerator[None]:
         key = _lock_key(session_id)
-        async with self._hold_turn(session_id, key, _LOCK, (key,)):
+        async with self._hold_turn(session_id, key, (_TRY_LOCK, _LOCK), (key,)):
             yield
 
     @asynccontextmanager
@@ -1412,7 +1454,8 @@ class PostgresStore(TransactionalStore):
         # once the lock is granted, so they see every turn before this one.
         key = _lock_key(session_id)
         params = (key, session_id.value, tenant_id.value)
-        async with self._hold_turn(session_id, key, _TURN_HISTORY, params) as rows:
+        statements = (_TRY_TURN_HISTORY, _TURN_HISTORY)
+        async with self._hold_turn(session_id, key, statements, params) as rows:
             yield self._history_from_rows(session_id, rows)
 
     def _history_from_rows(
@@ -1431,23 +1474,52 @@ class PostgresStore(TransactionalStore):
 
     @asynccontextmanager
     async def _hold_turn(
-        self, session_id: SessionId, key: int, statement: LiteralString, params: tuple[Any, ...]
+        self,
+        session_id: SessionId,
+        key: int,
+        statements: tuple[LiteralString, LiteralString],
+        params: tuple[Any, ...],
     ) -> AsyncGenerator[list[TupleRow]]:
-        """Hold the session's turn, taken by ``statement`` (which locks ``key``); its rows."""
+        """Hold the session's turn, taken by ``statements`` (each locks ``key``: the
+        first only if it is free, the second waiting for it); the rows of the one
+        that took it.
+
+        The turn's lock is taken on a connection shared with other turns (see
+        store.lock_connections), at once unless another process holds the turn.
+        Only a turn that has to wait for it waits on a connection of its own, from
+        the turn pool: a waiting statement holds its connection until it ends.
+        """
         async with self._gateway_turns.turn(session_id):
             if self._closed:
                 raise StoreError("this store was closed; open a new one")
+            shared = await self._lock_connections.take()
+            try:
+                # Binary rows: turn_history()'s uuid and bigints decode without
+                # parsing text.
+                rows = await self._lock_connections.try_lock(shared, statements[0], params, key)
+                if rows is not None:
+                    # The session's changes meanwhile (the turn's own round) are
+                    # written on this connection, one statement at a time with the
+                    # other turns' on it: its round gives the lock back.
+                    held = self._held[session_id.value] = _HeldTurn(shared.conn, key, shared.lock)
+                    try:
+                        yield rows
+                    finally:
+                        del self._held[session_id.value]
+                        # After a change still writing on the connection.
+                        await self._lock_connections.unlock(
+                            shared, key, unless=lambda: held.released
+                        )
+                    return
+            finally:
+                self._lock_connections.give_back(shared)
             try:
                 conn = await self._turn_pool.getconn()
             except psycopg.Error as error:
                 raise StoreError(f"no PostgreSQL connection: {error}") from error
             try:
-                # Binary rows: turn_history()'s uuid and bigints decode without
-                # parsing text. pg_advisory_lock's one row is not read.
-                rows = await _advisory(conn, statement, params, binary=True)
-                # The session's changes meanwhile (the turn's own round) are written
-                # on this connection: no second one is checked out of the main pool.
-                held = self._held[session_id.value] = _HeldTurn(conn, key)
+                rows = await _advisory(conn, statements[1], params, binary=True)
+                held = self._held[session_id.value] = _HeldTurn(conn, key, asyncio.Lock())
                 try:
                     yield rows
                 finally:
@@ -1806,6 +1878,7 @@ class PostgresStore(TransactionalStore):
         self._closed = True
         await self._pool.close()
         await self._turn_pool.close()
+        await self._lock_connections.aclose()
 
     # -- tenants and API keys ---------------------------------------------------------
 
@@ -1896,8 +1969,9 @@ class PostgresStore(TransactionalStore):
             raise StoreError("this store was closed; open a new one")
         held = None if session_id is None else self._held.get(session_id.value)
         if held is not None:
-            # Changes of one session go one group at a time (SessionGroups); the
-            # lock only keeps the turn's unlock after the last of them.
+            # The connection's users go one at a time: the changes of this session
+            # (one group at a time anyway, SessionGroups), the turn's unlock after
+            # the last of them, and the other turns holding their locks on it.
             async with held.lock:
                 try:
                     yield held.conn
@@ -1921,15 +1995,16 @@ class PostgresStore(TransactionalStore):
 
 class _HeldTurn:
     """The connection holding a gateway turn's advisory lock (``key``), lent to the
-    session's changes while the turn lasts; ``released`` once the turn's round gave
-    the lock back (turn_recorded)."""
+    session's changes while the turn lasts, one at a time with its other users
+    (``lock``); ``released`` once the turn's round gave the lock back
+    (turn_recorded)."""
 
     __slots__ = ("conn", "key", "lock", "released")
 
-    def __init__(self, conn: _Connection, key: int) -> None:
+    def __init__(self, conn: _Connection, key: int, lock: asyncio.Lock) -> None:
         self.conn = conn
         self.key = key
-        self.lock = asyncio.Lock()
+        self.lock = lock
         self.released = False
 
 
@@ -2081,6 +2156,9 @@ async def _advisory(
 _LOCK: Final = "SELECT pg_advisory_lock(%s::bigint)"
 _UNLOCK: Final = "SELECT pg_advisory_unlock(%s::bigint)"
 _TURN_HISTORY: Final = "SELECT * FROM turn_history(%s::bigint, %s::uuid, %s::text)"
+# These two take the lock only if it is free; else their one row starts with NULL.
+_TRY_LOCK: Final = "SELECT CASE WHEN pg_try_advisory_lock(%s::bigint) THEN 1 END"
+_TRY_TURN_HISTORY: Final = "SELECT * FROM try_turn_history(%s::bigint, %s::uuid, %s::text)"
 # Each value cast to its parameter's type: psycopg sends an int as the smallest
 # integer type that holds it. On a raw cursor, as _execute_write's statements.
 _TURN_RECORDED: Final = (
