@@ -395,6 +395,56 @@ def test_concurrent_turns_on_one_session_each_see_every_turn_before(gateway: Gat
 
 
 @pytest.mark.postgres
+def test_more_sessions_in_a_turn_at_once_than_turn_connections_on_postgresql(
+    module_fake: FakeProcess,
+    start_server: ServerFactory,
+    postgres_url: str,
+    tmp_path: Path,
+    gateways: list[Gateway],
+) -> None:
+    # Four sessions wait for a slow provider at once, on a server with one turn
+    # connection and a 1 s pool timeout: all four hold their turns together (with
+    # a connection each, the third and fourth would wait over 1 s and fail).
+    assert module_fake.post("/_fake/reset").status_code == 200
+    config = write_config(tmp_path / "gateway.toml", module_fake)
+    env = {"LLMSESSION_CONFIG": str(config), "FAKE_UPSTREAM_KEY": API_KEY}
+    url = postgres_url + "&turn_pool_max=1&pool_timeout=1"
+    gateway = Gateway(start_server(url, **env), module_fake)
+    gateways.append(gateway)
+    key = gateway.tenant()
+    sessions = [
+        gateway.sdk(key)
+        .chat.completions.with_raw_response.create(
+            model="fake/gpt-4o-mini", messages=[{"role": "user", "content": f"S{n}"}]
+        )
+        .headers[SID]
+        for n in range(4)
+    ]
+    module_fake.fault(mode="slow", delay_seconds=0.6, count=4)
+    errors: list[BaseException] = []
+
+    def turn(session_id: str) -> None:
+        try:
+            gateway.sdk(key).chat.completions.create(
+                model="fake/gpt-4o-mini",
+                messages=[{"role": "user", "content": "Q2"}],
+                extra_headers={SID: session_id},
+            )
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=turn, args=(session_id,)) for session_id in sessions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for session_id in sessions:
+        assert gateway.get(key, f"/v1/sessions/{session_id}")["round_count"] == 2
+    gateway.assert_totals_match_billing(key)
+
+
+@pytest.mark.postgres
 def test_a_session_continues_through_a_second_server_on_postgresql(
     module_fake: FakeProcess,
     start_server: ServerFactory,
