@@ -407,6 +407,33 @@ async def test_a_lost_turn_connection_fails_its_turns_rounds(
         assert len(await store.history(ACME, session_id)) == 3
 
 
+async def test_a_turn_connection_dropped_while_idle_is_replaced_for_the_next_turn(
+    postgres_url: str, open_pg: Opener, clock: ManualClock
+) -> None:
+    # As after a server restart or an idle timeout: the next turn's lock statement
+    # finds the connection gone (no lock can have been taken on it), and is tried
+    # again on a new one.
+    store = await open_pg("&turn_pool_max=1")
+    session_id = await start(store, clock)
+    async with store.turn_history(ACME, session_id):
+        ((pid,),) = await sql(
+            postgres_url,
+            "SELECT pid FROM pg_locks WHERE granted AND " + _TURN_LOCK,
+            *_key_parts(session_id),
+        )
+    await sql(postgres_url, "SELECT pg_terminate_backend(%s)", pid)
+    async with store.turn_history(ACME, session_id) as (stored, _):
+        ((holder,),) = await sql(
+            postgres_url,
+            "SELECT pid FROM pg_locks WHERE granted AND " + _TURN_LOCK,
+            *_key_parts(session_id),
+        )
+        await store.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
+    assert stored.record.round_count == 2
+    assert holder != pid
+    assert len(await store.history(ACME, session_id)) == 3
+
+
 async def test_a_turn_cancelled_while_taking_its_lock_gives_it_back(
     postgres_url: str, open_pg: Opener, clock: ManualClock
 ) -> None:

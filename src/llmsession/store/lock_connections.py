@@ -62,7 +62,7 @@ class LockConnections:
         # Statements whose callers were cancelled, kept until they end.
         self._orphans: set[asyncio.Future[Any]] = set()
 
-    async def take(self) -> LockConnection:
+    async def _take(self) -> LockConnection:
         """A connection for one more turn's lock; StoreError if none can be opened.
 
         Give it back with :meth:`give_back` when the turn ends.
@@ -106,7 +106,29 @@ class LockConnections:
         """One turn fewer holds a lock on ``shared``."""
         shared.holders -= 1
 
-    async def try_lock(
+    async def take_lock(
+        self, statement: LiteralString, params: tuple[Any, ...], key: int
+    ) -> tuple[LockConnection, list[TupleRow] | None]:
+        """Take a connection (see :meth:`_take`) and run ``statement`` on it (see
+        :meth:`_try_lock`): the connection, to give back when the turn ends, and the
+        statement's rows, or None if another connection held the lock.
+
+        A connection the server dropped while it stood idle (a restart, an idle
+        timeout) fails the statement before it could take a lock: the statement is
+        tried once more, on another connection.
+        """
+        retried = False
+        while True:
+            shared = await self._take()
+            try:
+                return shared, await self._try_lock(shared, statement, params, key)
+            except BaseException as error:
+                self.give_back(shared)
+                if retried or not (isinstance(error, StoreError) and shared.conn.closed):
+                    raise
+                retried = True
+
+    async def _try_lock(
         self, shared: LockConnection, statement: LiteralString, params: tuple[Any, ...], key: int
     ) -> list[TupleRow] | None:
         """Run ``statement``, which takes advisory lock ``key`` on ``shared`` if no other

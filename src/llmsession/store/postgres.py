@@ -1492,11 +1492,9 @@ class PostgresStore(TransactionalStore):
         async with self._gateway_turns.turn(session_id):
             if self._closed:
                 raise StoreError("this store was closed; open a new one")
-            shared = await self._lock_connections.take()
+            # Binary rows: turn_history()'s uuid and bigints decode without parsing text.
+            shared, rows = await self._lock_connections.take_lock(statements[0], params, key)
             try:
-                # Binary rows: turn_history()'s uuid and bigints decode without
-                # parsing text.
-                rows = await self._lock_connections.try_lock(shared, statements[0], params, key)
                 if rows is not None:
                     # The session's changes meanwhile (the turn's own round) are
                     # written on this connection, one statement at a time with the
