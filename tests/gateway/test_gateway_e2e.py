@@ -394,6 +394,13 @@ def test_concurrent_turns_on_one_session_each_see_every_turn_before(gateway: Gat
     gateway.assert_totals_match_billing(key)
 
 
+def fresh_fake_env(fake: FakeProcess, tmp_path: Path) -> dict[str, str]:
+    """A server's environment for a gateway in front of ``fake``, whose billing is reset."""
+    assert fake.post("/_fake/reset").status_code == 200
+    config = write_config(tmp_path / "gateway.toml", fake)
+    return {"LLMSESSION_CONFIG": str(config), "FAKE_UPSTREAM_KEY": API_KEY}
+
+
 @pytest.mark.postgres
 def test_more_sessions_in_a_turn_at_once_than_turn_connections_on_postgresql(
     module_fake: FakeProcess,
@@ -405,9 +412,7 @@ def test_more_sessions_in_a_turn_at_once_than_turn_connections_on_postgresql(
     # Four sessions wait for a slow provider at once, on a server with one turn
     # connection and a 1 s pool timeout: all four hold their turns together (with
     # a connection each, the third and fourth would wait over 1 s and fail).
-    assert module_fake.post("/_fake/reset").status_code == 200
-    config = write_config(tmp_path / "gateway.toml", module_fake)
-    env = {"LLMSESSION_CONFIG": str(config), "FAKE_UPSTREAM_KEY": API_KEY}
+    env = fresh_fake_env(module_fake, tmp_path)
     url = postgres_url + "&turn_pool_max=1&pool_timeout=1"
     gateway = Gateway(start_server(url, **env), module_fake)
     gateways.append(gateway)
@@ -452,9 +457,7 @@ def test_a_session_continues_through_a_second_server_on_postgresql(
     tmp_path: Path,
     gateways: list[Gateway],
 ) -> None:
-    assert module_fake.post("/_fake/reset").status_code == 200
-    config = write_config(tmp_path / "gateway.toml", module_fake)
-    env = {"LLMSESSION_CONFIG": str(config), "FAKE_UPSTREAM_KEY": API_KEY}
+    env = fresh_fake_env(module_fake, tmp_path)
     one = Gateway(start_server(postgres_url, **env), module_fake)
     two = Gateway(start_server(postgres_url, **env), module_fake)
     gateways += [one, two]

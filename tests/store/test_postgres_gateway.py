@@ -386,11 +386,7 @@ async def test_a_lost_turn_connection_fails_its_turns_rounds(
     store, other = await open_pg("&turn_pool_max=1"), await open_pg()
     sessions = [await start(store, clock) for _ in range(2)]
     async with store.turn_history(ACME, sessions[0]), store.turn_history(ACME, sessions[1]):
-        ((pid,),) = await sql(
-            postgres_url,
-            "SELECT pid FROM pg_locks WHERE granted AND " + _TURN_LOCK,
-            *_key_parts(sessions[0]),
-        )
+        pid = await turn_lock_holder(postgres_url, sessions[0])
         await sql(postgres_url, "SELECT pg_terminate_backend(%s)", pid)
         await until_advisory_locks(postgres_url, sessions[0], granted=0, waiting=0)
         # Both locks went with the connection, so neither turn may record its round:
@@ -416,18 +412,10 @@ async def test_a_turn_connection_dropped_while_idle_is_replaced_for_the_next_tur
     store = await open_pg("&turn_pool_max=1")
     session_id = await start(store, clock)
     async with store.turn_history(ACME, session_id):
-        ((pid,),) = await sql(
-            postgres_url,
-            "SELECT pid FROM pg_locks WHERE granted AND " + _TURN_LOCK,
-            *_key_parts(session_id),
-        )
+        pid = await turn_lock_holder(postgres_url, session_id)
     await sql(postgres_url, "SELECT pg_terminate_backend(%s)", pid)
     async with store.turn_history(ACME, session_id) as (stored, _):
-        ((holder,),) = await sql(
-            postgres_url,
-            "SELECT pid FROM pg_locks WHERE granted AND " + _TURN_LOCK,
-            *_key_parts(session_id),
-        )
+        holder = await turn_lock_holder(postgres_url, session_id)
         await store.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
     assert stored.record.round_count == 2
     assert holder != pid
@@ -525,11 +513,7 @@ async def test_a_turns_round_is_written_and_its_lock_given_back_in_one_call(
     store, other = await open_pg(), await open_pg()
     session_id = await start(store, clock)
     async with store.turn_history(ACME, session_id):
-        ((holder,),) = await sql(
-            postgres_url,
-            "SELECT pid FROM pg_locks WHERE granted AND " + _TURN_LOCK,
-            *_key_parts(session_id),
-        )
+        holder = await turn_lock_holder(postgres_url, session_id)
         await store.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
         # The backend holding the turn's advisory lock wrote the round (the turn
         # needed no connection of the main pool), committed it and let the lock go.
@@ -679,6 +663,15 @@ def _key_parts(session_id: SessionId) -> tuple[int, int]:
     value = session_id.value.int
     key = (value >> 64) ^ (value & 0xFFFF_FFFF_FFFF_FFFF)
     return key >> 32, key & 0xFFFF_FFFF
+
+
+async def turn_lock_holder(url: str, session_id: SessionId) -> int:
+    """The backend holding the session's turn lock."""
+    ((pid,),) = await sql(
+        url, "SELECT pid FROM pg_locks WHERE granted AND " + _TURN_LOCK, *_key_parts(session_id)
+    )
+    assert isinstance(pid, int)
+    return pid
 
 
 async def until_a_turn_waits_for_a_row(url: str, session_id: SessionId) -> None:
