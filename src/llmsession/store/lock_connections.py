@@ -21,6 +21,7 @@ lock was lost never records a round.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, LiteralString
 
@@ -35,24 +36,35 @@ _Connection = psycopg.AsyncConnection[TupleRow]
 
 
 class LockConnection:
-    """One connection, its statements one at a time (``lock``), and how many turns hold
-    their locks on it (``holders``)."""
+    """One connection, its statements one at a time (``lock``), how many turns hold
+    their locks on it (``holders``), and since when none has (``idle_since``)."""
 
-    __slots__ = ("conn", "holders", "lock")
+    __slots__ = ("conn", "holders", "idle_since", "lock")
 
     def __init__(self, conn: _Connection) -> None:
         self.conn = conn
         self.lock = asyncio.Lock()
         self.holders = 0
+        self.idle_since: float | None = None
 
 
 class LockConnections:
     """Up to ``size`` connections, opened by ``connect`` when first needed, shared by
-    the turns holding advisory locks on them."""
+    the turns holding advisory locks on them; one that no turn used for
+    ``max_idle`` seconds (of ``clock``) is closed when a turn next takes one."""
 
-    def __init__(self, connect: Callable[[], Awaitable[_Connection]], size: int) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[_Connection]],
+        size: int,
+        *,
+        max_idle: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._connect = connect
         self._size = size
+        self._max_idle = max_idle
+        self._clock = clock
         self._open: list[LockConnection] = []
         # Connections being opened count towards size: turns arriving together do
         # not open more than it.
@@ -70,8 +82,7 @@ class LockConnections:
         while True:
             if self._closed:
                 raise StoreError("this store was closed; open a new one")
-            # A connection a turn's statement found broken holds no lock any more.
-            self._open = [shared for shared in self._open if not shared.conn.closed]
+            await self._close_idle()
             least = min(self._open, key=lambda shared: shared.holders, default=None)
             if (least is None or least.holders > 0) and len(
                 self._open
@@ -83,7 +94,29 @@ class LockConnections:
                     await self._opened.wait()
                 continue
             least.holders += 1
+            least.idle_since = None
             return least
+
+    async def _close_idle(self) -> None:
+        """Forget the connections a turn's statement found broken (they hold no lock
+        any more), and close those no turn used for max_idle seconds."""
+        now = self._clock()
+        kept: list[LockConnection] = []
+        idle: list[LockConnection] = []
+        for shared in self._open:
+            if shared.conn.closed:
+                continue
+            if (
+                shared.idle_since is not None
+                and now - shared.idle_since > self._max_idle
+                and not shared.lock.locked()
+            ):
+                idle.append(shared)
+            else:
+                kept.append(shared)
+        self._open = kept
+        for shared in idle:
+            await shared.conn.close()
 
     async def _open_one(self) -> LockConnection:
         self._opening += 1
@@ -105,6 +138,8 @@ class LockConnections:
     def give_back(self, shared: LockConnection) -> None:
         """One turn fewer holds a lock on ``shared``."""
         shared.holders -= 1
+        if not shared.holders:
+            shared.idle_since = self._clock()
 
     async def take_lock(
         self, statement: LiteralString, params: tuple[Any, ...], key: int
