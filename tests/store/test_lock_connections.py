@@ -4,11 +4,13 @@ test_postgres_gateway.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 
 import psycopg
 import pytest
+from psycopg.rows import TupleRow
 
 from llmsession.store.lock_connections import LockConnection, LockConnections
 from llmsession.store.postgres import PostgresOptions
@@ -84,3 +86,24 @@ async def test_a_connection_unused_for_max_idle_is_closed_at_the_next_take(
     assert replaced is not used
     assert used.conn.closed
     assert not replaced.conn.closed
+
+
+async def test_turns_arriving_while_the_last_connection_opens_wait_for_it(
+    postgres_url: str,
+) -> None:
+    conninfo = PostgresOptions.from_url(postgres_url).conninfo
+    opened: list[psycopg.AsyncConnection[TupleRow]] = []
+
+    async def connect() -> psycopg.AsyncConnection[TupleRow]:
+        await asyncio.sleep(0.05)  # long enough for the other turns to arrive
+        opened.append(await psycopg.AsyncConnection.connect(conninfo, autocommit=True))
+        return opened[-1]
+
+    connections = LockConnections(connect, 1)
+    try:
+        taken = await asyncio.gather(*(lock(connections, key) for key in (1, 2, 3)))
+        assert len(opened) == 1
+        assert {id(shared) for shared in taken} == {id(taken[0])}
+        assert taken[0].holders == 3
+    finally:
+        await connections.aclose()

@@ -84,9 +84,8 @@ class LockConnections:
                 raise StoreError("this store was closed; open a new one")
             await self._close_idle()
             least = min(self._open, key=lambda shared: shared.holders, default=None)
-            if (least is None or least.holders > 0) and len(
-                self._open
-            ) + self._opening < self._size:
+            room = len(self._open) + self._opening < self._size
+            if (least is None or least.holders > 0) and room:
                 least = await self._open_one()
             elif least is None:
                 # Every connection allowed is being opened by other turns.
@@ -121,19 +120,21 @@ class LockConnections:
     async def _open_one(self) -> LockConnection:
         self._opening += 1
         try:
-            conn = await self._connect()
-        except psycopg.Error as error:
-            raise StoreError(f"no PostgreSQL connection: {error}") from error
+            try:
+                conn = await self._connect()
+            except psycopg.Error as error:
+                raise StoreError(f"no PostgreSQL connection: {error}") from error
+            if self._closed:
+                await conn.close()
+                raise StoreError("this store was closed; open a new one")
+            shared = LockConnection(conn)
+            self._open.append(shared)
+            return shared
         finally:
+            # Turns waiting for it take it now, or open one themselves if it failed.
             self._opening -= 1
             async with self._opened:
                 self._opened.notify_all()
-        if self._closed:
-            await conn.close()
-            raise StoreError("this store was closed; open a new one")
-        shared = LockConnection(conn)
-        self._open.append(shared)
-        return shared
 
     def give_back(self, shared: LockConnection) -> None:
         """One turn fewer holds a lock on ``shared``."""
