@@ -30,9 +30,12 @@ from psycopg.rows import TupleRow
 
 from llmsession.errors import StoreError
 
-__all__ = ["LockConnection", "LockConnections"]
+__all__ = ["UNLOCK", "LockConnection", "LockConnections"]
 
 _Connection = psycopg.AsyncConnection[TupleRow]
+
+#: Gives an advisory lock back (its one parameter the key).
+UNLOCK: Final = "SELECT pg_advisory_unlock(%s::bigint)"
 
 
 class LockConnection:
@@ -180,14 +183,13 @@ class LockConnections:
         except asyncio.CancelledError:
             self._keep(asyncio.ensure_future(self._undo(shared, running, key)))
             raise
-        return None if rows and rows[0][0] is None else rows
+        return rows if _granted(rows) else None
 
     async def _undo(
         self, shared: LockConnection, running: asyncio.Future[list[TupleRow]], key: int
     ) -> None:
-        rows = await running
-        if not rows or rows[0][0] is not None:
-            await self._run(shared, _UNLOCK, (key,))
+        if _granted(await running):
+            await self._run(shared, UNLOCK, (key,))
 
     async def unlock(
         self, shared: LockConnection, key: int, *, unless: Callable[[], bool] = lambda: False
@@ -204,7 +206,7 @@ class LockConnections:
 
         if gone():
             return
-        running = asyncio.ensure_future(self._run(shared, _UNLOCK, (key,), unless=gone))
+        running = asyncio.ensure_future(self._run(shared, UNLOCK, (key,), unless=gone))
         try:
             await asyncio.shield(running)
         except asyncio.CancelledError:
@@ -250,4 +252,7 @@ class LockConnections:
             self._opened.notify_all()
 
 
-_UNLOCK: Final = "SELECT pg_advisory_unlock(%s::bigint)"
+def _granted(rows: list[TupleRow]) -> bool:
+    """Whether a lock statement took its lock: no row (no such session, the lock
+    taken), or a first row not starting with NULL."""
+    return not rows or rows[0][0] is not None

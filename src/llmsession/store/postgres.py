@@ -59,8 +59,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncGenerator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncGenerator, Generator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import cache, partial
 from typing import Any, Final, LiteralString
@@ -95,7 +95,7 @@ from llmsession.store.base import (
     expire_if_due,
 )
 from llmsession.store.cursor import decode_cursor, encode_cursor
-from llmsession.store.lock_connections import LockConnections
+from llmsession.store.lock_connections import UNLOCK, LockConnections
 from llmsession.store.models import (
     ApiKeyInfo,
     GroupKey,
@@ -1499,11 +1499,11 @@ class PostgresStore(TransactionalStore):
                     # The session's changes meanwhile (the turn's own round) are
                     # written on this connection, one statement at a time with the
                     # other turns' on it: its round gives the lock back.
-                    held = self._held[session_id.value] = _HeldTurn(shared.conn, key, shared.lock)
+                    held = _HeldTurn(shared.conn, key, shared.lock)
                     try:
-                        yield rows
+                        with self._lent(session_id, held):
+                            yield rows
                     finally:
-                        del self._held[session_id.value]
                         # After a change still writing on the connection.
                         await self._lock_connections.unlock(
                             shared, key, unless=lambda: held.released
@@ -1517,17 +1517,27 @@ class PostgresStore(TransactionalStore):
                 raise StoreError(f"no PostgreSQL connection: {error}") from error
             try:
                 rows = await _advisory(conn, statements[1], params, binary=True)
-                held = self._held[session_id.value] = _HeldTurn(conn, key, asyncio.Lock())
+                held = _HeldTurn(conn, key, asyncio.Lock())
                 try:
-                    yield rows
+                    with self._lent(session_id, held):
+                        yield rows
                 finally:
-                    del self._held[session_id.value]
                     # A change still writing on the connection finishes first.
                     async with held.lock:
                         if not held.released:
-                            await _advisory(conn, _UNLOCK, (key,))
+                            await _advisory(conn, UNLOCK, (key,))
             finally:
                 await self._turn_pool.putconn(conn)
+
+    @contextmanager
+    def _lent(self, session_id: SessionId, held: _HeldTurn) -> Generator[None]:
+        """The session's changes go on ``held``'s connection while this lasts (see
+        :meth:`_connection`)."""
+        self._held[session_id.value] = held
+        try:
+            yield
+        finally:
+            del self._held[session_id.value]
 
     async def _run_change(
         self,
@@ -2152,7 +2162,6 @@ async def _advisory(
 
 
 _LOCK: Final = "SELECT pg_advisory_lock(%s::bigint)"
-_UNLOCK: Final = "SELECT pg_advisory_unlock(%s::bigint)"
 _TURN_HISTORY: Final = "SELECT * FROM turn_history(%s::bigint, %s::uuid, %s::text)"
 # These two take the lock only if it is free; else their one row starts with NULL.
 _TRY_LOCK: Final = "SELECT CASE WHEN pg_try_advisory_lock(%s::bigint) THEN 1 END"
