@@ -19,7 +19,12 @@ from llmsession.errors import ConflictError, SessionExpiredError, StoreError, Wr
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import Closed, SessionExpired
 from llmsession.store.models import Turn, TurnItems
-from llmsession.store.postgres import PostgresOptions, PostgresStore
+from llmsession.store.postgres import (
+    PostgresOptions,
+    PostgresStore,
+    _lock_key,
+    _unlock_all_or_close,
+)
 from llmsession.usage import Usage
 from tests.store.conftest import T0
 from tests.store.test_postgres import spawn, sql
@@ -465,9 +470,9 @@ async def test_a_failed_turn_releases_the_lock(open_pg: Opener, clock: ManualClo
 
 
 async def test_a_turn_cancelled_while_waiting_for_the_lock_leaves_it_free(
-    postgres_url: str, open_pg: Opener, clock: ManualClock
+    postgres_url: str, open_pg: Opener, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    holder, waiter, later = await open_pg(), await open_pg(), await open_pg()
+    holder, waiter, later = await open_pg(), await open_pg("&turn_pool_max=1"), await open_pg()
     session_id = await start(holder, clock)
     release = asyncio.Event()
 
@@ -484,13 +489,31 @@ async def test_a_turn_cancelled_while_waiting_for_the_lock_leaves_it_free(
     waiting = asyncio.create_task(wait_for_turn())
     await until_advisory_locks(postgres_url, session_id, granted=1, waiting=1)
     waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(asyncio.CancelledError), caplog.at_level("WARNING"):
         await waiting
+    # Its wait was ended in the server, and its connection went back to the pool
+    # as it was, not discarded (which psycopg_pool reports as a warning).
+    assert waiter._turn_pool.get_stats().get("returns_bad", 0) == 0
+    assert not [record for record in caplog.records if record.name.startswith("psycopg")]
     release.set()
     await holding
     await until_advisory_locks(postgres_url, session_id, granted=0, waiting=0)
     async with later.turn_lock(ACME, session_id):
         await later.record_turn(ACME, session_id, turn=turn(3), usage=Usage(1))
+
+
+async def test_a_wait_cancelled_once_granted_gives_the_lock_back_and_keeps_the_connection(
+    postgres_url: str, open_pg: Opener, clock: ManualClock
+) -> None:
+    # A wait granted just before its cancel arrived holds the lock: the connection
+    # gives back every advisory lock it holds before it goes back to the pool.
+    session_id = await start(await open_pg(), clock)
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute("SELECT pg_advisory_lock(%s::bigint)", (_lock_key(session_id),))
+        await until_advisory_locks(postgres_url, session_id, granted=1, waiting=0)
+        await _unlock_all_or_close(conn)
+        await until_advisory_locks(postgres_url, session_id, granted=0, waiting=0)
+        assert not conn.closed
 
 
 async def test_a_turns_history_leaves_the_answers_as_sent_unread(

@@ -2144,21 +2144,43 @@ def _keyed_from_row(session_id: SessionId, row: TupleRow) -> KeyedRound:
 async def _advisory(
     conn: _Connection, statement: LiteralString, params: tuple[Any, ...], *, binary: bool = False
 ) -> list[TupleRow]:
-    """Run a statement that takes or releases an advisory lock, and return its rows;
-    if that fails or is cancelled, end the connection.
+    """Run a statement that takes or releases an advisory lock on a turn-pool
+    connection (which holds no other lock), and return its rows.
 
-    Whether the lock is held is then unknown (a cancelled wait may have been
-    granted just before the cancel arrived); a closed connection holds none, and
+    Whether the lock is held is unknown if the statement fails or is cancelled: a
+    cancelled wait may have been granted just before the cancel arrived. A
+    cancelled statement is ended in the server (psycopg cancels it), and then every
+    advisory lock of the connection is given back, so that it goes back to the pool
+    holding none. Otherwise the connection is closed: a closed one holds none, and
     the pool replaces it.
     """
     try:
         cur = await conn.cursor(binary=binary).execute(statement, params)
         return await cur.fetchall()
+    except asyncio.CancelledError:
+        await _unlock_all_or_close(conn)
+        raise
     except BaseException as error:
         await conn.close()
         if isinstance(error, psycopg.Error):
             raise StoreError(f"PostgreSQL failed: {error}") from error
         raise
+
+
+async def _unlock_all_or_close(conn: _Connection) -> None:
+    """Give back every advisory lock ``conn`` holds, or close it if that cannot be
+    done (a closed connection holds none)."""
+    if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
+        try:
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+            return
+        except psycopg.Error:
+            # Closed below: the cancellation being handled is what the caller sees.
+            pass
+        except BaseException:
+            await conn.close()
+            raise
+    await conn.close()
 
 
 _LOCK: Final = "SELECT pg_advisory_lock(%s::bigint)"
