@@ -381,6 +381,26 @@ def test_a_stream_keeps_its_numbers_exactly_and_joins_its_text() -> None:
     assert dump_json(outcome.answer.usage.raw).endswith(b'"score":1e-07}')
 
 
+def test_a_stream_keeps_the_numbers_of_its_last_usage_exactly() -> None:
+    # Each event's usage is the running total: the last one counts, read exactly
+    # whether or not an event before it held a float.
+    first = '{"promptTokenCount": 12, "candidatesTokenCount": 1, "score": 1e-05}'
+    events = [
+        f'{{"candidates": [{{"content": {{"parts": [{{"text": "a"}}]}}}}], "usageMetadata": {first}}}',
+        '{"candidates": [{"content": {"parts": [{"text": "b"}]}, "finishReason": "STOP"}], '
+        f'"usageMetadata": {EXACT_METADATA}}}',
+    ]
+    stream = GeminiStream()
+    for event in events:
+        stream.feed(f"data: {event}\r\n\r\n".encode())
+    outcome = stream.close()
+    assert outcome.completed
+    assert outcome.answer.items == ({"role": "model", "parts": [{"text": "ab"}]},)
+    assert outcome.answer.usage is not None
+    assert outcome.answer.usage.raw == json.loads(EXACT_METADATA)
+    assert dump_json(outcome.answer.usage.raw).endswith(b'"score":1e-07}')
+
+
 def test_a_session_without_an_entry_below_the_minimum_stores_no_digest() -> None:
     below = CacheState(None, 0, 0, "", 500)
     assert plan_cache(below, fixed="", history_items=2, model="gemini-2.5-flash") == "none"

@@ -243,9 +243,11 @@ class GeminiStream:
 
     def __init__(self) -> None:
         self._decoder = SSEDecoder()
-        #: The last ``usageMetadata`` seen, normalized only at the end (each one
-        #: replaces the one before, so only the last is worth normalizing).
+        #: The last ``usageMetadata`` seen, read exactly (should it hold a float)
+        #: and normalized only at the end: each one replaces the one before, so
+        #: only the last is worth it. With the event it came in, if it was read fast.
         self._metadata: JSONObject | None = None
+        self._metadata_event: str | None = None
         self._finished = False
         self._error: JSONObject | None = None
         self._role = "model"
@@ -271,6 +273,8 @@ class GeminiStream:
         self._end_run()
         items = ({"role": self._role, "parts": self._parts},) if self._saw_content else ()
         metadata = self._metadata
+        if metadata is not None and self._metadata_event is not None and holds_float(metadata):
+            metadata = object_field(load_json(self._metadata_event), "usageMetadata")
         return StreamOutcome(
             answer=Answer(items=items, usage=None if metadata is None else gemini_usage(metadata)),
             completed=self._finished and self._error is None,
@@ -280,7 +284,8 @@ class GeminiStream:
 
     def _read(self, event: SSEEvent) -> None:
         # Every event of a stream passes here: it is read fast (orjson), and read
-        # again exactly (json) only when what is kept of it holds a float.
+        # again exactly (json) only when what is kept of it holds a float (its
+        # usage metadata: only the last one, in close()).
         try:
             chunk: object = load_event(event.data)
         except ValueError:
@@ -295,13 +300,13 @@ class GeminiStream:
             self._error = cast(JSONObject, error)
             return
         metadata, first, content = _kept(data)
-        if (metadata is not None and holds_float(metadata)) or (
-            content is not None and _holds_float_parts(content)
-        ):
+        exact = content is not None and _holds_float_parts(content)
+        if exact:
             data = cast(JSONObject, load_json(event.data))
             metadata, first, content = _kept(data)
         if metadata is not None:
             self._metadata = metadata
+            self._metadata_event = None if exact else event.data
         feedback = data.get("promptFeedback")
         if type(feedback) is dict and cast(JSONObject, feedback).get("blockReason"):
             self._finished = True
