@@ -210,6 +210,15 @@ def test_a_stream_without_its_finish_reason_is_incomplete_with_the_usage_it_sent
     assert outcome.answer.usage.output_tokens == 2 + 28
 
 
+def test_an_event_not_in_utf8_is_read_as_its_text_reads() -> None:
+    stream = GeminiStream()
+    assert stream.feed(b'data: {"candidates": [{"content": {"parts": [{"text": "caf\xff"}]}}]}\n\n')
+    assert not stream.feed(b'data: {"candidates": [{"finishReason": "STOP"}]}\n\n')
+    outcome = stream.close()
+    assert outcome.completed
+    assert outcome.answer.items == ({"role": "model", "parts": [{"text": "caf\ufffd"}]},)
+
+
 def test_signed_parts_are_kept_apart() -> None:
     signed = {"text": "", "thoughtSignature": "c2ln"}
     chunk = {"candidates": [{"content": {"parts": [{"text": "a"}, signed, {"text": "b"}]}}]}

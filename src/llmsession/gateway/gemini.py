@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 from urllib.parse import quote
 
-from llmsession.gateway.sse import SSEDecoder, SSEEvent, encode_event
+import orjson
+
+from llmsession.gateway.sse import SSEDecoder, encode_event
 from llmsession.gateway.wire import (
     Answer,
     GatewayInputError,
@@ -72,6 +74,10 @@ __all__ = [
 
 #: The API version spoken upstream, whichever the client named: ``cachedContents``
 #: and ``cachedContent`` references are v1beta's.
+# What orjson reads is Any; compared with these, it stays so (as in openai_chat).
+_DICT: Final[Any] = dict
+_LIST: Final[Any] = list
+
 API_VERSION: Final = "v1beta"
 
 #: The request fields that a ``cachedContents`` entry holds, and that a request
@@ -245,9 +251,9 @@ class GeminiStream:
         self._decoder = SSEDecoder()
         #: The last ``usageMetadata`` seen, read exactly (should it hold a float)
         #: and normalized only at the end: each one replaces the one before, so
-        #: only the last is worth it. With the event it came in, if it was read fast.
+        #: only the last is worth it. With the event's data, if it was read fast.
         self._metadata: JSONObject | None = None
-        self._metadata_event: str | None = None
+        self._metadata_data: bytes | None = None
         self._finished = False
         self._error: JSONObject | None = None
         self._role = "model"
@@ -260,21 +266,21 @@ class GeminiStream:
     def feed(self, chunk: bytes) -> list[bytes]:
         """Decode ``chunk``; return the events to forward now, byte for byte."""
         forward: list[bytes] = []
-        for event in self._decoder.feed(chunk):
-            self._read(event)
-            (self._tail if self._finished else forward).append(event.raw)
+        for data, raw in self._decoder.feed_data(chunk):
+            self._read(data)
+            (self._tail if self._finished else forward).append(raw)
         return forward
 
     def close(self) -> StreamOutcome:
         """The upstream stream ended: what it carried, and whether it finished."""
         for event in self._decoder.close():
-            self._read(event)
+            self._read(event.data.encode())
             self._tail.append(event.raw)
         self._end_run()
         items = ({"role": self._role, "parts": self._parts},) if self._saw_content else ()
         metadata = self._metadata
-        if metadata is not None and self._metadata_event is not None and holds_float(metadata):
-            metadata = object_field(load_json(self._metadata_event), "usageMetadata")
+        if metadata is not None and self._metadata_data is not None and holds_float(metadata):
+            metadata = object_field(_load_exactly(self._metadata_data), "usageMetadata")
         return StreamOutcome(
             answer=Answer(items=items, usage=None if metadata is None else gemini_usage(metadata)),
             completed=self._finished and self._error is None,
@@ -282,33 +288,41 @@ class GeminiStream:
             tail=b"".join(self._tail),
         )
 
-    def _read(self, event: SSEEvent) -> None:
-        # Every event of a stream passes here: it is read fast (orjson), and read
-        # again exactly (json) only when what is kept of it holds a float (its
-        # usage metadata: only the last one, in close()).
+    def _read(self, data: bytes) -> None:
+        """Read one event's data.
+
+        Every event of a stream passes here: it is read fast (orjson), and read
+        again exactly (json) only when what is kept of it holds a float (its usage
+        metadata: only the last one, in close()). The checks are written out rather
+        than made through the wire module's helpers, as ChatStream's are.
+        """
         try:
-            chunk: object = load_event(event.data)
-        except ValueError:
+            chunk: Any = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            # Not UTF-8, or what orjson refuses: read as SSEEvent.data (a str) is.
+            try:
+                chunk = load_event(data.decode("utf-8", errors="replace"))
+            except ValueError:
+                return
+        if type(chunk) is not _DICT:
             return
-        if type(chunk) is not dict:
+        error = chunk.get("error")
+        if type(error) is _DICT:
+            if holds_float(error):
+                error = _load_exactly(data)["error"]
+            self._error = error
             return
-        data = cast(JSONObject, chunk)
-        error = data.get("error")
-        if type(error) is dict:
-            if holds_float(cast(JSONObject, error)):
-                error = load_json(event.data)["error"]
-            self._error = cast(JSONObject, error)
-            return
-        metadata, first, content = _kept(data)
+        first, content = _first_content(chunk)
         exact = content is not None and _holds_float_parts(content)
         if exact:
-            data = cast(JSONObject, load_json(event.data))
-            metadata, first, content = _kept(data)
-        if metadata is not None:
+            chunk = _load_exactly(data)
+            first, content = _first_content(chunk)
+        metadata = chunk.get("usageMetadata")
+        if type(metadata) is _DICT:
             self._metadata = metadata
-            self._metadata_event = None if exact else event.data
-        feedback = data.get("promptFeedback")
-        if type(feedback) is dict and cast(JSONObject, feedback).get("blockReason"):
+            self._metadata_data = None if exact else data
+        feedback = chunk.get("promptFeedback")
+        if type(feedback) is _DICT and feedback.get("blockReason"):
             self._finished = True
         if first is None:
             return
@@ -351,31 +365,29 @@ class GeminiStream:
 _PLAIN_TEXT_KEYS: Final = frozenset({"text", "thought"})
 
 
-def _kept(data: JSONObject) -> tuple[JSONObject | None, JSONObject | None, JSONObject | None]:
-    """An event's ``usageMetadata``, its first candidate, and that candidate's content."""
-    first = _first_candidate(data.get("candidates"))
-    content = None if first is None else object_field(first, "content")
-    return object_field(data, "usageMetadata"), first, content
+def _first_content(chunk: Any) -> tuple[Any, Any]:
+    """An event's first candidate (of index 0, the one the history keeps) and that
+    candidate's content, each None if it has none."""
+    candidates = chunk.get("candidates")
+    if type(candidates) is _LIST:
+        for candidate in candidates:
+            if type(candidate) is _DICT and candidate.get("index", 0) == 0:
+                content = candidate.get("content")
+                return candidate, content if type(content) is _DICT else None
+    return None, None
 
 
-def _first_candidate(candidates: object) -> JSONObject | None:
-    """The candidate of index 0 (the one the history keeps), if the list has one."""
-    if type(candidates) is not list:
-        return None
-    for candidate in cast(list[object], candidates):
-        if type(candidate) is dict and cast(JSONObject, candidate).get("index", 0) == 0:
-            return cast(JSONObject, candidate)
-    return None
+def _load_exactly(data: bytes) -> Any:
+    """An event's data read exactly (json), as SSEEvent.data reads it."""
+    return load_json(data.decode("utf-8", errors="replace"))
 
 
-def _holds_float_parts(content: JSONObject) -> bool:
+def _holds_float_parts(content: Any) -> bool:
     """Whether a content's parts hold a float (a plain text part cannot: checked first)."""
     parts = content.get("parts")
-    if type(parts) is not list:
+    if type(parts) is not _LIST:
         return False
-    return any(
-        not _plain_text_part(part) and holds_float(part) for part in cast(list[object], parts)
-    )
+    return any(not _plain_text_part(part) and holds_float(part) for part in parts)
 
 
 def _plain_text_part(part: object) -> bool:
