@@ -74,11 +74,11 @@ __all__ = [
 
 #: The API version spoken upstream, whichever the client named: ``cachedContents``
 #: and ``cachedContent`` references are v1beta's.
+API_VERSION: Final = "v1beta"
+
 # What orjson reads is Any; compared with these, it stays so (as in openai_chat).
 _DICT: Final[Any] = dict
 _LIST: Final[Any] = list
-
-API_VERSION: Final = "v1beta"
 
 #: The request fields that a ``cachedContents`` entry holds, and that a request
 #: referencing one must therefore leave out.
