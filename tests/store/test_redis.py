@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgpack  # type: ignore[import-untyped]  # pyright: ignore[reportMissingTypeStubs]
 import pytest
 import redis.asyncio as aioredis
 
@@ -50,7 +51,7 @@ from llmsession.store import (
 )
 from llmsession.store import redis as redis_module
 from llmsession.store.memory import MemoryStore
-from llmsession.store.models import Turn, UsageTotals
+from llmsession.store.models import HistoryTurn, Turn, TurnItems, UsageTotals
 from llmsession.store.redis import (
     DEFAULT_PREFIX,
     SCHEMA_VERSION,
@@ -1609,6 +1610,12 @@ def _turn(n: int) -> Turn:
     )
 
 
+def _turn_items(n: int) -> TurnItems:
+    """What a gateway turn reads of _turn(n): not its answer as sent."""
+    turn = _turn(n)
+    return TurnItems(turn.endpoint, turn.request_items, turn.answer_items, turn.response_id)
+
+
 async def _gateway_session(store: RedisStore, clock: ManualClock, **kwargs: object) -> SessionId:
     """A session started by the gateway, with turns at rounds 1 and 3 (round 2 has none)."""
     session_id = SessionId.generate(clock())
@@ -1629,7 +1636,8 @@ async def test_the_write_that_ends_a_session_deletes_its_history(
     keys = RedisKeys(_prefix(redis_url))
     client = await _raw(redis_url)
     try:
-        assert sorted(await client.hkeys(keys.history(session_id))) == ["1", "3"]
+        # Each turn, and apart from it its answer as sent.
+        assert sorted(await client.hkeys(keys.history(session_id))) == ["1", "1:a", "3", "3:a"]
         # A refused write (its version moved) leaves the history where it is.
         stale = await redis_store.get(ACME, session_id)
         await redis_store.record_turn(ACME, session_id, turn=None, usage=Usage(1))
@@ -1784,7 +1792,7 @@ async def test_version_4_data_is_upgraded_on_open(redis_url: str, clock: ManualC
         await client.set(f"{prefix}schema", "4")
 
         store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
-        assert await client.get(f"{prefix}schema") == str(SCHEMA_VERSION) == "6"
+        assert await client.get(f"{prefix}schema") == str(SCHEMA_VERSION) == "7"
         assert (await store.get(ACME, ledger), await store.list_rounds(ACME, ledger)) == before
         started = await _gateway_session(store, clock, idempotency_key="s")
         await store.record_round(ACME, ledger, 3)
@@ -1794,6 +1802,54 @@ async def test_version_4_data_is_upgraded_on_open(redis_url: str, clock: ManualC
     finally:
         await client.aclose()
         await store.aclose()
+
+
+async def test_version_6_turns_holding_their_answers_are_read_as_they_are(
+    redis_url: str, clock: ManualClock
+) -> None:
+    # Version 6 packed a turn's answer as sent with the turn itself (an eighth field);
+    # version 7 keeps it apart. Opening version 6 data only sets the number.
+    store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
+    keys = RedisKeys(_prefix(redis_url))
+    client = aioredis.Redis.from_url(redis_url.split("?", maxsplit=1)[0])
+    try:
+        session_id = await _gateway_session(store, clock, idempotency_key="s")
+        history = keys.history(session_id)
+        for seq in (b"1", b"3"):
+            turn, answer = await client.hmget(history, [seq, seq + b":a"])
+            old = msgpack.packb([*msgpack.unpackb(turn), answer], use_bin_type=True)
+            await client.hset(history, seq, old)
+            await client.hdel(history, seq + b":a")
+        await client.set(keys.schema, "6")
+        await store.aclose()
+
+        store = await RedisStore.open(redis_url, clock=clock, default_ttl_seconds=60)
+        assert await client.get(keys.schema) == str(SCHEMA_VERSION).encode() == b"7"
+        assert await store.history(ACME, session_id) == [_turn(1), _turn(3)]
+        replayed = await store.find_turn(ACME, "s")
+        assert replayed is not None
+        assert replayed.turn == _turn(1)
+        async with store.turn_history(ACME, session_id) as (_, seen):
+            assert seen == [_turn_items(1), _turn_items(3)]
+            await store.record_turn(ACME, session_id, turn=_turn(4), usage=Usage(1))
+        assert await store.history(ACME, session_id) == [_turn(1), _turn(3), _turn(4)]
+    finally:
+        await client.aclose()
+        await store.aclose()
+
+
+async def test_a_turns_history_leaves_the_answers_as_sent_unread(
+    redis_url: str, redis_store: RedisStore, clock: ManualClock
+) -> None:
+    # A streamed answer's body is its whole event stream; only a replay reads it.
+    session_id = await _gateway_session(redis_store, clock)
+    async with redis_store.turn_history(ACME, session_id) as (_, history):
+        assert history == [_turn_items(1), _turn_items(3)]
+        assert all(type(past) is TurnItems for past in history)
+    assert [past.answer_body for past in await redis_store.history(ACME, session_id)] == [
+        _turn(1).answer_body,
+        _turn(3).answer_body,
+    ]
 
 
 async def test_version_5_data_gets_the_rollup_back_filled_on_open(
@@ -1821,7 +1877,7 @@ async def test_version_5_data_gets_the_rollup_back_filled_on_open(
         await client.set(f"{prefix}schema", "5")
 
         store = await RedisStore.open(redis_url, clock=clock)
-        assert await client.get(f"{prefix}schema") == str(SCHEMA_VERSION) == "6"
+        assert await client.get(f"{prefix}schema") == str(SCHEMA_VERSION) == "7"
         assert await store.timeseries(ACME, **args) == series
         await store.aclose()
         # Run again (as after a crash before the version was set): the same sums.
@@ -1938,7 +1994,7 @@ async def test_the_write_of_a_turns_round_gives_its_lock_back(
             assert await client.exists(lock) == 0
             async with AsyncExitStack() as second:
                 _, seen = await second.enter_async_context(other.turn_history(ACME, session_id))
-                assert seen == [*history, _turn(5)]
+                assert seen == [*history, _turn_items(5)]
                 token = await client.get(lock)
                 assert token is not None
                 # The first turn leaves the other's lock alone.
@@ -1960,7 +2016,7 @@ async def test_turns_of_many_sessions_taken_at_once_each_read_their_own(
     # One is missing: its turn is refused, the others' go on.
     missing = SessionId.generate(clock())
 
-    async def turn(session_id: SessionId) -> list[Turn] | None:
+    async def turn(session_id: SessionId) -> Sequence[HistoryTurn] | None:
         try:
             async with redis_store.turn_history(ACME, session_id) as (_, history):
                 return history
@@ -1969,7 +2025,9 @@ async def test_turns_of_many_sessions_taken_at_once_each_read_their_own(
 
     # Taken together, the takes that queue behind the first go in one call.
     seen = await asyncio.gather(*(turn(session_id) for session_id in [*sessions, missing]))
-    assert seen == [[_turn(1), _turn(3), _turn(10 + n)] for n in range(8)] + [None]
+    assert seen == [[_turn_items(1), _turn_items(3), _turn_items(10 + n)] for n in range(8)] + [
+        None
+    ]
     client = await _raw(redis_url)
     try:
         keys = RedisKeys(_prefix(redis_url))

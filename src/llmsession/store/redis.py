@@ -89,6 +89,7 @@ from llmsession.store.models import (
     TimeBucket,
     Totals,
     Turn,
+    TurnItems,
     UsageTotals,
 )
 from llmsession.store.presented import newest_first, present, present_totals, shown_in
@@ -126,6 +127,7 @@ from llmsession.store.redis_schema import (
     parse_session_values,
     parse_time,
     parse_turn,
+    parse_turn_items,
     rollup_fields,
     rollup_keys,
     split_row,
@@ -378,6 +380,11 @@ class RedisStore(SessionStore):
         if text == "5":
             await self._upgrade_rollup()
             text = "6"
+        if text == "6":
+            # Version 7 reads version 6 turns as they are (see SCHEMA_VERSION).
+            await self._run_one(SET_SCHEMA, [self._keys.schema], ["6", "7"])
+            self._upgraded(7)
+            text = "7"
         if text is None or not text.isdigit():
             raise StoreError(
                 f"the key {self._keys.schema!r} in {self._where} holds {text!r}, not a schema "
@@ -828,9 +835,23 @@ class RedisStore(SessionStore):
         return self._turns(session_id, raw)
 
     def _turns(self, session_id: SessionId, raw: object) -> list[Turn]:
-        turns = [(_seq(seq), packed) for seq, packed in _blobs(raw).items()]
-        turns.sort(key=lambda pair: pair[0])
-        return [parse_turn(session_id, seq, _blob(packed)) for seq, packed in turns]
+        """The turns of a history hash read whole: each turn with its answer as sent."""
+        fields = _blobs(raw)
+        turns = sorted(
+            ((_seq(name), packed) for name, packed in fields.items() if not _answer_field(name)),
+            key=lambda pair: pair[0],
+        )
+        return [
+            parse_turn(session_id, seq, _blob(packed), _answer(fields.get(b"%d:a" % seq)))
+            for seq, packed in turns
+        ]
+
+    def _turn_items(self, session_id: SessionId, raw: object) -> list[TurnItems]:
+        """The turns TAKE_TURN read (seq and turn, flat), without the answers as sent."""
+        turns = sorted(
+            ((_seq(seq), packed) for seq, packed in _blobs(raw).items()), key=lambda pair: pair[0]
+        )
+        return [parse_turn_items(session_id, seq, _blob(packed)) for seq, packed in turns]
 
     async def _session_turns(
         self, tenant_id: TenantId, session_id: SessionId
@@ -861,10 +882,12 @@ class RedisStore(SessionStore):
 
     async def _stored_turn(self, session_id: SessionId, seq: int) -> Turn | None:
         with self._guard():
-            raw = await _admin(self._client).execute_command(
-                "HGET", self._keys.history(session_id), str(seq), **_RAW_REPLY
+            raw, answer = _items(
+                await _admin(self._client).execute_command(
+                    "HMGET", self._keys.history(session_id), str(seq), f"{seq}:a", **_RAW_REPLY
+                )
             )
-        return None if raw is None else parse_turn(session_id, seq, _blob(raw))
+        return None if raw is None else parse_turn(session_id, seq, _blob(raw), _answer(answer))
 
     async def _started_by(self, tenant_id: TenantId, idempotency_key: str) -> SessionId | None:
         with self._guard():
@@ -912,7 +935,7 @@ class RedisStore(SessionStore):
             stored = self._parse_values(session_id, values)
             # The round the turn then records is one CAS from this version, with no read.
             self._recent.remember(stored)
-            yield present(stored, self.clock()), self._turns(session_id, _pairs(history))
+            yield present(stored, self.clock()), self._turn_items(session_id, _pairs(history))
 
     @asynccontextmanager
     async def _turn(
@@ -1973,6 +1996,16 @@ def _pairs(value: object) -> dict[object, object]:
     # A hash's fields and values, flat, as a script returns HGETALL's reply.
     items = _items(value)
     return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def _answer_field(name: object) -> bool:
+    # A history hash's field holding a turn's answer as sent ("<seq>:a").
+    return isinstance(name, bytes) and name.endswith(b":a")
+
+
+def _answer(value: object) -> bytes | None:
+    # A turn's answer as sent, or None where a version 6 turn holds its own.
+    return None if value is None else _blob(value)
 
 
 def _seq(value: object) -> int:

@@ -12,7 +12,9 @@ Key layout, under a prefix (``llmsession:`` by default)::
     i:<session id>       hash: idempotency key -> the round as JSON, with the
                          session's delta_tokens and version right after it
     h:<session id>       hash: round seq -> that round's turn of the conversation
-                         (MessagePack); deleted when the session leaves Active
+                         (MessagePack), and "<seq>:a" -> its answer as sent (the
+                         body, or a stream's events); deleted when the session
+                         leaves Active
     started:<tenant>     hash: idempotency key -> the session the gateway started
                          under it
     lock:<session id>    string: the token of the process holding the session's
@@ -77,7 +79,15 @@ from llmsession.errors import LLMSessionError, StoreError
 from llmsession.ids import SessionId, TenantId
 from llmsession.record import SessionRecord
 from llmsession.states import ALL_STATES, Created, SessionState, state_named
-from llmsession.store.models import NO_USAGE, KeyedRound, Round, StoredSession, Turn, UsageTotals
+from llmsession.store.models import (
+    NO_USAGE,
+    KeyedRound,
+    Round,
+    StoredSession,
+    Turn,
+    TurnItems,
+    UsageTotals,
+)
 from llmsession.store.rollup import (
     BUCKET_MICROS,
     TimeWindow,
@@ -128,6 +138,7 @@ __all__ = [
     "parse_session_values",
     "parse_time",
     "parse_turn",
+    "parse_turn_items",
     "rollup_fields",
     "rollup_keys",
     "round_json",
@@ -149,7 +160,13 @@ __all__ = [
 #: older llmsession, which would refuse the usage counters, refuses the data.
 #: Version 6 adds the rollup (ts: and tsd:); RedisStore back-fills it from
 #: the stored sessions and rounds.
-SCHEMA_VERSION: Final = 6
+#: Version 7 keeps a turn's answer as sent (a streamed answer's whole event
+#: stream) in a field of its own of the history hash ("<seq>:a"), apart from the
+#: turn ("<seq>"), so that a gateway turn reads the history without it. A
+#: version 6 turn holds its answer as an eighth field and is read as it is: the
+#: upgrade only sets the number, after which an older llmsession, which would
+#: not read the new turns, refuses the data.
+SCHEMA_VERSION: Final = 7
 
 # A member starts with a time as 16 hex digits; the offset makes every Timestamp
 # (years 1 to 9999) non-negative, so text order is time order.
@@ -221,11 +238,12 @@ class Script:
 #:       under its seq (the rounds list's length once the round is in); without
 #:       one, the session is leaving Active and its history is deleted (named
 #:       only for a session that has had gateway rounds: a session without them
-#:       ends at no cost more); turn (false = none: the packed Turn); started:
-#:       false, or the tenant's started-by hash, followed by the key and the
-#:       session id (an insert whose round started the session under that
-#:       key: if the key is in the hash already, nothing is written and the
-#:       write returns 2);
+#:       ends at no cost more); turn (false = none: the packed Turn, without
+#:       its answer body); started: false, or the tenant's started-by hash,
+#:       followed by the key and the session id (an insert whose round started
+#:       the session under that key: if the key is in the hash already, nothing
+#:       is written and the write returns 2); with a turn, its answer body
+#:       (bytes), stored in the history hash under "<seq>:a";
 #:       unlock: false, or a session's turn lock followed by its holder's
 #:       token: once the write is made, the lock is given back if it is still
 #:       that holder's (as RELEASE_LOCK does), so the write that records a
@@ -257,6 +275,11 @@ for w = 1, a[1] do
   if started then
     start_key, start_id = a[p + 1], a[p + 2]
     p = p + 2
+  end
+  local body
+  if turn then
+    body = a[p + 1]
+    p = p + 1
   end
   local unlock, holder = a[p + 1], nil
   p = p + 1
@@ -302,7 +325,7 @@ for w = 1, a[1] do
     if round ~= '' then
       local seq = redis.call('RPUSH', rounds, round)
       if idem_key ~= '' then redis.call('HSET', idem, idem_key, keyed) end
-      if turn then redis.call('HSET', history, seq, turn) end
+      if turn then redis.call('HSET', history, seq, turn, seq .. ':a', body) end
     end
     if started then redis.call('HSET', started, start_key, start_id) end
     if unlock and redis.call('GET', unlock) == holder then redis.call('DEL', unlock) end
@@ -540,22 +563,39 @@ return 0
 #: the lock, the session hash and its history hash. ARGV: 1 the lease in
 #: milliseconds, then per take the holder's token. Returns per take 0 if another
 #: holder has the lock (nothing is read), else {row, history}: the session's row
-#: (see split_row; '' for a missing session) and its history hash's fields and
-#: values, flat. The fields are in the source: sent as arguments, they would cost
-#: the client more than the rest of the call.
+#: (see split_row; '' for a missing session) and its history hash's turns, seq
+#: and packed turn, flat, without the answer bodies ("<seq>:a", which only a
+#: replay reads). The fields are in the source: sent as arguments, they would
+#: cost the client more than the rest of the call.
 TAKE_TURN: Final = Script.of(
     _ROW
     + "local fields = {"
     + ", ".join(f"'{name}'" for name in FIELDS)
     + "}\n"
     + """
+local function turns(history)
+  local seqs, flat = {}, {}
+  for _, name in ipairs(redis.call('HKEYS', history)) do
+    if not string.find(name, ':', 1, true) then seqs[#seqs + 1] = name end
+  end
+  -- HMGET in slices: unpack takes a few thousand values at most.
+  for first = 1, #seqs, 1000 do
+    local last = math.min(first + 999, #seqs)
+    local packed = redis.call('HMGET', history, unpack(seqs, first, last))
+    for i = first, last do
+      flat[#flat + 1] = seqs[i]
+      flat[#flat + 1] = packed[i - first + 1]
+    end
+  end
+  return flat
+end
 local replies = {}
 for j = 1, #KEYS, 3 do
   local k = (j + 2) / 3
   if redis.call('SET', KEYS[j], ARGV[k + 1], 'NX', 'PX', ARGV[1]) then
     replies[k] = {
       row(redis.call('HMGET', KEYS[j + 1], unpack(fields))),
-      redis.call('HGETALL', KEYS[j + 2]),
+      turns(KEYS[j + 2]),
     }
   else
     replies[k] = 0
@@ -807,10 +847,9 @@ class CasBatch:
         )
         if started:
             items += (key, id_text)
-        if unlock is None:
-            items.append(False)
-        else:
-            items += unlock
+        if new_round is not None and new_round.turn is not None:
+            items.append(new_round.turn.answer_body)
+        items += (False,) if unlock is None else unlock
         if due is None:
             items.append(False)
         else:
@@ -1340,8 +1379,8 @@ def _round(session_id: SessionId, values: object) -> Round:
 
 
 def pack_turn(turn: Turn) -> bytes:
-    """A turn as stored: a MessagePack array of its fields in order (the answer's
-    body as bytes, the rest as text, the status a number)."""
+    """A turn as stored: a MessagePack array of its fields in order but the answer's
+    body (stored apart, see CAS), the status a number, the rest text."""
     return _pack(
         [
             turn.endpoint,
@@ -1351,38 +1390,62 @@ def pack_turn(turn: Turn) -> bytes:
             turn.response_id,
             turn.answer_status,
             turn.answer_type,
-            turn.answer_body,
         ]
     )
 
 
-def parse_turn(session_id: SessionId, seq: int, raw: bytes) -> Turn:
-    """Round ``seq``'s turn of ``session_id`` from what pack_turn stored."""
+def parse_turn(session_id: SessionId, seq: int, raw: bytes, body: bytes | None) -> Turn:
+    """Round ``seq``'s turn of ``session_id`` from what pack_turn stored, and its
+    answer ``body`` (stored apart; None for a version 6 turn, which holds it)."""
+    *fields, held = _turn_fields(session_id, seq, raw)
+    answer = body if body is not None else held
+    if answer is None:
+        raise StoreError(f"the answer of round {seq} of session {session_id} is missing")
+    endpoint, request_hash, request_items, answer_items, response_id, status, answer_type = fields
+    return Turn(
+        cast(str, endpoint),
+        cast(str, request_hash),
+        cast(str, request_items),
+        cast(str, answer_items),
+        cast("str | None", response_id),
+        cast(int, status),
+        cast(str, answer_type),
+        answer,
+    )
+
+
+def parse_turn_items(session_id: SessionId, seq: int, raw: bytes) -> TurnItems:
+    """Round ``seq``'s turn of ``session_id`` without its answer as sent."""
+    endpoint, _, request_items, answer_items, response_id, *_ = _turn_fields(session_id, seq, raw)
+    return TurnItems(endpoint, request_items, answer_items, response_id)
+
+
+_TurnFields = tuple[str, str, str, str, "str | None", int, str, "bytes | None"]
+
+
+def _turn_fields(session_id: SessionId, seq: int, raw: bytes) -> _TurnFields:
+    """What pack_turn stored, checked, and the answer's body where the turn holds it
+    (version 6 stored it as an eighth field; None otherwise)."""
     try:
         fields = _unpack(raw)
-        if not isinstance(fields, list):
-            raise TypeError("not an array")
-        (
-            endpoint,
-            request_hash,
-            request_items,
-            answer_items,
+        if not isinstance(fields, list) or len(cast(list[object], fields)) not in (7, 8):
+            raise TypeError("not a turn's fields")
+        values = cast(list[object], fields)
+        response_id = values[4]
+        body = values[7] if len(values) == 8 else None
+        if not (response_id is None or type(response_id) is str):
+            raise TypeError("the response id is not text")
+        if len(values) == 8 and not isinstance(body, bytes):
+            raise TypeError("the answer body is not bytes")
+        return (
+            _str(values[0]),
+            _str(values[1]),
+            _str(values[2]),
+            _str(values[3]),
             response_id,
-            status,
-            answer_type,
-            body,
-        ) = cast(list[object], fields)
-        if not isinstance(body, bytes) or not (response_id is None or type(response_id) is str):
-            raise TypeError("the answer body is not bytes, or the response id not text")
-        return Turn(
-            _str(endpoint),
-            _str(request_hash),
-            _str(request_items),
-            _str(answer_items),
-            response_id,
-            _int(status),
-            _str(answer_type),
-            body,
+            _int(values[5]),
+            _str(values[6]),
+            cast("bytes | None", body),
         )
     except (ValueError, TypeError, msgpack.UnpackException):
         raise StoreError(f"the turn of round {seq} of session {session_id} is not valid") from None
