@@ -32,7 +32,7 @@ from llmsession.gateway.gemini import (
 )
 from llmsession.gateway.gemini_cache import CacheState, GeminiCaches, min_cache_tokens, plan_cache
 from llmsession.gateway.sse import SSEDecoder
-from llmsession.gateway.wire import GatewayInputError, dump_json
+from llmsession.gateway.wire import GatewayInputError, StreamOutcome, dump_json
 from llmsession.ids import SessionId
 from llmsession.usage import Usage
 from tests.gateway.scripted import Scripted, ScriptedUpstream
@@ -367,6 +367,14 @@ def test_a_response_keeps_its_numbers_exactly() -> None:
     assert answer.items[0]["parts"][0]["functionCall"]["args"]["seed"] == 123456789012345678901234
 
 
+def streamed(events: list[str]) -> StreamOutcome:
+    """What a GeminiStream makes of these events' data, each line ended by CR LF."""
+    stream = GeminiStream()
+    for event in events:
+        stream.feed(f"data: {event}\r\n\r\n".encode())
+    return stream.close()
+
+
 def test_a_stream_keeps_its_numbers_exactly_and_joins_its_text() -> None:
     events = [
         '{"candidates": [{"content": {"role": "model", "parts": [{"text": "a"}]}}]}',
@@ -375,10 +383,7 @@ def test_a_stream_keeps_its_numbers_exactly_and_joins_its_text() -> None:
         f'{{"name": "f", "args": {EXACT_ARGS}}}}}]}}, "finishReason": "STOP"}}], '
         f'"usageMetadata": {EXACT_METADATA}}}',
     ]
-    stream = GeminiStream()
-    for event in events:
-        stream.feed(f"data: {event}\r\n\r\n".encode())
-    outcome = stream.close()
+    outcome = streamed(events)
     assert outcome.completed
     (content,) = outcome.answer.items
     assert content == {
@@ -399,10 +404,7 @@ def test_a_stream_keeps_the_numbers_of_its_last_usage_exactly() -> None:
         '{"candidates": [{"content": {"parts": [{"text": "b"}]}, "finishReason": "STOP"}], '
         f'"usageMetadata": {EXACT_METADATA}}}',
     ]
-    stream = GeminiStream()
-    for event in events:
-        stream.feed(f"data: {event}\r\n\r\n".encode())
-    outcome = stream.close()
+    outcome = streamed(events)
     assert outcome.completed
     assert outcome.answer.items == ({"role": "model", "parts": [{"text": "ab"}]},)
     assert outcome.answer.usage is not None
