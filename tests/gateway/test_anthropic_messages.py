@@ -325,6 +325,49 @@ def test_cumulative_message_deltas_replace_each_other() -> None:
     ]
 
 
+def test_a_blocks_text_is_what_it_started_with_and_every_delta_after_it() -> None:
+    events = [
+        {"type": "message_start", "message": {"role": "assistant", "content": []}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking"}},
+        *(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "thinking_delta", "thinking": part},
+            }
+            for part in ("Let me ", "think.")
+        ),
+        {
+            "type": "content_block_start",
+            "index": 1,
+            "content_block": {"type": "text", "text": "Hel"},
+        },
+        *(
+            {
+                "type": "content_block_delta",
+                "index": 1,
+                "delta": {"type": "text_delta", "text": part},
+            }
+            for part in ("lo", ",", " world")
+        ),
+    ]
+    stream = MessagesStream()
+    for event in events:
+        stream.feed(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+    # Cut before the blocks ended: what arrived is kept all the same.
+    outcome = stream.close()
+    assert not outcome.completed
+    assert outcome.answer.items == (
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "Let me think."},
+                {"type": "text", "text": "Hello, world"},
+            ],
+        },
+    )
+
+
 def test_a_cut_stream_is_not_completed_and_keeps_the_usage_sent() -> None:
     cut = STREAM[: STREAM.index(b"event: content_block_stop")]
     stream = MessagesStream()

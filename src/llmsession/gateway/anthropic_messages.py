@@ -391,6 +391,9 @@ class MessagesStream:
         self._role = "assistant"
         self._blocks: dict[int, JSONObject] = {}
         self._partial_json: dict[int, list[str]] = {}
+        #: A block's text or thinking as it arrives, in pieces joined once at the
+        #: end: added to the block delta by delta, it was copied whole each time.
+        self._pieces: dict[tuple[int, str], list[str]] = {}
         self._saw_message = False
         self._done = False
         self._error: JSONObject | None = None
@@ -462,6 +465,9 @@ class MessagesStream:
             index = data.get("index")
             if block is not None and isinstance(index, int):
                 self._blocks[index] = dict(block)
+                # A block started again at an index replaces it, pieces and all.
+                for name in ("text", "thinking"):
+                    self._pieces.pop((index, name), None)
         elif kind == "content_block_delta":
             self._add_delta(data)
         elif kind == "content_block_stop":
@@ -483,11 +489,11 @@ class MessagesStream:
         block = self._blocks[index]
         kind = delta.get("type")
         if kind == "text_delta" and isinstance(delta.get("text"), str):
-            block["text"] = str(block.get("text") or "") + delta["text"]
+            self._add_piece(index, "text", delta["text"])
         elif kind == "input_json_delta" and isinstance(delta.get("partial_json"), str):
             self._partial_json.setdefault(index, []).append(delta["partial_json"])
         elif kind == "thinking_delta" and isinstance(delta.get("thinking"), str):
-            block["thinking"] = str(block.get("thinking") or "") + delta["thinking"]
+            self._add_piece(index, "thinking", delta["thinking"])
         elif kind == "signature_delta" and isinstance(delta.get("signature"), str):
             block["signature"] = delta["signature"]
         elif kind == "citations_delta" and isinstance(delta.get("citation"), dict):
@@ -496,6 +502,14 @@ class MessagesStream:
                 *(citations if isinstance(citations, list) else []),
                 delta["citation"],
             ]
+
+    def _add_piece(self, index: int, name: str, piece: str) -> None:
+        pieces = self._pieces.get((index, name))
+        if pieces is None:
+            # What the block started with comes first.
+            self._pieces[index, name] = [str(self._blocks[index].get(name) or ""), piece]
+        else:
+            pieces.append(piece)
 
     def _finish_block(self, index: object) -> None:
         if not isinstance(index, int) or index not in self._partial_json:
@@ -509,6 +523,9 @@ class MessagesStream:
                 self._blocks[index]["input"] = text
 
     def _message(self) -> JSONObject:
+        for (index, name), pieces in self._pieces.items():
+            self._blocks[index][name] = "".join(pieces)
+        self._pieces.clear()
         for index in list(self._partial_json):
             self._finish_block(index)
         blocks = [_history_block(self._blocks[i]) for i in sorted(self._blocks)]
