@@ -220,6 +220,36 @@ def test_streamed_tool_calls_are_assembled() -> None:
     assert outcome.answer.usage is None
 
 
+def test_two_tool_calls_streamed_in_pieces_side_by_side_are_each_assembled() -> None:
+    arguments = ['{"ci', 'ty":', '"Paris"', "}"], ['{"q":', '"x"}']
+    deltas: list[dict[str, object]] = [
+        {"index": 0, "id": "c0", "type": "function", "function": {"name": "get_", "arguments": ""}},
+        {"index": 1, "id": "c1", "type": "function", "function": {"name": "find", "arguments": ""}},
+        {"index": 0, "function": {"name": "weather"}},
+    ]
+    for first, second in zip(arguments[0], [*arguments[1], "", ""], strict=True):
+        deltas += (
+            {"index": 0, "function": {"arguments": first}},
+            {"index": 1, "function": {"arguments": second}},
+        )
+    stream = b"".join(
+        b"data: "
+        + json.dumps({"choices": [{"index": 0, "delta": {"tool_calls": [delta]}}]}).encode()
+        + b"\n\n"
+        for delta in deltas
+    )
+    _, translator = run(stream + b"data: [DONE]\n\n", wants_usage=False, sizes=11)
+    (message,) = translator.close().answer.items
+    assert message["tool_calls"] == [
+        {
+            "id": "c0",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+        },
+        {"id": "c1", "type": "function", "function": {"name": "find", "arguments": '{"q":"x"}'}},
+    ]
+
+
 def test_a_cut_stream_is_not_complete_and_keeps_only_the_usage_sent() -> None:
     cut = STREAM[
         : STREAM.index(

@@ -175,6 +175,8 @@ class ChatStream:
         self._content: list[str] = []
         self._refusal: list[str] = []
         self._tool_calls: dict[int, JSONObject] = {}
+        #: Each call's name and arguments as they arrive, joined once at the end.
+        self._call_pieces: dict[tuple[int, str], list[str]] = {}
         self._saw_message = False
         self._tail: list[bytes] = []
 
@@ -281,9 +283,12 @@ class ChatStream:
             function = object_field(call, "function") or {}
             for part in ("name", "arguments"):
                 if isinstance(function.get(part), str):
-                    merged["function"][part] += function[part]
+                    self._call_pieces.setdefault((index, part), []).append(function[part])
 
     def _message(self) -> JSONObject:
+        for (index, part), pieces in self._call_pieces.items():
+            self._tool_calls[index]["function"][part] = "".join(pieces)
+        self._call_pieces.clear()
         message: JSONObject = {
             "role": self._role,
             "content": "".join(self._content) if self._content or not self._tool_calls else None,
