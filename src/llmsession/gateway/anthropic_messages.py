@@ -392,7 +392,8 @@ class MessagesStream:
         self._blocks: dict[int, JSONObject] = {}
         self._partial_json: dict[int, list[str]] = {}
         #: A block's text or thinking as it arrives, in pieces joined once at the
-        #: end: added to the block delta by delta, it was copied whole each time.
+        #: end: added to the block's string instead, all of it would be copied at
+        #: every delta.
         self._pieces: dict[tuple[int, str], list[str]] = {}
         self._saw_message = False
         self._done = False
