@@ -837,21 +837,14 @@ class RedisStore(SessionStore):
     def _turns(self, session_id: SessionId, raw: object) -> list[Turn]:
         """The turns of a history hash read whole: each turn with its answer as sent."""
         fields = _blobs(raw)
-        turns = sorted(
-            ((_seq(name), packed) for name, packed in fields.items() if not _answer_field(name)),
-            key=lambda pair: pair[0],
-        )
         return [
-            parse_turn(session_id, seq, _blob(packed), _answer(fields.get(b"%d:a" % seq)))
-            for seq, packed in turns
+            parse_turn(session_id, seq, packed, _answer(fields.get(b"%d:a" % seq)))
+            for seq, packed in _in_order(fields)
         ]
 
     def _turn_items(self, session_id: SessionId, raw: object) -> list[TurnItems]:
-        """The turns TAKE_TURN read (seq and turn, flat), without the answers as sent."""
-        turns = sorted(
-            ((_seq(seq), packed) for seq, packed in _blobs(raw).items()), key=lambda pair: pair[0]
-        )
-        return [parse_turn_items(session_id, seq, _blob(packed)) for seq, packed in turns]
+        """The turns TAKE_TURN read (seq and turn), without the answers as sent."""
+        return [parse_turn_items(session_id, seq, packed) for seq, packed in _in_order(raw)]
 
     async def _session_turns(
         self, tenant_id: TenantId, session_id: SessionId
@@ -1998,9 +1991,15 @@ def _pairs(value: object) -> dict[object, object]:
     return dict(zip(items[::2], items[1::2], strict=True))
 
 
-def _answer_field(name: object) -> bool:
-    # A history hash's field holding a turn's answer as sent ("<seq>:a").
-    return isinstance(name, bytes) and name.endswith(b":a")
+def _in_order(fields: object) -> list[tuple[int, bytes]]:
+    """A history hash's turns (its fields but the answers as sent, "<seq>:a"), by seq."""
+    turns = [
+        (_seq(name), _blob(packed))
+        for name, packed in _blobs(fields).items()
+        if not (isinstance(name, bytes) and name.endswith(b":a"))
+    ]
+    turns.sort(key=lambda pair: pair[0])
+    return turns
 
 
 def _answer(value: object) -> bytes | None:

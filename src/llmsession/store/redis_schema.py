@@ -1397,19 +1397,20 @@ def pack_turn(turn: Turn) -> bytes:
 def parse_turn(session_id: SessionId, seq: int, raw: bytes, body: bytes | None) -> Turn:
     """Round ``seq``'s turn of ``session_id`` from what pack_turn stored, and its
     answer ``body`` (stored apart; None for a version 6 turn, which holds it)."""
-    *fields, held = _turn_fields(session_id, seq, raw)
+    endpoint, request_hash, request_items, answer_items, response_id, status, answer_type, held = (
+        _turn_fields(session_id, seq, raw)
+    )
     answer = body if body is not None else held
     if answer is None:
         raise StoreError(f"the answer of round {seq} of session {session_id} is missing")
-    endpoint, request_hash, request_items, answer_items, response_id, status, answer_type = fields
     return Turn(
-        cast(str, endpoint),
-        cast(str, request_hash),
-        cast(str, request_items),
-        cast(str, answer_items),
-        cast("str | None", response_id),
-        cast(int, status),
-        cast(str, answer_type),
+        endpoint,
+        request_hash,
+        request_items,
+        answer_items,
+        response_id,
+        status,
+        answer_type,
         answer,
     )
 
