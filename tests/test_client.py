@@ -197,6 +197,14 @@ def test_session_lifecycle_returns_the_core_record(live: Live, tenant: TenantCli
     assert closed.record == stored_record(live, tenant.tenant_id, created.session_id)
 
 
+def test_a_non_ascii_idempotency_key_is_refused_before_sending(tenant: TenantClient) -> None:
+    client = tenant.client
+    view = new_active(client)
+    with pytest.raises(InvalidIdentifier, match="must be ASCII"):
+        client.record_round(view.session_id, 70, idempotency_key="r\u00e9try")
+    assert client.get_session(view.session_id).record.round_count == 0
+
+
 def test_idempotent_round_is_replayed_not_counted(tenant: TenantClient) -> None:
     client = tenant.client
     view = new_active(client)

@@ -149,7 +149,12 @@ def check_name(name: str, value: object, max_length: int) -> str:
     if value != value.strip():
         raise InvalidIdentifier(f"{name} {value!r} must not start or end with white space")
     if not value.isprintable():
-        raise InvalidIdentifier(f"{name} {value!r} must not contain control characters")
+        position, char = next((i, c) for i, c in enumerate(value) if not c.isprintable())
+        raise InvalidIdentifier(
+            f"{name} {value[:80]!r} must hold only printable characters, got U+{ord(char):04X} "
+            f"at position {position} (a control, format, private-use or unassigned character, "
+            "a lone surrogate, or white space other than a plain space)"
+        )
     return value
 
 

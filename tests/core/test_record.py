@@ -143,7 +143,7 @@ def test_records_are_immutable() -> None:
     [
         ("provider_id", "", "must not be empty"),
         ("provider_id", "x" * 201, "at most 200 characters"),
-        ("model", "gpt\n4", "control characters"),
+        ("model", "gpt\n4", "only printable characters, got U.000A at position 3"),
         ("model", 4, "must be text"),
     ],
 )

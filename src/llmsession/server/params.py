@@ -35,6 +35,7 @@ __all__ = [
     "StrictQueryRoute",
     "TenantIdPath",
     "TimeQuery",
+    "content_type_error",
     "parse_idempotency_key",
     "parse_json_body",
     "parse_session_id",
@@ -195,6 +196,22 @@ def parse_idempotency_key(value: str | None) -> str | None:
         raise _invalid(("header", "Idempotency-Key"), error) from None
 
 
+def content_type_error(content_type: str | None) -> dict[str, Any] | None:
+    """The validation error of a body not labelled JSON (``application/json`` or
+    ``application/*+json``, as FastAPI reads bodies); None for a JSON label."""
+    media = (content_type or "").partition(";")[0].strip().lower()
+    if media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        return None
+    got = "no Content-Type" if content_type is None else f"got {content_type[:80]!r}"
+    return {
+        "type": "content_type",
+        "loc": ("header", "Content-Type"),
+        "msg": f"the body must be JSON, sent as Content-Type: application/json ({got})",
+    }
+
+
 async def parse_json_body(model: type[M], request: Request) -> M:
     """The request body validated by ``model``; a 422 naming each bad field otherwise.
 
@@ -206,22 +223,9 @@ async def parse_json_body(model: type[M], request: Request) -> M:
         raise RequestValidationError(
             [{"type": "missing", "loc": ("body",), "msg": "a JSON object body is required"}]
         )
-    content_type = request.headers.get("content-type", "")
-    media = content_type.partition(";")[0].strip().lower()
-    if not (
-        media == "application/json"
-        or (media.startswith("application/") and media.endswith("+json"))
-    ):
-        raise RequestValidationError(
-            [
-                {
-                    "type": "content_type",
-                    "loc": ("header", "Content-Type"),
-                    "msg": f"the body must be JSON, sent as Content-Type: application/json "
-                    f"(got {content_type[:80]!r})",
-                }
-            ]
-        )
+    not_json = content_type_error(request.headers.get("content-type"))
+    if not_json is not None:
+        raise RequestValidationError([not_json])
     try:
         return model.model_validate_json(body)
     except ValidationError as error:

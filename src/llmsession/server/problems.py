@@ -29,6 +29,7 @@ from llmsession.errors import (
 )
 from llmsession.gateway.forwarding import HistoryTooLarge
 from llmsession.gateway.transport import ProviderError, ProviderTimeout
+from llmsession.server.params import content_type_error
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
@@ -188,7 +189,14 @@ async def _on_llmsession_error(request: Request, exc: Exception) -> JSONResponse
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return _render(validation_problem(exc.errors()))
+    errors: Sequence[Any] = exc.errors()
+    # FastAPI hands a route a body not labelled JSON as it is, and then reports the
+    # whole body as "not a dictionary": the label is what was wrong.
+    if any(tuple(error.get("loc", ()))[:1] == ("body",) for error in errors):
+        not_json = content_type_error(request.headers.get("content-type"))
+        if not_json is not None:
+            errors = [not_json]
+    return _render(validation_problem(errors))
 
 
 def _http_exception_handler(

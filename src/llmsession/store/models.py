@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Generic, Literal, NamedTuple, Protocol, TypeAlias, TypeVar, cast, get_args
 
 from llmsession.cost import Cost
-from llmsession.errors import InvalidInput, TokenOverflow
+from llmsession.errors import InvalidIdentifier, InvalidInput, TokenOverflow
 from llmsession.expiry import deadline_of
 from llmsession.ids import SessionId, TenantId, check_label, check_name
 from llmsession.record import SessionRecord
@@ -427,5 +427,17 @@ def check_group_by(group_by: object) -> tuple[GroupKey, ...]:
 
 def check_idempotency_key(key: object) -> str:
     """An idempotency key follows the rule of provider ids and models
-    (:func:`llmsession.ids.check_name`), with up to 255 characters."""
-    return check_name("idempotency key", key, MAX_IDEMPOTENCY_KEY)
+    (:func:`llmsession.ids.check_name`), with up to 255 characters, all ASCII.
+
+    ASCII because a key travels as the value of an HTTP header, which clients
+    encode and servers decode as ASCII or Latin-1, never reliably as UTF-8: "é"
+    sent as UTF-8 arrives as "Ã©", another key.
+    """
+    checked = check_name("idempotency key", key, MAX_IDEMPOTENCY_KEY)
+    if not checked.isascii():
+        first = next(char for char in checked if not char.isascii())
+        raise InvalidIdentifier(
+            f"idempotency key {checked[:80]!r} must be ASCII (it travels as an HTTP "
+            f"header value), got {first!r}"
+        )
+    return checked
