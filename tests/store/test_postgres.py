@@ -470,6 +470,10 @@ def test_the_stores_options_are_taken_out_of_the_url() -> None:
         turn_pool_max=3,
     )
     assert PostgresOptions.from_url("postgres://h/db") == PostgresOptions("postgres://h/db")
+    # libpq's local socket: the empty host keeps its "//".
+    local = "postgresql:///test?host=/var/run/postgresql&user=postgres"
+    assert PostgresOptions.from_url(f"{local}&pool_max=2").conninfo == local
+    assert PostgresOptions.from_url("postgresql:///test").conninfo == "postgresql:///test"
 
 
 @pytest.mark.parametrize(
@@ -490,9 +494,27 @@ def test_bad_options_are_refused_by_name(query: str, named: str) -> None:
         PostgresOptions.from_url(f"postgresql://h/db?{query}")
 
 
-def test_only_postgresql_urls_are_taken() -> None:
-    with pytest.raises(InvalidInput, match="postgresql://"):
-        PostgresOptions.from_url("mysql://h/db")
+@pytest.mark.parametrize("url", ["mysql://h/db", "postgresql:/db", "postgres:db"])
+def test_only_postgresql_urls_are_taken(url: str) -> None:
+    with pytest.raises(InvalidInput, match="starts with postgresql://"):
+        PostgresOptions.from_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://h/db?bogus=1", 'invalid URI query parameter: "bogus"'),
+        ("postgresql://h:five/db", "'five'"),
+        # libpq quotes the token it could not read: here the password.
+        ("postgresql://u:pa%zz@h/db", r'u:\*\*\*@h/db: invalid percent-encoded token: "\*\*\*"'),
+    ],
+)
+def test_a_url_libpq_cannot_read_is_invalid_input_without_its_password(
+    url: str, message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message) as raised:
+        PostgresOptions.from_url(url)
+    assert "pa%zz" not in str(raised.value)
 
 
 async def test_the_pool_honours_its_sizes_and_libpq_gets_the_rest(

@@ -258,6 +258,10 @@ def test_store_options_are_taken_out_of_the_url() -> None:
         ("redis://127.0.0.1/0?prefix=a%20b", "prefix 'a b' is not allowed"),
         ("redis://127.0.0.1/0?decode_responses=no", "decode_responses"),
         ("redis://127.0.0.1/0?socket_timeout=soon", "socket_timeout"),
+        ("redis://127.0.0.1/0?bogus=1", "redis-py takes no option 'bogus'"),
+        ("redis://127.0.0.1:notaport/0", "'notaport'"),
+        # redis-py would take database 0.
+        ("redis://127.0.0.1/abc", "names the database by its number, such as /0; got '/abc'"),
     ],
 )
 async def test_bad_url_is_refused(url: str, message: str) -> None:

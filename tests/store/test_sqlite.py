@@ -107,6 +107,9 @@ def test_path_of_url() -> None:
         "sqlite:///x.db#part",
         "sqlite:///:memory:",
         "sqlite:///some/dir/",
+        # Without "//": these named "el.db" and a relative "tmp/abs.db".
+        "sqlite:rel.db",
+        "sqlite:/tmp/abs.db",
     ],
 )
 async def test_a_bad_url_is_refused_and_creates_nothing(

@@ -70,6 +70,7 @@ from uuid import UUID
 import psycopg
 from psycopg import AsyncConnection, AsyncRawCursor, sql
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
@@ -1030,7 +1031,8 @@ class PostgresOptions:
     def from_url(cls, url: str) -> PostgresOptions:
         """Split ``url`` into libpq's URL and the store's options; InvalidInput if one is bad."""
         parts = urlsplit(url)
-        if parts.scheme not in ("postgresql", "postgres"):
+        slashes = url.partition(":")[2].startswith("//")
+        if parts.scheme not in ("postgresql", "postgres") or not slashes:
             raise InvalidInput(
                 f"a PostgreSQL store URL starts with postgresql:// or postgres://, got {url!r}"
             )
@@ -1045,7 +1047,25 @@ class PostgresOptions:
                 ours[name] = pairs[0][1] if pairs else ""
             if name not in _OPTION_NAMES:
                 kept.append(item)
-        conninfo = urlunsplit(parts._replace(query="&".join(kept)))
+        # Written out, not by urlunsplit, which drops the "//" of an empty host
+        # ("postgresql:///db", libpq's local socket).
+        conninfo = f"{parts.scheme}://{parts.netloc}{parts.path}"
+        if kept:
+            conninfo += "?" + "&".join(kept)
+        if parts.fragment:
+            conninfo += "#" + parts.fragment
+        try:
+            # libpq's own parse: an option it does not know is a bad URL, not a
+            # connection that failed.
+            conninfo_to_dict(conninfo)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except (psycopg.ProgrammingError, ValueError) as error:
+            said = str(error).strip()
+            if parts.password:
+                # libpq quotes the token it could not read, which may be the password.
+                for secret in {parts.password, unquote(parts.password)}:
+                    said = said.replace(secret, "***")
+            raise InvalidInput(f"invalid PostgreSQL URL {_safe_url(conninfo)}: {said}") from None
         pool_min = _int_option(ours, "pool_min", 1, minimum=0, maximum=1000)
         pool_max = _int_option(ours, "pool_max", 10, minimum=1, maximum=1000)
         if pool_min > pool_max:

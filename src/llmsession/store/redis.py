@@ -319,6 +319,17 @@ class RedisStore(SessionStore):
         # A blocking pool: a burst of requests waits for a free connection
         # instead of failing with "Too many connections" (URL: max_connections).
         pool = aioredis.BlockingConnectionPool(decode_responses=True, **connect)
+        try:
+            # Made now, not at the first command: an option redis-py does not take
+            # fails here, as a bad URL (a connection is made without connecting).
+            pool.make_connection()
+        except TypeError as error:
+            unknown = re.search(r"keyword argument '([^']+)'", str(error))
+            named = repr(unknown.group(1)) if unknown else str(error)
+            raise InvalidInput(
+                f"invalid Redis URL for {options.where}: redis-py takes no option {named}; "
+                "see docs/redis.md for the options the store and redis-py take"
+            ) from None
         if pool.max_connections < 3:
             raise InvalidInput(
                 f"the Redis URL for {options.where} sets max_connections to "
@@ -1885,10 +1896,20 @@ def _parse_url(url: str) -> _Options:
     wait_replicas = _count_option(given, "wait_replicas", 0, minimum=0)
     wait_timeout_ms = _count_option(given, "wait_timeout_ms", _DEFAULT_WAIT_TIMEOUT_MS, minimum=1)
     rest = urlencode([(name, value) for name, value in query if name not in ours])
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as error:
+        raise InvalidInput(f"invalid Redis URL: {error}") from None
+    database = parts.path.removeprefix("/")
+    # redis-py takes a path that is not a number for database 0, silently.
+    if parts.scheme != "unix" and database and not (database.isdigit() and database.isascii()):
+        raise InvalidInput(
+            f"the Redis URL's path names the database by its number, such as /0; got {parts.path!r}"
+        )
     if parts.scheme == "unix":
         where = f"Redis at {parts.path}"
     else:
-        where = f"Redis at {parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or '/0'}"
+        where = f"Redis at {parts.hostname or 'localhost'}:{parts.port or 6379}/{database or 0}"
     client_url = urlunsplit(parts._replace(query=rest))
     return _Options(client_url, prefix, where, wait_replicas, wait_timeout_ms)
 

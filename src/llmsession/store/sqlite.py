@@ -1684,7 +1684,10 @@ _SELECT_STARTED = (
 def path_of_url(url: str) -> Path:
     """The file a ``sqlite:///`` URL names: three slashes, then a relative or absolute path."""
     parts = urlsplit(url)
-    if parts.scheme != "sqlite" or parts.netloc or parts.query or parts.fragment:
+    # Without the "//", "sqlite:rel.db" would lose its first letter below and
+    # "sqlite:/abs.db" would name a relative path.
+    slashes = url.partition(":")[2].startswith("//")
+    if parts.scheme != "sqlite" or not slashes or parts.netloc or parts.query or parts.fragment:
         raise InvalidInput(
             f"{url!r} is not a SQLite store URL; use sqlite:///relative/path.db or "
             "sqlite:////absolute/path.db (no host, query or fragment)"
