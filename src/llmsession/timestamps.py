@@ -67,6 +67,12 @@ class Timestamp:
             raise InvalidTimestamp(
                 f"{text!r} is not an ISO 8601 timestamp such as '2026-01-31T12:00:00Z'"
             ) from None
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            # Text comes from the wire: the advice is text too, not a Python call.
+            raise InvalidTimestamp(
+                f"{text!r} has no timezone; end it with Z or an offset, "
+                "e.g. '2026-01-31T12:00:00Z' or '2026-01-31T13:00:00+01:00'"
+            )
         return cls.from_datetime(moment)
 
     def to_datetime(self) -> datetime:

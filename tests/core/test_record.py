@@ -72,7 +72,7 @@ def good_dict(**changes: Any) -> dict[str, Any]:
         ({"provider_id": ""}, "provider_id must not be empty"),
         ({"model": " gpt"}, "must not start or end with white space"),
         ({"session_id": "nope"}, "is not a session id"),
-        ({"created_at": "2026-01-01T00:00:00"}, "naive datetime"),
+        ({"created_at": "2026-01-01T00:00:00"}, "'2026-01-01T00:00:00' has no timezone; end it"),
         ({"created_at": 12}, "created_at must be a string"),
         ({"activated_at": "2000-01-01T00:00:00Z"}, "activated_at .* is before created_at"),
         ({"extra": 1}, "unknown fields \\['extra'\\]"),
@@ -228,6 +228,9 @@ def test_naive_and_malformed_timestamps_are_refused() -> None:
         Timestamp.from_datetime(datetime(2026, 1, 1))
     with pytest.raises(InvalidTimestamp, match="not an ISO 8601 timestamp"):
         Timestamp.parse("yesterday")
+    # Text is told how to write the offset, not which Python call makes one.
+    with pytest.raises(InvalidTimestamp, match="'2026-01-01' has no timezone; end it with Z"):
+        Timestamp.parse("2026-01-01")
     with pytest.raises(InvalidTimestamp, match="integer microseconds"):
         Timestamp(1.5)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     with pytest.raises(InvalidTimestamp, match="outside the years"):

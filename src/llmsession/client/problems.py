@@ -149,7 +149,8 @@ def _describe_item(item: object) -> str:
             if isinstance(loc, list)
             else str(loc)
         )
-        return f"{where}: {entry.get('msg')}"
+        # An error of no one place (an empty loc) is its message alone.
+        return f"{where}: {entry.get('msg')}" if where else str(entry.get("msg"))
     return str(item)
 
 

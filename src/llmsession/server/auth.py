@@ -147,10 +147,21 @@ async def require_admin(context: AppContext, token: str) -> None:
     """Nothing for the admin key; 403 for a tenant's valid key, 401 for anything else."""
     if is_admin_key(context, token):
         return
+    # With no admin key, no key passes: "invalid API key" alone would send the
+    # caller looking for a typo.
+    closed = (
+        ""
+        if context.settings.admin_key is not None
+        else "; admin routes are closed: this server has no admin key (LLMSESSION_ADMIN_KEY)"
+    )
     # A tenant's valid key is known but not allowed here; anything else is unknown.
-    await context.keys.tenant_of(token)
-    disabled = "" if context.settings.admin_key is not None else " (no admin key is configured)"
-    raise Problem("forbidden", f"admin routes need the admin key, not a tenant's API key{disabled}")
+    try:
+        await context.keys.tenant_of(token)
+    except AuthenticationError as error:
+        if not closed:
+            raise
+        raise AuthenticationError(f"{error}{closed}") from None
+    raise Problem("forbidden", f"admin routes need the admin key, not a tenant's API key{closed}")
 
 
 def _credentials_token(credentials: Credentials) -> str:
