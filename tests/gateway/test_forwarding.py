@@ -401,6 +401,18 @@ async def test_bad_bodies_are_refused_before_the_provider(gw: Gw) -> None:
     assert gw.upstream.sent == []
 
 
+async def test_two_idempotency_keys_are_refused_before_the_provider(gw: Gw) -> None:
+    # Which of the two a retry meant cannot be told.
+    headers = [*gw.auth.items(), ("Idempotency-Key", "k1"), ("Idempotency-Key", "k2")]
+    body = {"model": "fake/gpt-4o-mini", "messages": [{"role": "user", "content": "Q"}]}
+    response = await gw.client.post("/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["errors"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert "2 Idempotency-Key headers; send one" in problem["detail"]
+    assert gw.upstream.sent == []
+
+
 async def test_a_bare_model_with_a_slash_goes_to_the_only_provider(gw: Gw) -> None:
     gw.upstream.answers.append(chat(1))
     response = await gw.chat("Q", model="meta-llama/x")

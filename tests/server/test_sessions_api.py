@@ -322,6 +322,20 @@ async def test_bad_idempotency_keys_are_422(api: Api, key: str | bytes) -> None:
     assert session["round_count"] == 0
 
 
+async def test_two_idempotency_keys_are_422_and_record_nothing(api: Api) -> None:
+    auth = await api.tenant("acme")
+    session_id = await api.session(auth)
+    response = await api.client.post(
+        f"/v1/sessions/{session_id}/rounds",
+        json={"delta_tokens": 1},
+        headers=[*auth.items(), ("Idempotency-Key", "k1"), ("Idempotency-Key", "k1")],
+    )
+    body = _problem(response, 422, "invalid-input")
+    assert body["errors"][0]["loc"] == ["header", "Idempotency-Key"]
+    session = (await api.client.get(f"/v1/sessions/{session_id}", headers=auth)).json()
+    assert session["round_count"] == 0
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -18,6 +18,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import AfterValidator, BaseModel, ValidationError
+from starlette.datastructures import Headers
 from starlette.responses import Response
 
 from llmsession.errors import InvalidInput
@@ -186,12 +187,19 @@ def parse_session_id(text: str) -> SessionId:
         raise _invalid(("path", "session_id"), error) from None
 
 
-def parse_idempotency_key(value: str | None) -> str | None:
-    """The Idempotency-Key header's value, if any; a 422 naming the header if malformed."""
-    if value is None:
+def parse_idempotency_key(headers: Headers) -> str | None:
+    """The Idempotency-Key header's value, if any; a 422 naming the header if malformed
+    or given more than once (which of two keys a retry meant cannot be told)."""
+    values = headers.getlist("idempotency-key")
+    if not values:
         return None
+    if len(values) > 1:
+        raise _invalid(
+            ("header", "Idempotency-Key"),
+            InvalidInput(f"the request has {len(values)} Idempotency-Key headers; send one"),
+        )
     try:
-        return check_idempotency_key(value)
+        return check_idempotency_key(values[0])
     except InvalidInput as error:
         raise _invalid(("header", "Idempotency-Key"), error) from None
 

@@ -70,7 +70,7 @@ async def record_round_response(
     """
     tenant = await require_tenant(context, bearer_token(authorization_header(request.headers)))
     parsed_id = parse_session_id(session_id)
-    idempotency_key = parse_idempotency_key(request.headers.get("idempotency-key"))
+    idempotency_key = parse_idempotency_key(request.headers)
     body = await parse_json_body(RecordRoundIn, request)
     result = await context.store.record_round(
         tenant, parsed_id, body.delta_tokens, idempotency_key=idempotency_key

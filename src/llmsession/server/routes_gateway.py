@@ -61,7 +61,7 @@ async def forward_turn(
         endpoint,
         await request.body(),
         session_header=sessions[0] if sessions else None,
-        idempotency_key=parse_idempotency_key(request.headers.get("idempotency-key")),
+        idempotency_key=parse_idempotency_key(request.headers),
         path_model=path_model,
         headers=request.headers,
     )
