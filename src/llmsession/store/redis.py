@@ -322,7 +322,7 @@ class RedisStore(SessionStore):
         try:
             # Made now, not at the first command: an option redis-py does not take
             # fails here, as a bad URL (a connection is made without connecting).
-            pool.make_connection()
+            pool.connection_class(**pool.connection_kwargs)
         except TypeError as error:
             unknown = re.search(r"keyword argument '([^']+)'", str(error))
             named = repr(unknown.group(1)) if unknown else str(error)
