@@ -494,15 +494,20 @@ async def test_stats_group_by_provider_and_model(api: Api) -> None:
         (None, "m1"),
         (None, "m2"),
     ]
-    both = await api.client.get(
-        "/v1/stats", params=[("group_by", "provider"), ("group_by", "model")], headers=auth
-    )
-    assert [(g["provider_id"], g["model"]) for g in both.json()["groups"]] == [
-        ("openai", "m1"),
-        ("openai", "m2"),
-    ]
+    # Repeated or comma-separated, as the time series takes them.
+    for params in (
+        [("group_by", "provider"), ("group_by", "model")],
+        {"group_by": "provider,model"},
+    ):
+        both = await api.client.get("/v1/stats", params=params, headers=auth)
+        assert [(g["provider_id"], g["model"]) for g in both.json()["groups"]] == [
+            ("openai", "m1"),
+            ("openai", "m2"),
+        ]
     bad = await api.client.get("/v1/stats", params={"group_by": "tenant"}, headers=auth)
-    _problem(bad, 422, "invalid-input")
+    problem = _problem(bad, 422, "invalid-input")
+    assert problem["errors"][0]["loc"] == ["query", "group_by"]
+    assert "group_by takes names from 'provider', 'model', got 'tenant'" in problem["detail"]
 
 
 async def test_timeseries_buckets_rounds_by_hour_and_group(api: Api) -> None:
@@ -585,7 +590,10 @@ async def test_timeseries_refuses_bad_parameters_saying_why(
         **params,
     }
     response = await api.client.get("/v1/stats/timeseries", params=query, headers=auth)
-    assert message in _problem(response, 422, "invalid-input")["detail"]
+    problem = _problem(response, 422, "invalid-input")
+    assert message in problem["detail"]
+    if "group_by" in params:
+        assert problem["errors"][0]["loc"] == ["query", "group_by"]
     missing = await api.client.get("/v1/stats/timeseries", params={"bucket": "hour"}, headers=auth)
     assert "start" in _problem(missing, 422, "invalid-input")["detail"]
 

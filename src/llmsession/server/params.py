@@ -10,7 +10,7 @@ machinery (see :mod:`llmsession.server.rounds`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Path, Query, Request
@@ -24,10 +24,11 @@ from starlette.responses import Response
 from llmsession.errors import InvalidInput
 from llmsession.ids import SessionId, TenantId, check_label
 from llmsession.server.schemas import TENANT_ID_PATTERN
-from llmsession.store.models import check_idempotency_key
+from llmsession.store.models import GroupKey, check_group_by, check_idempotency_key
 from llmsession.timestamps import Timestamp
 
 __all__ = [
+    "GroupByQuery",
     "KeyIdPath",
     "ModelQuery",
     "OptionalTimeQuery",
@@ -37,6 +38,7 @@ __all__ = [
     "TenantIdPath",
     "TimeQuery",
     "content_type_error",
+    "parse_group_by",
     "parse_idempotency_key",
     "parse_json_body",
     "parse_session_id",
@@ -107,6 +109,13 @@ KeyIdPath = Annotated[
         json_schema_extra={"pattern": KEY_ID_PATTERN},
     ),
     AfterValidator(_key_id),
+]
+GroupByQuery = Annotated[
+    list[str] | None,
+    Query(
+        description="provider, model or provider,model; also repeatable "
+        "(group_by=provider&group_by=model)"
+    ),
 ]
 OptionalTimeQuery = Annotated[
     str | None,
@@ -185,6 +194,20 @@ def parse_session_id(text: str) -> SessionId:
         return SessionId.parse(text)
     except InvalidInput as error:
         raise _invalid(("path", "session_id"), error) from None
+
+
+def parse_group_by(values: Sequence[str] | None) -> list[GroupKey]:
+    """The names of repeated and comma-separated ``group_by`` query parameters, each
+    once, in order; a 422 naming the parameter for a name the totals do not group by."""
+    keys: list[str] = []
+    for value in values or ():
+        for key in value.split(","):
+            if key not in keys:
+                keys.append(key)
+    try:
+        return list(check_group_by(keys))
+    except InvalidInput as error:
+        raise _invalid(("query", "group_by"), error) from None
 
 
 def parse_idempotency_key(headers: Headers) -> str | None:

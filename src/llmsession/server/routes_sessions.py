@@ -8,7 +8,7 @@ render. No rule of the state machine is restated here.
 # annotations at run time, and they name `tenant_of_request`, a local of
 # session_routes that a postponed (string) annotation could not be resolved to.
 
-from typing import Annotated, cast
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
@@ -18,12 +18,14 @@ from llmsession.pricing import price_rounds, priced_totals
 from llmsession.server.auth import tenant_dependency
 from llmsession.server.context import AppContext
 from llmsession.server.params import (
+    GroupByQuery,
     ModelQuery,
     OptionalTimeQuery,
     ProviderQuery,
     SessionIdPath,
     StrictQueryRoute,
     TimeQuery,
+    parse_group_by,
     parse_time,
 )
 from llmsession.server.render import (
@@ -48,7 +50,6 @@ from llmsession.states import state_named
 from llmsession.store.models import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
-    GroupKey,
     SessionQuery,
     TimeBucketSize,
 )
@@ -242,14 +243,9 @@ def session_routes(context: AppContext) -> APIRouter:
     )
     async def stats(
         tenant: Annotated[TenantId, Depends(tenant_of_request)],
-        group_by: Annotated[
-            list[GroupKey] | None, Query(description="Repeatable: provider, model")
-        ] = None,
+        group_by: GroupByQuery = None,
     ) -> JSONResponse:
-        keys: list[GroupKey] = []
-        for key in group_by or ():
-            if key not in keys:
-                keys.append(key)
+        keys = parse_group_by(group_by)
         groups = await priced_totals(context.store, tenant, keys, context.prices)
         return JSONResponse({"groups": [render_totals(t) for t in groups]})
 
@@ -270,27 +266,12 @@ def session_routes(context: AppContext) -> APIRouter:
         bucket: Annotated[TimeBucketSize, Query(description="hour or day")],
         start: TimeQuery,
         end: TimeQuery,
-        group_by: Annotated[
-            list[str] | None,
-            Query(
-                description="provider, model or provider,model; also repeatable "
-                "(group_by=provider&group_by=model)"
-            ),
-        ] = None,
+        group_by: GroupByQuery = None,
     ) -> JSONResponse:
-        keys: list[str] = []
-        for value in group_by or ():
-            for key in value.split(","):
-                if key not in keys:
-                    keys.append(key)
+        keys = parse_group_by(group_by)
         first, last = Timestamp.parse(start), Timestamp.parse(end)
         buckets = await context.store.timeseries(
-            tenant,
-            bucket=bucket,
-            start=first,
-            end=last,
-            # Any names: the store refuses those it does not group by.
-            group_by=cast(list[GroupKey], keys),
+            tenant, bucket=bucket, start=first, end=last, group_by=keys
         )
         return JSONResponse(render_timeseries(bucket, first, last, buckets))
 
