@@ -730,6 +730,39 @@ def test_bad_input_exits_2_from_either_entry_point(
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize(
+    ("config", "env", "says"),
+    [
+        (None, {}, "cannot read the gateway config"),
+        (
+            '[providers.fake]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+            'api_key_env = "LLMSESSION_TEST_UNSET_KEY"\n',
+            {"LLMSESSION_TEST_UNSET_KEY": ""},
+            "LLMSESSION_TEST_UNSET_KEY",
+        ),
+    ],
+)
+def test_a_bad_providers_file_exits_2_before_the_store_is_made(
+    entry: str, config: str | None, env: dict[str, str], says: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "gateway.toml"
+    if config is not None:
+        path.write_text(config)
+    store = tmp_path / "store.db"
+    result = run_python(
+        ENTRY_POINTS[entry],
+        {
+            **env,
+            "LLMSESSION_CONFIG": str(path),
+            "LLMSESSION_STORE_URL": f"sqlite:///{store}",
+            "LLMSESSION_PORT": str(_free_port()),
+        },
+    )
+    assert says in one_error_line(result, 2)
+    assert not store.exists()
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_a_store_that_cannot_be_opened_exits_1_from_either_entry_point(
     entry: str, tmp_path: Path
 ) -> None:

@@ -7,7 +7,7 @@ they fail the same way, with the same exit status (docs/cli.md has the table):
 ====  ===============================================================================
 0     stopped gracefully by SIGTERM or SIGINT
 1     the store cannot be reached or used
-2     bad input: a setting, a store URL
+2     bad input: a setting, a store URL, the providers' file
 3     the server could not start: its address is in use or cannot be bound, or the
       application's startup failed
 ====  ===============================================================================
@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import uvicorn
 
 from llmsession.errors import InvalidInput, LLMSessionError
+from llmsession.gateway.config import GatewayConfig, load_config
 from llmsession.server.app import create_app
 from llmsession.server.settings import ServerSettings
 from llmsession.store import open_store
@@ -62,6 +63,11 @@ def run(settings: ServerSettings) -> int:
     """
     _configure_logging()
     try:
+        # The providers first: a bad file is one line, before the store (a SQLite
+        # file, say) is made or anything is announced.
+        gateway_config = (
+            None if settings.gateway_config is None else load_config(settings.gateway_config)
+        )
         check_store(settings.store_url)
     except InvalidInput as error:
         return _fail(str(error), EXIT_BAD_INPUT)
@@ -72,7 +78,7 @@ def run(settings: ServerSettings) -> int:
     except OSError as error:
         return _fail(str(error), STARTUP_FAILURE)
     logger.info("store: %s", shown_url(settings.store_url))
-    serve(settings, sock=sock)
+    serve(settings, sock=sock, gateway_config=gateway_config)
     return 0
 
 
@@ -116,14 +122,20 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    settings: ServerSettings, *, log_level: str = "info", sock: socket.socket | None = None
+    settings: ServerSettings,
+    *,
+    log_level: str = "info",
+    sock: socket.socket | None = None,
+    gateway_config: GatewayConfig | None = None,
 ) -> None:
     """Serve ``settings`` until SIGTERM/SIGINT; in-flight requests finish first.
 
     ``sock`` is an address already bound by :func:`listen`; without it, serve binds
-    one. Returns normally after a graceful stop (so the process exits 0). If the
-    server cannot start (address in use, the application's startup failed),
-    raises ``SystemExit(STARTUP_FAILURE)`` after logging why.
+    one. ``gateway_config`` is the providers' file already read (else create_app
+    reads the one the settings name). Returns normally after a graceful stop (so
+    the process exits 0). If the server cannot start (address in use, the
+    application's startup failed), raises ``SystemExit(STARTUP_FAILURE)`` after
+    logging why.
     """
     if sock is None:
         try:
@@ -132,7 +144,7 @@ def serve(
             logger.error("%s", error)
             raise SystemExit(STARTUP_FAILURE) from error
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, gateway_config=gateway_config),
         host=settings.host,
         port=settings.port,
         lifespan="on",
