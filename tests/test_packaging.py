@@ -151,13 +151,14 @@ def test_the_plain_install_s_command_names_the_server_extra(
     assert (command.returncode, command.stdout, command.stderr) == (1, "", MISSING_SERVER)
 
 
-def test_the_plain_install_s_server_module_names_the_server_extra(
-    plain_venv: Path, sqlite_url: str, tmp_path: Path
+@pytest.mark.parametrize("module_name", ["llmsession.server", "llmsession.fake_provider"])
+def test_the_plain_install_s_modules_name_the_server_extra(
+    plain_venv: Path, sqlite_url: str, tmp_path: Path, module_name: str
 ) -> None:
-    module = _run(plain_venv / "bin" / "python", "-m", "llmsession.server", cwd=tmp_path)
+    module = _run(plain_venv / "bin" / "python", "-m", module_name, cwd=tmp_path)
 
     assert (module.returncode, module.stdout) == (1, "")
-    assert module.stderr.startswith("Error: python -m llmsession.server needs the server extra (")
+    assert module.stderr.startswith(f"Error: python -m {module_name} needs the server extra (")
     assert module.stderr.endswith(" is not installed): pip install 'llmsession[server]'\n")
     assert "Traceback" not in module.stderr
 

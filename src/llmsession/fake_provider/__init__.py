@@ -16,25 +16,34 @@ and the steps of a request), ``app`` (ASGI) and
 ``runner`` (the command).
 """
 
+import importlib
 from typing import TYPE_CHECKING
 
 from llmsession.fake_provider.billing import BillingEntry, key_fingerprint
 from llmsession.fake_provider.faults import FAULT_MODES, Fault
 from llmsession.fake_provider.provider import FakeProvider
-from llmsession.fake_provider.runner import API_KEY_ENV, fake_provider_command, serve
 
 if TYPE_CHECKING:
     from llmsession.fake_provider.app import create_app
+    from llmsession.fake_provider.runner import API_KEY_ENV, fake_provider_command, serve
 else:
-    # The app loads Starlette; the ``llmsession`` command needs only the command.
+    # The app loads Starlette and the runner click (the server extra): loaded when
+    # asked for, so that `python -m llmsession.fake_provider` can say which extra
+    # is missing, and the ``llmsession`` command loads no app.
+    _LAZY = {
+        "create_app": "llmsession.fake_provider.app",
+        "API_KEY_ENV": "llmsession.fake_provider.runner",
+        "fake_provider_command": "llmsession.fake_provider.runner",
+        "serve": "llmsession.fake_provider.runner",
+    }
 
     def __getattr__(name: str) -> object:
-        if name != "create_app":
+        module = _LAZY.get(name)
+        if module is None:
             raise AttributeError(f"module 'llmsession.fake_provider' has no attribute {name!r}")
-        from llmsession.fake_provider.app import create_app
-
-        globals()[name] = create_app
-        return create_app
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
 
 
 __all__ = [
