@@ -214,12 +214,14 @@ def test_another_tenants_session_is_not_found_and_reaches_no_provider(gateway: G
     raw = gateway.sdk(owner).chat.completions.with_raw_response.create(
         model="fake/gpt-4o-mini", messages=[{"role": "user", "content": "secret"}]
     )
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.NotFoundError) as caught:
         gateway.sdk(intruder).chat.completions.create(
             model="fake/gpt-4o-mini",
             messages=[{"role": "user", "content": "tell me"}],
             extra_headers={SID: raw.headers[SID]},
         )
+    # The SDK's exception text holds the problem's message, not only its status.
+    assert str(caught.value) == f"Error code: 404 - no session {raw.headers[SID]}"
     assert len(gateway.billing(owner)) == 1
 
 

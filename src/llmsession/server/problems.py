@@ -102,6 +102,9 @@ def problem_response(
         "title": title,
         "status": status,
         "detail": detail,
+        # The official openai SDK puts only a body's "message" in its exception's
+        # text: without it, a gateway refusal read "Error code: 409" and no more.
+        "message": detail,
     }
     body.update(extra)
     return JSONResponse(body, status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)

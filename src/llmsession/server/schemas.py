@@ -384,6 +384,10 @@ class ProblemOut(BaseModel):
     title: str
     status: int
     detail: str
+    message: str = Field(
+        description="the same text as detail, for clients that read only message "
+        "(the official openai SDK shows it in its exception's text)"
+    )
     errors: list[ProblemErrorOut] | None = Field(
         default=None, description="invalid-input only: each bad location and message"
     )
