@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,22 @@ async def test_provider_client_errors_pass_through_and_record_nothing(gw: Gw) ->
     stats = (await gw.client.get("/v1/stats", headers=gw.auth)).json()
     assert sum(group["rounds"] for group in stats["groups"]) == 0
     assert SID not in response.headers
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_provider_refusing_the_operators_key_is_logged_for_the_operator(
+    gw: Gw, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    error = b'{"error":{"message":"Incorrect API key provided.","code":"invalid_api_key"}}'
+    gw.upstream.answers.append(Scripted(status=status, body=error))
+    with caplog.at_level(logging.WARNING, logger="llmsession"):
+        response = await gw.chat("Q1")
+    # The client gets the provider's answer as it is; the operator learns whose key it was.
+    assert (response.status_code, response.content) == (status, error)
+    [record] = [r for r in caplog.records if r.name.startswith("llmsession.gateway")]
+    message = record.getMessage()
+    assert message.startswith(f"provider fake answered {status}: check the key in K")
+    assert "sk-" not in message
 
 
 @pytest.mark.parametrize(

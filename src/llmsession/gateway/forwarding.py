@@ -407,6 +407,16 @@ class Gateway:
                 "recorded, try again",
             )
         # A client error is the provider's word on the request: pass it on as it is.
+        if response.status_code in (401, 403):
+            # Not the tenant's key but the operator's: the tenant sees the provider's
+            # answer, and only this line tells the operator (never the key itself).
+            logger.warning(
+                "provider %s answered %s: check the key in %s (and its permissions); "
+                "the client got the provider's answer",
+                provider_id,
+                response.status_code,
+                turn.provider.api_key_env,
+            )
         if turn.cache is not None:
             await turn.cache.abandoned()
         headers = self._headers(turn, response)
