@@ -629,6 +629,25 @@ def _cost_cells(cost: Cost | None) -> tuple[object, object, object, object]:
     return (cost.paid, cost.stateless, cost.saved, cost.currency)
 
 
+async def _close(
+    store: SessionStore, tenant_id: TenantId, session_id: SessionId, config_path: str | None
+) -> StoredSession:
+    if not config_path:
+        return await store.close(tenant_id, session_id)
+    from llmsession.gateway.config import load_config
+    from llmsession.gateway.forwarding import Gateway
+    from llmsession.gateway.transport import AiohttpUpstream
+
+    # A provider whose key is not set here still lets the session close (its entry
+    # then ends with its TTL, and the gateway says so).
+    config = load_config(config_path, require_keys=False)
+    gateway = Gateway(config, store, AiohttpUpstream())
+    try:
+        return await gateway.close_session(tenant_id, session_id)
+    finally:
+        await gateway.aclose()
+
+
 def _usage_cells(round_: Round) -> tuple[object, object, object, object]:
     """A round's usage columns: counts, "missing" for a gateway round without, "-" else."""
     if round_.usage is not None:
@@ -647,12 +666,25 @@ def _usage_cells(round_: Round) -> tuple[object, object, object, object]:
 @_tenant_option
 @click.argument("session_id", type=SESSION)
 @_store_option
+@click.option(
+    "--config",
+    "config_path",
+    envvar="LLMSESSION_CONFIG",
+    default=None,
+    help="The gateway's TOML file: also delete what a provider holds for the session "
+    "(a Gemini cache entry), as closing over HTTP does [env LLMSESSION_CONFIG; none: "
+    "such an entry ends with its TTL].",
+)
 @_json_option
 def sessions_close(
-    tenant_id: TenantId, session_id: SessionId, store_url: str, as_json: bool
+    tenant_id: TenantId,
+    session_id: SessionId,
+    store_url: str,
+    config_path: str | None,
+    as_json: bool,
 ) -> None:
     """Close an active session of a tenant."""
-    stored = _run(store_url, lambda store: store.close(tenant_id, session_id))
+    stored = _run(store_url, lambda store: _close(store, tenant_id, session_id, config_path))
     if as_json:
         from llmsession.server.render import render_session
 

@@ -7,6 +7,9 @@ the fake's cache entries are read from its ``/_fake/gemini/cached-contents`` rou
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +23,7 @@ from google.genai import errors, types
 from tests.fake_provider.conftest import API_KEY, FakeProcess
 from tests.gateway.processes import GatewayProcesses
 from tests.server.conftest import ServerFactory, ServerProcess, bearer, launch_server
+from tests.server.ui_client import csrf_of
 
 SID = "LLMSession-Id"
 MODEL = "gemini/gemini-2.5-flash"
@@ -87,10 +91,14 @@ def write_config(path: Path, fake: FakeProcess, base_url: str | None = None) -> 
 
 
 @pytest.fixture(scope="module")
-def module_server(
-    module_fake: FakeProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    folder = tmp_path_factory.mktemp("gemini")
+def module_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the module's server keeps its store (sessions.db) and config (gateway.toml)."""
+    return tmp_path_factory.mktemp("gemini")
+
+
+@pytest.fixture(scope="module")
+def module_server(module_fake: FakeProcess, module_folder: Path) -> Iterator[ServerProcess]:
+    folder = module_folder
     server = launch_server(
         f"sqlite:///{folder / 'sessions.db'}",
         folder,
@@ -165,6 +173,73 @@ def test_a_multi_round_session_caches_its_history_and_is_billed_and_recorded_ali
         f"{gateway.server.base_url}/v1/sessions/{session_id}/close", headers=bearer(key)
     )
     assert closed.status_code == 200, closed.text
+    assert gateway.entries(session_id) == []
+
+
+def test_closing_from_the_cli_deletes_the_entry_given_the_providers_file(
+    gateway: Gateway, module_folder: Path
+) -> None:
+    key = gateway.tenant()
+    client = gateway.sdk(key)
+
+    def cached_session() -> str:
+        first = client.models.generate_content(model=MODEL, contents=[user(BIG_CONTEXT + " Q1")])
+        session_id = session_of(first)
+        client.models.generate_content(
+            model=MODEL, contents=[user("Q2")], config=in_session(session_id)
+        )
+        assert len(gateway.entries(session_id)) == 1
+        return session_id
+
+    def close(session_id: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        tenant = gateway.get(key, f"/v1/sessions/{session_id}")["tenant_id"]
+        command = ["sessions", "close", "--tenant", tenant, session_id]
+        command += ["--store-url", f"sqlite:///{module_folder / 'sessions.db'}"]
+        command += ["--config", str(module_folder / "gateway.toml")]
+        result = subprocess.run(
+            [sys.executable, "-m", "llmsession.cli", *command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"Closed session {session_id}: 2 rounds")
+        return result
+
+    without_key = {name: value for name, value in os.environ.items() if name != "FAKE_UPSTREAM_KEY"}
+    session_id = cached_session()
+    close(session_id, {**without_key, "FAKE_UPSTREAM_KEY": API_KEY})
+    assert gateway.entries(session_id) == []
+    # Without the provider's key the session still closes; its entry is left to its TTL.
+    session_id = cached_session()
+    result = close(session_id, without_key)
+    assert "left to its TTL: FAKE_UPSTREAM_KEY is not set" in result.stderr
+    assert len(gateway.entries(session_id)) == 1
+
+
+def test_closing_from_the_dashboard_deletes_the_entry(gateway: Gateway) -> None:
+    key = gateway.tenant()
+    client = gateway.sdk(key)
+    first = client.models.generate_content(model=MODEL, contents=[user(BIG_CONTEXT + " Q1")])
+    session_id = session_of(first)
+    client.models.generate_content(
+        model=MODEL, contents=[user("Q2")], config=in_session(session_id)
+    )
+    assert len(gateway.entries(session_id)) == 1
+    with httpx.Client(base_url=gateway.server.base_url, timeout=10) as browser:
+        form = browser.get("/ui/sign-in")
+        signed = browser.post(
+            "/ui/sign-in", data={"csrf_token": csrf_of(form.text), "api_key": key}
+        )
+        assert signed.status_code == 303, signed.text
+        confirm = browser.get(f"/ui/sessions/{session_id}/close")
+        closed = browser.post(
+            f"/ui/sessions/{session_id}/close", data={"csrf_token": csrf_of(confirm.text)}
+        )
+        assert closed.status_code == 303, closed.text
+    assert gateway.get(key, f"/v1/sessions/{session_id}")["state"] == "closed"
     assert gateway.entries(session_id) == []
 
 

@@ -370,7 +370,17 @@ class Gateway:
         provider = self.config.provider(stored.record.provider_id)
         cache = None if provider is None else self._caches.get(provider.kind)
         if provider is not None and cache is not None and history:
-            await cache.drop(provider, session_id, history[-1].response_id)
+            if not provider.api_key:
+                # Only a command run without the key (the CLI's close) gets here.
+                logger.warning(
+                    "session %s is closed, but what provider %s holds for it is left to "
+                    "its TTL: %s is not set",
+                    session_id,
+                    provider.provider_id,
+                    provider.api_key_env,
+                )
+            else:
+                await cache.drop(provider, session_id, history[-1].response_id)
         return closed
 
     async def _post(

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from llmsession.cost import NO_PRICES, PriceTable
 from llmsession.errors import StoreError
 from llmsession.gateway.forwarding import Gateway
+from llmsession.ids import SessionId, TenantId
 from llmsession.server.key_cache import KeyCache
 from llmsession.server.metrics import ServerMetrics
 from llmsession.server.settings import ServerSettings
 from llmsession.store.base import SessionStore
+from llmsession.store.models import StoredSession
 
 __all__ = ["AppContext"]
 
@@ -44,3 +46,11 @@ class AppContext:
         if store is None:
             raise StoreError("the server is not serving: its store is not open")
         return store
+
+    async def close_session(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """Close a session (the store's close), through the gateway when there is one,
+        which also deletes what a provider holds for it (a Gemini cache entry)."""
+        gateway = self.gateway
+        if gateway is None:
+            return await self.store.close(tenant_id, session_id)
+        return await gateway.close_session(tenant_id, session_id)

@@ -138,14 +138,7 @@ def session_routes(context: AppContext) -> APIRouter:
     async def close_session(
         tenant: Annotated[TenantId, Depends(tenant_of_request)], session_id: SessionIdPath
     ) -> JSONResponse:
-        sid = SessionId.parse(session_id)
-        gateway = context.gateway
-        # Through the gateway, which also deletes what a provider holds for the session.
-        stored = await (
-            context.store.close(tenant, sid)
-            if gateway is None
-            else gateway.close_session(tenant, sid)
-        )
+        stored = await context.close_session(tenant, SessionId.parse(session_id))
         return JSONResponse(render_session(stored))
 
     @router.get(

@@ -483,8 +483,9 @@ class _Dashboard:
     async def close(self, request: Request, session: WebSession) -> Response:
         tenant = self._acting_tenant(session)
         session_id = SessionId.parse(request.path_params["session_id"])
-        # The store's close applies the core's rules: only an Active session closes.
-        await self.context.store.close(tenant, session_id)
+        # As the API's close: the core's rules (only an Active session closes), and what
+        # a provider holds for the session deleted.
+        await self.context.close_session(tenant, session_id)
         return RedirectResponse(f"/ui/sessions/{session_id}", 303)
 
     def _acting_tenant(self, session: WebSession) -> TenantId:
