@@ -427,7 +427,10 @@ def test_stats_timeseries(url: str, sessions: list[StoredSession]) -> None:
         (["sessions", "list", "--tenant", "acme", "--cursor", "zzz"], "cursor 'zzz'"),
         (["sessions", "list", "--tenant", "acme", "--state", "asleep"], "'asleep' is not one of"),
         (["sessions", "list", "--tenant", "acme", "--created-after", "yesterday"], "ISO 8601"),
-        (["sessions", "list", "--tenant", "acme", "--created-after", "2026-01-01T00:00"], "naive"),
+        (
+            ["sessions", "list", "--tenant", "acme", "--created-after", "2026-01-01T00:00"],
+            "'2026-01-01T00:00' has no timezone; end it with Z",
+        ),
         (["sessions", "list", "--tenant", "no spaces"], "tenant id 'no spaces'"),
         (["sessions", "list"], "Missing option '--tenant'"),
         (["sessions", "show", "--tenant", "acme", "not-a-uuid"], "is not a session id"),
@@ -436,6 +439,9 @@ def test_stats_timeseries(url: str, sessions: list[StoredSession]) -> None:
         (["sweep", "--purge-created-after", "59"], "'--purge-created-after': 59 is not in"),
         (["sweep", "--purge-tenant", "no spaces"], "tenant id 'no spaces'"),
         (["sweep", "--batch-size", "0"], "'--batch-size': 0 is not in"),
+        # Named by their flags, not by the settings they set.
+        (["serve", "--default-ttl", "0"], "'--default-ttl': 0 is not in the range"),
+        (["serve", "--purge-created-after", "5"], "'--purge-created-after': 5 is not in"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(url: str, args: list[str], says: str) -> None:

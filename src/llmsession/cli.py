@@ -26,6 +26,7 @@ import click
 from llmsession.clock import system_clock
 from llmsession.cost import NO_PRICES, Cost, PriceTable, format_money
 from llmsession.errors import InvalidInput, LLMSessionError
+from llmsession.expiry import MAX_TTL_SECONDS
 from llmsession.fake_provider.runner import fake_provider_command
 from llmsession.ids import SessionId, TenantId
 from llmsession.keys import IssuedKey, issue_key
@@ -203,7 +204,8 @@ def cli() -> None:
 @click.option("--store-url", help=f"The store [env LLMSESSION_STORE_URL; {_DEFAULT_STORE}].")
 @click.option(
     "--default-ttl",
-    type=int,
+    # The core's bounds, so that a bad value names this flag, not a setting.
+    type=click.IntRange(min=1, max=MAX_TTL_SECONDS),
     help="Idle TTL in seconds of sessions created without one [env LLMSESSION_DEFAULT_TTL; 3600].",
 )
 @click.option(
@@ -213,7 +215,7 @@ def cli() -> None:
 )
 @click.option(
     "--purge-created-after",
-    type=int,
+    type=click.IntRange(min=MIN_PURGE_AGE_SECONDS),
     help="Delete sessions never activated this many seconds after creation "
     "[env LLMSESSION_PURGE_CREATED_AFTER; 86400].",
 )
@@ -284,13 +286,18 @@ cli.add_command(fake_provider_command)
     "--config",
     "config_path",
     envvar="LLMSESSION_CONFIG",
-    required=True,
+    default=None,
     help="The TOML file of providers [env LLMSESSION_CONFIG].",
 )
 @_json_option
-def providers(config_path: str, as_json: bool) -> None:
+def providers(config_path: str | None, as_json: bool) -> None:
     """List the gateway's providers as configured (never their keys)."""
     from llmsession.gateway.config import load_config
+
+    if not config_path:
+        raise click.UsageError(
+            "no providers file: give --config FILE or set LLMSESSION_CONFIG (docs/gateway.md)"
+        )
 
     config = load_config(config_path, require_keys=False)
     found = list(config.providers.values())

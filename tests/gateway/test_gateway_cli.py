@@ -71,7 +71,7 @@ def test_providers_lists_each_provider_and_whether_its_key_is_set(tmp_path: Path
 def test_providers_without_a_config_says_how_to_give_one() -> None:
     result = cli("providers")
     assert result.returncode == 2
-    assert "--config" in result.stderr
+    assert "give --config FILE or set LLMSESSION_CONFIG" in result.stderr
 
 
 def test_a_bad_config_file_is_one_line_naming_it(tmp_path: Path) -> None:

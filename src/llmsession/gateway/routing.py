@@ -53,7 +53,7 @@ def resolve_model(
         if configured is None:
             raise ModelMismatch(
                 f"session {session.session_id} uses provider {session.provider_id!r}, which "
-                f"this server does not configure as a {kind} provider (any more)"
+                f"this server does not configure for the {kind} wire format (any more)"
             )
         provider, model = configured, requested
     elif len(providers) == 1:
