@@ -26,13 +26,15 @@ class Scripted:
     error: ProviderError | None = None
     #: Set, the chunks after the first wait for it, as a slow provider's would.
     resume: asyncio.Event | None = None
+    #: Headers besides content-type.
+    headers: dict[str, str] = field(default_factory=dict[str, str])
 
 
 class _Response:
     def __init__(self, answer: Scripted) -> None:
         self._answer = answer
         self.status_code = answer.status
-        self.headers: Mapping[str, str] = {"content-type": answer.content_type}
+        self.headers: Mapping[str, str] = {"content-type": answer.content_type, **answer.headers}
         self.closed = False
 
     def aiter_bytes(self) -> AsyncIterator[bytes]:

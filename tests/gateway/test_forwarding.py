@@ -229,6 +229,22 @@ async def test_provider_client_errors_pass_through_and_record_nothing(gw: Gw) ->
     assert SID not in response.headers
 
 
+async def test_when_to_retry_passes_through_but_not_the_operators_rate_limits(gw: Gw) -> None:
+    headers = {
+        "retry-after": "3",
+        "retry-after-ms": "2500",
+        "request-id": "req_1",
+        "x-ratelimit-remaining-requests": "7",
+        "anthropic-ratelimit-tokens-remaining": "100",
+    }
+    gw.upstream.answers.append(Scripted(status=429, body=b'{"error":{}}', headers=headers))
+    response = await gw.chat("Q1")
+    assert response.status_code == 429
+    assert (response.headers["retry-after"], response.headers["retry-after-ms"]) == ("3", "2500")
+    assert response.headers["request-id"] == "req_1"
+    assert not [name for name in response.headers if "ratelimit" in name]
+
+
 @pytest.mark.parametrize("status", [401, 403])
 async def test_a_provider_refusing_the_operators_key_is_logged_for_the_operator(
     gw: Gw, status: int, caplog: pytest.LogCaptureFixture

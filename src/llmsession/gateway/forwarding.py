@@ -82,8 +82,17 @@ logger = logging.getLogger("llmsession.gateway")
 #: The header that names the session a request continues, and every answer's session.
 SESSION_HEADER: Final = "LLMSession-Id"
 _REPLAYED_HEADER: Final = "Idempotent-Replayed"
-#: Upstream headers worth passing on; the rest describe the provider's own hop.
-_PASSED_HEADERS: Final = ("content-type", "x-request-id", "retry-after")
+#: Upstream headers worth passing on: the answer's type, its id at the provider
+#: (OpenAI's, Anthropic's), and when to retry (as the SDKs read it). The rest describe
+#: the provider's own hop, or the operator's account, which all tenants share: its
+#: rate limits are not a tenant's to see.
+_PASSED_HEADERS: Final = (
+    "content-type",
+    "x-request-id",
+    "request-id",
+    "retry-after",
+    "retry-after-ms",
+)
 _CUT: Final = "the provider's stream ended before the answer was complete; nothing was added"
 
 
