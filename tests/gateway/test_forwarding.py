@@ -388,6 +388,25 @@ async def test_responses_chain_to_the_stored_response_and_replay_when_it_is_gone
     assert (await gw.session(first.headers[SID]))["round_count"] == 3
 
 
+async def test_a_turn_after_one_the_provider_did_not_store_replays_at_once(gw: Gw) -> None:
+    gw.upstream.answers += [Scripted(body=RESPONSES_BODY), Scripted(body=RESPONSES_BODY)]
+    headers = dict(gw.auth)
+    first = await gw.client.post(
+        "/v1/responses", json={"model": "gpt-4.1", "input": "Q1", "store": False}, headers=headers
+    )
+    assert first.status_code == 200, first.text
+    headers[SID] = first.headers[SID]
+    second = await gw.client.post(
+        "/v1/responses", json={"model": "gpt-4.1", "input": "Q2"}, headers=headers
+    )
+    assert second.status_code == 200, second.text
+    # The first response was never stored: no request chained to it (which the provider
+    # would refuse as previous_response_not_found), the history replayed instead.
+    _, replayed = gw.upstream.bodies()
+    assert "previous_response_id" not in replayed
+    assert [item.get("role") for item in replayed["input"]] == ["user", "assistant", "user"]
+
+
 async def test_model_routing(gw: Gw) -> None:
     gw.upstream.answers += [chat(1), chat(2)]
     bare = await gw.chat("Q1", model="gpt-4o-mini")

@@ -453,7 +453,11 @@ class Gateway:
         *,
         with_turn: bool = True,
     ) -> RoundResult:
-        usage, response_id = answer.usage, answer.response_id
+        usage = answer.usage
+        # The response the next turn may chain to: none where the provider keeps
+        # nothing for this request (Chat, Messages, or Responses with store: false,
+        # whose id the provider would answer previous_response_not_found for).
+        response_id = answer.response_id if turn.request.may_chain else None
         if turn.cache is not None:
             usage, response_id = turn.cache.usage(usage), turn.cache.stored(usage)
         stored_turn = (
