@@ -215,6 +215,8 @@ async def test_foreign_missing_and_ended_sessions_never_reach_the_provider(gw: G
     ended = await gw.chat("Q2", session=session_id)
     assert ended.status_code == 409
     assert ended.json()["current_state"] == "closed"
+    # A retry would meet the same state: the official SDKs are told not to retry.
+    assert ended.headers["x-should-retry"] == "false"
     assert len(gw.upstream.sent) == 1
 
 
@@ -414,6 +416,7 @@ async def test_model_routing(gw: Gw) -> None:
     mismatch = await gw.chat("Q2", session=bare.headers[SID], model="fake/gpt-4o")
     assert mismatch.status_code == 409
     assert "fake/gpt-4o-mini" in mismatch.json()["detail"]
+    assert mismatch.headers["x-should-retry"] == "false"
     same = await gw.chat("Q2", session=bare.headers[SID], model="gpt-4o-mini")
     assert same.status_code == 200
     assert gw.upstream.bodies()[1]["model"] == "gpt-4o-mini"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,7 +27,8 @@ from llmsession.errors import (
     StoreError,
     WrongStateError,
 )
-from llmsession.gateway.forwarding import HistoryTooLarge
+from llmsession.gateway.forwarding import AnswerGone, HistoryTooLarge, WrongEndpoint
+from llmsession.gateway.routing import ModelMismatch
 from llmsession.gateway.transport import ProviderError, ProviderTimeout
 from llmsession.server.params import content_type_error
 
@@ -110,6 +111,12 @@ def problem_response(
     return JSONResponse(body, status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
 
 
+# The official openai and anthropic SDKs retry a 409 twice unless told not to; these
+# conflicts are the same however often the request is sent (a retry of a
+# ConcurrentUpdateError may pass, so a plain conflict keeps the SDK's choice).
+_FINAL: Final = {"x-should-retry": "false"}
+
+
 def problem_for(error: LLMSessionError) -> Problem:
     """The problem an llmsession error stands for (most specific class first)."""
     if isinstance(error, AuthenticationError):
@@ -121,6 +128,7 @@ def problem_for(error: LLMSessionError) -> Problem:
         return Problem(
             kind,
             str(error),
+            headers=_FINAL,
             method=error.method,
             required_state=error.required,
             current_state=error.actual,
@@ -131,7 +139,9 @@ def problem_for(error: LLMSessionError) -> Problem:
     if isinstance(error, HistoryTooLarge):
         return Problem("too-large", str(error))
     if isinstance(error, IdempotencyConflict):
-        return Problem("idempotency-conflict", str(error))
+        return Problem("idempotency-conflict", str(error), headers=_FINAL)
+    if isinstance(error, ModelMismatch | WrongEndpoint | AnswerGone):
+        return Problem("conflict", str(error), headers=_FINAL)
     if isinstance(error, ConflictError):
         return Problem("conflict", str(error))
     if isinstance(error, InvalidInput):
