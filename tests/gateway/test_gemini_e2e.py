@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from google.genai import errors, types
 
 from tests.fake_provider.conftest import API_KEY, FakeProcess
 from tests.gateway.processes import GatewayProcesses
+from tests.gateway.test_gateway_cli import cli
 from tests.server.conftest import ServerFactory, ServerProcess, bearer, launch_server
 from tests.server.ui_client import csrf_of
 
@@ -193,28 +193,24 @@ def test_closing_from_the_cli_deletes_the_entry_given_the_providers_file(
 
     def close(session_id: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         tenant = gateway.get(key, f"/v1/sessions/{session_id}")["tenant_id"]
-        command = ["sessions", "close", "--tenant", tenant, session_id]
-        command += ["--store-url", f"sqlite:///{module_folder / 'sessions.db'}"]
-        command += ["--config", str(module_folder / "gateway.toml")]
-        result = subprocess.run(
-            [sys.executable, "-m", "llmsession.cli", *command],
+        result = cli(
+            *("sessions", "close", "--tenant", tenant, session_id),
+            *("--store-url", f"sqlite:///{module_folder / 'sessions.db'}"),
+            *("--config", str(module_folder / "gateway.toml")),
             env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(f"Closed session {session_id}: 2 rounds")
         return result
 
-    without_key = {name: value for name, value in os.environ.items() if name != "FAKE_UPSTREAM_KEY"}
+    # Only the server was given the provider's key.
+    assert "FAKE_UPSTREAM_KEY" not in os.environ
     session_id = cached_session()
-    close(session_id, {**without_key, "FAKE_UPSTREAM_KEY": API_KEY})
+    close(session_id, {"FAKE_UPSTREAM_KEY": API_KEY})
     assert gateway.entries(session_id) == []
     # Without the provider's key the session still closes; its entry is left to its TTL.
     session_id = cached_session()
-    result = close(session_id, without_key)
+    result = close(session_id, {})
     assert "left to its TTL: FAKE_UPSTREAM_KEY is not set" in result.stderr
     assert len(gateway.entries(session_id)) == 1
 
