@@ -170,8 +170,22 @@ def sign_in(driver: Any, seeded: Seeded, key: str) -> None:
 
 
 def _wait(driver: Any, condition: Any, timeout: float = 10) -> Any:
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        WebDriverException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
+
+    def tried(driver: Any) -> Any:
+        try:
+            return condition(driver)
+        except WebDriverException as error:
+            # Chromium reports some reads of a node whose page was just replaced as
+            # an "inspector error", not as stale: the same case, tried again.
+            if "does not belong to the document" in str(error):
+                return False
+            raise
 
     # A page that is still loading can replace an element between finding it and
     # reading it (stale): that is a condition not met yet, tried again.
@@ -179,7 +193,7 @@ def _wait(driver: Any, condition: Any, timeout: float = 10) -> Any:
         driver,
         timeout,
         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
-    ).until(condition)
+    ).until(tried)
 
 
 def _figure(driver: Any, name: str) -> int:
