@@ -494,6 +494,20 @@ async def test_without_providers_the_gateway_says_so(
     assert "--config" in response.json()["detail"]
 
 
+async def test_a_retried_streamed_start_waits_for_the_first_stream_to_be_recorded(
+    gw: Gw,
+) -> None:
+    stream = Scripted(chunks=[CHAT_STREAM], content_type="text/event-stream")
+    gw.upstream.answers += [stream, stream]
+    first, second = await asyncio.gather(
+        gw.chat("Q1", key="s", stream=True), gw.chat("Q1", key="s", stream=True)
+    )
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert first.headers[SID] == second.headers[SID]
+    assert first.content == second.content
+    assert len(gw.upstream.sent) == 1
+
+
 async def test_concurrent_retries_of_a_start_call_the_provider_once(gw: Gw) -> None:
     gw.upstream.answers.append(chat(1))
     first, second = await asyncio.gather(gw.chat("Q1", key="s"), gw.chat("Q1", key="s"))

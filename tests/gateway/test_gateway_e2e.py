@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -476,3 +477,62 @@ def test_a_session_continues_through_a_second_server_on_postgresql(
     assert billing[1]["input_tokens"] > billing[0]["input_tokens"] + billing[0]["output_tokens"]
     assert two.get(key, f"/v1/sessions/{raw.headers[SID]}")["round_count"] == 2
     two.assert_totals_match_billing(key)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_retried_start_while_the_first_runs_on_another_server_calls_the_provider_once(
+    module_fake: FakeProcess,
+    start_server: ServerFactory,
+    postgres_url: str,
+    tmp_path: Path,
+    *,
+    gateways: list[Gateway],
+    stream: bool,
+) -> None:
+    env = fresh_fake_env(module_fake, tmp_path)
+    one = Gateway(start_server(postgres_url, **env), module_fake)
+    two = Gateway(start_server(postgres_url, **env), module_fake)
+    gateways += [one, two]
+    key = one.tenant()
+    # A model of this test's own: the fake's bills of it are this test's, all of
+    # them, those of a session never stored included.
+    model = f"start-retry-{uuid.uuid4().hex[:8]}"
+    # The first call is slow: its retry reaches the other server while it runs.
+    module_fake.fault(mode="slow", delay_seconds=1.0, count=1)
+    answers: dict[str, tuple[str, str]] = {}
+    errors: list[BaseException] = []
+
+    def ask(name: str, gateway: Gateway, after: float) -> None:
+        time.sleep(after)
+        try:
+            raw = gateway.sdk(key).chat.completions.with_raw_response.create(
+                model=f"fake/{model}",
+                messages=[{"role": "user", "content": "Q1"}],
+                stream=stream,
+                extra_headers={"Idempotency-Key": "start-1"},
+            )
+            parsed: Any = raw.parse()
+            text = (
+                "".join(c.choices[0].delta.content or "" for c in parsed if c.choices)
+                if stream
+                else parsed.choices[0].message.content
+            )
+            answers[name] = (raw.headers[SID], text)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [
+        threading.Thread(target=ask, args=("first", one, 0.0)),
+        threading.Thread(target=ask, args=("retry", two, 0.3)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    # One session, one bill, the same answer: the retry waited for the first's turn.
+    assert answers["retry"] == answers["first"]
+    assert [entry["model"] for entry in module_fake.billing()].count(model) == 1
+    assert [s["session_id"] for s in one.get(key, "/v1/sessions")["items"]] == [answers["first"][0]]
+    one.assert_totals_match_billing(key)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -64,7 +65,6 @@ from llmsession.store.models import (
     Turn,
     check_idempotency_key,
 )
-from llmsession.store.turns import KeyedTurns
 
 __all__ = [
     "SESSION_HEADER",
@@ -82,6 +82,8 @@ logger = logging.getLogger("llmsession.gateway")
 #: The header that names the session a request continues, and every answer's session.
 SESSION_HEADER: Final = "LLMSession-Id"
 _REPLAYED_HEADER: Final = "Idempotent-Replayed"
+#: The namespace of _start_turn_id's UUIDv5s.
+_STARTS: Final = uuid.UUID("5f0c3b8e-2a4d-4c1e-9b7a-6d2e8f1a3c5b")
 #: Upstream headers worth passing on: the answer's type, its id at the provider
 #: (OpenAI's, Anthropic's), and when to retry (as the SDKs read it). The rest describe
 #: the provider's own hop, or the operator's account, which all tenants share: its
@@ -152,9 +154,6 @@ class Gateway:
         #: Streams being recorded (or read on for a client that left), and turns being
         #: given back.
         self._tasks: set[asyncio.Task[None]] = set()
-        # Retries of one session-starting request in this process wait for the first:
-        # the retry then finds its stored answer instead of calling the provider.
-        self._starts: KeyedTurns[tuple[TenantId, str]] = KeyedTurns()
         # Provider kinds that keep part of a session on the provider's side.
         self._caches: dict[ProviderKind, SessionCache] = {"gemini": GeminiCaches(upstream)}
 
@@ -195,11 +194,8 @@ class Gateway:
                         None,
                     )
                 )
-            async with self._starts.turn((tenant_id, key)):
-                found = await store.find_turn(tenant_id, key)
-                if found is not None:
-                    return self._replay(found, request_hash)
-                turn = _Turn(
+            return await self._keyed_start(
+                _Turn(
                     tenant_id,
                     SessionId.generate(store.clock()),
                     endpoint,
@@ -209,15 +205,9 @@ class Gateway:
                     model,
                     key,
                     None,
-                )
-                try:
-                    return await self._turn(turn)
-                except ConflictError:
-                    # Another replica stored a start under this key meanwhile.
-                    found = await store.find_turn(tenant_id, key)
-                    if found is None:
-                        raise
-                    return self._replay(found, request_hash)
+                ),
+                key,
+            )
         else:
             session_id = SessionId.parse(session_header.strip())
             if key is not None:
@@ -272,6 +262,41 @@ class Gateway:
             # waits for that still, here and on every other replica, and sees the round.
             self._track(asyncio.create_task(_give_back(stack)))
         return reply
+
+    async def _keyed_start(self, turn: _Turn, key: str) -> Reply:
+        """Steps 5 and 6 for a turn that starts its session under an idempotency key.
+
+        Every start under the key takes one turn, here and on every replica, and
+        holds it until its round is recorded (a stream's too, when it ends): a
+        retry that comes meanwhile waits, then finds the stored answer, instead of
+        calling the provider a second time.
+        """
+        store = self._store
+        stack = AsyncExitStack()
+        try:
+            await stack.enter_async_context(
+                store.turn_lock(turn.tenant_id, _start_turn_id(turn.tenant_id, key))
+            )
+            found = await store.find_turn(turn.tenant_id, key)
+            if found is None:
+                try:
+                    reply = await self._forward(turn, [], stack)
+                except ConflictError:
+                    # A start under this key stored meanwhile by a process that did
+                    # not take its turn (an older llmsession, during an upgrade).
+                    found = await store.find_turn(turn.tenant_id, key)
+                    if found is None:
+                        raise
+                else:
+                    if reply.stream is None:
+                        # Recorded: the answer may go while the turn is given back.
+                        self._track(asyncio.create_task(_give_back(stack)))
+                    return reply
+            await stack.aclose()
+            return self._replay(found, turn.request_hash)
+        except BaseException:
+            await stack.aclose()
+            raise
 
     async def _turn(self, turn: _Turn) -> Reply:
         """Steps 5 and 6 for a turn that starts its session."""
@@ -758,6 +783,14 @@ def _items(turn: HistoryTurn) -> list[JSONObject]:
     request: list[JSONObject] = load_dumped(turn.request_items)
     answer: list[JSONObject] = load_dumped(turn.answer_items)
     return request + answer
+
+
+def _start_turn_id(tenant_id: TenantId, idempotency_key: str) -> SessionId:
+    """The turn every start of a session under this tenant's idempotency key takes: a
+    UUIDv5 of the two, so it is the same on every replica and never a session's id
+    (those are UUIDv7)."""
+    name = f"{tenant_id.value}\0{idempotency_key}"
+    return SessionId(uuid.uuid5(_STARTS, name))
 
 
 async def _give_back(stack: AsyncExitStack) -> None:
