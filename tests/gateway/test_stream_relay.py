@@ -240,6 +240,8 @@ async def test_a_stream_whose_round_cannot_be_stored_ends_in_an_error_that_hides
     last = response.content.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
     error = json.loads(last.removeprefix(b"data: "))["error"]
     assert error["message"].startswith("the session store failed, so this answer was not")
+    # Not a cut stream: the provider answered in full; the round could not be stored.
+    assert error["code"] == "round_not_recorded"
     assert b"session_counts" not in response.content
     assert b"db.internal" not in response.content
     assert missing.status_code == 404

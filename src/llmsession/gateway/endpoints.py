@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from llmsession.gateway import anthropic_messages, gemini, openai_chat, openai_responses
 from llmsession.gateway.config import ProviderKind
 from llmsession.gateway.wire import Answer, GatewayInputError, JSONObject, StreamTranslator
 
-__all__ = ["ENDPOINTS", "Endpoint", "ParsedRequest"]
+__all__ = ["ENDPOINTS", "Endpoint", "ParsedRequest", "StreamFailure"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,23 @@ class ParsedRequest:
     may_chain: bool
     #: The wire module's own view of the request.
     wire: object
+
+
+#: Why a stream ends in an error: the provider cut it, its round could not be
+#: recorded, or the gateway failed.
+StreamFailure = Literal["cut", "unrecorded", "internal"]
+
+# How each wire format names those: OpenAI's error codes, Gemini's status.
+_OPENAI_CODES: Final[dict[StreamFailure, str]] = {
+    "cut": "upstream_stream_cut",
+    "unrecorded": "round_not_recorded",
+    "internal": "gateway_error",
+}
+_GEMINI_STATUS: Final[dict[StreamFailure, dict[str, Any]]] = {
+    "cut": {"code": 502, "status": "UNAVAILABLE"},
+    "unrecorded": {"code": 503, "status": "UNAVAILABLE"},
+    "internal": {"code": 500, "status": "INTERNAL"},
+}
 
 
 class Endpoint(Protocol):
@@ -79,8 +96,8 @@ class Endpoint(Protocol):
 
     def translator(self, request: ParsedRequest) -> StreamTranslator: ...
 
-    def error_event(self, message: str) -> bytes:
-        """The event that ends a client's stream as an error."""
+    def error_event(self, message: str, cause: StreamFailure = "cut") -> bytes:
+        """The event that ends a client's stream as an error, for ``cause``."""
         ...
 
     def previous_response_missing(self, status: int, body: bytes) -> bool:
@@ -128,8 +145,8 @@ class ChatCompletions:
         assert isinstance(request.wire, openai_chat.ChatRequest)
         return openai_chat.ChatStream(client_wants_usage=request.wire.client_wants_usage)
 
-    def error_event(self, message: str) -> bytes:
-        return openai_chat.stream_error_event(message)
+    def error_event(self, message: str, cause: StreamFailure = "cut") -> bytes:
+        return openai_chat.stream_error_event(message, code=_OPENAI_CODES[cause])
 
     def previous_response_missing(self, status: int, body: bytes) -> bool:
         return False
@@ -180,8 +197,8 @@ class Responses:
     def translator(self, request: ParsedRequest) -> StreamTranslator:
         return openai_responses.ResponsesStream()
 
-    def error_event(self, message: str) -> bytes:
-        return openai_responses.responses_stream_error_event(message)
+    def error_event(self, message: str, cause: StreamFailure = "cut") -> bytes:
+        return openai_responses.responses_stream_error_event(message, code=_OPENAI_CODES[cause])
 
     def previous_response_missing(self, status: int, body: bytes) -> bool:
         return openai_responses.previous_response_missing(status, body)
@@ -231,7 +248,8 @@ class Messages:
     def translator(self, request: ParsedRequest) -> StreamTranslator:
         return anthropic_messages.MessagesStream()
 
-    def error_event(self, message: str) -> bytes:
+    def error_event(self, message: str, cause: StreamFailure = "cut") -> bytes:
+        # Anthropic's own streams end every such failure as an api_error.
         return anthropic_messages.stream_error_event(message)
 
     def previous_response_missing(self, status: int, body: bytes) -> bool:
@@ -289,8 +307,8 @@ class GenerateContent:
     def translator(self, request: ParsedRequest) -> StreamTranslator:
         return gemini.GeminiStream()
 
-    def error_event(self, message: str) -> bytes:
-        return gemini.gemini_stream_error_event(message)
+    def error_event(self, message: str, cause: StreamFailure = "cut") -> bytes:
+        return gemini.gemini_stream_error_event(message, **_GEMINI_STATUS[cause])
 
     def previous_response_missing(self, status: int, body: bytes) -> bool:
         return gemini.cached_content_missing(status, body)

@@ -543,7 +543,7 @@ class Gateway:
             except LLMSessionError as error:
                 if turn.cache is not None:
                     await turn.cache.abandoned()
-                return turn.endpoint.error_event(_unrecorded(turn, error))
+                return turn.endpoint.error_event(_unrecorded(turn, error), "unrecorded")
             return outcome.tail
         if outcome.answer.usage is not None:
             # Billed, though the answer is incomplete: count it, add nothing to the history.
@@ -724,7 +724,9 @@ class Relay:
     def _failed(self, error: Exception) -> asyncio.Future[bytes]:
         logger.error("gateway stream failed", exc_info=error)
         self._last = last = asyncio.get_running_loop().create_future()
-        last.set_result(self._turn.endpoint.error_event("the gateway failed; the error was logged"))
+        last.set_result(
+            self._turn.endpoint.error_event("the gateway failed; the error was logged", "internal")
+        )
         self._track(asyncio.create_task(self._abandon()))
         return last
 
@@ -759,7 +761,9 @@ class Relay:
                 )
             except Exception as error:
                 logger.error("gateway stream failed", exc_info=error)
-                tail = turn.endpoint.error_event("the gateway failed; the error was logged")
+                tail = turn.endpoint.error_event(
+                    "the gateway failed; the error was logged", "internal"
+                )
             if not last.done():
                 last.set_result(tail)
         finally:

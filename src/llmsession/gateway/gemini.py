@@ -398,9 +398,11 @@ def _plain_text_part(part: object) -> bool:
     return len(entry) == 1 and type(entry.get("text")) is str
 
 
-def gemini_stream_error_event(message: str, *, code: int = 502) -> bytes:
+def gemini_stream_error_event(
+    message: str, *, code: int = 502, status: str = "UNAVAILABLE"
+) -> bytes:
     """The event that ends a client's stream as an error, shaped as Gemini's errors."""
-    error = {"error": {"code": code, "message": message, "status": "UNAVAILABLE"}}
+    error = {"error": {"code": code, "message": message, "status": status}}
     return encode_event(dump_json(error).decode())
 
 
