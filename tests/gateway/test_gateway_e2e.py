@@ -452,18 +452,27 @@ def test_more_sessions_in_a_turn_at_once_than_turn_connections_on_postgresql(
     gateway.assert_totals_match_billing(key)
 
 
-@pytest.mark.postgres
-def test_a_session_continues_through_a_second_server_on_postgresql(
+@pytest.fixture
+def two_servers_on_postgresql(
     module_fake: FakeProcess,
     start_server: ServerFactory,
     postgres_url: str,
     tmp_path: Path,
     gateways: list[Gateway],
-) -> None:
+) -> tuple[Gateway, Gateway]:
+    """Two llmsession processes on one PostgreSQL schema, before the fake."""
     env = fresh_fake_env(module_fake, tmp_path)
     one = Gateway(start_server(postgres_url, **env), module_fake)
     two = Gateway(start_server(postgres_url, **env), module_fake)
     gateways += [one, two]
+    return one, two
+
+
+@pytest.mark.postgres
+def test_a_session_continues_through_a_second_server_on_postgresql(
+    two_servers_on_postgresql: tuple[Gateway, Gateway],
+) -> None:
+    one, two = two_servers_on_postgresql
     key = one.tenant()
     raw = one.sdk(key).chat.completions.with_raw_response.create(
         model="fake/gpt-4o-mini", messages=[{"role": "user", "content": "Q1"}]
@@ -482,18 +491,9 @@ def test_a_session_continues_through_a_second_server_on_postgresql(
 @pytest.mark.postgres
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_retried_start_while_the_first_runs_on_another_server_calls_the_provider_once(
-    module_fake: FakeProcess,
-    start_server: ServerFactory,
-    postgres_url: str,
-    tmp_path: Path,
-    *,
-    gateways: list[Gateway],
-    stream: bool,
+    module_fake: FakeProcess, two_servers_on_postgresql: tuple[Gateway, Gateway], stream: bool
 ) -> None:
-    env = fresh_fake_env(module_fake, tmp_path)
-    one = Gateway(start_server(postgres_url, **env), module_fake)
-    two = Gateway(start_server(postgres_url, **env), module_fake)
-    gateways += [one, two]
+    one, two = two_servers_on_postgresql
     key = one.tenant()
     # A model of this test's own: the fake's bills of it are this test's, all of
     # them, those of a session never stored included.
