@@ -97,6 +97,16 @@ def test_a_missing_file_names_it(tmp_path: Path) -> None:
             r"environment variable UNSET_VAR, which is not set",
         ),
         (
+            '[providers.p]\nkind = "anthropic"\nbase_url = "https://api.anthropic.com/v1/"\n'
+            'api_key_env = "FAKE_KEY"\n',
+            r"base_url of a provider of kind 'anthropic' is the API's root, as its SDK takes it "
+            r"\(e.g. 'https://api.anthropic.com'\), without '/v1'",
+        ),
+        (
+            '[providers.p]\nkind = "gemini"\nbase_url = "http://x/v1beta"\napi_key_env = "FAKE_KEY"\n',
+            r"without '/v1beta': llmsession adds the version",
+        ),
+        (
             '[providers."a/b"]\nkind = "openai"\nbase_url = "http://x"\napi_key_env = "FAKE_KEY"\n',
             r"must not contain '/'",
         ),

@@ -269,6 +269,7 @@ def _provider(
             f"{source}: {where} base_url must not hold credentials; name the key's "
             "environment variable in api_key_env instead"
         )
+    _check_base_path(source, where, kind, base_url)
     key_env = table["api_key_env"]
     if not isinstance(key_env, str) or not key_env:
         raise ConfigError(
@@ -299,6 +300,30 @@ def _kind(source: str, where: str, value: object) -> ProviderKind:
             return kind
     allowed = ", ".join(repr(k) for k in _KINDS)
     raise ConfigError(f"{source}: {where} kind must be one of {allowed}, got {value!r}")
+
+
+# The API versions that llmsession puts in the path itself, for the kinds whose
+# base_url is the API's root (as their SDKs take it): a base_url ending in one sends
+# every request to /v1/v1/..., which the provider answers 404.
+_VERSIONS_ADDED: Final[dict[str, tuple[str, ...]]] = {
+    "anthropic": ("/v1",),
+    "gemini": ("/v1", "/v1beta", "/v1alpha"),
+}
+_ROOTS: Final = {
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+}
+
+
+def _check_base_path(source: str, where: str, kind: str, base_url: str) -> None:
+    path = urlsplit(base_url).path.rstrip("/")
+    for version in _VERSIONS_ADDED.get(kind, ()):
+        if path.endswith(version):
+            raise ConfigError(
+                f"{source}: {where} base_url of a provider of kind {kind!r} is the API's root, as "
+                f"its SDK takes it (e.g. {_ROOTS[kind]!r}), without {version!r}: llmsession "
+                f"adds the version to each request's path; got {base_url!r}"
+            )
 
 
 def _timeout(source: str, where: str, value: object) -> float:
