@@ -792,6 +792,18 @@ def test_a_port_in_use_exits_3_before_startup_from_either_entry_point(entry: str
     assert "LLMSESSION_PORT" in line
 
 
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_a_host_that_is_not_this_machine_s_exits_3_saying_so(entry: str, url: str) -> None:
+    result = run_python(
+        ENTRY_POINTS[entry],
+        {"LLMSESSION_STORE_URL": url, "LLMSESSION_HOST": "256.1.1.1", "LLMSESSION_PORT": "8080"},
+    )
+    line = one_error_line(result, 3)
+    assert line.startswith("Error: cannot listen on 256.1.1.1:8080: ")
+    # Not "is another server running there?": that is for an address in use.
+    assert line.endswith("give --host (LLMSESSION_HOST) an address of this machine, e.g. 127.0.0.1")
+
+
 def _closed_port_url(scheme: str) -> tuple[str, str]:
     """A URL with a password, on a port where nothing listens; and how errors show it."""
     port = _free_port()

@@ -19,6 +19,7 @@ uvicorn announces anything.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 import socket
@@ -114,10 +115,15 @@ def listen(host: str, port: int) -> socket.socket:
         sock.close()
         where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
         reason = error.strerror or str(error)
-        raise OSError(
-            f"cannot listen on {where}: {reason}; is another server running there? "
-            "Choose another --port (LLMSESSION_PORT) or --host (LLMSESSION_HOST)",
-        ) from error
+        if error.errno == errno.EADDRINUSE:
+            hint = (
+                "is another server running there? Choose another --port (LLMSESSION_PORT) "
+                "or --host (LLMSESSION_HOST)"
+            )
+        else:
+            # Not an address of this machine, or not an address at all.
+            hint = "give --host (LLMSESSION_HOST) an address of this machine, e.g. 127.0.0.1"
+        raise OSError(f"cannot listen on {where}: {reason}; {hint}") from error
     return sock
 
 
