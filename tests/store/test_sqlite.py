@@ -626,8 +626,12 @@ async def test_a_write_cancelled_while_waiting_leaves_the_store_usable(sqlite_ur
             # valid too, only less interesting.
             await asyncio.sleep(0.2)
             pending.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await pending
+            with pytest.raises(asyncio.CancelledError):
+                await pending
+            # The writer's thread still waits in BEGIN IMMEDIATE with the connection:
+            # no write of the event loop's thread may begin on it meanwhile.
+            assert isinstance(store, SQLiteStore)
+            assert store._lock.locked()
         # The cancelled round ran in the writer's thread: like any database call
         # that is abandoned, it either committed whole or not at all (its caller
         # never saw an answer, so it was never acknowledged).

@@ -1058,12 +1058,30 @@ class SQLiteStore(SessionStore):
 
     async def _in_writer(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` in the writer's thread (waiting there for another process's
-        write lock), its transactions kept from interleaving."""
+        write lock), its transactions kept from interleaving.
+
+        The lock stays held until the thread is done, even if the caller is
+        cancelled: a thread cannot be stopped, and until it is done the connection
+        is in its hands, so the event loop's thread must not begin a transaction on
+        it (see _write_here; "cannot start a transaction within a transaction").
+        """
         writer, _ = self._connections()
-        async with self._lock:
-            result = await writer.run(partial(_patiently, work))
-        self._count_commit()
-        return result
+        await self._lock.acquire()
+        try:
+            job = writer.submit(partial(_patiently, work))
+        except BaseException:
+            self._lock.release()
+            raise
+        job.add_done_callback(self._done_in_writer)
+        with _named_errors(self.path):
+            return await asyncio.shield(job)
+
+    def _done_in_writer(self, job: asyncio.Future[Any]) -> None:
+        """A transaction of _in_writer ended: the writer is free again."""
+        self._lock.release()
+        # Also read when nobody waits for it any more (its caller was cancelled).
+        if not job.cancelled() and job.exception() is None:
+            self._count_commit()
 
     def _count_commit(self) -> None:
         self._commits += 1
