@@ -96,6 +96,7 @@ _PASSED_HEADERS: Final = (
     "retry-after-ms",
 )
 _CUT: Final = "the provider's stream ended before the answer was complete; nothing was added"
+_GATEWAY_FAILED: Final = "the gateway failed; the error was logged"
 
 
 class HistoryTooLarge(InvalidInput):
@@ -724,9 +725,7 @@ class Relay:
     def _failed(self, error: Exception) -> asyncio.Future[bytes]:
         logger.error("gateway stream failed", exc_info=error)
         self._last = last = asyncio.get_running_loop().create_future()
-        last.set_result(
-            self._turn.endpoint.error_event("the gateway failed; the error was logged", "internal")
-        )
+        last.set_result(self._turn.endpoint.error_event(_GATEWAY_FAILED, "internal"))
         self._track(asyncio.create_task(self._abandon()))
         return last
 
@@ -761,9 +760,7 @@ class Relay:
                 )
             except Exception as error:
                 logger.error("gateway stream failed", exc_info=error)
-                tail = turn.endpoint.error_event(
-                    "the gateway failed; the error was logged", "internal"
-                )
+                tail = turn.endpoint.error_event(_GATEWAY_FAILED, "internal")
             if not last.done():
                 last.set_result(tail)
         finally:
