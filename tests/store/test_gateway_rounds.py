@@ -107,13 +107,16 @@ async def test_rounds_add_turns_and_usage_and_delta_is_what_was_processed_anew(
     assert (totals.rounds, totals.delta_tokens) == (2, 1348)
 
 
-async def test_a_round_without_usage_is_flagged_and_counts_nothing(
+async def test_a_round_without_usage_is_flagged_and_saves_nothing(
     store: SessionStore, clock: ManualClock
 ) -> None:
     session_id = await start(store, clock)
+    saved = (await store.get(ACME, session_id)).record.tokens_saved
     result = await store.record_turn(ACME, session_id, turn=turn(2), usage=None)
     assert result.round.usage_missing
-    assert result.round.delta_tokens == 0
+    # Counted as the whole initial context sent anew: no saving is claimed for it.
+    assert result.round.delta_tokens == result.session.record.initial_tokens == 1200
+    assert result.session.record.tokens_saved == saved
     assert result.session.usage.rounds_without_usage == 1
     assert result.session.usage.input_tokens == 1200
     rounds = (await store.list_rounds(ACME, session_id)).items

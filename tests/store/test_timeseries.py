@@ -97,8 +97,8 @@ async def test_hour_buckets_sum_the_rounds_and_sessions_of_each_hour(
     assert series == [
         TimeBucket(at(0), None, None, 2, 740, 760, NO_USAGE, 3),
         TimeBucket(at(1), None, None, 1, 60, 940, NO_USAGE, 0),
-        # The gateway session: two rounds, the second without usage (delta 0).
-        TimeBucket(at(25), None, None, 2, 1000, 1400, GATEWAY_USAGE, 1),
+        # The gateway session: two rounds, the second without usage (saving nothing).
+        TimeBucket(at(25), None, None, 2, 2200, 200, GATEWAY_USAGE, 1),
     ]
     assert await store.timeseries(GLOBEX, bucket="hour", start=at(0), end=at(1)) == [
         TimeBucket(at(0), None, None, 1, 1, 999, NO_USAGE, 1)
@@ -121,7 +121,7 @@ async def test_buckets_split_by_provider_and_model(store: SessionStore, clock: M
     assert by_model == [
         TimeBucket(DAY0, None, "claude", 1, 700, -200, NO_USAGE, 1),
         TimeBucket(DAY0, None, "gpt-4o", 2, 100, 1900, NO_USAGE, 2),
-        TimeBucket(at(12), None, "mini", 2, 1000, 1400, GATEWAY_USAGE, 1),
+        TimeBucket(at(12), None, "mini", 2, 2200, 200, GATEWAY_USAGE, 1),
     ]
 
 
@@ -137,7 +137,7 @@ async def test_buckets_are_whole_from_the_one_holding_start_to_the_last_before_e
     # A day starting before end is read whole, its hours after end included.
     assert await store.timeseries(ACME, bucket="day", start=at(5), end=at(12.5)) == [
         *days,
-        TimeBucket(at(12), None, None, 2, 1000, 1400, GATEWAY_USAGE, 1),
+        TimeBucket(at(12), None, None, 2, 2200, 200, GATEWAY_USAGE, 1),
     ]
     # The same for hours: the round at 13:10 is in the hour to 13:01.
     for start, end in ((at(1.5), at(1.75)), (at(1), at(1).plus_seconds(60))):

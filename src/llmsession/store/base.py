@@ -311,14 +311,15 @@ class SessionStore(ABC):
         """Record a gateway round on an Active session, with its turn of the conversation.
 
         The round's ``delta_tokens`` is what the provider processed anew
-        (``usage.delta_tokens``); with no usage it is 0 and the round is flagged
-        (``Round.usage_missing``), since no number is made up. ``turn`` None records
-        the round without adding to the history. A repeated ``idempotency_key``
-        returns the first result (with its stored turn) and counts nothing.
+        (``usage.delta_tokens``). With no usage the round is flagged
+        (``Round.usage_missing``) and saves nothing: its ``delta_tokens`` is the
+        session's ``initial_tokens``, so ``tokens_saved`` does not move, since a
+        saving nobody measured is not claimed. ``turn`` None records the round
+        without adding to the history. A repeated ``idempotency_key`` returns the
+        first result (with its stored turn) and counts nothing.
         """
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
-        delta = 0 if usage is None else usage.delta_tokens
 
         def change(stored: StoredSession, now: Timestamp, first: KeyedRound | None) -> Change:
             if first is not None:
@@ -327,6 +328,7 @@ class SessionStore(ABC):
             if expired is not None:
                 return expired
             session = require_state(restore(stored.record), Active, "record_delta")
+            delta = stored.record.initial_tokens if usage is None else usage.delta_tokens
             session.record_delta(delta)
             record = session.into_data()
             new_round = Round(
