@@ -350,6 +350,46 @@ async def test_a_cut_stream_ends_in_an_error_and_starts_no_session(gw: Gw) -> No
     assert missing.status_code == 404
 
 
+def cut_after_usage() -> Scripted:
+    """A stream cut after its usage chunk, before ``[DONE]``: billed, not complete."""
+    cut = CHAT_STREAM[: CHAT_STREAM.index(b"data: [DONE]")]
+    return Scripted(
+        chunks=[cut], content_type="text/event-stream", error=ProviderUnavailable("fake", "cut")
+    )
+
+
+async def test_a_retry_of_a_cut_stream_under_its_key_is_answered_anew(gw: Gw) -> None:
+    full = Scripted(chunks=[CHAT_STREAM], content_type="text/event-stream")
+    gw.upstream.answers += [chat(1), cut_after_usage(), full]
+    session_id = (await gw.chat("Q1")).headers[SID]
+    cut = await gw.chat("Q2", session=session_id, key="q2", stream=True)
+    assert b"upstream_stream_cut" in cut.content
+    # The cut round was billed, so it counts; its answer was never whole, so the
+    # retry under the same key goes to the provider instead of a 409.
+    assert (await gw.session(session_id))["round_count"] == 2
+    again = await gw.chat("Q2", session=session_id, key="q2", stream=True)
+    assert again.status_code == 200
+    assert again.content.endswith(b"data: [DONE]\n\n")
+    assert "Idempotent-Replayed" not in again.headers
+    assert len(gw.upstream.sent) == 3
+    # That answer is the key's now: a further retry replays it.
+    replayed = await gw.chat("Q2", session=session_id, key="q2", stream=True)
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert replayed.content == again.content
+    assert (await gw.session(session_id))["round_count"] == 3
+
+
+async def test_a_retry_of_a_cut_start_under_its_key_starts_anew(gw: Gw) -> None:
+    gw.upstream.answers += [cut_after_usage(), chat(1)]
+    cut = await gw.chat("Q1", key="start", stream=True)
+    assert b"upstream_stream_cut" in cut.content
+    again = await gw.chat("Q1", key="start", stream=True)
+    assert again.status_code == 200
+    assert "Idempotent-Replayed" not in again.headers
+    assert again.headers[SID] != cut.headers[SID]
+    assert len(gw.upstream.sent) == 2
+
+
 async def test_responses_chain_to_the_stored_response_and_replay_when_it_is_gone(gw: Gw) -> None:
     gw.upstream.answers += [
         Scripted(body=RESPONSES_BODY),

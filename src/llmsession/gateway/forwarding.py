@@ -500,6 +500,10 @@ class Gateway:
             if with_turn
             else None
         )
+        # An answer cut short is counted but not kept under the request's key: a
+        # retry with that key is then sent to the provider again, as the client asks,
+        # rather than told that a stored answer is gone.
+        key = turn.idempotency_key if with_turn else None
         if turn.stored is None:
             result = await self._store.start_with_turn(
                 turn.tenant_id,
@@ -508,7 +512,7 @@ class Gateway:
                 model=turn.model,
                 turn=stored_turn,
                 usage=usage,
-                idempotency_key=turn.idempotency_key,
+                idempotency_key=key,
             )
         else:
             result = await self._store.record_turn(
@@ -516,7 +520,7 @@ class Gateway:
                 turn.session_id,
                 turn=stored_turn,
                 usage=usage,
-                idempotency_key=turn.idempotency_key,
+                idempotency_key=key,
             )
         if turn.cache is not None:
             if with_turn:
