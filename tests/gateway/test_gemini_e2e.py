@@ -7,6 +7,7 @@ the fake's cache entries are read from its ``/_fake/gemini/cached-contents`` rou
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -339,6 +340,31 @@ def test_the_sdks_default_api_version_and_other_key_forms(gateway: Gateway) -> N
     log = gateway.server.output()
     assert ":streamGenerateContent?alt=sse" in log
     assert key not in log
+
+
+def test_an_idempotency_key_holds_one_url_and_one_body_however_written(gateway: Gateway) -> None:
+    key = gateway.tenant()
+    url = f"{gateway.server.base_url}/v1beta/models/{MODEL}:generateContent"
+    body = {"contents": [{"role": "user", "parts": [{"text": "Q1"}]}], "generationConfig": {}}
+    headers = {"x-goog-api-key": key, "Idempotency-Key": "g1"}
+    first = httpx.post(url, headers=headers, json=body)
+    assert first.status_code == 200
+    # The same JSON, spaced and ordered otherwise, is the same request.
+    rewritten = json.dumps(dict(reversed(body.items())), indent=2)
+    again = httpx.post(
+        url, headers={**headers, "content-type": "application/json"}, content=rewritten
+    )
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.content == first.content
+    # Gemini names the model and the method in the URL: another is another request.
+    for other in (
+        url.replace("gemini-2.5-flash", "gemini-2.5-pro"),
+        url.replace(":generateContent", ":streamGenerateContent?alt=sse"),
+    ):
+        refused = httpx.post(other, headers=headers, json=body)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["type"].endswith("idempotency-conflict")
+    assert len(gateway.billing(key)) == 1
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -55,7 +56,14 @@ from llmsession.gateway.transport import (
     UpstreamRequest,
     UpstreamResponse,
 )
-from llmsession.gateway.wire import Answer, JSONObject, StreamTranslator, dump_json, load_dumped
+from llmsession.gateway.wire import (
+    Answer,
+    JSONObject,
+    StreamTranslator,
+    dump_json,
+    load_dumped,
+    load_json,
+)
 from llmsession.ids import SessionId, TenantId
 from llmsession.store.base import SessionStore
 from llmsession.store.models import (
@@ -177,7 +185,7 @@ class Gateway:
         endpoint = ENDPOINTS[endpoint_name]
         request = endpoint.parse(body, path_model=path_model, headers=headers or {})
         key = None if idempotency_key is None else check_idempotency_key(idempotency_key)
-        request_hash = hashlib.sha256(endpoint.name.encode() + b"\0" + body).hexdigest()
+        request_hash = _request_hash(endpoint, path_model, body, keyed=key is not None)
         store = self._store
         if session_header is None:
             provider, model = resolve_model(self.config, request.model, kind=endpoint.kind)
@@ -788,6 +796,22 @@ def _items(turn: HistoryTurn) -> list[JSONObject]:
     request: list[JSONObject] = load_dumped(turn.request_items)
     answer: list[JSONObject] = load_dumped(turn.answer_items)
     return request + answer
+
+
+def _request_hash(endpoint: Endpoint, path_model: str | None, body: bytes, *, keyed: bool) -> str:
+    """What a retry under the request's Idempotency-Key must match: its endpoint, the
+    model and method its URL names (Gemini's), and its body.
+
+    A keyed request's body counts as the JSON it holds, not its bytes: a client may
+    write its retry with other spacing or key order. Only a keyed request's hash
+    is ever compared, so an unkeyed one is spared the reading.
+    """
+    if keyed:
+        body = json.dumps(
+            load_json(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode("utf-8", "surrogatepass")
+    target = b"" if path_model is None else path_model.encode()
+    return hashlib.sha256(endpoint.name.encode() + b"\0" + target + b"\0" + body).hexdigest()
 
 
 def _start_turn_id(tenant_id: TenantId, idempotency_key: str) -> SessionId:
