@@ -640,7 +640,7 @@ async def _close(
     store: SessionStore, tenant_id: TenantId, session_id: SessionId, config_path: str | None
 ) -> StoredSession:
     if not config_path:
-        return await store.close(tenant_id, session_id)
+        return await store.close_in_turn(tenant_id, session_id)
     from llmsession.gateway.config import load_config
     from llmsession.gateway.forwarding import Gateway
     from llmsession.gateway.transport import AiohttpUpstream

@@ -20,6 +20,7 @@ from openai import OpenAI
 
 from tests.fake_provider.conftest import API_KEY, FakeProcess
 from tests.gateway.processes import GatewayProcesses
+from tests.gateway.test_gateway_cli import cli
 from tests.server.conftest import ServerFactory, ServerProcess, bearer, launch_server
 
 SID = "LLMSession-Id"
@@ -536,3 +537,42 @@ def test_a_retried_start_while_the_first_runs_on_another_server_calls_the_provid
     assert [entry["model"] for entry in module_fake.billing()].count(model) == 1
     assert [s["session_id"] for s in one.get(key, "/v1/sessions")["items"]] == [answers["first"][0]]
     one.assert_totals_match_billing(key)
+
+
+def test_a_close_from_the_cli_waits_for_the_turn_under_way(
+    module_fake: FakeProcess,
+    start_server: ServerFactory,
+    tmp_path: Path,
+    gateways: list[Gateway],
+) -> None:
+    store_url = f"sqlite:///{tmp_path / 'sessions.db'}"
+    gateway = Gateway(start_server(store_url, **fresh_fake_env(module_fake, tmp_path)), module_fake)
+    gateways.append(gateway)
+    key = gateway.tenant()
+    client = gateway.sdk(key)
+    ask: dict[str, Any] = {
+        "model": "fake/gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Q"}],
+    }
+    session_id = client.chat.completions.with_raw_response.create(**ask).headers[SID]
+    tenant = gateway.get(key, f"/v1/sessions/{session_id}")["tenant_id"]
+    module_fake.fault(mode="slow", delay_seconds=2)
+    answers: list[str | None] = []
+    turn = threading.Thread(
+        target=lambda: answers.append(
+            client.chat.completions.create(**ask, extra_headers={SID: session_id})
+            .choices[0]
+            .message.content
+        )
+    )
+    turn.start()
+    time.sleep(0.5)  # the turn is with the provider
+    closed = cli("sessions", "close", "--tenant", tenant, session_id, "--store-url", store_url)
+    turn.join()
+    # The close waited for the turn: its answer reached the client, its round counts.
+    assert closed.returncode == 0, closed.stderr
+    assert closed.stdout.startswith(f"Closed session {session_id}: 2 rounds")
+    (answer,) = answers
+    assert answer
+    assert len(gateway.billing(key)) == 2
+    gateway.assert_totals_match_billing(key)

@@ -52,5 +52,5 @@ class AppContext:
         which also deletes what a provider holds for it (a Gemini cache entry)."""
         gateway = self.gateway
         if gateway is None:
-            return await self.store.close(tenant_id, session_id)
+            return await self.store.close_in_turn(tenant_id, session_id)
         return await gateway.close_session(tenant_id, session_id)

@@ -243,6 +243,13 @@ class SessionStore(ABC):
 
         return (await self._apply(tenant_id, session_id, change)).stored
 
+    async def close_in_turn(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """:meth:`close`, in the session's :meth:`turn_lock`: a gateway turn under way,
+        in any process, records its round first, so what its provider billed is
+        counted and its client gets the answer."""
+        async with self.turn_lock(tenant_id, session_id):
+            return await self.close(tenant_id, session_id)
+
     async def expire(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """Active -> SessionExpired now (or at the deadline, if that came first)."""
 
