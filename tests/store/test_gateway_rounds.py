@@ -240,6 +240,46 @@ async def test_a_late_round_writes_the_expiry_and_is_refused(
     assert (await store.get(ACME, session_id)).record.state is SessionExpired
 
 
+async def test_a_turn_past_the_deadline_writes_the_expiry_and_deletes_the_history(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    session_id = await start(store, clock, ttl_seconds=60)
+    await store.record_turn(ACME, session_id, turn=turn(2), usage=usage(1), idempotency_key="k2")
+    clock.advance(61)
+    with pytest.raises(SessionExpiredError):
+        async with store.turn_history(ACME, session_id):
+            pass
+    # Written then, as a late round writes it: no sweep is needed, and the
+    # conversation (the keyed round's stored answer with it) is gone.
+    assert await store.sweep() == 0
+    found = await store.find_turn(ACME, "k2", session_id)
+    assert found is not None
+    assert found.turn is None
+
+
+async def test_a_round_whose_turn_began_before_the_deadline_counts(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    session_id = await start(store, clock, ttl_seconds=60)
+    clock.advance(30)
+    async with store.turn_history(ACME, session_id):
+        began_at = clock()
+        clock.advance(45)  # the provider answers after the deadline
+        result = await store.record_turn(
+            ACME, session_id, turn=turn(2), usage=usage(1300), began_at=began_at
+        )
+    assert result.round.recorded_at == clock()
+    stored = await store.get(ACME, session_id)
+    assert (stored.record.state, stored.record.round_count) == (Active, 2)
+    assert stored.deadline == clock().plus_seconds(60)
+    # A turn that began after the deadline is refused, as is a round without began_at.
+    clock.advance(61)
+    with pytest.raises(SessionExpiredError):
+        await store.record_turn(
+            ACME, session_id, turn=turn(3), usage=usage(1), began_at=clock().plus_seconds(-1)
+        )
+
+
 async def test_the_history_is_shared_by_every_process(
     store: SessionStore, clock: ManualClock, open_more: Opener
 ) -> None:

@@ -73,6 +73,7 @@ from llmsession.store.models import (
     Turn,
     check_idempotency_key,
 )
+from llmsession.timestamps import Timestamp
 
 __all__ = [
     "SESSION_HEADER",
@@ -151,6 +152,9 @@ class _Turn:
     cache: TurnCache | None = None
     #: The request's new items as stored with the turn (JSON), once measured.
     request_items: bytes | None = None
+    #: When the turn found its session Active (None for a start): its round counts
+    #: even if the session's deadline passes while the provider answers.
+    began_at: Timestamp | None = None
 
 
 class Gateway:
@@ -258,6 +262,7 @@ class Gateway:
             turn = _Turn(
                 tenant_id, session_id, endpoint, request, request_hash, provider, model, key, stored
             )
+            turn.began_at = store.clock()
             reply = await self._forward(turn, history, stack)
         except BaseException:
             await stack.aclose()
@@ -529,6 +534,7 @@ class Gateway:
                 turn=stored_turn,
                 usage=usage,
                 idempotency_key=key,
+                began_at=turn.began_at,
             )
         if turn.cache is not None:
             if with_turn:

@@ -314,6 +314,7 @@ class SessionStore(ABC):
         turn: Turn | None,
         usage: Usage | None,
         idempotency_key: str | None = None,
+        began_at: Timestamp | None = None,
     ) -> RoundResult:
         """Record a gateway round on an Active session, with its turn of the conversation.
 
@@ -324,6 +325,11 @@ class SessionStore(ABC):
         saving nobody measured is not claimed. ``turn`` None records the round
         without adding to the history. A repeated ``idempotency_key`` returns the
         first result (with its stored turn) and counts nothing.
+
+        ``began_at`` is when the turn found the session Active, in its
+        :meth:`turn_lock`: a session is not idle while its provider answers, so
+        the round counts if the deadline passes meanwhile (it is judged at
+        ``began_at``); without it, at the time of the write.
         """
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
@@ -331,7 +337,8 @@ class SessionStore(ABC):
         def change(stored: StoredSession, now: Timestamp, first: KeyedRound | None) -> Change:
             if first is not None:
                 return Change(stored, replayed=first)
-            expired = _expire_late(stored, now, "record_delta")
+            judged_at = now if began_at is None else min(now, began_at)
+            expired = _expire_late(stored, judged_at, "record_delta")
             if expired is not None:
                 return expired
             session = require_state(restore(stored.record), Active, "record_delta")
@@ -385,6 +392,12 @@ class SessionStore(ABC):
         self, tenant_id: TenantId, session_id: SessionId
     ) -> AsyncGenerator[TurnHistory]:
         async with self._locked_turns(tenant_id, session_id) as (stored, turns):
+            due = expire_if_due(stored, self.clock()) is not None
+            if due or stored.record.state is SessionExpired:
+                # Past its deadline (a read shows it expired before the sweeper
+                # writes it): written now, as a late round writes it, the history
+                # deleted with it. Nothing is written if it already was.
+                await self._apply(tenant_id, session_id, _expire_if_late)
             self._check_active(stored)
             yield TurnHistory(stored, turns)
 
@@ -804,6 +817,11 @@ def _expire_late(stored: StoredSession, now: Timestamp, method: str) -> Change |
         return None
     error = SessionExpiredError(method, Active.name, SessionExpired.name)
     return Change(expired, error=error)
+
+
+def _expire_if_late(stored: StoredSession, now: Timestamp, _: KeyedRound | None) -> Change:
+    """A change that writes the expiry of a session past its deadline, and nothing else."""
+    return _expire_late(stored, now, "record_delta") or Change(stored)
 
 
 def _check_ids(tenant_id: object, session_id: object) -> None:
