@@ -390,6 +390,132 @@ async def test_a_retry_of_a_cut_start_under_its_key_starts_anew(gw: Gw) -> None:
     assert len(gw.upstream.sent) == 2
 
 
+def first_events(stream: bytes, count: int, separator: bytes = b"\n\n") -> bytes:
+    """The stream's first ``count`` events, as the provider sent them."""
+    return separator.join(stream.split(separator)[:count]) + separator
+
+
+#: Per wire format: the request path and body, the events the provider sends before
+#: it goes silent, and the body answer of the next turn if those carried usage (then
+#: the round counts).
+STALLED: dict[str, tuple[str, dict[str, Any], bytes, bytes | None]] = {
+    "chat": (
+        "/v1/chat/completions",
+        {"model": "fake/m", "messages": [{"role": "user", "content": "Q1"}], "stream": True},
+        first_events(CHAT_STREAM, 2),
+        None,
+    ),
+    "responses": (
+        "/v1/responses",
+        {"model": "fake/m", "input": "Q1", "stream": True},
+        first_events((FIXTURES / "responses_stream.sse").read_bytes(), 4),
+        None,
+    ),
+    "messages": (
+        "/v1/messages",
+        {
+            "model": "claude/m",
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": "Q1"}],
+            "stream": True,
+        },
+        first_events((FIXTURES.parent / "anthropic" / "messages_stream.sse").read_bytes(), 3),
+        (FIXTURES.parent / "anthropic" / "messages_response.json").read_bytes(),
+    ),
+    "gemini": (
+        "/v1beta/models/gem/m:streamGenerateContent?alt=sse",
+        {"contents": [{"role": "user", "parts": [{"text": "Q1"}]}]},
+        first_events((FIXTURES.parent / "gemini" / "stream.sse").read_bytes(), 2, b"\r\n\r\n"),
+        (FIXTURES.parent / "gemini" / "generate_response.json").read_bytes(),
+    ),
+}
+
+
+def stalled_error(wire: str, last: bytes) -> tuple[str, str]:
+    """The error event's code (or type, or status) and message, in the format's shape."""
+    lines = dict(line.split(b": ", 1) for line in last.splitlines() if line)
+    data = json.loads(lines[b"data"])
+    if wire == "responses":
+        assert (lines[b"event"], data["type"]) == (b"error", "error")
+        return data["code"], data["message"]
+    if wire == "messages":
+        assert (lines[b"event"], data["type"]) == (b"error", "error")
+        return data["error"]["type"], data["error"]["message"]
+    assert b"event" not in lines
+    if wire == "chat":
+        return data["error"]["code"], data["error"]["message"]
+    return f"{data['error']['code']} {data['error']['status']}", data["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("wire", "code"),
+    [
+        ("chat", "upstream_timeout"),
+        ("responses", "upstream_timeout"),
+        ("messages", "timeout_error"),
+        ("gemini", "504 DEADLINE_EXCEEDED"),
+    ],
+)
+async def test_a_stream_that_stalls_past_the_timeout_ends_in_a_timeout_not_a_cut(
+    upstream: ScriptedUpstream, tmp_path: Path, wire: str, code: str
+) -> None:
+    path, body, sent, answer = STALLED[wire]
+    config = GatewayConfig(
+        providers={
+            name: ProviderConfig(
+                provider_id=name,
+                kind=kind,
+                base_url="http://upstream.invalid/v1",
+                api_key_env="K",
+                api_key=SecretKey("sk-secret"),
+                timeout_seconds=1.5,
+            )
+            for name, kind in (("fake", "openai"), ("claude", "anthropic"), ("gem", "gemini"))
+        }
+    )
+    upstream.answers.append(
+        Scripted(
+            chunks=[sent],
+            content_type="text/event-stream",
+            error=ProviderTimeout(
+                "fake", "provider 'fake' did not answer within its timeout_seconds"
+            ),
+        )
+    )
+    app = make_gw(upstream, config, tmp_path)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            gw = Gw(client, upstream)
+            gw.auth = await gw.tenant("acme")
+            response = await client.post(path, json=body, headers=gw.auth)
+            session_id = response.headers[SID]
+            session = await client.get(f"/v1/sessions/{session_id}", headers=gw.auth)
+            if answer is not None:
+                # The next turn is sent with no history: the stalled one added nothing.
+                upstream.answers.append(Scripted(body=answer))
+                body = {**body, "stream": False} if wire == "messages" else body
+                path = path.replace("streamGenerateContent?alt=sse", "generateContent")
+                headers = {**gw.auth, SID: session_id}
+                assert (await client.post(path, json=body, headers=headers)).status_code == 200
+    # The 200 went with the first events; what ends the stream says the gateway gave
+    # up waiting, and for how long, not that the provider cut it.
+    assert response.status_code == 200
+    assert response.content.startswith(sent)
+    last = response.content[len(sent) :]
+    assert last.endswith(b"\n\n")
+    found, message = stalled_error(wire, last)
+    assert found == code
+    assert "sent nothing for 1.5 seconds (its timeout_seconds)" in message
+    # Counted as a cut stream is: a round only if the provider had sent usage.
+    if answer is not None:
+        assert session.json()["round_count"] == 1
+        resent = upstream.bodies()[1]
+        assert len(resent.get("messages", resent.get("contents"))) == 1
+    else:
+        assert session.status_code == 404
+
+
 async def test_responses_chain_to_the_stored_response_and_replay_when_it_is_gone(gw: Gw) -> None:
     gw.upstream.answers += [
         Scripted(body=RESPONSES_BODY),

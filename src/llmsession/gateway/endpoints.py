@@ -33,18 +33,20 @@ class ParsedRequest:
     wire: object
 
 
-#: Why a stream ends in an error: the provider cut it, its round could not be
-#: recorded, or the gateway failed.
-StreamFailure = Literal["cut", "unrecorded", "internal"]
+#: Why a stream ends in an error: the provider cut it, the provider sent nothing
+#: for its ``timeout_seconds``, its round could not be recorded, or the gateway failed.
+StreamFailure = Literal["cut", "timeout", "unrecorded", "internal"]
 
 # How each wire format names those: OpenAI's error codes, Gemini's status.
 _OPENAI_CODES: Final[dict[StreamFailure, str]] = {
     "cut": "upstream_stream_cut",
+    "timeout": "upstream_timeout",
     "unrecorded": "round_not_recorded",
     "internal": "gateway_error",
 }
 _GEMINI_STATUS: Final[dict[StreamFailure, dict[str, Any]]] = {
     "cut": {"code": 502, "status": "UNAVAILABLE"},
+    "timeout": {"code": 504, "status": "DEADLINE_EXCEEDED"},
     "unrecorded": {"code": 503, "status": "UNAVAILABLE"},
     "internal": {"code": 500, "status": "INTERNAL"},
 }
@@ -249,8 +251,10 @@ class Messages:
         return anthropic_messages.MessagesStream()
 
     def error_event(self, message: str, cause: StreamFailure = "cut") -> bytes:
-        # Anthropic's own streams end every such failure as an api_error.
-        return anthropic_messages.stream_error_event(message)
+        # Anthropic's own streams end such failures as an api_error; a timeout has its
+        # own documented type (the 504's), which the SDKs and clients tell apart.
+        kind = "timeout_error" if cause == "timeout" else "api_error"
+        return anthropic_messages.stream_error_event(message, kind=kind)
 
     def previous_response_missing(self, status: int, body: bytes) -> bool:
         return False

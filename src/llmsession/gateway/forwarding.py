@@ -35,7 +35,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 from llmsession.errors import (
     ConflictError,
@@ -51,6 +51,7 @@ from llmsession.gateway.routing import resolve_model
 from llmsession.gateway.session_cache import SessionCache, TurnCache
 from llmsession.gateway.transport import (
     ProviderError,
+    ProviderTimeout,
     ProviderUnavailable,
     Upstream,
     UpstreamRequest,
@@ -104,6 +105,8 @@ _PASSED_HEADERS: Final = (
     "retry-after",
     "retry-after-ms",
 )
+#: How a provider's stream broke off: cut, or silent for its ``timeout_seconds``.
+_Broken = Literal["cut", "timeout"]
 _CUT: Final = "the provider's stream ended before the answer was complete; nothing was added"
 _GATEWAY_FAILED: Final = "the gateway failed; the error was logged"
 
@@ -550,12 +553,13 @@ class Gateway:
         translator: StreamTranslator,
         sent: list[bytes],
         *,
-        cut: bool,
+        broken: _Broken | None,
     ) -> bytes:
-        """Record a stream the provider ended (or cut); the bytes that end the client's."""
+        """Record a stream the provider ended (or that broke off); the bytes that end
+        the client's."""
         await response.aclose()
         outcome = translator.close()
-        if outcome.completed and not cut:
+        if outcome.completed and broken is None:
             body = b"".join(sent) + outcome.tail
             try:
                 await self._commit(turn, outcome.answer, response, body)
@@ -569,7 +573,12 @@ class Gateway:
             await self._commit(turn, outcome.answer, response, b"", with_turn=False)
         elif turn.cache is not None:
             await turn.cache.abandoned()
-        return turn.endpoint.error_event(_CUT) if outcome.error is None else b""
+        if outcome.error is not None:
+            # The provider's own error event ended the client's stream already.
+            return b""
+        if broken == "timeout":
+            return turn.endpoint.error_event(_timed_out(turn.provider), "timeout")
+        return turn.endpoint.error_event(_CUT, "cut")
 
     def _replay(self, found: RoundResult, request_hash: str) -> Reply:
         stored_turn = found.turn
@@ -601,6 +610,16 @@ class Gateway:
         return headers
 
 
+def _timed_out(provider: ProviderConfig) -> str:
+    """What ends the client's stream when the provider went silent mid-way: the gateway
+    ended it, not the provider, and the client may want a longer timeout_seconds."""
+    return (
+        f"the provider sent nothing for {provider.timeout_seconds:g} seconds (its "
+        "timeout_seconds), so the gateway ended the stream before the answer was "
+        "complete; nothing was added"
+    )
+
+
 def _unrecorded(turn: _Turn, error: LLMSessionError) -> str:
     """What ends the client's stream when its round could not be recorded."""
     if isinstance(error, StoreError):
@@ -621,7 +640,7 @@ class _RecordStream(Protocol):
         translator: StreamTranslator,
         sent: list[bytes],
         *,
-        cut: bool,
+        broken: _Broken | None,
     ) -> bytes: ...
 
 
@@ -692,7 +711,7 @@ class Relay:
         if last is None:
             if self._detached:
                 raise StopAsyncIteration
-            cut = False
+            broken: _Broken | None = None
             try:
                 async for chunk in self._chunks:
                     events = self._translator.feed(chunk)
@@ -702,12 +721,11 @@ class Relay:
                         self._sent.append(forward)
                         return forward
             except ProviderError as error:
-                self._broke(error)
-                cut = True
+                broken = self._broke(error)
             except Exception as error:
                 last = self._failed(error)
             if last is None:
-                last = self._end(cut)
+                last = self._end(broken)
         if self._over:
             raise StopAsyncIteration
         # (Cancelled here, the client leaves the recording task to finish alone.)
@@ -732,12 +750,13 @@ class Relay:
         """As :meth:`close`."""
         self.close()
 
-    def _broke(self, error: ProviderError) -> None:
+    def _broke(self, error: ProviderError) -> _Broken:
         logger.warning("stream from provider %s broke: %s", self._turn.provider.provider_id, error)
+        return "timeout" if isinstance(error, ProviderTimeout) else "cut"
 
-    def _end(self, cut: bool) -> asyncio.Future[bytes]:
+    def _end(self, broken: _Broken | None) -> asyncio.Future[bytes]:
         self._last = last = asyncio.get_running_loop().create_future()
-        self._track(asyncio.create_task(self._finish(last, cut=cut)))
+        self._track(asyncio.create_task(self._finish(last, broken=broken)))
         return last
 
     def _failed(self, error: Exception) -> asyncio.Future[bytes]:
@@ -754,27 +773,26 @@ class Relay:
 
     async def _rest(self) -> None:
         """Read what the client left unread, then record it."""
-        cut = False
+        broken: _Broken | None = None
         try:
             async for chunk in self._chunks:
                 events = self._translator.feed(chunk)
                 if events:
                     self._sent.append(events[0] if len(events) == 1 else b"".join(events))
         except ProviderError as error:
-            self._broke(error)
-            cut = True
+            broken = self._broke(error)
         except Exception as error:
             self._failed(error)
             return
-        await self._finish(asyncio.get_running_loop().create_future(), cut=cut)
+        await self._finish(asyncio.get_running_loop().create_future(), broken=broken)
 
-    async def _finish(self, last: asyncio.Future[bytes], *, cut: bool) -> None:
+    async def _finish(self, last: asyncio.Future[bytes], *, broken: _Broken | None) -> None:
         """Record the stream, hand the client its last bytes, give the turn back."""
         turn = self._turn
         try:
             try:
                 tail = await self._record(
-                    turn, self._response, self._translator, self._sent, cut=cut
+                    turn, self._response, self._translator, self._sent, broken=broken
                 )
             except Exception as error:
                 logger.error("gateway stream failed", exc_info=error)
