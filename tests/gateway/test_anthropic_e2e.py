@@ -296,6 +296,27 @@ def test_a_stream_cut_mid_way_ends_as_an_error_and_adds_nothing(gateway: Gateway
     assert cut["completed"] is False
 
 
+def test_a_stream_that_stalls_past_the_timeout_ends_as_a_timeout_error(gateway: Gateway) -> None:
+    key = gateway.tenant()
+    client = gateway.sdk(key)
+    session_id = ask(client, "Q1").headers[SID]
+    # The provider's events come 3 s apart; the gateway waits 2 (timeout_seconds).
+    gateway.fake.fault(mode="slow", delay_seconds=0, event_delay_seconds=3)
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        ask_streamed(client, "Q2 is long enough", session_id)
+    body: Any = caught.value.body
+    assert body["type"] == "error"
+    assert body["error"]["type"] == "timeout_error"
+    assert "sent nothing for 2 seconds (its timeout_seconds)" in body["error"]["message"]
+    # The fake stalls before its first event, so no usage came: as for a cut stream,
+    # no round is counted without it, and nothing joins the history.
+    assert gateway.get(key, f"/v1/sessions/{session_id}")["round_count"] == 1
+    ask(client, "Q3", session_id)
+    # (The fake logs the stalled request when its first event is due, maybe after Q3.)
+    first, third = [entry for entry in gateway.billing(key) if entry["completed"]]
+    assert third["input_tokens"] == first["input_tokens"] + first["output_tokens"] + 3 + 4
+
+
 def test_a_stream_without_usage_is_recorded_as_missing(gateway: Gateway) -> None:
     key = gateway.tenant()
     gateway.fake.fault(mode="no_usage")

@@ -319,6 +319,29 @@ def test_a_stream_cut_mid_way_ends_as_an_error_and_adds_nothing(gateway: Gateway
     )
 
 
+def test_a_stream_that_stalls_past_the_timeout_ends_as_a_timeout(gateway: Gateway) -> None:
+    key = gateway.tenant()
+    client = gateway.sdk(key)
+    # The provider's events come 3 s apart; the gateway waits 2 (timeout_seconds).
+    gateway.fake.fault(mode="slow", delay_seconds=0, event_delay_seconds=3)
+    with pytest.raises(openai.APIError) as caught:
+        list(
+            client.chat.completions.create(
+                model="fake/gpt-4o-mini", messages=[{"role": "user", "content": "Q1"}], stream=True
+            )
+        )
+    error: Any = caught.value.body
+    assert error["code"] == "upstream_timeout"
+    assert "sent nothing for 2 seconds (its timeout_seconds)" in error["message"]
+    gateway.fake.fault(mode="slow", delay_seconds=0, event_delay_seconds=3)
+    events = list(client.responses.create(model="fake/gpt-4o-mini", input="Q1", stream=True))
+    last: Any = events[-1]
+    assert (last.type, last.code) == ("error", "upstream_timeout")
+    assert "sent nothing for 2 seconds" in last.message
+    # Neither stream had sent its usage: nothing was billed that llmsession could count.
+    assert gateway.get(key, "/v1/sessions")["items"] == []
+
+
 def test_a_stream_without_usage_is_recorded_as_missing(gateway: Gateway) -> None:
     key = gateway.tenant()
     gateway.fake.fault(mode="no_usage")

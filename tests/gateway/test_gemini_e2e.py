@@ -445,6 +445,39 @@ def test_a_cut_stream_ends_as_an_error_and_adds_nothing(gateway: Gateway) -> Non
     gateway.assert_totals_match_billing(key)
 
 
+def test_a_stream_that_stalls_past_the_timeout_ends_as_deadline_exceeded(
+    gateway: Gateway,
+) -> None:
+    key = gateway.tenant()
+    client = gateway.sdk(key)
+    first = client.models.generate_content(model=MODEL, contents=[user("Q1")])
+    session_id = session_of(first)
+    # The provider's events come 3 s apart; the gateway waits 2 (timeout_seconds).
+    gateway.fake.fault(mode="slow", delay_seconds=0, event_delay_seconds=3)
+    with pytest.raises(errors.APIError) as caught:
+        list(
+            client.models.generate_content_stream(
+                model=MODEL, contents=[user("Q2")], config=in_session(session_id)
+            )
+        )
+    assert (caught.value.code, caught.value.status) == (504, "DEADLINE_EXCEEDED")
+    assert "sent nothing for 2 seconds (its timeout_seconds)" in str(caught.value.message)
+    # The fake stalls before its first event, so no usage came: as for a cut stream,
+    # no round is counted without it...
+    assert gateway.get(key, f"/v1/sessions/{session_id}")["round_count"] == 1
+    # ... and nothing of it joins the history.
+    third = client.models.generate_content(
+        model=MODEL, contents=[user("Q3")], config=in_session(session_id)
+    )
+    assert first.usage_metadata is not None
+    assert third.usage_metadata is not None
+    first_prompt = first.usage_metadata.prompt_token_count or 0
+    first_answer = first.usage_metadata.candidates_token_count or 0
+    # Round 1's prompt without its 3-token reply primer, its answer (+3 for the
+    # message), Q3 (1 + 3), the primer: nothing of the stalled turn.
+    assert third.usage_metadata.prompt_token_count == first_prompt - 3 + first_answer + 3 + 4 + 3
+
+
 def test_a_failed_cache_request_never_costs_the_turn(gateway: Gateway) -> None:
     key = gateway.tenant()
     client = gateway.sdk(key)
