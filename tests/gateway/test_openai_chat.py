@@ -137,6 +137,17 @@ def test_stream_passes_through_byte_for_byte_when_the_client_asked_for_usage() -
     )
 
 
+@pytest.mark.parametrize("ending", [b"\r\n", b"\r"])
+def test_a_stream_whose_lines_end_in_cr_passes_through_byte_for_byte(ending: bytes) -> None:
+    stream = STREAM.replace(b"\n", ending)
+    out, translator = run(stream, wants_usage=True)
+    outcome = translator.close()
+    assert outcome.completed
+    # The stream ends in a CR: no LF is made up after it.
+    assert outcome.tail == b"data: [DONE]" + 2 * ending
+    assert out + outcome.tail == stream
+
+
 @pytest.mark.parametrize("step", [1, 7, 64])
 def test_stream_drops_only_the_usage_chunk_when_the_client_did_not_ask(step: int) -> None:
     out, translator = run(STREAM, wants_usage=False, sizes=step)

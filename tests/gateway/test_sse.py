@@ -102,12 +102,75 @@ def test_whole_events_in_a_chunk_read_as_line_by_line(
 def test_lone_cr_line_endings_and_a_cr_split_from_its_lf() -> None:
     decoder = SSEDecoder()
     assert [e.data for e in decoder.feed(b"data: a\r\rdata: b\r\r")] == ["a"]
-    # The last CR may be half of a CRLF until the next byte or the end of the stream.
-    assert [e.data for e in decoder.close()] == ["b"]
+    # The last CR may be half of a CRLF until the next byte or the end of the stream,
+    # which adds nothing to it.
+    assert [(e.data, e.raw) for e in decoder.close()] == [("b", b"data: b\r\r")]
     decoder = SSEDecoder()
     assert decoder.feed(b"data: a\r\n\r") == []
     events = decoder.feed(b"\n")
     assert [(e.data, e.raw) for e in events] == [("a", b"data: a\r\n\r\n")]
+
+
+_LINES = [
+    b'data: {"a":1}',
+    b"data: [DONE]",
+    b"data:no-space",
+    b"data: caf\xc3\xa9",
+    b"data:",
+    b"event: named",
+    b"id: 7",
+    b"retry: 5",
+    b": comment",
+]
+
+
+#: Events as their lines; each ends in a data line, so each is dispatched.
+_EVENTS = st.lists(
+    st.tuples(st.lists(st.sampled_from(_LINES), max_size=3), st.sampled_from(_LINES[:5])).map(
+        lambda event: [*event[0], event[1]]
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+def render(events: list[list[bytes]], ending: bytes) -> bytes:
+    return b"".join(b"".join(line + ending for line in [*lines, b""]) for lines in events)
+
+
+def chunked(stream: bytes, sizes: list[int]) -> list[bytes]:
+    chunks: list[bytes] = []
+    start = 0
+    for size in sizes:
+        chunks.append(stream[start : start + size])
+        start += size
+    return [*chunks, stream[start:]]
+
+
+@given(
+    _EVENTS,
+    st.sampled_from([b"\n", b"\r\n", b"\r"]),
+    st.lists(st.integers(min_value=0, max_value=40), max_size=30),
+)
+def test_every_line_ending_passes_through_byte_for_byte_however_chunked(
+    events: list[list[bytes]], ending: bytes, sizes: list[int]
+) -> None:
+    # The gateway forwards each event's raw bytes: joined, they must be the stream
+    # as the provider sent it, whichever line ending it uses and however it is cut,
+    # the end of the stream included (a last CR has no LF after it to wait for).
+    stream = render(events, ending)
+    reference = decode_all(render(events, b"\n"))
+    decoder = SSEDecoder()
+    read = [event for chunk in chunked(stream, sizes) for event in decoder.feed(chunk)]
+    read += decoder.close()
+    assert b"".join(event.raw for event in read) == stream
+    assert [(e.data, e.event, e.id, e.retry) for e in read] == [
+        (e.data, e.event, e.id, e.retry) for e in reference
+    ]
+    decoder = SSEDecoder()
+    data = [pair for chunk in chunked(stream, sizes) for pair in decoder.feed_data(chunk)]
+    data += [(event.data.encode(), event.raw) for event in decoder.close()]
+    assert [(e.data.encode(), e.raw) for e in read] == data
 
 
 def test_a_cut_stream_dispatches_no_half_event() -> None:

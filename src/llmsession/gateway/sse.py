@@ -186,9 +186,16 @@ class SSEDecoder:
         An event without its closing blank line is never dispatched (the spec
         discards it): a cut stream does not end in a half event.
         """
-        if self._buffer.endswith(b"\r"):
-            return self.feed(b"\n")
-        return []
+        line = self._buffer
+        if not line.endswith(b"\r"):
+            return []
+        # The CR that feed kept waiting for an LF: no LF is coming, so it ends its
+        # line alone, and the event's bytes are the stream's (no LF made up for it).
+        # Lines before it were read, so the buffer is this one line.
+        self._buffer = b""
+        self._raw += line
+        event = self._line(line[:-1].decode("utf-8", errors="replace"))
+        return [] if event is None else [event]
 
     def pending(self) -> bytes:
         """Bytes received that belong to no completed event yet (complete lines only)."""
