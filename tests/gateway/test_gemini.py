@@ -9,6 +9,7 @@ The fixtures follow the REST reference of ``generateContent``,
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +346,58 @@ async def test_a_creation_is_billed_in_its_round_and_a_failed_one_costs_nothing(
     )
     assert failed.chain is None
     assert failed.usage(answer) == answer
+
+
+GONE = b'{"error": {"code": 403, "message": "CachedContent not found (or permission denied)"}}'
+
+
+@pytest.mark.parametrize(
+    ("renewal", "kept", "then"),
+    [
+        # No answer worth trusting: the entry is still the session's, nothing deleted.
+        (Scripted(status=500, body=b"{}"), True, []),
+        (Scripted(status=429, body=b"{}"), True, []),
+        # Gone (Gemini's 403 naming it, or a 404): nothing to delete, and the turn is one
+        # without an entry, which creates one for the history.
+        (Scripted(status=403, body=GONE), False, [("POST", "/v1beta/cachedContents")]),
+        (Scripted(status=404, body=b"{}"), False, [("POST", "/v1beta/cachedContents")]),
+        # Refused otherwise: the entry is given up, as before, and deleted once the
+        # round is recorded.
+        (Scripted(status=400, body=b"{}"), False, [("DELETE", "/v1beta/cachedContents/old")]),
+    ],
+)
+async def test_a_failed_renewal_keeps_the_entry_unless_it_is_gone_or_refused(
+    renewal: Scripted, kept: bool, then: list[tuple[str, str]]
+) -> None:
+    request = ENDPOINT.parse(
+        request_body(), path_model="gemini-2.5-flash:generateContent", headers={}
+    )
+    last = CacheState("cachedContents/old", 2, 1500, fixed_digest({}), 1600)
+    created = (FIXTURES / "cache_created.json").read_bytes()
+    upstream = ScriptedUpstream(renewal, Scripted(body=created), Scripted(body=b"{}"))
+    turn = await GeminiCaches(upstream).prepare(
+        provider=PROVIDER,
+        model="gemini-2.5-flash",
+        session_id=SessionId.parse("0197f0a5-1d3c-7c2e-9a55-3f4e2b1c0d9e"),
+        request=request,
+        history=HISTORY,
+        last=last.encode(),
+        ttl_seconds=600,
+    )
+    creates = then[:1] == [("POST", "/v1beta/cachedContents")]
+    assert (turn.chain is not None) == creates
+    answer = Usage(1700, output_tokens=5, raw={"promptTokenCount": 1700})
+    stored = CacheState.decode(turn.stored(answer))
+    assert stored is not None
+    if kept:
+        assert stored == replace(last, history_tokens=1700)
+    elif creates:
+        assert stored.name == "cachedContents/4d2kd477o3pg"
+    else:
+        assert stored.name is None
+    await turn.committed()
+    sent = [(request.method, request.path) for request in upstream.sent]
+    assert sent == [("PATCH", "/v1beta/cachedContents/old"), *then]
 
 
 # Numbers orjson reads otherwise than json: an integer beyond 64 bits, and a float

@@ -499,7 +499,39 @@ def test_a_failed_cache_request_never_costs_the_turn(gateway: Gateway) -> None:
     gateway.assert_totals_match_billing(key)
 
 
-def test_an_entry_gone_at_the_provider_is_replaced_by_replay(gateway: Gateway) -> None:
+def test_a_failed_renewal_leaves_the_entry_for_the_next_turn(gateway: Gateway) -> None:
+    key = gateway.tenant()
+    client = gateway.sdk(key)
+    session_id = session_of(
+        client.models.generate_content(model=MODEL, contents=[user(BIG_CONTEXT + " Q1")])
+    )
+    client.models.generate_content(
+        model=MODEL, contents=[user("Q2")], config=in_session(session_id)
+    )
+    (entry,) = gateway.entries(session_id)
+    # The renewal (PATCH ttl) fails: this turn is replayed...
+    gateway.fake.fault(mode="500", endpoint="cachedContents")
+    assert client.models.generate_content(
+        model=MODEL, contents=[user("Q3")], config=in_session(session_id)
+    ).text
+    # ... but the entry is still valid, and is kept: the next turn renews and reads it
+    # rather than paying for the whole history again in a new one.
+    assert [e["name"] for e in gateway.entries(session_id)] == [entry["name"]]
+    fourth = client.models.generate_content(
+        model=MODEL, contents=[user("Q4")], config=in_session(session_id)
+    )
+    assert fourth.usage_metadata is not None
+    assert fourth.usage_metadata.cached_content_token_count == entry["tokens"]
+    assert [e["name"] for e in gateway.entries(session_id)] == [entry["name"]]
+    assert [e["endpoint"] for e in gateway.billing(key)] == [
+        "generateContent",
+        "cachedContents",
+        *["generateContent"] * 3,
+    ]
+    gateway.assert_totals_match_billing(key)
+
+
+def test_an_entry_gone_at_the_provider_is_replaced_at_once(gateway: Gateway) -> None:
     key = gateway.tenant()
     client = gateway.sdk(key)
     session_id = session_of(
@@ -517,6 +549,14 @@ def test_an_entry_gone_at_the_provider_is_replaced_by_replay(gateway: Gateway) -
         model=MODEL, contents=[user("Q3")], config=in_session(session_id)
     )
     assert answer.usage_metadata is not None
+    # The renewal found it gone: the turn made a new entry, and read it.
+    (replacement,) = gateway.entries(session_id)
+    assert replacement["name"] != entry["name"]
+    assert answer.usage_metadata.cached_content_token_count == replacement["tokens"]
+    assert [e["endpoint"] for e in gateway.billing(key)][-2:] == [
+        "cachedContents",
+        "generateContent",
+    ]
     assert gateway.get(key, f"/v1/sessions/{session_id}")["round_count"] == 3
     gateway.assert_totals_match_billing(key)
 

@@ -20,7 +20,9 @@ The rule (:func:`plan_cache`, pure):
 Each entry's TTL is the session's idle TTL, set when it is created and renewed
 (``PATCH ttl``) on every turn that uses it, so it expires when the session does;
 closing the session deletes it. Every side request that fails is logged and the
-turn goes out as plain replay: a cache never costs a turn.
+turn goes out as plain replay: a cache never costs a turn. A renewal that failed
+without the provider's word on the entry (no answer, a 5xx, a 429) keeps it for
+the next turn; one that finds it gone makes the turn one without an entry.
 
 What a creation is billed (its ``usageMetadata.totalTokenCount``, at the plain
 input rate) is part of the round that created it: ``input_tokens`` and
@@ -47,6 +49,7 @@ from llmsession.gateway.gemini import (
     GeminiRequest,
     cache_create_body,
     cache_ttl_body,
+    cached_content_missing,
     fixed_digest,
     parse_cache_created,
 )
@@ -75,6 +78,10 @@ PRO_MIN_CACHE_TOKENS: Final = 4096
 _SESSION_HEADER: Final = "LLMSession-Id"
 
 Plan = Literal["none", "reuse", "create"]
+#: What a renewal found: the entry renewed; gone at the provider; refused for another
+#: reason the provider gave (a 4xx); or nothing known (a 5xx, a 429, no answer: the
+#: entry is most likely still there, until its TTL).
+Renewal = Literal["renewed", "gone", "refused", "failed"]
 
 
 def min_cache_tokens(model: str) -> int:
@@ -178,9 +185,23 @@ class GeminiCaches:
             return turn
         if plan == "reuse":
             assert state.name is not None
-            if await self._renew(provider, state.name, ttl_seconds, str(session_id)):
+            renewal = await self._renew(provider, state.name, ttl_seconds, str(session_id))
+            if renewal == "renewed":
                 return replace(turn, using=state)
-            return turn
+            if renewal == "failed":
+                # Most likely still there (its TTL is the session's, and the session is
+                # live): kept, so the next turn renews and reads it instead of paying
+                # for a new one. Should it be gone after all, that renewal says so.
+                return replace(turn, kept=state)
+            if renewal == "refused":
+                # A refusal would recur every turn: the entry is given up (and deleted).
+                return turn
+            # Gone (expired, deleted): the turn is one with no entry, which may create one.
+            state = replace(state, name=None, items=0, cached_tokens=0)
+            turn = replace(turn, previous=state)
+            plan = plan_cache(state, fixed=fixed, history_items=len(history), model=model)
+            if plan == "none":
+                return turn
         created = await self._create(
             provider,
             model=model,
@@ -202,7 +223,8 @@ class GeminiCaches:
     async def _side(
         self, provider: ProviderConfig, method: str, path: str, body: bytes, session_id: str
     ) -> bytes:
-        """One side request; ProviderError also for an answer that is not a success."""
+        """One side request; ProviderError also for an answer that is not a success
+        (:class:`_SideRefused`, with the answer)."""
         headers = [("x-goog-api-key", provider.api_key.reveal()), (_SESSION_HEADER, session_id)]
         response = await self._upstream.send(
             UpstreamRequest(provider, path, body, headers, method=method)
@@ -212,9 +234,11 @@ class GeminiCaches:
         finally:
             await response.aclose()
         if response.status_code >= 300:
-            raise ProviderError(
+            raise _SideRefused(
                 provider.provider_id,
                 f"{method} {path} answered {response.status_code}: {answer[:300]!r}",
+                status=response.status_code,
+                body=answer,
             )
         return answer
 
@@ -253,7 +277,7 @@ class GeminiCaches:
 
     async def _renew(
         self, provider: ProviderConfig, name: str, ttl_seconds: int, session_id: str
-    ) -> bool:
+    ) -> Renewal:
         try:
             await self._side(
                 provider,
@@ -262,10 +286,17 @@ class GeminiCaches:
                 cache_ttl_body(ttl_seconds),
                 session_id,
             )
+        except _SideRefused as error:
+            # A 404 of the entry's own URL says it is gone, whatever its message.
+            if error.status == 404 or cached_content_missing(error.status, error.body):
+                logger.info("cached content %s is gone at the provider: %s", name, error)
+                return "gone"
+            logger.warning("renewing cached content %s failed, replaying: %s", name, error)
+            return "refused" if 400 <= error.status < 500 and error.status != 429 else "failed"
         except ProviderError as error:
             logger.warning("renewing cached content %s failed, replaying: %s", name, error)
-            return False
-        return True
+            return "failed"
+        return "renewed"
 
     async def delete(self, provider: ProviderConfig, name: str, session_id: str) -> None:
         """Delete one entry; a failure is logged (the entry then ends with its TTL)."""
@@ -273,6 +304,15 @@ class GeminiCaches:
             await self._side(provider, "DELETE", f"/{API_VERSION}/{name}", b"", session_id)
         except ProviderError as error:
             logger.warning("deleting cached content %s failed: %s", name, error)
+
+
+class _SideRefused(ProviderError):
+    """A side request the provider answered with an error: its status and body."""
+
+    def __init__(self, provider_id: str, message: str, *, status: int, body: bytes) -> None:
+        super().__init__(provider_id, message)
+        self.status = status
+        self.body = body
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +330,9 @@ class _GeminiTurn:
     using: CacheState | None = None
     #: The entry this turn created, if it created one.
     created: CreatedCache | None = None
+    #: The session's entry when this turn could not renew it, so went out without it:
+    #: not referenced, but still the session's for the next turn.
+    kept: CacheState | None = None
 
     @property
     def chain(self) -> str | None:
@@ -325,6 +368,8 @@ class _GeminiTurn:
         grown = _history_tokens(usage)
         if self.using is not None:
             base = self.using
+        elif self.kept is not None:
+            base = self.kept
         elif self.previous is not None:
             # No entry in this turn (or its entry was gone): none is kept.
             base = CacheState(None, 0, 0, self.fixed, self.previous.history_tokens)
@@ -338,7 +383,8 @@ class _GeminiTurn:
         previous = self.previous
         if previous is None or previous.name is None:
             return
-        if self.using is not None and self.using.name == previous.name:
+        held = self.using or self.kept
+        if held is not None and held.name == previous.name:
             return
         # The previous entry is superseded (or was not usable): nobody references it now.
         await self.caches.delete(self.provider, previous.name, self.session_id)
