@@ -199,6 +199,35 @@ def test_a_streamed_session_counts_cache_reads_and_never_sums_message_deltas(
     gateway.assert_totals_match_billing(key)
 
 
+def test_a_clients_5_minute_mark_of_an_earlier_round_never_refuses_a_later_1_hour_one(
+    gateway: Gateway,
+) -> None:
+    key = gateway.tenant()
+    client = gateway.sdk(key)
+
+    def send(text: str, control: dict[str, str], session: str | None = None) -> Any:
+        block = {"type": "text", "text": text, "cache_control": control}
+        return client.messages.with_raw_response.create(
+            model=MODEL,
+            max_tokens=64,
+            messages=[{"role": "user", "content": [block]}],
+            extra_headers={} if session is None else {SID: session},
+        )
+
+    session_id = send(BIG_CONTEXT, {"type": "ephemeral"}).headers[SID]
+    # Valid on its own; the stored round 1 holds a 5 minute mark, which the client
+    # cannot take back: the gateway leaves it out of what it sends.
+    second = send("Q2", {"type": "ephemeral", "ttl": "1h"}, session_id).parse()
+    assert second.content[0].text == "You said : Q2"
+    third = send("Q3", {"type": "ephemeral", "ttl": "1h"}, session_id).parse()
+    # Each round still reads all that the round before sent from the cache.
+    one, two, _ = gateway.billing(key)
+    assert two["cached_tokens"] == one["cache_write_tokens"]
+    assert third.usage.cache_read_input_tokens == two["cached_tokens"] + two["cache_write_tokens"]
+    assert gateway.get(key, f"/v1/sessions/{session_id}")["round_count"] == 3
+    gateway.assert_totals_match_billing(key)
+
+
 def test_the_session_keeps_its_system_and_only_new_messages_are_sent(gateway: Gateway) -> None:
     key = gateway.tenant()
     client = gateway.sdk(key)

@@ -159,6 +159,70 @@ def test_earlier_rounds_marks_are_kept_newest_first_while_there_is_room() -> Non
     assert len(marks(body)) <= 4
 
 
+def ttls_in_order(body: dict[str, Any]) -> list[str]:
+    """Every mark's TTL in the prompt's order (tools, system, messages), checked as
+    Anthropic checks them: at most 4, and no 1 hour mark after a 5 minute one."""
+    system = body.get("system")
+    blocks = [
+        *body.get("tools", []),
+        *(system if isinstance(system, list) else []),
+        *(b for m in body["messages"] if isinstance(m["content"], list) for b in m["content"]),
+    ]
+    ttls = [b["cache_control"].get("ttl", "5m") for b in blocks if "cache_control" in b]
+    assert len(ttls) <= 4
+    assert ttls == sorted(ttls, key=lambda ttl: ttl == "5m"), ttls
+    return ttls
+
+
+def marked(text: str, control: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "text", "text": text, "cache_control": control}
+
+
+def test_an_earlier_rounds_5_minute_mark_never_precedes_a_1_hour_one() -> None:
+    new = [{"role": "user", "content": [marked("Q2", HOUR)]}]
+    history: list[dict[str, Any]] = [
+        {"role": "user", "content": [marked("D1", EPHEMERAL), marked("Q1", EPHEMERAL)]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A1"}]},
+    ]
+    body = upstream(request(messages=new), history)
+    # Q1, where round 1 ended, is the gateway's read mark: its own TTL replaces the
+    # client's there; D1's 5 minute mark would precede the client's new 1 hour one, so it
+    # is removed.
+    assert marks(body) == [(0, 1, HOUR), (2, 0, HOUR)]
+    assert ttls_in_order(body) == ["1h", "1h"]
+    # A session of 5 minutes: the gateway's read mark still may not be shorter than the
+    # client's mark after it.
+    body = upstream(request(messages=new), history, ttl=300)
+    assert marks(body) == [(0, 1, HOUR), (2, 0, HOUR)]
+    # Nothing stored is changed.
+    assert history[0]["content"][0]["cache_control"] == EPHEMERAL
+
+
+def test_an_earlier_rounds_1_hour_mark_never_follows_a_5_minute_one() -> None:
+    history: list[dict[str, Any]] = [
+        {"role": "user", "content": [marked("D1", HOUR), {"type": "text", "text": "Q1"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A1"}]},
+    ]
+    tool = {"name": "t", "input_schema": {"type": "object"}, "cache_control": EPHEMERAL}
+    body = upstream(request(tools=[tool]), history)
+    assert marks(body) == [(0, 1, EPHEMERAL), (2, 0, EPHEMERAL)]
+    assert ttls_in_order(body) == ["5m"] * 3
+
+
+def test_of_earlier_rounds_marks_the_newest_win_when_their_ttls_clash() -> None:
+    # Round 1 marked D1 for 5 minutes, round 2 marked D2 for 1 hour (the gateway having
+    # removed D1's mark from that request); round 3 marks nothing.
+    history: list[dict[str, Any]] = [
+        {"role": "user", "content": [marked("D1", EPHEMERAL)]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A1"}]},
+        {"role": "user", "content": [marked("D2", HOUR), {"type": "text", "text": "Q2"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A2"}]},
+    ]
+    body = upstream(request(), history)
+    assert marks(body) == [(2, 0, HOUR), (2, 1, HOUR), (4, 0, HOUR)]
+    assert ttls_in_order(body) == ["1h"] * 3
+
+
 def test_thinking_and_empty_text_blocks_are_never_marked() -> None:
     history: list[dict[str, Any]] = [
         {"role": "user", "content": "Q1"},

@@ -20,12 +20,13 @@ of what the previous round sent (the block that round marked, so it is read
 exactly, however many blocks the answer and the new messages add). The
 client's own marks in ``tools``, ``system`` and its new messages are kept and
 come first; marks the client left in earlier rounds' messages are kept, newest
-first, while there is room, and dropped beyond it (a mark changes no cached
-content, only where the cache is looked up). The gateway's marks use a 1 hour
-TTL when the session may stay idle longer than 5 minutes, so its history is
-still cached when the client comes back, and 5 minutes otherwise, or when the
-client marked any block with a 5 minute TTL (a longer TTL may not follow a
-shorter one).
+first, while there is room and their TTL fits the marks kept, and dropped
+otherwise (a mark changes no cached content, only where the cache is looked
+up): Anthropic refuses a 1 hour mark after a 5 minute one, and the client
+cannot take back a mark stored with its history. The gateway's marks use a 1
+hour TTL when the session may stay idle longer than 5 minutes, so its history
+is still cached when the client comes back, and 5 minutes otherwise; but never
+longer than a mark before them, nor shorter than one after them.
 """
 
 from __future__ import annotations
@@ -224,68 +225,110 @@ def place_breakpoints(
     """The module's caching rule (see its docstring), on copies: nothing given is changed.
 
     ``past`` are the history's messages, ``new`` the request's; ``ttl`` the TTL
-    the gateway's marks get unless a client mark forbids it. Only the messages
-    whose marks change are copied (every turn walks the whole history, so the
-    walk reads each message's content in place).
+    the gateway's marks get unless the marks around them forbid it. Only the
+    messages whose marks change are copied (every turn walks the whole history,
+    so the walk reads each message's content in place).
     """
     messages = [*past, *new]
-    # The client's marks of this request: tools, system, new messages.
-    ttls = [_ttl_of(tool) for tool in tools if _marked(tool)]
-    current = len(ttls)
+    # The client's marks of this request: in tools and system, which come before every
+    # message, and in its new messages, after every earlier one.
+    head = [_ttl_of(tool) for tool in tools if _marked(tool)]
     system_blocks = None if system is None else _blocks(system)
-    for block in system_blocks or ():
-        if _marked(block):
-            ttls.append(_ttl_of(block))
-            current += 1
-    marked_new: set[tuple[int, int]] = set()
+    head += [_ttl_of(block) for block in system_blocks or () if _marked(block)]
+    fixed: dict[tuple[int, int], str] = {}
     for m in range(len(past), len(messages)):
         for b, block in _marked_blocks(messages[m].get("content")):
-            marked_new.add((m, b))
-            ttls.append(_ttl_of(block))
-    current += len(marked_new)
-    old_blocks = _old_marks(past)
-    old = list(old_blocks)
-    room = MAX_BREAKPOINTS - current
-    wanted: list[tuple[int, int]] = []
-    write = _last_markable(messages, len(past), len(messages))
-    if write is not None:
-        wanted.append(write)
-    if past:
-        # What the previous round sent ends before the answer it got.
-        end = len(past)
-        while end > 0 and past[end - 1].get("role") == "assistant":
-            end -= 1
-        read = _last_markable(messages, 0, end)
-        if read is not None:
-            wanted.append(read)
-    marks: list[tuple[int, int]] = []
-    reused: list[tuple[int, int]] = []
-    for position in wanted:
-        if position in marked_new:
+            fixed[m, b] = _ttl_of(block)
+    room = MAX_BREAKPOINTS - len(head) - len(fixed)
+    gateway: list[tuple[int, int]] = []
+    for position in _gateway_places(messages, len(past)):
+        if position in fixed:
             continue  # the client marked it already, and it is counted
         if room <= 0:
             break
-        # A block the client marked in its round already is one of the gateway's two.
-        (reused if position in old_blocks else marks).append(position)
+        gateway.append(position)
         room -= 1
-    kept = reused + [position for position in old if position not in reused][: max(room, 0)]
-    ttls += [_ttl_of(old_blocks[position]) for position in kept]
-    gateway_ttl = ttl if all(t == "1h" for t in ttls) else "5m"
-    control: JSONObject = {"type": "ephemeral"}
-    if gateway_ttl == "1h":
-        control["ttl"] = "1h"
-    dropped = [position for position in old if position not in kept]
-    changed = {m for m, _ in marks} | {m for m, _ in dropped}
+    # Earlier rounds' marks: the client's own first where the gateway marks (one of its
+    # two then), the others newest first while there is room; each only if its TTL
+    # fits the marks kept so far, as Anthropic refuses a 1 hour mark after a 5 minute one.
+    old_blocks = _old_marks(past)
+    kept: dict[tuple[int, int], str] = {}
+
+    def fits(position: tuple[int, int], mark_ttl: str) -> bool:
+        return _in_order(head, {**fixed, **kept, position: mark_ttl})
+
+    for position in gateway:
+        reused = old_blocks.get(position)
+        if reused is not None and fits(position, _ttl_of(reused)):
+            kept[position] = _ttl_of(reused)
+    for position, block in old_blocks.items():
+        if room <= 0:
+            break
+        if position not in gateway and fits(position, _ttl_of(block)):
+            kept[position] = _ttl_of(block)
+            room -= 1
+    # The gateway's marks (on a client's mark that did not fit, in its place).
+    placed: dict[tuple[int, int], str] = {}
+    for position in sorted(p for p in gateway if p not in kept):
+        placed[position] = _fitting_ttl(position, ttl, head, {**fixed, **kept, **placed})
+    dropped = [position for position in old_blocks if position not in kept | placed]
+    changed = {m for m, _ in placed} | {m for m, _ in dropped}
     for m in changed:
         blocks = [dict(block) for block in _blocks(messages[m].get("content")) or ()]
-        for mm, b in marks:
+        for (mm, b), mark_ttl in placed.items():
             if mm == m:
-                blocks[b]["cache_control"] = dict(control)
+                blocks[b]["cache_control"] = _control(mark_ttl)
         for mm, b in dropped:
             if mm == m:
                 del blocks[b]["cache_control"]
         messages[m] = {**messages[m], "content": blocks}
     return Placed(system, messages)
+
+
+def _gateway_places(messages: Sequence[JSONObject], past: int) -> list[tuple[int, int]]:
+    """Where the gateway marks, first wanted first: the last block of the request (the
+    write mark), then the last block of what the previous round sent (the read mark);
+    ``past`` is how many of ``messages`` are the history's."""
+    wanted: list[tuple[int, int]] = []
+    write = _last_markable(messages, past, len(messages))
+    if write is not None:
+        wanted.append(write)
+    if past:
+        # What the previous round sent ends before the answer it got.
+        end = past
+        while end > 0 and messages[end - 1].get("role") == "assistant":
+            end -= 1
+        read = _last_markable(messages, 0, end)
+        if read is not None:
+            wanted.append(read)
+    return wanted
+
+
+def _fitting_ttl(
+    position: tuple[int, int],
+    ttl: str,
+    head: Sequence[str],
+    marks: Mapping[tuple[int, int], str],
+) -> str:
+    """A gateway mark's TTL: ``ttl``, but never longer than a mark before it nor shorter
+    than one after it (``marks`` are in order, so no place has both)."""
+    if "5m" in head or any(t == "5m" for p, t in marks.items() if p < position):
+        return "5m"
+    if any(t == "1h" for p, t in marks.items() if p > position):
+        return "1h"
+    return ttl
+
+
+def _control(ttl: str) -> JSONObject:
+    """A mark of the gateway's: Anthropic's default (5 minutes) is left implicit."""
+    return {"type": "ephemeral", "ttl": "1h"} if ttl == "1h" else {"type": "ephemeral"}
+
+
+def _in_order(head: Sequence[str], marks: Mapping[tuple[int, int], str]) -> bool:
+    """Whether no 1 hour mark comes after a 5 minute one: ``head`` (tools' and system's
+    TTLs, in order), then ``marks`` (messages' marks by place)."""
+    ttls = [*head, *(marks[position] for position in sorted(marks))]
+    return "1h" not in ttls[ttls.index("5m") :] if "5m" in ttls else True
 
 
 def _old_marks(past: Sequence[JSONObject]) -> dict[tuple[int, int], JSONObject]:
