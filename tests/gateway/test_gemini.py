@@ -348,6 +348,28 @@ async def test_a_creation_is_billed_in_its_round_and_a_failed_one_costs_nothing(
     assert failed.usage(answer) == answer
 
 
+async def test_a_creation_for_an_answer_without_usage_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    request = ENDPOINT.parse(
+        request_body(), path_model="gemini-2.5-flash:generateContent", headers={}
+    )
+    created = (FIXTURES / "cache_created.json").read_bytes()
+    turn = await GeminiCaches(ScriptedUpstream(Scripted(body=created))).prepare(
+        provider=PROVIDER,
+        model="gemini-2.5-flash",
+        session_id=SessionId.parse("0197f0a5-1d3c-7c2e-9a55-3f4e2b1c0d9e"),
+        request=request,
+        history=HISTORY,
+        last=CacheState(None, 0, 0, fixed_digest({}), 1500).encode(),
+        ttl_seconds=600,
+    )
+    # The round stays without usage (usage_missing): the creation alone is no round's
+    # input. What it was billed is not lost from sight, though.
+    assert turn.usage(None) is None
+    assert "cachedContents/4d2kd477o3pg was created (2048 tokens" in caplog.text
+
+
 GONE = b'{"error": {"code": 403, "message": "CachedContent not found (or permission denied)"}}'
 
 

@@ -27,7 +27,9 @@ the next turn; one that finds it gone makes the turn one without an entry.
 What a creation is billed (its ``usageMetadata.totalTokenCount``, at the plain
 input rate) is part of the round that created it: ``input_tokens`` and
 ``cache_write_tokens`` both include it, and the raw usage gains
-``cachedContentCreation`` beside the answer's own ``usageMetadata`` fields.
+``cachedContentCreation`` beside the answer's own ``usageMetadata`` fields. An
+answer without usage leaves the round without any (Round.usage_missing): the
+creation is then only logged.
 
 The state kept between turns (:class:`CacheState`) is stored as each turn's
 ``response_id``.
@@ -347,6 +349,16 @@ class _GeminiTurn:
 
     def usage(self, usage: Usage | None) -> Usage | None:
         created = self.created
+        if usage is None and created is not None:
+            # The round is recorded without usage: counts of the creation alone would
+            # pass for the round's whole input. The operator still learns what it cost.
+            logger.warning(
+                "session %s: cached content %s was created (%d tokens billed as input) "
+                "for a turn whose answer had no usage; its round records none",
+                self.session_id,
+                created.name,
+                created.tokens,
+            )
         if usage is None or created is None:
             return usage
         return Usage(
