@@ -11,7 +11,7 @@ from llmsession.record import SessionRecord
 from llmsession.states import Active
 from llmsession.timestamps import Timestamp
 
-__all__ = ["MAX_TTL_SECONDS", "check_ttl", "deadline_of"]
+__all__ = ["MAX_TTL_SECONDS", "check_ttl", "deadline_of", "renewed_at_turn"]
 
 #: Ten years: long enough for any real session, short enough to stay a valid Timestamp.
 MAX_TTL_SECONDS = 10 * 366 * 24 * 3600
@@ -38,3 +38,15 @@ def deadline_of(
     if record.state is not Active:
         return None
     return last_activity_at.plus_seconds(ttl_seconds)
+
+
+def renewed_at_turn(deadline: Timestamp | None, now: Timestamp, ttl_seconds: int) -> bool:
+    """Whether a gateway turn starting at ``now`` first renews its session's idle TTL:
+    when less than half of it is left.
+
+    A session is not idle while its provider answers; an answer that outlasted
+    the deadline would find the session expired by a sweeper. Renewing only a
+    session past half its TTL keeps that write off the turns of a conversation
+    under way, and leaves a turn half the TTL to finish.
+    """
+    return deadline is not None and deadline <= now.plus_seconds(ttl_seconds / 2)

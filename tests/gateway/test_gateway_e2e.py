@@ -602,16 +602,18 @@ def test_a_close_from_the_cli_waits_for_the_turn_under_way(
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_turn_the_deadline_passes_during_counts_and_a_later_one_ends_the_session(
+def test_a_turn_past_half_the_ttl_renews_it_so_the_sweeper_leaves_it_its_answer(
     module_fake: FakeProcess,
     start_server: ServerFactory,
     tmp_path: Path,
     gateways: list[Gateway],
     stream: bool,
 ) -> None:
-    env = {**fresh_fake_env(module_fake, tmp_path), "LLMSESSION_DEFAULT_TTL": "2"}
-    # No sweep while the test runs: the requests decide.
-    env["LLMSESSION_SWEEP_INTERVAL"] = "3600"
+    env = {
+        **fresh_fake_env(module_fake, tmp_path),
+        "LLMSESSION_DEFAULT_TTL": "2",
+        "LLMSESSION_SWEEP_INTERVAL": "0.2",
+    }
     gateway = Gateway(start_server(f"sqlite:///{tmp_path / 's.db'}", **env), module_fake)
     gateways.append(gateway)
     key = gateway.tenant()
@@ -621,10 +623,11 @@ def test_a_turn_the_deadline_passes_during_counts_and_a_later_one_ends_the_sessi
         "messages": [{"role": "user", "content": "Q"}],
     }
     session_id = client.chat.completions.with_raw_response.create(**ask).headers[SID]
-    time.sleep(1)
-    # The provider answers after the session's deadline: the turn began in time, so
-    # what the provider billed is counted and the client gets the answer.
-    module_fake.fault(mode="slow", delay_seconds=2)
+    time.sleep(1.2)
+    # The provider answers after the first deadline, with the sweeper running: the
+    # turn renewed the TTL as it began, so the round counts and the client gets
+    # the answer.
+    module_fake.fault(mode="slow", delay_seconds=1.5)
     if stream:
         chunks = client.chat.completions.create(
             **ask, stream=True, extra_headers={SID: session_id, "Idempotency-Key": "late"}
@@ -638,8 +641,8 @@ def test_a_turn_the_deadline_passes_during_counts_and_a_later_one_ends_the_sessi
     session = gateway.get(key, f"/v1/sessions/{session_id}")
     assert (session["state"], session["round_count"]) == ("active", 2)
     gateway.assert_totals_match_billing(key)
-    # A turn after the deadline ends the session then, and its history with it.
-    time.sleep(2.2)
+    # Idle past the TTL, the session ends, and its history with it.
+    time.sleep(2.5)
     with pytest.raises(openai.ConflictError, match="expired"):
         client.chat.completions.create(**ask, extra_headers={SID: session_id})
     with pytest.raises(openai.ConflictError, match="deleted with its history"):

@@ -280,6 +280,26 @@ async def test_a_round_whose_turn_began_before_the_deadline_counts(
         )
 
 
+async def test_a_turn_past_half_the_ttl_renews_it_as_it_begins(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    session_id = await start(store, clock, ttl_seconds=60)
+    version = (await store.get(ACME, session_id)).version
+    clock.advance(20)
+    async with store.turn_history(ACME, session_id) as (stored, _):
+        pass
+    # Over half the TTL left: nothing is written.
+    assert (await store.get(ACME, session_id)).version == version
+    clock.advance(20)
+    async with store.turn_history(ACME, session_id) as (stored, _):
+        assert stored.deadline == clock().plus_seconds(60)
+        clock.advance(50)  # the provider answers after the first deadline
+        assert await store.sweep() == 0
+        await store.record_turn(ACME, session_id, turn=turn(2), usage=usage(1))
+    stored = await store.get(ACME, session_id)
+    assert (stored.record.state, stored.record.round_count) == (Active, 2)
+
+
 async def test_the_history_is_shared_by_every_process(
     store: SessionStore, clock: ManualClock, open_more: Opener
 ) -> None:

@@ -34,7 +34,7 @@ from llmsession.errors import (
     SessionExpiredError,
     WrongStateError,
 )
-from llmsession.expiry import check_ttl
+from llmsession.expiry import check_ttl, renewed_at_turn
 from llmsession.ids import SessionId, TenantId, check_label, check_session_id, check_tenant_id
 from llmsession.record import SessionRecord
 from llmsession.session import Session, as_after_round, require_state, restore
@@ -391,14 +391,18 @@ class SessionStore(ABC):
     async def _turn_history(
         self, tenant_id: TenantId, session_id: SessionId
     ) -> AsyncGenerator[TurnHistory]:
-        async with self._locked_turns(tenant_id, session_id) as (stored, turns):
-            due = expire_if_due(stored, self.clock()) is not None
+        async with self._locked_turns(tenant_id, session_id) as (read, turns):
+            stored = read
+            now = self.clock()
+            due = expire_if_due(stored, now) is not None
             if due or stored.record.state is SessionExpired:
                 # Past its deadline (a read shows it expired before the sweeper
                 # writes it): written now, as a late round writes it, the history
                 # deleted with it. Nothing is written if it already was.
                 await self._apply(tenant_id, session_id, _expire_if_late)
             self._check_active(stored)
+            if renewed_at_turn(stored.deadline, now, stored.ttl_seconds):
+                stored = (await self._apply(tenant_id, session_id, _renewed)).stored
             yield TurnHistory(stored, turns)
 
     def _active_history(self, stored: StoredSession, turns: list[Turn]) -> SessionHistory:
@@ -822,6 +826,15 @@ def _expire_late(stored: StoredSession, now: Timestamp, method: str) -> Change |
 def _expire_if_late(stored: StoredSession, now: Timestamp, _: KeyedRound | None) -> Change:
     """A change that writes the expiry of a session past its deadline, and nothing else."""
     return _expire_late(stored, now, "record_delta") or Change(stored)
+
+
+def _renewed(stored: StoredSession, now: Timestamp, _: KeyedRound | None) -> Change:
+    """A change that renews an Active session's idle TTL from ``now`` (a turn begins)."""
+    expired = _expire_late(stored, now, "record_delta")
+    if expired is not None:
+        return expired
+    require_state(restore(stored.record), Active, "record_delta")
+    return Change(_next(stored, stored.record, now))
 
 
 def _check_ids(tenant_id: object, session_id: object) -> None:
