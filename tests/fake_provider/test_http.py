@@ -4,6 +4,7 @@ and the two ways to start it."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from llmsession.fake_provider.runner import API_KEY_ENV
 from tests.fake_provider.conftest import API_KEY, FakeFactory, FakeProcess, fake_command
 
 
@@ -169,21 +171,73 @@ def test_the_llmsession_command_starts_it_with_the_key_from_the_environment(
     assert fake.stop() == 0
 
 
-def test_without_a_key_it_refuses_to_start(tmp_path: Path) -> None:
-    import subprocess
-
-    done = subprocess.run(
-        fake_command(), capture_output=True, env={"PATH": ""}, timeout=60, check=False
-    )
-    assert done.returncode == 2
-    assert b"--api-key or LLMSESSION_FAKE_API_KEY" in done.stderr
-
-
-def test_a_taken_port_is_one_clear_line_and_exit_status_1(fake: FakeProcess) -> None:
+def test_a_taken_port_is_one_clear_line_and_exit_status_3(fake: FakeProcess) -> None:
     import subprocess
 
     port = fake.root.rsplit(":", 1)[1]
     command = [*fake_command("--api-key", API_KEY)[:-2], "--port", port, "--api-key", API_KEY]
     done = subprocess.run(command, capture_output=True, timeout=60, check=False)
-    assert done.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr.decode()
+    # As `llmsession serve`: 3 when the server could not start (docs/cli.md).
+    assert done.returncode == 3
+    stderr = done.stderr.decode()
+    assert stderr.startswith(f"Error: cannot listen on 127.0.0.1:{port}: ")
+    assert "Choose another --port" in stderr
+    assert stderr.count("\n") == 1
+    assert done.stdout == b""
+
+
+#: The fake provider's two names: the llmsession command's, and its own module's.
+_ENTRY_POINTS = (
+    [sys.executable, "-m", "llmsession.cli", "fake-provider"],
+    [sys.executable, "-m", "llmsession.fake_provider"],
+)
+
+
+@pytest.mark.parametrize("entry", _ENTRY_POINTS, ids=["llmsession", "module"])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--api-key", ""], "Error: Invalid value for '--api-key': an API key cannot be empty"),
+        (["--api-key", API_KEY, "--api-key", " "], "an API key cannot be empty or blank"),
+        ([], "Error: give an accepted key with --api-key or LLMSESSION_FAKE_API_KEY"),
+        (["--no-such-option"], "Error: No such option '--no-such-option'"),
+    ],
+    ids=["empty-key", "blank-key", "no-key", "unknown-option"],
+)
+def test_bad_input_is_one_error_line_and_exit_status_2(
+    entry: list[str], args: list[str], expected: str
+) -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [*entry, "--port", "0", *args],
+        capture_output=True,
+        # Without the key variable, which would stand in for a missing --api-key.
+        env={name: value for name, value in os.environ.items() if name != API_KEY_ENV},
+        timeout=60,
+        check=False,
+    )
+    stderr = done.stderr.decode()
+    assert done.returncode == 2, stderr
+    assert stderr.startswith("Error: ")
+    assert expected in stderr
+    assert stderr.count("\n") == 1, stderr
+    assert done.stdout == b""
+
+
+@pytest.mark.parametrize("entry", _ENTRY_POINTS, ids=["llmsession", "module"])
+def test_a_billing_log_that_cannot_be_written_is_refused_at_startup(
+    entry: list[str], tmp_path: Path
+) -> None:
+    import subprocess
+
+    path = tmp_path / "no-such-dir" / "billing.jsonl"
+    command = [*entry, "--port", "0", "--api-key", API_KEY, "--billing-log", str(path)]
+    done = subprocess.run(command, capture_output=True, timeout=60, check=False)
+    stderr = done.stderr.decode()
+    assert done.returncode == 2, stderr
+    assert stderr.startswith("Error: Invalid value for '--billing-log': ")
+    assert f"cannot append to {str(path)!r}: No such file or directory" in stderr
+    assert stderr.count("\n") == 1, stderr
+    assert done.stdout == b""
+    assert not path.parent.exists()

@@ -1,23 +1,81 @@
-"""Run the fake provider under uvicorn, and the ``fake-provider`` command that does it."""
+"""Run the fake provider under uvicorn, and the ``fake-provider`` command that does it.
+
+Its startup errors follow the ``llmsession`` command's rules (docs/cli.md), under
+either name (``llmsession fake-provider``, ``python -m llmsession.fake_provider``):
+one ``Error:`` line on stderr, exit status 2 for bad input and 3 for an address
+that cannot be bound.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
 from pathlib import Path
 from signal import SIGINT, SIGTERM
 from types import FrameType
-from typing import Final
+from typing import Any, Final
 
 import click
 
 from llmsession.fake_provider.provider import FakeProvider
 
-__all__ = ["API_KEY_ENV", "fake_provider_command", "serve"]
+__all__ = ["API_KEY_ENV", "EXIT_BAD_INPUT", "EXIT_CANNOT_LISTEN", "fake_provider_command", "serve"]
 
 #: The variable holding the accepted API key(s), comma-separated, when no --api-key is given.
 API_KEY_ENV: Final = "LLMSESSION_FAKE_API_KEY"
+
+#: Exit status for bad input: an option, a key, a billing log that cannot be written.
+EXIT_BAD_INPUT: Final = 2
+#: Exit status when the address is in use or cannot be bound (as ``llmsession serve``).
+EXIT_CANNOT_LISTEN: Final = 3
+
+
+class _Failure(click.ClickException):
+    """A failure shown as one ``Error:`` line on stderr."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+class _BadInput(_Failure):
+    exit_code = EXIT_BAD_INPUT
+
+
+class _CannotListen(_Failure):
+    exit_code = EXIT_CANNOT_LISTEN
+
+
+class _Command(click.Command):
+    """A command whose usage errors are one line, as under the ``llmsession`` group.
+
+    Click prints a usage error as usage, hint and message on three lines; run as
+    ``python -m llmsession.fake_provider`` no group shortens them.
+    """
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as error:
+            raise _bad_input(error) from error
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            raise _bad_input(error) from error
+
+
+def _bad_input(error: click.UsageError) -> _BadInput:
+    where = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+    return _BadInput(f"{error.format_message()}{where}")
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
@@ -42,7 +100,14 @@ def serve(provider: FakeProvider, *, host: str, port: int, log_level: str = "war
         sock.bind((host, port))
     except OSError as error:
         sock.close()
-        raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror}") from None
+        where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        if error.errno == errno.EADDRINUSE:
+            hint = "is another server running there? Choose another --port (0 picks a free one)"
+        else:
+            # Not an address of this machine, or not an address at all.
+            hint = "give --host an address of this machine, e.g. 127.0.0.1"
+        reason = error.strerror or str(error)
+        raise _CannotListen(f"cannot listen on {where}: {reason}; {hint}") from None
     sock.listen(2048)
     bound_port = sock.getsockname()[1]
     shown_host = f"[{host}]" if family == socket.AF_INET6 else host
@@ -66,7 +131,7 @@ def serve(provider: FakeProvider, *, host: str, port: int, log_level: str = "war
             signal.signal(signum, handler)
 
 
-@click.command("fake-provider")
+@click.command("fake-provider", cls=_Command)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
@@ -120,5 +185,26 @@ def fake_provider_command(
     )
     if not keys:
         raise click.UsageError(f"give an accepted key with --api-key or {API_KEY_ENV}")
+    if any(not key.strip() for key in keys):
+        raise click.BadParameter(
+            "an API key cannot be empty or blank; give the key a client will send",
+            param_hint="'--api-key'",
+        )
+    if billing_log is not None:
+        _check_writable(billing_log)
     provider = FakeProvider(keys, billing_log=billing_log, cache_ttl_seconds=cache_ttl)
     serve(provider, host=host, port=port, log_level=log_level)
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse a billing log that cannot be appended to, now rather than as a 500 on
+    every billed request; the file is created if it does not exist."""
+    try:
+        with path.open("a", encoding="utf-8"):
+            pass
+    except OSError as error:
+        raise click.BadParameter(
+            f"cannot append to {str(path)!r}: {error.strerror or error}; "
+            "give a file in an existing directory that this process can write to",
+            param_hint="'--billing-log'",
+        ) from None
