@@ -606,9 +606,37 @@ async def test_history_over_the_limit_is_413_and_large_bodies_are_accepted_up_to
     too_big = await gw.chat("y" * 150_000, session=big.headers[SID])
     assert too_big.status_code == 413
     assert "history_limit_bytes" in too_big.json()["detail"]
+    assert f"session {big.headers[SID]} would hold " in too_big.json()["detail"]
+    assert too_big.json()["detail"].endswith("; start a new session")
     assert len(gw.upstream.sent) == 1
     over_body = await gw.chat("z" * 300_000)
     assert over_body.status_code == 413
+
+
+async def test_a_start_over_the_limit_names_no_session_and_says_to_send_less(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    # A limit under the server's own body limit: the body is read, the history refused.
+    config = GatewayConfig(providers={"fake": provider()}, history_limit_bytes=1000)
+    app = make_gw(upstream, config, tmp_path)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            gw = Gw(client, upstream)
+            gw.auth = await gw.tenant("acme")
+            too_big = await gw.chat("y" * 2000)
+            listed = await client.get("/v1/sessions", headers=gw.auth)
+    assert too_big.status_code == 413, too_big.text
+    detail = too_big.json()["detail"]
+    assert detail.startswith("this request's conversation is ")
+    assert "over this server's limit of 1000 per session (history_limit_bytes)" in detail
+    assert detail.endswith(
+        "no session was started: send less, or ask the operator to raise history_limit_bytes"
+    )
+    assert "session 0" not in detail
+    assert SID not in too_big.headers
+    assert upstream.sent == []
+    assert listed.json()["items"] == []
 
 
 async def test_bad_bodies_are_refused_before_the_provider(gw: Gw) -> None:

@@ -112,7 +112,8 @@ _GATEWAY_FAILED: Final = "the gateway failed; the error was logged"
 
 
 class HistoryTooLarge(InvalidInput):
-    """The session's history plus the new items would pass ``history_limit_bytes`` (413)."""
+    """The session's history plus the new items would pass ``history_limit_bytes`` (413);
+    for a request that starts a session, its items alone would."""
 
 
 class WrongEndpoint(ConflictError):
@@ -377,6 +378,14 @@ class Gateway:
         size = sum(past.size for past in history) + len(request_items)
         limit = self.config.history_limit_bytes
         if size > limit:
+            if turn.stored is None:
+                # A start: its session id was never given out, and a new session
+                # would hit the same limit.
+                raise HistoryTooLarge(
+                    f"this request's conversation is {size} bytes, over this server's limit "
+                    f"of {limit} per session (history_limit_bytes); no session was started: "
+                    "send less, or ask the operator to raise history_limit_bytes"
+                )
             raise HistoryTooLarge(
                 f"session {turn.session_id} would hold {size} bytes of conversation, over "
                 f"this server's limit of {limit} (history_limit_bytes); start a new session"
