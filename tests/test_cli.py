@@ -273,11 +273,37 @@ def test_another_tenants_session_is_not_found(url: str, sessions: list[StoredSes
     )
 
 
+def test_show_and_close_under_an_unknown_tenant_say_the_tenant_is_unknown(
+    url: str, sessions: list[StoredSession], tmp_path: Path
+) -> None:
+    # As `sessions list` and `stats` say it, rather than "no session" for a session
+    # the tenant could never have.
+    sid = str(sessions[1].record.session_id)
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        '[providers.fake]\nkind = "gemini"\nbase_url = "http://127.0.0.1:9"\n'
+        'api_key_env = "LLMSESSION_TEST_UNSET_KEY"\n'
+    )
+    for args in (["show"], ["close"], ["close", "--config", str(config)]):
+        error = failing(url, 1, "sessions", *args, "--tenant", "nosuch", sid)
+        assert error == "Error: no tenant nosuch"
+    # A known tenant without the session still gets "no session".
+    ok(url, "tenants", "create", "beta")
+    assert (
+        failing(url, 1, "sessions", "show", "--tenant", "beta", sid) == f"Error: no session {sid}"
+    )
+    assert (
+        with_store(url, lambda store: store.get(ACME, sessions[1].record.session_id)).record.state
+        is Active
+    )
+
+
 # -- sweep and stats ----------------------------------------------------------------------
 
 
 def test_sweep_expires_due_and_purges_abandoned_sessions(url: str) -> None:
     long_ago = ManualClock(Timestamp.parse("2020-01-01T00:00:00Z"))
+    ok(url, "tenants", "create", "acme")
 
     async def make(store: SessionStore) -> tuple[SessionId, SessionId]:
         due = await store.create(ACME, provider_id="p", model="m", initial_tokens=1, ttl_seconds=60)

@@ -25,7 +25,7 @@ import click
 
 from llmsession.clock import system_clock
 from llmsession.cost import NO_PRICES, Cost, PriceTable, format_money
-from llmsession.errors import InvalidInput, LLMSessionError
+from llmsession.errors import InvalidInput, LLMSessionError, NotFoundError
 from llmsession.expiry import MAX_TTL_SECONDS
 from llmsession.fake_provider.runner import fake_provider_command
 from llmsession.ids import SessionId, TenantId
@@ -187,6 +187,20 @@ def _run(store_url: str, action: Callable[[SessionStore], Awaitable[T]]) -> T:
             await store.aclose()
 
     return asyncio.run(run())
+
+
+async def _in_known_tenant(store: SessionStore, tenant_id: TenantId, action: Awaitable[T]) -> T:
+    """``action`` on one of ``tenant_id``'s sessions; "no session" becomes "no tenant" when
+    the tenant is unknown, as ``sessions list`` and ``stats`` say.
+
+    The tenant is looked up only once the session is not found, so a session that is
+    found costs no extra round trip to the store.
+    """
+    try:
+        return await action
+    except NotFoundError:
+        await store.get_tenant(tenant_id)
+        raise
 
 
 # -- the commands -----------------------------------------------------------------------
@@ -576,7 +590,7 @@ def sessions_show(
                 break
         return stored, found
 
-    stored, found = _run(store_url, run)
+    stored, found = _run(store_url, lambda store: _in_known_tenant(store, tenant_id, run(store)))
     if prices:
         from llmsession.pricing import price_rounds
 
@@ -691,7 +705,12 @@ def sessions_close(
     as_json: bool,
 ) -> None:
     """Close an active session of a tenant."""
-    stored = _run(store_url, lambda store: _close(store, tenant_id, session_id, config_path))
+    stored = _run(
+        store_url,
+        lambda store: _in_known_tenant(
+            store, tenant_id, _close(store, tenant_id, session_id, config_path)
+        ),
+    )
     if as_json:
         from llmsession.server.render import render_session
 
