@@ -37,6 +37,7 @@ __all__ = [
     "PROBLEM_TYPES",
     "Problem",
     "install_problem_handlers",
+    "not_served",
     "problem_response",
     "response_for",
     "unexpected_error_response",
@@ -109,6 +110,23 @@ def problem_response(
     }
     body.update(extra)
     return JSONResponse(body, status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
+
+
+#: Provider paths that no route serves but a provider's SDK calls, and what each is;
+#: their 404 says so instead of "no route".
+_NOT_SERVED_PATHS: Final = {
+    "/v1/messages/count_tokens": "Anthropic's token counting (/v1/messages/count_tokens)",
+}
+
+
+def not_served(what: str) -> Problem:
+    """The 404 for a provider call the gateway does not serve, saying what to do instead
+    (a 404, which the SDKs do not retry)."""
+    return Problem(
+        "not-found",
+        f"llmsession does not serve {what}: it forwards only conversation turns "
+        "(docs/gateway.md, Endpoints); call the provider directly, with a key of your own",
+    )
 
 
 # The official openai and anthropic SDKs retry a 409 twice unless told not to; these
@@ -221,6 +239,9 @@ def _http_exception_handler(
         status = exc.status_code
         path = request.url.path
         if status == 404:
+            what = _NOT_SERVED_PATHS.get(path)
+            if what is not None:
+                return _render(not_served(what))
             detail = f"no route {path!r}"
             trimmed = path.rstrip("/")
             if trimmed and trimmed != path and allowed_methods(trimmed):

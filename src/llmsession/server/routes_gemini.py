@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from llmsession.gateway.forwarding import SESSION_HEADER
 from llmsession.server.auth import google_api_key, require_tenant
 from llmsession.server.context import AppContext
-from llmsession.server.problems import Problem
+from llmsession.server.problems import Problem, not_served
 from llmsession.server.responses import error_responses
 from llmsession.server.routes_gateway import forward_turn
 
@@ -87,9 +87,12 @@ def gemini_routes(context: AppContext) -> APIRouter:
             # answer starts).
             kept = [(n, v) for n, v in query.multi_items() if n != "key"]
             request.scope["query_string"] = urlencode(kept).encode()
+        target: str = request.path_params["target"]
+        if target.endswith(":countTokens"):
+            # Else a 422 about the URL, as for any method but generateContent's two.
+            raise not_served("Gemini's token counting (models/{model}:countTokens)")
         key = google_api_key(request.headers, query)
         tenant = await require_tenant(context, key)
-        target: str = request.path_params["target"]
         if target.endswith(":streamGenerateContent") and query.get("alt") != "sse":
             raise Problem(
                 "invalid-input",
