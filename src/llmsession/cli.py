@@ -9,7 +9,8 @@ Changes go through the store's operations, so the core decides every transition.
 
 Output is an aligned table for people, or JSON with ``--json`` (the HTTP API's
 shapes). Errors are one line on stderr; the exit status is 2 for bad input, 1
-for any other failure, and 3 when ``serve`` cannot start (docs/cli.md).
+for any other failure, and 3 when ``serve`` or ``fake-provider`` cannot start
+(docs/cli.md).
 """
 
 from __future__ import annotations
