@@ -223,6 +223,39 @@ def test_of_earlier_rounds_marks_the_newest_win_when_their_ttls_clash() -> None:
     assert ttls_in_order(body) == ["1h"] * 3
 
 
+def test_the_stored_systems_marks_are_an_earlier_rounds() -> None:
+    # Round 1 sent a system marked for 5 minutes; round 2 sends no system (the session
+    # keeps it) and marks its message for 1 hour: the stored mark would precede it.
+    history: list[dict[str, Any]] = [
+        {"role": "system", "content": [marked("S", EPHEMERAL)]},
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": [{"type": "text", "text": "A1"}]},
+    ]
+    new = [{"role": "user", "content": [marked("Q2", HOUR)]}]
+    body = upstream(request(messages=new), history)
+    assert body["system"] == [{"type": "text", "text": "S"}]
+    assert marks(body) == [(0, 0, HOUR), (2, 0, HOUR)]
+    assert ttls_in_order(body) == ["1h", "1h"]
+    assert history[0]["content"][0]["cache_control"] == EPHEMERAL
+    # A stored system marked twice and three new marks: the request's own come first,
+    # then the gateway's read mark (round 1's end), and the stored ones only while
+    # there is room: none is left.
+    history[0]["content"] = [marked("S1", HOUR), marked("S2", HOUR)]
+    new = [{"role": "user", "content": [marked(f"D{n}", HOUR) for n in range(3)]}]
+    body = upstream(request(messages=new), history)
+    assert ttls_in_order(body) == ["1h"] * 4
+    assert [b.get("cache_control") for b in body["system"]] == [None, None]
+    # With two new marks, the newest stored one fits.
+    new = [{"role": "user", "content": [marked(f"D{n}", HOUR) for n in range(2)]}]
+    body = upstream(request(messages=new), history)
+    assert ttls_in_order(body) == ["1h"] * 4
+    assert [b.get("cache_control") for b in body["system"]] == [None, HOUR]
+    # Sent again with the request, the system's marks are the request's own: kept.
+    body = upstream(request(system=[marked("S", EPHEMERAL)]), history)
+    assert body["system"] == [marked("S", EPHEMERAL)]
+    assert ttls_in_order(body) == ["5m"] * 3
+
+
 def test_thinking_and_empty_text_blocks_are_never_marked() -> None:
     history: list[dict[str, Any]] = [
         {"role": "user", "content": "Q1"},

@@ -18,9 +18,10 @@ at a marked block or up to 20 blocks before it. The gateway marks two blocks:
 the last block of this request (written for the next round) and the last block
 of what the previous round sent (the block that round marked, so it is read
 exactly, however many blocks the answer and the new messages add). The
-client's own marks in ``tools``, ``system`` and its new messages are kept and
-come first; marks the client left in earlier rounds' messages are kept, newest
-first, while there is room and their TTL fits the marks kept, and dropped
+client's own marks in ``tools``, a ``system`` sent with the request and its new
+messages are kept and come first; marks the client left in earlier rounds'
+messages, and in the session's stored ``system``, are kept, newest first, while
+there is room and their TTL fits the marks kept, and dropped
 otherwise (a mark changes no cached content, only where the cache is looked
 up): Anthropic refuses a 1 hour mark after a 5 minute one, and the client
 cannot take back a mark stored with its history. The gateway's marks use a 1
@@ -161,9 +162,11 @@ def messages_upstream_body(
         else:
             past.append(item)
     new: list[JSONObject] = []
+    system_is_new = False
     for item in request.items:
         if item.get("role") == _SYSTEM:
             system = item.get("content")
+            system_is_new = True
         else:
             new.append(item)
     if not past and not new:
@@ -171,7 +174,9 @@ def messages_upstream_body(
     body = dict(request.body)
     body["model"] = model
     tools = json_objects(body.get("tools"))
-    placed = place_breakpoints(tools, system, past, new, ttl=cache_ttl(session_ttl_seconds))
+    placed = place_breakpoints(
+        tools, system, past, new, ttl=cache_ttl(session_ttl_seconds), system_is_new=system_is_new
+    )
     if placed.system is None:
         body.pop(_SYSTEM, None)
     else:
@@ -221,20 +226,24 @@ def place_breakpoints(
     new: Sequence[JSONObject],
     *,
     ttl: str,
+    system_is_new: bool = True,
 ) -> Placed:
     """The module's caching rule (see its docstring), on copies: nothing given is changed.
 
     ``past`` are the history's messages, ``new`` the request's; ``ttl`` the TTL
-    the gateway's marks get unless the marks around them forbid it. Only the
-    messages whose marks change are copied (every turn walks the whole history,
-    so the walk reads each message's content in place).
+    the gateway's marks get unless the marks around them forbid it;
+    ``system_is_new`` whether ``system`` came with this request (else it is the
+    session's, stored from an earlier round, and its marks are that round's).
+    Only the messages whose marks change are copied (every turn walks the whole
+    history, so the walk reads each message's content in place).
     """
     messages = [*past, *new]
-    # The client's marks of this request: in tools and system, which come before every
-    # message, and in its new messages, after every earlier one.
+    # The client's marks of this request: in tools and a new system, which come before
+    # every message, and in its new messages, after every earlier one.
     head = [_ttl_of(tool) for tool in tools if _marked(tool)]
     system_blocks = None if system is None else _blocks(system)
-    head += [_ttl_of(block) for block in system_blocks or () if _marked(block)]
+    if system_is_new:
+        head += [_ttl_of(block) for block in system_blocks or () if _marked(block)]
     fixed: dict[tuple[int, int], str] = {}
     for m in range(len(past), len(messages)):
         for b, block in _marked_blocks(messages[m].get("content")):
@@ -252,6 +261,10 @@ def place_breakpoints(
     # two then), the others newest first while there is room; each only if its TTL
     # fits the marks kept so far, as Anthropic refuses a 1 hour mark after a 5 minute one.
     old_blocks = _old_marks(past)
+    if not system_is_new:
+        # The stored system's marks are the oldest of all, before every message.
+        for b, block in reversed(_marked_blocks(system_blocks)):
+            old_blocks[_SYSTEM_AT, b] = block
     kept: dict[tuple[int, int], str] = {}
 
     def fits(position: tuple[int, int], mark_ttl: str) -> bool:
@@ -273,6 +286,14 @@ def place_breakpoints(
         placed[position] = _fitting_ttl(position, ttl, head, {**fixed, **kept, **placed})
     dropped = [position for position in old_blocks if position not in kept | placed]
     changed = {m for m, _ in placed} | {m for m, _ in dropped}
+    if _SYSTEM_AT in changed:
+        changed.remove(_SYSTEM_AT)
+        # Only a mark dropped: the gateway never marks the system.
+        system_copy = [dict(block) for block in system_blocks or ()]
+        for m, b in dropped:
+            if m == _SYSTEM_AT:
+                del system_copy[b]["cache_control"]
+        system = system_copy
     for m in changed:
         blocks = [dict(block) for block in _blocks(messages[m].get("content")) or ()]
         for (mm, b), mark_ttl in placed.items():
@@ -283,6 +304,10 @@ def place_breakpoints(
                 del blocks[b]["cache_control"]
         messages[m] = {**messages[m], "content": blocks}
     return Placed(system, messages)
+
+
+#: The stored system's place among the messages' (``(_SYSTEM_AT, block)``): before them.
+_SYSTEM_AT: Final = -1
 
 
 def _gateway_places(messages: Sequence[JSONObject], past: int) -> list[tuple[int, int]]:
