@@ -562,6 +562,17 @@ def test_a_retried_start_while_the_first_runs_on_another_server_calls_the_provid
     one.assert_totals_match_billing(key)
 
 
+#: One question, asked in every turn of the tests below.
+ASK: dict[str, Any] = {"model": "fake/gpt-4o-mini", "messages": [{"role": "user", "content": "Q"}]}
+
+
+def started_session(gateway: Gateway) -> tuple[str, OpenAI, str]:
+    """A new tenant's key, its SDK client, and a session it started with one round."""
+    key = gateway.tenant()
+    client = gateway.sdk(key)
+    return key, client, client.chat.completions.with_raw_response.create(**ASK).headers[SID]
+
+
 def test_a_close_from_the_cli_waits_for_the_turn_under_way(
     module_fake: FakeProcess,
     start_server: ServerFactory,
@@ -571,19 +582,13 @@ def test_a_close_from_the_cli_waits_for_the_turn_under_way(
     store_url = f"sqlite:///{tmp_path / 'sessions.db'}"
     gateway = Gateway(start_server(store_url, **fresh_fake_env(module_fake, tmp_path)), module_fake)
     gateways.append(gateway)
-    key = gateway.tenant()
-    client = gateway.sdk(key)
-    ask: dict[str, Any] = {
-        "model": "fake/gpt-4o-mini",
-        "messages": [{"role": "user", "content": "Q"}],
-    }
-    session_id = client.chat.completions.with_raw_response.create(**ask).headers[SID]
+    key, client, session_id = started_session(gateway)
     tenant = gateway.get(key, f"/v1/sessions/{session_id}")["tenant_id"]
     module_fake.fault(mode="slow", delay_seconds=2)
     answers: list[str | None] = []
     turn = threading.Thread(
         target=lambda: answers.append(
-            client.chat.completions.create(**ask, extra_headers={SID: session_id})
+            client.chat.completions.create(**ASK, extra_headers={SID: session_id})
             .choices[0]
             .message.content
         )
@@ -616,13 +621,7 @@ def test_a_turn_past_half_the_ttl_renews_it_so_the_sweeper_leaves_it_its_answer(
     }
     gateway = Gateway(start_server(f"sqlite:///{tmp_path / 's.db'}", **env), module_fake)
     gateways.append(gateway)
-    key = gateway.tenant()
-    client = gateway.sdk(key)
-    ask: dict[str, Any] = {
-        "model": "fake/gpt-4o-mini",
-        "messages": [{"role": "user", "content": "Q"}],
-    }
-    session_id = client.chat.completions.with_raw_response.create(**ask).headers[SID]
+    key, client, session_id = started_session(gateway)
     time.sleep(1.2)
     # The provider answers after the first deadline, with the sweeper running: the
     # turn renewed the TTL as it began, so the round counts and the client gets
@@ -630,12 +629,12 @@ def test_a_turn_past_half_the_ttl_renews_it_so_the_sweeper_leaves_it_its_answer(
     module_fake.fault(mode="slow", delay_seconds=1.5)
     if stream:
         chunks = client.chat.completions.create(
-            **ask, stream=True, extra_headers={SID: session_id, "Idempotency-Key": "late"}
+            **ASK, stream=True, extra_headers={SID: session_id, "Idempotency-Key": "late"}
         )
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     else:
         answer = client.chat.completions.create(
-            **ask, extra_headers={SID: session_id, "Idempotency-Key": "late"}
+            **ASK, extra_headers={SID: session_id, "Idempotency-Key": "late"}
         )
         assert answer.choices[0].message.content
     session = gateway.get(key, f"/v1/sessions/{session_id}")
@@ -644,9 +643,9 @@ def test_a_turn_past_half_the_ttl_renews_it_so_the_sweeper_leaves_it_its_answer(
     # Idle past the TTL, the session ends, and its history with it.
     time.sleep(2.5)
     with pytest.raises(openai.ConflictError, match="expired"):
-        client.chat.completions.create(**ask, extra_headers={SID: session_id})
+        client.chat.completions.create(**ASK, extra_headers={SID: session_id})
     with pytest.raises(openai.ConflictError, match="deleted with its history"):
         client.chat.completions.create(
-            **ask, extra_headers={SID: session_id, "Idempotency-Key": "late"}
+            **ASK, extra_headers={SID: session_id, "Idempotency-Key": "late"}
         )
     assert len(gateway.billing(key)) == 2

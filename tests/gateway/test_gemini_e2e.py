@@ -499,9 +499,8 @@ def test_a_failed_cache_request_never_costs_the_turn(gateway: Gateway) -> None:
     gateway.assert_totals_match_billing(key)
 
 
-def test_a_failed_renewal_leaves_the_entry_for_the_next_turn(gateway: Gateway) -> None:
-    key = gateway.tenant()
-    client = gateway.sdk(key)
+def session_with_entry(gateway: Gateway, client: genai.Client) -> tuple[str, dict[str, Any]]:
+    """A session of two turns whose history is long enough for a cache entry, and it."""
     session_id = session_of(
         client.models.generate_content(model=MODEL, contents=[user(BIG_CONTEXT + " Q1")])
     )
@@ -509,6 +508,13 @@ def test_a_failed_renewal_leaves_the_entry_for_the_next_turn(gateway: Gateway) -
         model=MODEL, contents=[user("Q2")], config=in_session(session_id)
     )
     (entry,) = gateway.entries(session_id)
+    return session_id, entry
+
+
+def test_a_failed_renewal_leaves_the_entry_for_the_next_turn(gateway: Gateway) -> None:
+    key = gateway.tenant()
+    client = gateway.sdk(key)
+    session_id, entry = session_with_entry(gateway, client)
     # The renewal (PATCH ttl) fails: this turn is replayed...
     gateway.fake.fault(mode="500", endpoint="cachedContents")
     assert client.models.generate_content(
@@ -534,13 +540,7 @@ def test_a_failed_renewal_leaves_the_entry_for_the_next_turn(gateway: Gateway) -
 def test_an_entry_gone_at_the_provider_is_replaced_at_once(gateway: Gateway) -> None:
     key = gateway.tenant()
     client = gateway.sdk(key)
-    session_id = session_of(
-        client.models.generate_content(model=MODEL, contents=[user(BIG_CONTEXT + " Q1")])
-    )
-    client.models.generate_content(
-        model=MODEL, contents=[user("Q2")], config=in_session(session_id)
-    )
-    (entry,) = gateway.entries(session_id)
+    session_id, entry = session_with_entry(gateway, client)
     deleted = httpx.delete(
         f"{gateway.fake.root}/v1beta/{entry['name']}", headers={"x-goog-api-key": API_KEY}
     )
