@@ -11,7 +11,7 @@ from llmsession.record import SessionRecord
 from llmsession.states import Active
 from llmsession.timestamps import Timestamp
 
-__all__ = ["MAX_TTL_SECONDS", "check_ttl", "deadline_of", "renewed_at_turn"]
+__all__ = ["MAX_TTL_SECONDS", "check_ttl", "deadline_of", "renewal_at"]
 
 #: Ten years: long enough for any real session, short enough to stay a valid Timestamp.
 MAX_TTL_SECONDS = 10 * 366 * 24 * 3600
@@ -40,13 +40,13 @@ def deadline_of(
     return last_activity_at.plus_seconds(ttl_seconds)
 
 
-def renewed_at_turn(deadline: Timestamp | None, now: Timestamp, ttl_seconds: int) -> bool:
-    """Whether a gateway turn starting at ``now`` first renews its session's idle TTL:
-    when less than half of it is left.
+def renewal_at(deadline: Timestamp, ttl_seconds: int) -> Timestamp:
+    """When a session whose gateway turn is still under way renews its idle TTL: half
+    of it before ``deadline``.
 
-    A session is not idle while its provider answers; an answer that outlasted
-    the deadline would find the session expired by a sweeper. Renewing only a
-    session past half its TTL keeps that write off the turns of a conversation
-    under way, and leaves a turn half the TTL to finish.
+    A session is not idle while its provider answers, but only a write moves its
+    deadline. A turn shorter than half the TTL left never pays one; a longer one
+    renews every half TTL, so neither a sweeper nor a read ever finds the
+    session due under a turn.
     """
-    return deadline is not None and deadline <= now.plus_seconds(ttl_seconds / 2)
+    return deadline.plus_seconds(-ttl_seconds / 2)

@@ -606,13 +606,20 @@ def test_a_close_from_the_cli_waits_for_the_turn_under_way(
     gateway.assert_totals_match_billing(key)
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_a_turn_past_half_the_ttl_renews_it_so_the_sweeper_leaves_it_its_answer(
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"mode": "slow", "delay_seconds": 3},
+        {"mode": "slow", "delay_seconds": 0, "event_delay_seconds": 0.6},
+    ],
+    ids=["body", "stream"],
+)
+def test_a_session_is_not_idle_while_its_provider_answers(
     module_fake: FakeProcess,
     start_server: ServerFactory,
     tmp_path: Path,
     gateways: list[Gateway],
-    stream: bool,
+    fault: dict[str, Any],
 ) -> None:
     env = {
         **fresh_fake_env(module_fake, tmp_path),
@@ -622,21 +629,34 @@ def test_a_turn_past_half_the_ttl_renews_it_so_the_sweeper_leaves_it_its_answer(
     gateway = Gateway(start_server(f"sqlite:///{tmp_path / 's.db'}", **env), module_fake)
     gateways.append(gateway)
     key, client, session_id = started_session(gateway)
-    time.sleep(1.2)
-    # The provider answers after the first deadline, with the sweeper running: the
-    # turn renewed the TTL as it began, so the round counts and the client gets
-    # the answer.
-    module_fake.fault(mode="slow", delay_seconds=1.5)
-    if stream:
-        chunks = client.chat.completions.create(
-            **ASK, stream=True, extra_headers={SID: session_id, "Idempotency-Key": "late"}
-        )
-        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    else:
-        answer = client.chat.completions.create(
-            **ASK, extra_headers={SID: session_id, "Idempotency-Key": "late"}
-        )
-        assert answer.choices[0].message.content
+    time.sleep(0.5)
+    # The provider answers for longer than the session's TTL, with the sweeper running:
+    # the session is never shown expired meanwhile, and the round counts.
+    states: list[str] = []
+    answered = threading.Event()
+
+    def watch() -> None:
+        while not answered.is_set():
+            states.append(gateway.get(key, f"/v1/sessions/{session_id}")["state"])
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    module_fake.fault(**fault)
+    began = time.monotonic()
+    watcher.start()
+    headers = {SID: session_id, "Idempotency-Key": "long"}
+    try:
+        if "event_delay_seconds" in fault:
+            chunks = client.chat.completions.create(**ASK, stream=True, extra_headers=headers)
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            answer = client.chat.completions.create(**ASK, extra_headers=headers)
+            assert answer.choices[0].message.content
+    finally:
+        answered.set()
+        watcher.join()
+    assert time.monotonic() - began > 2
+    assert set(states) == {"active"}
     session = gateway.get(key, f"/v1/sessions/{session_id}")
     assert (session["state"], session["round_count"]) == ("active", 2)
     gateway.assert_totals_match_billing(key)
@@ -645,7 +665,31 @@ def test_a_turn_past_half_the_ttl_renews_it_so_the_sweeper_leaves_it_its_answer(
     with pytest.raises(openai.ConflictError, match="expired"):
         client.chat.completions.create(**ASK, extra_headers={SID: session_id})
     with pytest.raises(openai.ConflictError, match="deleted with its history"):
-        client.chat.completions.create(
-            **ASK, extra_headers={SID: session_id, "Idempotency-Key": "late"}
-        )
+        client.chat.completions.create(**ASK, extra_headers=headers)
     assert len(gateway.billing(key)) == 2
+
+
+def test_a_refused_request_leaves_the_sessions_deadline(
+    module_fake: FakeProcess,
+    start_server: ServerFactory,
+    tmp_path: Path,
+    gateways: list[Gateway],
+) -> None:
+    env = {**fresh_fake_env(module_fake, tmp_path), "LLMSESSION_DEFAULT_TTL": "4"}
+    gateway = Gateway(start_server(f"sqlite:///{tmp_path / 's.db'}", **env), module_fake)
+    gateways.append(gateway)
+    key, client, session_id = started_session(gateway)
+    before = gateway.get(key, f"/v1/sessions/{session_id}")
+    time.sleep(2.5)  # under half the TTL left
+    with pytest.raises(openai.ConflictError):
+        client.chat.completions.create(
+            **{**ASK, "model": "fake/gpt-4o"}, extra_headers={SID: session_id}
+        )
+    with pytest.raises(openai.ConflictError):
+        client.responses.create(
+            model="fake/gpt-4o-mini", input="Q", extra_headers={SID: session_id}
+        )
+    after = gateway.get(key, f"/v1/sessions/{session_id}")
+    assert after["expires_at"] == before["expires_at"]
+    assert after["version"] == before["version"]
+    assert len(gateway.billing(key)) == 1

@@ -257,47 +257,37 @@ async def test_a_turn_past_the_deadline_writes_the_expiry_and_deletes_the_histor
     assert found.turn is None
 
 
-async def test_a_round_whose_turn_began_before_the_deadline_counts(
+async def test_keep_alive_renews_the_ttl_of_a_session_whose_turn_is_under_way(
     store: SessionStore, clock: ManualClock
 ) -> None:
     session_id = await start(store, clock, ttl_seconds=60)
-    clock.advance(30)
     async with store.turn_history(ACME, session_id):
-        began_at = clock()
-        clock.advance(45)  # the provider answers after the deadline
-        result = await store.record_turn(
-            ACME, session_id, turn=turn(2), usage=usage(1300), began_at=began_at
-        )
-    assert result.round.recorded_at == clock()
-    stored = await store.get(ACME, session_id)
-    assert (stored.record.state, stored.record.round_count) == (Active, 2)
-    assert stored.deadline == clock().plus_seconds(60)
-    # A turn that began after the deadline is refused, as is a round without began_at.
-    clock.advance(61)
-    with pytest.raises(SessionExpiredError):
-        await store.record_turn(
-            ACME, session_id, turn=turn(3), usage=usage(1), began_at=clock().plus_seconds(-1)
-        )
-
-
-async def test_a_turn_past_half_the_ttl_renews_it_as_it_begins(
-    store: SessionStore, clock: ManualClock
-) -> None:
-    session_id = await start(store, clock, ttl_seconds=60)
-    version = (await store.get(ACME, session_id)).version
-    clock.advance(20)
-    async with store.turn_history(ACME, session_id) as (stored, _):
-        pass
-    # Over half the TTL left: nothing is written.
-    assert (await store.get(ACME, session_id)).version == version
-    clock.advance(20)
-    async with store.turn_history(ACME, session_id) as (stored, _):
-        assert stored.deadline == clock().plus_seconds(60)
+        clock.advance(40)
+        renewed = await store.keep_alive(ACME, session_id)
+        assert renewed.deadline == clock().plus_seconds(60)
+        assert renewed.record.round_count == 1
         clock.advance(50)  # the provider answers after the first deadline
         assert await store.sweep() == 0
-        await store.record_turn(ACME, session_id, turn=turn(2), usage=usage(1))
+        await store.record_turn(ACME, session_id, turn=turn(2), usage=usage(1300))
     stored = await store.get(ACME, session_id)
     assert (stored.record.state, stored.record.round_count) == (Active, 2)
+    # Past its deadline it is refused as a round is, and the expiry is written.
+    clock.advance(61)
+    with pytest.raises(SessionExpiredError):
+        await store.keep_alive(ACME, session_id)
+    assert await store.sweep() == 0
+
+
+async def test_a_keyed_retry_past_the_deadline_finds_the_answer_gone(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    session_id = await start(store, clock, ttl_seconds=60)
+    await store.record_turn(ACME, session_id, turn=turn(2), usage=usage(1), idempotency_key="k2")
+    clock.advance(61)
+    found = await store.find_turn(ACME, "k2", session_id)
+    assert found is not None
+    assert found.turn is None
+    assert await store.sweep() == 0
 
 
 async def test_the_history_is_shared_by_every_process(

@@ -44,6 +44,7 @@ from llmsession.errors import (
     LLMSessionError,
     StoreError,
 )
+from llmsession.expiry import renewal_at
 from llmsession.gateway.config import GatewayConfig, ProviderConfig, ProviderKind
 from llmsession.gateway.endpoints import ENDPOINTS, Endpoint, ParsedRequest
 from llmsession.gateway.gemini_cache import GeminiCaches
@@ -74,7 +75,6 @@ from llmsession.store.models import (
     Turn,
     check_idempotency_key,
 )
-from llmsession.timestamps import Timestamp
 
 __all__ = [
     "SESSION_HEADER",
@@ -156,9 +156,13 @@ class _Turn:
     cache: TurnCache | None = None
     #: The request's new items as stored with the turn (JSON), once measured.
     request_items: bytes | None = None
-    #: When the turn found its session Active (None for a start): its round counts
-    #: even if the session's deadline passes while the provider answers.
-    began_at: Timestamp | None = None
+    #: Renews the session's TTL while the provider answers a long turn.
+    kept_alive: _KeptAlive | None = None
+
+    async def stop_keeping_alive(self) -> None:
+        """The turn is over with the provider (its round is next, or none is)."""
+        if self.kept_alive is not None:
+            await self.kept_alive.stop()
 
 
 class Gateway:
@@ -266,7 +270,6 @@ class Gateway:
             turn = _Turn(
                 tenant_id, session_id, endpoint, request, request_hash, provider, model, key, stored
             )
-            turn.began_at = store.clock()
             reply = await self._forward(turn, history, stack)
         except BaseException:
             await stack.aclose()
@@ -328,6 +331,7 @@ class Gateway:
         """Steps 5 and 6: the provider's answer and the round; a streamed answer takes
         over what ``stack`` holds (the session's turn) until it is recorded."""
         endpoint, request = turn.endpoint, turn.request
+        stack.push_async_callback(turn.stop_keeping_alive)
         try:
             response = await self._send(turn, history)
             if response.status_code >= 400:
@@ -405,6 +409,10 @@ class Gateway:
                 ttl_seconds=None if turn.stored is None else turn.stored.ttl_seconds,
             )
             chained = turn.cache.chain
+        if turn.stored is not None:
+            # Every check passed: the provider works on it from here, and a session
+            # is not idle meanwhile. (A refused request renews nothing.)
+            turn.kept_alive = _KeptAlive(self._store, turn.tenant_id, turn.session_id, turn.stored)
         response = await self._post(turn, items, chained)
         if chained is not None and response.status_code in (400, 403, 404):
             body = await _read(response)
@@ -525,6 +533,8 @@ class Gateway:
             if with_turn
             else None
         )
+        # The round moves the deadline itself; a renewal must not write meanwhile.
+        await turn.stop_keeping_alive()
         # An answer cut short is counted but not kept under the request's key: a
         # retry with that key is then sent to the provider again, as the client asks,
         # rather than told that a stored answer is gone.
@@ -546,7 +556,6 @@ class Gateway:
                 turn=stored_turn,
                 usage=usage,
                 idempotency_key=key,
-                began_at=turn.began_at,
             )
         if turn.cache is not None:
             if with_turn:
@@ -617,6 +626,58 @@ class Gateway:
         }
         headers[SESSION_HEADER] = str(turn.session_id)
         return headers
+
+
+class _KeptAlive:
+    """A session kept from expiring while its turn is with the provider: renewed each
+    time half its TTL is left (:func:`llmsession.expiry.renewal_at`), until stopped.
+
+    A turn shorter than that costs a timer and nothing else; a renewal is a write
+    of the session, in the turn's lock, which the turn's round then follows.
+    """
+
+    def __init__(
+        self, store: SessionStore, tenant_id: TenantId, session_id: SessionId, stored: StoredSession
+    ) -> None:
+        self._store = store
+        self._tenant_id = tenant_id
+        self._session_id = session_id
+        self._stopped = False
+        self._renewing: asyncio.Task[None] | None = None
+        self._timer = self._schedule(stored)
+
+    def _schedule(self, stored: StoredSession) -> asyncio.TimerHandle | None:
+        deadline = stored.deadline
+        if deadline is None:
+            return None
+        at = renewal_at(deadline, stored.ttl_seconds)
+        wait = (at.epoch_micros - self._store.clock().epoch_micros) / 1_000_000
+        return asyncio.get_running_loop().call_later(max(wait, 0.0), self._renew)
+
+    def _renew(self) -> None:
+        self._renewing = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        try:
+            stored = await self._store.keep_alive(self._tenant_id, self._session_id)
+        except Exception as error:
+            # The turn goes on; its round is judged at its end, as any round is.
+            logger.warning(
+                "session %s: its TTL could not be renewed during its turn: %s",
+                self._session_id,
+                error,
+            )
+            return
+        if not self._stopped:
+            self._timer = self._schedule(stored)
+
+    async def stop(self) -> None:
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._renewing is not None:
+            # A renewal under way ends first: the round must not race its write.
+            await self._renewing
 
 
 def _timed_out(provider: ProviderConfig) -> str:

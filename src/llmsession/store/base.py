@@ -19,6 +19,7 @@ concurrent update is never lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -34,7 +35,7 @@ from llmsession.errors import (
     SessionExpiredError,
     WrongStateError,
 )
-from llmsession.expiry import check_ttl, renewed_at_turn
+from llmsession.expiry import check_ttl
 from llmsession.ids import SessionId, TenantId, check_label, check_session_id, check_tenant_id
 from llmsession.record import SessionRecord
 from llmsession.session import Session, as_after_round, require_state, restore
@@ -314,7 +315,6 @@ class SessionStore(ABC):
         turn: Turn | None,
         usage: Usage | None,
         idempotency_key: str | None = None,
-        began_at: Timestamp | None = None,
     ) -> RoundResult:
         """Record a gateway round on an Active session, with its turn of the conversation.
 
@@ -325,11 +325,6 @@ class SessionStore(ABC):
         saving nobody measured is not claimed. ``turn`` None records the round
         without adding to the history. A repeated ``idempotency_key`` returns the
         first result (with its stored turn) and counts nothing.
-
-        ``began_at`` is when the turn found the session Active, in its
-        :meth:`turn_lock`: a session is not idle while its provider answers, so
-        the round counts if the deadline passes meanwhile (it is judged at
-        ``began_at``); without it, at the time of the write.
         """
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
@@ -337,8 +332,7 @@ class SessionStore(ABC):
         def change(stored: StoredSession, now: Timestamp, first: KeyedRound | None) -> Change:
             if first is not None:
                 return Change(stored, replayed=first)
-            judged_at = now if began_at is None else min(now, began_at)
-            expired = _expire_late(stored, judged_at, "record_delta")
+            expired = _expire_late(stored, now, "record_delta")
             if expired is not None:
                 return expired
             session = require_state(restore(stored.record), Active, "record_delta")
@@ -391,19 +385,38 @@ class SessionStore(ABC):
     async def _turn_history(
         self, tenant_id: TenantId, session_id: SessionId
     ) -> AsyncGenerator[TurnHistory]:
-        async with self._locked_turns(tenant_id, session_id) as (read, turns):
-            stored = read
-            now = self.clock()
-            due = expire_if_due(stored, now) is not None
-            if due or stored.record.state is SessionExpired:
-                # Past its deadline (a read shows it expired before the sweeper
-                # writes it): written now, as a late round writes it, the history
-                # deleted with it. Nothing is written if it already was.
-                await self._apply(tenant_id, session_id, _expire_if_late)
+        async with self._locked_turns(tenant_id, session_id) as (stored, turns):
+            await self._write_late_expiry(tenant_id, session_id, stored)
             self._check_active(stored)
-            if renewed_at_turn(stored.deadline, now, stored.ttl_seconds):
-                stored = (await self._apply(tenant_id, session_id, _renewed)).stored
             yield TurnHistory(stored, turns)
+
+    async def _write_late_expiry(
+        self, tenant_id: TenantId, session_id: SessionId, stored: StoredSession
+    ) -> None:
+        """Write the expiry of a session past its deadline that no sweeper wrote yet (a
+        read shows it expired already), as a late round writes it, its history
+        deleted with it; nothing if it is not due, or was written."""
+        due = expire_if_due(stored, self.clock()) is not None
+        if due or stored.record.state is SessionExpired:
+            # Written, then refused as a late round is: the caller says so its own way.
+            with contextlib.suppress(SessionExpiredError):
+                await self._apply(tenant_id, session_id, _expire_if_late)
+
+    async def keep_alive(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        """Renew an Active session's idle TTL from now, as a round would, without one.
+
+        For a gateway turn under way (in the session's :meth:`turn_lock`): a
+        session is not idle while its provider answers. Refused as a round is.
+        """
+
+        def change(stored: StoredSession, now: Timestamp, _: KeyedRound | None) -> Change:
+            expired = _expire_late(stored, now, "record_delta")
+            if expired is not None:
+                return expired
+            require_state(restore(stored.record), Active, "record_delta")
+            return Change(_next(stored, stored.record, now))
+
+        return (await self._apply(tenant_id, session_id, change)).stored
 
     def _active_history(self, stored: StoredSession, turns: list[Turn]) -> SessionHistory:
         self._check_active(stored)
@@ -436,6 +449,9 @@ class SessionStore(ABC):
         if found is None:
             return None
         stored, first = found
+        # Past the deadline the session has ended, whether or not a sweeper came: its
+        # stored answers go with its history.
+        await self._write_late_expiry(tenant_id, session_id, stored)
         return await self._replay(tenant_id, stored, first)
 
     def turn_lock(
@@ -826,15 +842,6 @@ def _expire_late(stored: StoredSession, now: Timestamp, method: str) -> Change |
 def _expire_if_late(stored: StoredSession, now: Timestamp, _: KeyedRound | None) -> Change:
     """A change that writes the expiry of a session past its deadline, and nothing else."""
     return _expire_late(stored, now, "record_delta") or Change(stored)
-
-
-def _renewed(stored: StoredSession, now: Timestamp, _: KeyedRound | None) -> Change:
-    """A change that renews an Active session's idle TTL from ``now`` (a turn begins)."""
-    expired = _expire_late(stored, now, "record_delta")
-    if expired is not None:
-        return expired
-    require_state(restore(stored.record), Active, "record_delta")
-    return Change(_next(stored, stored.record, now))
 
 
 def _check_ids(tenant_id: object, session_id: object) -> None:
