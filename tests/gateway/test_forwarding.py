@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -110,19 +111,25 @@ def upstream() -> ScriptedUpstream:
     return ScriptedUpstream()
 
 
-@pytest.fixture
-async def gw(upstream: ScriptedUpstream, tmp_path: Path) -> AsyncIterator[Gw]:
-    app = make_gw(
-        upstream,
-        GatewayConfig(providers={"fake": provider()}, history_limit_bytes=200_000),
-        tmp_path,
-    )
+@asynccontextmanager
+async def running_gw(
+    upstream: ScriptedUpstream, config: GatewayConfig, tmp_path: Path
+) -> AsyncIterator[Gw]:
+    """An app on ``config`` and a client of tenant acme's."""
+    app = make_gw(upstream, config, tmp_path)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             gateway = Gw(client, upstream)
             gateway.auth = await gateway.tenant("acme")
             yield gateway
+
+
+@pytest.fixture
+async def gw(upstream: ScriptedUpstream, tmp_path: Path) -> AsyncIterator[Gw]:
+    config = GatewayConfig(providers={"fake": provider()}, history_limit_bytes=200_000)
+    async with running_gw(upstream, config, tmp_path) as gateway:
+        yield gateway
 
 
 async def test_a_first_request_starts_a_session_from_the_providers_usage(gw: Gw) -> None:
@@ -482,22 +489,18 @@ async def test_a_stream_that_stalls_past_the_timeout_ends_in_a_timeout_not_a_cut
             ),
         )
     )
-    app = make_gw(upstream, config, tmp_path)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            gw = Gw(client, upstream)
-            gw.auth = await gw.tenant("acme")
-            response = await client.post(path, json=body, headers=gw.auth)
-            session_id = response.headers[SID]
-            session = await client.get(f"/v1/sessions/{session_id}", headers=gw.auth)
-            if answer is not None:
-                # The next turn is sent with no history: the stalled one added nothing.
-                upstream.answers.append(Scripted(body=answer))
-                body = {**body, "stream": False} if wire == "messages" else body
-                path = path.replace("streamGenerateContent?alt=sse", "generateContent")
-                headers = {**gw.auth, SID: session_id}
-                assert (await client.post(path, json=body, headers=headers)).status_code == 200
+    async with running_gw(upstream, config, tmp_path) as gw:
+        client = gw.client
+        response = await client.post(path, json=body, headers=gw.auth)
+        session_id = response.headers[SID]
+        session = await client.get(f"/v1/sessions/{session_id}", headers=gw.auth)
+        if answer is not None:
+            # The next turn is sent with no history: the stalled one added nothing.
+            upstream.answers.append(Scripted(body=answer))
+            body = {**body, "stream": False} if wire == "messages" else body
+            path = path.replace("streamGenerateContent?alt=sse", "generateContent")
+            headers = {**gw.auth, SID: session_id}
+            assert (await client.post(path, json=body, headers=headers)).status_code == 200
     # The 200 went with the first events; what ends the stream says the gateway gave
     # up waiting, and for how long, not that the provider cut it.
     assert response.status_code == 200
@@ -618,14 +621,10 @@ async def test_a_start_over_the_limit_names_no_session_and_says_to_send_less(
 ) -> None:
     # A limit under the server's own body limit: the body is read, the history refused.
     config = GatewayConfig(providers={"fake": provider()}, history_limit_bytes=1000)
-    app = make_gw(upstream, config, tmp_path)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            gw = Gw(client, upstream)
-            gw.auth = await gw.tenant("acme")
-            too_big = await gw.chat("y" * 2000)
-            listed = await client.get("/v1/sessions", headers=gw.auth)
+    async with running_gw(upstream, config, tmp_path) as gw:
+        client = gw.client
+        too_big = await gw.chat("y" * 2000)
+        listed = await client.get("/v1/sessions", headers=gw.auth)
     assert too_big.status_code == 413, too_big.text
     detail = too_big.json()["detail"]
     assert detail.startswith("this request's conversation is ")
