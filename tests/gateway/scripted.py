@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,12 +75,16 @@ class ScriptedUpstream:
     def __init__(self, *answers: Scripted) -> None:
         self.answers = list(answers)
         self.sent: list[UpstreamRequest] = []
+        #: Called as each request arrives: what happens while the provider works.
+        self.on_send: Callable[[], object] | None = None
 
     def bodies(self) -> list[dict[str, Any]]:
         return [json.loads(request.body) for request in self.sent]
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         self.sent.append(request)
+        if self.on_send is not None:
+            self.on_send()
         answer = self.answers.pop(0)
         if isinstance(answer, ProviderError):
             raise answer

@@ -20,9 +20,14 @@ import pytest
 
 from llmsession.client import AsyncClient
 from llmsession.clock import ManualClock
+from llmsession.errors import StoreError
+from llmsession.expiry import RENEWAL_MARGIN_SECONDS
 from llmsession.gateway import GatewayConfig, ProviderConfig, SecretKey
 from llmsession.gateway.transport import ProviderTimeout, ProviderUnavailable
+from llmsession.ids import SessionId, TenantId
 from llmsession.server import ServerSettings, create_app
+from llmsession.store import SessionStore, open_store
+from llmsession.store.models import StoredSession
 from tests.gateway.scripted import Scripted, ScriptedUpstream
 from tests.server.conftest import ADMIN, ADMIN_KEY, T0, bearer
 
@@ -97,13 +102,20 @@ class Gw:
         return data
 
 
-def make_gw(upstream: ScriptedUpstream, config: GatewayConfig | None, tmp_path: Path) -> Any:
+def make_gw(
+    upstream: ScriptedUpstream,
+    config: GatewayConfig | None,
+    tmp_path: Path,
+    store: SessionStore | None = None,
+) -> Any:
     settings = ServerSettings(
         store_url="memory://",
         admin_key=ADMIN_KEY,
         sweep_interval_seconds=3600,
     )
-    return create_app(settings, clock=ManualClock(T0), gateway_config=config, upstream=upstream)
+    return create_app(
+        settings, clock=ManualClock(T0), store=store, gateway_config=config, upstream=upstream
+    )
 
 
 @pytest.fixture
@@ -113,10 +125,13 @@ def upstream() -> ScriptedUpstream:
 
 @asynccontextmanager
 async def running_gw(
-    upstream: ScriptedUpstream, config: GatewayConfig, tmp_path: Path
+    upstream: ScriptedUpstream,
+    config: GatewayConfig,
+    tmp_path: Path,
+    store: SessionStore | None = None,
 ) -> AsyncIterator[Gw]:
-    """An app on ``config`` and a client of tenant acme's."""
-    app = make_gw(upstream, config, tmp_path)
+    """An app on ``config`` (and ``store``) and a client of tenant acme's."""
+    app = make_gw(upstream, config, tmp_path, store)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
@@ -517,6 +532,87 @@ async def test_a_stream_that_stalls_past_the_timeout_ends_in_a_timeout_not_a_cut
         assert len(resent.get("messages", resent.get("contents"))) == 1
     else:
         assert session.status_code == 404
+
+
+async def test_a_turn_near_its_sessions_deadline_renews_it_before_the_provider(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    clock = ManualClock(T0)
+    store = await open_store("memory://", clock=clock)
+    config = GatewayConfig(providers={"fake": provider()})
+    async with running_gw(upstream, config, tmp_path, store) as gw:
+        upstream.answers += [chat(1), chat(2), chat(3)]
+        session_id = (await gw.chat("Q1")).headers[SID]
+        acme, sid = TenantId("acme"), SessionId.parse(session_id)
+        first = await store.get(acme, sid)
+        # Far from the deadline: the turn's round alone is written.
+        clock.advance(60)
+        assert (await gw.chat("Q2", session=session_id)).status_code == 200
+        second = await store.get(acme, sid)
+        assert second.version == first.version + 1
+        # A second before it: renewed before the provider is called, so the deadline
+        # passing while the provider works (here at once) costs nothing; a turn either
+        # keeps its session alive or is refused unbilled.
+        assert RENEWAL_MARGIN_SECONDS > 1
+        clock.advance(3599)
+        upstream.on_send = lambda: clock.advance(2)
+        assert (await gw.chat("Q3", session=session_id)).status_code == 200
+        third = await store.get(acme, sid)
+        assert third.version == second.version + 2
+        assert third.record.round_count == 3
+        upstream.on_send = None
+        # Past it, refused before the provider.
+        clock.advance(3601)
+        late = await gw.chat("Q4", session=session_id)
+        assert late.status_code == 409
+        assert len(upstream.sent) == 3
+    await store.aclose()
+
+
+async def test_a_renewal_that_fails_during_a_turn_is_tried_again(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    clock = ManualClock(T0)
+    store = await open_store("memory://", clock=clock)
+    renew = store.keep_alive
+    calls: list[object] = []
+    renewed = asyncio.Event()
+
+    async def failing_once(tenant_id: TenantId, session_id: SessionId) -> StoredSession:
+        calls.append(session_id)
+        if len(calls) == 1:
+            raise StoreError("the store is out of reach for a moment")
+        stored = await renew(tenant_id, session_id)
+        renewed.set()
+        return stored
+
+    store.keep_alive = failing_once  # type: ignore[method-assign]
+    config = GatewayConfig(providers={"fake": provider()})
+    resume = asyncio.Event()
+    upstream.answers += [
+        chat(1),
+        Scripted(
+            chunks=[CHAT_STREAM[:100], CHAT_STREAM[100:]],
+            content_type="text/event-stream",
+            resume=resume,
+        ),
+    ]
+    async with running_gw(upstream, config, tmp_path, store) as gw:
+        session_id = (await gw.chat("Q1")).headers[SID]
+        # The turn starts 50 ms (of the store's clock) before its renewal is due.
+        clock.advance(3600 - RENEWAL_MARGIN_SECONDS - 0.05)
+        turn = asyncio.create_task(gw.chat("Q2", session=session_id, stream=True))
+        async with asyncio.timeout(10):
+            await renewed.wait()
+        assert len(calls) == 2
+        # The first renewal failed, the second (a second later) kept the session: the
+        # provider ends its answer past the first deadline, and the round counts.
+        clock.advance(RENEWAL_MARGIN_SECONDS + 1)
+        resume.set()
+        answer = await turn
+        assert answer.content.endswith(b"data: [DONE]\n\n")
+        assert (await gw.session(session_id))["round_count"] == 2
+    await store.aclose()
 
 
 async def test_responses_chain_to_the_stored_response_and_replay_when_it_is_gone(gw: Gw) -> None:

@@ -42,7 +42,9 @@ from llmsession.errors import (
     IdempotencyConflict,
     InvalidInput,
     LLMSessionError,
+    NotFoundError,
     StoreError,
+    WrongStateError,
 )
 from llmsession.expiry import renewal_at
 from llmsession.gateway.config import GatewayConfig, ProviderConfig, ProviderKind
@@ -411,8 +413,10 @@ class Gateway:
             chained = turn.cache.chain
         if turn.stored is not None:
             # Every check passed: the provider works on it from here, and a session
-            # is not idle meanwhile. (A refused request renews nothing.)
-            turn.kept_alive = _KeptAlive(self._store, turn.tenant_id, turn.session_id, turn.stored)
+            # is not idle meanwhile. (A request refused before renews nothing.)
+            turn.kept_alive = await _KeptAlive.start(
+                self._store, turn.tenant_id, turn.session_id, turn.stored
+            )
         response = await self._post(turn, items, chained)
         if chained is not None and response.status_code in (400, 403, 404):
             body = await _read(response)
@@ -629,11 +633,13 @@ class Gateway:
 
 
 class _KeptAlive:
-    """A session kept from expiring while its turn is with the provider: renewed each
-    time half its TTL is left (:func:`llmsession.expiry.renewal_at`), until stopped.
+    """A session kept from expiring while its turn is with the provider: renewed when
+    its deadline comes near (:func:`llmsession.expiry.renewal_at`), until stopped.
 
-    A turn shorter than that costs a timer and nothing else; a renewal is a write
-    of the session, in the turn's lock, which the turn's round then follows.
+    A turn that ends before that costs a timer and nothing else: its round moves the
+    deadline anyway. A renewal is a write of the session in the turn's lock, which
+    the turn's round then waits for. One that fails (the store out of reach) is
+    tried again each second until the deadline.
     """
 
     def __init__(
@@ -642,16 +648,40 @@ class _KeptAlive:
         self._store = store
         self._tenant_id = tenant_id
         self._session_id = session_id
+        self._stored = stored
         self._stopped = False
         self._renewing: asyncio.Task[None] | None = None
-        self._timer = self._schedule(stored)
+        self._timer = self._schedule()
 
-    def _schedule(self, stored: StoredSession) -> asyncio.TimerHandle | None:
+    @classmethod
+    async def start(
+        cls, store: SessionStore, tenant_id: TenantId, session_id: SessionId, stored: StoredSession
+    ) -> _KeptAlive:
+        """Keep the session alive from now; renewed first if its renewal is due already.
+
+        That first renewal is part of the request: if the session ended meanwhile
+        (its deadline passed since the turn read it), it is refused before the
+        provider is called, and so billed nothing.
+        """
         deadline = stored.deadline
+        if deadline is not None and store.clock() >= renewal_at(deadline, stored.ttl_seconds):
+            stored = await store.keep_alive(tenant_id, session_id)
+        return cls(store, tenant_id, session_id, stored)
+
+    def _schedule(self, *, retry: bool = False) -> asyncio.TimerHandle | None:
+        """The next renewal: when the deadline comes near, or for a ``retry`` in a
+        second (at the deadline at the latest); None past the deadline."""
+        deadline = self._stored.deadline
         if deadline is None:
             return None
-        at = renewal_at(deadline, stored.ttl_seconds)
-        wait = (at.epoch_micros - self._store.clock().epoch_micros) / 1_000_000
+        now = self._store.clock()
+        if now >= deadline:
+            return None
+        if retry:
+            at = min(now.plus_seconds(1), deadline)
+        else:
+            at = renewal_at(deadline, self._stored.ttl_seconds)
+        wait = (at.epoch_micros - now.epoch_micros) / 1_000_000
         return asyncio.get_running_loop().call_later(max(wait, 0.0), self._renew)
 
     def _renew(self) -> None:
@@ -659,17 +689,23 @@ class _KeptAlive:
 
     async def _write(self) -> None:
         try:
-            stored = await self._store.keep_alive(self._tenant_id, self._session_id)
+            self._stored = await self._store.keep_alive(self._tenant_id, self._session_id)
+        except (NotFoundError, WrongStateError) as error:
+            # Ended (expired, or closed by a command that did not wait): the round
+            # will be refused as any round on it is.
+            logger.warning("session %s ended during its turn: %s", self._session_id, error)
+            return
         except Exception as error:
-            # The turn goes on; its round is judged at its end, as any round is.
             logger.warning(
-                "session %s: its TTL could not be renewed during its turn: %s",
+                "session %s: its TTL could not be renewed during its turn, trying again: %s",
                 self._session_id,
                 error,
             )
+            if not self._stopped:
+                self._timer = self._schedule(retry=True)
             return
         if not self._stopped:
-            self._timer = self._schedule(stored)
+            self._timer = self._schedule()
 
     async def stop(self) -> None:
         self._stopped = True
