@@ -11,7 +11,13 @@ from llmsession.record import SessionRecord
 from llmsession.states import Active
 from llmsession.timestamps import Timestamp
 
-__all__ = ["MAX_TTL_SECONDS", "RENEWAL_MARGIN_SECONDS", "check_ttl", "deadline_of", "renewal_at"]
+__all__ = [
+    "MAX_TTL_SECONDS",
+    "RENEWAL_MARGIN_SECONDS",
+    "check_ttl",
+    "deadline_of",
+    "renewal_margin_seconds",
+]
 
 #: Ten years: long enough for any real session, short enough to stay a valid Timestamp.
 MAX_TTL_SECONDS = 10 * 366 * 24 * 3600
@@ -45,13 +51,13 @@ def deadline_of(
 RENEWAL_MARGIN_SECONDS = 5
 
 
-def renewal_at(deadline: Timestamp, ttl_seconds: int) -> Timestamp:
-    """When a session whose gateway turn is still under way renews its idle TTL:
-    RENEWAL_MARGIN_SECONDS before ``deadline``, or half the TTL if that is shorter.
+def renewal_margin_seconds(ttl_seconds: int) -> float:
+    """How long before its deadline a session whose gateway turn is still under way
+    renews its idle TTL: RENEWAL_MARGIN_SECONDS, or half the TTL if that is shorter.
 
     A session is not idle while its provider answers, but only a write moves its
     deadline. A turn that ends before this never pays one (its round moves the
     deadline); a longer one renews each time its deadline comes this near, so
     neither a sweeper nor a read ever finds the session due under a turn.
     """
-    return deadline.plus_seconds(-min(ttl_seconds / 2, RENEWAL_MARGIN_SECONDS))
+    return min(ttl_seconds / 2, RENEWAL_MARGIN_SECONDS)

@@ -46,7 +46,7 @@ from llmsession.errors import (
     StoreError,
     WrongStateError,
 )
-from llmsession.expiry import renewal_at
+from llmsession.expiry import renewal_margin_seconds
 from llmsession.gateway.config import GatewayConfig, ProviderConfig, ProviderKind
 from llmsession.gateway.endpoints import ENDPOINTS, Endpoint, ParsedRequest
 from llmsession.gateway.gemini_cache import GeminiCaches
@@ -164,7 +164,10 @@ class _Turn:
     async def stop_keeping_alive(self) -> None:
         """The turn is over with the provider (its round is next, or none is)."""
         if self.kept_alive is not None:
-            await self.kept_alive.stop()
+            renewing = self.kept_alive.cancel()
+            if renewing is not None:
+                # A renewal under way ends first: the round must not race its write.
+                await renewing
 
 
 class Gateway:
@@ -414,9 +417,7 @@ class Gateway:
         if turn.stored is not None:
             # Every check passed: the provider works on it from here, and a session
             # is not idle meanwhile. (A request refused before renews nothing.)
-            turn.kept_alive = await _KeptAlive.start(
-                self._store, turn.tenant_id, turn.session_id, turn.stored
-            )
+            turn.kept_alive = await self._keep_alive(turn, turn.stored)
         response = await self._post(turn, items, chained)
         if chained is not None and response.status_code in (400, 403, 404):
             body = await _read(response)
@@ -427,6 +428,20 @@ class Gateway:
                 turn.cache = turn.cache.replayed()
             response = await self._post(turn, items, None)
         return response
+
+    async def _keep_alive(self, turn: _Turn, stored: StoredSession) -> _KeptAlive:
+        """Keep the turn's session alive from now; renewed first if that is due already.
+
+        That first renewal is part of the request: if the session ended since the
+        turn read it (its deadline passed meanwhile), the request is refused before
+        the provider is called, and so billed nothing.
+        """
+        store = self._store
+        # In integer microseconds: every continued turn passes here.
+        now = store.clock().epoch_micros
+        if _renewal_micros(stored) <= now:
+            stored = await store.keep_alive(turn.tenant_id, turn.session_id)
+        return _KeptAlive(store, turn.tenant_id, turn.session_id, stored, now)
 
     async def close_session(self, tenant_id: TenantId, session_id: SessionId) -> StoredSession:
         """Close a session (as :meth:`SessionStore.close`), then delete what the provider
@@ -634,7 +649,8 @@ class Gateway:
 
 class _KeptAlive:
     """A session kept from expiring while its turn is with the provider: renewed when
-    its deadline comes near (:func:`llmsession.expiry.renewal_at`), until stopped.
+    its deadline comes near (:func:`llmsession.expiry.renewal_margin_seconds`), until
+    cancelled.
 
     A turn that ends before that costs a timer and nothing else: its round moves the
     deadline anyway. A renewal is a write of the session in the turn's lock, which
@@ -642,8 +658,23 @@ class _KeptAlive:
     tried again each second until the deadline.
     """
 
+    __slots__ = (
+        "_renewing",
+        "_session_id",
+        "_stopped",
+        "_store",
+        "_stored",
+        "_tenant_id",
+        "_timer",
+    )
+
     def __init__(
-        self, store: SessionStore, tenant_id: TenantId, session_id: SessionId, stored: StoredSession
+        self,
+        store: SessionStore,
+        tenant_id: TenantId,
+        session_id: SessionId,
+        stored: StoredSession,
+        now_micros: int,
     ) -> None:
         self._store = store
         self._tenant_id = tenant_id
@@ -651,38 +682,17 @@ class _KeptAlive:
         self._stored = stored
         self._stopped = False
         self._renewing: asyncio.Task[None] | None = None
-        self._timer = self._schedule()
+        self._timer = self._schedule(now_micros)
 
-    @classmethod
-    async def start(
-        cls, store: SessionStore, tenant_id: TenantId, session_id: SessionId, stored: StoredSession
-    ) -> _KeptAlive:
-        """Keep the session alive from now; renewed first if its renewal is due already.
-
-        That first renewal is part of the request: if the session ended meanwhile
-        (its deadline passed since the turn read it), it is refused before the
-        provider is called, and so billed nothing.
-        """
-        deadline = stored.deadline
-        if deadline is not None and store.clock() >= renewal_at(deadline, stored.ttl_seconds):
-            stored = await store.keep_alive(tenant_id, session_id)
-        return cls(store, tenant_id, session_id, stored)
-
-    def _schedule(self, *, retry: bool = False) -> asyncio.TimerHandle | None:
+    def _schedule(self, now: int, *, retry: bool = False) -> asyncio.TimerHandle | None:
         """The next renewal: when the deadline comes near, or for a ``retry`` in a
-        second (at the deadline at the latest); None past the deadline."""
+        second (at the deadline at the latest); None past the deadline (times in
+        microseconds)."""
         deadline = self._stored.deadline
-        if deadline is None:
+        if deadline is None or now >= deadline.epoch_micros:
             return None
-        now = self._store.clock()
-        if now >= deadline:
-            return None
-        if retry:
-            at = min(now.plus_seconds(1), deadline)
-        else:
-            at = renewal_at(deadline, self._stored.ttl_seconds)
-        wait = (at.epoch_micros - now.epoch_micros) / 1_000_000
-        return asyncio.get_running_loop().call_later(max(wait, 0.0), self._renew)
+        at = min(now + 1_000_000, deadline.epoch_micros) if retry else _renewal_micros(self._stored)
+        return asyncio.get_running_loop().call_later(max(at - now, 0) / 1e6, self._renew)
 
     def _renew(self) -> None:
         self._renewing = asyncio.get_running_loop().create_task(self._write())
@@ -702,18 +712,30 @@ class _KeptAlive:
                 error,
             )
             if not self._stopped:
-                self._timer = self._schedule(retry=True)
+                self._timer = self._schedule(self._store.clock().epoch_micros, retry=True)
             return
         if not self._stopped:
-            self._timer = self._schedule()
+            self._timer = self._schedule(self._store.clock().epoch_micros)
 
-    async def stop(self) -> None:
+    def cancel(self) -> asyncio.Task[None] | None:
+        """No more renewals; the one under way, if any, for the caller to wait for."""
         self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
-        if self._renewing is not None:
-            # A renewal under way ends first: the round must not race its write.
-            await self._renewing
+        return self._renewing
+
+
+#: A time after every deadline, in microseconds.
+_NEVER: Final = 2**63
+
+
+def _renewal_micros(stored: StoredSession) -> int:
+    """When ``stored`` renews its TTL during a turn (:func:`renewal_margin_seconds`), in
+    microseconds; never, for a session with no deadline."""
+    deadline = stored.deadline
+    if deadline is None:
+        return _NEVER
+    return deadline.epoch_micros - round(renewal_margin_seconds(stored.ttl_seconds) * 1e6)
 
 
 def _timed_out(provider: ProviderConfig) -> str:
