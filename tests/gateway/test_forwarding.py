@@ -23,11 +23,13 @@ from llmsession.clock import ManualClock
 from llmsession.errors import StoreError
 from llmsession.expiry import RENEWAL_MARGIN_SECONDS
 from llmsession.gateway import GatewayConfig, ProviderConfig, SecretKey
+from llmsession.gateway.forwarding import _KeptAlive
 from llmsession.gateway.transport import ProviderTimeout, ProviderUnavailable
 from llmsession.ids import SessionId, TenantId
 from llmsession.server import ServerSettings, create_app
 from llmsession.store import SessionStore, open_store
-from llmsession.store.models import StoredSession
+from llmsession.store.models import StoredSession, Turn
+from llmsession.usage import Usage
 from tests.gateway.scripted import Scripted, ScriptedUpstream
 from tests.server.conftest import ADMIN, ADMIN_KEY, T0, bearer
 
@@ -612,6 +614,59 @@ async def test_a_renewal_that_fails_during_a_turn_is_tried_again(
         answer = await turn
         assert answer.content.endswith(b"data: [DONE]\n\n")
         assert (await gw.session(session_id))["round_count"] == 2
+    await store.aclose()
+
+
+async def test_a_gemini_turn_near_its_deadline_renews_before_its_cache_entry_is_made(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    clock = ManualClock(T0)
+    store = await open_store("memory://", clock=clock)
+    gemini = ProviderConfig("g", "gemini", "http://upstream.invalid", "K", SecretKey("secret"))
+    fixtures = FIXTURES.parent / "gemini"
+    answer = Scripted(body=(fixtures / "generate_response.json").read_bytes())
+    created = Scripted(body=(fixtures / "cache_created.json").read_bytes())
+    upstream.answers += [answer, created, answer]
+    path = "/v1beta/models/g/gemini-2.5-flash:generateContent"
+
+    def asking(text: str) -> dict[str, Any]:
+        return {"contents": [{"role": "user", "parts": [{"text": text}]}]}
+
+    async with running_gw(upstream, GatewayConfig(providers={"g": gemini}), tmp_path, store) as gw:
+        session_id = (await gw.client.post(path, json=asking("Q1"), headers=gw.auth)).headers[SID]
+        # A second before the deadline, and every provider request takes two: the
+        # session is renewed before the entry's creation, which the provider bills.
+        clock.advance(3599)
+        upstream.on_send = lambda: clock.advance(2)
+        second = await gw.client.post(path, json=asking("Q2"), headers={**gw.auth, SID: session_id})
+        assert second.status_code == 200, second.text
+        assert [request.path for request in upstream.sent][1] == "/v1beta/cachedContents"
+        assert (await gw.session(session_id))["round_count"] == 2
+    await store.aclose()
+
+
+async def test_a_failed_renewal_is_tried_again_before_the_deadline_however_near() -> None:
+    clock = ManualClock(T0)
+    store = await open_store("memory://", clock=clock)
+    session_id = SessionId.generate(clock())
+    turn = Turn("chat/completions", "h", "[]", "[]", None, 200, "application/json", b"{}")
+    started = await store.start_with_turn(
+        TenantId("acme"), session_id, provider_id="p", model="m", turn=turn, usage=Usage(10)
+    )
+    deadline = started.session.deadline
+    assert deadline is not None
+    kept = _KeptAlive(store, TenantId("acme"), session_id, started.session, T0.epoch_micros)
+    loop = asyncio.get_running_loop()
+    for left, retried_in in ((5.0, 1.0), (0.4, 0.2), (0.03, 0.015), (0.01, None)):
+        now = deadline.epoch_micros - round(left * 1e6)
+        timer = kept._schedule(now, retry=True)
+        if retried_in is None:
+            assert timer is None
+        else:
+            assert timer is not None
+            assert timer.when() - loop.time() == pytest.approx(retried_in, abs=0.005)
+            timer.cancel()
+    kept.cancel()
     await store.aclose()
 
 

@@ -399,6 +399,11 @@ class Gateway:
                 f"session {turn.session_id} would hold {size} bytes of conversation, over "
                 f"this server's limit of {limit} (history_limit_bytes); start a new session"
             )
+        if turn.stored is not None:
+            # Every check passed: the provider works on it from here (a cache entry's
+            # creation is billed too), and a session is not idle meanwhile. (A
+            # request refused before renews nothing.)
+            turn.kept_alive = await self._keep_alive(turn, turn.stored)
         last = history[-1].response_id if history else None
         cache = self._caches.get(endpoint.kind)
         if cache is None:
@@ -414,10 +419,6 @@ class Gateway:
                 ttl_seconds=None if turn.stored is None else turn.stored.ttl_seconds,
             )
             chained = turn.cache.chain
-        if turn.stored is not None:
-            # Every check passed: the provider works on it from here, and a session
-            # is not idle meanwhile. (A request refused before renews nothing.)
-            turn.kept_alive = await self._keep_alive(turn, turn.stored)
         response = await self._post(turn, items, chained)
         if chained is not None and response.status_code in (400, 403, 404):
             body = await _read(response)
@@ -655,7 +656,7 @@ class _KeptAlive:
     A turn that ends before that costs a timer and nothing else: its round moves the
     deadline anyway. A renewal is a write of the session in the turn's lock, which
     the turn's round then waits for. One that fails (the store out of reach) is
-    tried again each second until the deadline.
+    tried again after a second, or half the time left if less, until the deadline.
     """
 
     __slots__ = (
@@ -685,14 +686,21 @@ class _KeptAlive:
         self._timer = self._schedule(now_micros)
 
     def _schedule(self, now: int, *, retry: bool = False) -> asyncio.TimerHandle | None:
-        """The next renewal: when the deadline comes near, or for a ``retry`` in a
-        second (at the deadline at the latest); None past the deadline (times in
-        microseconds)."""
+        """The next renewal: when the deadline comes near, or for a ``retry`` after a
+        second or half the time left, whichever is sooner; None when too little is
+        left (times in microseconds)."""
         deadline = self._stored.deadline
-        if deadline is None or now >= deadline.epoch_micros:
+        if deadline is None:
             return None
-        at = min(now + 1_000_000, deadline.epoch_micros) if retry else _renewal_micros(self._stored)
-        return asyncio.get_running_loop().call_later(max(at - now, 0) / 1e6, self._renew)
+        left = deadline.epoch_micros - now
+        if not retry:
+            wait = _renewal_micros(self._stored) - now
+        elif left > _LAST_TRY_MICROS:
+            # Sooner as the deadline nears, so a store back just before it is used.
+            wait = min(1_000_000, left // 2)
+        else:
+            return None
+        return asyncio.get_running_loop().call_later(max(wait, 0) / 1e6, self._renew)
 
     def _renew(self) -> None:
         self._renewing = asyncio.get_running_loop().create_task(self._write())
@@ -725,6 +733,8 @@ class _KeptAlive:
         return self._renewing
 
 
+#: A failed renewal is not tried again this near the deadline (microseconds).
+_LAST_TRY_MICROS: Final = 20_000
 #: A time after every deadline, in microseconds.
 _NEVER: Final = 2**63
 
