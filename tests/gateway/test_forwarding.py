@@ -143,6 +143,19 @@ async def running_gw(
 
 
 @pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+async def store(clock: ManualClock) -> AsyncIterator[SessionStore]:
+    """A memory store on ``clock``, for tests that move the gateway's time."""
+    opened = await open_store("memory://", clock=clock)
+    yield opened
+    await opened.aclose()
+
+
+@pytest.fixture
 async def gw(upstream: ScriptedUpstream, tmp_path: Path) -> AsyncIterator[Gw]:
     config = GatewayConfig(providers={"fake": provider()}, history_limit_bytes=200_000)
     async with running_gw(upstream, config, tmp_path) as gateway:
@@ -537,10 +550,8 @@ async def test_a_stream_that_stalls_past_the_timeout_ends_in_a_timeout_not_a_cut
 
 
 async def test_a_turn_near_its_sessions_deadline_renews_it_before_the_provider(
-    upstream: ScriptedUpstream, tmp_path: Path
+    upstream: ScriptedUpstream, tmp_path: Path, clock: ManualClock, store: SessionStore
 ) -> None:
-    clock = ManualClock(T0)
-    store = await open_store("memory://", clock=clock)
     config = GatewayConfig(providers={"fake": provider()})
     async with running_gw(upstream, config, tmp_path, store) as gw:
         upstream.answers += [chat(1), chat(2), chat(3)]
@@ -568,14 +579,11 @@ async def test_a_turn_near_its_sessions_deadline_renews_it_before_the_provider(
         late = await gw.chat("Q4", session=session_id)
         assert late.status_code == 409
         assert len(upstream.sent) == 3
-    await store.aclose()
 
 
 async def test_a_renewal_that_fails_during_a_turn_is_tried_again(
-    upstream: ScriptedUpstream, tmp_path: Path
+    upstream: ScriptedUpstream, tmp_path: Path, clock: ManualClock, store: SessionStore
 ) -> None:
-    clock = ManualClock(T0)
-    store = await open_store("memory://", clock=clock)
     renew = store.keep_alive
     calls: list[object] = []
     renewed = asyncio.Event()
@@ -614,14 +622,11 @@ async def test_a_renewal_that_fails_during_a_turn_is_tried_again(
         answer = await turn
         assert answer.content.endswith(b"data: [DONE]\n\n")
         assert (await gw.session(session_id))["round_count"] == 2
-    await store.aclose()
 
 
 async def test_a_gemini_turn_near_its_deadline_renews_before_its_cache_entry_is_made(
-    upstream: ScriptedUpstream, tmp_path: Path
+    upstream: ScriptedUpstream, tmp_path: Path, clock: ManualClock, store: SessionStore
 ) -> None:
-    clock = ManualClock(T0)
-    store = await open_store("memory://", clock=clock)
     gemini = ProviderConfig("g", "gemini", "http://upstream.invalid", "K", SecretKey("secret"))
     fixtures = FIXTURES.parent / "gemini"
     answer = Scripted(body=(fixtures / "generate_response.json").read_bytes())
@@ -642,12 +647,11 @@ async def test_a_gemini_turn_near_its_deadline_renews_before_its_cache_entry_is_
         assert second.status_code == 200, second.text
         assert [request.path for request in upstream.sent][1] == "/v1beta/cachedContents"
         assert (await gw.session(session_id))["round_count"] == 2
-    await store.aclose()
 
 
-async def test_a_failed_renewal_is_tried_again_before_the_deadline_however_near() -> None:
-    clock = ManualClock(T0)
-    store = await open_store("memory://", clock=clock)
+async def test_a_failed_renewal_is_tried_again_before_the_deadline_however_near(
+    clock: ManualClock, store: SessionStore
+) -> None:
     session_id = SessionId.generate(clock())
     turn = Turn("chat/completions", "h", "[]", "[]", None, 200, "application/json", b"{}")
     started = await store.start_with_turn(
@@ -667,7 +671,6 @@ async def test_a_failed_renewal_is_tried_again_before_the_deadline_however_near(
             assert timer.when() - loop.time() == pytest.approx(retried_in, abs=0.005)
             timer.cancel()
     kept.cancel()
-    await store.aclose()
 
 
 async def test_responses_chain_to_the_stored_response_and_replay_when_it_is_gone(gw: Gw) -> None:
