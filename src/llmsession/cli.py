@@ -25,6 +25,7 @@ from typing import Any, Final, NoReturn, TypeVar, get_args
 import click
 
 from llmsession.clock import system_clock
+from llmsession.command_errors import BadInput, Failure, usage_failure
 from llmsession.cost import NO_PRICES, Cost, PriceTable, format_money
 from llmsession.errors import InvalidInput, LLMSessionError, NotFoundError
 from llmsession.expiry import MAX_TTL_SECONDS
@@ -56,26 +57,11 @@ __all__ = ["cli", "main"]
 T = TypeVar("T")
 P = TypeVar("P")
 
-EXIT_BAD_INPUT: Final = 2
-
 #: How --help names the default store; the path itself depends on the environment.
 _DEFAULT_STORE: Final = "llmsession.db in $XDG_DATA_HOME/llmsession or ~/.local/share/llmsession"
 
 
 # -- errors: one line, exit 2 for bad input, 1 otherwise -------------------------------
-
-
-class _Failure(click.ClickException):
-    """An error shown as one line on stderr; exit status 1."""
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"Error: {self.format_message()}", err=True)
-
-
-class _BadInput(_Failure):
-    """Bad input shown as one line on stderr; exit status 2."""
-
-    exit_code = EXIT_BAD_INPUT
 
 
 class _Group(click.Group):
@@ -98,7 +84,7 @@ class _Group(click.Group):
         except click.exceptions.NoArgsIsHelpError:
             raise
         except click.UsageError as error:
-            raise _usage_failure(error) from error
+            raise usage_failure(error) from error
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -106,16 +92,11 @@ class _Group(click.Group):
         except click.exceptions.NoArgsIsHelpError:
             raise
         except click.UsageError as error:
-            raise _usage_failure(error) from error
+            raise usage_failure(error) from error
         except InvalidInput as error:
-            raise _BadInput(str(error)) from error
+            raise BadInput(str(error)) from error
         except LLMSessionError as error:
-            raise _Failure(str(error)) from error
-
-
-def _usage_failure(error: click.UsageError) -> _BadInput:
-    where = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
-    return _BadInput(f"{error.format_message()}{where}")
+            raise Failure(str(error)) from error
 
 
 # -- parameter types: parsed by the core, refused with its message -------------------

@@ -19,32 +19,18 @@ from typing import Any, Final
 
 import click
 
+from llmsession.command_errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CANNOT_LISTEN,
+    CannotListen,
+    usage_failure,
+)
 from llmsession.fake_provider.provider import FakeProvider
 
 __all__ = ["API_KEY_ENV", "EXIT_BAD_INPUT", "EXIT_CANNOT_LISTEN", "fake_provider_command", "serve"]
 
 #: The variable holding the accepted API key(s), comma-separated, when no --api-key is given.
 API_KEY_ENV: Final = "LLMSESSION_FAKE_API_KEY"
-
-#: Exit status for bad input: an option, a key, a billing log that cannot be written.
-EXIT_BAD_INPUT: Final = 2
-#: Exit status when the address is in use or cannot be bound (as ``llmsession serve``).
-EXIT_CANNOT_LISTEN: Final = 3
-
-
-class _Failure(click.ClickException):
-    """A failure shown as one ``Error:`` line on stderr."""
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"Error: {self.format_message()}", err=True)
-
-
-class _BadInput(_Failure):
-    exit_code = EXIT_BAD_INPUT
-
-
-class _CannotListen(_Failure):
-    exit_code = EXIT_CANNOT_LISTEN
 
 
 class _Command(click.Command):
@@ -64,18 +50,13 @@ class _Command(click.Command):
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as error:
-            raise _bad_input(error) from error
+            raise usage_failure(error) from error
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except click.UsageError as error:
-            raise _bad_input(error) from error
-
-
-def _bad_input(error: click.UsageError) -> _BadInput:
-    where = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
-    return _BadInput(f"{error.format_message()}{where}")
+            raise usage_failure(error) from error
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
@@ -107,7 +88,7 @@ def serve(provider: FakeProvider, *, host: str, port: int, log_level: str = "war
             # Not an address of this machine, or not an address at all.
             hint = "give --host an address of this machine, e.g. 127.0.0.1"
         reason = error.strerror or str(error)
-        raise _CannotListen(f"cannot listen on {where}: {reason}; {hint}") from None
+        raise CannotListen(f"cannot listen on {where}: {reason}; {hint}") from None
     sock.listen(2048)
     bound_port = sock.getsockname()[1]
     shown_host = f"[{host}]" if family == socket.AF_INET6 else host

@@ -1,0 +1,52 @@
+"""How a command of llmsession's reports a failure: one ``Error:`` line on stderr, and
+its exit status (docs/cli.md): 2 for bad input, 3 for an address it cannot listen
+on, 1 for anything else.
+
+Shared by the ``llmsession`` command and ``python -m llmsession.fake_provider``,
+which runs without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import click
+
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_CANNOT_LISTEN",
+    "BadInput",
+    "CannotListen",
+    "Failure",
+    "usage_failure",
+]
+
+#: Exit status for bad input: an option, an argument, a file that cannot be used.
+EXIT_BAD_INPUT: Final = 2
+#: Exit status when the address is in use or cannot be bound.
+EXIT_CANNOT_LISTEN: Final = 3
+
+
+class Failure(click.ClickException):
+    """An error shown as one line on stderr; exit status 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+class BadInput(Failure):
+    """Bad input shown as one line on stderr; exit status 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class CannotListen(Failure):
+    """An address that cannot be listened on, as one line on stderr; exit status 3."""
+
+    exit_code = EXIT_CANNOT_LISTEN
+
+
+def usage_failure(error: click.UsageError) -> BadInput:
+    """Click's usage error (usage, hint and message on three lines) as one line."""
+    where = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+    return BadInput(f"{error.format_message()}{where}")
