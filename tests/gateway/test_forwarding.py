@@ -815,6 +815,25 @@ async def test_two_idempotency_keys_are_refused_before_the_provider(gw: Gw) -> N
     assert gw.upstream.sent == []
 
 
+async def test_two_authorization_headers_are_refused_on_every_gateway_route(gw: Gw) -> None:
+    # docs/http-api.md: more than one Authorization header is a 400, whatever they
+    # hold; taking the first would let whatever added it pick the tenant.
+    key = gw.auth["Authorization"]
+    bodies = {
+        "/v1/chat/completions": {"model": "fake/m", "messages": [{"role": "user", "content": "Q"}]},
+        "/v1/responses": {"model": "fake/m", "input": "Q"},
+        "/v1/messages": {"model": "fake/m", "max_tokens": 8, "messages": []},
+        "/v1beta/models/fake/m:generateContent": {"contents": []},
+    }
+    for path, body in bodies.items():
+        for second in (key, "Bearer lls_other_0000"):
+            headers = [("Authorization", key), ("Authorization", second)]
+            response = await gw.client.post(path, json=body, headers=headers)
+            assert response.status_code == 400, (path, response.text)
+            assert response.json()["type"].endswith("ambiguous-credentials")
+    assert gw.upstream.sent == []
+
+
 async def test_a_bare_model_with_a_slash_goes_to_the_only_provider(gw: Gw) -> None:
     gw.upstream.answers.append(chat(1))
     response = await gw.chat("Q", model="meta-llama/x")

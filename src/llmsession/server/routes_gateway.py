@@ -19,7 +19,12 @@ from starlette.types import Receive, Scope, Send
 
 from llmsession.gateway.forwarding import SESSION_HEADER, Relay
 from llmsession.ids import TenantId
-from llmsession.server.auth import api_key_or_bearer, bearer_token, require_tenant
+from llmsession.server.auth import (
+    api_key_or_bearer,
+    authorization_header,
+    bearer_token,
+    require_tenant,
+)
 from llmsession.server.context import AppContext
 from llmsession.server.params import parse_idempotency_key
 from llmsession.server.problems import Problem
@@ -166,7 +171,8 @@ def gateway_routes(context: AppContext) -> APIRouter:
         token = (
             api_key_or_bearer(request.headers)
             if api_key_header
-            else bearer_token(request.headers.get("authorization"))
+            # One Authorization header: of two, the first would pick the tenant.
+            else bearer_token(authorization_header(request.headers))
         )
         tenant = await require_tenant(context, token)
         return await forward_turn(context, request, endpoint, tenant)
