@@ -834,6 +834,21 @@ async def test_two_authorization_headers_are_refused_on_every_gateway_route(gw: 
     assert gw.upstream.sent == []
 
 
+async def test_a_model_no_session_could_record_is_refused_before_the_provider(gw: Gw) -> None:
+    # The session records the model; one it would refuse must not be billed first.
+    for model, says in [
+        ("fake/gpt-4o-mini ", "must not start or end with white space"),
+        ("fake/" + "m" * 201, "model must be at most 200 characters"),
+        ("fake/a\u0007b", "must hold only printable characters"),
+    ]:
+        for stream in (False, True):
+            response = await gw.chat("Q", model=model, stream=stream)
+            assert response.status_code == 422, (model, response.text)
+            assert says in response.json()["detail"]
+            assert SID not in response.headers
+    assert gw.upstream.sent == []
+
+
 async def test_a_bare_model_with_a_slash_goes_to_the_only_provider(gw: Gw) -> None:
     gw.upstream.answers.append(chat(1))
     response = await gw.chat("Q", model="meta-llama/x")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from llmsession.errors import ConflictError, InvalidInput
 from llmsession.gateway.config import GatewayConfig, ProviderConfig, ProviderKind
+from llmsession.ids import check_label
 from llmsession.record import SessionRecord
 
 __all__ = ["ModelMismatch", "resolve_model"]
@@ -31,7 +32,8 @@ def resolve_model(
     """The provider and the provider's model name for ``requested``, on an endpoint
     that speaks ``kind``'s wire format.
 
-    InvalidInput for a model no configured provider of ``kind`` offers;
+    InvalidInput for a model no configured provider of ``kind`` offers, or that a
+    session could not record (see :func:`llmsession.ids.check_label`);
     ModelMismatch when ``session`` was started with another provider or model.
     """
     providers = {
@@ -72,6 +74,9 @@ def resolve_model(
         )
     if not model:
         raise InvalidInput(f"model {requested!r} names a provider but no model after the '/'")
+    # The session records the model: one it would refuse is refused now, before the
+    # provider is called (and bills a turn that no round could then hold).
+    check_label("model", model)
     if session is not None and (session.provider_id, session.model) != (
         provider.provider_id,
         model,
