@@ -849,6 +849,33 @@ async def test_a_model_no_session_could_record_is_refused_before_the_provider(gw
     assert gw.upstream.sent == []
 
 
+async def test_bodies_json_reads_but_no_provider_could_are_422_not_500(gw: Gw) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    lone = b'{"model": "fake/m", "messages": [{"role": "user", "content": "\\ud800"}], '
+    lone += b'"input": "\\udfff x", "contents": [], "max_tokens": 8}'
+    for path in (
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1beta/models/fake/m:generateContent",
+    ):
+        for body, says in [(deep, "nested too deeply"), (lone, "lone surrogate")]:
+            headers = {**gw.auth, "content-type": "application/json"}
+            response = await gw.client.post(path, content=body, headers=headers)
+            assert response.status_code == 422, (path, response.text)
+            assert says in response.json()["detail"], response.text
+    # A whole surrogate pair is a character like any other.
+    gw.upstream.answers.append(chat(1))
+    paired = b'{"model": "fake/m", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}'
+    response = await gw.client.post(
+        "/v1/chat/completions",
+        content=paired,
+        headers={**gw.auth, "content-type": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    assert gw.upstream.bodies()[0]["messages"][-1]["content"] == "\U0001f600"
+
+
 async def test_a_bare_model_with_a_slash_goes_to_the_only_provider(gw: Gw) -> None:
     gw.upstream.answers.append(chat(1))
     response = await gw.chat("Q", model="meta-llama/x")

@@ -49,7 +49,7 @@ from llmsession.gateway.wire import (
     json_objects,
     load_event,
     load_json,
-    load_json_object,
+    load_request,
     model_field,
     object_field,
     read_answer,
@@ -103,7 +103,7 @@ class MessagesRequest:
 
 def parse_messages_request(body: bytes, headers: Mapping[str, str]) -> MessagesRequest:
     """Check a client's body; GatewayInputError names the field that is wrong."""
-    request = load_json_object(body, "the request body")
+    request = load_request(body)
     model = model_field(request)
     raw_messages = request.get("messages")
     if not isinstance(raw_messages, list):

@@ -48,6 +48,7 @@ from llmsession.gateway.wire import (
     load_event,
     load_json,
     load_json_object,
+    load_request,
     object_field,
     read_answer,
 )
@@ -130,7 +131,7 @@ def parse_gemini_request(body: bytes, *, model: str | None, stream: bool) -> Gem
             "the URL must name the model: POST /v1beta/models/{model}:generateContent, e.g. "
             "models/gemini/gemini-2.5-flash:generateContent for provider 'gemini'"
         )
-    request = load_json_object(body, "the request body")
+    request = load_request(body)
     raw_contents = request.get("contents")
     if not isinstance(raw_contents, list):
         raise GatewayInputError("'contents' must be a list of Content objects")

@@ -37,6 +37,7 @@ from llmsession.gateway.wire import (
     json_objects,
     load_json,
     load_json_object,
+    load_request,
     model_field,
     object_field,
 )
@@ -76,7 +77,7 @@ class ResponsesRequest:
 
 def parse_responses_request(body: bytes) -> ResponsesRequest:
     """Check a client's body; GatewayInputError names the field that is wrong."""
-    request = load_json_object(body, "the request body")
+    request = load_request(body)
     model = model_field(request)
     if request.get("previous_response_id") is not None:
         raise GatewayInputError(

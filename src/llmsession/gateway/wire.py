@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeAlias, cast
@@ -35,6 +36,7 @@ __all__ = [
     "load_event",
     "load_json",
     "load_json_object",
+    "load_request",
     "model_field",
     "object_field",
     "read_answer",
@@ -229,6 +231,46 @@ def load_json_object(body: bytes, what: str) -> JSONObject:
     if not isinstance(value, dict):
         raise GatewayInputError(f"{what} must be a JSON object, got {type(value).__name__}")
     return cast(JSONObject, value)
+
+
+#: A JSON escape of a UTF-16 surrogate (\\ud800 to \\udfff), paired or not.
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\[uU][dD][89a-fA-F]")
+
+
+def load_request(body: bytes) -> JSONObject:
+    """A client's request body: one JSON object, or GatewayInputError.
+
+    Besides what :func:`load_json_object` refuses, this refuses what ``json`` reads but
+    no request could carry on: nesting too deep to be read (a RecursionError), and a
+    lone surrogate escape (``"\\ud800"`` without its pair), which is no Unicode text,
+    so that :func:`dump_json` cannot write the upstream body or the stored items.
+    Only a body that holds a surrogate escape (or is not UTF-8) is written out to
+    check it.
+    """
+    try:
+        request = load_json_object(body, "the request body")
+    except RecursionError:
+        raise GatewayInputError(
+            "the request body is nested too deeply to be read; send less deeply nested JSON"
+        ) from None
+    if _SURROGATE_ESCAPE.search(body) is not None or json.detect_encoding(body) not in (
+        "utf-8",
+        "utf-8-sig",
+    ):
+        try:
+            dump_json(request)
+        except UnicodeEncodeError:
+            raise GatewayInputError(
+                "the request body holds a lone surrogate escape (\\ud800 to \\udfff "
+                "without its pair), which is no Unicode text: escape a character beyond "
+                "U+FFFF as a surrogate pair, or send it as UTF-8"
+            ) from None
+        except RecursionError:
+            raise GatewayInputError(
+                "the request body is nested too deeply to be written again; send less "
+                "deeply nested JSON"
+            ) from None
+    return request
 
 
 #: What a wire format keeps of a complete answer: its history items and its usage object.
