@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 import zipfile
@@ -233,6 +234,24 @@ def test_the_command_without_the_server_extra_says_one_line(
 
     assert exited.value.code == 1
     assert capsys.readouterr() == ("", MISSING_SERVER)
+
+
+def test_python_m_llmsession_cli_without_the_server_extra_says_one_line(
+    hide: Hide, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # docs/cli.md: `python -m llmsession.cli ...` is the same command, so it says the
+    # same line, not a traceback of the failed `import click`.
+    hide("click")
+
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("llmsession.cli", run_name="__main__")
+
+    assert exited.value.code == 1
+    assert capsys.readouterr() == (
+        "",
+        "Error: python -m llmsession.cli needs the server extra (click is not installed): "
+        "pip install 'llmsession[server]'\n",
+    )
 
 
 def test_the_server_module_without_the_server_extra_says_one_line(

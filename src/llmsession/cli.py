@@ -22,7 +22,16 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any, Final, NoReturn, TypeVar, get_args
 
-import click
+try:
+    import click
+except ModuleNotFoundError as _missing:
+    # Run as `python -m llmsession.cli` without the server extra: the one line the
+    # `llmsession` script says (llmsession.console), not a traceback.
+    if __name__ == "__main__":
+        from llmsession.console import exit_if_server_extra_missing
+
+        exit_if_server_extra_missing(_missing, "python -m llmsession.cli")
+    raise
 
 from llmsession.clock import system_clock
 from llmsession.command_errors import BadInput, Failure, usage_failure
