@@ -128,6 +128,31 @@ def test_a_body_that_is_not_json_is_a_400(fake: FakeProcess) -> None:
     assert "could not parse the JSON body" in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "could not parse the JSON body"),
+        (
+            b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "\\ud800"}]}',
+            "lone surrogate",
+        ),
+    ],
+)
+def test_json_no_answer_could_echo_is_a_400_not_a_500(
+    fake: FakeProcess, body: bytes, says: str
+) -> None:
+    # docs/fake-provider.md: bad input is a 400 in OpenAI's shape, never a bare 500.
+    response = httpx.post(
+        fake.base_url + "/chat/completions",
+        content=body,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=5.0,
+    )
+    assert response.status_code == 400, response.text
+    assert says in response.json()["error"]["message"]
+    assert fake.billing() == []
+
+
 def test_an_unknown_route_or_method_is_openais_404(fake: FakeProcess) -> None:
     response = _post(fake, "/embeddings", {})
     assert response.status_code == 404

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
-from typing import cast
+from typing import Final, cast
 
 from llmsession.fake_provider.errors import ProviderError, invalid_request
 
@@ -17,17 +18,34 @@ __all__ = [
 ]
 
 
+#: A JSON escape of a UTF-16 surrogate (\\ud800 to \\udfff), paired or not.
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\[uU][dD][89a-fA-F]")
+
+
 def parse_json_object(raw: bytes) -> dict[str, object]:
-    """The request body as a JSON object, or a 400 saying it is not one."""
+    """The request body as a JSON object, or a 400 saying it is not one (nesting too
+    deep to read and a lone surrogate, which no answer or log line could write
+    again, included)."""
     try:
         body: object = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise invalid_request(
             "We could not parse the JSON body of your request. The OpenAI API expects a "
             "JSON payload, but what was sent was not valid JSON."
         ) from None
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.")
+    if _SURROGATE_ESCAPE.search(raw) is not None or json.detect_encoding(raw) not in (
+        "utf-8",
+        "utf-8-sig",
+    ):
+        try:
+            json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise invalid_request(
+                "The request body holds a lone surrogate escape (\\ud800 to \\udfff "
+                "without its pair), which is not valid Unicode text."
+            ) from None
     return cast(dict[str, object], body)
 
 
