@@ -792,6 +792,26 @@ async def test_a_start_over_the_limit_names_no_session_and_says_to_send_less(
     assert listed.json()["items"] == []
 
 
+async def test_the_limit_counts_a_stored_non_ascii_history_in_bytes(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    # "é" is 2 bytes of UTF-8: the stored turn is over 600 bytes though under 350
+    # characters, and the second turn would bring the history past 1000 bytes.
+    config = GatewayConfig(providers={"fake": provider()}, history_limit_bytes=1000)
+    upstream.answers.extend([chat(1), chat(2)])
+    async with running_gw(upstream, config, tmp_path) as gw:
+        first = await gw.chat("é" * 300)
+        assert first.status_code == 200, first.text
+        second = await gw.chat("é" * 200, session=first.headers[SID])
+    assert second.status_code == 413, second.text
+    detail = second.json()["detail"]
+    stored = len(json.dumps([{"role": "user", "content": "é" * 300}], ensure_ascii=False).encode())
+    assert f"session {first.headers[SID]} would hold " in detail
+    held = int(detail.split(" would hold ")[1].split(" bytes")[0])
+    assert held > stored + 400
+    assert len(upstream.sent) == 1
+
+
 async def test_bad_bodies_are_refused_before_the_provider(gw: Gw) -> None:
     response = await gw.client.post(
         "/v1/chat/completions",

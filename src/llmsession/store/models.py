@@ -49,6 +49,7 @@ __all__ = [
     "check_idempotency_key",
     "check_page_size",
     "check_purge_age",
+    "utf8_size",
 ]
 
 DEFAULT_PAGE_SIZE = 50
@@ -117,6 +118,13 @@ def _add(name: str, total: int, more: int) -> int:
     return total + more
 
 
+def utf8_size(text: str) -> int:
+    """The length of ``text`` in bytes of UTF-8, as the gateway measures what it stores
+    (a character of a non-ASCII text is 2 to 4 of them)."""
+    # isascii() reads a flag of the string: most histories are ASCII and not copied.
+    return len(text) if text.isascii() else len(text.encode())
+
+
 @dataclass(frozen=True, slots=True)
 class Turn:
     """A gateway round's part of the conversation, and the answer its client got.
@@ -142,8 +150,8 @@ class Turn:
 
     @property
     def size(self) -> int:
-        """What this turn adds to the session's history, in bytes."""
-        return len(self.request_items) + len(self.answer_items)
+        """What this turn adds to the session's history, in bytes (of UTF-8)."""
+        return utf8_size(self.request_items) + utf8_size(self.answer_items)
 
 
 class HistoryTurn(Protocol):
@@ -180,7 +188,7 @@ class TurnItems:
     @property
     def size(self) -> int:
         """What this turn adds to the session's history, in bytes (as Turn.size)."""
-        return len(self.request_items) + len(self.answer_items)
+        return utf8_size(self.request_items) + utf8_size(self.answer_items)
 
 
 @dataclass(frozen=True, slots=True)
