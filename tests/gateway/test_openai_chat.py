@@ -261,6 +261,32 @@ def test_two_tool_calls_streamed_in_pieces_side_by_side_are_each_assembled() -> 
     ]
 
 
+def test_a_streamed_legacy_function_call_is_assembled_as_a_body_keeps_it() -> None:
+    # The ``functions`` API: the call comes in function_call deltas, not tool_calls.
+    deltas: list[dict[str, object]] = [
+        {
+            "role": "assistant",
+            "content": None,
+            "function_call": {"name": "get_weather", "arguments": ""},
+        },
+        {"function_call": {"arguments": '{"city": '}},
+        {"function_call": {"arguments": '"Oslo"}'}},
+    ]
+    stream = b"".join(
+        b"data: " + json.dumps({"choices": [{"index": 0, "delta": delta}]}).encode() + b"\n\n"
+        for delta in deltas
+    )
+    _, translator = run(stream + b"data: [DONE]\n\n", wants_usage=False, sizes=7)
+    (message,) = translator.close().answer.items
+    assert message == {
+        "role": "assistant",
+        "content": None,
+        "function_call": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+    }
+    body = {"choices": [{"index": 0, "message": {**message, "refusal": None}}]}
+    assert parse_chat_response(json.dumps(body).encode()).items == (message,)
+
+
 def test_a_cut_stream_is_not_complete_and_keeps_only_the_usage_sent() -> None:
     cut = STREAM[
         : STREAM.index(

@@ -177,6 +177,8 @@ class ChatStream:
         self._tool_calls: dict[int, JSONObject] = {}
         #: Each call's name and arguments as they arrive, joined once at the end.
         self._call_pieces: dict[tuple[int, str], list[str]] = {}
+        #: The legacy ``function_call``'s (``functions``) name and arguments, likewise.
+        self._function_pieces: dict[str, list[str]] | None = None
         self._saw_message = False
         self._tail: list[bytes] = []
 
@@ -269,6 +271,15 @@ class ChatStream:
         calls = delta.get("tool_calls")
         if calls is not None:
             self._add_tool_calls(calls)
+        function = object_field(delta, "function_call")
+        if function is not None:
+            pieces = self._function_pieces
+            if pieces is None:
+                pieces = self._function_pieces = {"name": [], "arguments": []}
+            for part in ("name", "arguments"):
+                piece = function.get(part)
+                if isinstance(piece, str):
+                    pieces[part].append(piece)
 
     def _add_tool_calls(self, calls: object) -> None:
         for call in json_objects(calls):
@@ -289,14 +300,19 @@ class ChatStream:
         for (index, part), pieces in self._call_pieces.items():
             self._tool_calls[index]["function"][part] = "".join(pieces)
         self._call_pieces.clear()
+        calls = self._tool_calls or self._function_pieces is not None
         message: JSONObject = {
             "role": self._role,
-            "content": "".join(self._content) if self._content or not self._tool_calls else None,
+            "content": "".join(self._content) if self._content or not calls else None,
         }
         if self._refusal:
             message["refusal"] = "".join(self._refusal)
         if self._tool_calls:
             message["tool_calls"] = [self._tool_calls[i] for i in sorted(self._tool_calls)]
+        if self._function_pieces is not None:
+            message["function_call"] = {
+                part: "".join(pieces) for part, pieces in self._function_pieces.items()
+            }
         return message
 
 
