@@ -268,6 +268,20 @@ def test_thinking_and_empty_text_blocks_are_never_marked() -> None:
     assert [(m, b) for m, b, _ in marks(body)] == [(0, 0), (2, 0)]
 
 
+def test_after_a_prefilled_round_the_read_mark_is_on_the_prefill() -> None:
+    # Round 1 sent [Q1, "Here:"] (an assistant prefill) and marked the prefill; its
+    # answer continued it. The read mark goes where that round wrote, however many
+    # blocks come after it (Anthropic looks back only 20 blocks from a mark).
+    history: list[dict[str, Any]] = [
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "Here:"},
+        {"role": "assistant", "content": [{"type": "text", "text": "A1"}]},
+    ]
+    many = [{"type": "text", "text": f"part {i}"} for i in range(25)]
+    body = upstream(request(messages=[{"role": "user", "content": many}]), history)
+    assert [(m, b) for m, b, _ in marks(body)] == [(1, 0), (3, 24)]
+
+
 def test_the_clients_metadata_user_id_wins() -> None:
     body = upstream(request(metadata={"user_id": "u-7"}), [])
     assert body["metadata"] == {"user_id": "u-7"}

@@ -319,9 +319,11 @@ def _gateway_places(messages: Sequence[JSONObject], past: int) -> list[tuple[int
     if write is not None:
         wanted.append(write)
     if past:
-        # What the previous round sent ends before the answer it got.
+        # What the previous round sent ends before the answer it got: one assistant
+        # message (an answer is at most one). Not every assistant message before it:
+        # a request may end with one itself (a prefill), and its round marked that.
         end = past
-        while end > 0 and messages[end - 1].get("role") == "assistant":
+        if messages[end - 1].get("role") == "assistant":
             end -= 1
         read = _last_markable(messages, 0, end)
         if read is not None:
