@@ -28,7 +28,7 @@ from llmsession.errors import (
 )
 from llmsession.ids import SessionId, TenantId
 from llmsession.states import Active, Closed, SessionExpired
-from llmsession.store import open_store
+from llmsession.store import open_store, postgres
 from llmsession.store.models import (
     NO_USAGE,
     GroupKey,
@@ -560,6 +560,25 @@ async def test_a_dropped_connection_is_a_store_error_and_the_store_recovers(
             assert time.monotonic() < deadline, "the pool never reconnected"
             await asyncio.sleep(0.05)
     assert (await store.get(ACME, session_id)).record.state is Active
+
+
+async def test_a_connection_dropped_while_idle_is_replaced_before_a_statement_runs(
+    postgres_url: str, open_pg: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A session's start is written only once its provider answered: a connection
+    # the server dropped while it sat idle in the pool must not fail it. Every
+    # connection counts as idle long enough to be checked here.
+    monkeypatch.setattr(postgres, "_IDLE_CHECK_SECONDS", 0.0, raising=False)
+    name = f"llmi_{schema_of(postgres_url)}"
+    store = await open_pg(f"{postgres_url}&application_name={name}&pool_min=2&pool_max=2")
+    session_id = await new_session(store)
+    terminate = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s"
+    await sql(postgres_url, terminate, name)
+    # Both pooled connections are dead: each is checked, given back, and replaced.
+    assert (await store.get(ACME, session_id)).record.state is Active
+    await sql(postgres_url, terminate, name)
+    started = await new_session(store)
+    assert (await store.get(ACME, started)).version == 2
 
 
 async def test_open_store_picks_this_backend(postgres_url: str) -> None:

@@ -59,6 +59,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
+import weakref
 from collections.abc import AsyncGenerator, Generator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -1216,6 +1218,10 @@ class PostgresStore(TransactionalStore):
         self._groups = SessionGroups(partial(TransactionalStore._run_change, self), self._run_group)
         # The connections of the gateway turns this process holds, by session id.
         self._held: dict[UUID, _HeldTurn] = {}
+        # When each pooled connection was last given back (see _pooled).
+        self._idle_since: weakref.WeakKeyDictionary[_Connection, float] = (
+            weakref.WeakKeyDictionary()
+        )
         self._closed = False
 
     @classmethod
@@ -1531,10 +1537,7 @@ class PostgresStore(TransactionalStore):
                     return
             finally:
                 self._lock_connections.give_back(shared)
-            try:
-                conn = await self._turn_pool.getconn()
-            except psycopg.Error as error:
-                raise StoreError(f"no PostgreSQL connection: {error}") from error
+            conn = await self._pooled(self._turn_pool, None)
             try:
                 rows = await _advisory(conn, statements[1], params, binary=True)
                 held = _HeldTurn(conn, key, asyncio.Lock())
@@ -1547,7 +1550,7 @@ class PostgresStore(TransactionalStore):
                         if not held.released:
                             await _advisory(conn, UNLOCK, (key,))
             finally:
-                await self._turn_pool.putconn(conn)
+                await self._give_back(self._turn_pool, conn)
 
     @contextmanager
     def _lent(self, session_id: SessionId, held: _HeldTurn) -> Generator[None]:
@@ -2008,17 +2011,50 @@ class PostgresStore(TransactionalStore):
             # (Its users roll back what they leave open, as they do on a pooled one;
             # a connection they broke fails the unlock, which then closes it.)
             return
-        try:
-            conn = await self._pool.getconn(wait)
-        except psycopg.Error as error:
-            raise StoreError(f"no PostgreSQL connection: {error}") from error
+        conn = await self._pooled(self._pool, wait)
         try:
             yield conn
         except psycopg.Error as error:
             raise StoreError(f"PostgreSQL failed: {error}") from error
         finally:
-            # The pool rolls back what is left open, or replaces a broken connection.
-            await self._pool.putconn(conn)
+            await self._give_back(self._pool, conn)
+
+    async def _pooled(
+        self, pool: AsyncConnectionPool[_Connection], wait: float | None
+    ) -> _Connection:
+        """A connection of ``pool``, waiting up to ``wait`` seconds for each (the pool
+        timeout if None); one that has been idle there longer than
+        _IDLE_CHECK_SECONDS (or never lent) is checked first, and a dead one is
+        given back for the pool to replace and the next taken."""
+        for _ in range(pool.max_size):
+            try:
+                conn = await pool.getconn(wait)
+            except psycopg.Error as error:
+                raise StoreError(f"no PostgreSQL connection: {error}") from error
+            since = self._idle_since.get(conn)
+            if since is not None and time.monotonic() - since <= _IDLE_CHECK_SECONDS:
+                return conn
+            try:
+                await conn.execute(_CHECK)
+            except BaseException as error:
+                await pool.putconn(conn)
+                if isinstance(error, psycopg.OperationalError):
+                    continue
+                if isinstance(error, psycopg.Error):
+                    raise StoreError(f"PostgreSQL failed: {error}") from error
+                raise
+            return conn
+        # As many dead ones as the pool holds: whatever comes now, the pool made.
+        try:
+            return await pool.getconn(wait)
+        except psycopg.Error as error:
+            raise StoreError(f"no PostgreSQL connection: {error}") from error
+
+    async def _give_back(self, pool: AsyncConnectionPool[_Connection], conn: _Connection) -> None:
+        """Return ``conn`` to ``pool``, which rolls back what is left open or replaces
+        it if broken."""
+        self._idle_since[conn] = time.monotonic()
+        await pool.putconn(conn)
 
 
 class _HeldTurn:
@@ -2037,6 +2073,14 @@ class _HeldTurn:
 
 
 _PING_TIMEOUT: Final = 5.0
+# A pooled connection idle this long is checked (_CHECK) before it is lent. The
+# server, or what lies between (a proxy, idle_session_timeout, an operator's
+# pg_terminate_backend), may have closed it meanwhile, and the first statement on
+# it would fail: for a session's start, written only once its provider answered,
+# a billed round lost. Idle less, it is lent unchecked, as the check costs a
+# round trip.
+_IDLE_CHECK_SECONDS: Final = 5.0
+_CHECK: Final = "SELECT 1"
 # Claimed sessions expired per update statement of a sweep.
 _SWEEP_CHUNK: Final = 200
 _IN_TRANSACTION: Final = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
