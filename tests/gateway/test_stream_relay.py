@@ -26,7 +26,7 @@ from llmsession.ids import SessionId, TenantId
 from llmsession.server import ServerSettings, create_app
 from llmsession.store.memory import MemoryStore
 from tests.gateway.scripted import Scripted, ScriptedUpstream
-from tests.gateway.test_forwarding import CHAT_STREAM, chat, provider
+from tests.gateway.test_forwarding import CHAT_STREAM, chat, cut_after_usage, provider
 from tests.server.conftest import ADMIN, ADMIN_KEY, T0, bearer
 
 SID = "LLMSession-Id"
@@ -273,3 +273,40 @@ async def test_the_events_of_one_chunk_go_in_one_message_and_the_last_with_the_e
         (done, False),
     ]
     assert b"".join(body for body, _ in bodies) == CHAT_STREAM
+
+
+class FailingTurnStore(MemoryStore):
+    """A store that starts sessions but fails to record a later round, as a database
+    lost mid-turn does."""
+
+    async def record_turn(self, *args: Any, **kwargs: Any) -> Any:
+        raise StoreError("PostgreSQL failed: terminating connection at host db.internal")
+
+
+async def test_a_cut_stream_whose_billed_round_cannot_be_stored_still_says_it_was_cut(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The provider sent its usage, then cut the stream; recording that billed round
+    # fails. The client learns both, in the cut's own error event: not a bare
+    # "the gateway failed".
+    store = FailingTurnStore(clock=ManualClock(T0))
+    upstream = ScriptedUpstream(chat(1), cut_after_usage())
+    async with serve(store, upstream) as server:
+        body = {"model": "fake/m", "messages": [{"role": "user", "content": "Q1"}]}
+        first = await server.client.post("/v1/chat/completions", json=body, headers=server.auth)
+        sid = first.headers[SID]
+        body = {"model": "fake/m", "messages": [{"role": "user", "content": "Q2"}], "stream": True}
+        response = await server.client.post(
+            "/v1/chat/completions", json=body, headers={**server.auth, SID: sid}
+        )
+        session = await server.client.get(f"/v1/sessions/{sid}", headers=server.auth)
+    assert b"[DONE]" not in response.content
+    last = response.content.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    error = json.loads(last.removeprefix(b"data: "))["error"]
+    assert error["code"] == "upstream_stream_cut"
+    assert error["message"].startswith("the provider's stream ended before the answer")
+    assert "the session store failed, so what the provider billed" in error["message"]
+    assert b"db.internal" not in response.content
+    assert session.json()["round_count"] == 1
+    assert any("db.internal" in r.getMessage() for r in caplog.records)
+    assert not any(r.getMessage() == "gateway stream failed" for r in caplog.records)

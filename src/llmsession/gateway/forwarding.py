@@ -606,17 +606,28 @@ class Gateway:
                     await turn.cache.abandoned()
                 return turn.endpoint.error_event(_unrecorded(turn, error), "unrecorded")
             return outcome.tail
+        # Why the round the provider billed is not counted, if it is not.
+        unrecorded: str | None = None
         if outcome.answer.usage is not None:
             # Billed, though the answer is incomplete: count it, add nothing to the history.
-            await self._commit(turn, outcome.answer, response, b"", with_turn=False)
+            try:
+                await self._commit(turn, outcome.answer, response, b"", with_turn=False)
+            except LLMSessionError as error:
+                # Still a cut (or stalled) stream to the client, which is told the
+                # round was not counted either; the driver's words go to the log only.
+                if turn.cache is not None:
+                    await turn.cache.abandoned()
+                unrecorded = _billed_unrecorded(turn, error)
         elif turn.cache is not None:
             await turn.cache.abandoned()
         if outcome.error is not None:
             # The provider's own error event ended the client's stream already.
             return b""
-        if broken == "timeout":
-            return turn.endpoint.error_event(_timed_out(turn.provider), "timeout")
-        return turn.endpoint.error_event(_CUT, "cut")
+        timed_out = broken == "timeout"
+        message = _timed_out(turn.provider) if timed_out else _CUT
+        if unrecorded is not None:
+            message = f"{message}; {unrecorded}"
+        return turn.endpoint.error_event(message, "timeout" if timed_out else "cut")
 
     def _replay(self, found: RoundResult, request_hash: str) -> Reply:
         stored_turn = found.turn
@@ -768,6 +779,19 @@ def _unrecorded(turn: _Turn, error: LLMSessionError) -> str:
             "has not changed; try again"
         )
     return str(error)
+
+
+def _billed_unrecorded(turn: _Turn, error: LLMSessionError) -> str:
+    """What a broken stream's error event adds when the round the provider billed for
+    it could not be recorded."""
+    if isinstance(error, StoreError):
+        logger.error(
+            "the billed round of session %s's broken stream was not recorded: %s",
+            turn.session_id,
+            error,
+        )
+        return "the session store failed, so what the provider billed for it was not recorded"
+    return f"what the provider billed for it was not recorded: {error}"
 
 
 class _RecordStream(Protocol):
