@@ -179,6 +179,37 @@ async def test_a_connection_cut_mid_stream_is_unavailable(upstream: AiohttpUpstr
         await response.aclose()
 
 
+async def test_a_stream_cut_before_its_bytes_were_read_gives_them_then_the_error(
+    upstream: AiohttpUpstream,
+) -> None:
+    # The bytes may hold what the provider billed (a stream's usage): aiohttp raises
+    # the cut ahead of them once both have arrived, unless they are read first.
+    cut = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n")
+        await writer.drain()
+        writer.transport.abort()
+        cut.set()
+
+    server, port = await serve(handler)
+    async with server:
+        response = await upstream.send(UpstreamRequest(provider(port), "/responses", b"{}"))
+        await cut.wait()
+        await asyncio.sleep(0.05)  # the client's side of the socket has both by now
+        chunks = response.aiter_bytes()
+        received = b""
+        with pytest.raises(ProviderUnavailable):
+            async for chunk in chunks:
+                received += chunk
+        assert received == b"data: 1\n\ndata: 2\n\n"
+        await response.aclose()
+
+
 async def test_a_compressed_answer_passes_through_as_sent(upstream: AiohttpUpstream) -> None:
     body = gzip.compress(b'{"id":"x"}')
     seen: list[bytes] = []

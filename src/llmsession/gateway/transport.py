@@ -144,25 +144,46 @@ class _Chunks:
     it waits would end one, while aiohttp's reader keeps what it holds for the
     next read."""
 
-    __slots__ = ("_content", "_provider_id")
+    __slots__ = ("_broken", "_content", "_provider_id")
 
     def __init__(self, provider_id: str, content: aiohttp.StreamReader) -> None:
         self._provider_id = provider_id
         self._content = content
+        #: The connection broke after bytes not yet given: raised once they are.
+        self._broken: ProviderError | None = None
 
     def __aiter__(self) -> _Chunks:
         return self
 
     async def __anext__(self) -> bytes:
+        if self._broken is not None:
+            raise self._broken
         try:
             chunk = await self._content.readany()
         except TimeoutError:
             raise _timeout(self._provider_id) from None
         except aiohttp.ClientError as error:
-            raise _unavailable(self._provider_id, error) from None
+            broken = _unavailable(self._provider_id, error)
+            # aiohttp raises a broken connection's error ahead of the bytes that came
+            # before it, unread yet: they may hold what the provider billed (a
+            # stream's usage), so they go first.
+            chunk = _unread(self._content)
+            if not chunk:
+                raise broken from None
+            self._broken = broken
         if not chunk:
             raise StopAsyncIteration
         return chunk
+
+
+def _unread(content: aiohttp.StreamReader) -> bytes:
+    """The bytes ``content`` holds unread, which its public reads no longer give once
+    it has an error: through its private reader, where this aiohttp has one."""
+    read_nowait = getattr(content, "_read_nowait", None)
+    if read_nowait is None:
+        return b""
+    unread = read_nowait(-1)
+    return unread if isinstance(unread, bytes) else b""
 
 
 class AiohttpUpstream:
