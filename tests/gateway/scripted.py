@@ -77,6 +77,8 @@ class ScriptedUpstream:
         self.sent: list[UpstreamRequest] = []
         #: Called as each request arrives: what happens while the provider works.
         self.on_send: Callable[[], object] | None = None
+        #: Set, a request waits for it before its answer starts, as a slow provider's.
+        self.headers_after: asyncio.Event | None = None
 
     def bodies(self) -> list[dict[str, Any]]:
         return [json.loads(request.body) for request in self.sent]
@@ -86,6 +88,8 @@ class ScriptedUpstream:
         if self.on_send is not None:
             self.on_send()
         answer = self.answers.pop(0)
+        if self.headers_after is not None:
+            await self.headers_after.wait()
         if isinstance(answer, ProviderError):
             raise answer
         return _Response(answer)

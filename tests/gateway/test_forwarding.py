@@ -234,6 +234,44 @@ async def test_a_retried_round_counts_once(gw: Gw) -> None:
     assert (await gw.session(session_id))["round_count"] == 2
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_turn_cancelled_while_its_provider_answers_is_still_recorded(
+    gw: Gw, stream: bool
+) -> None:
+    # As uvicorn cancels the requests still running when a stopping server's grace
+    # period runs out: the provider was sent the request, and bills it.
+    resume = asyncio.Event()
+    if stream:
+        # Cancelled before the answer's first byte: no stream to the client yet.
+        slow = Scripted(chunks=[CHAT_STREAM], content_type="text/event-stream")
+    else:
+        # Cancelled while the answer's body arrives.
+        body = chat(2, usage=(2100, 1920)).body
+        slow = Scripted(chunks=[body[:20], body[20:]], resume=resume)
+    gw.upstream.answers += [chat(1), slow, chat(3)]
+    session_id = (await gw.chat("Q1")).headers[SID]
+    sent = asyncio.Event()
+    gw.upstream.on_send = sent.set
+    if stream:
+        gw.upstream.headers_after = resume
+    second = asyncio.create_task(gw.chat("Q2", session=session_id, stream=stream))
+    await sent.wait()
+    await asyncio.sleep(0)
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    resume.set()
+    # The next turn waits for the cancelled one's round, and sees its answer.
+    third = await gw.chat("Q3", session=session_id)
+    assert third.status_code == 200, third.text
+    assert gw.upstream.bodies()[2]["messages"][3] == {
+        "role": "assistant",
+        "content": "Hello there!" if stream else "A2",
+    }
+    session = await gw.session(session_id)
+    assert session["round_count"] == 3
+
+
 async def test_foreign_missing_and_ended_sessions_never_reach_the_provider(gw: Gw) -> None:
     gw.upstream.answers.append(chat(1))
     session_id = (await gw.chat("Q1")).headers[SID]

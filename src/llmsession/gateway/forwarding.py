@@ -22,7 +22,9 @@ through it, each event forwarded as it is read, with no task or queue between
 them. A client that goes away mid-stream (its task cancelled, or the relay
 closed before the provider's end) hands the rest to a task of the gateway's,
 which reads it and records whatever the provider billed; :meth:`Gateway.aclose`
-waits for it.
+waits for it. So does a turn whose request was cancelled before its answer began
+(a stopping server's grace period ran out): a task of the gateway's runs it on
+to its round.
 """
 
 from __future__ import annotations
@@ -334,9 +336,34 @@ class Gateway:
         self, turn: _Turn, history: Sequence[HistoryTurn], stack: AsyncExitStack
     ) -> Reply:
         """Steps 5 and 6: the provider's answer and the round; a streamed answer takes
-        over what ``stack`` holds (the session's turn) until it is recorded."""
-        endpoint, request = turn.endpoint, turn.request
+        over what ``stack`` holds (the session's turn) until it is recorded.
+
+        Once the request goes out the provider may bill it, so a task runs the turn
+        to its round: cancelled meanwhile (a stopping server's grace period ran
+        out), this leaves the task to record what the provider answers, as a
+        stream whose client went away is, and then to give the turn back.
+        """
         stack.push_async_callback(turn.stop_keeping_alive)
+        owned = stack.pop_all()
+        answering = asyncio.create_task(self._answer(turn, history, owned))
+        try:
+            reply = await asyncio.shield(answering)
+        except asyncio.CancelledError:
+            self._track(asyncio.create_task(_orphaned(answering, owned)))
+            raise
+        except BaseException:
+            stack.push_async_exit(owned)
+            raise
+        # The caller gives the turn back once the answer is on its way; a stream's
+        # (then owned is empty) once it is recorded.
+        stack.push_async_exit(owned)
+        return reply
+
+    async def _answer(
+        self, turn: _Turn, history: Sequence[HistoryTurn], owned: AsyncExitStack
+    ) -> Reply:
+        """:meth:`_forward`'s work, in a task of its own."""
+        endpoint, request = turn.endpoint, turn.request
         try:
             response = await self._send(turn, history)
             if response.status_code >= 400:
@@ -355,7 +382,7 @@ class Gateway:
             turn,
             response,
             endpoint.translator(request),
-            stack.pop_all(),
+            owned.pop_all(),
             record=self._record_stream,
             track=self._track,
         )
@@ -1006,6 +1033,23 @@ def _start_turn_id(tenant_id: TenantId, idempotency_key: str) -> SessionId:
     (those are UUIDv7)."""
     name = f"{tenant_id.value}\0{idempotency_key}"
     return SessionId(uuid.uuid5(_STARTS, name))
+
+
+async def _orphaned(answering: asyncio.Task[Reply], owned: AsyncExitStack) -> None:
+    """The rest of a turn whose handler was cancelled: the round of what the provider
+    answers (a stream's read to its end), then the session's turn given back."""
+    try:
+        try:
+            reply = await answering
+        except Exception as error:
+            logger.warning("a turn whose client went away failed: %s", error)
+            return
+        if reply.stream is not None:
+            # Nobody reads it: its own task reads the rest, records it and gives
+            # the turn back (owned is empty: the stream took what it held).
+            reply.stream.close()
+    finally:
+        await _give_back(owned)
 
 
 async def _give_back(stack: AsyncExitStack) -> None:
