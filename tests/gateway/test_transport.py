@@ -174,9 +174,28 @@ async def test_a_connection_cut_mid_stream_is_unavailable(upstream: AiohttpUpstr
     server, port = await serve(handler)
     async with server:
         response = await upstream.send(UpstreamRequest(provider(port), "/responses", b"{}"))
-        with pytest.raises(ProviderUnavailable):
+        with pytest.raises(
+            ProviderUnavailable, match="broke the connection before its answer ended"
+        ):
             await response.aread()
         await response.aclose()
+
+
+async def test_a_connection_closed_before_the_answer_says_the_provider_had_the_request(
+    upstream: AiohttpUpstream,
+) -> None:
+    # It may have billed it: "could not be reached" would say it never got it.
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server, port = await serve(handler)
+    async with server:
+        with pytest.raises(
+            ProviderUnavailable,
+            match=r"^provider 'fake' broke the connection before answering \(ServerDisconnectedError\)$",
+        ):
+            await upstream.send(UpstreamRequest(provider(port), "/responses", b"{}"))
 
 
 async def test_a_stream_cut_before_its_bytes_were_read_gives_them_then_the_error(
@@ -203,7 +222,7 @@ async def test_a_stream_cut_before_its_bytes_were_read_gives_them_then_the_error
         await asyncio.sleep(0.05)  # the client's side of the socket has both by now
         chunks = response.aiter_bytes()
         assert await anext(chunks) == b"data: 1\n\ndata: 2\n\n"
-        with pytest.raises(ProviderUnavailable):
+        with pytest.raises(ProviderUnavailable, match="broke the connection before its answer"):
             await anext(chunks)
         await response.aclose()
 

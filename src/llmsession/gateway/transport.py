@@ -132,7 +132,7 @@ class _AiohttpResponse:
         except TimeoutError:
             raise _timeout(self._provider_id) from None
         except aiohttp.ClientError as error:
-            raise _unavailable(self._provider_id, error) from None
+            raise _unavailable(self._provider_id, error, answering=True) from None
 
     async def aclose(self) -> None:
         # A connection whose answer was not read to the end is closed, not pooled.
@@ -163,7 +163,7 @@ class _Chunks:
         except TimeoutError:
             raise _timeout(self._provider_id) from None
         except aiohttp.ClientError as error:
-            broken = _unavailable(self._provider_id, error)
+            broken = _unavailable(self._provider_id, error, answering=True)
             # aiohttp raises a broken connection's error ahead of the bytes that came
             # before it, unread yet: they may hold what the provider billed (a
             # stream's usage), so they go first.
@@ -267,9 +267,18 @@ def _timeout(provider_id: str) -> ProviderTimeout:
     )
 
 
-def _unavailable(provider_id: str, error: Exception) -> ProviderUnavailable:
+def _unavailable(
+    provider_id: str, error: Exception, *, answering: bool = False
+) -> ProviderUnavailable:
+    """The 502 for ``error``, saying whether the provider had the request: one that
+    broke the connection after it may have billed it."""
+    if answering:
+        what = "broke the connection before its answer ended"
+    elif isinstance(error, aiohttp.ClientConnectorError):
+        what = "could not be reached"
+    else:
+        what = "broke the connection before answering"
     # The exception's text can hold the URL; its class name says what happened.
     return ProviderUnavailable(
-        provider_id,
-        f"provider {provider_id!r} could not be reached ({type(error).__name__})",
+        provider_id, f"provider {provider_id!r} {what} ({type(error).__name__})"
     )
