@@ -593,7 +593,22 @@ def test_serve_keeps_environment_settings_that_have_no_flag(
 def test_serve_refuses_bad_settings(url: str) -> None:
     bad_flag = run_cli("serve", "--port", "0", "--store-url", url)
     assert bad_flag.returncode == 2
-    assert bad_flag.stderr == "Error: port must be an integer from 1 to 65535, got 0\n"
+    assert bad_flag.stderr == "Error: --port must be an integer from 1 to 65535, got 0\n"
+    # Each flag is named as typed, not as the setting it sets.
+    for flag, value, said in [
+        ("--sweep-interval", "0", "--sweep-interval must be a number of seconds from 0.01"),
+        ("--admin-key", "short", "--admin-key must be at least 16 printable ASCII characters"),
+    ]:
+        refused = run_cli("serve", flag, value, "--store-url", url)
+        assert refused.returncode == 2
+        assert refused.stderr.startswith(f"Error: {said}")
+    # Refused by click's parser before the command's context exists: still one line
+    # pointing to the command's --help.
+    no_value = run_cli("serve", "--config")
+    assert no_value.returncode == 2
+    assert no_value.stderr == (
+        "Error: Option '--config' requires an argument. (see 'llmsession serve --help')\n"
+    )
     bad_store = run_cli("serve", "--store-url", "mysql://db/x")
     assert bad_store.returncode == 2
     assert bad_store.stderr.startswith("Error: unknown store URL scheme 'mysql'")

@@ -34,7 +34,7 @@ except ModuleNotFoundError as _missing:
     raise
 
 from llmsession.clock import system_clock
-from llmsession.command_errors import BadInput, Failure, usage_failure
+from llmsession.command_errors import BadInput, Failure, OneLineCommand, usage_failure
 from llmsession.cost import NO_PRICES, Cost, PriceTable, format_money
 from llmsession.errors import InvalidInput, LLMSessionError, NotFoundError
 from llmsession.expiry import MAX_TTL_SECONDS
@@ -80,6 +80,8 @@ class _Group(click.Group):
     leaves other exceptions as tracebacks; a person wants the one line that
     says what was wrong.
     """
+
+    command_class = OneLineCommand
 
     def make_context(
         self,
@@ -259,18 +261,23 @@ def serve(
     env = ServerSettings.from_env()
     # Flags override the environment; settings without a flag (the key-check
     # cache, say) keep what the environment gave.
-    settings = replace(
-        env,
-        store_url=_pick(store_url, env.store_url),
-        host=_pick(host, env.host),
-        port=_pick(port, env.port),
-        admin_key=_pick(admin_key, env.admin_key),
-        default_ttl_seconds=_pick(default_ttl, env.default_ttl_seconds),
-        sweep_interval_seconds=_pick(sweep_interval, env.sweep_interval_seconds),
-        purge_created_after_seconds=_pick(purge_created_after, env.purge_created_after_seconds),
-        access_log=_pick(access_log, env.access_log),
-        gateway_config=_pick(gateway_config, env.gateway_config),
-    )
+    try:
+        settings = replace(
+            env,
+            store_url=_pick(store_url, env.store_url),
+            host=_pick(host, env.host),
+            port=_pick(port, env.port),
+            admin_key=_pick(admin_key, env.admin_key),
+            default_ttl_seconds=_pick(default_ttl, env.default_ttl_seconds),
+            sweep_interval_seconds=_pick(sweep_interval, env.sweep_interval_seconds),
+            purge_created_after_seconds=_pick(purge_created_after, env.purge_created_after_seconds),
+            access_log=_pick(access_log, env.access_log),
+            gateway_config=_pick(gateway_config, env.gateway_config),
+        )
+    except InvalidInput as error:
+        # The environment's values were checked already (from_env names the
+        # variable): this is a flag's, named as the user typed it.
+        raise BadInput(_named_by_flag(str(error))) from error
     # As `python -m llmsession.server` does, with the same exit statuses.
     status = run(settings)
     if status:
@@ -279,6 +286,24 @@ def serve(
 
 def _pick(flag: P | None, default: P) -> P:
     return default if flag is None else flag
+
+
+#: The flag of ``serve`` that sets each setting a check can refuse.
+_SERVE_FLAGS: Final = {
+    "store_url": "--store-url",
+    "host": "--host",
+    "port": "--port",
+    "admin_key": "--admin-key",
+    "sweep_interval_seconds": "--sweep-interval",
+    "gateway_config": "--config",
+}
+
+
+def _named_by_flag(message: str) -> str:
+    """A settings check's message ("port must be ...") naming the flag instead."""
+    name, _, rest = message.partition(" ")
+    flag = _SERVE_FLAGS.get(name)
+    return message if flag is None else f"{flag} {rest}"
 
 
 # A fake provider (OpenAI's and Anthropic's wire formats) for tests and demos

@@ -18,6 +18,7 @@ __all__ = [
     "BadInput",
     "CannotListen",
     "Failure",
+    "OneLineCommand",
     "usage_failure",
 ]
 
@@ -50,3 +51,35 @@ def usage_failure(error: click.UsageError) -> BadInput:
     """Click's usage error (usage, hint and message on three lines) as one line."""
     where = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
     return BadInput(f"{error.format_message()}{where}")
+
+
+class OneLineCommand(click.Command):
+    """A command whose usage errors are one line (:func:`usage_failure`).
+
+    Click prints a usage error as usage, hint and message on three lines. An
+    option given without its value is refused by the option parser before the
+    command's context exists: the error is given one, so that its line too
+    names the command's ``--help``.
+    """
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as error:
+            if error.ctx is None:
+                error.ctx = click.Context(self, info_name=info_name, parent=parent)
+            raise usage_failure(error) from error
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            raise usage_failure(error) from error

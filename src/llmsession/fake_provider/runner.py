@@ -15,7 +15,7 @@ import socket
 from pathlib import Path
 from signal import SIGINT, SIGTERM
 from types import FrameType
-from typing import Any, Final
+from typing import Final
 
 import click
 
@@ -23,7 +23,7 @@ from llmsession.command_errors import (
     EXIT_BAD_INPUT,
     EXIT_CANNOT_LISTEN,
     CannotListen,
-    usage_failure,
+    OneLineCommand,
 )
 from llmsession.fake_provider.provider import FakeProvider
 
@@ -31,32 +31,6 @@ __all__ = ["API_KEY_ENV", "EXIT_BAD_INPUT", "EXIT_CANNOT_LISTEN", "fake_provider
 
 #: The variable holding the accepted API key(s), comma-separated, when no --api-key is given.
 API_KEY_ENV: Final = "LLMSESSION_FAKE_API_KEY"
-
-
-class _Command(click.Command):
-    """A command whose usage errors are one line, as under the ``llmsession`` group.
-
-    Click prints a usage error as usage, hint and message on three lines; run as
-    ``python -m llmsession.fake_provider`` no group shortens them.
-    """
-
-    def make_context(
-        self,
-        info_name: str | None,
-        args: list[str],
-        parent: click.Context | None = None,
-        **extra: Any,
-    ) -> click.Context:
-        try:
-            return super().make_context(info_name, args, parent, **extra)
-        except click.UsageError as error:
-            raise usage_failure(error) from error
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except click.UsageError as error:
-            raise usage_failure(error) from error
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
@@ -112,7 +86,7 @@ def serve(provider: FakeProvider, *, host: str, port: int, log_level: str = "war
             signal.signal(signum, handler)
 
 
-@click.command("fake-provider", cls=_Command)
+@click.command("fake-provider", cls=OneLineCommand)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
