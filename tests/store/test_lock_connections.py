@@ -107,3 +107,24 @@ async def test_turns_arriving_while_the_last_connection_opens_wait_for_it(
         assert taken[0].holders == 3
     finally:
         await connections.aclose()
+
+
+async def test_a_lock_is_taken_when_the_server_dropped_every_idle_connection(
+    make: Callable[[int], LockConnections], postgres_url: str
+) -> None:
+    # A restart or pg_terminate_backend drops them all; trying once more, on the
+    # next dead one, failed the turn with a 503.
+    connections = make(3)
+    held = [await lock(connections, key) for key in (1, 2, 3)]
+    assert len({id(shared) for shared in held}) == 3
+    for key, shared in zip((1, 2, 3), held, strict=True):
+        await connections.unlock(shared, key)
+        connections.give_back(shared)
+    pids = [shared.conn.info.backend_pid for shared in held]
+    conninfo = PostgresOptions.from_url(postgres_url).conninfo
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as admin:
+        for pid in pids:
+            await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    taken = await lock(connections, 4)
+    assert all(taken is not shared for shared in held)
+    assert all(shared.conn.closed for shared in held)

@@ -153,19 +153,23 @@ class LockConnections:
         statement's rows, or None if another connection held the lock.
 
         A connection the server dropped while it stood idle (a restart, an idle
-        timeout) fails the statement before it could take a lock: the statement is
-        tried once more, on another connection.
+        timeout) fails the statement before it could take a lock, and is closed: the
+        statement is tried again, on another connection. The server may have
+        dropped every one at once (a restart, ``pg_terminate_backend``), so it is
+        tried until it has seen each open one fail, and then on a new one.
         """
-        retried = False
+        tries = 0
         while True:
             shared = await self._take()
+            tries += 1
             try:
                 return shared, await self._try_lock(shared, statement, params, key)
             except BaseException as error:
                 self.give_back(shared)
-                if retried or not (isinstance(error, StoreError) and shared.conn.closed):
+                # Each failure closed a connection, and _take forgets closed ones:
+                # after at most size of them, _take opens a new one.
+                if tries > self._size or not (isinstance(error, StoreError) and shared.conn.closed):
                     raise
-                retried = True
 
     async def _try_lock(
         self, shared: LockConnection, statement: LiteralString, params: tuple[Any, ...], key: int
