@@ -94,7 +94,9 @@ async def test_abandoned_created_sessions_are_purged(
     assert [s.record.session_id for s in left.items] == [fresh.record.session_id]
 
 
-async def test_the_loop_survives_errors_and_stops_cleanly(sqlite_url: str) -> None:
+async def test_the_loop_survives_errors_and_stops_cleanly(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     store = await open_store(sqlite_url)
     sweeper = Sweeper(store, interval_seconds=0.01, purge_created_after_seconds=60)
     sweeper.start()
@@ -111,6 +113,11 @@ async def test_the_loop_survives_errors_and_stops_cleanly(sqlite_url: str) -> No
             break
         await asyncio.sleep(0.01)
     assert sweeper.errors >= 2
+    # A store's failure is one line saying what failed, without a traceback.
+    failed = [r for r in caplog.records if r.getMessage().startswith("sweep failed")]
+    assert failed
+    assert failed[0].exc_info is None
+    assert "this store was closed" in failed[0].getMessage()
     # Bounded, not timed: a stop that waited out the interval would hang here.
     await asyncio.wait_for(sweeper.stop(), timeout=10)
     await sweeper.stop()  # stopping twice is harmless

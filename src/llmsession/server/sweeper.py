@@ -11,6 +11,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from llmsession.errors import StoreError
 from llmsession.ids import TenantId
 from llmsession.store.base import SessionStore
 
@@ -90,6 +91,11 @@ class Sweeper:
         while not self._stop.is_set():
             try:
                 result = await self.run_once()
+            except StoreError as error:
+                # The store's own words say what failed (a database restarted, a
+                # connection it dropped); a traceback would add only noise.
+                self.errors += 1
+                logger.error("sweep failed: %s; retrying in %.3g s", error, self.interval_seconds)
             except Exception:
                 self.errors += 1
                 logger.exception("sweep failed; retrying in %.3g s", self.interval_seconds)
