@@ -242,6 +242,12 @@ def cli() -> None:
     help="The TOML file of providers for the gateway [env LLMSESSION_CONFIG; none: ledger only] "
     "(docs/gateway.md).",
 )
+@click.option(
+    "--shutdown-grace",
+    type=int,
+    help="Seconds requests in flight may go on after SIGTERM before they are cancelled "
+    "[env LLMSESSION_SHUTDOWN_GRACE; 30].",
+)
 def serve(
     *,
     gateway_config: str | None,
@@ -253,6 +259,7 @@ def serve(
     purge_created_after: int | None,
     admin_key: str | None,
     access_log: bool | None,
+    shutdown_grace: int | None,
 ) -> None:
     """Run the HTTP server; flags override the LLMSESSION_* environment."""
     from llmsession.server import ServerSettings
@@ -273,6 +280,7 @@ def serve(
             purge_created_after_seconds=_pick(purge_created_after, env.purge_created_after_seconds),
             access_log=_pick(access_log, env.access_log),
             gateway_config=_pick(gateway_config, env.gateway_config),
+            shutdown_grace_seconds=_pick(shutdown_grace, env.shutdown_grace_seconds),
         )
     except InvalidInput as error:
         # The environment's values were checked already (from_env names the
@@ -296,6 +304,7 @@ _SERVE_FLAGS: Final = {
     "admin_key": "--admin-key",
     "sweep_interval_seconds": "--sweep-interval",
     "gateway_config": "--config",
+    "shutdown_grace_seconds": "--shutdown-grace",
 }
 
 

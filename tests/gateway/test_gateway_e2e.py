@@ -428,6 +428,59 @@ def fresh_fake_env(fake: FakeProcess, tmp_path: Path) -> dict[str, str]:
     return {"LLMSESSION_CONFIG": str(config), "FAKE_UPSTREAM_KEY": API_KEY}
 
 
+def test_a_turn_still_with_the_provider_when_the_server_stops_is_recorded(
+    module_fake: FakeProcess,
+    start_server: ServerFactory,
+    tmp_path: Path,
+    gateways: list[Gateway],
+) -> None:
+    # The server's grace period (LLMSESSION_SHUTDOWN_GRACE, 1 s here) runs out
+    # while the provider takes 3 s: the request is cancelled (the client gets
+    # uvicorn's 500, where the default 30 s would have let the answer through), but
+    # what the provider bills is recorded, and a keyed retry gets it.
+    env = fresh_fake_env(module_fake, tmp_path)
+    url = f"sqlite:///{tmp_path / 'sessions.db'}"
+    first = Gateway(start_server(url, LLMSESSION_SHUTDOWN_GRACE="1", **env), module_fake)
+    gateways.append(first)
+    key = first.tenant()
+    ask: dict[str, Any] = {"model": "fake/gpt-4o-mini"}
+    session_id = (
+        first.sdk(key)
+        .chat.completions.with_raw_response.create(
+            **ask, messages=[{"role": "user", "content": "Q1"}]
+        )
+        .headers[SID]
+    )
+    module_fake.fault(mode="slow", delay_seconds=3, count=1)
+    retried = {SID: session_id, "Idempotency-Key": "q2"}
+    errors: list[BaseException] = []
+
+    def turn() -> None:
+        try:
+            first.sdk(key).chat.completions.create(
+                **ask, messages=[{"role": "user", "content": "Q2"}], extra_headers=retried
+            )
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=turn)
+    thread.start()
+    time.sleep(1)  # the request is with the provider
+    assert first.server.stop() == 0, first.server.output()
+    thread.join()
+    assert len(errors) == 1
+    assert isinstance(errors[0], openai.InternalServerError)
+    second = Gateway(start_server(url, **env), module_fake)
+    gateways.append(second)
+    assert second.get(key, f"/v1/sessions/{session_id}")["round_count"] == 2
+    raw = second.sdk(key).chat.completions.with_raw_response.create(
+        **ask, messages=[{"role": "user", "content": "Q2"}], extra_headers=retried
+    )
+    assert raw.headers["Idempotent-Replayed"] == "true"
+    assert len(second.billing(key)) == 2
+    second.assert_totals_match_billing(key)
+
+
 @pytest.mark.postgres
 def test_more_sessions_in_a_turn_at_once_than_turn_connections_on_postgresql(
     module_fake: FakeProcess,

@@ -39,6 +39,7 @@ def test_every_field_can_be_set_from_the_environment() -> None:
         "LLMSESSION_AUTH_CACHE_SECONDS": "0",
         "LLMSESSION_CONFIG": "/etc/llmsession/gateway.toml",
         "LLMSESSION_UI_SECRET": "a-ui-secret-of-32-characters-0123",
+        "LLMSESSION_SHUTDOWN_GRACE": "120",
     }
     assert set(env) == set(ENV_VARIABLES.values())
     assert ServerSettings.from_env(env) == ServerSettings(
@@ -53,6 +54,7 @@ def test_every_field_can_be_set_from_the_environment() -> None:
         auth_cache_seconds=0.0,
         gateway_config="/etc/llmsession/gateway.toml",
         ui_secret="a-ui-secret-of-32-characters-0123",
+        shutdown_grace_seconds=120,
     )
 
 
@@ -74,6 +76,8 @@ def test_every_field_can_be_set_from_the_environment() -> None:
         ("LLMSESSION_ADMIN_KEY", "short", "at least 16 printable ASCII"),
         ("LLMSESSION_ADMIN_KEY", "has a space in it here", "without spaces"),
         ("LLMSESSION_UI_SECRET", "too-short", "at least 32 printable ASCII"),
+        ("LLMSESSION_SHUTDOWN_GRACE", "-1", "whole number of seconds from 0 to 86400"),
+        ("LLMSESSION_SHUTDOWN_GRACE", "2.5", "whole number of seconds from 0 to 86400"),
     ],
 )
 def test_a_bad_variable_is_named_with_what_it_accepts(

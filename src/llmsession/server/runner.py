@@ -156,7 +156,7 @@ def serve(
         lifespan="on",
         log_level=log_level,
         access_log=settings.access_log,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         server_header=False,
     )
     server = _Server(config)

@@ -31,10 +31,12 @@ ENV_VARIABLES: dict[str, str] = {
     "auth_cache_seconds": "LLMSESSION_AUTH_CACHE_SECONDS",
     "gateway_config": "LLMSESSION_CONFIG",
     "ui_secret": "LLMSESSION_UI_SECRET",
+    "shutdown_grace_seconds": "LLMSESSION_SHUTDOWN_GRACE",
 }
 
 MIN_ADMIN_KEY_LENGTH = 16
 MIN_UI_SECRET_LENGTH = 32
+MAX_SHUTDOWN_GRACE_SECONDS = 86400
 
 
 def default_data_dir() -> Path:
@@ -84,6 +86,9 @@ class ServerSettings:
       from ``admin_key`` (so every replica with the same admin key accepts the same
       cookies, and changing the admin key signs everyone out); with neither, each
       process makes a random one, and a restart signs everyone out.
+    - ``shutdown_grace_seconds``: after SIGTERM or SIGINT, how long requests in
+      flight may go on before they are cancelled (a gateway turn's round is still
+      recorded: see docs/http-api.md#running).
     """
 
     store_url: str = field(default_factory=default_store_url)
@@ -98,6 +103,7 @@ class ServerSettings:
     auth_cache_seconds: float = 1.0
     gateway_config: str | None = None
     ui_secret: str | None = field(default=None, repr=False)
+    shutdown_grace_seconds: int = 30
 
     def __post_init__(self) -> None:
         for name, check in _CHECKS.items():
@@ -146,6 +152,7 @@ class ServerSettings:
             auth_cache_seconds=read("auth_cache_seconds", float, d.auth_cache_seconds),
             gateway_config=read("gateway_config", _optional_text, d.gateway_config),
             ui_secret=read("ui_secret", _optional_text, d.ui_secret),
+            shutdown_grace_seconds=read("shutdown_grace_seconds", int, d.shutdown_grace_seconds),
         )
 
 
@@ -212,6 +219,14 @@ def _seconds_between(name: str, low: float, high: float) -> Callable[[object], N
     return check
 
 
+def _check_grace(value: object) -> None:
+    if type(value) is not int or not 0 <= value <= MAX_SHUTDOWN_GRACE_SECONDS:
+        raise InvalidInput(
+            "shutdown_grace_seconds must be a whole number of seconds from 0 to "
+            f"{MAX_SHUTDOWN_GRACE_SECONDS}, got {value!r}"
+        )
+
+
 def _check_purge(value: object) -> None:
     if type(value) is not int or value < MIN_PURGE_AGE_SECONDS:
         raise InvalidInput(
@@ -242,6 +257,7 @@ _CHECKS: dict[str, Callable[[object], object]] = {
     "auth_cache_seconds": _seconds_between("auth_cache_seconds", 0, 300),
     "gateway_config": _check_gateway_config,
     "ui_secret": _check_ui_secret,
+    "shutdown_grace_seconds": _check_grace,
 }
 
 _EXPECTED = {
@@ -256,6 +272,7 @@ _EXPECTED = {
     "auth_cache_seconds": "a number of seconds from 0 to 300",
     "gateway_config": "the path of a TOML file of providers",
     "ui_secret": f"at least {MIN_UI_SECRET_LENGTH} printable ASCII characters",
+    "shutdown_grace_seconds": f"a whole number of seconds from 0 to {MAX_SHUTDOWN_GRACE_SECONDS}",
 }
 
 
