@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.server.conftest import ADMIN, ADMIN_KEY, Api, bearer
+from tests.server.conftest import ADMIN, ADMIN_KEY, T0, Api, bearer
 from tests.server.ui_client import csrf_of, sign_in, ui_client
 
 from llmsession.clock import ManualClock
@@ -242,6 +242,53 @@ async def test_the_overview_shows_the_store_s_totals(api: Api) -> None:
     assert _figure(page, "delta-tokens") == str(stats["delta_tokens"]) == "400"
     assert _figure(page, "tokens-saved") == str(stats["tokens_saved"]) == "1600"
     assert _figure(page, "share-saved") == "80.0 %"  # 1600 of 1600 + 400
+
+
+async def test_the_pages_show_cache_writes_and_rounds_without_usage() -> None:
+    """Cache writes explain a round that cost more than re-sending; a round the provider
+    billed without usage makes every usage figure a partial sum: both are shown."""
+    from llmsession.ids import SessionId, TenantId
+    from llmsession.store.memory import MemoryStore
+    from llmsession.usage import Usage
+
+    clock = ManualClock(T0)
+    store = MemoryStore(clock=clock)
+    app = create_app(ServerSettings(store_url="memory://", admin_key=ADMIN_KEY), store=store)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            created = await http.post(
+                "/v1/admin/tenants", json={"tenant_id": "acme"}, headers=ADMIN
+            )
+            key = created.json()["api_key"]
+            session_id = SessionId.generate(clock())
+            first = Usage(input_tokens=1200, cache_write_tokens=1100, output_tokens=10)
+            await store.start_with_turn(
+                TenantId("acme"),
+                session_id,
+                provider_id="claude",
+                model="sonnet",
+                turn=None,
+                usage=first,
+            )
+            await store.record_turn(TenantId("acme"), session_id, turn=None, usage=None)
+            stats = (await http.get("/v1/stats", headers=bearer(key))).json()["groups"][0]
+            async with ui_client(app) as client:
+                await sign_in(client, key)
+                overview = (await client.get("/ui")).text
+                session = (await client.get(f"/ui/sessions/{session_id}")).text
+
+    assert stats["usage"]["cache_write_tokens"] == 1100
+    assert stats["usage"]["rounds_without_usage"] == 1
+    assert _figure(overview, "cache-write-tokens") == "1100"
+    assert _figure(overview, "rounds-without-usage") == "1"
+    assert "<th>Cache writes</th>" in overview  # the by-model table
+    found = re.search(r'id="session-usage">([^<]*)<', session)
+    assert found is not None
+    assert found.group(1).replace("\u2009", "") == (
+        "input 1200, cached 0, cache writes 1100, output 10; 1 round without provider usage"
+    )
+    assert "<th>Cache writes</th>" in session
 
 
 async def test_the_admin_overview_lists_every_tenant(api: Api) -> None:
