@@ -34,7 +34,7 @@ except ModuleNotFoundError as _missing:
     raise
 
 from llmsession.clock import system_clock
-from llmsession.command_errors import BadInput, Failure, OneLineCommand, usage_failure
+from llmsession.command_errors import BadInput, Failure, OneLineCommand
 from llmsession.cost import NO_PRICES, Cost, PriceTable, format_money
 from llmsession.errors import InvalidInput, LLMSessionError, NotFoundError
 from llmsession.expiry import MAX_TTL_SECONDS
@@ -73,8 +73,9 @@ _DEFAULT_STORE: Final = "llmsession.db in $XDG_DATA_HOME/llmsession or ~/.local/
 # -- errors: one line, exit 2 for bad input, 1 otherwise -------------------------------
 
 
-class _Group(click.Group):
-    """A group that turns usage errors and llmsession errors into one-line failures.
+class _Group(OneLineCommand, click.Group):
+    """A group whose usage errors and llmsession errors are one-line failures, as are
+    its commands'.
 
     Click prints usage errors as usage, hint and message on three lines, and
     leaves other exceptions as tracebacks; a person wants the one line that
@@ -83,27 +84,9 @@ class _Group(click.Group):
 
     command_class = OneLineCommand
 
-    def make_context(
-        self,
-        info_name: str | None,
-        args: list[str],
-        parent: click.Context | None = None,
-        **extra: Any,
-    ) -> click.Context:
-        try:
-            return super().make_context(info_name, args, parent, **extra)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as error:
-            raise usage_failure(error) from error
-
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as error:
-            raise usage_failure(error) from error
         except InvalidInput as error:
             raise BadInput(str(error)) from error
         except LLMSessionError as error:

@@ -59,7 +59,7 @@ class OneLineCommand(click.Command):
     Click prints a usage error as usage, hint and message on three lines. An
     option given without its value is refused by the option parser before the
     command's context exists: the error is given one, so that its line too
-    names the command's ``--help``.
+    names the command's ``--help``. A group mixes it in ahead of ``click.Group``.
     """
 
     def make_context(
@@ -81,5 +81,7 @@ class OneLineCommand(click.Command):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
         except click.UsageError as error:
             raise usage_failure(error) from error
