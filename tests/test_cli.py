@@ -246,7 +246,17 @@ def test_sessions_show_and_close(url: str, sessions: list[StoredSession]) -> Non
     assert ["session_id", sid] in fields
     assert ["tokens_saved", "88"] in fields
     assert ["usage.input_tokens", "0"] in fields
-    assert ["SEQ", "DELTA", "INPUT", "CACHED", "OUTPUT", "REASONING", "RECORDED", "KEY"] in fields
+    assert [
+        "SEQ",
+        "DELTA",
+        "INPUT",
+        "CACHED",
+        "CACHE_WRITES",
+        "OUTPUT",
+        "REASONING",
+        "RECORDED",
+        "KEY",
+    ] in fields
 
     closed = ok_json(url, "sessions", "close", "--tenant", "acme", sid)
     assert closed["state"] == "closed"
@@ -391,6 +401,7 @@ def test_stats(url: str, sessions: list[StoredSession]) -> None:
         "SAVED",
         "INPUT",
         "CACHED",
+        "CACHE_WRITES",
         "OUTPUT",
     ]
     assert [row.split()[:2] for row in table[1:]] == [["anthropic", "(all)"], ["openai", "(all)"]]

@@ -627,6 +627,7 @@ def sessions_show(
                 "DELTA",
                 "INPUT",
                 "CACHED",
+                "CACHE_WRITES",
                 "OUTPUT",
                 "REASONING",
                 *(_COST_HEADERS if priced else ()),
@@ -677,18 +678,19 @@ async def _close(
         await gateway.aclose()
 
 
-def _usage_cells(round_: Round) -> tuple[object, object, object, object]:
+def _usage_cells(round_: Round) -> tuple[object, ...]:
     """A round's usage columns: counts, "missing" for a gateway round without, "-" else."""
     if round_.usage is not None:
         usage = round_.usage
         return (
             usage.input_tokens,
             usage.cached_input_tokens,
+            usage.cache_write_tokens,
             usage.output_tokens,
             usage.reasoning_tokens,
         )
     mark = "missing" if round_.usage_missing else "-"
-    return (mark, mark, mark, mark)
+    return (mark,) * 5
 
 
 @sessions.command("close")
@@ -882,6 +884,7 @@ def stats(
             "SAVED",
             "INPUT",
             "CACHED",
+            "CACHE_WRITES",
             "OUTPUT",
             *(_COST_HEADERS if priced else ()),
         ),
@@ -895,6 +898,7 @@ def stats(
                 t.tokens_saved,
                 t.usage.input_tokens,
                 t.usage.cached_input_tokens,
+                t.usage.cache_write_tokens,
                 t.usage.output_tokens,
                 *(_cost_cells(t.cost) if priced else ()),
             )
@@ -943,6 +947,7 @@ def _timeseries(
             "SAVED",
             "INPUT",
             "CACHED",
+            "CACHE_WRITES",
             "OUTPUT",
             "STARTED",
         ),
@@ -956,6 +961,7 @@ def _timeseries(
                 b.tokens_saved,
                 b.usage.input_tokens,
                 b.usage.cached_input_tokens,
+                b.usage.cache_write_tokens,
                 b.usage.output_tokens,
                 b.sessions_started,
             )

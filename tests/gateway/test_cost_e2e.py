@@ -187,9 +187,9 @@ def test_each_round_and_the_stats_cost_what_was_billed_times_the_prices(priced: 
         priced, "sessions", "show", "--tenant", tenant_id, session_id, "--rounds"
     ).splitlines()
     header = next(line for line in rounds_table if line.startswith("SEQ"))
-    assert header.split()[6:10] == ["COST", "STATELESS", "AVOIDED", "CURRENCY"]
+    assert header.split()[7:11] == ["COST", "STATELESS", "AVOIDED", "CURRENCY"]
     rows = rounds_table[rounds_table.index(header) + 1 :]
-    assert [row.split()[6] for row in rows] == [r["cost"]["paid"] for r in rounds]
+    assert [row.split()[7] for row in rows] == [r["cost"]["paid"] for r in rounds]
     as_json = run_cli(
         priced, "sessions", "show", "--tenant", tenant_id, session_id, "--rounds", "--json"
     )
