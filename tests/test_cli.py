@@ -486,6 +486,19 @@ def test_bad_input_exits_2_with_one_line(url: str, args: list[str], says: str) -
     assert says in failing(url, 2, *args)
 
 
+def test_a_bad_value_from_the_environment_names_its_variable(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The user set the variable, not the flag: the line says which.
+    monkeypatch.setenv("LLMSESSION_PURGE_CREATED_AFTER", "5")
+    said = failing(url, 2, "sweep")
+    assert "'--purge-created-after': 5 is not in the range" in said
+    assert "set by LLMSESSION_PURGE_CREATED_AFTER in the environment" in said
+    # A flag overrides the variable: then the flag alone is named.
+    flagged = failing(url, 2, "sweep", "--purge-created-after", "7")
+    assert "LLMSESSION_PURGE_CREATED_AFTER" not in flagged
+
+
 def test_unknown_store_scheme_is_bad_input(tmp_path: Path) -> None:
     assert "unknown store URL scheme 'mysql'" in failing("mysql://x/y", 2, "tenants", "list")
 

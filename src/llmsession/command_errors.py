@@ -8,6 +8,7 @@ which runs without it.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Final
 
 import click
@@ -48,9 +49,29 @@ class CannotListen(Failure):
 
 
 def usage_failure(error: click.UsageError) -> BadInput:
-    """Click's usage error (usage, hint and message on three lines) as one line."""
+    """Click's usage error (usage, hint and message on three lines) as one line; a
+    bad value that came from an environment variable names the variable, which
+    the user set, besides the option, which they did not type."""
+    message = error.format_message()
+    if isinstance(error, click.BadParameter) and error.ctx is not None:
+        variable = _from_environment(error.ctx, error.param)
+        if variable is not None:
+            message = f"{message.removesuffix('.')}, set by {variable} in the environment."
     where = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
-    return BadInput(f"{error.format_message()}{where}")
+    return BadInput(f"{message}{where}")
+
+
+def _from_environment(ctx: click.Context, param: click.Parameter | None) -> str | None:
+    """The environment variable ``param``'s value came from, if it did."""
+    if param is None:
+        return None
+    if ctx.get_parameter_source(param.name) is not click.core.ParameterSource.ENVIRONMENT:
+        return None
+    envvar = param.envvar
+    if isinstance(envvar, str):
+        return envvar
+    # Several names: the first one set gave the value.
+    return next((name for name in envvar or () if os.environ.get(name)), None)
 
 
 class OneLineCommand(click.Command):
