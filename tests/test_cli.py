@@ -476,6 +476,7 @@ def test_stats_timeseries(url: str, sessions: list[StoredSession]) -> None:
         (["sweep", "--purge-created-after", "59"], "'--purge-created-after': 59 is not in"),
         (["sweep", "--purge-tenant", "no spaces"], "tenant id 'no spaces'"),
         (["sweep", "--batch-size", "0"], "'--batch-size': 0 is not in"),
+        (["tenants", "revoke", "../x"], "key id '../x' is malformed: 1 to 64 letters and digits"),
         # Named by their flags, not by the settings they set.
         (["serve", "--default-ttl", "0"], "'--default-ttl': 0 is not in the range"),
         (["serve", "--purge-created-after", "5"], "'--purge-created-after': 5 is not in"),

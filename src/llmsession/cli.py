@@ -40,7 +40,7 @@ from llmsession.errors import InvalidInput, LLMSessionError, NotFoundError
 from llmsession.expiry import MAX_TTL_SECONDS
 from llmsession.fake_provider.runner import fake_provider_command
 from llmsession.ids import SessionId, TenantId
-from llmsession.keys import IssuedKey, issue_key
+from llmsession.keys import IssuedKey, check_key_id, issue_key
 from llmsession.server.settings import default_store_url
 from llmsession.states import ALL_STATES, state_named
 from llmsession.store import open_store
@@ -475,6 +475,7 @@ def tenants_keys(tenant_id: TenantId, store_url: str, as_json: bool) -> None:
 @_json_option
 def tenants_revoke(key_id: str, store_url: str, as_json: bool) -> None:
     """Revoke the API key KEY_ID (as listed by 'tenants keys'); revoking twice is harmless."""
+    check_key_id(key_id)
     info = _run(store_url, lambda store: store.revoke_api_key(key_id))
     if as_json:
         from llmsession.server.render import render_api_key

@@ -13,12 +13,23 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from llmsession.errors import AuthenticationError
+from llmsession.errors import AuthenticationError, InvalidInput
 from llmsession.ids import TenantId
 from llmsession.store.base import SessionStore
 from llmsession.store.models import ApiKeyInfo
 
-__all__ = ["IssuedKey", "authenticate", "hash_secret", "issue_key", "split_key"]
+__all__ = [
+    "MAX_KEY_ID_LENGTH",
+    "IssuedKey",
+    "authenticate",
+    "check_key_id",
+    "hash_secret",
+    "issue_key",
+    "split_key",
+]
+
+#: The longest key id accepted where one is named (issued ones are 16 hex digits).
+MAX_KEY_ID_LENGTH = 64
 
 _PREFIX = "lls"
 
@@ -34,6 +45,17 @@ class IssuedKey:
 def hash_secret(secret: str) -> bytes:
     """The stored form of a key's secret."""
     return hashlib.sha256(secret.encode()).digest()
+
+
+def check_key_id(value: str) -> str:
+    """``value`` if it could be a key id, else InvalidInput saying what one is."""
+    # Key ids are hex; anything else cannot exist and must not reach a database
+    # (PostgreSQL refuses NUL characters in text, for one).
+    if not (1 <= len(value) <= MAX_KEY_ID_LENGTH and value.isascii() and value.isalnum()):
+        raise InvalidInput(
+            f"key id {value[:80]!r} is malformed: 1 to {MAX_KEY_ID_LENGTH} letters and digits"
+        )
+    return value
 
 
 def split_key(api_key: str) -> tuple[str, str] | None:

@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from llmsession.errors import InvalidInput
 from llmsession.ids import SessionId, TenantId, check_label
+from llmsession.keys import MAX_KEY_ID_LENGTH, check_key_id
 from llmsession.server.schemas import TENANT_ID_PATTERN
 from llmsession.store.models import GroupKey, check_group_by, check_idempotency_key
 from llmsession.timestamps import Timestamp
@@ -45,7 +46,6 @@ __all__ = [
     "parse_time",
 ]
 
-MAX_KEY_ID_LENGTH = 64
 KEY_ID_PATTERN = f"^[A-Za-z0-9]{{1,{MAX_KEY_ID_LENGTH}}}$"
 
 M = TypeVar("M", bound=BaseModel)
@@ -58,16 +58,6 @@ def _session_id(value: str) -> str:
 
 def _tenant_id(value: str) -> str:
     return TenantId(value).value
-
-
-def _key_id(value: str) -> str:
-    # Key ids are hex; anything else cannot exist and must not reach a database
-    # (PostgreSQL refuses NUL characters in text, for one).
-    if not (1 <= len(value) <= MAX_KEY_ID_LENGTH and value.isascii() and value.isalnum()):
-        raise ValueError(
-            f"key id {value[:80]!r} is malformed: 1 to {MAX_KEY_ID_LENGTH} letters and digits"
-        )
-    return value
 
 
 def _time(value: str | None) -> str | None:
@@ -108,7 +98,7 @@ KeyIdPath = Annotated[
         description="An API key id (the part between the underscores of the key)",
         json_schema_extra={"pattern": KEY_ID_PATTERN},
     ),
-    AfterValidator(_key_id),
+    AfterValidator(check_key_id),
 ]
 GroupByQuery = Annotated[
     list[str] | None,
