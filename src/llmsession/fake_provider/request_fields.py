@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
-from typing import Final, cast
+from typing import cast
 
 from llmsession.fake_provider.errors import ProviderError, invalid_request
+from llmsession.json_text import holds_lone_surrogate
 
 __all__ = [
     "optional_bool",
@@ -16,10 +16,6 @@ __all__ = [
     "parse_json_object",
     "required_str",
 ]
-
-
-#: A JSON escape of a UTF-16 surrogate (\\ud800 to \\udfff), paired or not.
-_SURROGATE_ESCAPE: Final = re.compile(rb"\\[uU][dD][89a-fA-F]")
 
 
 def parse_json_object(raw: bytes) -> dict[str, object]:
@@ -35,18 +31,13 @@ def parse_json_object(raw: bytes) -> dict[str, object]:
         ) from None
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.")
-    if _SURROGATE_ESCAPE.search(raw) is not None or json.detect_encoding(raw) not in (
-        "utf-8",
-        "utf-8-sig",
-    ):
-        try:
-            json.dumps(body, ensure_ascii=False).encode()
-        except UnicodeEncodeError:
-            raise invalid_request(
-                "The request body holds a lone surrogate escape (\\ud800 to \\udfff "
-                "without its pair), which is not valid Unicode text."
-            ) from None
-    return cast(dict[str, object], body)
+    request = cast(dict[str, object], body)
+    if holds_lone_surrogate(raw, request):
+        raise invalid_request(
+            "The request body holds a lone surrogate escape (\\ud800 to \\udfff "
+            "without its pair), which is not valid Unicode text."
+        )
+    return request
 
 
 def _wrong_type(name: str, expected: str, value: object) -> ProviderError:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeAlias, cast
@@ -18,6 +17,7 @@ from typing import Any, Final, Protocol, TypeAlias, cast
 import orjson
 
 from llmsession.errors import InvalidInput
+from llmsession.json_text import holds_lone_surrogate
 from llmsession.usage import Usage
 
 __all__ = [
@@ -233,10 +233,6 @@ def load_json_object(body: bytes, what: str) -> JSONObject:
     return cast(JSONObject, value)
 
 
-#: A JSON escape of a UTF-16 surrogate (\\ud800 to \\udfff), paired or not.
-_SURROGATE_ESCAPE: Final = re.compile(rb"\\[uU][dD][89a-fA-F]")
-
-
 def load_request(body: bytes) -> JSONObject:
     """A client's request body: one JSON object, or GatewayInputError.
 
@@ -253,23 +249,19 @@ def load_request(body: bytes) -> JSONObject:
         raise GatewayInputError(
             "the request body is nested too deeply to be read; send less deeply nested JSON"
         ) from None
-    if _SURROGATE_ESCAPE.search(body) is not None or json.detect_encoding(body) not in (
-        "utf-8",
-        "utf-8-sig",
-    ):
-        try:
-            dump_json(request)
-        except UnicodeEncodeError:
-            raise GatewayInputError(
-                "the request body holds a lone surrogate escape (\\ud800 to \\udfff "
-                "without its pair), which is no Unicode text: escape a character beyond "
-                "U+FFFF as a surrogate pair, or send it as UTF-8"
-            ) from None
-        except RecursionError:
-            raise GatewayInputError(
-                "the request body is nested too deeply to be written again; send less "
-                "deeply nested JSON"
-            ) from None
+    try:
+        lone = holds_lone_surrogate(body, request)
+    except RecursionError:
+        raise GatewayInputError(
+            "the request body is nested too deeply to be written again; send less "
+            "deeply nested JSON"
+        ) from None
+    if lone:
+        raise GatewayInputError(
+            "the request body holds a lone surrogate escape (\\ud800 to \\udfff "
+            "without its pair), which is no Unicode text: escape a character beyond "
+            "U+FFFF as a surrogate pair, or send it as UTF-8"
+        )
     return request
 
 
